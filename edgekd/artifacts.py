@@ -1,0 +1,244 @@
+"""Artifact folders: weights in safetensors, a JSON manifest, sha256 of every file, atomic writes.
+
+Layout of an artifact folder::
+
+    manifest.json          format, kind, classes, input shape, normalisation, members (arch, options,
+                           weights file), combine rule, resolved config, data spec, seed, metrics,
+                           library versions, and the sha256 of every other file
+    member-0.safetensors   one file of weights per member
+
+Loading checks every hash and never unpickles; file names in a manifest must stay inside the folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekd.errors import ArtifactError, EdgekdError
+
+FORMAT = "edgekd.artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+KINDS = ("model", "ensemble", "specialist-ensemble")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for package in ("edgekd", "torch", "numpy", "scikit-learn", "safetensors", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    """Write JSON to a temporary file beside ``path`` then rename it over (atomic on POSIX)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A loaded, verified artifact folder."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.manifest["classes"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["input_shape"])
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the manifest's file hashes: changes whenever any weight changes."""
+        files = self.manifest["files"]
+        return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+    def file(self, name: str) -> Path:
+        return _inside(self.path, name)
+
+    def load_tensors(self, name: str) -> dict:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.file(name)))
+        except Exception as exc:  # safetensors raises its own error types for a corrupt header
+            raise ArtifactError(f"Artifact '{self.path}': cannot read '{name}' ({exc}); re-create the artifact.") from None
+
+    def build_members(self) -> list:
+        """The member models, in eval mode, with their weights loaded."""
+        from edgekd.models import create_model
+
+        models = []
+        norm = self.manifest["normalization"]
+        for member in self.manifest["members"]:
+            model = create_model(member["arch"], self.input_shape, member.get("num_outputs", len(self.classes)),
+                                 mean=norm["mean"], std=norm["std"], options=_options_from_json(member["options"]))
+            state = self.load_tensors(member["weights"])
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ArtifactError(f"Artifact '{self.path}': weights in '{member['weights']}' do not fit architecture "
+                                    f"'{member['arch']}' (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); re-create the artifact.")
+            models.append(model.eval())
+        return models
+
+
+def _options_from_json(options: dict) -> dict:
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in options.items()}
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder/name``, refusing names that would leave the folder (``..``, absolute paths, links)."""
+    candidate = (folder / name).resolve()
+    if Path(name).is_absolute() or folder.resolve() not in candidate.parents:
+        raise ArtifactError(f"Artifact '{folder}': manifest names file '{name}' outside the artifact folder; refusing to read it.")
+    return candidate
+
+
+def is_artifact(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def load_artifact(path: str | Path, *, verify: bool = True) -> Artifact:
+    """Read and verify an artifact folder (every file's sha256 against the manifest)."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise ArtifactError(f"'{path}' is not an artifact folder (no such folder); pass a folder written by edgekd.")
+    if not manifest_path.is_file():
+        raise ArtifactError(f"'{path}' is not an edgekd artifact: it has no {MANIFEST}; pass a folder written by edgekd.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"Artifact '{path}': {MANIFEST} is corrupt ({exc.__class__.__name__}); re-create the artifact.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"Artifact '{path}': {MANIFEST} is not an edgekd manifest; re-create the artifact.")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ArtifactError(f"Artifact '{path}' has format version {manifest.get('format_version')}, newer than this edgekd "
+                            f"reads ({FORMAT_VERSION}); upgrade edgekd.")
+    for key in ("kind", "classes", "input_shape", "normalization", "members", "files"):
+        if key not in manifest:
+            raise ArtifactError(f"Artifact '{path}': {MANIFEST} lacks '{key}'; re-create the artifact.")
+    if manifest["kind"] not in KINDS:
+        raise ArtifactError(f"Artifact '{path}' has unknown kind '{manifest['kind']}'; expected one of {', '.join(KINDS)}.")
+    if verify:
+        for name, expected in manifest["files"].items():
+            file = _inside(path, name)
+            if not file.is_file():
+                raise ArtifactError(f"Artifact '{path}': file '{name}' is missing; re-create the artifact.")
+            actual = sha256_file(file)
+            if actual != expected:
+                raise ArtifactError(f"Artifact '{path}': '{name}' has sha256 {actual[:12]}… but the manifest says "
+                                    f"{expected[:12]}…; the file is corrupt or was edited; re-create the artifact.")
+    return Artifact(path=path, manifest=manifest)
+
+
+def save_artifact(out_dir: str | Path, manifest: dict, tensor_files: dict[str, dict], *,
+                  extra_files: dict[str, bytes] | None = None, nested: dict | None = None,
+                  overwrite: bool = False) -> Artifact:
+    """Write an artifact folder atomically: everything goes to a temporary sibling, then one rename.
+
+    ``tensor_files`` maps a file name to a state dict (written as safetensors); ``extra_files`` maps
+    a file name to bytes (a PNG, a JSON report); ``nested`` maps a sub-folder name to
+    ``(manifest, tensor_files)`` of an artifact stored inside this one (a distilled student's
+    hard-label baseline), covered by the hash of its manifest. The manifest gains ``files`` (sha256 of each),
+    ``format``, ``versions`` and ``created``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise EdgekdError(f"Output folder '{out_dir}' already exists; pass --overwrite or choose another --out.")
+    if not out_dir.parent.is_dir():
+        raise EdgekdError(f"The parent folder of '{out_dir}' does not exist; create it first or choose another --out.")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        extra = dict(extra_files or {})
+        for name, (sub_manifest, sub_tensors) in (nested or {}).items():
+            _write_folder(tmp / name, sub_manifest, sub_tensors, {})
+        full = _write_folder(tmp, manifest, tensor_files, extra, nested=list(nested or {}))
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Artifact(path=out_dir, manifest=full)
+
+
+def _write_folder(folder: Path, manifest: dict, tensor_files: dict, extra_files: dict, nested=()) -> dict:
+    from safetensors.torch import save_file
+
+    folder.mkdir(exist_ok=True)
+    files = {}
+    for name, state in tensor_files.items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / name))
+        files[name] = sha256_file(folder / name)
+    for name, payload in extra_files.items():
+        (folder / name).write_bytes(payload)
+        files[name] = sha256_file(folder / name)
+    for name in nested:
+        files[f"{name}/{MANIFEST}"] = sha256_file(folder / name / MANIFEST)
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest,
+            "versions": library_versions(), "created": now_iso(), "files": files}
+    write_json_atomic(folder / MANIFEST, full)
+    return full
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by ``tmp``; an old folder is moved aside first and removed only after."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)

@@ -1,0 +1,326 @@
+"""The spine's commands: models, teacher train, distill, evaluate, pipeline."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from edgekd.clicommon import (common_options, data_options, echo_json, load_data, resolved_config,
+                              show_progress)
+
+
+def teacher_options(func):
+    """Options that pick and feed a teacher (or any model to evaluate)."""
+    @click.option("--combine", type=click.Choice(["logits", "probs"]), default=None,
+                  help="How an ensemble's members are combined (default: as the artifact says; logits).")
+    @click.option("--teacher-output", default=None, help="ONNX teacher: the output to use when it has several.")
+    @click.option("--teacher-scale", type=float, default=1.0, show_default=True, help="Foreign teacher input: x*scale.")
+    @click.option("--teacher-mean", type=float, default=0.0, show_default=True, help="Foreign teacher input: minus mean.")
+    @click.option("--teacher-std", type=float, default=1.0, show_default=True, help="Foreign teacher input: divided by std.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def open_teacher(spec, params, *, device=None):
+    from edgekd.teachers import InputTransform, load_teacher
+
+    transform = InputTransform(params["teacher_scale"], params["teacher_mean"], params["teacher_std"])
+    teacher = load_teacher(spec, combine=params["combine"], output=params["teacher_output"], transform=transform)
+    return teacher.to(device) if device is not None else teacher
+
+
+def train_options(epochs: int, lr: float, jitter: int):
+    def decorate(func):
+        @click.option("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True)
+        @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+        @click.option("--lr", type=float, default=lr, show_default=True, help="Peak learning rate (AdamW, one-cycle).")
+        @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+        @click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
+                      help="Stop after this many epochs without val improvement (0: never).")
+        @click.option("--jitter", type=click.IntRange(min=0), default=jitter, show_default=True,
+                      help="Random shifts of up to this many pixels (the paper's input jitter); 0 = off.")
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return func(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+def make_train_config(params, **overrides):
+    from edgekd.training import TrainConfig, resolve_device
+
+    device = resolve_device(params["device"]).type
+    fields = dict(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                  weight_decay=params["weight_decay"], patience=params["patience"], jitter=params["jitter"],
+                  seed=params["seed"], device=device)
+    return TrainConfig(**{**fields, **overrides})
+
+
+def output_options(func):
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output artifact folder.")
+    @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+    @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def check_out(params):
+    from edgekd.validation import check_output_dir
+
+    check_output_dir(params["out"], overwrite=params["overwrite"] or params.get("resume", False))
+
+
+def distributed_context(params):
+    from edgekd.distributed import context_from_env
+
+    return context_from_env(params["device"])
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+@click.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--input-shape", default="1,28,28", show_default=True, help="Input shape used for the MAC counts.")
+def models_cmd(as_json, input_shape):
+    """List the registered architectures, their options, parameters and MACs."""
+    from edgekd.errors import ConfigError
+    from edgekd.models import count_macs, count_parameters, create_model, format_arch, list_models
+
+    try:
+        shape = tuple(int(v) for v in input_shape.split(","))
+    except ValueError:
+        raise ConfigError(f"The 'input_shape' parameter must look like 1,28,28. Got {input_shape!r} instead.") from None
+    rows = []
+    for entry in list_models():
+        model = create_model(entry.name, shape, 10)
+        rows.append({"name": entry.name, "options": format_arch(entry.name, entry.defaults).partition(":")[2],
+                     "parameters": count_parameters(model), "macs": count_macs(model, shape), "description": entry.description})
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'name':8} {'params':>10} {'MACs':>12}  options / description (input {shape}, 10 classes)")
+    for row in rows:
+        click.echo(f"{row['name']:8} {row['parameters']:>10,} {row['macs']:>12,}  {row['options']}\n{'':33}{row['description']}")
+
+
+# --- teacher train ---------------------------------------------------------------------------------
+
+@click.group("teacher")
+def teacher_group():
+    """Train teachers."""
+
+
+@teacher_group.command("train")
+@data_options
+@click.option("--arch", default="cnn", show_default=True, help="Architecture spec, e.g. cnn:width=32 (see 'edgekd models').")
+@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True, help="Members, seeds seed..seed+N-1.")
+@click.option("--combine", type=click.Choice(["logits", "probs"]), default="logits", show_default=True)
+@train_options(epochs=8, lr=2e-3, jitter=0)
+@output_options
+@common_options
+@click.pass_context
+def teacher_train_cmd(ctx, **params):
+    """Train one teacher or an ensemble of N with different seeds, saved as one artifact."""
+    from edgekd.teacher_training import TeacherConfig, train_teachers
+
+    check_out(params)
+    data = load_data(params)
+    config = TeacherConfig(arch=params["arch"], ensemble=params["ensemble"], combine=params["combine"],
+                           train=make_train_config(params))
+    dist = distributed_context(params)
+    result = train_teachers(data, config, params["out"], overwrite=params["overwrite"], resume=params["resume"],
+                            progress=show_progress(params), dist=dist, config_record=resolved_config(ctx))
+    if dist is None or dist.rank == 0:
+        for i, acc in enumerate(result.member_test_accuracy):
+            click.echo(f"member {i} (seed {params['seed'] + i}): test accuracy {acc:.4f}")
+        click.echo(f"ensemble of {len(result.member_test_accuracy)}: test accuracy {result.ensemble_test_accuracy:.4f}, "
+                   f"NLL {result.ensemble_test_nll:.4f}; {result.macs_per_member * len(result.member_test_accuracy):,} MACs; "
+                   f"{result.seconds:.1f} s -> {result.path}")
+
+
+# --- distill -------------------------------------------------------------------------------------
+
+def _parse_auto(name, value, kind=float):
+    from edgekd.errors import ConfigError
+
+    if value is None or str(value).lower() == "auto":
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"The '{name}' parameter must be a number or 'auto'. Got {value!r} instead.") from None
+
+
+def _parse_list(name, value, kind=float):
+    from edgekd.errors import ConfigError
+
+    if value in (None, ""):
+        return ()
+    try:
+        return tuple(kind(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"The '{name}' parameter must be a comma-separated list of numbers. Got {value!r} instead.") from None
+
+
+def distill_config(params):
+    from edgekd.distill import DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, DistillConfig
+
+    return DistillConfig(
+        student=params["student"], temperature=_parse_auto("temperature", params["temperature"]),
+        alpha=_parse_auto("alpha", params["alpha"]),
+        temperature_grid=_parse_list("temperature_grid", params["temperature_grid"]) or DEFAULT_TEMPERATURE_GRID,
+        alpha_grid=_parse_list("alpha_grid", params["alpha_grid"]) or DEFAULT_ALPHA_GRID,
+        auto_epochs=params["auto_epochs"], train=make_train_config(params), views=params["views"],
+        transfer_limit=params["transfer_limit"], omit_classes=_parse_list("omit_classes", params["omit_classes"], int),
+        baseline=params["baseline"])
+
+
+def distill_options(func):
+    @click.option("--student", default="mlp", show_default=True, help="Student architecture spec (see 'edgekd models').")
+    @click.option("--temperature", "-T", default="4", show_default=True, help="Softmax temperature, or 'auto' (val-selected).")
+    @click.option("--alpha", default="0.9", show_default=True, help="Weight of the soft term in [0, 1], or 'auto'.")
+    @click.option("--temperature-grid", default=None, help="Grid for --temperature auto (default 1,2,4,8,16).")
+    @click.option("--alpha-grid", default=None, help="Grid for --alpha auto (default 0.5,0.9,1).")
+    @click.option("--auto-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+                  help="Epochs per auto candidate (0: a quarter of --epochs).")
+    @click.option("--views", type=click.IntRange(min=0), default=0, show_default=True,
+                  help="With --jitter: cache teacher logits on this many jittered views (0: run the teacher online).")
+    @click.option("--transfer-limit", default=None, help="Transfer set: a count or a fraction of the train split.")
+    @click.option("--omit-classes", default=None, help="Comma-separated class indices left out of the transfer set "
+                                                        "(their bias is then corrected on val).")
+    @click.option("--baseline/--no-baseline", default=False, show_default=True,
+                  help="Also train the student on hard labels with the same budget and seed.")
+    @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                  help="Teacher-logit cache (default $EDGEKD_CACHE or ~/.cache/edgekd).")
+    @click.option("--no-cache", is_flag=True, help="Do not read or write the logit cache.")
+    @click.option("--refresh-cache", is_flag=True, help="Recompute the teacher logits and replace the cached ones.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+    return wrapper
+
+
+@click.command("distill")
+@click.option("--teacher", required=True, help="Teacher: artifact folder, .onnx file or TorchScript file.")
+@teacher_options
+@data_options
+@distill_options
+@train_options(epochs=20, lr=3e-3, jitter=0)
+@output_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@common_options
+@click.pass_context
+def distill_cmd(ctx, **params):
+    """Train a compact student on the teacher's temperature-softened targets."""
+    from edgekd.cache import LogitCache
+    from edgekd.distill import distill
+    from edgekd.training import resolve_device
+
+    check_out(params)
+    config = distill_config(params)
+    data = load_data(params)
+    dist = distributed_context(params)
+    teacher = open_teacher(params["teacher"], params, device=resolve_device(params["device"]))
+    cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"], writer=dist is None or dist.rank == 0)
+    result = distill(teacher, data, config, params["out"], cache=cache, overwrite=params["overwrite"],
+                     resume=params["resume"], refresh_cache=params["refresh_cache"], progress=show_progress(params),
+                     dist=dist, config_record=resolved_config(ctx))
+    if dist is not None and dist.rank != 0:
+        return
+    if params["as_json"]:
+        from dataclasses import asdict
+
+        echo_json(asdict(result))
+        return
+    print_distill(result, teacher.description)
+
+
+def print_distill(result, teacher_desc: str) -> None:
+    if result.search:
+        click.echo("auto search on val (short budget):")
+        for c in result.search:
+            click.echo(f"  T={c['temperature']:<5g} alpha={c['alpha']:<4g} val accuracy {c['val_accuracy']:.4f}  NLL {c['val_nll']:.4f}")
+    click.echo(f"chose T={result.temperature:g}, alpha={result.alpha:g}; transfer set {result.transfer_size} samples; "
+               f"teacher logits cache: {result.cache_hits} hit(s), {result.cache_misses} computed")
+    tm = f"{result.teacher_macs:,}" if result.teacher_macs else "?"
+    click.echo(f"{'model':<22} {'test acc':>9} {'MACs':>14}")
+    click.echo(f"{'teacher':<22} {result.teacher_test_accuracy:>9.4f} {tm:>14}   {teacher_desc}")
+    if result.baseline_test_accuracy is not None:
+        click.echo(f"{'student, hard labels':<22} {result.baseline_test_accuracy:>9.4f} {result.student_macs:>14,}")
+    click.echo(f"{'student, distilled':<22} {result.student_test_accuracy:>9.4f} {result.student_macs:>14,}")
+    if result.gap_closed is not None:
+        click.echo(f"distillation closes {100 * result.gap_closed:.1f}% of the baseline->teacher gap"
+                   + ("" if result.gap_closed > 0 else " (no gain over the hard-label baseline)"))
+    if result.omitted:
+        o = result.omitted
+        click.echo(f"omitted classes {o['classes']}: bias +{o['bias']:.2f} (fitted on val): test errors "
+                   f"{o['test_errors_before']} -> {o['test_errors_after']}")
+    ratio = f" ({result.seconds_per_epoch / result.baseline_seconds_per_epoch:.2f}x hard-label)" if result.baseline_seconds_per_epoch else ""
+    click.echo(f"{result.seconds_per_epoch:.2f} s per distillation epoch{ratio} -> {result.path}")
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+
+@click.command("evaluate")
+@click.argument("model")
+@teacher_options
+@data_options
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--teacher", "reference", default=None, help="Also report top-1 agreement with this teacher.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common_options
+def evaluate_cmd(model, reference, split, as_json, **params):
+    """Accuracy, NLL, ECE, per-class accuracy and confusion matrix of MODEL (anything --teacher accepts)."""
+    from edgekd.evaluate import evaluate
+
+    data = load_data(params)
+    result = evaluate(open_teacher(model, params), data, split=split,
+                      reference=open_teacher(reference, params) if reference else None)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    click.echo(f"{result.model} on {result.data} [{result.split}], n={result.n}")
+    click.echo(f"accuracy {result.accuracy:.4f}  NLL {result.nll:.4f}  ECE {result.ece:.4f}"
+               + (f"  agreement with teacher {result.agreement:.4f}" if result.agreement is not None else ""))
+    width = max(len(c) for c in result.per_class_accuracy)
+    for name, acc in result.per_class_accuracy.items():
+        click.echo(f"  {name:<{width}}  {acc:.4f}" if acc is not None else f"  {name:<{width}}  (no samples)")
+
+
+# --- pipeline ------------------------------------------------------------------------------------
+
+@click.command("pipeline")
+@data_options
+@click.option("--teacher-arch", default="cnn", show_default=True)
+@click.option("--ensemble", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--teacher-epochs", type=click.IntRange(min=1), default=15, show_default=True)
+@click.option("--student", default="mlp:hidden=64", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--temperature", "-T", default="auto", show_default=True)
+@click.option("--alpha", default="0.9", show_default=True)
+@click.option("--jitter", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--skip", multiple=True, type=click.Choice(["specialists", "export", "bench"]),
+              help="Skip an optional stage (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True)
+@click.option("--resume", is_flag=True, help="Keep the stages already finished in --out.")
+@common_options
+@click.pass_context
+def pipeline_cmd(ctx, **params):
+    """The whole chain: teacher ensemble -> specialists -> distill (with baseline) -> evaluate -> export -> bench."""
+    from edgekd.pipeline import PipelineConfig, run_pipeline
+
+    config = PipelineConfig(
+        data=params["data"], train_limit=params["train_limit"], val_fraction=params["val_fraction"],
+        teacher_arch=params["teacher_arch"], ensemble=params["ensemble"], teacher_epochs=params["teacher_epochs"],
+        student=params["student"], epochs=params["epochs"], temperature=_parse_auto("temperature", params["temperature"]),
+        alpha=_parse_auto("alpha", params["alpha"]), jitter=params["jitter"], seed=params["seed"],
+        device=params["device"], skip=tuple(params["skip"]))
+    result = run_pipeline(config, params["out"], overwrite=params["overwrite"], resume=params["resume"],
+                          progress=show_progress(params), echo=click.echo, config_record=resolved_config(ctx))
+    click.echo(f"summary: {result.summary_md}")

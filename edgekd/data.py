@@ -1,0 +1,282 @@
+"""Datasets named by one spec string, used by every command.
+
+Specs:
+- ``digits``: scikit-learn's 8x8 digits (shipped inside scikit-learn), 10 classes; the default.
+- ``fashion-mnist[:DIR]``, ``mnist[:DIR]``: the four standard IDX files (gzipped or not) in DIR, else
+  in ``$EDGEKD_DATA/<name>``, else ``/usr/share/datasets/<name>``.
+- ``npz:PATH``: arrays ``x`` and ``y``, optional ``class_names``, ``x_test``/``y_test``.
+
+Inputs are kept *raw* (pixels as stored: 0-255, or 0-16 for digits) as float32 tensors; every edgekd
+model carries its own normalisation (statistics computed on the train split), so any model maps raw
+inputs to logits and a device can feed pixels as they come.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import DataError
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+IDX_DATASETS = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": MNIST_CLASSES}
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+KNOWN_SPECS = ("digits", "fashion-mnist[:DIR]", "mnist[:DIR]", "npz:PATH")
+# Datasets without an official test split get a fixed, seed-independent stratified one.
+HELD_OUT_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Raw float32 inputs (N, *input_shape) and int64 labels for train / val / test."""
+
+    spec: str
+    classes: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    x_train: "torch.Tensor"
+    y_train: "torch.Tensor"
+    x_val: "torch.Tensor"
+    y_val: "torch.Tensor"
+    x_test: "torch.Tensor"
+    y_test: "torch.Tensor"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    split_seed: int = 0
+    train_limit: int | None = None
+    _fingerprints: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str):
+        """``(x, y)`` of 'train', 'val' or 'test'."""
+        if name not in ("train", "val", "test"):
+            raise DataError(f"The 'split' parameter must be one of 'train', 'val', 'test'. Got {name!r} instead.")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def fingerprint(self, split: str = "train") -> str:
+        """sha256 of a split's inputs and labels (used to key teacher-logit caches)."""
+        if split not in self._fingerprints:
+            x, y = self.split(split)
+            digest = hashlib.sha256()
+            digest.update(str(tuple(x.shape)).encode())
+            digest.update(x.contiguous().numpy().tobytes())
+            digest.update(y.contiguous().numpy().tobytes())
+            self._fingerprints[split] = digest.hexdigest()
+        return self._fingerprints[split]
+
+    def describe(self) -> dict:
+        return {
+            "spec": self.spec, "classes": list(self.classes), "input_shape": list(self.input_shape),
+            "n_train": len(self.y_train), "n_val": len(self.y_val), "n_test": len(self.y_test),
+            "split_seed": self.split_seed, "train_limit": self.train_limit,
+            "mean": list(self.mean), "std": list(self.std),
+        }
+
+
+def load_dataset(spec: str = "digits", *, val_fraction: float = 0.1, split_seed: int = 0,
+                 train_limit: int | None = None) -> Dataset:
+    """Load ``spec``, split train into train/val (stratified, seeded) and compute train statistics."""
+    x, y, x_test, y_test, classes = _load_arrays(spec)
+    _check_arrays(spec, x, y, x_test, y_test, classes)
+    if x_test is None:
+        train_idx, test_idx = _stratified_split(y, HELD_OUT_TEST_FRACTION, seed=12345)
+        x, y, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+    train_idx, val_idx = _stratified_split(y, val_fraction, seed=split_seed)
+    if train_limit is not None:
+        if train_limit < len(classes):
+            raise DataError(f"The 'train_limit' parameter must be at least the number of classes ({len(classes)}). Got {train_limit} instead.")
+        train_idx = _stratified_subset(y, train_idx, train_limit, seed=split_seed)
+    return _make_dataset(spec, classes, x, y, train_idx, val_idx, x_test, y_test, split_seed, train_limit)
+
+
+def _make_dataset(spec, classes, x, y, train_idx, val_idx, x_test, y_test, split_seed, train_limit) -> Dataset:
+    import torch
+
+    x = _as_nchw(x)
+    x_test = _as_nchw(x_test)
+    x_train = torch.from_numpy(np.ascontiguousarray(x[train_idx], dtype=np.float32))
+    mean, std = channel_stats(x_train)
+    as_labels = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+    return Dataset(
+        spec=spec, classes=tuple(classes), input_shape=tuple(x.shape[1:]),
+        x_train=x_train, y_train=as_labels(y[train_idx]),
+        x_val=torch.from_numpy(np.ascontiguousarray(x[val_idx], dtype=np.float32)), y_val=as_labels(y[val_idx]),
+        x_test=torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)), y_test=as_labels(y_test),
+        mean=mean, std=std, split_seed=split_seed, train_limit=train_limit,
+    )
+
+
+def channel_stats(x) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (N, C, ...) inputs (one channel for vectors)."""
+    flat = x.reshape(x.shape[0], x.shape[1], -1) if x.dim() > 2 else x.reshape(x.shape[0], 1, -1)
+    mean = flat.double().mean(dim=(0, 2))
+    std = flat.double().std(dim=(0, 2)).clamp_min(1e-6)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _as_nchw(x: np.ndarray) -> np.ndarray:
+    """(N, H, W) images gain a channel axis; vectors (N, D) and (N, C, H, W) stay."""
+    return x[:, None] if x.ndim == 3 else x
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def _load_arrays(spec: str):
+    name, _, arg = spec.partition(":")
+    if spec == "digits":
+        return _load_digits()
+    if name in IDX_DATASETS:
+        return (*_load_idx(name, arg or None), IDX_DATASETS[name])
+    if name == "npz" and arg:
+        return _load_npz(Path(arg))
+    raise DataError(f"Unknown dataset '{spec}'; choose one of {', '.join(KNOWN_SPECS)}.")
+
+
+def _load_digits():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32)  # (1797, 8, 8), values 0..16
+    return images, bunch.target.astype(np.int64), None, None, tuple(str(c) for c in bunch.target_names)
+
+
+def _idx_dirs(name: str, given: str | None) -> list[Path]:
+    if given:
+        return [Path(given)]
+    dirs = []
+    if os.environ.get("EDGEKD_DATA"):
+        dirs.append(Path(os.environ["EDGEKD_DATA"]) / name)
+    dirs.append(Path("/usr/share/datasets") / name)
+    return dirs
+
+
+def _load_idx(name: str, given: str | None):
+    dirs = _idx_dirs(name, given)
+    for folder in dirs:
+        found = {key: _find_idx_file(folder, stem) for key, stem in IDX_FILES.items()}
+        if all(found.values()):
+            arrays = {key: _read_idx(path) for key, path in found.items()}
+            return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
+    where = " or ".join(f"'{d}'" for d in dirs)
+    hint = "install Debian's dataset-fashion-mnist package (apt-get install -y dataset-fashion-mnist)" if name == "fashion-mnist" \
+        else f"download the four IDX files of {name}"
+    raise DataError(f"Dataset '{name}' not found: looked for {IDX_FILES['x_train']}[.gz] and the other three IDX files in {where}; "
+                    f"{hint}, or pass '{name}:DIR' or set EDGEKD_DATA.")
+
+
+def _find_idx_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz", folder / stem.replace("-idx", ".idx")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (the MNIST format: magic, dims as big-endian uint32, then data)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("bad magic number")
+        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        return data.reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError) as exc:
+        raise DataError(f"'{path}' is not a valid IDX file ({exc}); re-download or reinstall the dataset.") from None
+
+
+def _load_npz(path: Path):
+    if not path.is_file():
+        raise DataError(f"Dataset file '{path}' not found; pass 'npz:PATH' with an existing .npz holding arrays 'x' and 'y'.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"'{path}' is not a readable .npz without pickled objects ({exc}); save it with numpy.savez.") from None
+    missing = [key for key in ("x", "y") if key not in arrays]
+    if missing:
+        raise DataError(f"'{path}' has arrays {sorted(arrays)} but needs 'x' and 'y'; save it with numpy.savez(path, x=..., y=...).")
+    y = arrays["y"]
+    if y.dtype.kind not in "iu":
+        raise DataError(f"'{path}': 'y' must hold integer class labels. Got dtype {y.dtype} instead.")
+    n_classes = int(max(y.max(initial=0), arrays.get("y_test", y).max(initial=0))) + 1
+    names = arrays.get("class_names")
+    classes = tuple(str(c) for c in names) if names is not None else tuple(str(i) for i in range(n_classes))
+    return arrays["x"], y, arrays.get("x_test"), arrays.get("y_test"), classes
+
+
+def _check_arrays(spec, x, y, x_test, y_test, classes) -> None:
+    def fail(msg):
+        raise DataError(f"Dataset '{spec}': {msg}")
+
+    for xs, ys, part in ((x, y, "x/y"), (x_test, y_test, "x_test/y_test")):
+        if xs is None and ys is None:
+            continue
+        if xs is None or ys is None:
+            fail(f"{part} must be given together; add the missing array.")
+        if xs.dtype.kind not in "uif" or xs.ndim not in (2, 3, 4):
+            fail(f"inputs must be numeric arrays of shape (N, D), (N, H, W) or (N, C, H, W). Got dtype {xs.dtype}, shape {xs.shape} instead.")
+        if ys.ndim != 1 or len(ys) != len(xs):
+            fail(f"labels must be a vector with one entry per input. Got {ys.shape} labels for {len(xs)} inputs.")
+        if len(xs) == 0:
+            fail("it holds no samples; pass a dataset with at least one sample per class.")
+        if xs.dtype.kind == "f" and not np.isfinite(xs).all():
+            fail("inputs contain NaN or Inf; clean the data first.")
+        if ys.min() < 0 or ys.max() >= len(classes):
+            fail(f"labels must be in [0, {len(classes) - 1}] for {len(classes)} classes. Got [{ys.min()}, {ys.max()}] instead.")
+    if x_test is not None and x_test.shape[1:] != x.shape[1:]:
+        fail(f"x_test has sample shape {x_test.shape[1:]} but x has {x.shape[1:]}; they must match.")
+    counts = np.bincount(y, minlength=len(classes))
+    if (counts < 2).any():
+        fail(f"every class needs at least 2 training samples to split train/val; class(es) {np.flatnonzero(counts < 2).tolist()} have fewer.")
+
+
+# --- splits -------------------------------------------------------------------------------------
+
+def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out) with ``fraction`` of each class held out (at least one per class)."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        n_held = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def _stratified_subset(y: np.ndarray, idx: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A stratified subset of ``idx`` of about ``n`` samples (class shares kept, >= 1 each)."""
+    if n >= len(idx):
+        return idx
+    rng = np.random.default_rng(seed + 1)
+    labels = y[idx]
+    chosen = []
+    for label in np.unique(labels):
+        members = idx[labels == label]
+        take = max(1, round(n * len(members) / len(idx)))
+        chosen.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(chosen))
+
+
+def stratified_subset_indices(y, n: int, seed: int) -> np.ndarray:
+    """Public form of the stratified subset, over all of ``y`` (used for transfer-set limits)."""
+    y = np.asarray(y)
+    return _stratified_subset(y, np.arange(len(y)), n, seed)

@@ -1,0 +1,312 @@
+"""Distillation (paper section 2): train a compact student on the teacher's softened outputs.
+
+Loss: ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``; the student infers at
+T = 1. Teacher logits on the transfer set are computed once and cached (``edgekd.cache``); with
+input jitter the teacher either runs online on every augmented batch (``views=0``) or its logits
+are cached for ``views`` fixed jittered copies of the transfer set, one drawn per sample and epoch.
+
+Transfer-set options from the paper (section 3): ``transfer_limit`` (a count or a fraction of the
+train split) and ``omit_classes`` with the bias correction for omitted classes, fitted on val.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.artifacts import save_artifact
+from edgekd.cache import LogitCache, cache_key
+from edgekd.data import Dataset, stratified_subset_indices
+from edgekd.errors import ConfigError, TrainingError
+from edgekd.losses import distillation_loss
+from edgekd.models import count_macs, count_parameters, create_model, format_arch, parse_arch
+from edgekd.teacher_training import cross_entropy_loss, supervised_batches
+from edgekd.teachers import Teacher, check_teacher_fits
+from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, epoch_generator, fit,
+                             jitter_shifts, predict_logits)
+from edgekd.validation import check_in_range, check_int_at_least, check_positive, parse_limit
+
+DEFAULT_TEMPERATURE_GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
+DEFAULT_ALPHA_GRID = (0.5, 0.9, 1.0)
+VIEW_SEED = 7_919  # jittered views are fixed (not tied to the training seed) so their cache is shared
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """``temperature=None`` / ``alpha=None`` mean "auto": picked on the val split from the grids."""
+
+    student: str = "mlp"
+    temperature: float | None = 4.0
+    alpha: float | None = 0.9
+    temperature_grid: tuple[float, ...] = DEFAULT_TEMPERATURE_GRID
+    alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
+    auto_epochs: int = 0            # budget of each auto candidate; 0 = a quarter of the epochs
+    train: TrainConfig = TrainConfig(epochs=20)
+    views: int = 0                  # with jitter: cached jittered views of the transfer set; 0 = online teacher
+    transfer_limit: str | None = None
+    omit_classes: tuple[int, ...] = ()
+    baseline: bool = False
+
+    def __post_init__(self):
+        parse_arch(self.student)
+        if self.temperature is not None:
+            check_positive("temperature", self.temperature)
+        if self.alpha is not None:
+            check_in_range("alpha", self.alpha, 0.0, 1.0)
+        for t in self.temperature_grid:
+            check_positive("temperature_grid", t)
+        for a in self.alpha_grid:
+            check_in_range("alpha_grid", a, 0.0, 1.0)
+        check_int_at_least("auto_epochs", self.auto_epochs, 0)
+        check_int_at_least("views", self.views, 0)
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    path: Path
+    temperature: float
+    alpha: float
+    search: tuple = ()
+    student_test_accuracy: float = 0.0
+    student_test_nll: float = 0.0
+    teacher_test_accuracy: float = 0.0
+    baseline_test_accuracy: float | None = None
+    gap_closed: float | None = None
+    student_macs: int = 0
+    student_parameters: int = 0
+    teacher_macs: int | None = None
+    seconds_per_epoch: float = 0.0
+    baseline_seconds_per_epoch: float | None = None
+    transfer_size: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    omitted: dict = field(default_factory=dict)
+
+
+# --- teacher logits ------------------------------------------------------------------------------
+
+def teacher_logits(teacher: Teacher, data: Dataset, split: str, cache: LogitCache, *, refresh: bool = False) -> torch.Tensor:
+    """The teacher's raw logits on a split, from the cache when the teacher and data are unchanged."""
+    x, _ = data.split(split)
+    key = cache_key("logits", teacher.fingerprint, data.fingerprint(split))
+    return cache.get_or_compute(key, lambda: teacher.logits(x), refresh=refresh)
+
+
+def view_shifts(n: int, views: int, pixels: int) -> torch.Tensor:
+    """(views, n, 2) fixed shifts; view 0 is the identity."""
+    shifts = [torch.zeros((n, 2), dtype=torch.long)]
+    for v in range(1, views):
+        shifts.append(jitter_shifts(n, pixels, torch.Generator().manual_seed(VIEW_SEED + v)))
+    return torch.stack(shifts)
+
+
+def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int, cache: LogitCache,
+                        *, refresh: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher logits (views, n, classes) on ``views`` jittered copies of the train split, and the shifts."""
+    shifts = view_shifts(len(data.y_train), views, pixels)
+    outs = []
+    for v in range(views):
+        key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), f"{pixels}:{VIEW_SEED + v}" if v else "0")
+        outs.append(cache.get_or_compute(key, lambda v=v: teacher.logits(apply_shifts(data.x_train, shifts[v], pixels)), refresh=refresh))
+    return torch.stack(outs), shifts
+
+
+# --- the transfer set ------------------------------------------------------------------------------
+
+def transfer_indices(data: Dataset, limit, omit_classes, seed: int) -> np.ndarray:
+    """Indices into the train split: omitted classes removed, then a stratified subset of ``limit``."""
+    y = data.y_train.numpy()
+    for c in omit_classes:
+        if not 0 <= c < data.num_classes:
+            raise ConfigError(f"The 'omit_classes' parameter must hold classes in [0, {data.num_classes - 1}]. Got {c} instead.")
+    keep = np.flatnonzero(~np.isin(y, list(omit_classes)))
+    n = parse_limit("transfer_limit", limit, len(keep))
+    if n is not None and n < len(keep):
+        keep = keep[stratified_subset_indices(y[keep], n, seed)]
+    if len(keep) == 0:
+        raise TrainingError(f"The transfer set is empty (train split of {len(y)}, omitted classes {list(omit_classes)}, "
+                            f"limit {limit!r}); omit fewer classes or raise --transfer-limit.")
+    return keep
+
+
+def _distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher | None):
+    """``make_batch`` yielding (input, labels, teacher logits) for one epoch's indices."""
+    def make_batch(indices, generator, _epoch):
+        xb, yb = x[indices], y[indices]
+        if teacher_online is not None:
+            if pixels:
+                xb = apply_shifts(xb, jitter_shifts(len(indices), pixels, generator), pixels)
+            return xb, yb, teacher_online.logits(xb)
+        if views_shifts is None:
+            return xb, yb, logits[indices]
+        view = torch.randint(0, logits.shape[0], (len(indices),), generator=generator)
+        xb = apply_shifts(xb, views_shifts[view, indices], pixels)
+        return xb, yb, logits[view, indices]
+    return make_batch
+
+
+def _distill_loss(temperature, alpha):
+    def loss_fn(outputs, batch):
+        return distillation_loss(outputs, batch[2], batch[1], temperature=temperature, alpha=alpha)
+    return loss_fn
+
+
+# --- the bias correction for omitted classes -------------------------------------------------------
+
+def fit_omitted_bias(val_logits: torch.Tensor, y_val: torch.Tensor, omitted) -> float:
+    """The bias b added to the omitted classes' logits that minimises val NLL (paper section 3:
+    the student never saw them, so their logits are too low; the paper raised class 3's bias by 3.5)."""
+    from scipy.optimize import minimize_scalar
+
+    mask = torch.zeros(val_logits.shape[1])
+    mask[list(omitted)] = 1.0
+
+    def nll(b):
+        return float(torch.nn.functional.cross_entropy(val_logits + b * mask, y_val))
+
+    return float(minimize_scalar(nll, bounds=(-10.0, 40.0), method="bounded", options={"xatol": 1e-3}).x)
+
+
+def add_output_bias(model: torch.nn.Module, classes, bias: float) -> None:
+    """Add ``bias`` to the given classes' entries of the last linear layer's bias."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias[list(classes)] += bias
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | Path, *,
+            cache: LogitCache | None = None, overwrite: bool = False, resume: bool = False,
+            refresh_cache: bool = False, progress: bool = False, dist=None, config_record: dict | None = None) -> DistillResult:
+    """Train ``config.student`` on ``teacher``'s soft targets; optionally a hard-label baseline too."""
+    out = Path(out)
+    cache = cache or LogitCache()
+    train_cfg = config.train
+    check_teacher_fits(teacher, data)
+    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0)
+    idx = torch.from_numpy(transfer_indices(data, config.transfer_limit, config.omit_classes, train_cfg.seed))
+    x, y = data.x_train[idx], data.y_train[idx]
+    pixels = train_cfg.jitter if len(data.input_shape) == 3 else 0
+    if pixels and config.views == 0:
+        make_batch = _distill_batches(x, y, None, None, pixels, teacher)
+    elif pixels:
+        all_logits, shifts = teacher_view_logits(teacher, data, config.views, pixels, cache, refresh=refresh_cache)
+        make_batch = _distill_batches(x, y, all_logits[:, idx], shifts[:, idx], pixels, None)
+    else:
+        logits = teacher_logits(teacher, data, "train", cache, refresh=refresh_cache)[idx]
+        make_batch = _distill_batches(x, y, logits, None, 0, None)
+    val = (data.x_val, data.y_val)
+    arch, options = parse_arch(config.student)
+
+    def new_student(seed):
+        torch.manual_seed(seed)
+        model = create_model(arch, data.input_shape, data.num_classes, mean=data.mean, std=data.std, options=options)
+        if dist is not None:
+            dist.broadcast_parameters(model)
+        return model
+
+    search = _search(config, new_student, make_batch, len(idx), val, store, progress, dist)
+    temperature, alpha = search["temperature"], search["alpha"]
+    student = new_student(train_cfg.seed)
+    fitted = fit(student, n_train=len(idx), make_batch=make_batch, loss_fn=_distill_loss(temperature, alpha),
+                 val=val, config=train_cfg, store=store, name="student", progress=progress, dist=dist)
+    baseline = base_fit = None
+    if config.baseline:
+        baseline = new_student(train_cfg.seed)
+        base_fit = fit(baseline, n_train=len(idx), make_batch=supervised_batches(x, y, pixels), loss_fn=cross_entropy_loss,
+                       val=val, config=train_cfg, store=store, name="baseline", progress=progress, dist=dist)
+    omitted = {}
+    if config.omit_classes:
+        omitted = _correct_omitted(student, data, config.omit_classes)
+        if baseline is not None:
+            omitted["baseline"] = _correct_omitted(baseline, data, config.omit_classes)
+
+    test_t = teacher_logits(teacher, data, "test", cache, refresh=refresh_cache)
+    teacher_acc, teacher_nll = accuracy_and_nll(test_t, data.y_test)
+    student_acc, student_nll = accuracy_and_nll(predict_logits(student, data.x_test), data.y_test)
+    base_acc = accuracy_and_nll(predict_logits(baseline, data.x_test), data.y_test)[0] if baseline is not None else None
+    gap = (student_acc - base_acc) / (teacher_acc - base_acc) if base_acc is not None and teacher_acc != base_acc else None
+    teacher_macs = _teacher_macs(teacher)
+    macs, params = count_macs(student, data.input_shape), count_parameters(student)
+    metrics = {"test_accuracy": student_acc, "test_nll": student_nll, "val_accuracy": fitted.val_accuracy,
+               "teacher_test_accuracy": teacher_acc, "teacher_test_nll": teacher_nll,
+               "baseline_test_accuracy": base_acc, "gap_closed": gap, "macs": macs, "parameters": params,
+               "teacher_macs": teacher_macs, "seconds_per_epoch": fitted.seconds_per_epoch,
+               "baseline_seconds_per_epoch": base_fit.seconds_per_epoch if base_fit else None,
+               "history": fitted.history, "omitted": omitted}
+    result = DistillResult(
+        path=out, temperature=temperature, alpha=alpha, search=tuple(search["candidates"]),
+        student_test_accuracy=student_acc, student_test_nll=student_nll, teacher_test_accuracy=teacher_acc,
+        baseline_test_accuracy=base_acc, gap_closed=gap, student_macs=macs, student_parameters=params,
+        teacher_macs=teacher_macs, seconds_per_epoch=fitted.seconds_per_epoch,
+        baseline_seconds_per_epoch=base_fit.seconds_per_epoch if base_fit else None, transfer_size=len(idx),
+        cache_hits=cache.hits, cache_misses=cache.misses, omitted=omitted)
+    if dist is None or dist.rank == 0:
+        record = config_record or {"distill": asdict(config)}
+        common = {"classes": list(data.classes), "input_shape": list(data.input_shape),
+                  "normalization": {"mean": list(data.mean), "std": list(data.std)}, "data": data.describe(),
+                  "seed": train_cfg.seed, "teacher": {"description": teacher.description, "fingerprint": teacher.fingerprint}}
+        member = {"arch": arch, "options": options, "weights": "member-0.safetensors", "num_outputs": data.num_classes}
+        nested = {}
+        if baseline is not None:
+            nested["baseline"] = ({**common, "kind": "model", "members": [member], "combine": "logits",
+                                   "config": {**record, "role": "hard-label baseline"},
+                                   "metrics": {"test_accuracy": base_acc, "macs": macs, "parameters": params,
+                                               "history": base_fit.history}},
+                                  {"member-0.safetensors": baseline.state_dict()})
+        manifest = {**common, "kind": "model", "members": [member], "combine": "logits",
+                    "config": {**record, "temperature": temperature, "alpha": alpha, "student": format_arch(arch, options)},
+                    "metrics": metrics, "search": search["candidates"]}
+        save_artifact(out, manifest, {"member-0.safetensors": student.state_dict()}, nested=nested, overwrite=overwrite)
+        store.finish()
+    return result
+
+
+def _search(config: DistillConfig, new_student, make_batch, n_train, val, store, progress, dist) -> dict:
+    """Pick (T, alpha) on val with a short budget when either is "auto"; results survive --resume."""
+    temps = config.temperature_grid if config.temperature is None else (config.temperature,)
+    alphas = config.alpha_grid if config.alpha is None else (config.alpha,)
+    if len(temps) == 1 and len(alphas) == 1:
+        return {"temperature": temps[0], "alpha": alphas[0], "candidates": []}
+    budget = config.auto_epochs or max(1, config.train.epochs // 4)
+    short = TrainConfig(**{**asdict(config.train), "epochs": budget, "patience": 0})
+    candidates = []
+    for temperature in temps:
+        for alpha in alphas:
+            name = f"search-T{temperature:g}-a{alpha:g}"
+            fitted = fit(new_student(short.seed), n_train=n_train, make_batch=make_batch,
+                         loss_fn=_distill_loss(temperature, alpha), val=val, config=short, store=store,
+                         name=name, progress=progress, dist=dist)
+            candidates.append({"temperature": temperature, "alpha": alpha, "epochs": budget,
+                               "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll})
+    best = max(candidates, key=lambda c: (c["val_accuracy"], -c["val_nll"]))
+    return {"temperature": best["temperature"], "alpha": best["alpha"], "candidates": candidates}
+
+
+def _correct_omitted(model, data: Dataset, omitted) -> dict:
+    """Fit the omitted classes' bias on val, apply it to ``model``, report test errors before/after."""
+    before = accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0]
+    bias = fit_omitted_bias(predict_logits(model, data.x_val), data.y_val, omitted)
+    add_output_bias(model, omitted, bias)
+    after = accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0]
+    n = len(data.y_test)
+    mask = torch.isin(data.y_test, torch.tensor(list(omitted)))
+    return {"classes": list(omitted), "bias": bias, "test_accuracy_before": before, "test_accuracy_after": after,
+            "test_errors_before": round((1 - before) * n), "test_errors_after": round((1 - after) * n),
+            "omitted_class_test_samples": int(mask.sum())}
+
+
+def _teacher_macs(teacher: Teacher) -> int | None:
+    artifact = getattr(teacher, "artifact", None)
+    if artifact is not None and artifact.manifest.get("metrics", {}).get("macs"):
+        return int(artifact.manifest["metrics"]["macs"])
+    module = teacher.module()
+    if module is not None and teacher.input_shape is not None:
+        return count_macs(module, teacher.input_shape)
+    return None

@@ -1,0 +1,80 @@
+"""Data-parallel training under ``torchrun`` (gloo on CPU, nccl on GPU).
+
+``torchrun --nproc-per-node N -m edgekd teacher train ...`` sets RANK / WORLD_SIZE; every rank sees
+the same global batch order (same seed), takes its shard of each batch, and gradients are averaged,
+so N processes take the same optimisation steps as one process with the same global batch. Only
+rank 0 writes checkpoints, caches and artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Context:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def shard_batch(self, batch: tuple) -> tuple:
+        """This rank's contiguous slice of every tensor in the batch."""
+        n = len(batch[0])
+        per = -(-n // self.world_size)
+        lo, hi = self.rank * per, min(n, (self.rank + 1) * per)
+        return tuple(t[lo:hi] if torch.is_tensor(t) and len(t) == n else t for t in batch)
+
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        import torch.distributed as dist
+
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad /= self.world_size
+
+    def broadcast_parameters(self, model: torch.nn.Module) -> None:
+        import torch.distributed as dist
+
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+    def gather_rows(self, local: torch.Tensor, total: int) -> torch.Tensor:
+        """Concatenate each rank's rows (shards of ``total`` rows in rank order)."""
+        import torch.distributed as dist
+
+        per = -(-total // self.world_size)
+        padded = torch.zeros((per, *local.shape[1:]), dtype=local.dtype)
+        padded[:len(local)] = local
+        gathered = [torch.zeros_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(gathered, padded)
+        return torch.cat(gathered)[:total]
+
+    def shard_range(self, total: int) -> tuple[int, int]:
+        per = -(-total // self.world_size)
+        return min(total, self.rank * per), min(total, (self.rank + 1) * per)
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def context_from_env(device: str = "auto") -> Context | None:
+    """A Context when launched by torchrun with WORLD_SIZE > 1, else None (single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank = dist.get_rank()
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return Context(rank, world, torch.device("cuda", local))
+    return Context(rank, world, torch.device("cpu"))

@@ -1,0 +1,67 @@
+"""Evaluation of anything that can teach: accuracy, NLL, ECE, per-class accuracy, confusion matrix,
+and top-1 agreement with a reference teacher."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from edgekd.data import Dataset
+from edgekd.teachers import Teacher, check_teacher_fits
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    model: str
+    data: str
+    split: str
+    n: int
+    accuracy: float
+    nll: float
+    ece: float
+    per_class_accuracy: dict
+    confusion_matrix: list
+    agreement: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
+    """ECE = sum_b |B_b|/n * |accuracy(B_b) - confidence(B_b)| over equal-width confidence bins."""
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == y).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            ece += in_bin.float().mean() * (correct[in_bin].mean() - confidence[in_bin].mean()).abs()
+    return float(ece)
+
+
+def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, classes) -> dict:
+    predicted = logits.argmax(1)
+    k = len(classes)
+    confusion = torch.zeros((k, k), dtype=torch.long)
+    confusion.index_put_((y, predicted), torch.ones_like(y), accumulate=True)
+    per_class = {name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+                 for i, name in enumerate(classes)}
+    return {"n": len(y), "accuracy": float((predicted == y).float().mean()),
+            "nll": float(F.cross_entropy(logits, y)), "ece": expected_calibration_error(F.softmax(logits, 1), y),
+            "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist()}
+
+
+def evaluate(model: Teacher, data: Dataset, *, split: str = "test", reference: Teacher | None = None) -> EvalResult:
+    """Evaluate ``model`` (anything ``load_teacher`` accepts) on a split of ``data``."""
+    check_teacher_fits(model, data, name="Model")
+    x, y = data.split(split)
+    logits = model.logits(x)
+    agreement = None
+    if reference is not None:
+        check_teacher_fits(reference, data)
+        agreement = float((reference.logits(x).argmax(1) == logits.argmax(1)).float().mean())
+    return EvalResult(model=model.description, data=data.spec, split=split, agreement=agreement,
+                      **metrics_from_logits(logits, y, data.classes))

@@ -1,0 +1,220 @@
+"""The architecture registry (in the manner of timm's ``@register_model`` / ``create_model``).
+
+Every model maps *raw* inputs to logits: a ``Normalize`` layer holding the train split's statistics
+comes first, so the artifact, the ONNX file and the device all take pixels as stored.
+
+Architectures are named by a spec string ``name[:key=value,...]``; list values use ``-``:
+``mlp:hidden=1200-1200,dropout=0.2`` (the paper's teacher), ``mlp`` (2x800, the paper's student),
+``cnn:width=8``, ``dsconv:width=0.5``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgekd.errors import ConfigError
+
+_REGISTRY: dict[str, "ArchEntry"] = {}
+
+
+@dataclass(frozen=True)
+class ArchEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    defaults: dict
+    description: str
+
+
+def register_model(name: str, *, description: str, **defaults):
+    """Register ``builder(input_shape, num_classes, **options) -> nn.Module`` under ``name``."""
+    def wrap(builder):
+        _REGISTRY[name] = ArchEntry(name, builder, defaults, description)
+        return builder
+    return wrap
+
+
+def list_models() -> list[ArchEntry]:
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def parse_arch(spec: str) -> tuple[str, dict]:
+    """``"cnn:width=8"`` -> ``("cnn", {"width": 8})``, options checked against the registry."""
+    name, _, rest = spec.strip().partition(":")
+    if name not in _REGISTRY:
+        raise ConfigError(f"Unknown architecture '{name}'; choose one of {', '.join(sorted(_REGISTRY))} (see 'edgekd models').")
+    entry = _REGISTRY[name]
+    options = dict(entry.defaults)
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or key not in entry.defaults:
+            raise ConfigError(f"Unknown option '{item}' for architecture '{name}'; its options are "
+                              f"{', '.join(f'{k}={_format_value(v)}' for k, v in entry.defaults.items())}.")
+        options[key] = _parse_value(name, key, value, entry.defaults[key])
+    return name, options
+
+
+def format_arch(name: str, options: dict) -> str:
+    return name + (":" + ",".join(f"{k}={_format_value(v)}" for k, v in options.items()) if options else "")
+
+
+def _format_value(value) -> str:
+    return "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _parse_value(arch: str, key: str, text: str, default):
+    try:
+        if isinstance(default, (list, tuple)):
+            values = tuple(int(v) for v in text.split("-") if v)
+            if not values or min(values) < 1:
+                raise ValueError
+            return values
+        value = type(default)(text)
+    except ValueError:
+        raise ConfigError(f"Option '{key}' of '{arch}' must look like {_format_value(default)}. Got {text!r} instead.") from None
+    if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"Option '{key}' of '{arch}' must be a finite number >= 0. Got {text!r} instead.")
+    if key == "dropout" and not 0 <= value < 1:
+        raise ConfigError(f"Option 'dropout' of '{arch}' must be in [0, 1). Got {text!r} instead.")
+    if key in ("width", "fc") and value <= 0:
+        raise ConfigError(f"Option '{key}' of '{arch}' must be > 0. Got {text!r} instead.")
+    return value
+
+
+def create_model(spec_or_name: str, input_shape, num_classes: int, *, mean=(0.0,), std=(1.0,), options: dict | None = None) -> "EdgekdNet":
+    """Build a registered architecture behind its input normalisation."""
+    if options is None:
+        name, options = parse_arch(spec_or_name)
+    else:
+        name, parsed = parse_arch(spec_or_name)
+        options = {**parsed, **options}
+    body = _REGISTRY[name].builder(tuple(input_shape), num_classes, **options)
+    return EdgekdNet(body, tuple(input_shape), mean, std)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, with the statistics as buffers so they travel with the weights."""
+
+    def __init__(self, input_shape, mean, std):
+        super().__init__()
+        shape = (1, len(mean)) + (1,) * (len(input_shape) - 1) if len(input_shape) > 1 else (1, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(shape))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class EdgekdNet(nn.Module):
+    """``body(normalize(x))``: raw inputs in, logits out."""
+
+    def __init__(self, body: nn.Module, input_shape, mean, std):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.normalize = Normalize(input_shape, mean, std)
+        self.body = body
+
+    def forward(self, x):
+        return self.body(self.normalize(x))
+
+
+# --- architectures -----------------------------------------------------------------------------
+
+@register_model("mlp", description="fully connected ReLU net (the paper's 2x1200 teacher / 2x800 student)",
+                hidden=(800, 800), dropout=0.0)
+def _mlp(input_shape, num_classes, *, hidden, dropout):
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(input_shape)
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _require_image(arch: str, input_shape, min_side: int):
+    if len(input_shape) != 3 or min(input_shape[1:]) < min_side:
+        raise ConfigError(f"Architecture '{arch}' needs image inputs (C, H, W) of at least {min_side}x{min_side}. "
+                          f"Got input shape {tuple(input_shape)} instead; use 'mlp' for vector data.")
+
+
+def _conv_bn(cin, cout, *, stride=1, groups=1, kernel=3):
+    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+@register_model("cnn", description="4 conv+BN layers, 2 max-pools, FC, dropout (the teacher of FINDINGS.md at width 32)",
+                width=32, fc=256, dropout=0.3)
+def _cnn(input_shape, num_classes, *, width, fc, dropout):
+    _require_image("cnn", input_shape, 4)
+    channels, height, wide = input_shape
+    w = int(width)
+    features = nn.Sequential(
+        *_conv_bn(channels, w), *_conv_bn(w, w), nn.MaxPool2d(2),
+        *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
+    )
+    flat = 2 * w * (height // 4) * (wide // 4)
+    return nn.Sequential(features, nn.Flatten(), nn.Linear(flat, fc), nn.ReLU(inplace=True),
+                         nn.Dropout(dropout), nn.Linear(fc, num_classes))
+
+
+@register_model("dsconv", description="mobile-style depthwise-separable CNN (MobileNet blocks, width multiplier)",
+                width=1.0, dropout=0.1)
+def _dsconv(input_shape, num_classes, *, width, dropout):
+    _require_image("dsconv", input_shape, 4)
+    channels = input_shape[0]
+    c = lambda n: max(4, int(round(n * width)))  # noqa: E731
+
+    def separable(cin, cout, stride):
+        return [*_conv_bn(cin, cin, stride=stride, groups=cin), *_conv_bn(cin, cout, kernel=1)]
+
+    return nn.Sequential(
+        *_conv_bn(channels, c(32)),
+        *separable(c(32), c(64), 2),
+        *separable(c(64), c(128), 2),
+        *separable(c(128), c(128), 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c(128), num_classes),
+    )
+
+
+# --- cost ----------------------------------------------------------------------------------------
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape) -> int:
+    """Multiply-accumulates of one forward pass on one sample (conv and linear layers)."""
+    total = 0
+
+    def conv_hook(module, _inputs, output):
+        nonlocal total
+        kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
+        total += output[0].numel() * kernel
+
+    def linear_hook(module, _inputs, _output):
+        nonlocal total
+        total += module.in_features * module.out_features
+
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            hooks.append(module.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape)))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return total

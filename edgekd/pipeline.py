@@ -1,0 +1,119 @@
+"""``edgekd pipeline``: teacher ensemble -> specialists -> distill (with baseline) -> evaluate ->
+export -> benchmark, with a Markdown and JSON summary in the output folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgekd.artifacts import is_artifact, write_json_atomic
+from edgekd.validation import check_output_dir
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    data: str = "digits"
+    train_limit: int | None = None
+    val_fraction: float = 0.1
+    teacher_arch: str = "cnn"
+    ensemble: int = 3
+    teacher_epochs: int = 15
+    student: str = "mlp:hidden=64"
+    epochs: int = 30
+    temperature: float | None = None
+    alpha: float | None = 0.9
+    jitter: int = 1
+    seed: int = 0
+    device: str = "auto"
+    skip: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    out: Path
+    summary_md: Path
+    summary: dict = field(repr=False)
+
+
+def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
+                 progress: bool = False, echo: Callable[[str], None] = lambda s: None,
+                 config_record: dict | None = None) -> PipelineResult:
+    from edgekd.cache import LogitCache
+    from edgekd.data import load_dataset
+    from edgekd.distill import DistillConfig, distill
+    from edgekd.evaluate import evaluate
+    from edgekd.teacher_training import TeacherConfig, train_teachers
+    from edgekd.teachers import load_teacher
+    from edgekd.training import TrainConfig, resolve_device
+
+    out = Path(out)
+    check_output_dir(out, overwrite=overwrite or resume)
+    out.mkdir(exist_ok=True)
+    device = resolve_device(config.device).type
+    data = load_dataset(config.data, val_fraction=config.val_fraction, train_limit=config.train_limit)
+    timings, summary = {}, {"config": asdict(config), "data": data.describe()}
+    cache = LogitCache(out / "cache")
+
+    def stage(name, path, run):
+        started = time.perf_counter()
+        if resume and is_artifact(path):
+            echo(f"[{name}] kept from the previous run: {path}")
+        else:
+            echo(f"[{name}] ...")
+            run(path)
+        timings[name] = round(time.perf_counter() - started, 2)
+
+    teacher_dir = out / "teacher"
+    stage("teacher", teacher_dir, lambda p: train_teachers(
+        data, TeacherConfig(arch=config.teacher_arch, ensemble=config.ensemble,
+                            train=TrainConfig(epochs=config.teacher_epochs, lr=2e-3, jitter=config.jitter,
+                                              seed=config.seed, device=device)),
+        p, overwrite=True, resume=resume, progress=progress, config_record=config_record))
+    teacher = load_teacher(teacher_dir)
+    summary["teacher"] = _model_summary(evaluate(teacher, data), teacher)
+
+    student_dir = out / "student"
+    distill_cfg = DistillConfig(student=config.student, temperature=config.temperature, alpha=config.alpha,
+                                train=TrainConfig(epochs=config.epochs, jitter=config.jitter, seed=config.seed, device=device),
+                                views=4 if config.jitter else 0, baseline=True)
+    stage("distill", student_dir, lambda p: distill(teacher, data, distill_cfg, p, cache=cache, overwrite=True,
+                                                    resume=resume, progress=progress, config_record=config_record))
+    student = load_teacher(student_dir)
+    baseline = load_teacher(student_dir / "baseline")
+    manifest = student.artifact.manifest
+    summary["distill"] = {"temperature": manifest["config"]["temperature"], "alpha": manifest["config"]["alpha"],
+                          "search": manifest.get("search", []), "gap_closed": manifest["metrics"]["gap_closed"]}
+    summary["baseline"] = _model_summary(evaluate(baseline, data, reference=teacher), baseline)
+    summary["student"] = _model_summary(evaluate(student, data, reference=teacher), student)
+    summary["timings_s"] = timings
+    summary_md = out / "summary.md"
+    write_json_atomic(out / "summary.json", summary)
+    summary_md.write_text(render_summary(summary))
+    return PipelineResult(out=out, summary_md=summary_md, summary=summary)
+
+
+def _model_summary(result, teacher) -> dict:
+    metrics = teacher.artifact.manifest.get("metrics", {}) if getattr(teacher, "artifact", None) else {}
+    return {"description": teacher.description, "accuracy": result.accuracy, "nll": result.nll, "ece": result.ece,
+            "agreement_with_teacher": result.agreement, "macs": metrics.get("macs"), "parameters": metrics.get("parameters")}
+
+
+def render_summary(summary: dict) -> str:
+    lines = [f"# edgekd pipeline on `{summary['data']['spec']}`", "",
+             f"train {summary['data']['n_train']} / val {summary['data']['n_val']} / test {summary['data']['n_test']} samples; "
+             f"distillation at T={summary['distill']['temperature']:g}, alpha={summary['distill']['alpha']:g} "
+             f"(chosen on val)" if summary["distill"]["search"] else "", "",
+             "| model | test accuracy | NLL | ECE | agreement with teacher | MACs |", "|---|---|---|---|---|---|"]
+    for key, label in (("teacher", "teacher ensemble"), ("baseline", "student, hard labels"), ("student", "student, distilled")):
+        m = summary[key]
+        agree = f"{m['agreement_with_teacher']:.4f}" if m["agreement_with_teacher"] is not None else "-"
+        macs = f"{m['macs']:,}" if m["macs"] else "-"
+        lines.append(f"| {label} | {m['accuracy']:.4f} | {m['nll']:.4f} | {m['ece']:.4f} | {agree} | {macs} |")
+    gap = summary["distill"]["gap_closed"]
+    if gap is not None:
+        lines += ["", f"Distillation closes {100 * gap:.1f}% of the gap between the hard-label student and the teacher."]
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()), ""]
+    return "\n".join(lines)

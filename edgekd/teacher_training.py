@@ -1,0 +1,107 @@
+"""Train a generalist teacher or an ensemble of N of them (different seeds), paper section 3."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from edgekd.artifacts import save_artifact
+from edgekd.data import Dataset
+from edgekd.models import count_macs, count_parameters, create_model, parse_arch
+from edgekd.teachers import EnsembleModule
+from edgekd.training import RunStore, TrainConfig, apply_shifts, fit, jitter_shifts, predict_logits, accuracy_and_nll
+from edgekd.validation import check_choice, check_int_at_least
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    arch: str = "cnn"
+    ensemble: int = 3
+    combine: str = "logits"
+    train: TrainConfig = TrainConfig(epochs=8, lr=2e-3, jitter=2)
+
+    def __post_init__(self):
+        parse_arch(self.arch)
+        check_int_at_least("ensemble", self.ensemble, 1)
+        check_choice("combine", self.combine, ("logits", "probs"))
+
+
+@dataclass(frozen=True)
+class TeacherResult:
+    path: Path
+    member_test_accuracy: tuple[float, ...]
+    ensemble_test_accuracy: float
+    ensemble_test_nll: float
+    macs_per_member: int
+    parameters_per_member: int
+    seconds: float
+    seconds_per_epoch: float
+
+
+def supervised_batches(x: torch.Tensor, y: torch.Tensor, jitter: int):
+    """``make_batch`` for hard-label training with the paper's random-shift jitter."""
+    def make_batch(indices, generator, _epoch):
+        xb = x[indices]
+        if jitter:
+            xb = apply_shifts(xb, jitter_shifts(len(indices), jitter, generator), jitter)
+        return xb, y[indices]
+    return make_batch
+
+
+def cross_entropy_loss(outputs, batch):
+    return F.cross_entropy(outputs, batch[1])
+
+
+def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, overwrite: bool = False,
+                   resume: bool = False, progress: bool = False, dist=None, config_record: dict | None = None) -> TeacherResult:
+    """Train ``config.ensemble`` members with seeds ``seed, seed+1, ...`` and save one artifact."""
+    out = Path(out)
+    started = time.perf_counter()
+    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0)
+    name, options = parse_arch(config.arch)
+    members, member_acc, per_epoch = [], [], []
+    for index in range(config.ensemble):
+        seed = config.train.seed + index
+        torch.manual_seed(seed)
+        model = create_model(name, data.input_shape, data.num_classes, mean=data.mean, std=data.std, options=options)
+        if dist is not None:
+            dist.broadcast_parameters(model)
+        member_cfg = TrainConfig(**{**asdict(config.train), "seed": seed})
+        result = fit(model, n_train=len(data.y_train), make_batch=supervised_batches(data.x_train, data.y_train, member_cfg.jitter),
+                     loss_fn=cross_entropy_loss, val=(data.x_val, data.y_val), config=member_cfg, store=store,
+                     name=f"member-{index}", progress=progress, dist=dist)
+        model.eval()
+        members.append(model)
+        member_acc.append(accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0])
+        per_epoch.append(result.seconds_per_epoch)
+    ensemble = EnsembleModule(members, config.combine).eval()
+    test_acc, test_nll = accuracy_and_nll(predict_logits(ensemble, data.x_test), data.y_test)
+    macs = count_macs(members[0], data.input_shape)
+    params = count_parameters(members[0])
+    metrics = {"member_test_accuracy": member_acc, "test_accuracy": test_acc, "test_nll": test_nll,
+               "macs_per_member": macs, "macs": macs * len(members), "parameters": params * len(members)}
+    manifest = {
+        "kind": "ensemble" if len(members) > 1 else "model",
+        "classes": list(data.classes), "input_shape": list(data.input_shape),
+        "normalization": {"mean": list(data.mean), "std": list(data.std)},
+        "members": [{"arch": name, "options": options, "weights": f"member-{i}.safetensors",
+                     "seed": config.train.seed + i, "num_outputs": data.num_classes} for i in range(len(members))],
+        "combine": config.combine,
+        "config": config_record or {"teacher": _config_dict(config)},
+        "data": data.describe(), "seed": config.train.seed, "metrics": metrics,
+    }
+    seconds = time.perf_counter() - started
+    if dist is None or dist.rank == 0:
+        save_artifact(out, manifest, {f"member-{i}.safetensors": m.state_dict() for i, m in enumerate(members)}, overwrite=overwrite)
+        store.finish()
+    return TeacherResult(path=out, member_test_accuracy=tuple(member_acc), ensemble_test_accuracy=test_acc,
+                         ensemble_test_nll=test_nll, macs_per_member=macs, parameters_per_member=params,
+                         seconds=seconds, seconds_per_epoch=sum(per_epoch) / len(per_epoch))
+
+
+def _config_dict(config) -> dict:
+    return asdict(config)

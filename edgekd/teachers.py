@@ -1,0 +1,262 @@
+"""Anything that maps inputs to logits can teach.
+
+- an edgekd artifact folder: one model, an ensemble (mean of logits by default, or
+  ``log(mean(softmax))`` with ``combine="probs"``), or a specialist ensemble;
+- an ONNX file from any framework, run by onnxruntime (``output`` picks one of several outputs;
+  probability outputs become log-probabilities);
+- a TorchScript file. **TorchScript runs code from the file: only load files you trust.**
+
+Foreign teachers (ONNX, TorchScript) receive the dataset's raw values as float32, reshaped to the
+input shape they declare (flattened if they want vectors); ``InputTransform`` gives them a scale,
+mean and std instead: ``x' = (x * scale - mean) / std``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgekd.artifacts import Artifact, is_artifact, load_artifact, sha256_file
+from edgekd.errors import TeacherError
+
+COMBINE_RULES = ("logits", "probs")
+# Artifact kinds served by a stage package: kind -> "module:function" building a Teacher.
+_KIND_LOADERS = {"specialist-ensemble": "specialists.combine:load_specialist_teacher"}
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    scale: float = 1.0
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.scale) and math.isfinite(self.mean) and math.isfinite(self.std)) or self.std <= 0:
+            raise TeacherError(f"The teacher input transform needs finite numbers and std > 0. Got scale={self.scale}, "
+                               f"mean={self.mean}, std={self.std} instead.")
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.scale, self.mean, self.std) == (1.0, 0.0, 1.0):
+            return x
+        return (x * self.scale - self.mean) / self.std
+
+
+class EnsembleModule(nn.Module):
+    """Members combined as the paper's ensembles are: arithmetic mean of logits, or of probabilities
+    (returned as log-probabilities so the output is again a valid logit vector)."""
+
+    def __init__(self, members: list[nn.Module], combine: str = "logits"):
+        super().__init__()
+        if combine not in COMBINE_RULES:
+            raise TeacherError(f"The 'combine' parameter must be one of {', '.join(COMBINE_RULES)}. Got {combine!r} instead.")
+        self.members = nn.ModuleList(members)
+        self.combine = combine
+
+    def forward(self, x):
+        outs = torch.stack([member(x) for member in self.members])
+        if len(self.members) == 1:
+            return outs[0]
+        if self.combine == "logits":
+            return outs.mean(0)
+        return torch.logsumexp(torch.log_softmax(outs, dim=-1), dim=0) - math.log(len(self.members))
+
+
+class Teacher:
+    """A source of logits for raw inputs. Subclasses set the attributes and implement ``_logits``."""
+
+    kind: str = "teacher"
+    classes: tuple[str, ...] | None = None
+    input_shape: tuple[int, ...] | None = None
+    fingerprint: str = ""
+    description: str = ""
+
+    def module(self) -> nn.Module | None:
+        """A torch module with the same function, where there is one (for online use, bench, export)."""
+        return None
+
+    def to(self, device) -> "Teacher":
+        return self
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+        chunks = [self._logits(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        return torch.cat(chunks).float() if chunks else torch.zeros((0, self.num_outputs(x)))
+
+    def num_outputs(self, x: torch.Tensor) -> int:
+        return int(self._logits(x[:1]).shape[-1])
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ModuleTeacher(Teacher):
+    """A teacher backed by a torch module (edgekd artifacts)."""
+
+    def __init__(self, net: nn.Module, *, kind: str, classes, input_shape, fingerprint: str, description: str,
+                 artifact: Artifact | None = None):
+        self.net = net.eval()
+        self.kind, self.classes, self.input_shape = kind, tuple(classes), tuple(input_shape)
+        self.fingerprint, self.description, self.artifact = fingerprint, description, artifact
+        self.device = torch.device("cpu")
+
+    def module(self) -> nn.Module:
+        return self.net
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        return self
+
+    def _logits(self, x):
+        return self.net(x.reshape(len(x), *self.input_shape).to(self.device)).float().cpu()
+
+
+class OnnxTeacher(Teacher):
+    """An ONNX model run by onnxruntime on the CPU."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Path, *, output: str | None, transform: InputTransform):
+        import onnxruntime as ort
+
+        try:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise TeacherError(f"'{path}' is not a loadable ONNX model ({str(exc).splitlines()[0][:200]}); export it again.") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise TeacherError(f"ONNX teacher '{path}' has {len(inputs)} inputs; edgekd feeds one input tensor.")
+        self.input_name = inputs[0].name
+        self.declared = [d if isinstance(d, int) else None for d in inputs[0].shape[1:]]
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
+        if output is None:
+            floats = [o.name for o in outputs if o.type == "tensor(float)" and len(o.shape) == 2]
+            output = floats[0] if floats else names[0]
+        elif output not in names:
+            raise TeacherError(f"ONNX teacher '{path}' has no output '{output}'; choose one of {', '.join(names)}.")
+        self.output = output
+        self.transform = transform
+        self.input_shape = tuple(self.declared) if all(d is not None for d in self.declared) else None
+        digest = hashlib.sha256(sha256_file(path).encode() + json.dumps([output, transform.__dict__]).encode())
+        self.fingerprint = digest.hexdigest()
+        self.description = f"ONNX '{path.name}' (output '{output}')"
+        self.path = path
+
+    def _feed(self, x: torch.Tensor):
+        x = self.transform.apply(x.float())
+        if any(d is not None for d in self.declared):
+            wanted = math.prod(d for d in self.declared if d is not None)
+            if None not in self.declared and wanted != math.prod(x.shape[1:]):
+                raise TeacherError(f"ONNX teacher '{self.path}' wants inputs of shape {tuple(self.declared)} "
+                                   f"({wanted} values) but the data has {tuple(x.shape[1:])}; pass data of the teacher's shape.")
+            shape = [d if d is not None else -1 for d in self.declared]
+            x = x.reshape(len(x), *shape)
+        return x.numpy()
+
+    def _logits(self, x):
+        import numpy as np
+
+        try:
+            out = self.session.run([self.output], {self.input_name: self._feed(x)})[0]
+        except TeacherError:
+            raise
+        except Exception as exc:
+            raise TeacherError(f"ONNX teacher '{self.path}' failed on the data ({str(exc).splitlines()[0][:200]}); "
+                               f"check its input shape and --teacher-scale/--teacher-mean/--teacher-std.") from None
+        if not isinstance(out, np.ndarray) or out.ndim != 2 or out.dtype.kind != "f":
+            raise TeacherError(f"ONNX teacher output '{self.output}' must be a float (N, classes) tensor; "
+                               f"pick another with --teacher-output (a classifier's 'probabilities', with zipmap off).")
+        return _as_logits(torch.from_numpy(np.array(out, dtype=np.float32)))
+
+
+class TorchScriptTeacher(Teacher):
+    """A TorchScript module. Loading it runs code from the file: trust the file."""
+
+    kind = "torchscript"
+
+    def __init__(self, path: Path, *, transform: InputTransform):
+        try:
+            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as exc:
+            raise TeacherError(f"'{path}' is not a loadable TorchScript file ({str(exc).splitlines()[0][:160]}); save it with torch.jit.save.") from None
+        self.transform = transform
+        self.fingerprint = hashlib.sha256(sha256_file(path).encode() + json.dumps(transform.__dict__).encode()).hexdigest()
+        self.description = f"TorchScript '{path.name}'"
+        self.path = path
+        self._flatten: bool | None = None
+
+    def _logits(self, x):
+        x = self.transform.apply(x.float())
+        if self._flatten is None:
+            try:
+                out = self.net(x)
+                self._flatten = False
+                return _as_logits(out.float())
+            except Exception:
+                self._flatten = True
+        try:
+            out = self.net(x.reshape(len(x), -1) if self._flatten else x)
+        except Exception as exc:
+            raise TeacherError(f"TorchScript teacher '{self.path}' failed on inputs of shape {tuple(x.shape[1:])} "
+                               f"({str(exc).splitlines()[0][:160]}); pass data of the shape it expects.") from None
+        return _as_logits(out.float())
+
+
+def _as_logits(out: torch.Tensor) -> torch.Tensor:
+    """Probability outputs (non-negative rows summing to 1) become log-probabilities."""
+    if out.numel() and out.min() >= 0 and torch.allclose(out.sum(-1), torch.ones(len(out)), atol=1e-3):
+        return out.clamp_min(1e-12).log()
+    return out
+
+
+def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | None = None,
+                 transform: InputTransform | None = None) -> Teacher:
+    """Load a teacher from an artifact folder, an ``.onnx`` file or a TorchScript file."""
+    path = Path(spec)
+    transform = transform or InputTransform()
+    if path.is_dir():
+        if not is_artifact(path):
+            raise TeacherError(f"'{path}' is a folder but not an edgekd artifact (no manifest.json); pass an artifact folder, an .onnx or a TorchScript file.")
+        return teacher_from_artifact(load_artifact(path), combine=combine)
+    if not path.exists():
+        raise TeacherError(f"Teacher '{path}' not found; pass an edgekd artifact folder, an .onnx file or a TorchScript file.")
+    if path.suffix.lower() == ".onnx":
+        return OnnxTeacher(path, output=output, transform=transform)
+    if path.suffix.lower() in (".pt", ".pth", ".ts", ".torchscript", ".jit"):
+        return TorchScriptTeacher(path, transform=transform)
+    raise TeacherError(f"'{path}' is not a teacher: expected an artifact folder, a .onnx file or a TorchScript file (.pt, .ts).")
+
+
+def teacher_from_artifact(artifact: Artifact, *, combine: str | None = None) -> Teacher:
+    if artifact.kind in _KIND_LOADERS:
+        module_name, _, function = _KIND_LOADERS[artifact.kind].partition(":")
+        return getattr(importlib.import_module(module_name), function)(artifact)
+    combine = combine or artifact.manifest.get("combine", "logits")
+    net = EnsembleModule(artifact.build_members(), combine)
+    n = len(artifact.manifest["members"])
+    desc = f"{artifact.kind} '{artifact.path}' ({n} × {artifact.manifest['members'][0]['arch']}" + (f", mean of {combine})" if n > 1 else ")")
+    fingerprint = hashlib.sha256((artifact.fingerprint + combine).encode()).hexdigest()
+    return ModuleTeacher(net, kind=artifact.kind, classes=artifact.classes, input_shape=artifact.input_shape,
+                         fingerprint=fingerprint, description=desc, artifact=artifact)
+
+
+def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher") -> int:
+    """The teacher's input shape and number of classes must match the dataset's."""
+    if teacher.input_shape is not None and math.prod(teacher.input_shape) != math.prod(dataset.input_shape):
+        raise TeacherError(f"{name} takes inputs of shape {tuple(teacher.input_shape)} but dataset '{dataset.spec}' has "
+                           f"{tuple(dataset.input_shape)}; pass a dataset of the teacher's input shape.")
+    n_out = teacher.num_outputs(dataset.x_val[:1])
+    if n_out != dataset.num_classes:
+        raise TeacherError(f"{name} has {n_out} outputs but dataset '{dataset.spec}' has {dataset.num_classes} classes; "
+                           f"pass a dataset with the teacher's classes.")
+    return n_out

@@ -1,0 +1,363 @@
+"""The training loop shared by teachers, students and specialists.
+
+AdamW with a one-cycle schedule (linear warm-up, cosine decay), an optional ±``jitter``-pixel random
+shift (the paper's input jitter), model selection and early stopping on the val split, and
+checkpoints that make a run resumable after Ctrl-C, SIGTERM or kill -9:
+
+- every epoch ends with a checkpoint in the run store (``<out>.partial/``), written atomically;
+- Ctrl-C / SIGTERM finish the current step, write a checkpoint *at that step*, and stop;
+- a non-finite loss stops the run and keeps the last good (epoch) checkpoint.
+
+The batch order and the jitter of epoch ``e`` come from a generator seeded with ``(seed, e)`` and
+the global RNG state (dropout) is saved in the checkpoint, so a resumed run on the CPU takes the very
+same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from edgekd.artifacts import write_json_atomic
+from edgekd.errors import EdgekdError, TrainingError
+from edgekd.validation import check_in_range, check_int_at_least, check_positive
+
+
+class Interrupted(EdgekdError):
+    """Training was stopped by a signal after writing a checkpoint."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one training run."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    patience: int = 0          # epochs without val improvement before stopping; 0 = never stop early
+    jitter: int = 0            # random shifts of up to this many pixels (paper section 3)
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        check_int_at_least("epochs", self.epochs, 1)
+        check_int_at_least("batch_size", self.batch_size, 1)
+        check_positive("lr", self.lr)
+        check_positive("weight_decay", self.weight_decay, strict=False)
+        check_int_at_least("patience", self.patience, 0)
+        check_int_at_least("jitter", self.jitter, 0)
+        check_int_at_least("seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    state: dict = field(repr=False)          # weights of the best epoch on val
+    best_epoch: int
+    epochs_run: int
+    val_accuracy: float
+    val_nll: float
+    history: list
+    seconds_per_epoch: float
+
+
+# --- device, seeding -----------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EdgekdError("The 'device' parameter is 'cuda' but no CUDA device is available; use --device cpu or auto.")
+    if name not in ("cpu", "cuda"):
+        raise EdgekdError(f"The 'device' parameter must be one of 'auto', 'cpu', 'cuda'. Got {name!r} instead.")
+    return torch.device(name)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def one_cycle_lr(step: int, total: int, max_lr: float, warmup: float = 0.2) -> float:
+    """Linear warm-up from max_lr/25 over ``warmup`` of the steps, then cosine decay to ~0."""
+    warm = max(1, int(total * warmup))
+    if step < warm:
+        return max_lr * (0.04 + 0.96 * step / warm)
+    progress = (step - warm) / max(1, total - warm)
+    return max_lr * (0.5 * (1 + math.cos(math.pi * min(1.0, progress)))) + max_lr * 1e-4
+
+
+def jitter_shifts(n: int, pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 2) integer shifts (dy, dx) uniform in [-pixels, pixels]."""
+    return torch.randint(-pixels, pixels + 1, (n, 2), generator=generator)
+
+
+def apply_shifts(x: torch.Tensor, shifts: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Shift each image of (N, C, H, W) ``x`` by its own (dy, dx), filling with zeros (raw background)."""
+    if pixels == 0 or x.dim() != 4:
+        return x
+    n, _, height, width = x.shape
+    padded = F.pad(x, (pixels, pixels, pixels, pixels))
+    rows = torch.arange(height)[None, :] + pixels - shifts[:, 0:1]
+    cols = torch.arange(width)[None, :] + pixels - shifts[:, 1:2]
+    batch = torch.arange(n)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+# --- signals ------------------------------------------------------------------------------------
+
+class _StopFlag:
+    def __init__(self):
+        self.signal_name: str | None = None
+
+
+@contextmanager
+def _stop_on_signals():
+    """Turn SIGINT/SIGTERM into a flag checked after each step (main thread only)."""
+    flag = _StopFlag()
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, _frame):
+        flag.signal_name = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# --- the run store: checkpoints and finished runs -------------------------------------------------
+
+class RunStore:
+    """A folder (``<out>.partial``) holding checkpoints and finished sub-runs of one command.
+
+    A sub-run ``name`` is finished when ``name.done.safetensors`` and ``name.done.json`` exist; an
+    interrupted one has ``name.ckpt.safetensors`` and ``name.ckpt.json``. Each JSON holds the sha256 of
+    its tensors so that a torn or edited file is detected, not silently used.
+    """
+
+    def __init__(self, path: Path, *, resume: bool, rank: int = 0):
+        self.path = Path(path)
+        self.resume = resume
+        self.writer = rank == 0
+        if self.path.exists() and not resume:
+            raise EdgekdError(f"An interrupted run was found at '{self.path}'; pass --resume to continue it, "
+                              f"or delete that folder to start over.")
+        if self.writer:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def save(self, name: str, kind: str, tensors: dict, meta: dict) -> None:
+        if not self.writer:
+            return
+        from safetensors.torch import save_file
+
+        from edgekd.artifacts import sha256_file
+
+        tensor_path = self.path / f"{name}.{kind}.safetensors"
+        tmp = tensor_path.with_suffix(".tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        digest = sha256_file(tmp)
+        os.replace(tmp, tensor_path)
+        write_json_atomic(self.path / f"{name}.{kind}.json", {**meta, "sha256": digest})
+
+    def load(self, name: str, kind: str) -> tuple[dict, dict] | None:
+        from safetensors.torch import load_file
+
+        from edgekd.artifacts import sha256_file
+
+        meta_path = self.path / f"{name}.{kind}.json"
+        tensor_path = self.path / f"{name}.{kind}.safetensors"
+        if not (meta_path.is_file() and tensor_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            raise EdgekdError(f"Checkpoint '{meta_path}' is corrupt; delete '{self.path}' to start over.") from None
+        if sha256_file(tensor_path) != meta.get("sha256"):
+            raise EdgekdError(f"Checkpoint '{tensor_path}' fails its sha256 check (torn or edited); delete '{self.path}' to start over.")
+        return load_file(str(tensor_path)), meta
+
+    def save_json(self, name: str, data: dict) -> None:
+        if self.writer:
+            write_json_atomic(self.path / f"{name}.json", data)
+
+    def load_json(self, name: str) -> dict | None:
+        path = self.path / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def finish(self) -> None:
+        """Remove the store once the command's artifact is safely written."""
+        import shutil
+
+        if self.writer:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
+    per_param: dict = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            per_param.setdefault(int(index), {})[key] = value
+    for name, value in meta["scalars"].items():
+        index, key = name.split(".", 1)
+        per_param.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
+
+
+# --- evaluation helpers --------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int = 1024, device="cpu") -> torch.Tensor:
+    model.eval()
+    outs = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.zeros((0, 0))
+
+
+def accuracy_and_nll(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+BatchFn = Callable[[torch.Tensor, torch.Generator, int], tuple]   # (indices, generator, epoch) -> batch
+LossFn = Callable[[torch.Tensor, tuple], torch.Tensor]             # (student logits, batch) -> loss
+
+
+def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: LossFn,
+        val: tuple[torch.Tensor, torch.Tensor], config: TrainConfig, store: RunStore | None, name: str,
+        progress: bool = False, dist=None) -> FitResult:
+    """Train ``model`` for ``config.epochs``; keep the weights of the best val epoch.
+
+    ``make_batch(indices, generator, epoch)`` returns a tuple whose first element is the model input;
+    ``loss_fn(outputs, batch)`` returns the scalar loss. ``dist`` (edgekd.distributed.Context) shards
+    each batch over ranks and averages gradients.
+    """
+    device = resolve_device(config.device)
+    model.to(device)
+    if store is not None:
+        done = store.load(name, "done")
+        if done is not None:
+            tensors, meta = done
+            return FitResult(state=tensors, **meta["result"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
+    total_steps = config.epochs * steps_per_epoch
+    position = {"epoch": 0, "batch": 0, "step": 0, "best_key": None, "best_epoch": -1, "stale": 0,
+                "history": [], "train_seconds": 0.0, "epochs_timed": 0}
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(config.seed)
+    if store is not None and (ckpt := store.load(name, "ckpt")) is not None:
+        tensors, meta = ckpt
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        best_state = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+        _restore_optimizer(optimizer, tensors, meta["optimizer"])
+        torch.set_rng_state(tensors["rng_state"])
+        position = meta["position"]
+    sampler_size = n_train
+    with _stop_on_signals() as stop:
+        while position["epoch"] < config.epochs:
+            epoch = position["epoch"]
+            generator = epoch_generator(config.seed, epoch)
+            order = torch.randperm(sampler_size, generator=generator)
+            model.train()
+            started = time.perf_counter()
+            batches = range(position["batch"], steps_per_epoch)
+            bar = _progress_bar(batches, progress, f"{name} epoch {epoch + 1}/{config.epochs}")
+            for batch_index in bar:
+                indices = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
+                batch = make_batch(indices, generator, epoch)
+                if dist is not None:
+                    batch = dist.shard_batch(batch)
+                batch = tuple(t.to(device) if torch.is_tensor(t) else t for t in batch)
+                for group in optimizer.param_groups:
+                    group["lr"] = one_cycle_lr(position["step"], total_steps, config.lr)
+                loss = loss_fn(model(batch[0]), batch)
+                if not torch.isfinite(loss):
+                    where = f"'{store.path}'" if store is not None else "memory"
+                    raise TrainingError(f"Non-finite loss ({float(loss)}) in '{name}' at epoch {epoch + 1}, step {batch_index + 1}; "
+                                        f"the last good checkpoint is kept in {where}; lower --lr or check the data for NaN/Inf.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if dist is not None:
+                    dist.average_gradients(model)
+                optimizer.step()
+                position["step"] += 1
+                position["batch"] = batch_index + 1
+                if stop.signal_name is not None:
+                    position["train_seconds"] += time.perf_counter() - started
+                    _checkpoint(store, name, model, best_state, optimizer, position)
+                    where = f" in '{store.path}'" if store is not None else ""
+                    raise Interrupted(f"Stopped by {stop.signal_name}; checkpoint saved{where}; rerun the same command with --resume to continue.")
+            position["train_seconds"] += time.perf_counter() - started
+            position["epochs_timed"] += 1
+            val_acc, val_nll = accuracy_and_nll(predict_logits(model, val[0], device=device), val[1])
+            key = (val_acc, -val_nll)
+            improved = position["best_key"] is None or tuple(key) > tuple(position["best_key"])
+            if improved:
+                position["best_key"], position["best_epoch"], position["stale"] = list(key), epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                position["stale"] += 1
+            position["history"].append({"epoch": epoch + 1, "loss": float(loss.detach()), "val_accuracy": val_acc, "val_nll": val_nll})
+            position["epoch"], position["batch"] = epoch + 1, 0
+            stop_early = config.patience and position["stale"] >= config.patience
+            if stop_early:
+                position["epoch"] = config.epochs
+            _checkpoint(store, name, model, best_state, optimizer, position)
+    best_acc, best_neg_nll = position["best_key"]
+    result = {"best_epoch": position["best_epoch"] + 1, "epochs_run": len(position["history"]),
+              "val_accuracy": best_acc, "val_nll": -best_neg_nll, "history": position["history"],
+              "seconds_per_epoch": position["train_seconds"] / max(1, position["epochs_timed"])}
+    if store is not None:
+        store.save(name, "done", best_state, {"result": result})
+    model.load_state_dict(best_state)
+    return FitResult(state=best_state, **result)
+
+
+def _checkpoint(store, name, model, best_state, optimizer, position) -> None:
+    if store is None:
+        return
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
+               **{f"best.{k}": v for k, v in best_state.items()},
+               **opt_tensors, "rng_state": torch.get_rng_state()}
+    store.save(name, "ckpt", tensors, {"position": position, "optimizer": opt_meta})
+
+
+def _progress_bar(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, unit="step", dynamic_ncols=True)
