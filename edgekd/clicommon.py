@@ -30,7 +30,10 @@ def _load_toml_defaults(ctx: click.Context, _param, value):
         raise click.BadParameter(f"'{path}' is not valid TOML ({exc}); fix the file.") from None
     names = {p.name for p in ctx.command.params}
     defaults = {}
-    sections = [table] + [table.get(part, {}) for part in ctx.command_path.split()[1:]]
+    sections, node = [table], table
+    for part in ctx.command_path.split()[1:]:  # [teacher.train] is the table of 'edgekd teacher train'
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+        sections.append(node)
     for section in sections:
         for key, val in section.items():
             if isinstance(val, dict):

@@ -1,0 +1,69 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from edgekd.artifacts import load_artifact, save_artifact
+from edgekd.errors import ArtifactError, EdgekdError
+from edgekd.teachers import load_teacher
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_manifest_records_what_a_user_needs(tiny_student):
+    manifest = load_artifact(tiny_student).manifest
+    for key in ("classes", "input_shape", "normalization", "members", "config", "data", "seed", "metrics", "versions", "files"):
+        assert key in manifest
+    assert manifest["versions"]["torch"].startswith("2.")
+    assert manifest["config"]["temperature"] > 0
+
+
+def test_edited_weights_are_detected(tiny_student, tmp_path):
+    copy = _copy(tiny_student, tmp_path)
+    weights = copy / "member-0.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_artifact(copy)
+
+
+def test_truncated_manifest_is_detected(tiny_student, tmp_path):
+    copy = _copy(tiny_student, tmp_path)
+    (copy / "manifest.json").write_text((copy / "manifest.json").read_text()[:50])
+    with pytest.raises(ArtifactError, match="corrupt"):
+        load_artifact(copy)
+
+
+def test_manifest_paths_cannot_leave_the_folder(tiny_student, tmp_path):
+    copy = _copy(tiny_student, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"] = {"../outside.safetensors": "0" * 64}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="outside the artifact folder"):
+        load_artifact(copy)
+
+
+def test_existing_output_not_overwritten(tmp_path):
+    out = tmp_path / "a"
+    save_artifact(out, {"kind": "model"}, {"w.safetensors": {"w": torch.ones(2)}})
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(EdgekdError, match="already exists"):
+        save_artifact(out, {"kind": "model"}, {"w.safetensors": {"w": torch.zeros(2)}})
+    assert (out / "manifest.json").read_text() == before
+    save_artifact(out, {"kind": "model", "x": 1}, {"w.safetensors": {"w": torch.zeros(2)}}, overwrite=True)
+    assert json.loads((out / "manifest.json").read_text())["x"] == 1
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary folders left
+
+
+def test_artifact_teacher_reproduces_saved_metrics(tiny_student, digits):
+    from edgekd.training import accuracy_and_nll
+
+    teacher = load_teacher(tiny_student)
+    acc, _ = accuracy_and_nll(teacher.logits(digits.x_test), digits.y_test)
+    assert acc == pytest.approx(load_artifact(tiny_student).manifest["metrics"]["test_accuracy"])

@@ -1,0 +1,194 @@
+"""The spine through the command line: end to end on digits, and bad inputs (exit 2, one line)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.cli import cli
+from edgekd.clicommon import run_cli
+
+
+def run(capsys, *args):
+    code = run_cli(cli, [str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_is_instant_and_lists_commands(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "distill" in out and "teacher" in out
+
+
+def test_models_lists_registry(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    names = {row["name"] for row in json.loads(out)}
+    assert {"mlp", "cnn", "dsconv"} <= names
+
+
+def test_end_to_end_teacher_distill_evaluate(capsys, tmp_path):
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    code, out, err = run(capsys, "teacher", "train", "--arch", "cnn:width=4,fc=16", "--ensemble", "2", "--epochs", "2",
+                         "--out", teacher, "--quiet")
+    assert code == 0, err
+    assert "member 1 (seed 1)" in out and "ensemble of 2" in out
+    code, out, err = run(capsys, "distill", "--teacher", teacher, "--student", "mlp:hidden=16", "--epochs", "2",
+                         "--temperature", "auto", "--temperature-grid", "2,8", "--alpha", "0.9", "--baseline",
+                         "--out", student, "--quiet")
+    assert code == 0, err
+    assert "chose T=" in out and "student, hard labels" in out and "student, distilled" in out
+    code, out, err = run(capsys, "evaluate", student, "--teacher", teacher, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert {"accuracy", "nll", "ece", "n", "per_class_accuracy", "agreement"} <= set(result)
+    assert result["n"] == 359 and 0 <= result["agreement"] <= 1
+    manifest = json.loads((student / "manifest.json").read_text())
+    assert manifest["config"]["params"]["student"] == "mlp:hidden=16"  # the resolved config travels
+
+
+def test_config_file_supplies_defaults_and_flags_override(capsys, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('epochs = 1\n[teacher.train]\narch = "mlp:hidden=8"\nensemble = 2\n')
+    out = tmp_path / "t"
+    code, stdout, err = run(capsys, "teacher", "train", "--config", config, "--ensemble", "1", "--out", out, "--quiet")
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["members"][0]["arch"] == "mlp" and len(manifest["members"]) == 1
+    assert manifest["config"]["params"]["epochs"] == 1 and manifest["config"]["config_file"] == str(config)
+
+
+@pytest.fixture
+def onnx_teacher(tmp_path, tiny_teacher):
+    """The tiny ensemble exported to ONNX *without* its normalisation, expecting flattened [0,1] inputs,
+    as a foreign framework's model would."""
+    from edgekd.teachers import load_teacher
+
+    class Foreign(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = load_teacher(tiny_teacher).module().requires_grad_(False)
+
+        def forward(self, x):  # (N, 64) in [0, 1]
+            return torch.softmax(self.net(x.reshape(-1, 1, 8, 8) * 16.0), dim=-1)
+
+    path = tmp_path / "foreign.onnx"
+    torch.onnx.export(Foreign().eval(), (torch.rand(2, 64),), str(path), input_names=["pixels"],
+                      output_names=["probabilities"], dynamic_axes={"pixels": {0: "n"}}, dynamo=False)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_teacher_with_input_scale_matches_artifact(onnx_teacher, tiny_teacher, digits):
+    from edgekd.teachers import InputTransform, load_teacher
+
+    foreign = load_teacher(onnx_teacher, transform=InputTransform(scale=1 / 16))
+    native = load_teacher(tiny_teacher)
+    a, b = foreign.logits(digits.x_test), native.logits(digits.x_test)
+    # probabilities came back as log-probabilities: same argmax, same softmax
+    assert (a.argmax(1) == b.argmax(1)).all()
+    assert torch.allclose(a.softmax(1), b.softmax(1), atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_distill_from_onnx_teacher(capsys, tmp_path, onnx_teacher):
+    code, out, err = run(capsys, "distill", "--teacher", onnx_teacher, "--teacher-scale", 0.0625, "--student", "mlp:hidden=16",
+                         "--epochs", "1", "--out", tmp_path / "s", "--quiet")
+    assert code == 0, err and "ONNX" in out
+
+
+def test_torchscript_teacher(tmp_path, tiny_teacher, digits):
+    from edgekd.teachers import load_teacher
+
+    net = load_teacher(tiny_teacher).module()
+    path = tmp_path / "t.pt"
+    torch.jit.save(torch.jit.trace(net, digits.x_val[:2]), str(path))
+    ts = load_teacher(path)
+    assert torch.allclose(ts.logits(digits.x_val), load_teacher(tiny_teacher).logits(digits.x_val), atol=1e-5)
+
+
+def test_logit_cache_reused_and_invalidated(tmp_path, tiny_teacher, digits):
+    import shutil
+
+    from edgekd.cache import LogitCache
+    from edgekd.data import load_dataset
+    from edgekd.distill import teacher_logits
+    from edgekd.teachers import load_teacher
+
+    cache = LogitCache(tmp_path / "cache")
+    teacher = load_teacher(tiny_teacher)
+    first = teacher_logits(teacher, digits, "train", cache)
+    again = teacher_logits(teacher, digits, "train", cache)
+    assert cache.misses == 1 and cache.hits == 1 and torch.equal(first, again)
+    teacher_logits(teacher, load_dataset("digits", train_limit=300), "train", cache)   # other data
+    assert cache.misses == 2
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_teacher, changed)
+    from edgekd.artifacts import load_artifact, save_artifact
+
+    art = load_artifact(changed)
+    state = art.load_tensors("member-0.safetensors")
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    tensors = {m["weights"]: (state if i == 0 else art.load_tensors(m["weights"])) for i, m in enumerate(art.manifest["members"])}
+    save_artifact(changed, {k: v for k, v in art.manifest.items() if k not in ("files", "versions", "created", "format")},
+                  tensors, overwrite=True)
+    teacher_logits(load_teacher(changed), digits, "train", cache)  # other teacher
+    assert cache.misses == 3
+
+
+def test_corrupt_cache_is_reported(tmp_path, tiny_teacher, digits):
+    from edgekd.cache import LogitCache
+    from edgekd.distill import teacher_logits
+    from edgekd.errors import EdgekdError
+    from edgekd.teachers import load_teacher
+
+    cache = LogitCache(tmp_path / "cache")
+    teacher_logits(load_teacher(tiny_teacher), digits, "train", cache)
+    path = next((tmp_path / "cache").glob("*.safetensors"))
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x55
+    path.write_bytes(bytes(raw))
+    with pytest.raises(EdgekdError, match="sha256"):
+        teacher_logits(load_teacher(tiny_teacher), digits, "train", cache)
+
+
+def _bad_npz(tmp_path, **arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+BAD = [
+    ("missing dataset folder", lambda p, t, s: ["evaluate", t, "--data", f"fashion-mnist:{p / 'nope'}"], "not found"),
+    ("unknown dataset", lambda p, t, s: ["evaluate", t, "--data", "cifar10"], "Unknown dataset"),
+    ("unknown architecture", lambda p, t, s: ["teacher", "train", "--arch", "resnet", "--out", p / "o"], "Unknown architecture 'resnet'; choose one of"),
+    ("T <= 0", lambda p, t, s: ["distill", "--teacher", t, "-T", "-1", "--out", p / "o"], "'temperature' parameter must be > 0. Got -1.0"),
+    ("alpha outside [0,1]", lambda p, t, s: ["distill", "--teacher", t, "--alpha", "1.5", "--out", p / "o"], "'alpha' parameter must be in [0, 1]. Got 1.5"),
+    ("class mismatch", lambda p, t, s: ["distill", "--teacher", t, "--out", p / "o", "--data",
+                                        _bad_npz(p, x=np.zeros((20, 1, 8, 8), np.float32), y=np.arange(20) % 7)], "10 outputs but dataset"),
+    ("corrupt artifact", lambda p, t, s: ["evaluate", s], "corrupt"),
+    ("empty transfer set", lambda p, t, s: ["distill", "--teacher", t, "--omit-classes", "0,1,2,3,4,5,6,7,8,9", "--out", p / "o"], "transfer set is empty"),
+    ("existing output", lambda p, t, s: ["distill", "--teacher", t, "--out", t], "already exists"),
+    ("not a teacher", lambda p, t, s: ["evaluate", p / "nothing-here"], "not found"),
+    ("bad option type", lambda p, t, s: ["distill", "--teacher", t, "--epochs", "many", "--out", p / "o"], "'many' is not a valid integer"),
+    ("unknown arch option", lambda p, t, s: ["distill", "--teacher", t, "--student", "mlp:depth=3", "--out", p / "o"], "Unknown option 'depth=3'"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, tiny_teacher, tiny_student, case):
+    import shutil
+
+    _, make_args, message = case
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_student, corrupt)
+    (corrupt / "manifest.json").write_text("{not json")
+    before = {p: p.stat().st_mtime_ns for p in tiny_teacher.rglob("*")}
+    code, out, err = run(capsys, *make_args(tmp_path, tiny_teacher, corrupt))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0]
+    assert "Traceback" not in err
+    assert {p: p.stat().st_mtime_ns for p in tiny_teacher.rglob("*")} == before  # nothing overwritten
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,79 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from edgekd.data import load_dataset
+from edgekd.errors import DataError
+
+
+def test_digits_splits_are_stratified_and_deterministic(digits):
+    assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
+    total = len(digits.y_train) + len(digits.y_val) + len(digits.y_test)
+    assert total == 1797
+    again = load_dataset("digits")
+    assert (again.y_val == digits.y_val).all() and (again.x_train == digits.x_train).all()
+    # every class in every split, roughly in proportion
+    for y in (digits.y_train, digits.y_val, digits.y_test):
+        assert len(set(y.tolist())) == 10
+    assert digits.x_train.max() == 16  # raw values kept
+
+
+def test_train_limit_is_a_stratified_subset():
+    data = load_dataset("digits", train_limit=200)
+    assert 190 <= len(data.y_train) <= 210
+    counts = np.bincount(data.y_train.numpy(), minlength=10)
+    assert counts.min() >= 15
+
+
+def test_stats_computed_on_train(digits):
+    assert digits.mean[0] == pytest.approx(float(digits.x_train.mean()), rel=1e-4)
+
+
+def _write_idx(path, array, gz=True):
+    header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(payload)
+
+
+def test_idx_folder_with_class_names(tmp_path):
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 60), ("t10k", 20)):
+        _write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10, gz=False)
+    data = load_dataset(f"fashion-mnist:{tmp_path}")
+    assert data.input_shape == (1, 28, 28) and data.classes[0] == "T-shirt/top"
+    assert len(data.y_test) == 20
+
+
+def test_missing_idx_folder_says_where_it_looked(tmp_path):
+    with pytest.raises(DataError, match=r"looked for .* in '.*nowhere'.*dataset-fashion-mnist"):
+        load_dataset(f"fashion-mnist:{tmp_path / 'nowhere'}")
+
+
+def test_unknown_dataset():
+    with pytest.raises(DataError, match="Unknown dataset 'cifar'; choose one of digits"):
+        load_dataset("cifar")
+
+
+def test_npz_with_test_split_and_names(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.npz"
+    np.savez(path, x=rng.random((40, 6)).astype(np.float32), y=np.arange(40) % 4,
+             x_test=rng.random((8, 6)).astype(np.float32), y_test=np.arange(8) % 4, class_names=np.array(list("abcd")))
+    data = load_dataset(f"npz:{path}")
+    assert data.input_shape == (6,) and data.classes == tuple("abcd") and len(data.y_test) == 8
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"y": np.arange(10)}, "needs 'x' and 'y'"),
+    ({"x": np.full((10, 4), np.nan, np.float32), "y": np.arange(10) % 2}, "NaN"),
+    ({"x": np.zeros(10), "y": np.arange(10) % 2}, "shape"),
+    ({"x": np.zeros((10, 4)), "y": np.arange(9)}, "one entry per input"),
+])
+def test_malformed_npz(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=message):
+        load_dataset(f"npz:{path}")
