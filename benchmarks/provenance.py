@@ -1,0 +1,37 @@
+"""The header every committed benchmark result starts with: command line, machine, versions, date."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+
+
+def provenance(started: float) -> dict:
+    from benchmarks.timing import machine_facts
+    from edgekd.artifacts import library_versions, now_iso
+
+    return {"command": "python -m " + sys.modules["__main__"].__spec__.name + " " + shlex.join(sys.argv[1:])
+            if getattr(sys.modules.get("__main__"), "__spec__", None) else shlex.join(sys.argv),
+            "machine": machine_facts(), "versions": library_versions(), "date": now_iso(),
+            "run_seconds": round(time.perf_counter() - started, 1)}
+
+
+def header_markdown(title: str, prov: dict) -> list[str]:
+    m = prov["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
+    return [f"# {title}", "", f"- command: `{prov['command']}`",
+            f"- machine: {m['cpu']}, {m['usable_cores']} usable cores, {m['memory_gib']} GiB, {m['os']}",
+            f"- versions: {versions}", f"- date: {prov['date']}; run time {prov['run_seconds'] / 60:.1f} min", ""]
+
+
+def mean_std(values) -> tuple[float, float]:
+    import statistics
+
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def pm(values, scale: float = 100.0, digits: int = 2) -> str:
+    mean, std = mean_std(values)
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
