@@ -1,0 +1,504 @@
+"""``export_onnx``: an edgekd artifact -> one verified ONNX (or ORT-format) file, fp32 or int8.
+
+The steps, all in a temporary folder beside the output:
+
+1. ``torch.onnx.export`` with the dynamo exporter (onnxscript), a dynamic batch dimension, input
+   ``input`` (raw values as stored; ``uint8`` pixels with ``uint8_input``) and output ``logits``; the
+   opset is checked against the one asked for, then ``onnx.checker`` runs its full check.
+2. Parity with PyTorch on the val split at batch 1 and a larger batch (``verify.py``), gated strictly.
+3. Optionally int8 quantization (``quantize.py``), gated on the test-split accuracy drop.
+4. ``metadata_props`` (classes, input shape and dtype, normalization, edgekd version, the source
+   artifact's fingerprint, the verification figures) are added to the saved file.
+5. Optionally the ORT format (``mobile.py``), loaded back and verified the same way.
+6. Only then are the model and its JSON summary (``<out>.json``) renamed into place: a failed gate
+   leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.artifacts import MANIFEST, library_versions, now_iso, sha256_file, write_json_atomic
+from edgekd.errors import ConfigError, ExportError
+from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive
+from export.quantize import PRECISION, QUANTIZE_MODES, quantize_model
+from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, measure_parity, open_session,
+                           run_session, torch_logits)
+
+DEFAULT_OPSET = 18      # the dynamo exporter's own opset; newer ones go through onnxscript's version converter
+MIN_OPSET = 18          # the dynamo exporter cannot write older opsets reliably
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+METADATA_PREFIX = "edgekd."
+_JSON_KEYS = ("classes", "input_shape", "normalization", "verification", "quantization", "source")
+
+
+def max_opset() -> int:
+    """The newest opset the installed onnx knows."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Settings of one export. ``data`` (default: the artifact's) feeds verification and test accuracy;
+    ``calibration_data``'s train split feeds static int8 calibration."""
+
+    opset: int = DEFAULT_OPSET
+    quantize: str | None = None                 # None (fp32), "int8" (static QDQ) or "dynamic"
+    calibration_data: str | None = None
+    calibration_size: int = 512
+    ort: bool = False
+    atol: float = 1e-4
+    max_accuracy_drop: float = 1.0
+    uint8_input: bool = False
+    data: str | None = None
+    val_fraction: float | None = None
+    verify_batch_size: int = 64
+    batch1_samples: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        high = max_opset()
+        if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= high:
+            raise ConfigError(f"The 'opset' parameter must be in [{MIN_OPSET}, {high}]: the dynamo exporter writes opset "
+                              f"{MIN_OPSET} and newer, and the installed onnx knows up to {high}. Got {self.opset!r} instead.")
+        if self.quantize is not None:
+            check_choice("quantize", self.quantize, QUANTIZE_MODES)
+        check_int_at_least("calibration_size", self.calibration_size, 1)
+        check_positive("atol", self.atol)
+        check_positive("max_accuracy_drop", self.max_accuracy_drop, strict=False)
+        check_int_at_least("verify_batch_size", self.verify_batch_size, 2)
+        check_int_at_least("batch1_samples", self.batch1_samples, 1)
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise ConfigError(f"The 'val_fraction' parameter must be in (0, 1). Got {self.val_fraction!r} instead.")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``export_onnx`` wrote and measured; ``summary`` is the JSON saved beside the model."""
+
+    path: Path
+    summary_path: Path
+    format: str                 # "onnx" or "ort"
+    precision: str              # "fp32", "int8-static-qdq" or "int8-dynamic"
+    opset: int
+    size_bytes: int
+    parity: tuple[Parity, ...]  # the written file vs PyTorch on the val split
+    test_accuracy: float        # the written file
+    reference_test_accuracy: float  # the PyTorch model
+    accuracy_drop: float | None  # points, for quantized exports
+    seconds: float
+    summary: dict = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return self.summary
+
+
+@dataclass(frozen=True)
+class Source:
+    """The model to export, as read from an artifact folder."""
+
+    path: Path
+    kind: str
+    module: nn.Module
+    classes: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    normalization: dict
+    fingerprint: str
+    manifest_sha256: str
+    description: str
+    members: int
+    combine: str
+    data_spec: str | None
+    val_fraction: float
+    split_seed: int
+    weights_bytes: int
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind, "description": self.description, "members": self.members,
+                "combine": self.combine, "fingerprint": self.fingerprint, "manifest_sha256": self.manifest_sha256,
+                "weights_bytes": self.weights_bytes}
+
+
+def load_source(path: str | Path) -> Source:
+    """Read an artifact folder (a model, an ensemble or a specialist ensemble) into a torch module."""
+    from edgekd.artifacts import is_artifact, load_artifact
+    from edgekd.teachers import EnsembleModule, teacher_from_artifact
+
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"Model '{path}' not found; pass an edgekd artifact folder (from 'edgekd teacher train' or 'edgekd distill').")
+    if not path.is_dir() or not is_artifact(path):
+        what = "an ONNX file already" if path.suffix.lower() == ".onnx" else ("a folder without manifest.json" if path.is_dir() else "a file")
+        raise ExportError(f"'{path}' is not an edgekd model: expected an artifact folder with manifest.json "
+                          f"(from 'edgekd teacher train' or 'edgekd distill'). Got {what} instead.")
+    artifact = load_artifact(path)
+    manifest = artifact.manifest
+    if artifact.kind == "specialist-ensemble":
+        module = _specialist_module(artifact)
+        description = f"specialist ensemble '{path}'"
+    else:
+        teacher = teacher_from_artifact(artifact)
+        module, description = teacher.module(), teacher.description
+        if isinstance(module, EnsembleModule) and len(module.members) == 1:
+            module = module.members[0]  # a single model: export it without the ensemble's stack
+    data = manifest.get("data") or {}
+    params = (manifest.get("config") or {}).get("params") or {}
+    weights = sum((path / name).stat().st_size for name in manifest["files"] if name.endswith(".safetensors"))
+    return Source(path=path, kind=artifact.kind, module=module.eval(), classes=artifact.classes,
+                  input_shape=artifact.input_shape, normalization=dict(manifest["normalization"]),
+                  fingerprint=artifact.fingerprint, manifest_sha256=sha256_file(path / MANIFEST),
+                  description=description, members=len(manifest.get("members", [])),
+                  combine=manifest.get("combine", "logits"), data_spec=data.get("spec"),
+                  val_fraction=float(params.get("val_fraction") or 0.1), split_seed=int(data.get("split_seed", 0)),
+                  weights_bytes=weights)
+
+
+def _specialist_module(artifact) -> nn.Module:
+    from edgekd.teachers import teacher_from_artifact
+
+    try:
+        teacher = teacher_from_artifact(artifact)
+    except ImportError as exc:
+        raise ExportError(f"Specialist ensemble '{artifact.path}' needs the 'specialists' package to load ({exc}); "
+                          f"install edgekd with its specialists stage, or export its generalist instead.") from None
+    module = teacher.module()
+    if module is None:
+        raise ExportError(f"Specialist ensemble '{artifact.path}' cannot be exported as one graph: its combination "
+                          f"solves the paper's KL objective for every input with an iterative solver run to "
+                          f"convergence, which has no fixed-size ONNX form. Distil it into a student and export "
+                          f"that, or export the generalist artifact alone.")
+    return module
+
+
+class RawPixels(nn.Module):
+    """``model(float(x))`` for uint8 ``x``: the device feeds pixels as they come, the Cast is in the graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.to(torch.float32))
+
+
+# --- the export ----------------------------------------------------------------------------------
+
+def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = ExportConfig(), *,
+                overwrite: bool = False, data=None, calibration=None) -> ExportResult:
+    """Export the artifact ``model`` to ``out`` (``.onnx``, or ``.ort`` with ``config.ort``), verified.
+
+    ``data`` / ``calibration`` may pass already loaded ``Dataset`` objects instead of the specs in
+    ``config``. Raises ``ExportError`` (and writes nothing) when a gate fails.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    summary_path = out.with_name(out.name + ".json")
+    _check_request(out, summary_path, config, overwrite=overwrite, has_calibration=calibration is not None)
+    source = load_source(model)
+    data = data if data is not None else _load_data(source, config.data or source.data_spec, config, role="verification")
+    _check_fits(source, data)
+    if config.quantize == "int8" and calibration is None:
+        same = config.calibration_data in (None, data.spec)
+        calibration = data if same else _load_data(source, config.calibration_data, config, role="calibration")
+        _check_fits(source, calibration)
+
+    to_input = lambda x: _model_input(x, config.uint8_input, data.spec)  # noqa: E731
+    x_val, x_test = to_input(data.x_val), to_input(data.x_test)
+    y_test = data.y_test.numpy()
+    ref_val = torch_logits(source.module, data.x_val)
+    ref_test = torch_logits(source.module, data.x_test)
+    reference_accuracy = accuracy(ref_test, y_test)
+    batches = (1, config.verify_batch_size)
+    seconds, sizes = {}, {"source_weights": source.weights_bytes}
+    verification = {"data": data.spec, "parity_split": "val", "n_val": len(x_val), "accuracy_split": "test",
+                    "n_test": len(x_test), "atol": config.atol, "max_accuracy_drop": config.max_accuracy_drop}
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        tick = time.perf_counter()
+        fp32_path = tmp / "model.fp32.onnx"
+        module = RawPixels(source.module).eval() if config.uint8_input else source.module
+        example = torch.as_tensor(x_val[:2] if len(x_val) >= 2 else np.concatenate([x_val, x_val])[:2])
+        torch_to_onnx(module, example, fp32_path, config.opset)
+        seconds["export"] = time.perf_counter() - tick
+        sizes["fp32_onnx"] = fp32_path.stat().st_size
+
+        tick = time.perf_counter()
+        session = open_session(fp32_path, what="exported fp32 model")
+        fp32_parity = measure_parity(session, x_val, ref_val, batch_sizes=batches, batch1_samples=config.batch1_samples)
+        verification["fp32"] = {"parity": [p.to_dict() for p in fp32_parity]}
+        check_parity(fp32_parity, atol=config.atol, what="exported fp32 model")
+        fp32_accuracy = accuracy(run_session(session, x_test, 256), y_test)
+        verification["fp32"]["test_accuracy"] = fp32_accuracy
+        seconds["verify_fp32"] = time.perf_counter() - tick
+        final_onnx, final_parity, final_accuracy, drop, quant_info = fp32_path, fp32_parity, fp32_accuracy, None, None
+
+        if config.quantize:
+            tick = time.perf_counter()
+            int8_path = tmp / "model.int8.onnx"
+            calib = _calibration_inputs(calibration, config, to_input) if config.quantize == "int8" else None
+            quant_info = quantize_model(fp32_path, int8_path, config.quantize, calibration=calib, workdir=tmp)
+            if calibration is not None and config.quantize == "int8":
+                quant_info["calibration_data"] = f"{calibration.spec} [train]"
+            _full_check(int8_path)
+            seconds["quantize"] = time.perf_counter() - tick
+            sizes["int8_onnx"] = int8_path.stat().st_size
+            tick = time.perf_counter()
+            session = open_session(int8_path, what="quantized model")
+            final_parity = measure_parity(session, x_val, ref_val, batch_sizes=batches, batch1_samples=config.batch1_samples)
+            final_accuracy = accuracy(run_session(session, x_test, 256), y_test)
+            verification["int8"] = {"parity": [p.to_dict() for p in final_parity], "test_accuracy": final_accuracy,
+                                    "accuracy_drop_points": 100.0 * (reference_accuracy - final_accuracy)}
+            drop = check_accuracy_drop(reference_accuracy, final_accuracy, max_drop=config.max_accuracy_drop,
+                                       what="quantized model", n=len(y_test))
+            seconds["verify_int8"] = time.perf_counter() - tick
+            final_onnx = int8_path
+        verification["reference_test_accuracy"] = reference_accuracy
+
+        precision = PRECISION[config.quantize]
+        with_meta = tmp / "model.onnx"
+        write_metadata(final_onnx, with_meta, build_metadata(source, config, data, precision, verification, quant_info))
+        final_path, fmt = with_meta, "onnx"
+        if config.ort:
+            from export.mobile import to_ort_format
+
+            tick = time.perf_counter()
+            final_path, fmt = tmp / "model.ort", "ort"
+            to_ort_format(with_meta, final_path)
+            session = open_session(final_path, what="ORT-format model")
+            final_parity = measure_parity(session, x_val, ref_val, batch_sizes=batches, batch1_samples=config.batch1_samples)
+            ort_accuracy = accuracy(run_session(session, x_test, 256), y_test)
+            verification["ort"] = {"parity": [p.to_dict() for p in final_parity], "test_accuracy": ort_accuracy}
+            if config.quantize:
+                drop = check_accuracy_drop(reference_accuracy, ort_accuracy, max_drop=config.max_accuracy_drop,
+                                           what="ORT-format quantized model", n=len(y_test))
+            else:
+                check_parity(final_parity, atol=config.atol, what="ORT-format model")
+            final_accuracy = ort_accuracy
+            seconds["ort"] = time.perf_counter() - tick
+            sizes["ort"] = final_path.stat().st_size
+        _check_metadata_readable(final_path)
+        sizes["model"] = final_path.stat().st_size
+        seconds["total"] = time.perf_counter() - started
+        summary = _summary(out, fmt, precision, config, source, data, sizes, verification, quant_info,
+                           {k: round(v, 3) for k, v in seconds.items()})
+        write_json_atomic(tmp / "summary.json", summary)
+        os.replace(final_path, out)
+        os.replace(tmp / "summary.json", summary_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(path=out, summary_path=summary_path, format=fmt, precision=precision, opset=config.opset,
+                        size_bytes=sizes["model"], parity=tuple(final_parity), test_accuracy=final_accuracy,
+                        reference_test_accuracy=reference_accuracy, accuracy_drop=drop, seconds=seconds["total"],
+                        summary=summary)
+
+
+def _check_request(out: Path, summary_path: Path, config: ExportConfig, *, overwrite: bool, has_calibration: bool) -> None:
+    """Everything that can be checked before any work: the output path and the options."""
+    check_output_file(out, overwrite=overwrite)
+    if summary_path.exists() and not overwrite:
+        raise ExportError(f"Summary file '{summary_path}' already exists; pass --overwrite or choose another --out.")
+    suffix = out.suffix.lower()
+    if config.ort and suffix != ".ort":
+        raise ConfigError(f"With --ort the output is an ORT-format file whose name must end in .ort. Got '{out.name}' instead.")
+    if not config.ort and suffix != ".onnx":
+        hint = "; pass --ort for the ORT format" if suffix == ".ort" else ""
+        raise ConfigError(f"The output of an ONNX export must end in .onnx. Got '{out.name}' instead{hint}.")
+    if config.quantize == "int8" and config.calibration_data is None and not has_calibration:
+        raise ConfigError("Static int8 quantization (--quantize int8) needs calibration data; pass --calibration-data SPEC "
+                          "(e.g. the training data's spec; N inputs of its train split are used) or use --quantize dynamic.")
+
+
+def _load_data(source: Source, spec: str | None, config: ExportConfig, *, role: str):
+    from edgekd.data import load_dataset
+
+    if not spec:
+        raise ExportError(f"Artifact '{source.path}' does not record its data, which the export needs for {role}; pass --data SPEC.")
+    return load_dataset(spec, val_fraction=config.val_fraction or source.val_fraction, split_seed=source.split_seed)
+
+
+def _check_fits(source: Source, data) -> None:
+    if math.prod(data.input_shape) != math.prod(source.input_shape):
+        raise ExportError(f"Model '{source.path}' takes inputs of shape {tuple(source.input_shape)} but dataset '{data.spec}' "
+                          f"has {tuple(data.input_shape)}; pass the data it was trained on with --data.")
+    if data.num_classes != len(source.classes):
+        raise ExportError(f"Model '{source.path}' has {len(source.classes)} classes but dataset '{data.spec}' has "
+                          f"{data.num_classes}; pass the data it was trained on with --data.")
+    if len(data.x_val) == 0 or len(data.x_test) == 0:
+        raise ExportError(f"Dataset '{data.spec}' has an empty val or test split; the export needs real data to verify on.")
+
+
+def _model_input(x: torch.Tensor, uint8: bool, spec: str) -> np.ndarray:
+    """Inputs as the exported graph takes them: raw float32, or uint8 pixels."""
+    x = x.contiguous()
+    if not uint8:
+        return x.numpy().astype(np.float32, copy=False)
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 255 or not bool((x == x.round()).all()):
+        raise ExportError(f"--uint8-input needs whole pixel values in 0..255 but dataset '{spec}' has values in "
+                          f"[{low:g}, {high:g}]" + ("" if bool((x == x.round()).all()) else " that are not whole numbers")
+                          + "; export without --uint8-input.")
+    return x.numpy().astype(np.uint8)
+
+
+def _calibration_inputs(calibration, config: ExportConfig, to_input) -> np.ndarray:
+    """``calibration_size`` train inputs, a seeded random sample."""
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(calibration.x_train), generator=generator)[:config.calibration_size]
+    return to_input(calibration.x_train[order])
+
+
+# --- torch -> onnx -------------------------------------------------------------------------------
+
+def torch_to_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    """Dynamo export with a dynamic batch dimension, saved to ``path``, opset checked, full onnx check."""
+    with _quiet_exporter() as log:
+        try:
+            program = torch.onnx.export(module.eval(), (example,), dynamo=True, opset_version=opset,
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
+            program.save(str(path))
+        except Exception as exc:  # the exporter raises many types; all mean "this module does not export"
+            text = (str(exc).strip() or exc.__class__.__name__).splitlines()[0][:240]
+            raise ExportError(f"torch.onnx.export (dynamo) failed: {text}; rerun with --debug for the log "
+                              f"({len(log.getvalue())} characters).") from exc
+    got = model_opset(path)
+    if got != opset:
+        raise ExportError(f"Asked for opset {opset} but the exporter produced opset {got}; choose --opset {got} "
+                          f"(the dynamo exporter writes {DEFAULT_OPSET} natively).")
+    _full_check(path)
+
+
+def model_opset(path: Path) -> int:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
+
+
+def _full_check(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
+        text = (str(exc).strip() or exc.__class__.__name__).splitlines()[0][:240]
+        raise ExportError(f"The exported model fails onnx.checker's full check ({text}); report the model.") from None
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter prints progress and warns about torchvision ops; keep that off the terminal."""
+    buffer = io.StringIO()
+    names = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir", "torch.fx.experimental.symbolic_shapes")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
+            warnings.simplefilter("ignore")
+            yield buffer
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+# --- metadata ------------------------------------------------------------------------------------
+
+def build_metadata(source: Source, config: ExportConfig, data, precision: str, verification: dict,
+                   quantization: dict | None) -> dict[str, str]:
+    import edgekd
+
+    dtype = "uint8" if config.uint8_input else "float32"
+    props = {
+        "version": edgekd.__version__,
+        "classes": json.dumps(list(source.classes)),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_shape": json.dumps(["batch", *source.input_shape]),
+        "input_dtype": dtype,
+        "preprocessing": ("none: feed raw values as stored (pixels 0-255); the graph "
+                          + ("casts uint8 to float32, then " if config.uint8_input else "")
+                          + "normalises (x - mean) / std per channel"),
+        "normalization": json.dumps(source.normalization),
+        "precision": precision,
+        "opset": str(config.opset),
+        "source": json.dumps(source.describe()),
+        "source_fingerprint": source.fingerprint,
+        "data": data.spec,
+        "verification": json.dumps(verification),
+        "created": now_iso(),
+    }
+    if quantization:
+        props["quantization"] = json.dumps(quantization)
+    return {METADATA_PREFIX + key: value for key, value in props.items()}
+
+
+def write_metadata(src: Path, dst: Path, props: dict[str, str]) -> None:
+    """Copy ``src`` to ``dst`` with ``props`` set in ``metadata_props`` (the proto is loaded from the
+    saved file: ``ONNXProgram.model_proto`` builds a new proto on every access)."""
+    import onnx
+
+    proto = onnx.load(str(src))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = (f"edgekd {props.get(METADATA_PREFIX + 'precision', '')} export of "
+                        f"{json.loads(props[METADATA_PREFIX + 'source'])['description']}; raw inputs in, logits out.")
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(dst))
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The ``edgekd.*`` metadata of an exported .onnx/.ort file, read through onnxruntime, JSON decoded."""
+    session = open_session(path)
+    meta = session.get_modelmeta().custom_metadata_map
+    result = {}
+    for key, value in meta.items():
+        if not key.startswith(METADATA_PREFIX):
+            continue
+        name = key[len(METADATA_PREFIX):]
+        result[name] = json.loads(value) if name in _JSON_KEYS else value
+    return result
+
+
+def _check_metadata_readable(path: Path) -> None:
+    meta = read_metadata(path)
+    if "classes" not in meta or "verification" not in meta:
+        raise ExportError(f"The written model lost its metadata ({sorted(meta)}); report this.")
+
+
+def _summary(out, fmt, precision, config, source, data, sizes, verification, quant_info, seconds) -> dict:
+    sizes = dict(sizes)
+    if "int8_onnx" in sizes:
+        sizes["int8_to_fp32_ratio"] = round(sizes["int8_onnx"] / sizes["fp32_onnx"], 4)
+    return {
+        "model": str(out), "format": fmt, "precision": precision, "opset": config.opset,
+        "input": {"name": INPUT_NAME, "dtype": "uint8" if config.uint8_input else "float32",
+                  "shape": ["batch", *source.input_shape]},
+        "output": {"name": OUTPUT_NAME, "classes": list(source.classes)},
+        "normalization": source.normalization, "source": source.describe(),
+        "sizes_bytes": sizes, "verification": verification, "quantization": quant_info,
+        "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "seconds": seconds, "versions": library_versions(), "created": now_iso(),
+    }

@@ -1,0 +1,114 @@
+"""Verification of an exported model against PyTorch on real data, and the gates that reject it.
+
+Parity is measured on the val split at batch 1 and at a larger batch (the batch dimension is
+dynamic, so both must work): the maximum and mean absolute logit difference and the top-1 agreement
+with the PyTorch model. An fp32 export passes when ``max |diff| <= atol`` and every top-1 agrees;
+a quantized one when its test accuracy drops by at most ``max_accuracy_drop`` points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.errors import ExportError
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Exported model vs PyTorch on ``n`` samples fed ``batch_size`` at a time."""
+
+    batch_size: int
+    n: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    top1_agreement: float
+    disagreements: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (f"batch {self.batch_size} (n={self.n}): max |diff| {self.max_abs_diff:.2e}, mean {self.mean_abs_diff:.2e}, "
+                f"top-1 agreement {100 * self.top1_agreement:.2f}% ({self.disagreements} disagreement"
+                f"{'' if self.disagreements == 1 else 's'})")
+
+
+def open_session(path: str | Path, *, what: str = "exported model"):
+    """An onnxruntime CPU session for ``path`` (.onnx or .ort); load failures become ExportError."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else exc.__class__.__name__
+        raise ExportError(f"onnxruntime {ort.__version__} cannot load the {what} ({first}); "
+                          f"choose another --opset or report the model.") from None
+
+
+def run_session(session, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits of ``x`` fed ``batch_size`` rows at a time."""
+    name = session.get_inputs()[0].name
+    outs = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 0), np.float32)
+
+
+@torch.inference_mode()
+def torch_logits(module: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    module.eval()
+    outs = [module(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray, batch_size: int) -> Parity:
+    if reference.shape != candidate.shape:
+        raise ExportError(f"The exported model returns logits of shape {candidate.shape} but PyTorch returns "
+                          f"{reference.shape}; the export is broken, report it.")
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    agree = reference.argmax(1) == candidate.argmax(1)
+    finite = bool(np.isfinite(candidate).all())
+    return Parity(batch_size=batch_size, n=len(reference),
+                  max_abs_diff=float(diff.max()) if finite and diff.size else (float("inf") if not finite else 0.0),
+                  mean_abs_diff=float(diff.mean()) if finite and diff.size else (float("inf") if not finite else 0.0),
+                  top1_agreement=float(agree.mean()) if agree.size else 1.0,
+                  disagreements=int((~agree).sum()))
+
+
+def measure_parity(session, x: np.ndarray, reference: np.ndarray, *, batch_sizes=(1, 64),
+                   batch1_samples: int = 256) -> list[Parity]:
+    """Parity at each batch size; batch 1 runs on the first ``batch1_samples`` samples only (it is slow)."""
+    results = []
+    for batch_size in batch_sizes:
+        n = min(len(x), batch1_samples) if batch_size == 1 else len(x)
+        results.append(parity(reference[:n], run_session(session, x[:n], batch_size), batch_size))
+    return results
+
+
+def check_parity(results: list[Parity], *, atol: float, what: str, split: str = "val") -> None:
+    """The strict fp32 gate: every ``max |diff| <= atol`` and no top-1 disagreement."""
+    bad = [p for p in results if not p.max_abs_diff <= atol or p.disagreements]
+    if bad:
+        detail = "; ".join(p.describe() for p in bad)
+        raise ExportError(f"The {what} does not match PyTorch on the {split} split: {detail}; the gate needs max |diff| "
+                          f"<= atol {atol:g} and 100% top-1 agreement. Nothing was written; report the model, or pass "
+                          f"a larger --atol if the difference is expected.")
+
+
+def accuracy(logits: np.ndarray, y) -> float:
+    y = np.asarray(y)
+    return float((logits.argmax(1) == y).mean()) if len(y) else float("nan")
+
+
+def check_accuracy_drop(before: float, after: float, *, max_drop: float, what: str, n: int) -> float:
+    """The quantization gate: ``100 * (before - after) <= max_drop`` points. Returns the drop."""
+    drop = 100.0 * (before - after)
+    if drop > max_drop:
+        raise ExportError(f"The {what} loses {drop:.2f} accuracy points on the test split (n={n}): {100 * before:.2f}% "
+                          f"in fp32, {100 * after:.2f}% after; --max-accuracy-drop allows {max_drop:g}. Nothing was "
+                          f"written; use more --calibration-size, --quantize dynamic, or export fp32.")
+    return drop
