@@ -1,0 +1,83 @@
+"""``edgekd export``: an artifact -> a verified ONNX / ORT-format file (the library is ``export/``)."""
+
+from __future__ import annotations
+
+import click
+
+from edgekd.clicommon import common_options, echo_json
+
+DEFAULT_OPSET = 18  # kept equal to export.onnx_export.DEFAULT_OPSET (a test checks); importing it here would load torch
+
+
+@click.command("export")
+@click.argument("model")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Output file: NAME.onnx, or NAME.ort with --ort. A summary is written beside it as NAME.onnx.json.")
+@click.option("--onnx", "onnx_format", is_flag=True, default=True,
+              help="Export to ONNX (the default and, today, the only format; --ort converts it further).")
+@click.option("--ort", is_flag=True, help="Convert to the ORT format for onnxruntime mobile (--out NAME.ort).")
+@click.option("--quantize", type=click.Choice(["int8", "dynamic"]), default=None,
+              help="int8: static QDQ, per-channel, calibrated on --calibration-data; dynamic: int8 weights only.")
+@click.option("--calibration-data", default=None, help="Dataset spec whose train split calibrates --quantize int8.")
+@click.option("--calibration-size", type=int, default=512, show_default=True, help="Calibration inputs (train split).")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (18 or newer).")
+@click.option("--atol", type=float, default=1e-4, show_default=True,
+              help="fp32 gate: largest absolute logit difference from PyTorch allowed on the val split.")
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
+              help="int8 gate: test accuracy points the quantized model may lose.")
+@click.option("--uint8-input", is_flag=True, help="The graph takes uint8 pixels (cast inside) instead of float32.")
+@click.option("--data", default=None, help="Data for verification and accuracy (default: the artifact's own).")
+@click.option("--val-fraction", type=float, default=None, help="Val split size (default: the artifact's).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@common_options
+def export_cmd(model, out, onnx_format, ort, quantize, calibration_data, calibration_size, opset, atol,
+               max_accuracy_drop, uint8_input, data, val_fraction, overwrite, as_json, seed, **_common):
+    """Export MODEL (an artifact folder: a student, a teacher or a teacher ensemble) to one verified file.
+
+    \b
+    The file is written only if it matches PyTorch on the val split (batch 1 and batch 64: max
+    |logit diff| <= --atol and 100% top-1 agreement) or, quantized, loses at most
+    --max-accuracy-drop test accuracy points; otherwise exit code 2 and nothing is written.
+    \b
+      edgekd export runs/student --onnx --out runs/student/student.onnx
+      edgekd export runs/student --onnx --quantize int8 --calibration-data fashion-mnist --out runs/student/student.int8.onnx
+      edgekd export runs/student --onnx --ort --out runs/student/student.ort
+      edgekd export runs/teacher --onnx --out runs/teacher/ensemble.onnx
+    """
+    from export import ExportConfig, export_onnx
+
+    config = ExportConfig(opset=opset, quantize=quantize, calibration_data=calibration_data,
+                          calibration_size=calibration_size, ort=ort, atol=atol, max_accuracy_drop=max_accuracy_drop,
+                          uint8_input=uint8_input, data=data, val_fraction=val_fraction, seed=seed)
+    result = export_onnx(model, out, config, overwrite=overwrite)
+    if as_json:
+        echo_json(result.summary)
+        return
+    print_export(result)
+
+
+def print_export(result) -> None:
+    s = result.summary
+    sizes = s["sizes_bytes"]
+    click.echo(f"exported {s['source']['description']} -> {result.path} ({result.format}, {result.precision}, opset "
+               f"{result.opset}, input {s['input']['dtype']} {s['input']['shape']}, {result.size_bytes:,} bytes)")
+    v = s["verification"]
+    click.echo(f"fp32 vs PyTorch on {v['data']} [val]: " + "; ".join(_parity(p) for p in v["fp32"]["parity"]))
+    if "int8" in v:
+        click.echo(f"{result.precision} vs PyTorch [val]: " + "; ".join(_parity(p) for p in v["int8"]["parity"]))
+    if "ort" in v:
+        click.echo("ORT format, loaded back [val]: " + "; ".join(_parity(p) for p in v["ort"]["parity"]))
+    line = f"test accuracy (n={v['n_test']}): PyTorch {v['reference_test_accuracy']:.4f}, fp32 ONNX {v['fp32']['test_accuracy']:.4f}"
+    if "int8" in v:
+        line += (f", {result.precision} {v['int8']['test_accuracy']:.4f} (drop {v['int8']['accuracy_drop_points']:.2f} "
+                 f"points, gate {v['max_accuracy_drop']:g}); size {sizes['int8_onnx']:,} / {sizes['fp32_onnx']:,} bytes "
+                 f"= {sizes['int8_to_fp32_ratio']:.2f}x fp32")
+    click.echo(line)
+    t = s["seconds"]
+    click.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()) + f"; summary {result.summary_path}")
+
+
+def _parity(p: dict) -> str:
+    return (f"batch {p['batch_size']}: max |diff| {p['max_abs_diff']:.1e}, mean {p['mean_abs_diff']:.1e}, "
+            f"top-1 agreement {100 * p['top1_agreement']:.2f}%")
