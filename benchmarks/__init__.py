@@ -1,0 +1,29 @@
+"""Latency and accuracy benchmarks of edgekd models on CPU runtimes, and the paper's scenarios.
+
+- ``benchmarks.harness``: ``run_benchmark(models, data, BenchConfig) -> BenchReport`` times every
+  model x runtime x batch size x thread count (interleaved, round-robin) and evaluates every model;
+  ``bench_for_pipeline`` is the quick version that ``edgekd pipeline`` ends with.
+- ``benchmarks.runtimes``: the runtime registry (PyTorch eager, onnxruntime, OpenVINO, tract,
+  OpenCV DNN); ``list_runtimes()`` names them.
+- ``benchmarks.report``: ``report.json`` is the data; ``report.md``, ``latency.png`` and
+  ``pareto.png`` are rendered from it.
+- ``python -m benchmarks.latency_report``: teacher ensemble vs student fp32 vs student int8.
+
+Heavy imports (torch, onnxruntime, the optional runtimes) happen inside the functions.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BenchConfig", "BenchReport", "run_benchmark", "bench_for_pipeline", "list_runtimes"]
+
+
+def __getattr__(name):
+    if name in ("BenchConfig", "BenchReport", "run_benchmark", "bench_for_pipeline"):
+        from benchmarks import harness
+
+        return getattr(harness, name)
+    if name == "list_runtimes":
+        from benchmarks.runtimes import list_runtimes
+
+        return list_runtimes
+    raise AttributeError(f"module 'benchmarks' has no attribute {name!r}")

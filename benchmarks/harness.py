@@ -1,0 +1,429 @@
+"""``run_benchmark``: latency of every model x runtime x batch size x thread count, and accuracy,
+size and cost of every model, as one JSON-ready report.
+
+Method (also written into every report):
+
+- every model is evaluated once on the test split (accuracy, NLL, ECE, top-1 agreement with the
+  first model, the *reference*) with the first selected runtime that reads its format;
+- for each thread count and batch size, every (model, runtime) pair and every runtime's identity
+  graph is warmed up, then timed for ``seconds`` split into ``rounds`` slices, taken round-robin
+  (the starting pair rotates each round) so that drift of the machine hits all alike;
+- one call = one batch; latency percentiles are over calls, throughput = batch / mean latency;
+- compute floor = MACs x batch / the machine's measured peak fp32 GEMM rate at that thread count
+  (1 MAC = 2 FLOPs); runtime floor = p50 of the identity graph on that runtime; floor = their sum;
+  the rows give p50 / floor, and the speed-up = reference p50 / row p50 (same batch and threads).
+
+A runtime that is missing, cannot load a model, or fails while timing gives a row with
+``status`` "error" (or "skipped") and the reason; it never stops the benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from benchmarks.modelinfo import ModelInfo, describe_model, model_format, parse_model_arg, unique_names
+from benchmarks.runtimes import (RuntimeSkipped, RuntimeUnavailable, get_runtime, parse_runtimes,
+                                 write_identity_onnx)
+from benchmarks.timing import machine_facts, peak_gemm_flops, summarize, time_calls, usable_cores, warm_up
+from edgekd.errors import ConfigError
+
+REPORT_FORMAT = "edgekd.bench"
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    batch_sizes: tuple[int, ...] = (1, 8, 64)
+    threads: tuple[int, ...] | None = None  # None: 1 and every usable core
+    runtimes: tuple[str, ...] | None = None  # None: every registered runtime
+    seconds: float = 1.0  # timed seconds per (model, runtime, batch size, threads)
+    rounds: int = 3  # round-robin slices the seconds are split into
+    min_runs: int = 6  # timed calls at least, per measurement
+    warmup_seconds: float = 0.1
+    floor_seconds: float = 0.2  # timed seconds of each runtime's identity graph
+    probe_seconds: float = 0.3  # peak GEMM probe per thread count
+    split: str = "test"
+    check_samples: int = 256  # samples compared across runtimes (parity)
+
+    def __post_init__(self):
+        from edgekd.validation import check_choice, check_int_at_least, check_positive
+
+        if not self.batch_sizes:
+            raise ConfigError("The 'batch_sizes' parameter must list at least one batch size. Got () instead.")
+        for b in self.batch_sizes:
+            check_int_at_least("batch_sizes", b, 1)
+        for t in self.threads or ():
+            check_int_at_least("threads", t, 1)
+        if self.threads is not None and not self.threads:
+            raise ConfigError("The 'threads' parameter must list at least one thread count. Got () instead.")
+        for name in ("seconds", "floor_seconds", "probe_seconds"):
+            check_positive(name, getattr(self, name))
+        check_positive("warmup_seconds", self.warmup_seconds, strict=False)
+        check_int_at_least("rounds", self.rounds, 1)
+        check_int_at_least("min_runs", self.min_runs, 1)
+        check_int_at_least("check_samples", self.check_samples, 1)
+        check_choice("split", self.split, ("test", "val", "train"))
+        if self.runtimes is not None:
+            object.__setattr__(self, "runtimes", parse_runtimes(self.runtimes))
+        object.__setattr__(self, "batch_sizes", tuple(dict.fromkeys(self.batch_sizes)))
+
+    def thread_counts(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(self.threads or (1, usable_cores())))
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """The benchmark's data; ``to_dict()`` is what ``report.json`` holds."""
+
+    created: str
+    command: str
+    data: dict
+    machine: dict
+    versions: dict
+    config: dict
+    runtimes: list
+    peak_gflops: dict
+    reference: dict
+    models: list
+    rows: list
+    floors: list
+    parity: list
+    wall_seconds: float
+    format: str = REPORT_FORMAT
+    format_version: int = REPORT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def ok_rows(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "ok"]
+
+    def error_rows(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] != "ok"]
+
+
+@dataclass
+class _Model:
+    info: ModelInfo | None
+    name: str
+    path: Path
+    x: np.ndarray | None = None  # test inputs in the model's shape
+    logits: np.ndarray | None = None
+    record: dict = field(default_factory=dict)
+
+
+def _reason(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{exc.__class__.__name__}: {text}" if not isinstance(exc, RuntimeUnavailable) else text
+
+
+def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = BenchConfig(), *,
+                  command: str | None = None, echo: Callable[[str], None] | None = None) -> BenchReport:
+    """Benchmark ``models`` (artifact folders, ``.onnx``, ``.ort``; ``NAME=PATH`` names one) on ``data``."""
+    from edgekd.artifacts import library_versions, now_iso
+
+    started = time.perf_counter()
+    echo = echo or (lambda _msg: None)
+    if not models:
+        raise ConfigError("Pass at least one model to benchmark (an artifact folder, an .onnx or an .ort file).")
+    parsed = [parse_model_arg(m) for m in models]
+    for _, path in parsed:
+        model_format(path)  # a missing path or unknown format is the user's to fix: raise now
+    names = unique_names([p for _, p in parsed], [n for n, _ in parsed])
+    threads = config.thread_counts()
+    runtime_names = config.runtimes or parse_runtimes(None)
+    runtimes, runtime_records = _open_runtimes(runtime_names)
+    rows, parity = [], []
+    entries = [_describe(name, path, rows) for name, (_, path) in zip(names, parsed)]
+
+    x_split, y_split = data.split(config.split)
+    echo(f"evaluating {len(entries)} model(s) on {data.spec} [{config.split}], {len(y_split)} samples")
+    for entry in entries:
+        _evaluate(entry, data, x_split, y_split, runtime_names, runtimes, max(threads), entries[0], rows)
+    reference = {"model": entries[0].name, "runtime": entries[0].record.get("evaluated_with")}
+
+    echo(f"probing peak fp32 GEMM rate at {', '.join(map(str, threads))} thread(s)")
+    peak = {str(t): peak_gemm_flops(t, seconds=config.probe_seconds) for t in threads}
+    floors = []
+    with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
+        identity = write_identity_onnx(Path(tmp) / "identity.onnx", data.input_shape)
+        for entry in entries:
+            for name in runtime_names:
+                if entry.x is not None and entry.info.format in get_runtime(name).formats and name not in runtimes:
+                    rows.append(_error_row(entry.name, name, None, None, runtime_records[name]["reason"]))
+        for t in threads:
+            runners = _load_runners(entries, runtime_names, runtimes, t, rows, parity if t == threads[0] else None,
+                                    config.check_samples)
+            floor_runners = _load_floor_runners(runners, runtimes, identity, t, floors)
+            for b in config.batch_sizes:
+                echo(f"timing {len(runners)} model/runtime pair(s) at batch {b}, {t} thread(s)")
+                _measure(entries, runners, floor_runners, b, t, config, data, peak[str(t)], rows, floors)
+    _add_speedups(rows, reference)
+    return BenchReport(created=now_iso(), command=command or "benchmarks.harness.run_benchmark", data=data.describe(),
+                       machine=machine_facts(), versions=_versions(library_versions(), runtime_records),
+                       config=_config_record(config, threads, runtime_names), runtimes=list(runtime_records.values()),
+                       peak_gflops={t: v / 1e9 for t, v in peak.items()}, reference=reference,
+                       models=[e.record for e in entries], rows=rows, floors=floors, parity=parity,
+                       wall_seconds=round(time.perf_counter() - started, 2))
+
+
+def _open_runtimes(names):
+    runtimes, records = {}, {}
+    for name in names:
+        entry = get_runtime(name)
+        record = {"name": name, "formats": list(entry.formats), "settings": entry.description}
+        try:
+            runtimes[name] = entry.cls()
+            record.update(available=True, version=runtimes[name].version(), reason=None)
+        except RuntimeUnavailable as exc:
+            record.update(available=False, version=None, reason=str(exc))
+        records[name] = record
+    return runtimes, records
+
+
+def _versions(libraries: dict, runtime_records: dict) -> dict:
+    versions = dict(libraries)
+    for record in runtime_records.values():
+        if record["version"]:
+            versions[get_runtime(record["name"]).package or record["name"]] = record["version"]
+    return versions
+
+
+def _config_record(config: BenchConfig, threads, runtime_names) -> dict:
+    record = asdict(config)
+    record.update(batch_sizes=list(config.batch_sizes), threads=list(threads), runtimes=list(runtime_names))
+    return record
+
+
+def _describe(name: str, path: Path, rows: list) -> _Model:
+    try:
+        info = describe_model(path, name)
+        record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(info).items()}
+        return _Model(info=info, name=name, path=path, record={**record, "error": None})
+    except Exception as exc:
+        reason = _reason(exc)
+        rows.append(_error_row(name, None, None, None, f"cannot read the model: {reason}"))
+        return _Model(info=None, name=name, path=path, record={"name": name, "path": str(path), "error": reason})
+
+
+def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, threads, reference: _Model, rows):
+    """Accuracy, NLL, ECE and agreement with the reference, with the first runtime that reads the model."""
+    import torch
+
+    from edgekd.evaluate import metrics_from_logits
+
+    if entry.info is None:
+        return
+    shape = tuple(entry.info.input_shape or data.input_shape)
+    if math.prod(shape) != math.prod(data.input_shape):
+        reason = (f"the model takes inputs of shape {shape} but dataset '{data.spec}' has {tuple(data.input_shape)}; "
+                  f"pass data of the model's input shape")
+        entry.record["error"] = reason
+        rows.append(_error_row(entry.name, None, None, None, reason))
+        return
+    x = np.ascontiguousarray(x_split.reshape(len(x_split), *shape).numpy(), dtype=np.float32)
+    if entry.info.input_dtype == "uint8":  # an export that takes raw pixels as bytes
+        x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    for name in runtime_names:
+        if name not in runtimes or entry.info.format not in get_runtime(name).formats:
+            continue
+        try:
+            try:
+                runner = runtimes[name].load(entry.path, threads)
+            except RuntimeSkipped:  # a runtime that cannot run at this thread count still evaluates at 1
+                runner = runtimes[name].load(entry.path, 1)
+            logits = np.concatenate([runner.predict(x[i:i + 512]) for i in range(0, len(x), 512)])
+        except Exception as exc:
+            entry.record.setdefault("evaluation_errors", {})[name] = _reason(exc)
+            continue
+        if logits.shape != (len(x), data.num_classes):
+            reason = (f"the model gives outputs of shape {logits.shape[1:]} but dataset '{data.spec}' has "
+                      f"{data.num_classes} classes; pass a dataset with the model's classes")
+            entry.record["error"] = reason
+            rows.append(_error_row(entry.name, None, None, None, reason))
+            return
+        metrics = metrics_from_logits(torch.from_numpy(logits), y_split, data.classes)
+        agreement = None
+        if reference.logits is not None:
+            agreement = float((reference.logits.argmax(1) == logits.argmax(1)).mean())
+        elif reference is entry:
+            agreement = 1.0
+        entry.x, entry.logits = x, logits
+        entry.record.update(evaluated_with=name, n_eval=metrics["n"], accuracy=metrics["accuracy"], nll=metrics["nll"],
+                            ece=metrics["ece"], agreement=agreement)
+        return
+    failures = entry.record.get("evaluation_errors")
+    if failures:
+        reason = "no selected runtime could run the model: " + "; ".join(f"{k}: {v}" for k, v in failures.items())
+    else:
+        reason = f"no selected runtime that is installed reads {entry.info.format} models"
+    entry.record["error"] = reason
+    rows.append(_error_row(entry.name, None, None, None, reason))
+
+
+def _load_runners(entries, runtime_names, runtimes, threads, rows, parity, check_samples) -> dict:
+    runners = {}
+    for entry in entries:
+        if entry.x is None:
+            continue
+        for name in runtime_names:
+            if name not in runtimes or entry.info.format not in get_runtime(name).formats:
+                continue
+            try:
+                runner = runtimes[name].load(entry.path, threads)
+            except RuntimeSkipped as exc:
+                rows.append(_error_row(entry.name, name, None, threads, str(exc), status="skipped"))
+                continue
+            except Exception as exc:
+                rows.append(_error_row(entry.name, name, None, threads, f"cannot load: {_reason(exc)}"))
+                continue
+            if parity is not None:
+                parity.append(_parity(entry, name, runner, check_samples))
+            runners[(entry.name, name)] = runner
+    return runners
+
+
+def _parity(entry: _Model, runtime: str, runner, check_samples: int) -> dict:
+    """Largest logit difference and top-1 agreement against the evaluation runtime on a few test samples."""
+    record = {"model": entry.name, "runtime": runtime, "reference_runtime": entry.record["evaluated_with"],
+              "samples": int(min(check_samples, len(entry.x)))}
+    try:
+        got = runner.predict(entry.x[:check_samples])
+        want = entry.logits[:check_samples]
+        record.update(max_abs_diff=float(np.abs(got - want).max()), agreement=float((got.argmax(1) == want.argmax(1)).mean()),
+                      error=None)
+    except Exception as exc:
+        record.update(max_abs_diff=None, agreement=None, error=_reason(exc))
+    return record
+
+
+def _load_floor_runners(runners, runtimes, identity: Path, threads, floors) -> dict:
+    floor_runners = {}
+    for name in dict.fromkeys(rt for _, rt in runners):
+        try:
+            floor_runners[name] = runtimes[name].identity(identity, threads)
+        except Exception as exc:
+            floors.append({"runtime": name, "batch_size": None, "threads": threads, "status": "error",
+                           "error": f"identity graph: {_reason(exc)}"})
+    return floor_runners
+
+
+def _batch(x: np.ndarray, size: int) -> np.ndarray:
+    reps = math.ceil(size / len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:size] if reps > 1 else x[:size])
+
+
+@dataclass
+class _Task:
+    key: tuple
+    runner: object
+    fn: Callable | None
+    seconds: float
+    error: str | None = None
+
+
+def _measure(entries, runners, floor_runners, batch, threads, config: BenchConfig, data, peak_flops, rows, floors):
+    by_name = {e.name: e for e in entries}
+    tasks = []
+    for (model, runtime), runner in runners.items():
+        tasks.append(_bind(("model", model, runtime), runner, _batch(by_name[model].x, batch), config.seconds, config))
+    floor_x = _batch(np.zeros((1, *data.input_shape), dtype=np.float32), batch)
+    for runtime, runner in floor_runners.items():
+        tasks.append(_bind(("floor", runtime), runner, floor_x, config.floor_seconds, config))
+    samples = _round_robin(tasks, config)
+    floor_p50 = {}
+    for task in tasks:
+        if task.key[0] != "floor":
+            continue
+        record = {"runtime": task.key[1], "batch_size": batch, "threads": threads}
+        if task.error:
+            floors.append({**record, "status": "error", "error": task.error})
+        else:
+            stats = summarize(samples[task.key], batch)
+            floor_p50[task.key[1]] = stats["p50_ms"]
+            floors.append({**record, "status": "ok", **stats})
+    for task in tasks:
+        if task.key[0] != "model":
+            continue
+        _, model, runtime = task.key
+        if task.error:
+            rows.append(_error_row(model, runtime, batch, threads, task.error))
+            continue
+        stats = summarize(samples[task.key], batch)
+        macs = by_name[model].info.macs
+        compute = macs * batch * 2 / peak_flops * 1e3 if macs else None
+        runtime_floor = floor_p50.get(runtime)
+        floor = compute + (runtime_floor or 0.0) if compute is not None else None
+        rows.append({"model": model, "runtime": runtime, "batch_size": batch, "threads": threads, "status": "ok",
+                     **stats, "compute_floor_ms": compute, "runtime_floor_ms": runtime_floor, "floor_ms": floor,
+                     "latency_over_floor": stats["p50_ms"] / floor if floor else None, "speedup": None, "error": None})
+
+
+def _bind(key, runner, x, seconds, config) -> _Task:
+    try:
+        fn = runner.bind(x)
+        with runner.activate():
+            warm_up(fn, config.warmup_seconds)
+        return _Task(key, runner, fn, seconds)
+    except Exception as exc:
+        return _Task(key, runner, None, seconds, error=f"failed at this batch size: {_reason(exc)}")
+
+
+def _round_robin(tasks: list[_Task], config: BenchConfig) -> dict:
+    """Each task's time in ``rounds`` slices; round r starts at task r so no pair always goes first."""
+    samples = {task.key: [] for task in tasks}
+    min_runs = math.ceil(config.min_runs / config.rounds)
+    live = [t for t in tasks if t.error is None]
+    for r in range(config.rounds):
+        start = r % len(live) if live else 0
+        for task in live[start:] + live[:start]:
+            if task.error:
+                continue
+            try:
+                with task.runner.activate():
+                    samples[task.key] += time_calls(task.fn, task.seconds / config.rounds, min_runs=min_runs)
+            except Exception as exc:
+                task.error = f"failed while timing: {_reason(exc)}"
+    return samples
+
+
+def _error_row(model, runtime, batch, threads, reason, *, status="error") -> dict:
+    return {"model": model, "runtime": runtime, "batch_size": batch, "threads": threads, "status": status, "error": reason}
+
+
+def _add_speedups(rows: list[dict], reference: dict) -> None:
+    ref = {(r["batch_size"], r["threads"]): r["p50_ms"] for r in rows
+           if r["status"] == "ok" and r["model"] == reference["model"] and r["runtime"] == reference["runtime"]}
+    for row in rows:
+        if row["status"] == "ok" and (row["batch_size"], row["threads"]) in ref:
+            row["speedup"] = ref[(row["batch_size"], row["threads"])] / row["p50_ms"]
+
+
+# --- pipeline hook ------------------------------------------------------------------------------------
+
+QUICK = BenchConfig(batch_sizes=(1, 32), threads=(1,), seconds=0.15, rounds=2, min_runs=4, warmup_seconds=0.02,
+                    floor_seconds=0.05, probe_seconds=0.1)
+
+
+def bench_for_pipeline(model_paths: Sequence[str | Path], data, out_dir: str | Path, *, quick: bool = True,
+                       command: str | None = None, echo: Callable[[str], None] | None = None) -> dict:
+    """The benchmark stage of ``edgekd pipeline``: run, write ``out_dir/report.{json,md}`` and the plots,
+    and return the paths and the 1-thread batch-1 headline (a few seconds on digits with ``quick``)."""
+    from benchmarks.report import headline_rows, write_report
+
+    config = QUICK if quick else BenchConfig()
+    report = run_benchmark(model_paths, data, config, command=command or "edgekd pipeline (bench stage)", echo=echo)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = write_report(report, out_dir)
+    data_dict = report.to_dict()
+    return {**{k: str(v) for k, v in paths.items()}, "headline": headline_rows(data_dict),
+            "errors": len(report.error_rows()), "wall_seconds": report.wall_seconds}

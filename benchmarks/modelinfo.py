@@ -1,0 +1,266 @@
+"""What a benchmark needs to know about a model file before timing it: format, input shape,
+file size, parameters and MACs.
+
+- an edgekd artifact folder: size of its weight files; parameters and MACs from the manifest's
+  metrics (or counted on the built module);
+- an ``.onnx`` file: size of the file (and of its external data); MACs and parameters from the
+  ``edgekd`` metadata the exporter writes, else counted on the graph (Conv, MatMul, Gemm and their
+  quantized forms, after shape inference at batch 1; parameters = initializer elements);
+- an ``.ort`` file: its own size; metadata read through onnxruntime, else the sibling ``.onnx``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekd.errors import ConfigError
+
+# metadata_props keys that may carry the counts (the exporter's, then plain names)
+_MAC_KEYS = ("edgekd.macs", "edgekd_macs", "macs")
+_PARAM_KEYS = ("edgekd.parameters", "edgekd_parameters", "parameters")
+_JSON_KEYS = ("edgekd", "edgekd.manifest", "edgekd.metadata")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: str
+    format: str  # "artifact" | "onnx" | "ort"
+    description: str = ""
+    input_shape: tuple[int, ...] | None = None  # without the batch dimension
+    input_dtype: str = "float32"  # "float32" | "uint8" (an export that takes raw pixels as bytes)
+    file_bytes: int | None = None
+    parameters: int | None = None
+    macs: int | None = None
+    macs_source: str | None = None  # "manifest" | "counted" | "metadata" | "graph" | "source artifact"
+
+
+def model_format(path: str | Path) -> str:
+    """The format of a model path, or a ``ConfigError`` saying what is accepted."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Model '{path}' not found; pass an edgekd artifact folder, an .onnx or an .ort file.")
+    if path.is_dir():
+        if not (path / "manifest.json").is_file():
+            raise ConfigError(f"'{path}' is a folder but not an edgekd artifact (no manifest.json); "
+                              f"pass an artifact folder, an .onnx or an .ort file.")
+        return "artifact"
+    suffix = path.suffix.lower()
+    if suffix in (".onnx", ".ort"):
+        return suffix[1:]
+    raise ConfigError(f"Model '{path}' has an unknown format {suffix or '(no suffix)'!r}; "
+                      f"pass an edgekd artifact folder, an .onnx or an .ort file.")
+
+
+def parse_model_arg(arg: str) -> tuple[str | None, Path]:
+    """``PATH`` or ``NAME=PATH`` (a name without a path separator)."""
+    name, sep, rest = str(arg).partition("=")
+    if sep and name and "/" not in name and not Path(arg).exists():
+        return name, Path(rest)
+    return None, Path(arg)
+
+
+def unique_names(paths: list[Path], given: list[str | None]) -> list[str]:
+    """Short labels: the given name, else the file or folder name, else ``parent/name`` when that clashes."""
+    names = [g or p.name for g, p in zip(given, paths)]
+    for i, (g, p) in enumerate(zip(given, paths)):
+        if g is None and names.count(names[i]) > 1:
+            names[i] = f"{p.parent.name}/{p.name}"
+    seen = {}
+    for i, n in enumerate(names):
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n}#{seen[n]}"
+    return names
+
+
+def describe_model(path: str | Path, name: str) -> ModelInfo:
+    """Size, parameters and MACs of a model; raises on an unreadable model (the harness records it)."""
+    path = Path(path)
+    fmt = model_format(path)
+    if fmt == "artifact":
+        return _describe_artifact(path, name)
+    return _describe_onnx(path, name, fmt)
+
+
+def _describe_artifact(path: Path, name: str) -> ModelInfo:
+    from edgekd.artifacts import load_artifact
+
+    artifact = load_artifact(path)
+    manifest = artifact.manifest
+    weights = [n for n in manifest["files"] if n.endswith(".safetensors")]
+    size = sum(artifact.file(n).stat().st_size for n in weights)
+    metrics = manifest.get("metrics", {})
+    params, macs, source = metrics.get("parameters"), metrics.get("macs"), "manifest"
+    if params is None or macs is None:
+        from edgekd.models import count_macs, count_parameters
+        from edgekd.teachers import teacher_from_artifact
+
+        module = teacher_from_artifact(artifact).module()
+        if module is not None:
+            params = params if params is not None else count_parameters(module)
+            macs, source = (macs, source) if macs is not None else (count_macs(module, artifact.input_shape), "counted")
+    members = manifest["members"]
+    desc = f"{artifact.kind}: {len(members)} x {members[0]['arch']}" if members else artifact.kind
+    return ModelInfo(name=name, path=str(path), format="artifact", description=desc,
+                     input_shape=tuple(artifact.input_shape), file_bytes=size, parameters=params,
+                     macs=macs, macs_source=source if macs is not None else None)
+
+
+def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
+    meta = _ort_metadata(path) if fmt == "ort" else {}
+    proto = None
+    graph_path = path if fmt == "onnx" else path.with_suffix(".onnx")
+    size = path.stat().st_size
+    input_shape, input_dtype = None, "float32"
+    if graph_path.is_file():
+        import onnx
+
+        proto = onnx.load(str(graph_path), load_external_data=False)
+        if fmt == "onnx":
+            size += _external_data_bytes(proto, path.parent)
+        input_shape = _declared_input_shape(proto)
+        input_dtype = "uint8" if proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 else "float32"
+        meta = {**{p.key: p.value for p in proto.metadata_props}, **meta}
+    elif fmt == "ort":
+        input_shape, input_dtype = _ort_input(path)
+    macs, params, source = _counts_from_metadata(meta)
+    found = _source_artifact_metrics(meta.get("edgekd.source")) if macs is None or params is None else {}
+    if params is None and isinstance(found.get("parameters"), int):  # an int8 graph also stores scales
+        params = found["parameters"]
+    if proto is not None:
+        if macs is None:
+            macs, source = graph_macs(proto), "graph"
+        if params is None:
+            params = _initializer_elements(proto)
+    if macs is None and isinstance(found.get("macs"), int):  # an .ort file alone
+        macs, source = found["macs"], "source artifact"
+    quantized = proto is not None and any(n.op_type in ("QuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+                                                         "ConvInteger", "DynamicQuantizeLinear") for n in proto.graph.node)
+    desc = f"{fmt.upper()}" + (" (int8)" if quantized else "")
+    return ModelInfo(name=name, path=str(path), format=fmt, description=desc, input_shape=input_shape,
+                     input_dtype=input_dtype, file_bytes=size, parameters=params, macs=macs, macs_source=source if macs is not None else None)
+
+
+def _ort_metadata(path: Path) -> dict:
+    try:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return dict(session.get_modelmeta().custom_metadata_map)
+    except Exception:
+        return {}
+
+
+def _ort_input(path: Path):
+    """Input shape (without batch) and dtype of a model, read through onnxruntime (for .ort files)."""
+    try:
+        import onnxruntime as ort
+
+        declared = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0]
+    except Exception:
+        return None, "float32"
+    shape = declared.shape[1:]
+    return (tuple(shape) if shape and all(isinstance(d, int) for d in shape) else None,
+            "uint8" if declared.type == "tensor(uint8)" else "float32")
+
+
+def _counts_from_metadata(meta: dict):
+    def as_int(value):
+        try:
+            return int(float(value))
+        except (TypeError, ValueError):
+            return None
+
+    macs = next((as_int(meta[k]) for k in _MAC_KEYS if k in meta), None)
+    params = next((as_int(meta[k]) for k in _PARAM_KEYS if k in meta), None)
+    for key in _JSON_KEYS:
+        if key in meta:
+            try:
+                blob = json.loads(meta[key])
+            except (TypeError, ValueError):
+                continue
+            if isinstance(blob, dict):
+                found = blob.get("metrics", blob)
+                macs = macs if macs is not None else as_int(found.get("macs"))
+                params = params if params is not None else as_int(found.get("parameters"))
+    return macs, params, "metadata" if macs is not None else None
+
+
+def _source_artifact_metrics(source_json) -> dict:
+    """The manifest metrics of the artifact an edgekd export came from, when that folder is still there."""
+    try:
+        path = Path(json.loads(source_json)["path"])
+        return json.loads((path / "manifest.json").read_text()).get("metrics", {})
+    except Exception:
+        return {}
+
+
+def _declared_input_shape(proto):
+    dims = proto.graph.input[0].type.tensor_type.shape.dim[1:]
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    return shape if shape and all(d for d in shape) else None
+
+
+def _external_data_bytes(proto, folder: Path) -> int:
+    files = set()
+    for init in proto.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                files.add(entry.value)
+    return sum((folder / f).stat().st_size for f in files if (folder / f).is_file())
+
+
+def _initializer_elements(proto) -> int:
+    """Weights stored in the graph: elements of every initializer with more than one element."""
+    total = sum(math.prod(init.dims) for init in proto.graph.initializer if len(init.dims) and math.prod(init.dims) > 1)
+    return int(total)
+
+
+def graph_macs(proto) -> int | None:
+    """Multiply-accumulates per sample of Conv / MatMul / Gemm nodes (and their integer forms), counted on
+    shapes inferred at batch size 1. ``None`` when a needed shape cannot be inferred."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    del model.graph.value_info[:]
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:
+        return None
+    shapes = {}
+    for value in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    total = 0
+    for node in model.graph.node:
+        op = node.op_type
+        if op not in ("Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm"):
+            continue
+        out = shapes.get(node.output[0])
+        weight_index = 3 if op.startswith("QLinear") else 1
+        a, w = shapes.get(node.input[0]), shapes.get(node.input[weight_index])
+        if out is None or a is None or w is None:
+            return None
+        if op in ("Conv", "ConvInteger", "QLinearConv"):
+            total += math.prod(out) * math.prod(w[1:])
+        elif op == "Gemm":
+            trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
+            total += math.prod(out) * (a[0] if trans_a else a[-1])
+        else:
+            total += math.prod(out) * a[-1]
+    return int(total)

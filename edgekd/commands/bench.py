@@ -1,0 +1,121 @@
+"""``edgekd bench``: latency, throughput and accuracy of models on the CPU runtimes, as a report."""
+
+from __future__ import annotations
+
+import shlex
+
+import click
+
+from edgekd.clicommon import common_options, data_options, echo_json, load_data
+
+
+def _parse_ints(name: str, value: str, *, allow_all: bool = False) -> tuple[int, ...]:
+    from edgekd.errors import ConfigError
+
+    example = "1,all" if allow_all else "1,8,64"
+    out = []
+    for part in str(value).split(","):
+        part = part.strip().lower()
+        if allow_all and part in ("all", "n", "max"):
+            from benchmarks.timing import usable_cores
+
+            out.append(usable_cores())
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise ConfigError(f"The '{name}' parameter must be a comma-separated list of integers >= 1"
+                              f"{' or all' if allow_all else ''}, e.g. {example}. Got {value!r} instead.")
+        out.append(int(part))
+    return tuple(dict.fromkeys(out))
+
+
+def _command_line(params: dict) -> str:
+    parts = ["edgekd", "bench"]
+    for model in params["model"]:
+        parts += ["--model", model]
+    parts += ["--data", params["data"]]
+    if params["train_limit"]:
+        parts += ["--train-limit", str(params["train_limit"])]
+    parts += ["--out", params["out"], "--batch-sizes", params["batch_sizes"], "--threads", params["threads"],
+              "--runtimes", params["runtimes"], "--seconds", f"{params['seconds']:g}", "--rounds", str(params["rounds"])]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+@click.command("bench")
+@click.option("--model", multiple=True, help="Model to time: artifact folder, .onnx or .ort (repeatable; NAME=PATH names it). "
+                                             "The first is the reference of the speed-ups and agreement.")
+@data_options
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Report folder: report.json, report.md, latency.png, pareto.png.")
+@click.option("--batch-sizes", default="1,8,64", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--threads", default="1,all", show_default=True, help="Comma-separated thread counts ('all' = every usable core).")
+@click.option("--runtimes", default="all", show_default=True,
+              help="Comma-separated runtimes: pytorch, onnxruntime, openvino, tract, opencv (or all).")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Timed seconds per model x runtime x batch size x thread count (after warm-up).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Round-robin slices each measurement is split into (interleaves the models).")
+@click.option("--from", "from_json", type=click.Path(dir_okay=False), default=None,
+              help="Re-render report.md and the plots from this report.json (no measuring); --out defaults to its folder.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (files, headline, errors).")
+@common_options
+def bench_cmd(**params):
+    """Time models on the CPU runtimes and write a Markdown + JSON + PNG report.
+
+    \b
+    edgekd bench --model runs/teacher --model runs/student --model runs/student/student.onnx \\
+        --data fashion-mnist --out reports/fmnist
+    edgekd bench --from reports/fmnist/report.json      # re-render from the data
+    """
+    from edgekd.errors import ConfigError
+
+    if params["from_json"]:
+        if params["model"]:
+            raise ConfigError("--from re-renders an existing report; do not pass --model with it.")
+        from benchmarks.report import load_report, rerender
+
+        paths = rerender(params["from_json"], params["out"])
+        _print(load_report(paths["report_json"]), paths, params["as_json"])
+        return
+    if not params["model"]:
+        raise ConfigError("Pass at least one --model (an artifact folder, an .onnx or an .ort file), or --from report.json.")
+    if not params["out"]:
+        raise ConfigError("Pass --out DIR, the folder the report is written to.")
+    from benchmarks.harness import BenchConfig, run_benchmark
+    from benchmarks.modelinfo import model_format, parse_model_arg
+    from benchmarks.report import write_report
+    from benchmarks.runtimes import parse_runtimes
+    from edgekd.validation import check_output_dir
+
+    config = BenchConfig(batch_sizes=_parse_ints("batch_sizes", params["batch_sizes"]),
+                         threads=_parse_ints("threads", params["threads"], allow_all=True),
+                         runtimes=parse_runtimes(params["runtimes"]), seconds=params["seconds"], rounds=params["rounds"])
+    for model in params["model"]:
+        model_format(parse_model_arg(model)[1])
+    check_output_dir(params["out"], overwrite=params["overwrite"])
+    data = load_data(params)
+    echo = None if params["quiet"] else (lambda msg: click.echo(msg, err=True))
+    report = run_benchmark(list(params["model"]), data, config, command=_command_line(params), echo=echo)
+    paths = write_report(report, params["out"])
+    _print(report.to_dict(), paths, params["as_json"])
+
+
+def _print(data: dict, paths: dict, as_json: bool) -> None:
+    from benchmarks.report import fmt_ms, fmt_x, headline_rows
+
+    head = headline_rows(data)
+    errors = [r for r in data["rows"] if r["status"] != "ok"]
+    if as_json:
+        echo_json({"files": {k: str(v) for k, v in paths.items()}, "headline": head,
+                   "errors": [{k: r[k] for k in ("model", "runtime", "batch_size", "threads", "status", "error")} for r in errors],
+                   "wall_seconds": data["wall_seconds"]})
+        return
+    if head:
+        click.echo(f"batch {head[0]['batch_size']}, {head[0]['threads']} thread(s), fastest runtime per model:")
+        for h in head:
+            acc = f"{h['accuracy']:.4f}" if h["accuracy"] is not None else "-"
+            click.echo(f"  {h['model']:<28} {h['runtime']:<12} p50 {fmt_ms(h['p50_ms']):>8} ms  "
+                       f"speed-up {fmt_x(h['speedup']):>7}  accuracy {acc}")
+    if errors:
+        click.echo(f"{len(errors)} error/skipped row(s); see the report.")
+    click.echo(f"report: {paths['report_md']}")
