@@ -1,0 +1,359 @@
+"""The benchmark harness on tiny digits models: statistics, error rows, reports, the CLI, the pipeline hook
+and the latency scenario's smoke mode."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import runtimes as R
+from benchmarks.harness import BenchConfig, bench_for_pipeline, run_benchmark
+from benchmarks.modelinfo import describe_model, graph_macs
+from benchmarks.report import load_report, pareto_front, render_markdown, rerender, write_report
+from benchmarks.timing import summarize, time_calls
+from edgekd.errors import ConfigError
+
+TINY = dict(batch_sizes=(1, 4), threads=(1,), seconds=0.03, rounds=2, min_runs=4, warmup_seconds=0.0,
+            floor_seconds=0.01, probe_seconds=0.02, check_samples=32)
+
+
+def mlp_onnx(artifact, path, *, quantize=False):
+    """The artifact's MLP written as an ONNX graph by hand (Sub, Div, Flatten, Gemm, Relu): no exporter needed."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from torch import nn
+
+    from edgekd.teachers import load_teacher
+
+    teacher = load_teacher(artifact)
+    net = teacher.module().members[0]
+    inits = [numpy_helper.from_array(net.normalize.mean.numpy(), "mean"), numpy_helper.from_array(net.normalize.std.numpy(), "std")]
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["centred"]), helper.make_node("Div", ["centred", "std"], ["normed"])]
+    current = "normed"
+    for i, layer in enumerate(net.body):
+        out = f"h{i}"
+        if isinstance(layer, nn.Flatten):
+            nodes.append(helper.make_node("Flatten", [current], [out], axis=1))
+        elif isinstance(layer, nn.Linear):
+            inits += [numpy_helper.from_array(layer.weight.detach().numpy(), f"w{i}"),
+                      numpy_helper.from_array(layer.bias.detach().numpy(), f"b{i}")]
+            nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out], transB=1))
+        elif isinstance(layer, nn.ReLU):
+            nodes.append(helper.make_node("Relu", [current], [out]))
+        else:
+            continue
+        current = out
+    nodes.append(helper.make_node("Identity", [current], ["logits"]))
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *teacher.input_shape])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(teacher.classes)])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        fp32 = path.with_name(path.stem + ".fp32-src.onnx")
+        path.rename(fp32)
+        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_models(tmp_path_factory, tiny_student):
+    folder = tmp_path_factory.mktemp("onnx")
+    corrupt = folder / "corrupt.onnx"
+    corrupt.write_bytes(b"not an onnx file")
+    return {"fp32": mlp_onnx(tiny_student, folder / "student.onnx"),
+            "int8": mlp_onnx(tiny_student, folder / "student.int8.onnx", quantize=True), "corrupt": corrupt}
+
+
+@pytest.fixture(scope="module")
+def broken_runtimes():
+    """Three runtimes that fail in the three places a real one can: import, load, and while being timed."""
+    @R.register_runtime("test-missing", formats=("onnx",), description="never installed", package="no-such-package")
+    class Missing(R.Runtime):
+        def _import(self):
+            R._require("no_such_module_for_edgekd_tests", "no-such-package")
+
+    @R.register_runtime("test-bad-load", formats=("onnx",), description="cannot parse graphs")
+    class BadLoad(R.Runtime):
+        def load(self, path, threads):
+            raise RuntimeError("unsupported operator Gemm")
+
+    @R.register_runtime("test-bad-call", formats=("onnx",), description="breaks after the warm-up")
+    class BadCall(R.OnnxRuntime):
+        def load(self, path, threads):
+            runner = super().load(path, threads)
+            bind = runner.bind
+
+            def fragile(x):
+                fn, calls = bind(x), []
+
+                def call():
+                    calls.append(1)
+                    if len(calls) > 3:  # the warm-up's 3 calls pass, the timed ones fail
+                        raise RuntimeError("device lost")
+                    return fn()
+                return call
+            runner.bind = fragile
+            return runner
+
+    yield ("test-missing", "test-bad-load", "test-bad-call")
+    for name in ("test-missing", "test-bad-load", "test-bad-call"):
+        R._RUNTIMES.pop(name)
+
+
+@pytest.fixture(scope="module")
+def report(digits, tiny_teacher, tiny_student, onnx_models, broken_runtimes):
+    config = BenchConfig(runtimes=("pytorch", "onnxruntime", *broken_runtimes), **TINY)
+    models = [tiny_teacher, tiny_student, onnx_models["fp32"], f"int8={onnx_models['int8']}", onnx_models["corrupt"]]
+    return run_benchmark(models, digits, config, command="pytest")
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+def test_summarize_percentiles_by_hand():
+    stats = summarize([i * 1_000_000 for i in range(1, 101)], batch_size=4)  # 1..100 ms
+    assert stats["runs"] == 100
+    assert stats["p50_ms"] == pytest.approx(50.5) and stats["p90_ms"] == pytest.approx(90.1)
+    assert stats["p99_ms"] == pytest.approx(99.01) and stats["mean_ms"] == pytest.approx(50.5)
+    assert stats["samples_per_s"] == pytest.approx(4 / 0.0505)
+
+
+def test_time_calls_is_time_boxed_with_a_minimum():
+    calls = []
+    samples = time_calls(lambda: calls.append(1), 0.0, min_runs=7)
+    assert len(samples) == len(calls) == 7 and all(s >= 0 for s in samples)
+    samples = time_calls(lambda: sum(range(100)), 0.02, min_runs=1)
+    assert sum(samples) / 1e9 <= 0.05 and len(samples) > 10
+
+
+def test_pareto_front():
+    points = [(1.0, 0.80), (2.0, 0.90), (3.0, 0.85), (0.5, 0.70), (4.0, 0.95), (2.0, 0.88)]
+    assert pareto_front(points) == [3, 0, 1, 4]
+
+
+# --- the harness -----------------------------------------------------------------------------------
+
+def _rows(report, **match):
+    return [r for r in report.rows if all(r[k] == v for k, v in match.items())]
+
+
+def test_every_pair_measured_with_ordered_percentiles(report):
+    ok = report.ok_rows()
+    # teacher and student on pytorch, the two ONNX files on onnxruntime: 4 pairs x 2 batch sizes
+    assert {(r["model"], r["runtime"]) for r in ok} == {("teacher", "pytorch"), ("student", "pytorch"),
+                                                        ("student.onnx", "onnxruntime"), ("int8", "onnxruntime")}
+    assert len(ok) == 4 * 2
+    for r in ok:
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["runs"] >= TINY["min_runs"]
+        assert r["samples_per_s"] == pytest.approx(r["batch_size"] / (r["mean_ms"] / 1e3))
+        assert r["compute_floor_ms"] > 0 and r["runtime_floor_ms"] > 0
+        assert r["floor_ms"] == pytest.approx(r["compute_floor_ms"] + r["runtime_floor_ms"])
+        assert r["latency_over_floor"] == pytest.approx(r["p50_ms"] / r["floor_ms"])
+    for r in _rows(report, model="teacher", status="ok"):
+        assert r["speedup"] == 1.0
+    student = _rows(report, model="student", batch_size=1, status="ok")[0]
+    teacher = _rows(report, model="teacher", batch_size=1, status="ok")[0]
+    assert student["speedup"] == pytest.approx(teacher["p50_ms"] / student["p50_ms"])
+
+
+def test_compute_floor_uses_macs_and_the_measured_gemm_rate(report):
+    teacher = next(m for m in report.models if m["name"] == "teacher")
+    row = _rows(report, model="teacher", batch_size=4, status="ok")[0]
+    assert row["compute_floor_ms"] == pytest.approx(teacher["macs"] * 4 * 2 / (report.peak_gflops["1"] * 1e9) * 1e3)
+
+
+def test_failures_become_rows_not_crashes(report):
+    errors = report.error_rows()
+    by = {(r["model"], r["runtime"]): r for r in errors}
+    assert "cannot read the model" in by[("corrupt.onnx", None)]["error"]
+    for model in ("student.onnx", "int8"):
+        assert "no-such-package is not installed" in by[(model, "test-missing")]["error"]
+        assert "unsupported operator Gemm" in by[(model, "test-bad-load")]["error"]
+        timed = _rows(report, model=model, runtime="test-bad-call")
+        assert [r["batch_size"] for r in timed] == [1, 4]
+        assert all(r["status"] == "error" and "device lost" in r["error"] for r in timed)
+    assert not any(r["model"] in ("teacher", "student") for r in errors)  # artifacts are not ONNX runtimes' business
+    assert not any(r["model"] == "corrupt.onnx" and r["status"] == "ok" for r in report.rows)
+
+
+def test_model_facts_and_accuracy(report, digits, tiny_teacher, tiny_student):
+    from edgekd.evaluate import evaluate
+    from edgekd.teachers import load_teacher
+
+    models = {m["name"]: m for m in report.models}
+    expected = evaluate(load_teacher(tiny_student), digits, reference=load_teacher(tiny_teacher))
+    student, onnx_student = models["student"], models["student.onnx"]
+    assert student["accuracy"] == pytest.approx(expected.accuracy)
+    assert student["agreement"] == pytest.approx(expected.agreement)
+    assert models["teacher"]["agreement"] == 1.0
+    # the hand-written ONNX graph computes the same function, and its MACs are counted on the graph
+    assert onnx_student["accuracy"] == pytest.approx(student["accuracy"])
+    assert onnx_student["macs"] == student["macs"] and onnx_student["macs_source"] == "graph"
+    assert onnx_student["parameters"] == student["parameters"]  # initializers of more than one element
+    assert models["int8"]["macs"] == student["macs"] and "int8" in models["int8"]["description"]
+    assert models["int8"]["file_bytes"] < onnx_student["file_bytes"]
+    assert abs(models["int8"]["accuracy"] - student["accuracy"]) < 0.05
+    assert models["corrupt.onnx"]["error"]
+    parity = {(p["model"], p["runtime"]): p for p in report.parity}
+    assert parity[("student.onnx", "onnxruntime")]["max_abs_diff"] == 0.0
+    assert "device lost" not in str(parity[("student.onnx", "test-bad-call")])  # predict ran once, within the limit
+
+
+def test_runtime_floors_measured(report):
+    floors = {(f["runtime"], f["batch_size"]): f for f in report.floors if f["status"] == "ok"}
+    for runtime in ("pytorch", "onnxruntime"):
+        for batch in (1, 4):
+            assert 0 < floors[(runtime, batch)]["p50_ms"] < 5
+
+
+def test_graph_macs_and_metadata(tmp_path, tiny_student, onnx_models):
+    import onnx
+
+    from edgekd.artifacts import load_artifact
+
+    macs = load_artifact(tiny_student).manifest["metrics"]["macs"]
+    assert graph_macs(onnx.load(str(onnx_models["fp32"]))) == macs
+    proto = onnx.load(str(onnx_models["fp32"]))
+    proto.metadata_props.add(key="edgekd.macs", value="12345")
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    info = describe_model(tmp_path / "m.onnx", "m")
+    assert (info.macs, info.macs_source, info.input_shape) == (12345, "metadata", (1, 8, 8))
+
+
+def test_unknown_runtime_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="Unknown runtime 'tensorrt'; choose one of pytorch, onnxruntime"):
+        BenchConfig(runtimes=("tensorrt",))
+    assert [e.name for e in R.list_runtimes()][:5] == ["pytorch", "onnxruntime", "openvino", "tract", "opencv"]
+
+
+def test_bad_config_and_missing_model(digits):
+    with pytest.raises(ConfigError, match="'batch_sizes' parameter must be an integer >= 1. Got 0"):
+        BenchConfig(batch_sizes=(1, 0))
+    with pytest.raises(ConfigError, match="Model 'no/such/model' not found"):
+        run_benchmark(["no/such/model"], digits, BenchConfig(**TINY))
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "tract", "opencv"])
+def test_optional_runtime_runs_or_reports_why(digits, onnx_models, runtime):
+    report = run_benchmark([onnx_models["fp32"]], digits, BenchConfig(runtimes=("onnxruntime", runtime), **TINY))
+    rows = _rows(report, runtime=runtime)
+    available = next(r for r in report.runtimes if r["name"] == runtime)["available"]
+    if not available:
+        assert len(rows) == 1 and rows[0]["status"] == "error" and "not installed" in rows[0]["error"]
+        return
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    parity = next(p for p in report.parity if p["runtime"] == runtime)
+    assert parity["max_abs_diff"] < 1e-3 and parity["agreement"] == 1.0
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+def test_report_files_and_identical_rerender(report, tmp_path):
+    paths = write_report(report, tmp_path / "a")
+    data = json.loads(paths["report_json"].read_text())
+    assert data["format"] == "edgekd.bench" and len(data["rows"]) == len(report.rows)
+    for key in ("latency_png", "pareto_png"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["report_md"].read_text()
+    assert md.startswith("# edgekd benchmark on `digits`\n\n- command: `pytest`")
+    for heading in ("## Headline", "## Models", "## Latency at 1 thread", "## Runtime per-call floor",
+                    "## Errors and skipped measurements", "## Method"):
+        assert heading in md
+    assert "device lost" in md and "unsupported operator Gemm" in md
+    again = rerender(paths["report_json"], tmp_path / "b")
+    assert again["report_md"].read_bytes() == paths["report_md"].read_bytes()
+    assert render_markdown(load_report(again["report_json"])) == md
+
+
+def test_load_report_refuses_other_json(tmp_path):
+    from edgekd.errors import EdgekdError
+
+    (tmp_path / "x.json").write_text('{"rows": []}')
+    with pytest.raises(EdgekdError, match="not an edgekd benchmark report"):
+        load_report(tmp_path / "x.json")
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+
+def _run(capsys, args):
+    from edgekd.cli import cli
+    from edgekd.clicommon import run_cli
+
+    code = run_cli(cli, args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_end_to_end_and_from(capsys, tmp_path, tiny_teacher, tiny_student, onnx_models):
+    out = tmp_path / "rep"
+    args = ["bench", "--model", str(tiny_teacher), "--model", f"student={tiny_student}", "--model", str(onnx_models["fp32"]),
+            "--data", "digits", "--out", str(out), "--batch-sizes", "1,2", "--threads", "1",
+            "--runtimes", "pytorch,onnxruntime", "--seconds", "0.02", "--rounds", "1", "--quiet", "--json"]
+    code, stdout, err = _run(capsys, args)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert [h["model"] for h in summary["headline"]] == ["teacher", "student", "student.onnx"]
+    assert summary["errors"] == []
+    md = (out / "report.md").read_text()
+    assert "- command: `edgekd bench --model" in md and "--batch-sizes 1,2" in md
+    code, stdout, err = _run(capsys, ["bench", "--from", str(out / "report.json"), "--out", str(tmp_path / "again")])
+    assert code == 0, err
+    assert (tmp_path / "again" / "report.md").read_text() == md
+    code, _, err = _run(capsys, args)  # the folder is not empty now
+    assert code == 2 and "already exists" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "no/such/dir"], "Model 'no/such/dir' not found"),
+    (["--batch-sizes", "1,0"], "The 'batch_sizes' parameter must be a comma-separated list of integers >= 1"),
+    (["--batch-sizes", "a"], "The 'batch_sizes' parameter"),
+    (["--threads", "0"], "The 'threads' parameter"),
+    (["--runtimes", "tensorrt"], "Unknown runtime 'tensorrt'"),
+])
+def test_cli_bad_inputs_exit_2_in_one_line(capsys, tmp_path, tiny_student, extra, message):
+    args = ["bench", "--model", str(tiny_student), "--out", str(tmp_path / "r"), *extra]
+    code, _, err = _run(capsys, args)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_needs_a_model_or_a_report(capsys, tmp_path):
+    code, _, err = _run(capsys, ["bench", "--out", str(tmp_path / "r")])
+    assert code == 2 and "at least one --model" in err and err.count("\n") == 1
+    code, _, err = _run(capsys, ["bench", "--from", str(tmp_path / "none.json")])
+    assert code == 2 and "not found" in err and err.count("\n") == 1
+
+
+# --- pipeline hook and the latency scenario ----------------------------------------------------------
+
+def test_bench_for_pipeline(digits, tiny_teacher, tiny_student, tmp_path):
+    result = bench_for_pipeline([tiny_teacher, tiny_student, tiny_student / "baseline"], digits, tmp_path / "bench")
+    assert set(result) >= {"report_json", "report_md", "latency_png", "pareto_png", "headline", "errors", "wall_seconds"}
+    head = {h["model"]: h for h in result["headline"]}
+    assert set(head) == {"teacher", "student", "baseline"} and head["teacher"]["speedup"] == 1.0
+    assert result["errors"] == 0
+    data = load_report(result["report_json"])
+    assert data["config"]["threads"] == [1] and data["config"]["batch_sizes"] == [1, 32]
+
+
+def test_latency_report_smoke(tmp_path, capsys):
+    from benchmarks.latency_report import main
+
+    out = tmp_path / "latency_smoke"
+    assert main(["--smoke", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "faster than `teacher` on pytorch" in stdout
+    md = (out / "report.md").read_text()
+    lines = md.splitlines()
+    assert lines[0].startswith("# Latency: teacher ensemble vs student fp32 vs student int8")
+    assert lines[2] == f"- command: `python -m benchmarks.latency_report --smoke --out {out}`"
+    assert lines[3].startswith("- date: ") and lines[4].startswith("- machine: ") and lines[5].startswith("- versions: ")
+    data = load_report(out / "report.json")
+    head = data["extra"]["headline"]
+    assert head["model"] == "student-int8" and head["runtime"] == "onnxruntime" and head["reference_runtime"] == "pytorch"
+    assert head["speedup"] == pytest.approx(head["reference_p50_ms"] / head["p50_ms"])
+    assert math.isfinite(head["accuracy_cost_points"])
+    assert rerender(out / "report.json", tmp_path / "again")["report_md"].read_text() == md
