@@ -1,0 +1,323 @@
+"""Export: every architecture through the gate, the gates failing when they should, metadata, int8,
+the ORT format, the teacher ensemble as one graph, and bad inputs through the CLI (exit 2, one line,
+nothing written)."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgekd.artifacts import load_artifact
+from edgekd.cli import cli
+from edgekd.clicommon import run_cli
+from edgekd.errors import ConfigError, ExportError
+from edgekd.models import list_models
+from edgekd.teachers import load_teacher
+
+import export.onnx_export as onnx_export
+from benchmarks.export_report import make_untrained_artifact
+from export import DEFAULT_OPSET, ExportConfig, export_onnx, read_metadata
+from export.verify import check_accuracy_drop
+
+TINY = {"mlp": "mlp:hidden=16", "cnn": "cnn:width=4,fc=16", "dsconv": "dsconv:width=0.25"}
+
+
+def run(capsys, *args):
+    code = run_cli(cli, [str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(path, x):
+    s = session(path)
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+@pytest.fixture(scope="module")
+def mlp_artifact(tmp_path_factory, digits):
+    return make_untrained_artifact(tmp_path_factory.mktemp("export") / "mlp", TINY["mlp"], digits)
+
+
+@pytest.fixture(scope="module")
+def arch_exports(tmp_path_factory, digits):
+    """Every registered architecture, tiny, exported once (fp32) through the library."""
+    root = tmp_path_factory.mktemp("arch-exports")
+    results = {}
+    for entry in list_models():
+        artifact = make_untrained_artifact(root / entry.name, TINY.get(entry.name, entry.name), digits)
+        results[entry.name] = (artifact, export_onnx(artifact, root / f"{entry.name}.onnx", ExportConfig(), data=digits))
+    return results
+
+
+@pytest.mark.parametrize("arch", [entry.name for entry in list_models()])
+def test_every_architecture_exports_and_passes_the_gate(arch, arch_exports, digits):
+    artifact, result = arch_exports[arch]
+    assert result.path.is_file() and result.summary_path.is_file()
+    assert result.format == "onnx" and result.precision == "fp32" and result.opset == DEFAULT_OPSET
+    assert [p.batch_size for p in result.parity] == [1, 64]
+    assert all(p.max_abs_diff <= 1e-4 and p.top1_agreement == 1.0 for p in result.parity)
+    proto = onnx.load(str(result.path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert next(o.version for o in proto.opset_import if o.domain == "") == DEFAULT_OPSET
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.HasField("dim_value")  # the batch dimension is dynamic
+    # independent check on the test split at an odd batch size
+    x = digits.x_test[:37]
+    expected = load_teacher(artifact).logits(x).numpy()
+    np.testing.assert_allclose(onnx_logits(result.path, x.numpy()), expected, atol=1e-4)
+    summary = json.loads(result.summary_path.read_text())
+    assert summary["sizes_bytes"]["model"] == result.path.stat().st_size
+    assert summary["opset"] == DEFAULT_OPSET and summary["seconds"]["total"] > 0
+
+
+def test_metadata_round_trips_through_onnxruntime(arch_exports, digits):
+    artifact, result = arch_exports["cnn"]
+    meta = session(result.path).get_modelmeta().custom_metadata_map
+    manifest = load_artifact(artifact).manifest
+    assert json.loads(meta["edgekd.classes"]) == list(digits.classes)
+    assert json.loads(meta["edgekd.input_shape"]) == ["batch", 1, 8, 8]
+    assert json.loads(meta["edgekd.normalization"]) == manifest["normalization"]
+    assert meta["edgekd.source_fingerprint"] == load_artifact(artifact).fingerprint
+    assert meta["edgekd.input_dtype"] == "float32" and meta["edgekd.precision"] == "fp32"
+    import edgekd
+
+    assert meta["edgekd.version"] == edgekd.__version__
+    decoded = read_metadata(result.path)
+    fp32 = decoded["verification"]["fp32"]
+    assert fp32["parity"] == [p.to_dict() for p in result.parity]
+    assert fp32["parity"][0]["n"] == len(digits.x_val) and fp32["parity"][1]["batch_size"] == 64
+
+
+class _Shifted(torch.nn.Module):
+    def __init__(self, module, shift):
+        super().__init__()
+        self.module, self.shift = module, shift
+
+    def forward(self, x):
+        return self.module(x) + self.shift
+
+
+@pytest.mark.parametrize("shift, atol, expected", [
+    ([1e-3] * 10, 1e-4, "max |diff| 1.00e-03"),                  # small error everywhere: beyond atol
+    ([50.0] + [0.0] * 9, 100.0, "disagreement"),                  # within a huge atol but top-1 flips
+])
+def test_gate_rejects_a_perturbed_onnx_output_with_the_numbers(monkeypatch, tmp_path, mlp_artifact, digits,
+                                                               shift, atol, expected):
+    real = onnx_export.torch_to_onnx
+
+    def perturbed(module, example, path, opset):
+        real(_Shifted(module, torch.tensor(shift)), example, path, opset)
+
+    monkeypatch.setattr(onnx_export, "torch_to_onnx", perturbed)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(ExportError) as info:
+        export_onnx(mlp_artifact, out_dir / "m.onnx", ExportConfig(atol=atol), data=digits)
+    message = str(info.value)
+    assert expected in message and "batch 1 (n=143)" in message and "batch 64" in message
+    assert list(out_dir.iterdir()) == []  # no model, no summary, no temporary folder
+
+
+def test_int8_gate_rejects_a_broken_quantized_model(monkeypatch, tmp_path, digits, tiny_student):
+    def broken(src, dst, mode, *, calibration, workdir):  # a "quantizer" that zeroes every float weight
+        from onnx import numpy_helper
+
+        proto = onnx.load(str(src))
+        for init in proto.graph.initializer:
+            weights = numpy_helper.to_array(init)
+            if weights.dtype.kind == "f":
+                init.CopyFrom(numpy_helper.from_array(np.zeros_like(weights), init.name))
+        onnx.save(proto, str(dst))
+        return {"mode": mode}
+
+    monkeypatch.setattr(onnx_export, "quantize_model", broken)
+    out = tmp_path / "m.int8.onnx"
+    with pytest.raises(ExportError, match=r"The quantized model loses \d+\.\d\d accuracy points on the test split "
+                                          r"\(n=359\).*--max-accuracy-drop allows 1"):
+        export_onnx(tiny_student, out, ExportConfig(quantize="dynamic"), data=digits)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_accuracy_drop_gate_arithmetic():
+    assert check_accuracy_drop(0.90, 0.895, max_drop=1.0, what="m", n=1000) == pytest.approx(0.5)
+    with pytest.raises(ExportError, match="loses 1.50 accuracy points .* 90.00% in fp32, 88.50% after"):
+        check_accuracy_drop(0.90, 0.885, max_drop=1.0, what="m", n=1000)
+
+
+def test_int8_static_student(tmp_path, tiny_student, digits):
+    out = tmp_path / "student.int8.onnx"
+    result = export_onnx(tiny_student, out, ExportConfig(quantize="int8", calibration_data="digits",
+                                                         calibration_size=256), data=digits, calibration=digits)
+    summary = result.summary
+    assert result.precision == "int8-static-qdq" and result.accuracy_drop <= 1.0
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    assert summary["quantization"]["calibration_samples"] == 256
+    assert summary["sizes_bytes"]["int8_onnx"] < 0.75 * summary["sizes_bytes"]["fp32_onnx"]
+    v = summary["verification"]
+    assert v["reference_test_accuracy"] - v["int8"]["test_accuracy"] == pytest.approx(result.accuracy_drop / 100)
+    # the written file really gives the accuracy the summary claims
+    logits = onnx_logits(out, digits.x_test.numpy())
+    assert float((logits.argmax(1) == digits.y_test.numpy()).mean()) == pytest.approx(result.test_accuracy)
+
+
+def test_teacher_ensemble_int8_ort_through_cli(capsys, tmp_path, tiny_teacher, digits):
+    out = tmp_path / "ensemble.int8.ort"
+    code, stdout, err = run(capsys, "export", tiny_teacher, "--onnx", "--ort", "--quantize", "int8",
+                            "--calibration-data", "digits", "--calibration-size", "128", "--out", out, "--json")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary == json.loads((tmp_path / "ensemble.int8.ort.json").read_text())
+    assert summary["format"] == "ort" and summary["source"]["kind"] == "ensemble" and summary["source"]["members"] == 2
+    assert all(p["max_abs_diff"] <= 1e-4 for p in summary["verification"]["fp32"]["parity"])  # the one-graph ensemble
+    s = session(out)  # the .ort loads back
+    assert len(s.get_inputs()) == 1 and len(s.get_outputs()) == 1
+    assert json.loads(s.get_modelmeta().custom_metadata_map["edgekd.source"])["kind"] == "ensemble"
+    logits = s.run(None, {"input": digits.x_test.numpy()})[0]
+    assert float((logits.argmax(1) == digits.y_test.numpy()).mean()) == pytest.approx(summary["verification"]["ort"]["test_accuracy"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble.int8.ort", "ensemble.int8.ort.json"]
+
+
+def test_student_ort_with_uint8_input(capsys, tmp_path, tiny_student, digits):
+    out = tmp_path / "student.ort"
+    code, stdout, err = run(capsys, "export", tiny_student, "--ort", "--uint8-input", "--out", out)
+    assert code == 0, err
+    assert "ORT format, loaded back" in stdout
+    s = session(out)
+    assert s.get_inputs()[0].type == "tensor(uint8)"
+    assert read_metadata(out)["input_dtype"] == "uint8"
+    pixels = digits.x_val.numpy().astype(np.uint8)  # raw pixels as a device reads them
+    expected = load_teacher(tiny_student).logits(digits.x_val).numpy()
+    np.testing.assert_allclose(s.run(None, {"input": pixels})[0], expected, atol=1e-4)
+
+
+def test_uint8_input_refuses_non_pixel_data(tmp_path, mlp_artifact, digits):
+    from dataclasses import replace
+
+    scaled = replace(digits, x_val=digits.x_val / 3, _fingerprints={})
+    with pytest.raises(ExportError, match="whole pixel values in 0..255"):
+        export_onnx(mlp_artifact, tmp_path / "m.onnx", ExportConfig(uint8_input=True), data=scaled)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_specialist_ensemble_without_a_graph_form_says_why(monkeypatch, tmp_path, tiny_teacher):
+    from edgekd import teachers
+
+    folder = tmp_path / "spec"
+    shutil.copytree(tiny_teacher, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["kind"] = "specialist-ensemble"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    class NoModule(teachers.Teacher):
+        pass
+
+    import sys
+    import types
+
+    fake = types.ModuleType("fake_specialists")
+    fake.load = lambda artifact: NoModule()
+    monkeypatch.setitem(sys.modules, "fake_specialists", fake)
+    monkeypatch.setitem(teachers._KIND_LOADERS, "specialist-ensemble", "fake_specialists:load")
+    with pytest.raises(ExportError, match="cannot be exported as one graph: its combination solves"):
+        onnx_export.load_source(folder)
+
+
+# --- bad inputs through the CLI ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["not-a-model-file", "folder-without-manifest", "missing", "opset-11", "opset-99",
+                                  "int8-without-calibration", "missing-out-folder", "ort-suffix-without-flag",
+                                  "existing-out"])
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, capsys, tmp_path, tiny_student):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "m.onnx"
+    model, extra = tiny_student, []
+    if case == "not-a-model-file":
+        model = tmp_path / "notes.txt"
+        model.write_text("hello")
+    elif case == "folder-without-manifest":
+        model = tmp_path / "empty"
+        model.mkdir()
+    elif case == "missing":
+        model = tmp_path / "nope"
+    elif case == "opset-11":
+        extra = ["--opset", "11"]
+    elif case == "opset-99":
+        extra = ["--opset", "99"]
+    elif case == "int8-without-calibration":
+        extra = ["--quantize", "int8"]
+    elif case == "missing-out-folder":
+        out = tmp_path / "missing" / "m.onnx"
+    elif case == "ort-suffix-without-flag":
+        out = out_dir / "m.ort"
+    elif case == "existing-out":
+        out.write_bytes(b"old")
+    code, stdout, err = run(capsys, "export", model, "--out", out, *extra)
+    assert code == 2, (stdout, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    expected = {"not-a-model-file": "is not an edgekd model", "folder-without-manifest": "without manifest.json",
+                "missing": "not found", "opset-11": "'opset' parameter must be in [18,",
+                "opset-99": "Got 99 instead", "int8-without-calibration": "--calibration-data",
+                "missing-out-folder": "does not exist", "ort-suffix-without-flag": "pass --ort",
+                "existing-out": "already exists"}[case]
+    assert expected in err
+    written = sorted(p.name for p in out_dir.iterdir())
+    assert written == (["m.onnx"] if case == "existing-out" else [])
+    assert case != "existing-out" or out.read_bytes() == b"old"
+
+
+def test_config_validates_like_sklearn():
+    with pytest.raises(ConfigError, match=r"The 'atol' parameter must be > 0. Got -1.0 instead."):
+        ExportConfig(atol=-1.0)
+    with pytest.raises(ConfigError, match=r"'quantize' parameter must be one of 'int8', 'dynamic'. Got 'int4'"):
+        ExportConfig(quantize="int4")
+
+
+def test_cli_default_opset_matches_the_library():
+    from edgekd.commands import export as command
+
+    assert command.DEFAULT_OPSET == DEFAULT_OPSET
+
+
+def test_export_for_pipeline(tmp_path, tiny_student, tiny_teacher, digits):
+    from export import export_for_pipeline
+    from export.pipeline import render_export_table
+
+    rows = export_for_pipeline(tiny_student, tiny_teacher, digits, tmp_path / "exports", calibration_size=128,
+                               max_accuracy_drop=100.0)
+    assert set(rows) == {"student_fp32", "student_int8", "teacher"}
+    assert all("error" not in row for row in rows.values()), rows
+    assert rows["student_int8"]["precision"] == "int8-static-qdq" and rows["teacher"]["max_abs_diff"] <= 1e-4
+    assert {p.name for p in (tmp_path / "exports").iterdir()} == {
+        "student.onnx", "student.onnx.json", "student.int8.onnx", "student.int8.onnx.json", "teacher.onnx", "teacher.onnx.json"}
+    assert "| teacher | `teacher.onnx` |" in render_export_table(rows)
+    # the teacher ensemble is one graph: one input, one output, the mean of its members' logits
+    teacher_onnx = tmp_path / "exports" / "teacher.onnx"
+    graph = onnx.load(str(teacher_onnx)).graph
+    assert len(graph.input) == 1 and len(graph.output) == 1 and graph.output[0].name == "logits"
+    expected = load_teacher(tiny_teacher).logits(digits.x_test).numpy()
+    np.testing.assert_allclose(onnx_logits(teacher_onnx, digits.x_test.numpy()), expected, atol=1e-4)
+
+
+def test_export_report_smoke(tmp_path, tiny_student, tiny_teacher):
+    from benchmarks.export_report import main
+
+    out = tmp_path / "export_smoke.md"
+    assert main(["--smoke", "--variants", "fp32", "--student", str(tiny_student), "--teacher", str(tiny_teacher),
+                 "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["command"].startswith("python -m benchmarks.export_report --smoke")
+    assert report["machine"]["cores"] >= 1 and "onnxruntime" in report["versions"]
+    assert [(r["model"], r["variant"]) for r in report["rows"]] == [("student", "fp32"), ("teacher ensemble", "fp32")]
+    assert all("error" not in r for r in report["rows"])
+    text = out.read_text()
+    assert text.startswith("# Export report: export_smoke") and "| teacher ensemble | fp32 |" in text
