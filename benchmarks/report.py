@@ -299,9 +299,10 @@ def plot_latency(data: dict, path: Path) -> None:
                           key=lambda r: r["batch_size"])
             xs = [r["batch_size"] for r in rows]
             line, = ax.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=f"{model} ({runtime})")
-            ax.fill_between(xs, [r["p50_ms"] for r in rows], [r["p99_ms"] for r in rows], color=line.get_color(), alpha=0.15)
+            ax.fill_between(xs, [r["p50_ms"] for r in rows], [r["p99_ms"] for r in rows], color=line.get_color(), alpha=0.07)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks(data["config"]["batch_sizes"], [str(b) for b in data["config"]["batch_sizes"]])
         ax.set_xlabel("batch size")
         ax.set_title(f"{t} thread{'s' if t > 1 else ''}")
         ax.grid(True, which="both", alpha=0.3)
@@ -333,15 +334,17 @@ def plot_pareto(data: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     points = [(r["p50_ms"], accuracy[r["model"]]) for r in rows]
     for r, (x, y) in zip(rows, points):
-        ax.scatter([x], [y], s=30)
-        ax.annotate(f"{r['model']} ({r['runtime']})", (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.scatter([x], [y], s=30, label=f"{r['model']} ({r['runtime']})")
     front = pareto_front(points)
     if front:
         ax.step([points[i][0] for i in front], [points[i][1] for i in front], where="post", color="black",
                 linewidth=1, label="Pareto front")
         ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=90, facecolors="none",
                    edgecolors="black")
-        ax.legend(loc="lower right", fontsize=8)
+        for i in front:
+            ax.annotate(rows[i]["model"], points[i], fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if rows:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency at batch {batch}, {threads} thread{'s' if threads > 1 else ''} (ms)")
     ax.set_ylabel(f"{data['config']['split']} accuracy")
