@@ -130,7 +130,7 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
     """Benchmark ``models`` (artifact folders, ``.onnx``, ``.ort``; ``NAME=PATH`` names one) on ``data``."""
     from edgekd.artifacts import library_versions, now_iso
 
-    started = time.perf_counter()
+    started, created, machine = time.perf_counter(), now_iso(), machine_facts()
     echo = echo or (lambda _msg: None)
     if not models:
         raise ConfigError("Pass at least one model to benchmark (an artifact folder, an .onnx or an .ort file).")
@@ -167,8 +167,8 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
                 echo(f"timing {len(runners)} model/runtime pair(s) at batch {b}, {t} thread(s)")
                 _measure(entries, runners, floor_runners, b, t, config, data, peak[str(t)], rows, floors)
     _add_speedups(rows, reference)
-    return BenchReport(created=now_iso(), command=command or "benchmarks.harness.run_benchmark", data=data.describe(),
-                       machine=machine_facts(), versions=_versions(library_versions(), runtime_records),
+    return BenchReport(created=created, command=command or "benchmarks.harness.run_benchmark", data=data.describe(),
+                       machine=machine, versions=_versions(library_versions(), runtime_records),
                        config=_config_record(config, threads, runtime_names), runtimes=list(runtime_records.values()),
                        peak_gflops={t: v / 1e9 for t, v in peak.items()}, reference=reference,
                        models=[e.record for e in entries], rows=rows, floors=floors, parity=parity,
@@ -240,7 +240,7 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
                 runner = runtimes[name].load(entry.path, threads)
             except RuntimeSkipped:  # a runtime that cannot run at this thread count still evaluates at 1
                 runner = runtimes[name].load(entry.path, 1)
-            logits = np.concatenate([runner.predict(x[i:i + 512]) for i in range(0, len(x), 512)])
+            logits = _predict_all(runner, x)
         except Exception as exc:
             entry.record.setdefault("evaluation_errors", {})[name] = _reason(exc)
             continue
@@ -267,6 +267,16 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
         reason = f"no selected runtime that is installed reads {entry.info.format} models"
     entry.record["error"] = reason
     rows.append(_error_row(entry.name, None, None, None, reason))
+
+
+def _predict_all(runner, x: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """Logits of all of ``x`` in chunks; one sample at a time for a model exported with a fixed batch of 1."""
+    try:
+        return np.concatenate([runner.predict(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+    except Exception:
+        if chunk == 1:
+            raise
+        return np.concatenate([runner.predict(x[i:i + 1]) for i in range(len(x))])
 
 
 def _load_runners(entries, runtime_names, runtimes, threads, rows, parity, check_samples) -> dict:

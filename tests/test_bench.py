@@ -19,7 +19,7 @@ TINY = dict(batch_sizes=(1, 4), threads=(1,), seconds=0.03, rounds=2, min_runs=4
             floor_seconds=0.01, probe_seconds=0.02, check_samples=32)
 
 
-def mlp_onnx(artifact, path, *, quantize=False):
+def mlp_onnx(artifact, path, *, quantize=False, batch="batch"):
     """The artifact's MLP written as an ONNX graph by hand (Sub, Div, Flatten, Gemm, Relu): no exporter needed."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -46,8 +46,8 @@ def mlp_onnx(artifact, path, *, quantize=False):
             continue
         current = out
     nodes.append(helper.make_node("Identity", [current], ["logits"]))
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *teacher.input_shape])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(teacher.classes)])], inits)
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *teacher.input_shape])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, len(teacher.classes)])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
     if quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -200,6 +200,14 @@ def test_model_facts_and_accuracy(report, digits, tiny_teacher, tiny_student):
     parity = {(p["model"], p["runtime"]): p for p in report.parity}
     assert parity[("student.onnx", "onnxruntime")]["max_abs_diff"] == 0.0
     assert "device lost" not in str(parity[("student.onnx", "test-bad-call")])  # predict ran once, within the limit
+
+
+def test_a_batch_size_the_model_refuses_is_an_error_row(digits, tiny_student, tmp_path):
+    fixed = mlp_onnx(tiny_student, tmp_path / "batch1.onnx", batch=1)
+    report = run_benchmark([fixed], digits, BenchConfig(runtimes=("onnxruntime",), **{**TINY, "batch_sizes": (1, 4)}))
+    assert [(r["batch_size"], r["status"]) for r in report.rows] == [(1, "ok"), (4, "error")]
+    assert report.rows[1]["error"].startswith("failed at this batch size")
+    assert report.models[0]["accuracy"] is not None  # evaluated one sample at a time
 
 
 def test_runtime_floors_measured(report):
