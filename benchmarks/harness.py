@@ -78,6 +78,22 @@ class BenchConfig:
         return tuple(dict.fromkeys(self.threads or (1, usable_cores())))
 
 
+def parse_int_list(name: str, value: str, *, allow_all: bool = False) -> tuple[int, ...]:
+    """``"1,8,64"`` -> ``(1, 8, 64)``; with ``allow_all``, ``all`` means every usable core."""
+    out = []
+    for part in str(value).split(","):
+        part = part.strip().lower()
+        if allow_all and part in ("all", "n", "max"):
+            out.append(usable_cores())
+        elif part.isdigit() and int(part) >= 1:
+            out.append(int(part))
+        else:
+            raise ConfigError(f"The '{name}' parameter must be a comma-separated list of integers >= 1"
+                              f"{' or all' if allow_all else ''}, e.g. {'1,all' if allow_all else '1,8,64'}. "
+                              f"Got {value!r} instead.")
+    return tuple(dict.fromkeys(out))
+
+
 @dataclass(frozen=True)
 class BenchReport:
     """The benchmark's data; ``to_dict()`` is what ``report.json`` holds."""

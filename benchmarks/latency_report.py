@@ -141,8 +141,7 @@ SMOKE_CONFIG = dict(batch_sizes=(1, 16), threads=(1,), seconds=0.1, rounds=2, mi
 
 
 def main(argv=None) -> int:
-    from benchmarks.harness import BenchConfig
-    from edgekd.commands.bench import _parse_ints
+    from benchmarks.harness import BenchConfig, parse_int_list
     from edgekd.errors import EdgekdError
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.latency_report", description=__doc__.split("\n\n")[0])
@@ -174,8 +173,8 @@ def main(argv=None) -> int:
                        if not getattr(args, n)]
             if missing:
                 parser.error(f"{', '.join(missing)} required (or pass --smoke)")
-            config = BenchConfig(batch_sizes=_parse_ints("batch_sizes", args.batch_sizes),
-                                 threads=_parse_ints("threads", args.threads, allow_all=True),
+            config = BenchConfig(batch_sizes=parse_int_list("batch_sizes", args.batch_sizes),
+                                 threads=parse_int_list("threads", args.threads, allow_all=True),
                                  runtimes=None if args.runtimes == "all" else tuple(args.runtimes.split(",")),
                                  seconds=args.seconds)
             result = run(args.teacher, args.student, args.student_onnx, args.student_int8, args.data, Path(args.out),

@@ -9,25 +9,6 @@ import click
 from edgekd.clicommon import common_options, data_options, echo_json, load_data
 
 
-def _parse_ints(name: str, value: str, *, allow_all: bool = False) -> tuple[int, ...]:
-    from edgekd.errors import ConfigError
-
-    example = "1,all" if allow_all else "1,8,64"
-    out = []
-    for part in str(value).split(","):
-        part = part.strip().lower()
-        if allow_all and part in ("all", "n", "max"):
-            from benchmarks.timing import usable_cores
-
-            out.append(usable_cores())
-            continue
-        if not part.isdigit() or int(part) < 1:
-            raise ConfigError(f"The '{name}' parameter must be a comma-separated list of integers >= 1"
-                              f"{' or all' if allow_all else ''}, e.g. {example}. Got {value!r} instead.")
-        out.append(int(part))
-    return tuple(dict.fromkeys(out))
-
-
 def _command_line(params: dict) -> str:
     parts = ["edgekd", "bench"]
     for model in params["model"]:
@@ -81,14 +62,14 @@ def bench_cmd(**params):
         raise ConfigError("Pass at least one --model (an artifact folder, an .onnx or an .ort file), or --from report.json.")
     if not params["out"]:
         raise ConfigError("Pass --out DIR, the folder the report is written to.")
-    from benchmarks.harness import BenchConfig, run_benchmark
+    from benchmarks.harness import BenchConfig, parse_int_list, run_benchmark
     from benchmarks.modelinfo import model_format, parse_model_arg
     from benchmarks.report import write_report
     from benchmarks.runtimes import parse_runtimes
     from edgekd.validation import check_output_dir
 
-    config = BenchConfig(batch_sizes=_parse_ints("batch_sizes", params["batch_sizes"]),
-                         threads=_parse_ints("threads", params["threads"], allow_all=True),
+    config = BenchConfig(batch_sizes=parse_int_list("batch_sizes", params["batch_sizes"]),
+                         threads=parse_int_list("threads", params["threads"], allow_all=True),
                          runtimes=parse_runtimes(params["runtimes"]), seconds=params["seconds"], rounds=params["rounds"])
     for model in params["model"]:
         model_format(parse_model_arg(model)[1])
