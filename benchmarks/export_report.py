@@ -88,7 +88,7 @@ def measure(models: dict[str, Path], data, *, calibration_size: int = 512, workd
             figures["fp32_parity"] = summary["verification"]["fp32"]["parity"]
             fp32_row = next((r for r in rows if r["model"] == label and r["variant"] == "fp32" and "size_bytes" in r), None)
             # like for like: both files carry edgekd's metadata (the summary's ratio compares them without it)
-            base = fp32_row["size_bytes"] if fp32_row else figures["fp32_size_bytes"]
+            base = result.size_bytes if key == "fp32" else fp32_row["size_bytes"] if fp32_row else figures["fp32_size_bytes"]
             figures["size_ratio_to_fp32"] = round(result.size_bytes / base, 4)
             figures["seconds_by_stage"] = summary["seconds"]
             figures["source_description"] = summary["source"]["description"]
@@ -120,25 +120,30 @@ def render_markdown(report: dict) -> str:
              f"Date: {report['created']}; run time {report['seconds']:.0f} s; data `{report['data']['spec']}` "
              f"(val {report['data']['n_val']} for parity, test {report['data']['n_test']} for accuracy, "
              f"train {report['calibration_size']} for calibration); onnxruntime CPU provider, default threads", ""]
+    if report.get("note"):
+        lines += [f"Note: {report['note']}", ""]
     if report.get("smoke"):
         lines += ["**Smoke run**: untrained tiny models; the figures only show that the machinery works.", ""]
     lines += ["Parity: largest |logit difference| from PyTorch on the val split over batch 1 and batch 64; "
               "accuracy on the test split; drop in points against the PyTorch model "
-              f"(the default gate allows {DEFAULT_GATE_POINTS:g}); time: export_onnx end to end (export, checks, "
-              "quantization, verification, test accuracy).", "",
+              f"(the default gate allows {DEFAULT_GATE_POINTS:g}); time: the dynamo export alone, and export_onnx end to "
+              "end (export, checks, quantization, verification, test accuracy). Size / fp32 compares files that both "
+              "carry edgekd's metadata (a few kB).", "",
               "| model | export | size (bytes) | size / fp32 | max abs diff | mean abs diff | top-1 agreement | "
-              "test accuracy (PyTorch -> export) | drop (points) | time (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "test accuracy (PyTorch -> export) | drop (points) | torch.onnx.export (s) | total (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         if "error" in row:
-            lines.append(f"| {row['model']} | {row['variant']} | failed: {row['error']} | | | | | | | |")
+            lines.append(f"| {row['model']} | {row['variant']} | failed: {row['error']} | | | | | | | | |")
             continue
         drop = "-" if row["accuracy_drop_points"] is None else (
             f"{row['accuracy_drop_points']:.2f}" + ("" if row.get("passes_default_gate", True) else " (fails gate)"))
         lines.append(f"| {row['model']} | {row['variant']} | {row['size_bytes']:,} | {row['size_ratio_to_fp32']:.3f} | "
                      f"{row['max_abs_diff']:.2e} | {row['mean_abs_diff']:.2e} | {100 * row['top1_agreement']:.2f}% | "
-                     f"{row['reference_test_accuracy']:.4f} -> {row['test_accuracy']:.4f} | {drop} | {row['seconds']:.1f} |")
-    lines += ["", "Models: " + "; ".join(f"{m['label']}: {m['description']}" for m in report["models"]), ""]
+                     f"{row['reference_test_accuracy']:.4f} -> {row['test_accuracy']:.4f} | {drop} | "
+                     f"{row['seconds_by_stage']['export']:.1f} | {row['seconds']:.1f} |")
+    lines += ["", "Models: " + "; ".join(f"{m['label']}: {m['description']}, {m['weights_bytes']:,} bytes of safetensors"
+                                         for m in report["models"]), ""]
     return "\n".join(lines)
 
 
@@ -163,9 +168,10 @@ def run(args) -> dict:
         for label, path in models.items():
             first = next((r for r in rows if r["model"] == label and "source_description" in r), None)
             described.append({"label": label, "path": str(path),
-                              "description": first["source_description"] if first else str(path)})
+                              "description": first["source_description"] if first else str(path),
+                              "weights_bytes": first["source_weights_bytes"] if first else 0})
     out = Path(args.out)
-    report = {"format": "edgekd.export-report", "name": args.name or out.stem, "smoke": bool(args.smoke),
+    report = {"format": "edgekd.export-report", "name": args.name or out.stem, "smoke": bool(args.smoke), "note": args.note,
               "command": "python -m benchmarks.export_report " + " ".join(shlex.quote(a) for a in args.argv),
               "machine": machine(), "versions": library_versions(), "created": now_iso(),
               "data": data.describe(), "calibration_size": args.calibration_size, "models": described, "rows": rows,
@@ -184,6 +190,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", required=True, help="Markdown file to write; the JSON goes beside it (.json).")
     parser.add_argument("--name", default=None, help="Title of the report (default: the --out file's stem).")
     parser.add_argument("--calibration-size", type=int, default=512)
+    parser.add_argument("--note", default=None, help="Free text for the report (e.g. how the artifacts were trained).")
     parser.add_argument("--variants", default=None,
                         help=f"Comma-separated subset of {', '.join(v[0] for v in VARIANTS)} (default: all; smoke: fp32,int8).")
     parser.add_argument("--smoke", action="store_true", help="Untrained tiny digits models unless --student/--teacher given.")
