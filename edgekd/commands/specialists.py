@@ -1,0 +1,154 @@
+"""``edgekd specialists``: confusion clustering and specialist ensembles (paper section 5)."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from edgekd.clicommon import common_options, data_options, echo_json, load_data, resolved_config, show_progress
+
+
+def _parse_clusters(value):
+    from edgekd.errors import ConfigError
+
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        ks = tuple(int(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        ks = ()
+    if not ks:
+        raise ConfigError(f"The 'clusters' parameter must be 'auto', a number of clusters, or several separated by "
+                          f"commas (their clusterings are merged). Got {value!r} instead.")
+    return ks
+
+
+def cluster_options(func):
+    @click.option("--teacher", required=True, help="The generalist: an edgekd artifact of one model.")
+    @click.option("--member", type=click.IntRange(min=0), default=None,
+                  help="With an ensemble teacher: the member used as generalist (ensembles are refused otherwise).")
+    @click.option("--clusters", default="auto", show_default=True,
+                  help="Number of clusters K, several K separated by commas (clusterings merged: overlapping "
+                       "specialists), or 'auto' (the K in 2..min(8, C-1) with the best silhouette).")
+    @click.option("--cluster-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+                  help="Clustering uses softmax(z/T) of the generalist (T=1 is the paper's; a confident generalist needs ~4).")
+    @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                  help="Teacher-logit cache (default $EDGEKD_CACHE or ~/.cache/edgekd).")
+    @click.option("--no-cache", is_flag=True, help="Do not read or write the logit cache.")
+    @click.option("--refresh-cache", is_flag=True, help="Recompute the generalist's logits and replace the cached ones.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+    return wrapper
+
+
+@click.group("specialists")
+def specialists_group():
+    """Specialist ensembles: cluster the classes a generalist confuses, train one specialist per cluster."""
+
+
+@specialists_group.command("cluster")
+@cluster_options
+@data_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@common_options
+def cluster_cmd(as_json, **params):
+    """Only the confusion clustering: print the clusters (no training)."""
+    from edgekd.cache import LogitCache
+    from edgekd.distill import teacher_logits
+    from edgekd.teachers import check_teacher_fits
+    from specialists.build import open_generalist
+    from specialists.clustering import check_k, find_clusters
+
+    data = load_data(params)
+    ks = check_k(_parse_clusters(params["clusters"]), data.num_classes)
+    generalist = open_generalist(params["teacher"], params["member"])
+    check_teacher_fits(generalist.teacher, data, name="Generalist")
+    cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"])
+    logits = teacher_logits(generalist.teacher, data, "train", cache, refresh=params["refresh_cache"])
+    clustering = find_clusters(logits, ks, temperature=params["cluster_temperature"], seed=params["seed"])
+    if as_json:
+        echo_json({k: v for k, v in clustering.to_dict(data.classes).items()})
+        return
+    _echo_clusters(clustering, data.classes)
+
+
+def _echo_clusters(clustering, classes) -> None:
+    how = " (silhouette: " + ", ".join(f"K={k} {v:.3f}" for k, v in clustering.silhouette.items()) + ")" \
+        if clustering.silhouette else ""
+    click.echo(f"clusters at T={clustering.temperature:g}, K={','.join(map(str, clustering.k))}{how}:")
+    for cluster in clustering.clusters:
+        tag = "" if cluster in clustering.specialist_clusters else "   (one class: no specialist)"
+        click.echo(f"  {{{', '.join(classes[c] for c in cluster)}}}{tag}")
+
+
+@specialists_group.command("build")
+@cluster_options
+@data_options
+@click.option("--top-n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Specialists are active when their classes meet the generalist's top-n classes.")
+@click.option("--special-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+              show_default=True, help="Share of each specialist's training data drawn from its own classes.")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Epochs per specialist.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (AdamW, one-cycle).")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--patience", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Stop a specialist after this many epochs without val improvement (0: never).")
+@click.option("--jitter", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random shifts of up to this many pixels (the paper's input jitter); 0 = off.")
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+              help="Solver stops at max |d objective / d logit| below this ...")
+@click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True, help="... or after this many updates.")
+@click.option("--module-steps", type=click.IntRange(min=1), default=None,
+              help="Fixed updates in the exportable module (default: 1 where exact, else measured on val).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output artifact folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@common_options
+@click.pass_context
+def build_cmd(ctx, as_json, **params):
+    """Cluster the generalist's confusions, train a specialist per cluster, save the specialist ensemble.
+
+    The result is a teacher: 'edgekd evaluate OUT', 'edgekd distill --teacher OUT ...'.
+    """
+    from edgekd.cache import LogitCache
+    from edgekd.training import TrainConfig, resolve_device
+    from edgekd.validation import check_output_dir
+    from specialists.build import SpecialistConfig, build_specialists
+
+    check_output_dir(params["out"], overwrite=params["overwrite"] or params["resume"])
+    train = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                        weight_decay=params["weight_decay"], patience=params["patience"], jitter=params["jitter"],
+                        seed=params["seed"], device=resolve_device(params["device"]).type)
+    config = SpecialistConfig(clusters=_parse_clusters(params["clusters"]), cluster_temperature=params["cluster_temperature"],
+                              top_n=params["top_n"], special_fraction=params["special_fraction"], member=params["member"],
+                              train=train, tol=params["tol"], max_steps=params["max_steps"],
+                              module_steps=params["module_steps"])
+    data = load_data(params)
+    cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"])
+    result = build_specialists(params["teacher"], data, config, params["out"], cache=cache, overwrite=params["overwrite"],
+                               resume=params["resume"], refresh_cache=params["refresh_cache"],
+                               progress=show_progress(params), config_record=resolved_config(ctx))
+    if as_json:
+        from dataclasses import asdict
+
+        echo_json(asdict(result))
+        return
+    import json
+
+    clustering = json.loads((result.path / "clusters.json").read_text())
+    click.echo(f"clusters at T={clustering['temperature']:g}, K={','.join(map(str, result.k))}"
+               + (" (chosen by silhouette)" if result.silhouette else "") + ":")
+    for row in result.per_cluster:
+        if row["specialist"]:
+            click.echo(f"  {{{', '.join(row['class_names'])}}}: test accuracy {row['generalist_accuracy']:.4f} -> "
+                       f"{row['ensemble_accuracy']:.4f} with its specialist")
+        else:
+            click.echo(f"  {{{', '.join(row['class_names'])}}}   (one class: no specialist)")
+    rel = f" ({100 * result.covered_relative_change:+.2f}% relative)" if result.covered_relative_change is not None else ""
+    click.echo(f"covered classes: {result.covered_generalist_accuracy:.4f} -> {result.covered_ensemble_accuracy:.4f}{rel}; "
+               f"all classes: {result.generalist_test_accuracy:.4f} -> {result.ensemble_test_accuracy:.4f}")
+    click.echo(f"{result.seconds:.1f} s -> {result.path} (report: {result.report_md})")

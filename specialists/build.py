@@ -1,0 +1,302 @@
+"""``build_specialists``: the paper's section 5 as one stage.
+
+generalist (an edgekd artifact of one model) -> confusion clustering of its train-split
+probabilities -> one specialist per cluster of two or more classes -> one artifact of kind
+"specialist-ensemble" (generalist + specialists + clusters + solver settings) that every command
+accepts as a teacher, with a report (Markdown, JSON) and the covariance heatmap inside.
+
+Resumable: finished specialists and the interrupted one's checkpoint live in ``<out>.partial``
+(``edgekd.training.RunStore``); rerun with ``resume=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from edgekd.artifacts import load_artifact, save_artifact
+from edgekd.cache import LogitCache
+from edgekd.data import Dataset
+from edgekd.distill import teacher_logits
+from edgekd.errors import ConfigError, EdgekdError, TeacherError
+from edgekd.models import count_macs
+from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, load_teacher
+from edgekd.training import RunStore, TrainConfig, predict_logits
+from edgekd.validation import check_int_at_least, check_output_dir, check_positive
+from specialists.clustering import DEFAULT_CLUSTER_TEMPERATURE, check_k, covariance_png, find_clusters
+from specialists.combine import (DEFAULT_MAX_STEPS, DEFAULT_TOL, SpecialistEnsembleModule, combine,
+                                 max_active_bound)
+from specialists.report import comparison, render_markdown
+from specialists.training import train_specialist
+
+MODULE_STEPS_CAP = 200
+
+
+@dataclass(frozen=True)
+class SpecialistConfig:
+    """Settings of ``build_specialists``; ``clusters=None`` means auto (silhouette)."""
+
+    clusters: tuple[int, ...] | None = None
+    cluster_temperature: float = DEFAULT_CLUSTER_TEMPERATURE
+    top_n: int = 1
+    special_fraction: float = 0.5
+    member: int | None = None            # with an ensemble teacher: the member that is the generalist
+    train: TrainConfig = TrainConfig(epochs=5, lr=5e-4, patience=2)
+    tol: float = DEFAULT_TOL
+    max_steps: int = DEFAULT_MAX_STEPS
+    module_steps: int | None = None      # None: 1 where exact, else the most any val input needed (capped)
+
+    def __post_init__(self):
+        if self.clusters is not None:
+            for k in self.clusters:
+                check_int_at_least("clusters", k, 2)
+        check_positive("cluster_temperature", self.cluster_temperature)
+        check_int_at_least("top_n", self.top_n, 1)
+        if not 0 < self.special_fraction < 1:
+            raise ConfigError(f"The 'special_fraction' parameter must be in (0, 1). Got {self.special_fraction!r} instead.")
+        if self.member is not None:
+            check_int_at_least("member", self.member, 0)
+        check_positive("tol", self.tol)
+        check_int_at_least("max_steps", self.max_steps, 1)
+        if self.module_steps is not None:
+            check_int_at_least("module_steps", self.module_steps, 1)
+
+
+@dataclass(frozen=True)
+class SpecialistsResult:
+    path: Path
+    clusters: tuple
+    specialist_clusters: tuple
+    cluster_names: tuple
+    k: tuple
+    silhouette: dict | None
+    generalist_test_accuracy: float
+    ensemble_test_accuracy: float
+    covered_generalist_accuracy: float | None
+    covered_ensemble_accuracy: float | None
+    covered_relative_change: float | None
+    per_cluster: tuple = ()
+    by_coverage: tuple = ()
+    module_steps: int = 1
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+    report_md: Path | None = None
+
+
+@dataclass(frozen=True)
+class Generalist:
+    teacher: Teacher
+    model: torch.nn.Module
+    arch: str
+    options: dict
+    artifact: object
+    member: int
+
+
+def open_generalist(path, member: int | None = None) -> Generalist:
+    """The generalist: an edgekd artifact of one model, or one member of an ensemble (``member``)."""
+    path = Path(path)
+    if not path.is_dir():
+        what = "an ONNX file" if path.suffix.lower() == ".onnx" else "not an edgekd artifact folder"
+        if not path.exists():
+            what = "not found"
+        raise TeacherError(f"Specialists need a generalist that is one edgekd model (its weights initialise the "
+                           f"specialists); '{path}' is {what}. Pass a folder written by 'edgekd teacher train --ensemble 1'.")
+    artifact = load_artifact(path)
+    members = artifact.manifest["members"]
+    if artifact.kind == "specialist-ensemble":
+        raise TeacherError(f"'{path}' is already a specialist ensemble; pass its generalist (a single-model artifact) instead.")
+    if member is None and len(members) != 1:
+        raise TeacherError(f"Specialists need a single generalist model but '{path}' is an ensemble of {len(members)}; "
+                           f"pass a single-model teacher (edgekd teacher train --ensemble 1), or pick one member with --member.")
+    index = member or 0
+    if index >= len(members):
+        raise ConfigError(f"The 'member' parameter must be in [0, {len(members) - 1}] for '{path}'. Got {index} instead.")
+    model = artifact.build_members()[index]
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in members[index]["options"].items()}
+    if len(members) == 1:
+        teacher = load_teacher(path)   # same fingerprint as everywhere else: the logit cache is shared
+    else:
+        fingerprint = hashlib.sha256(f"{artifact.fingerprint}:member={index}".encode()).hexdigest()
+        teacher = ModuleTeacher(EnsembleModule([model]), kind="model", classes=artifact.classes,
+                                input_shape=artifact.input_shape, fingerprint=fingerprint,
+                                description=f"member {index} of '{path}' ({members[index]['arch']})", artifact=artifact)
+    return Generalist(teacher=teacher, model=model, arch=members[index]["arch"], options=options, artifact=artifact,
+                      member=index)
+
+
+def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out, *, cache: LogitCache | None = None,
+                      overwrite: bool = False, resume: bool = False, refresh_cache: bool = False,
+                      progress: bool = False, config_record: dict | None = None) -> SpecialistsResult:
+    """Cluster, train one specialist per cluster, evaluate, and save the specialist-ensemble artifact."""
+    started = time.perf_counter()
+    out = Path(out)
+    check_output_dir(out, overwrite=overwrite or resume)
+    check_k(config.clusters, data.num_classes)
+    cache = cache or LogitCache()
+    generalist = open_generalist(teacher_path, config.member)
+    check_teacher_fits(generalist.teacher, data, name="Generalist")
+    timings = {}
+
+    tick = time.perf_counter()
+    train_logits = teacher_logits(generalist.teacher, data, "train", cache, refresh=refresh_cache)
+    clustering = find_clusters(train_logits, config.clusters, temperature=config.cluster_temperature, seed=config.train.seed)
+    timings["clustering"] = time.perf_counter() - tick
+    names = [[data.classes[c] for c in s] for s in clustering.clusters]
+    if not clustering.specialist_clusters:
+        raise ConfigError(f"Every cluster found has one class ({', '.join('{' + n[0] + '}' for n in names)}), so there is "
+                          f"no specialist to train; choose fewer clusters (--clusters {max(2, data.num_classes // 3)} or auto).")
+    store = RunStore(out.with_name(out.name + ".partial"), resume=resume)
+    previous = store.load_json("clusters")
+    if previous is not None and previous["specialist_clusters"] != [list(s) for s in clustering.specialist_clusters]:
+        raise EdgekdError(f"The interrupted run in '{store.path}' found other clusters ({previous['specialist_clusters']}); "
+                          f"delete that folder to start over with these settings.")
+    store.save_json("clusters", clustering.to_dict(data.classes))
+
+    fits = []
+    tick = time.perf_counter()
+    for index, classes in enumerate(clustering.specialist_clusters):
+        fits.append(train_specialist(generalist.model, generalist.arch, generalist.options, data, classes,
+                                     train=config.train, special_fraction=config.special_fraction, store=store,
+                                     name=f"specialist-{index}", progress=progress))
+    timings["training"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    specialists = [_specialist_net(generalist, data, fit) for fit in fits]
+    clusters = [fit.classes for fit in fits]
+    solver = _solver_settings(config, generalist, specialists, clusters, data)
+    test_gen = teacher_logits(generalist.teacher, data, "test", cache, refresh=refresh_cache)
+    spec_test = [predict_logits(net, data.x_test) for net in specialists]
+    solved = combine(test_gen.double(), [z.double() for z in spec_test], clusters, top_n=config.top_n,
+                     tol=config.tol, max_steps=config.max_steps)
+    ens_test = solved.log_q.float()
+    module = SpecialistEnsembleModule(generalist.model, specialists, clusters, data.num_classes, top_n=config.top_n,
+                                      steps=solver["module_steps"]).eval()
+    module_test = predict_logits(module, data.x_test)
+    solver.update({"test_steps_max": int(solved.steps.max()), "test_steps_mean": float(solved.steps.float().mean()),
+                   "test_grad_max": float(solved.grad_max.max()),
+                   "module_max_abs_diff": float((module_test - ens_test).abs().max())})
+    test = comparison(test_gen, ens_test, data.y_test, clustering.clusters, clustering.specialist_clusters,
+                      data.classes, solved.active)
+    timings["evaluation"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - started
+
+    report = {"data": data.describe(),
+              "generalist": {"path": str(teacher_path), "description": generalist.teacher.description,
+                             "member": generalist.member, "fingerprint": generalist.teacher.fingerprint,
+                             "train_seconds": generalist_train_seconds(generalist.artifact.manifest)},
+              "clustering": clustering.to_dict(data.classes), "solver": solver,
+              "specialists": [{**fit.summary(), "class_names": [data.classes[c] for c in fit.classes]} for fit in fits],
+              "test": test, "timings_s": {k: round(v, 2) for k, v in timings.items()}}
+    markdown = render_markdown(report)
+    manifest = _manifest(generalist, data, config, clustering, fits, solver, test, timings, config_record, specialists)
+    tensors = {"generalist.safetensors": generalist.model.state_dict(),
+               **{f"specialist-{i}.safetensors": fit.state for i, fit in enumerate(fits)}}
+    extra = {"report.md": markdown.encode(), "report.json": _json_bytes(report),
+             "clusters.json": _json_bytes(clustering.to_dict(data.classes)),
+             "covariance.png": covariance_png(clustering.covariance, clustering.clusters, data.classes)}
+    save_artifact(out, manifest, tensors, extra_files=extra, overwrite=True)
+    store.finish()
+    return SpecialistsResult(
+        path=out, clusters=clustering.clusters, specialist_clusters=clustering.specialist_clusters,
+        cluster_names=tuple(tuple(n) for n in names), k=clustering.k, silhouette=clustering.silhouette,
+        generalist_test_accuracy=test["generalist"]["accuracy"], ensemble_test_accuracy=test["ensemble"]["accuracy"],
+        covered_generalist_accuracy=test["covered"]["generalist_accuracy"],
+        covered_ensemble_accuracy=test["covered"]["ensemble_accuracy"],
+        covered_relative_change=test["covered"]["relative_change"], per_cluster=tuple(test["per_cluster"]),
+        by_coverage=tuple(test["by_coverage"]), module_steps=solver["module_steps"],
+        seconds=timings["total"], timings=report["timings_s"], report_md=out / "report.md")
+
+
+def build_for_pipeline(teacher_dir, data: Dataset, out_dir, quick: bool = True, *, cache: LogitCache | None = None,
+                       seed: int = 0, device: str = "cpu", resume: bool = False, progress: bool = False,
+                       config_record: dict | None = None) -> SpecialistsResult:
+    """The pipeline's specialists stage: the teacher's member 0 as generalist (the pipeline trains an
+    ensemble), K chosen automatically, top-1 gating; ``quick`` trains each specialist 2 epochs, else 5."""
+    members = len(load_artifact(teacher_dir).manifest["members"])
+    config = SpecialistConfig(member=0 if members > 1 else None,
+                              train=TrainConfig(epochs=2 if quick else 5, lr=5e-4, patience=2, seed=seed, device=device))
+    return build_specialists(teacher_dir, data, config, out_dir, cache=cache, overwrite=True, resume=resume,
+                             progress=progress, config_record=config_record)
+
+
+def generalist_train_seconds(manifest: dict) -> float | None:
+    """The generalist's training time if its manifest records one (``metrics.seconds`` or
+    ``metrics.seconds_per_epoch`` times the epochs run), else None."""
+    metrics = manifest.get("metrics", {})
+    if isinstance(metrics.get("seconds"), (int, float)):
+        return float(metrics["seconds"])
+    per_epoch, history = metrics.get("seconds_per_epoch"), metrics.get("history")
+    if isinstance(per_epoch, (int, float)) and isinstance(history, list) and history:
+        return float(per_epoch) * len(history)
+    return None
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def _specialist_net(generalist: Generalist, data: Dataset, fit) -> torch.nn.Module:
+    from edgekd.models import create_model
+
+    net = create_model(generalist.arch, data.input_shape, len(fit.classes) + 1, mean=data.mean, std=data.std,
+                       options=generalist.options)
+    net.load_state_dict(fit.state)
+    return net.eval()
+
+
+def _solver_settings(config: SpecialistConfig, generalist: Generalist, specialists, clusters, data: Dataset) -> dict:
+    """Solver settings for the manifest; the module's fixed steps: 1 where one update is exact (at
+    most one active specialist per input), else the most updates any val input needed (capped)."""
+    bound = max_active_bound(clusters, data.num_classes, config.top_n)
+    steps = config.module_steps
+    if steps is None and bound <= 1:
+        steps = 1
+    elif steps is None:
+        val_gen = predict_logits(generalist.model, data.x_val).double()
+        solved = combine(val_gen, [predict_logits(net, data.x_val).double() for net in specialists], clusters,
+                         top_n=config.top_n, tol=config.tol, max_steps=config.max_steps)
+        steps = int(min(MODULE_STEPS_CAP, max(1, int(solved.steps.max()))))
+    return {"method": "fixed-point (EM) updates of q, see specialists/combine.py", "top_n": config.top_n,
+            "tol": config.tol, "max_steps": config.max_steps, "module_steps": steps, "max_active_bound": bound}
+
+
+def _manifest(generalist, data, config, clustering, fits, solver, test, timings, config_record, specialists) -> dict:
+    gen_member = {"role": "generalist", "arch": generalist.arch, "options": generalist.options,
+                  "weights": "generalist.safetensors", "num_outputs": data.num_classes}
+    spec_members = [{"role": "specialist", "classes": list(fit.classes), "class_names": [data.classes[c] for c in fit.classes],
+                     "arch": generalist.arch, "options": generalist.options, "weights": f"specialist-{i}.safetensors",
+                     "num_outputs": len(fit.classes) + 1, "dustbin_bias": fit.dustbin_bias, "dustbin_bias_applied": True,
+                     "true_share": fit.true_share, "training_share": fit.training_share, "val_accuracy": fit.val_accuracy,
+                     "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run}
+                    for i, fit in enumerate(fits)]
+    macs_gen = count_macs(generalist.model, data.input_shape)
+    macs_spec = [count_macs(net, data.input_shape) for net in specialists]
+    return {
+        "kind": "specialist-ensemble", "classes": list(data.classes), "input_shape": list(data.input_shape),
+        "normalization": {"mean": list(data.mean), "std": list(data.std)},
+        "members": [gen_member, *spec_members], "combine": "specialists-kl", "solver": solver,
+        "clusters": {k: v for k, v in clustering.to_dict(data.classes).items() if k != "covariance"},
+        "generalist": {"description": generalist.teacher.description, "fingerprint": generalist.teacher.fingerprint,
+                       "member": generalist.member, "source_manifest_files": generalist.artifact.manifest["files"]},
+        "config": config_record or {"specialists": asdict(config)}, "data": data.describe(), "seed": config.train.seed,
+        "metrics": {"test_accuracy": test["ensemble"]["accuracy"], "test_nll": test["ensemble"]["nll"],
+                    "generalist_test_accuracy": test["generalist"]["accuracy"],
+                    "covered_relative_change": test["covered"]["relative_change"],
+                    "macs": macs_gen + sum(macs_spec), "macs_generalist": macs_gen, "macs_per_specialist": macs_spec,
+                    "timings_s": {k: round(v, 2) for k, v in timings.items()}},
+    }
+
+
+def _json_bytes(data) -> bytes:
+    def default(value):
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        if isinstance(value, (tuple, set, Path)):
+            return list(value) if not isinstance(value, Path) else str(value)
+        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+    return (json.dumps(data, indent=2, default=default) + "\n").encode()

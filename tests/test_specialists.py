@@ -1,0 +1,342 @@
+"""Specialists (paper section 5): clustering, the dustbin correction, the KL combination solver, the
+build stage through the CLI, and the specialist ensemble as a teacher."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgekd.cli import cli
+from specialists.clustering import choose_k, class_covariance, find_clusters, kmeans_labels, labels_to_clusters
+from specialists.combine import combine, expand_specialist, kl_objective, membership_matrix, solve_kl
+from specialists.training import dustbin_bias, label_map, mixture_sizes, specialist_model
+
+BLOCKS = [(0, 1, 2), (3, 4), (5, 6, 7, 8)]
+
+
+def _invoke(args):
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return result
+
+
+def _exit_code_and_err(args, capsys):
+    from edgekd.clicommon import run_cli
+
+    code = run_cli(cli, args)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+# --- clustering --------------------------------------------------------------------------------
+
+def test_kmeans_recovers_blocks_of_a_block_covariance():
+    rng = np.random.default_rng(0)
+    cov = np.full((9, 9), -0.01)
+    for block in BLOCKS:
+        cov[np.ix_(block, block)] = 0.05
+    cov[np.diag_indices(9)] = 0.12
+    cov += rng.normal(0, 0.003, cov.shape)
+    cov = (cov + cov.T) / 2
+    assert labels_to_clusters(kmeans_labels(cov, 3, seed=0)) == BLOCKS
+    best, scores = choose_k(cov, seed=0)
+    assert best == 3 and set(scores) == set(range(2, 9))
+
+
+def test_find_clusters_recovers_confusable_groups_from_logits():
+    """Synthetic generalist: confident on the true class, confuses it with its own block only."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 9, (3000,), generator=gen)
+    logits = torch.randn(3000, 9, generator=gen) * 0.3
+    for block in BLOCKS:
+        rows = torch.isin(y, torch.tensor(block))
+        confused = torch.tensor(block)[torch.randint(0, len(block), (int(rows.sum()),), generator=gen)]
+        logits[rows, confused] += 4.0
+    logits[torch.arange(3000), y] += 8.0
+    found = find_clusters(logits, None, temperature=4.0)
+    assert sorted(found.clusters) == BLOCKS and found.k == (3,)
+    assert found.specialist_clusters == tuple(sorted(BLOCKS))
+    assert np.allclose(found.covariance, class_covariance(torch.softmax(logits.double() / 4, 1).numpy()))
+    # the reason for the default temperature: at T=1 this confident generalist's clusters are degenerate
+    assert sorted(find_clusters(logits, 3, temperature=1.0).clusters) != BLOCKS
+
+
+def test_merged_clusterings_give_overlapping_clusters():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(500, 6, generator=gen) * 3
+    found = find_clusters(logits, (2, 3), temperature=4.0)
+    covered = [c for s in found.clusters for c in s]
+    assert len(found.clusters) == len(set(found.clusters)) and sorted(set(covered)) == list(range(6))
+
+
+# --- dustbin correction --------------------------------------------------------------------------
+
+def test_dustbin_bias_worked_example():
+    # S holds 30% of the data and was trained half and half: b = log(0.7/0.5) - log(0.3/0.5) = log(7/3)
+    assert dustbin_bias(0.3, 0.5) == pytest.approx(math.log(7 / 3), abs=1e-12)
+    assert dustbin_bias(0.3, 0.5) == pytest.approx(0.8473, abs=1e-4)
+    assert dustbin_bias(0.5, 0.5) == 0.0
+    # Bayes check: a specialist unsure under the training prior (p_dust = 0.5) is 70% dustbin under the true one
+    logits = torch.tensor([0.0, 0.0 + dustbin_bias(0.3, 0.5)])
+    assert torch.softmax(logits, 0)[1].item() == pytest.approx(0.7, abs=1e-6)
+    # S oversampled (S = 60% of data, trained at 50%): the dustbin logit goes down
+    assert dustbin_bias(0.6, 0.5) == pytest.approx(math.log(0.4 / 0.6), abs=1e-12)
+
+
+def test_mixture_sizes_and_label_map():
+    assert mixture_sizes(300, 700, 0.5) == (300, 300)
+    assert mixture_sizes(600, 400, 0.5) == (400, 400)        # rest too small: S subsampled
+    assert mixture_sizes(200, 800, 0.25) == (200, 600)
+    assert label_map((2, 5), 6).tolist() == [2, 2, 0, 2, 2, 1]
+
+
+def test_specialist_starts_from_the_generalist(digits):
+    from edgekd.models import create_model, parse_arch
+
+    arch, options = parse_arch("cnn:width=4,fc=16")
+    torch.manual_seed(0)
+    generalist = create_model(arch, digits.input_shape, 10, mean=digits.mean, std=digits.std, options=options).eval()
+    special = specialist_model(generalist, arch, options, digits.input_shape, digits.mean, digits.std, (1, 7)).eval()
+    with torch.no_grad():
+        zg, zs = generalist(digits.x_val[:20]), special(digits.x_val[:20])
+    assert zs.shape == (20, 3)
+    assert torch.allclose(zs[:, :2], zg[:, [1, 7]], atol=1e-5)
+
+
+# --- the solver -----------------------------------------------------------------------------------
+
+def _random_case(batch=64, classes=8, clusters=((0, 1, 2), (2, 3, 4), (5, 6)), scale=3.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    zg = torch.randn(batch, classes, generator=gen, dtype=torch.float64) * scale
+    zs = [torch.randn(batch, len(s) + 1, generator=gen, dtype=torch.float64) * scale for s in clusters]
+    return zg, zs, [tuple(s) for s in clusters]
+
+
+def _pieces(zg, zs, clusters):
+    c = zg.shape[1]
+    parts = [expand_specialist(torch.log_softmax(z, -1), s, c) for z, s in zip(zs, clusters)]
+    return (torch.log_softmax(zg, -1), torch.stack([p[0] for p in parts], 1), torch.stack([p[1] for p in parts], 1),
+            membership_matrix(clusters, c))
+
+
+def test_no_active_specialist_gives_the_generalist_exactly():
+    zg, zs, clusters = _random_case()
+    zg[:, 7] += 20.0                     # class 7 is in no cluster: top-1 gating activates nobody
+    result = combine(zg, zs, clusters, top_n=1)
+    assert not result.active.any()
+    assert torch.equal(result.log_q, torch.log_softmax(zg, -1))
+
+
+def test_one_active_specialist_matches_the_closed_form():
+    zg, zs, clusters = _random_case(clusters=((1, 3, 4),))
+    result = combine(zg, zs, clusters, top_n=8)
+    p_g, p_m = torch.softmax(zg, -1), torch.softmax(zs[0], -1)
+    s, out = [1, 3, 4], [0, 2, 5, 6, 7]
+    expected = torch.empty_like(p_g)
+    expected[:, s] = (p_g[:, s] + p_m[:, :3]) / 2
+    outside = p_g[:, out].sum(1, keepdim=True)
+    expected[:, out] = p_g[:, out] * (outside + p_m[:, 3:]) / (2 * outside)
+    assert torch.allclose(result.log_q.exp(), expected, atol=1e-12)
+    assert result.steps.max() == 1
+
+
+def test_single_class_dustbins_give_the_arithmetic_mean():
+    """The paper: when every model gives a probability for each class, the minimiser of
+    sum KL(p_i || q) is the arithmetic mean. A specialist whose dustbin is one class is such a model."""
+    zg, zs, clusters = _random_case(classes=5, clusters=((0, 1, 2, 3), (1, 2, 3, 4)))
+    result = combine(zg, zs, clusters, top_n=5)
+    full1 = torch.softmax(zs[0], -1)                               # classes 0,1,2,3 then dustbin = class 4
+    full2 = torch.cat([torch.softmax(zs[1], -1)[:, 4:], torch.softmax(zs[1], -1)[:, :4]], 1)   # dustbin = class 0
+    expected = (torch.softmax(zg, -1) + full1 + full2) / 3
+    assert torch.allclose(result.log_q.exp(), expected, atol=1e-9)
+
+
+def test_overlapping_specialists_objective_decreases_and_gradient_vanishes():
+    zg, zs, clusters = _random_case()
+    result = combine(zg, zs, clusters, top_n=8, trace=True)
+    assert result.active.all() and result.steps.max() > 1
+    trace = torch.stack(result.objective_trace)
+    assert (trace[1:] <= trace[:-1] + 1e-12).all()
+    assert result.grad_max.max() < 1e-6
+    # gradient by autograd at the returned q, w.r.t. the logits
+    log_pg, log_t, log_pd, membership = _pieces(zg, zs, clusters)
+    z = result.log_q.clone().requires_grad_(True)
+    kl_objective(torch.log_softmax(z, -1), log_pg, log_t, log_pd, membership, result.active).sum().backward()
+    assert z.grad.abs().max() < 2e-6
+    # and it is the minimum: a general-purpose optimiser does not find lower
+    from scipy.optimize import minimize
+
+    i = 0
+    def f(v):
+        zt = torch.tensor(v, dtype=torch.float64, requires_grad=True)
+        val = kl_objective(torch.log_softmax(zt, -1)[None], log_pg[i:i + 1], log_t[i:i + 1], log_pd[i:i + 1],
+                           membership, result.active[i:i + 1]).sum()
+        val.backward()
+        return val.item(), zt.grad.numpy()
+    best = minimize(f, log_pg[i].numpy(), jac=True, method="BFGS", options={"gtol": 1e-10})
+    ours = kl_objective(result.log_q[i:i + 1], log_pg[i:i + 1], log_t[i:i + 1], log_pd[i:i + 1], membership,
+                        result.active[i:i + 1]).item()
+    assert ours <= best.fun + 1e-9
+
+
+def test_fixed_steps_reproduce_the_eager_solver():
+    zg, zs, clusters = _random_case(batch=16, scale=1.5)
+    eager = combine(zg, zs, clusters, top_n=2)
+    fixed = combine(zg, zs, clusters, top_n=2, fixed_steps=int(eager.steps.max()) + 3)
+    assert torch.equal(eager.log_q, fixed.log_q)
+
+
+def test_solver_is_batched_and_stops_at_max_steps():
+    zg, zs, clusters = _random_case(batch=8, scale=6.0)
+    log_pg, log_t, log_pd, membership = _pieces(zg, zs, clusters)
+    active = torch.ones((8, 3), dtype=torch.bool)
+    capped = solve_kl(log_pg, log_t, log_pd, membership, active, max_steps=2)
+    assert capped.steps.max() <= 2
+    one = solve_kl(log_pg[3:4], log_t[3:4], log_pd[3:4], membership, active[3:4])
+    full = solve_kl(log_pg, log_t, log_pd, membership, active)
+    assert torch.allclose(one.log_q, full.log_q[3:4], atol=1e-12)
+
+
+# --- the stage, through the CLI ----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def generalist(tmp_path_factory, digits):
+    """One small CNN on digits: a single-model generalist."""
+    from edgekd.teacher_training import TeacherConfig, train_teachers
+    from edgekd.training import TrainConfig
+
+    out = tmp_path_factory.mktemp("specialists") / "generalist"
+    train_teachers(digits, TeacherConfig(arch="cnn:width=8,fc=32", ensemble=1, train=TrainConfig(epochs=4, lr=3e-3)), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def spec_artifact(tmp_path_factory, generalist):
+    out = tmp_path_factory.mktemp("specialists") / "spec"
+    result = _invoke(["specialists", "build", "--teacher", str(generalist), "--clusters", "3", "--epochs", "1",
+                      "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "covered classes:" in result.output
+    return out
+
+
+def test_build_writes_a_specialist_ensemble_artifact(spec_artifact, digits):
+    from edgekd.artifacts import load_artifact
+
+    artifact = load_artifact(spec_artifact)
+    manifest = artifact.manifest
+    assert artifact.kind == "specialist-ensemble"
+    roles = [m["role"] for m in manifest["members"]]
+    assert roles[0] == "generalist" and set(roles[1:]) == {"specialist"} and len(roles) >= 2
+    for member in manifest["members"][1:]:
+        assert member["num_outputs"] == len(member["classes"]) + 1 and len(member["classes"]) > 1
+        assert member["dustbin_bias"] == pytest.approx(dustbin_bias(member["true_share"], member["training_share"]))
+    assert manifest["solver"]["module_steps"] == 1 and manifest["solver"]["top_n"] == 1
+    for name in ("report.md", "report.json", "clusters.json", "covariance.png"):
+        assert name in manifest["files"]
+    assert (spec_artifact / "covariance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((spec_artifact / "report.json").read_text())
+    assert sum(row["n_test"] for row in report["test"]["by_coverage"]) == len(digits.y_test)
+    assert "Table 4" in (spec_artifact / "report.md").read_text()
+
+
+def test_specialist_ensemble_is_a_teacher(spec_artifact, digits):
+    from edgekd.teachers import load_teacher
+
+    teacher = load_teacher(spec_artifact)
+    assert teacher.kind == "specialist-ensemble" and teacher.classes == digits.classes
+    logits = teacher.logits(digits.x_test)
+    assert torch.allclose(logits.exp().sum(1), torch.ones(len(logits)), atol=1e-5)   # log q
+    report = json.loads((spec_artifact / "report.json").read_text())
+    accuracy = float((logits.argmax(1) == digits.y_test).float().mean())
+    assert accuracy == pytest.approx(report["test"]["ensemble"]["accuracy"], abs=1e-6)
+    module = teacher.module()
+    with torch.no_grad():
+        assert torch.allclose(module(digits.x_test), logits, atol=1e-4)
+        exported = torch.export.export(module.eval(), (digits.x_test[:4],))
+        assert torch.allclose(exported.module()(digits.x_test[:4]), logits[:4], atol=1e-4)
+
+
+def test_evaluate_and_distill_accept_the_specialist_ensemble(spec_artifact, tmp_path):
+    result = _invoke(["evaluate", str(spec_artifact), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["model"].startswith("specialist-ensemble")
+    out = tmp_path / "student"
+    result = _invoke(["distill", "--teacher", str(spec_artifact), "--student", "mlp:hidden=16", "--epochs", "1",
+                      "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["teacher"]["description"].startswith("specialist-ensemble")
+
+
+@pytest.mark.parametrize("case", ["k_too_large", "ensemble", "onnx", "all_singletons"])
+def test_bad_inputs_exit_2_with_one_line(case, generalist, tiny_teacher, tmp_path, capsys):
+    teacher, extra = str(generalist), []
+    if case == "k_too_large":
+        extra = ["--clusters", "11"]
+    elif case == "ensemble":
+        teacher = str(tiny_teacher)
+    elif case == "onnx":
+        teacher = str(tmp_path / "model.onnx")
+        (tmp_path / "model.onnx").write_bytes(b"not really onnx")
+    else:
+        extra = ["--clusters", "10"]
+    code, err = _exit_code_and_err(["specialists", "build", "--teacher", teacher, *extra, "--epochs", "1",
+                                    "--out", str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.strip().count("\n") == 0
+    expected = {"k_too_large": "[2, 10]", "ensemble": "--member", "onnx": "ONNX", "all_singletons": "one class"}[case]
+    assert expected in err
+    assert not (tmp_path / "out.partial").exists() and not (tmp_path / "out").exists()
+
+
+def test_resume_reuses_finished_specialists(generalist, digits, tmp_path, monkeypatch):
+    import specialists.build as build
+    from edgekd.training import TrainConfig
+
+    config = build.SpecialistConfig(clusters=(3,), train=TrainConfig(epochs=1, lr=5e-4))
+    real, calls = build.train_specialist, []
+
+    def failing_second(*args, **kwargs):
+        calls.append(kwargs["name"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build, "train_specialist", failing_second)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_specialists(generalist, digits, config, tmp_path / "spec")
+    assert (tmp_path / "spec.partial" / "specialist-0.done.json").is_file()
+    from edgekd.training import RunStore
+
+    loads, real_load = [], RunStore.load
+    def spy(self, name, kind):
+        found = real_load(self, name, kind)
+        loads.append((name, kind, found is not None))
+        return found
+    monkeypatch.setattr(RunStore, "load", spy)
+    monkeypatch.setattr(build, "train_specialist", real)
+    result = build.build_specialists(generalist, digits, config, tmp_path / "spec", resume=True)
+    assert result.path.is_dir() and not (tmp_path / "spec.partial").exists()
+    assert ("specialist-0", "done", True) in loads          # answered from the store, not retrained
+    assert ("specialist-1", "done", False) in loads
+
+
+def test_pipeline_hook_on_an_ensemble_teacher(tiny_teacher, digits, tmp_path):
+    from edgekd.artifacts import load_artifact
+    from specialists.build import build_for_pipeline
+
+    result = build_for_pipeline(tiny_teacher, digits, tmp_path / "spec", quick=True)
+    artifact = load_artifact(result.path)
+    assert artifact.kind == "specialist-ensemble" and artifact.manifest["generalist"]["member"] == 0
+    assert 0 < result.ensemble_test_accuracy <= 1
+
+
+def test_cluster_command_prints_class_names(generalist):
+    result = _invoke(["specialists", "cluster", "--teacher", str(generalist), "--clusters", "auto"])
+    assert result.exit_code == 0, result.output
+    assert "silhouette" in result.output and "{" in result.output
