@@ -37,7 +37,7 @@ from edgekd.artifacts import MANIFEST, library_versions, now_iso, sha256_file, w
 from edgekd.errors import ConfigError, ExportError
 from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive
 from export.quantize import PRECISION, QUANTIZE_MODES, quantize_model
-from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, measure_parity, open_session,
+from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, measure_parity, open_session, parity,
                            run_session, torch_logits)
 
 DEFAULT_OPSET = 18      # the dynamo exporter's own opset; newer ones go through onnxscript's version converter
@@ -130,6 +130,7 @@ class Source:
     val_fraction: float
     split_seed: int
     weights_bytes: int
+    teacher: object = field(default=None, repr=False, compare=False)  # the edgekd Teacher it came from
 
     def describe(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "description": self.description, "members": self.members,
@@ -152,8 +153,8 @@ def load_source(path: str | Path) -> Source:
     artifact = load_artifact(path)
     manifest = artifact.manifest
     if artifact.kind == "specialist-ensemble":
-        module = _specialist_module(artifact)
-        description = f"specialist ensemble '{path}'"
+        teacher, module = _specialist_module(artifact)
+        description = teacher.description
     else:
         teacher = teacher_from_artifact(artifact)
         module, description = teacher.module(), teacher.description
@@ -168,10 +169,11 @@ def load_source(path: str | Path) -> Source:
                   description=description, members=len(manifest.get("members", [])),
                   combine=manifest.get("combine", "logits"), data_spec=data.get("spec"),
                   val_fraction=float(params.get("val_fraction") or 0.1), split_seed=int(data.get("split_seed", 0)),
-                  weights_bytes=weights)
+                  weights_bytes=weights, teacher=teacher)
 
 
-def _specialist_module(artifact) -> nn.Module:
+def _specialist_module(artifact):
+    """(teacher, module) of a specialist ensemble whose combination has a fixed-size graph form."""
     from edgekd.teachers import teacher_from_artifact
 
     try:
@@ -185,7 +187,7 @@ def _specialist_module(artifact) -> nn.Module:
                           f"solves the paper's KL objective for every input with an iterative solver run to "
                           f"convergence, which has no fixed-size ONNX form. Distil it into a student and export "
                           f"that, or export the generalist artifact alone.")
-    return module
+    return teacher, module
 
 
 class RawPixels(nn.Module):
@@ -230,6 +232,9 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
     seconds, sizes = {}, {"source_weights": source.weights_bytes}
     verification = {"data": data.spec, "parity_split": "val", "n_val": len(x_val), "accuracy_split": "test",
                     "n_test": len(x_test), "atol": config.atol, "max_accuracy_drop": config.max_accuracy_drop}
+    if source.kind == "specialist-ensemble":  # the graph runs a fixed number of solver steps: how close to the solver?
+        solver = parity(source.teacher.logits(data.x_val).numpy(), ref_val, len(ref_val))
+        verification["fixed_steps_vs_solver"] = {"max_abs_diff": solver.max_abs_diff, "top1_agreement": solver.top1_agreement}
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

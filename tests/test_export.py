@@ -208,27 +208,50 @@ def test_uint8_input_refuses_non_pixel_data(tmp_path, mlp_artifact, digits):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_specialist_ensemble_without_a_graph_form_says_why(monkeypatch, tmp_path, tiny_teacher):
-    from edgekd import teachers
-
-    folder = tmp_path / "spec"
-    shutil.copytree(tiny_teacher, folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["kind"] = "specialist-ensemble"
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-    class NoModule(teachers.Teacher):
-        pass
-
+def _as_specialist_artifact(monkeypatch, tmp_path, source, module):
+    """A copy of ``source`` of kind "specialist-ensemble", loaded by a stand-in loader whose teacher's
+    ``module()`` is ``module`` (None: no graph form)."""
     import sys
     import types
 
+    from edgekd import teachers
+
+    folder = tmp_path / "spec"
+    shutil.copytree(source, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["kind"] = "specialist-ensemble"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    real = load_teacher(source)
+
+    class Stand_in(teachers.Teacher):
+        description = "specialist-ensemble stand-in"
+
+        def module(self):
+            return module
+
+        def _logits(self, x):
+            return real.logits(x) + 0.01  # "the solver run to convergence": a little off the fixed-step module
+
     fake = types.ModuleType("fake_specialists")
-    fake.load = lambda artifact: NoModule()
+    fake.load = lambda artifact: Stand_in()
     monkeypatch.setitem(sys.modules, "fake_specialists", fake)
     monkeypatch.setitem(teachers._KIND_LOADERS, "specialist-ensemble", "fake_specialists:load")
+    return folder, real
+
+
+def test_specialist_ensemble_without_a_graph_form_says_why(monkeypatch, tmp_path, mlp_artifact):
+    folder, _ = _as_specialist_artifact(monkeypatch, tmp_path, mlp_artifact, None)
     with pytest.raises(ExportError, match="cannot be exported as one graph: its combination solves"):
         onnx_export.load_source(folder)
+
+
+def test_specialist_ensemble_with_a_fixed_step_module_exports(monkeypatch, tmp_path, mlp_artifact, digits):
+    module = load_teacher(mlp_artifact).module()
+    folder, _ = _as_specialist_artifact(monkeypatch, tmp_path, mlp_artifact, module)
+    result = export_onnx(folder, tmp_path / "spec.onnx", ExportConfig(), data=digits)
+    assert result.summary["source"]["kind"] == "specialist-ensemble"
+    assert result.summary["verification"]["fixed_steps_vs_solver"]["max_abs_diff"] == pytest.approx(0.01, abs=1e-5)
+    assert all(p.max_abs_diff <= 1e-4 for p in result.parity)
 
 
 # --- bad inputs through the CLI ----------------------------------------------------------------------
