@@ -35,13 +35,17 @@ class LogitCache:
         self.hits = 0
         self.misses = 0
 
-    def get_or_compute(self, key: str, compute, *, refresh: bool = False) -> torch.Tensor:
-        """The cached tensor under ``key``, else ``compute()`` (then stored)."""
-        if self.enabled and not refresh:
-            cached = self.load(key)
-            if cached is not None:
-                self.hits += 1
-                return cached
+    def get_or_compute(self, key: str, compute, *, refresh: bool = False, dist=None) -> torch.Tensor:
+        """The cached tensor under ``key``, else ``compute()`` (then stored).
+
+        Under torchrun every rank must take the same branch (``compute`` is collective), so the
+        ranks agree: the cache is used only when every rank finds it.
+        """
+        cached = self.load(key) if self.enabled and not refresh else None
+        found = cached is not None if dist is None else dist.all_true(cached is not None)
+        if found:
+            self.hits += 1
+            return cached
         self.misses += 1
         value = compute()
         if self.enabled and self.writer:

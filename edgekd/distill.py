@@ -90,11 +90,20 @@ class DistillResult:
 
 # --- teacher logits ------------------------------------------------------------------------------
 
-def teacher_logits(teacher: Teacher, data: Dataset, split: str, cache: LogitCache, *, refresh: bool = False) -> torch.Tensor:
+def teacher_logits(teacher: Teacher, data: Dataset, split: str, cache: LogitCache, *, refresh: bool = False,
+                   dist=None) -> torch.Tensor:
     """The teacher's raw logits on a split, from the cache when the teacher and data are unchanged."""
     x, _ = data.split(split)
     key = cache_key("logits", teacher.fingerprint, data.fingerprint(split))
-    return cache.get_or_compute(key, lambda: teacher.logits(x), refresh=refresh)
+    return cache.get_or_compute(key, lambda: sharded_logits(teacher, x, dist), refresh=refresh, dist=dist)
+
+
+def sharded_logits(teacher: Teacher, x: torch.Tensor, dist=None) -> torch.Tensor:
+    """``teacher.logits(x)``; under torchrun each rank computes its shard and the rows are gathered once."""
+    if dist is None:
+        return teacher.logits(x)
+    lo, hi = dist.shard_range(len(x))
+    return dist.gather_rows(teacher.logits(x[lo:hi]), len(x))
 
 
 def view_shifts(n: int, views: int, pixels: int) -> torch.Tensor:
@@ -106,13 +115,14 @@ def view_shifts(n: int, views: int, pixels: int) -> torch.Tensor:
 
 
 def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int, cache: LogitCache,
-                        *, refresh: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                        *, refresh: bool = False, dist=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher logits (views, n, classes) on ``views`` jittered copies of the train split, and the shifts."""
     shifts = view_shifts(len(data.y_train), views, pixels)
     outs = []
     for v in range(views):
         key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), f"{pixels}:{VIEW_SEED + v}" if v else "0")
-        outs.append(cache.get_or_compute(key, lambda v=v: teacher.logits(apply_shifts(data.x_train, shifts[v], pixels)), refresh=refresh))
+        outs.append(cache.get_or_compute(key, lambda v=v: sharded_logits(teacher, apply_shifts(data.x_train, shifts[v], pixels), dist),
+                                         refresh=refresh, dist=dist))
     return torch.stack(outs), shifts
 
 
@@ -196,10 +206,10 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     if pixels and config.views == 0:
         make_batch = _distill_batches(x, y, None, None, pixels, teacher)
     elif pixels:
-        all_logits, shifts = teacher_view_logits(teacher, data, config.views, pixels, cache, refresh=refresh_cache)
+        all_logits, shifts = teacher_view_logits(teacher, data, config.views, pixels, cache, refresh=refresh_cache, dist=dist)
         make_batch = _distill_batches(x, y, all_logits[:, idx], shifts[:, idx], pixels, None)
     else:
-        logits = teacher_logits(teacher, data, "train", cache, refresh=refresh_cache)[idx]
+        logits = teacher_logits(teacher, data, "train", cache, refresh=refresh_cache, dist=dist)[idx]
         make_batch = _distill_batches(x, y, logits, None, 0, None)
     val = (data.x_val, data.y_val)
     arch, options = parse_arch(config.student)
@@ -227,7 +237,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
         if baseline is not None:
             omitted["baseline"] = _correct_omitted(baseline, data, config.omit_classes)
 
-    test_t = teacher_logits(teacher, data, "test", cache, refresh=refresh_cache)
+    test_t = teacher_logits(teacher, data, "test", cache, refresh=refresh_cache, dist=dist)
     teacher_acc, teacher_nll = accuracy_and_nll(test_t, data.y_test)
     student_acc, student_nll = accuracy_and_nll(predict_logits(student, data.x_test), data.y_test)
     base_acc = accuracy_and_nll(predict_logits(baseline, data.x_test), data.y_test)[0] if baseline is not None else None
@@ -263,7 +273,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
         manifest = {**common, "kind": "model", "members": [member], "combine": "logits",
                     "config": {**record, "temperature": temperature, "alpha": alpha, "student": format_arch(arch, options)},
                     "metrics": metrics, "search": search["candidates"]}
-        save_artifact(out, manifest, {"member-0.safetensors": student.state_dict()}, nested=nested, overwrite=overwrite)
+        save_artifact(out, manifest, {"member-0.safetensors": student.state_dict()}, nested=nested, overwrite=overwrite or resume)
         store.finish()
     return result
 

@@ -56,6 +56,13 @@ class Context:
         per = -(-total // self.world_size)
         return min(total, self.rank * per), min(total, (self.rank + 1) * per)
 
+    def all_true(self, flag: bool) -> bool:
+        import torch.distributed as dist
+
+        value = torch.tensor([1 if flag else 0])
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
     def barrier(self) -> None:
         import torch.distributed as dist
 

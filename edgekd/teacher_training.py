@@ -96,7 +96,8 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
     }
     seconds = time.perf_counter() - started
     if dist is None or dist.rank == 0:
-        save_artifact(out, manifest, {f"member-{i}.safetensors": m.state_dict() for i, m in enumerate(members)}, overwrite=overwrite)
+        save_artifact(out, manifest, {f"member-{i}.safetensors": m.state_dict() for i, m in enumerate(members)},
+                      overwrite=overwrite or resume)
         store.finish()
     return TeacherResult(path=out, member_test_accuracy=tuple(member_acc), ensemble_test_accuracy=test_acc,
                          ensemble_test_nll=test_nll, macs_per_member=macs, parameters_per_member=params,

@@ -89,6 +89,10 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000_033 + step + 1)
+
+
 def one_cycle_lr(step: int, total: int, max_lr: float, warmup: float = 0.2) -> float:
     """Linear warm-up from max_lr/25 over ``warmup`` of the steps, then cosine decay to ~0."""
     warm = max(1, int(total * warmup))
@@ -158,25 +162,32 @@ class RunStore:
         self.path = Path(path)
         self.resume = resume
         self.writer = rank == 0
-        if self.path.exists() and not resume:
+        if self.writer and self.path.exists() and not resume:
             raise EdgekdError(f"An interrupted run was found at '{self.path}'; pass --resume to continue it, "
                               f"or delete that folder to start over.")
         if self.writer:
             self.path.mkdir(parents=True, exist_ok=True)
+        self._serial = 0
 
     def save(self, name: str, kind: str, tensors: dict, meta: dict) -> None:
+        """Write the tensors under a fresh file name, then the JSON that points to them (the commit),
+        then drop older tensor files: a kill -9 at any point leaves the previous or the new state."""
         if not self.writer:
             return
         from safetensors.torch import save_file
 
         from edgekd.artifacts import sha256_file
 
-        tensor_path = self.path / f"{name}.{kind}.safetensors"
-        tmp = tensor_path.with_suffix(".tmp")
+        self._serial += 1
+        tensor_name = f"{name}.{kind}.{os.getpid()}-{self._serial}.safetensors"
+        tmp = self.path / f".{tensor_name}.tmp"
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
         digest = sha256_file(tmp)
-        os.replace(tmp, tensor_path)
-        write_json_atomic(self.path / f"{name}.{kind}.json", {**meta, "sha256": digest})
+        os.replace(tmp, self.path / tensor_name)
+        write_json_atomic(self.path / f"{name}.{kind}.json", {**meta, "tensors": tensor_name, "sha256": digest})
+        for stale in self.path.glob(f"{name}.{kind}.*.safetensors"):
+            if stale.name != tensor_name:
+                stale.unlink(missing_ok=True)
 
     def load(self, name: str, kind: str) -> tuple[dict, dict] | None:
         from safetensors.torch import load_file
@@ -184,15 +195,16 @@ class RunStore:
         from edgekd.artifacts import sha256_file
 
         meta_path = self.path / f"{name}.{kind}.json"
-        tensor_path = self.path / f"{name}.{kind}.safetensors"
-        if not (meta_path.is_file() and tensor_path.is_file()):
+        if not meta_path.is_file():
             return None
         try:
             meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
+            tensor_path = self.path / Path(meta.get("tensors", f"{name}.{kind}.safetensors")).name
+        except (json.JSONDecodeError, KeyError, TypeError):
             raise EdgekdError(f"Checkpoint '{meta_path}' is corrupt; delete '{self.path}' to start over.") from None
-        if sha256_file(tensor_path) != meta.get("sha256"):
-            raise EdgekdError(f"Checkpoint '{tensor_path}' fails its sha256 check (torn or edited); delete '{self.path}' to start over.")
+        if not tensor_path.is_file() or sha256_file(tensor_path) != meta.get("sha256"):
+            raise EdgekdError(f"Checkpoint '{tensor_path}' is missing or fails its sha256 check (torn or edited); "
+                              f"delete '{self.path}' to start over.")
         return load_file(str(tensor_path)), meta
 
     def save_json(self, name: str, data: dict) -> None:
@@ -269,6 +281,7 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
         done = store.load(name, "done")
         if done is not None:
             tensors, meta = done
+            model.load_state_dict(tensors)
             return FitResult(state=tensors, **meta["result"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
@@ -296,7 +309,8 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
             bar = _progress_bar(batches, progress, f"{name} epoch {epoch + 1}/{config.epochs}")
             for batch_index in bar:
                 indices = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
-                batch = make_batch(indices, generator, epoch)
+                # a generator per step (jitter, view choice): a run resumed mid-epoch draws the same numbers
+                batch = make_batch(indices, step_generator(config.seed, epoch, batch_index), epoch)
                 if dist is not None:
                     batch = dist.shard_batch(batch)
                 batch = tuple(t.to(device) if torch.is_tensor(t) else t for t in batch)
