@@ -210,7 +210,7 @@ def generalist(tmp_path_factory, digits):
     from edgekd.training import TrainConfig
 
     out = tmp_path_factory.mktemp("specialists") / "generalist"
-    train_teachers(digits, TeacherConfig(arch="cnn:width=8,fc=32", ensemble=1, train=TrainConfig(epochs=4, lr=3e-3)), out)
+    train_teachers(digits, TeacherConfig(arch="cnn:width=8,fc=32", ensemble=1, train=TrainConfig(epochs=3, lr=3e-3)), out)
     return out
 
 
@@ -294,9 +294,12 @@ def test_bad_inputs_exit_2_with_one_line(case, generalist, tiny_teacher, tmp_pat
     assert not (tmp_path / "out.partial").exists() and not (tmp_path / "out").exists()
 
 
-def test_resume_reuses_finished_specialists(generalist, digits, tmp_path, monkeypatch):
+def test_resume_reuses_finished_specialists(generalist, tmp_path, monkeypatch):
     import specialists.build as build
+    from edgekd.data import load_dataset
     from edgekd.training import TrainConfig
+
+    digits = load_dataset("digits", train_limit=500)
 
     config = build.SpecialistConfig(clusters=(3,), train=TrainConfig(epochs=1, lr=5e-4))
     real, calls = build.train_specialist, []
@@ -326,11 +329,13 @@ def test_resume_reuses_finished_specialists(generalist, digits, tmp_path, monkey
     assert ("specialist-1", "done", False) in loads
 
 
-def test_pipeline_hook_on_an_ensemble_teacher(tiny_teacher, digits, tmp_path):
+def test_pipeline_hook_on_an_ensemble_teacher(tiny_teacher, tmp_path):
     from edgekd.artifacts import load_artifact
     from specialists.build import build_for_pipeline
 
-    result = build_for_pipeline(tiny_teacher, digits, tmp_path / "spec", quick=True)
+    from edgekd.data import load_dataset
+
+    result = build_for_pipeline(tiny_teacher, load_dataset("digits", train_limit=500), tmp_path / "spec", quick=True)
     artifact = load_artifact(result.path)
     assert artifact.kind == "specialist-ensemble" and artifact.manifest["generalist"]["member"] == 0
     assert 0 < result.ensemble_test_accuracy <= 1
@@ -340,3 +345,17 @@ def test_cluster_command_prints_class_names(generalist):
     result = _invoke(["specialists", "cluster", "--teacher", str(generalist), "--clusters", "auto"])
     assert result.exit_code == 0, result.output
     assert "silhouette" in result.output and "{" in result.output
+
+
+def test_benchmark_smoke(generalist, tmp_path, capsys):
+    from benchmarks.specialists_fmnist import main
+
+    out = tmp_path / "spec_smoke"
+    assert main(["--smoke", "--teacher", str(generalist), "--out", str(out)]) == 0
+    text = out.with_suffix(".md").read_text()
+    assert text.startswith("# Specialists on `digits`")
+    assert text.splitlines()[2] == f"- command: `python -m benchmarks.specialists_fmnist --smoke --teacher {generalist} --out {out}`"
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["generalist_training"]["seconds"] > 0
+    assert [s["teacher"] for s in record["students"]] == ["specialist ensemble", "generalist alone"]
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
