@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     build_seconds = time.perf_counter() - tick
     report = json.loads((spec_dir / "report.json").read_text())
     gen_time = generalist_time(args.teacher, data, args.jitter)
-    checks = clustering_checks(teacher_logits(generalist.teacher, data, "train", cache), data.classes)
+    checks = clustering_checks(teacher_logits(generalist.teacher, data, "train", cache), data.classes,
+                               temperatures=(1.0, 4.0) if args.smoke else (1.0, 2.0, 4.0, 8.0))
 
     students = []
     if args.distill_seeds:
