@@ -3,7 +3,8 @@
 Parity is measured on the val split at batch 1 and at a larger batch (the batch dimension is
 dynamic, so both must work): the maximum and mean absolute logit difference and the top-1 agreement
 with the PyTorch model. An fp32 export passes when ``max |diff| <= atol`` and every top-1 agrees;
-a quantized one when its test accuracy drops by at most ``max_accuracy_drop`` points.
+a quantized one when its test accuracy drops by at most ``max_accuracy_drop`` points below the fp32
+export's.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def print_export(result) -> None:
         click.echo(f"{result.precision} vs PyTorch [val]: " + "; ".join(_parity(p) for p in v["int8"]["parity"]))
     if "ort" in v:
         click.echo("ORT format, loaded back [val]: " + "; ".join(_parity(p) for p in v["ort"]["parity"]))
-    line = f"test accuracy (n={v['n_test']}): PyTorch {v['reference_test_accuracy']:.4f}, fp32 ONNX {v['fp32']['test_accuracy']:.4f}"
+    line = f"test accuracy (n={v['n_test']}): fp32 {v['fp32']['test_accuracy']:.4f}"
     if "int8" in v:
         line += (f", {result.precision} {v['int8']['test_accuracy']:.4f} (drop {v['int8']['accuracy_drop_points']:.2f} "
                  f"points, gate {v['max_accuracy_drop']:g}); size {sizes['int8_onnx']:,} / {sizes['fp32_onnx']:,} bytes "
