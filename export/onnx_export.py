@@ -222,99 +222,114 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
         calibration = data if same else _load_data(source, config.calibration_data, config, role="calibration")
         _check_fits(source, calibration)
 
-    to_input = lambda x: _model_input(x, config.uint8_input, data.spec)  # noqa: E731
-    x_val, x_test = to_input(data.x_val), to_input(data.x_test)
-    y_test = data.y_test.numpy()
-    ref_val = torch_logits(source.module, data.x_val)
-    batches = (1, config.verify_batch_size)
-    seconds, sizes = {}, {"source_weights": source.weights_bytes}
-    verification = {"data": data.spec, "parity_split": "val", "n_val": len(x_val), "accuracy_split": "test",
-                    "n_test": len(x_test), "atol": config.atol, "max_accuracy_drop": config.max_accuracy_drop}
-    if source.kind == "specialist-ensemble":  # the graph runs a fixed number of solver steps: how close to the solver?
-        solver = parity(source.teacher.logits(data.x_val).numpy(), ref_val, len(ref_val))
-        verification["fixed_steps_vs_solver"] = {"max_abs_diff": solver.max_abs_diff, "top1_agreement": solver.top1_agreement}
-
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        tick = time.perf_counter()
-        fp32_path = tmp / "model.fp32.onnx"
-        module = RawPixels(source.module).eval() if config.uint8_input else source.module
-        example = torch.as_tensor(x_val[:2] if len(x_val) >= 2 else np.concatenate([x_val, x_val])[:2])
-        torch_to_onnx(module, example, fp32_path, config.opset)
-        seconds["export"] = time.perf_counter() - tick
-        sizes["fp32_onnx"] = fp32_path.stat().st_size
-
-        tick = time.perf_counter()
-        session = open_session(fp32_path, what="exported fp32 model")
-        fp32_parity = measure_parity(session, x_val, ref_val, batch_sizes=batches, batch1_samples=config.batch1_samples)
-        verification["fp32"] = {"parity": [p.to_dict() for p in fp32_parity]}
-        check_parity(fp32_parity, atol=config.atol, what="exported fp32 model")
-        # accuracy "before": the fp32 export, which has just been shown equal to PyTorch (a second
-        # PyTorch pass over the test split would cost as much as the export itself on big teachers)
-        fp32_accuracy = reference_accuracy = accuracy(run_session(session, x_test, 256), y_test)
-        verification["fp32"]["test_accuracy"] = fp32_accuracy
-        seconds["verify_fp32"] = time.perf_counter() - tick
-        final_onnx, final_parity, final_accuracy, drop, quant_info = fp32_path, fp32_parity, fp32_accuracy, None, None
-
+        run = _Run(source, config, data, tmp)
+        final_onnx, final = run.fp32()
         if config.quantize:
-            tick = time.perf_counter()
-            int8_path = tmp / "model.int8.onnx"
-            calib = _calibration_inputs(calibration, config, to_input) if config.quantize == "int8" else None
-            quant_info = quantize_model(fp32_path, int8_path, config.quantize, calibration=calib, workdir=tmp)
-            if calibration is not None and config.quantize == "int8":
-                quant_info["calibration_data"] = f"{calibration.spec} [train]"
-            _full_check(int8_path)
-            seconds["quantize"] = time.perf_counter() - tick
-            sizes["int8_onnx"] = int8_path.stat().st_size
-            tick = time.perf_counter()
-            session = open_session(int8_path, what="quantized model")
-            final_parity = measure_parity(session, x_val, ref_val, batch_sizes=batches, batch1_samples=config.batch1_samples)
-            final_accuracy = accuracy(run_session(session, x_test, 256), y_test)
-            verification["int8"] = {"parity": [p.to_dict() for p in final_parity], "test_accuracy": final_accuracy,
-                                    "accuracy_drop_points": 100.0 * (reference_accuracy - final_accuracy)}
-            drop = check_accuracy_drop(reference_accuracy, final_accuracy, max_drop=config.max_accuracy_drop,
-                                       what="quantized model", n=len(y_test))
-            seconds["verify_int8"] = time.perf_counter() - tick
-            final_onnx = int8_path
-        verification["reference_test_accuracy"] = reference_accuracy
-        verification["reference_model"] = "the fp32 export (equal to PyTorch on val within atol)"
-
+            final_onnx, final = run.quantized(final_onnx, calibration)
         precision = PRECISION[config.quantize]
-        with_meta = tmp / "model.onnx"
-        write_metadata(final_onnx, with_meta, build_metadata(source, config, data, precision, verification, quant_info))
-        final_path, fmt = with_meta, "onnx"
+        final_path, fmt = tmp / "model.onnx", "onnx"
+        write_metadata(final_onnx, final_path, build_metadata(source, config, data, precision, run.verification, run.quant_info))
         if config.ort:
-            from export.mobile import to_ort_format
-
-            tick = time.perf_counter()
-            final_path, fmt = tmp / "model.ort", "ort"
-            to_ort_format(with_meta, final_path)
-            session = open_session(final_path, what="ORT-format model")
-            final_parity = measure_parity(session, x_val, ref_val, batch_sizes=batches, batch1_samples=config.batch1_samples)
-            ort_accuracy = accuracy(run_session(session, x_test, 256), y_test)
-            verification["ort"] = {"parity": [p.to_dict() for p in final_parity], "test_accuracy": ort_accuracy}
-            if config.quantize:
-                drop = check_accuracy_drop(reference_accuracy, ort_accuracy, max_drop=config.max_accuracy_drop,
-                                           what="ORT-format quantized model", n=len(y_test))
-            else:
-                check_parity(final_parity, atol=config.atol, what="ORT-format model")
-            final_accuracy = ort_accuracy
-            seconds["ort"] = time.perf_counter() - tick
-            sizes["ort"] = final_path.stat().st_size
+            final_path, fmt, final = tmp / "model.ort", "ort", run.ort_format(final_path, tmp / "model.ort")
         _check_metadata_readable(final_path)
-        sizes["model"] = final_path.stat().st_size
-        seconds["total"] = time.perf_counter() - started
-        summary = _summary(out, fmt, precision, config, source, data, sizes, verification, quant_info,
-                           {k: round(v, 3) for k, v in seconds.items()})
+        run.sizes["model"] = final_path.stat().st_size
+        run.seconds["total"] = time.perf_counter() - started
+        summary = _summary(out, fmt, precision, config, source, data, run.sizes, run.verification, run.quant_info,
+                           {k: round(v, 3) for k, v in run.seconds.items()})
         write_json_atomic(tmp / "summary.json", summary)
         os.replace(final_path, out)
         os.replace(tmp / "summary.json", summary_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    parities, test_accuracy, drop = final
     return ExportResult(path=out, summary_path=summary_path, format=fmt, precision=precision, opset=config.opset,
-                        size_bytes=sizes["model"], parity=tuple(final_parity), test_accuracy=final_accuracy,
-                        reference_test_accuracy=reference_accuracy, accuracy_drop=drop, seconds=seconds["total"],
-                        summary=summary)
+                        size_bytes=run.sizes["model"], parity=tuple(parities), test_accuracy=test_accuracy,
+                        reference_test_accuracy=run.reference_accuracy, accuracy_drop=drop,
+                        seconds=run.seconds["total"], summary=summary)
+
+
+class _Run:
+    """The stages of one export in a temporary folder, and the figures they gather. Each stage returns
+    ``(parities vs PyTorch on val, test accuracy, accuracy drop or None)`` of the file it made."""
+
+    def __init__(self, source: Source, config: ExportConfig, data, tmp: Path):
+        self.source, self.config, self.tmp = source, config, tmp
+        self.to_input = lambda x: _model_input(x, config.uint8_input, data.spec)  # noqa: E731
+        self.x_val, self.x_test, self.y_test = self.to_input(data.x_val), self.to_input(data.x_test), data.y_test.numpy()
+        self.ref_val = torch_logits(source.module, data.x_val)
+        self.seconds, self.sizes, self.quant_info = {}, {"source_weights": source.weights_bytes}, None
+        self.reference_accuracy = float("nan")
+        self.verification = {"data": data.spec, "parity_split": "val", "n_val": len(self.x_val), "accuracy_split": "test",
+                             "n_test": len(self.x_test), "atol": config.atol, "max_accuracy_drop": config.max_accuracy_drop}
+        if source.kind == "specialist-ensemble":  # the graph runs a fixed number of solver steps: how close to the solver?
+            solver = parity(source.teacher.logits(data.x_val).numpy(), self.ref_val, len(self.ref_val))
+            self.verification["fixed_steps_vs_solver"] = {"max_abs_diff": solver.max_abs_diff,
+                                                          "top1_agreement": solver.top1_agreement}
+
+    def _measure(self, path: Path, what: str):
+        session = open_session(path, what=what)
+        parities = measure_parity(session, self.x_val, self.ref_val, batch_sizes=(1, self.config.verify_batch_size),
+                                  batch1_samples=self.config.batch1_samples)
+        return parities, accuracy(run_session(session, self.x_test, 256), self.y_test)
+
+    def fp32(self):
+        tick = time.perf_counter()
+        path = self.tmp / "model.fp32.onnx"
+        module = RawPixels(self.source.module).eval() if self.config.uint8_input else self.source.module
+        x = self.x_val if len(self.x_val) >= 2 else np.concatenate([self.x_val, self.x_val])
+        torch_to_onnx(module, torch.as_tensor(x[:2]), path, self.config.opset)
+        self.seconds["export"] = time.perf_counter() - tick
+        self.sizes["fp32_onnx"] = path.stat().st_size
+        tick = time.perf_counter()
+        parities, test_accuracy = self._measure(path, "exported fp32 model")
+        self.verification["fp32"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy}
+        check_parity(parities, atol=self.config.atol, what="exported fp32 model")
+        # accuracy "before" quantization: the fp32 export, just shown equal to PyTorch (a PyTorch pass
+        # over the test split would cost as much as the export itself on a big teacher)
+        self.reference_accuracy = test_accuracy
+        self.verification["reference_test_accuracy"] = test_accuracy
+        self.verification["reference_model"] = "the fp32 export (equal to PyTorch on val within atol)"
+        self.seconds["verify_fp32"] = time.perf_counter() - tick
+        return path, (parities, test_accuracy, None)
+
+    def quantized(self, fp32_path: Path, calibration):
+        config = self.config
+        tick = time.perf_counter()
+        path = self.tmp / "model.int8.onnx"
+        calib = _calibration_inputs(calibration, config, self.to_input) if config.quantize == "int8" else None
+        self.quant_info = quantize_model(fp32_path, path, config.quantize, calibration=calib, workdir=self.tmp)
+        if calib is not None:
+            self.quant_info["calibration_data"] = f"{calibration.spec} [train]"
+        _full_check(path)
+        self.seconds["quantize"] = time.perf_counter() - tick
+        self.sizes["int8_onnx"] = path.stat().st_size
+        tick = time.perf_counter()
+        parities, test_accuracy = self._measure(path, "quantized model")
+        self.verification["int8"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy,
+                                     "accuracy_drop_points": 100.0 * (self.reference_accuracy - test_accuracy)}
+        drop = check_accuracy_drop(self.reference_accuracy, test_accuracy, max_drop=config.max_accuracy_drop,
+                                   what="quantized model", n=len(self.y_test))
+        self.seconds["verify_int8"] = time.perf_counter() - tick
+        return path, (parities, test_accuracy, drop)
+
+    def ort_format(self, onnx_path: Path, path: Path):
+        from export.mobile import to_ort_format
+
+        tick = time.perf_counter()
+        to_ort_format(onnx_path, path)
+        parities, test_accuracy = self._measure(path, "ORT-format model")
+        self.verification["ort"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy}
+        drop = None
+        if self.config.quantize:
+            drop = check_accuracy_drop(self.reference_accuracy, test_accuracy, max_drop=self.config.max_accuracy_drop,
+                                       what="ORT-format quantized model", n=len(self.y_test))
+        else:
+            check_parity(parities, atol=self.config.atol, what="ORT-format model")
+        self.seconds["ort"] = time.perf_counter() - tick
+        self.sizes["ort"] = path.stat().st_size
+        return parities, test_accuracy, drop
 
 
 def _check_request(out: Path, summary_path: Path, config: ExportConfig, *, overwrite: bool, has_calibration: bool) -> None:
