@@ -67,7 +67,8 @@ def print_export(result) -> None:
     if "int8" in v:
         click.echo(f"{result.precision} vs PyTorch [val]: " + "; ".join(_parity(p) for p in v["int8"]["parity"]))
     if "ort" in v:
-        click.echo("ORT format, loaded back [val]: " + "; ".join(_parity(p) for p in v["ort"]["parity"]))
+        click.echo("ORT format, loaded back [val]: " + "; ".join(_parity(p) for p in v["ort"]["parity"])
+                   + f"; test accuracy {v['ort']['test_accuracy']:.4f}")
     line = f"test accuracy (n={v['n_test']}): fp32 {v['fp32']['test_accuracy']:.4f}"
     if "int8" in v:
         line += (f", {result.precision} {v['int8']['test_accuracy']:.4f} (drop {v['int8']['accuracy_drop_points']:.2f} "
