@@ -17,7 +17,10 @@ singletons, while T = 4 (and 6, 10) recovers tops / footwear / trouser / bag (FI
 ``K = "auto"``: the K in 2..min(8, C-1) whose k-means clustering has the highest silhouette score,
 measured with cosine distance between the columns (``AUTO_METRIC``). Euclidean silhouette, k-means'
 own metric, is swayed by the large diagonal entries: on a synthetic generalist with three confusable
-blocks (tests/test_specialists.py) it prefers K = 2, cosine finds the 3 blocks; on digits both pick K = 2. Several K at once (e.g. ``(3, 5)``) take the union of those
+blocks (tests/test_specialists.py) it prefers K = 2, cosine finds the 3 blocks; on digits both pick K = 2.
+Checked on Fashion-MNIST (a width-32 cnn at 91.3% val, T = 4): cosine picks K = 3, {T-shirt, trouser,
+pullover, dress, coat, shirt} {sandal, sneaker, ankle boot} {bag}; Euclidean picks K = 5, which splits
+the footwear into {sandal} and {sneaker, ankle boot}, so no specialist sees sandal-vs-sneaker. Several K at once (e.g. ``(3, 5)``) take the union of those
 clusterings, duplicates removed, which gives overlapping specialists as the paper's JFT ones were.
 A cluster of one class gets no specialist.
 """
