@@ -12,36 +12,25 @@ seed, augmentation and transfer set.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from benchmarks.provenance import header_markdown, mean_std, pm, provenance
+from benchmarks.scenario_common import apply_smoke, base_parser, prepare, write_result
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--work", default="runs/fmnist", help="Folder for the teacher and student artifacts.")
-    p.add_argument("--teacher-arch", default="cnn")
-    p.add_argument("--ensemble", type=int, default=3)
-    p.add_argument("--teacher-epochs", type=int, default=6)
+    p = base_parser(__doc__, "benchmarks/results/spine_fmnist")
     p.add_argument("--students", default="mlp;cnn:width=8", help="';'-separated student specs.")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--jitter", type=int, default=2)
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--temperature-grid", default="2,4,8,16")
     p.add_argument("--alpha-grid", default="0.5,0.9")
-    p.add_argument("--train-limit", type=int, default=None)
-    p.add_argument("--out", default="benchmarks/results/spine_fmnist")
-    p.add_argument("--smoke", action="store_true", help="digits, tiny budget, seconds")
     args = p.parse_args(argv)
     if args.smoke:
-        args.data, args.teacher_arch, args.ensemble, args.teacher_epochs = "digits", "cnn:width=4,fc=16", 2, 2
-        args.students, args.epochs, args.seeds, args.views, args.jitter = "mlp:hidden=32", 2, 2, 2, 1
+        apply_smoke(args)
+        args.students, args.epochs, args.seeds, args.views = "mlp:hidden=32", 2, 2, 2
         args.temperature_grid, args.alpha_grid = "2,8", "0.9"
     return args
 
@@ -77,27 +66,12 @@ def epoch_time_ratio(student_spec, data, teacher_train_logits, repeats: int = 3)
 
 
 def main(argv=None):
-    from edgekd.artifacts import is_artifact, load_artifact
-    from edgekd.cache import LogitCache
-    from edgekd.data import load_dataset
     from edgekd.distill import DistillConfig, distill, teacher_logits
-    from edgekd.teacher_training import TeacherConfig, train_teachers
-    from edgekd.teachers import load_teacher
     from edgekd.training import TrainConfig
 
     args = parse_args(argv)
     started = time.perf_counter()
-    work = Path(args.work if not args.smoke else Path(args.out).parent / "spine-smoke-work")
-    work.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(args.data, train_limit=args.train_limit)
-    cache = LogitCache(work / "cache")
-    teacher_dir = work / "teacher"
-    if not is_artifact(teacher_dir):
-        train_teachers(data, TeacherConfig(arch=args.teacher_arch, ensemble=args.ensemble,
-                                           train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=args.jitter)),
-                       teacher_dir, resume=(work / "teacher.partial").exists())
-    teacher = load_teacher(teacher_dir)
-    t_metrics = load_artifact(teacher_dir).manifest["metrics"]
+    data, teacher, t_metrics, cache, work = prepare(args)
     grid_t = tuple(float(v) for v in args.temperature_grid.split(","))
     grid_a = tuple(float(v) for v in args.alpha_grid.split(","))
     students = []
@@ -120,11 +94,7 @@ def main(argv=None):
                           "member_test_accuracy": t_metrics["member_test_accuracy"],
                           "ensemble_test_accuracy": t_metrics["test_accuracy"], "macs": t_metrics["macs"]},
                           "students": students, "epoch_time": timing}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text(render(result))
-    print(out.with_suffix(".md").read_text())
+    write_result(args, result, render(result))
 
 
 def render(result: dict) -> str:

@@ -301,15 +301,20 @@ def _search(config: DistillConfig, new_student, make_batch, n_train, val, store,
 
 def _correct_omitted(model, data: Dataset, omitted) -> dict:
     """Fit the omitted classes' bias on val, apply it to ``model``, report test errors before/after."""
-    before = accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0]
+    mask = torch.isin(data.y_test, torch.tensor(list(omitted)))
+
+    def errors():
+        wrong = predict_logits(model, data.x_test).argmax(1) != data.y_test
+        return int(wrong.sum()), int(wrong[mask].sum())
+
+    before, before_omitted = errors()
     bias = fit_omitted_bias(predict_logits(model, data.x_val), data.y_val, omitted)
     add_output_bias(model, omitted, bias)
-    after = accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0]
+    after, after_omitted = errors()
     n = len(data.y_test)
-    mask = torch.isin(data.y_test, torch.tensor(list(omitted)))
-    return {"classes": list(omitted), "bias": bias, "test_accuracy_before": before, "test_accuracy_after": after,
-            "test_errors_before": round((1 - before) * n), "test_errors_after": round((1 - after) * n),
-            "omitted_class_test_samples": int(mask.sum())}
+    return {"classes": list(omitted), "bias": bias, "test_accuracy_before": 1 - before / n, "test_accuracy_after": 1 - after / n,
+            "test_errors_before": before, "test_errors_after": after, "omitted_class_errors_before": before_omitted,
+            "omitted_class_errors_after": after_omitted, "omitted_class_test_samples": int(mask.sum())}
 
 
 def _teacher_macs(teacher: Teacher) -> int | None:

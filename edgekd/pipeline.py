@@ -75,6 +75,8 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     teacher = load_teacher(teacher_dir)
     summary["teacher"] = _model_summary(evaluate(teacher, data), teacher)
 
+    teacher, summary["distilled_from"] = _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage,
+                                                            summary, resume, progress, config_record, echo)
     student_dir = out / "student"
     distill_cfg = DistillConfig(student=config.student, temperature=config.temperature, alpha=config.alpha,
                                 train=TrainConfig(epochs=config.epochs, jitter=config.jitter, seed=config.seed, device=device),
@@ -88,11 +90,54 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
                           "search": manifest.get("search", []), "gap_closed": manifest["metrics"]["gap_closed"]}
     summary["baseline"] = _model_summary(evaluate(baseline, data, reference=teacher), baseline)
     summary["student"] = _model_summary(evaluate(student, data, reference=teacher), student)
+    bench_models = [teacher_dir, student_dir, student_dir / "baseline"]
+    if "export" not in config.skip:
+        from export.pipeline import export_for_pipeline
+
+        started = time.perf_counter()
+        echo("[export] ...")
+        summary["export"] = export_for_pipeline(student_dir, teacher_dir, data, out / "export")
+        timings["export"] = round(time.perf_counter() - started, 2)
+        bench_models += [Path(row["path"]) for row in summary["export"].values() if "error" not in row]
+    if "bench" not in config.skip:
+        from benchmarks.harness import bench_for_pipeline
+
+        started = time.perf_counter()
+        echo("[bench] ...")
+        summary["bench"] = bench_for_pipeline(bench_models, data, out / "bench")
+        timings["bench"] = round(time.perf_counter() - started, 2)
     summary["timings_s"] = timings
     summary_md = out / "summary.md"
     write_json_atomic(out / "summary.json", summary)
     summary_md.write_text(render_summary(summary))
     return PipelineResult(out=out, summary_md=summary_md, summary=summary)
+
+
+def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, summary, resume, progress,
+                       config_record, echo):
+    """Build the specialist ensemble (member 0 as generalist); distil from whichever teacher, the
+    ensemble or the specialist ensemble, is more accurate on *val* (never test)."""
+    from edgekd.evaluate import evaluate
+    from edgekd.teachers import load_teacher
+
+    if "specialists" in config.skip:
+        return teacher, "teacher"
+    from specialists.build import build_for_pipeline
+
+    spec_dir = out / "specialists"
+    stage("specialists", spec_dir, lambda p: build_for_pipeline(teacher_dir, data, p, cache=cache, seed=config.seed,
+                                                                resume=resume, progress=progress,
+                                                                config_record=config_record))
+    spec = load_teacher(spec_dir)
+    summary["specialists"] = _model_summary(evaluate(spec, data), spec)
+    summary["specialists"]["clusters"] = spec.artifact.manifest.get("clusters")
+    val_teacher = evaluate(teacher, data, split="val").accuracy
+    val_spec = evaluate(spec, data, split="val").accuracy
+    summary["specialists"]["val_accuracy"], summary["teacher"]["val_accuracy"] = val_spec, val_teacher
+    if val_spec > val_teacher:
+        echo(f"[specialists] the specialist ensemble is better on val ({val_spec:.4f} > {val_teacher:.4f}): distilling from it")
+        return spec, "specialists"
+    return teacher, "teacher"
 
 
 def _model_summary(result, teacher) -> dict:
@@ -107,13 +152,30 @@ def render_summary(summary: dict) -> str:
              f"distillation at T={summary['distill']['temperature']:g}, alpha={summary['distill']['alpha']:g} "
              f"(chosen on val)" if summary["distill"]["search"] else "", "",
              "| model | test accuracy | NLL | ECE | agreement with teacher | MACs |", "|---|---|---|---|---|---|"]
-    for key, label in (("teacher", "teacher ensemble"), ("baseline", "student, hard labels"), ("student", "student, distilled")):
+    rows = (("teacher", "teacher ensemble"), ("specialists", "generalist + specialists"),
+            ("baseline", "student, hard labels"), ("student", "student, distilled"))
+    for key, label in rows:
+        if key not in summary:
+            continue
         m = summary[key]
         agree = f"{m['agreement_with_teacher']:.4f}" if m["agreement_with_teacher"] is not None else "-"
         macs = f"{m['macs']:,}" if m["macs"] else "-"
         lines.append(f"| {label} | {m['accuracy']:.4f} | {m['nll']:.4f} | {m['ece']:.4f} | {agree} | {macs} |")
     gap = summary["distill"]["gap_closed"]
+    lines += ["", f"The student was distilled from the {'specialist ensemble' if summary['distilled_from'] == 'specialists' else 'teacher ensemble'} "
+              "(the better of the two on val)." if "specialists" in summary else ""]
     if gap is not None:
-        lines += ["", f"Distillation closes {100 * gap:.1f}% of the gap between the hard-label student and the teacher."]
+        lines += ["", f"Distillation closes {100 * gap:.1f}% of the gap between the hard-label student and its teacher."]
+    if "export" in summary:
+        from export.pipeline import render_export_table
+
+        lines += ["", "## Export", "", render_export_table(summary["export"])]
+    if "bench" in summary:
+        lines += ["", "## Latency (1 thread)", "", "| model | runtime | batch | p50 ms | p99 ms | speed-up |", "|---|---|---|---|---|---|"]
+        for row in summary["bench"].get("headline", []):
+            lines.append(f"| {row['model']} | {row['runtime']} | {row['batch_size']} | {row['p50_ms']:.4f} | "
+                         f"{row['p99_ms']:.4f} | {row['speedup']:.1f}x |" if row.get("p50_ms") is not None else
+                         f"| {row['model']} | {row['runtime']} | {row['batch_size']} | - | - | - |")
+        lines += ["", f"Full report: `bench/report.md` ({summary['bench'].get('errors', 0)} error rows)."]
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()), ""]
     return "\n".join(lines)

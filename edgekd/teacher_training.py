@@ -78,12 +78,14 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
         members.append(model)
         member_acc.append(accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0])
         per_epoch.append(result.seconds_per_epoch)
+    seconds = time.perf_counter() - started
     ensemble = EnsembleModule(members, config.combine).eval()
     test_acc, test_nll = accuracy_and_nll(predict_logits(ensemble, data.x_test), data.y_test)
     macs = count_macs(members[0], data.input_shape)
     params = count_parameters(members[0])
     metrics = {"member_test_accuracy": member_acc, "test_accuracy": test_acc, "test_nll": test_nll,
-               "macs_per_member": macs, "macs": macs * len(members), "parameters": params * len(members)}
+               "macs_per_member": macs, "macs": macs * len(members), "parameters": params * len(members),
+               "seconds": round(seconds, 2), "seconds_per_epoch": sum(per_epoch) / len(per_epoch)}
     manifest = {
         "kind": "ensemble" if len(members) > 1 else "model",
         "classes": list(data.classes), "input_shape": list(data.input_shape),
@@ -94,7 +96,6 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
         "config": config_record or {"teacher": _config_dict(config)},
         "data": data.describe(), "seed": config.train.seed, "metrics": metrics,
     }
-    seconds = time.perf_counter() - started
     if dist is None or dist.rank == 0:
         save_artifact(out, manifest, {f"member-{i}.safetensors": m.state_dict() for i, m in enumerate(members)},
                       overwrite=overwrite or resume)

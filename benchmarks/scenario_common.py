@@ -1,0 +1,55 @@
+"""What the paper-reproduction scenarios share: arguments, the teacher (trained once, reused)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def base_parser(description: str, out: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--work", default="runs/fmnist", help="Folder of the teacher (trained there if missing) and students.")
+    p.add_argument("--teacher-arch", default="cnn")
+    p.add_argument("--ensemble", type=int, default=3)
+    p.add_argument("--teacher-epochs", type=int, default=6)
+    p.add_argument("--jitter", type=int, default=2, help="Teacher's training jitter (pixels).")
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--out", default=out)
+    p.add_argument("--smoke", action="store_true", help="digits, tiny budget, seconds")
+    return p
+
+
+def apply_smoke(args) -> None:
+    args.data, args.teacher_arch, args.ensemble, args.teacher_epochs, args.jitter = "digits", "cnn:width=4,fc=16", 2, 2, 1
+    args.work = str(Path(args.out).parent / f"{Path(args.out).name}-smoke-work")
+
+
+def prepare(args):
+    """(data, teacher, teacher manifest metrics, cache, work folder); trains the teacher if missing."""
+    from edgekd.artifacts import is_artifact, load_artifact
+    from edgekd.cache import LogitCache
+    from edgekd.data import load_dataset
+    from edgekd.teacher_training import TeacherConfig, train_teachers
+    from edgekd.teachers import load_teacher
+    from edgekd.training import TrainConfig
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(args.data, train_limit=args.train_limit)
+    teacher_dir = work / "teacher"
+    if not is_artifact(teacher_dir):
+        train_teachers(data, TeacherConfig(arch=args.teacher_arch, ensemble=args.ensemble,
+                                           train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=args.jitter)),
+                       teacher_dir, resume=(work / "teacher.partial").exists())
+    return data, load_teacher(teacher_dir), load_artifact(teacher_dir).manifest["metrics"], LogitCache(work / "cache"), work
+
+
+def write_result(args, result: dict, markdown: str) -> None:
+    import json
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
