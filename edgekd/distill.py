@@ -199,7 +199,8 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     cache = cache or LogitCache()
     train_cfg = config.train
     check_teacher_fits(teacher, data)
-    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0)
+    arch, options = parse_arch(config.student)
+    create_model(arch, data.input_shape, data.num_classes, options=options)  # a bad student fails before anything is written
     idx = torch.from_numpy(transfer_indices(data, config.transfer_limit, config.omit_classes, train_cfg.seed))
     x, y = data.x_train[idx], data.y_train[idx]
     pixels = train_cfg.jitter if len(data.input_shape) == 3 else 0
@@ -212,7 +213,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
         logits = teacher_logits(teacher, data, "train", cache, refresh=refresh_cache, dist=dist)[idx]
         make_batch = _distill_batches(x, y, logits, None, 0, None)
     val = (data.x_val, data.y_val)
-    arch, options = parse_arch(config.student)
+    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0)
 
     def new_student(seed):
         torch.manual_seed(seed)

@@ -61,8 +61,9 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
     """Train ``config.ensemble`` members with seeds ``seed, seed+1, ...`` and save one artifact."""
     out = Path(out)
     started = time.perf_counter()
-    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0)
     name, options = parse_arch(config.arch)
+    create_model(name, data.input_shape, data.num_classes, options=options)  # a bad architecture fails before anything is written
+    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0)
     members, member_acc, per_epoch = [], [], []
     for index in range(config.ensemble):
         seed = config.train.seed + index
