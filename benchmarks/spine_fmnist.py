@@ -21,7 +21,8 @@ from benchmarks.scenario_common import apply_smoke, base_parser, prepare, write_
 
 def parse_args(argv=None):
     p = base_parser(__doc__, "benchmarks/results/spine_fmnist")
-    p.add_argument("--students", default="mlp;cnn:width=8", help="';'-separated student specs.")
+    p.add_argument("--students", default="mlp@20;cnn:width=8@10",
+                   help="';'-separated student specs, each with '@EPOCHS' (else --epochs).")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--views", type=int, default=4)
@@ -30,7 +31,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.smoke:
         apply_smoke(args)
-        args.students, args.epochs, args.seeds, args.views = "mlp:hidden=32", 2, 2, 2
+        args.students, args.epochs, args.seeds, args.views = "mlp:hidden=32@2", 2, 2, 2
         args.temperature_grid, args.alpha_grid = "2,8", "0.9"
     return args
 
@@ -75,19 +76,21 @@ def main(argv=None):
     grid_t = tuple(float(v) for v in args.temperature_grid.split(","))
     grid_a = tuple(float(v) for v in args.alpha_grid.split(","))
     students = []
-    for spec in args.students.split(";"):
+    for entry in args.students.split(";"):
+        spec, _, epochs = entry.partition("@")
+        epochs = int(epochs) if epochs else args.epochs
         runs, chosen = [], None
         for seed in range(args.seeds):
             out = work / f"student-{spec.replace(':', '_').replace(',', '_').replace('=', '')}-s{seed}"
             config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
                                    temperature_grid=grid_t, alpha_grid=grid_a,
-                                   train=TrainConfig(epochs=args.epochs, jitter=args.jitter, seed=seed),
+                                   train=TrainConfig(epochs=epochs, jitter=args.jitter, seed=seed),
                                    views=args.views, baseline=True)
             r = distill(teacher, data, config, out, cache=cache, overwrite=True, resume=(out.parent / (out.name + ".partial")).exists())
             chosen = chosen or (r.temperature, r.alpha)
             runs.append(asdict(r) | {"path": str(out), "seed": seed})
-        students.append({"student": spec, "temperature": chosen[0], "alpha": chosen[1], "search": runs[0]["search"], "runs": runs})
-    timing = epoch_time_ratio(args.students.split(";")[0], data, teacher_logits(teacher, data, "train", cache),
+        students.append({"student": spec, "epochs": epochs, "temperature": chosen[0], "alpha": chosen[1], "search": runs[0]["search"], "runs": runs})
+    timing = epoch_time_ratio(args.students.split(";")[0].partition("@")[0], data, teacher_logits(teacher, data, "train", cache),
                               repeats=1 if args.smoke else 3)
     result = {"provenance": provenance(started), "args": vars(args), "data": data.describe(),
               "teacher": {"arch": args.teacher_arch, "members": args.ensemble, "epochs": args.teacher_epochs,
@@ -113,8 +116,10 @@ def render(result: dict) -> str:
         macs = s["runs"][0]["student_macs"]
         lines.append(f"| `{s['student']}` | {macs:,} | 1/{t['macs'] / macs:.0f} | {s['temperature']:g} | {s['alpha']:g} | "
                      f"{pm(base)} | {pm(dist)} | {100 * gap:.0f}% |")
+    budgets = ", ".join(f"{s['epochs']}" for s in result["students"])
     lines += ["", f"Mean ± std over {len(result['students'][0]['runs'])} seeds; the same seed, budget "
-              f"({result['args']['epochs']} epochs), ±{result['args']['jitter']} px jitter and transfer set for both columns. "
+              f"({budgets} epochs), "
+              f"±{result['args']['jitter']} px jitter ({result['args']['views']} cached teacher views) and transfer set for both columns. "
               "Gap closed = (distilled − hard) / (ensemble − hard), the paper's measure (it closes 91% on MNIST).", ""]
     for s in result["students"]:
         if s["search"]:
