@@ -85,7 +85,9 @@ def generalist_time(generalist_dir, data, fallback_jitter: int) -> dict:
     recorded = generalist_train_seconds(manifest)
     config = _generalist_train_config(manifest)
     if recorded is not None:
-        return {"seconds": recorded, "source": "generalist manifest", **config}
+        members = len(manifest["members"])
+        source = "generalist manifest" + (f" (the teacher's {members} members took {recorded * members:.0f} s)" if members > 1 else "")
+        return {"seconds": recorded, "source": source, **config}
     member = manifest["members"][0]
     jitter = config["jitter"] if config["jitter"] is not None else fallback_jitter
     torch.manual_seed(0)

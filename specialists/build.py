@@ -226,14 +226,11 @@ def build_for_pipeline(teacher_dir, data: Dataset, out_dir, quick: bool = True, 
 
 
 def generalist_train_seconds(manifest: dict) -> float | None:
-    """The generalist's training time if its manifest records one (``metrics.seconds`` or
-    ``metrics.seconds_per_epoch`` times the epochs run), else None."""
-    metrics = manifest.get("metrics", {})
-    if isinstance(metrics.get("seconds"), (int, float)):
-        return float(metrics["seconds"])
-    per_epoch, history = metrics.get("seconds_per_epoch"), metrics.get("history")
-    if isinstance(per_epoch, (int, float)) and isinstance(history, list) and history:
-        return float(per_epoch) * len(history)
+    """Seconds to train ONE member of the teacher artifact, if its manifest records the training time
+    (``metrics.seconds``, divided by the number of members), else None."""
+    seconds = manifest.get("metrics", {}).get("seconds")
+    if isinstance(seconds, (int, float)) and seconds > 0:
+        return float(seconds) / max(1, len(manifest.get("members", [])))
     return None
 
 
