@@ -248,9 +248,9 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     metrics = {"test_accuracy": student_acc, "test_nll": student_nll, "val_accuracy": fitted.val_accuracy,
                "teacher_test_accuracy": teacher_acc, "teacher_test_nll": teacher_nll,
                "baseline_test_accuracy": base_acc, "gap_closed": gap, "macs": macs, "parameters": params,
-               "teacher_macs": teacher_macs, "seconds_per_epoch": fitted.seconds_per_epoch,
-               "baseline_seconds_per_epoch": base_fit.seconds_per_epoch if base_fit else None,
-               "history": fitted.history, "omitted": omitted}
+               "teacher_macs": teacher_macs, "history": fitted.history, "omitted": omitted}
+    timings = {"seconds_per_epoch": fitted.seconds_per_epoch,
+               "baseline_seconds_per_epoch": base_fit.seconds_per_epoch if base_fit else None}
     result = DistillResult(
         path=out, temperature=temperature, alpha=alpha, search=tuple(search["candidates"]),
         student_test_accuracy=student_acc, student_test_nll=student_nll, teacher_test_accuracy=teacher_acc,
@@ -273,7 +273,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
                                   {"member-0.safetensors": baseline.state_dict()})
         manifest = {**common, "kind": "model", "members": [member], "combine": "logits",
                     "config": {**record, "temperature": temperature, "alpha": alpha, "student": format_arch(arch, options)},
-                    "metrics": metrics, "search": search["candidates"]}
+                    "metrics": metrics, "timings": timings, "search": search["candidates"]}
         save_artifact(out, manifest, {"member-0.safetensors": student.state_dict()}, nested=nested, overwrite=overwrite or resume)
         store.finish()
     return result

@@ -85,8 +85,9 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
     macs = count_macs(members[0], data.input_shape)
     params = count_parameters(members[0])
     metrics = {"member_test_accuracy": member_acc, "test_accuracy": test_acc, "test_nll": test_nll,
-               "macs_per_member": macs, "macs": macs * len(members), "parameters": params * len(members),
-               "seconds": round(seconds, 2), "seconds_per_epoch": sum(per_epoch) / len(per_epoch)}
+               "macs_per_member": macs, "macs": macs * len(members), "parameters": params * len(members)}
+    # wall-clock figures vary run to run; they live apart from the (deterministic) metrics
+    timings = {"seconds": round(seconds, 2), "seconds_per_epoch": sum(per_epoch) / len(per_epoch)}
     manifest = {
         "kind": "ensemble" if len(members) > 1 else "model",
         "classes": list(data.classes), "input_shape": list(data.input_shape),
@@ -95,7 +96,7 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
                      "seed": config.train.seed + i, "num_outputs": data.num_classes} for i in range(len(members))],
         "combine": config.combine,
         "config": config_record or {"teacher": _config_dict(config)},
-        "data": data.describe(), "seed": config.train.seed, "metrics": metrics,
+        "data": data.describe(), "seed": config.train.seed, "metrics": metrics, "timings": timings,
     }
     if dist is None or dist.rank == 0:
         save_artifact(out, manifest, {f"member-{i}.safetensors": m.state_dict() for i, m in enumerate(members)},

@@ -71,6 +71,7 @@ class FitResult:
     val_nll: float
     history: list
     seconds_per_epoch: float
+    checkpoint_seconds: float = 0.0      # total time spent writing checkpoints
 
 
 # --- device, seeding -----------------------------------------------------------------------------
@@ -348,11 +349,14 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
             stop_early = config.patience and position["stale"] >= config.patience
             if stop_early:
                 position["epoch"] = config.epochs
+            tick = time.perf_counter()
             _checkpoint(store, name, model, best_state, optimizer, position)
+            position["checkpoint_seconds"] = position.get("checkpoint_seconds", 0.0) + time.perf_counter() - tick
     best_acc, best_neg_nll = position["best_key"]
     result = {"best_epoch": position["best_epoch"] + 1, "epochs_run": len(position["history"]),
               "val_accuracy": best_acc, "val_nll": -best_neg_nll, "history": position["history"],
-              "seconds_per_epoch": position["train_seconds"] / max(1, position["epochs_timed"])}
+              "seconds_per_epoch": position["train_seconds"] / max(1, position["epochs_timed"]),
+              "checkpoint_seconds": position.get("checkpoint_seconds", 0.0)}
     if store is not None:
         store.save(name, "done", best_state, {"result": result})
     model.load_state_dict(best_state)

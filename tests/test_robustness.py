@@ -42,6 +42,15 @@ def test_same_seed_same_command_same_result(reference, tmp_path):
     assert _weights(out) == _weights(reference)
     metrics = lambda p: json.loads((p / "manifest.json").read_text())["metrics"]  # noqa: E731
     assert metrics(out) == metrics(reference)
+    students = []
+    for name in ("s1", "s2"):   # and a distillation run from it, with temperature search and a baseline
+        proc = _edgekd(["distill", "--teacher", out, "--student", "mlp:hidden=16,dropout=0.1", "--epochs", "2", "-T", "auto",
+                        "--temperature-grid", "2,4", "--baseline", "--jitter", "1", "--views", "2", "--quiet", "--out", tmp_path / name],
+                       env={"EDGEKD_CACHE": str(tmp_path / f"cache-{name}")})
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        students.append(tmp_path / name)
+    assert metrics(students[0]) == metrics(students[1]) and _weights(students[0]) == _weights(students[1])
 
 
 def _wait_for(path_glob: Path, pattern: str, timeout: float = 120):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 
-@pytest.mark.parametrize("module", ["spine_fmnist", "omitted_class", "soft_regularizer"])
+@pytest.mark.parametrize("module", ["spine_fmnist", "omitted_class", "soft_regularizer", "ddp_checkpoint"])
 def test_scenario_smoke(tmp_path, module, capsys):
     import importlib
 
@@ -15,4 +15,4 @@ def test_scenario_smoke(tmp_path, module, capsys):
     text = out.with_suffix(".md").read_text()
     assert text.startswith("# ") and "- command: `" in text and "- machine: " in text and "- date: " in text
     result = json.loads(out.with_suffix(".json").read_text())
-    assert result["data"]["spec"] == "digits"
+    assert (result.get("data") or {"spec": result["args"]["data"]})["spec"] == "digits"
