@@ -23,7 +23,7 @@ from edgekd.artifacts import load_artifact, save_artifact
 from edgekd.cache import LogitCache
 from edgekd.data import Dataset
 from edgekd.distill import teacher_logits
-from edgekd.errors import ConfigError, EdgekdError, TeacherError
+from edgekd.errors import ArtifactError, ConfigError, EdgekdError, TeacherError
 from edgekd.models import count_macs
 from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, load_teacher
 from edgekd.training import RunStore, TrainConfig, predict_logits
@@ -94,8 +94,8 @@ class Generalist:
     model: torch.nn.Module
     arch: str
     options: dict
-    artifact: object
     member: int
+    source: dict          # where it came from: path, description, fingerprint, member, training time, file hashes
 
 
 def open_generalist(path, member: int | None = None) -> Generalist:
@@ -126,8 +126,11 @@ def open_generalist(path, member: int | None = None) -> Generalist:
         teacher = ModuleTeacher(EnsembleModule([model]), kind="model", classes=artifact.classes,
                                 input_shape=artifact.input_shape, fingerprint=fingerprint,
                                 description=f"member {index} of '{path}' ({members[index]['arch']})", artifact=artifact)
-    return Generalist(teacher=teacher, model=model, arch=members[index]["arch"], options=options, artifact=artifact,
-                      member=index)
+    source = {"path": str(path), "description": teacher.description, "fingerprint": teacher.fingerprint,
+              "member": index, "train_seconds": generalist_train_seconds(artifact.manifest),
+              "source_manifest_files": artifact.manifest["files"]}
+    return Generalist(teacher=teacher, model=model, arch=members[index]["arch"], options=options, member=index,
+                      source=source)
 
 
 def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out, *, cache: LogitCache | None = None,
@@ -165,7 +168,16 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
                                      train=config.train, special_fraction=config.special_fraction, store=store,
                                      name=f"specialist-{index}", progress=progress))
     timings["training"] = time.perf_counter() - tick
+    result = _evaluate_and_save(generalist, data, config, clustering, fits, out, cache=cache, timings=timings,
+                                started=started, refresh_cache=refresh_cache, config_record=config_record)
+    store.finish()
+    return result
 
+
+def _evaluate_and_save(generalist: Generalist, data: Dataset, config: SpecialistConfig, clustering, fits, out: Path, *,
+                       cache: LogitCache, timings: dict, started: float, refresh_cache: bool = False,
+                       config_record: dict | None = None) -> SpecialistsResult:
+    """Combine on the test split, compare with the generalist, and write the artifact with its report."""
     tick = time.perf_counter()
     specialists = [_specialist_net(generalist, data, fit) for fit in fits]
     clusters = [fit.classes for fit in fits]
@@ -179,38 +191,89 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
                                       steps=solver["module_steps"]).eval()
     module_test = predict_logits(module, data.x_test)
     solver.update({"test_steps_max": int(solved.steps.max()), "test_steps_mean": float(solved.steps.float().mean()),
-                   "test_grad_max": float(solved.grad_max.max()),
+                   "test_grad_max": float(solved.grad_max.max()), "test_change_max": float(solved.change_max.max()),
+                   "test_capped": int((solved.steps >= config.max_steps).sum()),
                    "module_max_abs_diff": float((module_test - ens_test).abs().max())})
     test = comparison(test_gen, ens_test, data.y_test, clustering.clusters, clustering.specialist_clusters,
                       data.classes, solved.active)
     timings["evaluation"] = time.perf_counter() - tick
-    timings["total"] = time.perf_counter() - started
+    timings["total"] = time.perf_counter() - started + timings.pop("earlier", 0.0)
 
-    report = {"data": data.describe(),
-              "generalist": {"path": str(teacher_path), "description": generalist.teacher.description,
-                             "member": generalist.member, "fingerprint": generalist.teacher.fingerprint,
-                             "train_seconds": generalist_train_seconds(generalist.artifact.manifest)},
+    source = {k: v for k, v in generalist.source.items() if k != "source_manifest_files"}
+    report = {"data": data.describe(), "generalist": source,
               "clustering": clustering.to_dict(data.classes), "solver": solver,
               "specialists": [{**fit.summary(), "class_names": [data.classes[c] for c in fit.classes]} for fit in fits],
               "test": test, "timings_s": {k: round(v, 2) for k, v in timings.items()}}
-    markdown = render_markdown(report)
     manifest = _manifest(generalist, data, config, clustering, fits, solver, test, timings, config_record, specialists)
     tensors = {"generalist.safetensors": generalist.model.state_dict(),
                **{f"specialist-{i}.safetensors": fit.state for i, fit in enumerate(fits)}}
-    extra = {"report.md": markdown.encode(), "report.json": _json_bytes(report),
+    extra = {"report.md": render_markdown(report).encode(), "report.json": _json_bytes(report),
              "clusters.json": _json_bytes(clustering.to_dict(data.classes)),
              "covariance.png": covariance_png(clustering.covariance, clustering.clusters, data.classes)}
     save_artifact(out, manifest, tensors, extra_files=extra, overwrite=True)
-    store.finish()
+    names = tuple(tuple(data.classes[c] for c in s) for s in clustering.clusters)
     return SpecialistsResult(
         path=out, clusters=clustering.clusters, specialist_clusters=clustering.specialist_clusters,
-        cluster_names=tuple(tuple(n) for n in names), k=clustering.k, silhouette=clustering.silhouette,
+        cluster_names=names, k=clustering.k, silhouette=clustering.silhouette,
         generalist_test_accuracy=test["generalist"]["accuracy"], ensemble_test_accuracy=test["ensemble"]["accuracy"],
         covered_generalist_accuracy=test["covered"]["generalist_accuracy"],
         covered_ensemble_accuracy=test["covered"]["ensemble_accuracy"],
         covered_relative_change=test["covered"]["relative_change"], per_cluster=tuple(test["per_cluster"]),
         by_coverage=tuple(test["by_coverage"]), module_steps=solver["module_steps"],
         seconds=timings["total"], timings=report["timings_s"], report_md=out / "report.md")
+
+
+def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = None, tol: float | None = None,
+                       max_steps: int | None = None, module_steps: int | None = None, cache: LogitCache | None = None,
+                       overwrite: bool = False, config_record: dict | None = None) -> SpecialistsResult:
+    """Re-score an existing specialist ensemble with other combination settings (top-n gating, solver
+    tolerance, module steps): the same generalist and specialists, no training; a new artifact and report."""
+    import numpy as np
+
+    from specialists.clustering import Clustering
+    from specialists.training import SpecialistFit
+
+    started = time.perf_counter()
+    out = Path(out)
+    artifact = load_artifact(spec_path)
+    if artifact.kind != "specialist-ensemble":
+        raise ArtifactError(f"'{spec_path}' is a '{artifact.kind}' artifact; pass one written by 'edgekd specialists build'.")
+    if Path(out).resolve() != Path(spec_path).resolve():
+        check_output_dir(out, overwrite=overwrite)
+    elif not overwrite:
+        raise EdgekdError(f"Re-scoring '{spec_path}' in place replaces it; pass --overwrite or choose another --out.")
+    manifest = artifact.manifest
+    models = artifact.build_members()
+    gen_member, source = manifest["members"][0], manifest["generalist"]
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in gen_member["options"].items()}
+    teacher = ModuleTeacher(EnsembleModule([models[0]]), kind="model", classes=artifact.classes,
+                            input_shape=artifact.input_shape, fingerprint=source["fingerprint"],
+                            description=source["description"])
+    check_teacher_fits(teacher, data, name="Generalist")
+    generalist = Generalist(teacher=teacher, model=models[0], arch=gen_member["arch"], options=options,
+                            member=source["member"], source=source)
+    saved = json.loads(artifact.file("clusters.json").read_text())
+    clustering = Clustering(covariance=np.array(saved["covariance"]), clusters=tuple(tuple(c) for c in saved["clusters"]),
+                            specialist_clusters=tuple(tuple(c) for c in saved["specialist_clusters"]),
+                            k=tuple(saved["k"]), temperature=saved["temperature"],
+                            silhouette={int(k): v for k, v in saved["silhouette"].items()} or None)
+    fits = [SpecialistFit(classes=tuple(m["classes"]), state=artifact.load_tensors(m["weights"]),
+                          dustbin_bias=m["dustbin_bias"], true_share=m["true_share"], training_share=m["training_share"],
+                          val_accuracy=m["val_accuracy"], best_epoch=m["best_epoch"], epochs_run=m["epochs_run"],
+                          seconds=m.get("seconds", 0.0), history=m.get("history", []))
+            for m in manifest["members"][1:]]
+    solver = manifest["solver"]
+    config = SpecialistConfig(clusters=clustering.k, cluster_temperature=clustering.temperature,
+                              top_n=top_n or solver["top_n"], member=source["member"],
+                              tol=tol or solver["tol"], max_steps=max_steps or solver["max_steps"],
+                              module_steps=module_steps, train=TrainConfig(seed=int(manifest.get("seed", 0))))
+    earlier = manifest["metrics"].get("timings_s", {})
+    timings = {k: earlier[k] for k in ("clustering", "training") if k in earlier}
+    timings["earlier"] = sum(timings.values())
+    record = config_record or {**manifest["config"], "regate": {"from": str(spec_path), "top_n": config.top_n,
+                                                                "tol": config.tol, "max_steps": config.max_steps}}
+    return _evaluate_and_save(generalist, data, config, clustering, fits, out, cache=cache or LogitCache(),
+                              timings=timings, started=started, config_record=record)
 
 
 def build_for_pipeline(teacher_dir, data: Dataset, out_dir, quick: bool = True, *, cache: LogitCache | None = None,
@@ -268,7 +331,8 @@ def _manifest(generalist, data, config, clustering, fits, solver, test, timings,
                      "arch": generalist.arch, "options": generalist.options, "weights": f"specialist-{i}.safetensors",
                      "num_outputs": len(fit.classes) + 1, "dustbin_bias": fit.dustbin_bias, "dustbin_bias_applied": True,
                      "true_share": fit.true_share, "training_share": fit.training_share, "val_accuracy": fit.val_accuracy,
-                     "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run}
+                     "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "seconds": round(fit.seconds, 2),
+                     "history": fit.history}
                     for i, fit in enumerate(fits)]
     macs_gen = count_macs(generalist.model, data.input_shape)
     macs_spec = [count_macs(net, data.input_shape) for net in specialists]
@@ -277,8 +341,7 @@ def _manifest(generalist, data, config, clustering, fits, solver, test, timings,
         "normalization": {"mean": list(data.mean), "std": list(data.std)},
         "members": [gen_member, *spec_members], "combine": "specialists-kl", "solver": solver,
         "clusters": {k: v for k, v in clustering.to_dict(data.classes).items() if k != "covariance"},
-        "generalist": {"description": generalist.teacher.description, "fingerprint": generalist.teacher.fingerprint,
-                       "member": generalist.member, "source_manifest_files": generalist.artifact.manifest["files"]},
+        "generalist": generalist.source,
         "config": config_record or {"specialists": asdict(config)}, "data": data.describe(), "seed": config.train.seed,
         "metrics": {"test_accuracy": test["ensemble"]["accuracy"], "test_nll": test["ensemble"]["nll"],
                     "generalist_test_accuracy": test["generalist"]["accuracy"],

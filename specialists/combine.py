@@ -30,10 +30,17 @@ generalist's mass outside S), which is always the case for disjoint clusters wit
 Deviation from the paper, stated: the paper runs plain gradient descent on z. On 2,000 random
 inputs with three active specialists plain gradient descent (fixed or backtracking step) had not
 reached max|df/dz| < 1e-6 after 5,000 steps, because a step on z_k scales with q_k; this update
-reached it in 259 steps. Stopping rule: per input, stop when max_k |df/dz_k| < ``tol`` (default
-1e-6) or after ``max_steps`` (default 1000); an input that has converged is frozen, so a fixed number
-of steps (the exportable module) gives the same answer as the eager solver once that number covers
-the steps the eager solver needed.
+reached it for all of them in 259 steps. It converges linearly: under the stopping rule below those
+adversarial inputs (specialists disagreeing with the generalist at random) need 10 updates at the
+median, over 300 for 1 in 1,000, and 3,392 for the worst; real specialists, which mostly agree with
+their generalist, need a handful.
+
+Stopping rule: per input, stop when an update would move no log-probability by ``tol`` (default 1e-6)
+or more, i.e. max_k |df/dz_k| / ((1 + |A|) q_k) < tol, or after ``max_steps`` (default 5000) updates.
+The rule is relative because the output is log q, which distillation softens: an absolute rule on
+df/dz stops while classes with q_k ~ 1e-10 are still off by a factor of 2 (seen on Fashion-MNIST).
+An input that has converged is frozen, so a fixed number of updates (the exportable module) gives the
+eager solver's answer once that number covers the updates the eager solver needed.
 
 Everything is computed in the log domain (log-probabilities, logsumexp), so no probability
 underflows to zero and log q* is finite.
@@ -54,7 +61,7 @@ from edgekd.teachers import Teacher
 
 NEG = -1e30  # log(0) stand-in that stays finite in float32 (exportable, no inf - inf = nan)
 DEFAULT_TOL = 1e-6
-DEFAULT_MAX_STEPS = 1000
+DEFAULT_MAX_STEPS = 5000
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class SolveResult:
     log_q: torch.Tensor          # (B, C) log of the combined distribution
     steps: torch.Tensor          # (B,) updates taken per input
     grad_max: torch.Tensor       # (B,) max_k |df/dz_k| at the returned q
+    change_max: torch.Tensor     # (B,) largest log-probability change one more update would make
     active: torch.Tensor         # (B, n) bool, active specialists
     objective_trace: list | None = None   # per step, (B,) objective values (only with trace=True)
 
@@ -103,7 +111,8 @@ def kl_objective(log_q, log_pg, log_t, log_pd, membership, active) -> torch.Tens
 
 
 def _update(log_q, log_pg, log_t, log_pd, log_out, active):
-    """One update q <- N(q) / (1 + |A|), in the log domain; also returns max_k |df/dz_k| at the old q."""
+    """One update q <- N(q) / (1 + |A|), in the log domain; also returns, at the old q, the largest
+    change of a log-probability the update makes and max_k |df/dz_k|."""
     log_qd = torch.logsumexp(log_q[:, None, :] + log_out, -1)                    # (B, n)
     spread = log_pd[..., None] + log_q[:, None, :] - log_qd[..., None] + log_out  # dustbin mass spread outside S
     on = active[..., None]
@@ -111,7 +120,7 @@ def _update(log_q, log_pg, log_t, log_pd, log_out, active):
     log_new = torch.log_softmax(torch.logsumexp(terms, dim=1), dim=-1)            # normalising = dividing by 1 + |A|
     weight = 1.0 + active.to(log_q.dtype).sum(-1, keepdim=True)
     grad_max = (weight * (log_q.exp() - log_new.exp())).abs().amax(-1)
-    return log_new, grad_max
+    return log_new, (log_new - log_q).abs().amax(-1), grad_max
 
 
 def solve_kl(log_pg, log_t, log_pd, membership, active, *, tol: float = DEFAULT_TOL,
@@ -121,7 +130,7 @@ def solve_kl(log_pg, log_t, log_pd, membership, active, *, tol: float = DEFAULT_
     ``log_pg`` (B, C) generalist log-probabilities; ``log_t`` (B, n, C) specialists' log-probabilities
     on their classes (anything elsewhere); ``log_pd`` (B, n) their dustbin log-probabilities;
     ``membership`` (n, C) bool; ``active`` (B, n) bool. ``fixed_steps`` runs exactly that many updates
-    (no data-dependent stopping, for export; ``grad_max`` is then measured before the last update);
+    (no data-dependent stopping, for export; ``grad_max``/``change_max`` are then measured before the last update);
     otherwise stop when every input has converged or after ``max_steps`` updates.
     """
     log_out = torch.where(membership, NEG, 0.0).to(log_pg.dtype)
@@ -130,28 +139,30 @@ def solve_kl(log_pg, log_t, log_pd, membership, active, *, tol: float = DEFAULT_
     objective = [kl_objective(log_pg, log_pg, log_t, log_pd, membership, active)] if trace else None
     if fixed_steps is not None:   # exportable: the same updates on every input, converged ones frozen
         log_q = log_pg
-        grad_max = torch.zeros(batch, dtype=log_pg.dtype, device=log_pg.device)
+        grad_max = change = torch.zeros(batch, dtype=log_pg.dtype, device=log_pg.device)
         for _ in range(fixed_steps):
-            log_new, grad_max = _update(log_q, log_pg, log_t, log_pd, log_out, active)
-            moving = grad_max >= tol
+            log_new, change, grad_max = _update(log_q, log_pg, log_t, log_pd, log_out, active)
+            moving = change >= tol
             log_q = torch.where(moving[:, None], log_new, log_q)
             steps = steps + moving.long()
-        return SolveResult(log_q=log_q, steps=steps, grad_max=grad_max, active=active)
+        return SolveResult(log_q=log_q, steps=steps, grad_max=grad_max, change_max=change, active=active)
     log_q = log_pg.clone()
     grad_max = torch.zeros(batch, dtype=log_pg.dtype, device=log_pg.device)
+    change_max = torch.zeros_like(grad_max)
     live = torch.arange(batch, device=log_pg.device)   # inputs not yet converged: only they are updated
     for step in range(max_steps + 1):
-        log_new, grad_live = _update(log_q[live], log_pg[live], log_t[live], log_pd[live], log_out, active[live])
-        grad_max[live] = grad_live
-        moving = grad_live >= tol
+        log_new, change, grad_live = _update(log_q[live], log_pg[live], log_t[live], log_pd[live], log_out, active[live])
+        grad_max[live], change_max[live] = grad_live, change
+        moving = change >= tol
         if step == max_steps or not bool(moving.any()):
-            break   # grad_max is now measured at the returned q of every input
+            break   # grad_max and change_max are now measured at the returned q of every input
         live, log_new = live[moving], log_new[moving]
         log_q[live] = log_new
         steps[live] += 1
         if trace:
             objective.append(kl_objective(log_q, log_pg, log_t, log_pd, membership, active))
-    return SolveResult(log_q=log_q, steps=steps, grad_max=grad_max, active=active, objective_trace=objective)
+    return SolveResult(log_q=log_q, steps=steps, grad_max=grad_max, change_max=change_max, active=active,
+                       objective_trace=objective)
 
 
 def combine(generalist_logits: torch.Tensor, specialist_logits: list, clusters, *, top_n: int = 1,
@@ -172,7 +183,7 @@ def combine(generalist_logits: torch.Tensor, specialist_logits: list, clusters, 
     result = solve_kl(log_pg, log_t, log_pd, membership, active, tol=tol, max_steps=max_steps,
                       fixed_steps=fixed_steps, trace=trace)
     exact = torch.where(active.any(-1, keepdim=True), result.log_q, log_pg)
-    return SolveResult(log_q=exact, steps=result.steps, grad_max=result.grad_max, active=active,
+    return SolveResult(log_q=exact, steps=result.steps, grad_max=result.grad_max, change_max=result.change_max, active=active,
                        objective_trace=result.objective_trace)
 
 

@@ -99,8 +99,9 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {', '.join(spec['class_names'])} | {_pct(spec['val_accuracy'])} | {spec['dustbin_bias']:+.3f} | "
                      f"{spec['true_share']:.3f} / {spec['training_share']:.3f} | {spec['epochs_run']} | {spec['seconds']:.1f} |")
     solver = report["solver"]
-    lines += ["", f"Solver: fixed-point (EM) updates on q, stop at max|df/dz| < {solver['tol']:g} or {solver['max_steps']} steps; "
-              f"test: at most {solver['test_steps_max']} step(s), max|df/dz| {solver['test_grad_max']:.1e}; "
+    lines += ["", f"Solver: fixed-point (EM) updates of q, stopped when no log-probability moves by {solver['tol']:g} "
+              f"or after {solver['max_steps']} updates; test: at most {solver['test_steps_max']} update(s) "
+              f"({solver['test_capped']} input(s) stopped by the cap), max|df/dz| {solver['test_grad_max']:.1e}; "
               f"exportable module: {solver['module_steps']} fixed step(s), max |log q difference| vs the solver "
               f"{solver['module_max_abs_diff']:.1e} on test.",
               "", "Time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings_s"].items()), ""]

@@ -99,8 +99,8 @@ def _echo_clusters(clustering, classes) -> None:
 @click.option("--jitter", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random shifts of up to this many pixels (the paper's input jitter); 0 = off.")
 @click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
-              help="Solver stops at max |d objective / d logit| below this ...")
-@click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True, help="... or after this many updates.")
+              help="Solver stops when an update moves no log-probability by this much ...")
+@click.option("--max-steps", type=click.IntRange(min=1), default=5000, show_default=True, help="... or after this many updates.")
 @click.option("--module-steps", type=click.IntRange(min=1), default=None,
               help="Fixed updates in the exportable module (default: 1 where exact, else measured on val).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output artifact folder.")
@@ -137,6 +137,10 @@ def build_cmd(ctx, as_json, **params):
 
         echo_json(asdict(result))
         return
+    _echo_result(result)
+
+
+def _echo_result(result) -> None:
     import json
 
     clustering = json.loads((result.path / "clusters.json").read_text())
@@ -152,3 +156,28 @@ def build_cmd(ctx, as_json, **params):
     click.echo(f"covered classes: {result.covered_generalist_accuracy:.4f} -> {result.covered_ensemble_accuracy:.4f}{rel}; "
                f"all classes: {result.generalist_test_accuracy:.4f} -> {result.ensemble_test_accuracy:.4f}")
     click.echo(f"{result.seconds:.1f} s -> {result.path} (report: {result.report_md})")
+
+
+@specialists_group.command("regate")
+@click.argument("spec")
+@data_options
+@click.option("--top-n", type=click.IntRange(min=1), default=None, help="New gating (default: as built).")
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=None, help="New solver tolerance (default: as built).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="New solver step cap (default: as built).")
+@click.option("--module-steps", type=click.IntRange(min=1), default=None,
+              help="Fixed updates in the exportable module (default: 1 where exact, else measured on val).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Teacher-logit cache.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output artifact folder (may be SPEC with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@common_options
+@click.pass_context
+def regate_cmd(ctx, spec, **params):
+    """Re-score the specialist ensemble SPEC with other combination settings (e.g. --top-n 2), no training."""
+    from edgekd.cache import LogitCache
+    from specialists.build import regate_specialists
+
+    data = load_data(params)
+    result = regate_specialists(spec, data, params["out"], top_n=params["top_n"], tol=params["tol"],
+                                max_steps=params["max_steps"], module_steps=params["module_steps"],
+                                cache=LogitCache(params["cache_dir"]), overwrite=params["overwrite"])
+    _echo_result(result)
