@@ -257,17 +257,21 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
                             specialist_clusters=tuple(tuple(c) for c in saved["specialist_clusters"]),
                             k=tuple(saved["k"]), temperature=saved["temperature"],
                             silhouette={int(k): v for k, v in saved["silhouette"].items()} or None)
+    earlier = manifest.get("timings") or manifest["metrics"].get("timings_s", {})
+    per_specialist = earlier.get("per_specialist")
+    if per_specialist is None and "report.json" in manifest["files"]:   # artifacts written before 'timings'
+        per_specialist = [spec.get("seconds", 0.0) for spec in json.loads(artifact.file("report.json").read_text())["specialists"]]
+    per_specialist = per_specialist or [0.0] * (len(manifest["members"]) - 1)
     fits = [SpecialistFit(classes=tuple(m["classes"]), state=artifact.load_tensors(m["weights"]),
                           dustbin_bias=m["dustbin_bias"], true_share=m["true_share"], training_share=m["training_share"],
                           val_accuracy=m["val_accuracy"], best_epoch=m["best_epoch"], epochs_run=m["epochs_run"],
-                          seconds=m.get("seconds", 0.0), history=m.get("history", []))
-            for m in manifest["members"][1:]]
+                          seconds=seconds, history=m.get("history", []))
+            for m, seconds in zip(manifest["members"][1:], per_specialist)]
     solver = manifest["solver"]
     config = SpecialistConfig(clusters=clustering.k, cluster_temperature=clustering.temperature,
                               top_n=top_n or solver["top_n"], member=source["member"],
                               tol=tol or solver["tol"], max_steps=max_steps or solver["max_steps"],
                               module_steps=module_steps, train=TrainConfig(seed=int(manifest.get("seed", 0))))
-    earlier = manifest["metrics"].get("timings_s", {})
     timings = {k: earlier[k] for k in ("clustering", "training") if k in earlier}
     timings["earlier"] = sum(timings.values())
     record = config_record or {**manifest["config"], "regate": {"from": str(spec_path), "top_n": config.top_n,
@@ -290,8 +294,8 @@ def build_for_pipeline(teacher_dir, data: Dataset, out_dir, quick: bool = True, 
 
 def generalist_train_seconds(manifest: dict) -> float | None:
     """Seconds to train ONE member of the teacher artifact, if its manifest records the training time
-    (``metrics.seconds``, divided by the number of members), else None."""
-    seconds = manifest.get("metrics", {}).get("seconds")
+    (``timings.seconds``, divided by the number of members), else None."""
+    seconds = (manifest.get("timings") or {}).get("seconds", manifest.get("metrics", {}).get("seconds"))
     if isinstance(seconds, (int, float)) and seconds > 0:
         return float(seconds) / max(1, len(manifest.get("members", [])))
     return None
@@ -331,8 +335,7 @@ def _manifest(generalist, data, config, clustering, fits, solver, test, timings,
                      "arch": generalist.arch, "options": generalist.options, "weights": f"specialist-{i}.safetensors",
                      "num_outputs": len(fit.classes) + 1, "dustbin_bias": fit.dustbin_bias, "dustbin_bias_applied": True,
                      "true_share": fit.true_share, "training_share": fit.training_share, "val_accuracy": fit.val_accuracy,
-                     "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "seconds": round(fit.seconds, 2),
-                     "history": fit.history}
+                     "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "history": fit.history}
                     for i, fit in enumerate(fits)]
     macs_gen = count_macs(generalist.model, data.input_shape)
     macs_spec = [count_macs(net, data.input_shape) for net in specialists]
@@ -346,8 +349,9 @@ def _manifest(generalist, data, config, clustering, fits, solver, test, timings,
         "metrics": {"test_accuracy": test["ensemble"]["accuracy"], "test_nll": test["ensemble"]["nll"],
                     "generalist_test_accuracy": test["generalist"]["accuracy"],
                     "covered_relative_change": test["covered"]["relative_change"],
-                    "macs": macs_gen + sum(macs_spec), "macs_generalist": macs_gen, "macs_per_specialist": macs_spec,
-                    "timings_s": {k: round(v, 2) for k, v in timings.items()}},
+                    "macs": macs_gen + sum(macs_spec), "macs_generalist": macs_gen, "macs_per_specialist": macs_spec},
+        "timings": {**{k: round(v, 2) for k, v in timings.items()},
+                    "per_specialist": [round(fit.seconds, 2) for fit in fits]},
     }
 
 
