@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, mean_std, pm, provenance
+from specialists.report import sign_test
 
 
 def parse_args(argv=None):
@@ -281,7 +282,9 @@ def render(result: dict, png_name: str) -> str:
                      f"{_r(other['covered']['relative_change'])} |")
         lines.append(f"| all, top-{other['top_n']} gating | {other['n_test']} | {_p(other['generalist']['accuracy'])} | "
                      f"{_p(other['ensemble']['accuracy'])} | {_r(other['relative_change'])} |")
-    lines += ["", "The paper: +4.4% relative top-1 on JFT's covered classes (61 specialists, 15,000 classes).", "",
+    lines += ["", f"Top-{args['top_n']} gating changed {test['changed_predictions']} test predictions: {sign_test(test)} "
+              "(two-sided, fixed vs broken). One generalist, one training run of the specialists.",
+              "", "The paper: +4.4% relative top-1 on JFT's covered classes (61 specialists, 15,000 classes).", "",
               "By number of specialists covering the correct class (the paper's Table 4):", "",
               "| specialists covering | test examples | change in correct | relative accuracy change |", "|---|---|---|---|"]
     for row in test["by_coverage"]:

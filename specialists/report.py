@@ -55,7 +55,18 @@ def comparison(gen_logits: torch.Tensor, ens_logits: torch.Tensor, y: torch.Tens
         "active": {"fraction_with_active_specialist": float(active.any(1).float().mean()),
                    "mean_active": float(active.sum(1).float().mean()), "max_active": int(active.sum(1).max())},
         "changed_predictions": int((gen_logits.argmax(1) != ens_logits.argmax(1)).sum()),
+        **_paired(gen_ok, ens_ok),
     }
+
+
+def _paired(gen_ok: torch.Tensor, ens_ok: torch.Tensor) -> dict:
+    """Test inputs the specialists fixed and broke, and the two-sided sign test of fixed vs broken
+    (is the change more than chance, on this one test set?)."""
+    from scipy.stats import binomtest
+
+    fixed, broken = int((ens_ok & ~gen_ok).sum()), int((gen_ok & ~ens_ok).sum())
+    p = float(binomtest(fixed, fixed + broken, 0.5).pvalue) if fixed + broken else None
+    return {"fixed": fixed, "broken": broken, "sign_test_p": p}
 
 
 def _pct(value) -> str:
@@ -64,6 +75,11 @@ def _pct(value) -> str:
 
 def _rel(value) -> str:
     return f"{100 * value:+.2f}%" if value is not None else "-"
+
+
+def sign_test(test: dict) -> str:
+    p = f", sign test p = {test['sign_test_p']:.2g}" if test.get("sign_test_p") is not None else ""
+    return f"{test['fixed']} fixed, {test['broken']} broken{p}"
 
 
 def render_markdown(report: dict) -> str:
@@ -87,7 +103,7 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {', '.join(row['class_names'])} | {row['n_test']} | {_pct(row['generalist_accuracy'])} | "
                          f"{_pct(row['ensemble_accuracy'])} | {_rel(row['relative_change'])} |")
     lines += ["", f"NLL: generalist {test['generalist']['nll']:.4f}, ensemble {test['ensemble']['nll']:.4f}; "
-              f"{test['changed_predictions']} test predictions changed; "
+              f"{test['changed_predictions']} test predictions changed: {sign_test(test)}; "
               f"{100 * test['active']['fraction_with_active_specialist']:.1f}% of test inputs had an active specialist.",
               "", "## By number of specialists covering the correct class (the paper's Table 4)", "",
               "| specialists covering | test examples | change in correct | relative accuracy change |", "|---|---|---|---|"]
