@@ -74,6 +74,18 @@ def data_options(func):
     return wrapper
 
 
+def cache_options(func):
+    """--cache-dir, --no-cache, --refresh-cache for commands that read teacher logits."""
+    @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                  help="Teacher-logit cache (default $EDGEKD_CACHE or ~/.cache/edgekd).")
+    @click.option("--no-cache", is_flag=True, help="Do not read or write the logit cache.")
+    @click.option("--refresh-cache", is_flag=True, help="Recompute the teacher logits and replace the cached ones.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+    return wrapper
+
+
 def load_data(params: dict):
     from edgekd.data import load_dataset
 

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.errors import ArtifactError
-from edgekd.teachers import Teacher
+from edgekd.teachers import ModuleTeacher
 
 NEG = -1e30  # log(0) stand-in that stays finite in float32 (exportable, no inf - inf = nan)
 DEFAULT_TOL = 1e-6
@@ -229,7 +229,7 @@ class SpecialistEnsembleModule(nn.Module):
         return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg)
 
 
-class SpecialistTeacher(Teacher):
+class SpecialistTeacher(ModuleTeacher):
     """A specialist-ensemble artifact as a teacher: ``logits`` solves to ``tol`` in float64 (eager);
     ``module()`` runs the fixed number of updates recorded in the artifact."""
 
@@ -246,22 +246,14 @@ class SpecialistTeacher(Teacher):
         self.clusters = [tuple(member["classes"]) for member in manifest["members"][1:]]
         self.top_n = int(top_n or solver["top_n"])
         self.tol, self.max_steps = float(solver["tol"]), int(solver["max_steps"])
-        self.net = SpecialistEnsembleModule(models[0], models[1:], self.clusters, len(artifact.classes),
-                                            top_n=self.top_n, steps=int(solver["module_steps"])).eval()
-        self.classes, self.input_shape, self.artifact = artifact.classes, artifact.input_shape, artifact
+        net = SpecialistEnsembleModule(models[0], models[1:], self.clusters, len(artifact.classes),
+                                       top_n=self.top_n, steps=int(solver["module_steps"]))
         settings = json.dumps({"top_n": self.top_n, "tol": self.tol, "max_steps": self.max_steps})
-        self.fingerprint = hashlib.sha256((artifact.fingerprint + settings).encode()).hexdigest()
-        self.description = (f"specialist-ensemble '{artifact.path}' (generalist {manifest['members'][0]['arch']} + "
-                            f"{len(self.clusters)} specialist(s), top-{self.top_n} gating)")
-        self.device = torch.device("cpu")
-
-    def module(self) -> nn.Module:
-        return self.net
-
-    def to(self, device):
-        self.device = torch.device(device)
-        self.net.to(self.device)
-        return self
+        super().__init__(net, kind=self.kind, classes=artifact.classes, input_shape=artifact.input_shape,
+                         fingerprint=hashlib.sha256((artifact.fingerprint + settings).encode()).hexdigest(),
+                         description=(f"specialist-ensemble '{artifact.path}' (generalist {manifest['members'][0]['arch']} + "
+                                      f"{len(self.clusters)} specialist(s), top-{self.top_n} gating)"),
+                         artifact=artifact)
 
     def _logits(self, x):
         x = x.reshape(len(x), *self.input_shape).to(self.device)

@@ -6,8 +6,8 @@ import functools
 
 import click
 
-from edgekd.clicommon import (common_options, data_options, echo_json, load_data, resolved_config,
-                              show_progress)
+from edgekd.clicommon import (cache_options, common_options, data_options, echo_json, load_data,
+                              resolved_config, show_progress)
 
 
 def teacher_options(func):
@@ -195,10 +195,7 @@ def distill_options(func):
                                                         "(their bias is then corrected on val).")
     @click.option("--baseline/--no-baseline", default=False, show_default=True,
                   help="Also train the student on hard labels with the same budget and seed.")
-    @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-                  help="Teacher-logit cache (default $EDGEKD_CACHE or ~/.cache/edgekd).")
-    @click.option("--no-cache", is_flag=True, help="Do not read or write the logit cache.")
-    @click.option("--refresh-cache", is_flag=True, help="Recompute the teacher logits and replace the cached ones.")
+    @cache_options
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)

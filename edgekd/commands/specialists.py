@@ -6,7 +6,8 @@ import functools
 
 import click
 
-from edgekd.clicommon import common_options, data_options, echo_json, load_data, resolved_config, show_progress
+from edgekd.clicommon import (cache_options, common_options, data_options, echo_json, load_data, resolved_config,
+                              show_progress)
 
 
 def _parse_clusters(value):
@@ -33,10 +34,7 @@ def cluster_options(func):
                        "specialists), or 'auto' (the K in 2..min(8, C-1) with the best silhouette).")
     @click.option("--cluster-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
                   help="Clustering uses softmax(z/T) of the generalist (T=1 is the paper's; a confident generalist needs ~4).")
-    @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-                  help="Teacher-logit cache (default $EDGEKD_CACHE or ~/.cache/edgekd).")
-    @click.option("--no-cache", is_flag=True, help="Do not read or write the logit cache.")
-    @click.option("--refresh-cache", is_flag=True, help="Recompute the generalist's logits and replace the cached ones.")
+    @cache_options
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)
