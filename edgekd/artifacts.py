@@ -198,8 +198,7 @@ def save_artifact(out_dir: str | Path, manifest: dict, tensor_files: dict[str, d
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise EdgekdError(f"Output folder '{out_dir}' already exists; pass --overwrite or choose another --out.")
-    if not out_dir.parent.is_dir():
-        raise EdgekdError(f"The parent folder of '{out_dir}' does not exist; create it first or choose another --out.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         extra = dict(extra_files or {})

@@ -51,7 +51,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
 
     out = Path(out)
     check_output_dir(out, overwrite=overwrite or resume)
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device).type
     data = load_dataset(config.data, val_fraction=config.val_fraction, train_limit=config.train_limit)
     timings, summary = {}, {"config": asdict(config), "data": data.describe()}

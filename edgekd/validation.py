@@ -45,8 +45,11 @@ def check_output_dir(path: str | Path, *, overwrite: bool) -> Path:
         raise EdgekdError(f"Output path '{path}' exists and is not a folder; choose another --out.")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise EdgekdError(f"Output folder '{path}' already exists and is not empty; pass --overwrite or choose another --out.")
-    if not path.parent.exists():
-        raise EdgekdError(f"The parent folder of '{path}' does not exist; create it first or choose another --out.")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent   # missing parent folders are created when the output is written
+    if not ancestor.is_dir():
+        raise EdgekdError(f"Output folder '{path}' cannot be created: '{ancestor}' is a file; choose another --out.")
     return path
 
 

@@ -63,7 +63,7 @@ CASES = [
     ("train negative width", lambda t, T, S: ["teacher", "train", "--arch", "cnn:width=-2", "--out", t / "o"], "must be > 0"),
     ("train bad hidden list", lambda t, T, S: ["teacher", "train", "--arch", "mlp:hidden=abc", "--out", t / "o"], "must look like 800-800"),
     ("train existing output", lambda t, T, S: ["teacher", "train", "--out", T], "already exists"),
-    ("train output parent missing", lambda t, T, S: ["teacher", "train", "--out", t / "a" / "b"], "does not exist"),
+    ("train output under a file", lambda t, T, S: ["teacher", "train", "--out", write(t, "f", "keep") / "b"], "is a file"),
     ("train config missing", lambda t, T, S: ["teacher", "train", "--config", t / "none.toml", "--out", t / "o"], "not found"),
     ("train config not TOML", lambda t, T, S: ["teacher", "train", "--config", write(t, "c.toml", "epochs = = 1"), "--out", t / "o"], "not valid TOML"),
     ("train config unknown key", lambda t, T, S: ["teacher", "train", "--config", write(t, "c.toml", "[teacher.train]\nepoks = 1\n"), "--out", t / "o"], "unknown option 'epoks'"),

@@ -28,7 +28,7 @@ def test_models_lists_registry(capsys):
 
 
 def test_end_to_end_teacher_distill_evaluate(capsys, tmp_path):
-    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    teacher, student = tmp_path / "runs" / "teacher", tmp_path / "student"  # missing parent folders are created
     code, out, err = run(capsys, "teacher", "train", "--arch", "cnn:width=4,fc=16", "--ensemble", "2", "--epochs", "2",
                          "--out", teacher, "--quiet")
     assert code == 0, err
