@@ -11,8 +11,6 @@ train split) and ``omit_classes`` with the bias correction for omitted classes, 
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from edgekd.losses import distillation_loss
 from edgekd.models import count_macs, count_parameters, create_model, format_arch, parse_arch
 from edgekd.teacher_training import cross_entropy_loss, supervised_batches
 from edgekd.teachers import Teacher, check_teacher_fits
-from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, epoch_generator, fit,
+from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit,
                              jitter_shifts, predict_logits)
 from edgekd.validation import check_in_range, check_int_at_least, check_positive, parse_limit
 

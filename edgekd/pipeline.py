@@ -3,7 +3,6 @@ export -> benchmark, with a Markdown and JSON summary in the output folder."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from edgekd.artifacts import write_json_atomic
 from edgekd.errors import EdgekdError, TrainingError
-from edgekd.validation import check_in_range, check_int_at_least, check_positive
+from edgekd.validation import check_int_at_least, check_positive
 
 
 class Interrupted(EdgekdError):
@@ -298,12 +298,11 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
         _restore_optimizer(optimizer, tensors, meta["optimizer"])
         torch.set_rng_state(tensors["rng_state"])
         position = meta["position"]
-    sampler_size = n_train
     with _stop_on_signals() as stop:
         while position["epoch"] < config.epochs:
             epoch = position["epoch"]
             generator = epoch_generator(config.seed, epoch)
-            order = torch.randperm(sampler_size, generator=generator)
+            order = torch.randperm(n_train, generator=generator)
             model.train()
             started = time.perf_counter()
             batches = range(position["batch"], steps_per_epoch)

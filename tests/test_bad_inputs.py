@@ -1,7 +1,6 @@
 """Issue 6's sweep: bad invocations across every command. Each exits 2 with one line on stderr, no
 traceback, and leaves every existing file as it was (and writes no output)."""
 
-import json
 import shutil
 
 import numpy as np
