@@ -51,6 +51,7 @@ class BenchConfig:
     probe_seconds: float = 0.3  # peak GEMM probe per thread count
     split: str = "test"
     check_samples: int = 256  # samples compared across runtimes (parity)
+    device: str = "cpu"  # where the PyTorch rows run ("cpu" or "cuda"); every other runtime is a CPU runtime
 
     def __post_init__(self):
         from edgekd.validation import check_choice, check_int_at_least, check_positive
@@ -156,7 +157,7 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
     names = unique_names([p for _, p in parsed], [n for n, _ in parsed])
     threads = config.thread_counts()
     runtime_names = config.runtimes or parse_runtimes(None)
-    runtimes, runtime_records = _open_runtimes(runtime_names)
+    runtimes, runtime_records = _open_runtimes(runtime_names, config.device)
     rows, parity = [], []
     entries = [_describe(name, path, rows) for name, (_, path) in zip(names, parsed)]
 
@@ -191,14 +192,15 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
                        wall_seconds=round(time.perf_counter() - started, 2))
 
 
-def _open_runtimes(names):
+def _open_runtimes(names, device: str = "cpu"):
     runtimes, records = {}, {}
     for name in names:
         entry = get_runtime(name)
         record = {"name": name, "formats": list(entry.formats), "settings": entry.description}
         try:
             runtimes[name] = entry.cls()
-            record.update(available=True, version=runtimes[name].version(), reason=None)
+            runtimes[name].place(device)
+            record.update(available=True, version=runtimes[name].version(), reason=None, device=runtimes[name].device)
         except RuntimeUnavailable as exc:
             record.update(available=False, version=None, reason=str(exc))
         records[name] = record
@@ -388,7 +390,8 @@ def _measure(entries, runners, floor_runners, batch, threads, config: BenchConfi
         compute = macs * batch * 2 / peak_flops * 1e3 if macs else None
         runtime_floor = floor_p50.get(runtime)
         floor = compute + (runtime_floor or 0.0) if compute is not None else None
-        rows.append({"model": model, "runtime": runtime, "batch_size": batch, "threads": threads, "status": "ok",
+        rows.append({"model": model, "runtime": runtime, "device": runners[(model, runtime)].device,
+                     "batch_size": batch, "threads": threads, "status": "ok",
                      **stats, "compute_floor_ms": compute, "runtime_floor_ms": runtime_floor, "floor_ms": floor,
                      "latency_over_floor": stats["p50_ms"] / floor if floor else None, "speedup": None, "error": None})
 

@@ -266,7 +266,8 @@ def _method_section(data: dict) -> list[str]:
              "int8 kernels can beat it). Runtime floor = p50 of an identity graph on that runtime "
              f"(timed {cfg['floor_seconds']} s alongside the models). p50 / floor uses their sum.",
              "- Runtime settings:"]
-    lines += [f"  - {r['name']} {r['version'] or ''}: {r['settings']}" + ("" if r["available"] else f" (unavailable: {r['reason']})")
+    lines += [f"  - {r['name']} {r['version'] or ''} on {r.get('device', 'cpu')}: {r['settings']}"
+              + ("" if r["available"] else f" (unavailable: {r['reason']})")
               for r in data["runtimes"]]
     return lines
 

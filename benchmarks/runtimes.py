@@ -95,6 +95,7 @@ class Runner:
     """One loaded model (or identity graph) at one thread count."""
 
     threads: int = 1
+    device: str = "cpu"
 
     def activate(self):
         return contextlib.nullcontext()
@@ -114,9 +115,14 @@ class Runtime:
     """Base class; subclasses are registered with ``@register_runtime``."""
 
     name = "runtime"
+    device = "cpu"   # where this runtime's rows run; only PyTorch can be placed elsewhere
 
     def __init__(self):
         self._import()
+
+    def place(self, device: str) -> None:
+        """Run on ``device`` where the runtime can; the CPU runtimes stay on the CPU (``bench --device``
+        applies to the PyTorch rows only)."""
 
     def _import(self):
         """Import the runtime's module; raise ``RuntimeUnavailable`` with the reason if it cannot be."""
@@ -157,17 +163,22 @@ class TorchRuntime(Runtime):
         module = teacher.module()
         if module is None:
             raise RuntimeUnavailable(f"'{path}' has no PyTorch module to run")
-        return _TorchRunner(module.eval(), threads)
+        return _TorchRunner(module.eval(), threads, self.device)
 
     def identity(self, identity_onnx, threads):
         import torch
 
-        return _TorchRunner(torch.nn.Identity(), threads)
+        return _TorchRunner(torch.nn.Identity(), threads, self.device)
+
+    def place(self, device: str) -> None:
+        from edgekd.device import resolve_device
+
+        self.device = resolve_device(device).type
 
 
 class _TorchRunner(Runner):
-    def __init__(self, module, threads):
-        self.module, self.threads = module, threads
+    def __init__(self, module, threads, device: str = "cpu"):
+        self.module, self.threads, self.device = module.to(device), threads, device
 
     @contextlib.contextmanager
     def activate(self):
@@ -184,11 +195,17 @@ class _TorchRunner(Runner):
     def bind(self, x):
         import torch
 
-        tensor, module = torch.from_numpy(x), self.module
+        tensor, module = torch.from_numpy(x).to(self.device), self.module
+        if self.device == "cuda":   # time the kernels, not their launch: wait for the result on every call
+            def run():
+                out = module(tensor)
+                torch.cuda.synchronize()
+                return out
+            return run
         return lambda: module(tensor)
 
     def _output(self, result):
-        return result.float().numpy()
+        return result.float().cpu().numpy()
 
 
 # --- onnxruntime --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import os
 import struct
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,6 +83,21 @@ class Dataset:
             digest.update(y.contiguous().numpy().tobytes())
             self._fingerprints[split] = digest.hexdigest()
         return self._fingerprints[split]
+
+    @property
+    def device(self) -> "torch.device":
+        return self.x_train.device
+
+    def to(self, device) -> "Dataset":
+        """Every split on ``device`` (copies pinned and non-blocking from the host to a GPU). The
+        fingerprints (sha256 of the host bytes) are computed first and carried over."""
+        from edgekd.device import to_device
+
+        for split in ("train", "val", "test"):
+            self.fingerprint(split)
+        moved = {f"{kind}_{split}": to_device(getattr(self, f"{kind}_{split}"), device)
+                 for split in ("train", "val", "test") for kind in "xy"}
+        return dataclasses.replace(self, **moved, _fingerprints=self._fingerprints)
 
     def describe(self) -> dict:
         return {

@@ -20,6 +20,7 @@ import torch
 from edgekd.artifacts import save_artifact
 from edgekd.cache import LogitCache, cache_key
 from edgekd.data import Dataset, stratified_subset_indices
+from edgekd.device import place_dataset, resolve_device
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.losses import distillation_loss
 from edgekd.models import count_macs, count_parameters, create_model, format_arch, parse_arch
@@ -93,7 +94,7 @@ def teacher_logits(teacher: Teacher, data: Dataset, split: str, cache: LogitCach
     """The teacher's raw logits on a split, from the cache when the teacher and data are unchanged."""
     x, _ = data.split(split)
     key = cache_key("logits", teacher.fingerprint, data.fingerprint(split))
-    return cache.get_or_compute(key, lambda: sharded_logits(teacher, x, dist), refresh=refresh, dist=dist)
+    return cache.get_or_compute(key, lambda: sharded_logits(teacher, x, dist), refresh=refresh, dist=dist).to(x.device)
 
 
 def sharded_logits(teacher: Teacher, x: torch.Tensor, dist=None) -> torch.Tensor:
@@ -121,14 +122,14 @@ def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int
         key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), f"{pixels}:{VIEW_SEED + v}" if v else "0")
         outs.append(cache.get_or_compute(key, lambda v=v: sharded_logits(teacher, apply_shifts(data.x_train, shifts[v], pixels), dist),
                                          refresh=refresh, dist=dist))
-    return torch.stack(outs), shifts
+    return torch.stack([o.to(data.device) for o in outs]), shifts.to(data.device)
 
 
 # --- the transfer set ------------------------------------------------------------------------------
 
 def transfer_indices(data: Dataset, limit, omit_classes, seed: int) -> np.ndarray:
     """Indices into the train split: omitted classes removed, then a stratified subset of ``limit``."""
-    y = data.y_train.numpy()
+    y = data.y_train.cpu().numpy()
     for c in omit_classes:
         if not 0 <= c < data.num_classes:
             raise ConfigError(f"The 'omit_classes' parameter must hold classes in [0, {data.num_classes - 1}]. Got {c} instead.")
@@ -152,7 +153,7 @@ def _distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher
             return xb, yb, teacher_online.logits(xb)
         if views_shifts is None:
             return xb, yb, logits[indices]
-        view = torch.randint(0, logits.shape[0], (len(indices),), generator=generator)
+        view = torch.randint(0, logits.shape[0], (len(indices),), generator=generator, device=generator.device)
         xb = apply_shifts(xb, views_shifts[view, indices], pixels)
         return xb, yb, logits[view, indices]
     return make_batch
@@ -199,7 +200,9 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     check_teacher_fits(teacher, data)
     arch, options = parse_arch(config.student)
     create_model(arch, data.input_shape, data.num_classes, options=options)  # a bad student fails before anything is written
-    idx = torch.from_numpy(transfer_indices(data, config.transfer_limit, config.omit_classes, train_cfg.seed))
+    device = dist.device if dist is not None else resolve_device(train_cfg.device)
+    data, teacher = place_dataset(data, device), teacher.to(device)
+    idx = torch.from_numpy(transfer_indices(data, config.transfer_limit, config.omit_classes, train_cfg.seed)).to(data.device)
     x, y = data.x_train[idx], data.y_train[idx]
     pixels = train_cfg.jitter if len(data.input_shape) == 3 else 0
     if pixels and config.views == 0:
@@ -215,7 +218,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
 
     def new_student(seed):
         torch.manual_seed(seed)
-        model = create_model(arch, data.input_shape, data.num_classes, mean=data.mean, std=data.std, options=options)
+        model = create_model(arch, data.input_shape, data.num_classes, mean=data.mean, std=data.std, options=options).to(device)
         if dist is not None:
             dist.broadcast_parameters(model)
         return model
@@ -224,12 +227,13 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     temperature, alpha = search["temperature"], search["alpha"]
     student = new_student(train_cfg.seed)
     fitted = fit(student, n_train=len(idx), make_batch=make_batch, loss_fn=_distill_loss(temperature, alpha),
-                 val=val, config=train_cfg, store=store, name="student", progress=progress, dist=dist)
+                 val=val, config=train_cfg, store=store, name="student", progress=progress, dist=dist, data_device=data.device)
     baseline = base_fit = None
     if config.baseline:
         baseline = new_student(train_cfg.seed)
         base_fit = fit(baseline, n_train=len(idx), make_batch=supervised_batches(x, y, pixels), loss_fn=cross_entropy_loss,
-                       val=val, config=train_cfg, store=store, name="baseline", progress=progress, dist=dist)
+                       val=val, config=train_cfg, store=store, name="baseline", progress=progress, dist=dist,
+                       data_device=data.device)
     omitted = {}
     if config.omit_classes:
         omitted = _correct_omitted(student, data, config.omit_classes)
@@ -291,7 +295,7 @@ def _search(config: DistillConfig, new_student, make_batch, n_train, val, store,
             name = f"search-T{temperature:g}-a{alpha:g}"
             fitted = fit(new_student(short.seed), n_train=n_train, make_batch=make_batch,
                          loss_fn=_distill_loss(temperature, alpha), val=val, config=short, store=store,
-                         name=name, progress=progress, dist=dist)
+                         name=name, progress=progress, dist=dist, data_device=val[0].device)
             candidates.append({"temperature": temperature, "alpha": alpha, "epochs": budget,
                                "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll})
     best = max(candidates, key=lambda c: (c["val_accuracy"], -c["val_nll"]))
@@ -300,14 +304,14 @@ def _search(config: DistillConfig, new_student, make_batch, n_train, val, store,
 
 def _correct_omitted(model, data: Dataset, omitted) -> dict:
     """Fit the omitted classes' bias on val, apply it to ``model``, report test errors before/after."""
-    mask = torch.isin(data.y_test, torch.tensor(list(omitted)))
+    mask = torch.isin(data.y_test, torch.tensor(list(omitted), device=data.y_test.device))
 
     def errors():
         wrong = predict_logits(model, data.x_test).argmax(1) != data.y_test
         return int(wrong.sum()), int(wrong[mask].sum())
 
     before, before_omitted = errors()
-    bias = fit_omitted_bias(predict_logits(model, data.x_val), data.y_val, omitted)
+    bias = fit_omitted_bias(predict_logits(model, data.x_val).cpu(), data.y_val.cpu(), omitted)
     add_output_bias(model, omitted, bias)
     after, after_omitted = errors()
     n = len(data.y_test)

@@ -38,6 +38,7 @@ class Context:
     def broadcast_parameters(self, model: torch.nn.Module) -> None:
         import torch.distributed as dist
 
+        model.to(self.device)   # nccl broadcasts GPU tensors only
         for tensor in list(model.parameters()) + list(model.buffers()):
             dist.broadcast(tensor.data, src=0)
 
@@ -46,11 +47,12 @@ class Context:
         import torch.distributed as dist
 
         per = -(-total // self.world_size)
-        padded = torch.zeros((per, *local.shape[1:]), dtype=local.dtype)
-        padded[:len(local)] = local
+        # nccl moves only GPU tensors: the exchange happens on this rank's device, the rows come back where they were
+        padded = torch.zeros((per, *local.shape[1:]), dtype=local.dtype, device=self.device)
+        padded[:len(local)] = local.to(self.device)
         gathered = [torch.zeros_like(padded) for _ in range(self.world_size)]
         dist.all_gather(gathered, padded)
-        return torch.cat(gathered)[:total]
+        return torch.cat(gathered)[:total].to(local.device)
 
     def shard_range(self, total: int) -> tuple[int, int]:
         per = -(-total // self.world_size)
@@ -59,7 +61,7 @@ class Context:
     def all_true(self, flag: bool) -> bool:
         import torch.distributed as dist
 
-        value = torch.tensor([1 if flag else 0])
+        value = torch.tensor([1 if flag else 0], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
         return bool(value.item())
 
@@ -76,12 +78,13 @@ def context_from_env(device: str = "auto") -> Context | None:
         return None
     import torch.distributed as dist
 
-    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    from edgekd.device import resolve_device
+
+    use_cuda = resolve_device(device).type == "cuda"
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    if use_cuda:
+        torch.cuda.set_device(local)   # before the process group, so nccl binds this rank to its GPU
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     rank = dist.get_rank()
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        torch.cuda.set_device(local)
-        return Context(rank, world, torch.device("cuda", local))
-    return Context(rank, world, torch.device("cpu"))
+    return Context(rank, world, torch.device("cuda", local) if use_cuda else torch.device("cpu"))

@@ -58,10 +58,10 @@ def evaluate(model: Teacher, data: Dataset, *, split: str = "test", reference: T
     """Evaluate ``model`` (anything ``load_teacher`` accepts) on a split of ``data``."""
     check_teacher_fits(model, data, name="Model")
     x, y = data.split(split)
-    logits = model.logits(x)
+    logits, y = model.logits(x).cpu(), y.cpu()   # the metrics are computed on the host, wherever the model ran
     agreement = None
     if reference is not None:
         check_teacher_fits(reference, data)
-        agreement = float((reference.logits(x).argmax(1) == logits.argmax(1)).float().mean())
+        agreement = float((reference.logits(x).cpu().argmax(1) == logits.argmax(1)).float().mean())
     return EvalResult(model=model.description, data=data.spec, split=split, agreement=agreement,
                       **metrics_from_logits(logits, y, data.classes))

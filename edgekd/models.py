@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from edgekd.device import module_device
 from edgekd.errors import ConfigError
 
 _REGISTRY: dict[str, "ArchEntry"] = {}
@@ -212,7 +213,7 @@ def count_macs(model: nn.Module, input_shape) -> int:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros((1, *input_shape)))
+            model(torch.zeros((1, *input_shape), device=module_device(model)))
     finally:
         model.train(was_training)
         for hook in hooks:

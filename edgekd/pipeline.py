@@ -46,7 +46,8 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     from edgekd.evaluate import evaluate
     from edgekd.teacher_training import TeacherConfig, train_teachers
     from edgekd.teachers import load_teacher
-    from edgekd.training import TrainConfig, resolve_device
+    from edgekd.device import resolve_device
+    from edgekd.training import TrainConfig
 
     out = Path(out)
     check_output_dir(out, overwrite=overwrite or resume)
@@ -71,7 +72,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
                             train=TrainConfig(epochs=config.teacher_epochs, lr=2e-3, jitter=config.jitter,
                                               seed=config.seed, device=device)),
         p, overwrite=True, resume=resume, progress=progress, config_record=config_record))
-    teacher = load_teacher(teacher_dir)
+    teacher = load_teacher(teacher_dir).to(device)
     summary["teacher"] = _model_summary(evaluate(teacher, data), teacher)
 
     teacher, summary["distilled_from"] = _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage,
@@ -82,8 +83,8 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
                                 views=4 if config.jitter else 0, baseline=True)
     stage("distill", student_dir, lambda p: distill(teacher, data, distill_cfg, p, cache=cache, overwrite=True,
                                                     resume=resume, progress=progress, config_record=config_record))
-    student = load_teacher(student_dir)
-    baseline = load_teacher(student_dir / "baseline")
+    student = load_teacher(student_dir).to(device)
+    baseline = load_teacher(student_dir / "baseline").to(device)
     manifest = student.artifact.manifest
     summary["distill"] = {"temperature": manifest["config"]["temperature"], "alpha": manifest["config"]["alpha"],
                           "search": manifest.get("search", []), "gap_closed": manifest["metrics"]["gap_closed"]}
@@ -116,18 +117,20 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
                        config_record, echo):
     """Build the specialist ensemble (member 0 as generalist); distil from whichever teacher, the
     ensemble or the specialist ensemble, is more accurate on *val* (never test)."""
+    from edgekd.device import resolve_device
     from edgekd.evaluate import evaluate
     from edgekd.teachers import load_teacher
 
+    device = resolve_device(config.device).type
     if "specialists" in config.skip:
         return teacher, "teacher"
     from specialists.build import build_for_pipeline
 
     spec_dir = out / "specialists"
     stage("specialists", spec_dir, lambda p: build_for_pipeline(teacher_dir, data, p, cache=cache, seed=config.seed,
-                                                                resume=resume, progress=progress,
+                                                                device=device, resume=resume, progress=progress,
                                                                 config_record=config_record))
-    spec = load_teacher(spec_dir)
+    spec = load_teacher(spec_dir).to(device)
     summary["specialists"] = _model_summary(evaluate(spec, data), spec)
     summary["specialists"]["clusters"] = spec.artifact.manifest.get("clusters")
     val_teacher = evaluate(teacher, data, split="val").accuracy

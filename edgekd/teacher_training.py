@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from edgekd.artifacts import save_artifact
 from edgekd.data import Dataset
+from edgekd.device import place_dataset, resolve_device
 from edgekd.models import count_macs, count_parameters, create_model, parse_arch
 from edgekd.teachers import EnsembleModule
 from edgekd.training import RunStore, TrainConfig, apply_shifts, fit, jitter_shifts, predict_logits, accuracy_and_nll
@@ -63,18 +64,21 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
     started = time.perf_counter()
     name, options = parse_arch(config.arch)
     create_model(name, data.input_shape, data.num_classes, options=options)  # a bad architecture fails before anything is written
+    device = dist.device if dist is not None else resolve_device(config.train.device)
+    data = place_dataset(data, device)
     store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0)
     members, member_acc, per_epoch = [], [], []
     for index in range(config.ensemble):
         seed = config.train.seed + index
         torch.manual_seed(seed)
-        model = create_model(name, data.input_shape, data.num_classes, mean=data.mean, std=data.std, options=options)
+        model = create_model(name, data.input_shape, data.num_classes, mean=data.mean, std=data.std,
+                             options=options).to(device)
         if dist is not None:
             dist.broadcast_parameters(model)
         member_cfg = TrainConfig(**{**asdict(config.train), "seed": seed})
         result = fit(model, n_train=len(data.y_train), make_batch=supervised_batches(data.x_train, data.y_train, member_cfg.jitter),
                      loss_fn=cross_entropy_loss, val=(data.x_val, data.y_val), config=member_cfg, store=store,
-                     name=f"member-{index}", progress=progress, dist=dist)
+                     name=f"member-{index}", progress=progress, dist=dist, data_device=data.device)
         model.eval()
         members.append(model)
         member_acc.append(accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0])

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from edgekd.artifacts import Artifact, is_artifact, load_artifact, sha256_file
+from edgekd.device import module_device
 from edgekd.errors import TeacherError
 
 COMBINE_RULES = ("logits", "probs")
@@ -86,6 +87,7 @@ class Teacher:
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+        """float32 logits of raw inputs ``x``, returned on ``x``'s device (computed where the teacher lives)."""
         chunks = [self._logits(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return torch.cat(chunks).float() if chunks else torch.zeros((0, self.num_outputs(x)))
 
@@ -104,7 +106,7 @@ class ModuleTeacher(Teacher):
         self.net = net.eval()
         self.kind, self.classes, self.input_shape = kind, tuple(classes), tuple(input_shape)
         self.fingerprint, self.description, self.artifact = fingerprint, description, artifact
-        self.device = torch.device("cpu")
+        self.device = module_device(self.net)
 
     def module(self) -> nn.Module:
         return self.net
@@ -115,7 +117,7 @@ class ModuleTeacher(Teacher):
         return self
 
     def _logits(self, x):
-        return self.net(x.reshape(len(x), *self.input_shape).to(self.device)).float().cpu()
+        return self.net(x.reshape(len(x), *self.input_shape).to(self.device, non_blocking=True)).float().to(x.device)
 
 
 class OnnxTeacher(Teacher):
@@ -153,7 +155,7 @@ class OnnxTeacher(Teacher):
         self.path = path
 
     def _feed(self, x: torch.Tensor):
-        x = self.transform.apply(x.float())
+        x = self.transform.apply(x.float().cpu())   # onnxruntime runs on the host
         if any(d is not None for d in self.declared):
             wanted = math.prod(d for d in self.declared if d is not None)
             if None not in self.declared and wanted != math.prod(x.shape[1:]):
@@ -176,7 +178,7 @@ class OnnxTeacher(Teacher):
         if not isinstance(out, np.ndarray) or out.ndim != 2 or out.dtype.kind != "f":
             raise TeacherError(f"ONNX teacher output '{self.output}' must be a float (N, classes) tensor; "
                                f"pick another with --teacher-output (a classifier's 'probabilities', with zipmap off).")
-        return _as_logits(torch.from_numpy(np.array(out, dtype=np.float32)))
+        return _as_logits(torch.from_numpy(np.array(out, dtype=np.float32))).to(x.device)
 
 
 class TorchScriptTeacher(Teacher):
@@ -196,7 +198,9 @@ class TorchScriptTeacher(Teacher):
         self._flatten: bool | None = None
 
     def _logits(self, x):
-        x = self.transform.apply(x.float())
+        return self._run(self.transform.apply(x.float().cpu())).to(x.device)   # the module stays on the host
+
+    def _run(self, x):
         if self._flatten is None:
             try:
                 out = self.net(x)

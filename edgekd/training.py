@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from edgekd.artifacts import write_json_atomic
 from edgekd.errors import EdgekdError, TrainingError
-from edgekd.validation import check_int_at_least, check_positive
+from edgekd.device import PRECISIONS, autocast, module_device, resolve_device, to_device
+from edgekd.validation import check_choice, check_int_at_least, check_positive
 
 
 class Interrupted(EdgekdError):
@@ -50,7 +51,8 @@ class TrainConfig:
     patience: int = 0          # epochs without val improvement before stopping; 0 = never stop early
     jitter: int = 0            # random shifts of up to this many pixels (paper section 3)
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"        # "auto" | "cpu" | "cuda": resolved once, in edgekd.device
+    precision: str = "fp32"    # "fp32" | "bf16" (autocast of the forward pass and loss)
 
     def __post_init__(self):
         check_int_at_least("epochs", self.epochs, 1)
@@ -60,6 +62,7 @@ class TrainConfig:
         check_int_at_least("patience", self.patience, 0)
         check_int_at_least("jitter", self.jitter, 0)
         check_int_at_least("seed", self.seed, 0)
+        check_choice("precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -74,24 +77,16 @@ class FitResult:
     checkpoint_seconds: float = 0.0      # total time spent writing checkpoints
 
 
-# --- device, seeding -----------------------------------------------------------------------------
+# --- seeding ------------------------------------------------------------------------------------
+# Generators live on the device of the data they index, so a resident data set is shuffled and
+# jittered on the GPU; on the CPU the streams are the same as ever (bit-exact resume).
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EdgekdError("The 'device' parameter is 'cuda' but no CUDA device is available; use --device cpu or auto.")
-    if name not in ("cpu", "cuda"):
-        raise EdgekdError(f"The 'device' parameter must be one of 'auto', 'cpu', 'cuda'. Got {name!r} instead.")
-    return torch.device(name)
+def epoch_generator(seed: int, epoch: int, device=None) -> torch.Generator:
+    return torch.Generator(device=device or "cpu").manual_seed(seed * 100_003 + epoch)
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
-
-
-def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000_033 + step + 1)
+def step_generator(seed: int, epoch: int, step: int, device=None) -> torch.Generator:
+    return torch.Generator(device=device or "cpu").manual_seed((seed * 100_003 + epoch) * 1_000_033 + step + 1)
 
 
 def one_cycle_lr(step: int, total: int, max_lr: float, warmup: float = 0.2) -> float:
@@ -104,8 +99,8 @@ def one_cycle_lr(step: int, total: int, max_lr: float, warmup: float = 0.2) -> f
 
 
 def jitter_shifts(n: int, pixels: int, generator: torch.Generator) -> torch.Tensor:
-    """(n, 2) integer shifts (dy, dx) uniform in [-pixels, pixels]."""
-    return torch.randint(-pixels, pixels + 1, (n, 2), generator=generator)
+    """(n, 2) integer shifts (dy, dx) uniform in [-pixels, pixels], on the generator's device."""
+    return torch.randint(-pixels, pixels + 1, (n, 2), generator=generator, device=generator.device)
 
 
 def apply_shifts(x: torch.Tensor, shifts: torch.Tensor, pixels: int) -> torch.Tensor:
@@ -113,10 +108,11 @@ def apply_shifts(x: torch.Tensor, shifts: torch.Tensor, pixels: int) -> torch.Te
     if pixels == 0 or x.dim() != 4:
         return x
     n, _, height, width = x.shape
+    shifts = shifts.to(x.device)
     padded = F.pad(x, (pixels, pixels, pixels, pixels))
-    rows = torch.arange(height)[None, :] + pixels - shifts[:, 0:1]
-    cols = torch.arange(width)[None, :] + pixels - shifts[:, 1:2]
-    batch = torch.arange(n)[:, None, None]
+    rows = torch.arange(height, device=x.device)[None, :] + pixels - shifts[:, 0:1]
+    cols = torch.arange(width, device=x.device)[None, :] + pixels - shifts[:, 1:2]
+    batch = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
 
@@ -251,13 +247,16 @@ def _restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
 # --- evaluation helpers --------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int = 1024, device="cpu") -> torch.Tensor:
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+    """The model's float32 logits on ``x``, computed on the model's device, returned on ``x``'s device."""
     model.eval()
-    outs = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(outs) if outs else torch.zeros((0, 0))
+    device = module_device(model)
+    outs = [model(x[i:i + batch_size].to(device, non_blocking=True)).float() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs).to(x.device) if outs else torch.zeros((0, 0), device=x.device)
 
 
 def accuracy_and_nll(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    y = y.to(logits.device)
     return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
 
 
@@ -269,14 +268,17 @@ LossFn = Callable[[torch.Tensor, tuple], torch.Tensor]             # (student lo
 
 def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: LossFn,
         val: tuple[torch.Tensor, torch.Tensor], config: TrainConfig, store: RunStore | None, name: str,
-        progress: bool = False, dist=None) -> FitResult:
+        progress: bool = False, dist=None, data_device=None) -> FitResult:
     """Train ``model`` for ``config.epochs``; keep the weights of the best val epoch.
 
     ``make_batch(indices, generator, epoch)`` returns a tuple whose first element is the model input;
     ``loss_fn(outputs, batch)`` returns the scalar loss. ``dist`` (edgekd.distributed.Context) shards
-    each batch over ranks and averages gradients.
+    each batch over ranks and averages gradients. ``data_device`` is where the training data lives
+    (the shuffling and per-step generators are made there); batches are moved to the training
+    device. The loss is summed on the device and read once per epoch: no host synchronisation per step.
     """
-    device = resolve_device(config.device)
+    device = dist.device if dist is not None else resolve_device(config.device)
+    data_device = torch.device(data_device or "cpu")
     model.to(device)
     if store is not None:
         done = store.load(name, "done")
@@ -288,66 +290,49 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
     total_steps = config.epochs * steps_per_epoch
     position = {"epoch": 0, "batch": 0, "step": 0, "best_key": None, "best_epoch": -1, "stale": 0,
-                "history": [], "train_seconds": 0.0, "epochs_timed": 0}
+                "history": [], "train_seconds": 0.0, "epochs_timed": 0, "loss_sum": 0.0, "loss_steps": 0}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.manual_seed(config.seed)
     if store is not None and (ckpt := store.load(name, "ckpt")) is not None:
-        tensors, meta = ckpt
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        best_state = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
-        _restore_optimizer(optimizer, tensors, meta["optimizer"])
-        torch.set_rng_state(tensors["rng_state"])
-        position = meta["position"]
+        best_state, position = _restore(ckpt, model, optimizer, position)
     with _stop_on_signals() as stop:
         while position["epoch"] < config.epochs:
             epoch = position["epoch"]
-            generator = epoch_generator(config.seed, epoch)
-            order = torch.randperm(n_train, generator=generator)
+            order = torch.randperm(n_train, generator=epoch_generator(config.seed, epoch, data_device), device=data_device)
             model.train()
             started = time.perf_counter()
-            batches = range(position["batch"], steps_per_epoch)
-            bar = _progress_bar(batches, progress, f"{name} epoch {epoch + 1}/{config.epochs}")
+            loss_sum = torch.tensor(position["loss_sum"], device=device)
+            bar = _progress_bar(range(position["batch"], steps_per_epoch), progress, f"{name} epoch {epoch + 1}/{config.epochs}")
             for batch_index in bar:
                 indices = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
                 # a generator per step (jitter, view choice): a run resumed mid-epoch draws the same numbers
-                batch = make_batch(indices, step_generator(config.seed, epoch, batch_index), epoch)
+                batch = make_batch(indices, step_generator(config.seed, epoch, batch_index, data_device), epoch)
                 if dist is not None:
                     batch = dist.shard_batch(batch)
-                batch = tuple(t.to(device) if torch.is_tensor(t) else t for t in batch)
+                batch = tuple(to_device(t, device) if torch.is_tensor(t) else t for t in batch)
                 for group in optimizer.param_groups:
                     group["lr"] = one_cycle_lr(position["step"], total_steps, config.lr)
-                loss = loss_fn(model(batch[0]), batch)
-                if not torch.isfinite(loss):
-                    where = f"'{store.path}'" if store is not None else "memory"
-                    raise TrainingError(f"Non-finite loss ({float(loss)}) in '{name}' at epoch {epoch + 1}, step {batch_index + 1}; "
-                                        f"the last good checkpoint is kept in {where}; lower --lr or check the data for NaN/Inf.")
+                with autocast(device, config.precision):
+                    loss = loss_fn(model(batch[0]), batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if dist is not None:
                     dist.average_gradients(model)
                 optimizer.step()
+                loss_sum += loss.detach().float()
                 position["step"] += 1
                 position["batch"] = batch_index + 1
+                position["loss_steps"] += 1
                 if stop.signal_name is not None:
+                    position["loss_sum"] = _finite_loss_sum(loss_sum, position, name, store)
                     position["train_seconds"] += time.perf_counter() - started
                     _checkpoint(store, name, model, best_state, optimizer, position)
                     where = f" in '{store.path}'" if store is not None else ""
                     raise Interrupted(f"Stopped by {stop.signal_name}; checkpoint saved{where}; rerun the same command with --resume to continue.")
+            epoch_loss = _finite_loss_sum(loss_sum, position, name, store) / max(1, position["loss_steps"])
             position["train_seconds"] += time.perf_counter() - started
             position["epochs_timed"] += 1
-            val_acc, val_nll = accuracy_and_nll(predict_logits(model, val[0], device=device), val[1])
-            key = (val_acc, -val_nll)
-            improved = position["best_key"] is None or tuple(key) > tuple(position["best_key"])
-            if improved:
-                position["best_key"], position["best_epoch"], position["stale"] = list(key), epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                position["stale"] += 1
-            position["history"].append({"epoch": epoch + 1, "loss": float(loss.detach()), "val_accuracy": val_acc, "val_nll": val_nll})
-            position["epoch"], position["batch"] = epoch + 1, 0
-            stop_early = config.patience and position["stale"] >= config.patience
-            if stop_early:
-                position["epoch"] = config.epochs
+            best_state = _end_epoch(model, val, position, best_state, epoch_loss, config)
             tick = time.perf_counter()
             _checkpoint(store, name, model, best_state, optimizer, position)
             position["checkpoint_seconds"] = position.get("checkpoint_seconds", 0.0) + time.perf_counter() - tick
@@ -362,6 +347,46 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
     return FitResult(state=best_state, **result)
 
 
+def _finite_loss_sum(loss_sum: torch.Tensor, position: dict, name: str, store) -> float:
+    """The loss summed so far this epoch, read from the device (the one synchronisation of an epoch);
+    a non-finite sum stops the run and keeps the last good checkpoint."""
+    value = float(loss_sum)
+    if not math.isfinite(value):
+        where = f"'{store.path}'" if store is not None else "memory"
+        raise TrainingError(f"Non-finite loss ({value}) in '{name}' during epoch {position['epoch'] + 1}; the last good "
+                            f"checkpoint is kept in {where}; lower --lr or check the data for NaN/Inf.")
+    return value
+
+
+def _end_epoch(model, val, position: dict, best_state: dict, epoch_loss: float, config: TrainConfig) -> dict:
+    """Score the epoch on val, keep the best weights, record the history; returns the best state."""
+    epoch = position["epoch"]
+    val_acc, val_nll = accuracy_and_nll(predict_logits(model, val[0]), val[1])
+    key = (val_acc, -val_nll)
+    if position["best_key"] is None or tuple(key) > tuple(position["best_key"]):
+        position["best_key"], position["best_epoch"], position["stale"] = list(key), epoch, 0
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        position["stale"] += 1
+    position["history"].append({"epoch": epoch + 1, "loss": epoch_loss, "val_accuracy": val_acc, "val_nll": val_nll})
+    position.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_steps=0)
+    if config.patience and position["stale"] >= config.patience:
+        position["epoch"] = config.epochs
+    return best_state
+
+
+def _restore(ckpt, model, optimizer, position: dict) -> tuple[dict, dict]:
+    """Weights, optimizer, RNG state and loop position from a checkpoint; returns (best state, position)."""
+    tensors, meta = ckpt
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    best_state = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    _restore_optimizer(optimizer, tensors, meta["optimizer"])
+    torch.set_rng_state(tensors["rng_state"])
+    if "cuda_rng_state" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda_rng_state"])
+    return best_state, {**position, **meta["position"]}
+
+
 def _checkpoint(store, name, model, best_state, optimizer, position) -> None:
     if store is None:
         return
@@ -369,6 +394,8 @@ def _checkpoint(store, name, model, best_state, optimizer, position) -> None:
     tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
                **{f"best.{k}": v for k, v in best_state.items()},
                **opt_tensors, "rng_state": torch.get_rng_state()}
+    if module_device(model).type == "cuda":   # dropout masks on the GPU come from its own generator
+        tensors["cuda_rng_state"] = torch.cuda.get_rng_state()
     store.save(name, "ckpt", tensors, {"position": position, "optimizer": opt_meta})
 
 

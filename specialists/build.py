@@ -22,6 +22,7 @@ import torch
 from edgekd.artifacts import load_artifact, save_artifact
 from edgekd.cache import LogitCache
 from edgekd.data import Dataset
+from edgekd.device import module_device, place_dataset, resolve_device
 from edgekd.distill import teacher_logits
 from edgekd.errors import ArtifactError, ConfigError, EdgekdError, TeacherError
 from edgekd.models import count_macs
@@ -97,9 +98,14 @@ class Generalist:
     member: int
     source: dict          # where it came from: path, description, fingerprint, member, training time, file hashes
 
+    @property
+    def device(self) -> torch.device:
+        return module_device(self.model)
 
-def open_generalist(path, member: int | None = None) -> Generalist:
-    """The generalist: an edgekd artifact of one model, or one member of an ensemble (``member``)."""
+
+def open_generalist(path, member: int | None = None, *, device=None) -> Generalist:
+    """The generalist: an edgekd artifact of one model, or one member of an ensemble (``member``),
+    on ``device`` (the CPU by default)."""
     path = Path(path)
     if not path.is_dir():
         what = "an ONNX file" if path.suffix.lower() == ".onnx" else "not an edgekd artifact folder"
@@ -117,10 +123,10 @@ def open_generalist(path, member: int | None = None) -> Generalist:
     index = member or 0
     if index >= len(members):
         raise ConfigError(f"The 'member' parameter must be in [0, {len(members) - 1}] for '{path}'. Got {index} instead.")
-    model = artifact.build_members()[index]
+    model = artifact.build_members()[index].to(device or "cpu")
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in members[index]["options"].items()}
     if len(members) == 1:
-        teacher = load_teacher(path)   # same fingerprint as everywhere else: the logit cache is shared
+        teacher = load_teacher(path).to(device or "cpu")   # same fingerprint as everywhere else: the logit cache is shared
     else:
         fingerprint = hashlib.sha256(f"{artifact.fingerprint}:member={index}".encode()).hexdigest()
         teacher = ModuleTeacher(EnsembleModule([model]), kind="model", classes=artifact.classes,
@@ -142,12 +148,13 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     check_output_dir(out, overwrite=overwrite or resume)
     check_k(config.clusters, data.num_classes)
     cache = cache or LogitCache()
-    generalist = open_generalist(teacher_path, config.member)
+    generalist = open_generalist(teacher_path, config.member, device=resolve_device(config.train.device))
     check_teacher_fits(generalist.teacher, data, name="Generalist")
+    data = place_dataset(data, generalist.device)
     timings = {}
 
     tick = time.perf_counter()
-    train_logits = teacher_logits(generalist.teacher, data, "train", cache, refresh=refresh_cache)
+    train_logits = teacher_logits(generalist.teacher, data, "train", cache, refresh=refresh_cache).cpu()
     clustering = find_clusters(train_logits, config.clusters, temperature=config.cluster_temperature, seed=config.train.seed)
     timings["clustering"] = time.perf_counter() - tick
     names = [[data.classes[c] for c in s] for s in clustering.clusters]
@@ -179,7 +186,7 @@ def _evaluate_and_save(generalist: Generalist, data: Dataset, config: Specialist
                        config_record: dict | None = None) -> SpecialistsResult:
     """Combine on the test split, compare with the generalist, and write the artifact with its report."""
     tick = time.perf_counter()
-    specialists = [_specialist_net(generalist, data, fit) for fit in fits]
+    specialists = [_specialist_net(generalist, data, fit).to(generalist.device) for fit in fits]
     clusters = [fit.classes for fit in fits]
     solver = _solver_settings(config, generalist, specialists, clusters, data)
     test_gen = teacher_logits(generalist.teacher, data, "test", cache, refresh=refresh_cache)
@@ -194,8 +201,8 @@ def _evaluate_and_save(generalist: Generalist, data: Dataset, config: Specialist
                    "test_grad_max": float(solved.grad_max.max()), "test_change_max": float(solved.change_max.max()),
                    "test_capped": int((solved.steps >= config.max_steps).sum()),
                    "module_max_abs_diff": float((module_test - ens_test).abs().max())})
-    test = comparison(test_gen, ens_test, data.y_test, clustering.clusters, clustering.specialist_clusters,
-                      data.classes, solved.active)
+    test = comparison(test_gen.cpu(), ens_test.cpu(), data.y_test.cpu(), clustering.clusters,
+                      clustering.specialist_clusters, data.classes, solved.active.cpu())
     timings["evaluation"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started + timings.pop("earlier", 0.0)
 
@@ -225,7 +232,7 @@ def _evaluate_and_save(generalist: Generalist, data: Dataset, config: Specialist
 
 def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = None, tol: float | None = None,
                        max_steps: int | None = None, module_steps: int | None = None, cache: LogitCache | None = None,
-                       overwrite: bool = False, config_record: dict | None = None) -> SpecialistsResult:
+                       overwrite: bool = False, config_record: dict | None = None, device="cpu") -> SpecialistsResult:
     """Re-score an existing specialist ensemble with other combination settings (top-n gating, solver
     tolerance, module steps): the same generalist and specialists, no training; a new artifact and report."""
     import numpy as np
@@ -243,13 +250,14 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     elif not overwrite:
         raise EdgekdError(f"Re-scoring '{spec_path}' in place replaces it; pass --overwrite or choose another --out.")
     manifest = artifact.manifest
-    models = artifact.build_members()
+    models = [model.to(resolve_device(device)) for model in artifact.build_members()]
     gen_member, source = manifest["members"][0], manifest["generalist"]
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in gen_member["options"].items()}
     teacher = ModuleTeacher(EnsembleModule([models[0]]), kind="model", classes=artifact.classes,
                             input_shape=artifact.input_shape, fingerprint=source["fingerprint"],
                             description=source["description"])
     check_teacher_fits(teacher, data, name="Generalist")
+    data = place_dataset(data, module_device(models[0]))
     generalist = Generalist(teacher=teacher, model=models[0], arch=gen_member["arch"], options=options,
                             member=source["member"], source=source)
     saved = json.loads(artifact.file("clusters.json").read_text())

@@ -256,12 +256,11 @@ class SpecialistTeacher(ModuleTeacher):
                          artifact=artifact)
 
     def _logits(self, x):
-        x = x.reshape(len(x), *self.input_shape).to(self.device)
-        log_pg, log_t, log_pd = (t.double() for t in self.net.branches(x))
+        log_pg, log_t, log_pd = (t.double() for t in self.net.branches(x.reshape(len(x), *self.input_shape).to(self.device)))
         membership = self.net.membership
         active = active_specialists(log_pg, membership, self.top_n)
         solved = solve_kl(log_pg, log_t, log_pd, membership, active, tol=self.tol, max_steps=self.max_steps)
-        return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg).float().cpu()
+        return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg).float().to(x.device)
 
 
 def load_specialist_teacher(artifact) -> SpecialistTeacher:

@@ -69,10 +69,10 @@ def dustbin_bias(true_share: float, training_share: float) -> float:
     return math.log((1 - true_share) / (1 - training_share)) - math.log(true_share / training_share)
 
 
-def label_map(classes, num_classes: int) -> torch.Tensor:
+def label_map(classes, num_classes: int, device=None) -> torch.Tensor:
     """(C,) long: class -> its position in S, or |S| (the dustbin)."""
-    mapping = torch.full((num_classes,), len(classes), dtype=torch.long)
-    mapping[list(classes)] = torch.arange(len(classes))
+    mapping = torch.full((num_classes,), len(classes), dtype=torch.long, device=device)
+    mapping[list(classes)] = torch.arange(len(classes), device=device)
     return mapping
 
 
@@ -121,9 +121,9 @@ def _mixture_batches(x, y_mapped, special_idx, other_idx, sizes, seed, pixels):
     def epoch_pool(epoch):
         if epoch not in drawn:
             drawn.clear()
-            generator = epoch_generator(seed + DATA_SEED_SALT, epoch)
-            special = special_idx[torch.randperm(len(special_idx), generator=generator)[:sizes[0]]]
-            other = other_idx[torch.randperm(len(other_idx), generator=generator)[:sizes[1]]]
+            generator = epoch_generator(seed + DATA_SEED_SALT, epoch, special_idx.device)
+            special = special_idx[torch.randperm(len(special_idx), generator=generator, device=generator.device)[:sizes[0]]]
+            other = other_idx[torch.randperm(len(other_idx), generator=generator, device=generator.device)[:sizes[1]]]
             drawn[epoch] = torch.cat([special, other])
         return drawn[epoch]
 
@@ -139,12 +139,12 @@ def _mixture_batches(x, y_mapped, special_idx, other_idx, sizes, seed, pixels):
 
 def _mixed_val(x_val, y_val, classes, mapping, fraction, seed):
     """The val split restricted to the training mixture: all of S, others drawn once (seeded)."""
-    in_s = torch.isin(y_val, torch.tensor(list(classes)))
+    in_s = torch.isin(y_val.cpu(), torch.tensor(list(classes)))   # drawn on the host: the same val set on any device
     special, other = torch.nonzero(in_s).flatten(), torch.nonzero(~in_s).flatten()
     sizes = mixture_sizes(len(special), len(other), fraction)
     generator = torch.Generator().manual_seed(seed + DATA_SEED_SALT)
     keep = torch.cat([special[torch.randperm(len(special), generator=generator)[:sizes[0]]],
-                      other[torch.randperm(len(other), generator=generator)[:sizes[1]]]])
+                      other[torch.randperm(len(other), generator=generator)[:sizes[1]]]]).to(y_val.device)
     return x_val[keep], mapping[y_val[keep]]
 
 
@@ -159,8 +159,8 @@ def train_specialist(generalist: nn.Module, arch: str, options: dict, data, clas
     classes = tuple(sorted(int(c) for c in classes))
     if not 0 < special_fraction < 1:
         raise ConfigError(f"The 'special_fraction' parameter must be in (0, 1). Got {special_fraction!r} instead.")
-    mapping = label_map(classes, data.num_classes)
-    in_s = torch.isin(data.y_train, torch.tensor(classes))
+    mapping = label_map(classes, data.num_classes, data.device)
+    in_s = torch.isin(data.y_train, torch.tensor(classes, device=data.device))
     special_idx, other_idx = torch.nonzero(in_s).flatten(), torch.nonzero(~in_s).flatten()
     if len(special_idx) == 0 or len(other_idx) == 0:
         raise TrainingError(f"Specialist for classes {list(classes)} needs training examples both in and outside its "
@@ -173,7 +173,7 @@ def train_specialist(generalist: nn.Module, arch: str, options: dict, data, clas
     model = specialist_model(generalist, arch, options, data.input_shape, data.mean, data.std, classes)
     started = time.perf_counter()
     fitted = fit(model, n_train=sum(sizes), make_batch=make_batch, loss_fn=_cross_entropy, val=val, config=train,
-                 store=store, name=name, progress=progress)
+                 store=store, name=name, progress=progress, data_device=data.device)
     true_share = len(special_idx) / len(data.y_train)
     training_share = sizes[0] / sum(sizes)
     bias = dustbin_bias(true_share, training_share)

@@ -34,7 +34,8 @@ def test_stats_computed_on_train(digits):
 def _write_idx(path, array, gz=True):
     header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + array.astype(np.uint8).tobytes()
-    (gzip.open if gz else open)(path, "wb").write(payload)
+    with (gzip.open if gz else open)(path, "wb") as handle:   # closed here: Python 3.12 flushes gzip only on close
+        handle.write(payload)
 
 
 def test_idx_folder_with_class_names(tmp_path):

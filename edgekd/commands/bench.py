@@ -66,11 +66,13 @@ def bench_cmd(**params):
     from benchmarks.modelinfo import model_format, parse_model_arg
     from benchmarks.report import write_report
     from benchmarks.runtimes import parse_runtimes
+    from edgekd.device import resolve_device
     from edgekd.validation import check_output_dir
 
     config = BenchConfig(batch_sizes=parse_int_list("batch_sizes", params["batch_sizes"]),
                          threads=parse_int_list("threads", params["threads"], allow_all=True),
-                         runtimes=parse_runtimes(params["runtimes"]), seconds=params["seconds"], rounds=params["rounds"])
+                         runtimes=parse_runtimes(params["runtimes"]), seconds=params["seconds"], rounds=params["rounds"],
+                         device=resolve_device(params["device"]).type)
     for model in params["model"]:
         model_format(parse_model_arg(model)[1])
     check_output_dir(params["out"], overwrite=params["overwrite"])

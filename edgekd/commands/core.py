@@ -42,6 +42,8 @@ def train_options(epochs: int, lr: float, jitter: int):
                       help="Stop after this many epochs without val improvement (0: never).")
         @click.option("--jitter", type=click.IntRange(min=0), default=jitter, show_default=True,
                       help="Random shifts of up to this many pixels (the paper's input jitter); 0 = off.")
+        @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+                      help="bf16 autocasts the forward pass and loss (weights and optimizer stay fp32).")
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
             return func(*args, **kwargs)
@@ -50,12 +52,13 @@ def train_options(epochs: int, lr: float, jitter: int):
 
 
 def make_train_config(params, **overrides):
-    from edgekd.training import TrainConfig, resolve_device
+    from edgekd.device import resolve_device
+    from edgekd.training import TrainConfig
 
     device = resolve_device(params["device"]).type
     fields = dict(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
                   weight_decay=params["weight_decay"], patience=params["patience"], jitter=params["jitter"],
-                  seed=params["seed"], device=device)
+                  seed=params["seed"], device=device, precision=params["precision"])
     return TrainConfig(**{**fields, **overrides})
 
 
@@ -215,8 +218,8 @@ def distill_options(func):
 def distill_cmd(ctx, **params):
     """Train a compact student on the teacher's temperature-softened targets."""
     from edgekd.cache import LogitCache
+    from edgekd.device import resolve_device
     from edgekd.distill import distill
-    from edgekd.training import resolve_device
 
     check_out(params)
     config = distill_config(params)
@@ -273,11 +276,13 @@ def print_distill(result, teacher_desc: str) -> None:
 @common_options
 def evaluate_cmd(model, reference, split, as_json, **params):
     """Accuracy, NLL, ECE, per-class accuracy and confusion matrix of MODEL (anything --teacher accepts)."""
+    from edgekd.device import resolve_device
     from edgekd.evaluate import evaluate
 
     data = load_data(params)
-    result = evaluate(open_teacher(model, params), data, split=split,
-                      reference=open_teacher(reference, params) if reference else None)
+    device = resolve_device(params["device"])
+    result = evaluate(open_teacher(model, params, device=device), data, split=split,
+                      reference=open_teacher(reference, params, device=device) if reference else None)
     if as_json:
         echo_json(result.to_dict())
         return

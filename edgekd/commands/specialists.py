@@ -54,6 +54,7 @@ def specialists_group():
 def cluster_cmd(as_json, **params):
     """Only the confusion clustering: print the clusters (no training)."""
     from edgekd.cache import LogitCache
+    from edgekd.device import resolve_device
     from edgekd.distill import teacher_logits
     from edgekd.teachers import check_teacher_fits
     from specialists.build import open_generalist
@@ -61,10 +62,10 @@ def cluster_cmd(as_json, **params):
 
     data = load_data(params)
     ks = check_k(_parse_clusters(params["clusters"]), data.num_classes)
-    generalist = open_generalist(params["teacher"], params["member"])
+    generalist = open_generalist(params["teacher"], params["member"], device=resolve_device(params["device"]))
     check_teacher_fits(generalist.teacher, data, name="Generalist")
     cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"])
-    logits = teacher_logits(generalist.teacher, data, "train", cache, refresh=params["refresh_cache"])
+    logits = teacher_logits(generalist.teacher, data, "train", cache, refresh=params["refresh_cache"]).cpu()
     clustering = find_clusters(logits, ks, temperature=params["cluster_temperature"], seed=params["seed"])
     if as_json:
         echo_json({k: v for k, v in clustering.to_dict(data.classes).items()})
@@ -113,7 +114,8 @@ def build_cmd(ctx, as_json, **params):
     The result is a teacher: 'edgekd evaluate OUT', 'edgekd distill --teacher OUT ...'.
     """
     from edgekd.cache import LogitCache
-    from edgekd.training import TrainConfig, resolve_device
+    from edgekd.device import resolve_device
+    from edgekd.training import TrainConfig
     from edgekd.validation import check_output_dir
     from specialists.build import SpecialistConfig, build_specialists
 
@@ -172,10 +174,12 @@ def _echo_result(result) -> None:
 def regate_cmd(ctx, spec, **params):
     """Re-score the specialist ensemble SPEC with other combination settings (e.g. --top-n 2), no training."""
     from edgekd.cache import LogitCache
+    from edgekd.device import resolve_device
     from specialists.build import regate_specialists
 
     data = load_data(params)
     result = regate_specialists(spec, data, params["out"], top_n=params["top_n"], tol=params["tol"],
                                 max_steps=params["max_steps"], module_steps=params["module_steps"],
-                                cache=LogitCache(params["cache_dir"]), overwrite=params["overwrite"])
+                                cache=LogitCache(params["cache_dir"]), overwrite=params["overwrite"],
+                                device=resolve_device(params["device"]))
     _echo_result(result)

@@ -1,0 +1,92 @@
+"""Placement: the one place that decides where tensors and models live.
+
+Every command resolves ``--device auto|cpu|cuda`` once (``resolve_device``); stages then put the data
+where training happens with ``place_dataset`` (resident on the GPU when it fits, so batches, jitter
+and views are made there without a host copy per step) and every helper follows the device of the
+model or tensor it is given. Nothing defaults to the CPU behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import torch
+
+from edgekd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgekd.data import Dataset
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+# share of the free GPU memory the resident data may take; the rest is for weights and activations
+RESIDENT_SHARE = 0.5
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in DEVICES and not str(name).startswith("cuda:"):
+        raise ConfigError(f"The 'device' parameter must be one of {', '.join(map(repr, DEVICES))}. Got {name!r} instead.")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("The 'device' parameter is 'cuda' but no CUDA device is available; use --device cpu or auto.")
+    return torch.device(name)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (the CPU for a module with neither)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; a host tensor bound for a GPU is pinned first so the copy is asynchronous."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Whether ``nbytes`` of data can stay resident on ``device`` (always on the CPU)."""
+    if device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(device)
+    return nbytes <= RESIDENT_SHARE * free
+
+
+def place_dataset(data: "Dataset", device: torch.device) -> "Dataset":
+    """``data`` with every split on ``device`` when it fits there; else unchanged (batches are then
+    copied per step from the host, pinned and non-blocking). The fingerprints (sha256 of the host
+    bytes, keys of the logit cache) are computed first, so a resident dataset keeps them."""
+    device = resolve_device(device)
+    tensors = {f"{kind}_{split}": getattr(data, f"{kind}_{split}") for split in ("train", "val", "test") for kind in "xy"}
+    if all(t.device == device for t in tensors.values()):
+        return data
+    if not fits_on_device(sum(t.numel() * t.element_size() for t in tensors.values()), device):
+        return data
+    return data.to(device)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``precision='bf16'``; a no-op context for fp32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"The 'precision' parameter must be one of {', '.join(map(repr, PRECISIONS))}. Got {precision!r} instead.")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def describe_device(device: torch.device) -> str:
+    """``'cpu'`` or the GPU's name, for reports."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
