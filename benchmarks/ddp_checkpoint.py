@@ -32,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/ddp_checkpoint")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                   help="cpu: gloo processes; cuda: nccl, one GPU per process.")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
@@ -42,7 +44,8 @@ def parse_args(argv=None):
 def _train(args, arch: str, procs: int, folder: Path) -> dict:
     out = folder / f"{arch.replace(':', '_').replace('=', '')}-{procs}"
     shutil.rmtree(out, ignore_errors=True)
-    cli = ["teacher", "train", "--data", args.data, "--arch", arch, "--epochs", str(args.epochs), "--quiet", "--out", str(out)]
+    cli = ["teacher", "train", "--data", args.data, "--arch", arch, "--epochs", str(args.epochs), "--device", args.device,
+           "--quiet", "--out", str(out)]
     if args.train_limit:
         cli += ["--train-limit", str(args.train_limit)]
     if procs == 1:
@@ -78,7 +81,7 @@ def checkpoint_share(args, arch: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "run.partial", resume=False)
         r = fit(model, n_train=len(data.y_train), make_batch=supervised_batches(data.x_train, data.y_train, 0),
-                loss_fn=cross_entropy_loss, val=(data.x_val, data.y_val), config=TrainConfig(epochs=args.epochs),
+                loss_fn=cross_entropy_loss, val=(data.x_val, data.y_val), config=TrainConfig(epochs=args.epochs, device=args.device),
                 store=store, name="timing")
     per_epoch_ckpt = r.checkpoint_seconds / r.epochs_run
     return {"arch": arch, "parameters": count_parameters(model), "epoch_seconds": r.seconds_per_epoch,

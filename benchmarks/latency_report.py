@@ -157,12 +157,13 @@ def main(argv=None) -> int:
     parser.add_argument("--runtimes", default="all")
     parser.add_argument("--seconds", type=float, default=1.0, help="Timed seconds per measurement.")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="Where the PyTorch rows run.")
     parser.add_argument("--smoke", action="store_true", help="Tiny digits models made on the fly; runs in seconds.")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.latency_report " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
         if args.smoke:
-            config = BenchConfig(**SMOKE_CONFIG)
+            config = BenchConfig(**SMOKE_CONFIG, device=args.device)
             with tempfile.TemporaryDirectory(prefix="edgekd-latency-smoke-") as tmp:
                 models = make_smoke_models(Path(tmp), echo=lambda m: print(m, file=sys.stderr))
                 result = run(models["teacher"], models["student"], models["student_onnx"], models["student_int8"], "digits",
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
             config = BenchConfig(batch_sizes=parse_int_list("batch_sizes", args.batch_sizes),
                                  threads=parse_int_list("threads", args.threads, allow_all=True),
                                  runtimes=None if args.runtimes == "all" else tuple(args.runtimes.split(",")),
-                                 seconds=args.seconds)
+                                 seconds=args.seconds, device=args.device)
             result = run(args.teacher, args.student, args.student_onnx, args.student_int8, args.data, Path(args.out),
                          student_ort=args.student_ort, config=config, command=command, overwrite=args.overwrite,
                          echo=lambda m: print(m, file=sys.stderr))

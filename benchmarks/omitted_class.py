@@ -35,7 +35,7 @@ def main(argv=None):
     runs = {}
     for name, omit in (("all classes", ()), (f"class {args.omit} omitted", (args.omit,))):
         config = DistillConfig(student=args.student, temperature=args.temperature, alpha=1.0,
-                               train=TrainConfig(epochs=args.epochs, seed=0), omit_classes=omit)
+                               train=TrainConfig(epochs=args.epochs, seed=0, device=args.device), omit_classes=omit)
         runs[name] = asdict(distill(teacher, data, config, work / f"omit-{'-'.join(map(str, omit)) or 'none'}",
                                     cache=cache, overwrite=True))
     result = {"provenance": provenance(started), "args": vars(args), "data": data.describe(),

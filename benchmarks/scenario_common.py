@@ -16,6 +16,7 @@ def base_parser(description: str, out: str) -> argparse.ArgumentParser:
     p.add_argument("--jitter", type=int, default=2, help="Teacher's training jitter (pixels).")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--out", default=out)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="Where every training runs.")
     p.add_argument("--smoke", action="store_true", help="digits, tiny budget, seconds")
     return p
 
@@ -30,6 +31,7 @@ def prepare(args):
     from edgekd.artifacts import is_artifact, load_artifact
     from edgekd.cache import LogitCache
     from edgekd.data import load_dataset
+    from edgekd.device import resolve_device
     from edgekd.teacher_training import TeacherConfig, train_teachers
     from edgekd.teachers import load_teacher
     from edgekd.training import TrainConfig
@@ -40,9 +42,10 @@ def prepare(args):
     teacher_dir = work / "teacher"
     if not is_artifact(teacher_dir):
         train_teachers(data, TeacherConfig(arch=args.teacher_arch, ensemble=args.ensemble,
-                                           train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=args.jitter)),
+                                           train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=args.jitter,
+                                                             device=args.device)),
                        teacher_dir, resume=(work / "teacher.partial").exists())
-    return data, load_teacher(teacher_dir), load_artifact(teacher_dir).manifest["metrics"], LogitCache(work / "cache"), work
+    return data, load_teacher(teacher_dir).to(resolve_device(args.device)), load_artifact(teacher_dir).manifest["metrics"], LogitCache(work / "cache"), work
 
 
 def write_result(args, result: dict, markdown: str) -> None:

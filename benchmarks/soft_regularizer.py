@@ -37,7 +37,7 @@ def main(argv=None):
         # alpha = 1: soft targets alone; the baseline: the same student, subset, budget and seed on hard labels,
         # both with early stopping on val (best val epoch kept).
         config = DistillConfig(student=args.student, temperature=args.temperature, alpha=1.0, baseline=True,
-                               train=TrainConfig(epochs=args.epochs, seed=seed), transfer_limit=str(args.fraction))
+                               train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device), transfer_limit=str(args.fraction))
         runs.append(asdict(distill(teacher, data, config, work / f"soft-{args.fraction:g}-s{seed}", cache=cache, overwrite=True)))
     result = {"provenance": provenance(started), "args": vars(args), "data": data.describe(), "runs": runs}
     write_result(args, result, render(result))

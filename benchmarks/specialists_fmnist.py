@@ -53,6 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--out", default="benchmarks/results/specialists_fmnist")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="Where every training runs.")
     p.add_argument("--smoke", action="store_true", help="digits, tiny budget, seconds")
     args = p.parse_args(argv)
     if args.smoke:
@@ -74,7 +75,7 @@ def _generalist_train_config(manifest: dict) -> dict:
     return {key: params.get(key) for key in ("epochs", "jitter", "batch_size", "lr")}
 
 
-def generalist_time(generalist_dir, data, fallback_jitter: int) -> dict:
+def generalist_time(generalist_dir, data, fallback_jitter: int, device: str = "cpu") -> dict:
     """Seconds to train the generalist: recorded in its manifest, else one epoch measured now x epochs."""
     import torch
 
@@ -99,7 +100,8 @@ def generalist_time(generalist_dir, data, fallback_jitter: int) -> dict:
     pixels = jitter if len(data.input_shape) == 3 else 0
     fitted = fit(model, n_train=len(data.y_train), make_batch=supervised_batches(data.x_train, data.y_train, pixels),
                  loss_fn=cross_entropy_loss, val=(data.x_val[:256], data.y_val[:256]),
-                 config=TrainConfig(epochs=1, batch_size=config["batch_size"] or 128, jitter=pixels), store=None, name="timing")
+                 config=TrainConfig(epochs=1, batch_size=config["batch_size"] or 128, jitter=pixels, device=device),
+                 store=None, name="timing")
     epochs = config["epochs"] or 1
     return {"seconds": fitted.seconds_per_epoch * epochs, "seconds_per_epoch": fitted.seconds_per_epoch,
             "source": f"one epoch measured here x {epochs} epochs" + ("" if config["epochs"] else " (epochs unknown)"),
@@ -165,6 +167,7 @@ def main(argv=None) -> int:
     from edgekd.cache import LogitCache
     from edgekd.commands.specialists import _parse_clusters
     from edgekd.data import load_dataset
+    from edgekd.device import resolve_device
     from edgekd.distill import DistillConfig, distill, teacher_logits
     from edgekd.teacher_training import TeacherConfig, train_teachers
     from edgekd.teachers import load_teacher
@@ -181,19 +184,20 @@ def main(argv=None) -> int:
     if args.teacher is None:
         args.teacher = str(work / "generalist")
         if not is_artifact(args.teacher):
-            train_teachers(data, TeacherConfig(arch="cnn:width=8,fc=32", ensemble=1, train=TrainConfig(epochs=3, lr=3e-3)),
+            train_teachers(data, TeacherConfig(arch="cnn:width=8,fc=32", ensemble=1, train=TrainConfig(epochs=3, lr=3e-3, device=args.device)),
                            args.teacher, overwrite=True)
-    generalist = open_generalist(args.teacher, args.member)
+    generalist = open_generalist(args.teacher, args.member, device=resolve_device(args.device))
 
     spec_dir = work / "specialists"
     config = SpecialistConfig(clusters=_parse_clusters(args.clusters), cluster_temperature=args.cluster_temperature,
                               top_n=args.top_n, special_fraction=args.special_fraction, member=args.member,
-                              train=TrainConfig(epochs=args.epochs, lr=args.lr, patience=args.patience, jitter=args.jitter))
+                              train=TrainConfig(epochs=args.epochs, lr=args.lr, patience=args.patience, jitter=args.jitter,
+                                                device=args.device))
     tick = time.perf_counter()
     reused = _reusable(spec_dir, config, generalist, data)
     if reused:   # same specialists: only the combination and its evaluation are redone, with today's code
         regate_specialists(spec_dir, data, spec_dir, top_n=config.top_n, tol=config.tol, max_steps=config.max_steps,
-                           module_steps=config.module_steps, cache=cache, overwrite=True)
+                           module_steps=config.module_steps, cache=cache, overwrite=True, device=args.device)
     else:
         build_specialists(args.teacher, data, config, spec_dir, cache=cache, overwrite=True,
                           resume=spec_dir.with_name(spec_dir.name + ".partial").exists())
@@ -202,22 +206,22 @@ def main(argv=None) -> int:
     gating = []
     for top_n in sorted(set(args.also_top_n) - {args.top_n}):
         regated = regate_specialists(spec_dir, data, work / f"specialists-top{top_n}", top_n=top_n, tol=config.tol,
-                                     max_steps=config.max_steps, cache=cache, overwrite=True)
+                                     max_steps=config.max_steps, cache=cache, overwrite=True, device=args.device)
         gating.append({"top_n": top_n, **json.loads((regated.path / "report.json").read_text())["test"]})
     gen_time = _cached(work / "generalist_time.json", generalist.teacher.fingerprint,
-                       lambda: generalist_time(args.teacher, data, args.jitter))
+                       lambda: generalist_time(args.teacher, data, args.jitter, args.device))
     checks = clustering_checks(teacher_logits(generalist.teacher, data, "train", cache), data.classes,
                                temperatures=(1.0, 4.0) if args.smoke else (1.0, 2.0, 4.0, 8.0))
 
     students = []
     if args.distill_seeds:
-        teachers = {"specialist ensemble": load_teacher(spec_dir), "generalist alone": generalist.teacher}
+        teachers = {"specialist ensemble": load_teacher(spec_dir).to(resolve_device(args.device)), "generalist alone": generalist.teacher}
         for label, teacher in teachers.items():
             runs = []
             for seed in range(args.distill_seeds):
                 path = work / f"student-{'spec' if label.startswith('spec') else 'gen'}-s{seed}"
                 cfg = DistillConfig(student=args.student, temperature=args.temperature, alpha=args.alpha,
-                                    train=TrainConfig(epochs=args.student_epochs, seed=seed))
+                                    train=TrainConfig(epochs=args.student_epochs, seed=seed, device=args.device))
                 r = distill(teacher, data, cfg, path, cache=cache, overwrite=True,
                             resume=path.with_name(path.name + ".partial").exists())
                 runs.append({"seed": seed, "test_accuracy": r.student_test_accuracy, "test_nll": r.student_test_nll,

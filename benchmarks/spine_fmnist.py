@@ -36,16 +36,16 @@ def parse_args(argv=None):
     return args
 
 
-def epoch_time_ratio(student_spec, data, teacher_train_logits, repeats: int = 3) -> dict:
+def epoch_time_ratio(student_spec, data, teacher_train_logits, repeats: int = 3, device: str = "cpu") -> dict:
     """Seconds per distillation epoch (cached logits) vs per hard-label epoch, alternated in one run."""
     import torch
 
-    from edgekd.distill import _distill_batches, _distill_loss
+    from edgekd.distill import distill_batches, distill_loss_fn
     from edgekd.models import create_model
     from edgekd.teacher_training import cross_entropy_loss, supervised_batches
     from edgekd.training import TrainConfig, fit
 
-    cfg = TrainConfig(epochs=1, seed=0)
+    cfg = TrainConfig(epochs=1, seed=0, device=device)
     n = len(data.y_train)
     val = (data.x_val[:256], data.y_val[:256])
     distill_s, hard_s = [], []
@@ -54,12 +54,14 @@ def epoch_time_ratio(student_spec, data, teacher_train_logits, repeats: int = 3)
             torch.manual_seed(0)
             model = create_model(student_spec, data.input_shape, data.num_classes, mean=data.mean, std=data.std)
             if kind == "distill":
-                r = fit(model, n_train=n, make_batch=_distill_batches(data.x_train, data.y_train, teacher_train_logits, None, 0, None),
-                        loss_fn=_distill_loss(4.0, 0.9), val=val, config=cfg, store=None, name="timing")
+                r = fit(model, n_train=n, make_batch=distill_batches(data.x_train, data.y_train, teacher_train_logits, None, 0, None),
+                        loss_fn=distill_loss_fn(4.0, 0.9), val=val, config=cfg, store=None, name="timing",
+                        data_device=data.device)
                 distill_s.append(r.seconds_per_epoch)
             else:
                 r = fit(model, n_train=n, make_batch=supervised_batches(data.x_train, data.y_train, 0),
-                        loss_fn=cross_entropy_loss, val=val, config=cfg, store=None, name="timing")
+                        loss_fn=cross_entropy_loss, val=val, config=cfg, store=None, name="timing",
+                        data_device=data.device)
                 hard_s.append(r.seconds_per_epoch)
     ratios = [d / h for d, h in zip(distill_s, hard_s)]
     return {"student": student_spec, "distill_seconds": distill_s, "hard_seconds": hard_s,
@@ -84,14 +86,14 @@ def main(argv=None):
             out = work / f"student-{spec.replace(':', '_').replace(',', '_').replace('=', '')}-s{seed}"
             config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
                                    temperature_grid=grid_t, alpha_grid=grid_a,
-                                   train=TrainConfig(epochs=epochs, jitter=args.jitter, seed=seed),
+                                   train=TrainConfig(epochs=epochs, jitter=args.jitter, seed=seed, device=args.device),
                                    views=args.views, baseline=True)
             r = distill(teacher, data, config, out, cache=cache, overwrite=True, resume=(out.parent / (out.name + ".partial")).exists())
             chosen = chosen or (r.temperature, r.alpha)
             runs.append(asdict(r) | {"path": str(out), "seed": seed})
         students.append({"student": spec, "epochs": epochs, "temperature": chosen[0], "alpha": chosen[1], "search": runs[0]["search"], "runs": runs})
     timing = epoch_time_ratio(args.students.split(";")[0].partition("@")[0], data, teacher_logits(teacher, data, "train", cache),
-                              repeats=1 if args.smoke else 3)
+                              repeats=1 if args.smoke else 3, device=args.device)
     result = {"provenance": provenance(started), "args": vars(args), "data": data.describe(),
               "teacher": {"arch": args.teacher_arch, "members": args.ensemble, "epochs": args.teacher_epochs,
                           "member_test_accuracy": t_metrics["member_test_accuracy"],

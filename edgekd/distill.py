@@ -143,8 +143,10 @@ def transfer_indices(data: Dataset, limit, omit_classes, seed: int) -> np.ndarra
     return keep
 
 
-def _distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher | None):
-    """``make_batch`` yielding (input, labels, teacher logits) for one epoch's indices."""
+def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher | None):
+    """``make_batch`` yielding (input, labels, teacher logits) for one epoch's indices: the teacher online
+    on each (jittered) batch, its cached logits, or its cached logits on ``views`` fixed jittered copies
+    (``logits`` (views, n, C) with ``views_shifts`` (views, n, 2)), one view drawn per sample and step."""
     def make_batch(indices, generator, _epoch):
         xb, yb = x[indices], y[indices]
         if teacher_online is not None:
@@ -159,7 +161,8 @@ def _distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher
     return make_batch
 
 
-def _distill_loss(temperature, alpha):
+def distill_loss_fn(temperature, alpha):
+    """``loss_fn(outputs, batch)`` for ``fit``: ``edgekd.losses.distillation_loss`` on (input, labels, teacher logits)."""
     def loss_fn(outputs, batch):
         return distillation_loss(outputs, batch[2], batch[1], temperature=temperature, alpha=alpha)
     return loss_fn
@@ -206,13 +209,13 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     x, y = data.x_train[idx], data.y_train[idx]
     pixels = train_cfg.jitter if len(data.input_shape) == 3 else 0
     if pixels and config.views == 0:
-        make_batch = _distill_batches(x, y, None, None, pixels, teacher)
+        make_batch = distill_batches(x, y, None, None, pixels, teacher)
     elif pixels:
         all_logits, shifts = teacher_view_logits(teacher, data, config.views, pixels, cache, refresh=refresh_cache, dist=dist)
-        make_batch = _distill_batches(x, y, all_logits[:, idx], shifts[:, idx], pixels, None)
+        make_batch = distill_batches(x, y, all_logits[:, idx], shifts[:, idx], pixels, None)
     else:
         logits = teacher_logits(teacher, data, "train", cache, refresh=refresh_cache, dist=dist)[idx]
-        make_batch = _distill_batches(x, y, logits, None, 0, None)
+        make_batch = distill_batches(x, y, logits, None, 0, None)
     val = (data.x_val, data.y_val)
     store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0)
 
@@ -226,7 +229,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     search = _search(config, new_student, make_batch, len(idx), val, store, progress, dist)
     temperature, alpha = search["temperature"], search["alpha"]
     student = new_student(train_cfg.seed)
-    fitted = fit(student, n_train=len(idx), make_batch=make_batch, loss_fn=_distill_loss(temperature, alpha),
+    fitted = fit(student, n_train=len(idx), make_batch=make_batch, loss_fn=distill_loss_fn(temperature, alpha),
                  val=val, config=train_cfg, store=store, name="student", progress=progress, dist=dist, data_device=data.device)
     baseline = base_fit = None
     if config.baseline:
@@ -294,7 +297,7 @@ def _search(config: DistillConfig, new_student, make_batch, n_train, val, store,
         for alpha in alphas:
             name = f"search-T{temperature:g}-a{alpha:g}"
             fitted = fit(new_student(short.seed), n_train=n_train, make_batch=make_batch,
-                         loss_fn=_distill_loss(temperature, alpha), val=val, config=short, store=store,
+                         loss_fn=distill_loss_fn(temperature, alpha), val=val, config=short, store=store,
                          name=name, progress=progress, dist=dist, data_device=val[0].device)
             candidates.append({"temperature": temperature, "alpha": alpha, "epochs": budget,
                                "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll})

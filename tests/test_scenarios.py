@@ -5,7 +5,7 @@ import json
 import pytest
 
 
-@pytest.mark.parametrize("module", ["spine_fmnist", "omitted_class", "soft_regularizer", "ddp_checkpoint"])
+@pytest.mark.parametrize("module", ["spine_fmnist", "omitted_class", "soft_regularizer", "ddp_checkpoint", "gpu_fmnist"])
 def test_scenario_smoke(tmp_path, module, capsys):
     import importlib
 
@@ -16,3 +16,14 @@ def test_scenario_smoke(tmp_path, module, capsys):
     assert text.startswith("# ") and "- command: `" in text and "- machine: " in text and "- date: " in text
     result = json.loads(out.with_suffix(".json").read_text())
     assert (result.get("data") or {"spec": result["args"]["data"]})["spec"] == "digits"
+
+
+@pytest.mark.slow
+def test_epoch_time_against_a_revision_smoke(tmp_path):
+    """Times this tree against HEAD in a temporary git worktree (removed afterwards)."""
+    from benchmarks import epoch_time_vs_rev
+
+    out = tmp_path / "rev"
+    epoch_time_vs_rev.main(["--smoke", "--against", "HEAD", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert set(result["this_over_earlier"]) == {"hard", "distill"} and all(v > 0 for v in result["this_over_earlier"].values())
