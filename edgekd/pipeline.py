@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgekd.artifacts import is_artifact, write_json_atomic
+from edgekd.distill import describe_gain
 from edgekd.validation import check_output_dir
 
 
@@ -148,11 +149,17 @@ def _model_summary(result, teacher) -> dict:
             "agreement_with_teacher": result.agreement, "macs": metrics.get("macs"), "parameters": metrics.get("parameters")}
 
 
+def _chosen(distill: dict) -> str:
+    """'T=4 (chosen on val), alpha=0.9': only what the search varied is said to be chosen."""
+    searched = {key: len({c[key] for c in distill["search"]}) > 1 for key in ("temperature", "alpha")}
+    return ", ".join(f"{label}={distill[key]:g}" + (" (chosen on val)" if searched[key] else "")
+                     for key, label in (("temperature", "T"), ("alpha", "alpha")))
+
+
 def render_summary(summary: dict) -> str:
     lines = [f"# edgekd pipeline on `{summary['data']['spec']}`", "",
              f"train {summary['data']['n_train']} / val {summary['data']['n_val']} / test {summary['data']['n_test']} samples; "
-             f"distillation at T={summary['distill']['temperature']:g}, alpha={summary['distill']['alpha']:g} "
-             f"(chosen on val)" if summary["distill"]["search"] else "", "",
+             f"distillation at {_chosen(summary['distill'])}.", "",
              "| model | test accuracy | NLL | ECE | agreement with teacher | MACs |", "|---|---|---|---|---|---|"]
     rows = (("teacher", "teacher ensemble"), ("specialists", "generalist + specialists"),
             ("baseline", "student, hard labels"), ("student", "student, distilled"))
@@ -163,11 +170,12 @@ def render_summary(summary: dict) -> str:
         agree = f"{m['agreement_with_teacher']:.4f}" if m["agreement_with_teacher"] is not None else "-"
         macs = f"{m['macs']:,}" if m["macs"] else "-"
         lines.append(f"| {label} | {m['accuracy']:.4f} | {m['nll']:.4f} | {m['ece']:.4f} | {agree} | {macs} |")
-    gap = summary["distill"]["gap_closed"]
-    lines += ["", f"The student was distilled from the {'specialist ensemble' if summary['distilled_from'] == 'specialists' else 'teacher ensemble'} "
-              "(the better of the two on val)." if "specialists" in summary else ""]
-    if gap is not None:
-        lines += ["", f"Distillation closes {100 * gap:.1f}% of the gap between the hard-label student and its teacher."]
+    if "specialists" in summary:
+        source = "specialist ensemble" if summary["distilled_from"] == "specialists" else "teacher ensemble"
+        lines += ["", f"The student was distilled from the {source} (the better of the two on val)."]
+    teacher = summary["specialists"] if summary.get("distilled_from") == "specialists" else summary["teacher"]
+    gain = describe_gain(summary["student"]["accuracy"], summary["baseline"]["accuracy"], teacher["accuracy"])
+    lines += ["", gain[0].upper() + gain[1:] + " (test accuracy)."]
     if "export" in summary:
         from export.pipeline import render_export_table
 

@@ -253,9 +253,14 @@ def print_distill(result, teacher_desc: str) -> None:
     if result.baseline_test_accuracy is not None:
         click.echo(f"{'student, hard labels':<22} {result.baseline_test_accuracy:>9.4f} {result.student_macs:>14,}")
     click.echo(f"{'student, distilled':<22} {result.student_test_accuracy:>9.4f} {result.student_macs:>14,}")
-    if result.gap_closed is not None:
-        click.echo(f"distillation closes {100 * result.gap_closed:.1f}% of the baseline->teacher gap"
-                   + ("" if result.gap_closed > 0 else " (no gain over the hard-label baseline)"))
+    if result.baseline_test_accuracy is not None:
+        from edgekd.distill import describe_gain
+
+        if len(result.baseline_search) > 1:
+            chosen = next(c for c in result.baseline_search if c["chosen"])
+            click.echo(f"baseline recipe chosen on val: jitter {chosen['jitter']} "
+                       f"(tried {', '.join(str(c['jitter']) for c in result.baseline_search)})")
+        click.echo(describe_gain(result.student_test_accuracy, result.baseline_test_accuracy, result.teacher_test_accuracy))
     if result.omitted:
         o = result.omitted
         click.echo(f"omitted classes {o['classes']}: bias +{o['bias']:.2f} (fitted on val): test errors "

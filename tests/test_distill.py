@@ -1,0 +1,37 @@
+"""edgekd.distill: the honest comparison with the hard-label baseline."""
+
+import pytest
+
+from edgekd.distill import describe_gain, gap_closed
+
+
+def test_gap_closed_is_a_share_of_a_real_gap():
+    assert gap_closed(0.90, 0.88, 0.92) == pytest.approx(0.5)
+    assert gap_closed(0.87, 0.88, 0.92) == pytest.approx(-0.25)   # a loss is negative, never a success
+    assert gap_closed(0.86, 0.88, 0.87) is None                   # teacher below the baseline: no share
+    assert gap_closed(0.90, None, 0.92) is None
+
+
+def test_describe_gain_calls_a_loss_a_loss():
+    assert describe_gain(0.90, 0.88, 0.92) == "distillation gains 2.00 points, closing 50.0% of the baseline->teacher gap"
+    assert describe_gain(0.8638, 0.8680, 0.8856) == "distillation loses to its hard-label baseline by 0.42 points"
+    text = describe_gain(0.86, 0.88, 0.87)
+    assert text.startswith("the teacher (87.00%) is not above the hard-label baseline (88.00%)") and "loses 2.00 points" in text
+    assert "%" not in describe_gain(0.86, None, 0.87)
+
+
+def test_baseline_gets_its_own_best_recipe(tmp_path, digits, tiny_teacher):
+    """With jitter, the baseline is trained with jitter and without; the better on val is kept."""
+    from edgekd.cache import LogitCache
+    from edgekd.distill import DistillConfig, distill
+    from edgekd.teachers import load_teacher
+    from edgekd.training import TrainConfig
+
+    config = DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=2, jitter=1), views=2, baseline=True)
+    result = distill(load_teacher(tiny_teacher), digits, config, tmp_path / "s", cache=LogitCache(tmp_path / "c"))
+    tried = result.baseline_search
+    assert [c["jitter"] for c in tried] == [1, 0] and sum(c["chosen"] for c in tried) == 1
+    best = max(tried, key=lambda c: (c["val_accuracy"], -c["val_nll"]))
+    assert best["chosen"]
+    assert result.gap_closed == gap_closed(result.student_test_accuracy, result.baseline_test_accuracy,
+                                           result.teacher_test_accuracy)

@@ -1,0 +1,26 @@
+"""edgekd.pipeline: the summary says what was chosen and how the student compares."""
+
+from edgekd.pipeline import render_summary
+
+
+def _summary(search):
+    model = lambda acc: {"description": "m", "accuracy": acc, "nll": 0.3, "ece": 0.02,  # noqa: E731
+                         "agreement_with_teacher": None, "macs": 1000, "parameters": 10}
+    return {"data": {"spec": "digits", "n_train": 1293, "n_val": 144, "n_test": 360},
+            "distill": {"temperature": 4.0, "alpha": 0.9, "search": search, "gap_closed": None},
+            "teacher": model(0.97), "baseline": model(0.95), "student": model(0.94), "timings_s": {"teacher": 1.0}}
+
+
+def test_summary_keeps_the_settings_line_without_a_search():
+    text = render_summary(_summary([]))
+    assert "distillation at T=4, alpha=0.9." in text and "chosen on val" not in text
+
+
+def test_summary_says_only_what_the_search_chose():
+    search = [{"temperature": t, "alpha": 0.9, "val_accuracy": 0.9, "val_nll": 0.3} for t in (2.0, 4.0)]
+    text = render_summary(_summary(search))
+    assert "T=4 (chosen on val), alpha=0.9." in text
+
+
+def test_summary_calls_a_loss_a_loss():
+    assert "Distillation loses to its hard-label baseline by 1.00 points (test accuracy)." in render_summary(_summary([]))
