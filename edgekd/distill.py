@@ -3,7 +3,11 @@
 Loss: ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``; the student infers at
 T = 1. Teacher logits on the transfer set are computed once and cached (``edgekd.cache``); with
 input jitter the teacher either runs online on every augmented batch (``views=0``) or its logits
-are cached for ``views`` fixed jittered copies of the transfer set, one drawn per sample and epoch.
+are cached for ``views`` fixed jittered copies of the transfer set, one drawn per sample and step.
+With ``view_grid`` the views are *every* integer shift of the jitter ((2j+1)^2 of them), so the
+teacher is consulted on exactly the image the student sees, at cached-logit speed: "consistent
+teaching" (Beyer et al., CVPR 2022, "Knowledge distillation: a good teacher is patient and consistent").
+``method`` picks the soft term (``edgekd.losses``: plain KD, logit standardization, decoupled KD).
 
 Transfer-set options from the paper (section 3): ``transfer_limit`` (a count or a fraction of the
 train split) and ``omit_classes`` with the bias correction for omitted classes, fitted on val.
@@ -22,13 +26,13 @@ from edgekd.cache import LogitCache, cache_key
 from edgekd.data import Dataset, stratified_subset_indices
 from edgekd.device import place_dataset, resolve_device
 from edgekd.errors import ConfigError, TrainingError
-from edgekd.losses import distillation_loss
+from edgekd.losses import METHODS, distillation_loss
 from edgekd.models import count_macs, count_parameters, create_model, format_arch, parse_arch
 from edgekd.teacher_training import cross_entropy_loss, supervised_batches
 from edgekd.teachers import Teacher, check_teacher_fits
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit,
                              jitter_shifts, predict_logits)
-from edgekd.validation import check_in_range, check_int_at_least, check_positive, parse_limit
+from edgekd.validation import check_choice, check_in_range, check_int_at_least, check_positive, parse_limit
 
 DEFAULT_TEMPERATURE_GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
 DEFAULT_ALPHA_GRID = (0.5, 0.9, 1.0)
@@ -47,6 +51,9 @@ class DistillConfig:
     auto_epochs: int = 0            # budget of each auto candidate; 0 = a quarter of the epochs
     train: TrainConfig = TrainConfig(epochs=20)
     views: int = 0                  # with jitter: cached jittered views of the transfer set; 0 = online teacher
+    view_grid: bool = False         # the views are every integer shift ((2j+1)^2): consistent teaching
+    method: str = "kd"              # soft term: "kd" | "kd-ls" | "dkd" (edgekd.losses)
+    dkd_beta: float = 8.0           # weight of the non-target term with method "dkd"
     transfer_limit: str | None = None
     omit_classes: tuple[int, ...] = ()
     baseline: bool = False
@@ -63,6 +70,8 @@ class DistillConfig:
             check_in_range("alpha_grid", a, 0.0, 1.0)
         check_int_at_least("auto_epochs", self.auto_epochs, 0)
         check_int_at_least("views", self.views, 0)
+        check_choice("method", self.method, METHODS)
+        check_positive("dkd_beta", self.dkd_beta, strict=False)
 
 
 @dataclass(frozen=True)
@@ -106,8 +115,12 @@ def sharded_logits(teacher: Teacher, x: torch.Tensor, dist=None) -> torch.Tensor
     return dist.gather_rows(teacher.logits(x[lo:hi]), len(x))
 
 
-def view_shifts(n: int, views: int, pixels: int) -> torch.Tensor:
-    """(views, n, 2) fixed shifts; view 0 is the identity."""
+def view_shifts(n: int, views: int, pixels: int, *, grid: bool = False) -> torch.Tensor:
+    """(views, n, 2) fixed shifts; view 0 is the identity. With ``grid`` view v is the v-th integer
+    shift (dy, dx) of [-pixels, pixels]^2 for every sample (``views`` is then (2 pixels + 1)^2)."""
+    if grid:
+        offsets = [(0, 0)] + [(dy, dx) for dy in range(-pixels, pixels + 1) for dx in range(-pixels, pixels + 1) if (dy, dx) != (0, 0)]
+        return torch.tensor(offsets, dtype=torch.long)[:, None, :].expand(len(offsets), n, 2).contiguous()
     shifts = [torch.zeros((n, 2), dtype=torch.long)]
     for v in range(1, views):
         shifts.append(jitter_shifts(n, pixels, torch.Generator().manual_seed(VIEW_SEED + v)))
@@ -115,12 +128,14 @@ def view_shifts(n: int, views: int, pixels: int) -> torch.Tensor:
 
 
 def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int, cache: LogitCache,
-                        *, refresh: bool = False, dist=None) -> tuple[torch.Tensor, torch.Tensor]:
+                        *, refresh: bool = False, dist=None, grid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher logits (views, n, classes) on ``views`` jittered copies of the train split, and the shifts."""
-    shifts = view_shifts(len(data.y_train), views, pixels)
+    shifts = view_shifts(len(data.y_train), views, pixels, grid=grid)
+    views = len(shifts)
     outs = []
     for v in range(views):
-        key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), f"{pixels}:{VIEW_SEED + v}" if v else "0")
+        name = f"shift:{int(shifts[v, 0, 0])},{int(shifts[v, 0, 1])}" if grid else f"{pixels}:{VIEW_SEED + v}"
+        key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), name if v else "0")
         outs.append(cache.get_or_compute(key, lambda v=v: sharded_logits(teacher, apply_shifts(data.x_train, shifts[v], pixels), dist),
                                          refresh=refresh, dist=dist))
     return torch.stack([o.to(data.device) for o in outs]), shifts.to(data.device)
@@ -162,10 +177,11 @@ def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher 
     return make_batch
 
 
-def distill_loss_fn(temperature, alpha):
+def distill_loss_fn(temperature, alpha, method: str = "kd", dkd_beta: float = 8.0):
     """``loss_fn(outputs, batch)`` for ``fit``: ``edgekd.losses.distillation_loss`` on (input, labels, teacher logits)."""
     def loss_fn(outputs, batch):
-        return distillation_loss(outputs, batch[2], batch[1], temperature=temperature, alpha=alpha)
+        return distillation_loss(outputs, batch[2], batch[1], temperature=temperature, alpha=alpha, method=method,
+                                 dkd_beta=dkd_beta)
     return loss_fn
 
 
@@ -252,10 +268,11 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     idx = torch.from_numpy(transfer_indices(data, config.transfer_limit, config.omit_classes, train_cfg.seed)).to(data.device)
     x, y = data.x_train[idx], data.y_train[idx]
     pixels = train_cfg.jitter if len(data.input_shape) == 3 else 0
-    if pixels and config.views == 0:
+    if pixels and config.views == 0 and not config.view_grid:
         make_batch = distill_batches(x, y, None, None, pixels, teacher)
     elif pixels:
-        all_logits, shifts = teacher_view_logits(teacher, data, config.views, pixels, cache, refresh=refresh_cache, dist=dist)
+        all_logits, shifts = teacher_view_logits(teacher, data, config.views, pixels, cache, refresh=refresh_cache, dist=dist,
+                                                 grid=config.view_grid)
         make_batch = distill_batches(x, y, all_logits[:, idx], shifts[:, idx], pixels, None)
     else:
         logits = teacher_logits(teacher, data, "train", cache, refresh=refresh_cache, dist=dist)[idx]
@@ -273,7 +290,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     search = _search(config, new_student, make_batch, len(idx), val, store, progress, dist)
     temperature, alpha = search["temperature"], search["alpha"]
     student = new_student(train_cfg.seed)
-    fitted = fit(student, n_train=len(idx), make_batch=make_batch, loss_fn=distill_loss_fn(temperature, alpha),
+    fitted = fit(student, n_train=len(idx), make_batch=make_batch, loss_fn=distill_loss_fn(temperature, alpha, config.method, config.dkd_beta),
                  val=val, config=train_cfg, store=store, name="student", progress=progress, dist=dist, data_device=data.device)
     baseline = base_fit = None
     baseline_search = []
@@ -344,7 +361,8 @@ def _search(config: DistillConfig, new_student, make_batch, n_train, val, store,
         for alpha in alphas:
             name = f"search-T{temperature:g}-a{alpha:g}"
             fitted = fit(new_student(short.seed), n_train=n_train, make_batch=make_batch,
-                         loss_fn=distill_loss_fn(temperature, alpha), val=val, config=short, store=store,
+                         loss_fn=distill_loss_fn(temperature, alpha, config.method, config.dkd_beta), val=val,
+                         config=short, store=store,
                          name=name, progress=progress, dist=dist, data_device=val[0].device)
             candidates.append({"temperature": temperature, "alpha": alpha, "epochs": budget,
                                "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll,

@@ -1,9 +1,27 @@
-"""The distillation loss of Hinton, Vinyals & Dean (2015), section 2."""
+"""Distillation losses: Hinton, Vinyals & Dean (2015), section 2, and two later refinements of its
+soft term, each a ``method`` of ``edgekd distill`` (``--method kd|kd-ls|dkd``):
+
+- ``kd``: the paper's ``T^2 * KL(softmax(t/T) || softmax(s/T))``;
+- ``kd-ls``: the same on z-scored logits (logit standardization, Sun et al., CVPR 2024): the student
+  matches the teacher's *relations* between classes, not the scale of its logits;
+- ``dkd``: decoupled KD (Zhao et al., CVPR 2022): the target-class term (TCKD) and the non-target
+  term (NCKD) weighted apart, ``TCKD + beta * NCKD``; plain KD is ``TCKD + (1 - p_t) * NCKD``.
+
+Every method is mixed with the hard labels the same way: ``alpha * soft + (1 - alpha) * CE(s, y)``.
+(With AdamW a common scale of the whole loss hardly matters, so ``alpha = 0.5`` is the papers' unit
+weights.)
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+from edgekd.errors import ConfigError
+
+METHODS = ("kd", "kd-ls", "dkd")
 
 
 def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -12,24 +30,79 @@ def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor | None,
-                      *, temperature: float, alpha: float) -> torch.Tensor:
-    """``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``, batch mean.
+                      *, temperature: float, alpha: float, method: str = "kd", dkd_beta: float = 8.0) -> torch.Tensor:
+    """``alpha * soft + (1 - alpha) * CE(s, y)``, batch mean; ``soft`` is the ``method``'s term.
 
-    Section 2 of the paper: the soft term's gradient w.r.t. a student logit scales as 1/T^2, so it is
-    multiplied by T^2 to keep its size comparable as T changes (and to the hard term's at T = 1).
-    KL differs from the soft cross-entropy ``-sum q_t log q_s`` by the teacher's entropy, a constant
-    in the student, so both give the same gradients. ``alpha = 1`` needs no labels; ``alpha = 0`` is
-    plain cross-entropy on hard labels and needs no teacher.
+    ``kd`` (section 2 of the paper): ``soft = T^2 * KL(softmax(t/T) || softmax(s/T))``. The soft
+    term's gradient w.r.t. a student logit scales as 1/T^2, so it is multiplied by T^2 to keep its
+    size comparable as T changes (and to the hard term's at T = 1). KL differs from the soft
+    cross-entropy ``-sum q_t log q_s`` by the teacher's entropy, a constant in the student, so both give
+    the same gradients. ``alpha = 1`` needs no labels (except for ``dkd``); ``alpha = 0`` is plain
+    cross-entropy on hard labels and needs no teacher.
     """
     loss = student_logits.new_zeros(())
     if alpha > 0:
-        log_q_student = F.log_softmax(student_logits / temperature, dim=-1)
-        log_q_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
-        kl = F.kl_div(log_q_student, log_q_teacher, reduction="batchmean", log_target=True)
-        loss = loss + alpha * temperature ** 2 * kl
+        loss = loss + alpha * soft_term(method)(student_logits, teacher_logits, labels, temperature, dkd_beta)
     if alpha < 1:
         loss = loss + (1 - alpha) * F.cross_entropy(student_logits, labels)
     return loss
+
+
+def soft_term(method: str) -> Callable:
+    """The soft term of ``method``: ``f(student, teacher, labels, T, dkd_beta) -> scalar``."""
+    terms = {"kd": _kd, "kd-ls": _kd_standardized, "dkd": _dkd}
+    if method not in terms:
+        raise ConfigError(f"The 'method' parameter must be one of {', '.join(map(repr, METHODS))}. Got {method!r} instead.")
+    return terms[method]
+
+
+def _kd(student, teacher, _labels, temperature, _beta):
+    log_q_student = F.log_softmax(student / temperature, dim=-1)
+    log_q_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    return temperature ** 2 * F.kl_div(log_q_student, log_q_teacher, reduction="batchmean", log_target=True)
+
+
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """``(z - mean(z)) / std(z)`` per row (Sun et al., CVPR 2024, eq. 5): the softmax then depends on
+    the logits' ranks and gaps only, not on their offset or scale."""
+    logits = logits.float()
+    return (logits - logits.mean(-1, keepdim=True)) / (logits.std(-1, keepdim=True) + eps)
+
+
+def _kd_standardized(student, teacher, labels, temperature, beta):
+    """KD on z-scored student and teacher logits (logit standardization); T is their 'base temperature'."""
+    return _kd(standardize(student), standardize(teacher), labels, temperature, beta)
+
+
+def dkd_terms(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float):
+    """Per-sample (TCKD, NCKD) of Zhao et al. (CVPR 2022), both without the T^2 factor.
+
+    With b = (p_target, 1 - p_target) the binary target/non-target split and p-hat the distribution
+    over the non-target classes alone: TCKD = KL(b^T || b^S), NCKD = KL(p-hat^T || p-hat^S), and
+    plain KD decomposes as KL(p^T || p^S) = TCKD + (1 - p^T_target) * NCKD (their eq. 5).
+    """
+    target = F.one_hot(labels, student.shape[-1]).bool()
+    log_ps, log_pt = F.log_softmax(student.float() / temperature, -1), F.log_softmax(teacher.float() / temperature, -1)
+
+    def binary(log_p):   # log (p_target, 1 - p_target), stable in the log domain
+        log_target = log_p.masked_fill(~target, float("-inf")).logsumexp(-1)
+        log_other = log_p.masked_fill(target, float("-inf")).logsumexp(-1)
+        return torch.stack([log_target, log_other], -1)
+
+    bs, bt = binary(log_ps), binary(log_pt)
+    tckd = (bt.exp() * (bt - bs)).sum(-1)
+    hat_s = F.log_softmax((student.float() / temperature).masked_fill(target, float("-inf")), -1)
+    hat_t = F.log_softmax((teacher.float() / temperature).masked_fill(target, float("-inf")), -1)
+    nckd = torch.where(target, 0.0, hat_t.exp() * (hat_t - hat_s)).sum(-1)
+    return tckd, nckd
+
+
+def _dkd(student, teacher, labels, temperature, beta):
+    """T^2 * (TCKD + beta * NCKD), batch mean; needs the labels."""
+    if labels is None:
+        raise ConfigError("The 'dkd' method needs hard labels (it splits the target class from the others).")
+    tckd, nckd = dkd_terms(student, teacher, labels, temperature)
+    return temperature ** 2 * (tckd + beta * nckd).mean()
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -35,3 +35,30 @@ def test_baseline_gets_its_own_best_recipe(tmp_path, digits, tiny_teacher):
     assert best["chosen"]
     assert result.gap_closed == gap_closed(result.student_test_accuracy, result.baseline_test_accuracy,
                                            result.teacher_test_accuracy)
+
+
+def test_view_grid_holds_every_integer_shift_once():
+    import torch
+
+    from edgekd.distill import view_shifts
+
+    shifts = view_shifts(5, 0, 2, grid=True)
+    assert shifts.shape == (25, 5, 2) and torch.equal(shifts[0], torch.zeros(5, 2, dtype=torch.long))
+    assert len({tuple(v[0].tolist()) for v in shifts}) == 25 and (shifts == shifts[:, :1]).all()
+
+
+def test_consistent_teaching_and_methods_train(tmp_path, digits, tiny_teacher):
+    """--views all: the student's shifted image is looked up among the teacher's cached shifts."""
+    from edgekd.cache import LogitCache
+    from edgekd.distill import DistillConfig, distill
+    from edgekd.teachers import load_teacher
+
+    from edgekd.training import TrainConfig
+
+    teacher = load_teacher(tiny_teacher)
+    for method in ("kd-ls", "dkd"):
+        config = DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=6, jitter=1), view_grid=True,
+                               method=method, temperature=2.0, alpha=0.5)
+        result = distill(teacher, digits, config, tmp_path / method, cache=LogitCache(tmp_path / "c"))
+        assert result.student_test_accuracy > 0.2   # learning (chance is 0.1) from 9 cached shifts
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) >= 9   # 3x3 shifts cached once, then hit

@@ -52,3 +52,47 @@ def test_t_squared_keeps_gradient_size_across_temperatures():
     without = _soft_grad_norm(10.0, False) / _soft_grad_norm(20.0, False)
     assert with_t2 == pytest.approx(1.0, abs=0.1)
     assert without == pytest.approx(4.0, rel=0.1)
+
+
+def test_decoupled_kd_decomposes_plain_kd():
+    """Zhao et al. (CVPR 2022), eq. 5: KL(p^T || p^S) = TCKD + (1 - p^T_target) * NCKD, per sample."""
+    from edgekd.losses import dkd_terms
+
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 5), torch.randn(8, 5) * 3, torch.randint(0, 5, (8,))
+    tckd, nckd = dkd_terms(s, t, y, 2.0)
+    p_t = torch.softmax(t / 2, -1)
+    kl = (p_t * (torch.log_softmax(t / 2, -1) - torch.log_softmax(s / 2, -1))).sum(-1)
+    assert torch.allclose(kl, tckd + (1 - p_t.gather(1, y[:, None])[:, 0]) * nckd, atol=1e-5)
+    assert (tckd >= -1e-6).all() and (nckd >= -1e-6).all()
+
+
+def test_dkd_with_beta_one_minus_target_prob_is_kd_and_needs_labels():
+    s, t = torch.tensor([[1.5, 1.0, 0.8]]), torch.tensor([[3.0, 1.5, -2.0]])
+    y = torch.tensor([0])
+    beta = 1 - float(torch.softmax(t / 4, -1)[0, 0])   # one sample: the weight that makes DKD plain KD
+    kd = distillation_loss(s, t, y, temperature=4.0, alpha=1.0)
+    dkd = distillation_loss(s, t, y, temperature=4.0, alpha=1.0, method="dkd", dkd_beta=beta)
+    assert float(dkd) == pytest.approx(float(kd), rel=1e-5)
+    from edgekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs hard labels"):
+        distillation_loss(s, t, None, temperature=4.0, alpha=1.0, method="dkd")
+
+
+def test_logit_standardization_ignores_the_teachers_offset_and_scale():
+    """Sun et al. (CVPR 2024): z-scored logits make the soft term blind to a ∙ t + b (a > 0)."""
+    torch.manual_seed(1)
+    s, t = torch.randn(4, 6), torch.randn(4, 6)
+    base = distillation_loss(s, t, None, temperature=2.0, alpha=1.0, method="kd-ls")
+    moved = distillation_loss(s, 5 * t + 3, None, temperature=2.0, alpha=1.0, method="kd-ls")
+    assert float(base) == pytest.approx(float(moved), rel=1e-4)
+    assert float(distillation_loss(s, 5 * t, None, temperature=2.0, alpha=1.0)) != pytest.approx(
+        float(distillation_loss(s, t, None, temperature=2.0, alpha=1.0)), rel=1e-2)   # plain KD is not
+
+
+def test_unknown_method_is_refused():
+    from edgekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'method' parameter must be one of 'kd', 'kd-ls', 'dkd'"):
+        distillation_loss(torch.zeros(1, 3), torch.zeros(1, 3), None, temperature=1.0, alpha=1.0, method="crd")

@@ -159,6 +159,18 @@ def _parse_auto(name, value, kind=float):
         raise ConfigError(f"The '{name}' parameter must be a number or 'auto'. Got {value!r} instead.") from None
 
 
+def _parse_views(value) -> dict:
+    """``--views N`` or ``--views all`` as DistillConfig fields."""
+    from edgekd.errors import ConfigError
+
+    if str(value).strip().lower() == "all":
+        return {"views": 0, "view_grid": True}
+    try:
+        return {"views": int(value), "view_grid": False}
+    except ValueError:
+        raise ConfigError(f"The 'views' parameter must be a whole number >= 0 or 'all'. Got {value!r} instead.") from None
+
+
 def _parse_list(name, value, kind=float):
     from edgekd.errors import ConfigError
 
@@ -178,7 +190,8 @@ def distill_config(params):
         alpha=_parse_auto("alpha", params["alpha"]),
         temperature_grid=_parse_list("temperature_grid", params["temperature_grid"]) or DEFAULT_TEMPERATURE_GRID,
         alpha_grid=_parse_list("alpha_grid", params["alpha_grid"]) or DEFAULT_ALPHA_GRID,
-        auto_epochs=params["auto_epochs"], train=make_train_config(params), views=params["views"],
+        auto_epochs=params["auto_epochs"], train=make_train_config(params), method=params["method"], dkd_beta=params["dkd_beta"],
+        **_parse_views(params["views"]),
         transfer_limit=params["transfer_limit"], omit_classes=_parse_list("omit_classes", params["omit_classes"], int),
         baseline=params["baseline"])
 
@@ -191,8 +204,12 @@ def distill_options(func):
     @click.option("--alpha-grid", default=None, help="Grid for --alpha auto (default 0.5,0.9,1).")
     @click.option("--auto-epochs", type=click.IntRange(min=0), default=0, show_default=True,
                   help="Epochs per auto candidate (0: a quarter of --epochs).")
-    @click.option("--views", type=click.IntRange(min=0), default=0, show_default=True,
-                  help="With --jitter: cache teacher logits on this many jittered views (0: run the teacher online).")
+    @click.option("--views", default="0", show_default=True,
+                  help="With --jitter: cache teacher logits on this many jittered views (0: run the teacher online), "
+                       "or 'all': every integer shift, so the teacher sees exactly the student's view (consistent teaching).")
+    @click.option("--method", type=click.Choice(["kd", "kd-ls", "dkd"]), default="kd", show_default=True,
+                  help="Soft term: the paper's KD, KD on z-scored logits (logit standardization), or decoupled KD.")
+    @click.option("--dkd-beta", type=float, default=8.0, show_default=True, help="With --method dkd: weight of the non-target term.")
     @click.option("--transfer-limit", default=None, help="Transfer set: a count or a fraction of the train split.")
     @click.option("--omit-classes", default=None, help="Comma-separated class indices left out of the transfer set "
                                                         "(their bias is then corrected on val).")
