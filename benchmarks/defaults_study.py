@@ -1,0 +1,161 @@
+"""Which distillation settings should be the default? A grid of candidates against the hard-label
+baseline, over teachers and students, on Fashion-MNIST.
+
+    python -m benchmarks.defaults_study --train-limit 10000 --out benchmarks/results/defaults_study_10k
+    python -m benchmarks.defaults_study --smoke
+
+For each teacher (the first k members of one cnn ensemble trained ``--teacher-epochs`` on the same
+train split, k in ``--members``), each student and each seed, the student is distilled with every
+candidate (method, T, alpha) at the default budget and recipe of ``edgekd distill`` (20 epochs, no
+jitter, cached logits), beside its hard-label baseline with the same budget and seed. A default must
+not lose: the table gives each candidate's gain over the baseline per cell, its mean and its worst
+cell; the candidate whose worst cell is best, among those with a soft weight alpha >= 0.5, is the
+recommendation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+from benchmarks.provenance import header_markdown, provenance
+from benchmarks.scenario_common import write_result
+
+CANDIDATES = "kd:T=4,a=0.9;kd:T=4,a=0.5;kd:T=8,a=0.5;kd:T=2,a=0.5;kd-ls:T=2,a=0.5;dkd:T=4,a=0.5"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--train-limit", type=int, default=10000)
+    p.add_argument("--teacher-arch", default="cnn")
+    p.add_argument("--members", default="1,3", help="Teachers: the first k members of one ensemble, for each k.")
+    p.add_argument("--teacher-epochs", type=int, default=3)
+    p.add_argument("--students", default="mlp;mlp:hidden=100;cnn:width=8;dsconv")
+    p.add_argument("--candidates", default=CANDIDATES, help="';'-separated METHOD:T=..,a=..")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--work", default="runs/defaults_study")
+    p.add_argument("--out", default="benchmarks/results/defaults_study")
+    p.add_argument("--smoke", action="store_true", help="digits, tiny models, seconds")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.data, args.train_limit, args.teacher_arch, args.members = "digits", None, "cnn:width=4,fc=16", "1,2"
+        args.students, args.candidates, args.epochs, args.teacher_epochs = "mlp:hidden=16", "kd:T=4,a=0.9;kd:T=2,a=0.5", 2, 2
+        args.work = str(Path(args.out).parent / (Path(args.out).name + "-work"))
+    return args
+
+
+def parse_candidate(text: str) -> dict:
+    method, _, rest = text.partition(":")
+    values = dict(item.split("=") for item in rest.split(",") if item)
+    return {"method": method, "temperature": float(values["T"]), "alpha": float(values["a"]), "name": text}
+
+
+def teachers(args, data):
+    """{k: Teacher of the first k members}, from one ensemble trained (or reused) in --work."""
+    from edgekd.artifacts import is_artifact, load_artifact
+    from edgekd.device import resolve_device
+    from edgekd.teacher_training import TeacherConfig, train_teachers
+    from edgekd.teachers import EnsembleModule, ModuleTeacher
+    from edgekd.training import TrainConfig
+
+    ks = [int(k) for k in args.members.split(",")]
+    path = Path(args.work) / "teacher"
+    if not is_artifact(path):
+        train_teachers(data, TeacherConfig(arch=args.teacher_arch, ensemble=max(ks),
+                                           train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=2, device=args.device)),
+                       path, resume=path.with_name("teacher.partial").exists())
+    artifact = load_artifact(path)
+    members = artifact.build_members()
+    device = resolve_device(args.device)
+    out = {}
+    for k in ks:
+        fingerprint = hashlib.sha256(f"{artifact.fingerprint}:first={k}".encode()).hexdigest()
+        out[k] = ModuleTeacher(EnsembleModule(members[:k]).to(device), kind="ensemble", classes=artifact.classes,
+                               input_shape=artifact.input_shape, fingerprint=fingerprint,
+                               description=f"first {k} of {len(members)} x {args.teacher_arch}")
+    return out
+
+
+def run(args) -> dict:
+    from edgekd.cache import LogitCache
+    from edgekd.data import load_dataset
+    from edgekd.distill import DistillConfig, distill
+    from edgekd.training import TrainConfig
+
+    data = load_dataset(args.data, train_limit=args.train_limit)
+    cache = LogitCache(Path(args.work) / "cache")
+    candidates = [parse_candidate(c) for c in args.candidates.split(";")]
+    cells = []
+    for k, teacher in teachers(args, data).items():
+        for student in args.students.split(";"):
+            for seed in range(args.seeds):
+                cell = {"members": k, "student": student, "seed": seed, "runs": {}}
+                for index, cand in enumerate(candidates):
+                    config = DistillConfig(student=student, temperature=cand["temperature"], alpha=cand["alpha"],
+                                           method=cand["method"], baseline=index == 0,
+                                           train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device))
+                    out = Path(args.work) / f"s-{k}-{student.replace(':', '_').replace('=', '')}-{seed}-{index}"
+                    tick = time.perf_counter()
+                    r = distill(teacher, data, config, out, cache=cache, overwrite=True)
+                    if index == 0:
+                        cell["baseline"], cell["teacher"] = r.baseline_test_accuracy, r.teacher_test_accuracy
+                    cell["runs"][cand["name"]] = {"test_accuracy": r.student_test_accuracy, "seconds": time.perf_counter() - tick}
+                cells.append(cell)
+                print(f"k={k} {student} seed {seed}: baseline {cell['baseline']:.4f} "
+                      + " ".join(f"{n} {v['test_accuracy']:.4f}" for n, v in cell["runs"].items()), flush=True)
+    return {"data": data.describe(), "candidates": candidates, "cells": cells, "summary": summarize(cells, candidates)}
+
+
+def summarize(cells, candidates) -> list[dict]:
+    """Per candidate: gain over the baseline (points) per cell, its mean and worst; the recommendation
+    is the best worst cell among candidates with alpha >= 0.5."""
+    rows = []
+    for cand in candidates:
+        gains = [100 * (c["runs"][cand["name"]]["test_accuracy"] - c["baseline"]) for c in cells]
+        rows.append({"candidate": cand["name"], "alpha": cand["alpha"], "mean_gain": sum(gains) / len(gains),
+                     "worst_gain": min(gains), "wins": sum(g > 0 for g in gains), "cells": len(gains)})
+    eligible = [r for r in rows if r["alpha"] >= 0.5]
+    best = max(eligible, key=lambda r: (r["worst_gain"], r["mean_gain"]))
+    for r in rows:
+        r["recommended"] = r is best
+    return rows
+
+
+def render(result: dict) -> str:
+    lines = header_markdown(f"Defaults study on `{result['data']['spec']}` ({result['data']['n_train']} training images)",
+                            result["provenance"])
+    a = result["args"]
+    lines += [f"Teachers: the first k of {max(int(k) for k in a['members'].split(','))} × `{a['teacher_arch']}` "
+              f"({a['teacher_epochs']} epochs, ±2 px jitter), k ∈ {{{a['members']}}}. Every student {a['epochs']} epochs, "
+              f"no jitter, cached logits (the defaults of `edgekd distill`), seeds 0..{a['seeds'] - 1}; gain = distilled − "
+              "hard-label baseline with the same budget and seed, in test-accuracy points.", "",
+              "| teacher (k) | teacher acc | student | seed | baseline | " + " | ".join(c["name"] for c in result["candidates"]) + " |",
+              "|---|---|---|---|---|" + "---|" * len(result["candidates"])]
+    for c in result["cells"]:
+        gains = [100 * (c["runs"][cand["name"]]["test_accuracy"] - c["baseline"]) for cand in result["candidates"]]
+        lines.append(f"| {c['members']} | {100 * c['teacher']:.2f} | `{c['student']}` | {c['seed']} | {100 * c['baseline']:.2f} | "
+                     + " | ".join(f"{g:+.2f}" for g in gains) + " |")
+    lines += ["", "| candidate | mean gain | worst cell | cells won |", "|---|---|---|---|"]
+    for r in result["summary"]:
+        mark = " **(recommended)**" if r["recommended"] else ""
+        lines.append(f"| `{r['candidate']}`{mark} | {r['mean_gain']:+.2f} | {r['worst_gain']:+.2f} | {r['wins']}/{r['cells']} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    result = run(args)
+    result["args"] = vars(args)
+    result["provenance"] = provenance(started)
+    write_result(args, result, render(result))
+
+
+if __name__ == "__main__":
+    main()
