@@ -58,7 +58,7 @@ CASES = [
     ("train npz empty", lambda t, T, S: ["teacher", "train", "--data", npz(t, x=np.zeros((0, 4), np.float32), y=np.zeros(0, np.int64)), "--out", t / "o"], "no samples"),
     ("train npz one sample per class", lambda t, T, S: ["teacher", "train", "--data", npz(t, x=np.zeros((3, 4), np.float32), y=np.arange(3)), "--out", t / "o"], "at least 2 training samples"),
     ("train ensemble 0", lambda t, T, S: ["teacher", "train", "--ensemble", "0", "--out", t / "o"], "--ensemble"),
-    ("train negative lr", lambda t, T, S: ["teacher", "train", "--lr", "-1", "--out", t / "o"], "'lr' parameter must be > 0"),
+    ("train negative lr", lambda t, T, S: ["teacher", "train", "--lr", "-1", "--out", t / "o"], "'--lr'"),
     ("train negative width", lambda t, T, S: ["teacher", "train", "--arch", "cnn:width=-2", "--out", t / "o"], "must be > 0"),
     ("train bad hidden list", lambda t, T, S: ["teacher", "train", "--arch", "mlp:hidden=abc", "--out", t / "o"], "must look like 800-800"),
     ("train existing output", lambda t, T, S: ["teacher", "train", "--out", T], "already exists"),
