@@ -26,7 +26,7 @@ from edgekd.models import count_macs, count_parameters, create_model, format_arc
 from edgekd.teacher_training import cross_entropy_loss, supervised_batches
 from edgekd.teachers import Teacher, check_teacher_fits
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit,
-                             jitter_shifts, predict_logits)
+                             jitter_shifts, predict_logits, run_fingerprint)
 from edgekd.validation import check_in_range, check_int_at_least, check_positive, parse_limit
 
 DEFAULT_TEMPERATURE_GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -93,7 +93,8 @@ def teacher_logits(teacher: Teacher, data: Dataset, split: str, cache: LogitCach
     """The teacher's raw logits on a split, from the cache when the teacher and data are unchanged."""
     x, _ = data.split(split)
     key = cache_key("logits", teacher.fingerprint, data.fingerprint(split))
-    return cache.get_or_compute(key, lambda: sharded_logits(teacher, x, dist), refresh=refresh, dist=dist)
+    return cache.get_or_compute(key, lambda: sharded_logits(teacher, x, dist), refresh=refresh, dist=dist,
+                                check=lambda rows: teacher.logits(x[rows]))
 
 
 def sharded_logits(teacher: Teacher, x: torch.Tensor, dist=None) -> torch.Tensor:
@@ -120,7 +121,8 @@ def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int
     for v in range(views):
         key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), f"{pixels}:{VIEW_SEED + v}" if v else "0")
         outs.append(cache.get_or_compute(key, lambda v=v: sharded_logits(teacher, apply_shifts(data.x_train, shifts[v], pixels), dist),
-                                         refresh=refresh, dist=dist))
+                                         refresh=refresh, dist=dist,
+                                         check=lambda rows, v=v: teacher.logits(apply_shifts(data.x_train[rows], shifts[v][rows], pixels))))
     return torch.stack(outs), shifts
 
 
@@ -211,7 +213,8 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
         logits = teacher_logits(teacher, data, "train", cache, refresh=refresh_cache, dist=dist)[idx]
         make_batch = _distill_batches(x, y, logits, None, 0, None)
     val = (data.x_val, data.y_val)
-    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0)
+    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0,
+                     fingerprint=run_fingerprint(config_record or config, data, teacher.fingerprint), overwrite=overwrite)
 
     def new_student(seed):
         torch.manual_seed(seed)
