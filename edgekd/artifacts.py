@@ -218,6 +218,8 @@ def _check_schema(path: Path, manifest: dict) -> None:
     files = manifest["files"]
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         fail("has 'files' that is not a table of file names to sha256 hashes")
+    for name in files:
+        _inside(path, name)
     classes = manifest["classes"]
     if not isinstance(classes, list) or not 1 <= len(classes) <= MAX_CLASSES or not all(isinstance(c, str) for c in classes):
         fail(f"must list between 1 and {MAX_CLASSES} class names in 'classes'")

@@ -208,15 +208,21 @@ class RunStore:
         self.path = Path(path)
         self.resume = resume
         self.writer = rank == 0
-        if self.writer and (self.path.exists() or self.path.is_symlink()):
+        fresh = not (self.path.exists() or self.path.is_symlink())
+        if self.writer and not fresh:
             if self.path.is_symlink() or not self.path.is_dir():
                 raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) exists and is not a folder; "
                                   f"move it away and rerun.")
             has_state = any(self.path.glob("*.ckpt.json")) or any(self.path.glob("*.done.json"))
+            foreign = [p.name for p in self.path.iterdir() if p.is_dir() or not p.name.endswith((".json", ".safetensors", ".tmp"))]
+            if foreign:
+                raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) holds files edgekd did not write "
+                                  f"({', '.join(sorted(foreign)[:3])}); move them away and rerun.")
             if (overwrite and not resume) or not has_state:
                 import shutil
 
                 shutil.rmtree(self.path)
+                fresh = True
             elif not resume:
                 raise EdgekdError(f"An interrupted run was found at '{self.path}'; pass --resume to continue it, "
                                   f"or --overwrite (or delete that folder) to start over.")
@@ -224,7 +230,7 @@ class RunStore:
                 self._check_fingerprint(fingerprint)
         if self.writer:
             self.path.mkdir(parents=True, exist_ok=True)
-            if fingerprint is not None and not (self.path / "run.json").is_file():
+            if fingerprint is not None and fresh:   # a store from before fingerprints stays as it was
                 write_json_atomic(self.path / "run.json", {"fingerprint": fingerprint})
         self._serial = 0
 
