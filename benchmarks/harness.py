@@ -20,6 +20,7 @@ A runtime that is missing, cannot load a model, or fails while timing gives a ro
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -79,6 +80,10 @@ class BenchConfig:
         return tuple(dict.fromkeys(self.threads or (1, usable_cores())))
 
 
+# bounds: thread counts up to 4x the cores (more only thrashes; 100000 crashes onnxruntime), batches up to 65536
+_MAX_LIST_VALUE = {"threads": 4 * (os.cpu_count() or 1), "batch_sizes": 1 << 16}
+
+
 def parse_int_list(name: str, value: str, *, allow_all: bool = False) -> tuple[int, ...]:
     """``"1,8,64"`` -> ``(1, 8, 64)``; with ``allow_all``, ``all`` means every usable core."""
     out = []
@@ -86,10 +91,11 @@ def parse_int_list(name: str, value: str, *, allow_all: bool = False) -> tuple[i
         part = part.strip().lower()
         if allow_all and part in ("all", "n", "max"):
             out.append(usable_cores())
-        elif part.isdigit() and int(part) >= 1:
+        elif part.isdigit() and 1 <= int(part) <= _MAX_LIST_VALUE.get(name, 1 << 16):
             out.append(int(part))
         else:
-            raise ConfigError(f"The '{name}' parameter must be a comma-separated list of integers >= 1"
+            raise ConfigError(f"The '{name}' parameter must be a comma-separated list of integers in "
+                              f"[1, {_MAX_LIST_VALUE.get(name, 1 << 16)}]"
                               f"{' or all' if allow_all else ''}, e.g. {'1,all' if allow_all else '1,8,64'}. "
                               f"Got {value!r} instead.")
     return tuple(dict.fromkeys(out))

@@ -17,18 +17,35 @@ def write_report(report, out_dir: str | Path) -> dict[str, Path]:
     """Write ``report.json`` (from a ``BenchReport`` or its dict) and render the rest from that file."""
     from edgekd.artifacts import write_json_atomic
 
+    from edgekd.outputs import check_output
+
     out_dir = Path(out_dir)
+    check_output(out_dir, kind="report", overwrite=True)   # an earlier report is replaced, a user's folder never
     out_dir.mkdir(parents=True, exist_ok=True)
     data = report.to_dict() if hasattr(report, "to_dict") else report
     write_json_atomic(out_dir / FILES["report_json"], data)
     return render_files(load_report(out_dir / FILES["report_json"]), out_dir)
 
 
-def rerender(json_path: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Render ``report.md`` and the plots again from a ``report.json`` (into its folder by default)."""
+def rerender(json_path: str | Path, out_dir: str | Path | None = None, *, overwrite: bool = False) -> dict[str, Path]:
+    """Render ``report.md`` and the plots again from a ``report.json`` (into its folder by default).
+
+    In the report's own folder the rendered files are replaced (they are made from that JSON); another
+    folder that already holds files needs ``overwrite`` and must be an edgekd report folder.
+    """
+    from edgekd.outputs import check_output
+
     json_path = Path(json_path)
     data = load_report(json_path)
-    out_dir = Path(out_dir) if out_dir is not None else json_path.parent
+    in_place = out_dir is None or Path(out_dir).resolve() == json_path.parent.resolve()
+    out_dir = json_path.parent if out_dir is None else Path(out_dir)
+    if in_place:
+        if json_path.name != FILES["report_json"]:
+            raise EdgekdError(f"'{json_path}' is not named report.json, so its folder is not a report folder edgekd "
+                              f"wrote; pass --out NEW_FOLDER to render it there.")
+        check_output(out_dir, kind="report", overwrite=True)
+    else:
+        check_output(out_dir, kind="report", overwrite=overwrite, inputs=[json_path])
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / FILES["report_json"]
     if not target.exists() or not target.samefile(json_path):

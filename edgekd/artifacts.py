@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekd.errors import ArtifactError, EdgekdError
+from edgekd.errors import ArtifactError
 
 FORMAT = "edgekd.artifact"
 FORMAT_VERSION = 1
@@ -111,6 +111,10 @@ class Artifact:
     def load_tensors(self, name: str) -> dict:
         from safetensors.torch import load_file
 
+        if name not in self.manifest["files"]:
+            raise ArtifactError(f"Artifact '{self.path}': '{name}' is not listed with a sha256 in its manifest's 'files'; "
+                                f"refusing to read unverified weights; re-create the artifact.")
+
         try:
             return load_file(str(self.file(name)))
         except Exception as exc:  # safetensors raises its own error types for a corrupt header
@@ -118,15 +122,25 @@ class Artifact:
 
     def build_members(self) -> list:
         """The member models, in eval mode, with their weights loaded."""
-        from edgekd.models import create_model
+        from edgekd.errors import ConfigError
+        from edgekd.models import create_model, format_arch, parse_arch
 
         models = []
         norm = self.manifest["normalization"]
         for member in self.manifest["members"]:
-            model = create_model(member["arch"], self.input_shape, member.get("num_outputs", len(self.classes)),
-                                 mean=norm["mean"], std=norm["std"], options=_options_from_json(member["options"]))
+            try:   # the options go through the same checks as a command line's
+                arch, options = parse_arch(format_arch(member["arch"], _options_from_json(member["options"])))
+                model = create_model(arch, self.input_shape, member.get("num_outputs", len(self.classes)),
+                                     mean=norm["mean"], std=norm["std"], options=options)
+            except ConfigError as exc:
+                raise ArtifactError(f"Artifact '{self.path}': member '{member['arch']}' cannot be built ({exc}); "
+                                    f"re-create the artifact.") from None
             state = self.load_tensors(member["weights"])
-            missing, unexpected = model.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = model.load_state_dict(state, strict=False)
+            except RuntimeError as exc:   # shapes that do not fit
+                raise ArtifactError(f"Artifact '{self.path}': weights in '{member['weights']}' do not fit architecture "
+                                    f"'{member['arch']}' ({str(exc).splitlines()[-1].strip()[:160]}); re-create the artifact.") from None
             if missing or unexpected:
                 raise ArtifactError(f"Artifact '{self.path}': weights in '{member['weights']}' do not fit architecture "
                                     f"'{member['arch']}' (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); re-create the artifact.")
@@ -172,6 +186,7 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> Artifact:
             raise ArtifactError(f"Artifact '{path}': {MANIFEST} lacks '{key}'; re-create the artifact.")
     if manifest["kind"] not in KINDS:
         raise ArtifactError(f"Artifact '{path}' has unknown kind '{manifest['kind']}'; expected one of {', '.join(KINDS)}.")
+    _check_schema(path, manifest)
     if verify:
         for name, expected in manifest["files"].items():
             file = _inside(path, name)
@@ -182,6 +197,53 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> Artifact:
                 raise ArtifactError(f"Artifact '{path}': '{name}' has sha256 {actual[:12]}… but the manifest says "
                                     f"{expected[:12]}…; the file is corrupt or was edited; re-create the artifact.")
     return Artifact(path=path, manifest=manifest)
+
+
+MAX_INPUT_VALUES = 1 << 24     # values per sample (a 4096x4096 image); more is a crafted manifest
+MAX_CLASSES = 100_000
+
+
+def _check_schema(path: Path, manifest: dict) -> None:
+    """Types and bounds of the manifest fields edgekd builds models from; every member's weights file
+    must be listed (and so hashed) in ``files``."""
+    import math
+
+    def fail(what: str):
+        raise ArtifactError(f"Artifact '{path}': {MANIFEST} {what}; re-create the artifact.")
+
+    def numbers(value, n=None):
+        return isinstance(value, list) and (n is None or len(value) == n) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        fail("has 'files' that is not a table of file names to sha256 hashes")
+    for name in files:
+        _inside(path, name)
+    classes = manifest["classes"]
+    if not isinstance(classes, list) or not 1 <= len(classes) <= MAX_CLASSES or not all(isinstance(c, str) for c in classes):
+        fail(f"must list between 1 and {MAX_CLASSES} class names in 'classes'")
+    shape = manifest["input_shape"]
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 3 and all(isinstance(d, int) and not isinstance(d, bool)
+                                                                    and d >= 1 for d in shape)
+            and math.prod(shape) <= MAX_INPUT_VALUES):
+        fail(f"has 'input_shape' {shape!r}; expected 1 to 3 positive integers with at most {MAX_INPUT_VALUES} values")
+    norm = manifest["normalization"]
+    if not (isinstance(norm, dict) and numbers(norm.get("mean")) and numbers(norm.get("std"))
+            and 1 <= len(norm["mean"]) == len(norm["std"]) <= max(1, shape[0]) and all(v > 0 for v in norm["std"])):
+        fail("has a 'normalization' that is not finite per-channel 'mean' and positive 'std' lists")
+    members = manifest["members"]
+    if not isinstance(members, list) or not members:
+        fail("has no 'members'")
+    for index, member in enumerate(members):
+        if not (isinstance(member, dict) and isinstance(member.get("arch"), str) and isinstance(member.get("options", {}), dict)
+                and isinstance(member.get("weights"), str)):
+            fail(f"member {index} needs 'arch' (text), 'options' (a table) and 'weights' (a file name)")
+        outputs = member.get("num_outputs", len(classes))
+        if not isinstance(outputs, int) or isinstance(outputs, bool) or not 1 <= outputs <= MAX_CLASSES + 1:
+            fail(f"member {index} has 'num_outputs' {outputs!r}; expected a positive integer")
+        if member["weights"] not in files:
+            fail(f"names weights file '{member['weights']}' (member {index}) that its 'files' does not list with a sha256")
 
 
 def save_artifact(out_dir: str | Path, manifest: dict, tensor_files: dict[str, dict], *,
@@ -195,11 +257,12 @@ def save_artifact(out_dir: str | Path, manifest: dict, tensor_files: dict[str, d
     hard-label baseline), covered by the hash of its manifest. The manifest gains ``files`` (sha256 of each),
     ``format``, ``versions`` and ``created``.
     """
+    from edgekd.outputs import check_output, temp_folder
+
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise EdgekdError(f"Output folder '{out_dir}' already exists; pass --overwrite or choose another --out.")
+    check_output(out_dir, kind="artifact", overwrite=overwrite)   # only an edgekd artifact is ever replaced
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = temp_folder(out_dir)
     try:
         extra = dict(extra_files or {})
         for name, (sub_manifest, sub_tensors) in (nested or {}).items():
@@ -232,12 +295,18 @@ def _write_folder(folder: Path, manifest: dict, tensor_files: dict, extra_files:
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``tmp``; an old folder is moved aside first and removed only after."""
+    """Replace ``out_dir`` by ``tmp``; an old folder is moved aside (under a name unique to this run)
+    first, put back if the rename fails, and removed only after."""
+    from edgekd.outputs import OLD_SUFFIX, temp_folder
+
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        old = temp_folder(out_dir, OLD_SUFFIX)   # an empty folder: rename(2) replaces it
         os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except BaseException:
+            os.replace(old, out_dir)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)

@@ -3,20 +3,39 @@
 The key is a sha256 of the teacher's fingerprint (its weights or file), the inputs' fingerprint and
 the augmentation views, so a changed teacher or changed data never reuses a stale cache. Logits are
 stored raw (before any temperature), so T can change without recomputing. Each cache file carries
-the sha256 of its values in its header: a torn or edited file is reported, never silently used.
+the sha256 of its values in its header: a torn file is reported, never silently used; and since a
+hash in the file proves nothing against an edit that recomputes it, every hit is also checked by
+recomputing the teacher on 64 random cached rows (a mismatch discards the entry with a warning).
+A cache that cannot be written (full or read-only disk) is a warning; the run goes on.
 
 Location: ``$EDGEKD_CACHE`` or ``~/.cache/edgekd`` (override per call with ``cache_dir``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, EdgekdWarning, TeacherError
+
+VERIFY_ROWS = 64
+
+
+def logits_match(cached: torch.Tensor, fresh: torch.Tensor, *, loose: bool = False) -> bool:
+    """Cached and recomputed logits agree: ``|a - b| <= tol * max(1, max|b|)`` with ``tol`` 1e-3 on the CPU
+    (float32 summation order, batch size) and 2e-2 where CUDA took part (TF32 matmuls, other kernels)."""
+    if cached.shape != fresh.shape:
+        return False
+    tol = 2e-2 if loose else 1e-3
+    scale = max(1.0, float(fresh.abs().max())) if fresh.numel() else 1.0
+    if not cached.numel():
+        return True
+    return bool(torch.isfinite(cached).all()) and float((cached.float() - fresh).abs().max()) <= tol * scale
 
 
 def default_cache_dir() -> Path:
@@ -34,23 +53,51 @@ class LogitCache:
         self.writer = writer
         self.hits = 0
         self.misses = 0
+        self._metadata: dict[str, dict] = {}
 
-    def get_or_compute(self, key: str, compute, *, refresh: bool = False, dist=None) -> torch.Tensor:
+    def get_or_compute(self, key: str, compute, *, refresh: bool = False, dist=None, check=None) -> torch.Tensor:
         """The cached tensor under ``key``, else ``compute()`` (then stored).
 
-        Under torchrun every rank must take the same branch (``compute`` is collective), so the
-        ranks agree: the cache is used only when every rank finds it.
+        ``check(rows)`` recomputes the given rows (a LongTensor of indices): on every hit a random
+        sample of ``VERIFY_ROWS`` cached rows is recomputed and compared (``logits_match``); an entry
+        that does not match was edited (its header hash recomputed) or made by another teacher: it is
+        discarded with a warning and recomputed. Under torchrun every rank must take the same branch
+        (``compute`` is collective), so the ranks agree: the cache is used only when every rank finds it.
         """
         cached = self.load(key) if self.enabled and not refresh else None
+        if cached is not None and check is not None and not self._verify(key, cached, check):
+            cached = None
         found = cached is not None if dist is None else dist.all_true(cached is not None)
         if found:
             self.hits += 1
             return cached
         self.misses += 1
         value = compute()
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise TeacherError("The teacher's logits contain NaN or Inf (its weights or outputs are not finite); "
+                               "pass a teacher that gives finite outputs on this data.")
         if self.enabled and self.writer:
             self.store(key, value)
         return value
+
+    def _verify(self, key: str, cached: torch.Tensor, check) -> bool:
+        if cached.dim() < 1 or len(cached) == 0:
+            return True
+        seed = int.from_bytes(os.urandom(8), "little")   # unpredictable: an edit cannot dodge the sample
+        rows = torch.randperm(len(cached), generator=torch.Generator().manual_seed(seed))[:VERIFY_ROWS]
+        fresh = check(rows)
+        if torch.is_tensor(fresh) and logits_match(cached[rows], fresh.detach().float().cpu(),
+                                                   loose=self._device(key) == "cuda" or torch.cuda.is_available()):
+            return True
+        warnings.warn(f"Cached teacher logits '{self.path(key)}' do not match the teacher recomputed on {len(rows)} "
+                      f"random rows (edited, or made by another teacher); discarded and recomputed.", EdgekdWarning,
+                      stacklevel=3)
+        with contextlib.suppress(OSError):
+            self.path(key).unlink()
+        return False
+
+    def _device(self, key: str) -> str | None:
+        return self._metadata.get(key, {}).get("device")
 
     def path(self, key: str) -> Path:
         return self.dir / f"{key}.safetensors"
@@ -63,10 +110,12 @@ class LogitCache:
             return None
         try:
             with safe_open(str(path), framework="pt") as handle:
-                expected = (handle.metadata() or {}).get("sha256")
+                metadata = handle.metadata() or {}
+                expected = metadata.get("sha256")
                 value = handle.get_tensor("logits")
         except Exception:  # a torn file fails to parse
-            expected, value = None, None
+            metadata, expected, value = {}, None, None
+        self._metadata[key] = metadata
         if value is None or expected != _tensor_sha256(value):
             raise EdgekdError(f"Cached teacher logits '{path}' fail their sha256 check (torn or edited); "
                               f"delete that file or rerun with --refresh-cache.")
@@ -76,11 +125,18 @@ class LogitCache:
         """One file, written to a temporary name then renamed; the hash of the values is in its header."""
         from safetensors.torch import save_file
 
-        self.dir.mkdir(parents=True, exist_ok=True)
+        device = value.device.type
         value = value.detach().contiguous().cpu()
         tmp = self.dir / f".{key}.{os.getpid()}.tmp"
-        save_file({"logits": value}, str(tmp), metadata={"sha256": _tensor_sha256(value)})
-        os.replace(tmp, self.path(key))
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            save_file({"logits": value}, str(tmp), metadata={"sha256": _tensor_sha256(value), "device": device})
+            os.replace(tmp, self.path(key))
+        except OSError as exc:   # a full or read-only cache folder costs a recomputation next time, not the run
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            warnings.warn(f"Could not write the teacher-logit cache '{self.dir}' ({exc.strerror or exc}); going on "
+                          f"without caching (pass --cache-dir to put it elsewhere).", EdgekdWarning, stacklevel=3)
 
 
 def _tensor_sha256(value: torch.Tensor) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -16,7 +18,11 @@ EXIT_INTERRUPTED = 130
 
 
 def _load_toml_defaults(ctx: click.Context, _param, value):
-    """``--config FILE.toml``: top-level keys and a ``[command]`` table supply defaults; flags override."""
+    """``--config FILE.toml``: top-level keys and a ``[command]`` table supply defaults; flags override.
+
+    Strict: a top-level key that no edgekd command has, an unknown key in the command's table, and a
+    value of the wrong type (``epochs = 1.9``, ``teacher = 5``) are errors, never silently dropped or rounded.
+    """
     if value is None:
         return None
     import tomllib
@@ -26,34 +32,82 @@ def _load_toml_defaults(ctx: click.Context, _param, value):
         table = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise click.BadParameter(f"config file '{path}' not found; pass an existing TOML file.") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, IsADirectoryError) as exc:
         raise click.BadParameter(f"'{path}' is not valid TOML ({exc}); fix the file.") from None
-    names = {p.name for p in ctx.command.params}
+    params = {p.name: p for p in ctx.command.params}
+    known, commands = _all_option_names(ctx.find_root().command)
+    for key, val in table.items():
+        name = key.replace("-", "_")
+        if isinstance(val, dict):
+            if key not in commands:
+                raise click.BadParameter(f"'{path}' has a table [{key}] but edgekd has no command '{key}'; "
+                                         f"commands: {', '.join(sorted(commands))}.")
+        elif name not in known:
+            raise click.BadParameter(f"'{path}' sets '{key}', which is no option of any edgekd command; fix the "
+                                     f"spelling or remove it (options of '{ctx.command_path}': {', '.join(sorted(params))}).")
     defaults = {}
     sections, node = [table], table
     for part in ctx.command_path.split()[1:]:  # [teacher.train] is the table of 'edgekd teacher train'
         node = node.get(part, {}) if isinstance(node, dict) else {}
-        sections.append(node)
+        if isinstance(node, dict):
+            sections.append(node)
     for section in sections:
         for key, val in section.items():
             if isinstance(val, dict):
                 continue
             name = key.replace("-", "_")
-            if name in names:
-                defaults[name] = val
+            if name in params:
+                defaults[name] = _checked_toml_value(path, key, val, params[name])
             elif section is not table:
                 raise click.BadParameter(f"'{path}' sets unknown option '{key}' for '{ctx.command_path}'; "
-                                         f"known: {', '.join(sorted(names))}.")
+                                         f"known: {', '.join(sorted(params))}.")
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta["config_file"] = str(path)
     return value
+
+
+def _all_option_names(group) -> tuple[set, set]:
+    """The option names of every command under ``group``, and every command and group name."""
+    names, commands = set(), set()
+    for name, command in getattr(group, "commands", {}).items():
+        commands.add(name)
+        names |= {p.name for p in command.params}
+        sub_names, sub_commands = _all_option_names(command)
+        names |= sub_names
+        commands |= sub_commands
+    return names, commands
+
+
+def _checked_toml_value(path: Path, key: str, value, param: click.Parameter):
+    """A TOML value of the option's type; no lossy conversion (an int option refuses 1.9)."""
+    kind = param.type
+    if getattr(param, "multiple", False):
+        if not isinstance(value, list):
+            raise click.BadParameter(f"'{path}': '{key}' must be a list. Got {value!r} instead.")
+        return [_checked_toml_value(path, key, v, _Single(kind)) for v in value]
+    if getattr(param, "is_flag", False) or isinstance(kind, click.types.BoolParamType):
+        expected, ok = "true or false", isinstance(value, bool)
+    elif isinstance(kind, click.types.IntParamType):
+        expected, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(kind, click.types.FloatParamType):
+        expected, ok = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        expected, ok = "text (a quoted string)", isinstance(value, str)
+    if not ok:
+        raise click.BadParameter(f"'{path}': '{key}' must be {expected}. Got {value!r} instead; fix the file.")
+    return value
+
+
+class _Single:
+    def __init__(self, kind):
+        self.type, self.multiple, self.is_flag = kind, False, False
 
 
 def common_options(func):
     """--config, --seed, --device, --quiet, --debug for a command."""
     @click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_toml_defaults,
                   is_eager=True, expose_value=True, help="TOML file with defaults for any option (flags override).")
-    @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
+    @click.option("--seed", type=click.IntRange(min=0, max=10**8), default=0, show_default=True, help="Random seed.")
     @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
     @click.option("--quiet", is_flag=True, help="No progress bars.")
     @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
@@ -106,12 +160,57 @@ def echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+_DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EDQUOT: "the disk quota is exceeded"}
+EXIT_TERMINATED = 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside a training loop (which checkpoints and stops by itself)."""
+
+
+def _on_sigterm(_signum, _frame):
+    raise _Terminated()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    from edgekd.errors import EdgekdWarning
+
+    if issubclass(category, EdgekdWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _DEFAULT_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_DEFAULT_SHOWWARNING = warnings.showwarning
+
+
 def run_cli(cli: click.Group, argv=None) -> int:
-    """Run ``cli``; return the exit code. User errors: one line, exit 2; ``--debug`` adds the traceback."""
-    from edgekd.errors import EdgekdError
+    """Run ``cli``; return the exit code. User errors: one line, exit 2; ``--debug`` adds the traceback.
+
+    A full or read-only disk is a user error too (one line, exit 2); SIGTERM anywhere in the command
+    ends it with one line and exit 143 (a training run saves its checkpoint first and exits 130).
+    """
+    import signal
+    import threading
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("EDGEKD_DEBUG"))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
+    try:
+        return _run(cli, argv, debug)
+    finally:
+        warnings.showwarning = shown
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(cli: click.Group, argv: list, debug: bool) -> int:
+    from edgekd.errors import EdgekdError
+
     try:
         cli.main(args=argv, prog_name="edgekd", standalone_mode=False)
         return 0
@@ -133,8 +232,26 @@ def run_cli(cli: click.Group, argv=None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug: say so in one line unless --debug
+    except _Terminated:
+        click.echo("error: terminated by SIGTERM; nothing was replaced (outputs are written whole or not at all; an "
+                   "interrupted training run keeps its checkpoint: rerun with --resume)", err=True)
+        return EXIT_TERMINATED
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            return _internal(exc, debug)
         if debug:
             traceback.print_exc()
-        click.echo(f"error: internal error {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback and report it)", err=True)
-        return 1
+        where = f" '{exc.filename}'" if exc.filename else ""
+        click.echo(f"error: cannot write{where}: {_DISK_ERRORS[exc.errno]} ({exc.strerror or exc}); nothing was replaced; "
+                   f"free some space or choose a writable --out (and --cache-dir).", err=True)
+        return EXIT_USER_ERROR
+    except Exception as exc:  # a bug: say so in one line unless --debug
+        return _internal(exc, debug)
+
+
+def _internal(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    message = str(exc).replace("\n", " ")[:300]
+    click.echo(f"error: internal error {exc.__class__.__name__}: {message} (rerun with --debug for the traceback and report it)", err=True)
+    return 1

@@ -228,18 +228,52 @@ def _load_npz(path: Path):
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"'{path}' is not a readable .npz without pickled objects ({exc}); save it with numpy.savez.") from None
+    except Exception as exc:  # numpy raises many types (BadZipFile, ValueError, OSError, ...) for a file that is no npz
+        raise DataError(f"'{path}' is not a readable .npz without pickled objects ({exc.__class__.__name__}: "
+                        f"{str(exc)[:120]}); save it with numpy.savez.") from None
     missing = [key for key in ("x", "y") if key not in arrays]
     if missing:
         raise DataError(f"'{path}' has arrays {sorted(arrays)} but needs 'x' and 'y'; save it with numpy.savez(path, x=..., y=...).")
-    y = arrays["y"]
-    if y.dtype.kind not in "iu":
-        raise DataError(f"'{path}': 'y' must hold integer class labels. Got dtype {y.dtype} instead.")
-    n_classes = int(max(y.max(initial=0), arrays.get("y_test", y).max(initial=0))) + 1
+    y = _labels(path, "y", arrays["y"])
+    y_test = _labels(path, "y_test", arrays["y_test"]) if "y_test" in arrays else None
     names = arrays.get("class_names")
+    if names is not None and (names.ndim != 1 or not 1 <= len(names) <= MAX_CLASSES or names.dtype.kind not in "iuUS"):
+        raise DataError(f"'{path}': 'class_names' must be a vector of 1 to {MAX_CLASSES} names. Got dtype {names.dtype}, "
+                        f"shape {names.shape} instead.")
+    # the number of classes is bounded before anything is sized by it: by the given names, else by the
+    # number of samples (a label beyond it leaves some class without samples anyway)
+    limit = len(names) if names is not None else max(1, len(y))
+    for part, labels in (("y", y), ("y_test", y_test)):
+        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= limit):
+            what = f"{len(names)} class_names" if names is not None else f"{len(y)} samples"
+            raise DataError(f"'{path}': '{part}' must hold class indices in [0, {limit - 1}] for {what}. Got "
+                            f"[{labels.min()}, {labels.max()}] instead; number the classes 0..C-1.")
+    n_classes = int(max(y.max(initial=0), y_test.max(initial=0) if y_test is not None else 0)) + 1
     classes = tuple(str(c) for c in names) if names is not None else tuple(str(i) for i in range(n_classes))
-    return arrays["x"], y, arrays.get("x_test"), arrays.get("y_test"), classes
+    return arrays["x"], y, arrays.get("x_test"), y_test, classes
+
+
+MAX_CLASSES = 100_000
+
+
+def _labels(path: Path, name: str, y: np.ndarray) -> np.ndarray:
+    """Integer class labels; float labels only when every one is a finite whole number (2.0, not 2.7)."""
+    if y.ndim != 1:
+        raise DataError(f"'{path}': '{name}' must be a vector of class labels. Got shape {y.shape} instead.")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise DataError(f"'{path}': '{name}' holds NaN or Inf labels; labels must be whole class indices.")
+        if (y != np.round(y)).any():
+            bad = y[y != np.round(y)][0]
+            raise DataError(f"'{path}': '{name}' must hold whole class indices. Got {bad!r} among them; save integer labels.")
+        if len(y) and np.abs(y).max() >= 2**62:
+            raise DataError(f"'{path}': '{name}' holds labels too large to be class indices; number the classes 0..C-1.")
+        return y.astype(np.int64)
+    if y.dtype.kind not in "iu":
+        raise DataError(f"'{path}': '{name}' must hold integer class labels. Got dtype {y.dtype} instead.")
+    if y.dtype.kind == "u" and len(y) and y.max() > np.iinfo(np.int64).max:
+        raise DataError(f"'{path}': '{name}' holds labels too large to be class indices; number the classes 0..C-1.")
+    return y.astype(np.int64, copy=False)
 
 
 def _check_arrays(spec, x, y, x_test, y_test, classes) -> None:

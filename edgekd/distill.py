@@ -31,7 +31,7 @@ from edgekd.models import count_macs, count_parameters, create_model, format_arc
 from edgekd.teacher_training import cross_entropy_loss, supervised_batches
 from edgekd.teachers import Teacher, check_teacher_fits
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit,
-                             jitter_shifts, predict_logits)
+                             jitter_shifts, predict_logits, run_fingerprint)
 from edgekd.validation import check_choice, check_in_range, check_int_at_least, check_positive, parse_limit
 
 DEFAULT_TEMPERATURE_GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -104,7 +104,8 @@ def teacher_logits(teacher: Teacher, data: Dataset, split: str, cache: LogitCach
     """The teacher's raw logits on a split, from the cache when the teacher and data are unchanged."""
     x, _ = data.split(split)
     key = cache_key("logits", teacher.fingerprint, data.fingerprint(split))
-    return cache.get_or_compute(key, lambda: sharded_logits(teacher, x, dist), refresh=refresh, dist=dist).to(x.device)
+    return cache.get_or_compute(key, lambda: sharded_logits(teacher, x, dist), refresh=refresh, dist=dist,
+                                check=lambda rows: teacher.logits(x[rows]).cpu()).to(x.device)
 
 
 def sharded_logits(teacher: Teacher, x: torch.Tensor, dist=None) -> torch.Tensor:
@@ -137,7 +138,8 @@ def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int
         name = f"shift:{int(shifts[v, 0, 0])},{int(shifts[v, 0, 1])}" if grid else f"{pixels}:{VIEW_SEED + v}"
         key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), name if v else "0")
         outs.append(cache.get_or_compute(key, lambda v=v: sharded_logits(teacher, apply_shifts(data.x_train, shifts[v], pixels), dist),
-                                         refresh=refresh, dist=dist))
+                                         refresh=refresh, dist=dist,
+                                         check=lambda rows, v=v: teacher.logits(apply_shifts(data.x_train[rows], shifts[v][rows], pixels)).cpu()))
     return torch.stack([o.to(data.device) for o in outs]), shifts.to(data.device)
 
 
@@ -221,11 +223,12 @@ def _strongest_baseline(new_student, x, y, pixels: int, val, train_cfg: TrainCon
         fitted = fit(model, n_train=len(y), make_batch=supervised_batches(x, y, jitter), loss_fn=cross_entropy_loss,
                      val=val, config=train_cfg, store=store, name=name, progress=progress, dist=dist,
                      data_device=data.device)
-        tried.append((model, fitted, {"jitter": jitter, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll,
-                                      "seconds": fitted.seconds_per_epoch * fitted.epochs_run}))
+        tried.append((model, fitted, {"jitter": jitter, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll}))
     best = max(range(len(tried)), key=lambda i: (tried[i][1].val_accuracy, -tried[i][1].val_nll))
     search = [{**record, "chosen": i == best} for i, (_, _, record) in enumerate(tried)]
-    return tried[best][0], tried[best][1], search
+    # wall-clock time lives apart from the (deterministic) records: the cost of the recipes not kept
+    seconds = sum(f.seconds_per_epoch * f.epochs_run for i, (_, f, _) in enumerate(tried) if i != best)
+    return tried[best][0], tried[best][1], search, seconds
 
 
 # --- the bias correction for omitted classes -------------------------------------------------------
@@ -278,7 +281,8 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
         logits = teacher_logits(teacher, data, "train", cache, refresh=refresh_cache, dist=dist)[idx]
         make_batch = distill_batches(x, y, logits, None, 0, None)
     val = (data.x_val, data.y_val)
-    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0)
+    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0,
+                     fingerprint=run_fingerprint(config_record or config, data, teacher.fingerprint), overwrite=overwrite)
 
     def new_student(seed):
         torch.manual_seed(seed)
@@ -293,9 +297,9 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     fitted = fit(student, n_train=len(idx), make_batch=make_batch, loss_fn=distill_loss_fn(temperature, alpha, config.method, config.dkd_beta),
                  val=val, config=train_cfg, store=store, name="student", progress=progress, dist=dist, data_device=data.device)
     baseline = base_fit = None
-    baseline_search = []
+    baseline_search, baseline_search_seconds = [], 0.0
     if config.baseline:
-        baseline, base_fit, baseline_search = _strongest_baseline(new_student, x, y, pixels, val, train_cfg, store,
+        baseline, base_fit, baseline_search, baseline_search_seconds = _strongest_baseline(new_student, x, y, pixels, val, train_cfg, store,
                                                                   progress, dist, data)
     omitted = {}
     if config.omit_classes:
@@ -317,8 +321,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
                "teacher_macs": teacher_macs, "history": fitted.history, "omitted": omitted}
     timings = {"seconds_per_epoch": fitted.seconds_per_epoch,
                "baseline_seconds_per_epoch": base_fit.seconds_per_epoch if base_fit else None,
-               "baseline_search_seconds": sum(c["seconds"] for c in baseline_search if not c["chosen"]),
-               "search_seconds": sum(c.get("seconds", 0.0) for c in search["candidates"])}
+               "baseline_search_seconds": baseline_search_seconds, "search_seconds": search["seconds"]}
     result = DistillResult(
         path=out, temperature=temperature, alpha=alpha, search=tuple(search["candidates"]),
         student_test_accuracy=student_acc, student_test_nll=student_nll, teacher_test_accuracy=teacher_acc,
@@ -353,10 +356,10 @@ def _search(config: DistillConfig, new_student, make_batch, n_train, val, store,
     temps = config.temperature_grid if config.temperature is None else (config.temperature,)
     alphas = config.alpha_grid if config.alpha is None else (config.alpha,)
     if len(temps) == 1 and len(alphas) == 1:
-        return {"temperature": temps[0], "alpha": alphas[0], "candidates": []}
+        return {"temperature": temps[0], "alpha": alphas[0], "candidates": [], "seconds": 0.0}
     budget = config.auto_epochs or max(1, config.train.epochs // 4)
     short = TrainConfig(**{**asdict(config.train), "epochs": budget, "patience": 0})
-    candidates = []
+    candidates, seconds = [], 0.0
     for temperature in temps:
         for alpha in alphas:
             name = f"search-T{temperature:g}-a{alpha:g}"
@@ -365,10 +368,10 @@ def _search(config: DistillConfig, new_student, make_batch, n_train, val, store,
                          config=short, store=store,
                          name=name, progress=progress, dist=dist, data_device=val[0].device)
             candidates.append({"temperature": temperature, "alpha": alpha, "epochs": budget,
-                               "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll,
-                               "seconds": fitted.seconds_per_epoch * fitted.epochs_run})
+                               "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll})
+            seconds += fitted.seconds_per_epoch * fitted.epochs_run
     best = max(candidates, key=lambda c: (c["val_accuracy"], -c["val_nll"]))
-    return {"temperature": best["temperature"], "alpha": best["alpha"], "candidates": candidates}
+    return {"temperature": best["temperature"], "alpha": best["alpha"], "candidates": candidates, "seconds": seconds}
 
 
 def _correct_omitted(model, data: Dataset, omitted) -> dict:

@@ -27,3 +27,7 @@ class TrainingError(EdgekdError):
 
 class ExportError(EdgekdError):
     """An export failed or did not pass its verification gate."""
+
+
+class EdgekdWarning(UserWarning):
+    """Something the user should know that does not stop the run (a cache entry discarded, ...)."""

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.data import Dataset
+from edgekd.errors import TeacherError
 from edgekd.teachers import Teacher, check_teacher_fits
 
 
@@ -54,14 +55,26 @@ def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, classes) -> dict:
             "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist()}
 
 
+def _checked(logits: torch.Tensor, n: int, classes: int, what: str) -> torch.Tensor:
+    """Outputs that are one finite row of ``classes`` per input, or a ``TeacherError`` (never an accuracy)."""
+    if tuple(logits.shape) != (n, classes):
+        raise TeacherError(f"{what} gave outputs of shape {tuple(logits.shape)} for {n} inputs; expected ({n}, {classes}), "
+                           f"one row of class scores per input; pass a model with one output row per input.")
+    if not bool(torch.isfinite(logits).all()):
+        raise TeacherError(f"{what} gives NaN or Inf outputs on {int((~torch.isfinite(logits)).any(1).sum())} of {n} inputs; "
+                           f"its weights or graph are broken; re-create or re-export it.")
+    return logits
+
+
 def evaluate(model: Teacher, data: Dataset, *, split: str = "test", reference: Teacher | None = None) -> EvalResult:
     """Evaluate ``model`` (anything ``load_teacher`` accepts) on a split of ``data``."""
     check_teacher_fits(model, data, name="Model")
     x, y = data.split(split)
-    logits, y = model.logits(x).cpu(), y.cpu()   # the metrics are computed on the host, wherever the model ran
+    logits = _checked(model.logits(x).cpu(), len(x), data.num_classes, model.description)   # metrics on the host
     agreement = None
     if reference is not None:
         check_teacher_fits(reference, data)
-        agreement = float((reference.logits(x).cpu().argmax(1) == logits.argmax(1)).float().mean())
+        reference_logits = _checked(reference.logits(x).cpu(), len(x), data.num_classes, reference.description)
+        agreement = float((reference_logits.argmax(1) == logits.argmax(1)).float().mean())
     return EvalResult(model=model.description, data=data.spec, split=split, agreement=agreement,
-                      **metrics_from_logits(logits, y, data.classes))
+                      **metrics_from_logits(logits, y.cpu(), data.classes))

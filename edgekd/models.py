@@ -73,8 +73,9 @@ def _parse_value(arch: str, key: str, text: str, default):
             values = tuple(int(v) for v in text.split("-") if v)
             if not values or min(values) < 1:
                 raise ValueError
-            return values
-        value = type(default)(text)
+            value = values
+        else:
+            value = type(default)(text)
     except ValueError:
         raise ConfigError(f"Option '{key}' of '{arch}' must look like {_format_value(default)}. Got {text!r} instead.") from None
     if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
@@ -83,7 +84,17 @@ def _parse_value(arch: str, key: str, text: str, default):
         raise ConfigError(f"Option 'dropout' of '{arch}' must be in [0, 1). Got {text!r} instead.")
     if key in ("width", "fc") and value <= 0:
         raise ConfigError(f"Option '{key}' of '{arch}' must be > 0. Got {text!r} instead.")
+    high = _OPTION_BOUNDS.get((arch, key), _OPTION_BOUNDS.get(key))
+    if high is not None and max(value if isinstance(value, tuple) else (value,)) > high:
+        raise ConfigError(f"Option '{key}' of '{arch}' must be at most {high:g} (a bigger model would not fit in "
+                          f"memory). Got {text!r} instead.")
+    if isinstance(value, tuple) and len(value) > 64:
+        raise ConfigError(f"Option '{key}' of '{arch}' may list at most 64 layers. Got {len(value)} instead.")
     return value
+
+
+# upper bounds of the size options: far above any edge model, far below an allocation that hangs the machine
+_OPTION_BOUNDS = {"width": 4096, "fc": 65536, "hidden": 65536, ("dsconv", "width"): 64.0}
 
 
 def create_model(spec_or_name: str, input_shape, num_classes: int, *, mean=(0.0,), std=(1.0,), options: dict | None = None) -> "EdgekdNet":

@@ -50,12 +50,16 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     from edgekd.device import resolve_device
     from edgekd.training import TrainConfig
 
+    from edgekd.outputs import data_paths
+    from edgekd.validation import check_jitter
+
     out = Path(out)
-    check_output_dir(out, overwrite=overwrite or resume)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, kind="pipeline", overwrite=overwrite, resume=resume, inputs=data_paths(config.data))
     device = resolve_device(config.device).type
     data = load_dataset(config.data, val_fraction=config.val_fraction, train_limit=config.train_limit)
-    timings, summary = {}, {"config": asdict(config), "data": data.describe()}
+    check_jitter(config.jitter, data.input_shape)
+    out.mkdir(parents=True, exist_ok=True)
+    timings, summary = {}, {"format": "edgekd.pipeline", "config": asdict(config), "data": data.describe()}
     cache = LogitCache(out / "cache")
 
     def stage(name, path, run):

@@ -14,8 +14,9 @@ from edgekd.data import Dataset
 from edgekd.device import place_dataset, resolve_device
 from edgekd.models import count_macs, count_parameters, create_model, parse_arch
 from edgekd.teachers import EnsembleModule
-from edgekd.training import RunStore, TrainConfig, apply_shifts, fit, jitter_shifts, predict_logits, accuracy_and_nll
-from edgekd.validation import check_choice, check_int_at_least
+from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit, jitter_shifts, predict_logits,
+                             run_fingerprint)
+from edgekd.validation import check_choice, check_int_at_least, check_jitter
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,11 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
     started = time.perf_counter()
     name, options = parse_arch(config.arch)
     create_model(name, data.input_shape, data.num_classes, options=options)  # a bad architecture fails before anything is written
+    check_jitter(config.train.jitter, data.input_shape)
+    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0,
+                     fingerprint=run_fingerprint(config_record or config, data), overwrite=overwrite)
     device = dist.device if dist is not None else resolve_device(config.train.device)
     data = place_dataset(data, device)
-    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0)
     members, member_acc, per_epoch = [], [], []
     for index in range(config.ensemble):
         seed = config.train.seed + index

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from edgekd.artifacts import write_json_atomic
 from edgekd.errors import EdgekdError, TrainingError
 from edgekd.device import PRECISIONS, autocast, module_device, resolve_device, to_device
-from edgekd.validation import check_choice, check_int_at_least, check_positive
+from edgekd.validation import MAX_LR, check_choice, check_in_range, check_int_at_least, check_positive, check_seed
 
 
 class Interrupted(EdgekdError):
@@ -58,10 +58,11 @@ class TrainConfig:
         check_int_at_least("epochs", self.epochs, 1)
         check_int_at_least("batch_size", self.batch_size, 1)
         check_positive("lr", self.lr)
-        check_positive("weight_decay", self.weight_decay, strict=False)
+        check_in_range("lr", self.lr, 0.0, MAX_LR)
+        check_in_range("weight_decay", self.weight_decay, 0.0, MAX_LR)
         check_int_at_least("patience", self.patience, 0)
         check_int_at_least("jitter", self.jitter, 0)
-        check_int_at_least("seed", self.seed, 0)
+        check_seed(self.seed)
         check_choice("precision", self.precision, PRECISIONS)
 
 
@@ -147,24 +148,99 @@ def _stop_on_signals():
 
 # --- the run store: checkpoints and finished runs -------------------------------------------------
 
+_NOT_FINGERPRINTED = {"resume", "overwrite", "quiet", "debug", "out", "as_json", "json", "cache_dir", "no_cache",
+                      "refresh_cache", "device", "config_file", "teacher", "data"}
+
+
+def run_fingerprint(config, data=None, teacher: str | None = None) -> dict:
+    """What a resumable run is bound to: the resolved config (without the flags that do not change the
+    result: output, resume, overwrite, quiet, debug, cache, device), the data and the teacher.
+
+    ``config`` is a command's resolved config record (``{"params": {...}}``) or a config dataclass.
+    """
+    import dataclasses
+    import hashlib
+
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    params = dict(config.get("params", config)) if isinstance(config, dict) else {}
+    params = {k: v for k, v in params.items() if k not in _NOT_FINGERPRINTED}
+    if isinstance(params.get("train"), dict):
+        params["train"] = {k: v for k, v in params["train"].items() if k != "device"}
+    fingerprint = {"config": json.loads(json.dumps(params, sort_keys=True, default=str))}
+    if data is not None:
+        digest = hashlib.sha256(f"{data.fingerprint('train')}:{data.fingerprint('val')}".encode())
+        fingerprint["data"] = digest.hexdigest()
+    if teacher:
+        fingerprint["teacher"] = teacher
+    return fingerprint
+
+
+def _fingerprint_changes(old: dict, new: dict) -> list[str]:
+    changes = []
+    old_cfg, new_cfg = old.get("config") or {}, new.get("config") or {}
+    for key in sorted(set(old_cfg) | set(new_cfg)):
+        if old_cfg.get(key) != new_cfg.get(key):
+            changes.append(f"'{key}' was {old_cfg.get(key)!r}, now {new_cfg.get(key)!r}")
+    for key, what in (("data", "the data (or --train-limit / --val-fraction)"), ("teacher", "the teacher's weights")):
+        if old.get(key) != new.get(key):
+            changes.append(f"{what} changed")
+    return changes
+
+
 class RunStore:
     """A folder (``<out>.partial``) holding checkpoints and finished sub-runs of one command.
 
     A sub-run ``name`` is finished when ``name.done.safetensors`` and ``name.done.json`` exist; an
     interrupted one has ``name.ckpt.safetensors`` and ``name.ckpt.json``. Each JSON holds the sha256 of
-    its tensors so that a torn or edited file is detected, not silently used.
+    its tensors so that a torn or edited file is detected, not silently used. ``run.json`` holds the
+    fingerprint of what the run was started with (``run_fingerprint``): resuming under another one is
+    refused, naming what changed. A store with no checkpoint in it (a run that failed before its
+    first epoch ended) is stale and removed; ``overwrite`` discards any store and starts over.
     """
 
-    def __init__(self, path: Path, *, resume: bool, rank: int = 0):
+    def __init__(self, path: Path, *, resume: bool, rank: int = 0, fingerprint: dict | None = None,
+                 overwrite: bool = False):
         self.path = Path(path)
         self.resume = resume
         self.writer = rank == 0
-        if self.writer and self.path.exists() and not resume:
-            raise EdgekdError(f"An interrupted run was found at '{self.path}'; pass --resume to continue it, "
-                              f"or delete that folder to start over.")
+        fresh = not (self.path.exists() or self.path.is_symlink())
+        if self.writer and not fresh:
+            if self.path.is_symlink() or not self.path.is_dir():
+                raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) exists and is not a folder; "
+                                  f"move it away and rerun.")
+            has_state = any(self.path.glob("*.ckpt.json")) or any(self.path.glob("*.done.json"))
+            foreign = [p.name for p in self.path.iterdir() if p.is_dir() or not p.name.endswith((".json", ".safetensors", ".tmp"))]
+            if foreign:
+                raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) holds files edgekd did not write "
+                                  f"({', '.join(sorted(foreign)[:3])}); move them away and rerun.")
+            if (overwrite and not resume) or not has_state:
+                import shutil
+
+                shutil.rmtree(self.path)
+                fresh = True
+            elif not resume:
+                raise EdgekdError(f"An interrupted run was found at '{self.path}'; pass --resume to continue it, "
+                                  f"or --overwrite (or delete that folder) to start over.")
+            elif fingerprint is not None:
+                self._check_fingerprint(fingerprint)
         if self.writer:
             self.path.mkdir(parents=True, exist_ok=True)
+            if fingerprint is not None and fresh:   # a store from before fingerprints stays as it was
+                write_json_atomic(self.path / "run.json", {"fingerprint": fingerprint})
         self._serial = 0
+
+    def _check_fingerprint(self, fingerprint: dict) -> None:
+        saved = self.load_json("run")
+        old = saved.get("fingerprint") if isinstance(saved, dict) else None
+        if not isinstance(old, dict):
+            return   # a store from before fingerprints: nothing to compare with
+        normalized = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+        if old != normalized:
+            changes = _fingerprint_changes(old, normalized) or ["the settings changed"]
+            raise EdgekdError(f"Cannot resume the interrupted run in '{self.path}': it was started with other settings "
+                              f"({'; '.join(changes)}); rerun with the original settings to resume, or pass --overwrite "
+                              f"instead of --resume to start over.")
 
     def save(self, name: str, kind: str, tensors: dict, meta: dict) -> None:
         """Write the tensors under a fresh file name, then the JSON that points to them (the commit),
@@ -194,15 +270,24 @@ class RunStore:
         meta_path = self.path / f"{name}.{kind}.json"
         if not meta_path.is_file():
             return None
+        corrupt = f"Checkpoint '{meta_path}' is corrupt or not one edgekd wrote; delete '{self.path}' to start over."
         try:
             meta = json.loads(meta_path.read_text())
             tensor_path = self.path / Path(meta.get("tensors", f"{name}.{kind}.safetensors")).name
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise EdgekdError(f"Checkpoint '{meta_path}' is corrupt; delete '{self.path}' to start over.") from None
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise EdgekdError(corrupt) from None
+        if not _checkpoint_meta_ok(kind, meta):
+            raise EdgekdError(corrupt)
         if not tensor_path.is_file() or sha256_file(tensor_path) != meta.get("sha256"):
             raise EdgekdError(f"Checkpoint '{tensor_path}' is missing or fails its sha256 check (torn or edited); "
                               f"delete '{self.path}' to start over.")
-        return load_file(str(tensor_path)), meta
+        try:
+            tensors = load_file(str(tensor_path))
+        except Exception:  # safetensors' own error types
+            raise EdgekdError(corrupt) from None
+        if kind == "ckpt" and not isinstance(tensors.get("rng_state"), torch.Tensor):
+            raise EdgekdError(corrupt)
+        return tensors, meta
 
     def save_json(self, name: str, data: dict) -> None:
         if self.writer:
@@ -210,7 +295,15 @@ class RunStore:
 
     def load_json(self, name: str) -> dict | None:
         path = self.path / f"{name}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise EdgekdError(f"'{path}' is corrupt; delete '{self.path}' to start over.") from None
+        if not isinstance(data, dict):
+            raise EdgekdError(f"'{path}' is not a JSON object; delete '{self.path}' to start over.")
+        return data
 
     def finish(self) -> None:
         """Remove the store once the command's artifact is safely written."""
@@ -218,6 +311,36 @@ class RunStore:
 
         if self.writer:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+_RESULT_KEYS = {"best_epoch": int, "epochs_run": int, "val_accuracy": (int, float), "val_nll": (int, float),
+                "history": list, "seconds_per_epoch": (int, float), "checkpoint_seconds": (int, float)}
+_POSITION_KEYS = {"epoch": int, "batch": int, "step": int, "best_epoch": int, "stale": int, "history": list,
+                  "train_seconds": (int, float), "epochs_timed": int}
+
+
+def _typed(table, expected: dict, *, exact: bool, optional=("checkpoint_seconds",)) -> bool:
+    """``table`` has every key of ``expected`` (but ``optional``) of its type, and no other key if ``exact``."""
+    if not isinstance(table, dict) or (exact and not set(table) <= set(expected)):
+        return False
+    return all(isinstance(table[k], t) and not isinstance(table[k], bool) if k in table else k in optional
+               for k, t in expected.items())
+
+
+def _checkpoint_meta_ok(kind: str, meta) -> bool:
+    """The JSON half of a checkpoint has the fields ``fit`` reads, of the right types."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("tensors", ""), str):
+        return False
+    if kind == "done":
+        return _typed(meta.get("result"), _RESULT_KEYS, exact=True)
+    if kind == "ckpt":
+        position, optimizer = meta.get("position"), meta.get("optimizer")
+        best = position.get("best_key") if isinstance(position, dict) else None
+        return (_typed(position, _POSITION_KEYS, exact=False) and min(position["epoch"], position["batch"], position["step"]) >= 0
+                and (best is None or (isinstance(best, list) and len(best) == 2))
+                and isinstance(optimizer, dict) and isinstance(optimizer.get("param_groups"), list)
+                and isinstance(optimizer.get("scalars"), dict))
+    return True
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -38,31 +38,40 @@ def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
     return value
 
 
-def check_output_dir(path: str | Path, *, overwrite: bool) -> Path:
-    """An output folder must not exist (or be empty) unless ``overwrite`` is set."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise EdgekdError(f"Output path '{path}' exists and is not a folder; choose another --out.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise EdgekdError(f"Output folder '{path}' already exists and is not empty; pass --overwrite or choose another --out.")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent   # missing parent folders are created when the output is written
-    if not ancestor.is_dir():
-        raise EdgekdError(f"Output folder '{path}' cannot be created: '{ancestor}' is a file; choose another --out.")
-    return path
+def check_output_dir(path: str | Path, *, overwrite: bool, resume: bool = False, kind: str = "artifact",
+                     inputs=(), in_place=None) -> Path:
+    """An output folder: see ``edgekd.outputs.check_output`` (only edgekd's own outputs are replaced)."""
+    from edgekd.outputs import check_output
+
+    return check_output(path, kind=kind, overwrite=overwrite, resume=resume, inputs=inputs, in_place=in_place)
 
 
-def check_output_file(path: str | Path, *, overwrite: bool) -> Path:
-    """An output file's folder must exist; an existing file is kept unless ``overwrite`` is set."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise EdgekdError(f"The folder '{path.parent}' of output '{path}' does not exist; create it first or choose another --out.")
-    if path.is_dir():
-        raise EdgekdError(f"Output path '{path}' is a folder; give a file name.")
-    if path.exists() and not overwrite:
-        raise EdgekdError(f"Output file '{path}' already exists; pass --overwrite or choose another --out.")
-    return path
+def check_output_file(path: str | Path, *, overwrite: bool, inputs=()) -> Path:
+    """An export file: its folder must exist; an existing one is replaced only if edgekd exported it."""
+    from edgekd.outputs import check_output
+
+    return check_output(path, kind="export", overwrite=overwrite, inputs=inputs)
+
+
+# fit() derives per-epoch and per-step generator seeds as (seed * 100003 + epoch) * 1000033 + step, which
+# must stay below 2**64: seeds up to 10**8 keep them there
+MAX_SEED = 10**8
+MAX_LR = 10.0
+
+
+def check_seed(value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"The 'seed' parameter must be an integer in [0, {MAX_SEED}]. Got {value!r} instead.")
+    return value
+
+
+def check_jitter(jitter: int, input_shape) -> int:
+    """Shifts of ``jitter`` pixels must leave part of the image: ``jitter`` < the image's smaller side."""
+    shape = tuple(input_shape)
+    if len(shape) == 3 and jitter >= min(shape[1:]):
+        raise ConfigError(f"The 'jitter' parameter must be smaller than the images' side ({min(shape[1:])} pixels for "
+                          f"inputs of shape {shape}). Got {jitter} instead; pass --jitter {max(0, min(shape[1:]) // 4)} or less.")
+    return jitter
 
 
 def parse_limit(name: str, value: str | float | int | None, total: int) -> int | None:

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from torch import nn
 
 from edgekd.artifacts import MANIFEST, library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ConfigError, ExportError
+from edgekd.outputs import temp_folder
 from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive
 from export.quantize import PRECISION, QUANTIZE_MODES, quantize_model
 from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, measure_parity, open_session, parity,
@@ -213,7 +213,7 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
     started = time.perf_counter()
     out = Path(out)
     summary_path = out.with_name(out.name + ".json")
-    _check_request(out, summary_path, config, overwrite=overwrite, has_calibration=calibration is not None)
+    _check_request(out, summary_path, config, overwrite=overwrite, has_calibration=calibration is not None, model=model)
     source = load_source(model)
     data = data if data is not None else _load_data(source, config.data or source.data_spec, config, role="verification")
     _check_fits(source, data)
@@ -222,7 +222,7 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
         calibration = data if same else _load_data(source, config.calibration_data, config, role="calibration")
         _check_fits(source, calibration)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temp_folder(out)   # unique per run; one left by a killed export is removed by the next
     try:
         run = _Run(source, config, data, tmp)
         final_onnx, final = run.fp32()
@@ -332,11 +332,14 @@ class _Run:
         return parities, test_accuracy, drop
 
 
-def _check_request(out: Path, summary_path: Path, config: ExportConfig, *, overwrite: bool, has_calibration: bool) -> None:
-    """Everything that can be checked before any work: the output path and the options."""
-    check_output_file(out, overwrite=overwrite)
-    if summary_path.exists() and not overwrite:
-        raise ExportError(f"Summary file '{summary_path}' already exists; pass --overwrite or choose another --out.")
+def _check_request(out: Path, summary_path: Path, config: ExportConfig, *, overwrite: bool, has_calibration: bool,
+                   model=None) -> None:
+    """Everything that can be checked before any work: the output path (and its summary beside it: an
+    existing pair is replaced only if edgekd exported it, never an input) and the options."""
+    from edgekd.outputs import data_paths
+
+    check_output_file(out, overwrite=overwrite,
+                      inputs=[model, *data_paths(config.data), *data_paths(config.calibration_data)])
     suffix = out.suffix.lower()
     if config.ort and suffix != ".ort":
         raise ConfigError(f"With --ort the output is an ORT-format file whose name must end in .ort. Got '{out.name}' instead.")

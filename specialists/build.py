@@ -27,7 +27,8 @@ from edgekd.distill import teacher_logits
 from edgekd.errors import ArtifactError, ConfigError, EdgekdError, TeacherError
 from edgekd.models import count_macs
 from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, load_teacher
-from edgekd.training import RunStore, TrainConfig, predict_logits
+from edgekd.outputs import data_paths
+from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
 from edgekd.validation import check_int_at_least, check_output_dir, check_positive
 from specialists.clustering import DEFAULT_CLUSTER_TEMPERATURE, check_k, covariance_png, find_clusters
 from specialists.combine import (DEFAULT_MAX_STEPS, DEFAULT_TOL, SpecialistEnsembleModule, combine,
@@ -145,7 +146,7 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     """Cluster, train one specialist per cluster, evaluate, and save the specialist-ensemble artifact."""
     started = time.perf_counter()
     out = Path(out)
-    check_output_dir(out, overwrite=overwrite or resume)
+    check_output_dir(out, overwrite=overwrite, resume=resume, inputs=[teacher_path, *data_paths(data.spec)])
     check_k(config.clusters, data.num_classes)
     cache = cache or LogitCache()
     generalist = open_generalist(teacher_path, config.member, device=resolve_device(config.train.device))
@@ -161,7 +162,8 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     if not clustering.specialist_clusters:
         raise ConfigError(f"Every cluster found has one class ({', '.join('{' + n[0] + '}' for n in names)}), so there is "
                           f"no specialist to train; choose fewer clusters (--clusters {max(2, data.num_classes // 3)} or auto).")
-    store = RunStore(out.with_name(out.name + ".partial"), resume=resume)
+    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, overwrite=overwrite,
+                     fingerprint=run_fingerprint(config_record or config, data, generalist.teacher.fingerprint))
     previous = store.load_json("clusters")
     if previous is not None and previous["specialist_clusters"] != [list(s) for s in clustering.specialist_clusters]:
         raise EdgekdError(f"The interrupted run in '{store.path}' found other clusters ({previous['specialist_clusters']}); "
@@ -245,10 +247,8 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     artifact = load_artifact(spec_path)
     if artifact.kind != "specialist-ensemble":
         raise ArtifactError(f"'{spec_path}' is a '{artifact.kind}' artifact; pass one written by 'edgekd specialists build'.")
-    if Path(out).resolve() != Path(spec_path).resolve():
-        check_output_dir(out, overwrite=overwrite)
-    elif not overwrite:
-        raise EdgekdError(f"Re-scoring '{spec_path}' in place replaces it; pass --overwrite or choose another --out.")
+    # in place (--out SPEC --overwrite) is allowed: SPEC is read whole before the new artifact replaces it
+    check_output_dir(out, overwrite=overwrite, inputs=[spec_path, *data_paths(data.spec)], in_place=spec_path)
     manifest = artifact.manifest
     models = [model.to(resolve_device(device)) for model in artifact.build_members()]
     gen_member, source = manifest["members"][0], manifest["generalist"]

@@ -168,7 +168,7 @@ BAD = [
                                         _bad_npz(p, x=np.zeros((20, 1, 8, 8), np.float32), y=np.arange(20) % 7)], "10 outputs but dataset"),
     ("corrupt artifact", lambda p, t, s: ["evaluate", s], "corrupt"),
     ("empty transfer set", lambda p, t, s: ["distill", "--teacher", t, "--omit-classes", "0,1,2,3,4,5,6,7,8,9", "--out", p / "o"], "transfer set is empty"),
-    ("existing output", lambda p, t, s: ["distill", "--teacher", t, "--out", t], "already exists"),
+    ("existing output", lambda p, t, s: ["distill", "--teacher", t, "--out", t], "an input of this command"),
     ("not a teacher", lambda p, t, s: ["evaluate", p / "nothing-here"], "not found"),
     ("bad option type", lambda p, t, s: ["distill", "--teacher", t, "--epochs", "many", "--out", p / "o"], "'many' is not a valid integer"),
     ("unknown arch option", lambda p, t, s: ["distill", "--teacher", t, "--student", "mlp:depth=3", "--out", p / "o"], "Unknown option 'depth=3'"),

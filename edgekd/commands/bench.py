@@ -54,8 +54,10 @@ def bench_cmd(**params):
         if params["model"]:
             raise ConfigError("--from re-renders an existing report; do not pass --model with it.")
         from benchmarks.report import load_report, rerender
+        from edgekd.outputs import output_lock
 
-        paths = rerender(params["from_json"], params["out"])
+        with output_lock(params["out"] or params["from_json"]):
+            paths = rerender(params["from_json"], params["out"], overwrite=params["overwrite"])
         _print(load_report(paths["report_json"]), paths, params["as_json"])
         return
     if not params["model"]:
@@ -67,19 +69,22 @@ def bench_cmd(**params):
     from benchmarks.report import write_report
     from benchmarks.runtimes import parse_runtimes
     from edgekd.device import resolve_device
+    from edgekd.outputs import data_paths, output_lock
     from edgekd.validation import check_output_dir
 
     config = BenchConfig(batch_sizes=parse_int_list("batch_sizes", params["batch_sizes"]),
                          threads=parse_int_list("threads", params["threads"], allow_all=True),
                          runtimes=parse_runtimes(params["runtimes"]), seconds=params["seconds"], rounds=params["rounds"],
                          device=resolve_device(params["device"]).type)
-    for model in params["model"]:
-        model_format(parse_model_arg(model)[1])
-    check_output_dir(params["out"], overwrite=params["overwrite"])
-    data = load_data(params)
-    echo = None if params["quiet"] else (lambda msg: click.echo(msg, err=True))
-    report = run_benchmark(list(params["model"]), data, config, command=_command_line(params), echo=echo)
-    paths = write_report(report, params["out"])
+    models = [parse_model_arg(model)[1] for model in params["model"]]
+    for path in models:
+        model_format(path)
+    check_output_dir(params["out"], kind="report", overwrite=params["overwrite"], inputs=[*models, *data_paths(params["data"])])
+    with output_lock(params["out"]):
+        data = load_data(params)
+        echo = None if params["quiet"] else (lambda msg: click.echo(msg, err=True))
+        report = run_benchmark(list(params["model"]), data, config, command=_command_line(params), echo=echo)
+        paths = write_report(report, params["out"])
     _print(report.to_dict(), paths, params["as_json"])
 
 

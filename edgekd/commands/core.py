@@ -36,8 +36,9 @@ def train_options(epochs: int, lr: float, jitter: int):
     def decorate(func):
         @click.option("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True)
         @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-        @click.option("--lr", type=float, default=lr, show_default=True, help="Peak learning rate (AdamW, one-cycle).")
-        @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+        @click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=lr, show_default=True,
+                      help="Peak learning rate (AdamW, one-cycle), in (0, 10].")
+        @click.option("--weight-decay", type=click.FloatRange(0, 10), default=1e-4, show_default=True)
         @click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
                       help="Stop after this many epochs without val improvement (0: never).")
         @click.option("--jitter", type=click.IntRange(min=0), default=jitter, show_default=True,
@@ -72,10 +73,14 @@ def output_options(func):
     return wrapper
 
 
-def check_out(params):
+def check_out(params, inputs=()):
+    """Before anything is read or written: ``--out`` may be written (see ``edgekd.outputs``); the data
+    path and ``inputs`` (a teacher) are inputs it must not replace."""
+    from edgekd.outputs import data_paths
     from edgekd.validation import check_output_dir
 
-    check_output_dir(params["out"], overwrite=params["overwrite"] or params.get("resume", False))
+    check_output_dir(params["out"], overwrite=params["overwrite"], resume=params.get("resume", False),
+                     inputs=[*inputs, *data_paths(params.get("data"))])
 
 
 def distributed_context(params):
@@ -131,13 +136,18 @@ def teacher_train_cmd(ctx, **params):
     """Train one teacher or an ensemble of N with different seeds, saved as one artifact."""
     from edgekd.teacher_training import TeacherConfig, train_teachers
 
+    from edgekd.outputs import output_lock
+    from edgekd.validation import check_jitter
+
     check_out(params)
-    data = load_data(params)
     config = TeacherConfig(arch=params["arch"], ensemble=params["ensemble"], combine=params["combine"],
                            train=make_train_config(params))
-    dist = distributed_context(params)
-    result = train_teachers(data, config, params["out"], overwrite=params["overwrite"], resume=params["resume"],
-                            progress=show_progress(params), dist=dist, config_record=resolved_config(ctx))
+    with output_lock(params["out"]):
+        data = load_data(params)
+        check_jitter(params["jitter"], data.input_shape)
+        dist = distributed_context(params)
+        result = train_teachers(data, config, params["out"], overwrite=params["overwrite"], resume=params["resume"],
+                                progress=show_progress(params), dist=dist, config_record=resolved_config(ctx))
     if dist is None or dist.rank == 0:
         for i, acc in enumerate(result.member_test_accuracy):
             click.echo(f"member {i} (seed {params['seed'] + i}): test accuracy {acc:.4f}")
@@ -238,15 +248,20 @@ def distill_cmd(ctx, **params):
     from edgekd.device import resolve_device
     from edgekd.distill import distill
 
-    check_out(params)
+    from edgekd.outputs import output_lock
+    from edgekd.validation import check_jitter
+
+    check_out(params, inputs=[params["teacher"]])
     config = distill_config(params)
-    data = load_data(params)
-    dist = distributed_context(params)
-    teacher = open_teacher(params["teacher"], params, device=resolve_device(params["device"]))
-    cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"], writer=dist is None or dist.rank == 0)
-    result = distill(teacher, data, config, params["out"], cache=cache, overwrite=params["overwrite"],
-                     resume=params["resume"], refresh_cache=params["refresh_cache"], progress=show_progress(params),
-                     dist=dist, config_record=resolved_config(ctx))
+    with output_lock(params["out"]):
+        data = load_data(params)
+        check_jitter(params["jitter"], data.input_shape)
+        dist = distributed_context(params)
+        teacher = open_teacher(params["teacher"], params, device=resolve_device(params["device"]))
+        cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"], writer=dist is None or dist.rank == 0)
+        result = distill(teacher, data, config, params["out"], cache=cache, overwrite=params["overwrite"],
+                         resume=params["resume"], refresh_cache=params["refresh_cache"], progress=show_progress(params),
+                         dist=dist, config_record=resolved_config(ctx))
     if dist is not None and dist.rank != 0:
         return
     if params["as_json"]:
@@ -345,6 +360,11 @@ def pipeline_cmd(ctx, **params):
         student=params["student"], epochs=params["epochs"], temperature=_parse_auto("temperature", params["temperature"]),
         alpha=_parse_auto("alpha", params["alpha"]), jitter=params["jitter"], seed=params["seed"],
         device=params["device"], skip=tuple(params["skip"]))
-    result = run_pipeline(config, params["out"], overwrite=params["overwrite"], resume=params["resume"],
-                          progress=show_progress(params), echo=click.echo, config_record=resolved_config(ctx))
+    from edgekd.outputs import output_lock
+    from edgekd.validation import check_output_dir
+
+    check_output_dir(params["out"], kind="pipeline", overwrite=params["overwrite"], resume=params["resume"])
+    with output_lock(params["out"]):
+        result = run_pipeline(config, params["out"], overwrite=params["overwrite"], resume=params["resume"],
+                              progress=show_progress(params), echo=click.echo, config_record=resolved_config(ctx))
     click.echo(f"summary: {result.summary_md}")

@@ -50,7 +50,10 @@ def export_cmd(model, out, onnx_format, ort, quantize, calibration_data, calibra
     config = ExportConfig(opset=opset, quantize=quantize, calibration_data=calibration_data,
                           calibration_size=calibration_size, ort=ort, atol=atol, max_accuracy_drop=max_accuracy_drop,
                           uint8_input=uint8_input, data=data, val_fraction=val_fraction, seed=seed)
-    result = export_onnx(model, out, config, overwrite=overwrite)
+    from edgekd.outputs import output_lock
+
+    with output_lock(out):
+        result = export_onnx(model, out, config, overwrite=overwrite)
     if as_json:
         echo_json(result.summary)
         return

@@ -115,11 +115,13 @@ def build_cmd(ctx, as_json, **params):
     """
     from edgekd.cache import LogitCache
     from edgekd.device import resolve_device
+    from edgekd.outputs import data_paths, output_lock
     from edgekd.training import TrainConfig
-    from edgekd.validation import check_output_dir
+    from edgekd.validation import check_jitter, check_output_dir
     from specialists.build import SpecialistConfig, build_specialists
 
-    check_output_dir(params["out"], overwrite=params["overwrite"] or params["resume"])
+    check_output_dir(params["out"], overwrite=params["overwrite"], resume=params["resume"],
+                     inputs=[params["teacher"], *data_paths(params["data"])])
     train = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
                         weight_decay=params["weight_decay"], patience=params["patience"], jitter=params["jitter"],
                         seed=params["seed"], device=resolve_device(params["device"]).type)
@@ -127,11 +129,14 @@ def build_cmd(ctx, as_json, **params):
                               top_n=params["top_n"], special_fraction=params["special_fraction"], member=params["member"],
                               train=train, tol=params["tol"], max_steps=params["max_steps"],
                               module_steps=params["module_steps"])
-    data = load_data(params)
-    cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"])
-    result = build_specialists(params["teacher"], data, config, params["out"], cache=cache, overwrite=params["overwrite"],
-                               resume=params["resume"], refresh_cache=params["refresh_cache"],
-                               progress=show_progress(params), config_record=resolved_config(ctx))
+    with output_lock(params["out"]):
+        data = load_data(params)
+        check_jitter(params["jitter"], data.input_shape)
+        cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"])
+        result = build_specialists(params["teacher"], data, config, params["out"], cache=cache,
+                                   overwrite=params["overwrite"], resume=params["resume"],
+                                   refresh_cache=params["refresh_cache"], progress=show_progress(params),
+                                   config_record=resolved_config(ctx))
     if as_json:
         from dataclasses import asdict
 
@@ -177,9 +182,14 @@ def regate_cmd(ctx, spec, **params):
     from edgekd.device import resolve_device
     from specialists.build import regate_specialists
 
-    data = load_data(params)
-    result = regate_specialists(spec, data, params["out"], top_n=params["top_n"], tol=params["tol"],
-                                max_steps=params["max_steps"], module_steps=params["module_steps"],
-                                cache=LogitCache(params["cache_dir"]), overwrite=params["overwrite"],
-                                device=resolve_device(params["device"]))
+    from edgekd.outputs import data_paths, output_lock
+    from edgekd.validation import check_output_dir
+
+    check_output_dir(params["out"], overwrite=params["overwrite"], inputs=[spec, *data_paths(params["data"])], in_place=spec)
+    with output_lock(params["out"]):
+        data = load_data(params)
+        result = regate_specialists(spec, data, params["out"], top_n=params["top_n"], tol=params["tol"],
+                                    max_steps=params["max_steps"], module_steps=params["module_steps"],
+                                    cache=LogitCache(params["cache_dir"]), overwrite=params["overwrite"],
+                                    device=resolve_device(params["device"]))
     _echo_result(result)

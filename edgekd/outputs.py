@@ -1,0 +1,361 @@
+"""What a command may write: the one check every writer goes through before anything is written.
+
+Rules (issue 10, "nothing the user had is ever lost"):
+
+- ``--overwrite`` replaces only something edgekd wrote, recognised by its contents: an artifact folder
+  (``manifest.json`` of format ``edgekd.artifact``, and nothing in it that the manifest does not list),
+  a benchmark report folder (``report.json`` of format ``edgekd.bench`` and its rendered files), a
+  pipeline folder (its stage folders, each an edgekd output), an export (``NAME.onnx`` with the
+  summary ``NAME.onnx.json`` that edgekd writes beside it);
+- never an input of the command (a teacher, the data, calibration data, ``--from``) nor a folder that
+  contains one, nor ``/``, the home folder, the current folder or one of its parents, nor a symbolic
+  link (edgekd does not write through links);
+- a new output inside an input artifact's folder is allowed as long as it replaces nothing its
+  manifest lists (``edgekd export runs/student --out runs/student/student.onnx``);
+- ``--resume`` replaces an existing output only when the interrupted run it continues (``OUT.partial``)
+  exists.
+
+Temporary and backup names carry the process id and a random part (``tempfile.mkdtemp``) and the
+suffixes below; those of a process that no longer runs (a ``kill -9``) are removed by the next writer.
+A lock file beside the output (``fcntl.flock``) refuses a second writer of the same output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from edgekd.errors import EdgekdError
+
+TEMP_SUFFIX = ".edgekd-tmp"
+OLD_SUFFIX = ".edgekd-old"
+LOCK_SUFFIX = ".edgekd-lock"
+REPORT_FILES = ("report.json", "report.md", "latency.png", "pareto.png")
+PIPELINE_ARTIFACTS = ("teacher", "specialists", "student")
+PIPELINE_FILES = ("summary.md", "summary.json")
+KINDS = ("artifact", "report", "pipeline", "export")
+
+
+class OutputError(EdgekdError):
+    """An output path that edgekd must not write (an input, a user's folder, the root, ...)."""
+
+
+# --- recognising edgekd's own outputs -------------------------------------------------------------
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def artifact_files(folder: str | Path) -> set[str] | None:
+    """The relative names an artifact folder's manifests list (its own and its nested artifacts'),
+    the manifests included; ``None`` when ``folder`` is not an edgekd artifact."""
+    folder = Path(folder)
+    manifest = _read_json(folder / "manifest.json")
+    if not isinstance(manifest, dict) or manifest.get("format") != "edgekd.artifact" or not isinstance(manifest.get("files"), dict):
+        return None
+    names = {"manifest.json"}
+    for name in manifest["files"]:
+        names.add(str(name))
+        if str(name).endswith("/manifest.json"):
+            sub = str(name)[: -len("/manifest.json")]
+            for nested in artifact_files(folder / sub) or ():
+                names.add(f"{sub}/{nested}")
+    return names
+
+
+def is_export_summary(path: str | Path) -> bool:
+    """``NAME.onnx.json`` as ``export_onnx`` writes it."""
+    data = _read_json(Path(path)) if Path(path).is_file() else None
+    return isinstance(data, dict) and {"model", "format", "source", "verification"} <= set(data) \
+        and isinstance(data.get("source"), dict) and "fingerprint" in data["source"]
+
+
+def is_report_folder(folder: str | Path) -> bool:
+    data = _read_json(Path(folder) / "report.json")
+    return isinstance(data, dict) and data.get("format") == "edgekd.bench"
+
+
+def _own_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith((TEMP_SUFFIX, OLD_SUFFIX, LOCK_SUFFIX))
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir() or p.is_symlink())
+
+
+def foreign_entries(folder: str | Path, kind: str) -> list[str] | None:
+    """Files in ``folder`` that an edgekd output of ``kind`` does not hold (``[]``: all edgekd's);
+    ``None`` when ``folder`` is not an edgekd output of that kind at all."""
+    folder = Path(folder)
+    if kind == "artifact":
+        listed = artifact_files(folder)
+        if listed is None:
+            return None
+        return [name for name in _files(folder) if name not in listed and not _own_temp(Path(name).name)]
+    if kind == "report":
+        if not is_report_folder(folder):
+            return None
+        return [name for name in _files(folder) if name not in REPORT_FILES]
+    if kind == "pipeline":
+        return _pipeline_foreign(folder)
+    raise ValueError(kind)
+
+
+def _export_folder_foreign(folder: Path) -> list[str]:
+    foreign = []
+    for name in _files(folder):
+        path = folder / name
+        if "/" in name or _own_temp(path.name):
+            foreign += [] if _own_temp(path.name) else [name]
+        elif path.suffix in (".onnx", ".ort") and is_export_summary(path.with_name(path.name + ".json")):
+            continue
+        elif name.endswith((".onnx.json", ".ort.json")) and is_export_summary(path):
+            continue
+        else:
+            foreign.append(name)
+    return foreign
+
+
+def _pipeline_foreign(folder: Path) -> list[str] | None:
+    """A pipeline folder: summary files, stage artifacts, an export folder, a bench report, the logit
+    cache and run stores; anything else (or a stage folder that is not edgekd's) is foreign."""
+    foreign, known = [], 0
+    for entry in sorted(folder.iterdir()):
+        name = entry.name
+        if _own_temp(name):
+            continue
+        if entry.is_symlink():
+            foreign.append(name)
+        elif name in PIPELINE_FILES and entry.is_file():
+            known += 1
+        elif name in PIPELINE_ARTIFACTS and entry.is_dir():
+            inner = foreign_entries(entry, "artifact")
+            foreign += [name] if inner is None else [f"{name}/{n}" for n in inner]
+            known += 1
+        elif name.endswith(".partial") and name[: -len(".partial")] in PIPELINE_ARTIFACTS and entry.is_dir():
+            continue
+        elif name == "export" and entry.is_dir():
+            foreign += [f"export/{n}" for n in _export_folder_foreign(entry)]
+        elif name == "bench" and entry.is_dir():
+            inner = foreign_entries(entry, "report") if any(entry.iterdir()) else []
+            foreign += [name] if inner is None else [f"bench/{n}" for n in inner]
+        elif name == "cache" and entry.is_dir():
+            foreign += [f"cache/{n}" for n in _files(entry) if not n.endswith(".safetensors") and not n.endswith(".tmp")]
+        else:
+            foreign.append(name)
+    summary = _read_json(folder / "summary.json")
+    if not known and not (isinstance(summary, dict) and summary.get("format") == "edgekd.pipeline"):
+        return None if foreign else []
+    return foreign
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+def data_paths(spec: str | None) -> list[Path]:
+    """The files or folders a dataset spec reads (``npz:PATH``, ``mnist:DIR``, the default IDX folders)."""
+    if not spec:
+        return []
+    name, _, arg = str(spec).partition(":")
+    if name == "npz" and arg:
+        return [Path(arg)]
+    if name in ("mnist", "fashion-mnist"):
+        if arg:
+            return [Path(arg)]
+        found = [Path("/usr/share/datasets") / name]
+        if os.environ.get("EDGEKD_DATA"):
+            found.append(Path(os.environ["EDGEKD_DATA"]) / name)
+        return found
+    return []
+
+
+def _resolve(path: Path) -> Path:
+    return Path(os.path.abspath(path)).resolve()
+
+
+# --- the check ------------------------------------------------------------------------------------
+
+def check_output(out: str | Path, *, kind: str, overwrite: bool = False, resume: bool = False,
+                 inputs: Iterable[str | Path | None] = (), in_place: str | Path | None = None) -> Path:
+    """Raise ``OutputError`` unless writing ``out`` (an output of ``kind``) loses nothing of the user's.
+
+    ``inputs`` are the paths the command reads; ``in_place`` names the one input the command may
+    replace by design (``specialists regate SPEC --out SPEC --overwrite``), read whole before writing.
+    """
+    if kind not in KINDS:
+        raise ValueError(kind)
+    out = Path(out)
+    resolved = _resolve(out)
+    what = "file" if kind == "export" else "folder"
+    _refuse_special(out, resolved)
+    if out.is_symlink():
+        raise OutputError(f"Output '{out}' is a symbolic link (to '{os.readlink(out)}'); edgekd does not write through "
+                          f"links; pass the real path or a new name with --out.")
+    same_as_input = _check_inputs(out, resolved, kind, inputs, in_place)
+    if kind == "export":
+        _check_file_output(out, overwrite)
+        return out
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"Output path '{out}' exists and is not a folder; choose another --out.")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent   # missing parent folders are created when the output is written
+    if not ancestor.is_dir():
+        raise OutputError(f"Output folder '{out}' cannot be created: '{ancestor}' is a file; choose another --out.")
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    if same_as_input and not overwrite:
+        raise OutputError(f"Writing to '{out}' replaces the input it was read from; pass --overwrite or choose another --out.")
+    store = out.with_name(out.name + ".partial")
+    if not overwrite:
+        if not resume:
+            raise OutputError(f"Output {what} '{out}' already exists and is not empty; pass --overwrite (edgekd replaces "
+                              f"only its own outputs) or choose another --out.")
+        if kind != "pipeline" and not store.is_dir():
+            raise OutputError(f"--resume found no interrupted run to continue ('{store}' does not exist) and "
+                              f"'{out}' already exists; it is kept: pass --overwrite to replace it or choose another --out.")
+    foreign = foreign_entries(out, kind)
+    label = {"artifact": "artifact folder (no manifest.json written by edgekd)", "report": "benchmark report folder "
+             "(no report.json written by 'edgekd bench')", "pipeline": "pipeline folder"}[kind]
+    if foreign is None:
+        raise OutputError(f"Output folder '{out}' is not an edgekd {label}; edgekd replaces only what it wrote; "
+                          f"move your files or choose another --out.")
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(f"Output folder '{out}' holds {len(foreign)} file(s) that edgekd did not write as part of it "
+                          f"({shown}); replacing it would delete them; move them out or choose another --out.")
+    return out
+
+
+def _refuse_special(out: Path, resolved: Path) -> None:
+    cwd = Path.cwd().resolve()
+    home = _resolve(Path.home())
+    if resolved == Path(resolved.anchor):
+        why = "the root folder"
+    elif resolved == home:
+        why = "your home folder"
+    elif resolved == cwd or resolved in cwd.parents:
+        why = "the current folder or one of its parents"
+    else:
+        return
+    raise OutputError(f"Output '{out}' is {why}; edgekd writes only to a folder of its own: pass a new name with --out "
+                      f"(e.g. --out runs/NAME).")
+
+
+def _check_inputs(out: Path, resolved: Path, kind: str, inputs, in_place) -> bool:
+    """Refuse an output that is, contains, or replaces part of an input; True when ``out`` is ``in_place``."""
+    same = in_place is not None and _resolve(Path(in_place)) == resolved
+    for given in inputs:
+        if given is None or str(given) == "":
+            continue
+        source = _resolve(Path(given))
+        if source == resolved and same:
+            continue
+        if source == resolved or resolved in source.parents:
+            role = "is" if source == resolved else "contains"
+            raise OutputError(f"Output '{out}' {role} '{given}', an input of this command; writing it would destroy "
+                              f"the input; choose another --out.")
+        if source in resolved.parents and source.is_dir():
+            listed = artifact_files(source) or set()
+            rel = resolved.relative_to(source).as_posix()
+            names = [rel] + ([rel + ".json"] if kind == "export" else [])
+            hit = [n for n in listed if any(n == r or n.startswith(r + "/") for r in names)]
+            if hit:
+                raise OutputError(f"Output '{out}' would replace '{hit[0]}' of the artifact '{given}', an input of this "
+                                  f"command; choose another --out (a new name inside that folder is fine).")
+    return same
+
+
+def _check_file_output(out: Path, overwrite: bool) -> None:
+    summary = out.with_name(out.name + ".json")
+    if not out.parent.is_dir():
+        raise OutputError(f"The folder '{out.parent}' of output '{out}' does not exist; create it first or choose another --out.")
+    if out.is_dir():
+        raise OutputError(f"Output path '{out}' is a folder; give a file name.")
+    if summary.is_symlink() or (summary.exists() and not summary.is_file()):
+        raise OutputError(f"The export's summary '{summary}' exists and is not a plain file; move it or choose another --out.")
+    if not out.exists() and not summary.exists():
+        return
+    if not overwrite:
+        existing = out if out.exists() else summary
+        raise OutputError(f"Output file '{existing}' already exists; pass --overwrite or choose another --out.")
+    if not is_export_summary(summary):
+        raise OutputError(f"'{out if out.exists() else summary}' was not written by 'edgekd export' (no edgekd summary "
+                          f"'{summary.name}' beside it); --overwrite replaces only edgekd's exports; choose another --out.")
+
+
+# --- temporary names, stale leftovers, locks -------------------------------------------------------
+
+def temp_folder(out: str | Path, suffix: str = TEMP_SUFFIX) -> Path:
+    """A new, unique hidden folder beside ``out`` (``.NAME.PID-RANDOM.edgekd-tmp``)."""
+    import tempfile
+
+    out = Path(out)
+    clean_stale(out)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=suffix, dir=out.parent))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def clean_stale(out: str | Path) -> list[Path]:
+    """Remove the temporary and backup folders edgekd left beside ``out`` in a process that died."""
+    out = Path(out)
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    prefix = f".{out.name}."
+    for entry in out.parent.iterdir():
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith((TEMP_SUFFIX, OLD_SUFFIX))):
+            continue
+        pid_text = name[len(prefix):].partition("-")[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)) and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def output_lock(out: str | Path):
+    """Hold an exclusive lock on ``out`` (a ``.NAME.edgekd-lock`` file beside it) while writing it.
+
+    A second writer of the same output is refused at once. Under torchrun only rank 0 locks.
+    """
+    import fcntl
+
+    out = Path(out)
+    if os.environ.get("RANK", "0") != "0" or not out.parent.is_dir():
+        yield   # (a missing parent folder is created by the writer; nothing to lock beside it yet)
+        return
+    lock = out.parent / f".{out.name}{LOCK_SUFFIX}"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise OutputError(f"Another edgekd command is writing '{out}' (lock '{lock}' is held); wait for it to "
+                                  f"finish or choose another --out.") from None
+            raise
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+    finally:
+        os.close(fd)

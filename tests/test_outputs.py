@@ -1,0 +1,282 @@
+"""Issue 10: nothing the user had is ever lost. For each command with --out: out is an input, the
+parent of an input, a user folder with files, or a symlink to one, with and without --overwrite and
+--resume; everything stays byte-identical. '/', '.', home are tested against the check itself (tests
+run as root: no command here may ever be pointed at them). Full and read-only disks are simulated by
+injecting the OS errors. The logit cache detects values edited with their header hash recomputed."""
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.cli import cli
+from edgekd.clicommon import run_cli
+from edgekd.errors import EdgekdError, EdgekdWarning
+from edgekd.outputs import OutputError, check_output, clean_stale, output_lock
+
+TINY = ["--epochs", "1", "--quiet"]
+
+
+def snapshot(*folders):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() and not p.is_symlink() else str(p.readlink()) if p.is_symlink() else "dir"
+            for f in folders for p in sorted(Path(f).rglob("*"))}
+
+
+def one_line_exit_2(capsys, argv):
+    code = run_cli(cli, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, (code, err)
+    return lines[0]
+
+
+# --- the check itself: places no command may write ------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["artifact", "report", "pipeline"])
+@pytest.mark.parametrize("where", ["/", ".", "..", "~"])
+def test_root_cwd_home_are_never_outputs(where, kind):
+    path = Path(os.path.expanduser(where))
+    for overwrite, resume in ((True, False), (False, True), (True, True)):
+        with pytest.raises(OutputError, match="root folder|home folder|current folder"):
+            check_output(path, kind=kind, overwrite=overwrite, resume=resume)
+
+
+def test_new_file_inside_an_input_artifact_is_allowed(tiny_student):
+    assert check_output(tiny_student / "student.onnx", kind="export", inputs=[tiny_student]) == tiny_student / "student.onnx"
+    check_output(tiny_student / "again", kind="artifact", inputs=[tiny_student])   # a new sub-folder: replaces nothing
+
+
+def test_listed_file_of_an_input_artifact_is_never_replaced(tiny_student):
+    with pytest.raises(OutputError, match="of the artifact"):
+        check_output(tiny_student / "baseline", kind="artifact", overwrite=True, inputs=[tiny_student])
+
+
+# --- the data-loss matrix: every command with --out ---------------------------------------------
+
+def _inputs(tmp, T, S):
+    """Copies of the inputs inside tmp (so the matrix can never touch the session artifacts)."""
+    data = tmp / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(data / "d.npz", x=(rng.random((60, 8, 8)) * 16).astype(np.float32), y=np.arange(60) % 10)
+    teacher, student = tmp / "teacher", tmp / "student"
+    shutil.copytree(T, teacher)
+    shutil.copytree(S, student)
+    return data / "d.npz", teacher, student
+
+
+COMMANDS = {   # command -> (argv without --out, the input that --out targets)
+    "teacher train": lambda d, T, S: (["teacher", "train", "--arch", "mlp:hidden=8", "--data", f"npz:{d}", *TINY], d.parent),
+    "distill": lambda d, T, S: (["distill", "--teacher", T, "--student", "mlp:hidden=8", *TINY], T),
+    "specialists build": lambda d, T, S: (["specialists", "build", "--teacher", S, *TINY], S),
+    "specialists regate": lambda d, T, S: (["specialists", "regate", S], S),
+    "bench": lambda d, T, S: (["bench", "--model", S, "--seconds", "0.01", "--runtimes", "pytorch"], S),
+    "pipeline": lambda d, T, S: (["pipeline", "--data", f"npz:{d}", "--ensemble", "1", "--teacher-epochs", "1", *TINY], d.parent),
+}
+
+
+def _target(tmp, which, the_input):
+    if which == "the input":
+        return the_input
+    if which == "the parent of the input":
+        return the_input.parent
+    user = tmp / "mine"
+    user.mkdir(exist_ok=True)
+    (user / "notes.txt").write_text("notes")
+    if which == "a user folder":
+        return user
+    (tmp / "link").symlink_to(user)
+    return tmp / "link"
+
+
+@pytest.mark.parametrize("flags", [[], ["--overwrite"], ["--resume"], ["--overwrite", "--resume"]], ids=" ".join)
+@pytest.mark.parametrize("which", ["the input", "the parent of the input", "a user folder", "a symlink to a user folder"])
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_nothing_the_user_had_is_lost(capsys, tmp_path, tiny_teacher, tiny_student, command, which, flags):
+    if command in ("bench", "specialists regate") and "--resume" in flags:
+        pytest.skip(f"{command} has no --resume")
+    work = tmp_path / "work"
+    work.mkdir()
+    argv, the_input = COMMANDS[command](*_inputs(work, tiny_teacher, tiny_student))
+    out = _target(work, which, the_input)
+    before = snapshot(tmp_path)
+    if command == "specialists regate" and which == "the input" and flags == ["--overwrite"]:
+        pytest.skip("regate SPEC --out SPEC --overwrite replaces SPEC by design: it is read whole before the new artifact is swapped in")
+    one_line_exit_2(capsys, [*argv, "--out", out, *flags])
+    assert snapshot(tmp_path) == before
+
+
+def test_export_into_inputs_and_user_files(capsys, tmp_path, tiny_student):
+    student = tmp_path / "student"
+    shutil.copytree(tiny_student, student)
+    (tmp_path / "mine.onnx").write_text("my model")
+    (tmp_path / "m.onnx.json").mkdir()
+    before = snapshot(tmp_path)
+    for out, flags in ((student, []), (student, ["--overwrite"]), (tmp_path / "mine.onnx", []),
+                       (tmp_path / "mine.onnx", ["--overwrite"]), (tmp_path / "m.onnx", ["--overwrite"])):
+        one_line_exit_2(capsys, ["export", student, "--out", out, *flags])
+    assert snapshot(tmp_path) == before
+
+
+def test_bench_from_never_replaces_another_folder(capsys, tmp_path):
+    reports, mine = tmp_path / "r", tmp_path / "myreports"
+    reports.mkdir()
+    mine.mkdir()
+    (reports / "report.json").write_text(json.dumps({"format": "edgekd.bench"}))
+    (mine / "report.md").write_text("my own report")
+    before = snapshot(tmp_path)
+    one_line_exit_2(capsys, ["bench", "--from", reports / "report.json", "--out", mine])
+    one_line_exit_2(capsys, ["bench", "--from", reports / "report.json", "--out", mine, "--overwrite"])
+    assert snapshot(tmp_path) == before
+
+
+# --- what is allowed, and how it is done --------------------------------------------------------
+
+def test_overwrite_replaces_an_edgekd_artifact_and_nothing_beside_it(capsys, tmp_path):
+    out = tmp_path / "t"
+    train = ["teacher", "train", "--arch", "mlp:hidden=8", *TINY, "--out", out]
+    assert run_cli(cli, [str(a) for a in train]) == 0
+    users_old = tmp_path / ".t.old"          # a user's folder of the name the old swap used
+    users_old.mkdir()
+    (users_old / "keep.txt").write_text("mine")
+    dead = tmp_path / ".t.999999999-x.edgekd-tmp"   # left by a writer killed with -9
+    dead.mkdir()
+    assert run_cli(cli, [str(a) for a in [*train, "--overwrite", "--seed", "1"]]) == 0
+    capsys.readouterr()
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 1
+    assert (users_old / "keep.txt").read_text() == "mine" and not dead.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.old", "t"]   # no temporary, backup or lock left
+
+
+def test_resume_without_a_checkpoint_is_a_fresh_run_into_a_new_folder(capsys, tmp_path):
+    out = tmp_path / "new"
+    assert run_cli(cli, ["teacher", "train", "--arch", "mlp:hidden=8", *TINY, "--out", str(out), "--resume"]) == 0
+    assert (out / "manifest.json").is_file() and not (tmp_path / "new.partial").exists()
+
+
+def test_run_store_fingerprint_names_what_changed(tmp_path):
+    from edgekd.training import RunStore
+
+    first = RunStore(tmp_path / "o.partial", resume=False, fingerprint={"config": {"arch": "mlp", "train_limit": 500}, "data": "a"})
+    first.save("member-0", "done", {"w": torch.zeros(1)}, {"result": {}})
+    with pytest.raises(EdgekdError, match="'train_limit' was 500, now 300"):
+        RunStore(tmp_path / "o.partial", resume=True, fingerprint={"config": {"arch": "mlp", "train_limit": 300}, "data": "a"})
+    with pytest.raises(EdgekdError, match="the data"):
+        RunStore(tmp_path / "o.partial", resume=True, fingerprint={"config": {"arch": "mlp", "train_limit": 500}, "data": "b"})
+    RunStore(tmp_path / "o.partial", resume=True, fingerprint={"config": {"arch": "mlp", "train_limit": 500}, "data": "a"})
+    with pytest.raises(EdgekdError, match="--resume"):
+        RunStore(tmp_path / "o.partial", resume=False)
+    RunStore(tmp_path / "o.partial", resume=False, overwrite=True)   # --overwrite starts over
+    assert not (tmp_path / "o.partial" / "member-0.done.json").exists()
+
+
+def test_stale_store_without_checkpoints_does_not_block_a_rerun(tmp_path):
+    from edgekd.training import RunStore
+
+    (tmp_path / "o.partial").mkdir()
+    (tmp_path / "o.partial" / "run.json").write_text("{}")
+    RunStore(tmp_path / "o.partial", resume=False)   # a run that failed before its first checkpoint
+
+
+def test_second_writer_is_refused(tmp_path):
+    with output_lock(tmp_path / "o"):
+        with pytest.raises(OutputError, match="Another edgekd command is writing"):
+            with output_lock(tmp_path / "o"):
+                pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_clean_stale_keeps_what_a_live_process_or_the_user_owns(tmp_path):
+    live = tmp_path / f".o.{os.getpid()}-abc.edgekd-tmp"
+    dead = tmp_path / ".o.999999999-abc.edgekd-old"
+    user = tmp_path / ".o.old"
+    for folder in (live, dead, user):
+        folder.mkdir()
+    assert clean_stale(tmp_path / "o") == [dead]
+    assert live.exists() and user.exists()
+
+
+# --- full and read-only disks, signals ----------------------------------------------------------
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_full_or_read_only_disk_is_one_line_and_keeps_the_old_output(capsys, tmp_path, tiny_student, monkeypatch, code):
+    out = tmp_path / "s"
+    shutil.copytree(tiny_student, out)
+    before = snapshot(tmp_path)
+
+    def failing_save(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "x.safetensors"))
+
+    monkeypatch.setattr("safetensors.torch.save_file", failing_save)
+    line = one_line_exit_2(capsys, ["teacher", "train", "--arch", "mlp:hidden=8", *TINY, "--out", out, "--overwrite"])
+    assert "cannot write" in line and os.strerror(code) in line
+    after = {p: h for p, h in snapshot(tmp_path).items() if ".partial" not in str(p)}
+    assert after == before
+
+
+def test_cache_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch):
+    from edgekd.cache import LogitCache
+
+    def failing_save(*_args, **_kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("safetensors.torch.save_file", failing_save)
+    cache = LogitCache(tmp_path / "cache")
+    with pytest.warns(EdgekdWarning, match="Could not write the teacher-logit cache"):
+        value = cache.get_or_compute("k", lambda: torch.ones(3, 2))
+    assert torch.equal(value, torch.ones(3, 2))
+
+
+def test_sigterm_anywhere_is_one_line_exit_143(capsys, monkeypatch, tmp_path):
+    def killed(_params):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr("edgekd.commands.core.load_data", killed)
+    code = run_cli(cli, ["teacher", "train", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 143 and len(err.strip().splitlines()) == 1 and "SIGTERM" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- a cache that can't lie -----------------------------------------------------------------------
+
+def test_edited_cache_with_recomputed_hash_is_detected_and_recomputed(tmp_path, tiny_teacher, digits):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from edgekd.cache import LogitCache, _tensor_sha256
+    from edgekd.distill import teacher_logits
+    from edgekd.teachers import load_teacher
+
+    teacher = load_teacher(tiny_teacher)
+    cache = LogitCache(tmp_path / "cache")
+    honest = teacher_logits(teacher, digits, "train", cache)
+    path = next((tmp_path / "cache").glob("*.safetensors"))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    lie = honest.clone()
+    lie[:, 0] += 10.0   # every row says class 0
+    save_file({"logits": lie}, str(path), metadata={**metadata, "sha256": _tensor_sha256(lie)})
+    again = LogitCache(tmp_path / "cache")
+    with pytest.warns(EdgekdWarning, match="do not match the teacher"):
+        used = teacher_logits(teacher, digits, "train", again)
+    assert again.misses == 1 and again.hits == 0 and torch.allclose(used, honest)
+    third = LogitCache(tmp_path / "cache")   # the recomputed entry is stored again, and it verifies
+    assert torch.allclose(teacher_logits(teacher, digits, "train", third), honest) and third.hits == 1
+
+
+def test_cache_tolerance_follows_the_logit_scale_and_device():
+    from edgekd.cache import logits_match
+
+    fresh = torch.tensor([[100.0, -50.0], [3.0, 1.0]])
+    assert logits_match(fresh + 0.05, fresh)                 # 5e-4 of the scale: float noise
+    assert not logits_match(fresh + 1.0, fresh)              # 1e-2 of the scale: not the same teacher
+    assert logits_match(fresh + 1.0, fresh, loose=True)      # but within CUDA's looser numerics
+    assert not logits_match(fresh[:1], fresh)
