@@ -158,7 +158,7 @@ def extrapolate_spine(result: dict) -> dict:
         epochs = int(epochs)
         search = SPINE["grid"] * max(1, epochs // 4) * (soft + val)
         parts[arch] = SPINE["seeds"] * epochs * (soft + hard + 2 * val) + search
-    parts["view_cache"] = result["view_cache_seconds"] * SPINE["teacher_members"]
+    parts["view cache (3-member teacher)"] = result["view_cache_seconds"] * SPINE["teacher_members"]
     return {"seconds": sum(parts.values()), "parts": parts, "missing_students": missing,
             "note": "extrapolated from the measured epochs above, not run end to end"}
 
@@ -168,7 +168,8 @@ def render(result: dict) -> str:
     where = f"on **{m['device']}**" + (f", CUDA {m['cuda']}" if m["gpu"] else " (no GPU in this run: the CPU figures)")
     lines = header_markdown(f"Training epochs {where}", result["provenance"])
     lines += [f"Full train split ({m['n_train']} images), batch {result['args']['batch_size']}, "
-              f"{result['args']['precision']}, data {'resident on the device' if m['data_resident'] else 'copied per batch'}; "
+              f"{result['args']['precision']}, data "
+              f"{'in host memory' if m['device_type'] == 'cpu' else 'resident on the GPU' if m['data_resident'] else 'copied per batch'}; "
               f"every step of an epoch timed after a warm-up fit; the val pass ({m['n_val']} images) timed apart. "
               f"One-time costs: loading and placing the data {m['load_seconds']:.1f} s, caching the teacher's logits on "
               f"{m['views']} jittered views {m['view_cache_seconds']:.1f} s.", "",
