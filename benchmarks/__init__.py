@@ -2,7 +2,6 @@
 
 - ``benchmarks.harness``: ``run_benchmark(models, data, BenchConfig) -> BenchReport`` times every
   model x runtime x batch size x thread count (interleaved, round-robin) and evaluates every model;
-  ``bench_for_pipeline`` is the quick version that ``edgekd pipeline`` ends with.
 - ``benchmarks.runtimes``: the runtime registry (PyTorch eager, onnxruntime, OpenVINO, tract,
   OpenCV DNN); ``list_runtimes()`` names them.
 - ``benchmarks.report``: ``report.json`` is the data; ``report.md``, ``latency.png`` and
@@ -14,11 +13,11 @@ Heavy imports (torch, onnxruntime, the optional runtimes) happen inside the func
 
 from __future__ import annotations
 
-__all__ = ["BenchConfig", "BenchReport", "run_benchmark", "bench_for_pipeline", "list_runtimes"]
+__all__ = ["BenchConfig", "BenchReport", "run_benchmark", "list_runtimes"]
 
 
 def __getattr__(name):
-    if name in ("BenchConfig", "BenchReport", "run_benchmark", "bench_for_pipeline"):
+    if name in ("BenchConfig", "BenchReport", "run_benchmark"):
         from benchmarks import harness
 
         return getattr(harness, name)

@@ -2,7 +2,8 @@
 
     python -m benchmarks.epoch_time_vs_rev --against 05dcadb --out benchmarks/results/epoch_time_vs_05dcadb
 
-The earlier revision is checked out into a temporary git worktree; each measurement is a fresh
+Both revisions (``--this``, default HEAD, and ``--against``) are checked out into temporary git
+worktrees, so edits in the working tree cannot leak into a measurement; each measurement is a fresh
 process (``PYTHONPATH`` pointing at one tree or the other) that loads the data and times one epoch of
 edgekd's own ``fit``: the ``mlp`` student on hard labels, and distilled from cached teacher logits on
 jittered views (the spine's recipe). Runs alternate between the trees so drift hits both alike; the
@@ -57,6 +58,7 @@ print(json.dumps({"seconds_per_epoch": r.seconds_per_epoch}))
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--against", required=True, help="The earlier git revision.")
+    p.add_argument("--this", default="HEAD", help="The revision to measure (committed: a worktree of it is timed).")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--student", default="mlp")
     p.add_argument("--views", type=int, default=2)
@@ -87,23 +89,27 @@ def _median(values):
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
-    rev = subprocess.run(["git", "rev-parse", "--short", args.against], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    def short(rev):
+        return subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    rev, head = short(args.against), short(args.this)
     seconds = {"this": {"hard": [], "distill": []}, "earlier": {"hard": [], "distill": []}}
     with tempfile.TemporaryDirectory(prefix="edgekd-rev-") as tmp:
-        old = Path(tmp) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old), rev], cwd=ROOT, capture_output=True, check=True)
+        trees = {"earlier": Path(tmp) / "earlier", "this": Path(tmp) / "this"}
         try:
+            for name, commit in (("earlier", rev), ("this", head)):
+                subprocess.run(["git", "worktree", "add", "--detach", str(trees[name]), commit], cwd=ROOT,
+                               capture_output=True, check=True)
             for _ in range(args.repeats):
                 for kind in ("hard", "distill"):
-                    for name, tree in (("earlier", old), ("this", ROOT)):
-                        seconds[name][kind].append(_probe(tree, kind, args))
+                    for name in ("earlier", "this"):
+                        seconds[name][kind].append(_probe(trees[name], kind, args))
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
+            for tree in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     ratios = {kind: _median(seconds["this"][kind]) / _median(seconds["earlier"][kind]) for kind in ("hard", "distill")}
     spine = {name: _median(seconds[name]["distill"]) / _median(seconds[name]["hard"]) for name in seconds}
-    result = {"args": vars(args), "earlier": rev, "this": head + ("+uncommitted" if dirty else ""), "seconds": seconds,
+    result = {"args": vars(args), "earlier": rev, "this": head, "seconds": seconds,
               "this_over_earlier": ratios, "distill_over_hard": spine, "provenance": provenance(started)}
     write_result(args, result, render(result))
 

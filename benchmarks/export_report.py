@@ -37,28 +37,6 @@ SMOKE_VARIANTS = ("fp32", "int8")
 TEACHER_VARIANTS = ("fp32", "int8", "int8-ort")
 
 
-def make_untrained_artifact(out: str | Path, arch: str, data, *, members: int = 1, seed: int = 0) -> Path:
-    """An artifact of ``members`` randomly initialised ``arch`` models on ``data`` (tests, smoke runs)."""
-    import torch
-
-    from edgekd.artifacts import save_artifact
-    from edgekd.models import create_model, parse_arch
-
-    name, options = parse_arch(arch)
-    states = {}
-    for i in range(members):
-        torch.manual_seed(seed + i)
-        model = create_model(arch, data.input_shape, data.num_classes, mean=data.mean, std=data.std)
-        states[f"member-{i}.safetensors"] = model.state_dict()
-    manifest = {
-        "kind": "ensemble" if members > 1 else "model", "classes": list(data.classes),
-        "input_shape": list(data.input_shape), "normalization": {"mean": list(data.mean), "std": list(data.std)},
-        "members": [{"arch": name, "options": options, "weights": f"member-{i}.safetensors", "seed": seed + i,
-                     "num_outputs": data.num_classes} for i in range(members)],
-        "combine": "logits", "config": {"untrained": True}, "data": data.describe(), "seed": seed, "metrics": {},
-    }
-    save_artifact(out, manifest, states, overwrite=True)
-    return Path(out)
 
 
 def measure(models: dict[str, tuple[Path, tuple[str, ...] | None]], data, *, calibration_size: int = 512,
@@ -66,7 +44,7 @@ def measure(models: dict[str, tuple[Path, tuple[str, ...] | None]], data, *, cal
     """One row per (model, export variant); ``models`` maps a label to (artifact, variant keys or None for all)."""
     from edgekd.errors import EdgekdError
     from export import ExportConfig, export_onnx
-    from export.pipeline import result_row
+    from export.summary import result_row
 
     rows = []
     for label, (path, variants) in models.items():
@@ -153,14 +131,15 @@ def render_markdown(report: dict) -> str:
 def run(args) -> dict:
     from edgekd.artifacts import library_versions, now_iso, write_json_atomic
     from edgekd.data import load_dataset
+    from edgekd.teacher_training import save_untrained
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgekd-export-report-") as tmp:
         tmp = Path(tmp)
         data = load_dataset(args.data)
         if args.smoke:
-            student = Path(args.student) if args.student else make_untrained_artifact(tmp / "student", "mlp:hidden=16", data)
-            teacher = Path(args.teacher) if args.teacher else make_untrained_artifact(
+            student = Path(args.student) if args.student else save_untrained(tmp / "student", "mlp:hidden=16", data)
+            teacher = Path(args.teacher) if args.teacher else save_untrained(
                 tmp / "teacher", "cnn:width=4,fc=16", data, members=2)
         else:
             student, teacher = Path(args.student), Path(args.teacher)

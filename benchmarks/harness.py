@@ -140,6 +140,8 @@ class _Model:
     path: Path
     x: np.ndarray | None = None  # test inputs in the model's shape
     logits: np.ndarray | None = None
+    reference_runtime: str | None = None  # what the parity rows compare with (see _parity_reference)
+    reference_logits: np.ndarray | None = None
     record: dict = field(default_factory=dict)
 
 
@@ -181,7 +183,7 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
         for entry in entries:
             for name in runtime_names:
                 if entry.x is not None and entry.info.format in get_runtime(name).formats and name not in runtimes:
-                    rows.append(_error_row(entry.name, name, None, None, runtime_records[name]["reason"]))
+                    rows.append(_error_row(entry.name, name, None, None, runtime_records[name]["reason"], status="skipped"))
         for t in threads:
             runners = _load_runners(entries, runtime_names, runtimes, t, rows, parity if t == threads[0] else None,
                                     config.check_samples)
@@ -283,6 +285,7 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
         entry.x, entry.logits = x, logits
         entry.record.update(evaluated_with=name, n_eval=metrics["n"], accuracy=metrics["accuracy"], nll=metrics["nll"],
                             ece=metrics["ece"], agreement=agreement)
+        _parity_reference(entry, name)
         return
     failures = entry.record.get("evaluation_errors")
     if failures:
@@ -319,19 +322,42 @@ def _load_runners(entries, runtime_names, runtimes, threads, rows, parity, check
             except Exception as exc:
                 rows.append(_error_row(entry.name, name, None, threads, f"cannot load: {_reason(exc)}"))
                 continue
-            if parity is not None:
-                parity.append(_parity(entry, name, runner, check_samples))
+            if parity is not None and (record := _parity(entry, name, runner, check_samples)) is not None:
+                parity.append(record)
             runners[(entry.name, name)] = runner
     return runners
 
 
-def _parity(entry: _Model, runtime: str, runner, check_samples: int) -> dict:
-    """Largest logit difference and top-1 agreement against the evaluation runtime on a few test samples."""
-    record = {"model": entry.name, "runtime": runtime, "reference_runtime": entry.record["evaluated_with"],
-              "samples": int(min(check_samples, len(entry.x)))}
+def _parity_reference(entry: _Model, evaluated_with: str, samples: int = 256) -> None:
+    """What every runtime's outputs are compared with: the PyTorch model itself (an artifact), the
+    PyTorch artifact an export came from when it is still there, else the evaluation runtime."""
+    entry.reference_runtime, entry.reference_logits = evaluated_with, entry.logits
+    source = entry.info.source_artifact if entry.info.format != "artifact" else None
+    if source is None:
+        return
     try:
-        got = runner.predict(entry.x[:check_samples])
-        want = entry.logits[:check_samples]
+        import torch
+
+        from edgekd.teachers import load_teacher
+
+        teacher = load_teacher(source)
+        x = torch.from_numpy(entry.x[:samples].astype(np.float32))
+        entry.reference_logits = teacher.logits(x.reshape(len(x), *teacher.input_shape)).numpy()
+        entry.reference_runtime = "pytorch (source artifact)"
+    except Exception as exc:   # the export still has its evaluation runtime as reference
+        entry.record["parity_reference_error"] = _reason(exc)
+
+
+def _parity(entry: _Model, runtime: str, runner, check_samples: int) -> dict | None:
+    """Largest logit difference and top-1 agreement against the PyTorch reference (``_parity_reference``)
+    on a few test samples; ``None`` for the reference itself (a comparison with itself says nothing)."""
+    if entry.reference_runtime == runtime:
+        return None
+    n = int(min(check_samples, len(entry.x), len(entry.reference_logits)))
+    record = {"model": entry.name, "runtime": runtime, "reference_runtime": entry.reference_runtime, "samples": n}
+    try:
+        got = runner.predict(entry.x[:n])
+        want = entry.reference_logits[:n]
         record.update(max_abs_diff=float(np.abs(got - want).max()), agreement=float((got.argmax(1) == want.argmax(1)).mean()),
                       error=None)
     except Exception as exc:
@@ -440,25 +466,3 @@ def _add_speedups(rows: list[dict], reference: dict) -> None:
     for row in rows:
         if row["status"] == "ok" and (row["batch_size"], row["threads"]) in ref:
             row["speedup"] = ref[(row["batch_size"], row["threads"])] / row["p50_ms"]
-
-
-# --- pipeline hook ------------------------------------------------------------------------------------
-
-QUICK = BenchConfig(batch_sizes=(1, 32), threads=(1,), seconds=0.15, rounds=2, min_runs=4, warmup_seconds=0.02,
-                    floor_seconds=0.05, probe_seconds=0.1)
-
-
-def bench_for_pipeline(model_paths: Sequence[str | Path], data, out_dir: str | Path, *, quick: bool = True,
-                       command: str | None = None, echo: Callable[[str], None] | None = None) -> dict:
-    """The benchmark stage of ``edgekd pipeline``: run, write ``out_dir/report.{json,md}`` and the plots,
-    and return the paths and the 1-thread batch-1 headline (a few seconds on digits with ``quick``)."""
-    from benchmarks.report import headline_rows, write_report
-
-    config = QUICK if quick else BenchConfig()
-    report = run_benchmark(model_paths, data, config, command=command or "edgekd pipeline (bench stage)", echo=echo)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = write_report(report, out_dir)
-    data_dict = report.to_dict()
-    return {**{k: str(v) for k, v in paths.items()}, "headline": headline_rows(data_dict),
-            "errors": len(report.error_rows()), "wall_seconds": report.wall_seconds}

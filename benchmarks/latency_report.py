@@ -81,11 +81,12 @@ def make_smoke_models(folder: Path, echo=print) -> dict:
     to fp32 and int8 ONNX with the ``export`` package when present, else with ``torch.onnx.export``
     (dynamo) and onnxruntime's dynamic quantizer. Their accuracy means nothing; their timing path is real."""
     from edgekd.data import load_dataset
+    from edgekd.teacher_training import save_untrained
 
     data = load_dataset("digits")
     echo("smoke: building tiny untrained models on digits")
-    teacher = random_artifact(folder / "teacher", "cnn:width=8,fc=32", data, members=2)
-    student = random_artifact(folder / "student", "mlp:hidden=32", data)
+    teacher = save_untrained(folder / "teacher", "cnn:width=8,fc=32", data, members=2)
+    student = save_untrained(folder / "student", "mlp:hidden=32", data)
     fp32, int8 = folder / "student.onnx", folder / "student.int8.onnx"
     try:
         from export import ExportConfig, export_onnx
@@ -98,29 +99,6 @@ def make_smoke_models(folder: Path, echo=print) -> dict:
     return {"teacher": teacher, "student": student, "student_onnx": fp32, "student_int8": int8}
 
 
-def random_artifact(out: Path, arch: str, data, *, members: int = 1, seed: int = 0) -> Path:
-    """An artifact of ``members`` randomly initialised ``arch`` models on ``data``."""
-    import torch
-
-    from edgekd.artifacts import save_artifact
-    from edgekd.models import count_macs, count_parameters, create_model, parse_arch
-
-    name, options = parse_arch(arch)
-    models = []
-    for i in range(members):
-        torch.manual_seed(seed + i)
-        models.append(create_model(arch, data.input_shape, data.num_classes, mean=data.mean, std=data.std))
-    manifest = {
-        "kind": "ensemble" if members > 1 else "model", "classes": list(data.classes),
-        "input_shape": list(data.input_shape), "normalization": {"mean": list(data.mean), "std": list(data.std)},
-        "members": [{"arch": name, "options": options, "weights": f"member-{i}.safetensors", "seed": seed + i,
-                     "num_outputs": data.num_classes} for i in range(members)],
-        "combine": "logits", "config": {"untrained": True}, "data": data.describe(), "seed": seed,
-        "metrics": {"macs": members * count_macs(models[0], data.input_shape),
-                    "parameters": members * count_parameters(models[0])},
-    }
-    save_artifact(out, manifest, {f"member-{i}.safetensors": m.state_dict() for i, m in enumerate(models)}, overwrite=True)
-    return out
 
 
 def _export_plain(student: Path, input_shape, fp32: Path, int8: Path) -> None:

@@ -36,6 +36,7 @@ class ModelInfo:
     parameters: int | None = None
     macs: int | None = None
     macs_source: str | None = None  # "manifest" | "counted" | "metadata" | "graph" | "source artifact"
+    source_artifact: str | None = None  # an export's PyTorch original, when that folder is still there
 
 
 def model_format(path: str | Path) -> str:
@@ -91,9 +92,9 @@ def _describe_artifact(path: Path, name: str) -> ModelInfo:
 
     artifact = load_artifact(path)
     manifest = artifact.manifest
-    weights = [n for n in manifest["files"] if n.endswith(".safetensors")]
+    weights = [n for n in manifest.files if n.endswith(".safetensors")]
     size = sum(artifact.file(n).stat().st_size for n in weights)
-    metrics = manifest.get("metrics", {})
+    metrics = manifest.metrics
     params, macs, source = metrics.get("parameters"), metrics.get("macs"), "manifest"
     if params is None or macs is None:
         from edgekd.models import count_macs, count_parameters
@@ -103,8 +104,8 @@ def _describe_artifact(path: Path, name: str) -> ModelInfo:
         if module is not None:
             params = params if params is not None else count_parameters(module)
             macs, source = (macs, source) if macs is not None else (count_macs(module, artifact.input_shape), "counted")
-    members = manifest["members"]
-    desc = f"{artifact.kind}: {len(members)} x {members[0]['arch']}" if members else artifact.kind
+    members = manifest.members
+    desc = f"{artifact.kind}: {len(members)} x {members[0].arch}" if members else artifact.kind
     return ModelInfo(name=name, path=str(path), format="artifact", description=desc,
                      input_shape=tuple(artifact.input_shape), file_bytes=size, parameters=params,
                      macs=macs, macs_source=source if macs is not None else None)
@@ -142,7 +143,8 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
                                                          "ConvInteger", "DynamicQuantizeLinear") for n in proto.graph.node)
     desc = f"{fmt.upper()}" + (" (int8)" if quantized else "")
     return ModelInfo(name=name, path=str(path), format=fmt, description=desc, input_shape=input_shape,
-                     input_dtype=input_dtype, file_bytes=size, parameters=params, macs=macs, macs_source=source if macs is not None else None)
+                     input_dtype=input_dtype, file_bytes=size, parameters=params, macs=macs,
+                     macs_source=source if macs is not None else None, source_artifact=_source_artifact(meta.get("edgekd.source")))
 
 
 def _ort_metadata(path: Path) -> dict:
@@ -190,6 +192,15 @@ def _counts_from_metadata(meta: dict):
                 macs = macs if macs is not None else as_int(found.get("macs"))
                 params = params if params is not None else as_int(found.get("parameters"))
     return macs, params, "metadata" if macs is not None else None
+
+
+def _source_artifact(source_json) -> str | None:
+    """The folder of the artifact an edgekd export came from, if it still holds a manifest."""
+    try:
+        path = Path(json.loads(source_json)["path"])
+    except Exception:
+        return None
+    return str(path) if (path / "manifest.json").is_file() else None
 
 
 def _source_artifact_metrics(source_json) -> dict:

@@ -324,11 +324,20 @@ def plot_latency(data: dict, path: Path) -> None:
         ax.set_xlabel("batch size")
         ax.set_title(f"{t} thread{'s' if t > 1 else ''}")
         ax.grid(True, which="both", alpha=0.3)
+        _plain_log_ticks(ax.yaxis)
     axes[0][0].set_ylabel("latency per call, ms (p50; band to p99)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, bbox_to_anchor=(0.5, -0.02 - 0.04 * (len(labels) // 3)))
+    if handles:   # beside the panels, where it covers no axis label
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     _save(fig, path)
+
+
+def _plain_log_ticks(axis) -> None:
+    """Plain numbers at the decades only: log axes otherwise label minor ticks until they collide."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -364,6 +373,7 @@ def plot_pareto(data: dict, path: Path) -> None:
     if rows:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel(f"p50 latency at batch {batch}, {threads} thread{'s' if threads > 1 else ''} (ms)")
     ax.set_ylabel(f"{data['config']['split']} accuracy")
     ax.set_title(f"accuracy vs latency on {data['data']['spec']}")

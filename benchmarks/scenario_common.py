@@ -45,7 +45,7 @@ def prepare(args):
                                            train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=args.jitter,
                                                              device=args.device)),
                        teacher_dir, resume=(work / "teacher.partial").exists())
-    return data, load_teacher(teacher_dir).to(resolve_device(args.device)), load_artifact(teacher_dir).manifest["metrics"], LogitCache(work / "cache"), work
+    return data, load_teacher(teacher_dir).to(resolve_device(args.device)), load_artifact(teacher_dir).manifest.metrics, LogitCache(work / "cache"), work
 
 
 def write_result(args, result: dict, markdown: str) -> None:

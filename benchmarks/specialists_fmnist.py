@@ -67,10 +67,10 @@ def parse_args(argv=None):
 
 # --- the generalist's training time -------------------------------------------------------------------
 
-def _generalist_train_config(manifest: dict) -> dict:
+def _generalist_train_config(manifest) -> dict:
     """Epochs, jitter, batch size and lr the generalist was trained with, from its manifest's config
     (the CLI records ``params``, the library ``teacher.train``)."""
-    config = manifest.get("config") or {}
+    config = manifest.config
     params = config.get("params") or (config.get("teacher") or {}).get("train") or {}
     return {key: params.get(key) for key in ("epochs", "jitter", "batch_size", "lr")}
 
@@ -89,14 +89,14 @@ def generalist_time(generalist_dir, data, fallback_jitter: int, device: str = "c
     recorded = generalist_train_seconds(manifest)
     config = _generalist_train_config(manifest)
     if recorded is not None:
-        members = len(manifest["members"])
+        members = len(manifest.members)
         source = "generalist manifest" + (f" (the teacher's {members} members took {recorded * members:.0f} s)" if members > 1 else "")
         return {"seconds": recorded, "source": source, **config}
-    member = manifest["members"][0]
+    member = manifest.members[0]
     jitter = config["jitter"] if config["jitter"] is not None else fallback_jitter
     torch.manual_seed(0)
-    model = create_model(member["arch"], data.input_shape, data.num_classes, mean=data.mean, std=data.std,
-                         options={k: tuple(v) if isinstance(v, list) else v for k, v in member["options"].items()})
+    model = create_model(member.arch, data.input_shape, data.num_classes, mean=data.mean, std=data.std,
+                         options=member.arch_options)
     pixels = jitter if len(data.input_shape) == 3 else 0
     fitted = fit(model, n_train=len(data.y_train), make_batch=supervised_batches(data.x_train, data.y_train, pixels),
                  loss_fn=cross_entropy_loss, val=(data.x_val[:256], data.y_val[:256]),
@@ -155,9 +155,9 @@ def _reusable(spec_dir: Path, config, generalist, data) -> bool:
         record = json.loads(json.dumps(record, default=list)).get("specialists", {})
         return json.dumps({k: v for k, v in record.items() if k not in combination}, sort_keys=True)
 
-    return (manifest["generalist"]["fingerprint"] == generalist.teacher.fingerprint
-            and json.dumps(manifest["data"], sort_keys=True) == json.dumps(data.describe(), sort_keys=True, default=list)
-            and training_part(manifest["config"]) == training_part({"specialists": asdict(config)}))
+    return (manifest.generalist["fingerprint"] == generalist.teacher.fingerprint
+            and json.dumps(manifest.data, sort_keys=True) == json.dumps(data.describe(), sort_keys=True, default=list)
+            and training_part(manifest.config) == training_part({"specialists": asdict(config)}))
 
 
 # --- the scenario ----------------------------------------------------------------------------------------
@@ -165,7 +165,6 @@ def _reusable(spec_dir: Path, config, generalist, data) -> bool:
 def main(argv=None) -> int:
     from edgekd.artifacts import is_artifact
     from edgekd.cache import LogitCache
-    from edgekd.commands.specialists import _parse_clusters
     from edgekd.data import load_dataset
     from edgekd.device import resolve_device
     from edgekd.distill import DistillConfig, distill, teacher_logits
@@ -173,6 +172,7 @@ def main(argv=None) -> int:
     from edgekd.teachers import load_teacher
     from edgekd.training import TrainConfig
     from specialists.build import SpecialistConfig, build_specialists, open_generalist, regate_specialists
+    from specialists.clustering import parse_clusters
 
     args = parse_args(argv)
     started = time.perf_counter()
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     generalist = open_generalist(args.teacher, args.member, device=resolve_device(args.device))
 
     spec_dir = work / "specialists"
-    config = SpecialistConfig(clusters=_parse_clusters(args.clusters), cluster_temperature=args.cluster_temperature,
+    config = SpecialistConfig(clusters=parse_clusters(args.clusters), cluster_temperature=args.cluster_temperature,
                               top_n=args.top_n, special_fraction=args.special_fraction, member=args.member,
                               train=TrainConfig(epochs=args.epochs, lr=args.lr, patience=args.patience, jitter=args.jitter,
                                                 device=args.device))

@@ -140,6 +140,15 @@ def cache_options(func):
     return wrapper
 
 
+def register_stage_kinds() -> None:
+    """Import the stage packages that serve artifact kinds (the specialist ensemble), so a teacher of
+    that kind loads even where edgekd's entry points are not installed (a source checkout on PYTHONPATH)."""
+    try:
+        import specialists.combine  # noqa: F401  (registers "specialist-ensemble")
+    except ImportError:
+        pass
+
+
 def load_data(params: dict):
     from edgekd.data import load_dataset
 

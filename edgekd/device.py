@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from edgekd.config import PRECISIONS
 from edgekd.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgekd.data import Dataset
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
 # share of the free GPU memory the resident data may take; the rest is for weights and activations
 RESIDENT_SHARE = 0.5
 

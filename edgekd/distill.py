@@ -21,57 +21,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekd.artifacts import save_artifact
+from edgekd.artifacts import Manifest, Member, save_artifact
 from edgekd.cache import LogitCache, cache_key
+from edgekd.config import DistillConfig
 from edgekd.data import Dataset, stratified_subset_indices
 from edgekd.device import place_dataset, resolve_device
 from edgekd.errors import ConfigError, TrainingError
-from edgekd.losses import METHODS, distillation_loss
+from edgekd.losses import distillation_loss
 from edgekd.models import count_macs, count_parameters, create_model, format_arch, parse_arch
 from edgekd.teacher_training import cross_entropy_loss, supervised_batches
 from edgekd.teachers import Teacher, check_teacher_fits
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit,
                              jitter_shifts, predict_logits, run_fingerprint)
-from edgekd.validation import check_choice, check_in_range, check_int_at_least, check_positive, parse_limit
+from edgekd.validation import parse_limit
 
-DEFAULT_TEMPERATURE_GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
-DEFAULT_ALPHA_GRID = (0.5, 0.9, 1.0)
 VIEW_SEED = 7_919  # jittered views are fixed (not tied to the training seed) so their cache is shared
 
 
-@dataclass(frozen=True)
-class DistillConfig:
-    """``temperature=None`` / ``alpha=None`` mean "auto": picked on the val split from the grids."""
 
-    student: str = "mlp"
-    temperature: float | None = 4.0
-    alpha: float | None = 0.9
-    temperature_grid: tuple[float, ...] = DEFAULT_TEMPERATURE_GRID
-    alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
-    auto_epochs: int = 0            # budget of each auto candidate; 0 = a quarter of the epochs
-    train: TrainConfig = TrainConfig(epochs=20)
-    views: int = 0                  # with jitter: cached jittered views of the transfer set; 0 = online teacher
-    view_grid: bool = False         # the views are every integer shift ((2j+1)^2): consistent teaching
-    method: str = "kd"              # soft term: "kd" | "kd-ls" | "dkd" (edgekd.losses)
-    dkd_beta: float = 8.0           # weight of the non-target term with method "dkd"
-    transfer_limit: str | None = None
-    omit_classes: tuple[int, ...] = ()
-    baseline: bool = False
-
-    def __post_init__(self):
-        parse_arch(self.student)
-        if self.temperature is not None:
-            check_positive("temperature", self.temperature)
-        if self.alpha is not None:
-            check_in_range("alpha", self.alpha, 0.0, 1.0)
-        for t in self.temperature_grid:
-            check_positive("temperature_grid", t)
-        for a in self.alpha_grid:
-            check_in_range("alpha_grid", a, 0.0, 1.0)
-        check_int_at_least("auto_epochs", self.auto_epochs, 0)
-        check_int_at_least("views", self.views, 0)
-        check_choice("method", self.method, METHODS)
-        check_positive("dkd_beta", self.dkd_beta, strict=False)
 
 
 @dataclass(frozen=True)
@@ -332,20 +299,19 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
         cache_hits=cache.hits, cache_misses=cache.misses, omitted=omitted)
     if dist is None or dist.rank == 0:
         record = config_record or {"distill": asdict(config)}
-        common = {"classes": list(data.classes), "input_shape": list(data.input_shape),
-                  "normalization": {"mean": list(data.mean), "std": list(data.std)}, "data": data.describe(),
-                  "seed": train_cfg.seed, "teacher": {"description": teacher.description, "fingerprint": teacher.fingerprint}}
-        member = {"arch": arch, "options": options, "weights": "member-0.safetensors", "num_outputs": data.num_classes}
+        common = dict(kind="model", classes=data.classes, input_shape=data.input_shape,
+                      normalization={"mean": list(data.mean), "std": list(data.std)}, data=data.describe(),
+                      seed=train_cfg.seed, teacher={"description": teacher.description, "fingerprint": teacher.fingerprint},
+                      members=(Member(arch=arch, options=options, weights="member-0.safetensors", num_outputs=data.num_classes),))
         nested = {}
         if baseline is not None:
-            nested["baseline"] = ({**common, "kind": "model", "members": [member], "combine": "logits",
-                                   "config": {**record, "role": "hard-label baseline"},
-                                   "metrics": {"test_accuracy": base_acc, "macs": macs, "parameters": params,
-                                               "history": base_fit.history}},
+            nested["baseline"] = (Manifest(**common, config={**record, "role": "hard-label baseline"},
+                                           metrics={"test_accuracy": base_acc, "macs": macs, "parameters": params,
+                                                    "history": base_fit.history}),
                                   {"member-0.safetensors": baseline.state_dict()})
-        manifest = {**common, "kind": "model", "members": [member], "combine": "logits",
-                    "config": {**record, "temperature": temperature, "alpha": alpha, "student": format_arch(arch, options)},
-                    "metrics": metrics, "timings": timings, "search": search["candidates"]}
+        manifest = Manifest(**common, config={**record, "temperature": temperature, "alpha": alpha,
+                                              "student": format_arch(arch, options)},
+                            metrics=metrics, timings=timings, search=tuple(search["candidates"]))
         save_artifact(out, manifest, {"member-0.safetensors": student.state_dict()}, nested=nested, overwrite=overwrite or resume)
         store.finish()
     return result
@@ -394,8 +360,8 @@ def _correct_omitted(model, data: Dataset, omitted) -> dict:
 
 def _teacher_macs(teacher: Teacher) -> int | None:
     artifact = getattr(teacher, "artifact", None)
-    if artifact is not None and artifact.manifest.get("metrics", {}).get("macs"):
-        return int(artifact.manifest["metrics"]["macs"])
+    if artifact is not None and artifact.manifest.metrics.get("macs"):
+        return int(artifact.manifest.metrics["macs"])
     module = teacher.module()
     if module is not None and teacher.input_shape is not None:
         return count_macs(module, teacher.input_shape)

@@ -19,9 +19,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from edgekd.config import METHODS
 from edgekd.errors import ConfigError
 
-METHODS = ("kd", "kd-ls", "dkd")
 
 
 def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:

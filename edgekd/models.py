@@ -161,7 +161,7 @@ def _conv_bn(cin, cout, *, stride=1, groups=1, kernel=3):
             nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-@register_model("cnn", description="4 conv+BN layers, 2 max-pools, FC, dropout (the teacher of FINDINGS.md at width 32)",
+@register_model("cnn", description="4 conv+BN layers, 2 max-pools, FC, dropout (the README's teacher at width 32)",
                 width=32, fc=256, dropout=0.3)
 def _cnn(input_shape, num_classes, *, width, fc, dropout):
     _require_image("cnn", input_shape, 4)

@@ -9,26 +9,12 @@ from pathlib import Path
 from typing import Callable
 
 from edgekd.artifacts import is_artifact, write_json_atomic
+from edgekd.config import PipelineConfig
 from edgekd.distill import describe_gain
 from edgekd.validation import check_output_dir
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
-    data: str = "digits"
-    train_limit: int | None = None
-    val_fraction: float = 0.1
-    teacher_arch: str = "cnn"
-    ensemble: int = 3
-    teacher_epochs: int = 15
-    student: str = "mlp:hidden=64"
-    epochs: int = 30
-    temperature: float | None = None
-    alpha: float | None = 0.9
-    jitter: int = 1
-    seed: int = 0
-    device: str = "auto"
-    skip: tuple[str, ...] = ()
+
 
 
 @dataclass(frozen=True)
@@ -91,22 +77,18 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     student = load_teacher(student_dir).to(device)
     baseline = load_teacher(student_dir / "baseline").to(device)
     manifest = student.artifact.manifest
-    summary["distill"] = {"temperature": manifest["config"]["temperature"], "alpha": manifest["config"]["alpha"],
-                          "search": manifest.get("search", []), "gap_closed": manifest["metrics"]["gap_closed"]}
+    summary["distill"] = {"temperature": manifest.config["temperature"], "alpha": manifest.config["alpha"],
+                          "search": list(manifest.search), "gap_closed": manifest.metrics["gap_closed"]}
     summary["baseline"] = _model_summary(evaluate(baseline, data, reference=teacher), baseline)
     summary["student"] = _model_summary(evaluate(student, data, reference=teacher), student)
     bench_models = [teacher_dir, student_dir, student_dir / "baseline"]
     if "export" not in config.skip:
-        from export.pipeline import export_for_pipeline
-
         started = time.perf_counter()
         echo("[export] ...")
         summary["export"] = export_for_pipeline(student_dir, teacher_dir, data, out / "export")
         timings["export"] = round(time.perf_counter() - started, 2)
         bench_models += [Path(row["path"]) for row in summary["export"].values() if "error" not in row]
     if "bench" not in config.skip:
-        from benchmarks.harness import bench_for_pipeline
-
         started = time.perf_counter()
         echo("[bench] ...")
         summary["bench"] = bench_for_pipeline(bench_models, data, out / "bench")
@@ -116,6 +98,78 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     write_json_atomic(out / "summary.json", summary)
     summary_md.write_text(render_summary(summary))
     return PipelineResult(out=out, summary_md=summary_md, summary=summary)
+
+
+# --- each stage's settings in the pipeline ------------------------------------------------------------
+
+QUICK_BENCH = dict(batch_sizes=(1, 32), threads=(1,), seconds=0.15, rounds=2, min_runs=4, warmup_seconds=0.02,
+                   floor_seconds=0.05, probe_seconds=0.1)
+
+
+def build_for_pipeline(teacher_dir, data, out_dir, quick: bool = True, *, cache=None, seed: int = 0,
+                       device: str = "cpu", resume: bool = False, progress: bool = False, config_record: dict | None = None):
+    """The specialists stage: the teacher's member 0 as generalist (the pipeline trains an ensemble),
+    K chosen automatically, top-1 gating; ``quick`` trains each specialist 2 epochs, else 5."""
+    from edgekd.artifacts import load_artifact
+    from edgekd.training import TrainConfig
+    from specialists.build import SpecialistConfig, build_specialists
+
+    members = len(load_artifact(teacher_dir).manifest.members)
+    config = SpecialistConfig(member=0 if members > 1 else None,
+                              train=TrainConfig(epochs=2 if quick else 5, lr=5e-4, patience=2, seed=seed, device=device))
+    return build_specialists(teacher_dir, data, config, out_dir, cache=cache, overwrite=True, resume=resume,
+                             progress=progress, config_record=config_record)
+
+
+def export_for_pipeline(student_dir, teacher_dir, data, out_dir, *, opset: int | None = None, calibration_size: int = 512,
+                        max_accuracy_drop: float = 1.0, overwrite: bool = True) -> dict:
+    """The export stage: ``student.onnx``, ``student.int8.onnx`` (static QDQ) and ``teacher.onnx`` in
+    ``out_dir``. ``data``'s val split verifies, its test split measures accuracy and its train split
+    calibrates the int8 model. A gate that fails does not stop the others: its entry holds
+    ``{"path", "error"}`` instead of figures (``export.render_export_table`` renders either)."""
+    from edgekd.data import load_dataset
+    from edgekd.errors import EdgekdError
+    from export import DEFAULT_OPSET, ExportConfig, export_onnx, result_row
+
+    opset = opset or DEFAULT_OPSET
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = load_dataset(data)
+    jobs = {
+        "student_fp32": (student_dir, "student.onnx", ExportConfig(opset=opset)),
+        "student_int8": (student_dir, "student.int8.onnx",
+                         ExportConfig(opset=opset, quantize="int8", calibration_data=data.spec,
+                                      calibration_size=calibration_size, max_accuracy_drop=max_accuracy_drop)),
+        "teacher": (teacher_dir, "teacher.onnx", ExportConfig(opset=opset)),
+    }
+    rows = {}
+    for name, (model, filename, config) in jobs.items():
+        try:
+            result = export_onnx(model, out_dir / filename, config, overwrite=overwrite, data=data,
+                                 calibration=data if config.quantize == "int8" else None)
+        except EdgekdError as exc:
+            rows[name] = {"path": str(out_dir / filename), "error": str(exc)}
+            continue
+        rows[name] = result_row(result)
+    return rows
+
+
+def bench_for_pipeline(model_paths, data, out_dir, *, quick: bool = True, command: str | None = None,
+                       echo: Callable[[str], None] | None = None) -> dict:
+    """The benchmark stage: run, write ``out_dir/report.{json,md}`` and the plots, and return the paths
+    and the 1-thread batch-1 headline (a few seconds on digits with ``quick``)."""
+    from benchmarks.harness import BenchConfig, run_benchmark
+    from benchmarks.report import headline_rows, write_report
+
+    config = BenchConfig(**QUICK_BENCH) if quick else BenchConfig()
+    report = run_benchmark(model_paths, data, config, command=command or "edgekd pipeline (bench stage)", echo=echo)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = write_report(report, out_dir)
+    return {**{k: str(v) for k, v in paths.items()}, "headline": headline_rows(report.to_dict()),
+            "errors": sum(r["status"] == "error" for r in report.rows),
+            "skipped": sum(r["status"] == "skipped" for r in report.rows), "wall_seconds": report.wall_seconds}
 
 
 def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, summary, resume, progress,
@@ -129,15 +183,13 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
     device = resolve_device(config.device).type
     if "specialists" in config.skip:
         return teacher, "teacher"
-    from specialists.build import build_for_pipeline
-
     spec_dir = out / "specialists"
     stage("specialists", spec_dir, lambda p: build_for_pipeline(teacher_dir, data, p, cache=cache, seed=config.seed,
                                                                 device=device, resume=resume, progress=progress,
                                                                 config_record=config_record))
     spec = load_teacher(spec_dir).to(device)
     summary["specialists"] = _model_summary(evaluate(spec, data), spec)
-    summary["specialists"]["clusters"] = spec.artifact.manifest.get("clusters")
+    summary["specialists"]["clusters"] = spec.artifact.manifest.clusters
     val_teacher = evaluate(teacher, data, split="val").accuracy
     val_spec = evaluate(spec, data, split="val").accuracy
     summary["specialists"]["val_accuracy"], summary["teacher"]["val_accuracy"] = val_spec, val_teacher
@@ -148,7 +200,7 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
 
 
 def _model_summary(result, teacher) -> dict:
-    metrics = teacher.artifact.manifest.get("metrics", {}) if getattr(teacher, "artifact", None) else {}
+    metrics = teacher.artifact.manifest.metrics if getattr(teacher, "artifact", None) else {}
     return {"description": teacher.description, "accuracy": result.accuracy, "nll": result.nll, "ece": result.ece,
             "agreement_with_teacher": result.agreement, "macs": metrics.get("macs"), "parameters": metrics.get("parameters")}
 
@@ -181,7 +233,7 @@ def render_summary(summary: dict) -> str:
     gain = describe_gain(summary["student"]["accuracy"], summary["baseline"]["accuracy"], teacher["accuracy"])
     lines += ["", gain[0].upper() + gain[1:] + " (test accuracy)."]
     if "export" in summary:
-        from export.pipeline import render_export_table
+        from export import render_export_table
 
         lines += ["", "## Export", "", render_export_table(summary["export"])]
     if "bench" in summary:
@@ -190,6 +242,7 @@ def render_summary(summary: dict) -> str:
             lines.append(f"| {row['model']} | {row['runtime']} | {row['batch_size']} | {row['p50_ms']:.4f} | "
                          f"{row['p99_ms']:.4f} | {row['speedup']:.1f}x |" if row.get("p50_ms") is not None else
                          f"| {row['model']} | {row['runtime']} | {row['batch_size']} | - | - | - |")
-        lines += ["", f"Full report: `bench/report.md` ({summary['bench'].get('errors', 0)} error rows)."]
+        lines += ["", f"Full report: `bench/report.md` ({summary['bench'].get('errors', 0)} error rows, "
+                      f"{summary['bench'].get('skipped', 0)} skipped: runtimes not installed or settings they cannot honour)."]
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()), ""]
     return "\n".join(lines)

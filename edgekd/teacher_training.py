@@ -9,27 +9,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edgekd.artifacts import save_artifact
+from edgekd.artifacts import Manifest, Member, save_artifact
+from edgekd.config import TeacherConfig
 from edgekd.data import Dataset
 from edgekd.device import place_dataset, resolve_device
 from edgekd.models import count_macs, count_parameters, create_model, parse_arch
 from edgekd.teachers import EnsembleModule
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit, jitter_shifts, predict_logits,
                              run_fingerprint)
-from edgekd.validation import check_choice, check_int_at_least, check_jitter
+from edgekd.validation import check_jitter
 
 
-@dataclass(frozen=True)
-class TeacherConfig:
-    arch: str = "cnn"
-    ensemble: int = 3
-    combine: str = "logits"
-    train: TrainConfig = TrainConfig(epochs=8, lr=2e-3, jitter=2)
 
-    def __post_init__(self):
-        parse_arch(self.arch)
-        check_int_at_least("ensemble", self.ensemble, 1)
-        check_choice("combine", self.combine, ("logits", "probs"))
 
 
 @dataclass(frozen=True)
@@ -95,16 +86,13 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
                "macs_per_member": macs, "macs": macs * len(members), "parameters": params * len(members)}
     # wall-clock figures vary run to run; they live apart from the (deterministic) metrics
     timings = {"seconds": round(seconds, 2), "seconds_per_epoch": sum(per_epoch) / len(per_epoch)}
-    manifest = {
-        "kind": "ensemble" if len(members) > 1 else "model",
-        "classes": list(data.classes), "input_shape": list(data.input_shape),
-        "normalization": {"mean": list(data.mean), "std": list(data.std)},
-        "members": [{"arch": name, "options": options, "weights": f"member-{i}.safetensors",
-                     "seed": config.train.seed + i, "num_outputs": data.num_classes} for i in range(len(members))],
-        "combine": config.combine,
-        "config": config_record or {"teacher": _config_dict(config)},
-        "data": data.describe(), "seed": config.train.seed, "metrics": metrics, "timings": timings,
-    }
+    manifest = Manifest(
+        kind="ensemble" if len(members) > 1 else "model", classes=data.classes, input_shape=data.input_shape,
+        normalization={"mean": list(data.mean), "std": list(data.std)},
+        members=tuple(Member(arch=name, options=options, weights=f"member-{i}.safetensors", seed=config.train.seed + i,
+                             num_outputs=data.num_classes) for i in range(len(members))),
+        combine=config.combine, config=config_record or {"teacher": _config_dict(config)}, data=data.describe(),
+        seed=config.train.seed, metrics=metrics, timings=timings)
     if dist is None or dist.rank == 0:
         save_artifact(out, manifest, {f"member-{i}.safetensors": m.state_dict() for i, m in enumerate(members)},
                       overwrite=overwrite or resume)
@@ -116,3 +104,23 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
 
 def _config_dict(config) -> dict:
     return asdict(config)
+
+
+def save_untrained(out: str | Path, arch: str, data: Dataset, *, members: int = 1, seed: int = 0) -> Path:
+    """An artifact of ``members`` randomly initialised ``arch`` models on ``data`` (seeds seed..): the
+    stand-in teacher or student of smoke runs and tests, with its MACs and parameters recorded."""
+    name, options = parse_arch(arch)
+    models = []
+    for i in range(members):
+        torch.manual_seed(seed + i)
+        models.append(create_model(arch, data.input_shape, data.num_classes, mean=data.mean, std=data.std))
+    manifest = Manifest(
+        kind="ensemble" if members > 1 else "model", classes=data.classes, input_shape=data.input_shape,
+        normalization={"mean": list(data.mean), "std": list(data.std)},
+        members=tuple(Member(arch=name, options=options, weights=f"member-{i}.safetensors", seed=seed + i,
+                             num_outputs=data.num_classes) for i in range(members)),
+        config={"untrained": True}, data=data.describe(), seed=seed,
+        metrics={"macs": members * count_macs(models[0], data.input_shape), "parameters": members * count_parameters(models[0])})
+    save_artifact(out, manifest, {f"member-{i}.safetensors": m.state_dict() for i, m in enumerate(models)}, overwrite=True)
+    return Path(out)
+

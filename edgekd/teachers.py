@@ -14,7 +14,6 @@ mean and std instead: ``x' = (x * scale - mean) / std``.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 from dataclasses import dataclass
@@ -24,12 +23,36 @@ import torch
 from torch import nn
 
 from edgekd.artifacts import Artifact, is_artifact, load_artifact, sha256_file
+from edgekd.config import COMBINE_RULES
 from edgekd.device import module_device
 from edgekd.errors import TeacherError
 
-COMBINE_RULES = ("logits", "probs")
-# Artifact kinds served by a stage package: kind -> "module:function" building a Teacher.
-_KIND_LOADERS = {"specialist-ensemble": "specialists.combine:load_specialist_teacher"}
+# Artifact kinds whose teacher a stage package builds (``register_teacher_kind``); an installed
+# package names its module under this entry-point group, so the core never imports a stage by name.
+ENTRY_POINT_GROUP = "edgekd.teacher_kinds"
+_TEACHER_KINDS: dict = {}
+
+
+def register_teacher_kind(kind: str):
+    """Decorator: ``loader(artifact) -> Teacher`` serves artifacts of ``kind`` (as ``@register_model``)."""
+    def wrap(loader):
+        _TEACHER_KINDS[kind] = loader
+        return loader
+    return wrap
+
+
+def teacher_kinds() -> list[str]:
+    """Artifact kinds a teacher can be built from: the core's and every registered one."""
+    _load_entry_points()
+    return ["model", "ensemble", *sorted(_TEACHER_KINDS)]
+
+
+def _load_entry_points(kind: str | None = None) -> None:
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if (kind is None or entry.name == kind) and entry.name not in _TEACHER_KINDS:
+            entry.load()   # importing the module registers its kind
 
 
 @dataclass(frozen=True)
@@ -138,6 +161,8 @@ class OnnxTeacher(Teacher):
         if len(inputs) != 1:
             raise TeacherError(f"ONNX teacher '{path}' has {len(inputs)} inputs; edgekd feeds one input tensor.")
         self.input_name = inputs[0].name
+        # edgekd's own --uint8-input exports (and other quantized front ends) take raw bytes
+        self.uint8_input = inputs[0].type == "tensor(uint8)"
         self.declared = [d if isinstance(d, int) else None for d in inputs[0].shape[1:]]
         outputs = self.session.get_outputs()
         names = [o.name for o in outputs]
@@ -163,6 +188,8 @@ class OnnxTeacher(Teacher):
                                    f"({wanted} values) but the data has {tuple(x.shape[1:])}; pass data of the teacher's shape.")
             shape = [d if d is not None else -1 for d in self.declared]
             x = x.reshape(len(x), *shape)
+        if self.uint8_input:
+            return x.round().clamp(0, 255).to(torch.uint8).numpy()
         return x.numpy()
 
     def _logits(self, x):
@@ -224,8 +251,9 @@ def _as_logits(out: torch.Tensor) -> torch.Tensor:
 
 
 def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | None = None,
-                 transform: InputTransform | None = None) -> Teacher:
-    """Load a teacher from an artifact folder, an ``.onnx`` file or a TorchScript file."""
+                 transform: InputTransform | None = None, role: str = "Teacher") -> Teacher:
+    """Load a teacher from an artifact folder, an ``.onnx`` file or a TorchScript file (``role`` names
+    it in errors: "Teacher", "Model")."""
     path = Path(spec)
     transform = transform or InputTransform()
     if path.is_dir():
@@ -233,7 +261,7 @@ def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | 
             raise TeacherError(f"'{path}' is a folder but not an edgekd artifact (no manifest.json); pass an artifact folder, an .onnx or a TorchScript file.")
         return teacher_from_artifact(load_artifact(path), combine=combine)
     if not path.exists():
-        raise TeacherError(f"Teacher '{path}' not found; pass an edgekd artifact folder, an .onnx file or a TorchScript file.")
+        raise TeacherError(f"{role} '{path}' not found; pass an edgekd artifact folder, an .onnx file or a TorchScript file.")
     if path.suffix.lower() == ".onnx":
         return OnnxTeacher(path, output=output, transform=transform)
     if path.suffix.lower() in (".pt", ".pth", ".ts", ".torchscript", ".jit"):
@@ -242,13 +270,17 @@ def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | 
 
 
 def teacher_from_artifact(artifact: Artifact, *, combine: str | None = None) -> Teacher:
-    if artifact.kind in _KIND_LOADERS:
-        module_name, _, function = _KIND_LOADERS[artifact.kind].partition(":")
-        return getattr(importlib.import_module(module_name), function)(artifact)
-    combine = combine or artifact.manifest.get("combine", "logits")
+    if artifact.kind not in ("model", "ensemble"):
+        if artifact.kind not in _TEACHER_KINDS:
+            _load_entry_points(artifact.kind)
+        if artifact.kind not in _TEACHER_KINDS:
+            raise TeacherError(f"Artifact '{artifact.path}' is of kind '{artifact.kind}', which no loaded package serves; "
+                               f"choose one of {', '.join(teacher_kinds())}, or import the package that registers it.")
+        return _TEACHER_KINDS[artifact.kind](artifact)
+    combine = combine or artifact.manifest.combine
     net = EnsembleModule(artifact.build_members(), combine)
-    n = len(artifact.manifest["members"])
-    desc = f"{artifact.kind} '{artifact.path}' ({n} × {artifact.manifest['members'][0]['arch']}" + (f", mean of {combine})" if n > 1 else ")")
+    n = len(artifact.manifest.members)
+    desc = f"{artifact.kind} '{artifact.path}' ({n} × {artifact.manifest.members[0].arch}" + (f", mean of {combine})" if n > 1 else ")")
     fingerprint = hashlib.sha256((artifact.fingerprint + combine).encode()).hexdigest()
     return ModuleTeacher(net, kind=artifact.kind, classes=artifact.classes, input_shape=artifact.input_shape,
                          fingerprint=fingerprint, description=desc, artifact=artifact)

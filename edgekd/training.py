@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from edgekd.artifacts import write_json_atomic
 from edgekd.errors import EdgekdError, TrainingError
-from edgekd.device import PRECISIONS, autocast, module_device, resolve_device, to_device
-from edgekd.validation import MAX_LR, check_choice, check_in_range, check_int_at_least, check_positive, check_seed
+from edgekd.config import TrainConfig  # noqa: F401  (re-exported: the training loop's settings)
+from edgekd.device import autocast, module_device, resolve_device, to_device
 
 
 class Interrupted(EdgekdError):
@@ -40,30 +40,7 @@ class Interrupted(EdgekdError):
     exit_code = 130
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of one training run."""
 
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    patience: int = 0          # epochs without val improvement before stopping; 0 = never stop early
-    jitter: int = 0            # random shifts of up to this many pixels (paper section 3)
-    seed: int = 0
-    device: str = "cpu"        # "auto" | "cpu" | "cuda": resolved once, in edgekd.device
-    precision: str = "fp32"    # "fp32" | "bf16" (autocast of the forward pass and loss)
-
-    def __post_init__(self):
-        check_int_at_least("epochs", self.epochs, 1)
-        check_int_at_least("batch_size", self.batch_size, 1)
-        check_positive("lr", self.lr)
-        check_in_range("lr", self.lr, 0.0, MAX_LR)
-        check_in_range("weight_decay", self.weight_decay, 0.0, MAX_LR)
-        check_int_at_least("patience", self.patience, 0)
-        check_int_at_least("jitter", self.jitter, 0)
-        check_seed(self.seed)
-        check_choice("precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)

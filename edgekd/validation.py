@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Iterable
 
-from edgekd.errors import ConfigError, EdgekdError
+from edgekd.errors import ConfigError
 
 
 def check_positive(name: str, value: float, *, strict: bool = True) -> float:

@@ -160,14 +160,14 @@ def load_source(path: str | Path) -> Source:
         module, description = teacher.module(), teacher.description
         if isinstance(module, EnsembleModule) and len(module.members) == 1:
             module = module.members[0]  # a single model: export it without the ensemble's stack
-    data = manifest.get("data") or {}
-    params = (manifest.get("config") or {}).get("params") or {}
-    weights = sum((path / name).stat().st_size for name in manifest["files"] if name.endswith(".safetensors"))
+    data = manifest.data
+    params = manifest.config.get("params") or {}
+    weights = sum((path / name).stat().st_size for name in manifest.files if name.endswith(".safetensors"))
     return Source(path=path, kind=artifact.kind, module=module.eval(), classes=artifact.classes,
-                  input_shape=artifact.input_shape, normalization=dict(manifest["normalization"]),
+                  input_shape=artifact.input_shape, normalization=dict(manifest.normalization),
                   fingerprint=artifact.fingerprint, manifest_sha256=sha256_file(path / MANIFEST),
-                  description=description, members=len(manifest.get("members", [])),
-                  combine=manifest.get("combine", "logits"), data_spec=data.get("spec"),
+                  description=description, members=len(manifest.members),
+                  combine=manifest.combine, data_spec=data.get("spec"),
                   val_fraction=float(params.get("val_fraction") or 0.1), split_seed=int(data.get("split_seed", 0)),
                   weights_bytes=weights, teacher=teacher)
 
@@ -346,9 +346,7 @@ def _check_request(out: Path, summary_path: Path, config: ExportConfig, *, overw
     if not config.ort and suffix != ".onnx":
         hint = "; pass --ort for the ORT format" if suffix == ".ort" else ""
         raise ConfigError(f"The output of an ONNX export must end in .onnx. Got '{out.name}' instead{hint}.")
-    if config.quantize == "int8" and config.calibration_data is None and not has_calibration:
-        raise ConfigError("Static int8 quantization (--quantize int8) needs calibration data; pass --calibration-data SPEC "
-                          "(e.g. the training data's spec; N inputs of its train split are used) or use --quantize dynamic.")
+    # int8 without --calibration-data calibrates on the train split of the data the artifact records
 
 
 def _load_data(source: Source, spec: str | None, config: ExportConfig, *, role: str):

@@ -10,7 +10,7 @@
   dustbin, half S / half other data, dustbin logit corrected for the oversampling).
 - ``specialists.combine``: the KL combination at inference, the exportable module and the
   ``Teacher`` that ``edgekd.teachers`` loads for artifacts of kind "specialist-ensemble".
-- ``specialists.build``: ``build_specialists`` (the stage, one artifact) and ``build_for_pipeline``.
+- ``specialists.build``: ``build_specialists`` (the stage, one artifact) and ``regate_specialists``.
 
 Defaults and where they differ from the paper (each is explained in its module):
 

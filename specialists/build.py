@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.artifacts import load_artifact, save_artifact
+from edgekd.artifacts import Manifest, Member, load_artifact, save_artifact
 from edgekd.cache import LogitCache
 from edgekd.data import Dataset
 from edgekd.device import module_device, place_dataset, resolve_device
@@ -115,7 +115,7 @@ def open_generalist(path, member: int | None = None, *, device=None) -> Generali
         raise TeacherError(f"Specialists need a generalist that is one edgekd model (its weights initialise the "
                            f"specialists); '{path}' is {what}. Pass a folder written by 'edgekd teacher train --ensemble 1'.")
     artifact = load_artifact(path)
-    members = artifact.manifest["members"]
+    members = artifact.manifest.members
     if artifact.kind == "specialist-ensemble":
         raise TeacherError(f"'{path}' is already a specialist ensemble; pass its generalist (a single-model artifact) instead.")
     if member is None and len(members) != 1:
@@ -125,18 +125,18 @@ def open_generalist(path, member: int | None = None, *, device=None) -> Generali
     if index >= len(members):
         raise ConfigError(f"The 'member' parameter must be in [0, {len(members) - 1}] for '{path}'. Got {index} instead.")
     model = artifact.build_members()[index].to(device or "cpu")
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in members[index]["options"].items()}
+    options = members[index].arch_options
     if len(members) == 1:
         teacher = load_teacher(path).to(device or "cpu")   # same fingerprint as everywhere else: the logit cache is shared
     else:
         fingerprint = hashlib.sha256(f"{artifact.fingerprint}:member={index}".encode()).hexdigest()
         teacher = ModuleTeacher(EnsembleModule([model]), kind="model", classes=artifact.classes,
                                 input_shape=artifact.input_shape, fingerprint=fingerprint,
-                                description=f"member {index} of '{path}' ({members[index]['arch']})", artifact=artifact)
+                                description=f"member {index} of '{path}' ({members[index].arch})", artifact=artifact)
     source = {"path": str(path), "description": teacher.description, "fingerprint": teacher.fingerprint,
               "member": index, "train_seconds": generalist_train_seconds(artifact.manifest),
-              "source_manifest_files": artifact.manifest["files"]}
-    return Generalist(teacher=teacher, model=model, arch=members[index]["arch"], options=options, member=index,
+              "source_manifest_files": artifact.manifest.files}
+    return Generalist(teacher=teacher, model=model, arch=members[index].arch, options=options, member=index,
                       source=source)
 
 
@@ -251,61 +251,44 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     check_output_dir(out, overwrite=overwrite, inputs=[spec_path, *data_paths(data.spec)], in_place=spec_path)
     manifest = artifact.manifest
     models = [model.to(resolve_device(device)) for model in artifact.build_members()]
-    gen_member, source = manifest["members"][0], manifest["generalist"]
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in gen_member["options"].items()}
+    gen_member, source = manifest.members[0], manifest.generalist
     teacher = ModuleTeacher(EnsembleModule([models[0]]), kind="model", classes=artifact.classes,
                             input_shape=artifact.input_shape, fingerprint=source["fingerprint"],
                             description=source["description"])
     check_teacher_fits(teacher, data, name="Generalist")
     data = place_dataset(data, module_device(models[0]))
-    generalist = Generalist(teacher=teacher, model=models[0], arch=gen_member["arch"], options=options,
+    generalist = Generalist(teacher=teacher, model=models[0], arch=gen_member.arch, options=gen_member.arch_options,
                             member=source["member"], source=source)
     saved = json.loads(artifact.file("clusters.json").read_text())
     clustering = Clustering(covariance=np.array(saved["covariance"]), clusters=tuple(tuple(c) for c in saved["clusters"]),
                             specialist_clusters=tuple(tuple(c) for c in saved["specialist_clusters"]),
                             k=tuple(saved["k"]), temperature=saved["temperature"],
                             silhouette={int(k): v for k, v in saved["silhouette"].items()} or None)
-    earlier = manifest.get("timings") or manifest["metrics"].get("timings_s", {})
-    per_specialist = earlier.get("per_specialist")
-    if per_specialist is None and "report.json" in manifest["files"]:   # artifacts written before 'timings'
-        per_specialist = [spec.get("seconds", 0.0) for spec in json.loads(artifact.file("report.json").read_text())["specialists"]]
-    per_specialist = per_specialist or [0.0] * (len(manifest["members"]) - 1)
-    fits = [SpecialistFit(classes=tuple(m["classes"]), state=artifact.load_tensors(m["weights"]),
-                          dustbin_bias=m["dustbin_bias"], true_share=m["true_share"], training_share=m["training_share"],
-                          val_accuracy=m["val_accuracy"], best_epoch=m["best_epoch"], epochs_run=m["epochs_run"],
-                          seconds=seconds, history=m.get("history", []))
-            for m, seconds in zip(manifest["members"][1:], per_specialist)]
-    solver = manifest["solver"]
+    earlier = manifest.timings
+    per_specialist = earlier.get("per_specialist") or [0.0] * (len(manifest.members) - 1)
+    fits = [SpecialistFit(classes=m.classes, state=artifact.load_tensors(m.weights), dustbin_bias=m.dustbin_bias,
+                          true_share=m.true_share, training_share=m.training_share, val_accuracy=m.val_accuracy,
+                          best_epoch=m.best_epoch, epochs_run=m.epochs_run, seconds=seconds, history=list(m.history))
+            for m, seconds in zip(manifest.members[1:], per_specialist)]
+    solver = manifest.solver
     config = SpecialistConfig(clusters=clustering.k, cluster_temperature=clustering.temperature,
                               top_n=top_n or solver["top_n"], member=source["member"],
                               tol=tol or solver["tol"], max_steps=max_steps or solver["max_steps"],
-                              module_steps=module_steps, train=TrainConfig(seed=int(manifest.get("seed", 0))))
+                              module_steps=module_steps, train=TrainConfig(seed=manifest.seed))
     timings = {k: earlier[k] for k in ("clustering", "training") if k in earlier}
     timings["earlier"] = sum(timings.values())
-    record = config_record or {**manifest["config"], "regate": {"from": str(spec_path), "top_n": config.top_n,
+    record = config_record or {**manifest.config, "regate": {"from": str(spec_path), "top_n": config.top_n,
                                                                 "tol": config.tol, "max_steps": config.max_steps}}
     return _evaluate_and_save(generalist, data, config, clustering, fits, out, cache=cache or LogitCache(),
                               timings=timings, started=started, config_record=record)
 
 
-def build_for_pipeline(teacher_dir, data: Dataset, out_dir, quick: bool = True, *, cache: LogitCache | None = None,
-                       seed: int = 0, device: str = "cpu", resume: bool = False, progress: bool = False,
-                       config_record: dict | None = None) -> SpecialistsResult:
-    """The pipeline's specialists stage: the teacher's member 0 as generalist (the pipeline trains an
-    ensemble), K chosen automatically, top-1 gating; ``quick`` trains each specialist 2 epochs, else 5."""
-    members = len(load_artifact(teacher_dir).manifest["members"])
-    config = SpecialistConfig(member=0 if members > 1 else None,
-                              train=TrainConfig(epochs=2 if quick else 5, lr=5e-4, patience=2, seed=seed, device=device))
-    return build_specialists(teacher_dir, data, config, out_dir, cache=cache, overwrite=True, resume=resume,
-                             progress=progress, config_record=config_record)
-
-
-def generalist_train_seconds(manifest: dict) -> float | None:
+def generalist_train_seconds(manifest: Manifest) -> float | None:
     """Seconds to train ONE member of the teacher artifact, if its manifest records the training time
     (``timings.seconds``, divided by the number of members), else None."""
-    seconds = (manifest.get("timings") or {}).get("seconds", manifest.get("metrics", {}).get("seconds"))
+    seconds = manifest.timings.get("seconds")
     if isinstance(seconds, (int, float)) and seconds > 0:
-        return float(seconds) / max(1, len(manifest.get("members", [])))
+        return float(seconds) / max(1, len(manifest.members))
     return None
 
 
@@ -336,31 +319,29 @@ def _solver_settings(config: SpecialistConfig, generalist: Generalist, specialis
             "tol": config.tol, "max_steps": config.max_steps, "module_steps": steps, "max_active_bound": bound}
 
 
-def _manifest(generalist, data, config, clustering, fits, solver, test, timings, config_record, specialists) -> dict:
-    gen_member = {"role": "generalist", "arch": generalist.arch, "options": generalist.options,
-                  "weights": "generalist.safetensors", "num_outputs": data.num_classes}
-    spec_members = [{"role": "specialist", "classes": list(fit.classes), "class_names": [data.classes[c] for c in fit.classes],
-                     "arch": generalist.arch, "options": generalist.options, "weights": f"specialist-{i}.safetensors",
-                     "num_outputs": len(fit.classes) + 1, "dustbin_bias": fit.dustbin_bias, "dustbin_bias_applied": True,
-                     "true_share": fit.true_share, "training_share": fit.training_share, "val_accuracy": fit.val_accuracy,
-                     "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "history": fit.history}
+def _manifest(generalist, data, config, clustering, fits, solver, test, timings, config_record, specialists) -> Manifest:
+    gen_member = Member(role="generalist", arch=generalist.arch, options=generalist.options,
+                        weights="generalist.safetensors", num_outputs=data.num_classes)
+    spec_members = [Member(role="specialist", classes=tuple(fit.classes), class_names=tuple(data.classes[c] for c in fit.classes),
+                           arch=generalist.arch, options=generalist.options, weights=f"specialist-{i}.safetensors",
+                           num_outputs=len(fit.classes) + 1, dustbin_bias=fit.dustbin_bias, dustbin_bias_applied=True,
+                           true_share=fit.true_share, training_share=fit.training_share, val_accuracy=fit.val_accuracy,
+                           best_epoch=fit.best_epoch, epochs_run=fit.epochs_run, history=tuple(fit.history))
                     for i, fit in enumerate(fits)]
     macs_gen = count_macs(generalist.model, data.input_shape)
     macs_spec = [count_macs(net, data.input_shape) for net in specialists]
-    return {
-        "kind": "specialist-ensemble", "classes": list(data.classes), "input_shape": list(data.input_shape),
-        "normalization": {"mean": list(data.mean), "std": list(data.std)},
-        "members": [gen_member, *spec_members], "combine": "specialists-kl", "solver": solver,
-        "clusters": {k: v for k, v in clustering.to_dict(data.classes).items() if k != "covariance"},
-        "generalist": generalist.source,
-        "config": config_record or {"specialists": asdict(config)}, "data": data.describe(), "seed": config.train.seed,
-        "metrics": {"test_accuracy": test["ensemble"]["accuracy"], "test_nll": test["ensemble"]["nll"],
-                    "generalist_test_accuracy": test["generalist"]["accuracy"],
-                    "covered_relative_change": test["covered"]["relative_change"],
-                    "macs": macs_gen + sum(macs_spec), "macs_generalist": macs_gen, "macs_per_specialist": macs_spec},
-        "timings": {**{k: round(v, 2) for k, v in timings.items()},
-                    "per_specialist": [round(fit.seconds, 2) for fit in fits]},
-    }
+    return Manifest(
+        kind="specialist-ensemble", classes=data.classes, input_shape=data.input_shape,
+        normalization={"mean": list(data.mean), "std": list(data.std)},
+        members=(gen_member, *spec_members), combine="specialists-kl", solver=solver,
+        clusters={k: v for k, v in clustering.to_dict(data.classes).items() if k != "covariance"},
+        generalist=generalist.source,
+        config=config_record or {"specialists": asdict(config)}, data=data.describe(), seed=config.train.seed,
+        metrics={"test_accuracy": test["ensemble"]["accuracy"], "test_nll": test["ensemble"]["nll"],
+                 "generalist_test_accuracy": test["generalist"]["accuracy"],
+                 "covered_relative_change": test["covered"]["relative_change"],
+                 "macs": macs_gen + sum(macs_spec), "macs_generalist": macs_gen, "macs_per_specialist": macs_spec},
+        timings={**{k: round(v, 2) for k, v in timings.items()}, "per_specialist": [round(fit.seconds, 2) for fit in fits]})
 
 
 def _json_bytes(data) -> bytes:

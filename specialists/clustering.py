@@ -11,7 +11,7 @@ The clustering temperature T (``DEFAULT_CLUSTER_TEMPERATURE = 4``) is a deviatio
 which used the generalist's probabilities as they are (T = 1). Its generalist was unsure (25% top-1
 over 15,000 classes) so its covariance carried the structure; a confident 10-class generalist's does
 not: on Fashion-MNIST at T = 1 the diagonal dominates and k-means returns one big cluster and three
-singletons, while T = 4 (and 6, 10) recovers tops / footwear / trouser / bag (FINDINGS.md). Pass
+singletons, while T = 4 (and 6, 10) recovers tops / footwear / trouser / bag (docs/findings.md). Pass
 ``temperature=1`` for the paper's exact recipe.
 
 ``K = "auto"``: the K in 2..min(8, C-1) whose k-means clustering has the highest silhouette score,
@@ -57,6 +57,20 @@ class Clustering:
                 "specialist_clusters": [list(s) for s in self.specialist_clusters],
                 "cluster_names": [[name(c) for c in s] for s in self.clusters],
                 "covariance": self.covariance.tolist()}
+
+
+def parse_clusters(value) -> tuple[int, ...] | None:
+    """``--clusters``: ``'auto'`` (None), a number of clusters, or several separated by commas (merged)."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        ks = tuple(int(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        ks = ()
+    if not ks:
+        raise ConfigError(f"The 'clusters' parameter must be 'auto', a number of clusters, or several separated by "
+                          f"commas (their clusterings are merged). Got {value!r} instead.")
+    return ks
 
 
 def check_k(k, num_classes: int) -> tuple[int, ...] | None:

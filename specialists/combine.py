@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.errors import ArtifactError
-from edgekd.teachers import ModuleTeacher
+from edgekd.teachers import ModuleTeacher, register_teacher_kind
 
 NEG = -1e30  # log(0) stand-in that stays finite in float32 (exportable, no inf - inf = nan)
 DEFAULT_TOL = 1e-6
@@ -237,13 +237,13 @@ class SpecialistTeacher(ModuleTeacher):
 
     def __init__(self, artifact, *, top_n: int | None = None):
         manifest = artifact.manifest
-        solver = manifest["solver"]
+        solver = manifest.solver
         models = artifact.build_members()
-        roles = [member.get("role") for member in manifest["members"]]
+        roles = [member.role for member in manifest.members]
         if roles.count("generalist") != 1 or roles[0] != "generalist" or len(roles) < 2:
             raise ArtifactError(f"Artifact '{artifact.path}' of kind 'specialist-ensemble' must list the generalist first "
                                 f"and at least one specialist; re-create it with 'edgekd specialists build'.")
-        self.clusters = [tuple(member["classes"]) for member in manifest["members"][1:]]
+        self.clusters = [tuple(member.classes) for member in manifest.members[1:]]
         self.top_n = int(top_n or solver["top_n"])
         self.tol, self.max_steps = float(solver["tol"]), int(solver["max_steps"])
         net = SpecialistEnsembleModule(models[0], models[1:], self.clusters, len(artifact.classes),
@@ -251,7 +251,7 @@ class SpecialistTeacher(ModuleTeacher):
         settings = json.dumps({"top_n": self.top_n, "tol": self.tol, "max_steps": self.max_steps})
         super().__init__(net, kind=self.kind, classes=artifact.classes, input_shape=artifact.input_shape,
                          fingerprint=hashlib.sha256((artifact.fingerprint + settings).encode()).hexdigest(),
-                         description=(f"specialist-ensemble '{artifact.path}' (generalist {manifest['members'][0]['arch']} + "
+                         description=(f"specialist-ensemble '{artifact.path}' (generalist {manifest.members[0].arch} + "
                                       f"{len(self.clusters)} specialist(s), top-{self.top_n} gating)"),
                          artifact=artifact)
 
@@ -263,6 +263,7 @@ class SpecialistTeacher(ModuleTeacher):
         return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg).float().to(x.device)
 
 
+@register_teacher_kind("specialist-ensemble")
 def load_specialist_teacher(artifact) -> SpecialistTeacher:
-    """Entry point used by ``edgekd.teachers`` for artifacts of kind "specialist-ensemble"."""
+    """The teacher of artifacts of kind "specialist-ensemble" (registered with ``edgekd.teachers``)."""
     return SpecialistTeacher(artifact)

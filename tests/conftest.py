@@ -1,14 +1,37 @@
-"""Shared fixtures: tiny real artifacts trained on digits once per test session."""
+"""Shared fixtures: tiny real artifacts trained on digits once per test session, and one way to run
+the command line in-process."""
 
 from __future__ import annotations
+
+import os
+import tempfile
 
 import pytest
 
 
+def pytest_configure(config):
+    """Keep every logit cache out of the user's ~/.cache, session fixtures included (they run before
+    any function-scoped fixture could set it)."""
+    os.environ["EDGEKD_CACHE"] = tempfile.mkdtemp(prefix="edgekd-test-cache-")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep every test's logit cache out of the user's ~/.cache."""
+    """Each test's logit cache under the session's temporary folder."""
     monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path_factory.getbasetemp() / "edgekd-cache"))
+
+
+@pytest.fixture
+def edgekd(capsys):
+    """``edgekd(*args) -> (exit code, stdout, stderr)``: the command line, run in-process."""
+    from edgekd.cli import cli
+    from edgekd.clicommon import run_cli
+
+    def run(*args):
+        code = run_cli(cli, [str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,12 @@ def _copy(src, tmp_path):
 
 def test_manifest_records_what_a_user_needs(tiny_student):
     manifest = load_artifact(tiny_student).manifest
+    written = json.loads((tiny_student / "manifest.json").read_text())
     for key in ("classes", "input_shape", "normalization", "members", "config", "data", "seed", "metrics", "versions", "files"):
-        assert key in manifest
-    assert manifest["versions"]["torch"].startswith("2.")
-    assert manifest["config"]["temperature"] > 0
+        assert key in written
+    assert written["format_version"] == 2 and manifest.members[0].arch == "mlp"
+    assert manifest.versions["torch"].startswith("2.")
+    assert manifest.config["temperature"] > 0
 
 
 def test_edited_weights_are_detected(tiny_student, tmp_path):
@@ -49,15 +51,22 @@ def test_manifest_paths_cannot_leave_the_folder(tiny_student, tmp_path):
         load_artifact(copy)
 
 
+def _manifest(seed=0):
+    from edgekd.manifest import Manifest, Member
+
+    return Manifest(kind="model", classes=("a", "b"), input_shape=(2,), normalization={"mean": [0.0], "std": [1.0]},
+                    members=(Member(arch="mlp", options={}, weights="w.safetensors", num_outputs=2),), seed=seed)
+
+
 def test_existing_output_not_overwritten(tmp_path):
     out = tmp_path / "a"
-    save_artifact(out, {"kind": "model"}, {"w.safetensors": {"w": torch.ones(2)}})
+    save_artifact(out, _manifest(), {"w.safetensors": {"w": torch.ones(2)}})
     before = (out / "manifest.json").read_text()
     with pytest.raises(EdgekdError, match="already exists"):
-        save_artifact(out, {"kind": "model"}, {"w.safetensors": {"w": torch.zeros(2)}})
+        save_artifact(out, _manifest(), {"w.safetensors": {"w": torch.zeros(2)}})
     assert (out / "manifest.json").read_text() == before
-    save_artifact(out, {"kind": "model", "x": 1}, {"w.safetensors": {"w": torch.zeros(2)}}, overwrite=True)
-    assert json.loads((out / "manifest.json").read_text())["x"] == 1
+    save_artifact(out, _manifest(seed=1), {"w.safetensors": {"w": torch.zeros(2)}}, overwrite=True)
+    assert load_artifact(out).manifest.seed == 1
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary folders left
 
 
@@ -66,4 +75,12 @@ def test_artifact_teacher_reproduces_saved_metrics(tiny_student, digits):
 
     teacher = load_teacher(tiny_student)
     acc, _ = accuracy_and_nll(teacher.logits(digits.x_test), digits.y_test)
-    assert acc == pytest.approx(load_artifact(tiny_student).manifest["metrics"]["test_accuracy"])
+    assert acc == pytest.approx(load_artifact(tiny_student).manifest.metrics["test_accuracy"])
+
+
+def test_fixture_artifacts_load(tiny_teacher, tiny_student):
+    teacher = load_artifact(tiny_teacher)
+    assert teacher.kind == "ensemble" and len(teacher.manifest.members) == 2
+    student = load_artifact(tiny_student)
+    assert student.kind == "model"
+    assert load_artifact(tiny_student / "baseline").kind == "model"

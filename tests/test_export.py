@@ -12,24 +12,16 @@ import pytest
 import torch
 
 from edgekd.artifacts import load_artifact
-from edgekd.cli import cli
-from edgekd.clicommon import run_cli
 from edgekd.errors import ConfigError, ExportError
 from edgekd.models import list_models
 from edgekd.teachers import load_teacher
 
 import export.onnx_export as onnx_export
-from benchmarks.export_report import make_untrained_artifact
+from edgekd.teacher_training import save_untrained
 from export import DEFAULT_OPSET, ExportConfig, export_onnx, read_metadata
 from export.verify import check_accuracy_drop
 
 TINY = {"mlp": "mlp:hidden=16", "cnn": "cnn:width=4,fc=16", "dsconv": "dsconv:width=0.25"}
-
-
-def run(capsys, *args):
-    code = run_cli(cli, [str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def session(path):
@@ -43,7 +35,7 @@ def onnx_logits(path, x):
 
 @pytest.fixture(scope="module")
 def mlp_artifact(tmp_path_factory, digits):
-    return make_untrained_artifact(tmp_path_factory.mktemp("export") / "mlp", TINY["mlp"], digits)
+    return save_untrained(tmp_path_factory.mktemp("export") / "mlp", TINY["mlp"], digits)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +44,7 @@ def arch_exports(tmp_path_factory, digits):
     root = tmp_path_factory.mktemp("arch-exports")
     results = {}
     for entry in list_models():
-        artifact = make_untrained_artifact(root / entry.name, TINY.get(entry.name, entry.name), digits)
+        artifact = save_untrained(root / entry.name, TINY.get(entry.name, entry.name), digits)
         results[entry.name] = (artifact, export_onnx(artifact, root / f"{entry.name}.onnx", ExportConfig(), data=digits))
     return results
 
@@ -84,7 +76,7 @@ def test_metadata_round_trips_through_onnxruntime(arch_exports, digits):
     manifest = load_artifact(artifact).manifest
     assert json.loads(meta["edgekd.classes"]) == list(digits.classes)
     assert json.loads(meta["edgekd.input_shape"]) == ["batch", 1, 8, 8]
-    assert json.loads(meta["edgekd.normalization"]) == manifest["normalization"]
+    assert json.loads(meta["edgekd.normalization"]) == manifest.normalization
     assert meta["edgekd.source_fingerprint"] == load_artifact(artifact).fingerprint
     assert meta["edgekd.input_dtype"] == "float32" and meta["edgekd.precision"] == "fp32"
     import edgekd
@@ -160,9 +152,9 @@ def test_accuracy_drop_gate_arithmetic():
         check_accuracy_drop(0.90, 0.885, max_drop=1.0, what="m", n=1000)
 
 
-def test_teacher_ensemble_int8_ort_through_cli(capsys, tmp_path, tiny_teacher, digits):
+def test_teacher_ensemble_int8_ort_through_cli(edgekd, tmp_path, tiny_teacher, digits):
     out = tmp_path / "ensemble.int8.ort"
-    code, stdout, err = run(capsys, "export", tiny_teacher, "--onnx", "--ort", "--quantize", "int8",
+    code, stdout, err = edgekd("export", tiny_teacher, "--onnx", "--ort", "--quantize", "int8",
                             "--calibration-data", "digits", "--calibration-size", "128", "--out", out, "--json")
     assert code == 0, err
     summary = json.loads(stdout)
@@ -177,9 +169,9 @@ def test_teacher_ensemble_int8_ort_through_cli(capsys, tmp_path, tiny_teacher, d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble.int8.ort", "ensemble.int8.ort.json"]
 
 
-def test_student_ort_with_uint8_input(capsys, tmp_path, tiny_student, digits):
+def test_student_ort_with_uint8_input(edgekd, tmp_path, tiny_student, digits):
     out = tmp_path / "student.ort"
-    code, stdout, err = run(capsys, "export", tiny_student, "--ort", "--uint8-input", "--out", out)
+    code, stdout, err = edgekd("export", tiny_student, "--ort", "--uint8-input", "--out", out)
     assert code == 0, err
     assert "ORT format, loaded back" in stdout
     s = session(out)
@@ -202,9 +194,6 @@ def test_uint8_input_refuses_non_pixel_data(tmp_path, mlp_artifact, digits):
 def _as_specialist_artifact(monkeypatch, tmp_path, source, module):
     """A copy of ``source`` of kind "specialist-ensemble", loaded by a stand-in loader whose teacher's
     ``module()`` is ``module`` (None: no graph form)."""
-    import sys
-    import types
-
     from edgekd import teachers
 
     folder = tmp_path / "spec"
@@ -223,10 +212,8 @@ def _as_specialist_artifact(monkeypatch, tmp_path, source, module):
         def _logits(self, x):
             return real.logits(x) + 0.01  # "the solver run to convergence": a little off the fixed-step module
 
-    fake = types.ModuleType("fake_specialists")
-    fake.load = lambda artifact: Stand_in()
-    monkeypatch.setitem(sys.modules, "fake_specialists", fake)
-    monkeypatch.setitem(teachers._KIND_LOADERS, "specialist-ensemble", "fake_specialists:load")
+    # the stand-in serves the kind for this test only (monkeypatch puts the real registry back)
+    monkeypatch.setattr(teachers, "_TEACHER_KINDS", {"specialist-ensemble": lambda artifact: Stand_in()})
     return folder, real
 
 
@@ -248,9 +235,9 @@ def test_specialist_ensemble_with_a_fixed_step_module_exports(monkeypatch, tmp_p
 # --- bad inputs through the CLI ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["not-a-model-file", "folder-without-manifest", "missing", "opset-11", "opset-99",
-                                  "int8-without-calibration", "missing-out-folder", "ort-suffix-without-flag",
+                                  "missing-out-folder", "ort-suffix-without-flag",
                                   "existing-out"])
-def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, capsys, tmp_path, tiny_student):
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, edgekd, tmp_path, tiny_student):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "m.onnx"
@@ -267,20 +254,18 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, capsys, tmp_pat
         extra = ["--opset", "11"]
     elif case == "opset-99":
         extra = ["--opset", "99"]
-    elif case == "int8-without-calibration":
-        extra = ["--quantize", "int8"]
     elif case == "missing-out-folder":
         out = tmp_path / "missing" / "m.onnx"
     elif case == "ort-suffix-without-flag":
         out = out_dir / "m.ort"
     elif case == "existing-out":
         out.write_bytes(b"old")
-    code, stdout, err = run(capsys, "export", model, "--out", out, *extra)
+    code, stdout, err = edgekd("export", model, "--out", out, *extra)
     assert code == 2, (stdout, err)
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     expected = {"not-a-model-file": "is not an edgekd model", "folder-without-manifest": "without manifest.json",
                 "missing": "not found", "opset-11": "'opset' parameter must be in [18,",
-                "opset-99": "Got 99 instead", "int8-without-calibration": "--calibration-data",
+                "opset-99": "Got 99 instead",
                 "missing-out-folder": "does not exist", "ort-suffix-without-flag": "pass --ort",
                 "existing-out": "already exists"}[case]
     assert expected in err
@@ -303,8 +288,8 @@ def test_cli_default_opset_matches_the_library():
 
 
 def test_export_for_pipeline(tmp_path, tiny_student, tiny_teacher, digits):
-    from export import export_for_pipeline
-    from export.pipeline import render_export_table
+    from edgekd.pipeline import export_for_pipeline
+    from export import render_export_table
 
     rows = export_for_pipeline(tiny_student, tiny_teacher, digits, tmp_path / "exports", calibration_size=128,
                                max_accuracy_drop=100.0)
@@ -335,7 +320,7 @@ def test_export_for_pipeline(tmp_path, tiny_student, tiny_teacher, digits):
 def test_export_report_smoke(tmp_path, mlp_artifact, digits):
     from benchmarks.export_report import main
 
-    teacher = make_untrained_artifact(tmp_path / "teacher", TINY["mlp"], digits, members=2)
+    teacher = save_untrained(tmp_path / "teacher", TINY["mlp"], digits, members=2)
     out = tmp_path / "export_smoke.md"
     assert main(["--smoke", "--variants", "fp32", "--student", str(mlp_artifact), "--teacher", str(teacher),
                  "--out", str(out)]) == 0
@@ -346,3 +331,13 @@ def test_export_report_smoke(tmp_path, mlp_artifact, digits):
     assert all("error" not in r for r in report["rows"])
     text = out.read_text()
     assert text.startswith("# Export report: export_smoke") and "| teacher ensemble | fp32 |" in text
+
+
+def test_int8_calibrates_on_the_artifacts_own_data_by_default(edgekd, tmp_path, tiny_student):
+    out = tmp_path / "s.int8.onnx"
+    code, stdout, err = edgekd("export", tiny_student, "--onnx", "--quantize", "int8", "--calibration-size", "64",
+                               "--max-accuracy-drop", "100", "--out", out)   # the gate is tested elsewhere
+    assert code == 0, err
+    summary = json.loads((tmp_path / "s.int8.onnx.json").read_text())
+    assert summary["quantization"]["calibration_data"] == "digits [train]"
+    assert stdout.count(" bytes") == 2 and "the size of the fp32 export" in stdout   # the file once, the fp32 size once

@@ -1,4 +1,4 @@
-"""Issue 10: nothing the user had is ever lost. For each command with --out: out is an input, the
+"""edgekd.outputs: nothing the user had is ever lost. For each command with --out: out is an input, the
 parent of an input, a user folder with files, or a symlink to one, with and without --overwrite and
 --resume; everything stays byte-identical. '/', '.', home are tested against the check itself (tests
 run as root: no command here may ever be pointed at them). Full and read-only disks are simulated by

@@ -5,7 +5,9 @@ import json
 import pytest
 
 
-@pytest.mark.parametrize("module", ["spine_fmnist", "omitted_class", "soft_regularizer", "ddp_checkpoint", "gpu_fmnist"])
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["spine_fmnist", "omitted_class", "soft_regularizer", "ddp_checkpoint", "gpu_fmnist",
+                                    "defaults_study"])
 def test_scenario_smoke(tmp_path, module, capsys):
     import importlib
 

@@ -19,19 +19,6 @@ from specialists.training import dustbin_bias, label_map, mixture_sizes, special
 BLOCKS = [(0, 1, 2), (3, 4), (5, 6, 7, 8)]
 
 
-def _invoke(args):
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    return result
-
-
-def _exit_code_and_err(args, capsys):
-    from edgekd.clicommon import run_cli
-
-    code = run_cli(cli, args)
-    captured = capsys.readouterr()
-    return code, captured.err
-
-
 # --- clustering --------------------------------------------------------------------------------
 
 def test_kmeans_recovers_blocks_of_a_block_covariance():
@@ -230,9 +217,9 @@ def generalist(tmp_path_factory, digits):
 @pytest.fixture(scope="session")
 def spec_artifact(tmp_path_factory, generalist):
     out = tmp_path_factory.mktemp("specialists") / "spec"
-    result = _invoke(["specialists", "build", "--teacher", str(generalist), "--clusters", "3", "--epochs", "1",
-                      "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["specialists", "build", "--teacher", str(generalist), "--clusters", "3",
+                                      "--epochs", "1", "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output   # (a session fixture: capsys is function-scoped)
     assert "covered classes:" in result.output
     return out
 
@@ -243,14 +230,14 @@ def test_build_writes_a_specialist_ensemble_artifact(spec_artifact, digits):
     artifact = load_artifact(spec_artifact)
     manifest = artifact.manifest
     assert artifact.kind == "specialist-ensemble"
-    roles = [m["role"] for m in manifest["members"]]
+    roles = [m.role for m in manifest.members]
     assert roles[0] == "generalist" and set(roles[1:]) == {"specialist"} and len(roles) >= 2
-    for member in manifest["members"][1:]:
-        assert member["num_outputs"] == len(member["classes"]) + 1 and len(member["classes"]) > 1
-        assert member["dustbin_bias"] == pytest.approx(dustbin_bias(member["true_share"], member["training_share"]))
-    assert manifest["solver"]["module_steps"] == 1 and manifest["solver"]["top_n"] == 1
+    for member in manifest.members[1:]:
+        assert member.num_outputs == len(member.classes) + 1 and len(member.classes) > 1
+        assert member.dustbin_bias == pytest.approx(dustbin_bias(member.true_share, member.training_share))
+    assert manifest.solver["module_steps"] == 1 and manifest.solver["top_n"] == 1
     for name in ("report.md", "report.json", "clusters.json", "covariance.png"):
-        assert name in manifest["files"]
+        assert name in manifest.files
     assert (spec_artifact / "covariance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((spec_artifact / "report.json").read_text())
     assert sum(row["n_test"] for row in report["test"]["by_coverage"]) == len(digits.y_test)
@@ -274,36 +261,36 @@ def test_specialist_ensemble_is_a_teacher(spec_artifact, digits):
         assert torch.allclose(exported.module()(digits.x_test[:4]), logits[:4], atol=1e-4)
 
 
-def test_evaluate_and_distill_accept_the_specialist_ensemble(spec_artifact, tmp_path):
-    result = _invoke(["evaluate", str(spec_artifact), "--json"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["model"].startswith("specialist-ensemble")
+def test_evaluate_and_distill_accept_the_specialist_ensemble(spec_artifact, tmp_path, edgekd):
+    code, out_text, err = edgekd("evaluate", spec_artifact, "--json")
+    assert code == 0, err
+    assert json.loads(out_text)["model"].startswith("specialist-ensemble")
     out = tmp_path / "student"
-    result = _invoke(["distill", "--teacher", str(spec_artifact), "--student", "mlp:hidden=16", "--epochs", "1",
-                      "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
+    code, _, err = edgekd("distill", "--teacher", spec_artifact, "--student", "mlp:hidden=16", "--epochs", "1",
+                          "--out", out, "--quiet")
+    assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["teacher"]["description"].startswith("specialist-ensemble")
 
 
-def test_regate_rescores_without_training(spec_artifact, tmp_path, capsys):
-    same = _invoke(["specialists", "regate", str(spec_artifact), "--out", str(tmp_path / "same")])
-    assert same.exit_code == 0, same.output
+def test_regate_rescores_without_training(spec_artifact, tmp_path, edgekd):
+    code, _, err = edgekd("specialists", "regate", spec_artifact, "--out", tmp_path / "same")
+    assert code == 0, err
     before = json.loads((spec_artifact / "report.json").read_text())["test"]
     after = json.loads((tmp_path / "same" / "report.json").read_text())["test"]
     assert after["ensemble"]["accuracy"] == before["ensemble"]["accuracy"]
-    top2 = _invoke(["specialists", "regate", str(spec_artifact), "--top-n", "2", "--out", str(tmp_path / "top2")])
-    assert top2.exit_code == 0, top2.output
+    code, _, err = edgekd("specialists", "regate", spec_artifact, "--top-n", "2", "--out", tmp_path / "top2")
+    assert code == 0, err
     manifest = json.loads((tmp_path / "top2" / "manifest.json").read_text())
     assert manifest["solver"]["top_n"] == 2 and manifest["kind"] == "specialist-ensemble"
     assert json.loads((tmp_path / "top2" / "report.json").read_text())["test"]["active"]["mean_active"] >= \
         before["active"]["mean_active"]
-    code, err = _exit_code_and_err(["specialists", "regate", str(spec_artifact), "--out", str(spec_artifact)], capsys)
+    code, _, err = edgekd("specialists", "regate", spec_artifact, "--out", spec_artifact)
     assert code == 2 and "--overwrite" in err
 
 
 @pytest.mark.parametrize("case", ["k_too_large", "ensemble", "onnx", "all_singletons"])
-def test_bad_inputs_exit_2_with_one_line(case, generalist, tiny_teacher, tmp_path, capsys):
+def test_bad_inputs_exit_2_with_one_line(case, generalist, tiny_teacher, tmp_path, edgekd):
     teacher, extra = str(generalist), []
     if case == "k_too_large":
         extra = ["--clusters", "11"]
@@ -314,8 +301,8 @@ def test_bad_inputs_exit_2_with_one_line(case, generalist, tiny_teacher, tmp_pat
         (tmp_path / "model.onnx").write_bytes(b"not really onnx")
     else:
         extra = ["--clusters", "10"]
-    code, err = _exit_code_and_err(["specialists", "build", "--teacher", teacher, *extra, "--epochs", "1",
-                                    "--out", str(tmp_path / "out"), "--quiet"], capsys)
+    code, _, err = edgekd("specialists", "build", "--teacher", teacher, *extra, "--epochs", "1",
+                          "--out", tmp_path / "out", "--quiet")
     assert code == 2
     assert err.startswith("error: ") and err.strip().count("\n") == 0
     expected = {"k_too_large": "[2, 10]", "ensemble": "--member", "onnx": "ONNX", "all_singletons": "one class"}[case]
@@ -360,20 +347,20 @@ def test_resume_reuses_finished_specialists(generalist, tmp_path, monkeypatch):
 
 def test_pipeline_hook_on_an_ensemble_teacher(tiny_teacher, tmp_path):
     from edgekd.artifacts import load_artifact
-    from specialists.build import build_for_pipeline
+    from edgekd.pipeline import build_for_pipeline
 
     from edgekd.data import load_dataset
 
     result = build_for_pipeline(tiny_teacher, load_dataset("digits", train_limit=500), tmp_path / "spec", quick=True)
     artifact = load_artifact(result.path)
-    assert artifact.kind == "specialist-ensemble" and artifact.manifest["generalist"]["member"] == 0
+    assert artifact.kind == "specialist-ensemble" and artifact.manifest.generalist["member"] == 0
     assert 0 < result.ensemble_test_accuracy <= 1
 
 
-def test_cluster_command_prints_class_names(generalist):
-    result = _invoke(["specialists", "cluster", "--teacher", str(generalist), "--clusters", "auto"])
-    assert result.exit_code == 0, result.output
-    assert "silhouette" in result.output and "{" in result.output
+def test_cluster_command_prints_class_names(generalist, edgekd):
+    code, out, err = edgekd("specialists", "cluster", "--teacher", generalist, "--clusters", "auto")
+    assert code == 0, err
+    assert "silhouette" in out and "{" in out
 
 
 def test_benchmark_smoke(generalist, tmp_path, capsys):

@@ -48,7 +48,10 @@ def bench_cmd(**params):
         --data fashion-mnist --out reports/fmnist
     edgekd bench --from reports/fmnist/report.json      # re-render from the data
     """
+    from edgekd.clicommon import register_stage_kinds
     from edgekd.errors import ConfigError
+
+    register_stage_kinds()
 
     if params["from_json"]:
         if params["model"]:

@@ -8,6 +8,15 @@ import click
 
 from edgekd.clicommon import (cache_options, common_options, data_options, echo_json, load_data,
                               resolved_config, show_progress)
+from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, METHODS, PRECISIONS,
+                           DistillConfig, PipelineConfig, TeacherConfig, TrainConfig, defaults)
+
+# every default below is read from the config dataclasses: a flag left out means what the library means
+TEACHER, DISTILL, PIPELINE = defaults(TeacherConfig), defaults(DistillConfig), defaults(PipelineConfig)
+
+
+def _auto_default(value) -> str:
+    return "auto" if value is None else f"{value:g}"
 
 
 def teacher_options(func):
@@ -24,26 +33,29 @@ def teacher_options(func):
     return wrapper
 
 
-def open_teacher(spec, params, *, device=None):
+def open_teacher(spec, params, *, device=None, role: str = "Teacher"):
+    from edgekd.clicommon import register_stage_kinds
     from edgekd.teachers import InputTransform, load_teacher
 
+    register_stage_kinds()
     transform = InputTransform(params["teacher_scale"], params["teacher_mean"], params["teacher_std"])
-    teacher = load_teacher(spec, combine=params["combine"], output=params["teacher_output"], transform=transform)
+    teacher = load_teacher(spec, combine=params["combine"], output=params["teacher_output"], transform=transform, role=role)
     return teacher.to(device) if device is not None else teacher
 
 
-def train_options(epochs: int, lr: float, jitter: int):
+def train_options(train: TrainConfig):
+    """The training loop's options, their defaults from ``train`` (the stage config's own TrainConfig)."""
     def decorate(func):
-        @click.option("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True)
-        @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-        @click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=lr, show_default=True,
+        @click.option("--epochs", type=click.IntRange(min=1), default=train.epochs, show_default=True)
+        @click.option("--batch-size", type=click.IntRange(min=1), default=train.batch_size, show_default=True)
+        @click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=train.lr, show_default=True,
                       help="Peak learning rate (AdamW, one-cycle), in (0, 10].")
-        @click.option("--weight-decay", type=click.FloatRange(0, 10), default=1e-4, show_default=True)
-        @click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
+        @click.option("--weight-decay", type=click.FloatRange(0, 10), default=train.weight_decay, show_default=True)
+        @click.option("--patience", type=click.IntRange(min=0), default=train.patience, show_default=True,
                       help="Stop after this many epochs without val improvement (0: never).")
-        @click.option("--jitter", type=click.IntRange(min=0), default=jitter, show_default=True,
+        @click.option("--jitter", type=click.IntRange(min=0), default=train.jitter, show_default=True,
                       help="Random shifts of up to this many pixels (the paper's input jitter); 0 = off.")
-        @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+        @click.option("--precision", type=click.Choice(PRECISIONS), default=train.precision, show_default=True,
                       help="bf16 autocasts the forward pass and loss (weights and optimizer stay fp32).")
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
@@ -54,7 +66,6 @@ def train_options(epochs: int, lr: float, jitter: int):
 
 def make_train_config(params, **overrides):
     from edgekd.device import resolve_device
-    from edgekd.training import TrainConfig
 
     device = resolve_device(params["device"]).type
     fields = dict(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
@@ -125,16 +136,17 @@ def teacher_group():
 
 @teacher_group.command("train")
 @data_options
-@click.option("--arch", default="cnn", show_default=True, help="Architecture spec, e.g. cnn:width=32 (see 'edgekd models').")
-@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True, help="Members, seeds seed..seed+N-1.")
-@click.option("--combine", type=click.Choice(["logits", "probs"]), default="logits", show_default=True)
-@train_options(epochs=8, lr=2e-3, jitter=0)
+@click.option("--arch", default=TEACHER["arch"], show_default=True, help="Architecture spec, e.g. cnn:width=32 (see 'edgekd models').")
+@click.option("--ensemble", type=click.IntRange(min=1), default=TEACHER["ensemble"], show_default=True,
+              help="Members, seeds seed..seed+N-1.")
+@click.option("--combine", type=click.Choice(COMBINE_RULES), default=TEACHER["combine"], show_default=True)
+@train_options(TEACHER["train"])
 @output_options
 @common_options
 @click.pass_context
 def teacher_train_cmd(ctx, **params):
     """Train one teacher or an ensemble of N with different seeds, saved as one artifact."""
-    from edgekd.teacher_training import TeacherConfig, train_teachers
+    from edgekd.teacher_training import train_teachers
 
     from edgekd.outputs import output_lock
     from edgekd.validation import check_jitter
@@ -193,8 +205,6 @@ def _parse_list(name, value, kind=float):
 
 
 def distill_config(params):
-    from edgekd.distill import DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, DistillConfig
-
     return DistillConfig(
         student=params["student"], temperature=_parse_auto("temperature", params["temperature"]),
         alpha=_parse_auto("alpha", params["alpha"]),
@@ -207,23 +217,26 @@ def distill_config(params):
 
 
 def distill_options(func):
-    @click.option("--student", default="mlp", show_default=True, help="Student architecture spec (see 'edgekd models').")
-    @click.option("--temperature", "-T", default="4", show_default=True, help="Softmax temperature, or 'auto' (val-selected).")
-    @click.option("--alpha", default="0.9", show_default=True, help="Weight of the soft term in [0, 1], or 'auto'.")
-    @click.option("--temperature-grid", default=None, help="Grid for --temperature auto (default 1,2,4,8,16).")
-    @click.option("--alpha-grid", default=None, help="Grid for --alpha auto (default 0.5,0.9,1).")
-    @click.option("--auto-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+    @click.option("--student", default=DISTILL["student"], show_default=True, help="Student architecture spec (see 'edgekd models').")
+    @click.option("--temperature", "-T", default=_auto_default(DISTILL["temperature"]), show_default=True,
+                  help="Softmax temperature, or 'auto' (val-selected).")
+    @click.option("--alpha", default=_auto_default(DISTILL["alpha"]), show_default=True,
+                  help="Weight of the soft term in [0, 1], or 'auto'.")
+    @click.option("--temperature-grid", default=None,
+                  help=f"Grid for --temperature auto (default {','.join(f'{t:g}' for t in DEFAULT_TEMPERATURE_GRID)}).")
+    @click.option("--alpha-grid", default=None, help=f"Grid for --alpha auto (default {','.join(f'{a:g}' for a in DEFAULT_ALPHA_GRID)}).")
+    @click.option("--auto-epochs", type=click.IntRange(min=0), default=DISTILL["auto_epochs"], show_default=True,
                   help="Epochs per auto candidate (0: a quarter of --epochs).")
-    @click.option("--views", default="0", show_default=True,
+    @click.option("--views", default="all" if DISTILL["view_grid"] else str(DISTILL["views"]), show_default=True,
                   help="With --jitter: cache teacher logits on this many jittered views (0: run the teacher online), "
                        "or 'all': every integer shift, so the teacher sees exactly the student's view (consistent teaching).")
-    @click.option("--method", type=click.Choice(["kd", "kd-ls", "dkd"]), default="kd", show_default=True,
+    @click.option("--method", type=click.Choice(METHODS), default=DISTILL["method"], show_default=True,
                   help="Soft term: the paper's KD, KD on z-scored logits (logit standardization), or decoupled KD.")
-    @click.option("--dkd-beta", type=float, default=8.0, show_default=True, help="With --method dkd: weight of the non-target term.")
+    @click.option("--dkd-beta", type=float, default=DISTILL["dkd_beta"], show_default=True, help="With --method dkd: weight of the non-target term.")
     @click.option("--transfer-limit", default=None, help="Transfer set: a count or a fraction of the train split.")
     @click.option("--omit-classes", default=None, help="Comma-separated class indices left out of the transfer set "
                                                         "(their bias is then corrected on val).")
-    @click.option("--baseline/--no-baseline", default=False, show_default=True,
+    @click.option("--baseline/--no-baseline", default=DISTILL["baseline"], show_default=True,
                   help="Also train the student on hard labels with the same budget and seed.")
     @cache_options
     @functools.wraps(func)
@@ -237,7 +250,7 @@ def distill_options(func):
 @teacher_options
 @data_options
 @distill_options
-@train_options(epochs=20, lr=3e-3, jitter=0)
+@train_options(DISTILL["train"])
 @output_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @common_options
@@ -318,7 +331,7 @@ def evaluate_cmd(model, reference, split, as_json, **params):
 
     data = load_data(params)
     device = resolve_device(params["device"])
-    result = evaluate(open_teacher(model, params, device=device), data, split=split,
+    result = evaluate(open_teacher(model, params, device=device, role="Model"), data, split=split,
                       reference=open_teacher(reference, params, device=device) if reference else None)
     if as_json:
         echo_json(result.to_dict())
@@ -335,14 +348,14 @@ def evaluate_cmd(model, reference, split, as_json, **params):
 
 @click.command("pipeline")
 @data_options
-@click.option("--teacher-arch", default="cnn", show_default=True)
-@click.option("--ensemble", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--teacher-epochs", type=click.IntRange(min=1), default=15, show_default=True)
-@click.option("--student", default="mlp:hidden=64", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--temperature", "-T", default="auto", show_default=True)
-@click.option("--alpha", default="0.9", show_default=True)
-@click.option("--jitter", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--teacher-arch", default=PIPELINE["teacher_arch"], show_default=True)
+@click.option("--ensemble", type=click.IntRange(min=1), default=PIPELINE["ensemble"], show_default=True)
+@click.option("--teacher-epochs", type=click.IntRange(min=1), default=PIPELINE["teacher_epochs"], show_default=True)
+@click.option("--student", default=PIPELINE["student"], show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=PIPELINE["epochs"], show_default=True)
+@click.option("--temperature", "-T", default=_auto_default(PIPELINE["temperature"]), show_default=True)
+@click.option("--alpha", default=_auto_default(PIPELINE["alpha"]), show_default=True)
+@click.option("--jitter", type=click.IntRange(min=0), default=PIPELINE["jitter"], show_default=True)
 @click.option("--skip", multiple=True, type=click.Choice(["specialists", "export", "bench"]),
               help="Skip an optional stage (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
@@ -352,7 +365,7 @@ def evaluate_cmd(model, reference, split, as_json, **params):
 @click.pass_context
 def pipeline_cmd(ctx, **params):
     """The whole chain: teacher ensemble -> specialists -> distill (with baseline) -> evaluate -> export -> bench."""
-    from edgekd.pipeline import PipelineConfig, run_pipeline
+    from edgekd.pipeline import run_pipeline
 
     config = PipelineConfig(
         data=params["data"], train_limit=params["train_limit"], val_fraction=params["val_fraction"],

@@ -18,7 +18,7 @@ DEFAULT_OPSET = 18  # kept equal to export.onnx_export.DEFAULT_OPSET (a test che
 @click.option("--ort", is_flag=True, help="Convert to the ORT format for onnxruntime mobile (--out NAME.ort).")
 @click.option("--quantize", type=click.Choice(["int8", "dynamic"]), default=None,
               help="int8: static QDQ, per-channel, calibrated on --calibration-data; dynamic: int8 weights only.")
-@click.option("--calibration-data", default=None, help="Dataset spec whose train split calibrates --quantize int8.")
+@click.option("--calibration-data", default=None, help="Dataset spec whose train split calibrates --quantize int8 (default: the data the artifact records).")
 @click.option("--calibration-size", type=int, default=512, show_default=True, help="Calibration inputs (train split).")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (18 or newer).")
 @click.option("--atol", type=float, default=1e-4, show_default=True,
@@ -45,7 +45,10 @@ def export_cmd(model, out, onnx_format, ort, quantize, calibration_data, calibra
       edgekd export runs/student --onnx --ort --out runs/student/student.ort
       edgekd export runs/teacher --onnx --out runs/teacher/ensemble.onnx
     """
+    from edgekd.clicommon import register_stage_kinds
     from export import ExportConfig, export_onnx
+
+    register_stage_kinds()
 
     config = ExportConfig(opset=opset, quantize=quantize, calibration_data=calibration_data,
                           calibration_size=calibration_size, ort=ort, atol=atol, max_accuracy_drop=max_accuracy_drop,
@@ -75,8 +78,8 @@ def print_export(result) -> None:
     line = f"test accuracy (n={v['n_test']}): fp32 {v['fp32']['test_accuracy']:.4f}"
     if "int8" in v:
         line += (f", {result.precision} {v['int8']['test_accuracy']:.4f} (drop {v['int8']['accuracy_drop_points']:.2f} "
-                 f"points, gate {v['max_accuracy_drop']:g}); size {sizes['int8_onnx']:,} / {sizes['fp32_onnx']:,} bytes "
-                 f"= {sizes['int8_to_fp32_ratio']:.2f}x fp32")
+                 f"points, gate {v['max_accuracy_drop']:g}); {sizes['int8_to_fp32_ratio']:.2f}x the size of the fp32 "
+                 f"export ({sizes['fp32_onnx']:,} bytes)")
     click.echo(line)
     t = s["seconds"]
     click.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()) + f"; summary {result.summary_path}")

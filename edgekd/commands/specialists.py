@@ -10,21 +10,6 @@ from edgekd.clicommon import (cache_options, common_options, data_options, echo_
                               show_progress)
 
 
-def _parse_clusters(value):
-    from edgekd.errors import ConfigError
-
-    if value is None or str(value).strip().lower() == "auto":
-        return None
-    try:
-        ks = tuple(int(v) for v in str(value).split(",") if v.strip())
-    except ValueError:
-        ks = ()
-    if not ks:
-        raise ConfigError(f"The 'clusters' parameter must be 'auto', a number of clusters, or several separated by "
-                          f"commas (their clusterings are merged). Got {value!r} instead.")
-    return ks
-
-
 def cluster_options(func):
     @click.option("--teacher", required=True, help="The generalist: an edgekd artifact of one model.")
     @click.option("--member", type=click.IntRange(min=0), default=None,
@@ -58,10 +43,10 @@ def cluster_cmd(as_json, **params):
     from edgekd.distill import teacher_logits
     from edgekd.teachers import check_teacher_fits
     from specialists.build import open_generalist
-    from specialists.clustering import check_k, find_clusters
+    from specialists.clustering import check_k, find_clusters, parse_clusters
 
     data = load_data(params)
-    ks = check_k(_parse_clusters(params["clusters"]), data.num_classes)
+    ks = check_k(parse_clusters(params["clusters"]), data.num_classes)
     generalist = open_generalist(params["teacher"], params["member"], device=resolve_device(params["device"]))
     check_teacher_fits(generalist.teacher, data, name="Generalist")
     cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"])
@@ -119,13 +104,14 @@ def build_cmd(ctx, as_json, **params):
     from edgekd.training import TrainConfig
     from edgekd.validation import check_jitter, check_output_dir
     from specialists.build import SpecialistConfig, build_specialists
+    from specialists.clustering import parse_clusters
 
     check_output_dir(params["out"], overwrite=params["overwrite"], resume=params["resume"],
                      inputs=[params["teacher"], *data_paths(params["data"])])
     train = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
                         weight_decay=params["weight_decay"], patience=params["patience"], jitter=params["jitter"],
                         seed=params["seed"], device=resolve_device(params["device"]).type)
-    config = SpecialistConfig(clusters=_parse_clusters(params["clusters"]), cluster_temperature=params["cluster_temperature"],
+    config = SpecialistConfig(clusters=parse_clusters(params["clusters"]), cluster_temperature=params["cluster_temperature"],
                               top_n=params["top_n"], special_fraction=params["special_fraction"], member=params["member"],
                               train=train, tol=params["tol"], max_steps=params["max_steps"],
                               module_steps=params["module_steps"])

@@ -6,39 +6,31 @@ import numpy as np
 import pytest
 import torch
 
-from edgekd.cli import cli
-from edgekd.clicommon import run_cli
 
 
-def run(capsys, *args):
-    code = run_cli(cli, [str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_help_is_instant_and_lists_commands(capsys):
-    code, out, _ = run(capsys, "--help")
+def test_help_is_instant_and_lists_commands(edgekd):
+    code, out, _ = edgekd("--help")
     assert code == 0 and "distill" in out and "teacher" in out
 
 
-def test_models_lists_registry(capsys):
-    code, out, _ = run(capsys, "models", "--json")
+def test_models_lists_registry(edgekd):
+    code, out, _ = edgekd("models", "--json")
     names = {row["name"] for row in json.loads(out)}
     assert {"mlp", "cnn", "dsconv"} <= names
 
 
-def test_end_to_end_teacher_distill_evaluate(capsys, tmp_path):
+def test_end_to_end_teacher_distill_evaluate(edgekd, tmp_path):
     teacher, student = tmp_path / "runs" / "teacher", tmp_path / "student"  # missing parent folders are created
-    code, out, err = run(capsys, "teacher", "train", "--arch", "cnn:width=4,fc=16", "--ensemble", "2", "--epochs", "2",
+    code, out, err = edgekd("teacher", "train", "--arch", "cnn:width=4,fc=16", "--ensemble", "2", "--epochs", "2",
                          "--out", teacher, "--quiet")
     assert code == 0, err
     assert "member 1 (seed 1)" in out and "ensemble of 2" in out
-    code, out, err = run(capsys, "distill", "--teacher", teacher, "--student", "mlp:hidden=16", "--epochs", "2",
+    code, out, err = edgekd("distill", "--teacher", teacher, "--student", "mlp:hidden=16", "--epochs", "2",
                          "--temperature", "auto", "--temperature-grid", "2,8", "--alpha", "0.9", "--baseline",
                          "--out", student, "--quiet")
     assert code == 0, err
     assert "chose T=" in out and "student, hard labels" in out and "student, distilled" in out
-    code, out, err = run(capsys, "evaluate", student, "--teacher", teacher, "--json")
+    code, out, err = edgekd("evaluate", student, "--teacher", teacher, "--json")
     assert code == 0, err
     result = json.loads(out)
     assert {"accuracy", "nll", "ece", "n", "per_class_accuracy", "agreement"} <= set(result)
@@ -47,11 +39,11 @@ def test_end_to_end_teacher_distill_evaluate(capsys, tmp_path):
     assert manifest["config"]["params"]["student"] == "mlp:hidden=16"  # the resolved config travels
 
 
-def test_config_file_supplies_defaults_and_flags_override(capsys, tmp_path):
+def test_config_file_supplies_defaults_and_flags_override(edgekd, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('epochs = 1\n[teacher.train]\narch = "mlp:hidden=8"\nensemble = 2\n')
     out = tmp_path / "t"
-    code, stdout, err = run(capsys, "teacher", "train", "--config", config, "--ensemble", "1", "--out", out, "--quiet")
+    code, stdout, err = edgekd("teacher", "train", "--config", config, "--ensemble", "1", "--out", out, "--quiet")
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["members"][0]["arch"] == "mlp" and len(manifest["members"]) == 1
@@ -91,8 +83,8 @@ def test_onnx_teacher_with_input_scale_matches_artifact(onnx_teacher, tiny_teach
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_distill_from_onnx_teacher(capsys, tmp_path, onnx_teacher):
-    code, out, err = run(capsys, "distill", "--teacher", onnx_teacher, "--teacher-scale", 0.0625, "--student", "mlp:hidden=16",
+def test_distill_from_onnx_teacher(edgekd, tmp_path, onnx_teacher):
+    code, out, err = edgekd("distill", "--teacher", onnx_teacher, "--teacher-scale", 0.0625, "--student", "mlp:hidden=16",
                          "--epochs", "1", "--out", tmp_path / "s", "--quiet")
     assert code == 0, err and "ONNX" in out
 
@@ -129,9 +121,8 @@ def test_logit_cache_reused_and_invalidated(tmp_path, tiny_teacher, digits):
     art = load_artifact(changed)
     state = art.load_tensors("member-0.safetensors")
     state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
-    tensors = {m["weights"]: (state if i == 0 else art.load_tensors(m["weights"])) for i, m in enumerate(art.manifest["members"])}
-    save_artifact(changed, {k: v for k, v in art.manifest.items() if k not in ("files", "versions", "created", "format")},
-                  tensors, overwrite=True)
+    tensors = {m.weights: (state if i == 0 else art.load_tensors(m.weights)) for i, m in enumerate(art.manifest.members)}
+    save_artifact(changed, art.manifest, tensors, overwrite=True)
     teacher_logits(load_teacher(changed), digits, "train", cache)  # other teacher
     assert cache.misses == 3
 
@@ -176,7 +167,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
-def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, tiny_teacher, tiny_student, case):
+def test_bad_inputs_exit_2_with_one_line(edgekd, tmp_path, tiny_teacher, tiny_student, case):
     import shutil
 
     _, make_args, message = case
@@ -184,7 +175,7 @@ def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, tiny_teacher, tiny_st
     shutil.copytree(tiny_student, corrupt)
     (corrupt / "manifest.json").write_text("{not json")
     before = {p: p.stat().st_mtime_ns for p in tiny_teacher.rglob("*")}
-    code, out, err = run(capsys, *make_args(tmp_path, tiny_teacher, corrupt))
+    code, out, err = edgekd(*make_args(tmp_path, tiny_teacher, corrupt))
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -192,3 +183,15 @@ def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, tiny_teacher, tiny_st
     assert "Traceback" not in err
     assert {p: p.stat().st_mtime_ns for p in tiny_teacher.rglob("*")} == before  # nothing overwritten
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_reads_edgekds_own_uint8_export_and_names_a_missing_model(edgekd, tmp_path, tiny_student):
+    out = tmp_path / "s.u8.onnx"
+    assert edgekd("export", tiny_student, "--onnx", "--uint8-input", "--out", out)[0] == 0
+    code, stdout, err = edgekd("evaluate", out, "--json")
+    assert code == 0, err
+    import json
+
+    assert json.loads(stdout)["accuracy"] > 0.5
+    code, _, err = edgekd("evaluate", tmp_path / "nope")
+    assert code == 2 and err.startswith("error: Model '") and "not found" in err

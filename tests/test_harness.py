@@ -9,7 +9,8 @@ import math
 import pytest
 
 from benchmarks import runtimes as R
-from benchmarks.harness import BenchConfig, bench_for_pipeline, run_benchmark
+from benchmarks.harness import BenchConfig, run_benchmark
+from edgekd.pipeline import bench_for_pipeline
 from benchmarks.modelinfo import describe_model, graph_macs
 from benchmarks.report import load_report, pareto_front, render_markdown, rerender, write_report
 from benchmarks.timing import summarize, time_calls
@@ -198,7 +199,8 @@ def test_model_facts_and_accuracy(report, digits, tiny_teacher, tiny_student):
     assert abs(models["int8"]["accuracy"] - student["accuracy"]) < 0.05
     assert models["corrupt.onnx"]["error"]
     parity = {(p["model"], p["runtime"]): p for p in report.parity}
-    assert parity[("student.onnx", "onnxruntime")]["max_abs_diff"] == 0.0
+    # no model is compared with itself on its own reference runtime (that said 0.00e+00 / 100% before)
+    assert ("student.onnx", "onnxruntime") not in parity and ("student", "pytorch") not in parity
     assert "device lost" not in str(parity[("student.onnx", "test-bad-call")])  # predict ran once, within the limit
 
 
@@ -222,7 +224,7 @@ def test_graph_macs_and_metadata(tmp_path, tiny_student, onnx_models):
 
     from edgekd.artifacts import load_artifact
 
-    macs = load_artifact(tiny_student).manifest["metrics"]["macs"]
+    macs = load_artifact(tiny_student).manifest.metrics["macs"]
     assert graph_macs(onnx.load(str(onnx_models["fp32"]))) == macs
     proto = onnx.load(str(onnx_models["fp32"]))
     proto.metadata_props.add(key="edgekd.macs", value="12345")
@@ -250,7 +252,7 @@ def test_optional_runtime_runs_or_reports_why(digits, onnx_models, runtime):
     rows = _rows(report, runtime=runtime)
     available = next(r for r in report.runtimes if r["name"] == runtime)["available"]
     if not available:
-        assert len(rows) == 1 and rows[0]["status"] == "error" and "not installed" in rows[0]["error"]
+        assert len(rows) == 1 and rows[0]["status"] == "skipped" and "not installed" in rows[0]["error"]
         return
     assert [r["status"] for r in rows] == ["ok", "ok"]
     parity = next(p for p in report.parity if p["runtime"] == runtime)
@@ -286,31 +288,22 @@ def test_load_report_refuses_other_json(tmp_path):
 
 # --- CLI -------------------------------------------------------------------------------------------
 
-def _run(capsys, args):
-    from edgekd.cli import cli
-    from edgekd.clicommon import run_cli
-
-    code = run_cli(cli, args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_cli_end_to_end_and_from(capsys, tmp_path, tiny_teacher, tiny_student, onnx_models):
+def test_cli_end_to_end_and_from(edgekd, tmp_path, tiny_teacher, tiny_student, onnx_models):
     out = tmp_path / "rep"
     args = ["bench", "--model", str(tiny_teacher), "--model", f"student={tiny_student}", "--model", str(onnx_models["fp32"]),
             "--data", "digits", "--out", str(out), "--batch-sizes", "1,2", "--threads", "1",
             "--runtimes", "pytorch,onnxruntime", "--seconds", "0.02", "--rounds", "1", "--quiet", "--json"]
-    code, stdout, err = _run(capsys, args)
+    code, stdout, err = edgekd(*args)
     assert code == 0, err
     summary = json.loads(stdout)
     assert [h["model"] for h in summary["headline"]] == ["teacher", "student", "student.onnx"]
     assert summary["errors"] == []
     md = (out / "report.md").read_text()
     assert "- command: `edgekd bench --model" in md and "--batch-sizes 1,2" in md
-    code, stdout, err = _run(capsys, ["bench", "--from", str(out / "report.json"), "--out", str(tmp_path / "again")])
+    code, stdout, err = edgekd("bench", "--from", out / "report.json", "--out", tmp_path / "again")
     assert code == 0, err
     assert (tmp_path / "again" / "report.md").read_text() == md
-    code, _, err = _run(capsys, args)  # the folder is not empty now
+    code, _, err = edgekd(*args)  # the folder is not empty now
     assert code == 2 and "already exists" in err and err.count("\n") == 1
 
 
@@ -321,17 +314,17 @@ def test_cli_end_to_end_and_from(capsys, tmp_path, tiny_teacher, tiny_student, o
     (["--threads", "0"], "The 'threads' parameter"),
     (["--runtimes", "tensorrt"], "Unknown runtime 'tensorrt'"),
 ])
-def test_cli_bad_inputs_exit_2_in_one_line(capsys, tmp_path, tiny_student, extra, message):
+def test_cli_bad_inputs_exit_2_in_one_line(edgekd, tmp_path, tiny_student, extra, message):
     args = ["bench", "--model", str(tiny_student), "--out", str(tmp_path / "r"), *extra]
-    code, _, err = _run(capsys, args)
+    code, _, err = edgekd(*args)
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "r").exists()
 
 
-def test_cli_needs_a_model_or_a_report(capsys, tmp_path):
-    code, _, err = _run(capsys, ["bench", "--out", str(tmp_path / "r")])
+def test_cli_needs_a_model_or_a_report(edgekd, tmp_path):
+    code, _, err = edgekd("bench", "--out", tmp_path / "r")
     assert code == 2 and "at least one --model" in err and err.count("\n") == 1
-    code, _, err = _run(capsys, ["bench", "--from", str(tmp_path / "none.json")])
+    code, _, err = edgekd("bench", "--from", tmp_path / "none.json")
     assert code == 2 and "not found" in err and err.count("\n") == 1
 
 
@@ -365,3 +358,14 @@ def test_latency_report_smoke(tmp_path, capsys):
     assert head["speedup"] == pytest.approx(head["reference_p50_ms"] / head["p50_ms"])
     assert math.isfinite(head["accuracy_cost_points"])
     assert rerender(out / "report.json", tmp_path / "again")["report_md"].read_text() == md
+
+
+def test_an_export_is_compared_with_the_pytorch_model_it_came_from(digits, tiny_student, tmp_path):
+    from export import ExportConfig, export_onnx
+
+    onnx_path = tmp_path / "student.onnx"
+    export_onnx(tiny_student, onnx_path, ExportConfig(), data=digits)
+    report = run_benchmark([onnx_path], digits, BenchConfig(runtimes=("onnxruntime",), **TINY))
+    (parity,) = report.parity
+    assert parity["reference_runtime"] == "pytorch (source artifact)" and parity["max_abs_diff"] < 1e-4
+

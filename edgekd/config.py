@@ -1,0 +1,127 @@
+"""Every stage's settings as frozen, typed dataclasses: the one place where defaults live.
+
+The command line derives its options' defaults from these classes (``defaults``), so a flag left out
+and a config built in a notebook mean the same thing. The module imports no torch: ``edgekd --help``
+stays instant. Architecture specs are checked against the registry when a config is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from edgekd.validation import (MAX_LR, check_choice, check_in_range, check_int_at_least, check_positive,
+                               check_seed)
+
+PRECISIONS = ("fp32", "bf16")
+METHODS = ("kd", "kd-ls", "dkd")
+COMBINE_RULES = ("logits", "probs")
+DEFAULT_TEMPERATURE_GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
+DEFAULT_ALPHA_GRID = (0.5, 0.9, 1.0)
+
+
+def defaults(cls) -> dict:
+    """``{field: default}`` of a config class, read without building one (no validation, no imports)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def _check_arch(spec: str) -> None:
+    from edgekd.models import parse_arch
+
+    parse_arch(spec)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one training run."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    patience: int = 0          # epochs without val improvement before stopping; 0 = never stop early
+    jitter: int = 0            # random shifts of up to this many pixels (paper section 3)
+    seed: int = 0
+    device: str = "cpu"        # "auto" | "cpu" | "cuda": resolved once, in edgekd.device
+    precision: str = "fp32"    # "fp32" | "bf16" (autocast of the forward pass and loss)
+
+    def __post_init__(self):
+        check_int_at_least("epochs", self.epochs, 1)
+        check_int_at_least("batch_size", self.batch_size, 1)
+        check_positive("lr", self.lr)
+        check_in_range("lr", self.lr, 0.0, MAX_LR)
+        check_in_range("weight_decay", self.weight_decay, 0.0, MAX_LR)
+        check_int_at_least("patience", self.patience, 0)
+        check_int_at_least("jitter", self.jitter, 0)
+        check_seed(self.seed)
+        check_choice("precision", self.precision, PRECISIONS)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """``edgekd teacher train``: ``ensemble`` members of ``arch`` with seeds seed..seed+N-1."""
+
+    arch: str = "cnn"
+    ensemble: int = 1
+    combine: str = "logits"
+    train: TrainConfig = TrainConfig(epochs=8, lr=2e-3)
+
+    def __post_init__(self):
+        _check_arch(self.arch)
+        check_int_at_least("ensemble", self.ensemble, 1)
+        check_choice("combine", self.combine, COMBINE_RULES)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """``edgekd distill``; ``temperature=None`` / ``alpha=None`` mean "auto": picked on val from the grids."""
+
+    student: str = "mlp"
+    temperature: float | None = 4.0
+    alpha: float | None = 0.9
+    temperature_grid: tuple[float, ...] = DEFAULT_TEMPERATURE_GRID
+    alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
+    auto_epochs: int = 0            # budget of each auto candidate; 0 = a quarter of the epochs
+    train: TrainConfig = TrainConfig(epochs=20)
+    views: int = 0                  # with jitter: cached jittered views of the transfer set; 0 = online teacher
+    view_grid: bool = False         # the views are every integer shift ((2j+1)^2): consistent teaching
+    method: str = "kd"              # soft term: "kd" | "kd-ls" | "dkd" (edgekd.losses)
+    dkd_beta: float = 8.0           # weight of the non-target term with method "dkd"
+    transfer_limit: str | None = None
+    omit_classes: tuple[int, ...] = ()
+    baseline: bool = False
+
+    def __post_init__(self):
+        _check_arch(self.student)
+        if self.temperature is not None:
+            check_positive("temperature", self.temperature)
+        if self.alpha is not None:
+            check_in_range("alpha", self.alpha, 0.0, 1.0)
+        for t in self.temperature_grid:
+            check_positive("temperature_grid", t)
+        for a in self.alpha_grid:
+            check_in_range("alpha_grid", a, 0.0, 1.0)
+        check_int_at_least("auto_epochs", self.auto_epochs, 0)
+        check_int_at_least("views", self.views, 0)
+        check_choice("method", self.method, METHODS)
+        check_positive("dkd_beta", self.dkd_beta, strict=False)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``edgekd pipeline``: the whole chain's settings (each stage's own come from its config)."""
+
+    data: str = "digits"
+    train_limit: int | None = None
+    val_fraction: float = 0.1
+    teacher_arch: str = "cnn"
+    ensemble: int = 3
+    teacher_epochs: int = 15
+    student: str = "mlp:hidden=64"
+    epochs: int = 30
+    temperature: float | None = None
+    alpha: float | None = 0.9
+    jitter: int = 1
+    seed: int = 0
+    device: str = "auto"
+    skip: tuple[str, ...] = ()

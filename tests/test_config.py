@@ -1,0 +1,50 @@
+"""edgekd.config: the one source of defaults; the command line reads its defaults from it."""
+
+import pytest
+
+from edgekd.cli import cli
+from edgekd.config import DistillConfig, PipelineConfig, TeacherConfig, defaults
+from edgekd.errors import ConfigError
+
+
+def _cli_defaults(*path):
+    command = cli
+    for name in path:
+        command = command.commands[name]
+    return {p.name: p.default for p in command.params}
+
+
+def _train_fields(cli_defaults, train):
+    return {k: cli_defaults[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "jitter", "precision")} == {
+        k: getattr(train, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "jitter", "precision")}
+
+
+def test_teacher_train_means_teacher_config():
+    flags, config = _cli_defaults("teacher", "train"), TeacherConfig()
+    assert (flags["arch"], flags["ensemble"], flags["combine"]) == (config.arch, config.ensemble, config.combine)
+    assert _train_fields(flags, config.train)
+
+
+def test_distill_means_distill_config():
+    flags, config = _cli_defaults("distill"), DistillConfig()
+    assert (flags["student"], float(flags["temperature"]), float(flags["alpha"]), flags["method"], flags["baseline"]) == (
+        config.student, config.temperature, config.alpha, config.method, config.baseline)
+    assert int(flags["views"]) == config.views and _train_fields(flags, config.train)
+
+
+def test_pipeline_means_pipeline_config():
+    flags, config = _cli_defaults("pipeline"), PipelineConfig()
+    assert (flags["ensemble"], flags["teacher_epochs"], flags["student"], flags["epochs"], flags["jitter"]) == (
+        config.ensemble, config.teacher_epochs, config.student, config.epochs, config.jitter)
+    assert flags["temperature"] == ("auto" if config.temperature is None else f"{config.temperature:g}")
+
+
+def test_defaults_reads_without_building():
+    assert defaults(DistillConfig)["student"] == "mlp" and "train" in defaults(TeacherConfig)
+
+
+def test_configs_validate_where_they_are_built():
+    with pytest.raises(ConfigError, match="'ensemble' parameter"):
+        TeacherConfig(ensemble=0)
+    with pytest.raises(ConfigError, match="Unknown architecture 'vit'"):
+        DistillConfig(student="vit")
