@@ -205,6 +205,9 @@ class OnnxTeacher(Teacher):
         if not isinstance(out, np.ndarray) or out.ndim != 2 or out.dtype.kind != "f":
             raise TeacherError(f"ONNX teacher output '{self.output}' must be a float (N, classes) tensor; "
                                f"pick another with --teacher-output (a classifier's 'probabilities', with zipmap off).")
+        if len(out) != len(x):
+            raise TeacherError(f"ONNX teacher output '{self.output}' has {len(out)} rows for a batch of {len(x)} inputs; "
+                               f"a teacher must give one row of class scores per input; export it with a batch dimension.")
         return _as_logits(torch.from_numpy(np.array(out, dtype=np.float32))).to(x.device)
 
 

@@ -394,7 +394,7 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.manual_seed(config.seed)
     if store is not None and (ckpt := store.load(name, "ckpt")) is not None:
-        best_state, position = _restore(ckpt, model, optimizer, position)
+        best_state, position = _restore(ckpt, model, optimizer, position, f"'{store.path}'")
     with _stop_on_signals() as stop:
         while position["epoch"] < config.epochs:
             epoch = position["epoch"]
@@ -475,13 +475,19 @@ def _end_epoch(model, val, position: dict, best_state: dict, epoch_loss: float, 
     return best_state
 
 
-def _restore(ckpt, model, optimizer, position: dict) -> tuple[dict, dict]:
-    """Weights, optimizer, RNG state and loop position from a checkpoint; returns (best state, position)."""
+def _restore(ckpt, model, optimizer, position: dict, where: str = "the run store") -> tuple[dict, dict]:
+    """Weights, optimizer, RNG state and loop position from a checkpoint; returns (best state, position).
+    A checkpoint whose tensors do not fit the model (crafted, or from other code) is one clear error."""
     tensors, meta = ckpt
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     best_state = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
-    _restore_optimizer(optimizer, tensors, meta["optimizer"])
-    torch.set_rng_state(tensors["rng_state"])
+    try:
+        model.load_state_dict(best_state)   # the best weights must fit too (they are loaded at the end)
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        _restore_optimizer(optimizer, tensors, meta["optimizer"])
+        torch.set_rng_state(tensors["rng_state"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise EdgekdError(f"The checkpoint in {where} does not fit this model ({str(exc).splitlines()[0][:160]}); "
+                          f"pass --overwrite to start over.") from None
     if "cuda_rng_state" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["cuda_rng_state"])
     return best_state, {**position, **meta["position"]}

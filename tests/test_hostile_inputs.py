@@ -209,6 +209,22 @@ def store(tmp, files, name="o"):
     return tmp / name
 
 
+def misfit_checkpoint(tmp):
+    """A run store whose checkpoint is intact (its sha256 matches) but holds tensors of other shapes."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = store(tmp, {})
+    tensors = out.with_name("o.partial") / "member-0.ckpt.1-1.safetensors"
+    save_file({"model.body.1.weight": torch.zeros(3, 3), "rng_state": torch.get_rng_state()}, str(tensors))
+    position = {"epoch": 0, "batch": 1, "step": 1, "best_key": None, "best_epoch": -1, "stale": 0, "history": [],
+                "train_seconds": 0.0, "epochs_timed": 0}
+    (out.with_name("o.partial") / "member-0.ckpt.json").write_text(json.dumps({
+        "tensors": tensors.name, "sha256": hashlib.sha256(tensors.read_bytes()).hexdigest(), "position": position,
+        "optimizer": {"param_groups": [], "scalars": {}}}))
+    return out
+
+
 def user_folder(tmp, name="mine"):
     folder = tmp / name
     folder.mkdir()
@@ -311,6 +327,8 @@ def _checkpoint_cases():
         ("run store with user files", lambda t, T, S: [*TRAIN, "--resume", "--out", store(t, {"notes.txt": "mine"})], "did not write"),
         ("run store is a file", lambda t, T, S: [*TRAIN, "--out", t / "o"] if write(t, "o.partial", "x") else [], "is not a folder"),
         ("interrupted run without --resume", lambda t, T, S: [*TRAIN, "--out", store(t, {"member-0.ckpt.json": "{}"})], "--resume"),
+        ("resume checkpoint of other shapes", lambda t, T, S: [*TRAIN, "--resume", "--out", misfit_checkpoint(t)],
+         "does not fit this model"),
         ("specialists resume corrupt clusters", lambda t, T, S: [*BUILD, "--teacher", S, "--resume", "--out", store(t, {
             "clusters.json": "[", "specialist-0.ckpt.json": "{}"})], "corrupt"),
     ]
