@@ -150,7 +150,7 @@ def _mlp(input_shape, num_classes, *, hidden, dropout):
     return nn.Sequential(*layers)
 
 
-def _require_image(arch: str, input_shape, min_side: int):
+def require_image(arch: str, input_shape, min_side: int):
     if len(input_shape) != 3 or min(input_shape[1:]) < min_side:
         raise ConfigError(f"Architecture '{arch}' needs image inputs (C, H, W) of at least {min_side}x{min_side}. "
                           f"Got input shape {tuple(input_shape)} instead; use 'mlp' for vector data.")
@@ -164,7 +164,7 @@ def _conv_bn(cin, cout, *, stride=1, groups=1, kernel=3):
 @register_model("cnn", description="4 conv+BN layers, 2 max-pools, FC, dropout (the README's teacher at width 32)",
                 width=32, fc=256, dropout=0.3)
 def _cnn(input_shape, num_classes, *, width, fc, dropout):
-    _require_image("cnn", input_shape, 4)
+    require_image("cnn", input_shape, 4)
     channels, height, wide = input_shape
     w = int(width)
     features = nn.Sequential(
@@ -179,7 +179,7 @@ def _cnn(input_shape, num_classes, *, width, fc, dropout):
 @register_model("dsconv", description="mobile-style depthwise-separable CNN (MobileNet blocks, width multiplier)",
                 width=1.0, dropout=0.1)
 def _dsconv(input_shape, num_classes, *, width, dropout):
-    _require_image("dsconv", input_shape, 4)
+    require_image("dsconv", input_shape, 4)
     channels = input_shape[0]
     c = lambda n: max(4, int(round(n * width)))  # noqa: E731
 
@@ -230,3 +230,7 @@ def count_macs(model: nn.Module, input_shape) -> int:
         for hook in hooks:
             hook.remove()
     return total
+
+
+# the KD literature's architectures (resnet, wrn, mobilenetv2) register themselves on import
+from edgekd import kd_models  # noqa: E402,F401

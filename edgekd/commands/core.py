@@ -104,8 +104,9 @@ def distributed_context(params):
 
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--input-shape", default="1,28,28", show_default=True, help="Input shape used for the MAC counts.")
-def models_cmd(as_json, input_shape):
+@click.option("--input-shape", default="1,28,28", show_default=True, help="Input shape used for the counts (C,H,W or D).")
+@click.option("--classes", type=click.IntRange(2, 100_000), default=10, show_default=True, help="Classes used for the counts.")
+def models_cmd(as_json, input_shape, classes):
     """List the registered architectures, their options, parameters and MACs."""
     from edgekd.errors import ConfigError
     from edgekd.models import count_macs, count_parameters, create_model, format_arch, list_models
@@ -113,18 +114,28 @@ def models_cmd(as_json, input_shape):
     try:
         shape = tuple(int(v) for v in input_shape.split(","))
     except ValueError:
-        raise ConfigError(f"The 'input_shape' parameter must look like 1,28,28. Got {input_shape!r} instead.") from None
+        shape = ()
+    if not 1 <= len(shape) <= 3 or min(shape) < 1 or max(shape) > 4096:
+        raise ConfigError(f"The 'input_shape' parameter must be 1 to 3 sizes in [1, 4096] like 1,28,28 or 3,32,32. "
+                          f"Got {input_shape!r} instead.")
     rows = []
     for entry in list_models():
-        model = create_model(entry.name, shape, 10)
-        rows.append({"name": entry.name, "options": format_arch(entry.name, entry.defaults).partition(":")[2],
-                     "parameters": count_parameters(model), "macs": count_macs(model, shape), "description": entry.description})
+        row = {"name": entry.name, "options": format_arch(entry.name, entry.defaults).partition(":")[2],
+               "description": entry.description, "parameters": None, "macs": None}
+        try:
+            model = create_model(entry.name, shape, classes)
+            row.update(parameters=count_parameters(model), macs=count_macs(model, shape))
+        except ConfigError as exc:   # an architecture that does not take this input shape
+            row["not_applicable"] = str(exc)
+        rows.append(row)
     if as_json:
         echo_json(rows)
         return
-    click.echo(f"{'name':8} {'params':>10} {'MACs':>12}  options / description (input {shape}, 10 classes)")
+    click.echo(f"{'name':11} {'params':>10} {'MACs':>14}  options / description (input {shape}, {classes} classes)")
     for row in rows:
-        click.echo(f"{row['name']:8} {row['parameters']:>10,} {row['macs']:>12,}  {row['options']}\n{'':33}{row['description']}")
+        counts = (f"{row['parameters']:>10,} {row['macs']:>14,}" if row["parameters"] is not None
+                  else f"{'-':>10} {'-':>14}")
+        click.echo(f"{row['name']:11} {counts}  {row['options']}\n{'':38}{row['description']}")
 
 
 # --- teacher train ---------------------------------------------------------------------------------

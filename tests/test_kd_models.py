@@ -1,0 +1,67 @@
+"""edgekd.kd_models: the KD literature's architectures, at the published sizes, through the export gates."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.errors import ConfigError
+from edgekd.models import count_parameters, create_model
+
+TINY = {"resnet": "resnet:depth=8,channels=4-4-8-8", "wrn": "wrn:depth=10,width=1", "mobilenetv2": "mobilenetv2:width=0.1"}
+
+
+@pytest.mark.parametrize("spec, published", [("resnet8x4", 1.23e6), ("resnet32x4", 7.43e6),
+                                             ("wrn:depth=40,width=2", 2.26e6), ("wrn:depth=16,width=2", 0.70e6),
+                                             ("resnet:depth=20,channels=16-16-32-64", 0.28e6)])
+def test_parameter_counts_match_the_published_ones(spec, published):
+    """CIFAR-100 (3x32x32, 100 classes), as the CRD tables count them, within 2%."""
+    assert count_parameters(create_model(spec, (3, 32, 32), 100)) == pytest.approx(published, rel=0.02)
+
+
+@pytest.mark.parametrize("spec", list(TINY.values()))
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 40, 36)])
+def test_any_channels_and_sizes_from_28(spec, shape):
+    model = create_model(spec, shape, 7).eval()
+    assert model(torch.zeros(2, *shape)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("spec, message", [("resnet:depth=9", "depth = 6n + 2"), ("wrn:depth=12", "depth = 6n + 4"),
+                                           ("resnet:channels=8-8-8", "4 channel counts")])
+def test_bad_depths_are_refused(spec, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        create_model(spec, (3, 32, 32), 10)
+
+
+def test_small_images_are_refused():
+    with pytest.raises(ConfigError, match="at least 28x28"):
+        create_model("resnet8x4", (1, 8, 8), 10)
+
+
+@pytest.fixture(scope="module")
+def digits32(tmp_path_factory):
+    """The real digits, 8x8 scaled 4x to 32x32 and repeated over 3 channels (colour images)."""
+    from sklearn.datasets import load_digits
+
+    from edgekd.data import load_dataset
+
+    bunch = load_digits()
+    images = np.kron(bunch.images, np.ones((4, 4))).astype(np.float32)[:, None].repeat(3, axis=1)
+    path = tmp_path_factory.mktemp("digits32") / "d.npz"
+    np.savez(path, x=images, y=bunch.target)
+    return load_dataset(f"npz:{path}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list(TINY))
+def test_exports_through_the_fp32_and_int8_gates(arch, digits32, tmp_path):
+    from edgekd.teacher_training import save_untrained
+    from export import ExportConfig, export_onnx
+
+    artifact = save_untrained(tmp_path / arch, TINY[arch], digits32)
+    fp32 = export_onnx(artifact, tmp_path / f"{arch}.onnx", ExportConfig(), data=digits32)
+    assert all(p.max_abs_diff <= 1e-4 and p.top1_agreement == 1.0 for p in fp32.parity)
+    int8 = export_onnx(artifact, tmp_path / f"{arch}.int8.onnx",
+                       ExportConfig(quantize="int8", calibration_size=64, max_accuracy_drop=100), data=digits32)
+    assert int8.precision.startswith("int8") and int8.size_bytes < fp32.size_bytes * 1.2
