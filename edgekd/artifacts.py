@@ -121,11 +121,15 @@ class Artifact:
     def build_members(self) -> list:
         """The member models, in eval mode, with their weights loaded."""
         from edgekd.errors import ConfigError
-        from edgekd.models import create_model, format_arch, parse_arch
+        from edgekd.models import code_trusted, create_model, format_arch, parse_arch
 
         models = []
         norm = self.manifest.normalization
-        for member in self.manifest.members:
+        for index, member in enumerate(self.manifest.members):
+            if member.arch.startswith("py:") and not code_trusted():   # opening a file never runs its code
+                module = member.arch[len("py:"):].rpartition(".")[0]
+                raise ArtifactError(f"Artifact '{self.path}': member {index} is your own architecture '{member.arch}'; "
+                                    f"loading it would import '{module}' and run it; pass --trust-code if you trust it.")
             try:   # the options go through the same checks as a command line's
                 arch, options = parse_arch(format_arch(member.arch, member.arch_options))
                 model = create_model(arch, self.input_shape, member.num_outputs, mean=norm["mean"], std=norm["std"],

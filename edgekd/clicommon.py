@@ -111,9 +111,16 @@ def common_options(func):
     @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
     @click.option("--quiet", is_flag=True, help="No progress bars.")
     @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+    @click.option("--trust-code", is_flag=True,
+                  help="Let artifacts that name your own architecture (py:...) import and run that code.")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        return func(*args, **kwargs)
+        if not kwargs.get("trust_code"):
+            return func(*args, **kwargs)
+        from edgekd.models import trust_code
+
+        with trust_code(True):
+            return func(*args, **kwargs)
     return wrapper
 
 

@@ -216,7 +216,11 @@ def fit_omitted_bias(val_logits: torch.Tensor, y_val: torch.Tensor, omitted) -> 
 
 def add_output_bias(model: torch.nn.Module, classes, bias: float) -> None:
     """Add ``bias`` to the given classes' entries of the last linear layer's bias."""
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears or linears[-1].bias is None:
+        raise ConfigError("Correcting omitted classes (--omit-classes) raises their output biases, so the student needs "
+                          "a final nn.Linear layer with a bias; use a student that ends in one.")
+    last = linears[-1]
     with torch.no_grad():
         last.bias[list(classes)] += bias
 

@@ -10,6 +10,8 @@ Architectures are named by a spec string ``name[:key=value,...]``; list values u
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -44,7 +46,11 @@ def list_models() -> list[ArchEntry]:
 
 
 def parse_arch(spec: str) -> tuple[str, dict]:
-    """``"cnn:width=8"`` -> ``("cnn", {"width": 8})``, options checked against the registry."""
+    """``"cnn:width=8"`` -> ``("cnn", {"width": 8})``, options checked against the registry;
+    ``"py:package.module.factory:depth=3"`` -> ``("py:package.module.factory", {"depth": 3})`` (your own
+    architecture: nothing is imported here)."""
+    if spec.strip().startswith("py:"):
+        return _parse_user_arch(spec.strip())
     name, _, rest = spec.strip().partition(":")
     if name not in _REGISTRY:
         raise ConfigError(f"Unknown architecture '{name}'; choose one of {', '.join(sorted(_REGISTRY))} (see 'edgekd models').")
@@ -97,15 +103,96 @@ def _parse_value(arch: str, key: str, text: str, default):
 _OPTION_BOUNDS = {"width": 4096, "fc": 65536, "hidden": 65536, ("dsconv", "width"): 64.0}
 
 
-def create_model(spec_or_name: str, input_shape, num_classes: int, *, mean=(0.0,), std=(1.0,), options: dict | None = None) -> "EdgekdNet":
-    """Build a registered architecture behind its input normalisation."""
+def create_model(spec_or_name: str, input_shape, num_classes: int, *, mean=(0.0,), std=(1.0,), options: dict | None = None,
+                 trusted: bool = True) -> "EdgekdNet":
+    """Build an architecture behind its input normalisation. A ``py:`` spec runs the user's code: it is
+    imported only when ``trusted`` (a spec typed by the user is; one read from an artifact is not,
+    unless the command runs with ``--trust-code``, see ``trust_code``)."""
     if options is None:
         name, options = parse_arch(spec_or_name)
     else:
         name, parsed = parse_arch(spec_or_name)
         options = {**parsed, **options}
-    body = _REGISTRY[name].builder(tuple(input_shape), num_classes, **options)
+    if name.startswith("py:"):
+        body = _build_user_arch(name, tuple(input_shape), num_classes, options, trusted=trusted or _TRUST_CODE.get())
+    else:
+        body = _REGISTRY[name].builder(tuple(input_shape), num_classes, **options)
     return EdgekdNet(body, tuple(input_shape), mean, std)
+
+
+# --- your own architecture: py:package.module.factory ------------------------------------------------
+
+_TRUST_CODE = contextvars.ContextVar("edgekd_trust_code", default=False)
+
+
+def code_trusted() -> bool:
+    """Whether this command may import the ``py:`` code an artifact names (``--trust-code``)."""
+    return _TRUST_CODE.get()
+
+
+@contextlib.contextmanager
+def trust_code(enabled: bool = True):
+    """Within this block, artifacts that name ``py:`` code may import it (``--trust-code``)."""
+    token = _TRUST_CODE.set(enabled)
+    try:
+        yield
+    finally:
+        _TRUST_CODE.reset(token)
+
+
+def _parse_user_arch(spec: str) -> tuple[str, dict]:
+    target, _, rest = spec[len("py:"):].partition(":")
+    parts = target.split(".")
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        raise ConfigError(f"A 'py:' architecture must name a factory as py:package.module.factory[:key=value,...]. "
+                          f"Got {spec!r} instead.")
+    options = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise ConfigError(f"Option '{item}' of '{spec}' must look like key=value.")
+        options[key] = _user_value(value)
+    return "py:" + target, options
+
+
+def _user_value(text: str):
+    """int, float, '-'-separated ints (a tuple), true/false, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "-" in text and all(part.isdigit() for part in text.split("-")):
+        return tuple(int(part) for part in text.split("-"))
+    return text
+
+
+def _build_user_arch(name: str, input_shape, num_classes: int, options: dict, *, trusted: bool) -> nn.Module:
+    import importlib
+
+    module_name, _, factory_name = name[len("py:"):].rpartition(".")
+    if not trusted:
+        raise ConfigError(f"This artifact's architecture '{name}' is your own code: loading it would import "
+                          f"'{module_name}' and run '{factory_name}'; pass --trust-code if you trust it.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"Architecture '{name}': cannot import '{module_name}' ({exc}); put it on PYTHONPATH or "
+                          f"install its package.") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise ConfigError(f"Architecture '{name}': '{module_name}' has no callable '{factory_name}'.")
+    try:
+        body = factory(tuple(input_shape), num_classes, **options)
+    except TypeError as exc:
+        raise ConfigError(f"Architecture '{name}': {factory_name}(input_shape, num_classes, **options) failed ({exc}); "
+                          f"check its options.") from None
+    if not isinstance(body, nn.Module):
+        raise ConfigError(f"Architecture '{name}': {factory_name} must return a torch.nn.Module. "
+                          f"Got {type(body).__name__} instead.")
+    return body
 
 
 class Normalize(nn.Module):
@@ -202,34 +289,19 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_shape) -> int:
-    """Multiply-accumulates of one forward pass on one sample (conv and linear layers)."""
-    total = 0
+    """Multiply-accumulates of one forward pass on one sample: half the FLOPs that
+    ``torch.utils.flop_counter`` counts in the matrix products and convolutions, so any module counts,
+    not only the layer types edgekd knows."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def conv_hook(module, _inputs, output):
-        nonlocal total
-        kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
-        total += output[0].numel() * kernel
-
-    def linear_hook(module, _inputs, _output):
-        nonlocal total
-        total += module.in_features * module.out_features
-
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            hooks.append(module.register_forward_hook(linear_hook))
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(torch.zeros((1, *input_shape), device=module_device(model)))
     finally:
         model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return total
+    return int(counter.get_total_flops() // 2)
 
 
 # the KD literature's architectures (resnet, wrn, mobilenetv2) register themselves on import

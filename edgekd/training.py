@@ -125,7 +125,7 @@ def _stop_on_signals():
 
 # --- the run store: checkpoints and finished runs -------------------------------------------------
 
-_NOT_FINGERPRINTED = {"resume", "overwrite", "quiet", "debug", "out", "as_json", "json", "cache_dir", "no_cache",
+_NOT_FINGERPRINTED = {"resume", "overwrite", "quiet", "debug", "trust_code", "out", "as_json", "json", "cache_dir", "no_cache",
                       "refresh_cache", "device", "config_file", "teacher", "data"}
 
 

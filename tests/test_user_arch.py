@@ -1,0 +1,63 @@
+"""Your own architecture, ``py:package.module.factory``: trained, exported, counted, and never imported
+by opening an artifact unless the command runs with --trust-code."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgekd.errors import ConfigError
+from edgekd.models import count_macs, create_model, parse_arch
+
+FIXTURES = str(Path(__file__).parent / "fixtures")
+
+
+@pytest.fixture(autouse=True)
+def _on_path(monkeypatch):
+    monkeypatch.syspath_prepend(FIXTURES)
+
+
+def test_spec_parses_without_importing():
+    assert parse_arch("py:nowhere.module.factory:hidden=8,mode=fast,sizes=4-8") == (
+        "py:nowhere.module.factory", {"hidden": 8, "mode": "fast", "sizes": (4, 8)})
+    with pytest.raises(ConfigError, match="py:package.module.factory"):
+        parse_arch("py:factory_only")
+
+
+def test_builds_and_counts_any_module():
+    model = create_model("py:my_arch.tiny_net:hidden=8", (1, 8, 8), 10)
+    assert model(__import__("torch").zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert count_macs(model, (1, 8, 8)) == 64 * 8 + 8 * 10   # flop counter, not only known layer types
+
+
+@pytest.mark.parametrize("spec, message", [("py:my_arch.missing", "has no callable 'missing'"),
+                                           ("py:no_such_module_x.f", "cannot import 'no_such_module_x'"),
+                                           ("py:my_arch.not_a_module", "must return a torch.nn.Module"),
+                                           ("py:my_arch.tiny_net:colour=red", "check its options")])
+def test_bad_user_architectures_are_one_clear_error(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model(spec, (1, 8, 8), 10)
+
+
+def test_train_export_and_load_only_with_trust(edgekd, tmp_path):
+    out = tmp_path / "t"
+    code, _, err = edgekd("teacher", "train", "--arch", "py:my_arch.tiny_net:hidden=16", "--epochs", "6", "--lr", "0.01",
+                          "--quiet", "--out", out)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["members"][0]["arch"] == "py:my_arch.tiny_net" and manifest["metrics"]["macs"] == 64 * 16 + 16 * 10
+    sys.modules.pop("my_arch", None)
+    code, _, err = edgekd("evaluate", out)   # opening the artifact imports nothing
+    assert code == 2 and "pass --trust-code" in err and "my_arch" not in sys.modules
+    code, stdout, err = edgekd("evaluate", out, "--trust-code", "--json")
+    assert code == 0 and json.loads(stdout)["accuracy"] > 0.5, err
+    code, _, err = edgekd("export", out, "--onnx", "--quantize", "int8", "--max-accuracy-drop", "100", "--trust-code",
+                          "--out", tmp_path / "t.int8.onnx")
+    assert code == 0, err
+
+
+def test_a_student_without_a_final_linear_is_told_what_the_bias_correction_needs(edgekd, tmp_path, tiny_teacher):
+    code, _, err = edgekd("distill", "--teacher", tiny_teacher, "--student", "py:my_arch.tiny_net:head=false", "--epochs", "1",
+                          "--omit-classes", "3", "--quiet", "--out", tmp_path / "s")
+    assert code == 2 and "final nn.Linear layer with a bias" in err
