@@ -126,7 +126,12 @@ def common_options(func):
 
 def data_options(func):
     @click.option("--data", default="digits", show_default=True,
-                  help="digits | fashion-mnist[:DIR] | mnist[:DIR] | npz:PATH")
+                  help="digits | fashion-mnist[:DIR] | mnist[:DIR] | npz:PATH | imagefolder:DIR")
+    @click.option("--image-size", default=None, help="imagefolder: resize every image to HxW (default: the size they share).")
+    @click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+                  help="imagefolder: grayscale or RGB (default: from the files).")
+    @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                  help="imagefolder without a test/ folder: the share held out for test (default 0.2, fixed per folder).")
     @click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Stratified subset of the train split.")
     @click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.1, show_default=True)
     @functools.wraps(func)
@@ -156,10 +161,21 @@ def register_stage_kinds() -> None:
         pass
 
 
+def data_spec(params: dict) -> str:
+    """``--data`` with the image-folder flags folded in, so the spec an artifact records reloads the same data."""
+    spec = params["data"]
+    folder = [("size", params.get("image_size")), ("channels", params.get("channels")), ("test", params.get("test_fraction"))]
+    given = [f"{key}={value}" for key, value in folder if value is not None]
+    if given and not str(spec).startswith("imagefolder:"):
+        raise click.BadParameter(f"--image-size, --channels and --test-fraction apply to 'imagefolder:DIR' data; "
+                                 f"got --data {spec}.")
+    return ",".join([spec, *given])
+
+
 def load_data(params: dict):
     from edgekd.data import load_dataset
 
-    return load_dataset(params["data"], val_fraction=params["val_fraction"], train_limit=params["train_limit"])
+    return load_dataset(data_spec(params), val_fraction=params["val_fraction"], train_limit=params["train_limit"])
 
 
 def show_progress(params: dict) -> bool:

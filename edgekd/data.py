@@ -39,7 +39,7 @@ IDX_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
-KNOWN_SPECS = ("digits", "fashion-mnist[:DIR]", "mnist[:DIR]", "npz:PATH")
+KNOWN_SPECS = ("digits", "fashion-mnist[:DIR]", "mnist[:DIR]", "npz:PATH", "imagefolder:DIR[,size=HxW,channels=C,test=F]")
 # Datasets without an official test split get a fixed, seed-independent stratified one.
 HELD_OUT_TEST_FRACTION = 0.2
 
@@ -113,8 +113,8 @@ def load_dataset(spec: str = "digits", *, val_fraction: float = 0.1, split_seed:
     """Load ``spec``, split train into train/val (stratified, seeded) and compute train statistics."""
     x, y, x_test, y_test, classes = _load_arrays(spec)
     _check_arrays(spec, x, y, x_test, y_test, classes)
-    if x_test is None:
-        train_idx, test_idx = _stratified_split(y, HELD_OUT_TEST_FRACTION, seed=12345)
+    if x_test is None:   # fixed for the data (not drawn from the training seed): every run scores the same images
+        train_idx, test_idx = _stratified_split(y, _held_out_fraction(spec), seed=12345)
         x, y, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
     train_idx, val_idx = _stratified_split(y, val_fraction, seed=split_seed)
     if train_limit is not None:
@@ -164,7 +164,20 @@ def _load_arrays(spec: str):
         return (*_load_idx(name, arg or None), IDX_DATASETS[name])
     if name == "npz" and arg:
         return _load_npz(Path(arg))
+    if name == "imagefolder":
+        from edgekd.imagefolder import load_imagefolder
+
+        return load_imagefolder(arg)[:5]
     raise DataError(f"Unknown dataset '{spec}'; choose one of {', '.join(KNOWN_SPECS)}.")
+
+
+def _held_out_fraction(spec: str) -> float:
+    name, _, arg = spec.partition(":")
+    if name == "imagefolder":
+        from edgekd.imagefolder import parse_spec
+
+        return parse_spec(arg).test_fraction
+    return HELD_OUT_TEST_FRACTION
 
 
 def _load_digits():

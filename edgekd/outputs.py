@@ -166,6 +166,8 @@ def data_paths(spec: str | None) -> list[Path]:
     name, _, arg = str(spec).partition(":")
     if name == "npz" and arg:
         return [Path(arg)]
+    if name == "imagefolder" and arg:
+        return [Path(arg.split(",")[0])]
     if name in ("mnist", "fashion-mnist"):
         if arg:
             return [Path(arg)]

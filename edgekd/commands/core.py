@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from edgekd.clicommon import (cache_options, common_options, data_options, echo_json, load_data,
+from edgekd.clicommon import (cache_options, common_options, data_options, data_spec, echo_json, load_data,
                               resolved_config, show_progress)
 from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, METHODS, PRECISIONS,
                            DistillConfig, PipelineConfig, TeacherConfig, TrainConfig, defaults)
@@ -379,7 +379,7 @@ def pipeline_cmd(ctx, **params):
     from edgekd.pipeline import run_pipeline
 
     config = PipelineConfig(
-        data=params["data"], train_limit=params["train_limit"], val_fraction=params["val_fraction"],
+        data=data_spec(params), train_limit=params["train_limit"], val_fraction=params["val_fraction"],
         teacher_arch=params["teacher_arch"], ensemble=params["ensemble"], teacher_epochs=params["teacher_epochs"],
         student=params["student"], epochs=params["epochs"], temperature=_parse_auto("temperature", params["temperature"]),
         alpha=_parse_auto("alpha", params["alpha"]), jitter=params["jitter"], seed=params["seed"],

@@ -1,0 +1,244 @@
+"""``imagefolder:DIR``: the layout everyone already has (torchvision's ``ImageFolder``).
+
+    DIR/train/<class>/*.png|jpg|jpeg|bmp|webp      (required)
+    DIR/test/<class>/...                           (optional; else a fixed stratified test split)
+
+Options ride in the spec, so an artifact's recorded data spec reloads the same images:
+``imagefolder:DIR,size=32x32,channels=3,test=0.2`` (``--image-size``, ``--channels``,
+``--test-fraction`` on the command line). Class names are the folder names, sorted. Without ``size``
+every image must have the same size (two files of different sizes are named); ``channels`` defaults
+to 3 if any image is in colour, else 1.
+
+Decoding (Pillow) happens once: the uint8 arrays are cached in ``$EDGEKD_CACHE/images`` as ``.npy``
+files read back memory-mapped, keyed by the file list with sizes and modification times and the
+options. Every hit re-hashes a random sample of the files against the hashes stored at decoding
+time, so a folder whose contents changed is never served stale. A corrupt image or a decompression
+bomb is one ``DataError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import DataError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+MAX_PIXELS = 64_000_000      # per image: beyond this Pillow's decompression-bomb guard refuses it
+SAMPLE = 32                  # files re-hashed on every cache hit
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FolderSpec:
+    root: Path
+    size: tuple[int, int] | None = None      # (height, width) to resize to
+    channels: int | None = None              # 1 or 3; None: from the files
+    test_fraction: float = 0.2               # held out when there is no test/ folder
+
+    def spec(self) -> str:
+        parts = [str(self.root)]
+        if self.size:
+            parts.append(f"size={self.size[0]}x{self.size[1]}")
+        if self.channels:
+            parts.append(f"channels={self.channels}")
+        if self.test_fraction != 0.2:
+            parts.append(f"test={self.test_fraction:g}")
+        return "imagefolder:" + ",".join(parts)
+
+
+def parse_spec(arg: str) -> FolderSpec:
+    """``DIR[,size=HxW][,channels=C][,test=F]`` -> FolderSpec, every option checked."""
+    root, *options = arg.split(",")
+    values = {}
+    for option in options:
+        key, eq, value = option.partition("=")
+        try:
+            if key == "size" and eq:
+                height, width = (int(v) for v in value.lower().split("x"))
+                if not (1 <= height <= 4096 and 1 <= width <= 4096):
+                    raise ValueError
+                values["size"] = (height, width)
+            elif key == "channels" and value in ("1", "3"):
+                values["channels"] = int(value)
+            elif key == "test" and eq and 0 < float(value) < 1:
+                values["test_fraction"] = float(value)
+            else:
+                raise ValueError
+        except ValueError:
+            raise DataError(f"Image folder option '{option}' is not understood; expected size=HxW (1..4096), channels=1|3 "
+                            f"or test=F in (0, 1), e.g. 'imagefolder:{root},size=32x32,channels=3'.") from None
+    if not root:
+        raise DataError("The 'imagefolder' data spec needs a folder: imagefolder:DIR (with DIR/train/<class>/...).")
+    return FolderSpec(Path(root), **values)
+
+
+def scan(spec: FolderSpec) -> tuple[tuple[str, ...], list[tuple[Path, int]], list[tuple[Path, int]] | None]:
+    """(classes, train files with labels, test files with labels or None), sorted, checked."""
+    train = spec.root / "train"
+    if not train.is_dir():
+        raise DataError(f"Image folder '{spec.root}' has no 'train' folder; expected {spec.root}/train/<class>/*.png "
+                        f"(and optionally {spec.root}/test/<class>/...).")
+    classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if len(classes) < 2:
+        raise DataError(f"Image folder '{train}' has {len(classes)} class folder(s); a classifier needs at least 2 "
+                        f"(one sub-folder per class).")
+
+    def files(split: Path):
+        found = []
+        for label, name in enumerate(classes):
+            folder = split / name
+            if not folder.is_dir():
+                continue
+            found += [(p, label) for p in sorted(folder.iterdir()) if p.suffix.lower() in EXTENSIONS and p.is_file()]
+        return found
+
+    train_files = files(train)
+    empty = [name for label, name in enumerate(classes) if not any(lab == label for _, lab in train_files)]
+    if empty:
+        raise DataError(f"Image folder '{train}': class folder(s) {', '.join(empty[:3])} hold no images "
+                        f"({', '.join(EXTENSIONS)}); add images or remove the folders.")
+    test = spec.root / "test"
+    test_files = files(test) if test.is_dir() else None
+    if test_files is not None:
+        extra = sorted(p.name for p in test.iterdir() if p.is_dir() and p.name not in classes and not p.name.startswith("."))
+        if extra:
+            raise DataError(f"Image folder '{test}' has class folder(s) {', '.join(extra[:3])} that train/ lacks; "
+                            f"the test classes must be among the train classes.")
+        if not test_files:
+            raise DataError(f"Image folder '{test}' holds no images; remove it (a test split is then held out) or fill it.")
+    return classes, train_files, test_files
+
+
+def load_imagefolder(arg: str, cache_dir: Path | None = None):
+    """(x_train, y_train, x_test or None, y_test or None, classes, test_fraction): uint8 (N, C, H, W)
+    arrays, memory-mapped from the decode cache."""
+    spec = parse_spec(arg)
+    classes, train_files, test_files = scan(spec)
+    everything = train_files + (test_files or [])
+    cache = Path(cache_dir or os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd") / "images"
+    key = _cache_key(spec, everything)
+    arrays = _cached(cache, key, spec)
+    if arrays is None:
+        arrays = _decode_and_store(cache, key, spec, everything)
+    x, y = arrays
+    n_train = len(train_files)
+    if test_files is None:
+        return x, y, None, None, classes, spec.test_fraction
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes, spec.test_fraction
+
+
+def _cache_key(spec: FolderSpec, files) -> str:
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, str(spec.root.resolve()), spec.size, spec.channels]).encode())
+    for path, label in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(spec.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _cached(cache: Path, key: str, spec: FolderSpec):
+    meta_path = cache / f"{key}.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        x = np.load(cache / f"{key}.x.npy", mmap_mode="r")
+        y = np.load(cache / f"{key}.y.npy", mmap_mode="r")
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None   # a torn entry: decode again
+    for relative, expected in meta.get("sample", []):
+        path = spec.root / relative
+        if not path.is_file() or _sha256(path) != expected:
+            warnings.warn(f"the decoded cache of '{spec.root}' no longer matches '{relative}' (changed content); "
+                          f"decoding the folder again", stacklevel=3)
+            return None
+    return x, y
+
+
+def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
+    from PIL import Image
+
+    channels = spec.channels or _channels_of(files)
+    size = spec.size or _common_size(files)
+    mode = "L" if channels == 1 else "RGB"
+
+    def decode(item):
+        path, _ = item
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    if image.width * image.height > MAX_PIXELS:
+                        raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
+                    image = image.convert(mode)
+                    if (image.height, image.width) != size:
+                        image = image.resize((size[1], size[0]), Image.BILINEAR)
+                    array = np.asarray(image, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(f"Image '{path}' cannot be decoded ({exc.__class__.__name__}: {str(exc)[:120]}); remove or "
+                            f"replace it.") from None
+        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{key}.{os.getpid()}.x.npy"
+    x = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), channels, *size))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # Pillow decodes without the GIL
+        for index, array in enumerate(pool.map(decode, files, chunksize=256)):
+            x[index] = array
+    x.flush()
+    del x
+    y = np.array([label for _, label in files], dtype=np.int64)
+    np.save(cache / f".{key}.{os.getpid()}.y.npy", y)
+    rng = random.Random(key)
+    sample = rng.sample(files, min(SAMPLE, len(files)))
+    meta = {"root": str(spec.root), "n": len(files), "size": list(size), "channels": channels,
+            "sample": [[str(path.relative_to(spec.root)), _sha256(path)] for path, _ in sample]}
+    os.replace(tmp, cache / f"{key}.x.npy")
+    os.replace(cache / f".{key}.{os.getpid()}.y.npy", cache / f"{key}.y.npy")
+    (cache / f".{key}.json.tmp").write_text(json.dumps(meta))
+    os.replace(cache / f".{key}.json.tmp", cache / f"{key}.json")   # the entry exists once its header does
+    return np.load(cache / f"{key}.x.npy", mmap_mode="r"), np.load(cache / f"{key}.y.npy", mmap_mode="r")
+
+
+def _channels_of(files) -> int:
+    from PIL import Image
+
+    for path, _ in files:
+        try:
+            with Image.open(path) as image:
+                if image.mode not in ("L", "1", "I", "I;16", "F", "LA"):
+                    return 3
+        except OSError:
+            continue   # named when it is decoded
+    return 1
+
+
+def _common_size(files) -> tuple[int, int]:
+    """The (height, width) every image shares; two files of different sizes are named."""
+    from PIL import Image
+
+    first, size = None, None
+    for path, _ in files:
+        try:
+            with Image.open(path) as image:
+                this = (image.height, image.width)
+        except OSError as exc:
+            raise DataError(f"Image '{path}' cannot be decoded ({exc.__class__.__name__}); remove or replace it.") from None
+        if size is None:
+            first, size = path, this
+        elif this != size:
+            raise DataError(f"Images differ in size: '{first}' is {size[1]}x{size[0]} but '{path}' is {this[1]}x{this[0]}; "
+                            f"pass --image-size HxW (e.g. {size[0]}x{size[1]}) to resize them all.")
+    return size
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

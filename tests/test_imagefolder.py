@@ -1,0 +1,113 @@
+"""edgekd.imagefolder: a folder of images per class, decoded once into a verified, memory-mapped cache."""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgekd.data import load_dataset
+from edgekd.errors import DataError
+
+
+def _folder(root, per_class=14, colour=False, size=(8, 8), test=False):
+    """Real digits written as PNG files: train/<name>/*.png (and test/ when asked)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    names = {0: "zero", 1: "one", 2: "two"}
+    for split, offset in (("train", 0), ("test", 500)) if test else (("train", 0),):
+        for label, name in names.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            images = bunch.images[bunch.target == label][offset // 100:offset // 100 + per_class]
+            for i, image in enumerate(images):
+                pixels = (image * 15).astype(np.uint8)
+                picture = Image.fromarray(pixels).resize(size[::-1])
+                (picture.convert("RGB") if colour and i == 0 else picture).save(folder / f"{i:03d}.png")
+    return root
+
+
+def test_classes_shapes_and_a_test_split_fixed_for_the_folder(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    data = load_dataset(f"imagefolder:{root}")
+    assert data.classes == ("one", "two", "zero") and data.input_shape == (1, 8, 8)
+    assert len(data.y_train) + len(data.y_val) + len(data.y_test) == 42
+    other = load_dataset(f"imagefolder:{root}", val_fraction=0.3, split_seed=5)
+    assert np.array_equal(data.x_test.numpy(), other.x_test.numpy())   # the training seed never moves the test images
+    assert float(data.x_train.max()) > 100   # raw pixels, as stored
+
+
+def test_test_folder_colour_and_resize(tmp_path):
+    root = _folder(tmp_path / "imgs", colour=True, test=True)
+    data = load_dataset(f"imagefolder:{root},size=12x10")
+    assert data.input_shape == (3, 12, 10) and len(data.y_test) == 42
+    gray = load_dataset(f"imagefolder:{root},channels=1")
+    assert gray.input_shape == (1, 8, 8)
+
+
+def test_cache_is_reused_and_a_changed_file_is_never_served(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs")
+    png = root / "train" / "one" / "000.png"
+    victim = png.with_suffix(".bmp")   # uncompressed: an edit keeps its size
+    Image.open(png).save(victim)
+    png.unlink()
+    first = load_dataset(f"imagefolder:{root}")
+    assert len(list((tmp_path / "cache" / "images").glob("*.x.npy"))) == 1
+    again = load_dataset(f"imagefolder:{root}")
+    assert np.array_equal(first.x_train.numpy(), again.x_train.numpy())
+    # same size and modification time, other pixels: the sampled content hashes catch it
+    stat = victim.stat()
+    pixels = np.asarray(Image.open(victim)).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(victim)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert victim.stat().st_size == stat.st_size
+    with pytest.warns(UserWarning, match="no longer matches"):
+        fresh = load_dataset(f"imagefolder:{root}")
+    assert not np.array_equal(fresh.x_train.numpy(), first.x_train.numpy()) or not np.array_equal(
+        fresh.x_test.numpy(), first.x_test.numpy()) or not np.array_equal(fresh.x_val.numpy(), first.x_val.numpy())
+
+
+@pytest.mark.parametrize("case, message", [
+    ("mixed sizes", "differ in size"), ("corrupt", "cannot be decoded"), ("no train", "has no 'train' folder"),
+    ("one class", "at least 2"), ("empty class", "hold no images"), ("bad option", "not understood"),
+])
+def test_bad_folders_are_one_clear_error(tmp_path, case, message):
+    root = _folder(tmp_path / "imgs")
+    if case == "mixed sizes":
+        Image.fromarray(np.zeros((9, 9), np.uint8)).save(root / "train" / "one" / "big.png")
+    elif case == "corrupt":
+        (root / "train" / "one" / "bad.png").write_bytes(b"not a png")
+    elif case == "no train":
+        root = tmp_path / "nothing"
+        root.mkdir()
+    elif case == "one class":
+        for name in ("one", "two"):
+            for f in (root / "train" / name).iterdir():
+                f.unlink()
+            (root / "train" / name).rmdir()
+    elif case == "empty class":
+        (root / "train" / "three").mkdir()
+    spec = f"imagefolder:{root}" + (",size=big" if case == "bad option" else "")
+    with warnings.catch_warnings():
+        with pytest.raises(DataError, match=message):
+            load_dataset(spec)
+
+
+def test_train_distill_and_export_from_photos_through_the_cli(edgekd, tmp_path):
+    root = _folder(tmp_path / "imgs", per_class=30, colour=True)
+    teacher, student = tmp_path / "t", tmp_path / "s"
+    data = ["--data", f"imagefolder:{root}", "--image-size", "8x8", "--channels", "3"]
+    code, _, err = edgekd("teacher", "train", *data, "--arch", "cnn:width=4,fc=16", "--epochs", "3", "--quiet", "--out", teacher)
+    assert code == 0, err
+    code, _, err = edgekd("distill", "--teacher", teacher, *data, "--student", "mlp:hidden=16", "--epochs", "2",
+                          "--quiet", "--out", student)
+    assert code == 0, err
+    # the recorded spec carries the folder's options: export reloads the very same images
+    code, _, err = edgekd("export", student, "--onnx", "--out", tmp_path / "s.onnx")
+    assert code == 0, err
+    code, _, err = edgekd("teacher", "train", "--image-size", "8x8", "--quiet", "--out", tmp_path / "x")
+    assert code == 2 and "apply to 'imagefolder:DIR' data" in err
