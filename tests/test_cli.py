@@ -152,7 +152,7 @@ def _bad_npz(tmp_path, **arrays):
 BAD = [
     ("missing dataset folder", lambda p, t, s: ["evaluate", t, "--data", f"fashion-mnist:{p / 'nope'}"], "not found"),
     ("unknown dataset", lambda p, t, s: ["evaluate", t, "--data", "cifar10"], "Unknown dataset"),
-    ("unknown architecture", lambda p, t, s: ["teacher", "train", "--arch", "resnet", "--out", p / "o"], "Unknown architecture 'resnet'; choose one of"),
+    ("unknown architecture", lambda p, t, s: ["teacher", "train", "--arch", "vgg", "--out", p / "o"], "Unknown architecture 'vgg'; choose one of"),
     ("T <= 0", lambda p, t, s: ["distill", "--teacher", t, "-T", "-1", "--out", p / "o"], "'temperature' parameter must be > 0. Got -1.0"),
     ("alpha outside [0,1]", lambda p, t, s: ["distill", "--teacher", t, "--alpha", "1.5", "--out", p / "o"], "'alpha' parameter must be in [0, 1]. Got 1.5"),
     ("class mismatch", lambda p, t, s: ["distill", "--teacher", t, "--out", p / "o", "--data",
