@@ -321,6 +321,7 @@ def test_export_for_pipeline(tmp_path, tiny_student, tiny_teacher, digits):
     np.testing.assert_allclose(onnx_logits(teacher_onnx, digits.x_test.numpy()), expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_report_smoke(tmp_path, mlp_artifact, digits):
     from benchmarks.export_report import main
 

@@ -340,6 +340,7 @@ def test_bench_for_pipeline(digits, tiny_teacher, tiny_student, tmp_path):
     assert data["config"]["threads"] == [1] and data["config"]["batch_sizes"] == [1, 32]
 
 
+@pytest.mark.slow
 def test_latency_report_smoke(tmp_path, capsys):
     from benchmarks.latency_report import main
 

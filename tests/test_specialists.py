@@ -363,6 +363,7 @@ def test_cluster_command_prints_class_names(generalist, edgekd):
     assert "silhouette" in out and "{" in out
 
 
+@pytest.mark.slow
 def test_benchmark_smoke(generalist, tmp_path, capsys):
     from benchmarks.specialists_fmnist import main
 

@@ -33,6 +33,7 @@ def reference(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_same_seed_same_command_same_result(reference, tmp_path):
     """Determinism: identical weights and metrics from two runs of the same command on the CPU."""
     out = tmp_path / "again"
