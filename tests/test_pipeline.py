@@ -1,5 +1,9 @@
 """edgekd.pipeline: the summary says what was chosen and how the student compares."""
 
+import json
+
+import pytest
+
 from edgekd.pipeline import render_summary
 
 
@@ -24,3 +28,16 @@ def test_summary_says_only_what_the_search_chose():
 
 def test_summary_calls_a_loss_a_loss():
     assert "Distillation loses to its hard-label baseline by 1.00 points (test accuracy)." in render_summary(_summary([]))
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_on_digits(edgekd, tmp_path):
+    out = tmp_path / "demo"
+    code, stdout, err = edgekd("pipeline", "--ensemble", "2", "--teacher-arch", "cnn:width=4,fc=16", "--teacher-epochs", "2",
+                               "--epochs", "2", "-T", "4", "--quiet", "--out", out)
+    assert code == 0, err
+    text = (out / "summary.md").read_text()
+    assert "distillation at T=4, alpha=0.9." in text and "| student, distilled |" in text and "## Export" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"teacher", "baseline", "student", "export", "bench"} <= set(summary)
+    assert (out / "bench" / "report.md").is_file() and (out / "export" / "student.int8.onnx").is_file()
