@@ -49,7 +49,7 @@ def test_test_folder_colour_and_resize(tmp_path):
 
 def test_cache_is_reused_and_a_changed_file_is_never_served(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
-    root = _folder(tmp_path / "imgs")
+    root = _folder(tmp_path / "imgs", per_class=10)   # 30 files: every one is in the re-hashed sample (32)
     png = root / "train" / "one" / "000.png"
     victim = png.with_suffix(".bmp")   # uncompressed: an edit keeps its size
     Image.open(png).save(victim)
