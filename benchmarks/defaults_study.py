@@ -101,14 +101,33 @@ def run(args) -> dict:
                                            train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device))
                     out = Path(args.work) / f"s-{k}-{student.replace(':', '_').replace('=', '')}-{seed}-{index}"
                     tick = time.perf_counter()
-                    r = distill(teacher, data, config, out, cache=cache, overwrite=True)
+                    metrics = _reusable(out, config, teacher)
+                    if metrics is None:
+                        r = distill(teacher, data, config, out, cache=cache, overwrite=True)
+                        metrics = {"test_accuracy": r.student_test_accuracy, "baseline_test_accuracy": r.baseline_test_accuracy,
+                                   "teacher_test_accuracy": r.teacher_test_accuracy}
                     if index == 0:
-                        cell["baseline"], cell["teacher"] = r.baseline_test_accuracy, r.teacher_test_accuracy
-                    cell["runs"][cand["name"]] = {"test_accuracy": r.student_test_accuracy, "seconds": time.perf_counter() - tick}
+                        cell["baseline"], cell["teacher"] = metrics["baseline_test_accuracy"], metrics["teacher_test_accuracy"]
+                    cell["runs"][cand["name"]] = {"test_accuracy": metrics["test_accuracy"], "seconds": time.perf_counter() - tick}
                 cells.append(cell)
                 print(f"k={k} {student} seed {seed}: baseline {cell['baseline']:.4f} "
                       + " ".join(f"{n} {v['test_accuracy']:.4f}" for n, v in cell["runs"].items()), flush=True)
     return {"data": data.describe(), "candidates": candidates, "cells": cells, "summary": summarize(cells, candidates)}
+
+
+def _reusable(out: Path, config, teacher) -> dict | None:
+    """The metrics of a run already in --work made with the same settings and teacher (a study is
+    resumed run by run), else None."""
+    import json
+    from dataclasses import asdict
+
+    from edgekd.artifacts import is_artifact, load_artifact
+
+    if not is_artifact(out):
+        return None
+    manifest = load_artifact(out).manifest
+    same = json.loads(json.dumps(manifest.config.get("distill"), default=list)) == json.loads(json.dumps(asdict(config), default=list))
+    return manifest.metrics if same and (manifest.teacher or {}).get("fingerprint") == teacher.fingerprint else None
 
 
 def summarize(cells, candidates) -> list[dict]:
