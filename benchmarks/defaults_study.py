@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--work", default="runs/defaults_study")
     p.add_argument("--out", default="benchmarks/results/defaults_study")
+    p.add_argument("--reuse-only", action="store_true",
+                   help="Train nothing: report the cells whose runs are all in --work; the others are listed as not run.")
     p.add_argument("--smoke", action="store_true", help="digits, tiny models, seconds")
     args = p.parse_args(argv)
     if args.smoke:
@@ -65,6 +67,8 @@ def teachers(args, data):
 
     ks = [int(k) for k in args.members.split(",")]
     path = Path(args.work) / "teacher"
+    if not is_artifact(path) and args.reuse_only:
+        raise SystemExit(f"--reuse-only: no teacher in '{path}', so no run to report; run the study without it first.")
     if not is_artifact(path):
         train_teachers(data, TeacherConfig(arch=args.teacher_arch, ensemble=max(ks),
                                            train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=2, device=args.device)),
@@ -84,22 +88,23 @@ def teachers(args, data):
 def run(args) -> dict:
     from edgekd.cache import LogitCache
     from edgekd.data import load_dataset
-    from edgekd.distill import DistillConfig, distill
-    from edgekd.training import TrainConfig
+    from edgekd.distill import distill
 
     data = load_dataset(args.data, train_limit=args.train_limit)
     cache = LogitCache(Path(args.work) / "cache")
     candidates = [parse_candidate(c) for c in args.candidates.split(";")]
-    cells = []
+    cells, missing = [], []
     for k, teacher in teachers(args, data).items():
         for student in args.students.split(";"):
             for seed in range(args.seeds):
                 cell = {"members": k, "student": student, "seed": seed, "runs": {}}
+                if args.reuse_only and not all(_reusable(_run_dir(args, k, student, seed, i), _config(args, cand, student, seed, i),
+                                                         teacher) for i, cand in enumerate(candidates)):
+                    missing.append({"members": k, "student": student, "seed": seed})
+                    continue
                 for index, cand in enumerate(candidates):
-                    config = DistillConfig(student=student, temperature=cand["temperature"], alpha=cand["alpha"],
-                                           method=cand["method"], baseline=index == 0,
-                                           train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device))
-                    out = Path(args.work) / f"s-{k}-{student.replace(':', '_').replace('=', '')}-{seed}-{index}"
+                    config = _config(args, cand, student, seed, index)
+                    out = _run_dir(args, k, student, seed, index)
                     tick = time.perf_counter()
                     metrics = _reusable(out, config, teacher)
                     if metrics is None:
@@ -112,7 +117,19 @@ def run(args) -> dict:
                 cells.append(cell)
                 print(f"k={k} {student} seed {seed}: baseline {cell['baseline']:.4f} "
                       + " ".join(f"{n} {v['test_accuracy']:.4f}" for n, v in cell["runs"].items()), flush=True)
-    return {"data": data.describe(), "candidates": candidates, "cells": cells, "summary": summarize(cells, candidates)}
+    return {"data": data.describe(), "candidates": candidates, "cells": cells, "not_run": missing,
+            "summary": summarize(cells, candidates)}
+
+
+def _config(args, cand: dict, student: str, seed: int, index: int):
+    from edgekd.config import DistillConfig, TrainConfig
+
+    return DistillConfig(student=student, temperature=cand["temperature"], alpha=cand["alpha"], method=cand["method"],
+                         baseline=index == 0, train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device))
+
+
+def _run_dir(args, k: int, student: str, seed: int, index: int) -> Path:
+    return Path(args.work) / f"s-{k}-{student.replace(':', '_').replace('=', '')}-{seed}-{index}"
 
 
 def _reusable(out: Path, config, teacher) -> dict | None:
@@ -134,6 +151,8 @@ def summarize(cells, candidates) -> list[dict]:
     """Per candidate: gain over the baseline (points) per cell, its mean and worst; the recommendation
     is the best worst cell among candidates with alpha >= 0.5."""
     rows = []
+    if not cells:
+        return rows
     for cand in candidates:
         gains = [100 * (c["runs"][cand["name"]]["test_accuracy"] - c["baseline"]) for c in cells]
         rows.append({"candidate": cand["name"], "alpha": cand["alpha"], "mean_gain": sum(gains) / len(gains),
@@ -163,6 +182,9 @@ def render(result: dict) -> str:
     for r in result["summary"]:
         mark = " **(recommended)**" if r["recommended"] else ""
         lines.append(f"| `{r['candidate']}`{mark} | {r['mean_gain']:+.2f} | {r['worst_gain']:+.2f} | {r['wins']}/{r['cells']} |")
+    if result.get("not_run"):
+        lines += ["", "Not run (left for a later session; the table holds only the cells above): "
+                  + ", ".join(f"k={c['members']} `{c['student']}` seed {c['seed']}" for c in result["not_run"]) + "."]
     lines.append("")
     return "\n".join(lines)
 
