@@ -37,7 +37,7 @@ def test_the_whole_pipeline_on_digits(edgekd, tmp_path):
                                "--epochs", "2", "-T", "4", "--quiet", "--out", out)
     assert code == 0, err
     text = (out / "summary.md").read_text()
-    assert "distillation at T=4, alpha=0.9." in text and "| student, distilled |" in text and "## Export" in text
+    assert "distillation at T=4, alpha=0.5." in text and "| student, distilled |" in text and "## Export" in text
     summary = json.loads((out / "summary.json").read_text())
     assert {"teacher", "baseline", "student", "export", "bench"} <= set(summary)
     assert (out / "bench" / "report.md").is_file() and (out / "export" / "student.int8.onnx").is_file()
