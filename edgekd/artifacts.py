@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.errors import ArtifactError
-from edgekd.manifest import FORMAT, FORMAT_VERSION, KINDS, Manifest, Member  # noqa: F401  (the artifact's types)
+from edgekd.manifest import Manifest, Member  # noqa: F401  (Member re-exported: the writers build both from here)
 
 MANIFEST = "manifest.json"
 

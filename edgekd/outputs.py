@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable
 
 from edgekd.errors import EdgekdError
+from edgekd.manifest import FORMAT
 
 TEMP_SUFFIX = ".edgekd-tmp"
 OLD_SUFFIX = ".edgekd-old"
@@ -59,7 +60,7 @@ def artifact_files(folder: str | Path) -> set[str] | None:
     the manifests included; ``None`` when ``folder`` is not an edgekd artifact."""
     folder = Path(folder)
     manifest = _read_json(folder / "manifest.json")
-    if not isinstance(manifest, dict) or manifest.get("format") != "edgekd.artifact" or not isinstance(manifest.get("files"), dict):
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         return None
     names = {"manifest.json"}
     for name in manifest["files"]:
