@@ -192,6 +192,9 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
                 echo(f"timing {len(runners)} model/runtime pair(s) at batch {b}, {t} thread(s)")
                 _measure(entries, runners, floor_runners, b, t, config, data, peak[str(t)], rows, floors)
     _add_speedups(rows, reference)
+    for name, runtime in runtimes.items():   # ncnn / MNN: what was converted, how long it took, or that it was cached
+        if getattr(runtime, "conversions", None):
+            runtime_records[name]["conversions"] = runtime.conversions
     return BenchReport(created=created, command=command or "benchmarks.harness.run_benchmark", data=data.describe(),
                        machine=machine, versions=_versions(library_versions(), runtime_records),
                        config=_config_record(config, threads, runtime_names), runtimes=list(runtime_records.values()),
@@ -388,6 +391,7 @@ class _Task:
     fn: Callable | None
     seconds: float
     error: str | None = None
+    status: str = "error"   # of a task that cannot run: "error", or "skipped" (e.g. a .pte made for another batch)
 
 
 def _measure(entries, runners, floor_runners, batch, threads, config: BenchConfig, data, peak_flops, rows, floors):
@@ -415,7 +419,7 @@ def _measure(entries, runners, floor_runners, batch, threads, config: BenchConfi
             continue
         _, model, runtime = task.key
         if task.error:
-            rows.append(_error_row(model, runtime, batch, threads, task.error))
+            rows.append(_error_row(model, runtime, batch, threads, task.error, status=task.status))
             continue
         stats = summarize(samples[task.key], batch)
         macs = by_name[model].info.macs
@@ -434,6 +438,8 @@ def _bind(key, runner, x, seconds, config) -> _Task:
         with runner.activate():
             warm_up(fn, config.warmup_seconds)
         return _Task(key, runner, fn, seconds)
+    except RuntimeSkipped as exc:
+        return _Task(key, runner, None, seconds, error=str(exc), status="skipped")
     except Exception as exc:
         return _Task(key, runner, None, seconds, error=f"failed at this batch size: {_reason(exc)}")
 

@@ -6,7 +6,9 @@ file size, parameters and MACs.
 - an ``.onnx`` file: size of the file (and of its external data); MACs and parameters from the
   ``edgekd`` metadata the exporter writes, else counted on the graph (Conv, MatMul, Gemm and their
   quantized forms, after shape inference at batch 1; parameters = initializer elements);
-- an ``.ort`` file: its own size; metadata read through onnxruntime, else the sibling ``.onnx``.
+- an ``.ort`` file: its own size; metadata read through onnxruntime, else the sibling ``.onnx``;
+- a ``.pte`` file (ExecuTorch): its own size; input shape and fixed batch from the program; counts
+  from the export summary beside it (``NAME.pte.json``) and the artifact it names.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ _JSON_KEYS = ("edgekd", "edgekd.manifest", "edgekd.metadata")
 class ModelInfo:
     name: str
     path: str
-    format: str  # "artifact" | "onnx" | "ort"
+    format: str  # "artifact" | "onnx" | "ort" | "pte"
     description: str = ""
     input_shape: tuple[int, ...] | None = None  # without the batch dimension
     input_dtype: str = "float32"  # "float32" | "uint8" (an export that takes raw pixels as bytes)
@@ -37,23 +39,24 @@ class ModelInfo:
     macs: int | None = None
     macs_source: str | None = None  # "manifest" | "counted" | "metadata" | "graph" | "source artifact"
     source_artifact: str | None = None  # an export's PyTorch original, when that folder is still there
+    fixed_batch: int | None = None  # a program exported for one batch size only (.pte)
 
 
 def model_format(path: str | Path) -> str:
     """The format of a model path, or a ``ConfigError`` saying what is accepted."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"Model '{path}' not found; pass an edgekd artifact folder, an .onnx or an .ort file.")
+        raise ConfigError(f"Model '{path}' not found; pass an edgekd artifact folder, an .onnx, .ort or .pte file.")
     if path.is_dir():
         if not (path / "manifest.json").is_file():
             raise ConfigError(f"'{path}' is a folder but not an edgekd artifact (no manifest.json); "
                               f"pass an artifact folder, an .onnx or an .ort file.")
         return "artifact"
     suffix = path.suffix.lower()
-    if suffix in (".onnx", ".ort"):
+    if suffix in (".onnx", ".ort", ".pte"):
         return suffix[1:]
     raise ConfigError(f"Model '{path}' has an unknown format {suffix or '(no suffix)'!r}; "
-                      f"pass an edgekd artifact folder, an .onnx or an .ort file.")
+                      f"pass an edgekd artifact folder, an .onnx, .ort or .pte file.")
 
 
 def parse_model_arg(arg: str) -> tuple[str | None, Path]:
@@ -84,7 +87,33 @@ def describe_model(path: str | Path, name: str) -> ModelInfo:
     fmt = model_format(path)
     if fmt == "artifact":
         return _describe_artifact(path, name)
+    if fmt == "pte":
+        return _describe_pte(path, name)
     return _describe_onnx(path, name, fmt)
+
+
+def _describe_pte(path: Path, name: str) -> ModelInfo:
+    """An ExecuTorch program: shape from the program itself, the rest from the export summary beside it."""
+    from export.executorch_export import load_program, program_input
+
+    shape, dtype = program_input(load_program(path))
+    summary_path = path.with_name(path.name + ".json")
+    summary = {}
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except ValueError:
+            summary = {}
+    source = summary.get("source") if isinstance(summary.get("source"), dict) else {}
+    found = _source_artifact_metrics(json.dumps(source)) if source else {}
+    macs, params = found.get("macs"), found.get("parameters")
+    precision = summary.get("precision", "")
+    return ModelInfo(name=name, path=str(path), format="pte", description=f"PTE ({precision or 'ExecuTorch'})",
+                     input_shape=tuple(shape[1:]), input_dtype=dtype, file_bytes=path.stat().st_size,
+                     parameters=params if isinstance(params, int) else None,
+                     macs=macs if isinstance(macs, int) else None,
+                     macs_source="source artifact" if isinstance(macs, int) else None,
+                     source_artifact=_source_artifact(json.dumps(source)) if source else None, fixed_batch=shape[0])
 
 
 def _describe_artifact(path: Path, name: str) -> ModelInfo:

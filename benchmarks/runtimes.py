@@ -9,7 +9,8 @@ Each runtime also gives an *identity* runner (an empty graph: input copied to ou
 time is the runtime's own per-call floor.
 
 Only PyTorch and onnxruntime are required; OpenVINO, tract and OpenCV come with
-``pip install "edgekd[runtimes]"``. A runtime that is not installed raises ``RuntimeUnavailable``
+``pip install "edgekd[runtimes]"``; ExecuTorch, ncnn and MNN (``mobile_runtimes.py``) with
+``pip install -c constraints.txt "edgekd[mobile]"``. A runtime that is not installed raises ``RuntimeUnavailable``
 and the harness writes an error row with the reason.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from edgekd.errors import ConfigError
 
-FORMATS = ("artifact", "onnx", "ort")
+FORMATS = ("artifact", "onnx", "ort", "pte")
 
 
 class RuntimeUnavailable(Exception):
@@ -369,3 +370,7 @@ def write_identity_onnx(path: Path, input_shape: Sequence[int]) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     onnx.save(model, str(path))
     return path
+
+
+# the mobile runtimes register themselves in the same registry (their module imports this one)
+import benchmarks.mobile_runtimes  # noqa: E402,F401

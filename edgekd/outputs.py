@@ -73,7 +73,7 @@ def artifact_files(folder: str | Path) -> set[str] | None:
 
 
 def is_export_summary(path: str | Path) -> bool:
-    """``NAME.onnx.json`` as ``export_onnx`` writes it."""
+    """``NAME.onnx.json`` (or ``.ort.json``, ``.pte.json``) as ``edgekd export`` writes it."""
     data = _read_json(Path(path)) if Path(path).is_file() else None
     return isinstance(data, dict) and {"model", "format", "source", "verification"} <= set(data) \
         and isinstance(data.get("source"), dict) and "fingerprint" in data["source"]
@@ -116,9 +116,9 @@ def _export_folder_foreign(folder: Path) -> list[str]:
         path = folder / name
         if "/" in name or _own_temp(path.name):
             foreign += [] if _own_temp(path.name) else [name]
-        elif path.suffix in (".onnx", ".ort") and is_export_summary(path.with_name(path.name + ".json")):
+        elif path.suffix in (".onnx", ".ort", ".pte") and is_export_summary(path.with_name(path.name + ".json")):
             continue
-        elif name.endswith((".onnx.json", ".ort.json")) and is_export_summary(path):
+        elif name.endswith((".onnx.json", ".ort.json", ".pte.json")) and is_export_summary(path):
             continue
         else:
             foreign.append(name)

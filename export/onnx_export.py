@@ -20,7 +20,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -32,11 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.artifacts import MANIFEST, library_versions, now_iso, sha256_file, write_json_atomic
+from edgekd.artifacts import library_versions, now_iso, write_json_atomic
 from edgekd.errors import ConfigError, ExportError
 from edgekd.outputs import temp_folder
 from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive
+from export.mobile import ORT_OPTIMIZATION_LEVELS
 from export.quantize import PRECISION, QUANTIZE_MODES, quantize_model
+from export.source import (RawPixels, Source, calibration_inputs, check_fits, load_data, load_source,  # noqa: F401
+                           model_input)
 from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, measure_parity, open_session, parity,
                            run_session, torch_logits)
 
@@ -65,6 +67,9 @@ class ExportConfig:
     calibration_data: str | None = None
     calibration_size: int = 512
     ort: bool = False
+    ort_optimization: str = "extended"          # export.mobile.ORT_OPTIMIZATION_LEVELS; see there for the trade-off
+    executorch: bool = False                    # an ExecuTorch program (.pte) instead (export.executorch_export)
+    batch_size: int = 1                         # the .pte's fixed batch
     atol: float = 1e-4
     max_accuracy_drop: float = 1.0
     uint8_input: bool = False
@@ -81,7 +86,11 @@ class ExportConfig:
                               f"{MIN_OPSET} and newer, and the installed onnx knows up to {high}. Got {self.opset!r} instead.")
         if self.quantize is not None:
             check_choice("quantize", self.quantize, QUANTIZE_MODES)
+        check_choice("ort_optimization", self.ort_optimization, ORT_OPTIMIZATION_LEVELS)
         check_int_at_least("calibration_size", self.calibration_size, 1)
+        check_int_at_least("batch_size", self.batch_size, 1)
+        if self.executorch and self.ort:
+            raise ConfigError("Choose one output format: --executorch (a .pte) or --ort (a .ort), not both.")
         check_positive("atol", self.atol)
         check_positive("max_accuracy_drop", self.max_accuracy_drop, strict=False)
         check_int_at_least("verify_batch_size", self.verify_batch_size, 2)
@@ -96,9 +105,9 @@ class ExportResult:
 
     path: Path
     summary_path: Path
-    format: str                 # "onnx" or "ort"
+    format: str                 # "onnx", "ort" or "pte"
     precision: str              # "fp32", "int8-static-qdq" or "int8-dynamic"
-    opset: int
+    opset: int | None           # None for a .pte
     size_bytes: int
     parity: tuple[Parity, ...]  # the written file vs PyTorch on the val split
     test_accuracy: float        # the written file
@@ -109,96 +118,6 @@ class ExportResult:
 
     def to_dict(self) -> dict:
         return self.summary
-
-
-@dataclass(frozen=True)
-class Source:
-    """The model to export, as read from an artifact folder."""
-
-    path: Path
-    kind: str
-    module: nn.Module
-    classes: tuple[str, ...]
-    input_shape: tuple[int, ...]
-    normalization: dict
-    fingerprint: str
-    manifest_sha256: str
-    description: str
-    members: int
-    combine: str
-    data_spec: str | None
-    val_fraction: float
-    split_seed: int
-    weights_bytes: int
-    teacher: object = field(default=None, repr=False, compare=False)  # the edgekd Teacher it came from
-
-    def describe(self) -> dict:
-        return {"path": str(self.path), "kind": self.kind, "description": self.description, "members": self.members,
-                "combine": self.combine, "fingerprint": self.fingerprint, "manifest_sha256": self.manifest_sha256,
-                "weights_bytes": self.weights_bytes}
-
-
-def load_source(path: str | Path) -> Source:
-    """Read an artifact folder (a model, an ensemble or a specialist ensemble) into a torch module."""
-    from edgekd.artifacts import is_artifact, load_artifact
-    from edgekd.teachers import EnsembleModule, teacher_from_artifact
-
-    path = Path(path)
-    if not path.exists():
-        raise ExportError(f"Model '{path}' not found; pass an edgekd artifact folder (from 'edgekd teacher train' or 'edgekd distill').")
-    if not path.is_dir() or not is_artifact(path):
-        what = "an ONNX file already" if path.suffix.lower() == ".onnx" else ("a folder without manifest.json" if path.is_dir() else "a file")
-        raise ExportError(f"'{path}' is not an edgekd model: expected an artifact folder with manifest.json "
-                          f"(from 'edgekd teacher train' or 'edgekd distill'). Got {what} instead.")
-    artifact = load_artifact(path)
-    manifest = artifact.manifest
-    if artifact.kind == "specialist-ensemble":
-        teacher, module = _specialist_module(artifact)
-        description = teacher.description
-    else:
-        teacher = teacher_from_artifact(artifact)
-        module, description = teacher.module(), teacher.description
-        if isinstance(module, EnsembleModule) and len(module.members) == 1:
-            module = module.members[0]  # a single model: export it without the ensemble's stack
-    data = manifest.data
-    params = manifest.config.get("params") or {}
-    weights = sum((path / name).stat().st_size for name in manifest.files if name.endswith(".safetensors"))
-    return Source(path=path, kind=artifact.kind, module=module.eval(), classes=artifact.classes,
-                  input_shape=artifact.input_shape, normalization=dict(manifest.normalization),
-                  fingerprint=artifact.fingerprint, manifest_sha256=sha256_file(path / MANIFEST),
-                  description=description, members=len(manifest.members),
-                  combine=manifest.combine, data_spec=data.get("spec"),
-                  val_fraction=float(params.get("val_fraction") or 0.1), split_seed=int(data.get("split_seed", 0)),
-                  weights_bytes=weights, teacher=teacher)
-
-
-def _specialist_module(artifact):
-    """(teacher, module) of a specialist ensemble whose combination has a fixed-size graph form."""
-    from edgekd.teachers import teacher_from_artifact
-
-    try:
-        teacher = teacher_from_artifact(artifact)
-    except ImportError as exc:
-        raise ExportError(f"Specialist ensemble '{artifact.path}' needs the 'specialists' package to load ({exc}); "
-                          f"install edgekd with its specialists stage, or export its generalist instead.") from None
-    module = teacher.module()
-    if module is None:
-        raise ExportError(f"Specialist ensemble '{artifact.path}' cannot be exported as one graph: its combination "
-                          f"solves the paper's KL objective for every input with an iterative solver run to "
-                          f"convergence, which has no fixed-size ONNX form. Distil it into a student and export "
-                          f"that, or export the generalist artifact alone.")
-    return teacher, module
-
-
-class RawPixels(nn.Module):
-    """``model(float(x))`` for uint8 ``x``: the device feeds pixels as they come, the Cast is in the graph."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x.to(torch.float32))
 
 
 # --- the export ----------------------------------------------------------------------------------
@@ -213,14 +132,14 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
     started = time.perf_counter()
     out = Path(out)
     summary_path = out.with_name(out.name + ".json")
-    _check_request(out, summary_path, config, overwrite=overwrite, has_calibration=calibration is not None, model=model)
+    check_request(out, summary_path, config, overwrite=overwrite, has_calibration=calibration is not None, model=model)
     source = load_source(model)
-    data = data if data is not None else _load_data(source, config.data or source.data_spec, config, role="verification")
-    _check_fits(source, data)
+    data = data if data is not None else load_data(source, config.data or source.data_spec, val_fraction=config.val_fraction, role="verification")
+    check_fits(source, data)
     if config.quantize == "int8" and calibration is None:
         same = config.calibration_data in (None, data.spec)
-        calibration = data if same else _load_data(source, config.calibration_data, config, role="calibration")
-        _check_fits(source, calibration)
+        calibration = data if same else load_data(source, config.calibration_data, val_fraction=config.val_fraction, role="calibration")
+        check_fits(source, calibration)
 
     tmp = temp_folder(out)   # unique per run; one left by a killed export is removed by the next
     try:
@@ -256,7 +175,7 @@ class _Run:
 
     def __init__(self, source: Source, config: ExportConfig, data, tmp: Path):
         self.source, self.config, self.tmp = source, config, tmp
-        self.to_input = lambda x: _model_input(x, config.uint8_input, data.spec)  # noqa: E731
+        self.to_input = lambda x: model_input(x, config.uint8_input, data.spec)  # noqa: E731
         self.x_val, self.x_test, self.y_test = self.to_input(data.x_val), self.to_input(data.x_test), data.y_test.numpy()
         self.ref_val = torch_logits(source.module, data.x_val)
         self.seconds, self.sizes, self.quant_info = {}, {"source_weights": source.weights_bytes}, None
@@ -298,7 +217,7 @@ class _Run:
         config = self.config
         tick = time.perf_counter()
         path = self.tmp / "model.int8.onnx"
-        calib = _calibration_inputs(calibration, config, self.to_input) if config.quantize == "int8" else None
+        calib = calibration_inputs(calibration, config.calibration_size, config.seed, self.to_input) if config.quantize == "int8" else None
         self.quant_info = quantize_model(fp32_path, path, config.quantize, calibration=calib, workdir=self.tmp)
         if calib is not None:
             self.quant_info["calibration_data"] = f"{calibration.spec} [train]"
@@ -318,9 +237,9 @@ class _Run:
         from export.mobile import to_ort_format
 
         tick = time.perf_counter()
-        to_ort_format(onnx_path, path)
+        to_ort_format(onnx_path, path, self.config.ort_optimization)
         parities, test_accuracy = self._measure(path, "ORT-format model")
-        self.verification["ort"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy}
+        self.verification["ort"] = {"optimization": self.config.ort_optimization, "parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy}
         drop = None
         if self.config.quantize:
             drop = check_accuracy_drop(self.reference_accuracy, test_accuracy, max_drop=self.config.max_accuracy_drop,
@@ -332,8 +251,8 @@ class _Run:
         return parities, test_accuracy, drop
 
 
-def _check_request(out: Path, summary_path: Path, config: ExportConfig, *, overwrite: bool, has_calibration: bool,
-                   model=None) -> None:
+def check_request(out: Path, summary_path: Path, config: ExportConfig, *, overwrite: bool, has_calibration: bool = False,
+                  model=None) -> None:
     """Everything that can be checked before any work: the output path (and its summary beside it: an
     existing pair is replaced only if edgekd exported it, never an input) and the options."""
     from edgekd.outputs import data_paths
@@ -341,51 +260,18 @@ def _check_request(out: Path, summary_path: Path, config: ExportConfig, *, overw
     check_output_file(out, overwrite=overwrite,
                       inputs=[model, *data_paths(config.data), *data_paths(config.calibration_data)])
     suffix = out.suffix.lower()
+    if config.executorch:
+        if suffix != ".pte":
+            raise ConfigError(f"With --executorch the output is an ExecuTorch program whose name must end in .pte. Got '{out.name}' instead.")
+        return
+    if suffix == ".pte":
+        raise ConfigError(f"A .pte output is an ExecuTorch program; pass --executorch. Got '{out.name}' without it.")
     if config.ort and suffix != ".ort":
         raise ConfigError(f"With --ort the output is an ORT-format file whose name must end in .ort. Got '{out.name}' instead.")
     if not config.ort and suffix != ".onnx":
         hint = "; pass --ort for the ORT format" if suffix == ".ort" else ""
         raise ConfigError(f"The output of an ONNX export must end in .onnx. Got '{out.name}' instead{hint}.")
     # int8 without --calibration-data calibrates on the train split of the data the artifact records
-
-
-def _load_data(source: Source, spec: str | None, config: ExportConfig, *, role: str):
-    from edgekd.data import load_dataset
-
-    if not spec:
-        raise ExportError(f"Artifact '{source.path}' does not record its data, which the export needs for {role}; pass --data SPEC.")
-    return load_dataset(spec, val_fraction=config.val_fraction or source.val_fraction, split_seed=source.split_seed)
-
-
-def _check_fits(source: Source, data) -> None:
-    if math.prod(data.input_shape) != math.prod(source.input_shape):
-        raise ExportError(f"Model '{source.path}' takes inputs of shape {tuple(source.input_shape)} but dataset '{data.spec}' "
-                          f"has {tuple(data.input_shape)}; pass the data it was trained on with --data.")
-    if data.num_classes != len(source.classes):
-        raise ExportError(f"Model '{source.path}' has {len(source.classes)} classes but dataset '{data.spec}' has "
-                          f"{data.num_classes}; pass the data it was trained on with --data.")
-    if len(data.x_val) == 0 or len(data.x_test) == 0:
-        raise ExportError(f"Dataset '{data.spec}' has an empty val or test split; the export needs real data to verify on.")
-
-
-def _model_input(x: torch.Tensor, uint8: bool, spec: str) -> np.ndarray:
-    """Inputs as the exported graph takes them: raw float32, or uint8 pixels."""
-    x = x.contiguous()
-    if not uint8:
-        return x.numpy().astype(np.float32, copy=False)
-    low, high = float(x.min()), float(x.max())
-    if low < 0 or high > 255 or not bool((x == x.round()).all()):
-        raise ExportError(f"--uint8-input needs whole pixel values in 0..255 but dataset '{spec}' has values in "
-                          f"[{low:g}, {high:g}]" + ("" if bool((x == x.round()).all()) else " that are not whole numbers")
-                          + "; export without --uint8-input.")
-    return x.numpy().astype(np.uint8)
-
-
-def _calibration_inputs(calibration, config: ExportConfig, to_input) -> np.ndarray:
-    """``calibration_size`` train inputs, a seeded random sample."""
-    generator = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(len(calibration.x_train), generator=generator)[:config.calibration_size]
-    return to_input(calibration.x_train[order])
 
 
 # --- torch -> onnx -------------------------------------------------------------------------------

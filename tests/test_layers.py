@@ -14,7 +14,7 @@ CORE = {"edgekd.errors", "edgekd.validation", "edgekd.losses", "edgekd.data", "e
         "edgekd.device", "edgekd.outputs", "edgekd.config", "edgekd.manifest", "edgekd.imagefolder", "edgekd.kd_models",
         "edgekd"}
 STAGES = {"edgekd.distill", "edgekd.evaluate", "specialists", "export",
-          "benchmarks.harness", "benchmarks.runtimes", "benchmarks.report", "benchmarks.modelinfo", "benchmarks.timing"}
+          "benchmarks.harness", "benchmarks.runtimes", "benchmarks.mobile_runtimes", "benchmarks.report", "benchmarks.modelinfo", "benchmarks.timing"}
 PIPELINE = {"edgekd.pipeline"}
 CLI = {"edgekd.cli", "edgekd.clicommon", "edgekd.__main__", "edgekd.commands"}
 LAYERS = ("core", "stage", "pipeline", "cli", "scenario")

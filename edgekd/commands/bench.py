@@ -1,4 +1,4 @@
-"""``edgekd bench``: latency, throughput and accuracy of models on the CPU runtimes, as a report."""
+"""``edgekd bench``: latency, throughput and accuracy of models on the CPU and mobile runtimes, as a report."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _command_line(params: dict) -> str:
 
 
 @click.command("bench")
-@click.option("--model", multiple=True, help="Model to time: artifact folder, .onnx or .ort (repeatable; NAME=PATH names it). "
+@click.option("--model", multiple=True, help="Model to time: artifact folder, .onnx, .ort or .pte (repeatable; NAME=PATH names it). "
                                              "The first is the reference of the speed-ups and agreement.")
 @data_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -30,7 +30,7 @@ def _command_line(params: dict) -> str:
 @click.option("--batch-sizes", default="1,8,64", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--threads", default="1,all", show_default=True, help="Comma-separated thread counts ('all' = every usable core).")
 @click.option("--runtimes", default="all", show_default=True,
-              help="Comma-separated runtimes: pytorch, onnxruntime, openvino, tract, opencv (or all).")
+              help="Comma-separated runtimes: pytorch, onnxruntime, openvino, tract, opencv, executorch, ncnn, mnn (or all).")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Timed seconds per model x runtime x batch size x thread count (after warm-up).")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
@@ -41,7 +41,7 @@ def _command_line(params: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (files, headline, errors).")
 @common_options
 def bench_cmd(**params):
-    """Time models on the CPU runtimes and write a Markdown + JSON + PNG report.
+    """Time models on the CPU and mobile runtimes and write a Markdown + JSON + PNG report.
 
     \b
     edgekd bench --model runs/teacher --model runs/student --model runs/student/student.onnx \\

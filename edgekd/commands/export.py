@@ -1,4 +1,4 @@
-"""``edgekd export``: an artifact -> a verified ONNX / ORT-format file (the library is ``export/``)."""
+"""``edgekd export``: an artifact -> a verified ONNX / ORT-format / ExecuTorch file (the library is ``export/``)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,17 @@ DEFAULT_OPSET = 18  # kept equal to export.onnx_export.DEFAULT_OPSET (a test che
 @click.command("export")
 @click.argument("model")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Output file: NAME.onnx, or NAME.ort with --ort. A summary is written beside it as NAME.onnx.json.")
+              help="Output file: NAME.onnx, NAME.ort with --ort, NAME.pte with --executorch. A summary is written beside it as NAME.onnx.json.")
 @click.option("--onnx", "onnx_format", is_flag=True, default=True,
-              help="Export to ONNX (the default and, today, the only format; --ort converts it further).")
+              help="Export to ONNX (the default; --ort converts it further).")
 @click.option("--ort", is_flag=True, help="Convert to the ORT format for onnxruntime mobile (--out NAME.ort).")
+@click.option("--executorch", is_flag=True,
+              help="Export an ExecuTorch program (.pte, XNNPACK) for Android/iOS instead of ONNX; needs edgekd[mobile].")
+@click.option("--batch-size", type=int, default=1, show_default=True,
+              help="--executorch: the program's fixed batch (its input is (batch, C*H*W) float32).")
+@click.option("--ort-optimization", type=click.Choice(["extended", "basic"]), default="extended", show_default=True,
+              help="Graph optimizations saved into the .ort: extended fuses int8 QDQ pairs for the CPU provider (fast); "
+                   "basic leaves them for a phone's NNAPI/CoreML/XNNPACK provider.")
 @click.option("--quantize", type=click.Choice(["int8", "dynamic"]), default=None,
               help="int8: static QDQ, per-channel, calibrated on --calibration-data; dynamic: int8 weights only.")
 @click.option("--calibration-data", default=None, help="Dataset spec whose train split calibrates --quantize int8 (default: the data the artifact records).")
@@ -31,7 +38,7 @@ DEFAULT_OPSET = 18  # kept equal to export.onnx_export.DEFAULT_OPSET (a test che
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @common_options
-def export_cmd(model, out, onnx_format, ort, quantize, calibration_data, calibration_size, opset, atol,
+def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimization, quantize, calibration_data, calibration_size, opset, atol,
                max_accuracy_drop, uint8_input, data, val_fraction, overwrite, as_json, seed, **_common):
     """Export MODEL (an artifact folder: a student, a teacher or a teacher ensemble) to one verified file.
 
@@ -44,19 +51,21 @@ def export_cmd(model, out, onnx_format, ort, quantize, calibration_data, calibra
       edgekd export runs/student --onnx --quantize int8 --calibration-data fashion-mnist --out runs/student/student.int8.onnx
       edgekd export runs/student --onnx --ort --out runs/student/student.ort
       edgekd export runs/teacher --onnx --out runs/teacher/ensemble.onnx
+      edgekd export runs/student --executorch --quantize int8 --out runs/student/student.int8.pte
     """
     from edgekd.clicommon import register_stage_kinds
-    from export import ExportConfig, export_onnx
+    from export import ExportConfig, export_executorch, export_onnx
 
     register_stage_kinds()
 
     config = ExportConfig(opset=opset, quantize=quantize, calibration_data=calibration_data,
-                          calibration_size=calibration_size, ort=ort, atol=atol, max_accuracy_drop=max_accuracy_drop,
+                          calibration_size=calibration_size, ort=ort, ort_optimization=ort_optimization,
+                          executorch=executorch, batch_size=batch_size, atol=atol, max_accuracy_drop=max_accuracy_drop,
                           uint8_input=uint8_input, data=data, val_fraction=val_fraction, seed=seed)
     from edgekd.outputs import output_lock
 
     with output_lock(out):
-        result = export_onnx(model, out, config, overwrite=overwrite)
+        result = (export_executorch if executorch else export_onnx)(model, out, config, overwrite=overwrite)
     if as_json:
         echo_json(result.summary)
         return
@@ -66,8 +75,9 @@ def export_cmd(model, out, onnx_format, ort, quantize, calibration_data, calibra
 def print_export(result) -> None:
     s = result.summary
     sizes = s["sizes_bytes"]
-    click.echo(f"exported {s['source']['description']} -> {result.path} ({result.format}, {result.precision}, opset "
-               f"{result.opset}, input {s['input']['dtype']} {s['input']['shape']}, {result.size_bytes:,} bytes)")
+    opset = f", opset {result.opset}" if result.opset is not None else ""
+    click.echo(f"exported {s['source']['description']} -> {result.path} ({result.format}, {result.precision}{opset}, "
+               f"input {s['input']['dtype']} {s['input']['shape']}, {result.size_bytes:,} bytes)")
     v = s["verification"]
     click.echo(f"fp32 vs PyTorch on {v['data']} [val]: " + "; ".join(_parity(p) for p in v["fp32"]["parity"]))
     if "int8" in v:
@@ -79,7 +89,7 @@ def print_export(result) -> None:
     if "int8" in v:
         line += (f", {result.precision} {v['int8']['test_accuracy']:.4f} (drop {v['int8']['accuracy_drop_points']:.2f} "
                  f"points, gate {v['max_accuracy_drop']:g}); {sizes['int8_to_fp32_ratio']:.2f}x the size of the fp32 "
-                 f"export ({sizes['fp32_onnx']:,} bytes)")
+                 f"export ({sizes.get('fp32_onnx', sizes.get('fp32_pte', 0)):,} bytes)")
     click.echo(line)
     t = s["seconds"]
     click.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()) + f"; summary {result.summary_path}")

@@ -1,0 +1,305 @@
+"""``export_executorch``: an edgekd artifact -> one verified ExecuTorch program (``.pte``), fp32 or int8.
+
+ExecuTorch is PyTorch's on-device runtime; XNNPACK is its CPU kernel library on Android and iOS. The
+steps, all in a temporary folder beside the output (a failed gate leaves nothing behind):
+
+1. ``torch.export`` of the model at a fixed batch (``ExportConfig.batch_size``, default 1: one image per
+   call, as a phone runs it) -> ``to_edge_transform_and_lower(partitioner=[XnnpackPartitioner()])``
+   -> ``to_executorch()``.
+2. int8 (``quantize="int8"``): the PT2E flow — ``prepare_pt2e`` with the ``XNNPACKQuantizer``
+   (symmetric, per-channel weights, static activations), calibration on ``calibration_size`` train
+   inputs, ``convert_pt2e`` — then the same lowering; ``"dynamic"`` quantizes activations per call.
+3. The file is loaded back with ``executorch.runtime`` and gated like the ONNX exports: fp32 must match
+   PyTorch on the val split (max |logit diff| <= atol, 100% top-1 agreement); int8 may lose at most
+   ``max_accuracy_drop`` test accuracy points against the fp32 program.
+4. A summary JSON (``<out>.json``) beside it holds what ONNX keeps in ``metadata_props``.
+
+The program takes its input **flattened**, ``(batch, C*H*W)`` float32 in C, H, W order (the same bytes
+as an NCHW image) and reshapes inside: ExecuTorch infers a tensor's dim order from its strides, and an
+``(N, 1, H, W)`` tensor is NCHW and NHWC at once, which XNNPACK misreads (pytorch/executorch#19153).
+The batch is fixed because dynamic batch sizes failed at run time for the cnn (a memory-planned
+bound of 15 samples, and ``et_view`` size checks) in executorch 1.4.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.artifacts import library_versions, now_iso, write_json_atomic
+from edgekd.errors import ExportError
+from edgekd.outputs import temp_folder
+from export.source import (RawPixels, Source, calibration_inputs, check_fits, load_data, load_source, model_input)
+from export.verify import accuracy, check_accuracy_drop, check_parity, parity
+
+PTE_PRECISION = {None: "fp32", "int8": "int8-static-xnnpack", "dynamic": "int8-dynamic-xnnpack"}
+
+
+class FlatInput(nn.Module):
+    """``model(x.reshape(batch, *shape))``: the program's input is ``(batch, prod(shape))`` (see the module doc)."""
+
+    def __init__(self, model: nn.Module, shape):
+        super().__init__()
+        self.model, self.shape = model, tuple(int(d) for d in shape)
+
+    def forward(self, x):
+        return self.model(x.reshape(x.shape[0], *self.shape))
+
+
+def require_executorch():
+    """Import ExecuTorch's exporter pieces, or one line saying how to install them."""
+    try:
+        with quiet():
+            import executorch.exir  # noqa: F401
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(f"--executorch needs ExecuTorch, which is not installed ({exc}); "
+                          f"pip install -c constraints.txt \"edgekd[mobile]\" (executorch 1.4.1 pairs with torch 2.13).") from None
+
+
+def export_executorch(model: str | Path, out: str | Path, config, *, overwrite: bool = False, data=None,
+                      calibration=None):
+    """Export the artifact ``model`` to the ExecuTorch program ``out`` (``.pte``), verified; returns an
+    ``ExportResult``. ``config`` is an ``ExportConfig`` (``batch_size`` fixes the program's batch)."""
+    from export.onnx_export import ExportResult, check_request
+
+    started = time.perf_counter()
+    out = Path(out)
+    summary_path = out.with_name(out.name + ".json")
+    check_request(out, summary_path, config, overwrite=overwrite, model=model)
+    require_executorch()
+    source = load_source(model)
+    data = data if data is not None else load_data(source, config.data or source.data_spec,
+                                                   val_fraction=config.val_fraction, role="verification")
+    check_fits(source, data)
+    if config.quantize == "int8" and calibration is None:
+        same = config.calibration_data in (None, data.spec)
+        calibration = data if same else load_data(source, config.calibration_data, val_fraction=config.val_fraction,
+                                                  role="calibration")
+        check_fits(source, calibration)
+    tmp = temp_folder(out)
+    try:
+        run = _PteRun(source, config, data)
+        path, (parities, test_accuracy, drop) = run.fp32(tmp / "model.fp32.pte")
+        if config.quantize:
+            path, (parities, test_accuracy, drop) = run.quantized(tmp / "model.int8.pte", calibration)
+        seconds = {k: round(v, 3) for k, v in {**run.seconds, "total": time.perf_counter() - started}.items()}
+        summary = _summary(out, config, source, data, run, path.stat().st_size, seconds)
+        write_json_atomic(tmp / "summary.json", summary)
+        os.replace(path, out)
+        os.replace(tmp / "summary.json", summary_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(path=out, summary_path=summary_path, format="pte", precision=PTE_PRECISION[config.quantize],
+                        opset=None, size_bytes=summary["sizes_bytes"]["model"], parity=tuple(parities),
+                        test_accuracy=test_accuracy, reference_test_accuracy=run.reference_accuracy, accuracy_drop=drop,
+                        seconds=seconds["total"], summary=summary)
+
+
+class _PteRun:
+    """The stages of one ExecuTorch export and the figures they gather."""
+
+    def __init__(self, source: Source, config, data):
+        self.source, self.config, self.batch = source, config, config.batch_size
+        self.to_input = lambda x: model_input(x, config.uint8_input, data.spec).reshape(len(x), -1)  # noqa: E731
+        self.x_val, self.x_test, self.y_test = self.to_input(data.x_val), self.to_input(data.x_test), data.y_test.numpy()
+        from export.verify import torch_logits
+
+        self.ref_val = torch_logits(source.module, data.x_val)
+        module = FlatInput(source.module, source.input_shape).eval()
+        self.module = RawPixels(module).eval() if config.uint8_input else module
+        self.example = torch.from_numpy(np.ascontiguousarray(_pad(self.x_val, self.batch)[:self.batch]))
+        self.seconds, self.sizes, self.quant_info = {}, {"source_weights": source.weights_bytes}, None
+        self.reference_accuracy = float("nan")
+        self.verification = {"data": data.spec, "parity_split": "val", "n_val": len(self.x_val), "accuracy_split": "test",
+                             "n_test": len(self.x_test), "atol": config.atol, "max_accuracy_drop": config.max_accuracy_drop,
+                             "batch_size": self.batch}
+
+    def _measure(self, path: Path):
+        program = load_program(path)
+        val = run_program(program, self.x_val, self.batch)
+        return [parity(self.ref_val, val, self.batch)], accuracy(run_program(program, self.x_test, self.batch), self.y_test)
+
+    def fp32(self, path: Path):
+        tick = time.perf_counter()
+        path.write_bytes(lower(self.module, self.example))
+        self.seconds["export"] = time.perf_counter() - tick
+        self.sizes["fp32_pte"] = path.stat().st_size
+        tick = time.perf_counter()
+        parities, test_accuracy = self._measure(path)
+        self.verification["fp32"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy}
+        check_parity(parities, atol=self.config.atol, what="ExecuTorch fp32 program")
+        self.reference_accuracy = test_accuracy
+        self.verification["reference_test_accuracy"] = test_accuracy
+        self.verification["reference_model"] = "the fp32 program (equal to PyTorch on val within atol)"
+        self.seconds["verify_fp32"] = time.perf_counter() - tick
+        return path, (parities, test_accuracy, None)
+
+    def quantized(self, path: Path, calibration):
+        config = self.config
+        tick = time.perf_counter()
+        calib = None
+        if config.quantize == "int8":
+            calib = calibration_inputs(calibration, config.calibration_size, config.seed, self.to_input)
+        path.write_bytes(lower(quantize_pt2e(self.module, self.example, calib, self.batch,
+                                             dynamic=config.quantize == "dynamic"), self.example))
+        self.quant_info = {"tool": "torchao PT2E + XNNPACKQuantizer", "mode": config.quantize, "per_channel": True,
+                           "calibration_samples": None if calib is None else len(calib) // self.batch * self.batch,
+                           "calibration_data": None if calib is None else f"{calibration.spec} [train]"}
+        self.seconds["quantize"] = time.perf_counter() - tick
+        self.sizes["int8_pte"] = path.stat().st_size
+        tick = time.perf_counter()
+        parities, test_accuracy = self._measure(path)
+        self.verification["int8"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy,
+                                     "accuracy_drop_points": 100.0 * (self.reference_accuracy - test_accuracy)}
+        drop = check_accuracy_drop(self.reference_accuracy, test_accuracy, max_drop=config.max_accuracy_drop,
+                                   what="quantized ExecuTorch program", n=len(self.y_test))
+        self.seconds["verify_int8"] = time.perf_counter() - tick
+        return path, (parities, test_accuracy, drop)
+
+
+# --- torch -> .pte --------------------------------------------------------------------------------
+
+def lower(module: nn.Module, example: torch.Tensor) -> bytes:
+    """``torch.export`` at the example's shape, lowered to XNNPACK, serialized as a program."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with quiet() as log:
+        try:
+            if not isinstance(module, torch.fx.GraphModule):  # a PT2E-converted graph has no eval()
+                module = module.eval()
+            program = torch.export.export(module, (example,))
+            return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+        except Exception as exc:  # torch.export and exir raise many types; all mean "this module does not lower"
+            text = (str(exc).strip() or exc.__class__.__name__).splitlines()[0][:240]
+            raise ExportError(f"ExecuTorch export failed: {text}; rerun with --debug for the log "
+                              f"({len(log.getvalue())} characters), or export ONNX instead.") from exc
+
+
+def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: np.ndarray | None, batch: int, *,
+                  dynamic: bool = False) -> nn.Module:
+    """PT2E post-training quantization with the XNNPACK quantizer; static mode calibrates on ``calibration``
+    fed ``batch`` rows at a time (the exported graph's batch is fixed)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    with quiet():
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+        prepared = prepare_pt2e(torch.export.export(module.eval(), (example,)).module(), quantizer)
+        if calibration is not None:
+            with torch.no_grad():
+                for start in range(0, len(calibration) - batch + 1, batch):
+                    prepared(torch.from_numpy(np.ascontiguousarray(calibration[start:start + batch])))
+        return convert_pt2e(prepared)
+
+
+# --- running a .pte -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def quiet():
+    """ExecuTorch and torchao print import notes and exporter logs; keep them off the terminal."""
+    buffer = io.StringIO()
+    names = ("torch.export", "torch._export", "executorch", "torchao", "torch.fx.experimental.symbolic_shapes",
+             "torch.utils._pytree")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            warnings.simplefilter("ignore")
+            yield buffer
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def silence_native_stderr():
+    """The runtime's C++ logs (cpuinfo probing) go to file descriptor 2 directly."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def load_program(path: str | Path):
+    """The ``forward`` method of the program at ``path`` (``executorch.runtime``)."""
+    try:
+        with quiet(), silence_native_stderr():
+            from executorch.runtime import Runtime
+
+            return Runtime.get().load_program(str(path)).load_method("forward")
+    except ImportError as exc:
+        raise ExportError(f"Running a .pte needs ExecuTorch, which is not installed ({exc}); "
+                          f"pip install -c constraints.txt \"edgekd[mobile]\".") from None
+    except Exception as exc:
+        raise ExportError(f"ExecuTorch cannot load '{path}' ({str(exc).strip()[:200] or exc.__class__.__name__}).") from None
+
+
+def program_input(method) -> tuple[tuple[int, ...], str]:
+    """The program's input sizes (batch first) and dtype name ("float32" or "uint8")."""
+    meta = method.metadata.input_tensor_meta(0)
+    dtype = str(meta.dtype()).lower()
+    return tuple(int(d) for d in meta.sizes()), ("uint8" if "byte" in dtype or "uint8" in dtype else "float32")
+
+
+def run_program(method, x: np.ndarray, batch: int) -> np.ndarray:
+    """Logits of all of ``x`` through a program of fixed ``batch``; the last chunk is padded, then cut."""
+    n = len(x)
+    padded = _pad(x, batch)
+    # copied: the output lives in the program's planned memory, which the next call overwrites
+    outs = [method.execute([torch.from_numpy(np.ascontiguousarray(padded[i:i + batch]))])[0].numpy().astype(np.float32)
+            for i in range(0, len(padded), batch)]
+    return np.concatenate(outs)[:n] if outs else np.zeros((0, 0), np.float32)
+
+
+def _pad(x: np.ndarray, batch: int) -> np.ndarray:
+    extra = -len(x) % batch
+    return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
+
+
+def _summary(out, config, source: Source, data, run: _PteRun, size: int, seconds) -> dict:
+    sizes = {**run.sizes, "model": size}
+    if "int8_pte" in sizes:
+        sizes["int8_to_fp32_ratio"] = round(sizes["int8_pte"] / sizes["fp32_pte"], 4)
+    flat = math.prod(source.input_shape)
+    return {
+        "model": str(out), "format": "pte", "precision": PTE_PRECISION[config.quantize], "runtime": "executorch (XNNPACK)",
+        "input": {"name": "input", "dtype": "uint8" if config.uint8_input else "float32", "shape": [run.batch, flat],
+                  "layout": f"flattened {list(source.input_shape)} (C, H, W order), reshaped inside the program",
+                  "image_shape": list(source.input_shape)},
+        "output": {"name": "logits", "classes": list(source.classes)},
+        "preprocessing": "none: feed raw values as stored; the program normalises (x - mean) / std per channel",
+        "normalization": source.normalization, "source": source.describe(), "source_fingerprint": source.fingerprint,
+        "sizes_bytes": sizes, "verification": run.verification, "quantization": run.quant_info,
+        "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "seconds": seconds, "versions": {**library_versions(), **_versions()}, "created": now_iso(),
+    }
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    found = {}
+    for package in ("executorch", "torchao"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            found[package] = md.version(package)
+    return found

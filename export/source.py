@@ -1,0 +1,150 @@
+"""The model an export starts from, and the data that verifies it: shared by every export format.
+
+``load_source`` reads an artifact folder (a model, an ensemble, a specialist ensemble) into a torch
+module with what the exported file records about it; ``load_data`` / ``check_fits`` give the real data
+the gates run on; ``model_input`` turns it into what the exported graph takes (float32, or uint8 pixels
+with ``RawPixels``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.artifacts import MANIFEST, sha256_file
+from edgekd.errors import ExportError
+
+
+@dataclass(frozen=True)
+class Source:
+    """The model to export, as read from an artifact folder."""
+
+    path: Path
+    kind: str
+    module: nn.Module
+    classes: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    normalization: dict
+    fingerprint: str
+    manifest_sha256: str
+    description: str
+    members: int
+    combine: str
+    data_spec: str | None
+    val_fraction: float
+    split_seed: int
+    weights_bytes: int
+    teacher: object = field(default=None, repr=False, compare=False)  # the edgekd Teacher it came from
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind, "description": self.description, "members": self.members,
+                "combine": self.combine, "fingerprint": self.fingerprint, "manifest_sha256": self.manifest_sha256,
+                "weights_bytes": self.weights_bytes}
+
+
+def load_source(path: str | Path) -> Source:
+    """Read an artifact folder (a model, an ensemble or a specialist ensemble) into a torch module."""
+    from edgekd.artifacts import is_artifact, load_artifact
+    from edgekd.teachers import EnsembleModule, teacher_from_artifact
+
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"Model '{path}' not found; pass an edgekd artifact folder (from 'edgekd teacher train' or 'edgekd distill').")
+    if not path.is_dir() or not is_artifact(path):
+        what = "an ONNX file already" if path.suffix.lower() == ".onnx" else ("a folder without manifest.json" if path.is_dir() else "a file")
+        raise ExportError(f"'{path}' is not an edgekd model: expected an artifact folder with manifest.json "
+                          f"(from 'edgekd teacher train' or 'edgekd distill'). Got {what} instead.")
+    artifact = load_artifact(path)
+    manifest = artifact.manifest
+    if artifact.kind == "specialist-ensemble":
+        teacher, module = specialist_module(artifact)
+        description = teacher.description
+    else:
+        teacher = teacher_from_artifact(artifact)
+        module, description = teacher.module(), teacher.description
+        if isinstance(module, EnsembleModule) and len(module.members) == 1:
+            module = module.members[0]  # a single model: export it without the ensemble's stack
+    data = manifest.data
+    params = manifest.config.get("params") or {}
+    weights = sum((path / name).stat().st_size for name in manifest.files if name.endswith(".safetensors"))
+    return Source(path=path, kind=artifact.kind, module=module.eval(), classes=artifact.classes,
+                  input_shape=artifact.input_shape, normalization=dict(manifest.normalization),
+                  fingerprint=artifact.fingerprint, manifest_sha256=sha256_file(path / MANIFEST),
+                  description=description, members=len(manifest.members),
+                  combine=manifest.combine, data_spec=data.get("spec"),
+                  val_fraction=float(params.get("val_fraction") or 0.1), split_seed=int(data.get("split_seed", 0)),
+                  weights_bytes=weights, teacher=teacher)
+
+
+def specialist_module(artifact):
+    """(teacher, module) of a specialist ensemble whose combination has a fixed-size graph form."""
+    from edgekd.teachers import teacher_from_artifact
+
+    try:
+        teacher = teacher_from_artifact(artifact)
+    except ImportError as exc:
+        raise ExportError(f"Specialist ensemble '{artifact.path}' needs the 'specialists' package to load ({exc}); "
+                          f"install edgekd with its specialists stage, or export its generalist instead.") from None
+    module = teacher.module()
+    if module is None:
+        raise ExportError(f"Specialist ensemble '{artifact.path}' cannot be exported as one graph: its combination "
+                          f"solves the paper's KL objective for every input with an iterative solver run to "
+                          f"convergence, which has no fixed-size ONNX form. Distil it into a student and export "
+                          f"that, or export the generalist artifact alone.")
+    return teacher, module
+
+
+class RawPixels(nn.Module):
+    """``model(float(x))`` for uint8 ``x``: the device feeds pixels as they come, the Cast is in the graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.to(torch.float32))
+
+
+def load_data(source: Source, spec: str | None, *, val_fraction: float | None, role: str):
+    """``spec`` split as the artifact was (its split seed; its val fraction unless one is given)."""
+    from edgekd.data import load_dataset
+
+    if not spec:
+        raise ExportError(f"Artifact '{source.path}' does not record its data, which the export needs for {role}; pass --data SPEC.")
+    return load_dataset(spec, val_fraction=val_fraction or source.val_fraction, split_seed=source.split_seed)
+
+
+def check_fits(source: Source, data) -> None:
+    if math.prod(data.input_shape) != math.prod(source.input_shape):
+        raise ExportError(f"Model '{source.path}' takes inputs of shape {tuple(source.input_shape)} but dataset '{data.spec}' "
+                          f"has {tuple(data.input_shape)}; pass the data it was trained on with --data.")
+    if data.num_classes != len(source.classes):
+        raise ExportError(f"Model '{source.path}' has {len(source.classes)} classes but dataset '{data.spec}' has "
+                          f"{data.num_classes}; pass the data it was trained on with --data.")
+    if len(data.x_val) == 0 or len(data.x_test) == 0:
+        raise ExportError(f"Dataset '{data.spec}' has an empty val or test split; the export needs real data to verify on.")
+
+
+def model_input(x: torch.Tensor, uint8: bool, spec: str) -> np.ndarray:
+    """Inputs as the exported graph takes them: raw float32, or uint8 pixels."""
+    x = x.contiguous()
+    if not uint8:
+        return x.numpy().astype(np.float32, copy=False)
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 255 or not bool((x == x.round()).all()):
+        raise ExportError(f"--uint8-input needs whole pixel values in 0..255 but dataset '{spec}' has values in "
+                          f"[{low:g}, {high:g}]" + ("" if bool((x == x.round()).all()) else " that are not whole numbers")
+                          + "; export without --uint8-input.")
+    return x.numpy().astype(np.uint8)
+
+
+def calibration_inputs(calibration, size: int, seed: int, to_input) -> np.ndarray:
+    """``size`` train inputs, a seeded random sample."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(calibration.x_train), generator=generator)[:size]
+    return to_input(calibration.x_train[order])

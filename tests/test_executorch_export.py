@@ -1,0 +1,114 @@
+"""``export.executorch_export``: an artifact -> a verified ExecuTorch program (.pte), fp32 and int8.
+
+The export tests need ExecuTorch (``pip install -c constraints.txt ".[mobile]"``) and skip without it;
+they are marked ``mobile`` (CI runs them in a second step with the extra installed). The option checks
+need nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def executorch():
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch not installed (pip install '.[mobile]')")
+
+
+@pytest.fixture(scope="module")
+def pte_dir(tmp_path_factory, tiny_student, digits, executorch):
+    """The tiny student as fp32 and int8 programs (batch 1), and the teacher ensemble at batch 8."""
+    from export import ExportConfig, export_executorch
+
+    folder = tmp_path_factory.mktemp("pte")
+    results = {
+        "fp32": export_executorch(tiny_student, folder / "student.pte", ExportConfig(executorch=True), data=digits),
+        "int8": export_executorch(tiny_student, folder / "student.int8.pte",
+                                  ExportConfig(executorch=True, quantize="int8", calibration_size=128), data=digits,
+                                  calibration=digits),
+    }
+    return folder, results
+
+
+@pytest.mark.mobile
+def test_fp32_program_matches_pytorch_and_records_what_it_takes(pte_dir, tiny_student, digits):
+    from edgekd.teachers import load_teacher
+    from export.executorch_export import load_program, program_input, run_program
+
+    folder, results = pte_dir
+    result = results["fp32"]
+    assert result.format == "pte" and result.precision == "fp32" and result.path.is_file()
+    assert all(p.max_abs_diff <= 1e-4 and p.disagreements == 0 for p in result.parity)
+    summary = json.loads(result.summary_path.read_text())
+    assert summary["input"]["shape"] == [1, 64] and summary["input"]["image_shape"] == [1, 8, 8]
+    assert summary["output"]["classes"] == list(digits.classes)
+    assert summary["source"]["path"] == str(tiny_student)
+    method = load_program(result.path)
+    assert program_input(method) == ((1, 64), "float32")
+    x = digits.x_test[:37]
+    got = run_program(method, x.reshape(len(x), -1).numpy(), 1)   # any count: the runner feeds one row at a time
+    want = load_teacher(tiny_student).logits(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.mobile
+def test_int8_program_is_gated_on_accuracy_and_smaller(pte_dir):
+    _, results = pte_dir
+    fp32, int8 = results["fp32"], results["int8"]
+    assert int8.precision == "int8-static-xnnpack"
+    assert int8.accuracy_drop is not None and int8.accuracy_drop <= 1.0
+    assert int8.size_bytes < fp32.size_bytes
+    assert int8.summary["quantization"]["tool"].startswith("torchao PT2E")
+    assert int8.summary["quantization"]["calibration_samples"] == 128
+
+
+@pytest.mark.mobile
+def test_single_channel_images_at_batch_8(tmp_path, tiny_teacher, digits, executorch):
+    """A (N, 1, H, W) tensor is NCHW and NHWC at once for ExecuTorch; the flattened input avoids that.
+    The teacher (a 2-member cnn ensemble) exports as one program."""
+    from export import ExportConfig, export_executorch
+
+    result = export_executorch(tiny_teacher, tmp_path / "teacher.pte", ExportConfig(executorch=True, batch_size=8),
+                               data=digits)
+    assert result.summary["input"]["shape"] == [8, 64]
+    assert result.parity[0].batch_size == 8 and result.parity[0].disagreements == 0
+
+
+@pytest.mark.mobile
+def test_a_failed_gate_writes_nothing(tmp_path, tiny_student, digits, executorch):
+    from edgekd.errors import ExportError
+    from export import ExportConfig, export_executorch
+
+    with pytest.raises(ExportError, match="does not match PyTorch"):
+        export_executorch(tiny_student, tmp_path / "s.pte", ExportConfig(executorch=True, atol=1e-12), data=digits)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.mobile
+def test_cli_exports_a_pte(edgekd, tmp_path, tiny_student, executorch):
+    code, out, err = edgekd("export", tiny_student, "--executorch", "--out", tmp_path / "s.pte")
+    assert code == 0, err
+    assert "(pte, fp32" in out and (tmp_path / "s.pte.json").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--executorch", "--out", "{tmp}/s.onnx"], "must end in .pte"),
+    (["--out", "{tmp}/s.pte"], "pass --executorch"),
+    (["--executorch", "--ort", "--out", "{tmp}/s.pte"], "not both"),
+    (["--executorch", "--batch-size", "0", "--out", "{tmp}/s.pte"], "batch_size"),
+])
+def test_bad_options_are_one_line(edgekd, tmp_path, tiny_student, args, message):
+    code, out, err = edgekd("export", tiny_student, *[a.format(tmp=tmp_path) for a in args])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_flat_input_reshapes_to_the_model_shape():
+    from export.executorch_export import FlatInput
+
+    model = torch.nn.Conv2d(1, 2, 3)
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(FlatInput(model, (1, 8, 8))(x.reshape(4, -1)), model(x))
