@@ -1,0 +1,112 @@
+"""``benchmarks.mobile_runtimes``: ExecuTorch, ncnn and MNN rows in the benchmark, on tiny real models.
+
+Marked ``mobile``; each test skips when its runtime is not installed (``pip install ".[mobile]"``)."""
+
+from __future__ import annotations
+
+import pytest
+
+FAST = dict(batch_sizes=(1, 4), threads=(1,), seconds=0.05, rounds=2, min_runs=2, warmup_seconds=0.01,
+            floor_seconds=0.02, probe_seconds=0.02, check_samples=32)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_student, digits):
+    """The tiny student as fp32 and int8 ONNX (and, with ExecuTorch, a batch-1 .pte)."""
+    from export import ExportConfig, export_onnx
+
+    folder = tmp_path_factory.mktemp("mobile")
+    paths = {"fp32": folder / "s.onnx", "int8": folder / "s.int8.onnx"}
+    export_onnx(tiny_student, paths["fp32"], ExportConfig(), data=digits)
+    export_onnx(tiny_student, paths["int8"], ExportConfig(quantize="int8", max_accuracy_drop=100.0, calibration_size=64),
+                data=digits, calibration=digits)
+    return paths
+
+
+def _rows(report, runtime):
+    return [r for r in report.rows if r["runtime"] == runtime]
+
+
+@pytest.mark.mobile
+@pytest.mark.parametrize("runtime, package", [("ncnn", "ncnn"), ("mnn", "MNN")])
+def test_converted_runtime_times_fp32_and_skips_int8_with_the_reason(runtime, package, exported, tiny_student, digits):
+    pytest.importorskip(package)
+    from benchmarks.harness import BenchConfig, run_benchmark
+
+    models = [f"student={tiny_student}", f"fp32={exported['fp32']}", f"int8={exported['int8']}"]
+    report = run_benchmark(models, digits, BenchConfig(runtimes=("pytorch", "onnxruntime", runtime), **FAST))
+    ok = [r for r in _rows(report, runtime) if r["status"] == "ok"]
+    assert {(r["model"], r["batch_size"]) for r in ok} == {("fp32", 1), ("fp32", 4)}
+    skipped = [r for r in _rows(report, runtime) if r["model"] == "int8"]
+    assert skipped and all(r["status"] == "skipped" and "int8" in r["error"] for r in skipped)
+    parity = next(p for p in report.parity if p["runtime"] == runtime and p["model"] == "fp32")
+    assert parity["reference_runtime"] == "pytorch (source artifact)"
+    assert parity["max_abs_diff"] < 1e-4 and parity["agreement"] == 1.0
+    record = next(r for r in report.runtimes if r["name"] == runtime)
+    conversion = record["conversions"][str(exported["fp32"])]
+    assert conversion["source_sha256"] and conversion["seconds"] >= 0
+    floors = [f for f in report.floors if f["runtime"] == runtime]
+    assert floors and all(f["status"] == "ok" for f in floors)
+
+
+def test_conversion_cache_is_keyed_by_the_file_content(tmp_path):
+    """Converted once per content: the same bytes under another name reuse it, changed bytes convert anew."""
+    from benchmarks.mobile_runtimes import convert_cached
+
+    calls = []
+
+    def convert(src, folder):
+        calls.append(src)
+        (folder / "model.mnn").write_bytes(src.read_bytes())
+        return {"tool": "test"}
+
+    model, other = tmp_path / "m.onnx", tmp_path / "other.onnx"
+    model.write_bytes(b"graph-1")
+    other.write_bytes(b"graph-1")
+    folder, first = convert_cached(model, "mnn", convert)
+    assert first["cached"] is False and first["source_sha256"] and len(calls) == 1
+    assert convert_cached(model, "mnn", convert)[1]["cached"] is True
+    assert convert_cached(other, "mnn", convert)[0] == folder and len(calls) == 1
+    model.write_bytes(b"graph-2")
+    changed, record = convert_cached(model, "mnn", convert)
+    assert changed != folder and record["cached"] is False and len(calls) == 2
+    assert (changed / "model.mnn").read_bytes() == b"graph-2"
+
+
+@pytest.mark.mobile
+def test_executorch_rows_run_their_batch_and_skip_others(tmp_path, tiny_student, digits):
+    pytest.importorskip("executorch.runtime")
+    from benchmarks.harness import BenchConfig, run_benchmark
+    from export import ExportConfig, export_executorch
+
+    pte = export_executorch(tiny_student, tmp_path / "s.pte", ExportConfig(executorch=True), data=digits).path
+    config = BenchConfig(runtimes=("pytorch", "executorch"), **{**FAST, "threads": (1, 2)})
+    report = run_benchmark([f"student={tiny_student}", f"pte={pte}"], digits, config)
+    rows = _rows(report, "executorch")
+    assert {(r["batch_size"], r["threads"], r["status"]) for r in rows} == {
+        (1, 1, "ok"), (1, 2, "ok"), (4, 1, "skipped"), (4, 2, "skipped")}
+    assert all("--batch-size 4" in r["error"] for r in rows if r["status"] == "skipped")
+    model = next(m for m in report.models if m["name"] == "pte")
+    assert model["format"] == "pte" and model["fixed_batch"] == 1 and model["macs"]
+    assert model["agreement"] == 1.0
+    parity = next(p for p in report.parity if p["runtime"] == "executorch")
+    assert parity["max_abs_diff"] < 1e-4
+
+
+def test_a_missing_mobile_runtime_is_a_skipped_row(monkeypatch, tiny_student, digits):
+    """Without the extra installed the benchmark still runs, and says how to install it."""
+    import builtins
+
+    from benchmarks.harness import BenchConfig, run_benchmark
+
+    real_import = builtins.__import__
+
+    def no_mnn(name, *args, **kwargs):
+        if name == "MNN":
+            raise ImportError("No module named 'MNN'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_mnn)
+    report = run_benchmark([str(tiny_student)], digits, BenchConfig(runtimes=("pytorch", "mnn"), **FAST))
+    record = next(r for r in report.runtimes if r["name"] == "mnn")
+    assert record["available"] is False and "edgekd[mobile]" in record["reason"]
