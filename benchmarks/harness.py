@@ -9,9 +9,12 @@ Method (also written into every report):
   graph is warmed up, then timed for ``seconds`` split into ``rounds`` slices, taken round-robin
   (the starting pair rotates each round) so that drift of the machine hits all alike;
 - one call = one batch; latency percentiles are over calls, throughput = batch / mean latency;
-- compute floor = MACs x batch / the machine's measured peak fp32 GEMM rate at that thread count
-  (1 MAC = 2 FLOPs); runtime floor = p50 of the identity graph on that runtime; floor = their sum;
-  the rows give p50 / floor, and the speed-up = reference p50 / row p50 (same batch and threads).
+- compute floor = MACs x batch / the machine's measured peak GEMM rate at that thread count: fp32
+  (``torch.mm``) for fp32 models, int8 (onnxruntime ``MatMulInteger``) for int8 ones (1 MAC = 2 ops);
+  runtime floor = p50 of the identity graph on that runtime; floor = their sum; the rows give
+  p50 / floor, and the speed-up = reference p50 / row p50 (same batch and threads);
+- with ``warm_seconds``, every pair is then also timed alone for that long right after its own
+  warm-up (``warm_p50_ms``): round-robin slices start with caches another model has just used.
 
 A runtime that is missing, cannot load a model, or fails while timing gives a row with
 ``status`` "error" (or "skipped") and the reason; it never stops the benchmark.
@@ -32,7 +35,8 @@ import numpy as np
 from benchmarks.modelinfo import ModelInfo, describe_model, model_format, parse_model_arg, unique_names
 from benchmarks.runtimes import (RuntimeSkipped, RuntimeUnavailable, get_runtime, parse_runtimes,
                                  write_identity_onnx)
-from benchmarks.timing import machine_facts, peak_gemm_flops, summarize, time_calls, usable_cores, warm_up
+from benchmarks.timing import (machine_facts, peak_gemm_flops, peak_int8_ops, summarize, time_calls, usable_cores,
+                               warm_up)
 from edgekd.errors import ConfigError
 
 REPORT_FORMAT = "edgekd.bench"
@@ -52,6 +56,7 @@ class BenchConfig:
     probe_seconds: float = 0.3  # peak GEMM probe per thread count
     split: str = "test"
     check_samples: int = 256  # samples compared across runtimes (parity)
+    warm_seconds: float = 0.0  # > 0: also time each pair alone, warm, for this long (warm_p50_ms)
     device: str = "cpu"  # where the PyTorch rows run ("cpu" or "cuda"); every other runtime is a CPU runtime
 
     def __post_init__(self):
@@ -68,6 +73,7 @@ class BenchConfig:
         for name in ("seconds", "floor_seconds", "probe_seconds"):
             check_positive(name, getattr(self, name))
         check_positive("warmup_seconds", self.warmup_seconds, strict=False)
+        check_positive("warm_seconds", self.warm_seconds, strict=False)
         check_int_at_least("rounds", self.rounds, 1)
         check_int_at_least("min_runs", self.min_runs, 1)
         check_int_at_least("check_samples", self.check_samples, 1)
@@ -122,6 +128,7 @@ class BenchReport:
     format: str = REPORT_FORMAT
     format_version: int = REPORT_VERSION
     extra: dict = field(default_factory=dict)
+    peak_int8_gops: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,8 +182,9 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
         _evaluate(entry, data, x_split, y_split, runtime_names, runtimes, max(threads), entries[0], rows)
     reference = {"model": entries[0].name, "runtime": entries[0].record.get("evaluated_with")}
 
-    echo(f"probing peak fp32 GEMM rate at {', '.join(map(str, threads))} thread(s)")
+    echo(f"probing peak fp32 and int8 GEMM rates at {', '.join(map(str, threads))} thread(s)")
     peak = {str(t): peak_gemm_flops(t, seconds=config.probe_seconds) for t in threads}
+    peak_int8 = {str(t): peak_int8_ops(t, seconds=config.probe_seconds) for t in threads}
     floors = []
     with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
         identity = write_identity_onnx(Path(tmp) / "identity.onnx", data.input_shape)
@@ -190,7 +198,7 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
             floor_runners = _load_floor_runners(runners, runtimes, identity, t, floors)
             for b in config.batch_sizes:
                 echo(f"timing {len(runners)} model/runtime pair(s) at batch {b}, {t} thread(s)")
-                _measure(entries, runners, floor_runners, b, t, config, data, peak[str(t)], rows, floors)
+                _measure(entries, runners, floor_runners, b, t, config, data, (peak[str(t)], peak_int8[str(t)]), rows, floors)
     _add_speedups(rows, reference)
     for name, runtime in runtimes.items():   # ncnn / MNN: what was converted, how long it took, or that it was cached
         if getattr(runtime, "conversions", None):
@@ -199,6 +207,7 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
                        machine=machine, versions=_versions(library_versions(), runtime_records),
                        config=_config_record(config, threads, runtime_names), runtimes=list(runtime_records.values()),
                        peak_gflops={t: v / 1e9 for t, v in peak.items()}, reference=reference,
+                       peak_int8_gops={t: v / 1e9 for t, v in peak_int8.items()},
                        models=[e.record for e in entries], rows=rows, floors=floors, parity=parity,
                        wall_seconds=round(time.perf_counter() - started, 2))
 
@@ -394,7 +403,7 @@ class _Task:
     status: str = "error"   # of a task that cannot run: "error", or "skipped" (e.g. a .pte made for another batch)
 
 
-def _measure(entries, runners, floor_runners, batch, threads, config: BenchConfig, data, peak_flops, rows, floors):
+def _measure(entries, runners, floor_runners, batch, threads, config: BenchConfig, data, peaks, rows, floors):
     by_name = {e.name: e for e in entries}
     tasks = []
     for (model, runtime), runner in runners.items():
@@ -403,6 +412,7 @@ def _measure(entries, runners, floor_runners, batch, threads, config: BenchConfi
     for runtime, runner in floor_runners.items():
         tasks.append(_bind(("floor", runtime), runner, floor_x, config.floor_seconds, config))
     samples = _round_robin(tasks, config)
+    warm = _warm(tasks, config) if config.warm_seconds > 0 else {}
     floor_p50 = {}
     for task in tasks:
         if task.key[0] != "floor":
@@ -422,14 +432,17 @@ def _measure(entries, runners, floor_runners, batch, threads, config: BenchConfi
             rows.append(_error_row(model, runtime, batch, threads, task.error, status=task.status))
             continue
         stats = summarize(samples[task.key], batch)
-        macs = by_name[model].info.macs
-        compute = macs * batch * 2 / peak_flops * 1e3 if macs else None
+        info = by_name[model].info
+        macs, peak = info.macs, peaks[1] if info.int8 else peaks[0]
+        compute = macs * batch * 2 / peak * 1e3 if macs else None
         runtime_floor = floor_p50.get(runtime)
         floor = compute + (runtime_floor or 0.0) if compute is not None else None
         rows.append({"model": model, "runtime": runtime, "device": runners[(model, runtime)].device,
                      "batch_size": batch, "threads": threads, "status": "ok",
                      **stats, "compute_floor_ms": compute, "runtime_floor_ms": runtime_floor, "floor_ms": floor,
-                     "latency_over_floor": stats["p50_ms"] / floor if floor else None, "speedup": None, "error": None})
+                     "latency_over_floor": stats["p50_ms"] / floor if floor else None, "speedup": None, "error": None,
+                     "compute_peak": "int8" if info.int8 else "fp32",
+                     "warm_p50_ms": warm.get(task.key), "warm_p99_ms": warm.get(("p99", *task.key))})
 
 
 def _bind(key, runner, x, seconds, config) -> _Task:
@@ -460,6 +473,22 @@ def _round_robin(tasks: list[_Task], config: BenchConfig) -> dict:
             except Exception as exc:
                 task.error = f"failed while timing: {_reason(exc)}"
     return samples
+
+
+def _warm(tasks: list[_Task], config: BenchConfig) -> dict:
+    """Each live model task timed alone right after its own warm-up: p50 (and p99 under ("p99", *key))."""
+    found = {}
+    for task in tasks:
+        if task.error or task.key[0] != "model":
+            continue
+        try:
+            with task.runner.activate():
+                warm_up(task.fn, config.warmup_seconds)
+                stats = summarize(time_calls(task.fn, config.warm_seconds, min_runs=config.min_runs), 1)
+        except Exception:  # the round-robin figure stands; the warm one is extra
+            continue
+        found[task.key], found[("p99", *task.key)] = stats["p50_ms"], stats["p99_ms"]
+    return found
 
 
 def _error_row(model, runtime, batch, threads, reason, *, status="error") -> dict:

@@ -40,6 +40,7 @@ class ModelInfo:
     macs_source: str | None = None  # "manifest" | "counted" | "metadata" | "graph" | "source artifact"
     source_artifact: str | None = None  # an export's PyTorch original, when that folder is still there
     fixed_batch: int | None = None  # a program exported for one batch size only (.pte)
+    int8: bool = False  # int8 kernels: its compute floor uses the measured int8 peak
 
 
 def model_format(path: str | Path) -> str:
@@ -113,7 +114,8 @@ def _describe_pte(path: Path, name: str) -> ModelInfo:
                      parameters=params if isinstance(params, int) else None,
                      macs=macs if isinstance(macs, int) else None,
                      macs_source="source artifact" if isinstance(macs, int) else None,
-                     source_artifact=_source_artifact(json.dumps(source)) if source else None, fixed_batch=shape[0])
+                     source_artifact=_source_artifact(json.dumps(source)) if source else None, fixed_batch=shape[0],
+                     int8="int8" in precision)
 
 
 def _describe_artifact(path: Path, name: str) -> ModelInfo:
@@ -173,7 +175,8 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
     desc = f"{fmt.upper()}" + (" (int8)" if quantized else "")
     return ModelInfo(name=name, path=str(path), format=fmt, description=desc, input_shape=input_shape,
                      input_dtype=input_dtype, file_bytes=size, parameters=params, macs=macs,
-                     macs_source=source if macs is not None else None, source_artifact=_source_artifact(meta.get("edgekd.source")))
+                     macs_source=source if macs is not None else None, source_artifact=_source_artifact(meta.get("edgekd.source")),
+                     int8=quantized or "int8" in str(meta.get("edgekd.precision", "")))
 
 
 def _ort_metadata(path: Path) -> dict:

@@ -224,17 +224,25 @@ def _signed(value) -> str:
 def _latency_section(data: dict, threads: int) -> list[str]:
     rows = sorted([r for r in _ok(data) if r["threads"] == threads], key=_order(data))
     gflops = data["peak_gflops"].get(str(threads))
-    title = f"## Latency at {threads} thread{'s' if threads > 1 else ''}"
-    lines = ["", title, "", f"Peak fp32 GEMM measured at {threads} thread{'s' if threads > 1 else ''}: "
-             f"{gflops:.1f} GFLOP/s (the compute floor's denominator)." if gflops else "", ""]
+    gops = (data.get("peak_int8_gops") or {}).get(str(threads))
+    plural = "s" if threads > 1 else ""
+    title = f"## Latency at {threads} thread{plural}"
+    peaks = f"Peak GEMM measured at {threads} thread{plural}: fp32 {gflops:.1f} GFLOP/s" if gflops else ""
+    if gflops and gops:
+        peaks += f", int8 {gops:.1f} GOP/s (each row's compute floor divides by the peak of its precision)."
+    lines = ["", title, "", peaks, ""]
     if not rows:
         return lines + ["No successful measurement."]
-    lines += _table(["model", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s", "speed-up",
-                     "compute floor ms", "runtime floor ms", "p50 / floor", "p99 / p50", "runs"],
-                    [[f"`{r['model']}`", r["runtime"], r["batch_size"], fmt_ms(r["p50_ms"]), fmt_ms(r["p90_ms"]),
+    warm = any(r.get("warm_p50_ms") is not None for r in rows)
+    lines += _table(["model", "runtime", "batch", "p50 ms", *(["warm p50 ms"] if warm else []), "p90 ms", "p99 ms",
+                     "mean ms", "samples/s", "speed-up", "compute floor ms", "runtime floor ms", "p50 / floor",
+                     "p99 / p50", "runs"],
+                    [[f"`{r['model']}`", r["runtime"], r["batch_size"], fmt_ms(r["p50_ms"]),
+                      *([fmt_ms(r.get("warm_p50_ms"))] if warm else []), fmt_ms(r["p90_ms"]),
                       fmt_ms(r["p99_ms"]), fmt_ms(r["mean_ms"]), f"{r['samples_per_s']:,.0f}", fmt_x(r["speedup"]),
-                      fmt_ms(r["compute_floor_ms"]), fmt_ms(r["runtime_floor_ms"]),
-                      fmt_x(r["latency_over_floor"]), f"{r['p99_ms'] / r['p50_ms']:.2f}", r["runs"]] for r in rows])
+                      fmt_ms(r["compute_floor_ms"]) + (" (int8)" if r.get("compute_peak") == "int8" else ""),
+                      fmt_ms(r["runtime_floor_ms"]), fmt_x(r["latency_over_floor"]), f"{r['p99_ms'] / r['p50_ms']:.2f}",
+                      r["runs"]] for r in rows])
     return lines
 
 
@@ -279,9 +287,13 @@ def _method_section(data: dict) -> list[str]:
              f"{cfg['warmup_seconds']} s, then timed for {cfg['seconds']} s in {cfg['rounds']} round-robin slices "
              f"(the first pair rotates each round), at least {cfg['min_runs']} calls; the garbage collector is paused "
              f"inside a slice. One call is one batch; throughput = batch / mean latency.",
-             "- Compute floor = MACs x batch / measured peak fp32 GEMM rate at that thread count (1 MAC = 2 FLOPs; "
-             "int8 kernels can beat it). Runtime floor = p50 of an identity graph on that runtime "
-             f"(timed {cfg['floor_seconds']} s alongside the models). p50 / floor uses their sum.",
+             "- Compute floor = MACs x batch / measured peak GEMM rate at that thread count, fp32 (torch.mm) for fp32 "
+             "models and int8 (onnxruntime MatMulInteger) for int8 ones (1 MAC = 2 ops). Runtime floor = p50 of an "
+             f"identity graph on that runtime (timed {cfg['floor_seconds']} s alongside the models). p50 / floor uses "
+             "their sum.",
+             *([f"- Warm p50: each pair timed alone for {cfg['warm_seconds']} s right after its own warm-up, after the "
+                "round-robin slices (which start with caches another model has just used)."]
+               if cfg.get("warm_seconds") else []),
              "- Runtime settings:"]
     lines += [f"  - {r['name']} {r['version'] or ''} on {r.get('device', 'cpu')}: {r['settings']}"
               + ("" if r["available"] else f" (unavailable: {r['reason']})")

@@ -1,5 +1,5 @@
 """Timing primitives: warm-up, time-boxed timed calls, percentiles; the machine's facts and its
-measured peak fp32 GEMM rate (the compute floor's denominator)."""
+measured peak fp32 and int8 GEMM rates (the compute floor's denominators)."""
 
 from __future__ import annotations
 
@@ -111,3 +111,36 @@ def peak_gemm_flops(threads: int, *, seconds: float = 0.3, n: int = 1024) -> flo
         return 2 * n ** 3 / best
     finally:
         torch.set_num_threads(previous)
+
+
+def peak_int8_ops(threads: int, *, seconds: float = 0.3, n: int = 1024) -> float:
+    """Best measured int8 GEMM rate (ops/s, 1 MAC = 2 ops) at ``threads`` threads: onnxruntime's
+    ``MatMulInteger`` (uint8 x int8 -> int32, MLAS, VNNI where the CPU has it) on n x n matrices.
+
+    The int8 rows' compute floor divides by this, not by the fp32 rate: int8 kernels run 2-4x more MACs
+    per cycle, so an fp32 floor would make an int8 model look faster than its floor."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+                               helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+                              [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    session.run(None, feed)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    runs = 0
+    while runs < 3 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        session.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+        runs += 1
+    return 2 * n ** 3 / best

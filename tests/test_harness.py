@@ -166,6 +166,21 @@ def test_compute_floor_uses_macs_and_the_measured_gemm_rate(report):
     assert row["compute_floor_ms"] == pytest.approx(teacher["macs"] * 4 * 2 / (report.peak_gflops["1"] * 1e9) * 1e3)
 
 
+def test_int8_rows_use_the_measured_int8_peak(report):
+    """An fp32 peak would put an int8 model's floor too high (its kernels do more MACs per cycle)."""
+    row = _rows(report, model="int8", batch_size=4, status="ok")[0]
+    macs = next(m for m in report.models if m["name"] == "int8")["macs"]
+    assert row["compute_peak"] == "int8" and report.peak_int8_gops["1"] > 0
+    assert row["compute_floor_ms"] == pytest.approx(macs * 4 * 2 / (report.peak_int8_gops["1"] * 1e9) * 1e3)
+    assert _rows(report, model="student.onnx", batch_size=4, status="ok")[0]["compute_peak"] == "fp32"
+
+
+def test_warm_figures_beside_the_round_robin_ones(digits, tiny_student):
+    config = BenchConfig(**{**TINY, "warm_seconds": 0.02}, runtimes=("pytorch",))
+    rows = run_benchmark([str(tiny_student)], digits, config).ok_rows()
+    assert rows and all(r["warm_p50_ms"] > 0 and r["warm_p99_ms"] >= r["warm_p50_ms"] for r in rows)
+
+
 def test_failures_become_rows_not_crashes(report):
     errors = report.error_rows()
     by = {(r["model"], r["runtime"]): r for r in errors}
