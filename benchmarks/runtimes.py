@@ -329,7 +329,15 @@ class OpenCvRuntime(Runtime):
         return package_version("opencv-python-headless") or package_version("opencv-python") or self.cv2.__version__
 
     def load(self, path, threads):
-        net = self.cv2.dnn.readNetFromONNX(str(path))
+        try:
+            net = self.cv2.dnn.readNetFromONNX(str(path))
+        except Exception as exc:
+            if _is_qdq(path):   # say what it rejects and which form it reads, not only the assertion
+                first = (str(exc).strip().splitlines() or [""])[-1].rpartition("error: ")[2][:90]
+                raise RuntimeUnavailable(
+                    f"OpenCV DNN {self.version()} rejects int8 QDQ graphs (Quantize/DequantizeLinear pairs around float "
+                    f"ops: {first}); export with --quant-format qoperator (QLinearConv/QLinearMatMul), which it runs") from None
+            raise
         return _CvRunner(self.cv2, net, threads)
 
 
@@ -356,6 +364,16 @@ class _CvRunner(Runner):
 
     def _output(self, result):
         return np.asarray(result, dtype=np.float32).reshape(len(result), -1)
+
+
+def _is_qdq(path) -> bool:
+    import onnx
+
+    try:
+        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    except Exception:
+        return False
+    return "DequantizeLinear" in ops and not ops & {"QLinearConv", "QLinearMatMul", "QGemm"}
 
 
 def write_identity_onnx(path: Path, input_shape: Sequence[int]) -> Path:

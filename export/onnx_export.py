@@ -36,7 +36,7 @@ from edgekd.errors import ConfigError, ExportError
 from edgekd.outputs import temp_folder
 from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive
 from export.mobile import ORT_OPTIMIZATION_LEVELS
-from export.quantize import PRECISION, QUANTIZE_MODES, quantize_model
+from export.quantize import QUANT_FORMATS, QUANTIZE_MODES, precision_name, quantize_model
 from export.source import (RawPixels, Source, calibration_inputs, check_fits, load_data, load_source,  # noqa: F401
                            model_input)
 from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, measure_parity, open_session, parity,
@@ -64,6 +64,7 @@ class ExportConfig:
 
     opset: int = DEFAULT_OPSET
     quantize: str | None = None                 # None (fp32), "int8" (static QDQ) or "dynamic"
+    quant_format: str = "qdq"                   # int8 as QDQ pairs, or "qoperator" (QLinear* ops: OpenCV DNN reads only these)
     calibration_data: str | None = None
     calibration_size: int = 512
     ort: bool = False
@@ -87,6 +88,7 @@ class ExportConfig:
         if self.quantize is not None:
             check_choice("quantize", self.quantize, QUANTIZE_MODES)
         check_choice("ort_optimization", self.ort_optimization, ORT_OPTIMIZATION_LEVELS)
+        check_choice("quant_format", self.quant_format, QUANT_FORMATS)
         check_int_at_least("calibration_size", self.calibration_size, 1)
         check_int_at_least("batch_size", self.batch_size, 1)
         if self.executorch and self.ort:
@@ -147,7 +149,7 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
         final_onnx, final = run.fp32()
         if config.quantize:
             final_onnx, final = run.quantized(final_onnx, calibration)
-        precision = PRECISION[config.quantize]
+        precision = precision_name(config.quantize, config.quant_format)
         final_path, fmt = tmp / "model.onnx", "onnx"
         write_metadata(final_onnx, final_path, build_metadata(source, config, data, precision, run.verification, run.quant_info))
         if config.ort:
@@ -218,7 +220,8 @@ class _Run:
         tick = time.perf_counter()
         path = self.tmp / "model.int8.onnx"
         calib = calibration_inputs(calibration, config.calibration_size, config.seed, self.to_input) if config.quantize == "int8" else None
-        self.quant_info = quantize_model(fp32_path, path, config.quantize, calibration=calib, workdir=self.tmp)
+        self.quant_info = quantize_model(fp32_path, path, config.quantize, calibration=calib, workdir=self.tmp,
+                                         quant_format=config.quant_format)
         if calib is not None:
             self.quant_info["calibration_data"] = f"{calibration.spec} [train]"
         _full_check(path)

@@ -4,6 +4,9 @@
   weights and int8 activations (onnxruntime's recommended S8S8 QDQ setting), activation ranges from
   MinMax calibration on N inputs of the train split, after onnxruntime's ``quant_pre_process``
   (shape inference and basic graph optimizations).
+  ``quant_format="qoperator"`` writes the same quantization as QLinearConv / QLinearMatMul / QGemm
+  operators instead of QuantizeLinear/DequantizeLinear pairs around float ones: OpenCV DNN (5.0)
+  cannot load the QDQ form (``bufidx >= 0 in function 'argTensor'``) and runs the QOperator one.
 - ``dynamic``: int8 weights, activations quantized at run time; needs no calibration data. It turns
   convolutions into ConvInteger, which runs several times slower than fp32 on the CPU, so it suits
   fully connected models best.
@@ -20,7 +23,13 @@ import numpy as np
 from edgekd.errors import ExportError
 
 QUANTIZE_MODES = ("int8", "dynamic")
+QUANT_FORMATS = ("qdq", "qoperator")
 PRECISION = {None: "fp32", "int8": "int8-static-qdq", "dynamic": "int8-dynamic"}
+
+
+def precision_name(mode: str | None, quant_format: str = "qdq") -> str:
+    """The precision label of an export: ``int8-static-qdq``, ``int8-static-qoperator``, ``fp32``, ..."""
+    return "int8-static-qoperator" if mode == "int8" and quant_format == "qoperator" else PRECISION[mode]
 
 
 class ArrayCalibrationReader:
@@ -40,7 +49,8 @@ class ArrayCalibrationReader:
         self._next = 0
 
 
-def quantize_model(src: Path, dst: Path, mode: str, *, calibration: np.ndarray | None, workdir: Path) -> dict:
+def quantize_model(src: Path, dst: Path, mode: str, *, calibration: np.ndarray | None, workdir: Path,
+                   quant_format: str = "qdq") -> dict:
     """Quantize ``src`` into ``dst``; returns the settings used (recorded in the summary)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
@@ -70,11 +80,12 @@ def quantize_model(src: Path, dst: Path, mode: str, *, calibration: np.ndarray |
 
         try:
             quantize_static(str(prepared), str(dst), Reader(calibration, _input_name(prepared)),
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                            quant_format=QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
         except Exception as exc:
             raise ExportError(f"Static int8 quantization failed ({_first_line(exc)}); try --quantize dynamic or export fp32.") from None
-    return {"mode": "static", "format": "QDQ", "weights": "int8 per-channel", "activations": "int8 per-tensor",
+    return {"mode": "static", "format": "QOperator" if quant_format == "qoperator" else "QDQ", "weights": "int8 per-channel", "activations": "int8 per-tensor",
             "calibration_method": "MinMax", "calibration_samples": int(len(calibration)), "preprocessed": True}
 
 

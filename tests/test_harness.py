@@ -385,3 +385,22 @@ def test_an_export_is_compared_with_the_pytorch_model_it_came_from(digits, tiny_
     (parity,) = report.parity
     assert parity["reference_runtime"] == "pytorch (source artifact)" and parity["max_abs_diff"] < 1e-4
 
+
+
+@pytest.mark.slow
+def test_opencv_names_the_int8_form_it_rejects_and_the_one_it_reads(digits, tiny_student, tmp_path):
+    """OpenCV DNN cannot load a QDQ graph; the row says so and points at --quant-format qoperator, whose
+    file it runs."""
+    pytest.importorskip("cv2")
+    from export import ExportConfig, export_onnx
+
+    qdq, qop = tmp_path / "qdq.onnx", tmp_path / "qop.onnx"
+    for path, fmt in ((qdq, "qdq"), (qop, "qoperator")):
+        export_onnx(tiny_student, path, ExportConfig(quantize="int8", quant_format=fmt, max_accuracy_drop=100.0,
+                                                     calibration_size=64), data=digits, calibration=digits)
+    config = BenchConfig(**TINY, runtimes=("onnxruntime", "opencv"))
+    report = run_benchmark([f"qdq={qdq}", f"qop={qop}"], digits, config)
+    refused = [r for r in report.rows if r["model"] == "qdq" and r["runtime"] == "opencv"]
+    assert refused and all("--quant-format qoperator" in r["error"] for r in refused)
+    assert _rows(report, model="qop", runtime="opencv", status="ok")
+    assert next(m for m in report.models if m["name"] == "qop")["description"] == "ONNX (int8)"

@@ -25,6 +25,9 @@ DEFAULT_OPSET = 18  # kept equal to export.onnx_export.DEFAULT_OPSET (a test che
                    "basic leaves them for a phone's NNAPI/CoreML/XNNPACK provider.")
 @click.option("--quantize", type=click.Choice(["int8", "dynamic"]), default=None,
               help="int8: static QDQ, per-channel, calibrated on --calibration-data; dynamic: int8 weights only.")
+@click.option("--quant-format", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
+              help="int8 as QuantizeLinear/DequantizeLinear pairs (qdq: onnxruntime, OpenVINO, tract) or as QLinear* "
+                   "operators (qoperator: the form OpenCV DNN reads).")
 @click.option("--calibration-data", default=None, help="Dataset spec whose train split calibrates --quantize int8 (default: the data the artifact records).")
 @click.option("--calibration-size", type=int, default=512, show_default=True, help="Calibration inputs (train split).")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (18 or newer).")
@@ -38,7 +41,7 @@ DEFAULT_OPSET = 18  # kept equal to export.onnx_export.DEFAULT_OPSET (a test che
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @common_options
-def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimization, quantize, calibration_data, calibration_size, opset, atol,
+def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimization, quantize, quant_format, calibration_data, calibration_size, opset, atol,
                max_accuracy_drop, uint8_input, data, val_fraction, overwrite, as_json, seed, **_common):
     """Export MODEL (an artifact folder: a student, a teacher or a teacher ensemble) to one verified file.
 
@@ -58,7 +61,7 @@ def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimiz
 
     register_stage_kinds()
 
-    config = ExportConfig(opset=opset, quantize=quantize, calibration_data=calibration_data,
+    config = ExportConfig(opset=opset, quantize=quantize, quant_format=quant_format, calibration_data=calibration_data,
                           calibration_size=calibration_size, ort=ort, ort_optimization=ort_optimization,
                           executorch=executorch, batch_size=batch_size, atol=atol, max_accuracy_drop=max_accuracy_drop,
                           uint8_input=uint8_input, data=data, val_fraction=val_fraction, seed=seed)
