@@ -1,59 +1,188 @@
-"""Scenario (e): latency of the teacher ensemble (PyTorch) against the student in fp32 and int8 on every
+"""Scenario (e): the teacher ensemble against the student, fp32 and int8, on every desktop and mobile
 runtime installed, with the accuracy each gives.
 
     python -m benchmarks.latency_report --teacher runs/fmnist/teacher --student runs/fmnist/student \\
-        --student-onnx runs/fmnist/student.onnx --student-int8 runs/fmnist/student.int8.onnx \\
-        --data fashion-mnist --out benchmarks/results/latency_fmnist
+        --data fashion-mnist --exports runs/fmnist/export --out benchmarks/results/latency_fmnist
     python -m benchmarks.latency_report --smoke --out /tmp/latency_smoke   # tiny untrained digits models, seconds
 
-The result folder holds ``report.json`` (the data), ``report.md`` (it starts with the command line, date,
-machine and versions; ``edgekd bench --from report.json`` re-renders it), ``latency.png`` and
-``pareto.png``. The headline: the student in int8 on onnxruntime at batch 1 and one thread against the
-teacher ensemble in PyTorch (the issue's aim: at least 50x faster), with the accuracy cost beside it.
+From the two artifacts it exports (into ``--exports``, reusing files whose summary names the same
+artifact and settings) every file a user would ship: the teacher ensemble as one ONNX graph and one
+ExecuTorch program; the student as fp32 ONNX, int8 QDQ ONNX, int8 QOperator ONNX (the form OpenCV DNN
+reads), int8 ``.ort`` at the extended and the basic optimisation level, and fp32 / int8 ``.pte``
+programs at batch 1 and batch 8 (a program's batch is fixed). ncnn and MNN convert the ONNX files
+themselves. Then one ``run_benchmark`` times them all, round-robin, with a warm figure beside each.
+
+The result folder holds ``report.json``, ``report.md`` (command line, date, machine, versions first;
+``edgekd bench --from report.json`` re-renders it), ``latency.png`` and ``pareto.png``. Headlines, at
+batch 1 and one thread: the int8 student on its fastest *mobile* runtime (ExecuTorch, ncnn, MNN, or an
+``.ort`` file on onnxruntime) against the teacher ensemble (a) in PyTorch eager and (b) on the teacher's
+own fastest runtime; aims (a) >= 100x and (b) >= 30x, with at most 1 point of test accuracy lost to
+quantization against the fp32 student; and each ``.ort`` against the ``.onnx`` it came from (aim <= 1.2x).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import sys
 import tempfile
 from pathlib import Path
 
-AIM = 50.0
+AIM_EAGER = 100.0      # (a) against the teacher in PyTorch eager
+AIM_FASTEST = 30.0     # (b) against the teacher on its fastest runtime
+AIM_QUANT_POINTS = 1.0
+AIM_ORT_RATIO = 1.2
+MOBILE_RUNTIMES = ("executorch", "ncnn", "mnn")
+
+# name -> (source, ExportConfig settings); "student" / "teacher" name the artifact
+EXPORTS = {
+    "teacher-onnx": ("teacher", "teacher.onnx", {}),
+    "teacher-pte": ("teacher", "teacher.pte", {"executorch": True}),
+    "student-onnx": ("student", "student.onnx", {}),
+    "student-int8": ("student", "student.int8.onnx", {"quantize": "int8"}),
+    "student-int8-qop": ("student", "student.int8.qop.onnx", {"quantize": "int8", "quant_format": "qoperator"}),
+    "student-int8-ort": ("student", "student.int8.ort", {"quantize": "int8", "ort": True}),
+    "student-int8-ort-basic": ("student", "student.int8.basic.ort", {"quantize": "int8", "ort": True,
+                                                                     "ort_optimization": "basic"}),
+    "student-pte": ("student", "student.pte", {"executorch": True}),
+    "student-int8-pte": ("student", "student.int8.pte", {"executorch": True, "quantize": "int8"}),
+    "student-pte-b8": ("student", "student.b8.pte", {"executorch": True, "batch_size": 8}),
+    "student-int8-pte-b8": ("student", "student.int8.b8.pte", {"executorch": True, "quantize": "int8", "batch_size": 8}),
+}
+SMOKE_EXPORTS = ("teacher-onnx", "student-onnx", "student-int8", "student-int8-ort", "student-int8-ort-basic")
 
 
-def headline(data: dict, *, student: str = "student-int8", runtime: str = "onnxruntime") -> dict | None:
-    """The int8 student on onnxruntime against the reference (teacher, PyTorch) at batch 1, one thread."""
-    batch, threads = min(data["config"]["batch_sizes"]), min(data["config"]["threads"])
-    ref = data["reference"]
-    rows = {(r["model"], r["runtime"]): r for r in data["rows"]
-            if r["status"] == "ok" and r["batch_size"] == batch and r["threads"] == threads}
-    fast, slow = rows.get((student, runtime)), rows.get((ref["model"], ref["runtime"]))
-    if fast is None or slow is None:
-        return None
+# --- exports ---------------------------------------------------------------------------------------
+
+def prepare_exports(artifacts: dict, folder: Path, data, names=tuple(EXPORTS), *, echo=print) -> tuple[dict, dict]:
+    """Export ``names`` into ``folder`` (reusing a file whose summary names the same artifact and settings).
+    Returns ({name: path}, {name: reason}) — the second for exports that could not be made (e.g. ExecuTorch
+    not installed), which the report lists."""
+    from edgekd.errors import EdgekdError
+    from export import ExportConfig, export_executorch, export_onnx
+    from export.source import load_source
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fingerprints = {role: load_source(path).fingerprint for role, path in artifacts.items()}
+    made, failed = {}, {}
+    for name in names:
+        role, filename, settings = EXPORTS[name]
+        config = ExportConfig(calibration_size=512, **settings)
+        out = folder / filename
+        if _reusable(out, fingerprints[role], config):
+            made[name] = out
+            continue
+        echo(f"exporting {name} -> {out}")
+        try:
+            export = export_executorch if config.executorch else export_onnx
+            export(artifacts[role], out, config, overwrite=True, data=data, calibration=data)
+            made[name] = out
+        except EdgekdError as exc:
+            failed[name] = str(exc)
+    return made, failed
+
+
+def _reusable(out: Path, fingerprint: str, config) -> bool:
+    summary = out.with_name(out.name + ".json")
+    if not out.is_file() or not summary.is_file():
+        return False
+    try:
+        data = json.loads(summary.read_text())
+    except ValueError:
+        return False
+    recorded = data.get("config") or {}
+    settings = ("quantize", "quant_format", "ort", "ort_optimization", "executorch", "batch_size", "calibration_size")
+    return (data.get("source", {}).get("fingerprint") == fingerprint
+            and all(recorded.get(k, getattr(config, k)) == getattr(config, k) for k in settings))
+
+
+# --- headlines -------------------------------------------------------------------------------------
+
+def _cell(data: dict):
+    return min(data["config"]["batch_sizes"]), min(data["config"]["threads"])
+
+
+def _ok_rows(data: dict, batch: int, threads: int) -> list[dict]:
+    return [r for r in data["rows"] if r["status"] == "ok" and r["batch_size"] == batch and r["threads"] == threads]
+
+
+def _is_mobile(row: dict, models: dict) -> bool:
+    return row["runtime"] in MOBILE_RUNTIMES or models.get(row["model"], {}).get("format") == "ort"
+
+
+def headlines(data: dict) -> dict:
+    """(a) and (b), the quantization cost and the .ort ratios, from a report's data (batch 1, one thread)."""
+    batch, threads = _cell(data)
+    rows = _ok_rows(data, batch, threads)
     models = {m["name"]: m for m in data["models"]}
-    acc_fast, acc_slow = models[student].get("accuracy"), models[ref["model"]].get("accuracy")
-    return {"model": student, "runtime": runtime, "reference_model": ref["model"], "reference_runtime": ref["runtime"],
-            "batch_size": batch, "threads": threads, "p50_ms": fast["p50_ms"], "reference_p50_ms": slow["p50_ms"],
-            "speedup": slow["p50_ms"] / fast["p50_ms"], "aim": AIM, "accuracy": acc_fast, "reference_accuracy": acc_slow,
-            "accuracy_cost_points": 100 * (acc_slow - acc_fast) if acc_fast is not None and acc_slow is not None else None,
-            "latency_over_floor": fast["latency_over_floor"]}
+    int8 = [r for r in rows if models.get(r["model"], {}).get("int8") and r["model"].startswith("student")
+            and _is_mobile(r, models)]
+    teacher = [r for r in rows if r["model"].startswith("teacher")]
+    eager = next((r for r in teacher if r["model"] == "teacher" and r["runtime"] == "pytorch"), None)
+    fast = min(int8, key=lambda r: r["p50_ms"], default=None)
+    out = {"batch_size": batch, "threads": threads, "a": None, "b": None, "quantization": None, "ort": []}
+    if fast and eager:
+        out["a"] = _versus(fast, eager, models, AIM_EAGER)
+    if fast and teacher:
+        out["b"] = _versus(fast, min(teacher, key=lambda r: r["p50_ms"]), models, AIM_FASTEST)
+    fp32 = models.get("student", {}).get("accuracy")
+    if fast and fp32 is not None and models[fast["model"]].get("accuracy") is not None:
+        points = 100 * (fp32 - models[fast["model"]]["accuracy"])
+        out["quantization"] = {"model": fast["model"], "fp32_accuracy": fp32, "int8_accuracy": models[fast["model"]]["accuracy"],
+                               "points_lost": points, "aim": AIM_QUANT_POINTS, "meets": points <= AIM_QUANT_POINTS}
+    onnx = {(r["batch_size"], r["threads"]): r for r in data["rows"]
+            if r["status"] == "ok" and r["model"] == "student-int8" and r["runtime"] == "onnxruntime"}
+    for r in data["rows"]:
+        if r["status"] == "ok" and r["model"].startswith("student-int8-ort") and (r["batch_size"], r["threads"]) in onnx:
+            base = onnx[(r["batch_size"], r["threads"])]
+            out["ort"].append({"model": r["model"], "batch_size": r["batch_size"], "threads": r["threads"],
+                               "p50_ms": r["p50_ms"], "onnx_p50_ms": base["p50_ms"], "ratio": r["p50_ms"] / base["p50_ms"],
+                               "aim": AIM_ORT_RATIO})
+    return out
 
 
-def headline_text(h: dict | None) -> str:
-    if h is None:
-        return "No headline: the int8 student on onnxruntime or the teacher in PyTorch has no successful batch-1 row."
-    cost = f"{h['accuracy_cost_points']:+.2f}" if h["accuracy_cost_points"] is not None else "?"
-    verdict = "meets" if h["speedup"] >= h["aim"] else "misses"
-    return (f"**`{h['model']}` on {h['runtime']} runs {h['speedup']:.0f}x faster than `{h['reference_model']}` on "
-            f"{h['reference_runtime']}** (batch {h['batch_size']}, {h['threads']} thread: p50 {h['p50_ms'] * 1e3:.1f} µs "
-            f"against {h['reference_p50_ms']:.3f} ms), which {verdict} the aim of {h['aim']:.0f}x; accuracy "
-            f"{h['accuracy']:.4f} against {h['reference_accuracy']:.4f}, a cost of {cost} points.")
+def _versus(fast: dict, slow: dict, models: dict, aim: float) -> dict:
+    speedup = slow["p50_ms"] / fast["p50_ms"]
+    warm = (slow.get("warm_p50_ms") / fast["warm_p50_ms"]) if fast.get("warm_p50_ms") and slow.get("warm_p50_ms") else None
+    acc, ref = models[fast["model"]].get("accuracy"), models[slow["model"]].get("accuracy")
+    return {"model": fast["model"], "runtime": fast["runtime"], "reference_model": slow["model"],
+            "reference_runtime": slow["runtime"], "p50_ms": fast["p50_ms"], "reference_p50_ms": slow["p50_ms"],
+            "speedup": speedup, "warm_speedup": warm, "aim": aim, "meets": speedup >= aim,
+            "accuracy": acc, "reference_accuracy": ref,
+            "accuracy_cost_points": 100 * (ref - acc) if acc is not None and ref is not None else None,
+            "latency_over_floor": fast.get("latency_over_floor")}
 
 
-def run(teacher, student, student_onnx, student_int8, data_spec: str, out: Path, *, student_ort=None, config=None,
+def headline_text(h: dict) -> str:
+    parts = []
+    for key, label in (("a", "the teacher ensemble in PyTorch eager"), ("b", "the teacher on its fastest runtime")):
+        v = h.get(key)
+        if v is None:
+            parts.append(f"({key}) no int8 student row on a mobile runtime, or no {label} row.")
+            continue
+        warm = f", {v['warm_speedup']:.0f}x warm" if v["warm_speedup"] else ""
+        parts.append(f"({key}) **`{v['model']}` on {v['runtime']} runs {v['speedup']:.0f}x faster than `{v['reference_model']}` "
+                     f"on {v['reference_runtime']}**{warm} (batch {h['batch_size']}, {h['threads']} thread: p50 "
+                     f"{v['p50_ms'] * 1e3:.1f} µs against {v['reference_p50_ms'] * 1e3:.1f} µs), which "
+                     f"{'meets' if v['meets'] else 'misses'} the aim of {v['aim']:.0f}x; accuracy {v['accuracy']:.4f} "
+                     f"against {v['reference_accuracy']:.4f}.")
+    q = h.get("quantization")
+    if q:
+        parts.append(f"Quantization costs {q['points_lost']:+.2f} points against the fp32 student ({q['fp32_accuracy']:.4f} -> "
+                     f"{q['int8_accuracy']:.4f}), which {'meets' if q['meets'] else 'misses'} the aim of at most "
+                     f"{q['aim']:g} point.")
+    for o in h.get("ort", []):
+        if o["batch_size"] == h["batch_size"] and o["threads"] == h["threads"]:
+            parts.append(f"`{o['model']}` runs {o['ratio']:.2f}x the time of the `.onnx` it came from on onnxruntime "
+                         f"({'within' if o['ratio'] <= o['aim'] else 'beyond'} the aim of {o['aim']:g}x).")
+    return "\n\n".join(parts)
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+def run(teacher, student, data_spec: str, out: Path, *, exports: Path, names=tuple(EXPORTS), config=None,
         command: str, overwrite: bool = False, echo=print) -> dict:
     from benchmarks.harness import BenchConfig, run_benchmark
     from benchmarks.report import write_report
@@ -61,61 +190,35 @@ def run(teacher, student, student_onnx, student_int8, data_spec: str, out: Path,
     from edgekd.validation import check_output_dir
 
     check_output_dir(out, overwrite=overwrite)
-    models = [f"teacher={teacher}", f"student={student}", f"student-fp32={student_onnx}", f"student-int8={student_int8}"]
-    if student_ort:
-        models.append(f"student-int8-ort={student_ort}")
     data = load_dataset(data_spec)
+    made, failed = prepare_exports({"teacher": Path(teacher), "student": Path(student)}, Path(exports), data, names,
+                                   echo=echo)
+    models = [f"teacher={teacher}", f"student={student}", *[f"{name}={path}" for name, path in made.items()]]
     report = run_benchmark(models, data, config or BenchConfig(), command=command, echo=echo)
-    head = headline(report.to_dict())
-    extra = {"title": f"Latency: teacher ensemble vs student fp32 vs student int8 on `{data.spec}`",
-             "summary": headline_text(head), "headline": head}
+    heads = headlines(report.to_dict())
+    extra = {"title": f"Latency: teacher ensemble vs student fp32 vs student int8 on `{data.spec}`, desktop and mobile runtimes",
+             "summary": headline_text(heads), "headline": heads["a"], "headlines": heads,
+             "exports_not_made": failed}
     report = dataclasses.replace(report, extra=extra)
     paths = write_report(report, out)
-    return {"paths": {k: str(v) for k, v in paths.items()}, "headline": head}
+    return {"paths": {k: str(v) for k, v in paths.items()}, "headlines": heads, "exports_not_made": failed}
 
-
-# --- smoke: tiny models made on the fly --------------------------------------------------------------
 
 def make_smoke_models(folder: Path, echo=print) -> dict:
-    """Randomly initialised tiny models on digits (a 2-member cnn ensemble and an mlp), the mlp exported
-    to fp32 and int8 ONNX with the ``export`` package when present, else with ``torch.onnx.export``
-    (dynamo) and onnxruntime's dynamic quantizer. Their accuracy means nothing; their timing path is real."""
+    """Randomly initialised tiny models on digits (a 2-member cnn ensemble and an mlp). Their accuracy
+    means nothing; their export and timing paths are real."""
     from edgekd.data import load_dataset
     from edgekd.teacher_training import save_untrained
 
     data = load_dataset("digits")
     echo("smoke: building tiny untrained models on digits")
-    teacher = save_untrained(folder / "teacher", "cnn:width=8,fc=32", data, members=2)
-    student = save_untrained(folder / "student", "mlp:hidden=32", data)
-    fp32, int8 = folder / "student.onnx", folder / "student.int8.onnx"
-    try:
-        from export import ExportConfig, export_onnx
-    except ImportError:
-        _export_plain(student, data.input_shape, fp32, int8)
-    else:
-        export_onnx(student, fp32, ExportConfig(), data=data)
-        export_onnx(student, int8, ExportConfig(quantize="int8", max_accuracy_drop=100.0, calibration_size=128),
-                    data=data, calibration=data)
-    return {"teacher": teacher, "student": student, "student_onnx": fp32, "student_int8": int8}
+    return {"teacher": save_untrained(folder / "teacher", "cnn:width=8,fc=32", data, members=2),
+            "student": save_untrained(folder / "student", "mlp:hidden=32", data)}
 
 
-
-
-def _export_plain(student: Path, input_shape, fp32: Path, int8: Path) -> None:
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from edgekd.teachers import load_teacher
-
-    module = load_teacher(student).module()
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(module.eval(), (torch.zeros(2, *input_shape),), str(fp32), dynamo=True,
-                      dynamic_shapes=({0: batch},), verbose=False)
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-
-
-SMOKE_CONFIG = dict(batch_sizes=(1, 16), threads=(1,), seconds=0.1, rounds=2, min_runs=4, warmup_seconds=0.02,
-                    floor_seconds=0.03, probe_seconds=0.05, check_samples=64)
+SMOKE_CONFIG = dict(batch_sizes=(1, 8), threads=(1,), seconds=0.1, rounds=2, min_runs=4, warmup_seconds=0.02,
+                    floor_seconds=0.03, probe_seconds=0.05, check_samples=64, warm_seconds=0.05,
+                    runtimes=("pytorch", "onnxruntime"))
 
 
 def main(argv=None) -> int:
@@ -123,46 +226,45 @@ def main(argv=None) -> int:
     from edgekd.errors import EdgekdError
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.latency_report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", help="Teacher ensemble artifact folder (timed in PyTorch; the reference).")
-    parser.add_argument("--student", help="Student artifact folder (timed in PyTorch).")
-    parser.add_argument("--student-onnx", help="The student exported to fp32 ONNX.")
-    parser.add_argument("--student-int8", help="The student exported to int8 ONNX.")
-    parser.add_argument("--student-ort", help="Optional: the int8 student in the ORT format.")
-    parser.add_argument("--data", default="fashion-mnist", help="Data spec for the accuracy columns.")
+    parser.add_argument("--teacher", help="Teacher ensemble artifact folder (the reference).")
+    parser.add_argument("--student", help="Student artifact folder.")
+    parser.add_argument("--exports", help="Folder for the exported files (reused when they match).")
+    parser.add_argument("--data", default="fashion-mnist", help="Data spec for accuracy and verification.")
     parser.add_argument("--out", required=True, help="Result folder, e.g. benchmarks/results/latency_fmnist.")
-    parser.add_argument("--batch-sizes", default="1,8,64")
-    parser.add_argument("--threads", default="1,all")
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--threads", default="1,2")
     parser.add_argument("--runtimes", default="all")
-    parser.add_argument("--seconds", type=float, default=1.0, help="Timed seconds per measurement.")
+    parser.add_argument("--seconds", type=float, default=0.6, help="Timed seconds per measurement (round-robin).")
+    parser.add_argument("--warm-seconds", type=float, default=0.3, help="Seconds each pair is also timed alone, warm.")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="Where the PyTorch rows run.")
     parser.add_argument("--smoke", action="store_true", help="Tiny digits models made on the fly; runs in seconds.")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.latency_report " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    echo = lambda m: print(m, file=sys.stderr)  # noqa: E731
     try:
         if args.smoke:
             config = BenchConfig(**SMOKE_CONFIG, device=args.device)
             with tempfile.TemporaryDirectory(prefix="edgekd-latency-smoke-") as tmp:
-                models = make_smoke_models(Path(tmp), echo=lambda m: print(m, file=sys.stderr))
-                result = run(models["teacher"], models["student"], models["student_onnx"], models["student_int8"], "digits",
-                             Path(args.out), config=config, command=command, overwrite=args.overwrite,
-                             echo=lambda m: print(m, file=sys.stderr))
+                models = make_smoke_models(Path(tmp), echo=echo)
+                result = run(models["teacher"], models["student"], "digits", Path(args.out), exports=Path(tmp) / "export",
+                             names=SMOKE_EXPORTS, config=config, command=command, overwrite=args.overwrite, echo=echo)
         else:
-            missing = [f"--{n.replace('_', '-')}" for n in ("teacher", "student", "student_onnx", "student_int8")
-                       if not getattr(args, n)]
+            missing = [f"--{n}" for n in ("teacher", "student", "exports") if not getattr(args, n)]
             if missing:
                 parser.error(f"{', '.join(missing)} required (or pass --smoke)")
             config = BenchConfig(batch_sizes=parse_int_list("batch_sizes", args.batch_sizes),
                                  threads=parse_int_list("threads", args.threads, allow_all=True),
                                  runtimes=None if args.runtimes == "all" else tuple(args.runtimes.split(",")),
-                                 seconds=args.seconds, device=args.device)
-            result = run(args.teacher, args.student, args.student_onnx, args.student_int8, args.data, Path(args.out),
-                         student_ort=args.student_ort, config=config, command=command, overwrite=args.overwrite,
-                         echo=lambda m: print(m, file=sys.stderr))
+                                 seconds=args.seconds, warm_seconds=args.warm_seconds, device=args.device)
+            result = run(args.teacher, args.student, args.data, Path(args.out), exports=Path(args.exports), config=config,
+                         command=command, overwrite=args.overwrite, echo=echo)
     except EdgekdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(headline_text(result["headline"]).replace("**", ""))
+    print(headline_text(result["headlines"]).replace("**", ""))
+    for name, reason in result["exports_not_made"].items():
+        print(f"not exported: {name}: {reason}")
     print(f"report: {result['paths']['report_md']}")
     return 0
 

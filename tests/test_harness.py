@@ -362,17 +362,22 @@ def test_latency_report_smoke(tmp_path, capsys):
     out = tmp_path / "latency_smoke"
     assert main(["--smoke", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
-    assert "faster than `teacher` on pytorch" in stdout
+    assert "(a) `student-int8-ort" in stdout and "faster than `teacher` on pytorch" in stdout
     md = (out / "report.md").read_text()
     lines = md.splitlines()
     assert lines[0].startswith("# Latency: teacher ensemble vs student fp32 vs student int8")
     assert lines[2] == f"- command: `python -m benchmarks.latency_report --smoke --out {out}`"
     assert lines[3].startswith("- date: ") and lines[4].startswith("- machine: ") and lines[5].startswith("- versions: ")
     data = load_report(out / "report.json")
-    head = data["extra"]["headline"]
-    assert head["model"] == "student-int8" and head["runtime"] == "onnxruntime" and head["reference_runtime"] == "pytorch"
-    assert head["speedup"] == pytest.approx(head["reference_p50_ms"] / head["p50_ms"])
-    assert math.isfinite(head["accuracy_cost_points"])
+    heads = data["extra"]["headlines"]
+    a, b = heads["a"], heads["b"]
+    assert a["model"].startswith("student-int8-ort") and a["runtime"] == "onnxruntime"   # the .ort is the mobile file here
+    assert (a["reference_model"], a["reference_runtime"]) == ("teacher", "pytorch")
+    assert a["speedup"] == pytest.approx(a["reference_p50_ms"] / a["p50_ms"]) and a["warm_speedup"] > 0
+    assert b["reference_p50_ms"] <= a["reference_p50_ms"]   # the teacher's fastest runtime is at least as fast as eager
+    assert math.isfinite(heads["quantization"]["points_lost"])
+    assert {o["model"] for o in heads["ort"]} == {"student-int8-ort", "student-int8-ort-basic"}
+    assert all(o["ratio"] == pytest.approx(o["p50_ms"] / o["onnx_p50_ms"]) for o in heads["ort"])
     assert rerender(out / "report.json", tmp_path / "again")["report_md"].read_text() == md
 
 
