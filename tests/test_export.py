@@ -173,6 +173,25 @@ def test_teacher_ensemble_int8_ort_through_cli(edgekd, tmp_path, tiny_teacher, d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble.int8.ort", "ensemble.int8.ort.json"]
 
 
+def test_ort_optimization_level_extended_fuses_what_basic_keeps(tmp_path, tiny_student, digits):
+    """Extended (the default) folds the int8 QDQ pairs into fused CPU kernels; basic keeps them for a
+    phone's hardware execution provider. Both are verified the same way."""
+    from export.mobile import to_ort_format
+
+    int8 = tmp_path / "s.int8.onnx"
+    export_onnx(tiny_student, int8, ExportConfig(quantize="int8", calibration_size=64, max_accuracy_drop=100.0),
+                data=digits, calibration=digits)
+    paths = {level: tmp_path / f"s.{level}.ort" for level in ("basic", "extended")}
+    for level, path in paths.items():
+        to_ort_format(int8, path, level)
+    assert paths["basic"].read_bytes().count(b"DequantizeLinear") > paths["extended"].read_bytes().count(b"DequantizeLinear")
+    result = export_onnx(tiny_student, tmp_path / "s.ort", ExportConfig(quantize="int8", ort=True, calibration_size=64,
+                                                                         max_accuracy_drop=100.0), data=digits, calibration=digits)
+    assert result.summary["verification"]["ort"]["optimization"] == "extended"
+    with pytest.raises(ConfigError, match="ort_optimization"):
+        ExportConfig(ort=True, ort_optimization="all")
+
+
 def test_student_ort_with_uint8_input(edgekd, tmp_path, tiny_student, digits):
     out = tmp_path / "student.ort"
     code, stdout, err = edgekd("export", tiny_student, "--ort", "--uint8-input", "--out", out)
