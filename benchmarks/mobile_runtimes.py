@@ -13,7 +13,8 @@ skipped row with the reason, like the desktop runtimes in ``runtimes.py``.
 - **int8**: an int8 QDQ ``.onnx`` cannot be converted by either: ``pnnx`` leaves its QuantizeLinear
   nodes as layers ncnn cannot run, and the ncnn wheel ships no ``ncnn2table``/``ncnn2int8``; MNN's
   converter aborts on QDQ graphs and its calibrating quantizer (``mnnquant``, MNN 3.6.1) aborts with
-  ``std::length_error``. Those rows are skipped with that reason. MNN's Python tools also send usage
+  ``std::length_error`` (its weight-only ``--weightQuantBits 8`` shrinks the file but computes in
+  fp32, so it is no int8 row). Those rows are skipped with that reason. MNN's Python tools also send usage
   logs to Alibaba's log service when run as commands; edgekd calls the converter's native entry point
   (``_tools.mnnconvert``) directly, which sends nothing.
 """
@@ -268,8 +269,9 @@ class MnnRuntime(Runtime):
             self.mnn = _require("MNN", "MNN")
 
     def load(self, path, threads):
-        _refuse_qdq(path, "MNN", "MNN's converter aborts on QDQ ONNX graphs and its calibrating quantizer (mnnquant, "
-                                 "MNN 3.6.1) aborts with std::length_error; fp32 rows only")
+        _refuse_qdq(path, "MNN", "MNN's converter aborts on QDQ ONNX and its calibrating quantizer (mnnquant, MNN "
+                                 "3.6.1) aborts with std::length_error; --weightQuantBits 8 stores int8 weights but "
+                                 "computes in fp32; fp32 rows only")
         folder, record = convert_cached(path, "mnn", _mnn_convert)
         self.conversions[str(path)] = record
         return _MnnRunner(self.mnn, folder / "model.mnn", threads)
