@@ -112,3 +112,19 @@ def test_flat_input_reshapes_to_the_model_shape():
     model = torch.nn.Conv2d(1, 2, 3)
     x = torch.randn(4, 1, 8, 8)
     torch.testing.assert_close(FlatInput(model, (1, 8, 8))(x.reshape(4, -1)), model(x))
+
+
+def test_without_executorch_the_export_says_how_to_install_it(edgekd, tmp_path, tiny_student, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_executorch(name, *args, **kwargs):
+        if name.startswith("executorch"):
+            raise ImportError(f"No module named '{name}'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_executorch)
+    code, out, err = edgekd("export", tiny_student, "--executorch", "--out", tmp_path / "s.pte")
+    assert code == 2 and "edgekd[mobile]" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
