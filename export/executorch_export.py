@@ -10,7 +10,7 @@ steps, all in a temporary folder beside the output (a failed gate leaves nothing
    (symmetric, per-channel weights, static activations), calibration on ``calibration_size`` train
    inputs, ``convert_pt2e`` — then the same lowering; ``"dynamic"`` quantizes activations per call.
 3. The file is loaded back with ``executorch.runtime`` and gated like the ONNX exports: fp32 must match
-   PyTorch on the val split (max |logit diff| <= atol, 100% top-1 agreement); int8 may lose at most
+   PyTorch on the val split (|logit diff| <= atol + rtol * |logit|, 100% top-1 agreement); int8 may lose at most
    ``max_accuracy_drop`` test accuracy points against the fp32 program.
 4. A summary JSON (``<out>.json``) beside it holds what ONNX keeps in ``metadata_props``.
 
@@ -123,13 +123,13 @@ class _PteRun:
         self.seconds, self.sizes, self.quant_info = {}, {"source_weights": source.weights_bytes}, None
         self.reference_accuracy = float("nan")
         self.verification = {"data": data.spec, "parity_split": "val", "n_val": len(self.x_val), "accuracy_split": "test",
-                             "n_test": len(self.x_test), "atol": config.atol, "max_accuracy_drop": config.max_accuracy_drop,
+                             "n_test": len(self.x_test), "atol": config.atol, "rtol": config.rtol, "max_accuracy_drop": config.max_accuracy_drop,
                              "batch_size": self.batch}
 
     def _measure(self, path: Path):
         program = load_program(path)
         val = run_program(program, self.x_val, self.batch)
-        return [parity(self.ref_val, val, self.batch)], accuracy(run_program(program, self.x_test, self.batch), self.y_test)
+        return [parity(self.ref_val, val, self.batch, self.config.rtol)], accuracy(run_program(program, self.x_test, self.batch), self.y_test)
 
     def fp32(self, path: Path):
         tick = time.perf_counter()
@@ -139,7 +139,7 @@ class _PteRun:
         tick = time.perf_counter()
         parities, test_accuracy = self._measure(path)
         self.verification["fp32"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy}
-        check_parity(parities, atol=self.config.atol, what="ExecuTorch fp32 program")
+        check_parity(parities, atol=self.config.atol, rtol=self.config.rtol, what="ExecuTorch fp32 program")
         self.reference_accuracy = test_accuracy
         self.verification["reference_test_accuracy"] = test_accuracy
         self.verification["reference_model"] = "the fp32 program (equal to PyTorch on val within atol)"

@@ -72,6 +72,7 @@ class ExportConfig:
     executorch: bool = False                    # an ExecuTorch program (.pte) instead (export.executorch_export)
     batch_size: int = 1                         # the .pte's fixed batch
     atol: float = 1e-4
+    rtol: float = 1e-5                          # the fp32 gate: |diff| <= atol + rtol * |logit| (numpy.allclose)
     max_accuracy_drop: float = 1.0
     uint8_input: bool = False
     data: str | None = None
@@ -94,6 +95,7 @@ class ExportConfig:
         if self.executorch and self.ort:
             raise ConfigError("Choose one output format: --executorch (a .pte) or --ort (a .ort), not both.")
         check_positive("atol", self.atol)
+        check_positive("rtol", self.rtol, strict=False)
         check_positive("max_accuracy_drop", self.max_accuracy_drop, strict=False)
         check_int_at_least("verify_batch_size", self.verify_batch_size, 2)
         check_int_at_least("batch1_samples", self.batch1_samples, 1)
@@ -183,7 +185,7 @@ class _Run:
         self.seconds, self.sizes, self.quant_info = {}, {"source_weights": source.weights_bytes}, None
         self.reference_accuracy = float("nan")
         self.verification = {"data": data.spec, "parity_split": "val", "n_val": len(self.x_val), "accuracy_split": "test",
-                             "n_test": len(self.x_test), "atol": config.atol, "max_accuracy_drop": config.max_accuracy_drop}
+                             "n_test": len(self.x_test), "atol": config.atol, "rtol": config.rtol, "max_accuracy_drop": config.max_accuracy_drop}
         if source.kind == "specialist-ensemble":  # the graph runs a fixed number of solver steps: how close to the solver?
             solver = parity(source.teacher.logits(data.x_val).numpy(), self.ref_val, len(self.ref_val))
             self.verification["fixed_steps_vs_solver"] = {"max_abs_diff": solver.max_abs_diff,
@@ -192,7 +194,7 @@ class _Run:
     def _measure(self, path: Path, what: str):
         session = open_session(path, what=what)
         parities = measure_parity(session, self.x_val, self.ref_val, batch_sizes=(1, self.config.verify_batch_size),
-                                  batch1_samples=self.config.batch1_samples)
+                                  batch1_samples=self.config.batch1_samples, rtol=self.config.rtol)
         return parities, accuracy(run_session(session, self.x_test, 256), self.y_test)
 
     def fp32(self):
@@ -206,7 +208,7 @@ class _Run:
         tick = time.perf_counter()
         parities, test_accuracy = self._measure(path, "exported fp32 model")
         self.verification["fp32"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy}
-        check_parity(parities, atol=self.config.atol, what="exported fp32 model")
+        check_parity(parities, atol=self.config.atol, rtol=self.config.rtol, what="exported fp32 model")
         # accuracy "before" quantization: the fp32 export, just shown equal to PyTorch (a PyTorch pass
         # over the test split would cost as much as the export itself on a big teacher)
         self.reference_accuracy = test_accuracy
@@ -248,7 +250,7 @@ class _Run:
             drop = check_accuracy_drop(self.reference_accuracy, test_accuracy, max_drop=self.config.max_accuracy_drop,
                                        what="ORT-format quantized model", n=len(self.y_test))
         else:
-            check_parity(parities, atol=self.config.atol, what="ORT-format model")
+            check_parity(parities, atol=self.config.atol, rtol=self.config.rtol, what="ORT-format model")
         self.seconds["ort"] = time.perf_counter() - tick
         self.sizes["ort"] = path.stat().st_size
         return parities, test_accuracy, drop

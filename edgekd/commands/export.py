@@ -33,6 +33,8 @@ DEFAULT_OPSET = 18  # kept equal to export.onnx_export.DEFAULT_OPSET (a test che
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (18 or newer).")
 @click.option("--atol", type=float, default=1e-4, show_default=True,
               help="fp32 gate: largest absolute logit difference from PyTorch allowed on the val split.")
+@click.option("--rtol", type=float, default=1e-5, show_default=True,
+              help="fp32 gate: relative part of the tolerance, |diff| <= atol + rtol x |logit| (numpy.allclose).")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
               help="int8 gate: test accuracy points the quantized model may lose.")
 @click.option("--uint8-input", is_flag=True, help="The graph takes uint8 pixels (cast inside) instead of float32.")
@@ -41,13 +43,14 @@ DEFAULT_OPSET = 18  # kept equal to export.onnx_export.DEFAULT_OPSET (a test che
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @common_options
-def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimization, quantize, quant_format, calibration_data, calibration_size, opset, atol,
-               max_accuracy_drop, uint8_input, data, val_fraction, overwrite, as_json, seed, **_common):
+def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimization, quantize, quant_format,
+               calibration_data, calibration_size, opset, atol, rtol, max_accuracy_drop, uint8_input, data, val_fraction,
+               overwrite, as_json, seed, **_common):
     """Export MODEL (an artifact folder: a student, a teacher or a teacher ensemble) to one verified file.
 
     \b
-    The file is written only if it matches PyTorch on the val split (batch 1 and batch 64: max
-    |logit diff| <= --atol and 100% top-1 agreement) or, quantized, loses at most
+    The file is written only if it matches PyTorch on the val split (batch 1 and batch 64: every
+    |logit diff| <= --atol + --rtol x |logit| and 100% top-1 agreement) or, quantized, loses at most
     --max-accuracy-drop test accuracy points; otherwise exit code 2 and nothing is written.
     \b
       edgekd export runs/student --onnx --out runs/student/student.onnx
@@ -63,7 +66,7 @@ def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimiz
 
     config = ExportConfig(opset=opset, quantize=quantize, quant_format=quant_format, calibration_data=calibration_data,
                           calibration_size=calibration_size, ort=ort, ort_optimization=ort_optimization,
-                          executorch=executorch, batch_size=batch_size, atol=atol, max_accuracy_drop=max_accuracy_drop,
+                          executorch=executorch, batch_size=batch_size, atol=atol, rtol=rtol, max_accuracy_drop=max_accuracy_drop,
                           uint8_input=uint8_input, data=data, val_fraction=val_fraction, seed=seed)
     from edgekd.outputs import output_lock
 
