@@ -1,12 +1,14 @@
-"""Latency and accuracy benchmarks of edgekd models on CPU runtimes, and the paper's scenarios.
+"""Latency and accuracy benchmarks of edgekd models on CPU and mobile runtimes, and the paper's scenarios.
 
 - ``benchmarks.harness``: ``run_benchmark(models, data, BenchConfig) -> BenchReport`` times every
   model x runtime x batch size x thread count (interleaved, round-robin) and evaluates every model;
 - ``benchmarks.runtimes``: the runtime registry (PyTorch eager, onnxruntime, OpenVINO, tract,
-  OpenCV DNN); ``list_runtimes()`` names them.
+  OpenCV DNN; ExecuTorch, ncnn and MNN from ``benchmarks.mobile_runtimes``); ``list_runtimes()``
+  names them.
 - ``benchmarks.report``: ``report.json`` is the data; ``report.md``, ``latency.png`` and
   ``pareto.png`` are rendered from it.
-- ``python -m benchmarks.latency_report``: teacher ensemble vs student fp32 vs student int8.
+- ``python -m benchmarks.latency_report``: teacher ensemble vs student fp32 vs student int8, every
+  file a user would ship, on every runtime.
 
 Heavy imports (torch, onnxruntime, the optional runtimes) happen inside the functions.
 """

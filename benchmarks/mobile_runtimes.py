@@ -134,17 +134,13 @@ class _PteIdentity(Runner):
         self.shape, self.threads, self.portable, self._runners = shape, threads, portable, {}
 
     def bind(self, x):
-        import torch
-
-        from export.executorch_export import lower
-
         batch = len(x)
         if batch not in self._runners:
             folder = _cache_dir() / "executorch-identity"
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"identity-{batch}x{int(np.prod(self.shape))}-{package_version('executorch')}.pte"
             if not path.is_file():
-                _write_atomic(path, lower(_Copy(), torch.zeros(batch, int(np.prod(self.shape)))))
+                _write_atomic(path, _identity_program(batch, int(np.prod(self.shape))))
             self._runners[batch] = _PteRunner(lambda: _load_pte(path), self.threads, self.portable)
         return self._runners[batch].bind(x)
 
@@ -156,18 +152,17 @@ class _PteIdentity(Runner):
             yield
 
 
-def _copy_module():
+def _identity_program(batch: int, size: int) -> bytes:
+    """A program returning ``x + 0`` for a ``(batch, size)`` input (a bare ``return x`` is folded away)."""
     import torch
+
+    from export.executorch_export import lower
 
     class Copy(torch.nn.Module):
         def forward(self, x):
-            return x + 0.0   # an identity the exporter keeps (a bare return is folded away)
+            return x + 0.0
 
-    return Copy
-
-
-def _Copy():  # noqa: N802 (a factory: torch is imported only when the runtime is used)
-    return _copy_module()()
+    return lower(Copy(), torch.zeros(batch, size))
 
 
 # --- ncnn ---------------------------------------------------------------------------------------------
@@ -178,6 +173,10 @@ def _Copy():  # noqa: N802 (a factory: torch is imported only when the runtime i
                               "Extractor takes one sample, so batch b = b extractions per call; timed with "
                               "create_extractor + input + extract")
 class NcnnRuntime(Runtime):
+    def __init__(self):
+        super().__init__()
+        self.conversions = {}   # .onnx path -> conversion record, for the report
+
     def _import(self):
         self.ncnn = _require("ncnn", "ncnn")
         _require("pnnx", "pnnx")
@@ -199,10 +198,6 @@ class NcnnRuntime(Runtime):
         if not param.is_file():
             _write_atomic(param, b"7767517\n2 2\nInput in0 0 1 in0\nNoop noop 1 1 in0 out0\n")
         return _NcnnRunner(self.ncnn, param, None, threads)
-
-    def __init__(self):
-        super().__init__()
-        self.conversions = {}
 
 
 class _NcnnRunner(Runner):
