@@ -185,7 +185,7 @@ class NcnnRuntime(Runtime):
         return super().settings() + f" (pnnx {package_version('pnnx')})"
 
     def load(self, path, threads):
-        _refuse_qdq(path, "ncnn", "pnnx leaves the QDQ graph's QuantizeLinear nodes as layers ncnn cannot run, and the "
+        _refuse_int8(path, "ncnn", "pnnx leaves an int8 ONNX graph's quantize nodes as layers ncnn cannot run, and the "
                                   "ncnn wheel ships no ncnn2table/ncnn2int8 to make an ncnn int8 model; fp32 rows only")
         folder, record = convert_cached(path, "ncnn", _pnnx_convert)
         self.conversions[str(path)] = record
@@ -264,7 +264,7 @@ class MnnRuntime(Runtime):
             self.mnn = _require("MNN", "MNN")
 
     def load(self, path, threads):
-        _refuse_qdq(path, "MNN", "MNN's converter aborts on QDQ ONNX and its calibrating quantizer (mnnquant, MNN "
+        _refuse_int8(path, "MNN", "MNN's converter aborts on int8 ONNX graphs and its calibrating quantizer (mnnquant, MNN "
                                  "3.6.1) aborts with std::length_error; --weightQuantBits 8 stores int8 weights but "
                                  "computes in fp32; fp32 rows only")
         folder, record = convert_cached(path, "mnn", _mnn_convert)
@@ -374,7 +374,7 @@ def _onnx_input_shape(path) -> tuple[int, ...]:
     return tuple(int(d.dim_value) for d in dims)
 
 
-def _refuse_qdq(path, runtime: str, reason: str) -> None:
+def _refuse_int8(path, runtime: str, reason: str) -> None:
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)

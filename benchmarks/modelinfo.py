@@ -168,7 +168,7 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
             macs, source = graph_macs(proto), "graph"
         if params is None:
             params = _initializer_elements(proto)
-    if macs is None and isinstance(found.get("macs"), int):  # an .ort file alone
+    if not macs and isinstance(found.get("macs"), int):  # an .ort file alone, or ops the graph count does not know
         macs, source = found["macs"], "source artifact"
     quantized = proto is not None and any(n.op_type in ("QuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
                                                          "ConvInteger", "DynamicQuantizeLinear") for n in proto.graph.node)
@@ -292,16 +292,16 @@ def graph_macs(proto) -> int | None:
     total = 0
     for node in model.graph.node:
         op = node.op_type
-        if op not in ("Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm"):
+        if op not in ("Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "QGemm"):
             continue
         out = shapes.get(node.output[0])
-        weight_index = 3 if op.startswith("QLinear") else 1
+        weight_index = 3 if op.startswith("QLinear") or op == "QGemm" else 1
         a, w = shapes.get(node.input[0]), shapes.get(node.input[weight_index])
         if out is None or a is None or w is None:
             return None
         if op in ("Conv", "ConvInteger", "QLinearConv"):
             total += math.prod(out) * math.prod(w[1:])
-        elif op == "Gemm":
+        elif op in ("Gemm", "QGemm"):
             trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
             total += math.prod(out) * (a[0] if trans_a else a[-1])
         else:
