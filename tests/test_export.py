@@ -131,7 +131,7 @@ def test_gate_rejects_any_top1_disagreement_even_within_atol():
 
 
 def test_int8_gate_rejects_a_broken_quantized_model(monkeypatch, tmp_path, digits, tiny_student):
-    def broken(src, dst, mode, *, calibration, workdir):  # a "quantizer" that zeroes every float weight
+    def broken(src, dst, mode, *, calibration, workdir, quant_format="qdq"):  # a "quantizer" that zeroes every float weight
         from onnx import numpy_helper
 
         proto = onnx.load(str(src))
