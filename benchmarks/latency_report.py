@@ -189,7 +189,7 @@ def run(teacher, student, data_spec: str, out: Path, *, exports: Path, names=tup
     from edgekd.data import load_dataset
     from edgekd.validation import check_output_dir
 
-    check_output_dir(out, overwrite=overwrite)
+    check_output_dir(out, kind="report", overwrite=overwrite, inputs=[teacher, student, exports])
     data = load_dataset(data_spec)
     made, failed = prepare_exports({"teacher": Path(teacher), "student": Path(student)}, Path(exports), data, names,
                                    echo=echo)
