@@ -44,6 +44,13 @@ eager solver's answer once that number covers the updates the eager solver neede
 
 Everything is computed in the log domain (log-probabilities, logsumexp), so no probability
 underflows to zero and log q* is finite.
+
+Scale (``gated_combine``). An input only needs its active specialists: each specialist runs on the
+inputs that activate it, and the solver holds (B, A, C) tensors, A the most specialists any input of
+the batch activates (1 with disjoint clusters and top-1 gating), not (B, n, C) for all n
+specialists: at 1,000 classes and 150 specialists, 150x less memory and time. An input's answer does
+not depend on the other inputs of the batch. The exportable module (fixed control flow) still runs
+every specialist and holds (B, n, C); it is meant for a few inputs at a time on a device.
 """
 
 from __future__ import annotations
@@ -99,7 +106,8 @@ def expand_specialist(log_pm: torch.Tensor, classes, num_classes: int) -> tuple[
 
 
 def kl_objective(log_q, log_pg, log_t, log_pd, membership, active) -> torch.Tensor:
-    """(B,) value of KL(p_g || q) + sum_active KL(p_m || c_m(q)); ``log_t`` (B, n, C), ``log_pd`` (B, n)."""
+    """(B,) value of KL(p_g || q) + sum_active KL(p_m || c_m(q)); ``log_t`` (B, n, C), ``log_pd`` (B, n),
+    ``membership`` (n, C) or per input (B, n, C)."""
     p_g = log_pg.exp()
     value = (p_g * (log_pg - log_q)).sum(-1)
     log_out = torch.where(membership, NEG, 0.0).to(log_q.dtype)
@@ -129,11 +137,13 @@ def solve_kl(log_pg, log_t, log_pd, membership, active, *, tol: float = DEFAULT_
 
     ``log_pg`` (B, C) generalist log-probabilities; ``log_t`` (B, n, C) specialists' log-probabilities
     on their classes (anything elsewhere); ``log_pd`` (B, n) their dustbin log-probabilities;
-    ``membership`` (n, C) bool; ``active`` (B, n) bool. ``fixed_steps`` runs exactly that many updates
+    ``membership`` (n, C) bool, or (B, n, C) when the n slots of each input hold its own specialists
+    (``gated_combine``); ``active`` (B, n) bool. ``fixed_steps`` runs exactly that many updates
     (no data-dependent stopping, for export; ``grad_max``/``change_max`` are then measured before the last update);
     otherwise stop when every input has converged or after ``max_steps`` updates.
     """
     log_out = torch.where(membership, NEG, 0.0).to(log_pg.dtype)
+    per_input = membership.dim() == 3
     batch = log_pg.shape[0]
     steps = torch.zeros(batch, dtype=torch.long, device=log_pg.device)
     objective = [kl_objective(log_pg, log_pg, log_t, log_pd, membership, active)] if trace else None
@@ -151,7 +161,8 @@ def solve_kl(log_pg, log_t, log_pd, membership, active, *, tol: float = DEFAULT_
     change_max = torch.zeros_like(grad_max)
     live = torch.arange(batch, device=log_pg.device)   # inputs not yet converged: only they are updated
     for step in range(max_steps + 1):
-        log_new, change, grad_live = _update(log_q[live], log_pg[live], log_t[live], log_pd[live], log_out, active[live])
+        log_new, change, grad_live = _update(log_q[live], log_pg[live], log_t[live], log_pd[live],
+                                             log_out[live] if per_input else log_out, active[live])
         grad_max[live], change_max[live] = grad_live, change
         moving = change >= tol
         if step == max_steps or not bool(moving.any()):
@@ -171,20 +182,49 @@ def combine(generalist_logits: torch.Tensor, specialist_logits: list, clusters, 
     """Combine raw logits: generalist (B, C), specialist m (B, |S_m|+1) with its dustbin last.
 
     Solved in the logits' dtype (the teacher passes float64). Inputs without an active specialist get
-    ``log_softmax(generalist_logits)`` exactly.
+    ``log_softmax(generalist_logits)`` exactly. Only the active specialists' rows are used
+    (``gated_combine``).
+    """
+    return gated_combine(generalist_logits, lambda m, rows: specialist_logits[m][rows], clusters, top_n=top_n,
+                         tol=tol, max_steps=max_steps, fixed_steps=fixed_steps, trace=trace)
+
+
+def gated_combine(generalist_logits: torch.Tensor, specialist_fn, clusters, *, top_n: int = 1,
+                  tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS, fixed_steps: int | None = None,
+                  trace: bool = False) -> SolveResult:
+    """``combine`` where ``specialist_fn(m, rows)`` gives specialist m's raw logits (len(rows), |S_m|+1)
+    on the inputs ``rows`` (a long tensor of batch positions) and is called only for the inputs that
+    activate m. The solver holds (B, A, C), A the most specialists one input activates; ``active`` in
+    the result is (B, n) as in ``combine``.
     """
     num_classes = generalist_logits.shape[-1]
-    membership = membership_matrix(clusters, num_classes).to(generalist_logits.device)
+    device, dtype = generalist_logits.device, generalist_logits.dtype
+    membership = membership_matrix(clusters, num_classes).to(device)
     log_pg = torch.log_softmax(generalist_logits, -1)
-    parts = [expand_specialist(torch.log_softmax(z, -1), s, num_classes) for z, s in zip(specialist_logits, clusters)]
-    log_t = torch.stack([p[0] for p in parts], 1)
-    log_pd = torch.stack([p[1] for p in parts], 1)
     active = active_specialists(log_pg, membership, top_n)
-    result = solve_kl(log_pg, log_t, log_pd, membership, active, tol=tol, max_steps=max_steps,
+    counts = active.sum(-1)
+    slots = int(counts.max()) if len(counts) else 0
+    batch = log_pg.shape[0]
+    if slots == 0:   # nobody active: the generalist, exactly
+        zeros = torch.zeros(batch, dtype=dtype, device=device)
+        return SolveResult(log_q=log_pg, steps=torch.zeros(batch, dtype=torch.long, device=device), grad_max=zeros,
+                           change_max=zeros, active=active, objective_trace=[zeros] if trace else None)
+    # slot a of input b holds its a-th active specialist (in increasing order); unused slots are off
+    slot_spec = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :slots]
+    slot_on = torch.arange(slots, device=device)[None, :] < counts[:, None]
+    log_t = torch.full((batch, slots, num_classes), NEG, dtype=dtype, device=device)
+    log_pd = torch.full((batch, slots), NEG, dtype=dtype, device=device)
+    for m in torch.unique(slot_spec[slot_on]).tolist():
+        rows, slot = torch.nonzero(slot_on & (slot_spec == m), as_tuple=True)
+        log_pm = torch.log_softmax(specialist_fn(m, rows).to(dtype), -1)
+        log_t[rows, slot, torch.tensor(clusters[m], device=device)[:, None]] = log_pm[:, :-1].T
+        log_pd[rows, slot] = log_pm[:, -1]
+    slot_members = membership[slot_spec] & slot_on[..., None]
+    result = solve_kl(log_pg, log_t, log_pd, slot_members, slot_on, tol=tol, max_steps=max_steps,
                       fixed_steps=fixed_steps, trace=trace)
-    exact = torch.where(active.any(-1, keepdim=True), result.log_q, log_pg)
-    return SolveResult(log_q=exact, steps=result.steps, grad_max=result.grad_max, change_max=result.change_max, active=active,
-                       objective_trace=result.objective_trace)
+    exact = torch.where((counts > 0)[:, None], result.log_q, log_pg)
+    return SolveResult(log_q=exact, steps=result.steps, grad_max=result.grad_max, change_max=result.change_max,
+                       active=active, objective_trace=result.objective_trace)
 
 
 def max_active_bound(clusters, num_classes: int, top_n: int) -> int:
@@ -256,6 +296,16 @@ class SpecialistTeacher(ModuleTeacher):
                          artifact=artifact)
 
     def _logits(self, x):
+        """Generalist on every input, each specialist only on the inputs that activate it, float64 solve."""
+        x = x.reshape(len(x), *self.input_shape).to(self.device)
+        net = self.net
+        solved = gated_combine(net.generalist(x).double(), lambda m, rows: net.specialists[m](x[rows]).double(),
+                               self.clusters, top_n=self.top_n, tol=self.tol, max_steps=self.max_steps)
+        return solved.log_q.float().to(x.device)
+
+    def dense_logits(self, x):
+        """The former ``_logits``: every specialist on every input, a (B, n, C) float64 solve. Kept to
+        measure the gated path against (benchmarks/specialists_scale.py); same answer."""
         log_pg, log_t, log_pd = (t.double() for t in self.net.branches(x.reshape(len(x), *self.input_shape).to(self.device)))
         membership = self.net.membership
         active = active_specialists(log_pg, membership, self.top_n)
