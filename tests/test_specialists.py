@@ -249,6 +249,22 @@ def test_solver_is_batched_and_stops_at_max_steps():
     assert torch.allclose(one.log_q, full.log_q[3:4], atol=1e-12)
 
 
+def test_float64_update_is_the_log_domain_update():
+    from specialists.combine import NEG, _fixed_parts, _update, _update_fast
+
+    for membership_per_input in (False, True):
+        zg, zs, clusters = _random_case(batch=32, classes=10, clusters=((0, 1, 2), (2, 3, 4), (5, 6), (1, 6)), seed=5)
+        log_pg, log_t, log_pd, membership = _pieces(zg, zs, clusters)
+        active = torch.rand(32, 4, generator=torch.Generator().manual_seed(1)) < 0.6
+        if membership_per_input:
+            membership = membership.expand(32, -1, -1).clone()
+        log_q = torch.log_softmax(torch.randn(32, 10, dtype=torch.float64) * 4, -1)
+        slow = _update(log_q, log_pg, log_t, log_pd, torch.where(membership, NEG, 0.0).double(), active)
+        fast = _update_fast(log_q, *_fixed_parts(log_pg, log_t, log_pd, membership, active))
+        for a, b in zip(slow, fast):
+            assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)
+
+
 def test_gated_combination_is_the_dense_one_and_runs_only_active_specialists():
     clusters = ((0, 1, 2), (2, 3, 4), (5, 6), (1, 6), (7, 8, 9))
     zg, zs, clusters = _random_case(batch=40, classes=10, clusters=clusters, scale=2.0, seed=3)
@@ -477,3 +493,18 @@ def test_benchmark_smoke(generalist, tmp_path, capsys):
     assert record["generalist_training"]["seconds"] > 0
     assert [s["teacher"] for s in record["students"]] == ["specialist ensemble", "generalist alone"]
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_scale_benchmark_quick(tmp_path):
+    from benchmarks.specialists_scale import main
+
+    out = tmp_path / "scale"
+    assert main(["--quick", "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["clustering"][0]["spec"].startswith("synthetic:classes=40,groups=4")
+    assert {"auto", "true_k", "old_auto"} <= set(record["clustering"][0])
+    assert [s["teacher"] for s in record["students"]] == ["specialists", "generalist"]
+    assert record["gating"]["max_abs_diff"] < 1e-4 and set(record["aims"]) >= {"overall_gain_at_least_4.4%"}
+    text = out.with_suffix(".md").read_text()
+    assert "- command: `python -m benchmarks.specialists_scale --quick" in text and "**Extrapolated**" in text
