@@ -162,7 +162,8 @@ def _update_fast(log_q, shift, base, outside, p_dust, count):
 
 
 def solve_kl(log_pg, log_t, log_pd, membership, active, *, tol: float = DEFAULT_TOL,
-             max_steps: int = DEFAULT_MAX_STEPS, fixed_steps: int | None = None, trace: bool = False) -> SolveResult:
+             max_steps: int = DEFAULT_MAX_STEPS, fixed_steps: int | None = None, trace: bool = False,
+             log_domain: bool = False) -> SolveResult:
     """Minimise the section-5.4 objective per input, batched; see the module docstring.
 
     ``log_pg`` (B, C) generalist log-probabilities; ``log_t`` (B, n, C) specialists' log-probabilities
@@ -170,14 +171,16 @@ def solve_kl(log_pg, log_t, log_pd, membership, active, *, tol: float = DEFAULT_
     ``membership`` (n, C) bool, or (B, n, C) when the n slots of each input hold its own specialists
     (``gated_combine``); ``active`` (B, n) bool. ``fixed_steps`` runs exactly that many updates
     (no data-dependent stopping, for export; ``grad_max``/``change_max`` are then measured before the last update);
-    otherwise stop when every input has converged or after ``max_steps`` updates.
+    otherwise stop when every input has converged or after ``max_steps`` updates. float64 takes
+    ``_update_fast`` unless ``log_domain`` (the update float32 takes; kept to measure against).
     """
     log_out = torch.where(membership, NEG, 0.0).to(log_pg.dtype)
     per_input = membership.dim() == 3
     batch = log_pg.shape[0]
     steps = torch.zeros(batch, dtype=torch.long, device=log_pg.device)
     objective = [kl_objective(log_pg, log_pg, log_t, log_pd, membership, active)] if trace else None
-    fast = _fixed_parts(log_pg, log_t, log_pd, membership, active) if log_pg.dtype == torch.float64 else None
+    fast = _fixed_parts(log_pg, log_t, log_pd, membership, active) \
+        if log_pg.dtype == torch.float64 and not log_domain else None
     if fixed_steps is not None:   # exportable: the same updates on every input, converged ones frozen
         log_q = log_pg
         grad_max = change = torch.zeros(batch, dtype=log_pg.dtype, device=log_pg.device)
@@ -372,12 +375,14 @@ class SpecialistTeacher(ModuleTeacher):
         return solved.log_q.float().to(x.device)
 
     def dense_logits(self, x):
-        """The former ``_logits``: every specialist on every input, a (B, n, C) float64 solve. Kept to
-        measure the gated path against (benchmarks/specialists_scale.py); same answer."""
+        """The former ``_logits``: every specialist on every input, a (B, n, C) float64 solve with
+        log-domain updates. Kept to measure the gated path against (benchmarks/specialists_scale.py);
+        same answer."""
         log_pg, log_t, log_pd = (t.double() for t in self.net.branches(x.reshape(len(x), *self.input_shape).to(self.device)))
         membership = self.net.membership
         active = active_specialists(log_pg, membership, self.top_n)
-        solved = solve_kl(log_pg, log_t, log_pd, membership, active, tol=self.tol, max_steps=self.max_steps)
+        solved = solve_kl(log_pg, log_t, log_pd, membership, active, tol=self.tol, max_steps=self.max_steps,
+                          log_domain=True)
         return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg).float().to(x.device)
 
 
