@@ -126,7 +126,8 @@ def common_options(func):
 
 def data_options(func):
     @click.option("--data", default="digits", show_default=True,
-                  help="digits | fashion-mnist[:DIR] | mnist[:DIR] | npz:PATH | imagefolder:DIR")
+                  help="digits | fashion-mnist[:DIR] | mnist[:DIR] | npz:PATH | imagefolder:DIR | "
+                       "synthetic:classes=N,groups=G,dim=D,seed=S (generated)")
     @click.option("--image-size", default=None, help="imagefolder: resize every image to HxW (default: the size they share).")
     @click.option("--channels", type=click.Choice(["1", "3"]), default=None,
                   help="imagefolder: grayscale or RGB (default: from the files).")

@@ -17,8 +17,8 @@ Defaults and where they differ from the paper (each is explained in its module):
 - clustering temperature: ``softmax(z / 4)``, not the paper's T = 1 (``--cluster-temperature 1``
   gives the paper's): a confident 10-class generalist's raw covariance is diagonal-dominated and
   k-means returns degenerate clusters;
-- ``--clusters auto``: the K in 2..min(8, C-1) with the best cosine silhouette (the paper does not
-  say how K was chosen); ``--clusters 3,5`` merges two clusterings into overlapping specialists;
+- ``--clusters auto``: the K in 2..min(C-1, max(8, ceil(2 sqrt C))) with the best cosine silhouette
+  (the paper does not say how K was chosen); ``--clusters 3,5`` merges two clusterings into overlapping specialists;
 - the generalist must be one model (its weights initialise the specialists); an ensemble is refused
   unless ``--member`` picks one;
 - the new head starts from the generalist's rows for S (the paper does not say);

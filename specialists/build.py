@@ -3,7 +3,8 @@
 generalist (an edgekd artifact of one model) -> confusion clustering of its train-split
 probabilities -> one specialist per cluster of two or more classes -> one artifact of kind
 "specialist-ensemble" (generalist + specialists + clusters + solver settings) that every command
-accepts as a teacher, with a report (Markdown, JSON) and the covariance heatmap inside.
+accepts as a teacher, with a report (Markdown, JSON), the clusters (``clusters.json``), the class
+covariance (``covariance.npy``, float32) and its heatmap inside.
 
 Resumable: finished specialists and the interrupted one's checkpoint live in ``<out>.partial``
 (``edgekd.training.RunStore``); rerun with ``resume=True``.
@@ -30,13 +31,15 @@ from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teache
 from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
 from edgekd.validation import check_int_at_least, check_output_dir, check_positive
-from specialists.clustering import DEFAULT_CLUSTER_TEMPERATURE, check_k, covariance_png, find_clusters
-from specialists.combine import (DEFAULT_MAX_STEPS, DEFAULT_TOL, SpecialistEnsembleModule, combine,
+from specialists.clustering import (DEFAULT_CLUSTER_TEMPERATURE, check_k, covariance_npy, covariance_png,
+                                    find_clusters)
+from specialists.combine import (DEFAULT_MAX_STEPS, DEFAULT_TOL, SpecialistEnsembleModule, gated_combine,
                                  max_active_bound)
 from specialists.report import comparison, render_markdown
 from specialists.training import train_specialist
 
 MODULE_STEPS_CAP = 200
+MODULE_CHECK_INPUTS = 512   # the exportable module (every specialist on every input) is checked on this many test inputs
 
 
 @dataclass(frozen=True)
@@ -192,17 +195,17 @@ def _evaluate_and_save(generalist: Generalist, data: Dataset, config: Specialist
     clusters = [fit.classes for fit in fits]
     solver = _solver_settings(config, generalist, specialists, clusters, data)
     test_gen = teacher_logits(generalist.teacher, data, "test", cache, refresh=refresh_cache)
-    spec_test = [predict_logits(net, data.x_test) for net in specialists]
-    solved = combine(test_gen.double(), [z.double() for z in spec_test], clusters, top_n=config.top_n,
-                     tol=config.tol, max_steps=config.max_steps)
+    solved = _gated(test_gen, specialists, clusters, data.x_test, config)
     ens_test = solved.log_q.float()
     module = SpecialistEnsembleModule(generalist.model, specialists, clusters, data.num_classes, top_n=config.top_n,
                                       steps=solver["module_steps"]).eval()
-    module_test = predict_logits(module, data.x_test)
+    checked = min(len(data.x_test), MODULE_CHECK_INPUTS)
+    module_test = predict_logits(module, data.x_test[:checked], batch_size=64)
     solver.update({"test_steps_max": int(solved.steps.max()), "test_steps_mean": float(solved.steps.float().mean()),
                    "test_grad_max": float(solved.grad_max.max()), "test_change_max": float(solved.change_max.max()),
                    "test_capped": int((solved.steps >= config.max_steps).sum()),
-                   "module_max_abs_diff": float((module_test - ens_test).abs().max())})
+                   "module_max_abs_diff": float((module_test - ens_test[:checked]).abs().max()),
+                   "module_checked_inputs": checked})
     test = comparison(test_gen.cpu(), ens_test.cpu(), data.y_test.cpu(), clustering.clusters,
                       clustering.specialist_clusters, data.classes, solved.active.cpu())
     timings["evaluation"] = time.perf_counter() - tick
@@ -218,6 +221,7 @@ def _evaluate_and_save(generalist: Generalist, data: Dataset, config: Specialist
                **{f"specialist-{i}.safetensors": fit.state for i, fit in enumerate(fits)}}
     extra = {"report.md": render_markdown(report).encode(), "report.json": _json_bytes(report),
              "clusters.json": _json_bytes(clustering.to_dict(data.classes)),
+             "covariance.npy": covariance_npy(clustering.covariance),
              "covariance.png": covariance_png(clustering.covariance, clustering.clusters, data.classes)}
     save_artifact(out, manifest, tensors, extra_files=extra, overwrite=True)
     names = tuple(tuple(data.classes[c] for c in s) for s in clustering.clusters)
@@ -237,9 +241,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
                        overwrite: bool = False, config_record: dict | None = None, device="cpu") -> SpecialistsResult:
     """Re-score an existing specialist ensemble with other combination settings (top-n gating, solver
     tolerance, module steps): the same generalist and specialists, no training; a new artifact and report."""
-    import numpy as np
-
-    from specialists.clustering import Clustering
+    from specialists.clustering import Clustering, read_covariance
     from specialists.training import SpecialistFit
 
     started = time.perf_counter()
@@ -260,7 +262,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     generalist = Generalist(teacher=teacher, model=models[0], arch=gen_member.arch, options=gen_member.arch_options,
                             member=source["member"], source=source)
     saved = json.loads(artifact.file("clusters.json").read_text())
-    clustering = Clustering(covariance=np.array(saved["covariance"]), clusters=tuple(tuple(c) for c in saved["clusters"]),
+    clustering = Clustering(covariance=read_covariance(artifact.file("covariance.npy"), saved), clusters=tuple(tuple(c) for c in saved["clusters"]),
                             specialist_clusters=tuple(tuple(c) for c in saved["specialist_clusters"]),
                             k=tuple(saved["k"]), temperature=saved["temperature"],
                             silhouette={int(k): v for k, v in saved["silhouette"].items()} or None)
@@ -303,6 +305,12 @@ def _specialist_net(generalist: Generalist, data: Dataset, fit) -> torch.nn.Modu
     return net.eval()
 
 
+def _gated(generalist_logits, specialists, clusters, x, config: SpecialistConfig):
+    """The KL combination on ``x`` in float64, each specialist run only on the inputs it is active for."""
+    return gated_combine(generalist_logits.double(), lambda m, rows: predict_logits(specialists[m], x[rows]).double(),
+                         clusters, top_n=config.top_n, tol=config.tol, max_steps=config.max_steps)
+
+
 def _solver_settings(config: SpecialistConfig, generalist: Generalist, specialists, clusters, data: Dataset) -> dict:
     """Solver settings for the manifest; the module's fixed steps: 1 where one update is exact (at
     most one active specialist per input), else the most updates any val input needed (capped)."""
@@ -311,9 +319,7 @@ def _solver_settings(config: SpecialistConfig, generalist: Generalist, specialis
     if steps is None and bound <= 1:
         steps = 1
     elif steps is None:
-        val_gen = predict_logits(generalist.model, data.x_val).double()
-        solved = combine(val_gen, [predict_logits(net, data.x_val).double() for net in specialists], clusters,
-                         top_n=config.top_n, tol=config.tol, max_steps=config.max_steps)
+        solved = _gated(predict_logits(generalist.model, data.x_val), specialists, clusters, data.x_val, config)
         steps = int(min(MODULE_STEPS_CAP, max(1, int(solved.steps.max()))))
     return {"method": "fixed-point (EM) updates of q, see specialists/combine.py", "top_n": config.top_n,
             "tol": config.tol, "max_steps": config.max_steps, "module_steps": steps, "max_active_bound": bound}

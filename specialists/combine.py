@@ -43,7 +43,18 @@ An input that has converged is frozen, so a fixed number of updates (the exporta
 eager solver's answer once that number covers the updates the eager solver needed.
 
 Everything is computed in the log domain (log-probabilities, logsumexp), so no probability
-underflows to zero and log q* is finite.
+underflows to zero and log q* is finite. The eager float64 solver takes the same update with the
+parts that do not change with q computed once and the rest in probability space, shifted per
+class (``_update_fast``: 4 exp/log per class and update instead of about 3 + 3|A|); float64
+underflows only below e^-745, so log q* stays finite for any logits a network gives.
+
+Scale (``gated_combine``). An input only needs its active specialists: each specialist runs on the
+inputs that activate it, and the solver holds (B, A, C) tensors, A the most specialists any input of
+the batch activates (1 with disjoint clusters and top-1 gating), not (B, n, C) for all n
+specialists: at 1,000 classes and 150 specialists, 150x less memory and time. An input's answer does
+not depend on the other inputs of the batch. The exportable module (fixed control flow) still runs
+every specialist on every input, but solves on (B, A, C) too, A the bound on active specialists
+(``max_active_bound``), gathered and scattered into place.
 """
 
 from __future__ import annotations
@@ -99,7 +110,8 @@ def expand_specialist(log_pm: torch.Tensor, classes, num_classes: int) -> tuple[
 
 
 def kl_objective(log_q, log_pg, log_t, log_pd, membership, active) -> torch.Tensor:
-    """(B,) value of KL(p_g || q) + sum_active KL(p_m || c_m(q)); ``log_t`` (B, n, C), ``log_pd`` (B, n)."""
+    """(B,) value of KL(p_g || q) + sum_active KL(p_m || c_m(q)); ``log_t`` (B, n, C), ``log_pd`` (B, n),
+    ``membership`` (n, C) or per input (B, n, C)."""
     p_g = log_pg.exp()
     value = (p_g * (log_pg - log_q)).sum(-1)
     log_out = torch.where(membership, NEG, 0.0).to(log_q.dtype)
@@ -123,25 +135,60 @@ def _update(log_q, log_pg, log_t, log_pd, log_out, active):
     return log_new, (log_new - log_q).abs().amax(-1), grad_max
 
 
+def _fixed_parts(log_pg, log_t, log_pd, membership, active):
+    """What the update needs that does not change with q (float64 eager path, ``_update_fast``):
+    a shift s_k = max(log p_g,k, max over active m with k in S_m of log p_m,k), the constant part of
+    N(q) scaled by e^-s, the outside-S masks and the active dustbin masses."""
+    dtype = log_pg.dtype
+    on = active[..., None] & membership
+    shift = torch.maximum(log_pg, torch.where(on, log_t, NEG).amax(1))
+    base = (log_pg - shift).exp() + torch.where(on, (log_t - shift[:, None, :]).exp(), 0.0).sum(1)
+    return shift, base, (~membership).to(dtype), log_pd.exp() * active.to(dtype), active.to(dtype).sum(-1, keepdim=True)
+
+
+def _update_fast(log_q, shift, base, outside, p_dust, count):
+    """``_update`` in float64 with the constant parts precomputed: N_k(q) e^-s_k = base_k
+    + e^(log q_k - s_k) sum_{m active, k not in S_m} p_m,dust / q_dust,m, with q_dust,m a sum of
+    q over the classes outside S_m (positive terms, no cancellation). Four exp/log per class and
+    update whatever the number of active specialists, against about 3 + 3|A| in the log domain."""
+    q = log_q.exp()
+    per_input = outside.dim() == 3
+    q_dust = torch.bmm(outside, q[..., None])[..., 0] if per_input else q @ outside.T
+    ratio = p_dust / q_dust.clamp_min(torch.finfo(q.dtype).tiny)
+    spread = torch.bmm(ratio[:, None, :], outside)[:, 0] if per_input else ratio @ outside
+    log_new = torch.log_softmax(shift + torch.log(base + spread * (log_q - shift).exp()), dim=-1)
+    grad_max = ((1.0 + count) * (q - log_new.exp())).abs().amax(-1)
+    return log_new, (log_new - log_q).abs().amax(-1), grad_max
+
+
 def solve_kl(log_pg, log_t, log_pd, membership, active, *, tol: float = DEFAULT_TOL,
-             max_steps: int = DEFAULT_MAX_STEPS, fixed_steps: int | None = None, trace: bool = False) -> SolveResult:
+             max_steps: int = DEFAULT_MAX_STEPS, fixed_steps: int | None = None, trace: bool = False,
+             log_domain: bool = False) -> SolveResult:
     """Minimise the section-5.4 objective per input, batched; see the module docstring.
 
     ``log_pg`` (B, C) generalist log-probabilities; ``log_t`` (B, n, C) specialists' log-probabilities
     on their classes (anything elsewhere); ``log_pd`` (B, n) their dustbin log-probabilities;
-    ``membership`` (n, C) bool; ``active`` (B, n) bool. ``fixed_steps`` runs exactly that many updates
+    ``membership`` (n, C) bool, or (B, n, C) when the n slots of each input hold its own specialists
+    (``gated_combine``); ``active`` (B, n) bool. ``fixed_steps`` runs exactly that many updates
     (no data-dependent stopping, for export; ``grad_max``/``change_max`` are then measured before the last update);
-    otherwise stop when every input has converged or after ``max_steps`` updates.
+    otherwise stop when every input has converged or after ``max_steps`` updates. float64 takes
+    ``_update_fast`` unless ``log_domain`` (the update float32 takes; kept to measure against).
     """
     log_out = torch.where(membership, NEG, 0.0).to(log_pg.dtype)
+    per_input = membership.dim() == 3
     batch = log_pg.shape[0]
     steps = torch.zeros(batch, dtype=torch.long, device=log_pg.device)
     objective = [kl_objective(log_pg, log_pg, log_t, log_pd, membership, active)] if trace else None
+    fast = _fixed_parts(log_pg, log_t, log_pd, membership, active) \
+        if log_pg.dtype == torch.float64 and not log_domain else None
     if fixed_steps is not None:   # exportable: the same updates on every input, converged ones frozen
         log_q = log_pg
         grad_max = change = torch.zeros(batch, dtype=log_pg.dtype, device=log_pg.device)
         for _ in range(fixed_steps):
-            log_new, change, grad_max = _update(log_q, log_pg, log_t, log_pd, log_out, active)
+            if fast is not None:
+                log_new, change, grad_max = _update_fast(log_q, *fast)
+            else:
+                log_new, change, grad_max = _update(log_q, log_pg, log_t, log_pd, log_out, active)
             moving = change >= tol
             log_q = torch.where(moving[:, None], log_new, log_q)
             steps = steps + moving.long()
@@ -151,7 +198,13 @@ def solve_kl(log_pg, log_t, log_pd, membership, active, *, tol: float = DEFAULT_
     change_max = torch.zeros_like(grad_max)
     live = torch.arange(batch, device=log_pg.device)   # inputs not yet converged: only they are updated
     for step in range(max_steps + 1):
-        log_new, change, grad_live = _update(log_q[live], log_pg[live], log_t[live], log_pd[live], log_out, active[live])
+        if fast is not None:
+            shift, base, outside, p_dust, count = fast
+            log_new, change, grad_live = _update_fast(log_q[live], shift[live], base[live],
+                                                      outside[live] if per_input else outside, p_dust[live], count[live])
+        else:
+            log_new, change, grad_live = _update(log_q[live], log_pg[live], log_t[live], log_pd[live],
+                                                 log_out[live] if per_input else log_out, active[live])
         grad_max[live], change_max[live] = grad_live, change
         moving = change >= tol
         if step == max_steps or not bool(moving.any()):
@@ -171,20 +224,49 @@ def combine(generalist_logits: torch.Tensor, specialist_logits: list, clusters, 
     """Combine raw logits: generalist (B, C), specialist m (B, |S_m|+1) with its dustbin last.
 
     Solved in the logits' dtype (the teacher passes float64). Inputs without an active specialist get
-    ``log_softmax(generalist_logits)`` exactly.
+    ``log_softmax(generalist_logits)`` exactly. Only the active specialists' rows are used
+    (``gated_combine``).
+    """
+    return gated_combine(generalist_logits, lambda m, rows: specialist_logits[m][rows], clusters, top_n=top_n,
+                         tol=tol, max_steps=max_steps, fixed_steps=fixed_steps, trace=trace)
+
+
+def gated_combine(generalist_logits: torch.Tensor, specialist_fn, clusters, *, top_n: int = 1,
+                  tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS, fixed_steps: int | None = None,
+                  trace: bool = False) -> SolveResult:
+    """``combine`` where ``specialist_fn(m, rows)`` gives specialist m's raw logits (len(rows), |S_m|+1)
+    on the inputs ``rows`` (a long tensor of batch positions) and is called only for the inputs that
+    activate m. The solver holds (B, A, C), A the most specialists one input activates; ``active`` in
+    the result is (B, n) as in ``combine``.
     """
     num_classes = generalist_logits.shape[-1]
-    membership = membership_matrix(clusters, num_classes).to(generalist_logits.device)
+    device, dtype = generalist_logits.device, generalist_logits.dtype
+    membership = membership_matrix(clusters, num_classes).to(device)
     log_pg = torch.log_softmax(generalist_logits, -1)
-    parts = [expand_specialist(torch.log_softmax(z, -1), s, num_classes) for z, s in zip(specialist_logits, clusters)]
-    log_t = torch.stack([p[0] for p in parts], 1)
-    log_pd = torch.stack([p[1] for p in parts], 1)
     active = active_specialists(log_pg, membership, top_n)
-    result = solve_kl(log_pg, log_t, log_pd, membership, active, tol=tol, max_steps=max_steps,
+    counts = active.sum(-1)
+    slots = int(counts.max()) if len(counts) else 0
+    batch = log_pg.shape[0]
+    if slots == 0:   # nobody active: the generalist, exactly
+        zeros = torch.zeros(batch, dtype=dtype, device=device)
+        return SolveResult(log_q=log_pg, steps=torch.zeros(batch, dtype=torch.long, device=device), grad_max=zeros,
+                           change_max=zeros, active=active, objective_trace=[zeros] if trace else None)
+    # slot a of input b holds its a-th active specialist (in increasing order); unused slots are off
+    slot_spec = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :slots]
+    slot_on = torch.arange(slots, device=device)[None, :] < counts[:, None]
+    log_t = torch.full((batch, slots, num_classes), NEG, dtype=dtype, device=device)
+    log_pd = torch.full((batch, slots), NEG, dtype=dtype, device=device)
+    for m in torch.unique(slot_spec[slot_on]).tolist():
+        rows, slot = torch.nonzero(slot_on & (slot_spec == m), as_tuple=True)
+        log_pm = torch.log_softmax(specialist_fn(m, rows).to(dtype), -1)
+        log_t[rows, slot, torch.tensor(clusters[m], device=device)[:, None]] = log_pm[:, :-1].T
+        log_pd[rows, slot] = log_pm[:, -1]
+    slot_members = membership[slot_spec] & slot_on[..., None]
+    result = solve_kl(log_pg, log_t, log_pd, slot_members, slot_on, tol=tol, max_steps=max_steps,
                       fixed_steps=fixed_steps, trace=trace)
-    exact = torch.where(active.any(-1, keepdim=True), result.log_q, log_pg)
-    return SolveResult(log_q=exact, steps=result.steps, grad_max=result.grad_max, change_max=result.change_max, active=active,
-                       objective_trace=result.objective_trace)
+    exact = torch.where((counts > 0)[:, None], result.log_q, log_pg)
+    return SolveResult(log_q=exact, steps=result.steps, grad_max=result.grad_max, change_max=result.change_max,
+                       active=active, objective_trace=result.objective_trace)
 
 
 def max_active_bound(clusters, num_classes: int, top_n: int) -> int:
@@ -198,7 +280,11 @@ def max_active_bound(clusters, num_classes: int, top_n: int) -> int:
 
 class SpecialistEnsembleModule(nn.Module):
     """Raw inputs -> log q*: generalist, every specialist, gating, and a FIXED number of solver updates
-    (no data-dependent control flow, so it traces and exports)."""
+    (no data-dependent control flow, so it traces and exports).
+
+    Every specialist runs on every input (a graph cannot skip them), but the solver holds only
+    A = ``max_active_bound`` slots per input, (B, A, C), filled with each input's active specialists
+    by gather/scatter, instead of (B, n, C); with A >= n it is the dense form (``branches``)."""
 
     def __init__(self, generalist: nn.Module, specialists: list, clusters, num_classes: int, *,
                  top_n: int = 1, steps: int = 1):
@@ -207,7 +293,14 @@ class SpecialistEnsembleModule(nn.Module):
         self.specialists = nn.ModuleList(specialists)
         self.clusters = [tuple(int(c) for c in s) for s in clusters]
         self.top_n, self.steps = int(top_n), int(steps)
+        self.num_classes = int(num_classes)
+        self.slots = max_active_bound(self.clusters, num_classes, self.top_n)
         self.register_buffer("membership", membership_matrix(self.clusters, num_classes), persistent=False)
+        width = max(len(s) for s in self.clusters)
+        index = torch.full((len(self.clusters), width), num_classes, dtype=torch.long)   # padding: a spare column
+        for m, classes in enumerate(self.clusters):
+            index[m, :len(classes)] = torch.tensor(classes)
+        self.register_buffer("class_index", index, persistent=False)
         for m, classes in enumerate(self.clusters):   # (|S|, C) one-hot scatter, export-friendly
             self.register_buffer(f"scatter_{m}", F.one_hot(torch.tensor(classes), num_classes).float(), persistent=False)
 
@@ -223,9 +316,27 @@ class SpecialistEnsembleModule(nn.Module):
         return log_pg, torch.stack(log_t, 1), torch.stack(log_pd, 1)
 
     def forward(self, x):
-        log_pg, log_t, log_pd = self.branches(x)
+        if self.slots >= len(self.specialists):
+            log_pg, log_t, log_pd = self.branches(x)
+            active = active_specialists(log_pg, self.membership, self.top_n)
+            solved = solve_kl(log_pg, log_t, log_pd, self.membership, active, fixed_steps=self.steps)
+            return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg)
+        log_pg = torch.log_softmax(self.generalist(x), -1)
         active = active_specialists(log_pg, self.membership, self.top_n)
-        solved = solve_kl(log_pg, log_t, log_pd, self.membership, active, fixed_steps=self.steps)
+        width = self.class_index.shape[1]
+        table = []   # (B, n, width + 1): each specialist's class log-probabilities, padded, then its dustbin
+        for specialist in self.specialists:
+            log_pm = torch.log_softmax(specialist(x), -1)
+            pad = log_pm.new_full((log_pm.shape[0], width + 1 - log_pm.shape[1]), NEG)
+            table.append(torch.cat([log_pm[:, :-1], pad, log_pm[:, -1:]], 1))
+        table = torch.stack(table, 1)
+        slot_spec = torch.topk(active.to(log_pg.dtype), self.slots, dim=1).indices          # (B, A), active first
+        slot_on = torch.gather(active, 1, slot_spec)
+        picked = torch.gather(table, 1, slot_spec[..., None].expand(-1, -1, width + 1))
+        spread = log_pg.new_full((log_pg.shape[0], self.slots, self.num_classes + 1), NEG)
+        log_t = spread.scatter(2, self.class_index[slot_spec], picked[..., :width])[..., :self.num_classes]
+        members = self.membership[slot_spec] & slot_on[..., None]
+        solved = solve_kl(log_pg, log_t, picked[..., width], members, slot_on, fixed_steps=self.steps)
         return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg)
 
 
@@ -256,10 +367,22 @@ class SpecialistTeacher(ModuleTeacher):
                          artifact=artifact)
 
     def _logits(self, x):
+        """Generalist on every input, each specialist only on the inputs that activate it, float64 solve."""
+        x = x.reshape(len(x), *self.input_shape).to(self.device)
+        net = self.net
+        solved = gated_combine(net.generalist(x).double(), lambda m, rows: net.specialists[m](x[rows]).double(),
+                               self.clusters, top_n=self.top_n, tol=self.tol, max_steps=self.max_steps)
+        return solved.log_q.float().to(x.device)
+
+    def dense_logits(self, x):
+        """The former ``_logits``: every specialist on every input, a (B, n, C) float64 solve with
+        log-domain updates. Kept to measure the gated path against (benchmarks/specialists_scale.py);
+        same answer."""
         log_pg, log_t, log_pd = (t.double() for t in self.net.branches(x.reshape(len(x), *self.input_shape).to(self.device)))
         membership = self.net.membership
         active = active_specialists(log_pg, membership, self.top_n)
-        solved = solve_kl(log_pg, log_t, log_pd, membership, active, tol=self.tol, max_steps=self.max_steps)
+        solved = solve_kl(log_pg, log_t, log_pd, membership, active, tol=self.tol, max_steps=self.max_steps,
+                          log_domain=True)
         return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg).float().to(x.device)
 
 

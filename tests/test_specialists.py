@@ -12,8 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from edgekd.cli import cli
-from specialists.clustering import choose_k, class_covariance, find_clusters, kmeans_labels, labels_to_clusters
-from specialists.combine import combine, expand_specialist, kl_objective, membership_matrix, solve_kl
+from specialists.clustering import (auto_max_k, choose_k, class_covariance, cluster_covariance, covariance_png,
+                                    find_clusters, kmeans_labels, labels_to_clusters, logit_covariance)
+from specialists.combine import (active_specialists, combine, expand_specialist, gated_combine, kl_objective,
+                                 membership_matrix, solve_kl)
 from specialists.training import dustbin_bias, label_map, mixture_sizes, specialist_model
 
 BLOCKS = [(0, 1, 2), (3, 4), (5, 6, 7, 8)]
@@ -58,6 +60,52 @@ def test_merged_clusterings_give_overlapping_clusters():
     found = find_clusters(logits, (2, 3), temperature=4.0)
     covered = [c for s in found.clusters for c in s]
     assert len(found.clusters) == len(set(found.clusters)) and sorted(set(covered)) == list(range(6))
+
+
+def test_auto_range_grows_with_the_classes():
+    assert [auto_max_k(c) for c in (3, 9, 10, 16, 100, 1000, 10_000)] == [2, 8, 8, 8, 20, 64, 200]
+
+
+def test_chunked_covariance_is_the_covariance():
+    logits = torch.randn(1000, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    expected = class_covariance(torch.softmax(logits / 4, 1).numpy())
+    assert np.allclose(logit_covariance(logits, 4.0, chunk=64), expected, atol=1e-15, rtol=1e-10)
+
+
+def _block_logits(groups: np.ndarray, per_class=30, seed=0):
+    """A generalist that confuses each class with the classes of its group only."""
+    gen = torch.Generator().manual_seed(seed)
+    c = len(groups)
+    y = torch.arange(c).repeat(per_class)
+    logits = torch.randn(len(y), c, generator=gen) * 0.3
+    members = [torch.tensor(np.flatnonzero(groups == g)) for g in range(groups.max() + 1)]
+    for i, label in enumerate(y.tolist()):
+        block = members[groups[label]]
+        logits[i, block] += 10.0 + torch.randn(len(block), generator=gen)
+    logits[torch.arange(len(y)), y] += 3.0
+    return logits
+
+
+def test_auto_finds_tens_of_clusters_with_a_zooming_search():
+    from sklearn.metrics import adjusted_rand_score
+
+    groups = np.random.default_rng(0).permutation(np.arange(300) % 30)     # 30 groups of 10 classes
+    found = find_clusters(_block_logits(groups), None, temperature=4.0)
+    assert found.k == (30,) and auto_max_k(300) == 35
+    assert len(found.silhouette) < 34                                       # not every K in 2..35
+    labels = np.empty(300, int)
+    for i, cluster in enumerate(found.clusters):
+        labels[list(cluster)] = i
+    assert adjusted_rand_score(groups, labels) == 1.0
+
+
+def test_large_heatmap_is_drawn_by_cluster():
+    cov = np.eye(100)
+    clusters = [tuple(range(i, i + 10)) for i in range(0, 100, 10)]
+    assert np.allclose(cluster_covariance(cov, clusters), np.eye(10) / 10)
+    png = covariance_png(cov, clusters, [str(i) for i in range(100)])
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert png[:4] == b"\x89PNG" and width < 1000 and height < 1000      # 100 classes by class would be 5,000 px
 
 
 # --- dustbin correction --------------------------------------------------------------------------
@@ -201,6 +249,43 @@ def test_solver_is_batched_and_stops_at_max_steps():
     assert torch.allclose(one.log_q, full.log_q[3:4], atol=1e-12)
 
 
+def test_float64_update_is_the_log_domain_update():
+    from specialists.combine import NEG, _fixed_parts, _update, _update_fast
+
+    for membership_per_input in (False, True):
+        zg, zs, clusters = _random_case(batch=32, classes=10, clusters=((0, 1, 2), (2, 3, 4), (5, 6), (1, 6)), seed=5)
+        log_pg, log_t, log_pd, membership = _pieces(zg, zs, clusters)
+        active = torch.rand(32, 4, generator=torch.Generator().manual_seed(1)) < 0.6
+        if membership_per_input:
+            membership = membership.expand(32, -1, -1).clone()
+        log_q = torch.log_softmax(torch.randn(32, 10, dtype=torch.float64) * 4, -1)
+        slow = _update(log_q, log_pg, log_t, log_pd, torch.where(membership, NEG, 0.0).double(), active)
+        fast = _update_fast(log_q, *_fixed_parts(log_pg, log_t, log_pd, membership, active))
+        for a, b in zip(slow, fast):
+            assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_gated_combination_is_the_dense_one_and_runs_only_active_specialists():
+    clusters = ((0, 1, 2), (2, 3, 4), (5, 6), (1, 6), (7, 8, 9))
+    zg, zs, clusters = _random_case(batch=40, classes=10, clusters=clusters, scale=2.0, seed=3)
+    log_pg, log_t, log_pd, membership = _pieces(zg, zs, clusters)
+    for top_n in (1, 3):
+        active = active_specialists(log_pg, membership, top_n)
+        dense = solve_kl(log_pg, log_t, log_pd, membership, active)
+        dense_q = torch.where(active.any(-1, keepdim=True), dense.log_q, log_pg)
+        calls = []
+
+        def run(m, rows):
+            calls.append((m, sorted(rows.tolist())))
+            return zs[m][rows]
+        gated = gated_combine(zg, run, clusters, top_n=top_n)
+        assert torch.allclose(gated.log_q, dense_q, atol=1e-12) and torch.equal(gated.active, active)
+        assert torch.equal(gated.steps, dense.steps)
+        assert sorted(calls) == sorted((m, torch.nonzero(active[:, m]).flatten().tolist())
+                                       for m in range(len(clusters)) if active[:, m].any())
+        assert len({m for m, _ in calls}) == len(calls)                    # each specialist once per batch
+
+
 # --- the stage, through the CLI ----------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -236,8 +321,11 @@ def test_build_writes_a_specialist_ensemble_artifact(spec_artifact, digits):
         assert member.num_outputs == len(member.classes) + 1 and len(member.classes) > 1
         assert member.dustbin_bias == pytest.approx(dustbin_bias(member.true_share, member.training_share))
     assert manifest.solver["module_steps"] == 1 and manifest.solver["top_n"] == 1
-    for name in ("report.md", "report.json", "clusters.json", "covariance.png"):
+    for name in ("report.md", "report.json", "clusters.json", "covariance.npy", "covariance.png"):
         assert name in manifest.files
+    covariance = np.load(spec_artifact / "covariance.npy", allow_pickle=False)
+    assert covariance.shape == (10, 10) and covariance.dtype == np.float32
+    assert "covariance" not in json.loads((spec_artifact / "clusters.json").read_text())
     assert (spec_artifact / "covariance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((spec_artifact / "report.json").read_text())
     assert sum(row["n_test"] for row in report["test"]["by_coverage"]) == len(digits.y_test)
@@ -254,6 +342,8 @@ def test_specialist_ensemble_is_a_teacher(spec_artifact, digits):
     report = json.loads((spec_artifact / "report.json").read_text())
     accuracy = float((logits.argmax(1) == digits.y_test).float().mean())
     assert accuracy == pytest.approx(report["test"]["ensemble"]["accuracy"], abs=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(teacher.dense_logits(digits.x_test), logits, atol=1e-6)   # every specialist, (B, n, C)
     module = teacher.module()
     with torch.no_grad():
         assert torch.allclose(module(digits.x_test), logits, atol=1e-4)
@@ -287,6 +377,33 @@ def test_regate_rescores_without_training(spec_artifact, tmp_path, edgekd):
         before["active"]["mean_active"]
     code, _, err = edgekd("specialists", "regate", spec_artifact, "--out", spec_artifact)
     assert code == 2 and "--overwrite" in err
+
+
+def test_regate_reads_an_artifact_from_before_covariance_npy(spec_artifact, tmp_path, edgekd):
+    """Artifacts written before covariance.npy kept the covariance as a list in clusters.json."""
+    import shutil
+
+    from edgekd.artifacts import sha256_file
+
+    def rewrite(clusters):   # as an older edgekd wrote it: no covariance.npy, the manifest's hashes to match
+        (old / "clusters.json").write_text(json.dumps(clusters))
+        manifest = json.loads((old / "manifest.json").read_text())
+        manifest["files"].pop("covariance.npy", None)
+        manifest["files"]["clusters.json"] = sha256_file(old / "clusters.json")
+        (old / "manifest.json").write_text(json.dumps(manifest))
+
+    old = tmp_path / "old"
+    shutil.copytree(spec_artifact, old)
+    clusters = json.loads((old / "clusters.json").read_text())
+    clusters["covariance"] = np.load(old / "covariance.npy").astype(float).tolist()
+    (old / "covariance.npy").unlink()
+    rewrite(clusters)
+    code, _, err = edgekd("specialists", "regate", old, "--out", tmp_path / "again")
+    assert code == 0, err
+    assert np.allclose(np.load(tmp_path / "again" / "covariance.npy"), clusters["covariance"], atol=1e-7)
+    rewrite({k: v for k, v in clusters.items() if k != "covariance"})
+    code, _, err = edgekd("specialists", "regate", old, "--out", tmp_path / "refused")
+    assert code == 2 and "neither covariance.npy nor a covariance" in err
 
 
 @pytest.mark.parametrize("case", ["k_too_large", "ensemble", "onnx", "all_singletons"])
@@ -376,3 +493,18 @@ def test_benchmark_smoke(generalist, tmp_path, capsys):
     assert record["generalist_training"]["seconds"] > 0
     assert [s["teacher"] for s in record["students"]] == ["specialist ensemble", "generalist alone"]
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_scale_benchmark_quick(tmp_path):
+    from benchmarks.specialists_scale import main
+
+    out = tmp_path / "scale"
+    assert main(["--quick", "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["clustering"][0]["spec"].startswith("synthetic:classes=40,groups=4")
+    assert {"auto", "true_k", "old_auto"} <= set(record["clustering"][0])
+    assert [s["teacher"] for s in record["students"]] == ["specialists", "generalist"]
+    assert record["gating"]["max_abs_diff"] < 1e-4 and set(record["aims"]) >= {"overall_gain_at_least_4.4%"}
+    text = out.with_suffix(".md").read_text()
+    assert "- command: `python -m benchmarks.specialists_scale --quick" in text and "**Extrapolated**" in text

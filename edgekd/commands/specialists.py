@@ -16,7 +16,7 @@ def cluster_options(func):
                   help="With an ensemble teacher: the member used as generalist (ensembles are refused otherwise).")
     @click.option("--clusters", default="auto", show_default=True,
                   help="Number of clusters K, several K separated by commas (clusterings merged: overlapping "
-                       "specialists), or 'auto' (the K in 2..min(8, C-1) with the best silhouette).")
+                       "specialists), or 'auto' (the K in 2..min(C-1, max(8, ceil(2 sqrt C))) with the best silhouette).")
     @click.option("--cluster-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
                   help="Clustering uses softmax(z/T) of the generalist (T=1 is the paper's; a confident generalist needs ~4).")
     @cache_options
