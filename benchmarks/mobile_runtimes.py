@@ -32,19 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runtimes import Runner, Runtime, RuntimeSkipped, RuntimeUnavailable, package_version, register_runtime
+from benchmarks.runtimes import (Runner, Runtime, RuntimeSkipped, RuntimeUnavailable, package_version, register_runtime,
+                                 require_module)
 
 CONVERT_TIMEOUT_S = 600
 _MOBILE_HINT = "pip install -c constraints.txt \"edgekd[mobile]\""
 
 
 def _require(module: str, package: str):
-    try:
-        return __import__(module)
-    except ImportError as exc:
-        raise RuntimeUnavailable(f"{package} is not installed ({exc}); {_MOBILE_HINT}") from None
-    except Exception as exc:  # a broken install (missing shared library, ...)
-        raise RuntimeUnavailable(f"{package} failed to import ({exc.__class__.__name__}: {str(exc)[:160]})") from None
+    return require_module(module, package, hint=_MOBILE_HINT)
 
 
 # --- ExecuTorch -------------------------------------------------------------------------------------
@@ -99,9 +95,7 @@ class _PteRunner(Runner):
     def _reset_pool(self) -> bool:
         if self.portable._threadpool_get_thread_count() == self.threads:
             return False
-        from export.executorch_export import silence_native_stderr
-
-        with silence_native_stderr():
+        with _silence(2):
             self.portable._unsafe_reset_threadpool(self.threads)
         return True
 
@@ -260,7 +254,7 @@ class MnnRuntime(Runtime):
         self.conversions = {}
 
     def _import(self):
-        with _silence_native_stdout():
+        with _silence(1):
             self.mnn = _require("MNN", "MNN")
 
     def load(self, path, threads):
@@ -279,7 +273,7 @@ class MnnRuntime(Runtime):
 class _MnnRunner(Runner):
     def __init__(self, mnn, path: Path, threads: int, names=("input", "logits")):
         self.mnn, self.threads = mnn, threads
-        with _silence_native_stdout():
+        with _silence(1):
             manager = mnn.nn.create_runtime_manager(({"backend": "CPU", "numThread": threads, "precision": "high"},))
             self.module = mnn.nn.load_module_from_file(str(path), [names[0]], [names[1]], runtime_manager=manager)
         if self.module is None:
@@ -392,15 +386,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def _silence_native_stdout():
-    """MNN prints its CPU feature probe to file descriptor 1 on first use."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+def _silence(fd: int):
+    from export.executorch_export import silence_native   # imports torch: only when a runtime is used
+
+    return silence_native(fd)

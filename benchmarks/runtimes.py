@@ -143,11 +143,13 @@ class Runtime:
         return _RUNTIMES[self.name].description
 
 
-def _require(module: str, package: str):
+def require_module(module: str, package: str, *, hint: str | None = None):
+    """Import ``module`` or raise ``RuntimeUnavailable`` saying how to install ``package``."""
     try:
         return __import__(module)
     except ImportError as exc:
-        raise RuntimeUnavailable(f"{package} is not installed ({exc}); pip install \"edgekd[runtimes]\" or {package}") from None
+        hint = hint or f"pip install \"edgekd[runtimes]\" or {package}"
+        raise RuntimeUnavailable(f"{package} is not installed ({exc}); {hint}") from None
     except Exception as exc:  # a broken install (missing shared library, ...)
         raise RuntimeUnavailable(f"{package} failed to import ({exc.__class__.__name__}: {str(exc)[:160]})") from None
 
@@ -216,7 +218,7 @@ class _TorchRunner(Runner):
                               "sequential execution, all graph optimizations; timed with plain session.run")
 class OnnxRuntime(Runtime):
     def _import(self):
-        self.ort = _require("onnxruntime", "onnxruntime")
+        self.ort = require_module("onnxruntime", "onnxruntime")
 
     def load(self, path, threads):
         options = self.ort.SessionOptions()
@@ -248,7 +250,7 @@ class _OrtRunner(Runner):
                               "timed with InferRequest.infer(share_inputs=True)")
 class OpenVinoRuntime(Runtime):
     def _import(self):
-        self.ov = _require("openvino", "openvino")
+        self.ov = require_module("openvino", "openvino")
         self.core = self.ov.Core()
 
     def load(self, path, threads):
@@ -285,7 +287,7 @@ class _OvRunner(Runner):
                               "single-threaded (its Python API has no thread setting); timed with Runnable.run")
 class TractRuntime(Runtime):
     def _import(self):
-        self.tract = _require("tract", "tract")
+        self.tract = require_module("tract", "tract")
 
     def load(self, path, threads):
         if threads != 1:
@@ -323,7 +325,7 @@ class _TractRunner(Runner):
                               "per measurement; timed with setInput + forward")
 class OpenCvRuntime(Runtime):
     def _import(self):
-        self.cv2 = _require("cv2", "opencv-python-headless")
+        self.cv2 = require_module("cv2", "opencv-python-headless")
 
     def version(self):
         return package_version("opencv-python-headless") or package_version("opencv-python") or self.cv2.__version__

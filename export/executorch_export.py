@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -228,22 +229,24 @@ def quiet():
 
 
 @contextlib.contextmanager
-def silence_native_stderr():
-    """The runtime's C++ logs (cpuinfo probing) go to file descriptor 2 directly."""
-    saved = os.dup(2)
+def silence_native(fd: int = 2):
+    """Native libraries log to a file descriptor directly (ExecuTorch's cpuinfo probing to 2, MNN's CPU
+    feature probe to 1), past Python's ``sys.stderr``/``sys.stdout``: point ``fd`` at /dev/null."""
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    saved = os.dup(fd)
     try:
         with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+            os.dup2(null.fileno(), fd)
             yield
     finally:
-        os.dup2(saved, 2)
+        os.dup2(saved, fd)
         os.close(saved)
 
 
 def load_program(path: str | Path):
     """The ``forward`` method of the program at ``path`` (``executorch.runtime``)."""
     try:
-        with quiet(), silence_native_stderr():
+        with quiet(), silence_native(2):
             from executorch.runtime import Runtime
 
             return Runtime.get().load_program(str(path)).load_method("forward")
