@@ -74,7 +74,7 @@ def broken_runtimes():
     @R.register_runtime("test-missing", formats=("onnx",), description="never installed", package="no-such-package")
     class Missing(R.Runtime):
         def _import(self):
-            R._require("no_such_module_for_edgekd_tests", "no-such-package")
+            R.require_module("no_such_module_for_edgekd_tests", "no-such-package")
 
     @R.register_runtime("test-bad-load", formats=("onnx",), description="cannot parse graphs")
     class BadLoad(R.Runtime):
