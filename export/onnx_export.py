@@ -94,6 +94,13 @@ class ExportConfig:
         check_int_at_least("batch_size", self.batch_size, 1)
         if self.executorch and self.ort:
             raise ConfigError("Choose one output format: --executorch (a .pte) or --ort (a .ort), not both.")
+        if self.quant_format != "qdq" and (self.executorch or self.quantize != "int8"):
+            raise ConfigError(f"The 'quant_format' parameter applies to int8 ONNX exports (--quantize int8 without "
+                              f"--executorch; ExecuTorch int8 uses the XNNPACK quantizer). Got {self.quant_format!r} "
+                              f"with {'--executorch' if self.executorch else f'quantize={self.quantize!r}'}.")
+        if self.ort_optimization != "extended" and not self.ort:
+            raise ConfigError(f"The 'ort_optimization' parameter applies to .ort exports (--ort). Got "
+                              f"{self.ort_optimization!r} without --ort.")
         check_positive("atol", self.atol)
         check_positive("rtol", self.rtol, strict=False)
         check_positive("max_accuracy_drop", self.max_accuracy_drop, strict=False)
