@@ -41,7 +41,7 @@ from torch import nn
 from edgekd.artifacts import library_versions, now_iso, write_json_atomic
 from edgekd.errors import ExportError
 from edgekd.outputs import temp_folder
-from export.source import (RawPixels, Source, calibration_inputs, check_fits, load_data, load_source, model_input)
+from export.source import RawPixels, Source, calibration_inputs, gate_data, load_source, model_input
 from export.verify import accuracy, check_accuracy_drop, check_parity, parity
 
 PTE_PRECISION = {None: "fp32", "int8": "int8-static-xnnpack", "dynamic": "int8-dynamic-xnnpack"}
@@ -81,14 +81,7 @@ def export_executorch(model: str | Path, out: str | Path, config, *, overwrite: 
     check_request(out, summary_path, config, overwrite=overwrite, model=model)
     require_executorch()
     source = load_source(model)
-    data = data if data is not None else load_data(source, config.data or source.data_spec,
-                                                   val_fraction=config.val_fraction, role="verification")
-    check_fits(source, data)
-    if config.quantize == "int8" and calibration is None:
-        same = config.calibration_data in (None, data.spec)
-        calibration = data if same else load_data(source, config.calibration_data, val_fraction=config.val_fraction,
-                                                  role="calibration")
-        check_fits(source, calibration)
+    data, calibration = gate_data(source, config, data, calibration)
     tmp = temp_folder(out)
     try:
         run = _PteRun(source, config, data)

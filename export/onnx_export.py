@@ -37,8 +37,8 @@ from edgekd.outputs import temp_folder
 from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive
 from export.mobile import ORT_OPTIMIZATION_LEVELS
 from export.quantize import QUANT_FORMATS, QUANTIZE_MODES, precision_name, quantize_model
-from export.source import (RawPixels, Source, calibration_inputs, check_fits, load_data, load_source,  # noqa: F401
-                           model_input)
+from export.source import (RawPixels, Source, calibration_inputs, check_fits, gate_data, load_data,  # noqa: F401
+                           load_source, model_input)
 from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, measure_parity, open_session, parity,
                            run_session, torch_logits)
 
@@ -145,12 +145,7 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
     summary_path = out.with_name(out.name + ".json")
     check_request(out, summary_path, config, overwrite=overwrite, has_calibration=calibration is not None, model=model)
     source = load_source(model)
-    data = data if data is not None else load_data(source, config.data or source.data_spec, val_fraction=config.val_fraction, role="verification")
-    check_fits(source, data)
-    if config.quantize == "int8" and calibration is None:
-        same = config.calibration_data in (None, data.spec)
-        calibration = data if same else load_data(source, config.calibration_data, val_fraction=config.val_fraction, role="calibration")
-        check_fits(source, calibration)
+    data, calibration = gate_data(source, config, data, calibration)
 
     tmp = temp_folder(out)   # unique per run; one left by a killed export is removed by the next
     try:

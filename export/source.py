@@ -119,6 +119,20 @@ def load_data(source: Source, spec: str | None, *, val_fraction: float | None, r
     return load_dataset(spec, val_fraction=val_fraction or source.val_fraction, split_seed=source.split_seed)
 
 
+def gate_data(source: Source, config, data=None, calibration=None):
+    """``(data, calibration)``: the data the gates run on (given, ``config.data``, else the artifact's)
+    and, for static int8, the calibration data (given, ``config.calibration_data``, else the same)."""
+    if data is None:
+        data = load_data(source, config.data or source.data_spec, val_fraction=config.val_fraction, role="verification")
+    check_fits(source, data)
+    if config.quantize == "int8" and calibration is None:
+        same = config.calibration_data in (None, data.spec)
+        calibration = data if same else load_data(source, config.calibration_data, val_fraction=config.val_fraction,
+                                                  role="calibration")
+        check_fits(source, calibration)
+    return data, calibration
+
+
 def check_fits(source: Source, data) -> None:
     if math.prod(data.input_shape) != math.prod(source.input_shape):
         raise ExportError(f"Model '{source.path}' takes inputs of shape {tuple(source.input_shape)} but dataset '{data.spec}' "
