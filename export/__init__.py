@@ -8,8 +8,8 @@ report rows and a Markdown table.
 """
 
 from export.executorch_export import export_executorch
-from export.onnx_export import (DEFAULT_OPSET, ExportConfig, ExportResult, export_onnx, load_source, max_opset,
-                                read_metadata)
+from export.onnx_export import DEFAULT_OPSET, ExportConfig, ExportResult, export_onnx, max_opset, read_metadata
+from export.source import load_source
 from export.summary import render_export_table, result_row
 from export.verify import Parity
 

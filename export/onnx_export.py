@@ -37,8 +37,7 @@ from edgekd.outputs import temp_folder
 from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive
 from export.mobile import ORT_OPTIMIZATION_LEVELS
 from export.quantize import QUANT_FORMATS, QUANTIZE_MODES, precision_name, quantize_model
-from export.source import (RawPixels, Source, calibration_inputs, check_fits, gate_data, load_data,  # noqa: F401
-                           load_source, model_input)
+from export.source import RawPixels, Source, calibration_inputs, gate_data, load_source, model_input
 from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, measure_parity, open_session, parity,
                            run_session, torch_logits)
 
