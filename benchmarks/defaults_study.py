@@ -164,6 +164,28 @@ def summarize(cells, candidates) -> list[dict]:
     return rows
 
 
+NOT_LOSING = -0.1   # the bar for a default: its mean gain over seeds at most 0.1 point below the baseline
+
+
+def by_pair(cells, candidates) -> list[dict]:
+    """Per (teacher, student) and candidate: the gain's mean and spread over the seeds, and whether the mean
+    clears ``NOT_LOSING``."""
+    import statistics
+
+    pairs = {}
+    for c in cells:
+        pairs.setdefault((c["members"], c["student"]), []).append(c)
+    rows = []
+    for (k, student), group in pairs.items():
+        for cand in candidates:
+            gains = [100 * (c["runs"][cand["name"]]["test_accuracy"] - c["baseline"]) for c in group]
+            mean = statistics.fmean(gains)
+            rows.append({"members": k, "student": student, "candidate": cand["name"], "seeds": len(gains),
+                         "mean_gain": mean, "std_gain": statistics.stdev(gains) if len(gains) > 1 else None,
+                         "baseline": statistics.fmean(c["baseline"] for c in group), "not_losing": mean >= NOT_LOSING})
+    return rows
+
+
 def render(result: dict) -> str:
     lines = header_markdown(f"Defaults study on `{result['data']['spec']}` ({result['data']['n_train']} training images)",
                             result["provenance"])
@@ -182,6 +204,15 @@ def render(result: dict) -> str:
     for r in result["summary"]:
         mark = " **(recommended)**" if r["recommended"] else ""
         lines.append(f"| `{r['candidate']}`{mark} | {r['mean_gain']:+.2f} | {r['worst_gain']:+.2f} | {r['wins']}/{r['cells']} |")
+    pairs = by_pair(result["cells"], result["candidates"])
+    if any(r["seeds"] > 1 for r in pairs):
+        lines += ["", f"Per teacher and student, over the seeds (a default must not lose: mean gain >= {NOT_LOSING:+.1f}):", "",
+                  "| teacher (k) | student | candidate | seeds | baseline (mean) | mean gain | std | not losing |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in pairs:
+            std = f"{r['std_gain']:.2f}" if r["std_gain"] is not None else "-"
+            lines.append(f"| {r['members']} | `{r['student']}` | `{r['candidate']}` | {r['seeds']} | {100 * r['baseline']:.2f} | "
+                         f"{r['mean_gain']:+.2f} | {std} | {'yes' if r['not_losing'] else '**no**'} |")
     if result.get("not_run"):
         lines += ["", "Not run (left for a later session; the table holds only the cells above): "
                   + ", ".join(f"k={c['members']} `{c['student']}` seed {c['seed']}" for c in result["not_run"]) + "."]
