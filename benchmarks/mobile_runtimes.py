@@ -47,8 +47,8 @@ def _require(module: str, package: str):
 
 @register_runtime("executorch", formats=("pte",), package="executorch",
                   description="ExecuTorch runtime (executorch.runtime) with the XNNPACK delegate, threadpool set to "
-                              "threads (the program reloaded after a change); the program's batch is fixed at export (other batch sizes "
-                              "are skipped); timed with Method.execute")
+                              "threads (the program reloaded after a change); the program's batch is fixed at "
+                              "export (other batch sizes are skipped); timed with Method.execute")
 class ExecuTorchRuntime(Runtime):
     def _import(self):
         from edgekd.errors import ExportError

@@ -42,7 +42,7 @@ from edgekd.artifacts import library_versions, now_iso, write_json_atomic
 from edgekd.errors import ExportError
 from edgekd.outputs import temp_folder
 from export.source import RawPixels, Source, calibration_inputs, gate_data, load_source, model_input
-from export.verify import accuracy, check_accuracy_drop, check_parity, parity
+from export.verify import accuracy, gate_fp32, gate_int8, parity
 
 PTE_PRECISION = {None: "fp32", "int8": "int8-static-xnnpack", "dynamic": "int8-dynamic-xnnpack"}
 
@@ -132,11 +132,9 @@ class _PteRun:
         self.sizes["fp32_pte"] = path.stat().st_size
         tick = time.perf_counter()
         parities, test_accuracy = self._measure(path)
-        self.verification["fp32"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy}
-        check_parity(parities, atol=self.config.atol, rtol=self.config.rtol, what="ExecuTorch fp32 program")
+        gate_fp32(self.verification, parities, test_accuracy, atol=self.config.atol, rtol=self.config.rtol,
+                  what="ExecuTorch fp32 program", reference_model="the fp32 program (equal to PyTorch on val within atol)")
         self.reference_accuracy = test_accuracy
-        self.verification["reference_test_accuracy"] = test_accuracy
-        self.verification["reference_model"] = "the fp32 program (equal to PyTorch on val within atol)"
         self.seconds["verify_fp32"] = time.perf_counter() - tick
         return path, (parities, test_accuracy, None)
 
@@ -155,10 +153,8 @@ class _PteRun:
         self.sizes["int8_pte"] = path.stat().st_size
         tick = time.perf_counter()
         parities, test_accuracy = self._measure(path)
-        self.verification["int8"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy,
-                                     "accuracy_drop_points": 100.0 * (self.reference_accuracy - test_accuracy)}
-        drop = check_accuracy_drop(self.reference_accuracy, test_accuracy, max_drop=config.max_accuracy_drop,
-                                   what="quantized ExecuTorch program", n=len(self.y_test))
+        drop = gate_int8(self.verification, parities, test_accuracy, self.reference_accuracy,
+                         max_drop=config.max_accuracy_drop, what="quantized ExecuTorch program", n=len(self.y_test))
         self.seconds["verify_int8"] = time.perf_counter() - tick
         return path, (parities, test_accuracy, drop)
 

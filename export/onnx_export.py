@@ -38,8 +38,8 @@ from edgekd.validation import check_choice, check_int_at_least, check_output_fil
 from export.mobile import ORT_OPTIMIZATION_LEVELS
 from export.quantize import QUANT_FORMATS, QUANTIZE_MODES, precision_name, quantize_model
 from export.source import RawPixels, Source, calibration_inputs, gate_data, load_source, model_input
-from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, measure_parity, open_session, parity,
-                           run_session, torch_logits)
+from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, gate_fp32, gate_int8, measure_parity,
+                           open_session, parity, run_session, torch_logits)
 
 DEFAULT_OPSET = 18      # the dynamo exporter's own opset; newer ones go through onnxscript's version converter
 MIN_OPSET = 18          # the dynamo exporter cannot write older opsets reliably
@@ -208,13 +208,11 @@ class _Run:
         self.sizes["fp32_onnx"] = path.stat().st_size
         tick = time.perf_counter()
         parities, test_accuracy = self._measure(path, "exported fp32 model")
-        self.verification["fp32"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy}
-        check_parity(parities, atol=self.config.atol, rtol=self.config.rtol, what="exported fp32 model")
         # accuracy "before" quantization: the fp32 export, just shown equal to PyTorch (a PyTorch pass
         # over the test split would cost as much as the export itself on a big teacher)
+        gate_fp32(self.verification, parities, test_accuracy, atol=self.config.atol, rtol=self.config.rtol,
+                  what="exported fp32 model", reference_model="the fp32 export (equal to PyTorch on val within atol)")
         self.reference_accuracy = test_accuracy
-        self.verification["reference_test_accuracy"] = test_accuracy
-        self.verification["reference_model"] = "the fp32 export (equal to PyTorch on val within atol)"
         self.seconds["verify_fp32"] = time.perf_counter() - tick
         return path, (parities, test_accuracy, None)
 
@@ -232,10 +230,8 @@ class _Run:
         self.sizes["int8_onnx"] = path.stat().st_size
         tick = time.perf_counter()
         parities, test_accuracy = self._measure(path, "quantized model")
-        self.verification["int8"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy,
-                                     "accuracy_drop_points": 100.0 * (self.reference_accuracy - test_accuracy)}
-        drop = check_accuracy_drop(self.reference_accuracy, test_accuracy, max_drop=config.max_accuracy_drop,
-                                   what="quantized model", n=len(self.y_test))
+        drop = gate_int8(self.verification, parities, test_accuracy, self.reference_accuracy,
+                         max_drop=config.max_accuracy_drop, what="quantized model", n=len(self.y_test))
         self.seconds["verify_int8"] = time.perf_counter() - tick
         return path, (parities, test_accuracy, drop)
 

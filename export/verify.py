@@ -119,3 +119,21 @@ def check_accuracy_drop(before: float, after: float, *, max_drop: float, what: s
                           f"in fp32, {100 * after:.2f}% after; --max-accuracy-drop allows {max_drop:g}. Nothing was "
                           f"written; use more --calibration-size, --quantize dynamic, or export fp32.")
     return drop
+
+
+def gate_fp32(verification: dict, parities: list[Parity], test_accuracy: float, *, atol: float, rtol: float, what: str,
+              reference_model: str) -> None:
+    """Record an fp32 file's figures in ``verification`` and apply the strict gate; on passing, its test
+    accuracy becomes the reference the int8 gate compares with."""
+    verification["fp32"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy}
+    check_parity(parities, atol=atol, rtol=rtol, what=what)
+    verification["reference_test_accuracy"] = test_accuracy
+    verification["reference_model"] = reference_model
+
+
+def gate_int8(verification: dict, parities: list[Parity], test_accuracy: float, reference_accuracy: float, *,
+              max_drop: float, what: str, n: int) -> float:
+    """Record a quantized file's figures in ``verification`` and apply the accuracy-drop gate; returns the drop."""
+    verification["int8"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy,
+                            "accuracy_drop_points": 100.0 * (reference_accuracy - test_accuracy)}
+    return check_accuracy_drop(reference_accuracy, test_accuracy, max_drop=max_drop, what=what, n=n)
