@@ -83,8 +83,12 @@ class Dataset:
             x, y = self.split(split)
             digest = hashlib.sha256()
             digest.update(str(tuple(x.shape)).encode())
-            digest.update(x.contiguous().numpy().tobytes())
-            digest.update(y.contiguous().numpy().tobytes())
+            if str(x.dtype) != "torch.float32":   # float32 splits keep the fingerprints they always had
+                digest.update(str(x.dtype).encode())
+            rows = max(1, SPLIT_CHUNK_BYTES // max(1, x[:1].numel() * x.element_size()))
+            for start in range(0, len(x), rows):   # in chunks: a memory-mapped split is never copied whole
+                digest.update(x[start:start + rows].contiguous().cpu().numpy().tobytes())
+            digest.update(y.contiguous().cpu().numpy().tobytes())
             self._fingerprints[split] = digest.hexdigest()
         return self._fingerprints[split]
 
@@ -117,39 +121,111 @@ def load_dataset(spec: str = "digits", *, val_fraction: float = 0.1, split_seed:
     """Load ``spec``, split train into train/val (stratified, seeded) and compute train statistics."""
     x, y, x_test, y_test, classes = _load_arrays(spec)
     _check_arrays(spec, x, y, x_test, y_test, classes)
+    test_idx = None
     if x_test is None:   # fixed for the data (not drawn from the training seed): every run scores the same images
-        train_idx, test_idx = _stratified_split(y, _held_out_fraction(spec), seed=12345)
-        x, y, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
-    train_idx, val_idx = _stratified_split(y, val_fraction, seed=split_seed)
+        pool_idx, test_idx = _stratified_split(y, _held_out_fraction(spec), seed=12345)
+    else:
+        pool_idx = np.arange(len(y))
+    keep, held = _stratified_split(y[pool_idx], val_fraction, seed=split_seed)
+    train_idx, val_idx = pool_idx[keep], pool_idx[held]
     if train_limit is not None:
         if train_limit < len(classes):
             raise DataError(f"The 'train_limit' parameter must be at least the number of classes ({len(classes)}). Got {train_limit} instead.")
         train_idx = _stratified_subset(y, train_idx, train_limit, seed=split_seed)
-    return _make_dataset(spec, classes, x, y, train_idx, val_idx, x_test, y_test, split_seed, train_limit)
+    if test_idx is not None:
+        x_test, y_test = x, y
+    else:
+        test_idx = np.arange(len(y_test))
+    return _make_dataset(spec, classes, x, y, train_idx, val_idx, x_test, y_test, test_idx, split_seed, train_limit)
 
 
-def _make_dataset(spec, classes, x, y, train_idx, val_idx, x_test, y_test, split_seed, train_limit) -> Dataset:
+def _make_dataset(spec, classes, x, y, train_idx, val_idx, x_test, y_test, test_idx, split_seed, train_limit) -> Dataset:
+    """Each split's rows taken once from the source arrays (``_rows``); nothing else is copied."""
     import torch
 
-    x = _as_nchw(x)
-    x_test = _as_nchw(x_test)
-    x_train = torch.from_numpy(np.ascontiguousarray(x[train_idx], dtype=np.float32))
+    x_train = _rows(x, train_idx)
     mean, std = channel_stats(x_train)
-    as_labels = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+    as_labels = lambda a, idx: torch.from_numpy(np.array(a[idx], dtype=np.int64))  # noqa: E731
     return Dataset(
-        spec=spec, classes=tuple(classes), input_shape=tuple(x.shape[1:]),
-        x_train=x_train, y_train=as_labels(y[train_idx]),
-        x_val=torch.from_numpy(np.ascontiguousarray(x[val_idx], dtype=np.float32)), y_val=as_labels(y[val_idx]),
-        x_test=torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)), y_test=as_labels(y_test),
+        spec=spec, classes=tuple(classes), input_shape=tuple(x_train.shape[1:]),
+        x_train=x_train, y_train=as_labels(y, train_idx),
+        x_val=_rows(x, val_idx), y_val=as_labels(y, val_idx),
+        x_test=_rows(x_test, test_idx), y_test=as_labels(y_test, test_idx),
         mean=mean, std=std, split_seed=split_seed, train_limit=train_limit,
     )
 
 
+def as_float(x: "torch.Tensor") -> "torch.Tensor":
+    """Raw inputs as the models take them: uint8 pixels (kept as stored, a quarter of float32's
+    memory) become float32 one batch at a time; float inputs pass unchanged."""
+    return x if x.is_floating_point() else x.float()
+
+
+def _rows(x: np.ndarray, idx: np.ndarray) -> "torch.Tensor":
+    """Rows ``idx`` of (N, ...) ``x`` as a (N, C, ...) tensor: uint8 stays uint8, anything else becomes
+    float32. Rows of a memory-mapped array (a decoded image folder) go to a memory-mapped split file
+    beside it, copied in chunks: a dataset larger than memory is never held in memory."""
+    import torch
+
+    dtype = np.uint8 if x.dtype == np.uint8 else np.float32
+    if isinstance(x, np.memmap) and getattr(x, "filename", None):
+        return torch.from_numpy(_split_file(x, idx, dtype))
+    rows = _as_nchw(np.ascontiguousarray(x[idx], dtype=dtype))
+    return torch.from_numpy(rows if rows.flags.writeable else rows.copy())
+
+
+SPLIT_CHUNK_BYTES = 64 << 20
+
+
+def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
+    """``x[idx]`` stored once as ``splits/<key>.npy`` beside ``x``'s file, keyed by that file (path,
+    size, mtime, offset) and the indices, and opened copy-on-write (the file is never written back)."""
+    source = Path(x.filename)
+    stat = source.stat()
+    digest = hashlib.sha256(f"{source.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{x.offset}\0{x.shape}\0{np.dtype(dtype)}".encode())
+    digest.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
+    folder = source.parent / "splits"
+    path = folder / f"{digest.hexdigest()[:32]}.npy"
+    shape = (len(idx), *_as_nchw(x[:1]).shape[1:])
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{path.stem}.{os.getpid()}.npy"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        step = max(1, SPLIT_CHUNK_BYTES // max(1, int(np.prod(shape[1:])) * np.dtype(dtype).itemsize))
+        for start in range(0, len(idx), step):
+            out[start:start + step] = _as_nchw(x[idx[start:start + step]])
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    rows = np.load(path, mmap_mode="c")
+    if rows.shape != shape:   # a torn or foreign file under our name: make it again
+        path.unlink()
+        return _split_file(x, idx, dtype)
+    return rows
+
+
 def channel_stats(x) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of (N, C, ...) inputs (one channel for vectors)."""
-    flat = x.reshape(x.shape[0], x.shape[1], -1) if x.dim() > 2 else x.reshape(x.shape[0], 1, -1)
-    mean = flat.double().mean(dim=(0, 2))
-    std = flat.double().std(dim=(0, 2)).clamp_min(1e-6)
+    """Per-channel mean and std of (N, C, ...) inputs (one channel for vectors), accumulated in
+    float64 over chunks of rows (a memory-mapped split is read once, never converted whole)."""
+    import torch
+
+    if len(x) == 0:
+        raise DataError("The train split is empty; pass a dataset with at least one sample per class.")
+    channels = x.shape[1] if x.dim() > 2 else 1
+    total = torch.zeros(channels, dtype=torch.float64)
+    square = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    step = max(1, SPLIT_CHUNK_BYTES // max(1, x[0].numel() * 8))
+    for start in range(0, len(x), step):
+        chunk = x[start:start + step].double()
+        flat = chunk.reshape(len(chunk), channels, -1).transpose(0, 1).reshape(channels, -1)
+        total += flat.sum(dim=1)
+        square += (flat * flat).sum(dim=1)
+        count += flat.shape[1]
+    mean = total / count
+    # unbiased, as torch.std; clamp a constant channel away from zero
+    var = ((square - count * mean * mean) / max(1, count - 1)).clamp_min(0)
+    std = var.sqrt().clamp_min(1e-6)
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 

@@ -75,12 +75,17 @@ def teacher_logits(teacher: Teacher, data: Dataset, split: str, cache: LogitCach
                                 check=lambda rows: teacher.logits(x[rows]).cpu()).to(x.device)
 
 
-def sharded_logits(teacher: Teacher, x: torch.Tensor, dist=None) -> torch.Tensor:
-    """``teacher.logits(x)``; under torchrun each rank computes its shard and the rows are gathered once."""
-    if dist is None:
-        return teacher.logits(x)
-    lo, hi = dist.shard_range(len(x))
-    return dist.gather_rows(teacher.logits(x[lo:hi]), len(x))
+def sharded_logits(teacher: Teacher, x: torch.Tensor, dist=None, shifts: torch.Tensor | None = None,
+                   pixels: int = 0, chunk: int = 4096) -> torch.Tensor:
+    """``teacher.logits(x)`` (each row shifted by ``shifts`` when given), ``chunk`` rows at a time so a
+    memory-mapped train split is never shifted or converted whole; under torchrun each rank computes
+    its shard and the rows are gathered once."""
+    lo, hi = dist.shard_range(len(x)) if dist is not None else (0, len(x))
+    parts = [teacher.logits(x[i:min(i + chunk, hi)] if shifts is None
+                            else apply_shifts(x[i:min(i + chunk, hi)], shifts[i:min(i + chunk, hi)], pixels))
+             for i in range(lo, hi, chunk)]
+    logits = torch.cat(parts) if parts else teacher.logits(x[:0])
+    return logits if dist is None else dist.gather_rows(logits, len(x))
 
 
 def view_shifts(n: int, views: int, pixels: int, *, grid: bool = False) -> torch.Tensor:
@@ -104,7 +109,7 @@ def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int
     for v in range(views):
         name = f"shift:{int(shifts[v, 0, 0])},{int(shifts[v, 0, 1])}" if grid else f"{pixels}:{VIEW_SEED + v}"
         key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), name if v else "0")
-        outs.append(cache.get_or_compute(key, lambda v=v: sharded_logits(teacher, apply_shifts(data.x_train, shifts[v], pixels), dist),
+        outs.append(cache.get_or_compute(key, lambda v=v: sharded_logits(teacher, data.x_train, dist, shifts[v], pixels),
                                          refresh=refresh, dist=dist,
                                          check=lambda rows, v=v: teacher.logits(apply_shifts(data.x_train[rows], shifts[v][rows], pixels)).cpu()))
     return torch.stack([o.to(data.device) for o in outs]), shifts.to(data.device)

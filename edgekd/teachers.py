@@ -24,6 +24,7 @@ from torch import nn
 
 from edgekd.artifacts import Artifact, is_artifact, load_artifact, sha256_file
 from edgekd.config import COMBINE_RULES
+from edgekd.data import as_float
 from edgekd.device import module_device
 from edgekd.errors import TeacherError
 
@@ -111,11 +112,11 @@ class Teacher:
     @torch.no_grad()
     def logits(self, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
         """float32 logits of raw inputs ``x``, returned on ``x``'s device (computed where the teacher lives)."""
-        chunks = [self._logits(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        chunks = [self._logits(as_float(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
         return torch.cat(chunks).float() if chunks else torch.zeros((0, self.num_outputs(x)))
 
     def num_outputs(self, x: torch.Tensor) -> int:
-        return int(self._logits(x[:1]).shape[-1])
+        return int(self._logits(as_float(x[:1])).shape[-1])
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from edgekd.artifacts import write_json_atomic
 from edgekd.errors import EdgekdError, TrainingError
 from edgekd.config import TrainConfig  # noqa: F401  (re-exported: the training loop's settings)
+from edgekd.data import as_float
 from edgekd.device import autocast, module_device, resolve_device, to_device
 
 
@@ -351,7 +352,7 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int =
     """The model's float32 logits on ``x``, computed on the model's device, returned on ``x``'s device."""
     model.eval()
     device = module_device(model)
-    outs = [model(x[i:i + batch_size].to(device, non_blocking=True)).float() for i in range(0, len(x), batch_size)]
+    outs = [model(as_float(x[i:i + batch_size].to(device, non_blocking=True))).float() for i in range(0, len(x), batch_size)]
     return torch.cat(outs).to(x.device) if outs else torch.zeros((0, 0), device=x.device)
 
 
@@ -410,6 +411,7 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
                 if dist is not None:
                     batch = dist.shard_batch(batch)
                 batch = tuple(to_device(t, device) if torch.is_tensor(t) else t for t in batch)
+                batch = (as_float(batch[0]), *batch[1:])   # uint8 pixels cross to the device as uint8
                 for group in optimizer.param_groups:
                     group["lr"] = one_cycle_lr(position["step"], total_steps, config.lr)
                 with autocast(device, config.precision):

@@ -146,9 +146,11 @@ def check_fits(source: Source, data) -> None:
 
 def model_input(x: torch.Tensor, uint8: bool, spec: str) -> np.ndarray:
     """Inputs as the exported graph takes them: raw float32, or uint8 pixels."""
-    x = x.contiguous()
+    x = x.contiguous().cpu()
     if not uint8:
         return x.numpy().astype(np.float32, copy=False)
+    if x.dtype == torch.uint8:   # pixels kept as stored: nothing to check
+        return x.numpy().copy()
     low, high = float(x.min()), float(x.max())
     if low < 0 or high > 255 or not bool((x == x.round()).all()):
         raise ExportError(f"--uint8-input needs whole pixel values in 0..255 but dataset '{spec}' has values in "

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekd.data import as_float
 from edgekd.errors import ExportError
 
 
@@ -65,7 +66,7 @@ def run_session(session, x: np.ndarray, batch_size: int) -> np.ndarray:
 @torch.inference_mode()
 def torch_logits(module: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     module.eval()
-    outs = [module(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)]
+    outs = [module(as_float(x[i:i + batch_size])).float() for i in range(0, len(x), batch_size)]
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
 
 

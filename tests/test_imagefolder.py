@@ -111,3 +111,75 @@ def test_train_distill_and_export_from_photos_through_the_cli(edgekd, tmp_path):
     assert code == 0, err
     code, _, err = edgekd("teacher", "train", "--image-size", "8x8", "--quiet", "--out", tmp_path / "x")
     assert code == 2 and "apply to 'imagefolder:DIR' data" in err
+
+
+def _mapped_file(tensor):
+    """The file whose memory mapping holds ``tensor``'s data (Linux's /proc/self/maps), else None."""
+    address = tensor.data_ptr()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            low, high = (int(v, 16) for v in fields[0].split("-"))
+            if low <= address < high:
+                return fields[5].strip() if len(fields) == 6 else None
+    return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc/self/maps")
+def test_splits_are_uint8_memory_mapped_files_never_held_in_memory(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs", test=True)
+    data = load_dataset(f"imagefolder:{root}")
+    for split in ("train", "val", "test"):
+        x, _ = data.split(split)
+        assert x.dtype == torch.uint8
+        assert (_mapped_file(x) or "").startswith(str(tmp_path / "cache" / "images" / "splits")), split
+    files = sorted((tmp_path / "cache" / "images" / "splits").glob("*.npy"))
+    assert len(files) == 3
+    again = load_dataset(f"imagefolder:{root}")   # the same split: the same files, not written again
+    assert sorted((tmp_path / "cache" / "images" / "splits").glob("*.npy")) == files
+    assert torch.equal(again.x_train, data.x_train)
+    other = load_dataset(f"imagefolder:{root}", split_seed=3)   # another split: its own train and val files
+    assert len(list((tmp_path / "cache" / "images" / "splits").glob("*.npy"))) == 5
+    assert not torch.equal(other.x_train, data.x_train)
+
+
+def test_a_split_file_is_copied_in_chunks_and_matches_the_rows(tmp_path, monkeypatch):
+    import edgekd.data as data_module
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_module, "SPLIT_CHUNK_BYTES", 200)   # 3 images per chunk
+    root = _folder(tmp_path / "imgs")
+    x = np.concatenate([np.asarray(Image.open(p))[None, None] for p in sorted((root / "train").rglob("*.png"))])
+    data = load_dataset(f"imagefolder:{root}")
+    decoded = {bytes(row) for row in x.reshape(len(x), -1)}
+    assert all(bytes(row) in decoded for row in data.x_train.numpy().reshape(len(data.x_train), -1))
+    # the statistics accumulated over chunks equal those of the whole split at once
+    whole = data.x_train.double()
+    assert data.mean[0] == pytest.approx(float(whole.mean()), rel=1e-12)
+    assert data.std[0] == pytest.approx(float(whole.std()), rel=1e-9)
+
+
+def test_training_on_uint8_pixels_equals_training_on_their_float32_copy(tmp_path, monkeypatch):
+    """Batches become float32 on the way into the model: the same numbers, a quarter of the memory."""
+    import dataclasses
+
+    import torch
+
+    from edgekd.teacher_training import TeacherConfig, train_teachers
+    from edgekd.training import TrainConfig
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    data = load_dataset(f"imagefolder:{_folder(tmp_path / 'imgs')}")
+    floats = dataclasses.replace(data, **{f"x_{s}": data.split(s)[0].float() for s in ("train", "val", "test")},
+                                 _fingerprints={})
+    config = TeacherConfig(arch="cnn:width=4,fc=16", train=TrainConfig(epochs=2, batch_size=16, jitter=1))
+    a = train_teachers(data, config, tmp_path / "a")
+    b = train_teachers(floats, config, tmp_path / "b")
+    assert a.ensemble_test_accuracy == b.ensemble_test_accuracy and a.ensemble_test_nll == b.ensemble_test_nll
+    from edgekd.artifacts import load_artifact
+
+    (ma,), (mb,) = load_artifact(tmp_path / "a").build_members(), load_artifact(tmp_path / "b").build_members()
+    assert all(torch.equal(pa, pb) for pa, pb in zip(ma.state_dict().values(), mb.state_dict().values()))
