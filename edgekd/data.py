@@ -161,6 +161,29 @@ def as_float(x: "torch.Tensor") -> "torch.Tensor":
     return x if x.is_floating_point() else x.float()
 
 
+class RowView:
+    """Rows ``rows`` of ``x`` without copying them: ``view[i]`` is ``x[rows[i]]``. A transfer subset of
+    a memory-mapped train split is gathered one batch at a time, never as a whole."""
+
+    def __init__(self, x: "torch.Tensor", rows: "torch.Tensor"):
+        self.x, self.rows = x, rows.to(x.device)
+
+    def __getitem__(self, indices):
+        return self.x[self.rows[indices]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def take_rows(x: "torch.Tensor", rows: "torch.Tensor"):
+    """``x`` itself when ``rows`` is every row in order, else a ``RowView``."""
+    import torch
+
+    if len(rows) == len(x) and torch.equal(rows.cpu(), torch.arange(len(x))):
+        return x
+    return RowView(x, rows)
+
+
 def _rows(x: np.ndarray, idx: np.ndarray) -> "torch.Tensor":
     """Rows ``idx`` of (N, ...) ``x`` as a (N, C, ...) tensor: uint8 stays uint8, anything else becomes
     float32. Rows of a memory-mapped array (a decoded image folder) go to a memory-mapped split file

@@ -24,7 +24,7 @@ import torch
 from edgekd.artifacts import Manifest, Member, save_artifact
 from edgekd.cache import LogitCache, cache_key
 from edgekd.config import DistillConfig
-from edgekd.data import Dataset, stratified_subset_indices
+from edgekd.data import Dataset, stratified_subset_indices, take_rows
 from edgekd.device import place_dataset, resolve_device
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.losses import distillation_loss
@@ -245,7 +245,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     device = dist.device if dist is not None else resolve_device(train_cfg.device)
     data, teacher = place_dataset(data, device), teacher.to(device)
     idx = torch.from_numpy(transfer_indices(data, config.transfer_limit, config.omit_classes, train_cfg.seed)).to(data.device)
-    x, y = data.x_train[idx], data.y_train[idx]
+    x, y = take_rows(data.x_train, idx), data.y_train[idx]   # no copy of the inputs: batches gather them
     pixels = train_cfg.jitter if len(data.input_shape) == 3 else 0
     if pixels and config.views == 0 and not config.view_grid:
         make_batch = distill_batches(x, y, None, None, pixels, teacher)
