@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", ["spine_fmnist", "omitted_class", "soft_regularizer", "ddp_checkpoint", "gpu_fmnist",
-                                    "defaults_study", "imagefolder_decode"])
+                                    "defaults_study", "imagefolder_decode", "photos_fmnist"])
 def test_scenario_smoke(tmp_path, module, capsys):
     import importlib
 
@@ -29,3 +29,18 @@ def test_epoch_time_against_a_revision_smoke(tmp_path):
     epoch_time_vs_rev.main(["--smoke", "--against", "HEAD", "--out", str(out)])
     result = json.loads(out.with_suffix(".json").read_text())
     assert set(result["this_over_earlier"]) == {"hard", "distill"} and all(v > 0 for v in result["this_over_earlier"].values())
+
+
+@pytest.mark.slow
+def test_larger_than_memory_smoke(tmp_path):
+    """The capped run trains (where a memory cgroup can be made: root on Linux with cgroup v1)."""
+    from benchmarks import larger_than_memory
+
+    why = larger_than_memory.cgroup_available()
+    if why:
+        pytest.skip(why)
+    out = tmp_path / "ltm"
+    larger_than_memory.main(["--smoke", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    (run,) = result["runs"]
+    assert run["returncode"] == 0 and 0 < run["peak_anon_bytes"] <= result["cap_bytes"] and run["test_accuracy"] > 0.5
