@@ -9,7 +9,8 @@ per image (seeded; every channel scaled by a factor in [0.5, 1]), so the three c
 the folder looks like what a user brings. Then runs, each as the ``edgekd`` command a user would type
 (recorded in the result with its wall time):
 
-1. ``edgekd teacher train --data imagefolder:DIR --arch resnet --ensemble N`` (the CIFAR ResNet);
+1. ``edgekd teacher train --data imagefolder:DIR --arch resnet:... --ensemble N`` (the CIFAR ResNet at
+   twice the default stage widths: the default, 3 members of 4 epochs, reached 90.66%);
 2. ``edgekd distill ... --student S --baseline`` (the defaults; the baseline gets the same epochs);
 3. ``edgekd export`` of the teacher (fp32 ONNX) and of the student (int8, calibrated on the folder);
 4. ``edgekd bench`` of the teacher against the student's int8 file at batch 1, one thread.
@@ -39,9 +40,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist", help="Source of the images (an IDX data spec).")
     p.add_argument("--work", default="runs/photos_fmnist", help="Folder for the PNG files and every artifact.")
-    p.add_argument("--teacher-arch", default="resnet")
-    p.add_argument("--ensemble", type=int, default=3)
-    p.add_argument("--teacher-epochs", type=int, default=4)
+    p.add_argument("--teacher-arch", default="resnet:channels=16-32-64-128")
+    p.add_argument("--ensemble", type=int, default=2)
+    p.add_argument("--teacher-epochs", type=int, default=5)
     p.add_argument("--jitter", type=int, default=2, help="Teacher's training jitter (pixels).")
     p.add_argument("--student", default="cnn:width=8")
     p.add_argument("--epochs", type=int, default=10, help="Student and baseline epochs.")
