@@ -68,8 +68,9 @@ def cgroup_available() -> str | None:
     return None
 
 
-def run_capped(argv: list[str], cap_bytes: int, env: dict, poll: float = 0.1) -> dict:
-    """Run ``argv`` in a fresh memory cgroup limited to ``cap_bytes``; its exit code, seconds and peaks."""
+def run_capped(argv: list[str], cap_bytes: int, env: dict, cwd: Path, poll: float = 0.1) -> dict:
+    """Run ``argv`` in ``cwd`` (``python -m`` imports from there first) in a fresh memory cgroup limited
+    to ``cap_bytes``; its exit code, seconds and peaks."""
     group = CGROUP_V1 / f"edgekd-ltm-{os.getpid()}-{time.monotonic_ns()}"
     group.mkdir()
     try:
@@ -81,7 +82,8 @@ def run_capped(argv: list[str], cap_bytes: int, env: dict, poll: float = 0.1) ->
                 handle.write(str(os.getpid()))
 
         tick = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=enter)
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=enter)
         peak_anon = 0
         while proc.poll() is None:
             peak_anon = max(peak_anon, _stat(group).get("rss", 0))
@@ -114,7 +116,7 @@ def main(argv=None):
         raise SystemExit(f"larger_than_memory: {why}; run it as root on Linux with cgroup v1.")
     started = time.perf_counter()
     folder = write_photos(args.data, Path(args.photos))
-    work = Path(args.work)
+    work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)   # this benchmark's own folder: the cold run starts from nothing
     work.mkdir(parents=True)
     spec = f"imagefolder:{Path(args.photos).resolve()},size={args.image_size}"
@@ -130,7 +132,9 @@ def main(argv=None):
             out = work / f"model-{len(runs)}"
             argv_ = [sys.executable, "-m", "edgekd", "teacher", "train", "--data", spec, "--arch", args.arch,
                      "--epochs", "1", "--out", str(out), "--quiet"]
-            record = run_capped(argv_, args.cap_mib << 20, env)
+            record = run_capped(argv_, args.cap_mib << 20, env, root)
+            record["imports_from"] = subprocess.run([sys.executable, "-c", "import edgekd; print(edgekd.__file__)"], env=env,
+                                                    cwd=root, capture_output=True, text=True).stdout.strip()
             record.update(tree=label, revision=_revision(root), command=["edgekd", *argv_[3:]],
                           decode="cold (empty cache)" if not runs else "cached (filled by the run above)")
             if record["returncode"] == 0:
@@ -185,6 +189,7 @@ def render(result: dict) -> str:
         acc = f"{100 * r['test_accuracy']:.2f}%" if r.get("test_accuracy") is not None else "—"
         lines.append(f"| {r['tree']} ({r['revision']}) | {r['decode']} | {exit_} | {r['seconds']} | {mib(r['peak_anon_bytes'])} | "
                      f"{mib(r['peak_charged_bytes'])} | {r['limit_hits']:,} | {acc} |")
+    lines += [""] + [f"- {r['tree']} imported edgekd from `{r['imports_from']}`." for r in result["runs"]]
     lines += ["", f"Command: `{' '.join(result['runs'][0]['command'])}` (with `EDGEKD_CACHE` set to an empty folder "
                   "first). Peak anonymous memory is polled every 0.1 s from the cgroup's `memory.stat`; the charged "
                   "peak includes the page cache of the memory-mapped files, which the kernel drops and re-reads "
