@@ -16,6 +16,7 @@ inputs to logits and a device can feed pixels as they come.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -211,8 +212,23 @@ def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
     path = folder / f"{digest.hexdigest()[:32]}.npy"
     shape = (len(idx), *_as_nchw(x[:1]).shape[1:])
     if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{path.stem}.{os.getpid()}.npy"
+        _write_split(x, idx, dtype, shape, path)
+    try:
+        rows = np.load(path, mmap_mode="c")
+    except (OSError, ValueError):   # a torn or foreign file under our name: make it again
+        rows = None
+    if rows is None or rows.shape != shape or rows.dtype != dtype:
+        path.unlink(missing_ok=True)
+        _write_split(x, idx, dtype, shape, path)
+        rows = np.load(path, mmap_mode="c")
+    return rows
+
+
+def _write_split(x: np.memmap, idx: np.ndarray, dtype, shape, path: Path) -> None:
+    """``x[idx]`` into ``path`` in chunks of ``SPLIT_CHUNK_BYTES``, atomically (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
         step = max(1, SPLIT_CHUNK_BYTES // max(1, int(np.prod(shape[1:])) * np.dtype(dtype).itemsize))
         for start in range(0, len(idx), step):
@@ -220,11 +236,11 @@ def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
         out.flush()
         del out
         os.replace(tmp, path)
-    rows = np.load(path, mmap_mode="c")
-    if rows.shape != shape:   # a torn or foreign file under our name: make it again
-        path.unlink()
-        return _split_file(x, idx, dtype)
-    return rows
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise DataError(f"Cannot write the split file '{path}' ({exc.strerror or exc}); free disk space there or "
+                        f"point EDGEKD_CACHE at a folder with room for a copy of the decoded images.") from None
 
 
 def channel_stats(x) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -187,24 +187,30 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
                             f"replace it.") from None
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{key}.{os.getpid()}.x.npy"
-    x = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), channels, *size))
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # Pillow decodes without the GIL
-        for index, array in enumerate(pool.map(decode, files, chunksize=256)):
-            x[index] = array
-    x.flush()
-    del x
-    y = np.array([label for _, label in files], dtype=np.int64)
-    np.save(cache / f".{key}.{os.getpid()}.y.npy", y)
     rng = random.Random(key)
     sample = rng.sample(files, min(SAMPLE, len(files)))
     meta = {"root": str(spec.root), "n": len(files), "size": list(size), "channels": channels,
             "sample": [[str(path.relative_to(spec.root)), _sha256(path)] for path, _ in sample]}
-    os.replace(tmp, cache / f"{key}.x.npy")
-    os.replace(cache / f".{key}.{os.getpid()}.y.npy", cache / f"{key}.y.npy")
-    (cache / f".{key}.json.tmp").write_text(json.dumps(meta))
-    os.replace(cache / f".{key}.json.tmp", cache / f"{key}.json")   # the entry exists once its header does
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{key}.{os.getpid()}.x.npy"
+        x = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), channels, *size))
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # Pillow decodes without the GIL
+            for index, array in enumerate(pool.map(decode, files, chunksize=256)):
+                x[index] = array
+        x.flush()
+        del x
+        y = np.array([label for _, label in files], dtype=np.int64)
+        np.save(cache / f".{key}.{os.getpid()}.y.npy", y)
+        os.replace(tmp, cache / f"{key}.x.npy")
+        os.replace(cache / f".{key}.{os.getpid()}.y.npy", cache / f"{key}.y.npy")
+        (cache / f".{key}.json.tmp").write_text(json.dumps(meta))
+        os.replace(cache / f".{key}.json.tmp", cache / f"{key}.json")   # the entry exists once its header does
+    except OSError as exc:   # a full disk or an unwritable cache: one line, no half-written entry left
+        for leftover in cache.glob(f".{key}.{os.getpid()}.*") if cache.is_dir() else ():
+            leftover.unlink(missing_ok=True)
+        raise DataError(f"Cannot write the decoded images of '{spec.root}' to '{cache}' ({exc.strerror or exc}); free "
+                        f"disk space there or point EDGEKD_CACHE at a folder with room for them.") from None
     return np.load(cache / f"{key}.x.npy", mmap_mode="r"), np.load(cache / f"{key}.y.npy", mmap_mode="r")
 
 

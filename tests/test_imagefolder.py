@@ -1,6 +1,7 @@
 """edgekd.imagefolder: a folder of images per class, decoded once into a verified, memory-mapped cache."""
 
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -183,3 +184,34 @@ def test_training_on_uint8_pixels_equals_training_on_their_float32_copy(tmp_path
 
     (ma,), (mb,) = load_artifact(tmp_path / "a").build_members(), load_artifact(tmp_path / "b").build_members()
     assert all(torch.equal(pa, pb) for pa, pb in zip(ma.state_dict().values(), mb.state_dict().values()))
+
+
+def test_a_torn_split_file_is_made_again_and_an_unwritable_one_is_one_clear_error(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs")
+    first = load_dataset(f"imagefolder:{root}")
+    expected = first.x_train.clone(), first.x_test.clone()
+    del first   # its mappings: the files are torn below
+    splits = tmp_path / "cache" / "images" / "splits"
+    for path in splits.glob("*.npy"):
+        torn = path.read_bytes()[:100]   # a header and a few bytes
+        path.unlink()
+        path.write_bytes(torn)
+    again = load_dataset(f"imagefolder:{root}")
+    assert torch.equal(again.x_train, expected[0]) and torch.equal(again.x_test, expected[1])
+
+    shutil.rmtree(splits)
+    splits.write_text("not a folder")   # the split files cannot be written there
+    with pytest.raises(DataError, match="Cannot write the split file .*EDGEKD_CACHE"):
+        load_dataset(f"imagefolder:{root}", split_seed=9)
+    assert splits.read_text() == "not a folder"
+
+
+def test_a_cache_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="Cannot write the decoded images of .*EDGEKD_CACHE"):
+        load_dataset(f"imagefolder:{_folder(tmp_path / 'imgs')}")
+    assert (tmp_path / "cache").read_text().startswith("a file")
