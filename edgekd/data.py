@@ -86,7 +86,7 @@ class Dataset:
             digest.update(str(tuple(x.shape)).encode())
             if str(x.dtype) != "torch.float32":   # float32 splits keep the fingerprints they always had
                 digest.update(str(x.dtype).encode())
-            rows = max(1, SPLIT_CHUNK_BYTES // max(1, x[:1].numel() * x.element_size()))
+            rows = chunk_rows(x[:1].numel() * x.element_size())
             for start in range(0, len(x), rows):   # in chunks: a memory-mapped split is never copied whole
                 digest.update(x[start:start + rows].contiguous().cpu().numpy().tobytes())
             digest.update(y.contiguous().cpu().numpy().tobytes())
@@ -201,6 +201,11 @@ def _rows(x: np.ndarray, idx: np.ndarray) -> "torch.Tensor":
 SPLIT_CHUNK_BYTES = 64 << 20
 
 
+def chunk_rows(row_bytes: int) -> int:
+    """Rows per chunk when a whole split is walked: about ``SPLIT_CHUNK_BYTES`` at a time, at least one row."""
+    return max(1, SPLIT_CHUNK_BYTES // max(1, row_bytes))
+
+
 def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
     """``x[idx]`` stored once as ``splits/<key>.npy`` beside ``x``'s file, keyed by that file (path,
     size, mtime, offset) and the indices, and opened copy-on-write (the file is never written back)."""
@@ -211,14 +216,11 @@ def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
     folder = source.parent / "splits"
     path = folder / f"{digest.hexdigest()[:32]}.npy"
     shape = (len(idx), *_as_nchw(x[:1]).shape[1:])
-    if not path.is_file():
-        _write_split(x, idx, dtype, shape, path)
     try:
         rows = np.load(path, mmap_mode="c")
-    except (OSError, ValueError):   # a torn or foreign file under our name: make it again
+    except (OSError, ValueError):   # not made yet, or torn
         rows = None
-    if rows is None or rows.shape != shape or rows.dtype != dtype:
-        path.unlink(missing_ok=True)
+    if rows is None or rows.shape != shape or rows.dtype != dtype:   # written anew, renamed over what is there
         _write_split(x, idx, dtype, shape, path)
         rows = np.load(path, mmap_mode="c")
     return rows
@@ -230,7 +232,7 @@ def _write_split(x: np.memmap, idx: np.ndarray, dtype, shape, path: Path) -> Non
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-        step = max(1, SPLIT_CHUNK_BYTES // max(1, int(np.prod(shape[1:])) * np.dtype(dtype).itemsize))
+        step = chunk_rows(int(np.prod(shape[1:])) * np.dtype(dtype).itemsize)
         for start in range(0, len(idx), step):
             out[start:start + step] = _as_nchw(x[idx[start:start + step]])
         out.flush()
@@ -254,7 +256,7 @@ def channel_stats(x) -> tuple[tuple[float, ...], tuple[float, ...]]:
     total = torch.zeros(channels, dtype=torch.float64)
     square = torch.zeros(channels, dtype=torch.float64)
     count = 0
-    step = max(1, SPLIT_CHUNK_BYTES // max(1, x[0].numel() * 8))
+    step = chunk_rows(x[0].numel() * 8)   # float64 while summed
     for start in range(0, len(x), step):
         chunk = x[start:start + step].double()
         flat = chunk.reshape(len(chunk), channels, -1).transpose(0, 1).reshape(channels, -1)

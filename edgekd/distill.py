@@ -81,9 +81,8 @@ def sharded_logits(teacher: Teacher, x: torch.Tensor, dist=None, shifts: torch.T
     memory-mapped train split is never shifted or converted whole; under torchrun each rank computes
     its shard and the rows are gathered once."""
     lo, hi = dist.shard_range(len(x)) if dist is not None else (0, len(x))
-    parts = [teacher.logits(x[i:min(i + chunk, hi)] if shifts is None
-                            else apply_shifts(x[i:min(i + chunk, hi)], shifts[i:min(i + chunk, hi)], pixels))
-             for i in range(lo, hi, chunk)]
+    rows = [slice(i, min(i + chunk, hi)) for i in range(lo, hi, chunk)]
+    parts = [teacher.logits(x[r] if shifts is None else apply_shifts(x[r], shifts[r], pixels)) for r in rows]
     logits = torch.cat(parts) if parts else teacher.logits(x[:0])
     return logits if dist is None else dist.gather_rows(logits, len(x))
 
