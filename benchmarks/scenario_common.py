@@ -40,12 +40,32 @@ def prepare(args):
     work.mkdir(parents=True, exist_ok=True)
     data = load_dataset(args.data, train_limit=args.train_limit)
     teacher_dir = work / "teacher"
-    if not is_artifact(teacher_dir):
-        train_teachers(data, TeacherConfig(arch=args.teacher_arch, ensemble=args.ensemble,
-                                           train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=args.jitter,
-                                                             device=args.device)),
-                       teacher_dir, resume=(work / "teacher.partial").exists())
+    config = TeacherConfig(arch=args.teacher_arch, ensemble=args.ensemble,
+                           train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=args.jitter, device=args.device))
+    if is_artifact(teacher_dir):
+        check_teacher_matches(load_artifact(teacher_dir).manifest, config, data.describe(), teacher_dir)
+    else:
+        train_teachers(data, config, teacher_dir, resume=(work / "teacher.partial").exists())
     return data, load_teacher(teacher_dir).to(resolve_device(args.device)), load_artifact(teacher_dir).manifest.metrics, LogitCache(work / "cache"), work
+
+
+def check_teacher_matches(manifest, config, data: dict, teacher_dir: Path) -> None:
+    """Refuse a teacher in the work folder that was trained with other settings or data than asked for
+    (a figure would otherwise be credited to a teacher it did not use)."""
+    recorded = (manifest.config or {}).get("teacher")
+    asked = {"arch": config.arch, "ensemble": config.ensemble, "epochs": config.train.epochs, "jitter": config.train.jitter,
+             "lr": config.train.lr, "data": data["spec"], "train_limit": data["train_limit"]}
+    if recorded is None:
+        params = (manifest.config or {}).get("params", {})
+        found = {k: params.get(k) for k in ("arch", "ensemble", "epochs", "jitter", "lr")}
+    else:
+        found = {"arch": recorded["arch"], "ensemble": recorded["ensemble"], **{k: recorded["train"][k] for k in ("epochs", "jitter", "lr")}}
+    found |= {"data": manifest.data["spec"], "train_limit": manifest.data.get("train_limit")}
+    differs = {k: (found[k], v) for k, v in asked.items() if found[k] != v}
+    if differs:
+        what = ", ".join(f"{k} {a!r} (asked {b!r})" for k, (a, b) in differs.items())
+        raise SystemExit(f"The teacher in '{teacher_dir}' was trained with {what}; pass another --work folder or "
+                         "remove that teacher to train the one asked for.")
 
 
 def write_result(args, result: dict, markdown: str) -> None:

@@ -189,10 +189,12 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: np.ndar
     with quiet():
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
         prepared = prepare_pt2e(torch.export.export(module.eval(), (example,)).module(), quantizer)
-        if calibration is not None:
-            with torch.no_grad():
+        with torch.no_grad():
+            if calibration is not None:
                 for start in range(0, len(calibration) - batch + 1, batch):
                     prepared(torch.from_numpy(np.ascontiguousarray(calibration[start:start + batch])))
+            else:  # dynamic: the weight observers still have to see the weights once (else one scale per tensor)
+                prepared(example)
         return convert_pt2e(prepared)
 
 
