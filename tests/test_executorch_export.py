@@ -29,6 +29,8 @@ def pte_dir(tmp_path_factory, tiny_student, digits, executorch):
         "int8": export_executorch(tiny_student, folder / "student.int8.pte",
                                   ExportConfig(executorch=True, quantize="int8", calibration_size=128), data=digits,
                                   calibration=digits),
+        "dynamic": export_executorch(tiny_student, folder / "student.dyn.pte",
+                                     ExportConfig(executorch=True, quantize="dynamic"), data=digits),
     }
     return folder, results
 
@@ -63,6 +65,24 @@ def test_int8_program_is_gated_on_accuracy_and_smaller(pte_dir):
     assert int8.size_bytes < fp32.size_bytes
     assert int8.summary["quantization"]["tool"].startswith("torchao PT2E")
     assert int8.summary["quantization"]["calibration_samples"] == 128
+
+
+@pytest.mark.mobile
+def test_dynamic_int8_program_has_per_channel_weights_and_no_calibration(pte_dir, tiny_student, digits):
+    """Dynamic mode has no calibration pass, yet each weight row needs its own scale: the export once
+    failed in XNNPACK's lowering with a single scale for a per-channel weight."""
+    from edgekd.teachers import load_teacher
+    from export.executorch_export import load_program, run_program
+
+    _, results = pte_dir
+    dyn = results["dynamic"]
+    assert dyn.precision == "int8-dynamic-xnnpack" and dyn.path.is_file()
+    assert dyn.summary["quantization"]["calibration_samples"] is None
+    assert dyn.size_bytes < results["fp32"].size_bytes and dyn.accuracy_drop <= 1.0
+    x = digits.x_test[:64]
+    got = run_program(load_program(dyn.path), x.reshape(len(x), -1).numpy(), 1).argmax(1)
+    want = load_teacher(tiny_student).logits(x).numpy().argmax(1)
+    assert (got == want).mean() >= 0.9
 
 
 @pytest.mark.mobile
