@@ -44,3 +44,16 @@ def test_larger_than_memory_smoke(tmp_path):
     result = json.loads(out.with_suffix(".json").read_text())
     (run,) = result["runs"]
     assert run["returncode"] == 0 and 0 < run["peak_anon_bytes"] <= result["cap_bytes"] and run["test_accuracy"] > 0.5
+
+
+def test_a_teacher_trained_otherwise_is_refused_not_reused(tmp_path):
+    """A benchmark's work folder may hold a teacher from another run; a figure must not be credited to it."""
+    from benchmarks.scenario_common import prepare
+    from benchmarks.spine_fmnist import parse_args
+
+    args = parse_args(["--smoke", "--out", str(tmp_path / "spine")])
+    prepare(args)                                          # trains the smoke teacher
+    prepare(args)                                          # the same settings: reused
+    args.teacher_epochs += 1
+    with pytest.raises(SystemExit, match=r"trained with epochs 2 \(asked 3\); pass another --work folder"):
+        prepare(args)
