@@ -411,7 +411,7 @@ def _measure(entries, runners, floor_runners, batch, threads, config: BenchConfi
     floor_x = _batch(np.zeros((1, *data.input_shape), dtype=np.float32), batch)
     for runtime, runner in floor_runners.items():
         tasks.append(_bind(("floor", runtime), runner, floor_x, config.floor_seconds, config))
-    samples = _round_robin(tasks, config)
+    samples, rounds = _round_robin(tasks, config)
     warm = _warm(tasks, config) if config.warm_seconds > 0 else {}
     floor_p50 = {}
     for task in tasks:
@@ -442,7 +442,8 @@ def _measure(entries, runners, floor_runners, batch, threads, config: BenchConfi
                      **stats, "compute_floor_ms": compute, "runtime_floor_ms": runtime_floor, "floor_ms": floor,
                      "latency_over_floor": stats["p50_ms"] / floor if floor else None, "speedup": None, "error": None,
                      "compute_peak": "int8" if info.int8 else "fp32",
-                     "warm_p50_ms": warm.get(task.key), "warm_p99_ms": warm.get(("p99", *task.key))})
+                     "warm_p50_ms": warm.get(task.key), "warm_p99_ms": warm.get(("p99", *task.key)),
+                     "round_p50_ms": [summarize(r, batch)["p50_ms"] if r else None for r in rounds[task.key]]})
 
 
 def _bind(key, runner, x, seconds, config) -> _Task:
@@ -457,9 +458,14 @@ def _bind(key, runner, x, seconds, config) -> _Task:
         return _Task(key, runner, None, seconds, error=f"failed at this batch size: {_reason(exc)}")
 
 
-def _round_robin(tasks: list[_Task], config: BenchConfig) -> dict:
-    """Each task's time in ``rounds`` slices; round r starts at task r so no pair always goes first."""
+def _round_robin(tasks: list[_Task], config: BenchConfig) -> tuple[dict, dict]:
+    """Each task's time in ``rounds`` slices; round r starts at task r so no pair always goes first.
+
+    Returns every task's samples, and its samples per round: two tasks' slices of one round ran within
+    a fraction of a second of each other, so a ratio of their round p50s is paired against machine drift
+    (see ``paired_ratio``)."""
     samples = {task.key: [] for task in tasks}
+    per_round = {task.key: [[] for _ in range(config.rounds)] for task in tasks}
     min_runs = math.ceil(config.min_runs / config.rounds)
     live = [t for t in tasks if t.error is None]
     for r in range(config.rounds):
@@ -469,10 +475,24 @@ def _round_robin(tasks: list[_Task], config: BenchConfig) -> dict:
                 continue
             try:
                 with task.runner.activate():
-                    samples[task.key] += time_calls(task.fn, task.seconds / config.rounds, min_runs=min_runs)
+                    timed = time_calls(task.fn, task.seconds / config.rounds, min_runs=min_runs)
+                samples[task.key] += timed
+                per_round[task.key][r] = timed
             except Exception as exc:
                 task.error = f"failed while timing: {_reason(exc)}"
-    return samples
+    return samples, per_round
+
+
+def paired_ratio(slow: dict, fast: dict) -> dict | None:
+    """``slow`` row's latency over ``fast`` row's, paired by round: the median over rounds of the ratio
+    of their round p50s, with the smallest and largest round ratio. Machines drift (another tenant, a
+    clock change) between rounds; within a round the two slices ran side by side, so the per-round
+    ratio cancels most of the drift that the ratio of the pooled p50s keeps."""
+    a, b = slow.get("round_p50_ms") or [], fast.get("round_p50_ms") or []
+    ratios = sorted(x / y for x, y in zip(a, b) if x and y)
+    if not ratios:
+        return None
+    return {"median": float(np.median(ratios)), "min": ratios[0], "max": ratios[-1], "rounds": len(ratios)}
 
 
 def _warm(tasks: list[_Task], config: BenchConfig) -> dict:

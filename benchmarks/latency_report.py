@@ -113,7 +113,12 @@ def _is_mobile(row: dict, models: dict) -> bool:
 
 
 def headlines(data: dict) -> dict:
-    """(a) and (b), the quantization cost and the .ort ratios, from a report's data (batch 1, one thread)."""
+    """(a) and (b), the quantization cost and the .ort ratios, from a report's data (batch 1, one thread).
+
+    Each ratio is paired by round (``benchmarks.harness.paired_ratio``): the median over the round-robin
+    rounds of the two rows' round p50s; the ratio of the pooled p50s is kept beside it."""
+    from benchmarks.harness import paired_ratio
+
     batch, threads = _cell(data)
     rows = _ok_rows(data, batch, threads)
     models = {m["name"]: m for m in data["models"]}
@@ -137,19 +142,27 @@ def headlines(data: dict) -> dict:
     for r in data["rows"]:
         if r["status"] == "ok" and r["model"].startswith("student-int8-ort") and (r["batch_size"], r["threads"]) in onnx:
             base = onnx[(r["batch_size"], r["threads"])]
+            paired = paired_ratio(r, base)
+            pooled = r["p50_ms"] / base["p50_ms"]
             out["ort"].append({"model": r["model"], "batch_size": r["batch_size"], "threads": r["threads"],
-                               "p50_ms": r["p50_ms"], "onnx_p50_ms": base["p50_ms"], "ratio": r["p50_ms"] / base["p50_ms"],
+                               "p50_ms": r["p50_ms"], "onnx_p50_ms": base["p50_ms"],
+                               "ratio": paired["median"] if paired else pooled, "pooled_ratio": pooled, "paired": paired,
                                "aim": AIM_ORT_RATIO})
     return out
 
 
 def _versus(fast: dict, slow: dict, models: dict, aim: float) -> dict:
-    speedup = slow["p50_ms"] / fast["p50_ms"]
+    from benchmarks.harness import paired_ratio
+
+    pooled = slow["p50_ms"] / fast["p50_ms"]
+    paired = paired_ratio(slow, fast)
+    speedup = paired["median"] if paired else pooled   # the side-by-side figure; the pooled one is shown beside it
     warm = (slow.get("warm_p50_ms") / fast["warm_p50_ms"]) if fast.get("warm_p50_ms") and slow.get("warm_p50_ms") else None
     acc, ref = models[fast["model"]].get("accuracy"), models[slow["model"]].get("accuracy")
     return {"model": fast["model"], "runtime": fast["runtime"], "reference_model": slow["model"],
             "reference_runtime": slow["runtime"], "p50_ms": fast["p50_ms"], "reference_p50_ms": slow["p50_ms"],
-            "speedup": speedup, "warm_speedup": warm, "aim": aim, "meets": speedup >= aim,
+            "speedup": speedup, "pooled_speedup": pooled, "paired": paired, "warm_speedup": warm, "aim": aim,
+            "meets": speedup >= aim,
             "accuracy": acc, "reference_accuracy": ref,
             "accuracy_cost_points": 100 * (ref - acc) if acc is not None and ref is not None else None,
             "latency_over_floor": fast.get("latency_over_floor")}
@@ -163,8 +176,11 @@ def headline_text(h: dict) -> str:
             parts.append(f"({key}) no int8 student row on a mobile runtime, or no {label} row.")
             continue
         warm = f", {v['warm_speedup']:.0f}x warm" if v["warm_speedup"] else ""
+        paired = v.get("paired")
+        spread = (f"median over {paired['rounds']} round-robin rounds of the per-round ratio, range {paired['min']:.0f}–"
+                  f"{paired['max']:.0f}x; pooled p50s {v['pooled_speedup']:.0f}x{warm}") if paired else f"pooled p50s{warm}"
         parts.append(f"({key}) **`{v['model']}` on {v['runtime']} runs {v['speedup']:.0f}x faster than `{v['reference_model']}` "
-                     f"on {v['reference_runtime']}**{warm} (batch {h['batch_size']}, {h['threads']} thread: p50 "
+                     f"on {v['reference_runtime']}** ({spread}; batch {h['batch_size']}, {h['threads']} thread: p50 "
                      f"{v['p50_ms'] * 1e3:.1f} µs against {v['reference_p50_ms'] * 1e3:.1f} µs), which "
                      f"{'meets' if v['meets'] else 'misses'} the aim of {v['aim']:.0f}x; accuracy {v['accuracy']:.4f} "
                      f"against {v['reference_accuracy']:.4f}.")
@@ -175,8 +191,11 @@ def headline_text(h: dict) -> str:
                      f"{q['aim']:g} point.")
     for o in h.get("ort", []):
         if o["batch_size"] == h["batch_size"] and o["threads"] == h["threads"]:
+            paired = o.get("paired")
+            spread = (f"paired by round, range {paired['min']:.2f}–{paired['max']:.2f}x; pooled p50s {o['pooled_ratio']:.2f}x"
+                      if paired else "pooled p50s")
             parts.append(f"`{o['model']}` runs {o['ratio']:.2f}x the time of the `.onnx` it came from on onnxruntime "
-                         f"({'within' if o['ratio'] <= o['aim'] else 'beyond'} the aim of {o['aim']:g}x).")
+                         f"({spread}; {'within' if o['ratio'] <= o['aim'] else 'beyond'} the aim of {o['aim']:g}x).")
     return "\n\n".join(parts)
 
 
@@ -234,7 +253,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--runtimes", default="all")
-    parser.add_argument("--seconds", type=float, default=0.6, help="Timed seconds per measurement (round-robin).")
+    parser.add_argument("--seconds", type=float, default=1.2, help="Timed seconds per measurement (round-robin).")
+    parser.add_argument("--rounds", type=int, default=12, help="Round-robin rounds the seconds are split into; the "
+                        "headline ratios are paired by round.")
     parser.add_argument("--warm-seconds", type=float, default=0.3, help="Seconds each pair is also timed alone, warm.")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="Where the PyTorch rows run.")
@@ -256,7 +277,8 @@ def main(argv=None) -> int:
             config = BenchConfig(batch_sizes=parse_int_list("batch_sizes", args.batch_sizes),
                                  threads=parse_int_list("threads", args.threads, allow_all=True),
                                  runtimes=None if args.runtimes == "all" else tuple(args.runtimes.split(",")),
-                                 seconds=args.seconds, warm_seconds=args.warm_seconds, device=args.device)
+                                 seconds=args.seconds, rounds=args.rounds, warm_seconds=args.warm_seconds,
+                                 device=args.device)
             result = run(args.teacher, args.student, args.data, Path(args.out), exports=Path(args.exports), config=config,
                          command=command, overwrite=args.overwrite, echo=echo)
     except EdgekdError as exc:

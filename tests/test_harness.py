@@ -409,3 +409,22 @@ def test_opencv_names_the_int8_form_it_rejects_and_the_one_it_reads(digits, tiny
     assert refused and all("--quant-format qoperator" in r["error"] for r in refused)
     assert _rows(report, model="qop", runtime="opencv", status="ok")
     assert next(m for m in report.models if m["name"] == "qop")["description"] == "ONNX (int8)"
+
+
+def test_paired_ratio_cancels_drift_between_rounds():
+    """Two rows whose latencies both doubled in round 2 (another tenant) keep their ratio of 2."""
+    from benchmarks.harness import paired_ratio
+
+    slow = {"round_p50_ms": [2.0, 4.0, 2.0, None]}
+    fast = {"round_p50_ms": [1.0, 2.0, 1.0, 1.0]}
+    assert paired_ratio(slow, fast) == {"median": 2.0, "min": 2.0, "max": 2.0, "rounds": 3}
+    assert paired_ratio({"round_p50_ms": []}, fast) is None and paired_ratio({}, fast) is None
+
+
+def test_rows_carry_their_round_p50s(tmp_path, tiny_student, digits):
+    from benchmarks.harness import BenchConfig, run_benchmark
+
+    config = BenchConfig(batch_sizes=(1,), threads=(1,), runtimes=("pytorch",), seconds=0.06, rounds=3, min_runs=3,
+                         warmup_seconds=0.01, floor_seconds=0.01, probe_seconds=0.01, check_samples=16)
+    row = run_benchmark([tiny_student], digits, config).ok_rows()[0]
+    assert len(row["round_p50_ms"]) == 3 and all(v > 0 for v in row["round_p50_ms"])
