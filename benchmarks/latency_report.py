@@ -8,8 +8,9 @@ runtime installed, with the accuracy each gives.
 From the two artifacts it exports (into ``--exports``, reusing files whose summary names the same
 artifact and settings) every file a user would ship: the teacher ensemble as one ONNX graph and one
 ExecuTorch program; the student as fp32 ONNX, int8 QDQ ONNX, int8 QOperator ONNX (the form OpenCV DNN
-reads), int8 ``.ort`` at the extended and the basic optimisation level, and fp32 / int8 ``.pte``
-programs at batch 1 and batch 8 (a program's batch is fixed). ncnn and MNN convert the ONNX files
+reads), int8 ``.ort`` at the extended and the basic optimisation level, fp32 / int8 ``.pte``
+programs at batch 1 and batch 8 (a program's batch is fixed), and a dynamic-int8 ``.pte`` (activations
+quantized per call) at batch 1. ncnn and MNN convert the ONNX files
 themselves. Then one ``run_benchmark`` times them all, round-robin, with a warm figure beside each.
 
 The result folder holds ``report.json``, ``report.md`` (command line, date, machine, versions first;
@@ -48,6 +49,7 @@ EXPORTS = {
                                                                      "ort_optimization": "basic"}),
     "student-pte": ("student", "student.pte", {"executorch": True}),
     "student-int8-pte": ("student", "student.int8.pte", {"executorch": True, "quantize": "int8"}),
+    "student-int8dyn-pte": ("student", "student.int8dyn.pte", {"executorch": True, "quantize": "dynamic"}),
     "student-pte-b8": ("student", "student.b8.pte", {"executorch": True, "batch_size": 8}),
     "student-int8-pte-b8": ("student", "student.int8.b8.pte", {"executorch": True, "quantize": "int8", "batch_size": 8}),
 }
