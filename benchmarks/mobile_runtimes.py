@@ -34,6 +34,7 @@ import numpy as np
 
 from benchmarks.runtimes import (Runner, Runtime, RuntimeSkipped, RuntimeUnavailable, package_version, register_runtime,
                                  require_module)
+from edgekd.cachedir import touch
 
 CONVERT_TIMEOUT_S = 600
 _MOBILE_HINT = "pip install -c constraints.txt \"edgekd[mobile]\""
@@ -329,6 +330,7 @@ def convert_cached(onnx_path: Path, runtime: str, convert) -> tuple[Path, dict]:
     if record_path.is_file():
         record = json.loads(record_path.read_text())
         if record.get("source_sha256") == digest:
+            touch(folder)   # used now: `edgekd cache prune --older-than` keeps it
             return folder, {**record, "cached": True}
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     if tmp.exists():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from edgekd.cachedir import default_cache_dir, touch
 from edgekd.errors import EdgekdError, EdgekdWarning, TeacherError
 
 VERIFY_ROWS = 64
@@ -36,10 +37,6 @@ def logits_match(cached: torch.Tensor, fresh: torch.Tensor, *, loose: bool = Fal
     if not cached.numel():
         return True
     return bool(torch.isfinite(cached).all()) and float((cached.float() - fresh).abs().max()) <= tol * scale
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd")
 
 
 def cache_key(*parts: str) -> str:
@@ -119,6 +116,7 @@ class LogitCache:
         if value is None or expected != _tensor_sha256(value):
             raise EdgekdError(f"Cached teacher logits '{path}' fail their sha256 check (torn or edited); "
                               f"delete that file or rerun with --refresh-cache.")
+        touch(path)   # used now: `edgekd cache prune --older-than` keeps it
         return value
 
     def store(self, key: str, value: torch.Tensor) -> None:

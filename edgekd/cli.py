@@ -38,7 +38,8 @@ def _register() -> None:
     cli.add_command(core.pipeline_cmd)
     for module_name, attr in (("edgekd.commands.specialists", "specialists_group"),
                               ("edgekd.commands.export", "export_cmd"),
-                              ("edgekd.commands.bench", "bench_cmd")):
+                              ("edgekd.commands.bench", "bench_cmd"),
+                              ("edgekd.commands.cache", "cache_group")):
         try:
             module = __import__(module_name, fromlist=[attr])
         except ModuleNotFoundError as exc:

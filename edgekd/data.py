@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgekd.cachedir import touch
 from edgekd.errors import DataError
 
 if TYPE_CHECKING:  # torch is imported lazily at run time
@@ -223,6 +224,8 @@ def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
     if rows is None or rows.shape != shape or rows.dtype != dtype:   # written anew, renamed over what is there
         _write_split(x, idx, dtype, shape, path)
         rows = np.load(path, mmap_mode="c")
+    else:
+        touch(path)   # used now: `edgekd cache prune --older-than` keeps it
     return rows
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.cachedir import touch
 from edgekd.errors import DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -160,6 +161,7 @@ def _cached(cache: Path, key: str, spec: FolderSpec):
             warnings.warn(f"the decoded cache of '{spec.root}' no longer matches '{relative}' (changed content); "
                           f"decoding the folder again", stacklevel=3)
             return None
+    touch(meta_path)   # used now: `edgekd cache prune --older-than` keeps it
     return x, y
 
 

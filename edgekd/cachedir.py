@@ -1,0 +1,173 @@
+"""What edgekd keeps in its cache folder, and pruning it.
+
+The cache folder (``$EDGEKD_CACHE`` or ``~/.cache/edgekd``) holds only what edgekd can make again:
+
+- ``logits``: teacher logits, ``<key>.safetensors`` with edgekd's sha256 in the header (edgekd.cache);
+- ``decoded``: an image folder decoded once, ``images/<key>.json`` + ``.x.npy`` + ``.y.npy``
+  (edgekd.imagefolder);
+- ``splits``: the train / val / test rows of a decoded folder, ``images/splits/<key>.npy`` (edgekd.data);
+- ``conversions``: ncnn and MNN files converted from an ``.onnx`` by the benchmarks, ``convert/<name>/``.
+
+A split file is a full copy of its rows, and every (split seed, val fraction, train limit) makes its
+own, so a folder larger than memory leaves several such copies behind. ``prune_cache`` removes entries
+not used for a while (each hit refreshes its entry's modification time, ``touch``) or all of them.
+
+Only entries whose names (and, for logits, headers) are edgekd's are ever listed or removed, so a cache
+folder pointed at a folder that holds other files loses none of them; links are never followed.
+An entry in use by a running job can be removed: a memory-mapped file stays readable until closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekd.validation import check_positive
+
+KINDS = ("logits", "decoded", "splits", "conversions")
+_KEY = r"[0-9a-f]{32}"
+_CONVERSION = re.compile(rf"^(?:[a-z0-9]+-{_KEY}-[A-Za-z0-9.+_-]+|[a-z0-9]+-identity)$")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    kind: str
+    name: str
+    paths: tuple[Path, ...]     # every file (or, for a conversion, the folder) that makes the entry
+    bytes: int
+    last_used: float            # seconds since the epoch: the newest modification time of its files
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "bytes": self.bytes, "last_used": self.last_used,
+                "paths": [str(p) for p in self.paths]}
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    cache_dir: Path
+    removed: tuple[CacheEntry, ...]
+    kept: int
+    dry_run: bool
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.bytes for e in self.removed)
+
+
+def default_cache_dir() -> Path:
+    """``$EDGEKD_CACHE``, else ``~/.cache/edgekd``."""
+    return Path(os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd")
+
+
+def touch(path: Path) -> None:
+    """Mark a cache entry as used now (its age decides ``prune_cache --older-than``); best effort."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def cache_entries(cache_dir: str | Path) -> list[CacheEntry]:
+    """Every edgekd entry in ``cache_dir``, oldest first (an empty list when the folder does not exist)."""
+    root = Path(cache_dir)
+    if not root.is_dir() or root.is_symlink():
+        return []
+    entries = [*_logits(root), *_decoded(root / "images"), *_splits(root / "images" / "splits"),
+               *_conversions(root / "convert")]
+    return sorted(entries, key=lambda e: e.last_used)
+
+
+def prune_cache(cache_dir: str | Path, *, older_than_days: float | None = None, kinds=KINDS,
+                dry_run: bool = False, now: float | None = None) -> PruneResult:
+    """Remove the entries of ``kinds`` last used more than ``older_than_days`` ago (every one with
+    ``None``); with ``dry_run`` only say which."""
+    if older_than_days is not None:
+        check_positive("older_than_days", older_than_days, strict=False)
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        from edgekd.errors import ConfigError
+        raise ConfigError(f"Unknown cache kind {unknown[0]!r}; choose one of {', '.join(KINDS)}.")
+    now = time.time() if now is None else now
+    entries = cache_entries(cache_dir)
+    chosen = [e for e in entries if e.kind in kinds
+              and (older_than_days is None or now - e.last_used > older_than_days * 86400)]
+    if not dry_run:
+        for entry in chosen:
+            _remove(entry)
+    return PruneResult(cache_dir=Path(cache_dir), removed=tuple(chosen), kept=len(entries) - len(chosen), dry_run=dry_run)
+
+
+# --- finding entries -------------------------------------------------------------------------------
+
+def _files(folder: Path, pattern: str):
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    regex = re.compile(pattern)
+    for path in folder.iterdir():
+        if regex.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            yield path
+
+
+def _entry(kind: str, name: str, paths) -> CacheEntry:
+    stats = [p.lstat() for p in paths]
+    return CacheEntry(kind=kind, name=name, paths=tuple(paths), bytes=sum(s.st_size for s in stats),
+                      last_used=max(s.st_mtime for s in stats))
+
+
+def _logits(root: Path):
+    for path in _files(root, rf"{_KEY}\.safetensors"):
+        if _is_edgekd_logits(path):
+            yield _entry("logits", path.stem, [path])
+
+
+def _is_edgekd_logits(path: Path) -> bool:
+    """A safetensors file whose header metadata carries edgekd's sha256 (read without loading tensors)."""
+    try:
+        with open(path, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            if size > 1 << 20:
+                return False
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError, struct.error):
+        return False
+    metadata = header.get("__metadata__") or {}
+    return isinstance(metadata.get("sha256"), str) and len(metadata["sha256"]) == 64
+
+
+def _decoded(folder: Path):
+    for meta in _files(folder, rf"{_KEY}\.json"):
+        key = meta.stem
+        parts = [meta] + [p for p in (folder / f"{key}.x.npy", folder / f"{key}.y.npy")
+                          if p.is_file() and not p.is_symlink()]
+        yield _entry("decoded", key, parts)
+
+
+def _splits(folder: Path):
+    for path in _files(folder, rf"{_KEY}\.npy"):
+        yield _entry("splits", path.stem, [path])
+
+
+def _conversions(folder: Path):
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for sub in folder.iterdir():
+        if not (_CONVERSION.fullmatch(sub.name) and sub.is_dir() and not sub.is_symlink()):
+            continue
+        files = [p for p in sub.rglob("*") if p.is_file() and not p.is_symlink()]
+        stats = [p.lstat() for p in files] or [sub.lstat()]
+        yield CacheEntry(kind="conversions", name=sub.name, paths=(sub,), bytes=sum(s.st_size for s in stats),
+                         last_used=max([sub.lstat().st_mtime] + [s.st_mtime for s in stats]))
+
+
+def _remove(entry: CacheEntry) -> None:
+    for path in entry.paths:
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()

@@ -1,0 +1,85 @@
+"""edgekd.cachedir and ``edgekd cache``: listing and pruning the cache folder, and only edgekd's entries."""
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from edgekd.cache import LogitCache
+from edgekd.cachedir import cache_entries, prune_cache
+from edgekd.data import load_dataset
+from tests.test_imagefolder import _folder
+
+OLD = time.time() - 40 * 86400
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A cache folder filled by edgekd itself (logits, a decoded image folder and its three split files, a
+    conversion), plus a user's files that merely look alike."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("EDGEKD_CACHE", str(root))
+    LogitCache(root).store("a" * 32, torch.randn(50, 3))
+    load_dataset(f"imagefolder:{_folder(tmp_path / 'imgs', test=True)}")
+    conversion = root / "convert" / f"mnn-{'b' * 32}-3.6.1"
+    conversion.mkdir(parents=True)
+    (conversion / "model.mnn").write_bytes(b"\0" * 100)
+    (conversion / "conversion.json").write_text("{}")
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "thesis.tex").write_text("mine")
+    (root / "notes.txt").write_text("mine")
+    (root / f"{'c' * 32}.safetensors").write_bytes(b"not edgekd's")          # a name like ours, not our header
+    (root / "convert" / f"ncnn-{'d' * 32}-1.0").symlink_to(user)              # a link is never followed
+    return root, user
+
+
+def test_entries_are_edgekd_s_own_by_kind(cache):
+    root, _ = cache
+    kinds = sorted(e.kind for e in cache_entries(root))
+    assert kinds == ["conversions", "decoded", "logits", "splits", "splits", "splits"]
+    decoded = next(e for e in cache_entries(root) if e.kind == "decoded")
+    assert {p.suffix for p in decoded.paths} == {".json", ".npy"} and len(decoded.paths) == 3
+    assert all(e.bytes > 0 for e in cache_entries(root))
+
+
+def test_prune_all_removes_every_entry_and_nothing_else(cache):
+    root, user = cache
+    result = prune_cache(root)
+    assert len(result.removed) == 6 and result.kept == 0 and result.bytes > 0
+    assert cache_entries(root) == []
+    left = sorted(p.name for p in root.rglob("*"))
+    assert left == sorted(["notes.txt", f"{'c' * 32}.safetensors", "convert", f"ncnn-{'d' * 32}-1.0", "images",
+                           "splits"])
+    assert (user / "thesis.tex").read_text() == "mine"
+
+
+def test_prune_by_age_and_kind_and_a_hit_counts_as_use(cache, tmp_path):
+    root, _ = cache
+    for entry in cache_entries(root):
+        for path in entry.paths:
+            os.utime(path, (OLD, OLD))
+    LogitCache(root).load("a" * 32)                       # a hit: used now
+    assert prune_cache(root, older_than_days=30, kinds=("splits",), dry_run=True).bytes > 0
+    assert len(cache_entries(root)) == 6                  # a dry run removes nothing
+    result = prune_cache(root, older_than_days=30, kinds=("splits", "logits"))
+    assert sorted(e.kind for e in result.removed) == ["splits"] * 3
+    assert sorted(e.kind for e in cache_entries(root)) == ["conversions", "decoded", "logits"]
+    load_dataset(f"imagefolder:{tmp_path / 'imgs'}")      # the split files are made again when needed
+    assert sorted(e.kind for e in cache_entries(root)).count("splits") == 3
+
+
+def test_cli_lists_and_prunes(edgekd, cache):
+    root, _ = cache
+    code, out, _ = edgekd("cache", "list", "--json")
+    assert code == 0 and len(json.loads(out)["entries"]) == 6
+    code, out, _ = edgekd("cache", "list")
+    assert code == 0 and "splits" in out and "3 entries" in out
+    code, out, err = edgekd("cache", "prune")
+    assert code == 2 and err.count("\n") == 1 and "--older-than DAYS or --all" in err
+    code, out, _ = edgekd("cache", "prune", "--kind", "decoded", "--all")
+    assert code == 0 and out.startswith("removed 1 entry")
+    code, out, _ = edgekd("cache", "prune", "--all", "--cache-dir", root / "nowhere")
+    assert code == 0 and out.startswith("removed 0 entries")
