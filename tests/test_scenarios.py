@@ -57,3 +57,20 @@ def test_a_teacher_trained_otherwise_is_refused_not_reused(tmp_path):
     args.teacher_epochs += 1
     with pytest.raises(SystemExit, match=r"trained with epochs 2 \(asked 3\); pass another --work folder"):
         prepare(args)
+
+
+def test_spine_report_is_written_again_from_its_json(tmp_path):
+    """--render: the report from the stored result, with the timings read from the students' manifests."""
+    from benchmarks import spine_fmnist
+
+    out = tmp_path / "spine"
+    spine_fmnist.main(["--smoke", "--out", str(out)])
+    first = out.with_suffix(".md").read_text()
+    result = json.loads(out.with_suffix(".json").read_text())
+    for run in result["students"][0]["runs"]:
+        del run["timings"]
+    out.with_suffix(".json").write_text(json.dumps(result))
+    out.with_suffix(".md").unlink()
+    spine_fmnist.main(["--render", str(out.with_suffix(".json"))])
+    assert out.with_suffix(".md").read_text() == first
+    assert "Hard-label recipe for" in first and "95% interval" in first and "teacher's targets" in first
