@@ -68,11 +68,12 @@ def check_teacher_matches(manifest, config, data: dict, teacher_dir: Path) -> No
                          "remove that teacher to train the one asked for.")
 
 
-def write_result(args, result: dict, markdown: str) -> None:
+def write_result(args, result: dict, markdown: str, *, quiet: bool = False) -> None:
     import json
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     out.with_suffix(".md").write_text(markdown)
-    print(markdown)
+    if not quiet:
+        print(markdown)

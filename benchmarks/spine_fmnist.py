@@ -101,11 +101,21 @@ def main(argv=None):
     data, teacher, t_metrics, cache, work = prepare(args)
     grid_t = tuple(float(v) for v in args.temperature_grid.split(","))
     grid_a = tuple(float(v) for v in args.alpha_grid.split(","))
+    teacher_record = {"arch": args.teacher_arch, "members": args.ensemble, "epochs": args.teacher_epochs,
+                      "member_test_accuracy": t_metrics["member_test_accuracy"],
+                      "ensemble_test_accuracy": t_metrics["test_accuracy"], "macs": t_metrics["macs"]}
+
+    def result_so_far(students, timing=None) -> dict:
+        return {"provenance": provenance(started), "args": vars(args), "data": data.describe(), "teacher": teacher_record,
+                "students": students, "epoch_time": timing}
+
     students = []
     for entry in args.students.split(";"):
         spec, _, epochs = entry.partition("@")
         epochs = int(epochs) if epochs else args.epochs
         runs, chosen = [], None
+        record = {"student": spec, "epochs": epochs, "runs": runs}
+        students.append(record)
         for seed in range(args.seeds):
             out = work / f"student-{spec.replace(':', '_').replace(',', '_').replace('=', '')}-s{seed}"
             config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
@@ -115,14 +125,12 @@ def main(argv=None):
             r = distill(teacher, data, config, out, cache=cache, overwrite=True, resume=(out.parent / (out.name + ".partial")).exists())
             chosen = chosen or (r.temperature, r.alpha)
             runs.append(asdict(r) | {"path": str(out), "seed": seed, "timings": run_timings(out)})
-        students.append({"student": spec, "epochs": epochs, "temperature": chosen[0], "alpha": chosen[1], "search": runs[0]["search"], "runs": runs})
+            record.update(temperature=chosen[0], alpha=chosen[1], search=runs[0]["search"])
+            result = result_so_far(students)   # written after every seed: a stopped run keeps what it measured
+            write_result(args, result, render(result), quiet=True)
     timing = epoch_time_ratio(args.students.split(";")[0].partition("@")[0], data, teacher_logits(teacher, data, "train", cache),
                               repeats=1 if args.smoke else 3, device=args.device)
-    result = {"provenance": provenance(started), "args": vars(args), "data": data.describe(),
-              "teacher": {"arch": args.teacher_arch, "members": args.ensemble, "epochs": args.teacher_epochs,
-                          "member_test_accuracy": t_metrics["member_test_accuracy"],
-                          "ensemble_test_accuracy": t_metrics["test_accuracy"], "macs": t_metrics["macs"]},
-                          "students": students, "epoch_time": timing}
+    result = result_so_far(students, timing)
     write_result(args, result, render(result))
 
 
@@ -208,6 +216,8 @@ def render(result: dict) -> str:
                 f"T={c['temperature']:g}/α={c['alpha']:g}: {100 * c['val_accuracy']:.2f}" for c in s["search"]) + ".")
             lines.append("")
     e = result["epoch_time"]
+    if e is None:
+        return "\n".join(lines + ["Epoch time: not measured yet (the run was stopped or is still going).", ""])
     lines += [f"Epoch time, `{e['student']}`, full train split, alternated in one run: distillation with cached logits "
               f"{', '.join(f'{v:.2f}' for v in e['distill_seconds'])} s vs hard labels {', '.join(f'{v:.2f}' for v in e['hard_seconds'])} s: "
               f"**{e['ratio_median']:.2f}×** (median ratio; aim ≤ 1.15×).", ""]
