@@ -170,6 +170,11 @@ def _versus(fast: dict, slow: dict, models: dict, aim: float) -> dict:
             "latency_over_floor": fast.get("latency_over_floor")}
 
 
+def _x(v: float) -> str:
+    """A speed-up: one decimal below 100x, so a figure next to its aim never rounds onto it."""
+    return f"{v:.1f}x" if v < 100 else f"{v:.0f}x"
+
+
 def headline_text(h: dict) -> str:
     parts = []
     for key, label in (("a", "the teacher ensemble in PyTorch eager"), ("b", "the teacher on its fastest runtime")):
@@ -177,11 +182,11 @@ def headline_text(h: dict) -> str:
         if v is None:
             parts.append(f"({key}) no int8 student row on a mobile runtime, or no {label} row.")
             continue
-        warm = f", {v['warm_speedup']:.0f}x warm" if v["warm_speedup"] else ""
+        warm = f", {_x(v['warm_speedup'])} warm" if v["warm_speedup"] else ""
         paired = v.get("paired")
-        spread = (f"median over {paired['rounds']} round-robin rounds of the per-round ratio, range {paired['min']:.0f}–"
-                  f"{paired['max']:.0f}x; pooled p50s {v['pooled_speedup']:.0f}x{warm}") if paired else f"pooled p50s{warm}"
-        parts.append(f"({key}) **`{v['model']}` on {v['runtime']} runs {v['speedup']:.0f}x faster than `{v['reference_model']}` "
+        spread = (f"median over {paired['rounds']} round-robin rounds of the per-round ratio, range {_x(paired['min'])}–"
+                  f"{_x(paired['max'])}; pooled p50s {_x(v['pooled_speedup'])}{warm}") if paired else f"pooled p50s{warm}"
+        parts.append(f"({key}) **`{v['model']}` on {v['runtime']} runs {_x(v['speedup'])} faster than `{v['reference_model']}` "
                      f"on {v['reference_runtime']}** ({spread}; batch {h['batch_size']}, {h['threads']} thread: p50 "
                      f"{v['p50_ms'] * 1e3:.1f} µs against {v['reference_p50_ms'] * 1e3:.1f} µs), which "
                      f"{'meets' if v['meets'] else 'misses'} the aim of {v['aim']:.0f}x; accuracy {v['accuracy']:.4f} "
@@ -225,6 +230,18 @@ def run(teacher, student, data_spec: str, out: Path, *, exports: Path, names=tup
     return {"paths": {k: str(v) for k, v in paths.items()}, "headlines": heads, "exports_not_made": failed}
 
 
+def rerender_report(json_path: Path) -> int:
+    """Headlines recomputed from a report's measurements, then report.md and the plots made again."""
+    from benchmarks.report import load_report, write_report
+
+    data = load_report(json_path)
+    heads = headlines(data)
+    data["extra"] = {**(data.get("extra") or {}), "summary": headline_text(heads), "headline": heads["a"], "headlines": heads}
+    write_report(data, json_path.parent)
+    print(headline_text(heads).replace("**", ""))
+    return 0
+
+
 def make_smoke_models(folder: Path, echo=print) -> dict:
     """Randomly initialised tiny models on digits (a 2-member cnn ensemble and an mlp). Their accuracy
     means nothing; their export and timing paths are real."""
@@ -251,7 +268,7 @@ def main(argv=None) -> int:
     parser.add_argument("--student", help="Student artifact folder.")
     parser.add_argument("--exports", help="Folder for the exported files (reused when they match).")
     parser.add_argument("--data", default="fashion-mnist", help="Data spec for accuracy and verification.")
-    parser.add_argument("--out", required=True, help="Result folder, e.g. benchmarks/results/latency_fmnist.")
+    parser.add_argument("--out", help="Result folder, e.g. benchmarks/results/latency_fmnist (required unless --render).")
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--runtimes", default="all")
@@ -262,7 +279,13 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="Where the PyTorch rows run.")
     parser.add_argument("--smoke", action="store_true", help="Tiny digits models made on the fly; runs in seconds.")
+    parser.add_argument("--render", metavar="REPORT_JSON", help="Only recompute the headlines and render the report "
+                        "again from this report.json (no measuring).")
     args = parser.parse_args(argv)
+    if args.render:
+        return rerender_report(Path(args.render))
+    if not args.out:
+        parser.error("--out is required (or pass --render)")
     command = "python -m benchmarks.latency_report " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     echo = lambda m: print(m, file=sys.stderr)  # noqa: E731
     try:
