@@ -184,10 +184,22 @@ def describe_gain(student: float, baseline: float | None, teacher: float) -> str
     return f"distillation gains {points:.2f} points, closing {100 * gap_closed(student, baseline, teacher):.1f}% of the baseline->teacher gap"
 
 
+BASELINE_JITTER = 2   # the augmentation the baseline also tries on images when the student trains without
+
+
+def baseline_recipes(pixels: int, input_shape) -> list[int]:
+    """The jitters the hard-label baseline is trained with: the student's and none, and on images a
+    ±``BASELINE_JITTER`` px one even when the student has no jitter (a quarter of the smaller side at
+    most), so the baseline's own best recipe never depends on the student's."""
+    shape = tuple(input_shape)
+    augment = pixels or (min(BASELINE_JITTER, min(shape[1:]) // 4) if len(shape) == 3 else 0)
+    return sorted({augment, 0}, reverse=True)
+
+
 def _strongest_baseline(new_student, x, y, pixels: int, val, train_cfg: TrainConfig, store, progress, dist, data):
-    """The hard-label student with the same budget and its own best recipe: augmentation on (the
-    student's jitter) and off, each trained in full, the better on val kept (never test)."""
-    recipes = sorted({pixels, 0}, reverse=True)
+    """The hard-label student with the same budget and its own best recipe: augmentation on and off
+    (``baseline_recipes``), each trained in full, the better on val kept (never test)."""
+    recipes = baseline_recipes(pixels, data.input_shape)
     tried = []
     for jitter in recipes:
         model = new_student(train_cfg.seed)

@@ -37,6 +37,16 @@ def test_baseline_gets_its_own_best_recipe(tmp_path, digits, tiny_teacher):
                                            result.teacher_test_accuracy)
 
 
+def test_baseline_tries_augmentation_even_when_the_student_has_none():
+    from edgekd.distill import baseline_recipes
+
+    assert baseline_recipes(0, (1, 28, 28)) == [2, 0]      # images: ±2 px and none
+    assert baseline_recipes(3, (1, 28, 28)) == [3, 0]      # the student's jitter and none
+    assert baseline_recipes(0, (1, 4, 4)) == [1, 0]        # at most a quarter of the smaller side
+    assert baseline_recipes(0, (1, 3, 3)) == [0]           # too small to shift
+    assert baseline_recipes(0, (64,)) == [0]               # vectors are not shifted
+
+
 def test_view_grid_holds_every_integer_shift_once():
     import torch
 
