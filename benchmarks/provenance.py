@@ -14,7 +14,25 @@ def provenance(started: float) -> dict:
     return {"command": "python -m " + sys.modules["__main__"].__spec__.name + " " + shlex.join(sys.argv[1:])
             if getattr(sys.modules.get("__main__"), "__spec__", None) else shlex.join(sys.argv),
             "machine": machine_facts(), "versions": library_versions(), "date": now_iso(),
-            "run_seconds": round(time.perf_counter() - started, 1)}
+            "run_seconds": round(time.perf_counter() - started, 1), "revision": code_revision()}
+
+
+def code_revision() -> str | None:
+    """The git commit of the edgekd tree that ran (``+dirty`` with uncommitted changes), None outside git."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def header_markdown(title: str, prov: dict) -> list[str]:
@@ -22,7 +40,8 @@ def header_markdown(title: str, prov: dict) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
     return [f"# {title}", "", f"- command: `{prov['command']}`",
             f"- machine: {m['cpu']}, {m['usable_cores']} usable cores, {m['memory_gib']} GiB, {m['os']}",
-            f"- versions: {versions}", f"- date: {prov['date']}; run time {prov['run_seconds'] / 60:.1f} min", ""]
+            f"- versions: {versions}", f"- date: {prov['date']}; run time {prov['run_seconds'] / 60:.1f} min"
+            + (f"; edgekd revision {prov['revision']}" if prov.get("revision") else ""), ""]
 
 
 def mean_std(values) -> tuple[float, float]:
