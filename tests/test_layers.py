@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("edgekd", "specialists", "export", "benchmarks")
 CORE = {"edgekd.errors", "edgekd.validation", "edgekd.losses", "edgekd.data", "edgekd.models", "edgekd.artifacts",
-        "edgekd.cache", "edgekd.distributed", "edgekd.teachers", "edgekd.training", "edgekd.teacher_training",
+        "edgekd.cache", "edgekd.cachedir", "edgekd.distributed", "edgekd.teachers", "edgekd.training", "edgekd.teacher_training",
         "edgekd.device", "edgekd.outputs", "edgekd.config", "edgekd.manifest", "edgekd.imagefolder", "edgekd.synthetic", "edgekd.kd_models",
         "edgekd"}
 STAGES = {"edgekd.distill", "edgekd.evaluate", "specialists", "export",
