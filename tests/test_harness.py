@@ -373,11 +373,15 @@ def test_latency_report_smoke(tmp_path, capsys):
     a, b = heads["a"], heads["b"]
     assert a["model"].startswith("student-int8-ort") and a["runtime"] == "onnxruntime"   # the .ort is the mobile file here
     assert (a["reference_model"], a["reference_runtime"]) == ("teacher", "pytorch")
-    assert a["speedup"] == pytest.approx(a["reference_p50_ms"] / a["p50_ms"]) and a["warm_speedup"] > 0
+    # the headline ratio is paired by round; the pooled-p50 ratio stands beside it
+    assert a["paired"]["rounds"] == 2 and a["paired"]["min"] <= a["speedup"] <= a["paired"]["max"]
+    assert a["speedup"] == pytest.approx(a["paired"]["median"]) and a["warm_speedup"] > 0
+    assert a["pooled_speedup"] == pytest.approx(a["reference_p50_ms"] / a["p50_ms"])
     assert b["reference_p50_ms"] <= a["reference_p50_ms"]   # the teacher's fastest runtime is at least as fast as eager
     assert math.isfinite(heads["quantization"]["points_lost"])
     assert {o["model"] for o in heads["ort"]} == {"student-int8-ort", "student-int8-ort-basic"}
-    assert all(o["ratio"] == pytest.approx(o["p50_ms"] / o["onnx_p50_ms"]) for o in heads["ort"])
+    assert all(o["pooled_ratio"] == pytest.approx(o["p50_ms"] / o["onnx_p50_ms"]) for o in heads["ort"])
+    assert all(o["ratio"] == pytest.approx(o["paired"]["median"]) for o in heads["ort"])
     assert rerender(out / "report.json", tmp_path / "again")["report_md"].read_text() == md
 
 
