@@ -29,7 +29,7 @@ def parse_args(argv=None):
     p.add_argument("--temperature-grid", default="2,4,8,16")
     p.add_argument("--alpha-grid", default="0.5,0.9")
     p.add_argument("--student-jitter", type=int, default=None,
-                   help="The students' ±px jitter (default: the teacher's --jitter); the hard-label baseline tries it and 0.")
+                   help="The students' ±px jitter (default: the teacher's --jitter); the hard-label baseline picks its own.")
     p.add_argument("--render", metavar="JSON", help="Only write the report again from a result JSON of this benchmark.")
     args = p.parse_args(argv)
     if args.smoke:
@@ -87,7 +87,8 @@ def rerender(path: str) -> None:
     result = json.loads(Path(path).read_text())
     for s in result["students"]:
         for r in s["runs"]:
-            r.setdefault("timings", run_timings(r["path"]))
+            if "timings" not in r:   # only then: the students' folders need not exist where a result is re-rendered
+                r["timings"] = run_timings(r["path"])
     Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
     Path(path).with_suffix(".md").write_text(render(result))
 
