@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -334,17 +335,24 @@ def convert_cached(onnx_path: Path, runtime: str, convert) -> tuple[Path, dict]:
             return folder, {**record, "cached": True}
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    # the converter gets a private copy: pnnx writes `<input>.pnnxsim.onnx` beside its input, which
+    # must never be the user's folder; the copy is also exactly the bytes the key was hashed from
+    source = tmp / "source.onnx"
+    shutil.copyfile(onnx_path, source)
+    if _sha256(source) != digest:
+        shutil.rmtree(tmp)
+        raise RuntimeUnavailable(f"'{onnx_path}' changed while it was being converted; run again")
     tick = time.perf_counter()
-    record = convert(onnx_path.resolve(), tmp)
+    try:
+        record = convert(source, tmp)
+    finally:
+        for leftover in tmp.glob("source.*onnx"):
+            leftover.unlink()   # the copy and pnnx's simplified copy of it: the cache keeps outputs only
     record.update(source=str(onnx_path), source_sha256=digest, seconds=round(time.perf_counter() - tick, 3))
     (tmp / "conversion.json").write_text(json.dumps(record, indent=1))
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder, {**record, "cached": False}

@@ -29,12 +29,11 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
                  config_record: dict | None = None) -> PipelineResult:
     from edgekd.cache import LogitCache
     from edgekd.data import load_dataset
-    from edgekd.distill import DistillConfig, distill
+    from edgekd.distill import distill
     from edgekd.evaluate import evaluate
-    from edgekd.teacher_training import TeacherConfig, train_teachers
+    from edgekd.teacher_training import train_teachers
     from edgekd.teachers import load_teacher
     from edgekd.device import resolve_device
-    from edgekd.training import TrainConfig
 
     from edgekd.outputs import data_paths
     from edgekd.validation import check_jitter
@@ -44,6 +43,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     device = resolve_device(config.device).type
     data = load_dataset(config.data, val_fraction=config.val_fraction, train_limit=config.train_limit)
     check_jitter(config.jitter, data.input_shape)
+    check_jitter(config.student_jitter, data.input_shape)
     out.mkdir(parents=True, exist_ok=True)
     timings, summary = {}, {"format": "edgekd.pipeline", "config": asdict(config), "data": data.describe()}
     cache = LogitCache(out / "cache")
@@ -59,19 +59,14 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
 
     teacher_dir = out / "teacher"
     stage("teacher", teacher_dir, lambda p: train_teachers(
-        data, TeacherConfig(arch=config.teacher_arch, ensemble=config.ensemble,
-                            train=TrainConfig(epochs=config.teacher_epochs, lr=2e-3, jitter=config.jitter,
-                                              seed=config.seed, device=device)),
-        p, overwrite=True, resume=resume, progress=progress, config_record=config_record))
+        data, teacher_config(config, device), p, overwrite=True, resume=resume, progress=progress, config_record=config_record))
     teacher = load_teacher(teacher_dir).to(device)
     summary["teacher"] = _model_summary(evaluate(teacher, data), teacher)
 
     teacher, summary["distilled_from"] = _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage,
                                                             summary, resume, progress, config_record, echo)
     student_dir = out / "student"
-    distill_cfg = DistillConfig(student=config.student, temperature=config.temperature, alpha=config.alpha,
-                                train=TrainConfig(epochs=config.epochs, jitter=config.jitter, seed=config.seed, device=device),
-                                views=4 if config.jitter else 0, baseline=True)
+    distill_cfg = distill_config(config, device)
     stage("distill", student_dir, lambda p: distill(teacher, data, distill_cfg, p, cache=cache, overwrite=True,
                                                     resume=resume, progress=progress, config_record=config_record))
     student = load_teacher(student_dir).to(device)
@@ -101,6 +96,28 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
 
 
 # --- each stage's settings in the pipeline ------------------------------------------------------------
+
+def teacher_config(config: PipelineConfig, device: str):
+    """The teacher stage's settings (``benchmarks/pipeline_digits.py`` trains the same teacher)."""
+    from edgekd.teacher_training import TeacherConfig
+    from edgekd.training import TrainConfig
+
+    return TeacherConfig(arch=config.teacher_arch, ensemble=config.ensemble,
+                         train=TrainConfig(epochs=config.teacher_epochs, lr=2e-3, jitter=config.jitter,
+                                           seed=config.seed, device=device))
+
+
+def distill_config(config: PipelineConfig, device: str):
+    """The distill stage's settings: with student jitter the teacher is cached on every shift, so it sees
+    exactly the student's view (consistent teaching); the baseline is always trained beside it."""
+    from edgekd.config import DistillConfig
+    from edgekd.training import TrainConfig
+
+    return DistillConfig(student=config.student, temperature=config.temperature, alpha=config.alpha,
+                         train=TrainConfig(epochs=config.epochs, jitter=config.student_jitter, seed=config.seed,
+                                           device=device),
+                         view_grid=bool(config.student_jitter), baseline=True)
+
 
 QUICK_BENCH = dict(batch_sizes=(1, 32), threads=(1,), seconds=0.15, rounds=2, min_runs=4, warmup_seconds=0.02,
                    floor_seconds=0.05, probe_seconds=0.1)

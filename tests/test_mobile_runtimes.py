@@ -34,7 +34,9 @@ def test_converted_runtime_times_fp32_and_skips_int8_with_the_reason(runtime, pa
     from benchmarks.harness import BenchConfig, run_benchmark
 
     models = [f"student={tiny_student}", f"fp32={exported['fp32']}", f"int8={exported['int8']}"]
+    before = sorted(p.name for p in exported["fp32"].parent.iterdir())
     report = run_benchmark(models, digits, BenchConfig(runtimes=("pytorch", "onnxruntime", runtime), **FAST))
+    assert sorted(p.name for p in exported["fp32"].parent.iterdir()) == before   # nothing written beside the inputs
     ok = [r for r in _rows(report, runtime) if r["status"] == "ok"]
     assert {(r["model"], r["batch_size"]) for r in ok} == {("fp32", 1), ("fp32", 4)}
     skipped = [r for r in _rows(report, runtime) if r["model"] == "int8"]
@@ -71,6 +73,25 @@ def test_conversion_cache_is_keyed_by_the_file_content(tmp_path):
     changed, record = convert_cached(model, "mnn", convert)
     assert changed != folder and record["cached"] is False and len(calls) == 2
     assert (changed / "model.mnn").read_bytes() == b"graph-2"
+
+
+def test_a_converter_writing_beside_its_input_leaves_the_users_folder_alone(tmp_path, monkeypatch):
+    """pnnx writes ``<input>.pnnxsim.onnx`` beside the file it converts: that must be edgekd's copy."""
+    from benchmarks.mobile_runtimes import convert_cached
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "m.onnx").write_bytes(b"graph")
+
+    def convert(src, folder):
+        src.with_suffix(".pnnxsim.onnx").write_bytes(b"side")   # as pnnx does
+        (folder / "model.mnn").write_bytes(src.read_bytes())
+        return {"tool": "test"}
+
+    folder, _ = convert_cached(users / "m.onnx", "mnn", convert)
+    assert sorted(p.name for p in users.iterdir()) == ["m.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["conversion.json", "model.mnn"]
 
 
 @pytest.mark.mobile

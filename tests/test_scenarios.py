@@ -7,7 +7,8 @@ import pytest
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", ["spine_fmnist", "omitted_class", "soft_regularizer", "ddp_checkpoint", "gpu_fmnist",
-                                    "defaults_study", "imagefolder_decode", "photos_fmnist"])
+                                    "defaults_study", "imagefolder_decode", "photos_fmnist",
+                                    "pipeline_digits"])
 def test_scenario_smoke(tmp_path, module, capsys):
     import importlib
 

@@ -366,7 +366,10 @@ def evaluate_cmd(model, reference, split, as_json, **params):
 @click.option("--epochs", type=click.IntRange(min=1), default=PIPELINE["epochs"], show_default=True)
 @click.option("--temperature", "-T", default=_auto_default(PIPELINE["temperature"]), show_default=True)
 @click.option("--alpha", default=_auto_default(PIPELINE["alpha"]), show_default=True)
-@click.option("--jitter", type=click.IntRange(min=0), default=PIPELINE["jitter"], show_default=True)
+@click.option("--jitter", type=click.IntRange(min=0), default=PIPELINE["jitter"], show_default=True,
+              help="The teachers' random input shifts, in pixels.")
+@click.option("--student-jitter", type=click.IntRange(min=0), default=PIPELINE["student_jitter"], show_default=True,
+              help="The student's (and its baseline's) shifts; with shifts the teacher is cached on every one.")
 @click.option("--skip", multiple=True, type=click.Choice(["specialists", "export", "bench"]),
               help="Skip an optional stage (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
@@ -382,7 +385,8 @@ def pipeline_cmd(ctx, **params):
         data=data_spec(params), train_limit=params["train_limit"], val_fraction=params["val_fraction"],
         teacher_arch=params["teacher_arch"], ensemble=params["ensemble"], teacher_epochs=params["teacher_epochs"],
         student=params["student"], epochs=params["epochs"], temperature=_parse_auto("temperature", params["temperature"]),
-        alpha=_parse_auto("alpha", params["alpha"]), jitter=params["jitter"], seed=params["seed"],
+        alpha=_parse_auto("alpha", params["alpha"]), jitter=params["jitter"],
+        student_jitter=params["student_jitter"], seed=params["seed"],
         device=params["device"], skip=tuple(params["skip"]))
     from edgekd.outputs import output_lock
     from edgekd.validation import check_output_dir
