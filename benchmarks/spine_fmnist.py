@@ -25,16 +25,19 @@ def parse_args(argv=None):
                    help="';'-separated student specs, each with '@EPOCHS' (else --epochs).")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--views", default="4", help="Cached jittered teacher views per image, or 'all': every integer "
+                   "shift, so the teacher sees exactly the student's view (consistent teaching).")
     p.add_argument("--temperature-grid", default="2,4,8,16")
     p.add_argument("--alpha-grid", default="0.5,0.9")
     p.add_argument("--student-jitter", type=int, default=None,
                    help="The students' ±px jitter (default: the teacher's --jitter); the hard-label baseline picks its own.")
     p.add_argument("--render", metavar="JSON", help="Only write the report again from a result JSON of this benchmark.")
     args = p.parse_args(argv)
+    if args.views != "all" and not args.views.isdigit():
+        p.error(f"--views must be a count or 'all'; got {args.views!r}")
     if args.smoke:
         apply_smoke(args)
-        args.students, args.epochs, args.seeds, args.views = "mlp:hidden=32@2", 2, 2, 2
+        args.students, args.epochs, args.seeds, args.views = "mlp:hidden=32@2", 2, 2, "2"
         args.temperature_grid, args.alpha_grid = "2,8", "0.9"
     return args
 
@@ -113,6 +116,7 @@ def main(argv=None):
                 "students": students, "epoch_time": timing}
 
     students = []
+    specs = [entry.partition("@")[0] for entry in args.students.split(";")]
     for entry in args.students.split(";"):
         spec, _, epochs = entry.partition("@")
         epochs = int(epochs) if epochs else args.epochs
@@ -121,12 +125,13 @@ def main(argv=None):
         students.append(record)
         for seed in range(args.seeds):
             jitter = args.jitter if args.student_jitter is None else args.student_jitter
-            suffix = "" if jitter == args.jitter else f"-j{jitter}"
+            suffix = ("" if jitter == args.jitter else f"-j{jitter}") + (f"-e{epochs}" if specs.count(spec) > 1 else "")
             out = work / f"student-{spec.replace(':', '_').replace(',', '_').replace('=', '')}{suffix}-s{seed}"
             config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
                                    temperature_grid=grid_t, alpha_grid=grid_a,
                                    train=TrainConfig(epochs=epochs, jitter=jitter, seed=seed, device=args.device),
-                                   views=args.views, baseline=True)
+                                   views=0 if args.views == "all" else int(args.views), view_grid=args.views == "all",
+                                   baseline=True)
             r = distill(teacher, data, config, out, cache=cache, overwrite=True, resume=(out.parent / (out.name + ".partial")).exists())
             chosen = chosen or (r.temperature, r.alpha)
             runs.append(asdict(r) | {"path": str(out), "seed": seed, "timings": run_timings(out)})
@@ -185,8 +190,8 @@ def render(result: dict) -> str:
               f"Teacher: {t['members']} × `{t['arch']}` ({t['epochs']} epochs, ±{result['args']['jitter']} px jitter), "
               f"members {', '.join(f'{100 * a:.2f}' for a in t['member_test_accuracy'])}; "
               f"ensemble (mean of logits) **{100 * t['ensemble_test_accuracy']:.2f}%**, {t['macs']:,} MACs.", "",
-              "| student | MACs | share of ensemble MACs | T | alpha | hard labels (test %) | distilled (test %) | gap closed |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| student | epochs | MACs | share of ensemble MACs | T | alpha | hard labels (test %) | distilled (test %) | "
+              "gap closed |", "|---|---|---|---|---|---|---|---|---|"]
     for s in result["students"]:
         base = [r["baseline_test_accuracy"] for r in s["runs"]]
         dist = [r["student_test_accuracy"] for r in s["runs"]]
@@ -194,13 +199,15 @@ def render(result: dict) -> str:
         closed = "no gap (teacher not above baseline)" if gap is None else (
             f"{100 * gap:.0f}%" if gap >= 0 else f"loses by {100 * (mean_std(base)[0] - mean_std(dist)[0]):.2f} points")
         macs = s["runs"][0]["student_macs"]
-        lines.append(f"| `{s['student']}` | {macs:,} | 1/{t['macs'] / macs:.0f} | {s['temperature']:g} | {s['alpha']:g} | "
+        lines.append(f"| `{s['student']}` | {s['epochs']} | {macs:,} | 1/{t['macs'] / macs:.0f} | {s['temperature']:g} | {s['alpha']:g} | "
                      f"{pm(base)} | {pm(dist)} | {closed} |")
     lines += [""] + [aim_line(s, t["ensemble_test_accuracy"]) for s in result["students"]]
     budgets = ", ".join(f"{s['epochs']}" for s in result["students"])
     a = result["args"]
     jitter = a["jitter"] if a.get("student_jitter") is None else a["student_jitter"]
-    views = (f"±{jitter} px jitter ({a['views']} cached teacher views)" if jitter else
+    cached = (f"the teacher cached on all {(2 * jitter + 1) ** 2} shifts: consistent teaching" if str(a["views"]) == "all"
+              else f"{a['views']} cached teacher views")
+    views = (f"±{jitter} px jitter ({cached})" if jitter else
              "no jitter (teacher logits cached on the un-augmented transfer set)")
     lines += ["", f"Mean ± std over {len(result['students'][0]['runs'])} seeds; the same seed, budget "
               f"({budgets} epochs), "
