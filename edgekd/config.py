@@ -124,12 +124,12 @@ class PipelineConfig:
     teacher_epochs: int = 15
     student: str = "mlp:hidden=64"
     # 60, not 30: at 30 both students are still learning on digits and the distilled one loses to
-    # its baseline; at 60 it gains (3 seeds, chosen on val; see the README's quickstart notes)
+    # its baseline; at 60 it gains (3 seeds, chosen on val: benchmarks/results/pipeline_digits.md)
     epochs: int = 60
     temperature: float | None = None
     alpha: float | None = 0.5
     jitter: int = 1                 # the teachers' input jitter
-    student_jitter: int = 0         # the student's: a 1-px shift of an 8x8 digit costs a small mlp ~4 points
+    student_jitter: int = 0         # the student's: a 1-px shift of an 8x8 digit costs a small mlp 3-6 points
     seed: int = 0
     device: str = "auto"
     skip: tuple[str, ...] = ()

@@ -350,6 +350,7 @@ def _option_cases():
         ("distill jitter 3000 on 8x8", lambda t, T, S: [*DISTILL, "--teacher", T, "--jitter", "3000", "--out", t / "o"], "'jitter' parameter"),
         ("specialists jitter 3000", lambda t, T, S: [*BUILD, "--teacher", S, "--jitter", "3000", "--out", t / "o"], "'jitter' parameter"),
         ("pipeline jitter 3000", lambda t, T, S: ["pipeline", "--jitter", "3000", "--out", t / "o"], "'jitter' parameter"),
+        ("pipeline student jitter 8", lambda t, T, S: ["pipeline", "--student-jitter", "8", "--out", t / "o"], "'jitter' parameter"),
         ("train cnn width 1e20", lambda t, T, S: [*TRAIN, "--arch", "cnn:width=1e20", "--out", t / "o"], "width"),
         ("train cnn width 10^6", lambda t, T, S: [*TRAIN, "--arch", "cnn:width=1000000", "--out", t / "o"], "at most 4096"),
         ("train mlp hidden 10^9", lambda t, T, S: [*TRAIN, "--arch", "mlp:hidden=1000000000", "--out", t / "o"], "at most"),
