@@ -156,13 +156,39 @@ def interval95(values) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def aim_line(s: dict, teacher: float) -> str:
+def label(s: dict, students: list[dict]) -> str:
+    """The student's name, with its budget when the same student was run at several budgets."""
+    repeated = sum(o["student"] == s["student"] for o in students) > 1
+    return f"`{s['student']}`" + (f" ({s['epochs']} epochs)" if repeated else "")
+
+
+def strongest_baseline_line(s: dict, students: list[dict], teacher: float) -> str | None:
+    """When the same student ran at several budgets, its gap against the best hard-label mean of any of
+    them: a longer schedule can hurt the baseline, and the same-budget gap would then flatter distillation."""
+    from edgekd.distill import gap_closed
+
+    same = [o for o in students if o["student"] == s["student"]]
+    if len(same) < 2:
+        return None
+    best = max(same, key=lambda o: mean_std(r["baseline_test_accuracy"] for r in o["runs"])[0])
+    if best is s:
+        return None
+    base = mean_std(r["baseline_test_accuracy"] for r in best["runs"])[0]
+    dist = mean_std(r["student_test_accuracy"] for r in s["runs"])[0]
+    gap = gap_closed(dist, base, teacher)
+    share = ("no gap" if gap is None else f"closes {100 * gap:.0f}%" if gap >= 0
+             else f"loses by {100 * (base - dist):.2f} points")
+    return (f"{label(s, students)} distilled against the strongest hard-label student of any budget here "
+            f"({best['epochs']} epochs, {100 * base:.2f}%): {share} of the gap.")
+
+
+def aim_line(s: dict, teacher: float, students: list[dict] | None = None) -> str:
     from edgekd.distill import gap_closed
 
     dist = [r["student_test_accuracy"] for r in s["runs"]]
     base = [r["baseline_test_accuracy"] for r in s["runs"]]
     lo, hi = interval95(dist)
-    text = f"`{s['student']}` distilled: 95% interval of the mean over {len(dist)} seeds {100 * lo:.2f}–{100 * hi:.2f}%"
+    text = f"{label(s, students or [s])} distilled: 95% interval of the mean over {len(dist)} seeds {100 * lo:.2f}–{100 * hi:.2f}%"
     kind, target = AIMS.get(s["student"], (None, None))
     if kind == "gap":
         gap = gap_closed(mean_std(dist)[0], mean_std(base)[0], teacher)
@@ -201,7 +227,9 @@ def render(result: dict) -> str:
         macs = s["runs"][0]["student_macs"]
         lines.append(f"| `{s['student']}` | {s['epochs']} | {macs:,} | 1/{t['macs'] / macs:.0f} | {s['temperature']:g} | {s['alpha']:g} | "
                      f"{pm(base)} | {pm(dist)} | {closed} |")
-    lines += [""] + [aim_line(s, t["ensemble_test_accuracy"]) for s in result["students"]]
+    students = result["students"]
+    lines += [""] + [aim_line(s, t["ensemble_test_accuracy"], students) for s in students]
+    lines += [line for s in students if (line := strongest_baseline_line(s, students, t["ensemble_test_accuracy"]))]
     budgets = ", ".join(f"{s['epochs']}" for s in result["students"])
     a = result["args"]
     jitter = a["jitter"] if a.get("student_jitter") is None else a["student_jitter"]
@@ -219,7 +247,7 @@ def render(result: dict) -> str:
         tried = ", ".join(f"seed {r['seed']}: " + " / ".join(
             f"±{b['jitter']} px {100 * b['val_accuracy']:.2f}" + (" (kept)" if b["chosen"] else "") for b in r["baseline_search"])
             for r in s["runs"])
-        lines.append(f"Hard-label recipe for `{s['student']}`, chosen on val per seed ({tried}): "
+        lines.append(f"Hard-label recipe for {label(s, students)}, chosen on val per seed ({tried}): "
                      f"jitter off in {sum(c == 0 for c in chosen)} of {len(chosen)} seeds.")
         timed = [r.get("timings") or {} for r in s["runs"]]
         if any(timed):
@@ -234,7 +262,7 @@ def render(result: dict) -> str:
                          "not charged to either column).")
         lines.append("")
         if s["search"]:
-            lines.append(f"Auto search for `{s['student']}` (seed 0, val accuracy after a short budget): " + ", ".join(
+            lines.append(f"Auto search for {label(s, students)} (seed 0, val accuracy after a short budget): " + ", ".join(
                 f"T={c['temperature']:g}/α={c['alpha']:g}: {100 * c['val_accuracy']:.2f}" for c in s["search"]) + ".")
             lines.append("")
     e = result["epoch_time"]
