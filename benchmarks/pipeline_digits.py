@@ -30,6 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", default="30,60", help="Student budgets to compare.")
     p.add_argument("--student-jitters", default="0,1", help="Student shifts (pixels) to compare.")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="Where every training runs.")
     p.add_argument("--work", default="runs/pipeline_digits")
     p.add_argument("--out", default="benchmarks/results/pipeline_digits")
     p.add_argument("--smoke", action="store_true", help="a 1-member 2-epoch teacher, 2-epoch students, 1 seed")
@@ -45,20 +46,22 @@ def run(args) -> dict:
     from edgekd.cache import LogitCache
     from edgekd.config import PipelineConfig
     from edgekd.data import load_dataset
+    from edgekd.device import resolve_device
     from edgekd.distill import distill
     from edgekd.pipeline import distill_config, teacher_config
     from edgekd.teacher_training import train_teachers
     from edgekd.teachers import load_teacher
 
     base = PipelineConfig()
+    device = resolve_device(args.device).type
     if args.smoke:
         base = dataclasses.replace(base, teacher_arch="cnn:width=4,fc=16", ensemble=1, teacher_epochs=2)
     work = Path(args.work)
     data = load_dataset(base.data, val_fraction=base.val_fraction)
     teacher_dir = work / "teacher"
     if not is_artifact(teacher_dir):
-        train_teachers(data, teacher_config(base, "cpu"), teacher_dir, overwrite=True)
-    teacher = load_teacher(teacher_dir)
+        train_teachers(data, teacher_config(base, device), teacher_dir, overwrite=True)
+    teacher = load_teacher(teacher_dir).to(device)
     cache = LogitCache(work / "cache")
     cells = []
     for epochs in [int(e) for e in args.epochs.split(",")]:
@@ -66,7 +69,7 @@ def run(args) -> dict:
             for seed in range(args.seeds):
                 config = dataclasses.replace(base, epochs=epochs, student_jitter=jitter, seed=seed)
                 out = work / f"student-e{epochs}-j{jitter}-s{seed}"
-                result = distill(teacher, data, distill_config(config, "cpu"), out, cache=cache, overwrite=True)
+                distill(teacher, data, distill_config(config, device), out, cache=cache, overwrite=True)
                 m = load_artifact(out).manifest
                 chosen = next(r for r in m.metrics["baseline_search"] if r["chosen"])
                 cells.append({"epochs": epochs, "student_jitter": jitter, "seed": seed,
@@ -77,8 +80,7 @@ def run(args) -> dict:
                               "teacher_test": m.metrics["teacher_test_accuracy"], "gap_closed": m.metrics["gap_closed"]})
                 print(f"epochs {epochs} jitter {jitter} seed {seed}: distilled {cells[-1]['test']:.4f} "
                       f"hard {cells[-1]['baseline_test']:.4f} (T={cells[-1]['temperature']})", flush=True)
-                del result
-    return {"teacher": {"config": dataclasses.asdict(teacher_config(base, "cpu")),
+    return {"teacher": {"config": dataclasses.asdict(teacher_config(base, device)),
                         "test_accuracy": load_artifact(teacher_dir).manifest.metrics.get("test_accuracy")},
             "data": data.describe(), "student": base.student, "alpha": base.alpha, "cells": cells, "settings": summarize(cells)}
 
