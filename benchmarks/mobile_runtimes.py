@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 import time

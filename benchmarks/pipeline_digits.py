@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, mean_std, pm, provenance
-from benchmarks.scenario_common import write_result
+from benchmarks.scenario_common import check_teacher_matches, write_result
 
 
 def parse_args(argv=None):
@@ -59,7 +59,9 @@ def run(args) -> dict:
     work = Path(args.work)
     data = load_dataset(base.data, val_fraction=base.val_fraction)
     teacher_dir = work / "teacher"
-    if not is_artifact(teacher_dir):
+    if is_artifact(teacher_dir):   # reused only when it is the teacher asked for
+        check_teacher_matches(load_artifact(teacher_dir).manifest, teacher_config(base, device), data.describe(), teacher_dir)
+    else:
         train_teachers(data, teacher_config(base, device), teacher_dir, overwrite=True)
     teacher = load_teacher(teacher_dir).to(device)
     cache = LogitCache(work / "cache")

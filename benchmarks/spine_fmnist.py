@@ -117,15 +117,15 @@ def main(argv=None):
 
     students = []
     specs = [entry.partition("@")[0] for entry in args.students.split(";")]
+    jitter = args.jitter if args.student_jitter is None else args.student_jitter
     for entry in args.students.split(";"):
         spec, _, epochs = entry.partition("@")
         epochs = int(epochs) if epochs else args.epochs
         runs, chosen = [], None
         record = {"student": spec, "epochs": epochs, "runs": runs}
         students.append(record)
+        suffix = ("" if jitter == args.jitter else f"-j{jitter}") + (f"-e{epochs}" if specs.count(spec) > 1 else "")
         for seed in range(args.seeds):
-            jitter = args.jitter if args.student_jitter is None else args.student_jitter
-            suffix = ("" if jitter == args.jitter else f"-j{jitter}") + (f"-e{epochs}" if specs.count(spec) > 1 else "")
             out = work / f"student-{spec.replace(':', '_').replace(',', '_').replace('=', '')}{suffix}-s{seed}"
             config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
                                    temperature_grid=grid_t, alpha_grid=grid_a,
