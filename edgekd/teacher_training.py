@@ -33,6 +33,8 @@ class TeacherResult:
     parameters_per_member: int
     seconds: float
     seconds_per_epoch: float
+    epochs_run: tuple[int, ...] = ()    # per member: fewer than asked when patience stopped it
+    best_epoch: tuple[int, ...] = ()    # per member: the epoch whose weights were kept (best on val)
 
 
 def supervised_batches(x: torch.Tensor, y: torch.Tensor, jitter: int):
@@ -61,7 +63,7 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
                      fingerprint=run_fingerprint(config_record or config, data), overwrite=overwrite)
     device = dist.device if dist is not None else resolve_device(config.train.device)
     data = place_dataset(data, device)
-    members, member_acc, per_epoch = [], [], []
+    members, member_acc, per_epoch, epochs_run, best_epoch = [], [], [], [], []
     for index in range(config.ensemble):
         seed = config.train.seed + index
         torch.manual_seed(seed)
@@ -77,13 +79,16 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
         members.append(model)
         member_acc.append(accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0])
         per_epoch.append(result.seconds_per_epoch)
+        epochs_run.append(result.epochs_run)
+        best_epoch.append(result.best_epoch)
     seconds = time.perf_counter() - started
     ensemble = EnsembleModule(members, config.combine).eval()
     test_acc, test_nll = accuracy_and_nll(predict_logits(ensemble, data.x_test), data.y_test)
     macs = count_macs(members[0], data.input_shape)
     params = count_parameters(members[0])
     metrics = {"member_test_accuracy": member_acc, "test_accuracy": test_acc, "test_nll": test_nll,
-               "macs_per_member": macs, "macs": macs * len(members), "parameters": params * len(members)}
+               "macs_per_member": macs, "macs": macs * len(members), "parameters": params * len(members),
+               "member_epochs_run": epochs_run, "member_best_epoch": best_epoch}
     # wall-clock figures vary run to run; they live apart from the (deterministic) metrics
     timings = {"seconds": round(seconds, 2), "seconds_per_epoch": sum(per_epoch) / len(per_epoch)}
     manifest = Manifest(
@@ -99,7 +104,8 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
         store.finish()
     return TeacherResult(path=out, member_test_accuracy=tuple(member_acc), ensemble_test_accuracy=test_acc,
                          ensemble_test_nll=test_nll, macs_per_member=macs, parameters_per_member=params,
-                         seconds=seconds, seconds_per_epoch=sum(per_epoch) / len(per_epoch))
+                         seconds=seconds, seconds_per_epoch=sum(per_epoch) / len(per_epoch),
+                         epochs_run=tuple(epochs_run), best_epoch=tuple(best_epoch))
 
 
 def _config_dict(config) -> dict:
