@@ -508,3 +508,22 @@ def test_scale_benchmark_quick(tmp_path):
     assert record["gating"]["max_abs_diff"] < 1e-4 and set(record["aims"]) >= {"overall_gain_at_least_4.4%"}
     text = out.with_suffix(".md").read_text()
     assert "- command: `python -m benchmarks.specialists_scale --quick" in text and "**Extrapolated**" in text
+
+
+@pytest.mark.slow
+def test_scale_benchmark_gain_parts_only(tmp_path):
+    """--parts gain: clustering quality, the ensemble against the generalist and the students (with
+    their hard-label baseline), none of the cost sweeps; the reading is worded from the figures."""
+    from benchmarks.specialists_scale import main
+
+    out = tmp_path / "gain"
+    assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["clustering_cost"] == [] and record["builds"] == [] and record["gating"] is None
+    assert "old_auto" not in record["clustering"][0] and record["control"]["generalist_epochs"] == 1
+    assert record["clustering"][0]["generalist"]["epochs_run"] == 5
+    hard = [r["baseline_test_accuracy"] for r in record["students"][1]["runs"]]
+    assert record["students"][1]["teacher"] == "generalist" and all(0 <= h <= 1 for h in hard)
+    text = out.with_suffix(".md").read_text()
+    assert "| none (hard labels) |" in text and "**Extrapolated**" not in text
+    assert "Reading: the clustering aims" in text and "with the control trained 1 epochs" in text
