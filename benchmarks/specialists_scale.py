@@ -62,14 +62,16 @@ def parse_args(argv=None):
     p.add_argument("--parts", choices=("all", "gain"), default="all",
                    help="all: every figure; gain: clustering quality, specialists against the generalist and its "
                         "control, and the students only (no cost sweeps).")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="Seeds per student (0: no students).")
     p.add_argument("--work", default="runs/specialists_scale")
     p.add_argument("--out", default="benchmarks/results/specialists_scale")
     p.add_argument("--quick", action="store_true", help="Tiny sizes and budgets (a smoke test).")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.cost_sizes, args.dim, args.train, args.test = "40:4,80:8", "40:4,80:8", 16, 30, 10
-        args.gen_epochs, args.spec_epochs, args.student_epochs, args.seeds = 5, 2, 1, 2
+        args.gen_epochs, args.spec_epochs, args.student_epochs = 5, 2, 1
+        if args.seeds == p.get_default("seeds"):   # an explicit --seeds (0: no students) stands
+            args.seeds = 2
         args.build_ks, args.student, args.generalist = "2,8", "mlp:hidden=16", "mlp:hidden=16"
         if args.work == p.get_default("work"):
             args.work = str(Path(args.out).parent / (Path(args.out).name + "-work"))
@@ -426,7 +428,24 @@ def artifact_files_before_after(spec_path, classes) -> dict:
 
 # --- students ---------------------------------------------------------------------------------------------------
 
+STUDENT_SETTINGS = ("student", "student_epochs", "seeds")
+
+
 def students(args, work, cache, data, teachers: dict) -> list:
+    """Students distilled from each teacher, ``--seeds`` each, at every usable core (no figure here is a time)."""
+    import torch
+
+    from benchmarks.timing import usable_cores
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(usable_cores())
+    try:
+        return _students(args, work, cache, data, teachers)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _students(args, work, cache, data, teachers: dict) -> list:
     from edgekd.config import DistillConfig
     from edgekd.distill import distill
     from edgekd.teachers import load_teacher
@@ -468,7 +487,8 @@ def main(argv=None) -> int:
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     cache = LogitCache(work / "cache")
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "work")}
+    # the students' settings name their own part, so changing them leaves the generalists and specialists read back
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "work", *STUDENT_SETTINGS)}
     parts = Parts(work, settings)
     sizes, seps = _sizes(args.sizes), [float(s) for s in args.seps.split(",")]
     main_sep = seps[0]
@@ -511,8 +531,8 @@ def main(argv=None) -> int:
             args, work, cache, big_data, generalist(args, work, big_data, f"generalist-c{big_c}-sep{main_sep:g}-e{control_epochs}",
                                                     control_epochs)["path"],
             f"spec-c{big_c}-overlap-e{control_epochs}", specialists[big_c]["k"]))
-    taught = parts.get("students", lambda: students(args, work, cache, big_data,
-                                                    {"specialists": main_spec, "generalist": big_gen["path"]}))
+    taught = parts.get(f"students-{args.student}-e{args.student_epochs}-s{args.seeds}", lambda: students(
+        args, work, cache, big_data, {"specialists": main_spec, "generalist": big_gen["path"]})) if args.seeds else []
 
     record = provenance(started)
     record["command"] = "python -m benchmarks.specialists_scale " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -543,9 +563,6 @@ def _generation_time(args, classes, groups, sep) -> dict:
 def aims(result: dict, big_c: int) -> dict:
     spec = result["specialists"][str(big_c)]
     rising = [r["relative_change"] for r in spec["by_coverage"] if r["specialists_covering"] >= 1 and r["relative_change"] is not None]
-    students_ = {s["teacher"]: [r["test_accuracy"] for r in s["runs"]] for s in result["students"]}
-    (m_s, sd_s), (m_g, sd_g) = mean_std(students_["specialists"]), mean_std(students_["generalist"])
-    hard = [r.get("baseline_test_accuracy") for s in result["students"] for r in s["runs"] if s["teacher"] == "generalist"]
     big_rows = [r for r in result["clustering"] if r["classes"] == big_c]
     aims_ = {
         "ari_at_least_0.9": {f"{r['classes']} classes, sep {r['sep']:g}, {label}": r[label]["ari"] >= 0.9
@@ -556,6 +573,11 @@ def aims(result: dict, big_c: int) -> dict:
     if result.get("control"):
         aims_["overall_gain_at_least_4.4%_with_the_control_generalist"] = result["control"]["relative_change"] >= 0.044
     aims_["table4_rises_with_coverage"] = len(rising) >= 2 and all(b > a for a, b in zip(rising, rising[1:]))
+    if not result["students"]:
+        return aims_
+    students_ = {s["teacher"]: [r["test_accuracy"] for r in s["runs"]] for s in result["students"]}
+    (m_s, sd_s), (m_g, sd_g) = mean_std(students_["specialists"]), mean_std(students_["generalist"])
+    hard = [r.get("baseline_test_accuracy") for s in result["students"] for r in s["runs"] if s["teacher"] == "generalist"]
     aims_["student_wins_by_more_than_spread"] = (m_s - m_g) > max(sd_s, sd_g)
     if all(h is not None for h in hard) and hard:
         m_h, sd_h = mean_std(hard)
@@ -567,6 +589,10 @@ def aims(result: dict, big_c: int) -> dict:
 
 def _pct(v):
     return f"{100 * v:.2f}" if v is not None else "-"
+
+
+def _p_value(p):
+    return "< 1e-300" if p == 0 else f"= {p:.2g}"   # 0.0 is an underflow, not a certainty
 
 
 def _rel(v):
@@ -605,7 +631,7 @@ def render(result: dict) -> str:
     lines += _gain_lines(result)
     if result["builds"]:
         lines += _build_lines(result)
-    lines += _student_lines(result)
+    lines += _student_lines(result) if result["students"] else ["", "## Students", "", "Not run (`--seeds 0`)."]
     lines += ["", "## Aims", ""]
     for name, value in result["aims"].items():
         lines.append(f"- {name}: {json.dumps(value)}")
@@ -657,7 +683,7 @@ def _gain_lines(result) -> list:
                   f"{s['specialists']} specialists", "",
                   f"Test accuracy {_pct(s['generalist_accuracy'])}% → {_pct(s['ensemble_accuracy'])}%: **{_rel(s['relative_change'])} "
                   f"relative overall** (the paper: +4.4%); covered classes {_rel(s['covered'])}; {s['fixed']} test inputs fixed, "
-                  f"{s['broken']} broken, sign test p = {s['sign_test_p']:.2g}; {s['active']['mean_active']:.2f} specialists active "
+                  f"{s['broken']} broken, sign test p {_p_value(s['sign_test_p'])}; {s['active']['mean_active']:.2f} specialists active "
                   f"per input on average (at most {s['active']['max_active']}).", "",
                   "| specialists covering the correct class | test examples | change in correct | relative change |", "|---|---|---|---|"]
         for row in s["by_coverage"]:
@@ -753,6 +779,8 @@ def reading(result) -> str:
     else:
         said.append(f"the overall gain is {_rel(gain)}, with no control generalist trained longer")
     said.append("Table 4 rises with coverage" if aims_["table4_rises_with_coverage"] else "Table 4 does not rise with coverage")
+    if not result["students"]:
+        return "; ".join(said) + "; no students were trained in this run."
     students_ = {s["teacher"]: mean_std([r["test_accuracy"] for r in s["runs"]])[0] for s in result["students"]}
     diff = 100 * (students_["specialists"] - students_["generalist"])
     verdict = "wins by more than its seed spread" if aims_["student_wins_by_more_than_spread"] else "does not win by more than its seed spread"

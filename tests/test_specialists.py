@@ -527,3 +527,8 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     text = out.with_suffix(".md").read_text()
     assert "| none (hard labels) |" in text and "**Extrapolated**" not in text
     assert "Reading: the clustering aims" in text and "with the control trained 1 epochs" in text
+    # the students' settings name their own part: a rerun without students reads everything else back
+    assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--seeds", "0", "--out", str(out)]) == 0
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert again["students"] == [] and len(again["parts_read_back"]) == len(record["parts_seconds"]) - 1   # all but the students
+    assert "Not run (`--seeds 0`)." in out.with_suffix(".md").read_text()
