@@ -13,6 +13,7 @@ mean and std instead: ``x' = (x * scale - mean) / std``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -131,6 +132,7 @@ class ModuleTeacher(Teacher):
         self.kind, self.classes, self.input_shape = kind, tuple(classes), tuple(input_shape)
         self.fingerprint, self.description, self.artifact = fingerprint, description, artifact
         self.device = module_device(self.net)
+        self._nhwc = None   # the channels_last inference copy, made on first use (see _logits)
 
     def module(self) -> nn.Module:
         return self.net
@@ -138,10 +140,25 @@ class ModuleTeacher(Teacher):
     def to(self, device):
         self.device = torch.device(device)
         self.net.to(self.device)
+        self._nhwc = None
         return self
 
     def _logits(self, x):
-        return self.net(x.reshape(len(x), *self.input_shape).to(self.device, non_blocking=True)).float().to(x.device)
+        inputs = x.reshape(len(x), *self.input_shape).to(self.device, non_blocking=True)
+        net = self.channels_last_net() if inputs.dim() == 4 and self.device.type == "cpu" else None
+        if net is not None:
+            return net(inputs.contiguous(memory_format=torch.channels_last)).float().to(x.device)
+        return self.net(inputs).float().to(x.device)
+
+    def channels_last_net(self) -> nn.Module | None:
+        """A channels_last (NHWC) copy of a convolutional net, for CPU inference only: oneDNN's
+        convolutions run faster on NHWC than on NCHW (measured in benchmarks/results/teacher_inference.md).
+        A copy, because channels_last parameters are not contiguous (safetensors refuses them) and
+        ``self.net`` is what is saved, exported and benchmarked. None for nets without convolutions."""
+        if self._nhwc is None:
+            convolutional = any(isinstance(m, nn.Conv2d) for m in self.net.modules())
+            self._nhwc = copy.deepcopy(self.net).to(memory_format=torch.channels_last).eval() if convolutional else False
+        return self._nhwc or None
 
 
 class OnnxTeacher(Teacher):

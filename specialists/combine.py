@@ -368,11 +368,11 @@ class SpecialistTeacher(ModuleTeacher):
 
     def _logits(self, x):
         """Generalist on every input, each specialist only on the inputs that activate it, float64 solve."""
-        x = x.reshape(len(x), *self.input_shape).to(self.device)
+        inputs = x.reshape(len(x), *self.input_shape).to(self.device)
         net = self.net
-        solved = gated_combine(net.generalist(x).double(), lambda m, rows: net.specialists[m](x[rows]).double(),
+        solved = gated_combine(net.generalist(inputs).double(), lambda m, rows: net.specialists[m](inputs[rows]).double(),
                                self.clusters, top_n=self.top_n, tol=self.tol, max_steps=self.max_steps)
-        return solved.log_q.float().to(x.device)
+        return solved.log_q.float().to(x.device)   # on the caller's device, as Teacher.logits promises
 
     def dense_logits(self, x):
         """The former ``_logits``: every specialist on every input, a (B, n, C) float64 solve with

@@ -8,7 +8,7 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.parametrize("module", ["spine_fmnist", "omitted_class", "soft_regularizer", "ddp_checkpoint", "gpu_fmnist",
                                     "defaults_study", "imagefolder_decode", "photos_fmnist",
-                                    "pipeline_digits"])
+                                    "pipeline_digits", "teacher_inference"])
 def test_scenario_smoke(tmp_path, module, capsys):
     import importlib
 
@@ -75,3 +75,13 @@ def test_spine_report_is_written_again_from_its_json(tmp_path):
     spine_fmnist.main(["--render", str(out.with_suffix(".json"))])
     assert out.with_suffix(".md").read_text() == first
     assert "Hard-label recipe for" in first and "95% interval" in first and "teacher's targets" in first
+
+
+def test_teacher_inference_compares_the_two_paths(tmp_path):
+    from benchmarks.teacher_inference import main
+
+    out = tmp_path / "ti"
+    assert main(["--smoke", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["teacher_logits_is_nhwc"] and result["top1_agreement"] == 1.0 and result["max_abs_diff"] < 1e-4
+    assert "Teacher targets on the CPU" in out.with_suffix(".md").read_text()

@@ -1,0 +1,32 @@
+"""edgekd.teachers: the channels_last inference copy of convolutional teachers."""
+
+from __future__ import annotations
+
+import torch
+
+
+def test_conv_teacher_runs_a_channels_last_copy_with_the_same_logits(tiny_teacher, digits):
+    from edgekd.teachers import load_teacher
+    from edgekd.training import predict_logits
+
+    teacher = load_teacher(tiny_teacher)
+    expected = predict_logits(teacher.net, digits.x_val.reshape(-1, *digits.input_shape))
+    got = teacher.logits(digits.x_val)
+    copy = teacher.channels_last_net()
+    assert copy is not None and copy is not teacher.net
+    assert torch.allclose(got, expected, atol=1e-5) and torch.equal(got.argmax(1), expected.argmax(1))
+    # the net itself stays contiguous: it is what gets saved (safetensors) and exported
+    assert all(p.is_contiguous() for p in teacher.net.parameters())
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in copy.parameters())
+    teacher.to("cpu")   # moving the teacher drops the copy; the next call makes a fresh one
+    assert teacher.channels_last_net() is not copy
+
+
+def test_teacher_without_convolutions_keeps_its_net(tiny_student, digits):
+    from edgekd.teachers import load_teacher
+
+    teacher = load_teacher(tiny_student)
+    assert teacher.channels_last_net() is None
+    assert teacher.logits(digits.x_val[:4]).shape == (4, len(digits.classes))
+
