@@ -431,6 +431,10 @@ def artifact_files_before_after(spec_path, classes) -> dict:
 STUDENT_SETTINGS = ("student", "student_epochs", "seeds")
 
 
+def _slug(arch: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in arch)
+
+
 def students(args, work, cache, data, teachers: dict) -> list:
     """Students distilled from each teacher, ``--seeds`` each, at every usable core (no figure here is a time)."""
     import torch
@@ -456,7 +460,8 @@ def _students(args, work, cache, data, teachers: dict) -> list:
         teacher = load_teacher(path)
         runs = []
         for seed in range(args.seeds):
-            out = work / f"student-{label}-s{seed}"
+            # named by its settings too, so a run with other students neither reuses nor resumes this one's folders
+            out = work / f"student-{label}-{_slug(args.student)}-e{args.student_epochs}-s{seed}"
             # the hard-label baseline (the same student and budget, no teacher) trains once, beside the generalist's
             config = DistillConfig(student=args.student, baseline=label == "generalist",
                                    train=TrainConfig(epochs=args.student_epochs, seed=seed, batch_size=256))
