@@ -649,7 +649,7 @@ def _generalist_budget(result) -> str:
     big_c = _sizes(args["sizes"])[-1][0]
     gen = next(r for r in result["clustering"] if r["classes"] == big_c)["generalist"]
     best = f", best on val at epoch {gen['best_epoch']} at {big_c:,} classes" if gen.get("best_epoch") else ""
-    return f"{args['gen_epochs']} epochs (one-cycle schedule{best})"
+    return f"{args['gen_epochs']} epochs, one-cycle schedule{best}"
 
 
 def _cost_lines(result) -> list:
