@@ -482,6 +482,8 @@ def main(argv=None) -> int:
     from edgekd.cache import LogitCache
     from edgekd.data import load_dataset
 
+    from benchmarks.timing import usable_cores
+
     import sklearn.cluster  # noqa: F401  (imported before any fork, so no child's peak memory counts them)
     import sklearn.metrics  # noqa: F401
     import sklearn.utils.extmath  # noqa: F401
@@ -547,7 +549,8 @@ def main(argv=None) -> int:
               "specialists": {str(k): v for k, v in specialists.items()}, "builds": builds, "solver_timing": solver,
               "exact_error": exact, "gating": gating, "files": files, "students": taught,
               "control": {"generalist_epochs": control_epochs, **control} if control else None,
-              "parts_seconds": parts.seconds, "parts_read_back": parts.read_back}
+              "parts_seconds": parts.seconds, "parts_read_back": parts.read_back,
+              "student_threads": usable_cores() if taught else None}
     result["aims"] = aims(result, big_c)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=_plain) + "\n")
@@ -612,7 +615,8 @@ def render(result: dict) -> str:
         lines += [f"Run in resumable parts; {len(result['parts_read_back'])} of them were read back from earlier runs of the "
                   f"same command and settings. Wall time of all parts as they ran: {sum(seconds.values()) / 60:.1f} min ("
                   + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ").", ""]
-    lines += [f"Threads: {result['provenance']['threads']}. Data: `synthetic:` (edgekd/synthetic.py), {args['dim']} dimensions, "
+    student_threads = f" (students: {result['student_threads']})" if result.get("student_threads") else ""
+    lines += [f"Threads: {result['provenance']['threads']}{student_threads}. Data: `synthetic:` (edgekd/synthetic.py), {args['dim']} dimensions, "
               f"{args['train']} training examples per class (10% of them val) and {args['test']} test examples per class, "
               f"class spread {args['spread']:g} (distance between two classes of one group, noise std 1), group separation "
               f"`sep` {args['seps']} (the difficulty: smaller is harder). Generalist `{args['generalist']}`, "
