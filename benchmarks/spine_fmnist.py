@@ -187,9 +187,13 @@ def aim_line(s: dict, teacher: float, students: list[dict] | None = None) -> str
 
     dist = [r["student_test_accuracy"] for r in s["runs"]]
     base = [r["baseline_test_accuracy"] for r in s["runs"]]
+    kind, target = AIMS.get(s["student"], (None, None))
+    if len(dist) < 2:   # one seed has no interval, and an aim is not judged on one seed
+        text = f"{label(s, students or [s])} distilled: one seed, so no interval and no verdict on the aim"
+        return text + (f" (≥ {100 * target:.1f}%; this seed {100 * dist[0]:.2f}%; the ensemble {100 * teacher:.2f}%)."
+                       if kind == "accuracy" else ".")
     lo, hi = interval95(dist)
     text = f"{label(s, students or [s])} distilled: 95% interval of the mean over {len(dist)} seeds {100 * lo:.2f}–{100 * hi:.2f}%"
-    kind, target = AIMS.get(s["student"], (None, None))
     if kind == "gap":
         gap = gap_closed(mean_std(dist)[0], mean_std(base)[0], teacher)
         met = gap is not None and gap >= target

@@ -85,3 +85,16 @@ def test_teacher_inference_compares_the_two_paths(tmp_path):
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["teacher_logits_is_nhwc"] and result["top1_agreement"] == 1.0 and result["max_abs_diff"] < 1e-4
     assert "Teacher targets on the CPU" in out.with_suffix(".md").read_text()
+
+
+def test_spine_aim_is_not_judged_on_one_seed():
+    from benchmarks.spine_fmnist import aim_line
+
+    def student(*accs):
+        return {"student": "cnn:width=8", "epochs": 30,
+                "runs": [{"student_test_accuracy": a, "baseline_test_accuracy": 0.92} for a in accs]}
+
+    one = aim_line(student(0.9345), 0.9309)
+    assert "one seed, so no interval and no verdict" in one and "met" not in one and "nan" not in one
+    assert "**met**" in aim_line(student(0.9345, 0.9330), 0.9309)
+    assert "**missed**" in aim_line(student(0.9245, 0.9230), 0.9309)
