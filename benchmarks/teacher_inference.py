@@ -5,10 +5,11 @@ the channels_last (NHWC) inference copy ``ModuleTeacher`` now uses?
     python -m benchmarks.teacher_inference --smoke --out /tmp/teacher_inference
 
 Teacher targets are a one-time cost that grows with the views cached (9 shifts at +-1 px, 25 at
-+-2 px) and a per-step cost with an online teacher. Both paths run ``Teacher.logits`` on the same
++-2 px) and a per-step cost with an online teacher. Both nets run through ``predict_logits`` on the same
 ``--images`` training images (batches of 1024, ``no_grad``), alternated ``--repeats`` times in one
 process, at every usable core; the ratio is taken per pair (NCHW time / NHWC time) and its median
-reported with the spread, and the logits of the two paths are compared.
+reported with the spread, the logits of the two paths are compared, and ``Teacher.logits`` is checked
+to give the NHWC path's logits.
 """
 
 from __future__ import annotations
@@ -41,25 +42,22 @@ def smoke_teacher(data, folder) -> str:
 
 
 def time_paths(teacher, x, repeats: int) -> dict:
-    """Seconds of ``teacher.logits(x)`` through the NCHW net and through the NHWC copy, alternated."""
+    """Seconds of the logits of ``x`` through the NCHW net and through the NHWC copy, alternated."""
     import numpy as np
     import torch
+
+    from edgekd.training import predict_logits
 
     nhwc_net = teacher.channels_last_net()
     if nhwc_net is None:
         raise SystemExit(f"{teacher.description} has no convolutions: there is nothing to compare.")
-
-    def run(net, memory_format):
-        with torch.no_grad():
-            return torch.cat([net(x[i:i + 1024].contiguous(memory_format=memory_format)).float()
-                              for i in range(0, len(x), 1024)])
 
     pairs, outs = [], {}
     for _ in range(repeats):
         seconds = {}
         for label, net, fmt in (("nchw", teacher.net, torch.contiguous_format), ("nhwc", nhwc_net, torch.channels_last)):
             tick = time.perf_counter()
-            outs[label] = run(net, fmt)
+            outs[label] = predict_logits(net, x.contiguous(memory_format=fmt))
             seconds[label] = time.perf_counter() - tick
         pairs.append(seconds)
     through_teacher = teacher.logits(x)
