@@ -6,10 +6,14 @@ import argparse
 from pathlib import Path
 
 
+WORK = "runs/fmnist"
+
+
 def base_parser(description: str, out: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--work", default="runs/fmnist", help="Folder of the teacher (trained there if missing) and students.")
+    p.add_argument("--work", default=WORK, help="Folder of the teacher (trained there if missing) and students "
+                   "(with --smoke and no other folder given: beside --out).")
     p.add_argument("--teacher-arch", default="cnn")
     p.add_argument("--ensemble", type=int, default=3)
     p.add_argument("--teacher-epochs", type=int, default=6)
@@ -23,7 +27,8 @@ def base_parser(description: str, out: str) -> argparse.ArgumentParser:
 
 def apply_smoke(args) -> None:
     args.data, args.teacher_arch, args.ensemble, args.teacher_epochs, args.jitter = "digits", "cnn:width=4,fc=16", 2, 2, 1
-    args.work = str(Path(args.out).parent / f"{Path(args.out).name}-smoke-work")
+    if args.work == WORK:
+        args.work = str(Path(args.out).parent / f"{Path(args.out).name}-smoke-work")
 
 
 def prepare(args):

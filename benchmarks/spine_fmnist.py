@@ -6,8 +6,9 @@ hard labels, students distilled, on Fashion-MNIST (full data), mean ± std over 
 
 Writes ``<out>.md`` and ``<out>.json``. The teacher ensemble is trained once into ``--work`` (or
 reused from there); (T, alpha) are chosen on val by ``--temperature auto --alpha auto`` with seed 0,
-then kept for the other seeds. Every student run has its hard-label twin with the same budget,
-seed, augmentation and transfer set.
+then kept for the other seeds, and so is the hard-label baseline's recipe (jitter on or off, chosen on
+val with seed 0). Every student run has its hard-label twin with the same budget, seed and transfer set.
+``--reuse`` takes the seeds an earlier result of the same arguments measured instead of training them again.
 """
 
 from __future__ import annotations
@@ -24,20 +25,23 @@ def parse_args(argv=None):
     p.add_argument("--students", default="mlp@20;cnn:width=8@10",
                    help="';'-separated student specs, each with '@EPOCHS' (else --epochs).")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=None, help="Seeds 0..N-1 (default 3; 2 with --smoke).")
     p.add_argument("--views", default="4", help="Cached jittered teacher views per image, or 'all': every integer "
                    "shift, so the teacher sees exactly the student's view (consistent teaching).")
     p.add_argument("--temperature-grid", default="2,4,8,16")
     p.add_argument("--alpha-grid", default="0.5,0.9")
     p.add_argument("--student-jitter", type=int, default=None,
                    help="The students' ±px jitter (default: the teacher's --jitter); the hard-label baseline picks its own.")
+    p.add_argument("--reuse", metavar="JSON", help="An earlier result of this benchmark with the same arguments (but "
+                   "--seeds and --out): its seeds are taken as they are, the others trained.")
     p.add_argument("--render", metavar="JSON", help="Only write the report again from a result JSON of this benchmark.")
     args = p.parse_args(argv)
+    args.seeds = args.seeds or (2 if args.smoke else 3)
     if args.views != "all" and not args.views.isdigit():
         p.error(f"--views must be a count or 'all'; got {args.views!r}")
     if args.smoke:
         apply_smoke(args)
-        args.students, args.epochs, args.seeds, args.views = "mlp:hidden=32@2", 2, 2, "2"
+        args.students, args.epochs, args.views = "mlp:hidden=32@2", 2, "2"
         args.temperature_grid, args.alpha_grid = "2,8", "0.9"
     return args
 
@@ -96,6 +100,28 @@ def rerender(path: str) -> None:
     Path(path).with_suffix(".md").write_text(render(result))
 
 
+REUSE_IGNORED = {"seeds", "out", "reuse", "render"}   # what may differ from the run whose seeds are reused
+
+
+def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
+    """The runs of an earlier result, by (student, epochs, seed), when it was made with the same arguments;
+    else exits naming the first argument that differs."""
+    import json
+    from pathlib import Path
+
+    if not path:
+        return {}, None
+    earlier = json.loads(Path(path).read_text())
+    ours = vars(args)
+    for key in sorted(set(earlier["args"]) | set(ours) - REUSE_IGNORED):
+        if key not in REUSE_IGNORED and earlier["args"].get(key) != ours.get(key):
+            raise SystemExit(f"--reuse needs a result made with the same arguments; {path} has {key}="
+                              f"{earlier['args'].get(key)!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
+    runs = {(s["student"], s["epochs"], r["seed"]): r for s in earlier["students"] for r in s["runs"]}
+    return runs, {"path": path, "revision": earlier["provenance"].get("revision"), "date": earlier["provenance"].get("date"),
+                  "seeds": sorted({seed for (_, _, seed) in runs})}
+
+
 def main(argv=None):
     from edgekd.distill import DistillConfig, distill, teacher_logits
     from edgekd.training import TrainConfig
@@ -104,6 +130,7 @@ def main(argv=None):
     if args.render:
         return rerender(args.render)
     started = time.perf_counter()
+    reuse, reused_from = reused_runs(args.reuse, args)
     data, teacher, t_metrics, cache, work = prepare(args)
     grid_t = tuple(float(v) for v in args.temperature_grid.split(","))
     grid_a = tuple(float(v) for v in args.alpha_grid.split(","))
@@ -113,7 +140,7 @@ def main(argv=None):
 
     def result_so_far(students, timing=None) -> dict:
         return {"provenance": provenance(started), "args": vars(args), "data": data.describe(), "teacher": teacher_record,
-                "students": students, "epoch_time": timing}
+                "students": students, "epoch_time": timing, "reused_from": reused_from}
 
     students = []
     specs = [entry.partition("@")[0] for entry in args.students.split(";")]
@@ -121,20 +148,28 @@ def main(argv=None):
     for entry in args.students.split(";"):
         spec, _, epochs = entry.partition("@")
         epochs = int(epochs) if epochs else args.epochs
-        runs, chosen = [], None
+        runs, chosen, recipe = [], None, None
         record = {"student": spec, "epochs": epochs, "runs": runs}
         students.append(record)
         suffix = ("" if jitter == args.jitter else f"-j{jitter}") + (f"-e{epochs}" if specs.count(spec) > 1 else "")
         for seed in range(args.seeds):
             out = work / f"student-{spec.replace(':', '_').replace(',', '_').replace('=', '')}{suffix}-s{seed}"
+            if (spec, epochs, seed) in reuse:
+                runs.append(reuse[(spec, epochs, seed)] | {"reused": True})
+                r = runs[-1]
+                chosen = chosen or (r["temperature"], r["alpha"])
+                recipe = recipe if recipe is not None else chosen_recipe(r)
+                record.update(temperature=chosen[0], alpha=chosen[1], search=runs[0]["search"])
+                continue
             config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
                                    temperature_grid=grid_t, alpha_grid=grid_a,
                                    train=TrainConfig(epochs=epochs, jitter=jitter, seed=seed, device=args.device),
                                    views=0 if args.views == "all" else int(args.views), view_grid=args.views == "all",
-                                   baseline=True)
+                                   baseline=True, baseline_jitter=recipe)
             r = distill(teacher, data, config, out, cache=cache, overwrite=True, resume=(out.parent / (out.name + ".partial")).exists())
             chosen = chosen or (r.temperature, r.alpha)
             runs.append(asdict(r) | {"path": str(out), "seed": seed, "timings": run_timings(out)})
+            recipe = recipe if recipe is not None else chosen_recipe(runs[-1])
             record.update(temperature=chosen[0], alpha=chosen[1], search=runs[0]["search"])
             result = result_so_far(students)   # written after every seed: a stopped run keeps what it measured
             write_result(args, result, render(result), quiet=True)
@@ -142,6 +177,11 @@ def main(argv=None):
                               repeats=1 if args.smoke else 3, device=args.device)
     result = result_so_far(students, timing)
     write_result(args, result, render(result))
+
+
+def chosen_recipe(run: dict) -> int | None:
+    """The hard-label jitter a run kept on val."""
+    return next((b["jitter"] for b in run["baseline_search"] if b["chosen"]), None)
 
 
 AIMS = {"mlp": ("gap", 0.60), "cnn:width=8": ("accuracy", 0.930)}  # issue 11: >= 60% of the gap; >= 93.0%
@@ -205,10 +245,26 @@ def aim_line(s: dict, teacher: float, students: list[dict] | None = None) -> str
 
 
 def recipes_phrase(result: dict) -> str:
-    tried = {tuple(b["jitter"] for b in r["baseline_search"]) for s in result["students"] for r in s["runs"]}
+    tried = {tuple(b["jitter"] for b in s["runs"][0]["baseline_search"]) for s in result["students"]}
     if all(len(t) > 1 for t in tried):
         return "jitter on or off, chosen on val"
     return "here trained without jitter only: this run predates the baseline's own ±2 px recipe"
+
+
+def recipe_line(s: dict, students: list[dict]) -> str:
+    """How the hard-label recipe was chosen: on val per seed, or with seed 0 and kept (as (T, alpha) are)."""
+    def tried(r):
+        return " / ".join(f"±{b['jitter']} px {100 * b['val_accuracy']:.2f}" + (" (kept)" if b["chosen"] else "")
+                          for b in r["baseline_search"])
+
+    runs = s["runs"]
+    if all(len(r["baseline_search"]) > 1 for r in runs):
+        chosen = [chosen_recipe(r) for r in runs]
+        per_seed = ", ".join(f"seed {r['seed']}: {tried(r)}" for r in runs)
+        return (f"Hard-label recipe for {label(s, students)}, chosen on val per seed ({per_seed}): "
+                f"jitter off in {sum(c == 0 for c in chosen)} of {len(chosen)} seeds.")
+    return (f"Hard-label recipe for {label(s, students)}, chosen on val with seed {runs[0]['seed']} ({tried(runs[0])}) "
+            f"and kept for the other seeds, as (T, alpha) are: ±{chosen_recipe(runs[0])} px.")
 
 
 def render(result: dict) -> str:
@@ -246,13 +302,12 @@ def render(result: dict) -> str:
               f"and transfer set for both columns; the distilled student trains with {views}. "
               "Gap closed = (distilled − hard) / (ensemble − hard), the paper's measure (it closes 91% on MNIST), against "
               f"the hard-label student's best recipe ({recipes_phrase(result)}); a loss is called a loss.", ""]
+    if result.get("reused_from"):
+        r = result["reused_from"]
+        lines += [f"Seeds {', '.join(map(str, r['seeds']))} are taken from an earlier run with the same arguments "
+                  f"(`{r['path']}`, revision {r['revision']}, {r['date']}); the other seeds were trained by this one.", ""]
     for s in result["students"]:
-        chosen = [next((b["jitter"] for b in r["baseline_search"] if b["chosen"]), None) for r in s["runs"]]
-        tried = ", ".join(f"seed {r['seed']}: " + " / ".join(
-            f"±{b['jitter']} px {100 * b['val_accuracy']:.2f}" + (" (kept)" if b["chosen"] else "") for b in r["baseline_search"])
-            for r in s["runs"])
-        lines.append(f"Hard-label recipe for {label(s, students)}, chosen on val per seed ({tried}): "
-                     f"jitter off in {sum(c == 0 for c in chosen)} of {len(chosen)} seeds.")
+        lines.append(recipe_line(s, students))
         timed = [r.get("timings") or {} for r in s["runs"]]
         if any(timed):
             search = sum(t.get("search_seconds") or 0.0 for t in timed)

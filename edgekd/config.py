@@ -95,6 +95,7 @@ class DistillConfig:
     transfer_limit: str | None = None
     omit_classes: tuple[int, ...] = ()
     baseline: bool = False
+    baseline_jitter: int | None = None  # the baseline's recipe, fixed; None = its best of baseline_recipes on val
 
     def __post_init__(self):
         _check_arch(self.student)
@@ -108,6 +109,8 @@ class DistillConfig:
             check_in_range("alpha_grid", a, 0.0, 1.0)
         check_int_at_least("auto_epochs", self.auto_epochs, 0)
         check_int_at_least("views", self.views, 0)
+        if self.baseline_jitter is not None:
+            check_int_at_least("baseline_jitter", self.baseline_jitter, 0)
         check_choice("method", self.method, METHODS)
         check_positive("dkd_beta", self.dkd_beta, strict=False)
 

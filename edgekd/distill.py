@@ -34,7 +34,7 @@ from edgekd.teacher_training import cross_entropy_loss, supervised_batches
 from edgekd.teachers import Teacher, check_teacher_fits
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit,
                              jitter_shifts, predict_logits, run_fingerprint)
-from edgekd.validation import parse_limit
+from edgekd.validation import check_jitter, parse_limit
 
 VIEW_SEED = 7_919  # jittered views are fixed (not tied to the training seed) so their cache is shared
 
@@ -196,10 +196,9 @@ def baseline_recipes(pixels: int, input_shape) -> list[int]:
     return sorted({augment, 0}, reverse=True)
 
 
-def _strongest_baseline(new_student, x, y, pixels: int, val, train_cfg: TrainConfig, store, progress, dist, data):
-    """The hard-label student with the same budget and its own best recipe: augmentation on and off
-    (``baseline_recipes``), each trained in full, the better on val kept (never test)."""
-    recipes = baseline_recipes(pixels, data.input_shape)
+def _strongest_baseline(new_student, x, y, recipes: list[int], val, train_cfg: TrainConfig, store, progress, dist, data):
+    """The hard-label student with the same budget and its own best recipe: each jitter of ``recipes``
+    (augmentation on and off, ``baseline_recipes``) trained in full, the better on val kept (never test)."""
     tried = []
     for jitter in recipes:
         model = new_student(train_cfg.seed)
@@ -213,6 +212,16 @@ def _strongest_baseline(new_student, x, y, pixels: int, val, train_cfg: TrainCon
     # wall-clock time lives apart from the (deterministic) records: the cost of the recipes not kept
     seconds = sum(f.seconds_per_epoch * f.epochs_run for i, (_, f, _) in enumerate(tried) if i != best)
     return tried[best][0], tried[best][1], search, seconds
+
+
+def _check_baseline_jitter(config: DistillConfig, input_shape) -> None:
+    """A fixed baseline jitter shifts images only, and must leave part of them."""
+    if config.baseline_jitter is None or config.baseline_jitter == 0:
+        return
+    if len(tuple(input_shape)) != 3:
+        raise ConfigError(f"The 'baseline_jitter' parameter shifts images, but the inputs have shape {tuple(input_shape)}. "
+                          f"Got {config.baseline_jitter} instead; pass --baseline-jitter 0 or leave it out.")
+    check_jitter(config.baseline_jitter, input_shape)
 
 
 # --- the bias correction for omitted classes -------------------------------------------------------
@@ -252,6 +261,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     cache = cache or LogitCache()
     train_cfg = config.train
     check_teacher_fits(teacher, data)
+    _check_baseline_jitter(config, data.input_shape)
     arch, options = parse_arch(config.student)
     create_model(arch, data.input_shape, data.num_classes, options=options)  # a bad student fails before anything is written
     device = dist.device if dist is not None else resolve_device(train_cfg.device)
@@ -289,7 +299,8 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     baseline = base_fit = None
     baseline_search, baseline_search_seconds = [], 0.0
     if config.baseline:
-        baseline, base_fit, baseline_search, baseline_search_seconds = _strongest_baseline(new_student, x, y, pixels, val, train_cfg, store,
+        recipes = baseline_recipes(pixels, data.input_shape) if config.baseline_jitter is None else [config.baseline_jitter]
+        baseline, base_fit, baseline_search, baseline_search_seconds = _strongest_baseline(new_student, x, y, recipes, val, train_cfg, store,
                                                                   progress, dist, data)
     omitted = {}
     if config.omit_classes:

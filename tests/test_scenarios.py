@@ -77,6 +77,27 @@ def test_spine_report_is_written_again_from_its_json(tmp_path):
     assert "Hard-label recipe for" in first and "95% interval" in first and "teacher's targets" in first
 
 
+def test_spine_reuses_earlier_seeds_and_keeps_the_baseline_recipe_of_seed_0(tmp_path):
+    """--reuse: seeds an earlier run measured are taken as they are; later seeds train the hard-label
+    baseline with the recipe seed 0 chose on val, as they keep its (T, alpha)."""
+    from benchmarks import spine_fmnist
+
+    first, second, work = tmp_path / "one", tmp_path / "two", tmp_path / "work"
+    spine_fmnist.main(["--smoke", "--seeds", "1", "--work", str(work), "--out", str(first)])
+    earlier = json.loads(first.with_suffix(".json").read_text())["students"][0]["runs"][0]
+    spine_fmnist.main(["--smoke", "--seeds", "2", "--work", str(work), "--reuse", str(first.with_suffix(".json")), "--out", str(second)])
+    result = json.loads(second.with_suffix(".json").read_text())
+    seed0, seed1 = result["students"][0]["runs"]
+    assert seed0["reused"] and seed0["student_test_accuracy"] == earlier["student_test_accuracy"] and not seed1.get("reused")
+    assert len(seed0["baseline_search"]) == 2
+    assert [b["jitter"] for b in seed1["baseline_search"]] == [spine_fmnist.chosen_recipe(seed0)]
+    report = second.with_suffix(".md").read_text()
+    assert "Seeds 0 are taken from an earlier run" in report and "and kept for the other seeds" in report
+    with pytest.raises(SystemExit, match="--reuse needs a result made with the same arguments; .* has student_jitter=None, this run 1"):
+        spine_fmnist.main(["--smoke", "--seeds", "2", "--work", str(work), "--student-jitter", "1", "--reuse", str(first.with_suffix(".json")),
+                           "--out", str(tmp_path / "three")])
+
+
 def test_teacher_inference_compares_the_two_paths(tmp_path):
     from benchmarks.teacher_inference import main
 

@@ -224,7 +224,7 @@ def distill_config(params):
         auto_epochs=params["auto_epochs"], train=make_train_config(params), method=params["method"], dkd_beta=params["dkd_beta"],
         **_parse_views(params["views"]),
         transfer_limit=params["transfer_limit"], omit_classes=_parse_list("omit_classes", params["omit_classes"], int),
-        baseline=params["baseline"])
+        baseline=params["baseline"], baseline_jitter=params["baseline_jitter"])
 
 
 def distill_options(func):
@@ -249,6 +249,10 @@ def distill_options(func):
                                                         "(their bias is then corrected on val).")
     @click.option("--baseline/--no-baseline", default=DISTILL["baseline"], show_default=True,
                   help="Also train the student on hard labels with the same budget and seed.")
+    @click.option("--baseline-jitter", type=click.IntRange(min=0), default=DISTILL["baseline_jitter"],
+                  help="The hard-label baseline's ±px jitter, fixed (e.g. the recipe an earlier run chose). "
+                       "Default: it is trained with the student's jitter (±2 px on images without one) and without, "
+                       "and the better on val is kept.")
     @cache_options
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
