@@ -18,6 +18,9 @@ is known. For each size (``--sizes``, e.g. 100 classes in 10 groups, 1,000 in 50
    combination's time per example against the number of active specialists (gated against dense),
    its error against an exact solver (L-BFGS on the logits), and the ensemble teacher's logits
    gated (this tree) against dense (every specialist on every input, as before);
+   and, with the same clusters (the auto K alone), 1, 2, 4 ... specialists per cluster
+   (``--per-cluster``, each with its own seed): coverage that counts independent opinions, with no
+   change in the clusters' shapes (overlapping clusterings mix both);
 4. students distilled from the specialist ensemble and from the generalist alone, ``--seeds`` each.
 
 Resumable: artifacts live in ``--work``; every finished part is kept in ``<work>/parts.json`` and
@@ -56,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--spec-epochs", type=int, default=10)
     p.add_argument("--spec-lr", type=float, default=3e-3)
     p.add_argument("--overlap", default="0.7,1,1.4", help="Multiples of the auto K merged into overlapping specialists.")
+    p.add_argument("--per-cluster", default="1,2,4",
+                   help="Specialists per cluster for the controlled coverage table (same clusters: the auto K); '' skips it.")
     p.add_argument("--build-ks", default="10,50,100", help="K for the build-time sweep (largest size).")
     p.add_argument("--student", default="mlp:hidden=64")
     p.add_argument("--student-epochs", type=int, default=8)
@@ -73,6 +78,7 @@ def parse_args(argv=None):
         if args.seeds == p.get_default("seeds"):   # an explicit --seeds (0: no students) stands
             args.seeds = 2
         args.build_ks, args.student, args.generalist = "2,8", "mlp:hidden=16", "mlp:hidden=16"
+        args.per_cluster = "1,2" if args.per_cluster == p.get_default("per_cluster") else args.per_cluster
         if args.work == p.get_default("work"):
             args.work = str(Path(args.out).parent / (Path(args.out).name + "-work"))
     return args
@@ -257,20 +263,21 @@ def extrapolate(rows, key: str, field: str, target: int) -> dict:
 
 # --- specialists -----------------------------------------------------------------------------------------
 
-def build(args, work, cache, data, gen_path, name, ks) -> dict:
+def build(args, work, cache, data, gen_path, name, ks, per_cluster: int = 1) -> dict:
     from edgekd.artifacts import is_artifact
     from edgekd.training import TrainConfig
     from specialists.build import SpecialistConfig, build_specialists
 
     path = work / name
-    config = SpecialistConfig(clusters=tuple(ks), train=TrainConfig(epochs=args.spec_epochs, lr=args.spec_lr, patience=3))
+    config = SpecialistConfig(clusters=tuple(ks), train=TrainConfig(epochs=args.spec_epochs, lr=args.spec_lr, patience=3),
+                              per_cluster=per_cluster)
     tick = time.perf_counter()
     if not is_artifact(path):
         build_specialists(gen_path, data, config, path, cache=cache, overwrite=True,
                           resume=path.with_name(path.name + ".partial").exists())
     report = json.loads((path / "report.json").read_text())
     test = report["test"]
-    return {"path": str(path), "k": list(ks), "specialists": len(report["specialists"]),
+    return {"path": str(path), "k": list(ks), "per_cluster": per_cluster, "specialists": len(report["specialists"]),
             "seconds_wall": time.perf_counter() - tick, "timings_s": report["timings_s"],
             "generalist_accuracy": test["generalist"]["accuracy"], "ensemble_accuracy": test["ensemble"]["accuracy"],
             "relative_change": test["relative_change"], "covered": test["covered"]["relative_change"],
@@ -429,6 +436,7 @@ def artifact_files_before_after(spec_path, classes) -> dict:
 # --- students ---------------------------------------------------------------------------------------------------
 
 STUDENT_SETTINGS = ("student", "student_epochs", "seeds")
+PART_NAMED_SETTINGS = (*STUDENT_SETTINGS, "per_cluster")   # each value names its own part: the others are read back
 
 
 def _slug(arch: str) -> str:
@@ -495,7 +503,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     cache = LogitCache(work / "cache")
     # the students' settings name their own part, so changing them leaves the generalists and specialists read back
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "work", *STUDENT_SETTINGS)}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "work", *PART_NAMED_SETTINGS)}
     parts = Parts(work, settings)
     sizes, seps = _sizes(args.sizes), [float(s) for s in args.seps.split(",")]
     main_sep = seps[0]
@@ -522,7 +530,11 @@ def main(argv=None) -> int:
         specialists[c] = parts.get(f"specialists-c{c}", lambda data=data, row=row, ks=ks, c=c:
                                    build(args, work, cache, data, row["generalist"]["path"], f"spec-c{c}-overlap", ks))
     big_data = load_dataset(spec_of(args, big_c, big_g, main_sep))
-    big_gen = next(r for r in quality if r["classes"] == big_c and r["sep"] == main_sep)["generalist"]
+    big_row = next(r for r in quality if r["classes"] == big_c and r["sep"] == main_sep)
+    big_gen = big_row["generalist"]
+    opinions = [parts.get(f"opinions-c{big_c}-r{r}", lambda r=r: build(args, work, cache, big_data, big_gen["path"],
+                                                                        f"spec-c{big_c}-auto-r{r}", [big_row["auto"]["k"][0]], r))
+                for r in (int(v) for v in args.per_cluster.split(",") if v.strip())]
     main_spec = specialists[big_c]["path"]
     builds, solver, exact, gating, files, control = [], [], None, None, None, None
     if every:
@@ -547,7 +559,7 @@ def main(argv=None) -> int:
     result = {"provenance": record, "args": vars(args), "generation": generation, "clustering": quality,
               "clustering_cost": cost, "extrapolated_to": target, "extrapolated": extrapolated,
               "specialists": {str(k): v for k, v in specialists.items()}, "builds": builds, "solver_timing": solver,
-              "exact_error": exact, "gating": gating, "files": files, "students": taught,
+              "exact_error": exact, "gating": gating, "files": files, "students": taught, "opinions": opinions,
               "control": {"generalist_epochs": control_epochs, **control} if control else None,
               "parts_seconds": parts.seconds, "parts_read_back": parts.read_back,
               "student_threads": usable_cores() if taught else None}
@@ -581,6 +593,9 @@ def aims(result: dict, big_c: int) -> dict:
     if result.get("control"):
         aims_["overall_gain_at_least_4.4%_with_the_control_generalist"] = result["control"]["relative_change"] >= 0.044
     aims_["table4_rises_with_coverage"] = len(rising) >= 2 and all(b > a for a, b in zip(rising, rising[1:]))
+    opinions = [o["relative_change"] for o in result.get("opinions") or []]
+    if len(opinions) >= 2:
+        aims_["gain_rises_with_specialists_per_cluster"] = all(b > a for a, b in zip(opinions, opinions[1:]))
     if not result["students"]:
         return aims_
     students_ = {s["teacher"]: [r["test_accuracy"] for r in s["runs"]] for s in result["students"]}
@@ -706,7 +721,25 @@ def _gain_lines(result) -> list:
                   + f": {_pct(c['generalist_accuracy'])}% → {_pct(c['ensemble_accuracy'])}%, **{_rel(c['relative_change'])}** "
                   f"overall; by coverage " + ", ".join(f"{r['specialists_covering']}: {_rel(r['relative_change'])}" for r in c["by_coverage"])
                   + ".", ""]
-    return lines
+    return lines + _opinion_lines(result)
+
+
+def _opinion_lines(result) -> list:
+    """Coverage that counts opinions: the same clusters, 1, 2, 4 ... specialists each (own seeds)."""
+    rows = result.get("opinions") or []
+    if not rows:
+        return []
+    lines = [f"### The same clusters (K = {rows[0]['k'][0]}), several specialists per cluster", "",
+             "Each specialist of a cluster has its own seed (its own oversampled batches and validation mix), all start "
+             "from the generalist's weights; every covered class is covered by as many specialists as there are per cluster, "
+             "so coverage counts opinions and the clusters' shapes do not change.", "",
+             "| specialists per cluster | specialists | test % generalist → ensemble | relative overall | covered classes | fixed / broken | active per input |",
+             "|---|---|---|---|---|---|---|"]
+    for o in rows:
+        lines.append(f"| {o['per_cluster']} | {o['specialists']} | {_pct(o['generalist_accuracy'])} → {_pct(o['ensemble_accuracy'])} | "
+                     f"**{_rel(o['relative_change'])}** | {_rel(o['covered'])} | {o['fixed']} / {o['broken']} | "
+                     f"{o['active']['mean_active']:.2f} |")
+    return lines + [""]
 
 
 def _build_lines(result) -> list:
@@ -788,6 +821,10 @@ def reading(result) -> str:
     else:
         said.append(f"the overall gain is {_rel(gain)}, with no control generalist trained longer")
     said.append("Table 4 rises with coverage" if aims_["table4_rises_with_coverage"] else "Table 4 does not rise with coverage")
+    if "gain_rises_with_specialists_per_cluster" in aims_:
+        gains = ", ".join(f"{_rel(o['relative_change'])} with {o['per_cluster']}" for o in result["opinions"])
+        said.append(("with the same clusters the gain rises with the specialists per cluster" if aims_["gain_rises_with_specialists_per_cluster"]
+                     else "with the same clusters the gain does not rise with the specialists per cluster") + f" ({gains})")
     if not result["students"]:
         return "; ".join(said) + "; no students were trained in this run."
     students_ = {s["teacher"]: mean_std([r["test_accuracy"] for r in s["runs"]])[0] for s in result["students"]}

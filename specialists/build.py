@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -55,6 +55,7 @@ class SpecialistConfig:
     tol: float = DEFAULT_TOL
     max_steps: int = DEFAULT_MAX_STEPS
     module_steps: int | None = None      # None: 1 where exact, else the most any val input needed (capped)
+    per_cluster: int = 1                 # specialists per cluster, each with its own seed: independent opinions
 
     def __post_init__(self):
         if self.clusters is not None:
@@ -68,6 +69,7 @@ class SpecialistConfig:
             check_int_at_least("member", self.member, 0)
         check_positive("tol", self.tol)
         check_int_at_least("max_steps", self.max_steps, 1)
+        check_int_at_least("per_cluster", self.per_cluster, 1)
         if self.module_steps is not None:
             check_int_at_least("module_steps", self.module_steps, 1)
 
@@ -176,9 +178,11 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     fits = []
     tick = time.perf_counter()
     for index, classes in enumerate(clustering.specialist_clusters):
-        fits.append(train_specialist(generalist.model, generalist.arch, generalist.options, data, classes,
-                                     train=config.train, special_fraction=config.special_fraction, store=store,
-                                     name=f"specialist-{index}", progress=progress))
+        for copy in range(config.per_cluster):
+            fits.append(train_specialist(generalist.model, generalist.arch, generalist.options, data, classes,
+                                         train=replace(config.train, seed=config.train.seed + copy),
+                                         special_fraction=config.special_fraction, store=store,
+                                         name=f"specialist-{index}" + (f"-{copy}" if copy else ""), progress=progress))
     timings["training"] = time.perf_counter() - tick
     result = _evaluate_and_save(generalist, data, config, clustering, fits, out, cache=cache, timings=timings,
                                 started=started, refresh_cache=refresh_cache, config_record=config_record)
@@ -207,7 +211,7 @@ def _evaluate_and_save(generalist: Generalist, data: Dataset, config: Specialist
                    "module_max_abs_diff": float((module_test - ens_test[:checked]).abs().max()),
                    "module_checked_inputs": checked})
     test = comparison(test_gen.cpu(), ens_test.cpu(), data.y_test.cpu(), clustering.clusters,
-                      clustering.specialist_clusters, data.classes, solved.active.cpu())
+                      clusters, data.classes, solved.active.cpu())   # each specialist's classes: coverage counts copies
     timings["evaluation"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started + timings.pop("earlier", 0.0)
 

@@ -37,6 +37,27 @@ def test_baseline_gets_its_own_best_recipe(tmp_path, digits, tiny_teacher):
                                            result.teacher_test_accuracy)
 
 
+def test_a_fixed_baseline_recipe_is_the_only_one_trained(tmp_path, digits, tiny_teacher):
+    """--baseline-jitter: the recipe an earlier seed chose on val, trained alone (no second full run)."""
+    from edgekd.cache import LogitCache
+    from edgekd.distill import DistillConfig, distill
+    from edgekd.errors import ConfigError
+    from edgekd.teachers import load_teacher
+    from edgekd.training import TrainConfig
+
+    teacher = load_teacher(tiny_teacher)
+    config = DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=1, jitter=1), views=2, baseline=True,
+                           baseline_jitter=0)
+    result = distill(teacher, digits, config, tmp_path / "s", cache=LogitCache(tmp_path / "c"))
+    assert [(c["jitter"], c["chosen"]) for c in result.baseline_search] == [(0, True)]
+    too_far = DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=1), baseline=True, baseline_jitter=8)
+    with pytest.raises(ConfigError, match="'jitter' parameter must be smaller than the images' side"):
+        distill(teacher, digits, too_far, tmp_path / "t", cache=LogitCache(tmp_path / "c"))
+    assert not (tmp_path / "t").exists() and not (tmp_path / "t.partial").exists()
+    with pytest.raises(ConfigError, match="'baseline_jitter' parameter must be"):
+        DistillConfig(baseline_jitter=-1)
+
+
 def test_baseline_tries_augmentation_even_when_the_student_has_none():
     from edgekd.distill import baseline_recipes
 

@@ -427,6 +427,31 @@ def test_bad_inputs_exit_2_with_one_line(case, generalist, tiny_teacher, tmp_pat
     assert not (tmp_path / "out.partial").exists() and not (tmp_path / "out").exists()
 
 
+def test_several_specialists_per_cluster_are_counted_as_coverage(generalist, tmp_path):
+    """--per-cluster 2: two specialists per cluster with seeds 0 and 1 (different weights), every covered
+    class counted twice in Table 4, and the artifact is a teacher like any other."""
+    import specialists.build as build
+    from edgekd.artifacts import load_artifact
+    from edgekd.data import load_dataset
+    from edgekd.errors import ConfigError
+    from edgekd.teachers import load_teacher
+    from edgekd.training import TrainConfig
+
+    digits = load_dataset("digits", train_limit=500)
+    config = build.SpecialistConfig(clusters=(3,), train=TrainConfig(epochs=1, lr=5e-4), per_cluster=2)
+    result = build.build_specialists(generalist, digits, config, tmp_path / "spec")
+    members = load_artifact(tmp_path / "spec").manifest.members[1:]
+    assert len(members) == 2 * len(result.specialist_clusters)
+    assert [m.classes for m in members[::2]] == [m.classes for m in members[1::2]] == [tuple(c) for c in result.specialist_clusters]
+    artifact = load_artifact(tmp_path / "spec")
+    first, second = (artifact.load_tensors(m.weights) for m in members[:2])
+    assert any(not torch.equal(first[k], second[k]) for k in first)   # two opinions, not one twice
+    assert {row["specialists_covering"] for row in result.by_coverage} <= {0, 2}
+    assert load_teacher(tmp_path / "spec").logits(digits.x_test[:8]).shape == (8, 10)
+    with pytest.raises(ConfigError, match="'per_cluster' parameter"):
+        build.SpecialistConfig(per_cluster=0)
+
+
 def test_resume_reuses_finished_specialists(generalist, tmp_path, monkeypatch):
     import specialists.build as build
     from edgekd.data import load_dataset
@@ -527,6 +552,9 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     text = out.with_suffix(".md").read_text()
     assert "| none (hard labels) |" in text and "**Extrapolated**" not in text
     assert "Reading: the clustering aims" in text and "with the control trained 1 epochs" in text
+    # controlled coverage: the same clusters with 1 and 2 specialists each
+    assert [(o["per_cluster"], o["specialists"] / record["opinions"][0]["specialists"]) for o in record["opinions"]] == [(1, 1), (2, 2)]
+    assert "gain_rises_with_specialists_per_cluster" in record["aims"] and "several specialists per cluster" in text
     # the students' settings name their own part: a rerun without students reads everything else back
     assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--seeds", "0", "--out", str(out)]) == 0
     again = json.loads(out.with_suffix(".json").read_text())

@@ -74,6 +74,9 @@ def _echo_clusters(clustering, classes) -> None:
               help="Specialists are active when their classes meet the generalist's top-n classes.")
 @click.option("--special-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
               show_default=True, help="Share of each specialist's training data drawn from its own classes.")
+@click.option("--per-cluster", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Specialists trained per cluster, each with its own seed (seed, seed+1, ...): every class is then "
+                   "covered by that many opinions, which the KL combination weighs together.")
 @click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Epochs per specialist.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (AdamW, one-cycle).")
@@ -114,7 +117,7 @@ def build_cmd(ctx, as_json, **params):
     config = SpecialistConfig(clusters=parse_clusters(params["clusters"]), cluster_temperature=params["cluster_temperature"],
                               top_n=params["top_n"], special_fraction=params["special_fraction"], member=params["member"],
                               train=train, tol=params["tol"], max_steps=params["max_steps"],
-                              module_steps=params["module_steps"])
+                              module_steps=params["module_steps"], per_cluster=params["per_cluster"])
     with output_lock(params["out"]):
         data = load_data(params)
         check_jitter(params["jitter"], data.input_shape)
