@@ -304,7 +304,8 @@ def render(result: dict) -> str:
               f"the hard-label student's best recipe ({recipes_phrase(result)}); a loss is called a loss.", ""]
     if result.get("reused_from"):
         r = result["reused_from"]
-        lines += [f"Seeds {', '.join(map(str, r['seeds']))} are taken from an earlier run with the same arguments "
+        seeds = f"Seeds {', '.join(map(str, r['seeds']))} are" if len(r["seeds"]) > 1 else f"Seed {r['seeds'][0]} is"
+        lines += [f"{seeds} taken from an earlier run with the same arguments "
                   f"(`{r['path']}`, revision {r['revision']}, {r['date']}); the other seeds were trained by this one.", ""]
     for s in result["students"]:
         lines.append(recipe_line(s, students))

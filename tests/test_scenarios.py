@@ -92,7 +92,7 @@ def test_spine_reuses_earlier_seeds_and_keeps_the_baseline_recipe_of_seed_0(tmp_
     assert len(seed0["baseline_search"]) == 2
     assert [b["jitter"] for b in seed1["baseline_search"]] == [spine_fmnist.chosen_recipe(seed0)]
     report = second.with_suffix(".md").read_text()
-    assert "Seeds 0 are taken from an earlier run" in report and "and kept for the other seeds" in report
+    assert "Seed 0 is taken from an earlier run" in report and "and kept for the other seeds" in report
     with pytest.raises(SystemExit, match="--reuse needs a result made with the same arguments; .* has student_jitter=None, this run 1"):
         spine_fmnist.main(["--smoke", "--seeds", "2", "--work", str(work), "--student-jitter", "1", "--reuse", str(first.with_suffix(".json")),
                            "--out", str(tmp_path / "three")])
