@@ -113,8 +113,8 @@ def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
         return {}, None
     earlier = json.loads(Path(path).read_text())
     ours = vars(args)
-    for key in sorted(set(earlier["args"]) | set(ours) - REUSE_IGNORED):
-        if key not in REUSE_IGNORED and earlier["args"].get(key) != ours.get(key):
+    for key in sorted((set(earlier["args"]) | set(ours)) - REUSE_IGNORED):
+        if earlier["args"].get(key) != ours.get(key):
             raise SystemExit(f"--reuse needs a result made with the same arguments; {path} has {key}="
                               f"{earlier['args'].get(key)!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
     runs = {(s["student"], s["epochs"], r["seed"]): r for s in earlier["students"] for r in s["runs"]}

@@ -221,7 +221,7 @@ def _check_baseline_jitter(config: DistillConfig, input_shape) -> None:
     if len(tuple(input_shape)) != 3:
         raise ConfigError(f"The 'baseline_jitter' parameter shifts images, but the inputs have shape {tuple(input_shape)}. "
                           f"Got {config.baseline_jitter} instead; pass --baseline-jitter 0 or leave it out.")
-    check_jitter(config.baseline_jitter, input_shape)
+    check_jitter(config.baseline_jitter, input_shape, name="baseline_jitter")
 
 
 # --- the bias correction for omitted classes -------------------------------------------------------

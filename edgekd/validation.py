@@ -65,12 +65,13 @@ def check_seed(value) -> int:
     return value
 
 
-def check_jitter(jitter: int, input_shape) -> int:
+def check_jitter(jitter: int, input_shape, name: str = "jitter") -> int:
     """Shifts of ``jitter`` pixels must leave part of the image: ``jitter`` < the image's smaller side."""
     shape = tuple(input_shape)
     if len(shape) == 3 and jitter >= min(shape[1:]):
-        raise ConfigError(f"The 'jitter' parameter must be smaller than the images' side ({min(shape[1:])} pixels for "
-                          f"inputs of shape {shape}). Got {jitter} instead; pass --jitter {max(0, min(shape[1:]) // 4)} or less.")
+        raise ConfigError(f"The '{name}' parameter must be smaller than the images' side ({min(shape[1:])} pixels for "
+                          f"inputs of shape {shape}). Got {jitter} instead; pass --{name.replace('_', '-')} "
+                          f"{max(0, min(shape[1:]) // 4)} or less.")
     return jitter
 
 

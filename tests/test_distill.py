@@ -51,7 +51,7 @@ def test_a_fixed_baseline_recipe_is_the_only_one_trained(tmp_path, digits, tiny_
     result = distill(teacher, digits, config, tmp_path / "s", cache=LogitCache(tmp_path / "c"))
     assert [(c["jitter"], c["chosen"]) for c in result.baseline_search] == [(0, True)]
     too_far = DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=1), baseline=True, baseline_jitter=8)
-    with pytest.raises(ConfigError, match="'jitter' parameter must be smaller than the images' side"):
+    with pytest.raises(ConfigError, match="'baseline_jitter' parameter must be smaller than the images' side .* pass --baseline-jitter 2 or less"):
         distill(teacher, digits, too_far, tmp_path / "t", cache=LogitCache(tmp_path / "c"))
     assert not (tmp_path / "t").exists() and not (tmp_path / "t.partial").exists()
     with pytest.raises(ConfigError, match="'baseline_jitter' parameter must be"):
