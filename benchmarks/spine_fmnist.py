@@ -155,21 +155,18 @@ def main(argv=None):
         for seed in range(args.seeds):
             out = work / f"student-{spec.replace(':', '_').replace(',', '_').replace('=', '')}{suffix}-s{seed}"
             if (spec, epochs, seed) in reuse:
-                runs.append(reuse[(spec, epochs, seed)] | {"reused": True})
-                r = runs[-1]
-                chosen = chosen or (r["temperature"], r["alpha"])
-                recipe = recipe if recipe is not None else chosen_recipe(r)
-                record.update(temperature=chosen[0], alpha=chosen[1], search=runs[0]["search"])
-                continue
-            config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
-                                   temperature_grid=grid_t, alpha_grid=grid_a,
-                                   train=TrainConfig(epochs=epochs, jitter=jitter, seed=seed, device=args.device),
-                                   views=0 if args.views == "all" else int(args.views), view_grid=args.views == "all",
-                                   baseline=True, baseline_jitter=recipe)
-            r = distill(teacher, data, config, out, cache=cache, overwrite=True, resume=(out.parent / (out.name + ".partial")).exists())
-            chosen = chosen or (r.temperature, r.alpha)
-            runs.append(asdict(r) | {"path": str(out), "seed": seed, "timings": run_timings(out)})
-            recipe = recipe if recipe is not None else chosen_recipe(runs[-1])
+                run = reuse[(spec, epochs, seed)] | {"reused": True}
+            else:
+                config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
+                                       temperature_grid=grid_t, alpha_grid=grid_a,
+                                       train=TrainConfig(epochs=epochs, jitter=jitter, seed=seed, device=args.device),
+                                       views=0 if args.views == "all" else int(args.views), view_grid=args.views == "all",
+                                       baseline=True, baseline_jitter=recipe)
+                r = distill(teacher, data, config, out, cache=cache, overwrite=True, resume=(out.parent / (out.name + ".partial")).exists())
+                run = asdict(r) | {"path": str(out), "seed": seed, "timings": run_timings(out)}
+            runs.append(run)
+            chosen = chosen or (run["temperature"], run["alpha"])
+            recipe = recipe if recipe is not None else chosen_recipe(run)
             record.update(temperature=chosen[0], alpha=chosen[1], search=runs[0]["search"])
             result = result_so_far(students)   # written after every seed: a stopped run keeps what it measured
             write_result(args, result, render(result), quiet=True)
