@@ -173,7 +173,7 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
     threads = config.thread_counts()
     runtime_names = config.runtimes or parse_runtimes(None)
     runtimes, runtime_records = _open_runtimes(runtime_names, config.device)
-    rows, parity = [], []
+    rows, parity, unlike = [], [], {}
     entries = [_describe(name, path, rows) for name, (_, path) in zip(names, parsed)]
 
     x_split, y_split = data.split(config.split)
@@ -194,7 +194,7 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
                     rows.append(_error_row(entry.name, name, None, None, runtime_records[name]["reason"], status="skipped"))
         for t in threads:
             runners = _load_runners(entries, runtime_names, runtimes, t, rows, parity if t == threads[0] else None,
-                                    config.check_samples)
+                                    config.check_samples, unlike)
             floor_runners = _load_floor_runners(runners, runtimes, identity, t, floors)
             for b in config.batch_sizes:
                 echo(f"timing {len(runners)} model/runtime pair(s) at batch {b}, {t} thread(s)")
@@ -318,13 +318,18 @@ def _predict_all(runner, x: np.ndarray, chunk: int = 512) -> np.ndarray:
         return np.concatenate([runner.predict(x[i:i + 1]) for i in range(len(x))])
 
 
-def _load_runners(entries, runtime_names, runtimes, threads, rows, parity, check_samples) -> dict:
+def _load_runners(entries, runtime_names, runtimes, threads, rows, parity, check_samples, unlike: dict) -> dict:
+    """The (model, runtime) pairs to time at ``threads``; a pair whose outputs could not be compared with the
+    reference (checked at the first thread count, remembered in ``unlike``) is an error row, never timed."""
     runners = {}
     for entry in entries:
         if entry.x is None:
             continue
         for name in runtime_names:
             if name not in runtimes or entry.info.format not in get_runtime(name).formats:
+                continue
+            if (entry.name, name) in unlike:
+                rows.append(_error_row(entry.name, name, None, threads, unlike[(entry.name, name)]))
                 continue
             try:
                 runner = runtimes[name].load(entry.path, threads)
@@ -336,6 +341,10 @@ def _load_runners(entries, runtime_names, runtimes, threads, rows, parity, check
                 continue
             if parity is not None and (record := _parity(entry, name, runner, check_samples)) is not None:
                 parity.append(record)
+                if record["error"] is not None:   # outputs that cannot even be compared are not timed
+                    unlike[(entry.name, name)] = f"outputs unlike the reference's: {record['error']}"
+                    rows.append(_error_row(entry.name, name, None, threads, unlike[(entry.name, name)]))
+                    continue
             runners[(entry.name, name)] = runner
     return runners
 

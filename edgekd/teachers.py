@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -75,8 +76,9 @@ class InputTransform:
 
 
 class EnsembleModule(nn.Module):
-    """Members combined as the paper's ensembles are: arithmetic mean of logits, or of probabilities
-    (returned as log-probabilities so the output is again a valid logit vector)."""
+    """Members combined as the paper's ensembles are (Hinton et al. 2015, section 3): the arithmetic mean of
+    the members' logits, z = (1/M) sum_m z_m, or of their probabilities, returned as log-probabilities,
+    log((1/M) sum_m softmax(z_m)), so that the output is again a valid logit vector."""
 
     def __init__(self, members: list[nn.Module], combine: str = "logits"):
         super().__init__()
@@ -86,12 +88,15 @@ class EnsembleModule(nn.Module):
         self.combine = combine
 
     def forward(self, x):
-        outs = torch.stack([member(x) for member in self.members])
-        if len(self.members) == 1:
+        # elementwise, with no reduction over a members axis: converters that drop the batch axis (pnnx for
+        # ncnn) turned such a reduction into none, and an ensemble's ncnn output was its members side by side
+        outs = [member(x) for member in self.members]
+        if len(outs) == 1:
             return outs[0]
         if self.combine == "logits":
-            return outs.mean(0)
-        return torch.logsumexp(torch.log_softmax(outs, dim=-1), dim=0) - math.log(len(self.members))
+            return functools.reduce(torch.add, outs) / len(outs)
+        log_probs = [torch.log_softmax(z, dim=-1) for z in outs]
+        return functools.reduce(torch.logaddexp, log_probs) - math.log(len(outs))
 
 
 class Teacher:

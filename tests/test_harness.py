@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from benchmarks import runtimes as R
@@ -193,6 +194,30 @@ def test_failures_become_rows_not_crashes(report):
         assert all(r["status"] == "error" and "device lost" in r["error"] for r in timed)
     assert not any(r["model"] in ("teacher", "student") for r in errors)  # artifacts are not ONNX runtimes' business
     assert not any(r["model"] == "corrupt.onnx" and r["status"] == "ok" for r in report.rows)
+
+
+def test_outputs_unlike_the_reference_are_an_error_row_not_a_timing(digits, onnx_models):
+    """A runtime whose outputs cannot be compared with the reference (an ncnn ensemble once returned its
+    members' logits side by side) is never timed, at any thread count."""
+    @R.register_runtime("test-wide-output", formats=("onnx",), description="returns every logit three times")
+    class Wide(R.OnnxRuntime):
+        def load(self, path, threads):
+            runner = super().load(path, threads)
+            output = runner._output
+            runner._output = lambda result: np.tile(output(result), 3)
+            return runner
+
+    try:
+        config = BenchConfig(runtimes=("onnxruntime", "test-wide-output"), **{**TINY, "threads": (1, 2)})
+        report = run_benchmark([onnx_models["fp32"]], digits, config)
+    finally:
+        R._RUNTIMES.pop("test-wide-output")
+    rows = _rows(report, runtime="test-wide-output")
+    assert sorted(r["threads"] for r in rows) == [1, 2]
+    assert all(r["status"] == "error" and "outputs unlike the reference's" in r["error"] for r in rows)
+    (parity,) = [p for p in report.parity if p["runtime"] == "test-wide-output"]
+    assert parity["error"] and parity["max_abs_diff"] is None
+    assert {r["status"] for r in _rows(report, runtime="onnxruntime")} == {"ok"}
 
 
 def test_model_facts_and_accuracy(report, digits, tiny_teacher, tiny_student):

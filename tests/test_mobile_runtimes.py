@@ -51,6 +51,23 @@ def test_converted_runtime_times_fp32_and_skips_int8_with_the_reason(runtime, pa
     assert floors and all(f["status"] == "ok" for f in floors)
 
 
+@pytest.mark.mobile
+@pytest.mark.parametrize("runtime, package", [("ncnn", "ncnn"), ("mnn", "MNN")])
+def test_an_ensemble_teacher_converts_to_its_mean_logits(runtime, package, tiny_teacher, digits, tmp_path):
+    """The ensemble as one graph on a mobile runtime gives the members' mean, not their logits side by side
+    (pnnx drops the batch axis: a mean over a leading members axis once reduced nothing on ncnn)."""
+    pytest.importorskip(package)
+    from benchmarks.harness import BenchConfig, run_benchmark
+    from export import ExportConfig, export_onnx
+
+    onnx_path = tmp_path / "teacher.onnx"
+    export_onnx(tiny_teacher, onnx_path, ExportConfig(), data=digits)
+    report = run_benchmark([f"teacher={onnx_path}"], digits, BenchConfig(runtimes=("onnxruntime", runtime), **FAST))
+    parity = next(p for p in report.parity if p["runtime"] == runtime)
+    assert parity["error"] is None and parity["max_abs_diff"] < 1e-4 and parity["agreement"] == 1.0
+    assert {r["status"] for r in _rows(report, runtime)} == {"ok"}
+
+
 def test_conversion_cache_is_keyed_by_the_file_content(tmp_path):
     """Converted once per content: the same bytes under another name reuse it, changed bytes convert anew."""
     from benchmarks.mobile_runtimes import convert_cached

@@ -30,3 +30,19 @@ def test_teacher_without_convolutions_keeps_its_net(tiny_student, digits):
     assert teacher.channels_last_net() is None
     assert teacher.logits(digits.x_val[:4]).shape == (4, len(digits.classes))
 
+
+
+def test_ensemble_module_means_logits_or_probabilities():
+    """z = (1/M) sum_m z_m for "logits"; log((1/M) sum_m softmax(z_m)) for "probs"; one member is itself."""
+    from torch import nn
+
+    from edgekd.teachers import EnsembleModule
+
+    torch.manual_seed(0)
+    members = [nn.Linear(6, 4) for _ in range(3)]
+    x = torch.randn(5, 6)
+    zs = torch.stack([m(x) for m in members])
+    with torch.no_grad():
+        torch.testing.assert_close(EnsembleModule(members, "logits")(x), zs.mean(0))
+        torch.testing.assert_close(EnsembleModule(members, "probs")(x), torch.softmax(zs, -1).mean(0).log())
+        torch.testing.assert_close(EnsembleModule(members[:1], "probs")(x), members[0](x))
