@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from edgekd.config import PRECISIONS, TrainConfig
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -288,3 +290,34 @@ def _internal(exc: BaseException, debug: bool) -> int:
     message = str(exc).replace("\n", " ")[:300]
     click.echo(f"error: internal error {exc.__class__.__name__}: {message} (rerun with --debug for the traceback and report it)", err=True)
     return 1
+
+
+def train_options(train: TrainConfig):
+    """The training loop's options, their defaults from ``train`` (the stage config's own TrainConfig)."""
+    def decorate(func):
+        @click.option("--epochs", type=click.IntRange(min=1), default=train.epochs, show_default=True)
+        @click.option("--batch-size", type=click.IntRange(min=1), default=train.batch_size, show_default=True)
+        @click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=train.lr, show_default=True,
+                      help="Peak learning rate (AdamW, one-cycle), in (0, 10].")
+        @click.option("--weight-decay", type=click.FloatRange(0, 10), default=train.weight_decay, show_default=True)
+        @click.option("--patience", type=click.IntRange(min=0), default=train.patience, show_default=True,
+                      help="Stop after this many epochs without val improvement (0: never).")
+        @click.option("--jitter", type=click.IntRange(min=0), default=train.jitter, show_default=True,
+                      help="Random shifts of up to this many pixels (the paper's input jitter); 0 = off.")
+        @click.option("--precision", type=click.Choice(PRECISIONS), default=train.precision, show_default=True,
+                      help="bf16 autocasts the forward pass and loss (weights and optimizer stay fp32).")
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return func(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+def make_train_config(params, **overrides):
+    from edgekd.device import resolve_device
+
+    device = resolve_device(params["device"]).type
+    fields = dict(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                  weight_decay=params["weight_decay"], patience=params["patience"], jitter=params["jitter"],
+                  seed=params["seed"], device=device, precision=params["precision"])
+    return TrainConfig(**{**fields, **overrides})

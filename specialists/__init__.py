@@ -11,6 +11,7 @@
 - ``specialists.combine``: the KL combination at inference, the exportable module and the
   ``Teacher`` that ``edgekd.teachers`` loads for artifacts of kind "specialist-ensemble".
 - ``specialists.build``: ``build_specialists`` (the stage, one artifact) and ``regate_specialists``.
+- ``specialists.config``: ``SpecialistConfig``, where the stage's defaults live (no torch: the CLI reads them).
 
 Defaults and where they differ from the paper (each is explained in its module):
 

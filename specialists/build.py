@@ -30,48 +30,15 @@ from edgekd.models import count_macs
 from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, load_teacher
 from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
-from edgekd.validation import check_int_at_least, check_output_dir, check_positive
-from specialists.clustering import (DEFAULT_CLUSTER_TEMPERATURE, check_k, covariance_npy, covariance_png,
-                                    find_clusters)
-from specialists.combine import (DEFAULT_MAX_STEPS, DEFAULT_TOL, SpecialistEnsembleModule, gated_combine,
-                                 max_active_bound)
+from edgekd.validation import check_output_dir
+from specialists.clustering import check_k, covariance_npy, covariance_png, find_clusters
+from specialists.combine import SpecialistEnsembleModule, gated_combine, max_active_bound
+from specialists.config import SpecialistConfig  # noqa: F401  (re-exported: the stage's settings)
 from specialists.report import comparison, render_markdown
 from specialists.training import train_specialist
 
 MODULE_STEPS_CAP = 200
 MODULE_CHECK_INPUTS = 512   # the exportable module (every specialist on every input) is checked on this many test inputs
-
-
-@dataclass(frozen=True)
-class SpecialistConfig:
-    """Settings of ``build_specialists``; ``clusters=None`` means auto (silhouette)."""
-
-    clusters: tuple[int, ...] | None = None
-    cluster_temperature: float = DEFAULT_CLUSTER_TEMPERATURE
-    top_n: int = 1
-    special_fraction: float = 0.5
-    member: int | None = None            # with an ensemble teacher: the member that is the generalist
-    train: TrainConfig = TrainConfig(epochs=5, lr=5e-4, patience=2)
-    tol: float = DEFAULT_TOL
-    max_steps: int = DEFAULT_MAX_STEPS
-    module_steps: int | None = None      # None: 1 where exact, else the most any val input needed (capped)
-    per_cluster: int = 1                 # specialists per cluster, each with its own seed: independent opinions
-
-    def __post_init__(self):
-        if self.clusters is not None:
-            for k in self.clusters:
-                check_int_at_least("clusters", k, 2)
-        check_positive("cluster_temperature", self.cluster_temperature)
-        check_int_at_least("top_n", self.top_n, 1)
-        if not 0 < self.special_fraction < 1:
-            raise ConfigError(f"The 'special_fraction' parameter must be in (0, 1). Got {self.special_fraction!r} instead.")
-        if self.member is not None:
-            check_int_at_least("member", self.member, 0)
-        check_positive("tol", self.tol)
-        check_int_at_least("max_steps", self.max_steps, 1)
-        check_int_at_least("per_cluster", self.per_cluster, 1)
-        if self.module_steps is not None:
-            check_int_at_least("module_steps", self.module_steps, 1)
 
 
 @dataclass(frozen=True)

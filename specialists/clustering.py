@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 from edgekd.errors import ConfigError
+from specialists.config import DEFAULT_CLUSTER_TEMPERATURE
 
-DEFAULT_CLUSTER_TEMPERATURE = 4.0
 AUTO_MIN_MAX_K = 8                  # auto tries at least K = 2..8 (fewer with fewer classes)
 AUTO_METRIC = "cosine"
 AUTO_FULL_SEARCH = 16               # up to this many candidate K, every one is tried

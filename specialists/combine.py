@@ -69,10 +69,9 @@ from torch import nn
 
 from edgekd.errors import ArtifactError
 from edgekd.teachers import ModuleTeacher, register_teacher_kind
+from specialists.config import DEFAULT_MAX_STEPS, DEFAULT_TOL
 
 NEG = -1e30  # log(0) stand-in that stays finite in float32 (exportable, no inf - inf = nan)
-DEFAULT_TOL = 1e-6
-DEFAULT_MAX_STEPS = 5000
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,15 @@ def test_pipeline_means_pipeline_config():
     assert flags["temperature"] == ("auto" if config.temperature is None else f"{config.temperature:g}")
 
 
+def test_specialists_build_means_specialist_config():
+    from specialists.config import SpecialistConfig
+
+    flags, config = _cli_defaults("specialists", "build"), SpecialistConfig()
+    names = ("cluster_temperature", "top_n", "special_fraction", "per_cluster", "tol", "max_steps", "module_steps")
+    assert {k: flags[k] for k in names} == {k: getattr(config, k) for k in names}
+    assert flags["clusters"] == "auto" and config.clusters is None and _train_fields(flags, config.train)
+
+
 def test_defaults_reads_without_building():
     assert defaults(DistillConfig)["student"] == "mlp" and "train" in defaults(TeacherConfig)
 

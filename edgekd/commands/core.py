@@ -7,9 +7,9 @@ import functools
 import click
 
 from edgekd.clicommon import (cache_options, common_options, data_options, data_spec, echo_json, load_data,
-                              resolved_config, show_progress)
-from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, METHODS, PRECISIONS,
-                           DistillConfig, PipelineConfig, TeacherConfig, TrainConfig, defaults)
+                              make_train_config, resolved_config, show_progress, train_options)
+from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, METHODS, DistillConfig,
+                           PipelineConfig, TeacherConfig, defaults)
 
 # every default below is read from the config dataclasses: a flag left out means what the library means
 TEACHER, DISTILL, PIPELINE = defaults(TeacherConfig), defaults(DistillConfig), defaults(PipelineConfig)
@@ -41,37 +41,6 @@ def open_teacher(spec, params, *, device=None, role: str = "Teacher"):
     transform = InputTransform(params["teacher_scale"], params["teacher_mean"], params["teacher_std"])
     teacher = load_teacher(spec, combine=params["combine"], output=params["teacher_output"], transform=transform, role=role)
     return teacher.to(device) if device is not None else teacher
-
-
-def train_options(train: TrainConfig):
-    """The training loop's options, their defaults from ``train`` (the stage config's own TrainConfig)."""
-    def decorate(func):
-        @click.option("--epochs", type=click.IntRange(min=1), default=train.epochs, show_default=True)
-        @click.option("--batch-size", type=click.IntRange(min=1), default=train.batch_size, show_default=True)
-        @click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=train.lr, show_default=True,
-                      help="Peak learning rate (AdamW, one-cycle), in (0, 10].")
-        @click.option("--weight-decay", type=click.FloatRange(0, 10), default=train.weight_decay, show_default=True)
-        @click.option("--patience", type=click.IntRange(min=0), default=train.patience, show_default=True,
-                      help="Stop after this many epochs without val improvement (0: never).")
-        @click.option("--jitter", type=click.IntRange(min=0), default=train.jitter, show_default=True,
-                      help="Random shifts of up to this many pixels (the paper's input jitter); 0 = off.")
-        @click.option("--precision", type=click.Choice(PRECISIONS), default=train.precision, show_default=True,
-                      help="bf16 autocasts the forward pass and loss (weights and optimizer stay fp32).")
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            return func(*args, **kwargs)
-        return wrapper
-    return decorate
-
-
-def make_train_config(params, **overrides):
-    from edgekd.device import resolve_device
-
-    device = resolve_device(params["device"]).type
-    fields = dict(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
-                  weight_decay=params["weight_decay"], patience=params["patience"], jitter=params["jitter"],
-                  seed=params["seed"], device=device, precision=params["precision"])
-    return TrainConfig(**{**fields, **overrides})
 
 
 def output_options(func):

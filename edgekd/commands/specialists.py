@@ -6,8 +6,13 @@ import functools
 
 import click
 
-from edgekd.clicommon import (cache_options, common_options, data_options, echo_json, load_data, resolved_config,
-                              show_progress)
+from edgekd.clicommon import (cache_options, common_options, data_options, echo_json, load_data, make_train_config,
+                              resolved_config, show_progress, train_options)
+from edgekd.config import defaults
+from specialists.config import SpecialistConfig
+
+# every default below is read from SpecialistConfig: a flag left out means what the library means
+SPECIALIST = defaults(SpecialistConfig)
 
 
 def cluster_options(func):
@@ -17,7 +22,8 @@ def cluster_options(func):
     @click.option("--clusters", default="auto", show_default=True,
                   help="Number of clusters K, several K separated by commas (clusterings merged: overlapping "
                        "specialists), or 'auto' (the K in 2..min(C-1, max(8, ceil(2 sqrt C))) with the best silhouette).")
-    @click.option("--cluster-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+    @click.option("--cluster-temperature", type=click.FloatRange(min=0, min_open=True),
+                  default=SPECIALIST["cluster_temperature"], show_default=True,
                   help="Clustering uses softmax(z/T) of the generalist (T=1 is the paper's; a confident generalist needs ~4).")
     @cache_options
     @functools.wraps(func)
@@ -70,24 +76,19 @@ def _echo_clusters(clustering, classes) -> None:
 @specialists_group.command("build")
 @cluster_options
 @data_options
-@click.option("--top-n", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--top-n", type=click.IntRange(min=1), default=SPECIALIST["top_n"], show_default=True,
               help="Specialists are active when their classes meet the generalist's top-n classes.")
-@click.option("--special-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
-              show_default=True, help="Share of each specialist's training data drawn from its own classes.")
-@click.option("--per-cluster", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--special-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=SPECIALIST["special_fraction"], show_default=True,
+              help="Share of each specialist's training data drawn from its own classes.")
+@click.option("--per-cluster", type=click.IntRange(min=1), default=SPECIALIST["per_cluster"], show_default=True,
               help="Specialists trained per cluster, each with its own seed (seed, seed+1, ...): every class is then "
                    "covered by that many opinions, which the KL combination weighs together.")
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Epochs per specialist.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (AdamW, one-cycle).")
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--patience", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Stop a specialist after this many epochs without val improvement (0: never).")
-@click.option("--jitter", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Random shifts of up to this many pixels (the paper's input jitter); 0 = off.")
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+@train_options(SPECIALIST["train"])
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=SPECIALIST["tol"], show_default=True,
               help="Solver stops when an update moves no log-probability by this much ...")
-@click.option("--max-steps", type=click.IntRange(min=1), default=5000, show_default=True, help="... or after this many updates.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=SPECIALIST["max_steps"], show_default=True,
+              help="... or after this many updates.")
 @click.option("--module-steps", type=click.IntRange(min=1), default=None,
               help="Fixed updates in the exportable module (default: 1 where exact, else measured on val).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output artifact folder.")
@@ -102,18 +103,14 @@ def build_cmd(ctx, as_json, **params):
     The result is a teacher: 'edgekd evaluate OUT', 'edgekd distill --teacher OUT ...'.
     """
     from edgekd.cache import LogitCache
-    from edgekd.device import resolve_device
     from edgekd.outputs import data_paths, output_lock
-    from edgekd.training import TrainConfig
     from edgekd.validation import check_jitter, check_output_dir
-    from specialists.build import SpecialistConfig, build_specialists
+    from specialists.build import build_specialists
     from specialists.clustering import parse_clusters
 
     check_output_dir(params["out"], overwrite=params["overwrite"], resume=params["resume"],
                      inputs=[params["teacher"], *data_paths(params["data"])])
-    train = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
-                        weight_decay=params["weight_decay"], patience=params["patience"], jitter=params["jitter"],
-                        seed=params["seed"], device=resolve_device(params["device"]).type)
+    train = make_train_config(params)
     config = SpecialistConfig(clusters=parse_clusters(params["clusters"]), cluster_temperature=params["cluster_temperature"],
                               top_n=params["top_n"], special_fraction=params["special_fraction"], member=params["member"],
                               train=train, tol=params["tol"], max_steps=params["max_steps"],
