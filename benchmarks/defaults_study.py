@@ -29,9 +29,12 @@ CANDIDATES = "kd:T=4,a=0.9;kd:T=4,a=0.5;kd:T=8,a=0.5;kd:T=2,a=0.5;kd-ls:T=2,a=0.
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--train-limit", type=int, default=10000)
+    p.add_argument("--train-limit", type=int, default=10000, help="Training images (0: the full training set).")
     p.add_argument("--teacher-arch", default="cnn")
     p.add_argument("--members", default="1,3", help="Teachers: the first k members of one ensemble, for each k.")
+    p.add_argument("--teacher", default=None,
+                   help="An edgekd ensemble artifact to take the members from (e.g. the README's teacher) instead of "
+                        "training --teacher-arch for --teacher-epochs; it must have been trained on the same split.")
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--students", default="mlp;mlp:hidden=100;cnn:width=8;dsconv")
     p.add_argument("--candidates", default=CANDIDATES, help="';'-separated METHOD:T=..,a=..")
@@ -44,8 +47,11 @@ def parse_args(argv=None):
                    help="Train nothing: report the cells whose runs are all in --work; the others are listed as not run.")
     p.add_argument("--smoke", action="store_true", help="digits, tiny models, seconds")
     args = p.parse_args(argv)
+    args.train_limit = args.train_limit or None
     if args.smoke:
-        args.data, args.train_limit, args.teacher_arch, args.members = "digits", None, "cnn:width=4,fc=16", "1,2"
+        args.data, args.train_limit, args.teacher_arch = "digits", None, "cnn:width=4,fc=16"
+        if args.members == p.get_default("members"):   # an explicit --members (e.g. with --teacher) stands
+            args.members = "1,2"
         args.students, args.candidates, args.epochs, args.teacher_epochs = "mlp:hidden=16", "kd:T=4,a=0.9;kd:T=2,a=0.5", 2, 2
         args.work = str(Path(args.out).parent / (Path(args.out).name + "-work"))
     return args
@@ -66,7 +72,9 @@ def teachers(args, data):
     from edgekd.training import TrainConfig
 
     ks = [int(k) for k in args.members.split(",")]
-    path = Path(args.work) / "teacher"
+    path = Path(args.teacher or Path(args.work) / "teacher")
+    if args.teacher and not is_artifact(path):
+        raise SystemExit(f"--teacher: '{path}' is not an edgekd artifact; pass an ensemble's folder or leave it out to train one.")
     if not is_artifact(path) and args.reuse_only:
         raise SystemExit(f"--reuse-only: no teacher in '{path}', so no run to report; run the study without it first.")
     if not is_artifact(path):
@@ -75,14 +83,30 @@ def teachers(args, data):
                        path, resume=path.with_name("teacher.partial").exists())
     artifact = load_artifact(path)
     members = artifact.build_members()
+    made_on, here = artifact.manifest.data or {}, data.describe()
+    differs = [k for k in ("spec", "split_seed", "train_limit") if made_on.get(k) != here.get(k)]
+    if args.teacher and differs:   # a teacher that saw this study's val or test images would flatter it
+        raise SystemExit(f"--teacher: '{path}' was trained on other data ({', '.join(f'{k} {made_on.get(k)!r}' for k in differs)}; "
+                         f"this study: {', '.join(f'{k} {here.get(k)!r}' for k in differs)}). Pass a teacher trained on the same split.")
+    if max(ks) > len(members):
+        raise SystemExit(f"--members asks for {max(ks)} members; '{path}' has {len(members)}. Pass --members up to {len(members)}.")
     device = resolve_device(args.device)
     out = {}
     for k in ks:
         fingerprint = hashlib.sha256(f"{artifact.fingerprint}:first={k}".encode()).hexdigest()
         out[k] = ModuleTeacher(EnsembleModule(members[:k]).to(device), kind="ensemble", classes=artifact.classes,
                                input_shape=artifact.input_shape, fingerprint=fingerprint,
-                               description=f"first {k} of {len(members)} x {args.teacher_arch}")
-    return out
+                               description=f"first {k} of {len(members)} members of {path}")
+    return out, teacher_description(artifact.manifest, len(members), str(path))
+
+
+def teacher_description(manifest, members: int, path: str) -> str:
+    """'3 × `cnn` (6 epochs, ±2 px jitter)' from what the artifact's manifest says made it."""
+    config = manifest.config or {}
+    train = (config.get("teacher") or {}).get("train") or config.get("params") or {}
+    arch = (config.get("teacher") or config.get("params") or {}).get("arch", manifest.members[0].arch)
+    jitter = f"±{train['jitter']} px jitter" if train.get("jitter") else "no jitter"
+    return f"{members} × `{arch}` ({train.get('epochs', '?')} epochs, {jitter}; `{path}`)"
 
 
 def run(args) -> dict:
@@ -94,7 +118,8 @@ def run(args) -> dict:
     cache = LogitCache(Path(args.work) / "cache")
     candidates = [parse_candidate(c) for c in args.candidates.split(";")]
     cells, missing = [], []
-    for k, teacher in teachers(args, data).items():
+    ensemble, described = teachers(args, data)
+    for k, teacher in ensemble.items():
         for student in args.students.split(";"):
             for seed in range(args.seeds):
                 cell = {"members": k, "student": student, "seed": seed, "runs": {}}
@@ -117,7 +142,7 @@ def run(args) -> dict:
                 cells.append(cell)
                 print(f"k={k} {student} seed {seed}: baseline {cell['baseline']:.4f} "
                       + " ".join(f"{n} {v['test_accuracy']:.4f}" for n, v in cell["runs"].items()), flush=True)
-    return {"data": data.describe(), "candidates": candidates, "cells": cells, "not_run": missing,
+    return {"data": data.describe(), "teacher": described, "candidates": candidates, "cells": cells, "not_run": missing,
             "summary": summarize(cells, candidates)}
 
 
@@ -190,8 +215,9 @@ def render(result: dict) -> str:
     lines = header_markdown(f"Defaults study on `{result['data']['spec']}` ({result['data']['n_train']} training images)",
                             result["provenance"])
     a = result["args"]
-    lines += [f"Teachers: the first k of {max(int(k) for k in a['members'].split(','))} × `{a['teacher_arch']}` "
-              f"({a['teacher_epochs']} epochs, ±2 px jitter), k ∈ {{{a['members']}}}. Every student {a['epochs']} epochs, "
+    ensemble = result.get("teacher") or (f"{max(int(k) for k in a['members'].split(','))} × `{a['teacher_arch']}` "
+                                          f"({a['teacher_epochs']} epochs, ±2 px jitter)")
+    lines += [f"Teachers: the first k of {ensemble}, k ∈ {{{a['members']}}}. Every student {a['epochs']} epochs, "
               f"no jitter, cached logits (the defaults of `edgekd distill`), seeds 0..{a['seeds'] - 1}; gain = distilled − "
               "hard-label baseline with the same budget and seed, in test-accuracy points.", "",
               "| teacher (k) | teacher acc | student | seed | baseline | " + " | ".join(c["name"] for c in result["candidates"]) + " |",

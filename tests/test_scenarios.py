@@ -120,3 +120,19 @@ def test_spine_aim_is_not_judged_on_one_seed():
     met = aim_line(student(0.9345, 0.9330), 0.9309)
     assert "**met**" in met and "hard labels 92.00%, so distillation adds +1.38 points (beyond the seed spread)" in met
     assert "**missed**" in aim_line(student(0.9245, 0.9230), 0.9309)
+
+
+@pytest.mark.slow
+def test_defaults_study_takes_its_members_from_a_given_teacher(tmp_path, tiny_teacher):
+    """--teacher: the members come from an artifact (the README's teacher), described from its manifest;
+    more members than it has are refused in one line."""
+    from benchmarks import defaults_study
+
+    out = tmp_path / "given"
+    defaults_study.main(["--smoke", "--teacher", str(tiny_teacher), "--members", "2", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["teacher"].startswith("2 × `cnn:width=8,fc=32` (4 epochs, no jitter") and str(tiny_teacher) in result["teacher"]
+    assert {c["members"] for c in result["cells"]} == {2} and not (tmp_path / "given-work" / "teacher").exists()
+    assert f"Teachers: the first k of 2 × `cnn:width=8,fc=32`" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="has 2. Pass --members up to 2"):
+        defaults_study.main(["--smoke", "--teacher", str(tiny_teacher), "--members", "3", "--out", str(tmp_path / "more")])
