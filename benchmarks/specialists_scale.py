@@ -68,10 +68,16 @@ def parse_args(argv=None):
                    help="all: every figure; gain: clustering quality, specialists against the generalist and its "
                         "control, and the students only (no cost sweeps).")
     p.add_argument("--seeds", type=int, default=3, help="Seeds per student (0: no students).")
+    p.add_argument("--teacher-per-cluster", type=int, default=0,
+                   help="The specialist ensemble that teaches the students: 0, the overlapping build; R, the build "
+                        "with R specialists per cluster (one of --per-cluster).")
     p.add_argument("--work", default="runs/specialists_scale")
     p.add_argument("--out", default="benchmarks/results/specialists_scale")
     p.add_argument("--quick", action="store_true", help="Tiny sizes and budgets (a smoke test).")
     args = p.parse_args(argv)
+    if args.teacher_per_cluster and str(args.teacher_per_cluster) not in [v.strip() for v in args.per_cluster.split(",")]:
+        p.error(f"--teacher-per-cluster must be 0 or one of --per-cluster ({args.per_cluster or 'none'}); "
+                f"got {args.teacher_per_cluster}. Add it to --per-cluster or pass 0 for the overlapping build.")
     if args.quick:
         args.sizes, args.cost_sizes, args.dim, args.train, args.test = "40:4,80:8", "40:4,80:8", 16, 30, 10
         args.gen_epochs, args.spec_epochs, args.student_epochs = 5, 2, 1
@@ -435,7 +441,7 @@ def artifact_files_before_after(spec_path, classes) -> dict:
 
 # --- students ---------------------------------------------------------------------------------------------------
 
-STUDENT_SETTINGS = ("student", "student_epochs", "seeds")
+STUDENT_SETTINGS = ("student", "student_epochs", "seeds", "teacher_per_cluster")
 PART_NAMED_SETTINGS = (*STUDENT_SETTINGS, "per_cluster")   # each value names its own part: the others are read back
 
 
@@ -469,7 +475,8 @@ def _students(args, work, cache, data, teachers: dict) -> list:
         runs = []
         for seed in range(args.seeds):
             # named by its settings too, so a run with other students neither reuses nor resumes this one's folders
-            out = work / f"student-{label}-{_slug(args.student)}-e{args.student_epochs}-s{seed}"
+            taught_by = f"{label}-r{args.teacher_per_cluster}" if label == "specialists" and args.teacher_per_cluster else label
+            out = work / f"student-{taught_by}-{_slug(args.student)}-e{args.student_epochs}-s{seed}"
             # the hard-label baseline (the same student and budget, no teacher) trains once, beside the generalist's
             config = DistillConfig(student=args.student, baseline=label == "generalist",
                                    train=TrainConfig(epochs=args.student_epochs, seed=seed, batch_size=256))
@@ -550,8 +557,10 @@ def main(argv=None) -> int:
             args, work, cache, big_data, generalist(args, work, big_data, f"generalist-c{big_c}-sep{main_sep:g}-e{control_epochs}",
                                                     control_epochs)["path"],
             f"spec-c{big_c}-overlap-e{control_epochs}", specialists[big_c]["k"]))
-    taught = parts.get(f"students-{args.student}-e{args.student_epochs}-s{args.seeds}", lambda: students(
-        args, work, cache, big_data, {"specialists": main_spec, "generalist": big_gen["path"]})) if args.seeds else []
+    r = args.teacher_per_cluster
+    teacher_spec = next(o["path"] for o in opinions if o["per_cluster"] == r) if r else main_spec
+    taught = parts.get(f"students-{args.student}-e{args.student_epochs}-s{args.seeds}" + (f"-r{r}" if r else ""), lambda: students(
+        args, work, cache, big_data, {"specialists": teacher_spec, "generalist": big_gen["path"]})) if args.seeds else []
 
     record = provenance(started)
     record["command"] = "python -m benchmarks.specialists_scale " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -786,6 +795,17 @@ def _build_lines(result) -> list:
     return lines
 
 
+def _teacher_label(result, label: str) -> str:
+    """Which specialist ensemble taught: the overlapping build, or the one with R specialists per cluster."""
+    r = result["args"].get("teacher_per_cluster") or 0
+    if label != "specialists":
+        return label
+    if not r:
+        return "specialists (overlapping clusterings)"
+    o = next(o for o in result["opinions"] if o["per_cluster"] == r)
+    return f"specialists (K = {o['k'][0]}, {r} per cluster: {o['specialists']})"
+
+
 def _student_lines(result) -> list:
     args = result["args"]
     budget = f"{args['student_epochs']} epochs"
@@ -796,7 +816,7 @@ def _student_lines(result) -> list:
     for s in result["students"]:
         accs = [r["test_accuracy"] for r in s["runs"]]
         m, sd = mean_std(accs)
-        lines.append(f"| {s['teacher']} | {_pct(s['runs'][0]['teacher_test_accuracy'])} | {100 * m:.2f} ± {100 * sd:.2f} | "
+        lines.append(f"| {_teacher_label(result, s['teacher'])} | {_pct(s['runs'][0]['teacher_test_accuracy'])} | {100 * m:.2f} ± {100 * sd:.2f} | "
                      + ", ".join(_pct(a) for a in accs) + " |")
     hard = [r.get("baseline_test_accuracy") for s in result["students"] if s["teacher"] == "generalist" for r in s["runs"]]
     if hard and all(h is not None for h in hard):

@@ -560,3 +560,13 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     again = json.loads(out.with_suffix(".json").read_text())
     assert again["students"] == [] and len(again["parts_read_back"]) == len(record["parts_seconds"]) - 1   # all but the students
     assert "Not run (`--seeds 0`)." in out.with_suffix(".md").read_text()
+    # the students taught by the 2-per-cluster build: their own part and folders, the rest read back
+    assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--teacher-per-cluster", "2", "--out", str(out)]) == 0
+    taught = json.loads(out.with_suffix(".json").read_text())
+    r2 = next(o for o in taught["opinions"] if o["per_cluster"] == 2)
+    assert taught["students"][0]["runs"][0]["teacher_test_accuracy"] == pytest.approx(r2["ensemble_accuracy"], abs=1e-6)
+    assert f"| specialists (K = {r2['k'][0]}, 2 per cluster: {r2['specialists']}) |" in out.with_suffix(".md").read_text()
+    assert len(taught["parts_read_back"]) == len(record["parts_seconds"]) - 1
+    with pytest.raises(SystemExit) as refused:
+        main(["--quick", "--parts", "gain", "--teacher-per-cluster", "3", "--out", str(out)])
+    assert refused.value.code == 2
