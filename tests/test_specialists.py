@@ -551,6 +551,7 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     assert record["students"][1]["teacher"] == "generalist" and all(0 <= h <= 1 for h in hard)
     text = out.with_suffix(".md").read_text()
     assert "| none (hard labels) |" in text and "**Extrapolated**" not in text
+    assert all(0 <= s["teacher_transfer_accuracy"] <= 1 for s in record["students"]) and "on the transfer set (train)" in text
     assert "Reading: the clustering aims" in text and "with the control trained 1 epochs" in text
     # controlled coverage: the same clusters with 1 and 2 specialists each
     assert [(o["per_cluster"], o["specialists"] / record["opinions"][0]["specialists"]) for o in record["opinions"]] == [(1, 1), (2, 2)]
