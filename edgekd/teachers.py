@@ -14,8 +14,8 @@ mean and std instead: ``x' = (x * scale - mean) / std``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import functools
+import hashlib
 import json
 import math
 from dataclasses import dataclass
