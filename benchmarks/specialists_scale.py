@@ -474,7 +474,7 @@ def _students(args, work, cache, data, teachers: dict) -> list:
     for label, path in teachers.items():
         teacher = load_teacher(path)
         # the teacher on its own transfer set (the train split it was fitted to; cached, the students reuse it):
-        # far above its test accuracy, its soft targets are close to the hard labels and carry little
+        # where that is far above its test accuracy, its soft targets are close to the hard labels
         transfer = float((teacher_logits(teacher, data, "train", cache).argmax(1) == y_train).float().mean())
         runs = []
         for seed in range(args.seeds):
