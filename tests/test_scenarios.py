@@ -133,6 +133,6 @@ def test_defaults_study_takes_its_members_from_a_given_teacher(tmp_path, tiny_te
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["teacher"].startswith("2 × `cnn:width=8,fc=32` (4 epochs, no jitter") and str(tiny_teacher) in result["teacher"]
     assert {c["members"] for c in result["cells"]} == {2} and not (tmp_path / "given-work" / "teacher").exists()
-    assert f"Teachers: the first k of 2 × `cnn:width=8,fc=32`" in out.with_suffix(".md").read_text()
+    assert "Teachers: the first k of 2 × `cnn:width=8,fc=32`" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit, match="has 2. Pass --members up to 2"):
         defaults_study.main(["--smoke", "--teacher", str(tiny_teacher), "--members", "3", "--out", str(tmp_path / "more")])
