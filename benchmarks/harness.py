@@ -492,16 +492,53 @@ def _round_robin(tasks: list[_Task], config: BenchConfig) -> tuple[dict, dict]:
     return samples, per_round
 
 
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float] | None:
+    """A distribution-free interval for the median of ``values``: the order statistics
+    ``[x_(k), x_(n+1-k)]`` with the largest ``k`` whose coverage ``1 - 2 P(B <= k-1)``, ``B ~ Binomial(n, 1/2)``,
+    is at least ``confidence`` (the sign-test interval; e.g. Hollander & Wolfe, *Nonparametric Statistical
+    Methods*, 3.6). No assumption on the shape of the noise, which on a shared machine is bimodal more often
+    than not. Returns (low, high, coverage), or None when n is too small for any interval (n < 6 at 95%)."""
+    x = sorted(values)
+    n = len(x)
+    tail, k, best = 0.0, 0, None
+    while k < n // 2:
+        tail += math.comb(n, k) / 2 ** n   # P(B <= k)
+        if 1 - 2 * tail < confidence:
+            break
+        k += 1
+        best = (x[k - 1], x[n - k], 1 - 2 * tail)
+    return best
+
+
 def paired_ratio(slow: dict, fast: dict) -> dict | None:
     """``slow`` row's latency over ``fast`` row's, paired by round: the median over rounds of the ratio
-    of their round p50s, with the smallest and largest round ratio. Machines drift (another tenant, a
-    clock change) between rounds; within a round the two slices ran side by side, so the per-round
-    ratio cancels most of the drift that the ratio of the pooled p50s keeps."""
+    of their round p50s, with the smallest and largest round ratio and a 95% interval for the median
+    (``median_interval``; None below 6 rounds). Machines drift (another tenant, a clock change) between
+    rounds; within a round the two slices ran side by side, so the per-round ratio cancels most of the
+    drift that the ratio of the pooled p50s keeps."""
     a, b = slow.get("round_p50_ms") or [], fast.get("round_p50_ms") or []
     ratios = sorted(x / y for x, y in zip(a, b) if x and y)
     if not ratios:
         return None
-    return {"median": float(np.median(ratios)), "min": ratios[0], "max": ratios[-1], "rounds": len(ratios)}
+    interval = median_interval(ratios)
+    return {"median": float(np.median(ratios)), "min": ratios[0], "max": ratios[-1], "rounds": len(ratios),
+            "low": interval[0] if interval else None, "high": interval[1] if interval else None,
+            "coverage": interval[2] if interval else None}
+
+
+def verdict(paired: dict | None, value: float, aim: float, *, higher_is_better: bool = True) -> str:
+    """"meets", "misses" or "undecided" for a paired figure against an aim: decided by the median's
+    interval when there is one ("undecided" when it straddles the aim: the machine's noise, not the
+    models, would pick the answer), by the figure itself when there are too few rounds for one."""
+    def good(v):
+        return v >= aim if higher_is_better else v <= aim
+
+    if not paired or paired.get("low") is None:
+        return "meets" if good(value) else "misses"
+    worst, best = (paired["low"], paired["high"]) if higher_is_better else (paired["high"], paired["low"])
+    if good(worst):
+        return "meets"
+    return "undecided" if good(best) else "misses"
 
 
 def _warm(tasks: list[_Task], config: BenchConfig) -> dict:

@@ -407,6 +407,15 @@ def test_latency_report_smoke(tmp_path, capsys):
     assert {o["model"] for o in heads["ort"]} == {"student-int8-ort", "student-int8-ort-basic"}
     assert all(o["pooled_ratio"] == pytest.approx(o["p50_ms"] / o["onnx_p50_ms"]) for o in heads["ort"])
     assert all(o["ratio"] == pytest.approx(o["paired"]["median"]) for o in heads["ort"])
+    # the headline rows timed again on their own, in more rounds: the aims are judged there
+    confirmation, confirmed = data["extra"]["confirmation"], data["extra"]["confirmed"]
+    assert confirmation["config"]["rounds"] == 6 and confirmation["config"]["batch_sizes"] == [1]
+    timed = {(r["model"], r["runtime"]) for r in confirmation["rows"] if r["status"] == "ok"}
+    assert timed == {(a["model"], "onnxruntime"), ("teacher", "pytorch"), (b["reference_model"], b["reference_runtime"])}
+    ca = confirmed["a"]
+    assert ca["paired"]["rounds"] == 6 and ca["paired"]["low"] <= ca["speedup"] <= ca["paired"]["high"]
+    assert ca["verdict"] in ("meets", "misses", "undecided") and ca["meets"] == (ca["verdict"] == "meets")
+    assert "the aims are judged here" in data["extra"]["summary"] and "the aims are judged here" in md
     assert rerender(out / "report.json", tmp_path / "again")["report_md"].read_text() == md
 
 
@@ -446,8 +455,41 @@ def test_paired_ratio_cancels_drift_between_rounds():
 
     slow = {"round_p50_ms": [2.0, 4.0, 2.0, None]}
     fast = {"round_p50_ms": [1.0, 2.0, 1.0, 1.0]}
-    assert paired_ratio(slow, fast) == {"median": 2.0, "min": 2.0, "max": 2.0, "rounds": 3}
+    assert paired_ratio(slow, fast) == {"median": 2.0, "min": 2.0, "max": 2.0, "rounds": 3,
+                                        "low": None, "high": None, "coverage": None}   # too few rounds for an interval
     assert paired_ratio({"round_p50_ms": []}, fast) is None and paired_ratio({}, fast) is None
+
+
+def test_median_interval_is_the_sign_test_interval():
+    """Order statistics [x_(k), x_(n+1-k)] with coverage 1 - 2 P(Binomial(n, 1/2) <= k-1) >= 95%: the
+    textbook table gives k = 1 at n = 6, 2 at n = 9, 3 at n = 12 (96.1%), 5 at n = 17 (95.1%)."""
+    from benchmarks.harness import median_interval
+
+    assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) is None   # 2 / 2**5 > 5%: no interval
+    assert median_interval(range(1, 7))[:2] == (1, 6)
+    assert median_interval(range(1, 10))[:2] == (2, 8)
+    low, high, coverage = median_interval([float(v) for v in range(12, 0, -1)])
+    assert (low, high) == (3.0, 10.0) and coverage == pytest.approx(1 - 2 * 79 / 4096)
+    assert median_interval(range(1, 18))[:2] == (5, 13)
+
+
+def test_verdict_is_undecided_when_the_interval_straddles_the_aim():
+    from benchmarks.harness import paired_ratio, verdict
+
+    def paired(*ratios):
+        return paired_ratio({"round_p50_ms": list(ratios)}, {"round_p50_ms": [1.0] * len(ratios)})
+
+    clear = paired(31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42)
+    assert verdict(clear, clear["median"], 30.0) == "meets"
+    assert verdict(clear, clear["median"], 45.0) == "misses"
+    straddling = paired(18, 22, 23, 29, 30, 32, 38, 38, 39, 40, 41, 42)   # the shape of a bimodal machine
+    assert straddling["median"] >= 30 and verdict(straddling, straddling["median"], 30.0) == "undecided"
+    # lower is better (a time ratio against an aim of at most 1.2x)
+    assert verdict(paired(*[0.9] * 12), 0.9, 1.2, higher_is_better=False) == "meets"
+    assert verdict(paired(*[1.5] * 12), 1.5, 1.2, higher_is_better=False) == "misses"
+    # too few rounds for an interval: the figure itself decides
+    few = paired(29.0, 31.0)
+    assert few["low"] is None and verdict(few, few["median"], 30.0) == "meets"
 
 
 def test_rows_carry_their_round_p50s(tmp_path, tiny_student, digits):
