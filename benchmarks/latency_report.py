@@ -89,6 +89,9 @@ def prepare_exports(artifacts: dict, folder: Path, data, names=tuple(EXPORTS), *
 
 
 def _reusable(out: Path, fingerprint: str, config) -> bool:
+    """Same source artifact, same settings and made by the same graph-building code (``builder_fingerprint``)."""
+    from export.source import builder_fingerprint
+
     summary = out.with_name(out.name + ".json")
     if not out.is_file() or not summary.is_file():
         return False
@@ -98,7 +101,7 @@ def _reusable(out: Path, fingerprint: str, config) -> bool:
         return False
     recorded = data.get("config") or {}
     settings = ("quantize", "quant_format", "ort", "ort_optimization", "executorch", "batch_size", "calibration_size")
-    return (data.get("source", {}).get("fingerprint") == fingerprint
+    return (data.get("source", {}).get("fingerprint") == fingerprint and data.get("builder") == builder_fingerprint()
             and all(recorded.get(k, getattr(config, k)) == getattr(config, k) for k in settings))
 
 

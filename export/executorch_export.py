@@ -41,7 +41,8 @@ from torch import nn
 from edgekd.artifacts import library_versions, now_iso, write_json_atomic
 from edgekd.errors import ExportError
 from edgekd.outputs import temp_folder
-from export.source import RawPixels, Source, calibration_inputs, gate_data, load_source, model_input
+from export.source import (RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
+                           model_input)
 from export.verify import accuracy, gate_fp32, gate_int8, parity
 
 PTE_PRECISION = {None: "fp32", "int8": "int8-static-xnnpack", "dynamic": "int8-dynamic-xnnpack"}
@@ -282,7 +283,7 @@ def _summary(out, config, source: Source, data, run: _PteRun, size: int, seconds
                   "image_shape": list(source.input_shape)},
         "output": {"name": "logits", "classes": list(source.classes)},
         "preprocessing": "none: feed raw values as stored; the program normalises (x - mean) / std per channel",
-        "normalization": source.normalization, "source": source.describe(), "source_fingerprint": source.fingerprint,
+        "normalization": source.normalization, "source": source.describe(), "builder": builder_fingerprint(), "source_fingerprint": source.fingerprint,
         "sizes_bytes": sizes, "verification": run.verification, "quantization": run.quant_info,
         "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "seconds": seconds, "versions": {**library_versions(), **_versions()}, "created": now_iso(),

@@ -37,7 +37,8 @@ from edgekd.outputs import temp_folder
 from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive
 from export.mobile import ORT_OPTIMIZATION_LEVELS
 from export.quantize import QUANT_FORMATS, QUANTIZE_MODES, precision_name, quantize_model
-from export.source import RawPixels, Source, calibration_inputs, gate_data, load_source, model_input
+from export.source import (RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
+                           model_input)
 from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, gate_fp32, gate_int8, measure_parity,
                            open_session, parity, run_session, torch_logits)
 
@@ -407,7 +408,7 @@ def _summary(out, fmt, precision, config, source, data, sizes, verification, qua
         "input": {"name": INPUT_NAME, "dtype": "uint8" if config.uint8_input else "float32",
                   "shape": ["batch", *source.input_shape]},
         "output": {"name": OUTPUT_NAME, "classes": list(source.classes)},
-        "normalization": source.normalization, "source": source.describe(),
+        "normalization": source.normalization, "source": source.describe(), "builder": builder_fingerprint(),
         "sizes_bytes": sizes, "verification": verification, "quantization": quant_info,
         "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "seconds": seconds, "versions": library_versions(), "created": now_iso(),

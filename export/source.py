@@ -20,6 +20,25 @@ from edgekd.artifacts import MANIFEST, sha256_file
 from edgekd.errors import ExportError
 
 
+# The modules whose code decides what an exported graph holds (architectures, the ensemble's combination,
+# the exporters, the quantizer): a file made by other code is stale even when its artifact and settings match.
+GRAPH_MODULES = ("edgekd.models", "edgekd.kd_models", "edgekd.teachers", "export.source", "export.onnx_export",
+                 "export.executorch_export", "export.quantize", "export.mobile")
+
+
+def builder_fingerprint() -> str:
+    """sha256 over the source of ``GRAPH_MODULES`` and the torch version: recorded in every export summary,
+    so that a cache of exports (e.g. ``benchmarks/latency_report.py``) can refuse files another edgekd made."""
+    import hashlib
+    import importlib.util
+
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in GRAPH_MODULES:
+        origin = importlib.util.find_spec(name).origin
+        digest.update(name.encode() + b"\0" + Path(origin).read_bytes())
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Source:
     """The model to export, as read from an artifact folder."""

@@ -499,3 +499,24 @@ def test_rows_carry_their_round_p50s(tmp_path, tiny_student, digits):
                          warmup_seconds=0.01, floor_seconds=0.01, probe_seconds=0.01, check_samples=16)
     row = run_benchmark([tiny_student], digits, config).ok_rows()[0]
     assert len(row["round_p50_ms"]) == 3 and all(v > 0 for v in row["round_p50_ms"])
+
+
+def test_latency_report_reuses_an_export_only_from_the_same_code(tmp_path, tiny_student, digits):
+    """An export whose summary names the same artifact and settings is reused; one made by other
+    graph-building code (another ``builder_fingerprint``) is made again, not timed stale."""
+    import json
+
+    from benchmarks.latency_report import prepare_exports
+    from export.source import builder_fingerprint
+
+    said = []
+    made, failed = prepare_exports({"student": tiny_student}, tmp_path, digits, ("student-onnx",), echo=said.append)
+    assert not failed and len(said) == 1
+    summary = made["student-onnx"].with_name("student.onnx.json")
+    assert json.loads(summary.read_text())["builder"] == builder_fingerprint()
+    prepare_exports({"student": tiny_student}, tmp_path, digits, ("student-onnx",), echo=said.append)
+    assert len(said) == 1   # reused
+    stale = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**stale, "builder": "0" * 64}))
+    prepare_exports({"student": tiny_student}, tmp_path, digits, ("student-onnx",), echo=said.append)
+    assert len(said) == 2 and json.loads(summary.read_text())["builder"] == builder_fingerprint()
