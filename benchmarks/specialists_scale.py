@@ -567,6 +567,9 @@ def main(argv=None) -> int:
         args, work, cache, big_data, {"specialists": teacher_spec, "generalist": big_gen["path"]})) if args.seeds else []
 
     record = provenance(started)
+    if parts.read_back:   # this invocation's time alone would read as the run's
+        record["run_note"] = (f"this invocation; {len(set(parts.read_back))} of {len(parts.seconds)} parts were read back "
+                              f"from earlier runs, {sum(parts.seconds.values()) / 60:.1f} min of parts in all")
     record["command"] = "python -m benchmarks.specialists_scale " + shlex.join(sys.argv[1:] if argv is None else argv)
     record["threads"] = torch.get_num_threads()
     result = {"provenance": record, "args": vars(args), "generation": generation, "clustering": quality,

@@ -561,6 +561,8 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     again = json.loads(out.with_suffix(".json").read_text())
     assert again["students"] == [] and len(again["parts_read_back"]) == len(record["parts_seconds"]) - 1   # all but the students
     assert "Not run (`--seeds 0`)." in out.with_suffix(".md").read_text()
+    date_line = next(line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("- date: "))
+    assert "parts were read back from earlier runs" in date_line   # not a bare "run time 0.0 min"
     # the students taught by the 2-per-cluster build: their own part and folders, the rest read back
     assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--teacher-per-cluster", "2", "--out", str(out)]) == 0
     taught = json.loads(out.with_suffix(".json").read_text())
