@@ -71,6 +71,10 @@ def parse_args(argv=None):
     p.add_argument("--teacher-per-cluster", type=int, default=0,
                    help="The specialist ensemble that teaches the students: 0, the overlapping build; R, the build "
                         "with R specialists per cluster (one of --per-cluster).")
+    p.add_argument("--student-train", type=int, default=0,
+                   help="Training examples per class in the students' transfer set: 0, the teachers' own training data; "
+                        "N, a fresh draw of N per class from the same classes (same test set), on which the teachers "
+                        "were not trained: the paper's soft targets as a regularizer on little data (section 6).")
     p.add_argument("--work", default="runs/specialists_scale")
     p.add_argument("--out", default="benchmarks/results/specialists_scale")
     p.add_argument("--quick", action="store_true", help="Tiny sizes and budgets (a smoke test).")
@@ -78,6 +82,8 @@ def parse_args(argv=None):
     if args.teacher_per_cluster and str(args.teacher_per_cluster) not in [v.strip() for v in args.per_cluster.split(",")]:
         p.error(f"--teacher-per-cluster must be 0 or one of --per-cluster ({args.per_cluster or 'none'}); "
                 f"got {args.teacher_per_cluster}. Add it to --per-cluster or pass 0 for the overlapping build.")
+    if args.student_train and not 2 <= args.student_train <= 100_000:
+        p.error(f"--student-train must be 0 (the teachers' data) or 2..100000 examples per class; got {args.student_train}")
     if args.quick:
         args.sizes, args.cost_sizes, args.dim, args.train, args.test = "40:4,80:8", "40:4,80:8", 16, 30, 10
         args.gen_epochs, args.spec_epochs, args.student_epochs = 5, 2, 1
@@ -90,15 +96,21 @@ def parse_args(argv=None):
     return args
 
 
+def transfer_spec(args, classes: int, groups: int, sep: float) -> str:
+    """The students' own draw: ``--student-train`` examples per class, the same classes and test set (the
+    synthetic generator draws the test split from its own stream, whatever ``train`` is)."""
+    return spec_of(args, classes, groups, sep, train=args.student_train)
+
+
 def _sizes(text):
     return [tuple(int(v) for v in item.split(":")) for item in text.split(",") if item]
 
 
-def spec_of(args, classes: int, groups: int, sep: float) -> str:
+def spec_of(args, classes: int, groups: int, sep: float, *, train: int | None = None) -> str:
     from edgekd.synthetic import SyntheticSpec
 
     return SyntheticSpec(classes=classes, groups=groups, dim=args.dim, seed=args.seed, sep=sep, spread=args.spread,
-                         train=args.train, test=args.test).spec()
+                         train=train or args.train, test=args.test).spec()
 
 
 # --- resumable parts ---------------------------------------------------------------------------------
@@ -441,7 +453,7 @@ def artifact_files_before_after(spec_path, classes) -> dict:
 
 # --- students ---------------------------------------------------------------------------------------------------
 
-STUDENT_SETTINGS = ("student", "student_epochs", "seeds", "teacher_per_cluster")
+STUDENT_SETTINGS = ("student", "student_epochs", "seeds", "teacher_per_cluster", "student_train")
 PART_NAMED_SETTINGS = (*STUDENT_SETTINGS, "per_cluster")   # each value names its own part: the others are read back
 
 
@@ -473,14 +485,15 @@ def _students(args, work, cache, data, teachers: dict) -> list:
     _, y_train = data.split("train")
     for label, path in teachers.items():
         teacher = load_teacher(path)
-        # the teacher on its own transfer set (the train split it was fitted to; cached, the students reuse it):
-        # where that is far above its test accuracy, its soft targets are close to the hard labels
+        # the teacher on the transfer set (by default the train split it was fitted to; cached, the students reuse
+        # it): where that is far above its test accuracy, its soft targets are close to the hard labels
         transfer = float((teacher_logits(teacher, data, "train", cache).argmax(1) == y_train).float().mean())
         runs = []
         for seed in range(args.seeds):
             # named by its settings too, so a run with other students neither reuses nor resumes this one's folders
             taught_by = f"{label}-r{args.teacher_per_cluster}" if label == "specialists" and args.teacher_per_cluster else label
-            out = work / f"student-{taught_by}-{_slug(args.student)}-e{args.student_epochs}-s{seed}"
+            out = work / (f"student-{taught_by}-{_slug(args.student)}-e{args.student_epochs}-s{seed}"
+                          + (f"-t{args.student_train}" if args.student_train else ""))
             # the hard-label baseline (the same student and budget, no teacher) trains once, beside the generalist's
             config = DistillConfig(student=args.student, baseline=label == "generalist",
                                    train=TrainConfig(epochs=args.student_epochs, seed=seed, batch_size=256))
@@ -489,7 +502,7 @@ def _students(args, work, cache, data, teachers: dict) -> list:
             runs.append({"seed": seed, "test_accuracy": result.student_test_accuracy,
                          "teacher_test_accuracy": result.teacher_test_accuracy,
                          "baseline_test_accuracy": result.baseline_test_accuracy})
-        rows.append({"teacher": label, "runs": runs, "teacher_transfer_accuracy": transfer})
+        rows.append({"teacher": label, "runs": runs, "teacher_transfer_accuracy": transfer, "transfer_data": data.spec})
     return rows
 
 
@@ -563,8 +576,10 @@ def main(argv=None) -> int:
             f"spec-c{big_c}-overlap-e{control_epochs}", specialists[big_c]["k"]))
     r = args.teacher_per_cluster
     teacher_spec = next(o["path"] for o in opinions if o["per_cluster"] == r) if r else main_spec
-    taught = parts.get(f"students-{args.student}-e{args.student_epochs}-s{args.seeds}" + (f"-r{r}" if r else ""), lambda: students(
-        args, work, cache, big_data, {"specialists": teacher_spec, "generalist": big_gen["path"]})) if args.seeds else []
+    transfer = load_dataset(transfer_spec(args, big_c, big_g, main_sep)) if args.student_train else big_data
+    taught = parts.get(f"students-{args.student}-e{args.student_epochs}-s{args.seeds}" + (f"-r{r}" if r else "")
+                       + (f"-t{args.student_train}" if args.student_train else ""), lambda: students(
+        args, work, cache, transfer, {"specialists": teacher_spec, "generalist": big_gen["path"]})) if args.seeds else []
 
     record = provenance(started)
     if parts.read_back:   # this invocation's time alone would read as the run's
@@ -816,9 +831,13 @@ def _teacher_label(result, label: str) -> str:
 def _student_lines(result) -> list:
     args = result["args"]
     budget = f"{args['student_epochs']} epochs"
+    fresh = args.get("student_train")
+    data = (f"a transfer set of {fresh} examples per class drawn afresh from the same classes (10% of them val), on "
+            f"which the teachers were not trained, and the same test set" if fresh else
+            "the teachers' own training data (the transfer set)")
     lines = ["", "## Students taught by the specialist ensemble and by the generalist", "",
               f"Student `{args['student']}`, {budget}, edgekd's default distillation (KD-LS, T=2, alpha=0.5), "
-              f"same data and budget; {args['seeds']} seeds. Hard labels: the same student, budget and seeds, no teacher.", "",
+              f"on {data}; {args['seeds']} seeds. Hard labels: the same student, data, budget and seeds, no teacher.", "",
               "| teacher | teacher test % | teacher on the transfer set (train) % | student test % (mean ± std) | per seed |",
               "|---|---|---|---|---|"]
     for s in result["students"]:

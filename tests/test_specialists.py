@@ -573,3 +573,14 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     with pytest.raises(SystemExit) as refused:
         main(["--quick", "--parts", "gain", "--teacher-per-cluster", "3", "--out", str(out)])
     assert refused.value.code == 2
+    # students on a fresh, smaller draw (the same test set): their own part and folders, the teachers read back
+    assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--student-train", "6", "--out", str(out)]) == 0
+    fresh = json.loads(out.with_suffix(".json").read_text())
+    assert len(fresh["parts_read_back"]) == len(record["parts_seconds"]) - 1
+    assert sorted(p.name for p in (tmp_path / "gain-work").glob("student-*-t6")) == sorted(
+        f"student-{t}-mlp-hidden-16-e1-s{seed}-t6" for t in ("specialists", "generalist") for seed in (0, 1))
+    assert all(",train=6," in t["transfer_data"] for t in fresh["students"])
+    assert "drawn afresh from the same classes" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit) as refused:
+        main(["--quick", "--parts", "gain", "--student-train", "1", "--out", str(out)])
+    assert refused.value.code == 2
