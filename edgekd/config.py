@@ -96,6 +96,9 @@ class DistillConfig:
     omit_classes: tuple[int, ...] = ()
     baseline: bool = False
     baseline_jitter: int | None = None  # the baseline's recipe, fixed; None = its best of baseline_recipes on val
+    # on images, a student without jitter is also trained with +-2 px on consistent views (every shift, cached)
+    # and the better on val kept: its own best recipe, as the baseline gets (edgekd.distill.student_recipes)
+    recipe_search: bool = True
 
     def __post_init__(self):
         _check_arch(self.student)
@@ -133,6 +136,7 @@ class PipelineConfig:
     alpha: float | None = 0.5
     jitter: int = 1                 # the teachers' input jitter
     student_jitter: int = 0         # the student's: a 1-px shift of an 8x8 digit costs a small mlp 3-6 points
+    student_recipe_search: bool = False   # so the distilled student is not also trained jittered (see above)
     seed: int = 0
     device: str = "auto"
     skip: tuple[str, ...] = ()

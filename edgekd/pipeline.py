@@ -116,7 +116,7 @@ def distill_config(config: PipelineConfig, device: str):
     return DistillConfig(student=config.student, temperature=config.temperature, alpha=config.alpha,
                          train=TrainConfig(epochs=config.epochs, jitter=config.student_jitter, seed=config.seed,
                                            device=device),
-                         view_grid=bool(config.student_jitter), baseline=True)
+                         view_grid=bool(config.student_jitter), baseline=True, recipe_search=config.student_recipe_search)
 
 
 QUICK_BENCH = dict(batch_sizes=(1, 32), threads=(1,), seconds=0.15, rounds=2, min_runs=4, warmup_seconds=0.02,

@@ -68,6 +68,47 @@ def test_baseline_tries_augmentation_even_when_the_student_has_none():
     assert baseline_recipes(0, (64,)) == [0]               # vectors are not shifted
 
 
+def test_the_student_tries_augmentation_on_consistent_views_when_it_has_none():
+    from edgekd.distill import DistillConfig, student_recipes
+    from edgekd.training import TrainConfig
+
+    plain = {"jitter": 0, "views": 0, "view_grid": False}
+    grid2 = {"jitter": 2, "views": 0, "view_grid": True}
+    assert student_recipes(DistillConfig(), (1, 28, 28)) == [grid2, plain]   # the configured recipe last
+    assert student_recipes(DistillConfig(), (1, 4, 4)) == [{**grid2, "jitter": 1}, plain]
+    assert student_recipes(DistillConfig(recipe_search=False), (1, 28, 28)) == [plain]
+    own = DistillConfig(train=TrainConfig(jitter=1), views=4)
+    assert student_recipes(own, (1, 28, 28)) == [{"jitter": 1, "views": 4, "view_grid": False}]   # the user's jitter stands
+    assert student_recipes(DistillConfig(), (64,)) == [plain] and student_recipes(DistillConfig(), (1, 3, 3)) == [plain]
+
+
+def test_the_distilled_student_keeps_its_better_recipe_on_val(tmp_path, digits, tiny_teacher):
+    """Both recipes trained in full with the same seed and budget; the better on val kept and reported,
+    the time of the other apart; --no-recipe-search trains the configured recipe only."""
+    from edgekd.artifacts import load_artifact
+    from edgekd.cache import LogitCache
+    from edgekd.distill import DistillConfig, distill
+    from edgekd.teachers import load_teacher
+    from edgekd.training import TrainConfig, accuracy_and_nll
+
+    teacher = load_teacher(tiny_teacher)
+    config = DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=2), baseline=True)
+    result = distill(teacher, digits, config, tmp_path / "s", cache=LogitCache(tmp_path / "c"))
+    tried = result.student_search
+    assert [(c["jitter"], c["view_grid"]) for c in tried] == [(2, True), (0, False)] and sum(c["chosen"] for c in tried) == 1
+    chosen = max(tried, key=lambda c: (c["val_accuracy"], -c["val_nll"]))
+    assert chosen["chosen"]
+    artifact = load_artifact(tmp_path / "s")
+    assert artifact.manifest.metrics["student_search"] == list(tried)
+    assert artifact.manifest.timings["student_search_seconds"] > 0
+    saved, _ = accuracy_and_nll(load_teacher(tmp_path / "s").logits(digits.x_test), digits.y_test)
+    assert saved == pytest.approx(result.student_test_accuracy)   # the saved student is the chosen one
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) >= 25   # the teacher on every ±2 px shift, cached
+    fixed = distill(teacher, digits, DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=2), recipe_search=False),
+                    tmp_path / "f", cache=LogitCache(tmp_path / "c"))
+    assert fixed.student_search == () and load_artifact(tmp_path / "f").manifest.metrics["student_search"] == []
+
+
 def test_view_grid_holds_every_integer_shift_once():
     import torch
 

@@ -193,7 +193,7 @@ def distill_config(params):
         auto_epochs=params["auto_epochs"], train=make_train_config(params), method=params["method"], dkd_beta=params["dkd_beta"],
         **_parse_views(params["views"]),
         transfer_limit=params["transfer_limit"], omit_classes=_parse_list("omit_classes", params["omit_classes"], int),
-        baseline=params["baseline"], baseline_jitter=params["baseline_jitter"])
+        baseline=params["baseline"], baseline_jitter=params["baseline_jitter"], recipe_search=params["recipe_search"])
 
 
 def distill_options(func):
@@ -222,6 +222,10 @@ def distill_options(func):
                   help="The hard-label baseline's ±px jitter, fixed (e.g. the recipe an earlier run chose). "
                        "Default: it is trained with the student's jitter (±2 px on images without one) and without, "
                        "and the better on val is kept.")
+    @click.option("--recipe-search/--no-recipe-search", default=DISTILL["recipe_search"], show_default=True,
+                  help="On images, when the student has no --jitter: also train it with ±2 px jitter on consistent "
+                       "views (the teacher's logits cached on every shift) and keep the better on val, so it gets its "
+                       "own best recipe as the baseline does (twice the training; the extra time is reported apart).")
     @cache_options
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -285,6 +289,11 @@ def print_distill(result, teacher_desc: str) -> None:
     if result.baseline_test_accuracy is not None:
         from edgekd.distill import describe_gain
 
+        if result.student_search:
+            chosen = next(c for c in result.student_search if c["chosen"])
+            click.echo(f"student recipe chosen on val: jitter {chosen['jitter']}"
+                       + (" on consistent views" if chosen["jitter"] and chosen["view_grid"] else "")
+                       + f" (tried {', '.join(str(c['jitter']) for c in result.student_search)})")
         if len(result.baseline_search) > 1:
             chosen = next(c for c in result.baseline_search if c["chosen"])
             click.echo(f"baseline recipe chosen on val: jitter {chosen['jitter']} "
