@@ -105,8 +105,10 @@ class Runner:
         raise NotImplementedError
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Logits of ``x``, in memory of their own: some runtimes (MNN) hand out a view of a buffer the next
+        call overwrites, which would turn every earlier chunk of an evaluation into the last one's."""
         with self.activate():
-            return self._output(self.bind(np.ascontiguousarray(x))())
+            return np.array(self._output(self.bind(np.ascontiguousarray(x))()), dtype=np.float32, copy=True)
 
     def _output(self, result) -> np.ndarray:
         return np.asarray(result[0], dtype=np.float32)

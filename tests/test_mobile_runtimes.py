@@ -148,3 +148,22 @@ def test_a_missing_mobile_runtime_is_a_skipped_row(monkeypatch, tiny_student, di
     report = run_benchmark([str(tiny_student)], digits, BenchConfig(runtimes=("pytorch", "mnn"), **FAST))
     record = next(r for r in report.runtimes if r["name"] == "mnn")
     assert record["available"] is False and "edgekd[mobile]" in record["reason"]
+
+
+@pytest.mark.mobile
+@pytest.mark.parametrize("runtime, package", [("onnxruntime", "onnxruntime"), ("openvino", "openvino"), ("tract", "tract"),
+                                              ("opencv", "cv2"), ("ncnn", "ncnn"), ("mnn", "MNN")])
+def test_a_prediction_survives_the_next_call(runtime, package, exported, digits):
+    """MNN handed out a view of its output buffer: evaluating the test split chunk by chunk turned every
+    chunk into the last one (a 93% teacher scored 14%). Every runner's predictions are its own memory."""
+    pytest.importorskip(package)
+    import numpy as np
+
+    from benchmarks.runtimes import get_runtime
+
+    x = np.asarray(digits.split("test")[0], dtype=np.float32)
+    runner = get_runtime(runtime).cls().load(exported["fp32"], 1)
+    first = runner.predict(x[:64])
+    kept = first.copy()
+    runner.predict(x[64:128])
+    np.testing.assert_array_equal(first, kept)
