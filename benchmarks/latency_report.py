@@ -119,16 +119,20 @@ def _is_mobile(row: dict, models: dict) -> bool:
     return row["runtime"] in MOBILE_RUNTIMES or models.get(row["model"], {}).get("format") == "ort"
 
 
-def headlines(data: dict) -> dict:
+def headlines(data: dict, *, accuracy_from: list | None = None) -> dict:
     """(a) and (b), the quantization cost and the .ort ratios, from a report's data (batch 1, one thread).
 
     Each ratio is paired by round (``benchmarks.harness.paired_ratio``): the median over the round-robin
-    rounds of the two rows' round p50s; the ratio of the pooled p50s is kept beside it."""
+    rounds of the two rows' round p50s; the ratio of the pooled p50s is kept beside it. ``accuracy_from``:
+    model records whose accuracy stands instead (the full run's, for the confirmation of the same files)."""
     from benchmarks.harness import paired_ratio, verdict
 
     batch, threads = _cell(data)
     rows = _ok_rows(data, batch, threads)
     models = {m["name"]: m for m in data["models"]}
+    if accuracy_from:   # the confirmation times the same files: their accuracy is the full run's
+        full = {m["name"]: m.get("accuracy") for m in accuracy_from}
+        models = {name: {**m, "accuracy": full.get(name, m.get("accuracy"))} for name, m in models.items()}
     int8 = [r for r in rows if models.get(r["model"], {}).get("int8") and r["model"].startswith("student")
             and _is_mobile(r, models)]
     teacher = [r for r in rows if r["model"].startswith("teacher")]
@@ -268,7 +272,7 @@ def run(teacher, student, data_spec: str, out: Path, *, exports: Path, names=tup
              "headline": heads["a"], "headlines": heads, "exports_not_made": failed}
     if confirmation is not None:
         extra["confirmation"] = confirmation
-        extra["confirmed"] = headlines(confirmation)
+        extra["confirmed"] = headlines(confirmation, accuracy_from=report.models)
     extra["summary"] = summary_text(extra)
     report = dataclasses.replace(report, extra=extra)
     written = write_report(report, out)
@@ -307,7 +311,7 @@ def rerender_report(json_path: Path) -> int:
     extra["headlines"] = heads = headlines(data)
     extra["headline"] = heads["a"]
     if extra.get("confirmation"):
-        extra["confirmed"] = headlines(extra["confirmation"])
+        extra["confirmed"] = headlines(extra["confirmation"], accuracy_from=data["models"])
     extra["summary"] = summary_text(extra)
     data["extra"] = extra
     write_report(data, json_path.parent)

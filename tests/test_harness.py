@@ -415,6 +415,7 @@ def test_latency_report_smoke(tmp_path, capsys):
     ca = confirmed["a"]
     assert ca["paired"]["rounds"] == 6 and ca["paired"]["low"] <= ca["speedup"] <= ca["paired"]["high"]
     assert ca["verdict"] in ("meets", "misses", "undecided") and ca["meets"] == (ca["verdict"] == "meets")
+    assert (ca["accuracy"], ca["reference_accuracy"]) == (a["accuracy"], a["reference_accuracy"])   # the full run's
     assert "the aims are judged here" in data["extra"]["summary"] and "the aims are judged here" in md
     assert rerender(out / "report.json", tmp_path / "again")["report_md"].read_text() == md
 
