@@ -135,15 +135,24 @@ def run(args) -> dict:
                     if metrics is None:
                         r = distill(teacher, data, config, out, cache=cache, overwrite=True)
                         metrics = {"test_accuracy": r.student_test_accuracy, "baseline_test_accuracy": r.baseline_test_accuracy,
-                                   "teacher_test_accuracy": r.teacher_test_accuracy}
+                                   "teacher_test_accuracy": r.teacher_test_accuracy, "baseline_search": list(r.baseline_search),
+                                   "student_search": list(r.student_search)}
                     if index == 0:
                         cell["baseline"], cell["teacher"] = metrics["baseline_test_accuracy"], metrics["teacher_test_accuracy"]
-                    cell["runs"][cand["name"]] = {"test_accuracy": metrics["test_accuracy"], "seconds": time.perf_counter() - tick}
+                        cell["baseline_jitter"] = chosen_jitter(metrics.get("baseline_search"))
+                    cell["runs"][cand["name"]] = {"test_accuracy": metrics["test_accuracy"], "seconds": time.perf_counter() - tick,
+                                                  "jitter": chosen_jitter(metrics.get("student_search"))}
                 cells.append(cell)
                 print(f"k={k} {student} seed {seed}: baseline {cell['baseline']:.4f} "
                       + " ".join(f"{n} {v['test_accuracy']:.4f}" for n, v in cell["runs"].items()), flush=True)
     return {"data": data.describe(), "teacher": described, "candidates": candidates, "cells": cells, "not_run": missing,
             "summary": summarize(cells, candidates)}
+
+
+def chosen_jitter(search) -> int | None:
+    """The jitter of the recipe chosen on val, from a run's ``baseline_search`` / ``student_search``
+    (None when that side had no choice to make)."""
+    return next((c["jitter"] for c in search if c["chosen"]), None) if search and len(search) > 1 else None
 
 
 def _config(args, cand: dict, student: str, seed: int, index: int):
@@ -211,21 +220,31 @@ def by_pair(cells, candidates) -> list[dict]:
     return rows
 
 
+def _recipe(jitter) -> str:
+    return "" if jitter is None else (f" (±{jitter})" if jitter else " (0)")
+
+
 def render(result: dict) -> str:
     lines = header_markdown(f"Defaults study on `{result['data']['spec']}` ({result['data']['n_train']} training images)",
                             result["provenance"])
     a = result["args"]
     ensemble = result.get("teacher") or (f"{max(int(k) for k in a['members'].split(','))} × `{a['teacher_arch']}` "
                                           f"({a['teacher_epochs']} epochs, ±2 px jitter)")
+    searched = any(r.get("jitter") is not None for c in result["cells"] for r in c["runs"].values())
+    recipe = ("its recipe chosen on val between no jitter on cached logits and ±2 px on consistent views (the teacher "
+              "cached on every shift)" if searched else "no jitter, cached logits")
     lines += [f"Teachers: the first k of {ensemble}, k ∈ {{{a['members']}}}. Every student {a['epochs']} epochs, "
-              f"no jitter, cached logits (the defaults of `edgekd distill`), seeds 0..{a['seeds'] - 1}; gain = distilled − "
-              "hard-label baseline with the same budget and seed, in test-accuracy points.", "",
+              f"{recipe} (the defaults of `edgekd distill`), seeds 0..{a['seeds'] - 1}; gain = distilled − "
+              "hard-label baseline with the same budget and seed, in test-accuracy points. The baseline keeps the "
+              "better on val of ±2 px jitter and none. In brackets: the jitter each side chose (0: none).", "",
               "| teacher (k) | teacher acc | student | seed | baseline | " + " | ".join(c["name"] for c in result["candidates"]) + " |",
               "|---|---|---|---|---|" + "---|" * len(result["candidates"])]
     for c in result["cells"]:
-        gains = [100 * (c["runs"][cand["name"]]["test_accuracy"] - c["baseline"]) for cand in result["candidates"]]
-        lines.append(f"| {c['members']} | {100 * c['teacher']:.2f} | `{c['student']}` | {c['seed']} | {100 * c['baseline']:.2f} | "
-                     + " | ".join(f"{g:+.2f}" for g in gains) + " |")
+        gains = [(100 * (c["runs"][cand["name"]]["test_accuracy"] - c["baseline"]), c["runs"][cand["name"]].get("jitter"))
+                 for cand in result["candidates"]]
+        lines.append(f"| {c['members']} | {100 * c['teacher']:.2f} | `{c['student']}` | {c['seed']} | "
+                     f"{100 * c['baseline']:.2f}{_recipe(c.get('baseline_jitter'))} | "
+                     + " | ".join(f"{g:+.2f}{_recipe(j)}" for g, j in gains) + " |")
     lines += ["", "| candidate | mean gain | worst cell | cells won |", "|---|---|---|---|"]
     for r in result["summary"]:
         mark = " **(recommended)**" if r["recommended"] else ""

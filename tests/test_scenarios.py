@@ -134,5 +134,13 @@ def test_defaults_study_takes_its_members_from_a_given_teacher(tmp_path, tiny_te
     assert result["teacher"].startswith("2 × `cnn:width=8,fc=32` (4 epochs, no jitter") and str(tiny_teacher) in result["teacher"]
     assert {c["members"] for c in result["cells"]} == {2} and not (tmp_path / "given-work" / "teacher").exists()
     assert "Teachers: the first k of 2 × `cnn:width=8,fc=32`" in out.with_suffix(".md").read_text()
+    # both sides chose their recipe on val (digits are images): the table says which, also when read back
+    cell = result["cells"][0]
+    assert cell["baseline_jitter"] in (0, 2) and all(r["jitter"] in (0, 2) for r in cell["runs"].values())
+    assert "its recipe chosen on val between no jitter" in out.with_suffix(".md").read_text()
+    defaults_study.main(["--smoke", "--teacher", str(tiny_teacher), "--members", "2", "--reuse-only", "--out", str(out)])
+    again = json.loads(out.with_suffix(".json").read_text())["cells"][0]
+    assert (again["baseline_jitter"], again["runs"]) == (cell["baseline_jitter"], {k: {**v, "seconds": again["runs"][k]["seconds"]}
+                                                                                  for k, v in cell["runs"].items()})
     with pytest.raises(SystemExit, match="has 2. Pass --members up to 2"):
         defaults_study.main(["--smoke", "--teacher", str(tiny_teacher), "--members", "3", "--out", str(tmp_path / "more")])
