@@ -213,9 +213,15 @@ def _strongest_baseline(new_student, x, y, recipes: list[int], val, train_cfg: T
                      val=val, config=train_cfg, store=store, name=name, progress=progress, dist=dist,
                      data_device=data.device)
         tried.append((model, fitted, {"jitter": jitter, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll}))
+    return _keep_best(tried)
+
+
+def _keep_best(tried: list) -> tuple:
+    """Of (model, fit, record) tries, the best on val (accuracy, then NLL; never test): its model and fit,
+    every record marked ``chosen`` or not, and the seconds spent on the tries not kept, which live apart
+    from the (deterministic) records."""
     best = max(range(len(tried)), key=lambda i: (tried[i][1].val_accuracy, -tried[i][1].val_nll))
     search = [{**record, "chosen": i == best} for i, (_, _, record) in enumerate(tried)]
-    # wall-clock time lives apart from the (deterministic) records: the cost of the recipes not kept
     seconds = sum(f.seconds_per_epoch * f.epochs_run for i, (_, f, _) in enumerate(tried) if i != best)
     return tried[best][0], tried[best][1], search, seconds
 
@@ -259,10 +265,8 @@ def _best_student(new_student, recipes, batches, loss_fn, n_train, val, train_cf
         fitted = fit(model, n_train=n_train, make_batch=make_batch, loss_fn=loss_fn, val=val, config=train_cfg, store=store,
                      name=name, progress=progress, dist=dist, data_device=data.device)
         tried.append((model, fitted, {**recipe, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll}))
-    best = max(range(len(tried)), key=lambda i: (tried[i][1].val_accuracy, -tried[i][1].val_nll))
-    search = [{**record, "chosen": i == best} for i, (_, _, record) in enumerate(tried)] if len(tried) > 1 else []
-    seconds = sum(f.seconds_per_epoch * f.epochs_run for i, (_, f, _) in enumerate(tried) if i != best)
-    return tried[best][0], tried[best][1], search, seconds
+    model, fitted, search, seconds = _keep_best(tried)
+    return model, fitted, search if len(tried) > 1 else [], seconds
 
 
 def _check_baseline_jitter(config: DistillConfig, input_shape) -> None:
