@@ -75,6 +75,9 @@ def parse_args(argv=None):
                    help="Training examples per class in the students' transfer set: 0, the teachers' own training data; "
                         "N, a fresh draw of N per class from the same classes (same test set), on which the teachers "
                         "were not trained: the paper's soft targets as a regularizer on little data (section 6).")
+    p.add_argument("--student-method", default=None, help="The students' soft term (default: edgekd distill's).")
+    p.add_argument("--student-temperature", type=float, default=None, help="Their T (default: edgekd distill's).")
+    p.add_argument("--student-alpha", type=float, default=None, help="Their soft weight (default: edgekd distill's).")
     p.add_argument("--work", default="runs/specialists_scale")
     p.add_argument("--out", default="benchmarks/results/specialists_scale")
     p.add_argument("--quick", action="store_true", help="Tiny sizes and budgets (a smoke test).")
@@ -453,8 +456,26 @@ def artifact_files_before_after(spec_path, classes) -> dict:
 
 # --- students ---------------------------------------------------------------------------------------------------
 
-STUDENT_SETTINGS = ("student", "student_epochs", "seeds", "teacher_per_cluster", "student_train")
+STUDENT_SETTINGS = ("student", "student_epochs", "seeds", "teacher_per_cluster", "student_train", "student_method",
+                    "student_temperature", "student_alpha")
 PART_NAMED_SETTINGS = (*STUDENT_SETTINGS, "per_cluster")   # each value names its own part: the others are read back
+
+
+def student_recipe(args) -> dict:
+    """The students' soft term: edgekd distill's defaults, or what --student-method/-temperature/-alpha say."""
+    from edgekd.config import DistillConfig, defaults
+
+    d = defaults(DistillConfig)
+    return {"method": args.student_method or d["method"],
+            "temperature": d["temperature"] if args.student_temperature is None else args.student_temperature,
+            "alpha": d["alpha"] if args.student_alpha is None else args.student_alpha}
+
+
+def _recipe_suffix(args) -> str:
+    """Names the parts and folders of students distilled otherwise than by the defaults."""
+    r = student_recipe(args)
+    return "" if r == student_recipe(argparse.Namespace(student_method=None, student_temperature=None, student_alpha=None)) \
+        else f"-{r['method']}T{r['temperature']:g}a{r['alpha']:g}"
 
 
 def _slug(arch: str) -> str:
@@ -493,9 +514,9 @@ def _students(args, work, cache, data, teachers: dict) -> list:
             # named by its settings too, so a run with other students neither reuses nor resumes this one's folders
             taught_by = f"{label}-r{args.teacher_per_cluster}" if label == "specialists" and args.teacher_per_cluster else label
             out = work / (f"student-{taught_by}-{_slug(args.student)}-e{args.student_epochs}-s{seed}"
-                          + (f"-t{args.student_train}" if args.student_train else ""))
+                          + (f"-t{args.student_train}" if args.student_train else "") + _recipe_suffix(args))
             # the hard-label baseline (the same student and budget, no teacher) trains once, beside the generalist's
-            config = DistillConfig(student=args.student, baseline=label == "generalist",
+            config = DistillConfig(student=args.student, baseline=label == "generalist", **student_recipe(args),
                                    train=TrainConfig(epochs=args.student_epochs, seed=seed, batch_size=256))
             result = distill(teacher, data, config, out, cache=cache, overwrite=True,
                              resume=out.with_name(out.name + ".partial").exists())
@@ -578,7 +599,7 @@ def main(argv=None) -> int:
     teacher_spec = next(o["path"] for o in opinions if o["per_cluster"] == r) if r else main_spec
     transfer = load_dataset(transfer_spec(args, big_c, big_g, main_sep)) if args.student_train else big_data
     taught = parts.get(f"students-{args.student}-e{args.student_epochs}-s{args.seeds}" + (f"-r{r}" if r else "")
-                       + (f"-t{args.student_train}" if args.student_train else ""), lambda: students(
+                       + (f"-t{args.student_train}" if args.student_train else "") + _recipe_suffix(args), lambda: students(
         args, work, cache, transfer, {"specialists": teacher_spec, "generalist": big_gen["path"]})) if args.seeds else []
 
     record = provenance(started)
@@ -828,6 +849,14 @@ def _teacher_label(result, label: str) -> str:
     return f"specialists (K = {o['k'][0]}, {r} per cluster: {o['specialists']})"
 
 
+def _recipe_words(args: dict) -> str:
+    keys = ("student_method", "student_temperature", "student_alpha")
+    r = student_recipe(argparse.Namespace(**{k: args.get(k) for k in keys}))
+    name = {"kd": "plain KD", "kd-ls": "KD-LS", "dkd": "DKD"}.get(r["method"], r["method"])
+    what = "distilled with" if any(args.get(k) is not None for k in keys) else "edgekd's default distillation"
+    return f"{what} ({name}, T={r['temperature']:g}, alpha={r['alpha']:g})"
+
+
 def _student_lines(result) -> list:
     args = result["args"]
     budget = f"{args['student_epochs']} epochs"
@@ -836,7 +865,7 @@ def _student_lines(result) -> list:
             f"which the teachers were not trained, and the same test set" if fresh else
             "the teachers' own training data (the transfer set)")
     lines = ["", "## Students taught by the specialist ensemble and by the generalist", "",
-              f"Student `{args['student']}`, {budget}, edgekd's default distillation (KD-LS, T=2, alpha=0.5), "
+              f"Student `{args['student']}`, {budget}, {_recipe_words(args)}, "
               f"on {data}; {args['seeds']} seeds. Hard labels: the same student, data, budget and seeds, no teacher.", "",
               "| teacher | teacher test % | teacher on the transfer set (train) % | student test % (mean ± std) | per seed |",
               "|---|---|---|---|---|"]

@@ -584,3 +584,10 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     with pytest.raises(SystemExit) as refused:
         main(["--quick", "--parts", "gain", "--student-train", "1", "--out", str(out)])
     assert refused.value.code == 2
+    # the students distilled otherwise (plain KD, T=4, alpha=0.9): their own part and folders
+    assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--student-train", "6", "--student-method", "kd",
+                 "--student-temperature", "4", "--student-alpha", "0.9", "--out", str(out)]) == 0
+    kd = json.loads(out.with_suffix(".json").read_text())
+    assert len(kd["parts_read_back"]) == len(record["parts_seconds"]) - 1
+    assert len(list((tmp_path / "gain-work").glob("student-*-t6-kdT4a0.9"))) == 4
+    assert "distilled with (plain KD, T=4, alpha=0.9)" in out.with_suffix(".md").read_text()
