@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, mean_std, provenance
+from edgekd.config import METHODS
 
 
 def parse_args(argv=None):
@@ -75,7 +76,7 @@ def parse_args(argv=None):
                    help="Training examples per class in the students' transfer set: 0, the teachers' own training data; "
                         "N, a fresh draw of N per class from the same classes (same test set), on which the teachers "
                         "were not trained: the paper's soft targets as a regularizer on little data (section 6).")
-    p.add_argument("--student-method", default=None, help="The students' soft term (default: edgekd distill's).")
+    p.add_argument("--student-method", default=None, choices=METHODS, help="The students' soft term (default: edgekd distill's).")
     p.add_argument("--student-temperature", type=float, default=None, help="Their T (default: edgekd distill's).")
     p.add_argument("--student-alpha", type=float, default=None, help="Their soft weight (default: edgekd distill's).")
     p.add_argument("--work", default="runs/specialists_scale")
@@ -85,6 +86,10 @@ def parse_args(argv=None):
     if args.teacher_per_cluster and str(args.teacher_per_cluster) not in [v.strip() for v in args.per_cluster.split(",")]:
         p.error(f"--teacher-per-cluster must be 0 or one of --per-cluster ({args.per_cluster or 'none'}); "
                 f"got {args.teacher_per_cluster}. Add it to --per-cluster or pass 0 for the overlapping build.")
+    if (args.student_temperature is not None and args.student_temperature <= 0) or (
+            args.student_alpha is not None and not 0 <= args.student_alpha <= 1):
+        p.error(f"--student-temperature must be > 0 and --student-alpha in [0, 1]; got {args.student_temperature} and "
+                f"{args.student_alpha}")
     if args.student_train and not 2 <= args.student_train <= 100_000:
         p.error(f"--student-train must be 0 (the teachers' data) or 2..100000 examples per class; got {args.student_train}")
     if args.quick:
@@ -471,11 +476,13 @@ def student_recipe(args) -> dict:
             "alpha": d["alpha"] if args.student_alpha is None else args.student_alpha}
 
 
-def _recipe_suffix(args) -> str:
-    """Names the parts and folders of students distilled otherwise than by the defaults."""
+def _students_suffix(args) -> str:
+    """Names the parts and folders of students on their own transfer set or distilled otherwise than by the
+    defaults, so that such a run neither reuses nor resumes another's."""
     r = student_recipe(args)
-    return "" if r == student_recipe(argparse.Namespace(student_method=None, student_temperature=None, student_alpha=None)) \
-        else f"-{r['method']}T{r['temperature']:g}a{r['alpha']:g}"
+    default = student_recipe(argparse.Namespace(student_method=None, student_temperature=None, student_alpha=None))
+    return ((f"-t{args.student_train}" if args.student_train else "")
+            + ("" if r == default else f"-{r['method']}T{r['temperature']:g}a{r['alpha']:g}"))
 
 
 def _slug(arch: str) -> str:
@@ -513,8 +520,7 @@ def _students(args, work, cache, data, teachers: dict) -> list:
         for seed in range(args.seeds):
             # named by its settings too, so a run with other students neither reuses nor resumes this one's folders
             taught_by = f"{label}-r{args.teacher_per_cluster}" if label == "specialists" and args.teacher_per_cluster else label
-            out = work / (f"student-{taught_by}-{_slug(args.student)}-e{args.student_epochs}-s{seed}"
-                          + (f"-t{args.student_train}" if args.student_train else "") + _recipe_suffix(args))
+            out = work / f"student-{taught_by}-{_slug(args.student)}-e{args.student_epochs}-s{seed}{_students_suffix(args)}"
             # the hard-label baseline (the same student and budget, no teacher) trains once, beside the generalist's
             config = DistillConfig(student=args.student, baseline=label == "generalist", **student_recipe(args),
                                    train=TrainConfig(epochs=args.student_epochs, seed=seed, batch_size=256))
@@ -599,7 +605,7 @@ def main(argv=None) -> int:
     teacher_spec = next(o["path"] for o in opinions if o["per_cluster"] == r) if r else main_spec
     transfer = load_dataset(transfer_spec(args, big_c, big_g, main_sep)) if args.student_train else big_data
     taught = parts.get(f"students-{args.student}-e{args.student_epochs}-s{args.seeds}" + (f"-r{r}" if r else "")
-                       + (f"-t{args.student_train}" if args.student_train else "") + _recipe_suffix(args), lambda: students(
+                       + _students_suffix(args), lambda: students(
         args, work, cache, transfer, {"specialists": teacher_spec, "generalist": big_gen["path"]})) if args.seeds else []
 
     record = provenance(started)

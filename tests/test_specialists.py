@@ -591,3 +591,7 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     assert len(kd["parts_read_back"]) == len(record["parts_seconds"]) - 1
     assert len(list((tmp_path / "gain-work").glob("student-*-t6-kdT4a0.9"))) == 4
     assert "distilled with (plain KD, T=4, alpha=0.9)" in out.with_suffix(".md").read_text()
+    for bad in (["--student-method", "kl"], ["--student-alpha", "1.5"], ["--student-temperature", "0"]):
+        with pytest.raises(SystemExit) as refused:
+            main(["--quick", "--parts", "gain", *bad, "--out", str(out)])
+        assert refused.value.code == 2
