@@ -66,16 +66,17 @@ def prepare_exports(artifacts: dict, folder: Path, data, names=tuple(EXPORTS), *
     not installed), which the report lists."""
     from edgekd.errors import EdgekdError
     from export import ExportConfig, export_executorch, export_onnx
-    from export.source import load_source
+    from export.source import builder_fingerprint, load_source
 
     folder.mkdir(parents=True, exist_ok=True)
     fingerprints = {role: load_source(path).fingerprint for role, path in artifacts.items()}
+    builder = builder_fingerprint()
     made, failed = {}, {}
     for name in names:
         role, filename, settings = EXPORTS[name]
         config = ExportConfig(calibration_size=512, **settings)
         out = folder / filename
-        if _reusable(out, fingerprints[role], config):
+        if _reusable(out, fingerprints[role], builder, config):
             made[name] = out
             continue
         echo(f"exporting {name} -> {out}")
@@ -88,10 +89,8 @@ def prepare_exports(artifacts: dict, folder: Path, data, names=tuple(EXPORTS), *
     return made, failed
 
 
-def _reusable(out: Path, fingerprint: str, config) -> bool:
+def _reusable(out: Path, fingerprint: str, builder: str, config) -> bool:
     """Same source artifact, same settings and made by the same graph-building code (``builder_fingerprint``)."""
-    from export.source import builder_fingerprint
-
     summary = out.with_name(out.name + ".json")
     if not out.is_file() or not summary.is_file():
         return False
@@ -101,7 +100,7 @@ def _reusable(out: Path, fingerprint: str, config) -> bool:
         return False
     recorded = data.get("config") or {}
     settings = ("quantize", "quant_format", "ort", "ort_optimization", "executorch", "batch_size", "calibration_size")
-    return (data.get("source", {}).get("fingerprint") == fingerprint and data.get("builder") == builder_fingerprint()
+    return (data.get("source", {}).get("fingerprint") == fingerprint and data.get("builder") == builder
             and all(recorded.get(k, getattr(config, k)) == getattr(config, k) for k in settings))
 
 
@@ -196,7 +195,7 @@ def _interval(paired: dict, fmt) -> str:
 
 
 def _verdict_text(v: dict, aim: str) -> str:
-    decided = v.get("verdict") or ("meets" if v["meets"] else "misses")
+    decided = v["verdict"]
     if decided == "undecided":
         return (f"which this machine cannot tell from the aim of {aim}: the interval of the median straddles it, "
                 f"so the noise, not the models, would decide")
@@ -243,7 +242,7 @@ def headline_text(h: dict) -> str:
             paired = o.get("paired")
             spread = (f"paired by round{_interval(paired, _r)}, range {_r(paired['min'])}–{_r(paired['max'])}; "
                       f"pooled p50s {_r(o['pooled_ratio'])}" if paired else "pooled p50s")
-            words = {"meets": "within", "misses": "beyond", "undecided": "undecided against"}[o.get("verdict", "meets")]
+            words = {"meets": "within", "misses": "beyond", "undecided": "undecided against"}[o["verdict"]]
             parts.append(f"`{o['model']}` runs {_r(o['ratio'])} the time of the `.onnx` it came from on onnxruntime "
                          f"({spread}; {words} the aim of {o['aim']:g}x).")
     return "\n\n".join(parts)
