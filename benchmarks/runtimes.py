@@ -279,7 +279,7 @@ class _OvRunner(Runner):
         return lambda: request.infer({0: x}, share_inputs=True)
 
     def _output(self, result):
-        return np.asarray(result[0], dtype=np.float32).copy()
+        return np.asarray(result[0], dtype=np.float32)   # predict copies it out of the request's buffer
 
 
 # --- tract --------------------------------------------------------------------------------------------
