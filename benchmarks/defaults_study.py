@@ -37,7 +37,8 @@ def parse_args(argv=None):
                         "training --teacher-arch for --teacher-epochs; it must have been trained on the same split.")
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--students", default="mlp;mlp:hidden=100;cnn:width=8;dsconv")
-    p.add_argument("--candidates", default=CANDIDATES, help="';'-separated METHOD:T=..,a=..")
+    p.add_argument("--candidates", default=CANDIDATES,
+                   help="';'-separated METHOD:T=..,a=..[,c=1]; c=1 corrects the teacher where it is wrong (--correct-teacher)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -60,7 +61,8 @@ def parse_args(argv=None):
 def parse_candidate(text: str) -> dict:
     method, _, rest = text.partition(":")
     values = dict(item.split("=") for item in rest.split(",") if item)
-    return {"method": method, "temperature": float(values["T"]), "alpha": float(values["a"]), "name": text}
+    return {"method": method, "temperature": float(values["T"]), "alpha": float(values["a"]),
+            "correct": values.get("c", "0") == "1", "name": text}
 
 
 def teachers(args, data):
@@ -159,7 +161,7 @@ def _config(args, cand: dict, student: str, seed: int, index: int):
     from edgekd.config import DistillConfig, TrainConfig
 
     return DistillConfig(student=student, temperature=cand["temperature"], alpha=cand["alpha"], method=cand["method"],
-                         baseline=index == 0, train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device))
+                         correct_teacher=cand.get("correct", False), baseline=index == 0, train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device))
 
 
 def _run_dir(args, k: int, student: str, seed: int, index: int) -> Path:

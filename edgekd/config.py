@@ -92,6 +92,7 @@ class DistillConfig:
     view_grid: bool = False         # the views are every integer shift ((2j+1)^2): consistent teaching
     method: str = "kd-ls"           # soft term: "kd" | "kd-ls" | "dkd" (edgekd.losses)
     dkd_beta: float = 8.0           # weight of the non-target term with method "dkd"
+    correct_teacher: bool = False   # swap the teacher's wrong top logit with the label's (edgekd.losses.corrected_teacher)
     transfer_limit: str | None = None
     omit_classes: tuple[int, ...] = ()
     baseline: bool = False

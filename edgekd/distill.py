@@ -157,11 +157,11 @@ def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher 
     return make_batch
 
 
-def distill_loss_fn(temperature, alpha, method: str = "kd", dkd_beta: float = 8.0):
+def distill_loss_fn(temperature, alpha, method: str = "kd", dkd_beta: float = 8.0, correct: bool = False):
     """``loss_fn(outputs, batch)`` for ``fit``: ``edgekd.losses.distillation_loss`` on (input, labels, teacher logits)."""
     def loss_fn(outputs, batch):
         return distillation_loss(outputs, batch[2], batch[1], temperature=temperature, alpha=alpha, method=method,
-                                 dkd_beta=dkd_beta)
+                                 dkd_beta=dkd_beta, correct=correct)
     return loss_fn
 
 
@@ -341,7 +341,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
 
     search = _search(config, new_student, batches[-1], len(idx), val, store, progress, dist)   # on the configured recipe
     temperature, alpha = search["temperature"], search["alpha"]
-    loss_fn = distill_loss_fn(temperature, alpha, config.method, config.dkd_beta)
+    loss_fn = distill_loss_fn(temperature, alpha, config.method, config.dkd_beta, config.correct_teacher)
     student, fitted, student_search, student_search_seconds = _best_student(
         new_student, recipes, batches, loss_fn, len(idx), val, train_cfg, store, progress, dist, data)
     baseline = base_fit = None
@@ -415,7 +415,7 @@ def _search(config: DistillConfig, new_student, make_batch, n_train, val, store,
         for alpha in alphas:
             name = f"search-T{temperature:g}-a{alpha:g}"
             fitted = fit(new_student(short.seed), n_train=n_train, make_batch=make_batch,
-                         loss_fn=distill_loss_fn(temperature, alpha, config.method, config.dkd_beta), val=val,
+                         loss_fn=distill_loss_fn(temperature, alpha, config.method, config.dkd_beta, config.correct_teacher), val=val,
                          config=short, store=store,
                          name=name, progress=progress, dist=dist, data_device=val[0].device)
             candidates.append({"temperature": temperature, "alpha": alpha, "epochs": budget,

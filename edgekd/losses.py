@@ -8,6 +8,10 @@ soft term, each a ``method`` of ``edgekd distill`` (``--method kd|kd-ls|dkd``):
   term (NCKD) weighted apart, ``TCKD + beta * NCKD``; plain KD is ``TCKD + (1 - p_t) * NCKD``.
 
 Every method is mixed with the hard labels the same way: ``alpha * soft + (1 - alpha) * CE(s, y)``.
+With ``correct=True`` the teacher's logits are first corrected where its top class is wrong (knowledge
+adjustment, Wen et al., "Preparing Lessons", Neurocomputing 2021): the top logit and the true class's
+logit trade places, so the soft term no longer pulls against the label while the rest of the teacher's
+ranking (its dark knowledge) is kept.
 (With AdamW a common scale of the whole loss hardly matters, so ``alpha = 0.5`` is the papers' unit
 weights.)
 """
@@ -30,22 +34,37 @@ def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor | None,
-                      *, temperature: float, alpha: float, method: str = "kd", dkd_beta: float = 8.0) -> torch.Tensor:
+                      *, temperature: float, alpha: float, method: str = "kd", dkd_beta: float = 8.0,
+                      correct: bool = False) -> torch.Tensor:
     """``alpha * soft + (1 - alpha) * CE(s, y)``, batch mean; ``soft`` is the ``method``'s term.
 
     ``kd`` (section 2 of the paper): ``soft = T^2 * KL(softmax(t/T) || softmax(s/T))``. The soft
     term's gradient w.r.t. a student logit scales as 1/T^2, so it is multiplied by T^2 to keep its
     size comparable as T changes (and to the hard term's at T = 1). KL differs from the soft
     cross-entropy ``-sum q_t log q_s`` by the teacher's entropy, a constant in the student, so both give
-    the same gradients. ``alpha = 1`` needs no labels (except for ``dkd``); ``alpha = 0`` is plain
-    cross-entropy on hard labels and needs no teacher.
+    the same gradients. ``alpha = 1`` needs no labels (except for ``dkd`` and ``correct``); ``alpha = 0``
+    is plain cross-entropy on hard labels and needs no teacher.
     """
     loss = student_logits.new_zeros(())
     if alpha > 0:
+        if correct:
+            teacher_logits = corrected_teacher(teacher_logits, labels)
         loss = loss + alpha * soft_term(method)(student_logits, teacher_logits, labels, temperature, dkd_beta)
     if alpha < 1:
         loss = loss + (1 - alpha) * F.cross_entropy(student_logits, labels)
     return loss
+
+
+def corrected_teacher(teacher: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """The teacher's logits with, in each row whose argmax ``m`` is not the label ``y``, ``z_m`` and
+    ``z_y`` swapped (knowledge adjustment, Wen et al. 2021): the corrected teacher is right on every
+    training example and its other logits are untouched. Rows it already gets right are unchanged."""
+    if labels is None:
+        raise ConfigError("Correcting the teacher needs hard labels (it moves the true class to the top).")
+    rows, top = torch.arange(len(teacher), device=teacher.device), teacher.argmax(-1)
+    fixed = teacher.clone()
+    fixed[rows, top], fixed[rows, labels] = teacher[rows, labels], teacher[rows, top]
+    return fixed
 
 
 def soft_term(method: str) -> Callable:

@@ -96,3 +96,36 @@ def test_unknown_method_is_refused():
 
     with pytest.raises(ConfigError, match="'method' parameter must be one of 'kd', 'kd-ls', 'dkd'"):
         distillation_loss(torch.zeros(1, 3), torch.zeros(1, 3), None, temperature=1.0, alpha=1.0, method="crd")
+
+
+def test_corrected_teacher_swaps_only_the_wrong_rows_top_and_true_logits():
+    """Knowledge adjustment (Wen et al. 2021): a wrong row's top logit and the label's trade places."""
+    from edgekd.losses import corrected_teacher
+
+    teacher = torch.tensor([[3.0, 1.0, 0.5, -1.0],    # right (label 0): unchanged
+                            [0.2, 2.5, 1.0, -0.5]])   # wrong: top is 1, label 2
+    fixed = corrected_teacher(teacher, torch.tensor([0, 2]))
+    assert torch.equal(fixed[0], teacher[0])
+    assert torch.equal(fixed[1], torch.tensor([0.2, 1.0, 2.5, -0.5]))
+    assert torch.equal(teacher[1], torch.tensor([0.2, 2.5, 1.0, -0.5]))   # the input is not modified
+
+
+def test_correcting_a_right_teacher_changes_nothing_and_a_wrong_one_lowers_the_loss_toward_the_label():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 5), torch.randn(8, 5)
+    right = teacher.argmax(-1)
+    kw = dict(temperature=2.0, alpha=0.5, method="kd-ls")
+    assert float(distillation_loss(student, teacher, right, correct=True, **kw)) == pytest.approx(
+        float(distillation_loss(student, teacher, right, **kw)))
+    # a student that predicts the labels is pulled less by a corrected teacher than by the wrong one
+    labels = (right + 1) % 5
+    confident = 6 * torch.nn.functional.one_hot(labels, 5).float()
+    assert float(distillation_loss(confident, teacher, labels, correct=True, **kw)) < float(
+        distillation_loss(confident, teacher, labels, **kw))
+
+
+def test_correcting_the_teacher_needs_labels():
+    from edgekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs hard labels"):
+        distillation_loss(torch.zeros(1, 3), torch.zeros(1, 3), None, temperature=1.0, alpha=1.0, correct=True)

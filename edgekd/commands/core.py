@@ -191,6 +191,7 @@ def distill_config(params):
         temperature_grid=_parse_list("temperature_grid", params["temperature_grid"]) or DEFAULT_TEMPERATURE_GRID,
         alpha_grid=_parse_list("alpha_grid", params["alpha_grid"]) or DEFAULT_ALPHA_GRID,
         auto_epochs=params["auto_epochs"], train=make_train_config(params), method=params["method"], dkd_beta=params["dkd_beta"],
+        correct_teacher=params["correct_teacher"],
         **_parse_views(params["views"]),
         transfer_limit=params["transfer_limit"], omit_classes=_parse_list("omit_classes", params["omit_classes"], int),
         baseline=params["baseline"], baseline_jitter=params["baseline_jitter"], recipe_search=params["recipe_search"])
@@ -213,6 +214,9 @@ def distill_options(func):
     @click.option("--method", type=click.Choice(METHODS), default=DISTILL["method"], show_default=True,
                   help="Soft term: the paper's KD, KD on z-scored logits (logit standardization), or decoupled KD.")
     @click.option("--dkd-beta", type=float, default=DISTILL["dkd_beta"], show_default=True, help="With --method dkd: weight of the non-target term.")
+    @click.option("--correct-teacher/--no-correct-teacher", default=DISTILL["correct_teacher"], show_default=True,
+                  help="Where the teacher's top class is wrong on a training example, swap its top logit with the "
+                       "true class's before the soft term (knowledge adjustment), keeping the rest of its ranking.")
     @click.option("--transfer-limit", default=None, help="Transfer set: a count or a fraction of the train split.")
     @click.option("--omit-classes", default=None, help="Comma-separated class indices left out of the transfer set "
                                                         "(their bias is then corrected on val).")
