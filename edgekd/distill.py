@@ -65,6 +65,9 @@ class DistillResult:
     baseline_seconds_per_epoch: float | None = None
     baseline_search: tuple = ()     # the hard-label recipes tried (jitter on / off), the one chosen on val
     student_search: tuple = ()      # the distilled student's recipes tried (student_recipes), the one chosen on val
+    # seconds spent training the recipes that were not kept (apart from the per-epoch figures)
+    student_search_seconds: float = 0.0
+    baseline_search_seconds: float = 0.0
     transfer_size: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
@@ -380,7 +383,8 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
         baseline_test_accuracy=base_acc, gap_closed=gap, student_macs=macs, student_parameters=params,
         teacher_macs=teacher_macs, seconds_per_epoch=fitted.seconds_per_epoch,
         baseline_seconds_per_epoch=base_fit.seconds_per_epoch if base_fit else None, baseline_search=tuple(baseline_search),
-        student_search=tuple(student_search), transfer_size=len(idx),
+        student_search=tuple(student_search), student_search_seconds=student_search_seconds,
+        baseline_search_seconds=baseline_search_seconds, transfer_size=len(idx),
         cache_hits=cache.hits, cache_misses=cache.misses, omitted=omitted)
     if dist is None or dist.rank == 0:
         record = config_record or {"distill": asdict(config)}

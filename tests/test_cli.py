@@ -30,6 +30,7 @@ def test_end_to_end_teacher_distill_evaluate(edgekd, tmp_path):
                          "--out", student, "--quiet")
     assert code == 0, err
     assert "chose T=" in out and "student, hard labels" in out and "student, distilled" in out
+    assert "student recipe chosen on val" in out and "recipes not kept, trained apart: student" in out
     code, out, err = edgekd("evaluate", student, "--teacher", teacher, "--json")
     assert code == 0, err
     result = json.loads(out)

@@ -308,7 +308,10 @@ def print_distill(result, teacher_desc: str) -> None:
         click.echo(f"omitted classes {o['classes']}: bias +{o['bias']:.2f} (fitted on val): test errors "
                    f"{o['test_errors_before']} -> {o['test_errors_after']}")
     ratio = f" ({result.seconds_per_epoch / result.baseline_seconds_per_epoch:.2f}x hard-label)" if result.baseline_seconds_per_epoch else ""
-    click.echo(f"{result.seconds_per_epoch:.2f} s per distillation epoch{ratio} -> {result.path}")
+    searched = [f"{side} {seconds:.1f} s" for side, seconds in (("student", result.student_search_seconds),
+                                                                 ("baseline", result.baseline_search_seconds)) if seconds]
+    searched = f"; recipes not kept, trained apart: {', '.join(searched)}" if searched else ""
+    click.echo(f"{result.seconds_per_epoch:.2f} s per distillation epoch{ratio}{searched} -> {result.path}")
 
 
 # --- evaluate ------------------------------------------------------------------------------------
