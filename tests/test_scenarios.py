@@ -144,3 +144,12 @@ def test_defaults_study_takes_its_members_from_a_given_teacher(tmp_path, tiny_te
                                                                                   for k, v in cell["runs"].items()})
     with pytest.raises(SystemExit, match="has 2. Pass --members up to 2"):
         defaults_study.main(["--smoke", "--teacher", str(tiny_teacher), "--members", "3", "--out", str(tmp_path / "more")])
+
+
+def test_defaults_study_candidates_can_correct_the_teacher():
+    from benchmarks.defaults_study import _config, parse_candidate
+
+    plain, corrected = parse_candidate("kd-ls:T=2,a=0.5"), parse_candidate("kd-ls:T=2,a=0.5,c=1")
+    assert (plain["correct"], corrected["correct"]) == (False, True)
+    args = type("Args", (), {"epochs": 3, "device": "cpu"})()
+    assert _config(args, corrected, "mlp", 0, 1).correct_teacher and not _config(args, plain, "mlp", 0, 0).correct_teacher
