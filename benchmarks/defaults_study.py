@@ -147,8 +147,28 @@ def run(args) -> dict:
                 cells.append(cell)
                 print(f"k={k} {student} seed {seed}: baseline {cell['baseline']:.4f} "
                       + " ".join(f"{n} {v['test_accuracy']:.4f}" for n, v in cell["runs"].items()), flush=True)
+    targets = {k: target_profile(teacher, data, cache, candidates) for k, teacher in ensemble.items()}
     return {"data": data.describe(), "teacher": described, "candidates": candidates, "cells": cells, "not_run": missing,
-            "summary": summarize(cells, candidates)}
+            "summary": summarize(cells, candidates), "targets": targets}
+
+
+def target_profile(teacher, data, cache, candidates) -> dict:
+    """What each candidate asks the student to match, on the un-shifted train split: the teacher's top-1
+    accuracy there (the rows ``c=1`` corrects are the rest) and, per candidate, the mean top probability
+    and mean true-class probability of its soft targets (``edgekd.losses.method_targets``)."""
+    import torch
+
+    from edgekd.distill import teacher_logits
+    from edgekd.losses import corrected_teacher, method_targets
+
+    logits, labels = teacher_logits(teacher, data, "train", cache).float().cpu(), torch.as_tensor(data.y_train).cpu()
+    out = {"train_accuracy": float((logits.argmax(-1) == labels).float().mean()), "candidates": {}}
+    for cand in candidates:
+        z = corrected_teacher(logits, labels) if cand.get("correct") else logits
+        q = method_targets(z, cand["temperature"], cand["method"])
+        out["candidates"][cand["name"]] = {"p_max": float(q.max(-1).values.mean()),
+                                           "p_true": float(q.gather(1, labels[:, None]).mean())}
+    return out
 
 
 def chosen_jitter(search) -> int | None:
@@ -260,6 +280,11 @@ def render(result: dict) -> str:
             std = f"{r['std_gain']:.2f}" if r["std_gain"] is not None else "-"
             lines.append(f"| {r['members']} | `{r['student']}` | `{r['candidate']}` | {r['seeds']} | {100 * r['baseline']:.2f} | "
                          f"{r['mean_gain']:+.2f} | {std} | {'yes' if r['not_losing'] else '**no**'} |")
+    for k, profile in (result.get("targets") or {}).items():
+        lines += ["", f"What the student is asked to match (teacher k={k} on the un-shifted train split; its top-1 there "
+                  f"{100 * profile['train_accuracy']:.2f}%): the soft targets' mean top probability and mean "
+                  "true-class probability.", "", "| candidate | mean p_max | mean p(true class) |", "|---|---|---|"]
+        lines += [f"| `{name}` | {t['p_max']:.3f} | {t['p_true']:.3f} |" for name, t in profile["candidates"].items()]
     if result.get("not_run"):
         lines += ["", "Not run (left for a later session; the table holds only the cells above): "
                   + ", ".join(f"k={c['members']} `{c['student']}` seed {c['seed']}" for c in result["not_run"]) + "."]

@@ -67,6 +67,14 @@ def corrected_teacher(teacher: torch.Tensor, labels: torch.Tensor | None) -> tor
     return fixed
 
 
+def method_targets(teacher: torch.Tensor, temperature: float, method: str = "kd") -> torch.Tensor:
+    """The distribution a ``method``'s soft term asks the student to match: ``softmax(t/T)`` for ``kd``
+    and ``dkd`` (which splits the same distribution), ``softmax(standardize(t)/T)`` for ``kd-ls``. With
+    ``kd-ls`` the flatness depends on T alone, not on the teacher's logit scale."""
+    soft_term(method)   # refuses an unknown method in the same words
+    return soft_targets(standardize(teacher) if method == "kd-ls" else teacher.float(), temperature)
+
+
 def soft_term(method: str) -> Callable:
     """The soft term of ``method``: ``f(student, teacher, labels, T, dkd_beta) -> scalar``."""
     terms = {"kd": _kd, "kd-ls": _kd_standardized, "dkd": _dkd}

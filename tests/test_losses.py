@@ -129,3 +129,16 @@ def test_correcting_the_teacher_needs_labels():
 
     with pytest.raises(ConfigError, match="needs hard labels"):
         distillation_loss(torch.zeros(1, 3), torch.zeros(1, 3), None, temperature=1.0, alpha=1.0, correct=True)
+
+
+def test_method_targets_are_what_each_soft_term_matches():
+    """kd's targets sharpen with the teacher's scale; kd-ls's depend on T alone."""
+    from edgekd.losses import method_targets
+
+    t = torch.tensor([[2.0, 0.5, -1.0, -1.5]])
+    assert torch.allclose(method_targets(t, 2.0, "kd"), soft_targets(t, 2.0))
+    assert torch.allclose(method_targets(t, 2.0, "dkd"), soft_targets(t, 2.0))
+    assert torch.allclose(method_targets(10 * t, 2.0, "kd-ls"), method_targets(t, 2.0, "kd-ls"), atol=1e-6)
+    assert method_targets(t, 1.0, "kd-ls").max() > method_targets(t, 2.0, "kd-ls").max()
+    with pytest.raises(Exception, match="'method' parameter must be one of"):
+        method_targets(t, 1.0, "crd")
