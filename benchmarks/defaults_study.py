@@ -125,13 +125,13 @@ def run(args) -> dict:
         for student in args.students.split(";"):
             for seed in range(args.seeds):
                 cell = {"members": k, "student": student, "seed": seed, "runs": {}}
-                if args.reuse_only and not all(_reusable(_run_dir(args, k, student, seed, i), _config(args, cand, student, seed, i),
+                if args.reuse_only and not all(_reusable(_run_dir(args, k, student, seed, cand, i), _config(args, cand, student, seed, i),
                                                          teacher) for i, cand in enumerate(candidates)):
                     missing.append({"members": k, "student": student, "seed": seed})
                     continue
                 for index, cand in enumerate(candidates):
                     config = _config(args, cand, student, seed, index)
-                    out = _run_dir(args, k, student, seed, index)
+                    out = _run_dir(args, k, student, seed, cand, index)
                     tick = time.perf_counter()
                     metrics = _reusable(out, config, teacher)
                     if metrics is None:
@@ -184,8 +184,12 @@ def _config(args, cand: dict, student: str, seed: int, index: int):
                          correct_teacher=cand.get("correct", False), baseline=index == 0, train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device))
 
 
-def _run_dir(args, k: int, student: str, seed: int, index: int) -> Path:
-    return Path(args.work) / f"s-{k}-{student.replace(':', '_').replace('=', '')}-{seed}-{index}"
+def _run_dir(args, k: int, student: str, seed: int, cand: dict, index: int) -> Path:
+    """One run's folder, named by its candidate (not its place in --candidates, so that a study with
+    another list never overwrites these runs); the first candidate's run also trains the baseline."""
+    def slug(text):
+        return text.replace(":", "_").replace("=", "").replace(",", "_")
+    return Path(args.work) / f"s-{k}-{slug(student)}-{seed}-{slug(cand['name'])}{'-baseline' if index == 0 else ''}"
 
 
 def _reusable(out: Path, config, teacher) -> dict | None:

@@ -153,3 +153,13 @@ def test_defaults_study_candidates_can_correct_the_teacher():
     assert (plain["correct"], corrected["correct"]) == (False, True)
     args = type("Args", (), {"epochs": 3, "device": "cpu"})()
     assert _config(args, corrected, "mlp", 0, 1).correct_teacher and not _config(args, plain, "mlp", 0, 0).correct_teacher
+
+
+def test_defaults_study_runs_are_named_by_candidate_not_by_place(tmp_path):
+    """A study with another --candidates list must not overwrite (or reuse) another candidate's runs."""
+    from benchmarks.defaults_study import _run_dir, parse_candidate
+
+    args = type("Args", (), {"work": str(tmp_path)})()
+    a, b = parse_candidate("kd-ls:T=2,a=0.5,c=1"), parse_candidate("kd-ls:T=1,a=0.5")
+    assert _run_dir(args, 1, "cnn:width=8", 0, a, 1) != _run_dir(args, 1, "cnn:width=8", 0, b, 1)
+    assert _run_dir(args, 1, "cnn:width=8", 0, a, 0) != _run_dir(args, 1, "cnn:width=8", 0, a, 1)   # the baseline run
