@@ -49,6 +49,11 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="digits, tiny models, seconds")
     args = p.parse_args(argv)
     args.train_limit = args.train_limit or None
+    for text in args.candidates.split(";"):
+        try:
+            parse_candidate(text)
+        except ValueError as e:
+            p.error(f"--candidates: {e}")
     if args.smoke:
         args.data, args.train_limit, args.teacher_arch = "digits", None, "cnn:width=4,fc=16"
         if args.members == p.get_default("members"):   # an explicit --members (e.g. with --teacher) stands
@@ -59,10 +64,20 @@ def parse_args(argv=None):
 
 
 def parse_candidate(text: str) -> dict:
+    """``METHOD:T=..,a=..[,c=0|1]`` -> its settings; a ValueError in one line for anything else."""
+    from edgekd.config import METHODS
+
     method, _, rest = text.partition(":")
-    values = dict(item.split("=") for item in rest.split(",") if item)
-    return {"method": method, "temperature": float(values["T"]), "alpha": float(values["a"]),
-            "correct": values.get("c", "0") == "1", "name": text}
+    try:
+        values = dict(item.split("=") for item in rest.split(",") if item)
+        parsed = {"method": method, "temperature": float(values.pop("T")), "alpha": float(values.pop("a")),
+                  "correct": {"0": False, "1": True}[values.pop("c", "0")], "name": text}
+    except (ValueError, KeyError):
+        parsed = None
+    if parsed is None or values or method not in METHODS:
+        raise ValueError(f"expected METHOD:T=<float>,a=<float>[,c=0|1] with METHOD one of {', '.join(METHODS)}; "
+                         f"got {text!r}. Fix it like 'kd-ls:T=2,a=0.5,c=1'.")
+    return parsed
 
 
 def teachers(args, data):

@@ -163,3 +163,14 @@ def test_defaults_study_runs_are_named_by_candidate_not_by_place(tmp_path):
     a, b = parse_candidate("kd-ls:T=2,a=0.5,c=1"), parse_candidate("kd-ls:T=1,a=0.5")
     assert _run_dir(args, 1, "cnn:width=8", 0, a, 1) != _run_dir(args, 1, "cnn:width=8", 0, b, 1)
     assert _run_dir(args, 1, "cnn:width=8", 0, a, 0) != _run_dir(args, 1, "cnn:width=8", 0, a, 1)   # the baseline run
+
+
+@pytest.mark.parametrize("bad", ["kd-ls:T=2", "kd-ls:T=2,a=0.5,c=2", "crd:T=2,a=0.5", "kd:T=two,a=0.5", "kd:T=2,a=0.5,b=1"])
+def test_defaults_study_refuses_a_malformed_candidate_in_one_line(bad, capsys):
+    from benchmarks import defaults_study
+
+    with pytest.raises(SystemExit) as exit_info:
+        defaults_study.parse_args(["--candidates", f"kd:T=4,a=0.9;{bad}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--candidates: expected METHOD:T=<float>,a=<float>[,c=0|1]" in err and repr(bad) in err
