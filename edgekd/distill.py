@@ -168,6 +168,11 @@ def distill_loss_fn(temperature, alpha, method: str = "kd", dkd_beta: float = 8.
     return loss_fn
 
 
+def _config_loss_fn(config: DistillConfig, temperature, alpha):
+    """``distill_loss_fn`` with the soft term's settings of ``config`` (method, dkd_beta, correct_teacher)."""
+    return distill_loss_fn(temperature, alpha, config.method, config.dkd_beta, config.correct_teacher)
+
+
 # --- the honest comparison ----------------------------------------------------------------------------
 
 def gap_closed(student: float, baseline: float | None, teacher: float) -> float | None:
@@ -344,7 +349,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
 
     search = _search(config, new_student, batches[-1], len(idx), val, store, progress, dist)   # on the configured recipe
     temperature, alpha = search["temperature"], search["alpha"]
-    loss_fn = distill_loss_fn(temperature, alpha, config.method, config.dkd_beta, config.correct_teacher)
+    loss_fn = _config_loss_fn(config, temperature, alpha)
     student, fitted, student_search, student_search_seconds = _best_student(
         new_student, recipes, batches, loss_fn, len(idx), val, train_cfg, store, progress, dist, data)
     baseline = base_fit = None
@@ -419,7 +424,7 @@ def _search(config: DistillConfig, new_student, make_batch, n_train, val, store,
         for alpha in alphas:
             name = f"search-T{temperature:g}-a{alpha:g}"
             fitted = fit(new_student(short.seed), n_train=n_train, make_batch=make_batch,
-                         loss_fn=distill_loss_fn(temperature, alpha, config.method, config.dkd_beta, config.correct_teacher), val=val,
+                         loss_fn=_config_loss_fn(config, temperature, alpha), val=val,
                          config=short, store=store,
                          name=name, progress=progress, dist=dist, data_device=val[0].device)
             candidates.append({"temperature": temperature, "alpha": alpha, "epochs": budget,

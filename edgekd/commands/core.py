@@ -308,10 +308,10 @@ def print_distill(result, teacher_desc: str) -> None:
         click.echo(f"omitted classes {o['classes']}: bias +{o['bias']:.2f} (fitted on val): test errors "
                    f"{o['test_errors_before']} -> {o['test_errors_after']}")
     ratio = f" ({result.seconds_per_epoch / result.baseline_seconds_per_epoch:.2f}x hard-label)" if result.baseline_seconds_per_epoch else ""
-    searched = [f"{side} {seconds:.1f} s" for side, seconds in (("student", result.student_search_seconds),
-                                                                 ("baseline", result.baseline_search_seconds)) if seconds]
-    searched = f"; recipes not kept, trained apart: {', '.join(searched)}" if searched else ""
-    click.echo(f"{result.seconds_per_epoch:.2f} s per distillation epoch{ratio}{searched} -> {result.path}")
+    apart = [f"{side} {seconds:.1f} s" for side, seconds in (("student", result.student_search_seconds),
+                                                              ("baseline", result.baseline_search_seconds)) if seconds]
+    apart_text = f"; recipes not kept, trained apart: {', '.join(apart)}" if apart else ""
+    click.echo(f"{result.seconds_per_epoch:.2f} s per distillation epoch{ratio}{apart_text} -> {result.path}")
 
 
 # --- evaluate ------------------------------------------------------------------------------------
