@@ -31,6 +31,16 @@ def check_int_at_least(name: str, value: int, low: int) -> int:
     return value
 
 
+def check_indices(name: str, values, size: int) -> tuple[int, ...]:
+    """Distinct integers in [0, size), at least one: a subset of ``size`` things chosen by index."""
+    values = tuple(values)
+    if (not values or len(set(values)) != len(values)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < size for v in values)):
+        raise ConfigError(f"The '{name}' parameter must be distinct integers in [0, {size - 1}], at least one. "
+                          f"Got {list(values)!r} instead.")
+    return values
+
+
 def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:

@@ -17,6 +17,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -30,7 +31,7 @@ from edgekd.models import count_macs
 from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, load_teacher
 from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
-from edgekd.validation import check_output_dir
+from edgekd.validation import check_indices, check_output_dir
 from specialists.clustering import check_k, covariance_npy, covariance_png, find_clusters
 from specialists.combine import SpecialistEnsembleModule, gated_combine, max_active_bound
 from specialists.config import SpecialistConfig  # noqa: F401  (re-exported: the stage's settings)
@@ -209,9 +210,14 @@ def _evaluate_and_save(generalist: Generalist, data: Dataset, config: Specialist
 
 def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = None, tol: float | None = None,
                        max_steps: int | None = None, module_steps: int | None = None, cache: LogitCache | None = None,
-                       overwrite: bool = False, config_record: dict | None = None, device="cpu") -> SpecialistsResult:
+                       overwrite: bool = False, config_record: dict | None = None, device="cpu",
+                       keep: Sequence[int] | None = None) -> SpecialistsResult:
     """Re-score an existing specialist ensemble with other combination settings (top-n gating, solver
-    tolerance, module steps): the same generalist and specialists, no training; a new artifact and report."""
+    tolerance, module steps): the same generalist and specialists, no training; a new artifact and report.
+
+    ``keep``: the specialists kept (0-based, in the artifact's order; default all). The rest are dropped
+    from the combination and the new artifact: an ensemble pruned for cost, or coverage varied with the
+    clusters held fixed (the paper's Table 4 counts the specialists covering the correct class)."""
     from specialists.clustering import Clustering, read_covariance
     from specialists.training import SpecialistFit
 
@@ -223,6 +229,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     # in place (--out SPEC --overwrite) is allowed: SPEC is read whole before the new artifact replaces it
     check_output_dir(out, overwrite=overwrite, inputs=[spec_path, *data_paths(data.spec)], in_place=spec_path)
     manifest = artifact.manifest
+    keep = check_indices("keep", keep, len(manifest.members) - 1) if keep is not None else None
     models = [model.to(resolve_device(device)) for model in artifact.build_members()]
     gen_member, source = manifest.members[0], manifest.generalist
     teacher = ModuleTeacher(EnsembleModule([models[0]]), kind="model", classes=artifact.classes,
@@ -243,6 +250,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
                           true_share=m.true_share, training_share=m.training_share, val_accuracy=m.val_accuracy,
                           best_epoch=m.best_epoch, epochs_run=m.epochs_run, seconds=seconds, history=list(m.history))
             for m, seconds in zip(manifest.members[1:], per_specialist)]
+    fits = fits if keep is None else [fits[i] for i in keep]
     solver = manifest.solver
     config = SpecialistConfig(clusters=clustering.k, cluster_temperature=clustering.temperature,
                               top_n=top_n or solver["top_n"], member=source["member"],
@@ -251,7 +259,8 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     timings = {k: earlier[k] for k in ("clustering", "training") if k in earlier}
     timings["earlier"] = sum(timings.values())
     record = config_record or {**manifest.config, "regate": {"from": str(spec_path), "top_n": config.top_n,
-                                                                "tol": config.tol, "max_steps": config.max_steps}}
+                                                                "tol": config.tol, "max_steps": config.max_steps,
+                                                                "keep": list(keep) if keep is not None else None}}
     return _evaluate_and_save(generalist, data, config, clustering, fits, out, cache=cache or LogitCache(),
                               timings=timings, started=started, config_record=record)
 

@@ -109,10 +109,11 @@ def render_markdown(report: dict) -> str:
               "| specialists covering | test examples | change in correct | relative accuracy change |", "|---|---|---|---|"]
     for row in test["by_coverage"]:
         lines.append(f"| {row['specialists_covering']} | {row['n_test']} | {row['delta_correct']:+d} | {_rel(row['relative_change'])} |")
-    lines += ["", "## Specialists", "", "| classes | val accuracy (mixed val, S + dustbin) | dustbin bias | share of S: data / training | epochs | seconds |",
-              "|---|---|---|---|---|---|"]
-    for spec in report["specialists"]:
-        lines.append(f"| {', '.join(spec['class_names'])} | {_pct(spec['val_accuracy'])} | {spec['dustbin_bias']:+.3f} | "
+    lines += ["", "## Specialists", "", "Index: what `edgekd specialists regate --keep` takes.", "",
+              "| index | classes | val accuracy (mixed val, S + dustbin) | dustbin bias | share of S: data / training | epochs | seconds |",
+              "|---|---|---|---|---|---|---|"]
+    for index, spec in enumerate(report["specialists"]):
+        lines.append(f"| {index} | {', '.join(spec['class_names'])} | {_pct(spec['val_accuracy'])} | {spec['dustbin_bias']:+.3f} | "
                      f"{spec['true_share']:.3f} / {spec['training_share']:.3f} | {spec['epochs_run']} | {spec['seconds']:.1f} |")
     solver = report["solver"]
     lines += ["", f"Solver: fixed-point (EM) updates of q, stopped when no log-probability moves by {solver['tol']:g} "

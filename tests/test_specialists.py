@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -452,6 +453,38 @@ def test_several_specialists_per_cluster_are_counted_as_coverage(generalist, tmp
         build.SpecialistConfig(per_cluster=0)
 
 
+def test_regate_keep_drops_specialists_and_copy_zero_is_the_one_per_cluster_build(generalist, tmp_path, edgekd):
+    """--keep: the first copy of each cluster from a 2-per-cluster build is the 1-per-cluster build
+    (copy j trains with seed + j), so coverage can be varied per cluster with the clusters held fixed."""
+    import specialists.build as build
+    from edgekd.artifacts import load_artifact
+    from edgekd.data import load_dataset
+    from edgekd.errors import ConfigError
+    from edgekd.training import TrainConfig
+
+    digits = load_dataset("digits", train_limit=500)
+    config = build.SpecialistConfig(clusters=(3,), train=TrainConfig(epochs=1, lr=5e-4))
+    one = build.build_specialists(generalist, digits, config, tmp_path / "one")
+    build.build_specialists(generalist, digits, replace(config, per_cluster=2), tmp_path / "two")
+    firsts = list(range(0, 2 * len(one.specialist_clusters), 2))
+    kept = build.regate_specialists(tmp_path / "two", digits, tmp_path / "kept", keep=firsts)
+    assert kept.ensemble_test_accuracy == one.ensemble_test_accuracy and kept.by_coverage == one.by_coverage
+    assert len(load_artifact(tmp_path / "kept").manifest.members) == 1 + len(firsts)
+    # one cluster with two opinions, the others with one: coverage 2 and 1 side by side in one ensemble
+    mixed = build.regate_specialists(tmp_path / "two", digits, tmp_path / "mixed", keep=[0, 1, *firsts[1:]])
+    assert {row["specialists_covering"] for row in mixed.by_coverage} - {0} == {1, 2}
+    for bad in ([], [0, 0], [99], [-1]):
+        with pytest.raises(ConfigError, match="'keep' parameter must be distinct integers"):
+            build.regate_specialists(tmp_path / "two", digits, tmp_path / "bad", keep=bad)
+    assert not (tmp_path / "bad").exists()
+    code, _, err = edgekd("specialists", "regate", tmp_path / "two", "--data", "digits", "--train-limit", "500",
+                          "--keep", "0,x", "--out", tmp_path / "bad")
+    assert code == 2 and "comma-separated specialist indices" in err and "Traceback" not in err
+    code, _, err = edgekd("specialists", "regate", tmp_path / "two", "--data", "digits", "--train-limit", "500",
+                          "--keep", "99", "--out", tmp_path / "bad")
+    assert code == 2 and "'keep' parameter" in err and len(err.strip().splitlines()) == 1
+
+
 def test_resume_reuses_finished_specialists(generalist, tmp_path, monkeypatch):
     import specialists.build as build
     from edgekd.data import load_dataset
@@ -556,6 +589,13 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     # controlled coverage: the same clusters with 1 and 2 specialists each
     assert [(o["per_cluster"], o["specialists"] / record["opinions"][0]["specialists"]) for o in record["opinions"]] == [(1, 1), (2, 2)]
     assert "gain_rises_with_specialists_per_cluster" in record["aims"] and "several specialists per cluster" in text
+    # Table 4 inside one ensemble: the same clusters, each keeping 1 or 2 of its specialists, no training
+    mixed = record["mixed"]
+    assert [row["specialists_covering"] for row in mixed["rows"]] == [1, 2] and mixed["levels"] == [1, 2]
+    assert sum(row["clusters"] for row in mixed["rows"]) == record["opinions"][0]["specialists"]
+    assert mixed["specialists"] == sum(row["clusters"] * row["specialists_covering"] for row in mixed["rows"])
+    assert "table4_rises_with_coverage_in_one_ensemble_same_clusters" in record["aims"]
+    assert "Table 4 inside one ensemble" in text and "inside one ensemble with the clusters fixed" in text
     # the students' settings name their own part: a rerun without students reads everything else back
     assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--seeds", "0", "--out", str(out)]) == 0
     again = json.loads(out.with_suffix(".json").read_text())

@@ -149,6 +149,16 @@ def _echo_result(result) -> None:
     click.echo(f"{result.seconds:.1f} s -> {result.path} (report: {result.report_md})")
 
 
+def _index_list(ctx, param, value):
+    """'0,2,5' -> (0, 2, 5); the range is checked against SPEC by the stage."""
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated specialist indices such as 0,2,5; got {value!r}") from None
+
+
 @specialists_group.command("regate")
 @click.argument("spec")
 @data_options
@@ -157,6 +167,8 @@ def _echo_result(result) -> None:
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="New solver step cap (default: as built).")
 @click.option("--module-steps", type=click.IntRange(min=1), default=None,
               help="Fixed updates in the exportable module (default: 1 where exact, else measured on val).")
+@click.option("--keep", default=None, callback=_index_list, metavar="I,J,...",
+              help="Keep only these specialists (0-based, as listed in SPEC's report; default all): prune for cost.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Teacher-logit cache.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output artifact folder (may be SPEC with --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
@@ -177,5 +189,5 @@ def regate_cmd(ctx, spec, **params):
         result = regate_specialists(spec, data, params["out"], top_n=params["top_n"], tol=params["tol"],
                                     max_steps=params["max_steps"], module_steps=params["module_steps"],
                                     cache=LogitCache(params["cache_dir"]), overwrite=params["overwrite"],
-                                    device=resolve_device(params["device"]))
+                                    device=resolve_device(params["device"]), keep=params["keep"])
     _echo_result(result)
