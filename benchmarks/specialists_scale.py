@@ -20,7 +20,8 @@ is known. For each size (``--sizes``, e.g. 100 classes in 10 groups, 1,000 in 50
    gated (this tree) against dense (every specialist on every input, as before);
    and, with the same clusters (the auto K alone), 1, 2, 4 ... specialists per cluster
    (``--per-cluster``, each with its own seed): coverage that counts independent opinions, with no
-   change in the clusters' shapes (overlapping clusterings mix both);
+   change in the clusters' shapes (overlapping clusterings mix both); and the paper's Table 4 inside
+   one ensemble: those clusters, each keeping 1, 2 or 4 of its specialists, drawn per cluster;
 4. students distilled from the specialist ensemble and from the generalist alone, ``--seeds`` each.
 
 Resumable: artifacts live in ``--work``; every finished part is kept in ``<work>/parts.json`` and
@@ -311,6 +312,49 @@ def build(args, work, cache, data, gen_path, name, ks, per_cluster: int = 1) -> 
             "sign_test_p": test["sign_test_p"], "active": test["active"], "solver": report["solver"]}
 
 
+def mixed_coverage(args, work, cache, data, opinions) -> dict:
+    """The paper's Table 4 inside ONE ensemble, with the clusters held fixed: each cluster of the largest
+    per-cluster build keeps its first r copies, r drawn per cluster (a seeded shuffle, equal shares of
+    the ``--per-cluster`` levels). Copy j trains with seed + j, so the kept copies are the ones the
+    r-per-cluster builds trained: no training, one regate. Beside each level, the same classes' gain in
+    the 1-per-cluster build, so a rise that comes from which clusters drew the level shows."""
+    import numpy as np
+
+    from edgekd.artifacts import load_artifact
+    from specialists.build import regate_specialists
+
+    levels = sorted(o["per_cluster"] for o in opinions)
+    top = next(o for o in opinions if o["per_cluster"] == levels[-1])
+    one = json.loads((Path(next(o for o in opinions if o["per_cluster"] == 1)["path"]) / "report.json").read_text())["test"]
+    copies: dict = {}                       # cluster (its classes) -> member indices, copy 0 first
+    for index, member in enumerate(load_artifact(top["path"]).manifest.members[1:]):
+        copies.setdefault(tuple(member.classes), []).append(index)
+    clusters = list(copies)
+    order = np.random.default_rng(args.seed).permutation(len(clusters))
+    level_of = {clusters[c]: levels[place * len(levels) // len(clusters)] for place, c in enumerate(order)}
+    keep = sorted(i for cluster, indices in copies.items() for i in indices[:level_of[cluster]])
+    tick = time.perf_counter()
+    result = regate_specialists(top["path"], data, work / f"spec-c{data.num_classes}-mixed", keep=keep, cache=cache,
+                                overwrite=True)
+    test = json.loads((result.path / "report.json").read_text())["test"]
+    by_cov = {row["specialists_covering"]: row for row in test["by_coverage"]}
+    rows = []
+    for r in sorted(set(level_of.values())):   # fewer clusters than levels: some level is not drawn
+        mine = {c for cluster, level in level_of.items() if level == r for c in cluster}
+        base = [row for row in one["per_cluster"] if row["specialist"] and set(row["classes"]) <= mine]
+        gen = sum(round(row["generalist_accuracy"] * row["n_test"]) for row in base)
+        ens = sum(round(row["ensemble_accuracy"] * row["n_test"]) for row in base)
+        rows.append({"specialists_covering": r, "clusters": sum(level == r for level in level_of.values()),
+                     "n_test": by_cov[r]["n_test"], "delta_correct": by_cov[r]["delta_correct"],
+                     "relative_change": by_cov[r]["relative_change"],
+                     "one_per_cluster_relative_change": (ens - gen) / gen if gen else None})
+    return {"path": str(result.path), "from": top["path"], "k": top["k"], "levels": levels, "specialists": len(keep),
+            "seconds_wall": time.perf_counter() - tick, "generalist_accuracy": test["generalist"]["accuracy"],
+            "ensemble_accuracy": test["ensemble"]["accuracy"], "relative_change": test["relative_change"],
+            "fixed": test["fixed"], "broken": test["broken"], "sign_test_p": test["sign_test_p"],
+            "active": test["active"], "rows": rows}
+
+
 # --- the combination's cost and error ----------------------------------------------------------------------
 
 def solver_timing(classes: int, n_specialists: int, size: int, actives=(1, 2, 4, 8, 16), batch: int = 128) -> list:
@@ -586,6 +630,9 @@ def main(argv=None) -> int:
     opinions = [parts.get(f"opinions-c{big_c}-r{r}", lambda r=r: build(args, work, cache, big_data, big_gen["path"],
                                                                         f"spec-c{big_c}-auto-r{r}", [big_row["auto"]["k"][0]], r))
                 for r in (int(v) for v in args.per_cluster.split(",") if v.strip())]
+    levels = [o["per_cluster"] for o in opinions]
+    mixed = parts.get(f"mixed-c{big_c}-r{'-'.join(map(str, levels))}", lambda: mixed_coverage(
+        args, work, cache, big_data, opinions)) if len(levels) >= 2 and 1 in levels else None
     main_spec = specialists[big_c]["path"]
     builds, solver, exact, gating, files, control = [], [], None, None, None, None
     if every:
@@ -617,7 +664,7 @@ def main(argv=None) -> int:
     result = {"provenance": record, "args": vars(args), "generation": generation, "clustering": quality,
               "clustering_cost": cost, "extrapolated_to": target, "extrapolated": extrapolated,
               "specialists": {str(k): v for k, v in specialists.items()}, "builds": builds, "solver_timing": solver,
-              "exact_error": exact, "gating": gating, "files": files, "students": taught, "opinions": opinions,
+              "exact_error": exact, "gating": gating, "files": files, "students": taught, "opinions": opinions, "mixed": mixed,
               "control": {"generalist_epochs": control_epochs, **control} if control else None,
               "parts_seconds": parts.seconds, "parts_read_back": parts.read_back,
               "student_threads": usable_cores() if taught else None}
@@ -651,6 +698,9 @@ def aims(result: dict, big_c: int) -> dict:
     if result.get("control"):
         aims_["overall_gain_at_least_4.4%_with_the_control_generalist"] = result["control"]["relative_change"] >= 0.044
     aims_["table4_rises_with_coverage"] = len(rising) >= 2 and all(b > a for a, b in zip(rising, rising[1:]))
+    if result.get("mixed"):
+        mixed = [row["relative_change"] for row in result["mixed"]["rows"]]
+        aims_["table4_rises_with_coverage_in_one_ensemble_same_clusters"] = all(b > a for a, b in zip(mixed, mixed[1:]))
     opinions = [o["relative_change"] for o in result.get("opinions") or []]
     if len(opinions) >= 2:
         aims_["gain_rises_with_specialists_per_cluster"] = all(b > a for a, b in zip(opinions, opinions[1:]))
@@ -797,6 +847,28 @@ def _opinion_lines(result) -> list:
         lines.append(f"| {o['per_cluster']} | {o['specialists']} | {_pct(o['generalist_accuracy'])} → {_pct(o['ensemble_accuracy'])} | "
                      f"**{_rel(o['relative_change'])}** | {_rel(o['covered'])} | {o['fixed']} / {o['broken']} | "
                      f"{o['active']['mean_active']:.2f} |")
+    return lines + [""] + _mixed_lines(result)
+
+
+def _mixed_lines(result) -> list:
+    mixed = result.get("mixed")
+    if not mixed:
+        return []
+    shares = ", ".join(f"{row['clusters']} clusters with {row['specialists_covering']}" for row in mixed["rows"])
+    lines = [f"### Table 4 inside one ensemble: the same clusters (K = {mixed['k'][0]}), coverage drawn per cluster", "",
+             f"One ensemble of {mixed['specialists']} specialists: each cluster keeps its first r specialists of the "
+             f"{mixed['levels'][-1]}-per-cluster build, r drawn per cluster by a seeded shuffle ({shares}). Nothing is "
+             f"retrained (copy j trains with seed + j, so these are the copies the r-per-cluster builds trained). "
+             f"Test accuracy {_pct(mixed['generalist_accuracy'])}% → {_pct(mixed['ensemble_accuracy'])}%, "
+             f"{_rel(mixed['relative_change'])} overall; {mixed['fixed']} fixed, {mixed['broken']} broken; "
+             f"{mixed['active']['mean_active']:.2f} specialists active per input on average. The last column is the same "
+             "classes' gain with one specialist per cluster: it tells a rise that comes from coverage from one that comes "
+             "from which clusters drew which r.", "",
+             "| specialists covering the correct class | clusters | test examples | change in correct | relative change | the same classes, 1 per cluster |",
+             "|---|---|---|---|---|---|"]
+    for row in mixed["rows"]:
+        lines.append(f"| {row['specialists_covering']} | {row['clusters']} | {row['n_test']} | {row['delta_correct']:+d} | "
+                     f"**{_rel(row['relative_change'])}** | {_rel(row['one_per_cluster_relative_change'])} |")
     return lines + [""]
 
 
@@ -903,7 +975,16 @@ def reading(result) -> str:
                     f"({_pct(control['generalist_accuracy'])}% against {_pct(result['specialists'][str(big_c)]['generalist_accuracy'])}%)")
     else:
         said.append(f"the overall gain is {_rel(gain)}, with no control generalist trained longer")
-    said.append("Table 4 rises with coverage" if aims_["table4_rises_with_coverage"] else "Table 4 does not rise with coverage")
+    said.append("Table 4 of the overlapping clusterings rises with coverage" if aims_["table4_rises_with_coverage"]
+                else "Table 4 of the overlapping clusterings does not rise with coverage")
+    if "table4_rises_with_coverage_in_one_ensemble_same_clusters" in aims_:
+        rows = result["mixed"]["rows"]
+        gains = ", ".join(f"{_rel(r['relative_change'])} with {r['specialists_covering']}" for r in rows)
+        alone = ", ".join(_rel(r["one_per_cluster_relative_change"]) for r in rows)
+        said.append(("inside one ensemble with the clusters fixed and coverage drawn per cluster, Table 4 rises"
+                     if aims_["table4_rises_with_coverage_in_one_ensemble_same_clusters"] else
+                     "inside one ensemble with the clusters fixed and coverage drawn per cluster, Table 4 does not rise")
+                    + f" ({gains}; the same classes with one specialist each: {alone})")
     if "gain_rises_with_specialists_per_cluster" in aims_:
         gains = ", ".join(f"{_rel(o['relative_change'])} with {o['per_cluster']}" for o in result["opinions"])
         said.append(("with the same clusters the gain rises with the specialists per cluster" if aims_["gain_rises_with_specialists_per_cluster"]
