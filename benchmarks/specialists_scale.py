@@ -577,6 +577,33 @@ def _students(args, work, cache, data, teachers: dict) -> list:
     return rows
 
 
+def target_profiles(args, cache, data, teachers: dict) -> dict:
+    """What each teacher asks the students to match on their transfer set: its top-1 there and, for
+    edgekd's default soft term and the students' own (where it differs), the mean top probability and
+    mean true-class probability of the targets (``edgekd.losses.method_targets``), beside 1/C. With
+    ``kd-ls`` the flatness depends on T and the class count alone: a z-scored row's largest entry
+    grows only like sqrt(2 ln C), so at 1,000 classes and T=2 the targets are close to uniform."""
+    import torch
+
+    from edgekd.distill import teacher_logits
+    from edgekd.losses import method_targets
+    from edgekd.teachers import load_teacher
+
+    default = student_recipe(argparse.Namespace(student_method=None, student_temperature=None, student_alpha=None))
+    recipes = [default] + ([student_recipe(args)] if student_recipe(args) != default else [])
+    labels = torch.as_tensor(data.split("train")[1]).cpu()
+    out = {"uniform": 1 / data.num_classes, "transfer_data": data.spec, "teachers": {}}
+    for label, path in teachers.items():
+        logits = teacher_logits(load_teacher(path), data, "train", cache).float().cpu()
+        row = {"train_accuracy": float((logits.argmax(1) == labels).float().mean()), "recipes": []}
+        for recipe in recipes:
+            q = method_targets(logits, recipe["temperature"], recipe["method"])
+            row["recipes"].append({**recipe, "p_max": float(q.max(1).values.mean()),
+                                   "p_true": float(q.gather(1, labels[:, None]).mean())})
+        out["teachers"][label] = row
+    return out
+
+
 # --- the scenario --------------------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -651,6 +678,9 @@ def main(argv=None) -> int:
     r = args.teacher_per_cluster
     teacher_spec = next(o["path"] for o in opinions if o["per_cluster"] == r) if r else main_spec
     transfer = load_dataset(transfer_spec(args, big_c, big_g, main_sep)) if args.student_train else big_data
+    teachers_ = {"specialists": teacher_spec, "generalist": big_gen["path"]}
+    targets = parts.get(f"targets-c{big_c}" + (f"-r{r}" if r else "") + _students_suffix(args),
+                        lambda: target_profiles(args, cache, transfer, teachers_))
     taught = parts.get(f"students-{args.student}-e{args.student_epochs}-s{args.seeds}" + (f"-r{r}" if r else "")
                        + _students_suffix(args), lambda: students(
         args, work, cache, transfer, {"specialists": teacher_spec, "generalist": big_gen["path"]})) if args.seeds else []
@@ -664,7 +694,7 @@ def main(argv=None) -> int:
     result = {"provenance": record, "args": vars(args), "generation": generation, "clustering": quality,
               "clustering_cost": cost, "extrapolated_to": target, "extrapolated": extrapolated,
               "specialists": {str(k): v for k, v in specialists.items()}, "builds": builds, "solver_timing": solver,
-              "exact_error": exact, "gating": gating, "files": files, "students": taught, "opinions": opinions, "mixed": mixed,
+              "exact_error": exact, "gating": gating, "files": files, "students": taught, "targets": targets, "opinions": opinions, "mixed": mixed,
               "control": {"generalist_epochs": control_epochs, **control} if control else None,
               "parts_seconds": parts.seconds, "parts_read_back": parts.read_back,
               "student_threads": usable_cores() if taught else None}
@@ -764,6 +794,7 @@ def render(result: dict) -> str:
     if result["builds"]:
         lines += _build_lines(result)
     lines += _student_lines(result) if result["students"] else ["", "## Students", "", "Not run (`--seeds 0`)."]
+    lines += _target_lines(result)
     lines += ["", "## Aims", ""]
     for name, value in result["aims"].items():
         lines.append(f"- {name}: {json.dumps(value)}")
@@ -869,6 +900,22 @@ def _mixed_lines(result) -> list:
     for row in mixed["rows"]:
         lines.append(f"| {row['specialists_covering']} | {row['clusters']} | {row['n_test']} | {row['delta_correct']:+d} | "
                      f"**{_rel(row['relative_change'])}** | {_rel(row['one_per_cluster_relative_change'])} |")
+    return lines + [""]
+
+
+def _target_lines(result) -> list:
+    targets = result.get("targets")
+    if not targets:
+        return []
+    lines = ["", "### What the students are asked to match", "",
+             f"On the students' transfer set (`{targets['transfer_data']}`): each teacher's top-1 there and, per soft term, the "
+             f"mean top probability and mean true-class probability of its targets; uniform is {targets['uniform']:.4f}.", "",
+             "| teacher | top-1 on the transfer set % | soft term | mean top probability | mean true-class probability |",
+             "|---|---|---|---|---|"]
+    for label, row in targets["teachers"].items():
+        for recipe in row["recipes"]:
+            lines.append(f"| {_teacher_label(result, label)} | {_pct(row['train_accuracy'])} | {recipe['method']}, T={recipe['temperature']:g} | "
+                         f"{recipe['p_max']:.4f} | {recipe['p_true']:.4f} |")
     return lines + [""]
 
 

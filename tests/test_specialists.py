@@ -596,6 +596,11 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     assert mixed["specialists"] == sum(row["clusters"] * row["specialists_covering"] for row in mixed["rows"])
     assert "table4_rises_with_coverage_in_one_ensemble_same_clusters" in record["aims"]
     assert "Table 4 inside one ensemble" in text and "inside one ensemble with the clusters fixed" in text
+    # what each teacher asks the students to match: edgekd's default soft term, beside uniform
+    targets = record["targets"]
+    assert set(targets["teachers"]) == {"specialists", "generalist"} and "What the students are asked to match" in text
+    assert all(targets["uniform"] < r["p_max"] <= 1 and 0 < r["p_true"] <= r["p_max"] and r["method"] == "kd-ls"
+               for t in targets["teachers"].values() for r in t["recipes"])
     # the students' settings name their own part: a rerun without students reads everything else back
     assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--seeds", "0", "--out", str(out)]) == 0
     again = json.loads(out.with_suffix(".json").read_text())
@@ -609,14 +614,14 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     r2 = next(o for o in taught["opinions"] if o["per_cluster"] == 2)
     assert taught["students"][0]["runs"][0]["teacher_test_accuracy"] == pytest.approx(r2["ensemble_accuracy"], abs=1e-6)
     assert f"| specialists (K = {r2['k'][0]}, 2 per cluster: {r2['specialists']}) |" in out.with_suffix(".md").read_text()
-    assert len(taught["parts_read_back"]) == len(record["parts_seconds"]) - 1
+    assert len(taught["parts_read_back"]) == len(record["parts_seconds"]) - 2   # the students and their teachers' targets
     with pytest.raises(SystemExit) as refused:
         main(["--quick", "--parts", "gain", "--teacher-per-cluster", "3", "--out", str(out)])
     assert refused.value.code == 2
     # students on a fresh, smaller draw (the same test set): their own part and folders, the teachers read back
     assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--student-train", "6", "--out", str(out)]) == 0
     fresh = json.loads(out.with_suffix(".json").read_text())
-    assert len(fresh["parts_read_back"]) == len(record["parts_seconds"]) - 1
+    assert len(fresh["parts_read_back"]) == len(record["parts_seconds"]) - 2   # the students and their teachers' targets
     assert sorted(p.name for p in (tmp_path / "gain-work").glob("student-*-t6")) == sorted(
         f"student-{t}-mlp-hidden-16-e1-s{seed}-t6" for t in ("specialists", "generalist") for seed in (0, 1))
     assert all(",train=6," in t["transfer_data"] for t in fresh["students"])
@@ -628,9 +633,10 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--student-train", "6", "--student-method", "kd",
                  "--student-temperature", "4", "--student-alpha", "0.9", "--out", str(out)]) == 0
     kd = json.loads(out.with_suffix(".json").read_text())
-    assert len(kd["parts_read_back"]) == len(record["parts_seconds"]) - 1
+    assert len(kd["parts_read_back"]) == len(record["parts_seconds"]) - 2   # the students and their teachers' targets
     assert len(list((tmp_path / "gain-work").glob("student-*-t6-kdT4a0.9"))) == 4
     assert "distilled with (plain KD, T=4, alpha=0.9)" in out.with_suffix(".md").read_text()
+    assert [r["method"] for r in kd["targets"]["teachers"]["generalist"]["recipes"]] == ["kd-ls", "kd"]   # default, theirs
     for bad in (["--student-method", "kl"], ["--student-alpha", "1.5"], ["--student-temperature", "0"]):
         with pytest.raises(SystemExit) as refused:
             main(["--quick", "--parts", "gain", *bad, "--out", str(out)])
