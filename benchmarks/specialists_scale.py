@@ -40,6 +40,7 @@ from pathlib import Path
 
 from benchmarks.provenance import header_markdown, mean_std, provenance
 from edgekd.config import METHODS
+from edgekd.errors import ConfigError
 
 
 def parse_args(argv=None):
@@ -87,10 +88,11 @@ def parse_args(argv=None):
     if args.teacher_per_cluster and str(args.teacher_per_cluster) not in [v.strip() for v in args.per_cluster.split(",")]:
         p.error(f"--teacher-per-cluster must be 0 or one of --per-cluster ({args.per_cluster or 'none'}); "
                 f"got {args.teacher_per_cluster}. Add it to --per-cluster or pass 0 for the overlapping build.")
-    if (args.student_temperature is not None and args.student_temperature <= 0) or (
-            args.student_alpha is not None and not 0 <= args.student_alpha <= 1):
-        p.error(f"--student-temperature must be > 0 and --student-alpha in [0, 1]; got {args.student_temperature} and "
-                f"{args.student_alpha}")
+    try:   # the students' soft term, checked where its bounds live (DistillConfig), before anything runs
+        from edgekd.config import DistillConfig
+        DistillConfig(**student_recipe(args))
+    except ConfigError as error:
+        p.error(f"--student-method/--student-temperature/--student-alpha: {error}")
     if args.student_train and not 2 <= args.student_train <= 100_000:
         p.error(f"--student-train must be 0 (the teachers' data) or 2..100000 examples per class; got {args.student_train}")
     if args.quick:
