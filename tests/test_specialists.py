@@ -460,6 +460,7 @@ def test_regate_keep_drops_specialists_and_copy_zero_is_the_one_per_cluster_buil
     from edgekd.artifacts import load_artifact
     from edgekd.data import load_dataset
     from edgekd.errors import ConfigError
+    from edgekd.teachers import load_teacher
     from edgekd.training import TrainConfig
 
     digits = load_dataset("digits", train_limit=500)
@@ -473,6 +474,8 @@ def test_regate_keep_drops_specialists_and_copy_zero_is_the_one_per_cluster_buil
     # one cluster with two opinions, the others with one: coverage 2 and 1 side by side in one ensemble
     mixed = build.regate_specialists(tmp_path / "two", digits, tmp_path / "mixed", keep=[0, 1, *firsts[1:]])
     assert {row["specialists_covering"] for row in mixed.by_coverage} - {0} == {1, 2}
+    pruned = load_teacher(tmp_path / "mixed").logits(digits.x_test[:64])   # a pruned ensemble is a teacher like any other
+    assert float((pruned.argmax(1) == digits.y_test[:64]).float().mean()) > 0.5
     for bad in ([], [0, 0], [99], [-1]):
         with pytest.raises(ConfigError, match="'keep' parameter must be distinct integers"):
             build.regate_specialists(tmp_path / "two", digits, tmp_path / "bad", keep=bad)
