@@ -170,19 +170,17 @@ def run(args) -> dict:
 def target_profile(teacher, data, cache, candidates) -> dict:
     """What each candidate asks the student to match, on the un-shifted train split: the teacher's top-1
     accuracy there (the rows ``c=1`` corrects are the rest) and, per candidate, the mean top probability
-    and mean true-class probability of its soft targets (``edgekd.losses.method_targets``)."""
+    and mean true-class probability of its soft targets (``edgekd.losses.target_sharpness``)."""
     import torch
 
     from edgekd.distill import teacher_logits
-    from edgekd.losses import corrected_teacher, method_targets
+    from edgekd.losses import corrected_teacher, target_sharpness
 
     logits, labels = teacher_logits(teacher, data, "train", cache).float().cpu(), torch.as_tensor(data.y_train).cpu()
     out = {"train_accuracy": float((logits.argmax(-1) == labels).float().mean()), "candidates": {}}
     for cand in candidates:
         z = corrected_teacher(logits, labels) if cand.get("correct") else logits
-        q = method_targets(z, cand["temperature"], cand["method"])
-        out["candidates"][cand["name"]] = {"p_max": float(q.max(-1).values.mean()),
-                                           "p_true": float(q.gather(1, labels[:, None]).mean())}
+        out["candidates"][cand["name"]] = target_sharpness(z, labels, cand["temperature"], cand["method"])
     return out
 
 

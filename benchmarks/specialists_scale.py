@@ -582,12 +582,12 @@ def _students(args, work, cache, data, teachers: dict) -> list:
 def target_profiles(args, cache, data, teachers: dict) -> dict:
     """What each teacher asks the students to match on their transfer set: its top-1 there and, for
     edgekd's default soft term and the students' own (where it differs), the mean top probability and
-    mean true-class probability of the targets (``edgekd.losses.method_targets``), beside 1/C: how far
+    mean true-class probability of the targets (``edgekd.losses.target_sharpness``), beside 1/C: how far
     from uniform the soft term is (with ``kd-ls`` the teacher's logit scale does not enter)."""
     import torch
 
     from edgekd.distill import teacher_logits
-    from edgekd.losses import method_targets
+    from edgekd.losses import target_sharpness
     from edgekd.teachers import load_teacher
 
     default = student_recipe(argparse.Namespace(student_method=None, student_temperature=None, student_alpha=None))
@@ -596,11 +596,9 @@ def target_profiles(args, cache, data, teachers: dict) -> dict:
     out = {"uniform": 1 / data.num_classes, "transfer_data": data.spec, "teachers": {}}
     for label, path in teachers.items():
         logits = teacher_logits(load_teacher(path), data, "train", cache).float().cpu()
-        row = {"train_accuracy": float((logits.argmax(1) == labels).float().mean()), "recipes": []}
-        for recipe in recipes:
-            q = method_targets(logits, recipe["temperature"], recipe["method"])
-            row["recipes"].append({**recipe, "p_max": float(q.max(1).values.mean()),
-                                   "p_true": float(q.gather(1, labels[:, None]).mean())})
+        row = {"train_accuracy": float((logits.argmax(1) == labels).float().mean())}
+        row["recipes"] = [{**recipe, **target_sharpness(logits, labels, recipe["temperature"], recipe["method"])}
+                          for recipe in recipes]
         out["teachers"][label] = row
     return out
 

@@ -75,6 +75,13 @@ def method_targets(teacher: torch.Tensor, temperature: float, method: str = "kd"
     return soft_targets(standardize(teacher) if method == "kd-ls" else teacher.float(), temperature)
 
 
+def target_sharpness(teacher: torch.Tensor, labels: torch.Tensor, temperature: float, method: str = "kd") -> dict:
+    """How far from uniform a soft term's targets are: the mean top probability (``p_max``) and mean
+    true-class probability (``p_true``) of ``method_targets`` over the rows (1/C would be uniform)."""
+    q = method_targets(teacher, temperature, method)
+    return {"p_max": float(q.max(-1).values.mean()), "p_true": float(q.gather(1, labels[:, None]).mean())}
+
+
 def soft_term(method: str) -> Callable:
     """The soft term of ``method``: ``f(student, teacher, labels, T, dkd_beta) -> scalar``."""
     terms = {"kd": _kd, "kd-ls": _kd_standardized, "dkd": _dkd}

@@ -133,12 +133,14 @@ def test_correcting_the_teacher_needs_labels():
 
 def test_method_targets_are_what_each_soft_term_matches():
     """kd's targets sharpen with the teacher's scale; kd-ls's depend on T alone."""
-    from edgekd.losses import method_targets
+    from edgekd.losses import method_targets, target_sharpness
 
     t = torch.tensor([[2.0, 0.5, -1.0, -1.5]])
     assert torch.allclose(method_targets(t, 2.0, "kd"), soft_targets(t, 2.0))
     assert torch.allclose(method_targets(t, 2.0, "dkd"), soft_targets(t, 2.0))
     assert torch.allclose(method_targets(10 * t, 2.0, "kd-ls"), method_targets(t, 2.0, "kd-ls"), atol=1e-6)
     assert method_targets(t, 1.0, "kd-ls").max() > method_targets(t, 2.0, "kd-ls").max()
+    sharp = target_sharpness(t, t.argmax(1), 2.0, "kd")   # the top class is the label: p_true is p_max
+    assert sharp["p_max"] == pytest.approx(float(soft_targets(t, 2.0).max())) and sharp["p_true"] == pytest.approx(sharp["p_max"])
     with pytest.raises(Exception, match="'method' parameter must be one of"):
         method_targets(t, 1.0, "crd")
