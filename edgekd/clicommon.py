@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from edgekd.config import PRECISIONS, TrainConfig
+from edgekd.config import MAX_MIXUP, PRECISIONS, TrainConfig
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -304,6 +304,9 @@ def train_options(train: TrainConfig):
                       help="Stop after this many epochs without val improvement (0: never).")
         @click.option("--jitter", type=click.IntRange(min=0), default=train.jitter, show_default=True,
                       help="Random shifts of up to this many pixels (the paper's input jitter); 0 = off.")
+        @click.option("--mixup", type=click.FloatRange(0, MAX_MIXUP), default=train.mixup, show_default=True,
+                      help="Mixup: blend each batch with a shuffled copy of itself, weight drawn from Beta(a, a), and "
+                           "the labels alike; 0 = off. In distill the teacher runs online on every blend (function matching).")
         @click.option("--precision", type=click.Choice(PRECISIONS), default=train.precision, show_default=True,
                       help="bf16 autocasts the forward pass and loss (weights and optimizer stay fp32).")
         @functools.wraps(func)
@@ -319,5 +322,5 @@ def make_train_config(params, **overrides):
     device = resolve_device(params["device"]).type
     fields = dict(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
                   weight_decay=params["weight_decay"], patience=params["patience"], jitter=params["jitter"],
-                  seed=params["seed"], device=device, precision=params["precision"])
+                  seed=params["seed"], device=device, precision=params["precision"], mixup=params["mixup"])
     return TrainConfig(**{**fields, **overrides})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from edgekd.errors import ConfigError
 from edgekd.validation import (MAX_LR, check_choice, check_in_range, check_int_at_least, check_positive,
                                check_seed)
 
@@ -18,6 +19,7 @@ METHODS = ("kd", "kd-ls", "dkd")
 COMBINE_RULES = ("logits", "probs")
 DEFAULT_TEMPERATURE_GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
 DEFAULT_ALPHA_GRID = (0.5, 0.9, 1.0)
+MAX_MIXUP = 100.0   # Beta(a, a) concentration; beyond this every lam is 0.5 for all purposes
 
 
 def defaults(cls) -> dict:
@@ -44,6 +46,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"        # "auto" | "cpu" | "cuda": resolved once, in edgekd.device
     precision: str = "fp32"    # "fp32" | "bf16" (autocast of the forward pass and loss)
+    # mixup (Zhang et al., ICLR 2018): each batch blended with a permutation of itself, lam ~ Beta(a, a); 0 = off
+    mixup: float = 0.0
 
     def __post_init__(self):
         check_int_at_least("epochs", self.epochs, 1)
@@ -55,6 +59,7 @@ class TrainConfig:
         check_int_at_least("jitter", self.jitter, 0)
         check_seed(self.seed)
         check_choice("precision", self.precision, PRECISIONS)
+        check_in_range("mixup", self.mixup, 0.0, MAX_MIXUP)
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,10 @@ class DistillConfig:
             check_int_at_least("baseline_jitter", self.baseline_jitter, 0)
         check_choice("method", self.method, METHODS)
         check_positive("dkd_beta", self.dkd_beta, strict=False)
+        if self.train.mixup and (self.views or self.view_grid):
+            # the teacher has to judge each blended image, which no cache holds: function matching
+            raise ConfigError(f"The 'mixup' parameter needs the teacher online (views=0), since it must see each blended "
+                              f"batch. Got views={'all' if self.view_grid else self.views} instead; pass --views 0 or drop --mixup.")
 
 
 @dataclass(frozen=True)

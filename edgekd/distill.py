@@ -9,10 +9,13 @@ teacher is consulted on exactly the image the student sees, at cached-logit spee
 teaching" (Beyer et al., CVPR 2022, "Knowledge distillation: a good teacher is patient and consistent").
 ``method`` picks the soft term (``edgekd.losses``: plain KD, logit standardization, decoupled KD).
 
+With mixup (``train.mixup``) the teacher runs online on each blended batch, so it judges exactly the
+image the student sees ("function matching", the same paper).
+
 Both sides of the comparison get their own best recipe, chosen on val: the hard-label baseline is
-trained with and without jitter (``baseline_recipes``), and on images a student without jitter is
-also trained with ±2 px on consistent views (``student_recipes``); the time of the recipes not kept
-is reported apart.
+trained with and without jitter (``baseline_recipes``; with the student's mixup too, ``baseline_trials``),
+and on images a student without jitter or mixup is also trained with ±2 px on consistent views
+(``student_recipes``); the time of the recipes not kept is reported apart.
 
 Transfer-set options from the paper (section 3): ``transfer_limit`` (a count or a fraction of the
 train split) and ``omit_classes`` with the bias correction for omitted classes, fitted on val.
@@ -38,7 +41,7 @@ from edgekd.models import count_macs, count_parameters, create_model, format_arc
 from edgekd.teacher_training import cross_entropy_loss, supervised_batches
 from edgekd.teachers import Teacher, check_teacher_fits
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit,
-                             jitter_shifts, predict_logits, run_fingerprint)
+                             jitter_shifts, mix_inputs, predict_logits, run_fingerprint)
 from edgekd.validation import check_jitter, parse_limit
 
 VIEW_SEED = 7_919  # jittered views are fixed (not tied to the training seed) so their cache is shared
@@ -142,15 +145,21 @@ def transfer_indices(data: Dataset, limit, omit_classes, seed: int) -> np.ndarra
     return keep
 
 
-def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher | None):
+def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher | None, mixup: float = 0.0):
     """``make_batch`` yielding (input, labels, teacher logits) for one epoch's indices: the teacher online
     on each (jittered) batch, its cached logits, or its cached logits on ``views`` fixed jittered copies
-    (``logits`` (views, n, C) with ``views_shifts`` (views, n, 2)), one view drawn per sample and step."""
+    (``logits`` (views, n, C) with ``views_shifts`` (views, n, 2)), one view drawn per sample and step.
+    With ``mixup`` (online teacher only) each batch is blended with a permutation of itself and the
+    teacher judges the blend: "function matching" (Beyer et al., CVPR 2022); the hard term blends the
+    two labels (``edgekd.training.mixup_loss``)."""
     def make_batch(indices, generator, _epoch):
         xb, yb = x[indices], y[indices]
         if teacher_online is not None:
             if pixels:
                 xb = apply_shifts(xb, jitter_shifts(len(indices), pixels, generator), pixels)
+            if mixup:
+                xb, partner, lam = mix_inputs(xb, generator, mixup)
+                return xb, yb, teacher_online.logits(xb), yb[partner], lam
             return xb, yb, teacher_online.logits(xb)
         if views_shifts is None:
             return xb, yb, logits[indices]
@@ -210,17 +219,31 @@ def baseline_recipes(pixels: int, input_shape) -> list[int]:
     return sorted({augment, 0}, reverse=True)
 
 
+def baseline_trials(config: DistillConfig, input_shape) -> list[dict]:
+    """The hard-label baseline's recipes, ``{"jitter", "mixup"}`` each: a fixed ``baseline_jitter``
+    alone, else ``baseline_recipes`` without mixup and, when the student is trained with mixup, the
+    student's own jitter and mixup first (hard labels blended alike): the baseline may use every
+    augmentation the student gets."""
+    if config.baseline_jitter is not None:
+        return [{"jitter": config.baseline_jitter, "mixup": 0.0}]
+    pixels = config.train.jitter if len(tuple(input_shape)) == 3 else 0
+    trials = [{"jitter": j, "mixup": 0.0} for j in baseline_recipes(pixels, input_shape)]
+    mixup = config.train.mixup
+    return ([{"jitter": pixels, "mixup": mixup}] if mixup else []) + trials
+
+
 def _strongest_baseline(new_student, x, y, recipes: list[int], val, train_cfg: TrainConfig, store, progress, dist, data):
     """The hard-label student with the same budget and its own best recipe: each jitter of ``recipes``
     (augmentation on and off, ``baseline_recipes``) trained in full, the better on val kept (never test)."""
     tried = []
-    for jitter in recipes:
+    for recipe in recipes:
+        jitter, mixup = recipe["jitter"], recipe["mixup"]
         model = new_student(train_cfg.seed)
-        name = "baseline" if len(recipes) == 1 else f"baseline-jitter{jitter}"
-        fitted = fit(model, n_train=len(y), make_batch=supervised_batches(x, y, jitter), loss_fn=cross_entropy_loss,
+        name = "baseline" if len(recipes) == 1 else f"baseline-jitter{jitter}" + (f"-mixup{mixup:g}" if mixup else "")
+        fitted = fit(model, n_train=len(y), make_batch=supervised_batches(x, y, jitter, mixup), loss_fn=cross_entropy_loss,
                      val=val, config=train_cfg, store=store, name=name, progress=progress, dist=dist,
                      data_device=data.device)
-        tried.append((model, fitted, {"jitter": jitter, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll}))
+        tried.append((model, fitted, {**recipe, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll}))
     return _keep_best(tried)
 
 
@@ -242,19 +265,19 @@ def student_recipes(config: DistillConfig, input_shape) -> list[dict]:
     held to a recipe that is not its best. The configured recipe comes last (``_search`` runs on it)."""
     shape = tuple(input_shape)
     pixels = config.train.jitter if len(shape) == 3 else 0
-    own = {"jitter": pixels, "views": config.views, "view_grid": config.view_grid}
+    own = {"jitter": pixels, "views": config.views, "view_grid": config.view_grid, "mixup": config.train.mixup}
     augment = min(BASELINE_JITTER, min(shape[1:]) // 4) if len(shape) == 3 else 0
-    if pixels or not config.recipe_search or augment == 0:
+    if pixels or config.train.mixup or not config.recipe_search or augment == 0:   # mixup: the user's recipe stands
         return [own]
-    return [{"jitter": augment, "views": 0, "view_grid": True}, own]
+    return [{"jitter": augment, "views": 0, "view_grid": True, "mixup": 0.0}, own]
 
 
 def _recipe_batches(recipe: dict, teacher: Teacher, data: Dataset, x, y, idx, cache: LogitCache, refresh: bool, dist):
-    """``make_batch`` for one recipe: the teacher online on each jittered batch (jitter, no views), its logits
-    cached on jittered views, or cached on the plain transfer set."""
+    """``make_batch`` for one recipe: the teacher online on each jittered or blended batch (jitter without
+    views, or mixup), its logits cached on jittered views, or cached on the plain transfer set."""
     pixels = recipe["jitter"]
-    if pixels and recipe["views"] == 0 and not recipe["view_grid"]:
-        return distill_batches(x, y, None, None, pixels, teacher)
+    if recipe["mixup"] or (pixels and recipe["views"] == 0 and not recipe["view_grid"]):
+        return distill_batches(x, y, None, None, pixels, teacher, recipe["mixup"])
     if pixels:
         all_logits, shifts = teacher_view_logits(teacher, data, recipe["views"], pixels, cache, refresh=refresh, dist=dist,
                                                  grid=recipe["view_grid"])
@@ -331,7 +354,6 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     data, teacher = place_dataset(data, device), teacher.to(device)
     idx = torch.from_numpy(transfer_indices(data, config.transfer_limit, config.omit_classes, train_cfg.seed)).to(data.device)
     x, y = take_rows(data.x_train, idx), data.y_train[idx]   # no copy of the inputs: batches gather them
-    pixels = train_cfg.jitter if len(data.input_shape) == 3 else 0
     recipes = student_recipes(config, data.input_shape)
     targets_started = time.perf_counter()   # the one-time cost of the teacher's targets (near 0 from the cache)
     batches = [_recipe_batches(recipe, teacher, data, x, y, idx, cache, refresh_cache, dist) for recipe in recipes]
@@ -355,7 +377,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     baseline = base_fit = None
     baseline_search, baseline_search_seconds = [], 0.0
     if config.baseline:
-        recipes = baseline_recipes(pixels, data.input_shape) if config.baseline_jitter is None else [config.baseline_jitter]
+        recipes = baseline_trials(config, data.input_shape)
         baseline, base_fit, baseline_search, baseline_search_seconds = _strongest_baseline(new_student, x, y, recipes, val, train_cfg, store,
                                                                   progress, dist, data)
     omitted = {}

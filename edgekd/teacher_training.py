@@ -15,8 +15,8 @@ from edgekd.data import Dataset
 from edgekd.device import place_dataset, resolve_device
 from edgekd.models import count_macs, count_parameters, create_model, parse_arch
 from edgekd.teachers import EnsembleModule
-from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit, jitter_shifts, predict_logits,
-                             run_fingerprint)
+from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit, jitter_shifts, mix_inputs,
+                             predict_logits, run_fingerprint)
 from edgekd.validation import check_jitter
 
 
@@ -37,13 +37,18 @@ class TeacherResult:
     best_epoch: tuple[int, ...] = ()    # per member: the epoch whose weights were kept (best on val)
 
 
-def supervised_batches(x: torch.Tensor, y: torch.Tensor, jitter: int):
-    """``make_batch`` for hard-label training with the paper's random-shift jitter."""
+def supervised_batches(x: torch.Tensor, y: torch.Tensor, jitter: int, mixup: float = 0.0):
+    """``make_batch`` for hard-label training with the paper's random-shift jitter and, with ``mixup``,
+    each batch blended with a permutation of itself (``edgekd.training.mix_inputs``; the loss blends
+    the two labels alike)."""
     def make_batch(indices, generator, _epoch):
-        xb = x[indices]
+        xb, yb = x[indices], y[indices]
         if jitter:
             xb = apply_shifts(xb, jitter_shifts(len(indices), jitter, generator), jitter)
-        return xb, y[indices]
+        if mixup:
+            xb, partner, lam = mix_inputs(xb, generator, mixup)
+            return xb, yb, yb[partner], lam
+        return xb, yb
     return make_batch
 
 
@@ -72,7 +77,7 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
         if dist is not None:
             dist.broadcast_parameters(model)
         member_cfg = TrainConfig(**{**asdict(config.train), "seed": seed})
-        result = fit(model, n_train=len(data.y_train), make_batch=supervised_batches(data.x_train, data.y_train, member_cfg.jitter),
+        result = fit(model, n_train=len(data.y_train), make_batch=supervised_batches(data.x_train, data.y_train, member_cfg.jitter, member_cfg.mixup),
                      loss_fn=cross_entropy_loss, val=(data.x_val, data.y_val), config=member_cfg, store=store,
                      name=f"member-{index}", progress=progress, dist=dist, data_device=data.device)
         model.eval()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -94,6 +95,29 @@ def apply_shifts(x: torch.Tensor, shifts: torch.Tensor, pixels: int) -> torch.Te
     batch = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def mix_inputs(x: torch.Tensor, generator: torch.Generator, alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al., ICLR 2018): ``x' = lam * x + (1 - lam) * x[partner]`` with one
+    ``lam ~ Beta(alpha, alpha)`` per batch and ``partner`` a permutation of the batch; returns
+    ``(x', partner, lam)``. ``lam`` comes from a NumPy generator seeded with the step generator's seed,
+    so it needs no device synchronisation and a resumed run draws the same one."""
+    lam = float(np.random.default_rng(generator.initial_seed()).beta(alpha, alpha))
+    partner = torch.randperm(len(x), generator=generator, device=generator.device).to(x.device)
+    x = as_float(x)
+    return lam * x + (1.0 - lam) * x[partner], partner, lam
+
+
+def mixup_loss(loss_fn: LossFn) -> LossFn:
+    """``loss_fn`` for batches that may be blended by ``mix_inputs``: such a batch ends with the partner
+    labels and ``lam`` (the only Python float a batch holds), and its loss is
+    ``lam * loss(labels) + (1 - lam) * loss(partner labels)``, labels being the batch's second element."""
+    def loss(outputs, batch):
+        if not isinstance(batch[-1], float):
+            return loss_fn(outputs, batch)
+        *rest, partner, lam = batch
+        return lam * loss_fn(outputs, tuple(rest)) + (1.0 - lam) * loss_fn(outputs, (rest[0], partner, *rest[2:]))
+    return loss
 
 
 # --- signals ------------------------------------------------------------------------------------
@@ -380,6 +404,7 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
     """
     device = dist.device if dist is not None else resolve_device(config.device)
     data_device = torch.device(data_device or "cpu")
+    loss_fn = mixup_loss(loss_fn)   # batches that ``mix_inputs`` blended carry their partner labels
     model.to(device)
     if store is not None:
         done = store.load(name, "done")

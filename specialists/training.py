@@ -37,7 +37,7 @@ from torch import nn
 
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.models import create_model
-from edgekd.training import TrainConfig, apply_shifts, epoch_generator, fit, jitter_shifts
+from edgekd.training import TrainConfig, apply_shifts, epoch_generator, fit, jitter_shifts, mix_inputs
 
 DATA_SEED_SALT = 7_777   # per-epoch draws of the "other" examples use their own generator stream
 
@@ -114,7 +114,7 @@ def mixture_sizes(n_special: int, n_other: int, fraction: float) -> tuple[int, i
     return max(1, min(n_special, round(n_other * fraction / (1 - fraction)))), n_other
 
 
-def _mixture_batches(x, y_mapped, special_idx, other_idx, sizes, seed, pixels):
+def _mixture_batches(x, y_mapped, special_idx, other_idx, sizes, seed, pixels, mixup: float = 0.0):
     """``make_batch`` over one epoch's mixture: S examples then others, both drawn per epoch."""
     drawn = {}
 
@@ -130,9 +130,13 @@ def _mixture_batches(x, y_mapped, special_idx, other_idx, sizes, seed, pixels):
     def make_batch(indices, generator, epoch):
         chosen = epoch_pool(epoch)[indices]
         xb = x[chosen]
+        yb = y_mapped[chosen]
         if pixels:
             xb = apply_shifts(xb, jitter_shifts(len(chosen), pixels, generator), pixels)
-        return xb, y_mapped[chosen]
+        if mixup:
+            xb, partner, lam = mix_inputs(xb, generator, mixup)
+            return xb, yb, yb[partner], lam
+        return xb, yb
 
     return make_batch
 
@@ -167,7 +171,8 @@ def train_specialist(generalist: nn.Module, arch: str, options: dict, data, clas
                             f"classes; the train split has {len(special_idx)} and {len(other_idx)}.")
     sizes = mixture_sizes(len(special_idx), len(other_idx), special_fraction)
     pixels = train.jitter if len(data.input_shape) == 3 else 0
-    make_batch = _mixture_batches(data.x_train, mapping[data.y_train], special_idx, other_idx, sizes, train.seed, pixels)
+    make_batch = _mixture_batches(data.x_train, mapping[data.y_train], special_idx, other_idx, sizes, train.seed, pixels,
+                                  train.mixup)
     val = _mixed_val(data.x_val, data.y_val, classes, mapping, special_fraction, train.seed)
     torch.manual_seed(train.seed)
     model = specialist_model(generalist, arch, options, data.input_shape, data.mean, data.std, classes)

@@ -1,6 +1,7 @@
 """edgekd.distill: the honest comparison with the hard-label baseline."""
 
 import pytest
+import torch
 
 from edgekd.distill import describe_gain, gap_closed
 
@@ -72,14 +73,76 @@ def test_the_student_tries_augmentation_on_consistent_views_when_it_has_none():
     from edgekd.distill import DistillConfig, student_recipes
     from edgekd.training import TrainConfig
 
-    plain = {"jitter": 0, "views": 0, "view_grid": False}
-    grid2 = {"jitter": 2, "views": 0, "view_grid": True}
+    plain = {"jitter": 0, "views": 0, "view_grid": False, "mixup": 0.0}
+    grid2 = {"jitter": 2, "views": 0, "view_grid": True, "mixup": 0.0}
     assert student_recipes(DistillConfig(), (1, 28, 28)) == [grid2, plain]   # the configured recipe last
     assert student_recipes(DistillConfig(), (1, 4, 4)) == [{**grid2, "jitter": 1}, plain]
     assert student_recipes(DistillConfig(recipe_search=False), (1, 28, 28)) == [plain]
     own = DistillConfig(train=TrainConfig(jitter=1), views=4)
-    assert student_recipes(own, (1, 28, 28)) == [{"jitter": 1, "views": 4, "view_grid": False}]   # the user's jitter stands
+    assert student_recipes(own, (1, 28, 28)) == [{"jitter": 1, "views": 4, "view_grid": False, "mixup": 0.0}]   # the user's jitter stands
     assert student_recipes(DistillConfig(), (64,)) == [plain] and student_recipes(DistillConfig(), (1, 3, 3)) == [plain]
+    mixed = DistillConfig(train=TrainConfig(mixup=0.4))
+    assert student_recipes(mixed, (1, 28, 28)) == [{**plain, "mixup": 0.4}]   # with mixup the user's recipe stands
+
+
+def test_the_baseline_gets_the_students_mixup_among_its_recipes():
+    from edgekd.distill import DistillConfig, baseline_trials
+    from edgekd.training import TrainConfig
+
+    assert baseline_trials(DistillConfig(), (1, 28, 28)) == [{"jitter": 2, "mixup": 0.0}, {"jitter": 0, "mixup": 0.0}]
+    mixed = DistillConfig(train=TrainConfig(mixup=0.4, jitter=1))
+    assert baseline_trials(mixed, (1, 28, 28)) == [{"jitter": 1, "mixup": 0.4}, {"jitter": 1, "mixup": 0.0},
+                                                   {"jitter": 0, "mixup": 0.0}]
+    assert baseline_trials(DistillConfig(train=TrainConfig(mixup=0.4)), (64,)) == [{"jitter": 0, "mixup": 0.4},
+                                                                                 {"jitter": 0, "mixup": 0.0}]
+    fixed = DistillConfig(train=TrainConfig(mixup=0.4), baseline_jitter=2)   # a fixed recipe stands alone
+    assert baseline_trials(fixed, (1, 28, 28)) == [{"jitter": 2, "mixup": 0.0}]
+
+
+def test_mixup_needs_the_teacher_online():
+    from edgekd.distill import DistillConfig
+    from edgekd.errors import ConfigError
+    from edgekd.training import TrainConfig
+
+    with pytest.raises(ConfigError, match="'mixup' parameter needs the teacher online.*views=all"):
+        DistillConfig(train=TrainConfig(mixup=0.2, jitter=1), views=0, view_grid=True)
+    with pytest.raises(ConfigError, match="views=4"):
+        DistillConfig(train=TrainConfig(mixup=0.2, jitter=1), views=4)
+    with pytest.raises(ConfigError, match=r"'mixup' parameter must be in \[0, 100\]. Got -0.1"):
+        TrainConfig(mixup=-0.1)
+
+
+def test_with_mixup_the_teacher_judges_the_blend_the_student_sees(digits, tiny_teacher):
+    """Function matching: the online teacher's logits are of the blended (and jittered) batch, and the
+    batch carries the partner labels and lam for the blended hard term."""
+    from edgekd.distill import distill_batches
+    from edgekd.teachers import load_teacher
+    from edgekd.training import apply_shifts, jitter_shifts, mix_inputs, step_generator
+
+    teacher = load_teacher(tiny_teacher)
+    indices = torch.arange(40)
+    xb, yb, t, partner_y, lam = distill_batches(digits.x_train, digits.y_train, None, None, 1, teacher, 0.5)(
+        indices, step_generator(0, 0, 0), 0)
+    generator = step_generator(0, 0, 0)   # the same draws: the shifts first, then the blend
+    shifted = apply_shifts(digits.x_train[indices], jitter_shifts(40, 1, generator), 1)
+    expected, partner, expected_lam = mix_inputs(shifted, generator, 0.5)
+    assert lam == expected_lam and torch.equal(xb, expected) and torch.equal(partner_y, digits.y_train[indices][partner])
+    assert torch.allclose(t, teacher.logits(expected))
+
+
+def test_distill_with_mixup_gives_the_baseline_the_same_augmentation(edgekd, tmp_path, tiny_teacher):
+    from edgekd.artifacts import load_artifact
+
+    code, out, err = edgekd("distill", "--teacher", tiny_teacher, "--student", "mlp:hidden=16", "--epochs", "2", "--mixup", "0.4",
+                            "--baseline", "--quiet", "--out", tmp_path / "s")
+    assert code == 0, err
+    metrics = load_artifact(tmp_path / "s").manifest.metrics
+    assert [(c["jitter"], c["mixup"]) for c in metrics["baseline_search"]] == [(0, 0.4), (2, 0.0), (0, 0.0)]
+    assert metrics["student_search"] == []   # with mixup the student's recipe is the one asked
+    assert "baseline recipe chosen on val: jitter" in out and "mixup 0.4" in out
+    code, out, err = edgekd("distill", "--teacher", tiny_teacher, "--mixup", "0.4", "--views", "all", "--out", tmp_path / "v")
+    assert code == 2 and "'mixup' parameter needs the teacher online" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "v").exists()
 
 
 def test_the_distilled_student_keeps_its_better_recipe_on_val(tmp_path, digits, tiny_teacher):

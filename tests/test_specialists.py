@@ -143,6 +143,19 @@ def test_specialist_starts_from_the_generalist(digits):
     assert torch.allclose(zs[:, :2], zg[:, [1, 7]], atol=1e-5)
 
 
+
+def test_a_specialist_trains_with_mixup(digits):
+    """``--mixup`` reaches the specialists too: their mixture batches are blended like any other."""
+    from edgekd.models import create_model, parse_arch
+    from edgekd.training import TrainConfig
+    from specialists.training import train_specialist
+
+    arch, options = parse_arch("mlp:hidden=16")
+    torch.manual_seed(0)
+    generalist = create_model(arch, digits.input_shape, 10, mean=digits.mean, std=digits.std, options=options).eval()
+    fitted = train_specialist(generalist, arch, options, digits, (1, 7), train=TrainConfig(epochs=2, mixup=0.3))
+    assert fitted.epochs_run == 2 and len(fitted.history) == 2 and 0 < fitted.val_accuracy <= 1
+
 # --- the solver -----------------------------------------------------------------------------------
 
 def _random_case(batch=64, classes=8, clusters=((0, 1, 2), (2, 3, 4), (5, 6)), scale=3.0, seed=0):

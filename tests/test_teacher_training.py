@@ -18,3 +18,22 @@ def test_patience_stops_early_and_the_epochs_are_recorded(digits, tmp_path):
     metrics = json.loads((tmp_path / "teacher" / "manifest.json").read_text())["metrics"]
     assert metrics["member_epochs_run"] == list(result.epochs_run)
     assert metrics["member_best_epoch"] == list(result.best_epoch)
+
+
+def test_mixup_blends_hard_labels_and_is_recorded(digits, edgekd, tmp_path):
+    """``supervised_batches`` with mixup carries the partner labels and lam; ``--mixup`` trains and is
+    recorded in the manifest; a bad value is refused before anything is written."""
+    import torch
+
+    from edgekd.teacher_training import supervised_batches
+    from edgekd.training import step_generator
+
+    xb, yb, partner_y, lam = supervised_batches(digits.x_train, digits.y_train, 1, 0.2)(torch.arange(16), step_generator(0, 0, 0), 0)
+    assert xb.shape == (16, *digits.input_shape) and torch.equal(yb, digits.y_train[:16]) and 0 <= lam <= 1
+    assert sorted(partner_y.tolist()) == sorted(yb.tolist())
+    code, out, err = edgekd("teacher", "train", "--arch", "mlp:hidden=16", "--epochs", "2", "--mixup", "0.2", "--quiet",
+                            "--out", tmp_path / "t")
+    assert code == 0, err
+    assert json.loads((tmp_path / "t" / "manifest.json").read_text())["config"]["params"]["mixup"] == 0.2
+    code, _, err = edgekd("teacher", "train", "--arch", "mlp:hidden=16", "--epochs", "2", "--mixup", "-1", "--out", tmp_path / "u")
+    assert code == 2 and "--mixup" in err and not (tmp_path / "u").exists()

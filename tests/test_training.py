@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 TRAIN = ["teacher", "train", "--arch", "cnn:width=4,fc=16", "--ensemble", "2", "--epochs", "3", "--jitter", "1", "--quiet"]
 
@@ -91,3 +92,33 @@ def test_interrupted_run_resumes_to_the_same_result(reference, tmp_path, how, wa
     load_artifact(out)  # verifies every hash
     assert _weights(out) == _weights(reference)   # bitwise the uninterrupted run
     assert not (tmp_path / "teacher.partial").exists()
+
+
+def test_mix_inputs_blends_each_image_with_its_partner():
+    """Mixup: one lam per batch from Beta(a, a), a permutation for partners, the same draw for the same step."""
+    from edgekd.training import mix_inputs, step_generator
+
+    x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)   # pixels kept as uint8 are blended as float
+    mixed, partner, lam = mix_inputs(x, step_generator(0, 3, 5), 0.4)
+    assert isinstance(lam, float) and 0.0 <= lam <= 1.0
+    assert sorted(partner.tolist()) == list(range(32)) and mixed.dtype == torch.float32
+    assert torch.allclose(mixed, lam * x.float() + (1 - lam) * x.float()[partner])
+    again, partner_again, lam_again = mix_inputs(x, step_generator(0, 3, 5), 0.4)
+    assert lam_again == lam and torch.equal(partner_again, partner) and torch.equal(again, mixed)
+    other = [mix_inputs(x, step_generator(0, 3, s), 0.4)[2] for s in range(20)]
+    assert len(set(other)) == 20                                      # a fresh lam each step
+
+
+def test_mixup_loss_blends_the_two_labels_and_leaves_other_batches_alone():
+    import torch.nn.functional as F
+
+    from edgekd.training import mixup_loss
+
+    outputs, y, partner_y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([3, 2, 1, 0, 1, 0])
+    loss = mixup_loss(lambda out, batch: F.cross_entropy(out, batch[1]))
+    assert loss(outputs, (None, y)) == F.cross_entropy(outputs, y)
+    blended = 0.3 * F.cross_entropy(outputs, y) + 0.7 * F.cross_entropy(outputs, partner_y)
+    assert torch.allclose(loss(outputs, (None, y, partner_y, 0.3)), blended)
+    seen = []   # a distillation batch keeps its teacher logits in both terms
+    mixup_loss(lambda out, batch: seen.append(batch[2]) or out.sum())(outputs, (None, y, "teacher", partner_y, 0.3))
+    assert seen == ["teacher", "teacher"]

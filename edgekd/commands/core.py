@@ -277,6 +277,11 @@ def distill_cmd(ctx, **params):
     print_distill(result, teacher.description)
 
 
+def _recipe_text(recipe: dict) -> str:
+    """'jitter 2' or 'jitter 0, mixup 0.2' (records written before mixup have no such key)."""
+    return f"jitter {recipe['jitter']}" + (f", mixup {recipe['mixup']:g}" if recipe.get("mixup") else "")
+
+
 def print_distill(result, teacher_desc: str) -> None:
     if result.search:
         click.echo("auto search on val (short budget):")
@@ -300,8 +305,8 @@ def print_distill(result, teacher_desc: str) -> None:
                        + f" (tried {', '.join(str(c['jitter']) for c in result.student_search)})")
         if len(result.baseline_search) > 1:
             chosen = next(c for c in result.baseline_search if c["chosen"])
-            click.echo(f"baseline recipe chosen on val: jitter {chosen['jitter']} "
-                       f"(tried {', '.join(str(c['jitter']) for c in result.baseline_search)})")
+            click.echo(f"baseline recipe chosen on val: {_recipe_text(chosen)} "
+                       f"(tried {', '.join(_recipe_text(c) for c in result.baseline_search)})")
         click.echo(describe_gain(result.student_test_accuracy, result.baseline_test_accuracy, result.teacher_test_accuracy))
     if result.omitted:
         o = result.omitted
