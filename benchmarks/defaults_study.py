@@ -38,7 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--students", default="mlp;mlp:hidden=100;cnn:width=8;dsconv")
     p.add_argument("--candidates", default=CANDIDATES,
-                   help="';'-separated METHOD:T=..,a=..[,c=1]; c=1 corrects the teacher where it is wrong (--correct-teacher)")
+                   help="';'-separated METHOD:T=..,a=..[,c=1][,m=A]; c=1 corrects the teacher where it is wrong (--correct-teacher), "
+                        "m=A trains with mixup Beta(A, A), the teacher online (--mixup; put it first so that the baseline "
+                        "tries mixup too)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -64,19 +66,20 @@ def parse_args(argv=None):
 
 
 def parse_candidate(text: str) -> dict:
-    """``METHOD:T=..,a=..[,c=0|1]`` -> its settings; a ValueError in one line for anything else."""
+    """``METHOD:T=..,a=..[,c=0|1][,m=MIXUP]`` -> its settings; a ValueError in one line for anything else."""
     from edgekd.config import METHODS
 
     method, _, rest = text.partition(":")
     try:
         values = dict(item.split("=") for item in rest.split(",") if item)
         parsed = {"method": method, "temperature": float(values.pop("T")), "alpha": float(values.pop("a")),
-                  "correct": {"0": False, "1": True}[values.pop("c", "0")], "name": text}
+                  "correct": {"0": False, "1": True}[values.pop("c", "0")], "mixup": float(values.pop("m", "0")),
+                  "name": text}
     except (ValueError, KeyError):
         parsed = None
     if parsed is None or values or method not in METHODS:
-        raise ValueError(f"expected METHOD:T=<float>,a=<float>[,c=0|1] with METHOD one of {', '.join(METHODS)}; "
-                         f"got {text!r}. Fix it like 'kd-ls:T=2,a=0.5,c=1'.")
+        raise ValueError(f"expected METHOD:T=<float>,a=<float>[,c=0|1][,m=<float>] with METHOD one of {', '.join(METHODS)}; "
+                         f"got {text!r}. Fix it like 'kd-ls:T=2,a=0.5,c=1' or 'kd-ls:T=2,a=0.5,m=1'.")
     return parsed
 
 
@@ -157,6 +160,7 @@ def run(args) -> dict:
                     if index == 0:
                         cell["baseline"], cell["teacher"] = metrics["baseline_test_accuracy"], metrics["teacher_test_accuracy"]
                         cell["baseline_jitter"] = chosen_jitter(metrics.get("baseline_search"))
+                        cell["baseline_mixup"] = chosen_mixup(metrics.get("baseline_search"))
                     cell["runs"][cand["name"]] = {"test_accuracy": metrics["test_accuracy"], "seconds": time.perf_counter() - tick,
                                                   "jitter": chosen_jitter(metrics.get("student_search"))}
                 cells.append(cell)
@@ -190,11 +194,17 @@ def chosen_jitter(search) -> int | None:
     return next((c["jitter"] for c in search if c["chosen"]), None) if search and len(search) > 1 else None
 
 
+def chosen_mixup(search) -> float:
+    """The mixup of the baseline's recipe chosen on val (0: none, or records from before mixup)."""
+    return next((c.get("mixup", 0.0) for c in search if c["chosen"]), 0.0) if search else 0.0
+
+
 def _config(args, cand: dict, student: str, seed: int, index: int):
     from edgekd.config import DistillConfig, TrainConfig
 
     return DistillConfig(student=student, temperature=cand["temperature"], alpha=cand["alpha"], method=cand["method"],
-                         correct_teacher=cand.get("correct", False), baseline=index == 0, train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device))
+                         correct_teacher=cand.get("correct", False), baseline=index == 0,
+                         train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device, mixup=cand.get("mixup", 0.0)))
 
 
 def _run_dir(args, k: int, student: str, seed: int, cand: dict, index: int) -> Path:
@@ -208,15 +218,13 @@ def _run_dir(args, k: int, student: str, seed: int, cand: dict, index: int) -> P
 def _reusable(out: Path, config, teacher) -> dict | None:
     """The metrics of a run already in --work made with the same settings and teacher (a study is
     resumed run by run), else None."""
-    import json
-    from dataclasses import asdict
-
+    from benchmarks.scenario_common import same_settings
     from edgekd.artifacts import is_artifact, load_artifact
 
     if not is_artifact(out):
         return None
     manifest = load_artifact(out).manifest
-    same = json.loads(json.dumps(manifest.config.get("distill"), default=list)) == json.loads(json.dumps(asdict(config), default=list))
+    same = same_settings(manifest.config.get("distill"), config)
     return manifest.metrics if same and (manifest.teacher or {}).get("fingerprint") == teacher.fingerprint else None
 
 
@@ -259,8 +267,18 @@ def by_pair(cells, candidates) -> list[dict]:
     return rows
 
 
-def _recipe(jitter) -> str:
-    return "" if jitter is None else (f" (±{jitter})" if jitter else " (0)")
+def _recipe(jitter, mixup: float = 0.0) -> str:
+    mixed = f", mixup {mixup:g}" if mixup else ""
+    return "" if jitter is None else (f" (±{jitter}{mixed})" if jitter else f" (0{mixed})")
+
+
+def _mixup_note(candidates) -> str:
+    mixed = [c for c in candidates if c.get("mixup")]
+    if not mixed:
+        return ""
+    first = " It is the first candidate, so the baseline also tries it (hard labels blended alike)." if candidates[0].get("mixup") else ""
+    return (f" A candidate with m=A trains on mixup, Beta(A, A) (Zhang et al. 2018), the teacher online on every blended "
+            f"batch (function matching, Beyer et al. 2022), its recipe as asked (no search).{first}")
 
 
 def render(result: dict) -> str:
@@ -275,14 +293,15 @@ def render(result: dict) -> str:
     lines += [f"Teachers: the first k of {ensemble}, k ∈ {{{a['members']}}}. Every student {a['epochs']} epochs, "
               f"{recipe} (the defaults of `edgekd distill`), seeds 0..{a['seeds'] - 1}; gain = distilled − "
               "hard-label baseline with the same budget and seed, in test-accuracy points. The baseline keeps the "
-              "better on val of ±2 px jitter and none. In brackets: the jitter each side chose (0: none).", "",
+              "better on val of ±2 px jitter and none. In brackets: the jitter each side chose (0: none)."
+              + _mixup_note(result["candidates"]), "",
               "| teacher (k) | teacher acc | student | seed | baseline | " + " | ".join(c["name"] for c in result["candidates"]) + " |",
               "|---|---|---|---|---|" + "---|" * len(result["candidates"])]
     for c in result["cells"]:
         gains = [(100 * (c["runs"][cand["name"]]["test_accuracy"] - c["baseline"]), c["runs"][cand["name"]].get("jitter"))
                  for cand in result["candidates"]]
         lines.append(f"| {c['members']} | {100 * c['teacher']:.2f} | `{c['student']}` | {c['seed']} | "
-                     f"{100 * c['baseline']:.2f}{_recipe(c.get('baseline_jitter'))} | "
+                     f"{100 * c['baseline']:.2f}{_recipe(c.get('baseline_jitter'), c.get('baseline_mixup', 0.0))} | "
                      + " | ".join(f"{g:+.2f}{_recipe(j)}" for g, j in gains) + " |")
     lines += ["", "| candidate | mean gain | worst cell | cells won |", "|---|---|---|---|"]
     for r in result["summary"]:

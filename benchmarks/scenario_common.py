@@ -73,6 +73,33 @@ def check_teacher_matches(manifest, config, data: dict, teacher_dir: Path) -> No
                          "remove that teacher to train the one asked for.")
 
 
+def same_settings(recorded: dict | None, config) -> bool:
+    """Whether a run's recorded settings (``asdict`` of a config dataclass, as its manifest keeps them)
+    are ``config``'s. A setting the record lacks (a field added since the run, e.g. ``train.mixup``)
+    counts as the same when ``config`` holds that field's default, so a study made before it can still
+    be reused and rendered; any other difference, or a setting removed since, means not the same."""
+    import dataclasses
+    import json
+
+    def plain(value):
+        return json.loads(json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value, default=list))
+
+    if not isinstance(recorded, dict):
+        return False
+    fields = dataclasses.fields(config)
+    for field in fields:
+        value = getattr(config, field.name)
+        if field.name not in recorded:
+            if field.default is dataclasses.MISSING or plain(value) != plain(field.default):
+                return False
+        elif dataclasses.is_dataclass(value):
+            if not same_settings(recorded[field.name], value):
+                return False
+        elif plain(recorded[field.name]) != plain(value):
+            return False
+    return set(recorded) <= {field.name for field in fields}
+
+
 def write_result(args, result: dict, markdown: str, *, quiet: bool = False) -> None:
     import json
 

@@ -153,6 +153,26 @@ def test_defaults_study_candidates_can_correct_the_teacher():
     assert (plain["correct"], corrected["correct"]) == (False, True)
     args = type("Args", (), {"epochs": 3, "device": "cpu"})()
     assert _config(args, corrected, "mlp", 0, 1).correct_teacher and not _config(args, plain, "mlp", 0, 0).correct_teacher
+    mixed = parse_candidate("kd-ls:T=2,a=0.5,m=1")
+    assert (_config(args, mixed, "mlp", 0, 0).train.mixup, _config(args, plain, "mlp", 0, 0).train.mixup) == (1.0, 0.0)
+
+
+def test_a_run_recorded_before_a_setting_existed_is_the_same_when_it_holds_the_default():
+    """``same_settings``: a field added since a run (train.mixup) does not make that run stale while the
+    new config holds the field's default; a real difference, or a field the config no longer has, does."""
+    from dataclasses import asdict
+
+    from benchmarks.scenario_common import same_settings
+    from edgekd.config import DistillConfig, TrainConfig
+
+    config = DistillConfig(student="mlp", train=TrainConfig(epochs=3))
+    record = asdict(config)
+    assert same_settings(record, config)
+    older = {**record, "train": {k: v for k, v in record["train"].items() if k != "mixup"}}
+    assert same_settings(older, config)
+    assert not same_settings(older, DistillConfig(student="mlp", train=TrainConfig(epochs=3, mixup=0.2)))
+    assert not same_settings({**record, "alpha": 0.9}, config)
+    assert not same_settings({**record, "gone": 1}, config) and not same_settings(None, config)
 
 
 def test_defaults_study_runs_are_named_by_candidate_not_by_place(tmp_path):
