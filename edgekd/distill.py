@@ -232,9 +232,10 @@ def baseline_trials(config: DistillConfig, input_shape) -> list[dict]:
     return ([{"jitter": pixels, "mixup": mixup}] if mixup else []) + trials
 
 
-def _strongest_baseline(new_student, x, y, recipes: list[int], val, train_cfg: TrainConfig, store, progress, dist, data):
-    """The hard-label student with the same budget and its own best recipe: each jitter of ``recipes``
-    (augmentation on and off, ``baseline_recipes``) trained in full, the better on val kept (never test)."""
+def _strongest_baseline(new_student, x, y, recipes: list[dict], val, train_cfg: TrainConfig, store, progress, dist, data):
+    """The hard-label student with the same budget and its own best recipe: each ``{"jitter", "mixup"}``
+    of ``recipes`` (augmentation on and off, ``baseline_trials``) trained in full, the better on val kept
+    (never test)."""
     tried = []
     for recipe in recipes:
         jitter, mixup = recipe["jitter"], recipe["mixup"]
