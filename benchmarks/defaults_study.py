@@ -273,8 +273,7 @@ def _recipe(jitter, mixup: float = 0.0) -> str:
 
 
 def _mixup_note(candidates) -> str:
-    mixed = [c for c in candidates if c.get("mixup")]
-    if not mixed:
+    if not any(c.get("mixup") for c in candidates):
         return ""
     first = " It is the first candidate, so the baseline also tries it (hard labels blended alike)." if candidates[0].get("mixup") else ""
     return (f" A candidate with m=A trains on mixup, Beta(A, A) (Zhang et al. 2018), the teacher online on every blended "
