@@ -160,8 +160,9 @@ def test_gpu_teacher_train(cuda_teacher):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("extra", [[], ["--jitter", "1", "--views", "0"], ["--jitter", "1", "--views", "2"],
-                                   ["--precision", "bf16", "-T", "auto", "--temperature-grid", "2,4"]],
-                         ids=["cached", "online-teacher", "cached-views", "bf16-search"])
+                                   ["--precision", "bf16", "-T", "auto", "--temperature-grid", "2,4"],
+                                   ["--jitter", "1", "--mixup", "0.4"]],
+                         ids=["cached", "online-teacher", "cached-views", "bf16-search", "mixup-function-matching"])
 def test_gpu_distill(cuda_teacher, tmp_path, extra):
     out = tmp_path / "student"
     _cli("distill", "--teacher", cuda_teacher, "--student", "mlp:hidden=32", "--epochs", "3", "--baseline",
