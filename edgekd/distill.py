@@ -40,8 +40,8 @@ from edgekd.losses import distillation_loss
 from edgekd.models import count_macs, count_parameters, create_model, format_arch, parse_arch
 from edgekd.teacher_training import cross_entropy_loss, supervised_batches
 from edgekd.teachers import Teacher, check_teacher_fits
-from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit,
-                             jitter_shifts, mix_inputs, predict_logits, run_fingerprint)
+from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, augment_batch, fit,
+                             jitter_shifts, predict_logits, run_fingerprint)
 from edgekd.validation import check_jitter, parse_limit
 
 VIEW_SEED = 7_919  # jittered views are fixed (not tied to the training seed) so their cache is shared
@@ -155,12 +155,8 @@ def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher 
     def make_batch(indices, generator, _epoch):
         xb, yb = x[indices], y[indices]
         if teacher_online is not None:
-            if pixels:
-                xb = apply_shifts(xb, jitter_shifts(len(indices), pixels, generator), pixels)
-            if mixup:
-                xb, partner, lam = mix_inputs(xb, generator, mixup)
-                return xb, yb, teacher_online.logits(xb), yb[partner], lam
-            return xb, yb, teacher_online.logits(xb)
+            xb, yb, *blend = augment_batch(xb, yb, generator, pixels, mixup)
+            return xb, yb, teacher_online.logits(xb), *blend
         if views_shifts is None:
             return xb, yb, logits[indices]
         view = torch.randint(0, logits.shape[0], (len(indices),), generator=generator, device=generator.device)

@@ -15,8 +15,8 @@ from edgekd.data import Dataset
 from edgekd.device import place_dataset, resolve_device
 from edgekd.models import count_macs, count_parameters, create_model, parse_arch
 from edgekd.teachers import EnsembleModule
-from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, fit, jitter_shifts, mix_inputs,
-                             predict_logits, run_fingerprint)
+from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, augment_batch, fit, predict_logits,
+                             run_fingerprint)
 from edgekd.validation import check_jitter
 
 
@@ -39,16 +39,10 @@ class TeacherResult:
 
 def supervised_batches(x: torch.Tensor, y: torch.Tensor, jitter: int, mixup: float = 0.0):
     """``make_batch`` for hard-label training with the paper's random-shift jitter and, with ``mixup``,
-    each batch blended with a permutation of itself (``edgekd.training.mix_inputs``; the loss blends
+    each batch blended with a permutation of itself (``edgekd.training.augment_batch``; the loss blends
     the two labels alike)."""
     def make_batch(indices, generator, _epoch):
-        xb, yb = x[indices], y[indices]
-        if jitter:
-            xb = apply_shifts(xb, jitter_shifts(len(indices), jitter, generator), jitter)
-        if mixup:
-            xb, partner, lam = mix_inputs(xb, generator, mixup)
-            return xb, yb, yb[partner], lam
-        return xb, yb
+        return augment_batch(x[indices], y[indices], generator, jitter, mixup)
     return make_batch
 
 

@@ -108,6 +108,18 @@ def mix_inputs(x: torch.Tensor, generator: torch.Generator, alpha: float) -> tup
     return lam * x + (1.0 - lam) * x[partner], partner, lam
 
 
+def augment_batch(xb: torch.Tensor, yb: torch.Tensor, generator: torch.Generator, pixels: int, mixup: float) -> tuple:
+    """A training batch's augmentations, in their one order: the paper's ±``pixels`` jitter, then
+    mixup. Returns ``(input, labels)``, or ``(input, labels, partner labels, lam)`` when blended (the
+    tail ``mixup_loss`` reads)."""
+    if pixels:
+        xb = apply_shifts(xb, jitter_shifts(len(xb), pixels, generator), pixels)
+    if not mixup:
+        return xb, yb
+    xb, partner, lam = mix_inputs(xb, generator, mixup)
+    return xb, yb, yb[partner], lam
+
+
 def mixup_loss(loss_fn: LossFn) -> LossFn:
     """``loss_fn`` for batches that may be blended by ``mix_inputs``: such a batch ends with the partner
     labels and ``lam`` (the only Python float a batch holds), and its loss is

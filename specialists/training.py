@@ -37,7 +37,7 @@ from torch import nn
 
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.models import create_model
-from edgekd.training import TrainConfig, apply_shifts, epoch_generator, fit, jitter_shifts, mix_inputs
+from edgekd.training import TrainConfig, augment_batch, epoch_generator, fit
 
 DATA_SEED_SALT = 7_777   # per-epoch draws of the "other" examples use their own generator stream
 
@@ -129,14 +129,7 @@ def _mixture_batches(x, y_mapped, special_idx, other_idx, sizes, seed, pixels, m
 
     def make_batch(indices, generator, epoch):
         chosen = epoch_pool(epoch)[indices]
-        xb = x[chosen]
-        yb = y_mapped[chosen]
-        if pixels:
-            xb = apply_shifts(xb, jitter_shifts(len(chosen), pixels, generator), pixels)
-        if mixup:
-            xb, partner, lam = mix_inputs(xb, generator, mixup)
-            return xb, yb, yb[partner], lam
-        return xb, yb
+        return augment_batch(x[chosen], y_mapped[chosen], generator, pixels, mixup)
 
     return make_batch
 
