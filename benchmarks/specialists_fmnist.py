@@ -139,25 +139,39 @@ def _cached(path: Path, key: str, compute) -> dict:
     return value
 
 
+def specialist_config(args):
+    """The specialists' settings this scenario's arguments ask for."""
+    from edgekd.training import TrainConfig
+    from specialists.build import SpecialistConfig
+    from specialists.clustering import parse_clusters
+
+    return SpecialistConfig(clusters=parse_clusters(args.clusters), cluster_temperature=args.cluster_temperature,
+                            top_n=args.top_n, special_fraction=args.special_fraction, member=args.member,
+                            train=TrainConfig(epochs=args.epochs, lr=args.lr, patience=args.patience, jitter=args.jitter,
+                                              device=args.device))
+
+
 def _reusable(spec_dir: Path, config, generalist, data) -> bool:
     """True when ``spec_dir`` holds specialists trained from this generalist, data and training
-    settings (a rerun then re-scores them with the combination settings instead of retraining)."""
-    from dataclasses import asdict
+    settings (a rerun then re-scores them with the combination settings instead of retraining). A
+    training setting added since the run counts as the same while ``config`` holds its default
+    (``same_settings``)."""
+    from dataclasses import replace
 
+    from benchmarks.scenario_common import same_settings
     from edgekd.artifacts import is_artifact, load_artifact
 
     if not is_artifact(spec_dir):
         return False
     manifest = load_artifact(spec_dir).manifest
-    combination = ("top_n", "tol", "max_steps", "module_steps")
-
-    def training_part(record):
-        record = json.loads(json.dumps(record, default=list)).get("specialists", {})
-        return json.dumps({k: v for k, v in record.items() if k not in combination}, sort_keys=True)
-
+    recorded = json.loads(json.dumps(manifest.config, default=list)).get("specialists")
+    if not isinstance(recorded, dict):
+        return False
+    # the combination is redone on reuse, so the recorded one need not match
+    combination = {k: recorded[k] for k in ("top_n", "tol", "max_steps", "module_steps") if k in recorded}
     return (manifest.generalist["fingerprint"] == generalist.teacher.fingerprint
             and json.dumps(manifest.data, sort_keys=True) == json.dumps(data.describe(), sort_keys=True, default=list)
-            and training_part(manifest.config) == training_part({"specialists": asdict(config)}))
+            and same_settings(recorded, replace(config, **combination)))
 
 
 # --- the scenario ----------------------------------------------------------------------------------------
@@ -171,8 +185,7 @@ def main(argv=None) -> int:
     from edgekd.teacher_training import TeacherConfig, train_teachers
     from edgekd.teachers import load_teacher
     from edgekd.training import TrainConfig
-    from specialists.build import SpecialistConfig, build_specialists, open_generalist, regate_specialists
-    from specialists.clustering import parse_clusters
+    from specialists.build import build_specialists, open_generalist, regate_specialists
 
     args = parse_args(argv)
     started = time.perf_counter()
@@ -189,10 +202,7 @@ def main(argv=None) -> int:
     generalist = open_generalist(args.teacher, args.member, device=resolve_device(args.device))
 
     spec_dir = work / "specialists"
-    config = SpecialistConfig(clusters=parse_clusters(args.clusters), cluster_temperature=args.cluster_temperature,
-                              top_n=args.top_n, special_fraction=args.special_fraction, member=args.member,
-                              train=TrainConfig(epochs=args.epochs, lr=args.lr, patience=args.patience, jitter=args.jitter,
-                                                device=args.device))
+    config = specialist_config(args)
     tick = time.perf_counter()
     reused = _reusable(spec_dir, config, generalist, data)
     if reused:   # same specialists: only the combination and its evaluation are redone, with today's code

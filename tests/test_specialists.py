@@ -569,6 +569,22 @@ def test_benchmark_smoke(generalist, tmp_path, capsys):
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
+    # a rerun reuses the specialists when only the combination differs, and retrains them otherwise
+    from dataclasses import replace
+
+    from benchmarks.specialists_fmnist import _reusable, parse_args, specialist_config
+    from edgekd.data import load_dataset
+    from specialists.build import open_generalist
+
+    args = parse_args(["--smoke", "--teacher", str(generalist)])
+    config, spec_dir = specialist_config(args), out.parent / (out.name + "-work") / "specialists"
+    reuse = lambda c: _reusable(spec_dir, c, open_generalist(str(generalist), None), load_dataset("digits"))  # noqa: E731
+    assert reuse(config) and reuse(replace(config, top_n=2))
+    assert not reuse(replace(config, train=replace(config.train, epochs=2)))
+    assert not reuse(replace(config, train=replace(config.train, mixup=0.5)))
+    assert not _reusable(out.parent, config, open_generalist(str(generalist), None), load_dataset("digits"))
+
+
 @pytest.mark.slow
 def test_scale_benchmark_quick(tmp_path):
     from benchmarks.specialists_scale import main
