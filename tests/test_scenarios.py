@@ -194,3 +194,24 @@ def test_defaults_study_refuses_a_malformed_candidate_in_one_line(bad, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--candidates: expected METHOD:T=<float>,a=<float>[,c=0|1]" in err and repr(bad) in err
+
+
+def test_pipeline_digits_breaks_a_tie_on_val_with_the_current_setting():
+    """143 val images tie easily: the pipeline's own setting stays unless another is better on val."""
+    import time
+
+    from benchmarks.pipeline_digits import render, summarize
+    from benchmarks.provenance import provenance
+    from edgekd.config import PipelineConfig
+
+    def cells(epochs, val, test, baseline_test):
+        return [{"epochs": epochs, "student_jitter": 0, "val": val, "test": test, "baseline_test": baseline_test}]
+
+    current = PipelineConfig.epochs
+    rows = summarize(cells(current // 2, 0.99, 0.97, 0.97) + cells(current, 0.99, 0.98, 0.97))
+    assert [r["chosen"] for r in rows] == [False, True]
+    rows = summarize(cells(current // 2, 0.995, 0.97, 0.97) + cells(current, 0.99, 0.98, 0.97))
+    assert [r["chosen"] for r in rows] == [True, False]
+    result = {"teacher": {"config": {"ensemble": 3, "arch": "cnn", "train": {"epochs": 15, "jitter": 1}},
+                          "test_accuracy": 0.99}, "student": "mlp", "alpha": 0.5, "settings": rows}
+    assert "distillation ties its baseline on test" in render(result, provenance(time.perf_counter()))
