@@ -522,13 +522,17 @@ def student_recipe(args) -> dict:
             "alpha": d["alpha"] if args.student_alpha is None else args.student_alpha}
 
 
+# the recipe that made the parts and folders whose names carry none (edgekd distill's default when they
+# were run); any other, today's default included, is named, so no run reuses or resumes another recipe's
+UNNAMED_RECIPE = {"method": "kd-ls", "temperature": 2.0, "alpha": 0.5}
+
+
 def _students_suffix(args) -> str:
-    """Names the parts and folders of students on their own transfer set or distilled otherwise than by the
-    defaults, so that such a run neither reuses nor resumes another's."""
+    """Names the parts and folders of students on their own transfer set or distilled by a recipe other
+    than ``UNNAMED_RECIPE``, so that such a run neither reuses nor resumes another's."""
     r = student_recipe(args)
-    default = student_recipe(argparse.Namespace(student_method=None, student_temperature=None, student_alpha=None))
     return ((f"-t{args.student_train}" if args.student_train else "")
-            + ("" if r == default else f"-{r['method']}T{r['temperature']:g}a{r['alpha']:g}"))
+            + ("" if r == UNNAMED_RECIPE else f"-{r['method']}T{r['temperature']:g}a{r['alpha']:g}"))
 
 
 def _slug(arch: str) -> str:

@@ -604,7 +604,8 @@ def test_scale_benchmark_quick(tmp_path):
 def test_scale_benchmark_gain_parts_only(tmp_path):
     """--parts gain: clustering quality, the ensemble against the generalist and the students (with
     their hard-label baseline), none of the cost sweeps; the reading is worded from the figures."""
-    from benchmarks.specialists_scale import main
+    from benchmarks.specialists_scale import _students_suffix, main, parse_args
+    from edgekd.config import DistillConfig
 
     out = tmp_path / "gain"
     assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--out", str(out)]) == 0
@@ -631,7 +632,7 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     # what each teacher asks the students to match: edgekd's default soft term, beside uniform
     targets = record["targets"]
     assert set(targets["teachers"]) == {"specialists", "generalist"} and "What the students are asked to match" in text
-    assert all(targets["uniform"] < r["p_max"] <= 1 and 0 < r["p_true"] <= r["p_max"] and r["method"] == "kd-ls"
+    assert all(targets["uniform"] < r["p_max"] <= 1 and 0 < r["p_true"] <= r["p_max"] and r["method"] == DistillConfig.method
                for t in targets["teachers"].values() for r in t["recipes"])
     # the students' settings name their own part: a rerun without students reads everything else back
     assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--seeds", "0", "--out", str(out)]) == 0
@@ -654,8 +655,9 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     assert main(["--quick", "--parts", "gain", "--sizes", "40:4", "--seps", "8", "--student-train", "6", "--out", str(out)]) == 0
     fresh = json.loads(out.with_suffix(".json").read_text())
     assert len(fresh["parts_read_back"]) == len(record["parts_seconds"]) - 2   # the students and their teachers' targets
-    assert sorted(p.name for p in (tmp_path / "gain-work").glob("student-*-t6")) == sorted(
-        f"student-{t}-mlp-hidden-16-e1-s{seed}-t6" for t in ("specialists", "generalist") for seed in (0, 1))
+    suffix = _students_suffix(parse_args(["--quick", "--student-train", "6"]))   # -t6, and the recipe unless the unnamed one
+    assert sorted(p.name for p in (tmp_path / "gain-work").glob("student-*-t6*")) == sorted(
+        f"student-{t}-mlp-hidden-16-e1-s{seed}{suffix}" for t in ("specialists", "generalist") for seed in (0, 1))
     assert all(",train=6," in t["transfer_data"] for t in fresh["students"])
     assert "drawn afresh from the same classes" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit) as refused:
@@ -668,8 +670,23 @@ def test_scale_benchmark_gain_parts_only(tmp_path):
     assert len(kd["parts_read_back"]) == len(record["parts_seconds"]) - 2   # the students and their teachers' targets
     assert len(list((tmp_path / "gain-work").glob("student-*-t6-kdT4a0.9"))) == 4
     assert "distilled with (plain KD, T=4, alpha=0.9)" in out.with_suffix(".md").read_text()
-    assert [r["method"] for r in kd["targets"]["teachers"]["generalist"]["recipes"]] == ["kd-ls", "kd"]   # default, theirs
+    assert [(r["method"], r["temperature"]) for r in kd["targets"]["teachers"]["generalist"]["recipes"]] == [
+        (DistillConfig.method, DistillConfig.temperature), ("kd", 4.0)]   # default, theirs
     for bad in (["--student-method", "kl"], ["--student-alpha", "1.5"], ["--student-temperature", "0"]):
         with pytest.raises(SystemExit) as refused:
             main(["--quick", "--parts", "gain", *bad, "--out", str(out)])
         assert refused.value.code == 2
+
+
+def test_scale_students_are_named_by_recipe_unless_it_made_the_unnamed_runs():
+    """Parts and folders without a recipe in their name were made with UNNAMED_RECIPE; any other recipe, a
+    changed default included, gets its own, so a rerun never reads back students distilled otherwise."""
+    from benchmarks.specialists_scale import UNNAMED_RECIPE, _students_suffix, parse_args, student_recipe
+
+    unnamed = ["--student-method", UNNAMED_RECIPE["method"], "--student-temperature", str(UNNAMED_RECIPE["temperature"]),
+               "--student-alpha", str(UNNAMED_RECIPE["alpha"])]
+    assert _students_suffix(parse_args(["--quick", *unnamed])) == ""
+    assert _students_suffix(parse_args(["--quick", "--student-method", "kd", "--student-temperature", "4"])) == "-kdT4a0.5"
+    default = student_recipe(parse_args(["--quick"]))
+    assert _students_suffix(parse_args(["--quick"])) == ("" if default == UNNAMED_RECIPE else
+                                                        f"-{default['method']}T{default['temperature']:g}a{default['alpha']:g}")
