@@ -6,7 +6,8 @@ baseline, over teachers and students, on Fashion-MNIST.
 
 For each teacher (the first k members of one cnn ensemble trained ``--teacher-epochs`` on the same
 train split, k in ``--members``), each student and each seed, the student is distilled with every
-candidate (method, T, alpha) at the default budget and recipe of ``edgekd distill`` (20 epochs, no
+candidate (one method, T, alpha: ``search_methods=()``; ``--pick`` assembles edgekd's method search
+from two candidates' runs) at the default budget and recipe of ``edgekd distill`` (20 epochs, no
 jitter, cached logits), beside its hard-label baseline with the same budget and seed. A default must
 not lose: the table gives each candidate's gain over the baseline per cell, its mean and its worst
 cell; the candidate whose worst cell is best, among those with a soft weight alpha >= 0.5, is the
@@ -41,6 +42,10 @@ def parse_args(argv=None):
                    help="';'-separated METHOD:T=..,a=..[,c=1][,m=A]; c=1 corrects the teacher where it is wrong (--correct-teacher), "
                         "m=A trains with mixup Beta(A, A), the teacher online (--mixup; put it first so that the baseline "
                         "tries mixup too)")
+    p.add_argument("--pick", default=None, metavar="A|B",
+                   help="Also report, per cell, what the student's method search (DistillConfig.search_methods) keeps: "
+                        "the better on val of candidate A's recipes and candidate B's no-jitter one, assembled from their "
+                        "runs (both in --candidates, same T and alpha)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -51,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="digits, tiny models, seconds")
     args = p.parse_args(argv)
     args.train_limit = args.train_limit or None
+    names = [c for c in args.candidates.split(";")]
+    if args.pick is not None and (len(args.pick.split("|")) != 2 or not set(args.pick.split("|")) <= set(names)):
+        p.error(f"--pick must name two of --candidates as 'A|B'; got {args.pick!r}. Choose among {', '.join(names)}.")
     for text in args.candidates.split(";"):
         try:
             parse_candidate(text)
@@ -155,6 +163,7 @@ def run(args) -> dict:
                     if metrics is None:
                         r = distill(teacher, data, config, out, cache=cache, overwrite=True)
                         metrics = {"test_accuracy": r.student_test_accuracy, "baseline_test_accuracy": r.baseline_test_accuracy,
+                                   "method": r.method,
                                    "teacher_test_accuracy": r.teacher_test_accuracy, "baseline_search": list(r.baseline_search),
                                    "student_search": list(r.student_search)}
                     if index == 0:
@@ -162,13 +171,46 @@ def run(args) -> dict:
                         cell["baseline_jitter"] = chosen_jitter(metrics.get("baseline_search"))
                         cell["baseline_mixup"] = chosen_mixup(metrics.get("baseline_search"))
                     cell["runs"][cand["name"]] = {"test_accuracy": metrics["test_accuracy"], "seconds": time.perf_counter() - tick,
-                                                  "jitter": chosen_jitter(metrics.get("student_search"))}
+                                                  "jitter": chosen_jitter(metrics.get("student_search")),
+                                                  "search": list(metrics.get("student_search") or [])}
                 cells.append(cell)
                 print(f"k={k} {student} seed {seed}: baseline {cell['baseline']:.4f} "
                       + " ".join(f"{n} {v['test_accuracy']:.4f}" for n, v in cell["runs"].items()), flush=True)
     targets = {k: target_profile(teacher, data, cache, candidates) for k, teacher in ensemble.items()}
+    unpicked = add_pick(args.pick, candidates, cells) if args.pick else []
     return {"data": data.describe(), "teacher": described, "candidates": candidates, "cells": cells, "not_run": missing,
-            "summary": summarize(cells, candidates), "targets": targets}
+            "summary": summarize(cells, candidates), "targets": targets, "pick_not_assembled": unpicked}
+
+
+def add_pick(pick: str, candidates: list, cells: list) -> list:
+    """Adds the candidate "A or B on val" to ``candidates`` and to every cell: what ``edgekd distill`` keeps
+    when A is its method and B is in ``search_methods``. Its search trains A's recipes and B on the plain
+    transfer set, and keeps the best on val (accuracy, then NLL). Here it is assembled from the two runs
+    already made: B's no-jitter record against A's chosen one. B's test accuracy is known only for its
+    chosen recipe, so a cell where B's no-jitter recipe wins but B chose jitter cannot be assembled; such
+    cells are returned (and no column is added) rather than guessed."""
+    a, b = pick.split("|")
+    name = f"{a} or {b} on val"
+    picked, unpicked = [], []
+    for cell in cells:
+        ra, rb = cell["runs"][a], cell["runs"][b]
+        best_a = next((r for r in ra["search"] if r["chosen"]), None)
+        plain_b = next((r for r in rb["search"] if r["jitter"] == 0), None)
+        if best_a is None or plain_b is None:
+            unpicked.append(cell)
+            continue
+        b_wins = (plain_b["val_accuracy"], -plain_b["val_nll"]) > (best_a["val_accuracy"], -best_a["val_nll"])
+        if b_wins and not plain_b["chosen"]:
+            unpicked.append(cell)
+            continue
+        picked.append((cell, {**(rb if b_wins else ra), "picked": b if b_wins else a}))
+    if unpicked:
+        return [{"members": c["members"], "student": c["student"], "seed": c["seed"]} for c in unpicked]
+    for cell, run in picked:
+        cell["runs"][name] = run
+    first = next(c for c in candidates if c["name"] == a)
+    candidates.append({**first, "name": name, "derived": True})
+    return []
 
 
 def target_profile(teacher, data, cache, candidates) -> dict:
@@ -183,6 +225,8 @@ def target_profile(teacher, data, cache, candidates) -> dict:
     logits, labels = teacher_logits(teacher, data, "train", cache).float().cpu(), torch.as_tensor(data.y_train).cpu()
     out = {"train_accuracy": float((logits.argmax(-1) == labels).float().mean()), "candidates": {}}
     for cand in candidates:
+        if cand.get("derived"):
+            continue
         z = corrected_teacher(logits, labels) if cand.get("correct") else logits
         out["candidates"][cand["name"]] = target_sharpness(z, labels, cand["temperature"], cand["method"])
     return out
@@ -203,7 +247,7 @@ def _config(args, cand: dict, student: str, seed: int, index: int):
     from edgekd.config import DistillConfig, TrainConfig
 
     return DistillConfig(student=student, temperature=cand["temperature"], alpha=cand["alpha"], method=cand["method"],
-                         correct_teacher=cand.get("correct", False), baseline=index == 0,
+                         correct_teacher=cand.get("correct", False), baseline=index == 0, search_methods=(),
                          train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device, mixup=cand.get("mixup", 0.0)))
 
 
@@ -280,6 +324,19 @@ def _mixup_note(candidates) -> str:
             f"batch (function matching, Beyer et al. 2022), its recipe as asked (no search).{first}")
 
 
+def _pick_note(result: dict) -> str:
+    derived = next((c["name"] for c in result["candidates"] if c.get("derived")), None)
+    if derived:
+        return (f" Each candidate is one soft term (`search_methods=()`). `{derived}` is what `edgekd distill` keeps "
+                "when the first is its method and the second in its `search_methods`: per cell, the better on val of the "
+                "first's recipes and the second's no-jitter one, assembled from the two runs (no extra training).")
+    if result.get("pick_not_assembled"):
+        return (" The --pick column could not be assembled from the runs (the second candidate's no-jitter recipe won on "
+                "val where it chose jitter) in: " + ", ".join(f"k={c['members']} `{c['student']}` seed {c['seed']}"
+                                                               for c in result["pick_not_assembled"]) + ".")
+    return ""
+
+
 def render(result: dict) -> str:
     lines = header_markdown(f"Defaults study on `{result['data']['spec']}` ({result['data']['n_train']} training images)",
                             result["provenance"])
@@ -293,7 +350,7 @@ def render(result: dict) -> str:
               f"{recipe} (the defaults of `edgekd distill`), seeds 0..{a['seeds'] - 1}; gain = distilled − "
               "hard-label baseline with the same budget and seed, in test-accuracy points. The baseline keeps the "
               "better on val of ±2 px jitter and none. In brackets: the jitter each side chose (0: none)."
-              + _mixup_note(result["candidates"]), "",
+              + _mixup_note(result["candidates"]) + _pick_note(result), "",
               "| teacher (k) | teacher acc | student | seed | baseline | " + " | ".join(c["name"] for c in result["candidates"]) + " |",
               "|---|---|---|---|---|" + "---|" * len(result["candidates"])]
     for c in result["cells"]:

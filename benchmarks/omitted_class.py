@@ -34,7 +34,7 @@ def main(argv=None):
     data, teacher, t_metrics, cache, work = prepare(args)
     runs = {}
     for name, omit in (("all classes", ()), (f"class {args.omit} omitted", (args.omit,))):
-        config = DistillConfig(student=args.student, temperature=args.temperature, alpha=1.0,
+        config = DistillConfig(student=args.student, temperature=args.temperature, alpha=1.0, search_methods=(),
                                train=TrainConfig(epochs=args.epochs, seed=0, device=args.device), omit_classes=omit)
         runs[name] = asdict(distill(teacher, data, config, work / f"omit-{'-'.join(map(str, omit)) or 'none'}",
                                     cache=cache, overwrite=True))

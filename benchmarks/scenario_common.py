@@ -73,11 +73,17 @@ def check_teacher_matches(manifest, config, data: dict, teacher_dir: Path) -> No
                          "remove that teacher to train the one asked for.")
 
 
+# fields whose default, when they were added, changed what a run does, with the value that a record made
+# before them means (``DistillConfig.search_methods``: until then the student tried no other soft term)
+ABSENT_MEANS = {"search_methods": ()}
+
+
 def same_settings(recorded: dict | None, config) -> bool:
     """Whether a run's recorded settings (``asdict`` of a config dataclass, as its manifest keeps them)
     are ``config``'s. A setting the record lacks (a field added since the run, e.g. ``train.mixup``)
-    counts as the same when ``config`` holds that field's default, so a study made before it can still
-    be reused and rendered; any other difference, or a setting removed since, means not the same."""
+    counts as the same when ``config`` holds that field's default (or, for a field in ``ABSENT_MEANS``,
+    the value a record without it means), so a study made before it can still be reused and rendered;
+    any other difference, or a setting removed since, means not the same."""
     import dataclasses
     import json
 
@@ -90,7 +96,8 @@ def same_settings(recorded: dict | None, config) -> bool:
     for field in fields:
         value = getattr(config, field.name)
         if field.name not in recorded:
-            if field.default is dataclasses.MISSING or plain(value) != plain(field.default):
+            meant = ABSENT_MEANS.get(field.name, field.default)
+            if meant is dataclasses.MISSING or plain(value) != plain(meant):
                 return False
         elif dataclasses.is_dataclass(value):
             if not same_settings(recorded[field.name], value):

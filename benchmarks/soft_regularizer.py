@@ -36,7 +36,7 @@ def main(argv=None):
     for seed in range(args.seeds):
         # alpha = 1: soft targets alone; the baseline: the same student, subset, budget and seed on hard labels,
         # both with early stopping on val (best val epoch kept).
-        config = DistillConfig(student=args.student, temperature=args.temperature, alpha=1.0, baseline=True,
+        config = DistillConfig(student=args.student, temperature=args.temperature, alpha=1.0, baseline=True, search_methods=(),
                                train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device), transfer_limit=str(args.fraction))
         runs.append(asdict(distill(teacher, data, config, work / f"soft-{args.fraction:g}-s{seed}", cache=cache, overwrite=True)))
     result = {"provenance": provenance(started), "args": vars(args), "data": data.describe(), "runs": runs}

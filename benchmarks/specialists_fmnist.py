@@ -230,7 +230,7 @@ def main(argv=None) -> int:
             runs = []
             for seed in range(args.distill_seeds):
                 path = work / f"student-{'spec' if label.startswith('spec') else 'gen'}-s{seed}"
-                cfg = DistillConfig(student=args.student, temperature=args.temperature, alpha=args.alpha,
+                cfg = DistillConfig(student=args.student, temperature=args.temperature, alpha=args.alpha, search_methods=(),
                                     train=TrainConfig(epochs=args.student_epochs, seed=seed, device=args.device))
                 r = distill(teacher, data, cfg, path, cache=cache, overwrite=True,
                             resume=path.with_name(path.name + ".partial").exists())

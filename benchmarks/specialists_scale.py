@@ -572,7 +572,8 @@ def _students(args, work, cache, data, teachers: dict) -> list:
             taught_by = f"{label}-r{args.teacher_per_cluster}" if label == "specialists" and args.teacher_per_cluster else label
             out = work / f"student-{taught_by}-{_slug(args.student)}-e{args.student_epochs}-s{seed}{_students_suffix(args)}"
             # the hard-label baseline (the same student and budget, no teacher) trains once, beside the generalist's
-            config = DistillConfig(student=args.student, baseline=label == "generalist", **student_recipe(args),
+            # the named recipe only (no method search): the students compare teachers, not soft terms
+            config = DistillConfig(student=args.student, baseline=label == "generalist", **student_recipe(args), search_methods=(),
                                    train=TrainConfig(epochs=args.student_epochs, seed=seed, batch_size=256))
             result = distill(teacher, data, config, out, cache=cache, overwrite=True,
                              resume=out.with_name(out.name + ".partial").exists())

@@ -83,7 +83,10 @@ class DistillConfig:
 
     The defaults (logit standardization, T=2, alpha=0.5) are the candidate whose worst cell was best in
     ``benchmarks/defaults_study.py`` (results in ``benchmarks/results/defaults_study_10k.md``); the
-    paper's plain KD at T=4, alpha=0.9 lost to its baseline in every cell there.
+    paper's plain KD at T=4, alpha=0.9 lost to its baseline in every cell there. With ``recipe_search``
+    the student also tries ``search_methods`` (plain KD) at the same T and alpha and keeps the best on
+    val: within a seed spread of the better of the two, per teacher and student, in the study
+    (``benchmarks/results/defaults_pick_10k_*.md``).
     """
 
     student: str = "mlp"
@@ -105,6 +108,10 @@ class DistillConfig:
     # on images, a student without jitter is also trained with +-2 px on consistent views (every shift, cached)
     # and the better on val kept: its own best recipe, as the baseline gets (edgekd.distill.student_recipes)
     recipe_search: bool = True
+    # with recipe_search, these soft terms are also tried on the plain transfer set at the same T and alpha, the
+    # best on val kept: kd-ls suits a teacher below the student's own baseline, kd's sharper targets one above it
+    # (benchmarks/results/defaults_pick_10k_*.md)
+    search_methods: tuple[str, ...] = ("kd",)
 
     def __post_init__(self):
         _check_arch(self.student)
@@ -121,6 +128,8 @@ class DistillConfig:
         if self.baseline_jitter is not None:
             check_int_at_least("baseline_jitter", self.baseline_jitter, 0)
         check_choice("method", self.method, METHODS)
+        for m in self.search_methods:
+            check_choice("search_methods", m, METHODS)
         check_positive("dkd_beta", self.dkd_beta, strict=False)
         if self.train.mixup and (self.views or self.view_grid):
             # the teacher has to judge each blended image, which no cache holds: function matching

@@ -14,8 +14,9 @@ image the student sees ("function matching", the same paper).
 
 Both sides of the comparison get their own best recipe, chosen on val: the hard-label baseline is
 trained with and without jitter (``baseline_recipes``; with the student's mixup too, ``baseline_trials``),
-and on images a student without jitter or mixup is also trained with ±2 px on consistent views
-(``student_recipes``); the time of the recipes not kept is reported apart.
+and a student without jitter or mixup is also trained with the soft terms of ``search_methods`` and,
+on images, with ±2 px on consistent views (``student_recipes``); the time of the recipes not kept is
+reported apart.
 
 Transfer-set options from the paper (section 3): ``transfer_limit`` (a count or a fraction of the
 train split) and ``omit_classes`` with the bias correction for omitted classes, fitted on val.
@@ -55,6 +56,7 @@ class DistillResult:
     path: Path
     temperature: float
     alpha: float
+    method: str = ""                # the soft term of the recipe kept (student_recipes)
     search: tuple = ()
     student_test_accuracy: float = 0.0
     student_test_nll: float = 0.0
@@ -255,18 +257,28 @@ def _keep_best(tried: list) -> tuple:
 
 
 def student_recipes(config: DistillConfig, input_shape) -> list[dict]:
-    """The recipes the distilled student is trained with, each in full, the better on val kept: the
-    configured one and, on images when the student has no jitter and ``recipe_search`` is on, also
-    ±``BASELINE_JITTER`` px on consistent views (the teacher's logits cached on every shift, Beyer et al.
-    2022): the augmentation the baseline also tries, so the strongest baseline never meets a student
-    held to a recipe that is not its best. The configured recipe comes last (``_search`` runs on it)."""
+    """The recipes the distilled student is trained with, each in full, the best on val kept. With
+    ``recipe_search`` on and the student given no jitter or mixup, beside the configured one:
+
+    - on images, ±``BASELINE_JITTER`` px on consistent views (the teacher's logits cached on every
+      shift, Beyer et al. 2022): the augmentation the baseline also tries, so the strongest baseline
+      never meets a student held to a recipe that is not its best;
+    - each soft term of ``search_methods`` on the plain transfer set, at the same T and alpha: how sharp
+      the targets should be depends on the teacher. Plain KD's (mean top probability 0.8 at T=2 for a
+      10-class cnn ensemble) pay when the teacher is above the student's own baseline, logit
+      standardization's (0.24) when it is below (``benchmarks/results/defaults_pick_10k_*.md``).
+
+    The configured recipe comes last (``_search`` runs on it)."""
     shape = tuple(input_shape)
     pixels = config.train.jitter if len(shape) == 3 else 0
-    own = {"jitter": pixels, "views": config.views, "view_grid": config.view_grid, "mixup": config.train.mixup}
-    augment = min(BASELINE_JITTER, min(shape[1:]) // 4) if len(shape) == 3 else 0
-    if pixels or config.train.mixup or not config.recipe_search or augment == 0:   # mixup: the user's recipe stands
+    own = {"method": config.method, "jitter": pixels, "views": config.views, "view_grid": config.view_grid,
+           "mixup": config.train.mixup}
+    if pixels or config.train.mixup or not config.recipe_search:   # mixup or jitter: the user's recipe stands
         return [own]
-    return [{"jitter": augment, "views": 0, "view_grid": True, "mixup": 0.0}, own]
+    augment = min(BASELINE_JITTER, min(shape[1:]) // 4) if len(shape) == 3 else 0
+    shifted = [{"method": config.method, "jitter": augment, "views": 0, "view_grid": True, "mixup": 0.0}] if augment else []
+    others = [{**own, "method": m} for m in dict.fromkeys(config.search_methods) if m != config.method]
+    return [*shifted, *others, own]
 
 
 def _recipe_batches(recipe: dict, teacher: Teacher, data: Dataset, x, y, idx, cache: LogitCache, refresh: bool, dist):
@@ -283,15 +295,18 @@ def _recipe_batches(recipe: dict, teacher: Teacher, data: Dataset, x, y, idx, ca
     return distill_batches(x, y, logits, None, 0, None)
 
 
-def _best_student(new_student, recipes, batches, loss_fn, n_train, val, train_cfg: TrainConfig, store, progress, dist, data):
-    """The distilled student trained in full with each recipe, the better on val kept (never test); the
-    seconds spent on the recipes not kept are returned apart, like the baseline's."""
+def _best_student(new_student, recipes, batches, loss_for, n_train, val, train_cfg: TrainConfig, store, progress, dist, data,
+                  method: str):
+    """The distilled student trained in full with each recipe (``loss_for(recipe["method"])`` its loss),
+    the best on val kept (never test); the seconds spent on the recipes not kept are returned apart,
+    like the baseline's. ``method`` is the configured one: its runs keep their names in the run store."""
     tried = []
     for recipe, make_batch in zip(recipes, batches):
         model = new_student(train_cfg.seed)
-        name = "student" if len(recipes) == 1 else f"student-jitter{recipe['jitter']}"
-        fitted = fit(model, n_train=n_train, make_batch=make_batch, loss_fn=loss_fn, val=val, config=train_cfg, store=store,
-                     name=name, progress=progress, dist=dist, data_device=data.device)
+        other = "" if recipe["method"] == method else f"-{recipe['method']}"
+        name = "student" if len(recipes) == 1 else f"student{other}-jitter{recipe['jitter']}"
+        fitted = fit(model, n_train=n_train, make_batch=make_batch, loss_fn=loss_for(recipe["method"]), val=val,
+                     config=train_cfg, store=store, name=name, progress=progress, dist=dist, data_device=data.device)
         tried.append((model, fitted, {**recipe, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll}))
     model, fitted, search, seconds = _keep_best(tried)
     return model, fitted, search if len(tried) > 1 else [], seconds
@@ -368,9 +383,12 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
 
     search = _search(config, new_student, batches[-1], len(idx), val, store, progress, dist)   # on the configured recipe
     temperature, alpha = search["temperature"], search["alpha"]
-    loss_fn = _config_loss_fn(config, temperature, alpha)
+    def loss_for(method):
+        return distill_loss_fn(temperature, alpha, method, config.dkd_beta, config.correct_teacher)
+
     student, fitted, student_search, student_search_seconds = _best_student(
-        new_student, recipes, batches, loss_fn, len(idx), val, train_cfg, store, progress, dist, data)
+        new_student, recipes, batches, loss_for, len(idx), val, train_cfg, store, progress, dist, data, config.method)
+    method = next((r["method"] for r in student_search if r["chosen"]), config.method)
     baseline = base_fit = None
     baseline_search, baseline_search_seconds = [], 0.0
     if config.baseline:
@@ -402,7 +420,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
                "student_search_seconds": student_search_seconds,
                "teacher_targets_seconds": targets_seconds}
     result = DistillResult(
-        path=out, temperature=temperature, alpha=alpha, search=tuple(search["candidates"]),
+        path=out, temperature=temperature, alpha=alpha, method=method, search=tuple(search["candidates"]),
         student_test_accuracy=student_acc, student_test_nll=student_nll, teacher_test_accuracy=teacher_acc,
         baseline_test_accuracy=base_acc, gap_closed=gap, student_macs=macs, student_parameters=params,
         teacher_macs=teacher_macs, seconds_per_epoch=fitted.seconds_per_epoch,
@@ -422,7 +440,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
                                            metrics={"test_accuracy": base_acc, "macs": macs, "parameters": params,
                                                     "history": base_fit.history}),
                                   {"member-0.safetensors": baseline.state_dict()})
-        manifest = Manifest(**common, config={**record, "temperature": temperature, "alpha": alpha,
+        manifest = Manifest(**common, config={**record, "temperature": temperature, "alpha": alpha, "method": method,
                                               "student": format_arch(arch, options)},
                             metrics=metrics, timings=timings, search=tuple(search["candidates"]))
         save_artifact(out, manifest, {"member-0.safetensors": student.state_dict()}, nested=nested, overwrite=overwrite or resume)

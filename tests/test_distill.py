@@ -69,20 +69,33 @@ def test_baseline_tries_augmentation_even_when_the_student_has_none():
     assert baseline_recipes(0, (64,)) == [0]               # vectors are not shifted
 
 
-def test_the_student_tries_augmentation_on_consistent_views_when_it_has_none():
+def test_the_student_tries_augmentation_on_consistent_views_and_the_search_methods_when_it_has_none():
     from edgekd.distill import DistillConfig, student_recipes
     from edgekd.training import TrainConfig
 
-    plain = {"jitter": 0, "views": 0, "view_grid": False, "mixup": 0.0}
-    grid2 = {"jitter": 2, "views": 0, "view_grid": True, "mixup": 0.0}
-    assert student_recipes(DistillConfig(), (1, 28, 28)) == [grid2, plain]   # the configured recipe last
-    assert student_recipes(DistillConfig(), (1, 4, 4)) == [{**grid2, "jitter": 1}, plain]
+    plain = {"method": "kd-ls", "jitter": 0, "views": 0, "view_grid": False, "mixup": 0.0}
+    grid2 = {**plain, "jitter": 2, "view_grid": True}
+    kd = {**plain, "method": "kd"}
+    assert DistillConfig().method == "kd-ls" and DistillConfig().search_methods == ("kd",)
+    assert student_recipes(DistillConfig(), (1, 28, 28)) == [grid2, kd, plain]   # the configured recipe last
+    assert student_recipes(DistillConfig(), (1, 4, 4)) == [{**grid2, "jitter": 1}, kd, plain]
     assert student_recipes(DistillConfig(recipe_search=False), (1, 28, 28)) == [plain]
+    assert student_recipes(DistillConfig(search_methods=()), (1, 28, 28)) == [grid2, plain]
+    assert student_recipes(DistillConfig(method="kd", search_methods=("kd", "dkd", "kd")), (64,)) == [
+        {**plain, "method": "dkd"}, kd]   # the configured method once, each other once
     own = DistillConfig(train=TrainConfig(jitter=1), views=4)
-    assert student_recipes(own, (1, 28, 28)) == [{"jitter": 1, "views": 4, "view_grid": False, "mixup": 0.0}]   # the user's jitter stands
-    assert student_recipes(DistillConfig(), (64,)) == [plain] and student_recipes(DistillConfig(), (1, 3, 3)) == [plain]
+    assert student_recipes(own, (1, 28, 28)) == [{**plain, "jitter": 1, "views": 4}]   # the user's jitter stands
+    assert student_recipes(DistillConfig(), (64,)) == [kd, plain] and student_recipes(DistillConfig(), (1, 3, 3)) == [kd, plain]
     mixed = DistillConfig(train=TrainConfig(mixup=0.4))
     assert student_recipes(mixed, (1, 28, 28)) == [{**plain, "mixup": 0.4}]   # with mixup the user's recipe stands
+
+
+def test_a_search_method_must_be_known():
+    from edgekd.distill import DistillConfig
+    from edgekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'search_methods' parameter must be one of 'kd', 'kd-ls', 'dkd'. Got 'crd'"):
+        DistillConfig(search_methods=("crd",))
 
 
 def test_the_baseline_gets_the_students_mixup_among_its_recipes():
@@ -158,11 +171,13 @@ def test_the_distilled_student_keeps_its_better_recipe_on_val(tmp_path, digits, 
     config = DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=2), baseline=True)
     result = distill(teacher, digits, config, tmp_path / "s", cache=LogitCache(tmp_path / "c"))
     tried = result.student_search
-    assert [(c["jitter"], c["view_grid"]) for c in tried] == [(2, True), (0, False)] and sum(c["chosen"] for c in tried) == 1
+    assert [(c["method"], c["jitter"], c["view_grid"]) for c in tried] == [("kd-ls", 2, True), ("kd", 0, False), ("kd-ls", 0, False)]
+    assert sum(c["chosen"] for c in tried) == 1
     chosen = max(tried, key=lambda c: (c["val_accuracy"], -c["val_nll"]))
-    assert chosen["chosen"]
+    assert chosen["chosen"] and result.method == chosen["method"]
+    assert len({c["val_nll"] for c in tried}) == 3   # each recipe trained its own student, kd with its own loss
     artifact = load_artifact(tmp_path / "s")
-    assert artifact.manifest.metrics["student_search"] == list(tried)
+    assert artifact.manifest.metrics["student_search"] == list(tried) and artifact.manifest.config["method"] == chosen["method"]
     assert artifact.manifest.timings["student_search_seconds"] == result.student_search_seconds > 0
     saved, _ = accuracy_and_nll(load_teacher(tmp_path / "s").logits(digits.x_test), digits.y_test)
     assert saved == pytest.approx(result.student_test_accuracy)   # the saved student is the chosen one
@@ -170,6 +185,7 @@ def test_the_distilled_student_keeps_its_better_recipe_on_val(tmp_path, digits, 
     fixed = distill(teacher, digits, DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=2), recipe_search=False),
                     tmp_path / "f", cache=LogitCache(tmp_path / "c"))
     assert fixed.student_search == () and load_artifact(tmp_path / "f").manifest.metrics["student_search"] == []
+    assert fixed.method == "kd-ls"
 
 
 def test_view_grid_holds_every_integer_shift_once():

@@ -173,6 +173,10 @@ def test_a_run_recorded_before_a_setting_existed_is_the_same_when_it_holds_the_d
     assert not same_settings(older, DistillConfig(student="mlp", train=TrainConfig(epochs=3, mixup=0.2)))
     assert not same_settings({**record, "alpha": 0.9}, config)
     assert not same_settings({**record, "gone": 1}, config) and not same_settings(None, config)
+    # a field whose default changed what runs do (the student's method search): its absence means the old way
+    before_search = {k: v for k, v in record.items() if k != "search_methods"}
+    assert not same_settings(before_search, config)
+    assert same_settings(before_search, DistillConfig(student="mlp", train=TrainConfig(epochs=3), search_methods=()))
 
 
 def test_defaults_study_runs_are_named_by_candidate_not_by_place(tmp_path):
@@ -215,3 +219,30 @@ def test_pipeline_digits_breaks_a_tie_on_val_with_the_current_setting():
     result = {"teacher": {"config": {"ensemble": 3, "arch": "cnn", "train": {"epochs": 15, "jitter": 1}},
                           "test_accuracy": 0.99}, "student": "mlp", "alpha": 0.5, "settings": rows}
     assert "distillation ties its baseline on test" in render(result, provenance(time.perf_counter()))
+
+
+def test_defaults_study_assembles_the_method_search_from_two_candidates_runs():
+    """--pick: per cell, the better on val of A's chosen recipe and B's no-jitter one (accuracy, then NLL), with
+    that run's test accuracy; a cell where B's no-jitter recipe wins but B kept jitter is not guessed."""
+    from benchmarks.defaults_study import add_pick, parse_candidate
+
+    a, b = parse_candidate("kd-ls:T=2,a=0.5"), parse_candidate("kd:T=2,a=0.5")
+
+    def run(test, records):
+        return {"test_accuracy": test, "jitter": next(j for j, _, _, chosen in records if chosen),
+                "search": [{"jitter": j, "val_accuracy": v, "val_nll": n, "chosen": chosen} for j, v, n, chosen in records]}
+
+    def cell(seed, run_a, run_b):
+        return {"members": 3, "student": "dsconv", "seed": seed, "baseline": 0.88, "teacher": 0.89,
+                "runs": {a["name"]: run_a, b["name"]: run_b}}
+
+    cells = [cell(0, run(0.879, [(2, 0.887, 0.31, True), (0, 0.884, 0.33, False)]), run(0.886, [(2, 0.880, 0.3, False), (0, 0.889, 0.3, True)])),
+             cell(1, run(0.885, [(2, 0.887, 0.31, True), (0, 0.884, 0.33, False)]), run(0.870, [(2, 0.880, 0.3, False), (0, 0.887, 0.32, True)]))]
+    candidates = [a, b]
+    assert add_pick(f"{a['name']}|{b['name']}", candidates, cells) == []
+    name = f"{a['name']} or {b['name']} on val"
+    assert [c["runs"][name]["test_accuracy"] for c in cells] == [0.886, 0.885]   # B wins on accuracy; a tie goes by NLL
+    assert candidates[-1]["name"] == name and candidates[-1]["derived"]
+    jittered = [cell(0, run(0.879, [(2, 0.887, 0.31, True), (0, 0.884, 0.33, False)]), run(0.886, [(2, 0.899, 0.3, True), (0, 0.889, 0.3, False)]))]
+    assert add_pick(f"{a['name']}|{b['name']}", [a, b], jittered) == [{"members": 3, "student": "dsconv", "seed": 0}]
+    assert set(jittered[0]["runs"]) == {a["name"], b["name"]}   # nothing guessed

@@ -194,7 +194,8 @@ def distill_config(params):
         correct_teacher=params["correct_teacher"],
         **_parse_views(params["views"]),
         transfer_limit=params["transfer_limit"], omit_classes=_parse_list("omit_classes", params["omit_classes"], int),
-        baseline=params["baseline"], baseline_jitter=params["baseline_jitter"], recipe_search=params["recipe_search"])
+        baseline=params["baseline"], baseline_jitter=params["baseline_jitter"], recipe_search=params["recipe_search"],
+        search_methods=tuple(m.strip() for m in params["search_methods"].split(",") if m.strip()))
 
 
 def distill_options(func):
@@ -230,6 +231,10 @@ def distill_options(func):
                   help="On images, when the student has no --jitter: also train it with ±2 px jitter on consistent "
                        "views (the teacher's logits cached on every shift) and keep the better on val, so it gets its "
                        "own best recipe as the baseline does (twice the training; the extra time is reported apart).")
+    @click.option("--search-methods", default=",".join(DISTILL["search_methods"]), show_default=True,
+                  help="With --recipe-search: soft terms also tried on the plain transfer set at the same T and alpha, "
+                       "the best on val kept ('' for none). Plain KD's sharper targets pay when the teacher is well "
+                       "above the student's own baseline, logit standardization's when it is not.")
     @cache_options
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -282,6 +287,12 @@ def _recipe_text(recipe: dict) -> str:
     return f"jitter {recipe['jitter']}" + (f", mixup {recipe['mixup']:g}" if recipe.get("mixup") else "")
 
 
+def _student_recipe_text(recipe: dict) -> str:
+    """'kd-ls, jitter 2 on consistent views' (records written before the method search have no method)."""
+    views = " on consistent views" if recipe["jitter"] and recipe.get("view_grid") else ""
+    return (f"{recipe['method']}, " if recipe.get("method") else "") + f"jitter {recipe['jitter']}{views}"
+
+
 def print_distill(result, teacher_desc: str) -> None:
     if result.search:
         click.echo("auto search on val (short budget):")
@@ -300,9 +311,8 @@ def print_distill(result, teacher_desc: str) -> None:
 
         if result.student_search:
             chosen = next(c for c in result.student_search if c["chosen"])
-            click.echo(f"student recipe chosen on val: jitter {chosen['jitter']}"
-                       + (" on consistent views" if chosen["jitter"] and chosen["view_grid"] else "")
-                       + f" (tried {', '.join(str(c['jitter']) for c in result.student_search)})")
+            click.echo(f"student recipe chosen on val: {_student_recipe_text(chosen)} "
+                       f"(tried {', '.join(_student_recipe_text(c) for c in result.student_search)})")
         if len(result.baseline_search) > 1:
             chosen = next(c for c in result.baseline_search if c["chosen"])
             click.echo(f"baseline recipe chosen on val: {_recipe_text(chosen)} "
