@@ -6,8 +6,8 @@ baseline, over teachers and students, on Fashion-MNIST.
 
 For each teacher (the first k members of one cnn ensemble trained ``--teacher-epochs`` on the same
 train split, k in ``--members``), each student and each seed, the student is distilled with every
-candidate (one method, T, alpha: ``search_methods=()``; ``--pick`` assembles edgekd's method search
-from two candidates' runs) at the default budget and recipe of ``edgekd distill`` (20 epochs, no
+candidate (one method, T, alpha: ``search_methods=()`` unless the candidate says ``s=kd``; ``--pick``
+assembles that method search from two candidates' runs) at the default budget and recipe of ``edgekd distill`` (20 epochs, no
 jitter, cached logits), beside its hard-label baseline with the same budget and seed. A default must
 not lose: the table gives each candidate's gain over the baseline per cell, its mean and its worst
 cell; the candidate whose worst cell is best, among those with a soft weight alpha >= 0.5, is the
@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--students", default="mlp;mlp:hidden=100;cnn:width=8;dsconv")
     p.add_argument("--candidates", default=CANDIDATES,
-                   help="';'-separated METHOD:T=..,a=..[,c=1][,m=A]; c=1 corrects the teacher where it is wrong (--correct-teacher), "
+                   help="';'-separated METHOD:T=..,a=..[,c=1][,m=A][,s=M]; s=M also tries soft term M (--search-methods), c=1 corrects the teacher where it is wrong (--correct-teacher), "
                         "m=A trains with mixup Beta(A, A), the teacher online (--mixup; put it first so that the baseline "
                         "tries mixup too)")
     p.add_argument("--pick", default=None, metavar="A|B",
@@ -74,7 +74,8 @@ def parse_args(argv=None):
 
 
 def parse_candidate(text: str) -> dict:
-    """``METHOD:T=..,a=..[,c=0|1][,m=MIXUP]`` -> its settings; a ValueError in one line for anything else."""
+    """``METHOD:T=..,a=..[,c=0|1][,m=MIXUP][,s=M1+M2]`` -> its settings (s: the student's ``search_methods``, none
+    unless given); a ValueError in one line for anything else."""
     from edgekd.config import METHODS
 
     method, _, rest = text.partition(":")
@@ -82,11 +83,11 @@ def parse_candidate(text: str) -> dict:
         values = dict(item.split("=") for item in rest.split(",") if item)
         parsed = {"method": method, "temperature": float(values.pop("T")), "alpha": float(values.pop("a")),
                   "correct": {"0": False, "1": True}[values.pop("c", "0")], "mixup": float(values.pop("m", "0")),
-                  "name": text}
+                  "search": tuple(m for m in values.pop("s", "").split("+") if m), "name": text}
     except (ValueError, KeyError):
         parsed = None
-    if parsed is None or values or method not in METHODS:
-        raise ValueError(f"expected METHOD:T=<float>,a=<float>[,c=0|1][,m=<float>] with METHOD one of {', '.join(METHODS)}; "
+    if parsed is None or values or not {method, *parsed["search"]} <= set(METHODS):
+        raise ValueError(f"expected METHOD:T=<float>,a=<float>[,c=0|1][,m=<float>][,s=M1+M2] with each M one of {', '.join(METHODS)}; "
                          f"got {text!r}. Fix it like 'kd-ls:T=2,a=0.5,c=1' or 'kd-ls:T=2,a=0.5,m=1'.")
     return parsed
 
@@ -247,7 +248,7 @@ def _config(args, cand: dict, student: str, seed: int, index: int):
     from edgekd.config import DistillConfig, TrainConfig
 
     return DistillConfig(student=student, temperature=cand["temperature"], alpha=cand["alpha"], method=cand["method"],
-                         correct_teacher=cand.get("correct", False), baseline=index == 0, search_methods=(),
+                         correct_teacher=cand.get("correct", False), baseline=index == 0, search_methods=cand.get("search", ()),
                          train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device, mixup=cand.get("mixup", 0.0)))
 
 

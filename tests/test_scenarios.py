@@ -155,6 +155,9 @@ def test_defaults_study_candidates_can_correct_the_teacher():
     assert _config(args, corrected, "mlp", 0, 1).correct_teacher and not _config(args, plain, "mlp", 0, 0).correct_teacher
     mixed = parse_candidate("kd-ls:T=2,a=0.5,m=1")
     assert (_config(args, mixed, "mlp", 0, 0).train.mixup, _config(args, plain, "mlp", 0, 0).train.mixup) == (1.0, 0.0)
+    # one soft term per candidate, unless it asks for edgekd's method search
+    searched = parse_candidate("kd-ls:T=2,a=0.5,s=kd+dkd")
+    assert _config(args, plain, "mlp", 0, 0).search_methods == () and _config(args, searched, "mlp", 0, 0).search_methods == ("kd", "dkd")
 
 
 def test_a_run_recorded_before_a_setting_existed_is_the_same_when_it_holds_the_default():
@@ -189,7 +192,7 @@ def test_defaults_study_runs_are_named_by_candidate_not_by_place(tmp_path):
     assert _run_dir(args, 1, "cnn:width=8", 0, a, 0) != _run_dir(args, 1, "cnn:width=8", 0, a, 1)   # the baseline run
 
 
-@pytest.mark.parametrize("bad", ["kd-ls:T=2", "kd-ls:T=2,a=0.5,c=2", "crd:T=2,a=0.5", "kd:T=two,a=0.5", "kd:T=2,a=0.5,b=1"])
+@pytest.mark.parametrize("bad", ["kd-ls:T=2", "kd-ls:T=2,a=0.5,c=2", "crd:T=2,a=0.5", "kd:T=two,a=0.5", "kd:T=2,a=0.5,b=1", "kd-ls:T=2,a=0.5,s=crd"])
 def test_defaults_study_refuses_a_malformed_candidate_in_one_line(bad, capsys):
     from benchmarks import defaults_study
 
