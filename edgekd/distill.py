@@ -175,9 +175,10 @@ def distill_loss_fn(temperature, alpha, method: str = "kd", dkd_beta: float = 8.
     return loss_fn
 
 
-def _config_loss_fn(config: DistillConfig, temperature, alpha):
-    """``distill_loss_fn`` with the soft term's settings of ``config`` (method, dkd_beta, correct_teacher)."""
-    return distill_loss_fn(temperature, alpha, config.method, config.dkd_beta, config.correct_teacher)
+def _config_loss_fn(config: DistillConfig, temperature, alpha, method: str | None = None):
+    """``distill_loss_fn`` with the soft term's settings of ``config`` (method unless another is given,
+    dkd_beta, correct_teacher)."""
+    return distill_loss_fn(temperature, alpha, method or config.method, config.dkd_beta, config.correct_teacher)
 
 
 # --- the honest comparison ----------------------------------------------------------------------------
@@ -383,8 +384,9 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
 
     search = _search(config, new_student, batches[-1], len(idx), val, store, progress, dist)   # on the configured recipe
     temperature, alpha = search["temperature"], search["alpha"]
+
     def loss_for(method):
-        return distill_loss_fn(temperature, alpha, method, config.dkd_beta, config.correct_teacher)
+        return _config_loss_fn(config, temperature, alpha, method)
 
     student, fitted, student_search, student_search_seconds = _best_student(
         new_student, recipes, batches, loss_for, len(idx), val, train_cfg, store, progress, dist, data, config.method)
