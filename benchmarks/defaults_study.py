@@ -6,9 +6,9 @@ baseline, over teachers and students, on Fashion-MNIST.
 
 For each teacher (the first k members of one cnn ensemble trained ``--teacher-epochs`` on the same
 train split, k in ``--members``), each student and each seed, the student is distilled with every
-candidate (one method, T, alpha: ``search_methods=()`` unless the candidate says ``s=kd``; ``--pick``
-assembles that method search from two candidates' runs) at the default budget and recipe of ``edgekd distill`` (20 epochs, no
-jitter, cached logits), beside its hard-label baseline with the same budget and seed. A default must
+candidate (one method, T, alpha: ``search_methods=()`` unless the candidate says ``s=kd``;
+``--pick`` assembles that method search from two candidates' runs) at the default budget and recipe
+of ``edgekd distill`` (20 epochs, no jitter, cached logits), beside its hard-label baseline with the same budget and seed. A default must
 not lose: the table gives each candidate's gain over the baseline per cell, its mean and its worst
 cell; the candidate whose worst cell is best, among those with a soft weight alpha >= 0.5, is the
 recommendation.
@@ -56,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="digits, tiny models, seconds")
     args = p.parse_args(argv)
     args.train_limit = args.train_limit or None
-    names = [c for c in args.candidates.split(";")]
+    names = args.candidates.split(";")
     if args.pick is not None and (len(args.pick.split("|")) != 2 or not set(args.pick.split("|")) <= set(names)):
         p.error(f"--pick must name two of --candidates as 'A|B'; got {args.pick!r}. Choose among {', '.join(names)}.")
     for text in args.candidates.split(";"):
@@ -225,9 +225,7 @@ def target_profile(teacher, data, cache, candidates) -> dict:
 
     logits, labels = teacher_logits(teacher, data, "train", cache).float().cpu(), torch.as_tensor(data.y_train).cpu()
     out = {"train_accuracy": float((logits.argmax(-1) == labels).float().mean()), "candidates": {}}
-    for cand in candidates:
-        if cand.get("derived"):
-            continue
+    for cand in candidates:   # (before --pick adds its derived candidate)
         z = corrected_teacher(logits, labels) if cand.get("correct") else logits
         out["candidates"][cand["name"]] = target_sharpness(z, labels, cand["temperature"], cand["method"])
     return out
