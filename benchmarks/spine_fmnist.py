@@ -8,7 +8,8 @@ Writes ``<out>.md`` and ``<out>.json``. The teacher ensemble is trained once int
 reused from there); (T, alpha) are chosen on val by ``--temperature auto --alpha auto`` with seed 0,
 then kept for the other seeds, and so is the hard-label baseline's recipe (jitter on or off, chosen on
 val with seed 0). Every student run has its hard-label twin with the same budget, seed and transfer set.
-``--reuse`` takes the seeds an earlier result of the same arguments measured instead of training them again.
+``--reuse`` takes the seeds an earlier result of the same arguments measured instead of training them again,
+each only if the settings it recorded are the ones this run would use.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from dataclasses import asdict
 
 from benchmarks.provenance import header_markdown, mean_std, pm, provenance
-from benchmarks.scenario_common import apply_smoke, base_parser, prepare, write_result
+from benchmarks.scenario_common import apply_smoke, base_parser, prepare, same_settings, write_result
 
 
 def parse_args(argv=None):
@@ -154,16 +155,16 @@ def main(argv=None):
         suffix = ("" if jitter == args.jitter else f"-j{jitter}") + (f"-e{epochs}" if specs.count(spec) > 1 else "")
         for seed in range(args.seeds):
             out = work / f"student-{spec.replace(':', '_').replace(',', '_').replace('=', '')}{suffix}-s{seed}"
+            config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
+                                   temperature_grid=grid_t, alpha_grid=grid_a,
+                                   train=TrainConfig(epochs=epochs, jitter=jitter, seed=seed, device=args.device),
+                                   views=0 if args.views == "all" else int(args.views), view_grid=args.views == "all",
+                                   baseline=True, baseline_jitter=recipe)
             if (spec, epochs, seed) in reuse:
-                run = reuse[(spec, epochs, seed)] | {"reused": True}
+                run = reused_run(reuse[(spec, epochs, seed)], config, args.reuse)
             else:
-                config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
-                                       temperature_grid=grid_t, alpha_grid=grid_a,
-                                       train=TrainConfig(epochs=epochs, jitter=jitter, seed=seed, device=args.device),
-                                       views=0 if args.views == "all" else int(args.views), view_grid=args.views == "all",
-                                       baseline=True, baseline_jitter=recipe)
                 r = distill(teacher, data, config, out, cache=cache, overwrite=True, resume=(out.parent / (out.name + ".partial")).exists())
-                run = asdict(r) | {"path": str(out), "seed": seed, "timings": run_timings(out)}
+                run = asdict(r) | {"path": str(out), "seed": seed, "timings": run_timings(out), "config": asdict(config)}
             runs.append(run)
             chosen = chosen or (run["temperature"], run["alpha"])
             recipe = recipe if recipe is not None else chosen_recipe(run)
@@ -174,6 +175,17 @@ def main(argv=None):
                               repeats=1 if args.smoke else 3, device=args.device)
     result = result_so_far(students, timing)
     write_result(args, result, render(result))
+
+
+def reused_run(run: dict, config, path: str) -> dict:
+    """An earlier seed, taken only when the settings it recorded are the ones this run would distill it
+    with: the same arguments can mean other settings once edgekd's defaults change (e.g. the student's
+    method search), and a result must not mix recipes."""
+    if not same_settings(run.get("config"), config):
+        made = "recorded no settings" if "config" not in run else "was distilled with other settings"
+        raise SystemExit(f"--reuse needs seeds distilled with this run's settings; seed {run['seed']} of "
+                         f"`{config.student}` in {path} {made}. Leave --reuse out to train it again.")
+    return run | {"reused": True}
 
 
 def chosen_recipe(run: dict) -> int | None:
