@@ -164,7 +164,6 @@ def run(args) -> dict:
                     if metrics is None:
                         r = distill(teacher, data, config, out, cache=cache, overwrite=True)
                         metrics = {"test_accuracy": r.student_test_accuracy, "baseline_test_accuracy": r.baseline_test_accuracy,
-                                   "method": r.method,
                                    "teacher_test_accuracy": r.teacher_test_accuracy, "baseline_search": list(r.baseline_search),
                                    "student_search": list(r.student_search)}
                     if index == 0:
