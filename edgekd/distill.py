@@ -199,8 +199,10 @@ def describe_gain(student: float, baseline: float | None, teacher: float) -> str
         return "no hard-label baseline was trained (pass --baseline to measure the gain)"
     points = 100 * (student - baseline)
     if teacher <= baseline:
+        # in benchmarks/results/defaults_*_10k_k1*.md no soft term, T or teacher correction paid with such a teacher
+        hint = "; a teacher above the student's own baseline (more epochs or members) is what pays" if points < 0 else ""
         return (f"the teacher ({100 * teacher:.2f}%) is not above the hard-label baseline ({100 * baseline:.2f}%): "
-                f"no gap to close; distillation {'gains' if points >= 0 else 'loses'} {abs(points):.2f} points")
+                f"no gap to close; distillation {'gains' if points >= 0 else 'loses'} {abs(points):.2f} points{hint}")
     if student < baseline:
         return f"distillation loses to its hard-label baseline by {-points:.2f} points"
     return f"distillation gains {points:.2f} points, closing {100 * gap_closed(student, baseline, teacher):.1f}% of the baseline->teacher gap"

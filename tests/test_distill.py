@@ -18,6 +18,8 @@ def test_describe_gain_calls_a_loss_a_loss():
     assert describe_gain(0.8638, 0.8680, 0.8856) == "distillation loses to its hard-label baseline by 0.42 points"
     text = describe_gain(0.86, 0.88, 0.87)
     assert text.startswith("the teacher (87.00%) is not above the hard-label baseline (88.00%)") and "loses 2.00 points" in text
+    assert text.endswith("a teacher above the student's own baseline (more epochs or members) is what pays")
+    assert "pays" not in describe_gain(0.885, 0.88, 0.87)   # a gain needs no advice
     assert "%" not in describe_gain(0.86, None, 0.87)
 
 
