@@ -59,7 +59,7 @@ def parse_args(argv=None):
     names = args.candidates.split(";")
     if args.pick is not None and (len(args.pick.split("|")) != 2 or not set(args.pick.split("|")) <= set(names)):
         p.error(f"--pick must name two of --candidates as 'A|B'; got {args.pick!r}. Choose among {', '.join(names)}.")
-    for text in args.candidates.split(";"):
+    for text in names:
         try:
             parse_candidate(text)
         except ValueError as e:
