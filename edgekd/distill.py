@@ -298,12 +298,12 @@ def _recipe_batches(recipe: dict, teacher: Teacher, data: Dataset, x, y, idx, ca
     return distill_batches(x, y, logits, None, 0, None)
 
 
-def _best_student(new_student, recipes, batches, loss_for, n_train, val, train_cfg: TrainConfig, store, progress, dist, data,
-                  method: str):
+def _best_student(new_student, recipes, batches, loss_for, n_train, val, train_cfg: TrainConfig, store, progress, dist, data):
     """The distilled student trained in full with each recipe (``loss_for(recipe["method"])`` its loss),
     the best on val kept (never test); the seconds spent on the recipes not kept are returned apart,
-    like the baseline's. ``method`` is the configured one: its runs keep their names in the run store."""
-    tried = []
+    like the baseline's. The configured method (the last recipe's, ``student_recipes``) keeps its runs'
+    names in the run store."""
+    method, tried = recipes[-1]["method"], []
     for recipe, make_batch in zip(recipes, batches):
         model = new_student(train_cfg.seed)
         other = "" if recipe["method"] == method else f"-{recipe['method']}"
@@ -391,7 +391,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
         return _config_loss_fn(config, temperature, alpha, method)
 
     student, fitted, student_search, student_search_seconds = _best_student(
-        new_student, recipes, batches, loss_for, len(idx), val, train_cfg, store, progress, dist, data, config.method)
+        new_student, recipes, batches, loss_for, len(idx), val, train_cfg, store, progress, dist, data)
     method = next((r["method"] for r in student_search if r["chosen"]), config.method)
     baseline = base_fit = None
     baseline_search, baseline_search_seconds = [], 0.0
