@@ -15,7 +15,7 @@ from edgekd.validation import (MAX_LR, check_choice, check_in_range, check_int_a
                                check_seed)
 
 PRECISIONS = ("fp32", "bf16")
-METHODS = ("kd", "kd-ls", "dkd")
+METHODS = ("kd", "kd-ls", "dkd", "nckd")
 COMBINE_RULES = ("logits", "probs")
 DEFAULT_TEMPERATURE_GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
 DEFAULT_ALPHA_GRID = (0.5, 0.9, 1.0)
@@ -98,7 +98,7 @@ class DistillConfig:
     train: TrainConfig = TrainConfig(epochs=20)
     views: int = 0                  # with jitter: cached jittered views of the transfer set; 0 = online teacher
     view_grid: bool = False         # the views are every integer shift ((2j+1)^2): consistent teaching
-    method: str = "kd-ls"           # soft term: "kd" | "kd-ls" | "dkd" (edgekd.losses)
+    method: str = "kd-ls"           # soft term: "kd" | "kd-ls" | "dkd" | "nckd" (edgekd.losses)
     dkd_beta: float = 8.0           # weight of the non-target term with method "dkd"
     correct_teacher: bool = False   # swap the teacher's wrong top logit with the label's (edgekd.losses.corrected_teacher)
     transfer_limit: str | None = None

@@ -5,7 +5,10 @@ soft term, each a ``method`` of ``edgekd distill`` (``--method kd|kd-ls|dkd``):
 - ``kd-ls``: the same on z-scored logits (logit standardization, Sun et al., CVPR 2024): the student
   matches the teacher's *relations* between classes, not the scale of its logits;
 - ``dkd``: decoupled KD (Zhao et al., CVPR 2022): the target-class term (TCKD) and the non-target
-  term (NCKD) weighted apart, ``TCKD + beta * NCKD``; plain KD is ``TCKD + (1 - p_t) * NCKD``.
+  term (NCKD) weighted apart, ``TCKD + beta * NCKD``; plain KD is ``TCKD + (1 - p_t) * NCKD``;
+- ``nckd``: that paper's non-target term alone, ``T^2 * NCKD`` (their Table 1 finds it alone at least
+  as good as KD): the teacher's relations among the wrong classes, without its belief in the true one,
+  so a teacher that is less sure of the label than the student could be does not pull it down.
 
 Every method is mixed with the hard labels the same way: ``alpha * soft + (1 - alpha) * CE(s, y)``.
 With ``correct=True`` the teacher's logits are first corrected where its top class is wrong (knowledge
@@ -42,7 +45,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     term's gradient w.r.t. a student logit scales as 1/T^2, so it is multiplied by T^2 to keep its
     size comparable as T changes (and to the hard term's at T = 1). KL differs from the soft
     cross-entropy ``-sum q_t log q_s`` by the teacher's entropy, a constant in the student, so both give
-    the same gradients. ``alpha = 1`` needs no labels (except for ``dkd`` and ``correct``); ``alpha = 0``
+    the same gradients. ``alpha = 1`` needs no labels (except for ``dkd``, ``nckd`` and ``correct``); ``alpha = 0``
     is plain cross-entropy on hard labels and needs no teacher.
     """
     loss = student_logits.new_zeros(())
@@ -68,8 +71,8 @@ def corrected_teacher(teacher: torch.Tensor, labels: torch.Tensor | None) -> tor
 
 
 def method_targets(teacher: torch.Tensor, temperature: float, method: str = "kd") -> torch.Tensor:
-    """The distribution a ``method``'s soft term asks the student to match: ``softmax(t/T)`` for ``kd``
-    and ``dkd`` (which splits the same distribution), ``softmax(standardize(t)/T)`` for ``kd-ls``. With
+    """The distribution a ``method``'s soft term asks the student to match: ``softmax(t/T)`` for ``kd``,
+    ``dkd`` and ``nckd`` (which split the same distribution), ``softmax(standardize(t)/T)`` for ``kd-ls``. With
     ``kd-ls`` the flatness depends on T alone, not on the teacher's logit scale."""
     soft_term(method)   # refuses an unknown method in the same words
     return soft_targets(standardize(teacher) if method == "kd-ls" else teacher.float(), temperature)
@@ -84,7 +87,7 @@ def target_sharpness(teacher: torch.Tensor, labels: torch.Tensor, temperature: f
 
 def soft_term(method: str) -> Callable:
     """The soft term of ``method``: ``f(student, teacher, labels, T, dkd_beta) -> scalar``."""
-    terms = {"kd": _kd, "kd-ls": _kd_standardized, "dkd": _dkd}
+    terms = {"kd": _kd, "kd-ls": _kd_standardized, "dkd": _dkd, "nckd": _nckd}
     if method not in terms:
         raise ConfigError(f"The 'method' parameter must be one of {', '.join(map(repr, METHODS))}. Got {method!r} instead.")
     return terms[method]
@@ -137,6 +140,14 @@ def _dkd(student, teacher, labels, temperature, beta):
         raise ConfigError("The 'dkd' method needs hard labels (it splits the target class from the others).")
     tckd, nckd = dkd_terms(student, teacher, labels, temperature)
     return temperature ** 2 * (tckd + beta * nckd).mean()
+
+
+def _nckd(student, teacher, labels, temperature, _beta):
+    """T^2 * NCKD, batch mean: KL between the teacher's and the student's distributions over the
+    non-target classes (Zhao et al. 2022, eq. 5's second term, unweighted); needs the labels."""
+    if labels is None:
+        raise ConfigError("The 'nckd' method needs hard labels (it leaves the target class out).")
+    return temperature ** 2 * dkd_terms(student, teacher, labels, temperature)[1].mean()
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

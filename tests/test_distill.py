@@ -96,7 +96,7 @@ def test_a_search_method_must_be_known():
     from edgekd.distill import DistillConfig
     from edgekd.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="'search_methods' parameter must be one of 'kd', 'kd-ls', 'dkd'. Got 'crd'"):
+    with pytest.raises(ConfigError, match="'search_methods' parameter must be one of 'kd', 'kd-ls', 'dkd', 'nckd'. Got 'crd'"):
         DistillConfig(search_methods=("crd",))
 
 
@@ -209,7 +209,7 @@ def test_consistent_teaching_and_methods_train(tmp_path, digits, tiny_teacher):
     from edgekd.training import TrainConfig
 
     teacher = load_teacher(tiny_teacher)
-    for method in ("kd-ls", "dkd"):
+    for method in ("kd-ls", "dkd", "nckd"):
         config = DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=6, jitter=1), view_grid=True,
                                method=method, temperature=2.0, alpha=0.5)
         result = distill(teacher, digits, config, tmp_path / method, cache=LogitCache(tmp_path / "c"))

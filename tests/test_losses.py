@@ -80,6 +80,25 @@ def test_dkd_with_beta_one_minus_target_prob_is_kd_and_needs_labels():
         distillation_loss(s, t, None, temperature=4.0, alpha=1.0, method="dkd")
 
 
+def test_nckd_is_dkds_non_target_term_and_ignores_the_teachers_belief_in_the_label():
+    """Zhao et al. (CVPR 2022): NCKD alone; the teacher's target logit (how sure it is of the label,
+    right or wrong) does not enter, its ranking of the other classes does."""
+    from edgekd.errors import ConfigError
+    from edgekd.losses import dkd_terms
+
+    torch.manual_seed(2)
+    s, t, y = torch.randn(6, 5), torch.randn(6, 5) * 2, torch.randint(0, 5, (6,))
+    loss = distillation_loss(s, t, y, temperature=2.0, alpha=1.0, method="nckd")
+    assert float(loss) == pytest.approx(4.0 * float(dkd_terms(s, t, y, 2.0)[1].mean()), rel=1e-5)
+    surer = t.scatter_add(1, y[:, None], torch.full((6, 1), 5.0))   # the teacher far surer of the label
+    assert float(distillation_loss(s, surer, y, temperature=2.0, alpha=1.0, method="nckd")) == pytest.approx(float(loss), rel=1e-5)
+    reranked = t.clone()
+    reranked[:, :] = t.flip(-1)
+    assert float(distillation_loss(s, reranked, y, temperature=2.0, alpha=1.0, method="nckd")) != pytest.approx(float(loss), rel=1e-3)
+    with pytest.raises(ConfigError, match="needs hard labels"):
+        distillation_loss(s, t, None, temperature=2.0, alpha=1.0, method="nckd")
+
+
 def test_logit_standardization_ignores_the_teachers_offset_and_scale():
     """Sun et al. (CVPR 2024): z-scored logits make the soft term blind to a ∙ t + b (a > 0)."""
     torch.manual_seed(1)
@@ -94,7 +113,7 @@ def test_logit_standardization_ignores_the_teachers_offset_and_scale():
 def test_unknown_method_is_refused():
     from edgekd.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="'method' parameter must be one of 'kd', 'kd-ls', 'dkd'"):
+    with pytest.raises(ConfigError, match="'method' parameter must be one of 'kd', 'kd-ls', 'dkd', 'nckd'"):
         distillation_loss(torch.zeros(1, 3), torch.zeros(1, 3), None, temperature=1.0, alpha=1.0, method="crd")
 
 

@@ -213,7 +213,7 @@ def distill_options(func):
                   help="With --jitter: cache teacher logits on this many jittered views (0: run the teacher online), "
                        "or 'all': every integer shift, so the teacher sees exactly the student's view (consistent teaching).")
     @click.option("--method", type=click.Choice(METHODS), default=DISTILL["method"], show_default=True,
-                  help="Soft term: the paper's KD, KD on z-scored logits (logit standardization), or decoupled KD.")
+                  help="Soft term: the paper's KD, KD on z-scored logits (logit standardization), decoupled KD, or its non-target term alone.")
     @click.option("--dkd-beta", type=float, default=DISTILL["dkd_beta"], show_default=True, help="With --method dkd: weight of the non-target term.")
     @click.option("--correct-teacher/--no-correct-teacher", default=DISTILL["correct_teacher"], show_default=True,
                   help="Where the teacher's top class is wrong on a training example, swap its top logit with the "
