@@ -70,18 +70,25 @@ def corrected_teacher(teacher: torch.Tensor, labels: torch.Tensor | None) -> tor
     return fixed
 
 
-def method_targets(teacher: torch.Tensor, temperature: float, method: str = "kd") -> torch.Tensor:
-    """The distribution a ``method``'s soft term asks the student to match: ``softmax(t/T)`` for ``kd``,
-    ``dkd`` and ``nckd`` (which split the same distribution), ``softmax(standardize(t)/T)`` for ``kd-ls``. With
-    ``kd-ls`` the flatness depends on T alone, not on the teacher's logit scale."""
+def method_targets(teacher: torch.Tensor, temperature: float, method: str = "kd",
+                   labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The distribution a ``method``'s soft term asks the student to match: ``softmax(t/T)`` for ``kd``
+    and ``dkd`` (which splits the same distribution), ``softmax(standardize(t)/T)`` for ``kd-ls``, and
+    for ``nckd`` the teacher's distribution over the non-target classes alone (0 on the label, which it
+    needs). With ``kd-ls`` the flatness depends on T alone, not on the teacher's logit scale."""
     soft_term(method)   # refuses an unknown method in the same words
+    if method == "nckd":
+        if labels is None:
+            raise ConfigError("The 'nckd' method needs hard labels (it leaves the target class out).")
+        target = F.one_hot(labels, teacher.shape[-1]).bool()
+        return soft_targets(teacher.float().masked_fill(target, float("-inf")), temperature)
     return soft_targets(standardize(teacher) if method == "kd-ls" else teacher.float(), temperature)
 
 
 def target_sharpness(teacher: torch.Tensor, labels: torch.Tensor, temperature: float, method: str = "kd") -> dict:
     """How far from uniform a soft term's targets are: the mean top probability (``p_max``) and mean
     true-class probability (``p_true``) of ``method_targets`` over the rows (1/C would be uniform)."""
-    q = method_targets(teacher, temperature, method)
+    q = method_targets(teacher, temperature, method, labels)
     return {"p_max": float(q.max(-1).values.mean()), "p_true": float(q.gather(1, labels[:, None]).mean())}
 
 

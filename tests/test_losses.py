@@ -157,6 +157,10 @@ def test_method_targets_are_what_each_soft_term_matches():
     t = torch.tensor([[2.0, 0.5, -1.0, -1.5]])
     assert torch.allclose(method_targets(t, 2.0, "kd"), soft_targets(t, 2.0))
     assert torch.allclose(method_targets(t, 2.0, "dkd"), soft_targets(t, 2.0))
+    y = torch.arange(len(t)) % t.shape[1]
+    others = method_targets(t, 2.0, "nckd", y)   # the wrong classes alone: nothing on the label
+    assert torch.allclose(others.sum(1), torch.ones(len(t))) and (others.gather(1, y[:, None]) == 0).all()
+    assert target_sharpness(t, y, 2.0, "nckd")["p_true"] == 0.0
     assert torch.allclose(method_targets(10 * t, 2.0, "kd-ls"), method_targets(t, 2.0, "kd-ls"), atol=1e-6)
     assert method_targets(t, 1.0, "kd-ls").max() > method_targets(t, 2.0, "kd-ls").max()
     sharp = target_sharpness(t, t.argmax(1), 2.0, "kd")   # the top class is the label: p_true is p_max
