@@ -1,5 +1,5 @@
-"""Distillation losses: Hinton, Vinyals & Dean (2015), section 2, and two later refinements of its
-soft term, each a ``method`` of ``edgekd distill`` (``--method kd|kd-ls|dkd``):
+"""Distillation losses: Hinton, Vinyals & Dean (2015), section 2, and later refinements of its
+soft term, each a ``method`` of ``edgekd distill`` (``--method kd|kd-ls|dkd|nckd``):
 
 - ``kd``: the paper's ``T^2 * KL(softmax(t/T) || softmax(s/T))``;
 - ``kd-ls``: the same on z-scored logits (logit standardization, Sun et al., CVPR 2024): the student
@@ -78,9 +78,7 @@ def method_targets(teacher: torch.Tensor, temperature: float, method: str = "kd"
     needs). With ``kd-ls`` the flatness depends on T alone, not on the teacher's logit scale."""
     soft_term(method)   # refuses an unknown method in the same words
     if method == "nckd":
-        if labels is None:
-            raise ConfigError("The 'nckd' method needs hard labels (it leaves the target class out).")
-        target = F.one_hot(labels, teacher.shape[-1]).bool()
+        target = F.one_hot(_labels_for(method, labels), teacher.shape[-1]).bool()
         return soft_targets(teacher.float().masked_fill(target, float("-inf")), temperature)
     return soft_targets(standardize(teacher) if method == "kd-ls" else teacher.float(), temperature)
 
@@ -143,18 +141,21 @@ def dkd_terms(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor
 
 def _dkd(student, teacher, labels, temperature, beta):
     """T^2 * (TCKD + beta * NCKD), batch mean; needs the labels."""
-    if labels is None:
-        raise ConfigError("The 'dkd' method needs hard labels (it splits the target class from the others).")
-    tckd, nckd = dkd_terms(student, teacher, labels, temperature)
+    tckd, nckd = dkd_terms(student, teacher, _labels_for("dkd", labels), temperature)
     return temperature ** 2 * (tckd + beta * nckd).mean()
 
 
 def _nckd(student, teacher, labels, temperature, _beta):
     """T^2 * NCKD, batch mean: KL between the teacher's and the student's distributions over the
     non-target classes (Zhao et al. 2022, eq. 5's second term, unweighted); needs the labels."""
+    return temperature ** 2 * dkd_terms(student, teacher, _labels_for("nckd", labels), temperature)[1].mean()
+
+
+def _labels_for(method: str, labels: torch.Tensor | None) -> torch.Tensor:
+    """``labels``, or a ConfigError: ``dkd`` and ``nckd`` split the target class from the others."""
     if labels is None:
-        raise ConfigError("The 'nckd' method needs hard labels (it leaves the target class out).")
-    return temperature ** 2 * dkd_terms(student, teacher, labels, temperature)[1].mean()
+        raise ConfigError(f"The {method!r} method needs hard labels (it splits the target class from the others).")
+    return labels
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
