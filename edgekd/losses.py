@@ -79,7 +79,7 @@ def method_targets(teacher: torch.Tensor, temperature: float, method: str = "kd"
     soft_term(method)   # refuses an unknown method in the same words
     if method == "nckd":
         target = F.one_hot(_labels_for(method, labels), teacher.shape[-1]).bool()
-        return soft_targets(teacher.float().masked_fill(target, float("-inf")), temperature)
+        return _non_target_log_probs(teacher, target, temperature).exp()
     return soft_targets(standardize(teacher) if method == "kd-ls" else teacher.float(), temperature)
 
 
@@ -132,11 +132,18 @@ def dkd_terms(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor
         return torch.stack([log_target, log_other], -1)
 
     bs, bt = binary(log_ps), binary(log_pt)
-    tckd = (bt.exp() * (bt - bs)).sum(-1)
-    hat_s = F.log_softmax((student.float() / temperature).masked_fill(target, float("-inf")), -1)
-    hat_t = F.log_softmax((teacher.float() / temperature).masked_fill(target, float("-inf")), -1)
-    nckd = torch.where(target, 0.0, hat_t.exp() * (hat_t - hat_s)).sum(-1)
-    return tckd, nckd
+    return (bt.exp() * (bt - bs)).sum(-1), _nckd_terms(student, teacher, target, temperature)
+
+
+def _nckd_terms(student, teacher, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-sample NCKD = KL(p-hat^T || p-hat^S) (``target``: the label's one-hot mask)."""
+    hat_s, hat_t = _non_target_log_probs(student, target, temperature), _non_target_log_probs(teacher, target, temperature)
+    return torch.where(target, 0.0, hat_t.exp() * (hat_t - hat_s)).sum(-1)
+
+
+def _non_target_log_probs(logits: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p-hat: ``log_softmax(z/T)`` over the non-target classes alone (-inf on the target)."""
+    return F.log_softmax((logits.float() / temperature).masked_fill(target, float("-inf")), -1)
 
 
 def _dkd(student, teacher, labels, temperature, beta):
@@ -148,7 +155,8 @@ def _dkd(student, teacher, labels, temperature, beta):
 def _nckd(student, teacher, labels, temperature, _beta):
     """T^2 * NCKD, batch mean: KL between the teacher's and the student's distributions over the
     non-target classes (Zhao et al. 2022, eq. 5's second term, unweighted); needs the labels."""
-    return temperature ** 2 * dkd_terms(student, teacher, _labels_for("nckd", labels), temperature)[1].mean()
+    target = F.one_hot(_labels_for("nckd", labels), student.shape[-1]).bool()
+    return temperature ** 2 * _nckd_terms(student, teacher, target, temperature).mean()
 
 
 def _labels_for(method: str, labels: torch.Tensor | None) -> torch.Tensor:
