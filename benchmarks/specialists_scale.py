@@ -984,7 +984,7 @@ def _teacher_label(result, label: str) -> str:
 def _recipe_words(args: dict) -> str:
     keys = ("student_method", "student_temperature", "student_alpha")
     r = student_recipe(argparse.Namespace(**{k: args.get(k) for k in keys}))
-    name = {"kd": "plain KD", "kd-ls": "KD-LS", "dkd": "DKD"}.get(r["method"], r["method"])
+    name = {"kd": "plain KD", "kd-ls": "KD-LS", "dkd": "DKD", "nckd": "NCKD"}.get(r["method"], r["method"])
     what = "distilled with" if any(args.get(k) is not None for k in keys) else "edgekd's default distillation"
     return f"{what} ({name}, T={r['temperature']:g}, alpha={r['alpha']:g})"
 

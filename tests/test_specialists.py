@@ -690,3 +690,14 @@ def test_scale_students_are_named_by_recipe_unless_it_made_the_unnamed_runs():
     default = student_recipe(parse_args(["--quick"]))
     assert _students_suffix(parse_args(["--quick"])) == ("" if default == UNNAMED_RECIPE else
                                                         f"-{default['method']}T{default['temperature']:g}a{default['alpha']:g}")
+
+
+def test_scale_report_names_every_method():
+    """The report words each of edgekd's soft terms by its paper's name, not by its flag."""
+    from benchmarks.specialists_scale import _recipe_words
+
+    from edgekd.config import METHODS
+
+    words = {m: _recipe_words({"student_method": m, "student_temperature": 2.0, "student_alpha": 0.5}) for m in METHODS}
+    assert words["nckd"] == "distilled with (NCKD, T=2, alpha=0.5)" and words["kd"].startswith("distilled with (plain KD,")
+    assert all(f"({m}," not in w for m, w in words.items()), words
