@@ -39,7 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--students", default="mlp;mlp:hidden=100;cnn:width=8;dsconv")
     p.add_argument("--candidates", default=CANDIDATES,
-                   help="';'-separated METHOD:T=..,a=..[,c=1][,m=A][,s=M]; s=M also tries soft term M (--search-methods), c=1 corrects the teacher where it is wrong (--correct-teacher), "
+                   help="';'-separated METHOD:T=..,a=..[,c=1][,m=A][,s=M][,r=0]; s=M also tries soft term M (--search-methods), c=1 corrects the teacher where it is wrong (--correct-teacher), "
+                        "r=0 trains the student's configured recipe only, no jitter search (--no-recipe-search: the consistent views "
+                        "cost 25 teacher passes over the transfer set), "
                         "m=A trains with mixup Beta(A, A), the teacher online (--mixup; put it first so that the baseline "
                         "tries mixup too)")
     p.add_argument("--pick", default=None, metavar="A|B",
@@ -68,14 +70,16 @@ def parse_args(argv=None):
         args.data, args.train_limit, args.teacher_arch = "digits", None, "cnn:width=4,fc=16"
         if args.members == p.get_default("members"):   # an explicit --members (e.g. with --teacher) stands
             args.members = "1,2"
-        args.students, args.candidates, args.epochs, args.teacher_epochs = "mlp:hidden=16", "kd:T=4,a=0.9;kd:T=2,a=0.5", 2, 2
+        if args.candidates == p.get_default("candidates"):   # explicit --candidates (and --pick among them) stand
+            args.candidates = "kd:T=4,a=0.9;kd:T=2,a=0.5"
+        args.students, args.epochs, args.teacher_epochs = "mlp:hidden=16", 2, 2
         args.work = str(Path(args.out).parent / (Path(args.out).name + "-work"))
     return args
 
 
 def parse_candidate(text: str) -> dict:
-    """``METHOD:T=..,a=..[,c=0|1][,m=MIXUP][,s=M1+M2]`` -> its settings (s: the student's ``search_methods``, none
-    unless given); a ValueError in one line for anything else."""
+    """``METHOD:T=..,a=..[,c=0|1][,m=MIXUP][,s=M1+M2][,r=0|1]`` -> its settings (s: the student's ``search_methods``,
+    none unless given; r=0: no ``recipe_search``); a ValueError in one line for anything else."""
     from edgekd.config import METHODS
 
     method, _, rest = text.partition(":")
@@ -83,11 +87,12 @@ def parse_candidate(text: str) -> dict:
         values = dict(item.split("=") for item in rest.split(",") if item)
         parsed = {"method": method, "temperature": float(values.pop("T")), "alpha": float(values.pop("a")),
                   "correct": {"0": False, "1": True}[values.pop("c", "0")], "mixup": float(values.pop("m", "0")),
-                  "search": tuple(m for m in values.pop("s", "").split("+") if m), "name": text}
+                  "search": tuple(m for m in values.pop("s", "").split("+") if m),
+                  "recipe_search": {"0": False, "1": True}[values.pop("r", "1")], "name": text}
     except (ValueError, KeyError):
         parsed = None
     if parsed is None or values or not {method, *parsed["search"]} <= set(METHODS):
-        raise ValueError(f"expected METHOD:T=<float>,a=<float>[,c=0|1][,m=<float>][,s=M1+M2] with each M one of {', '.join(METHODS)}; "
+        raise ValueError(f"expected METHOD:T=<float>,a=<float>[,c=0|1][,m=<float>][,s=M1+M2][,r=0|1] with each M one of {', '.join(METHODS)}; "
                          f"got {text!r}. Fix it like 'kd-ls:T=2,a=0.5,c=1' or 'kd-ls:T=2,a=0.5,m=1'.")
     return parsed
 
@@ -161,18 +166,16 @@ def run(args) -> dict:
                     out = _run_dir(args, k, student, seed, cand, index)
                     tick = time.perf_counter()
                     metrics = _reusable(out, config, teacher)
-                    if metrics is None:
-                        r = distill(teacher, data, config, out, cache=cache, overwrite=True)
-                        metrics = {"test_accuracy": r.student_test_accuracy, "baseline_test_accuracy": r.baseline_test_accuracy,
-                                   "teacher_test_accuracy": r.teacher_test_accuracy, "baseline_search": list(r.baseline_search),
-                                   "student_search": list(r.student_search)}
+                    if metrics is None:   # read back from the run's manifest, as a reused run is
+                        distill(teacher, data, config, out, cache=cache, overwrite=True)
+                        metrics = _reusable(out, config, teacher)
                     if index == 0:
                         cell["baseline"], cell["teacher"] = metrics["baseline_test_accuracy"], metrics["teacher_test_accuracy"]
                         cell["baseline_jitter"] = chosen_jitter(metrics.get("baseline_search"))
                         cell["baseline_mixup"] = chosen_mixup(metrics.get("baseline_search"))
                     cell["runs"][cand["name"]] = {"test_accuracy": metrics["test_accuracy"], "seconds": time.perf_counter() - tick,
                                                   "jitter": chosen_jitter(metrics.get("student_search")),
-                                                  "search": list(metrics.get("student_search") or [])}
+                                                  "search": student_records(metrics, cand)}
                 cells.append(cell)
                 print(f"k={k} {student} seed {seed}: baseline {cell['baseline']:.4f} "
                       + " ".join(f"{n} {v['test_accuracy']:.4f}" for n, v in cell["runs"].items()), flush=True)
@@ -180,6 +183,18 @@ def run(args) -> dict:
     unpicked = add_pick(args.pick, candidates, cells) if args.pick else []
     return {"data": data.describe(), "teacher": described, "candidates": candidates, "cells": cells, "not_run": missing,
             "summary": summarize(cells, candidates), "targets": targets, "pick_not_assembled": unpicked}
+
+
+def student_records(metrics: dict, cand: dict) -> list:
+    """The distilled student's recipes tried, the one chosen on val marked; a run that tried one recipe
+    (``r=0``, or a student given jitter) records no search, so its one record is rebuilt from its val figures
+    (for ``--pick``; none from runs made before the manifest had ``val_nll``)."""
+    if metrics.get("student_search"):
+        return list(metrics["student_search"])
+    if "val_nll" not in metrics:
+        return []
+    return [{"method": cand["method"], "jitter": 0, "mixup": cand.get("mixup", 0.0), "val_accuracy": metrics["val_accuracy"], "val_nll": metrics["val_nll"],
+             "chosen": True}]
 
 
 def add_pick(pick: str, candidates: list, cells: list) -> list:
@@ -195,7 +210,7 @@ def add_pick(pick: str, candidates: list, cells: list) -> list:
     for cell in cells:
         ra, rb = cell["runs"][a], cell["runs"][b]
         best_a = next((r for r in ra["search"] if r["chosen"]), None)
-        plain_b = next((r for r in rb["search"] if r["jitter"] == 0), None)
+        plain_b = next((r for r in rb["search"] if r["jitter"] == 0 and not r.get("mixup")), None)
         if best_a is None or plain_b is None:
             unpicked.append(cell)
             continue
@@ -246,6 +261,7 @@ def _config(args, cand: dict, student: str, seed: int, index: int):
 
     return DistillConfig(student=student, temperature=cand["temperature"], alpha=cand["alpha"], method=cand["method"],
                          correct_teacher=cand.get("correct", False), baseline=index == 0, search_methods=cand.get("search", ()),
+                         recipe_search=cand.get("recipe_search", True),
                          train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device, mixup=cand.get("mixup", 0.0)))
 
 
@@ -314,6 +330,15 @@ def _recipe(jitter, mixup: float = 0.0) -> str:
     return "" if jitter is None else (f" (±{jitter}{mixed})" if jitter else f" (0{mixed})")
 
 
+def _recipe_source(candidates) -> str:
+    """Whose recipe the students train with: edgekd distill's defaults, unless a candidate turns its jitter search off."""
+    fixed = [f"`{c['name']}`" for c in candidates if not c.get("recipe_search", True) and not c.get("derived")]
+    if not fixed:
+        return "the defaults of `edgekd distill`"
+    return (f"{', '.join(fixed)} without the student's jitter search (r=0, `--no-recipe-search`): `edgekd distill` "
+            "would also try ±2 px on consistent views")
+
+
 def _mixup_note(candidates) -> str:
     if not any(c.get("mixup") for c in candidates):
         return ""
@@ -345,7 +370,7 @@ def render(result: dict) -> str:
     recipe = ("its recipe chosen on val between no jitter on cached logits and ±2 px on consistent views (the teacher "
               "cached on every shift)" if searched else "no jitter, cached logits")
     lines += [f"Teachers: the first k of {ensemble}, k ∈ {{{a['members']}}}. Every student {a['epochs']} epochs, "
-              f"{recipe} (the defaults of `edgekd distill`), seeds 0..{a['seeds'] - 1}; gain = distilled − "
+              f"{recipe} ({_recipe_source(result['candidates'])}), seeds 0..{a['seeds'] - 1}; gain = distilled − "
               "hard-label baseline with the same budget and seed, in test-accuracy points. The baseline keeps the "
               "better on val of ±2 px jitter and none. In brackets: the jitter each side chose (0: none)."
               + _mixup_note(result["candidates"]) + _pick_note(result), "",

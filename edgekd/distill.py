@@ -413,7 +413,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     teacher_macs = _teacher_macs(teacher)
     macs, params = count_macs(student, data.input_shape), count_parameters(student)
     metrics = {"test_accuracy": student_acc, "test_nll": student_nll, "val_accuracy": fitted.val_accuracy,
-               "teacher_test_accuracy": teacher_acc, "teacher_test_nll": teacher_nll,
+               "val_nll": fitted.val_nll, "teacher_test_accuracy": teacher_acc, "teacher_test_nll": teacher_nll,
                "baseline_test_accuracy": base_acc, "gap_closed": gap, "baseline_search": baseline_search,
                "student_search": student_search,
                "macs": macs, "parameters": params,

@@ -180,6 +180,8 @@ def test_the_distilled_student_keeps_its_better_recipe_on_val(tmp_path, digits, 
     assert len({c["val_nll"] for c in tried}) == 3   # each recipe trained its own student, kd with its own loss
     artifact = load_artifact(tmp_path / "s")
     assert artifact.manifest.metrics["student_search"] == list(tried) and artifact.manifest.config["method"] == chosen["method"]
+    # the kept student's val figures, recorded whether or not a search ran
+    assert (artifact.manifest.metrics["val_accuracy"], artifact.manifest.metrics["val_nll"]) == (chosen["val_accuracy"], chosen["val_nll"])
     assert artifact.manifest.timings["student_search_seconds"] == result.student_search_seconds > 0
     saved, _ = accuracy_and_nll(load_teacher(tmp_path / "s").logits(digits.x_test), digits.y_test)
     assert saved == pytest.approx(result.student_test_accuracy)   # the saved student is the chosen one

@@ -181,6 +181,9 @@ def test_defaults_study_candidates_can_correct_the_teacher():
     # one soft term per candidate, unless it asks for edgekd's method search
     searched = parse_candidate("kd-ls:T=2,a=0.5,s=kd+dkd")
     assert _config(args, plain, "mlp", 0, 0).search_methods == () and _config(args, searched, "mlp", 0, 0).search_methods == ("kd", "dkd")
+    # the student's recipe search (jitter on consistent views) unless the candidate turns it off
+    fixed = parse_candidate("kd:T=2,a=0.5,r=0")
+    assert _config(args, plain, "mlp", 0, 0).recipe_search and not _config(args, fixed, "mlp", 0, 0).recipe_search
 
 
 def test_a_run_recorded_before_a_setting_existed_is_the_same_when_it_holds_the_default():
@@ -215,7 +218,7 @@ def test_defaults_study_runs_are_named_by_candidate_not_by_place(tmp_path):
     assert _run_dir(args, 1, "cnn:width=8", 0, a, 0) != _run_dir(args, 1, "cnn:width=8", 0, a, 1)   # the baseline run
 
 
-@pytest.mark.parametrize("bad", ["kd-ls:T=2", "kd-ls:T=2,a=0.5,c=2", "crd:T=2,a=0.5", "kd:T=two,a=0.5", "kd:T=2,a=0.5,b=1", "kd-ls:T=2,a=0.5,s=crd"])
+@pytest.mark.parametrize("bad", ["kd-ls:T=2", "kd-ls:T=2,a=0.5,c=2", "crd:T=2,a=0.5", "kd:T=two,a=0.5", "kd:T=2,a=0.5,b=1", "kd-ls:T=2,a=0.5,s=crd", "kd:T=2,a=0.5,r=2"])
 def test_defaults_study_refuses_a_malformed_candidate_in_one_line(bad, capsys):
     from benchmarks import defaults_study
 
@@ -272,3 +275,21 @@ def test_defaults_study_assembles_the_method_search_from_two_candidates_runs():
     jittered = [cell(0, run(0.879, [(2, 0.887, 0.31, True), (0, 0.884, 0.33, False)]), run(0.886, [(2, 0.899, 0.3, True), (0, 0.889, 0.3, False)]))]
     assert add_pick(f"{a['name']}|{b['name']}", [a, b], jittered) == [{"members": 3, "student": "dsconv", "seed": 0}]
     assert set(jittered[0]["runs"]) == {a["name"], b["name"]}   # nothing guessed
+
+
+def test_defaults_study_rebuilds_the_one_record_of_a_run_without_search():
+    """A run that tried one recipe (r=0) records no search; --pick still needs its val figures, which its
+    manifest holds (not for runs from before val_nll was recorded: those are not guessed)."""
+    from benchmarks.defaults_study import add_pick, parse_candidate, student_records
+
+    a, b = parse_candidate("kd-ls:T=2,a=0.5,r=0"), parse_candidate("kd:T=2,a=0.5,r=0")
+    searched = [{"jitter": 2, "val_accuracy": 0.9, "val_nll": 0.3, "chosen": True}]
+    assert student_records({"student_search": searched}, a) == searched
+    assert student_records({"student_search": [], "val_accuracy": 0.9}, a) == []
+    one = student_records({"student_search": [], "val_accuracy": 0.9, "val_nll": 0.3}, b)
+    assert one == [{"method": "kd", "jitter": 0, "mixup": 0.0, "val_accuracy": 0.9, "val_nll": 0.3, "chosen": True}]
+    cell = {"members": 1, "student": "mlp", "seed": 0, "baseline": 0.8, "teacher": 0.9,
+            "runs": {a["name"]: {"test_accuracy": 0.81, "search": student_records({"val_accuracy": 0.88, "val_nll": 0.4}, a)},
+                     b["name"]: {"test_accuracy": 0.83, "search": one}}}
+    assert add_pick(f"{a['name']}|{b['name']}", [a, b], [cell]) == []
+    assert cell["runs"][f"{a['name']} or {b['name']} on val"]["test_accuracy"] == 0.83
