@@ -3,7 +3,7 @@ size and cost of every model, as one JSON-ready report.
 
 Method (also written into every report):
 
-- every model is evaluated once on the test split (accuracy, NLL, ECE, top-1 agreement with the
+- every model is evaluated once on the test split (or its first ``eval_samples``: accuracy, NLL, ECE, top-1 agreement with the
   first model, the *reference*) with the first selected runtime that reads its format;
 - for each thread count and batch size, every (model, runtime) pair and every runtime's identity
   graph is warmed up, then timed for ``seconds`` split into ``rounds`` slices, taken round-robin
@@ -56,6 +56,9 @@ class BenchConfig:
     probe_seconds: float = 0.3  # peak GEMM probe per thread count
     split: str = "test"
     check_samples: int = 256  # samples compared across runtimes (parity)
+    # the first N samples of the split evaluated (accuracy, and the inputs of the parity check and the timings);
+    # None: all. A run that only times (latency_report's confirmation) needs no accuracy on the whole split
+    eval_samples: int | None = None
     warm_seconds: float = 0.0  # > 0: also time each pair alone, warm, for this long (warm_p50_ms)
     device: str = "cpu"  # where the PyTorch rows run ("cpu" or "cuda"); every other runtime is a CPU runtime
 
@@ -77,6 +80,8 @@ class BenchConfig:
         check_int_at_least("rounds", self.rounds, 1)
         check_int_at_least("min_runs", self.min_runs, 1)
         check_int_at_least("check_samples", self.check_samples, 1)
+        if self.eval_samples is not None:
+            check_int_at_least("eval_samples", self.eval_samples, 1)
         check_choice("split", self.split, ("test", "val", "train"))
         if self.runtimes is not None:
             object.__setattr__(self, "runtimes", parse_runtimes(self.runtimes))
@@ -177,6 +182,8 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
     entries = [_describe(name, path, rows) for name, (_, path) in zip(names, parsed)]
 
     x_split, y_split = data.split(config.split)
+    if config.eval_samples is not None:
+        x_split, y_split = x_split[:config.eval_samples], y_split[:config.eval_samples]
     echo(f"evaluating {len(entries)} model(s) on {data.spec} [{config.split}], {len(y_split)} samples")
     for entry in entries:
         _evaluate(entry, data, x_split, y_split, runtime_names, runtimes, max(threads), entries[0], rows)

@@ -294,7 +294,10 @@ def confirm(heads: dict, paths: dict, data, config, *, rounds: int, slice_second
     names = sorted({m for m, _ in pairs}, key=lambda m: (m != "teacher", m))   # the eager teacher stays the reference
     focused = dataclasses.replace(config, batch_sizes=(heads["batch_size"],), threads=(heads["threads"],),
                                   runtimes=tuple(sorted({r for _, r in pairs})), rounds=rounds,
-                                  seconds=rounds * slice_seconds, warm_seconds=0.0)
+                                  seconds=rounds * slice_seconds, warm_seconds=0.0,
+                                  # its accuracy is the full run's (headlines(accuracy_from=...)): evaluate only
+                                  # what the parity check and the timed batches take
+                                  eval_samples=max(config.check_samples, heads["batch_size"]))
     echo(f"confirming the headlines: {', '.join(f'{m} on {r}' for m, r in sorted(pairs))}, {rounds} rounds")
     report = run_benchmark([f"{name}={paths[name]}" for name in names], data, focused,
                            command="benchmarks.latency_report.confirm", echo=echo)

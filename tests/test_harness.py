@@ -416,8 +416,22 @@ def test_latency_report_smoke(tmp_path, capsys):
     assert ca["paired"]["rounds"] == 6 and ca["paired"]["low"] <= ca["speedup"] <= ca["paired"]["high"]
     assert ca["verdict"] in ("meets", "misses", "undecided") and ca["meets"] == (ca["verdict"] == "meets")
     assert (ca["accuracy"], ca["reference_accuracy"]) == (a["accuracy"], a["reference_accuracy"])   # the full run's
+    # which it does not evaluate again: only what its parity check and timed batch take
+    assert {m["n_eval"] for m in confirmation["models"]} == {confirmation["config"]["eval_samples"]} == {data["config"]["check_samples"]}
     assert "the aims are judged here" in data["extra"]["summary"] and "the aims are judged here" in md
     assert rerender(out / "report.json", tmp_path / "again")["report_md"].read_text() == md
+
+
+def test_eval_samples_evaluates_the_first_samples_and_still_checks_parity(digits, tiny_student, tmp_path):
+    from export import ExportConfig, export_onnx
+
+    onnx_path = tmp_path / "student.onnx"
+    export_onnx(tiny_student, onnx_path, ExportConfig(), data=digits)
+    report = run_benchmark([tiny_student, onnx_path], digits, BenchConfig(runtimes=("pytorch", "onnxruntime"), **TINY, eval_samples=20))
+    assert [m["n_eval"] for m in report.models] == [20, 20] and report.config["eval_samples"] == 20
+    assert {p["samples"] for p in report.parity} == {20} and report.ok_rows()   # parity on what was evaluated; timed
+    with pytest.raises(ConfigError, match="eval_samples"):
+        BenchConfig(eval_samples=0)
 
 
 def test_an_export_is_compared_with_the_pytorch_model_it_came_from(digits, tiny_student, tmp_path):
