@@ -86,7 +86,7 @@ class DistillConfig:
     paper's plain KD at T=4, alpha=0.9 lost to its baseline in every cell there. With ``recipe_search``
     the student also tries ``search_methods`` (plain KD) at the same T and alpha and keeps the best on
     val: within a seed spread of the better of the two, per teacher and student, in the study
-    (``benchmarks/results/defaults_pick_10k_*.md``).
+    (``benchmarks/results/defaults_pick_10k_*.md``; on the full data ``defaults_confirm_full_search.md``).
     """
 
     student: str = "mlp"
