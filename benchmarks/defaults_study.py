@@ -169,6 +169,8 @@ def run(args) -> dict:
                     if metrics is None:   # read back from the run's manifest, as a reused run is
                         distill(teacher, data, config, out, cache=cache, overwrite=True)
                         metrics = _reusable(out, config, teacher)
+                        if metrics is None:
+                            raise RuntimeError(f"{out} was just written but does not read back as this run's settings and teacher")
                     if index == 0:
                         cell["baseline"], cell["teacher"] = metrics["baseline_test_accuracy"], metrics["teacher_test_accuracy"]
                         cell["baseline_jitter"] = chosen_jitter(metrics.get("baseline_search"))
@@ -187,14 +189,14 @@ def run(args) -> dict:
 
 def student_records(metrics: dict, cand: dict) -> list:
     """The distilled student's recipes tried, the one chosen on val marked; a run that tried one recipe
-    (``r=0``, or a student given jitter) records no search, so its one record is rebuilt from its val figures
-    (for ``--pick``; none from runs made before the manifest had ``val_nll``)."""
+    (``r=0``, or mixup; the study gives students no jitter) records no search, so its one record is rebuilt
+    from its val figures (for ``--pick``; none from runs made before the manifest had ``val_nll``)."""
     if metrics.get("student_search"):
         return list(metrics["student_search"])
     if "val_nll" not in metrics:
         return []
-    return [{"method": cand["method"], "jitter": 0, "mixup": cand.get("mixup", 0.0), "val_accuracy": metrics["val_accuracy"], "val_nll": metrics["val_nll"],
-             "chosen": True}]
+    return [{"method": cand["method"], "jitter": 0, "mixup": cand.get("mixup", 0.0),
+             "val_accuracy": metrics["val_accuracy"], "val_nll": metrics["val_nll"], "chosen": True}]
 
 
 def add_pick(pick: str, candidates: list, cells: list) -> list:
