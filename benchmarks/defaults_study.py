@@ -66,6 +66,12 @@ def parse_args(argv=None):
             parse_candidate(text)
         except ValueError as e:
             p.error(f"--candidates: {e}")
+    if args.pick is not None:
+        a, b = (parse_candidate(t) for t in args.pick.split("|"))
+        if a["mixup"] or b["mixup"] or (a["temperature"], a["alpha"]) != (b["temperature"], b["alpha"]):
+            # distill's method search trains B on the plain transfer set with A's T and alpha
+            p.error(f"--pick needs two candidates without m= and with the same T and a (the method search trains the "
+                    f"second on the plain transfer set with the first's T and alpha); got {args.pick!r}. Pick two such candidates.")
     if args.smoke:
         args.data, args.train_limit, args.teacher_arch = "digits", None, "cnn:width=4,fc=16"
         if args.members == p.get_default("members"):   # an explicit --members (e.g. with --teacher) stands
@@ -214,15 +220,15 @@ def add_pick(pick: str, candidates: list, cells: list) -> list:
         best_a = next((r for r in ra["search"] if r["chosen"]), None)
         plain_b = next((r for r in rb["search"] if r["jitter"] == 0 and not r.get("mixup")), None)
         if best_a is None or plain_b is None:
-            unpicked.append(cell)
+            unpicked.append((cell, "a run records no val figures for its recipes (made before the manifest had val_nll)"))
             continue
         b_wins = (plain_b["val_accuracy"], -plain_b["val_nll"]) > (best_a["val_accuracy"], -best_a["val_nll"])
         if b_wins and not plain_b["chosen"]:
-            unpicked.append(cell)
+            unpicked.append((cell, "the second candidate's no-jitter recipe won on val where it kept jitter"))
             continue
         picked.append((cell, {**(rb if b_wins else ra), "picked": b if b_wins else a}))
     if unpicked:
-        return [{"members": c["members"], "student": c["student"], "seed": c["seed"]} for c in unpicked]
+        return [{"members": c["members"], "student": c["student"], "seed": c["seed"], "why": why} for c, why in unpicked]
     for cell, run in picked:
         cell["runs"][name] = run
     first = next(c for c in candidates if c["name"] == a)
@@ -356,9 +362,9 @@ def _pick_note(result: dict) -> str:
                 "when the first is its method and the second in its `search_methods`: per cell, the better on val of the "
                 "first's recipes and the second's no-jitter one, assembled from the two runs (no extra training).")
     if result.get("pick_not_assembled"):
-        return (" The --pick column could not be assembled from the runs (the second candidate's no-jitter recipe won on "
-                "val where it chose jitter) in: " + ", ".join(f"k={c['members']} `{c['student']}` seed {c['seed']}"
-                                                               for c in result["pick_not_assembled"]) + ".")
+        return (" The --pick column could not be assembled from the runs: " + "; ".join(
+            f"k={c['members']} `{c['student']}` seed {c['seed']}: {c.get('why', 'the second candidate kept jitter')}"
+            for c in result["pick_not_assembled"]) + ".")
     return ""
 
 

@@ -273,8 +273,25 @@ def test_defaults_study_assembles_the_method_search_from_two_candidates_runs():
     assert [c["runs"][name]["test_accuracy"] for c in cells] == [0.886, 0.885]   # B wins on accuracy; a tie goes by NLL
     assert candidates[-1]["name"] == name and candidates[-1]["derived"]
     jittered = [cell(0, run(0.879, [(2, 0.887, 0.31, True), (0, 0.884, 0.33, False)]), run(0.886, [(2, 0.899, 0.3, True), (0, 0.889, 0.3, False)]))]
-    assert add_pick(f"{a['name']}|{b['name']}", [a, b], jittered) == [{"members": 3, "student": "dsconv", "seed": 0}]
+    unpicked = add_pick(f"{a['name']}|{b['name']}", [a, b], jittered)
+    assert [(c["student"], c["seed"]) for c in unpicked] == [("dsconv", 0)] and "kept jitter" in unpicked[0]["why"]
     assert set(jittered[0]["runs"]) == {a["name"], b["name"]}   # nothing guessed
+    unrecorded = [cell(1, run(0.879, [(2, 0.887, 0.31, True)]), {"test_accuracy": 0.88, "jitter": 0, "search": []})]
+    assert "no val figures" in add_pick(f"{a['name']}|{b['name']}", [a, b], unrecorded)[0]["why"]
+
+
+def test_defaults_study_refuses_a_pick_the_method_search_cannot_make(capsys):
+    """--pick stands for distill's method search, which trains B on the plain transfer set with A's T and alpha:
+    a mixup candidate or another T/alpha is refused in one line, exit 2."""
+    from benchmarks.defaults_study import parse_args
+
+    for cands, pick in (("kd-ls:T=2,a=0.5;kd:T=2,a=0.5,m=1", "kd-ls:T=2,a=0.5|kd:T=2,a=0.5,m=1"),
+                        ("kd-ls:T=2,a=0.5;kd:T=4,a=0.5", "kd-ls:T=2,a=0.5|kd:T=4,a=0.5")):
+        with pytest.raises(SystemExit) as e:
+            parse_args(["--candidates", cands, "--pick", pick])
+        assert e.value.code == 2
+        assert "--pick needs two candidates without m= and with the same T and a" in capsys.readouterr().err
+    assert parse_args(["--candidates", "kd-ls:T=2,a=0.5;kd:T=2,a=0.5", "--pick", "kd-ls:T=2,a=0.5|kd:T=2,a=0.5"]).pick
 
 
 def test_defaults_study_rebuilds_the_one_record_of_a_run_without_search():
