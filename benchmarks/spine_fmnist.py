@@ -19,6 +19,7 @@ from dataclasses import asdict
 
 from benchmarks.provenance import header_markdown, mean_std, pm, provenance
 from benchmarks.scenario_common import apply_smoke, base_parser, prepare, same_settings, write_result
+from edgekd.config import METHODS
 
 
 def parse_args(argv=None):
@@ -31,6 +32,8 @@ def parse_args(argv=None):
                    "shift, so the teacher sees exactly the student's view (consistent teaching).")
     p.add_argument("--temperature-grid", default="2,4,8,16")
     p.add_argument("--alpha-grid", default="0.5,0.9")
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="The students' one soft term, without the method search (default: edgekd distill's, with its search).")
     p.add_argument("--student-jitter", type=int, default=None,
                    help="The students' ±px jitter (default: the teacher's --jitter); the hard-label baseline picks its own.")
     p.add_argument("--reuse", metavar="JSON", help="An earlier result of this benchmark with the same arguments (but "
@@ -159,7 +162,8 @@ def main(argv=None):
                                    temperature_grid=grid_t, alpha_grid=grid_a,
                                    train=TrainConfig(epochs=epochs, jitter=jitter, seed=seed, device=args.device),
                                    views=0 if args.views == "all" else int(args.views), view_grid=args.views == "all",
-                                   baseline=True, baseline_jitter=recipe)
+                                   baseline=True, baseline_jitter=recipe,
+                                   **({"method": args.method, "search_methods": ()} if args.method else {}))
             if (spec, epochs, seed) in reuse:
                 run = reused_run(reuse[(spec, epochs, seed)], config, args.reuse)
             else:
@@ -319,6 +323,8 @@ def render(result: dict) -> str:
               else f"{a['views']} cached teacher views")
     views = (f"±{jitter} px jitter ({cached})" if jitter else
              "no jitter (teacher logits cached on the un-augmented transfer set)")
+    if a.get("method"):
+        views += f", soft term `{a['method']}` alone (`--method`: no method search)"
     lines += ["", f"Mean ± std over {len(result['students'][0]['runs'])} seeds; the same seed, budget "
               f"({budgets} epochs), "
               f"and transfer set for both columns; the distilled student trains with {views}. "

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,18 @@ def test_spine_report_is_written_again_from_its_json(tmp_path):
     spine_fmnist.main(["--render", str(out.with_suffix(".json"))])
     assert out.with_suffix(".md").read_text() == first
     assert "Hard-label recipe for" in first and "95% interval" in first and "teacher's targets" in first
+
+
+def test_spine_trains_the_one_soft_term_asked(tmp_path):
+    """--method M: every student distils with M alone (no method search), and the report says so."""
+    from benchmarks import spine_fmnist
+
+    out = tmp_path / "spine"
+    spine_fmnist.main(["--smoke", "--seeds", "1", "--method", "kd", "--out", str(out)])
+    run = json.loads(out.with_suffix(".json").read_text())["students"][0]["runs"][0]
+    assert run["config"]["method"] == "kd" and run["config"]["search_methods"] == []
+    assert json.loads((Path(run["path"]) / "manifest.json").read_text())["config"]["method"] == "kd"
+    assert "soft term `kd` alone" in out.with_suffix(".md").read_text()
 
 
 def test_spine_reuses_earlier_seeds_and_keeps_the_baseline_recipe_of_seed_0(tmp_path):
