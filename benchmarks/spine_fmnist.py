@@ -46,7 +46,8 @@ def parse_args(argv=None):
     if args.smoke:
         apply_smoke(args)
         args.students, args.epochs, args.views = "mlp:hidden=32@2", 2, "2"
-        args.temperature_grid, args.alpha_grid = "2,8", "0.9"
+        if (args.temperature_grid, args.alpha_grid) == (p.get_default("temperature_grid"), p.get_default("alpha_grid")):
+            args.temperature_grid, args.alpha_grid = "2,8", "0.9"   # explicit grids stand
     return args
 
 
@@ -138,6 +139,7 @@ def main(argv=None):
     data, teacher, t_metrics, cache, work = prepare(args)
     grid_t = tuple(float(v) for v in args.temperature_grid.split(","))
     grid_a = tuple(float(v) for v in args.alpha_grid.split(","))
+    fixed = (grid_t[0], grid_a[0]) if len(grid_t) == len(grid_a) == 1 else None   # one (T, alpha): nothing to search
     teacher_record = {"arch": args.teacher_arch, "members": args.ensemble, "epochs": args.teacher_epochs,
                       "member_test_accuracy": t_metrics["member_test_accuracy"],
                       "ensemble_test_accuracy": t_metrics["test_accuracy"], "macs": t_metrics["macs"]}
@@ -152,7 +154,7 @@ def main(argv=None):
     for entry in args.students.split(";"):
         spec, _, epochs = entry.partition("@")
         epochs = int(epochs) if epochs else args.epochs
-        runs, chosen, recipe = [], None, None
+        runs, chosen, recipe = [], fixed, None
         record = {"student": spec, "epochs": epochs, "runs": runs}
         students.append(record)
         suffix = ("" if jitter == args.jitter else f"-j{jitter}") + (f"-e{epochs}" if specs.count(spec) > 1 else "")

@@ -80,13 +80,15 @@ def test_spine_report_is_written_again_from_its_json(tmp_path):
 
 
 def test_spine_trains_the_one_soft_term_asked(tmp_path):
-    """--method M: every student distils with M alone (no method search), and the report says so."""
+    """--method M: every student distils with M alone (no method search), and the report says so; one
+    temperature and one alpha are taken as they are (no auto search)."""
     from benchmarks import spine_fmnist
 
     out = tmp_path / "spine"
-    spine_fmnist.main(["--smoke", "--seeds", "1", "--method", "kd", "--out", str(out)])
+    spine_fmnist.main(["--smoke", "--seeds", "1", "--method", "kd", "--temperature-grid", "2", "--alpha-grid", "0.5", "--out", str(out)])
     run = json.loads(out.with_suffix(".json").read_text())["students"][0]["runs"][0]
     assert run["config"]["method"] == "kd" and run["config"]["search_methods"] == []
+    assert (run["config"]["temperature"], run["config"]["alpha"]) == (2.0, 0.5) and run["search"] == []
     assert json.loads((Path(run["path"]) / "manifest.json").read_text())["config"]["method"] == "kd"
     assert "soft term `kd` alone" in out.with_suffix(".md").read_text()
 
