@@ -363,7 +363,7 @@ def _pick_note(result: dict) -> str:
                 "first's recipes and the second's no-jitter one, assembled from the two runs (no extra training).")
     if result.get("pick_not_assembled"):
         return (" The --pick column could not be assembled from the runs: " + "; ".join(
-            f"k={c['members']} `{c['student']}` seed {c['seed']}: {c.get('why', 'the second candidate kept jitter')}"
+            f"k={c['members']} `{c['student']}` seed {c['seed']}: {c['why']}"
             for c in result["pick_not_assembled"]) + ".")
     return ""
 
