@@ -268,7 +268,7 @@ def test_pipeline_digits_breaks_a_tie_on_val_with_the_current_setting():
 def test_defaults_study_assembles_the_method_search_from_two_candidates_runs():
     """--pick: per cell, the better on val of A's chosen recipe and B's no-jitter one (accuracy, then NLL), with
     that run's test accuracy; a cell where B's no-jitter recipe wins but B kept jitter is not guessed."""
-    from benchmarks.defaults_study import add_pick, parse_candidate
+    from benchmarks.defaults_study import _pick_note, add_pick, parse_candidate
 
     a, b = parse_candidate("kd-ls:T=2,a=0.5"), parse_candidate("kd:T=2,a=0.5")
 
@@ -290,6 +290,8 @@ def test_defaults_study_assembles_the_method_search_from_two_candidates_runs():
     jittered = [cell(0, run(0.879, [(2, 0.887, 0.31, True), (0, 0.884, 0.33, False)]), run(0.886, [(2, 0.899, 0.3, True), (0, 0.889, 0.3, False)]))]
     unpicked = add_pick(f"{a['name']}|{b['name']}", [a, b], jittered)
     assert [(c["student"], c["seed"]) for c in unpicked] == [("dsconv", 0)] and "kept jitter" in unpicked[0]["why"]
+    assert "`dsconv` seed 0: the second candidate's no-jitter recipe won on val where it kept jitter" in _pick_note(
+        {"candidates": [a, b], "pick_not_assembled": unpicked})
     assert set(jittered[0]["runs"]) == {a["name"], b["name"]}   # nothing guessed
     unrecorded = [cell(1, run(0.879, [(2, 0.887, 0.31, True)]), {"test_accuracy": 0.88, "jitter": 0, "search": []})]
     assert "no val figures" in add_pick(f"{a['name']}|{b['name']}", [a, b], unrecorded)[0]["why"]
