@@ -61,13 +61,14 @@ def parse_args(argv=None):
     names = args.candidates.split(";")
     if args.pick is not None and (len(args.pick.split("|")) != 2 or not set(args.pick.split("|")) <= set(names)):
         p.error(f"--pick must name two of --candidates as 'A|B'; got {args.pick!r}. Choose among {', '.join(names)}.")
+    parsed = {}
     for text in names:
         try:
-            parse_candidate(text)
+            parsed[text] = parse_candidate(text)
         except ValueError as e:
             p.error(f"--candidates: {e}")
     if args.pick is not None:
-        a, b = (parse_candidate(t) for t in args.pick.split("|"))
+        a, b = (parsed[t] for t in args.pick.split("|"))
         if a["mixup"] or b["mixup"] or (a["temperature"], a["alpha"]) != (b["temperature"], b["alpha"]):
             # distill's method search trains B on the plain transfer set with A's T and alpha
             p.error(f"--pick needs two candidates without m= and with the same T and a (the method search trains the "
