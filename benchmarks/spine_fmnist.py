@@ -345,8 +345,8 @@ def render(result: dict) -> str:
             base = sum(t.get("baseline_search_seconds") or 0.0 for t in timed)
             train = sum((t.get("seconds_per_epoch") or 0.0) * s["epochs"] for t in timed)
             targets = [t["teacher_targets_seconds"] for t in timed if t.get("teacher_targets_seconds") is not None]
-            once = (f"; the teacher's targets {max(targets):.0f} s once (later seeds read them from the cache in "
-                    f"{min(targets):.1f} s)") if targets else ""
+            later = f" (later seeds read them from the cache in {min(targets):.1f} s)" if len(targets) > 1 else ""
+            once = f"; the teacher's targets {max(targets):.0f} s once{later}" if targets else ""
             lines.append(f"Cost, all seeds: distilled students {train / 60:.1f} min of training; the (T, alpha) search "
                          f"{search / 60:.1f} min; the baseline recipe not kept {base / 60:.1f} min{once} (reported apart, "
                          "not charged to either column).")

@@ -77,6 +77,7 @@ def test_spine_report_is_written_again_from_its_json(tmp_path):
     spine_fmnist.main(["--render", str(out.with_suffix(".json"))])
     assert out.with_suffix(".md").read_text() == first
     assert "Hard-label recipe for" in first and "95% interval" in first and "teacher's targets" in first
+    assert "later seeds read them from the cache" in first
 
 
 def test_spine_trains_the_one_soft_term_asked(tmp_path):
@@ -90,7 +91,9 @@ def test_spine_trains_the_one_soft_term_asked(tmp_path):
     assert run["config"]["method"] == "kd" and run["config"]["search_methods"] == []
     assert (run["config"]["temperature"], run["config"]["alpha"]) == (2.0, 0.5) and run["search"] == []
     assert json.loads((Path(run["path"]) / "manifest.json").read_text())["config"]["method"] == "kd"
-    assert "soft term `kd` alone" in out.with_suffix(".md").read_text()
+    report = out.with_suffix(".md").read_text()
+    assert "soft term `kd` alone" in report
+    assert "teacher's targets" in report and "later seeds" not in report   # one seed: nothing read back to report
 
 
 def test_spine_reuses_earlier_seeds_and_keeps_the_baseline_recipe_of_seed_0(tmp_path):
