@@ -271,6 +271,29 @@ def per_seed_line(s: dict, students: list[dict]) -> str | None:
         f"{r['seed']}: {100 * r['student_test_accuracy']:.2f} / {100 * r['baseline_test_accuracy']:.2f}" for r in s["runs"]) + ".")
 
 
+def student_recipe_line(s: dict, students: list[dict]) -> str | None:
+    """The distilled student's own recipe search (``DistillConfig.recipe_search``): what each seed tried on
+    val, what it kept, and what the recipes not kept cost; None when no seed searched."""
+    runs = [r for r in s["runs"] if len(r.get("student_search") or []) > 1]
+    if not runs:
+        return None
+
+    def view(c):
+        if not c["jitter"]:
+            return "±0 px"
+        return f"±{c['jitter']} px, " + (f"all {(2 * c['jitter'] + 1) ** 2} shifts" if c["view_grid"] else f"{c['views']} views")
+
+    def tried(r):
+        return " / ".join(f"{view(c)} {100 * c['val_accuracy']:.2f}" + (" (kept)" if c["chosen"] else "")
+                          for c in r["student_search"])
+
+    kept = [next(c for c in r["student_search"] if c["chosen"]) for r in runs]
+    plain = sum(not c["jitter"] for c in kept)
+    cost = sum(r.get("student_search_seconds") or 0.0 for r in runs)
+    return (f"Distilled recipe for {label(s, students)}, chosen on val per seed "
+            f"({', '.join('seed ' + str(r['seed']) + ': ' + tried(r) for r in runs)}): no jitter in {plain} of {len(runs)} seeds; "
+            f"the recipes not kept cost {cost / 60:.1f} min (reported apart).")
+
 def recipes_phrase(result: dict) -> str:
     tried = {tuple(b["jitter"] for b in s["runs"][0]["baseline_search"]) for s in result["students"]}
     if all(len(t) > 1 for t in tried):
@@ -339,6 +362,8 @@ def render(result: dict) -> str:
                   f"(`{r['path']}`, revision {r['revision']}, {r['date']}); the other seeds were trained by this one.", ""]
     for s in result["students"]:
         lines.append(recipe_line(s, students))
+        if line := student_recipe_line(s, students):
+            lines.append(line)
         timed = [r.get("timings") or {} for r in s["runs"]]
         if any(timed):
             search = sum(t.get("search_seconds") or 0.0 for t in timed)

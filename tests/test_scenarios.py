@@ -330,3 +330,19 @@ def test_defaults_study_rebuilds_the_one_record_of_a_run_without_search():
                      b["name"]: {"test_accuracy": 0.83, "search": one}}}
     assert add_pick(f"{a['name']}|{b['name']}", [a, b], [cell]) == []
     assert cell["runs"][f"{a['name']} or {b['name']} on val"]["test_accuracy"] == 0.83
+
+
+def test_spine_names_the_distilled_students_own_recipe_search():
+    """A student that also tried jitter on consistent views says what each seed tried, kept and cost."""
+    from benchmarks.spine_fmnist import student_recipe_line
+
+    def run(seed, kept_jitter):
+        return {"seed": seed, "student_search_seconds": 60.0, "student_search": [
+            {"jitter": 2, "views": 0, "view_grid": True, "val_accuracy": 0.8937, "chosen": kept_jitter == 2},
+            {"jitter": 0, "views": 4, "view_grid": False, "val_accuracy": 0.9098, "chosen": kept_jitter == 0}]}
+
+    s = {"student": "mlp", "epochs": 20, "runs": [run(0, 0), run(1, 2)]}
+    line = student_recipe_line(s, [s])
+    assert "seed 0: ±2 px, all 25 shifts 89.37 / ±0 px 90.98 (kept)" in line
+    assert "no jitter in 1 of 2 seeds" in line and "cost 2.0 min" in line
+    assert student_recipe_line({"student": "mlp", "epochs": 20, "runs": [{"seed": 0, "student_search": []}]}, []) is None
