@@ -294,6 +294,7 @@ def student_recipe_line(s: dict, students: list[dict]) -> str | None:
             f"({', '.join('seed ' + str(r['seed']) + ': ' + tried(r) for r in runs)}): no jitter in {plain} of {len(runs)} seeds; "
             f"the recipes not kept cost {cost / 60:.1f} min (reported apart).")
 
+
 def recipes_phrase(result: dict) -> str:
     tried = {tuple(b["jitter"] for b in s["runs"][0]["baseline_search"]) for s in result["students"]}
     if all(len(t) > 1 for t in tried):
