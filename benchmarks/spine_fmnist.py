@@ -271,6 +271,10 @@ def per_seed_line(s: dict, students: list[dict]) -> str | None:
         f"{r['seed']}: {100 * r['student_test_accuracy']:.2f} / {100 * r['baseline_test_accuracy']:.2f}" for r in s["runs"]) + ".")
 
 
+def tried(candidates: list[dict], name=lambda c: f"±{c['jitter']} px") -> str:
+    """Recipes tried on val, each named and scored, the kept one marked: "±2 px 89.00 / ±0 px 89.88 (kept)"."""
+    return " / ".join(f"{name(c)} {100 * c['val_accuracy']:.2f}" + (" (kept)" if c["chosen"] else "") for c in candidates)
+
 def student_recipe_line(s: dict, students: list[dict]) -> str | None:
     """The distilled student's own recipe search (``DistillConfig.recipe_search``): what each seed tried on
     val, what it kept, and what the recipes not kept cost; None when no seed searched."""
@@ -283,15 +287,11 @@ def student_recipe_line(s: dict, students: list[dict]) -> str | None:
             return "±0 px"
         return f"±{c['jitter']} px, " + (f"all {(2 * c['jitter'] + 1) ** 2} shifts" if c["view_grid"] else f"{c['views']} views")
 
-    def tried(r):
-        return " / ".join(f"{view(c)} {100 * c['val_accuracy']:.2f}" + (" (kept)" if c["chosen"] else "")
-                          for c in r["student_search"])
-
     kept = [next(c for c in r["student_search"] if c["chosen"]) for r in runs]
     plain = sum(not c["jitter"] for c in kept)
     cost = sum(r.get("student_search_seconds") or 0.0 for r in runs)
     return (f"Distilled recipe for {label(s, students)}, chosen on val per seed "
-            f"({', '.join('seed ' + str(r['seed']) + ': ' + tried(r) for r in runs)}): no jitter in {plain} of {len(runs)} seeds; "
+            f"({', '.join('seed ' + str(r['seed']) + ': ' + tried(r['student_search'], view) for r in runs)}): no jitter in {plain} of {len(runs)} seeds; "
             f"the recipes not kept cost {cost / 60:.1f} min (reported apart).")
 
 
@@ -304,17 +304,13 @@ def recipes_phrase(result: dict) -> str:
 
 def recipe_line(s: dict, students: list[dict]) -> str:
     """How the hard-label recipe was chosen: on val per seed, or with seed 0 and kept (as (T, alpha) are)."""
-    def tried(r):
-        return " / ".join(f"±{b['jitter']} px {100 * b['val_accuracy']:.2f}" + (" (kept)" if b["chosen"] else "")
-                          for b in r["baseline_search"])
-
     runs = s["runs"]
     if all(len(r["baseline_search"]) > 1 for r in runs):
         chosen = [chosen_recipe(r) for r in runs]
-        per_seed = ", ".join(f"seed {r['seed']}: {tried(r)}" for r in runs)
+        per_seed = ", ".join(f"seed {r['seed']}: {tried(r['baseline_search'])}" for r in runs)
         return (f"Hard-label recipe for {label(s, students)}, chosen on val per seed ({per_seed}): "
                 f"jitter off in {sum(c == 0 for c in chosen)} of {len(chosen)} seeds.")
-    return (f"Hard-label recipe for {label(s, students)}, chosen on val with seed {runs[0]['seed']} ({tried(runs[0])}) "
+    return (f"Hard-label recipe for {label(s, students)}, chosen on val with seed {runs[0]['seed']} ({tried(runs[0]['baseline_search'])}) "
             f"and kept for the other seeds, as (T, alpha) are: ±{chosen_recipe(runs[0])} px.")
 
 
