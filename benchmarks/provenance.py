@@ -39,7 +39,9 @@ def header_markdown(title: str, prov: dict) -> list[str]:
     m = prov["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
     return [f"# {title}", "", f"- command: `{prov['command']}`",
-            f"- machine: {m['cpu']}, {m['usable_cores']} usable cores, {m['memory_gib']} GiB, {m['os']}",
+            f"- machine: {m['cpu']}, {m['usable_cores']} usable cores"
+            + (f" (torch {m['torch_threads']} thread{'s' * (m['torch_threads'] != 1)})" if m.get("torch_threads") else "")
+            + f", {m['memory_gib']} GiB, {m['os']}",
             f"- versions: {versions}", f"- date: {prov['date']}; run time {prov['run_seconds'] / 60:.1f} min"
             + (f" ({prov['run_note']})" if prov.get("run_note") else "")
             + (f"; edgekd revision {prov['revision']}" if prov.get("revision") else ""), ""]

@@ -63,7 +63,14 @@ def usable_cores() -> int:
 
 
 def machine_facts() -> dict:
-    """CPU model, cores, memory, OS and load when the benchmark started."""
+    """CPU model, cores, torch's intra-op threads, memory, OS and load when the benchmark started.
+
+    The thread count is recorded because it changes results, not only speed: the same seed trains
+    bit-identical weights at a fixed thread count, and different ones at another (reductions split
+    differently), which is enough to move one seed's test accuracy by tenths of a point.
+    """
+    import torch
+
     cpu, flags = None, []
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
@@ -84,7 +91,8 @@ def machine_facts() -> dict:
         pass
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd") if f in flags]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable_cores(), "memory_gib": memory,
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable_cores(),
+            "torch_threads": torch.get_num_threads(), "memory_gib": memory,
             "simd": simd, "os": platform.platform(), "machine": platform.machine(),
             "load_average_at_start": [round(v, 2) for v in load] if load else None}
 

@@ -535,3 +535,20 @@ def test_latency_report_reuses_an_export_only_from_the_same_code(tmp_path, tiny_
     summary.write_text(json.dumps({**stale, "builder": "0" * 64}))
     prepare_exports({"student": tiny_student}, tmp_path, digits, ("student-onnx",), echo=said.append)
     assert len(said) == 2 and json.loads(summary.read_text())["builder"] == builder_fingerprint()
+
+
+def test_machine_facts_name_torchs_thread_count_and_the_header_shows_it():
+    """The thread count changes a seed's weights, so a result says which it ran with; results made
+    before it was recorded render as they did."""
+    import torch
+
+    from benchmarks.provenance import header_markdown
+    from benchmarks.timing import machine_facts
+
+    facts = machine_facts()
+    assert facts["torch_threads"] == torch.get_num_threads()
+    prov = {"command": "c", "machine": facts, "versions": {}, "date": "d", "run_seconds": 60}
+    n = facts["torch_threads"]
+    assert f"(torch {n} thread{'s' * (n != 1)})" in header_markdown("t", prov)[3]
+    older = dict(prov, machine={k: v for k, v in facts.items() if k != "torch_threads"})
+    assert "- machine:" in header_markdown("t", older)[3] and "thread" not in header_markdown("t", older)[3]
