@@ -49,6 +49,15 @@ def library_versions() -> dict:
     return versions
 
 
+def numerics() -> dict:
+    """What a same-seed rerun must match to train the same weights on the CPU: torch's intra-op thread
+    count and the instruction set of its kernels (``benchmarks/determinism.py`` measures both changing
+    them)."""
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
@@ -231,7 +240,7 @@ def _write_folder(folder: Path, manifest: Manifest, tensor_files: dict, extra_fi
         files[name] = sha256_file(folder / name)
     for name in nested:
         files[f"{name}/{MANIFEST}"] = sha256_file(folder / name / MANIFEST)
-    full = manifest.with_files(files, library_versions(), now_iso())
+    full = manifest.with_files(files, library_versions(), now_iso(), numerics())
     write_json_atomic(folder / MANIFEST, full.to_json())
     return full
 

@@ -71,11 +71,13 @@ class Manifest:
     generalist: dict | None = None           # specialists: where the generalist came from
     files: dict = field(default_factory=dict)    # file name -> sha256, written by save
     versions: dict = field(default_factory=dict)
+    environment: dict | None = None          # torch threads and CPU kernels: what a same-seed rerun must match
     created: str | None = None
     format_version: int = FORMAT_VERSION
 
-    def with_files(self, files: dict, versions: dict, created: str) -> "Manifest":
+    def with_files(self, files: dict, versions: dict, created: str, environment: dict | None = None) -> "Manifest":
         return dataclasses.replace(self, files=dict(files), versions=dict(versions), created=created,
+                                   environment=None if environment is None else dict(environment),
                                    format_version=FORMAT_VERSION)
 
     def to_json(self) -> dict:
@@ -109,7 +111,8 @@ class Manifest:
         if data["kind"] not in KINDS:
             raise ArtifactError(f"Artifact '{path}' has unknown kind '{data['kind']}'; expected one of {', '.join(KINDS)}.")
         _check_core(data, fail)
-        for name in ("config", "data", "metrics", "timings", "teacher", "solver", "clusters", "generalist", "versions"):
+        for name in ("config", "data", "metrics", "timings", "teacher", "solver", "clusters", "generalist", "versions",
+                     "environment"):
             if data.get(name) is not None and not isinstance(data[name], dict):
                 fail(f"has '{name}' that is not a table")
         data = _from_version_1(data) if version == 1 else data

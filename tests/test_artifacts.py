@@ -23,6 +23,21 @@ def test_manifest_records_what_a_user_needs(tiny_student):
     assert written["format_version"] == 2 and manifest.members[0].arch == "mlp"
     assert manifest.versions["torch"].startswith("2.")
     assert manifest.config["temperature"] > 0
+    # what a same-seed rerun must match (benchmarks/determinism.py: either changes the weights)
+    assert manifest.environment == {"torch_threads": torch.get_num_threads(),
+                                    "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def test_a_manifest_written_before_the_environment_was_recorded_still_loads(tiny_student, tmp_path):
+    copy = _copy(tiny_student, tmp_path)
+    written = json.loads((copy / "manifest.json").read_text())
+    del written["environment"]
+    (copy / "manifest.json").write_text(json.dumps(written))
+    assert load_artifact(copy).manifest.environment is None
+    written["environment"] = [1]
+    (copy / "manifest.json").write_text(json.dumps(written))
+    with pytest.raises(ArtifactError, match="'environment' that is not a table"):
+        load_artifact(copy)
 
 
 def test_edited_weights_are_detected(tiny_student, tmp_path):
