@@ -24,6 +24,19 @@ def test_scenario_smoke(tmp_path, module, capsys):
 
 
 @pytest.mark.slow
+def test_the_same_seed_and_environment_train_bit_identical_weights_in_fresh_processes(tmp_path):
+    from benchmarks import determinism
+
+    out = tmp_path / "determinism"
+    determinism.main(["--smoke", "--out", str(out)])
+    reference, again = json.loads(out.with_suffix(".json").read_text())["runs"][:2]
+    assert reference["env"] == again["env"] and again["identical"] and again["max_abs_difference"] == 0
+    text = out.with_suffix(".md").read_text()
+    assert text.startswith("# ") and "- machine: " in text and "thread" in text.splitlines()[3]
+    assert "Same seed, same thread count, same kernels: bit-identical weights." in text
+
+
+@pytest.mark.slow
 def test_epoch_time_against_a_revision_smoke(tmp_path):
     """Times this tree against HEAD in a temporary git worktree (removed afterwards)."""
     from benchmarks import epoch_time_vs_rev
