@@ -5,8 +5,8 @@
 Each variant is a fresh process running ``edgekd teacher train`` with the same arguments and seed; only
 its environment differs: the thread count torch's intra-op pool takes (``OMP_NUM_THREADS``), and the
 instruction set of the CPU kernels (``ATEN_CPU_CAPABILITY`` for ATen's vectorised kernels,
-``ONEDNN_MAX_CPU_ISA`` for oneDNN's convolutions and matrix products), the way a run on an AVX2-only
-CPU differs from one on an AVX-512 CPU. Weights are compared bit for bit against the first variant.
+``ONEDNN_MAX_CPU_ISA`` for oneDNN's convolutions and matrix products): AVX2 kernels on an AVX-512 CPU,
+as a CPU without AVX-512 would run. Weights are compared bit for bit against the first variant.
 
 Why it matters: two benchmark runs of the same seed on different machines are not the same experiment,
 and a difference between them is noise, not an effect of the code.
