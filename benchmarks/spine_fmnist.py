@@ -106,6 +106,8 @@ def rerender(path: str) -> None:
 
 
 REUSE_IGNORED = {"seeds", "out", "reuse", "render"}   # what may differ from the run whose seeds are reused
+# what decides a seed's weights besides the code (benchmarks/determinism.py): the CPU's kernels and torch's threads
+MACHINE_KEYS = ("simd", "torch_threads")
 
 
 def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
@@ -123,8 +125,27 @@ def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
             raise SystemExit(f"--reuse needs a result made with the same arguments; {path} has {key}="
                               f"{earlier['args'].get(key)!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
     runs = {(s["student"], s["epochs"], r["seed"]): r for s in earlier["students"] for r in s["runs"]}
+    machine = earlier["provenance"].get("machine") or {}
     return runs, {"path": path, "revision": earlier["provenance"].get("revision"), "date": earlier["provenance"].get("date"),
-                  "seeds": sorted({seed for (_, _, seed) in runs})}
+                  "seeds": sorted({seed for (_, _, seed) in runs}),
+                  "machine": {key: machine.get(key) for key in MACHINE_KEYS}}
+
+
+
+def reused_machine_note(result: dict) -> str:
+    """Where the reused seeds ran on another kind of CPU or thread count than this run: said, since the same seed
+    trains other weights there (each seed is still a pair measured side by side on one machine)."""
+    earlier = result["reused_from"].get("machine") or {}
+    ours = result["provenance"]["machine"]
+    differ = [key for key in MACHINE_KEYS if earlier.get(key) is not None and ours.get(key) is not None
+              and earlier[key] != ours[key]]
+    if not differ:
+        return ""
+    def show(m):
+        return "; ".join(f"{'vector extensions' if k == 'simd' else 'torch threads'} "
+                         f"{', '.join(m[k]) if k == 'simd' else m[k]}" for k in differ)
+    return (f" They ran on another machine ({show(earlier)}; this run {show(ours)}), where the same seed trains other "
+            "weights: each of their seeds is still a side-by-side pair, but not a repeat of this machine's.")
 
 
 def main(argv=None):
@@ -356,7 +377,8 @@ def render(result: dict) -> str:
         r = result["reused_from"]
         seeds = f"Seeds {', '.join(map(str, r['seeds']))} are" if len(r["seeds"]) > 1 else f"Seed {r['seeds'][0]} is"
         lines += [f"{seeds} taken from an earlier run with the same arguments "
-                  f"(`{r['path']}`, revision {r['revision']}, {r['date']}); the other seeds were trained by this one.", ""]
+                  f"(`{r['path']}`, revision {r['revision']}, {r['date']}); the other seeds were trained by this one."
+                  + reused_machine_note(result), ""]
     for s in result["students"]:
         lines.append(recipe_line(s, students))
         if line := student_recipe_line(s, students):

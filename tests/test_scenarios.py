@@ -125,6 +125,12 @@ def test_spine_reuses_earlier_seeds_and_keeps_the_baseline_recipe_of_seed_0(tmp_
     assert [b["jitter"] for b in seed1["baseline_search"]] == [spine_fmnist.chosen_recipe(seed0)]
     report = second.with_suffix(".md").read_text()
     assert "Seed 0 is taken from an earlier run" in report and "and kept for the other seeds" in report
+    assert "another machine" not in report                  # the same machine made both
+    other = json.loads(json.dumps(result))
+    other["reused_from"]["machine"]["simd"] = ["avx2", "fma"]
+    other["provenance"]["machine"]["simd"] = ["avx2", "fma", "avx512f"]
+    assert ("They ran on another machine (vector extensions avx2, fma; this run vector extensions avx2, fma, "
+            "avx512f), where the same seed trains other weights") in spine_fmnist.render(other)
     with pytest.raises(SystemExit, match="--reuse needs a result made with the same arguments; .* has student_jitter=None, this run 1"):
         spine_fmnist.main(["--smoke", "--seeds", "2", "--work", str(work), "--student-jitter", "1", "--reuse", str(first.with_suffix(".json")),
                            "--out", str(tmp_path / "three")])
