@@ -86,9 +86,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="edgekd-determinism-") as tmp:
         for index, (name, env) in enumerate(variants(usable_cores())):
             run = train(args, env, Path(tmp) / f"v{index}")
-            reference = runs[0]["weights"] if runs else run["weights"]
-            run.update(name=name, env=env, identical=run["sha256"] == (runs[0]["sha256"] if runs else run["sha256"]),
-                       max_abs_difference=max_difference(run["weights"], reference))
+            reference = runs[0] if runs else run
+            run.update(name=name, env=env, identical=run["sha256"] == reference["sha256"],
+                       max_abs_difference=max_difference(run["weights"], reference["weights"]))
             runs.append(run)
     for run in runs:
         del run["weights"]
