@@ -107,7 +107,7 @@ def rerender(path: str) -> None:
 
 REUSE_IGNORED = {"seeds", "out", "reuse", "render"}   # what may differ from the run whose seeds are reused
 # what decides a seed's weights besides the code (benchmarks/determinism.py): the CPU's kernels and torch's threads
-MACHINE_KEYS = ("simd", "torch_threads")
+MACHINE_KEYS = {"simd": "vector extensions", "torch_threads": "torch threads"}
 
 
 def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
@@ -131,7 +131,6 @@ def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
                   "machine": {key: machine.get(key) for key in MACHINE_KEYS}}
 
 
-
 def reused_machine_note(result: dict) -> str:
     """Where the reused seeds ran on another kind of CPU or thread count than this run: said, since the same seed
     trains other weights there (each seed is still a pair measured side by side on one machine)."""
@@ -141,9 +140,10 @@ def reused_machine_note(result: dict) -> str:
               and earlier[key] != ours[key]]
     if not differ:
         return ""
+
     def show(m):
-        return "; ".join(f"{'vector extensions' if k == 'simd' else 'torch threads'} "
-                         f"{', '.join(m[k]) if k == 'simd' else m[k]}" for k in differ)
+        return "; ".join(f"{MACHINE_KEYS[k]} " + (", ".join(m[k]) if isinstance(m[k], list) else str(m[k])) for k in differ)
+
     return (f" They ran on another machine ({show(earlier)}; this run {show(ours)}), where the same seed trains other "
             "weights: each of their seeds is still a side-by-side pair, but not a repeat of this machine's.")
 
@@ -295,6 +295,7 @@ def per_seed_line(s: dict, students: list[dict]) -> str | None:
 def tried(candidates: list[dict], name=lambda c: f"±{c['jitter']} px") -> str:
     """Recipes tried on val, each named and scored, the kept one marked: "±2 px 89.00 / ±0 px 89.88 (kept)"."""
     return " / ".join(f"{name(c)} {100 * c['val_accuracy']:.2f}" + (" (kept)" if c["chosen"] else "") for c in candidates)
+
 
 def student_recipe_line(s: dict, students: list[dict]) -> str | None:
     """The distilled student's own recipe search (``DistillConfig.recipe_search``): what each seed tried on

@@ -63,13 +63,14 @@ def usable_cores() -> int:
 
 
 def machine_facts() -> dict:
-    """CPU model, cores, torch's intra-op threads, memory, OS and load when the benchmark started.
+    """CPU model, cores, memory, OS and load when the benchmark started, with what an artifact's manifest
+    records as its numerics (``edgekd.artifacts.numerics``: torch's intra-op threads and CPU kernel level).
 
-    The thread count is recorded because it changes results, not only speed: the same seed trains
-    bit-identical weights at a fixed thread count, and different ones at another (reductions split
-    differently), which is enough to move one seed's test accuracy by tenths of a point.
+    Those are recorded because they change results, not only speed: the same seed trains bit-identical
+    weights at a fixed thread count and kernel set, and different ones at another, which is enough to
+    move one seed's test accuracy by tenths of a point (``benchmarks/determinism.py``).
     """
-    import torch
+    from edgekd.artifacts import numerics
 
     cpu, flags = None, []
     try:
@@ -91,8 +92,7 @@ def machine_facts() -> dict:
         pass
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd") if f in flags]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable_cores(),
-            "torch_threads": torch.get_num_threads(), "memory_gib": memory,
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable_cores(), **numerics(), "memory_gib": memory,
             "simd": simd, "os": platform.platform(), "machine": platform.machine(),
             "load_average_at_start": [round(v, 2) for v in load] if load else None}
 
