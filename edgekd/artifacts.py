@@ -50,12 +50,24 @@ def library_versions() -> dict:
 
 
 def numerics() -> dict:
-    """What a same-seed rerun must match to train the same weights on the CPU: torch's intra-op thread
+    """What a same-seed rerun must match to train the same weights: on the CPU torch's intra-op thread
     count and the instruction set of its kernels (``benchmarks/determinism.py`` measures both changing
-    them)."""
+    them); when this process used CUDA, also the GPU, its compute capability, the CUDA and cuDNN
+    versions and whether TF32 may stand in for fp32, since each picks other kernels."""
     import torch
 
-    return {"torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    facts = {"torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if torch.cuda.is_initialized():   # only a process that placed work on a GPU: asking would start CUDA
+        return facts | _cuda_numerics(torch)
+    return facts
+
+
+def _cuda_numerics(torch) -> dict:
+    device = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(device)
+    return {"gpu": torch.cuda.get_device_name(device), "gpu_capability": f"{props.major}.{props.minor}",
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32), "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32)}
 
 
 def now_iso() -> str:

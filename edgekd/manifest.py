@@ -71,7 +71,7 @@ class Manifest:
     generalist: dict | None = None           # specialists: where the generalist came from
     files: dict = field(default_factory=dict)    # file name -> sha256, written by save
     versions: dict = field(default_factory=dict)
-    environment: dict | None = None          # torch threads and CPU kernels: what a same-seed rerun must match
+    environment: dict | None = None          # threads, CPU kernels (and GPU, CUDA, cuDNN): what a same-seed rerun must match
     created: str | None = None
     format_version: int = FORMAT_VERSION
 

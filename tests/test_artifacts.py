@@ -28,6 +28,24 @@ def test_manifest_records_what_a_user_needs(tiny_student):
                                     "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+def test_after_cuda_the_environment_names_the_gpu_and_its_libraries(monkeypatch):
+    from types import SimpleNamespace
+
+    from edgekd.artifacts import numerics
+
+    if not torch.cuda.is_initialized():
+        assert "gpu" not in numerics()   # a process that never touched CUDA: nothing is asked of it
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(major=9, minor=0))
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+    facts = numerics()
+    assert facts["gpu"] == "NVIDIA H200" and facts["gpu_capability"] == "9.0" and facts["cudnn"] == 91002
+    assert facts["cuda"] == torch.version.cuda and isinstance(facts["tf32_matmul"], bool)
+    assert facts["torch_threads"] == torch.get_num_threads()
+
+
 def test_a_manifest_written_before_the_environment_was_recorded_still_loads(tiny_student, tmp_path):
     copy = _copy(tiny_student, tmp_path)
     written = json.loads((copy / "manifest.json").read_text())

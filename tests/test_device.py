@@ -155,6 +155,9 @@ def _manifest(path):
 def test_gpu_teacher_train(cuda_teacher):
     manifest = _manifest(cuda_teacher)
     assert manifest["config"]["params"]["device"] == "cuda" and manifest["metrics"]["test_accuracy"] > 0.8
+    environment = manifest["environment"]   # what a same-seed rerun on a GPU must match
+    assert environment["gpu"] == torch.cuda.get_device_name() and environment["cuda"] == torch.version.cuda
+    assert environment["cudnn"] == torch.backends.cudnn.version()
 
 
 @pytest.mark.gpu
