@@ -45,7 +45,9 @@ def parse_args(argv=None):
         p.error(f"--views must be a count or 'all'; got {args.views!r}")
     if args.smoke:
         apply_smoke(args)
-        args.students, args.epochs, args.views = "mlp:hidden=32@2", 2, "2"
+        args.epochs, args.views = 2, "2"
+        if args.students == p.get_default("students"):   # explicit students stand, as explicit grids do
+            args.students = "mlp:hidden=32@2"
         if (args.temperature_grid, args.alpha_grid) == (p.get_default("temperature_grid"), p.get_default("alpha_grid")):
             args.temperature_grid, args.alpha_grid = "2,8", "0.9"   # explicit grids stand
     return args
@@ -178,7 +180,8 @@ def main(argv=None):
         runs, chosen, recipe = [], fixed, None
         record = {"student": spec, "epochs": epochs, "runs": runs}
         students.append(record)
-        suffix = ("" if jitter == args.jitter else f"-j{jitter}") + (f"-e{epochs}" if specs.count(spec) > 1 else "")
+        # named by budget too when it is not --epochs: a run at another budget must not replace these folders
+        suffix = ("" if jitter == args.jitter else f"-j{jitter}") + (f"-e{epochs}" if epochs != args.epochs or specs.count(spec) > 1 else "")
         for seed in range(args.seeds):
             out = work / f"student-{spec.replace(':', '_').replace(',', '_').replace('=', '')}{suffix}-s{seed}"
             config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,

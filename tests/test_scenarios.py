@@ -365,3 +365,18 @@ def test_spine_names_the_distilled_students_own_recipe_search():
     assert "seed 0: ±2 px, all 25 shifts 89.37 / ±0 px 90.98 (kept)" in line
     assert "no jitter in 1 of 2 seeds" in line and "cost 2.0 min" in line
     assert student_recipe_line({"student": "mlp", "epochs": 20, "runs": [{"seed": 0, "student_search": []}]}, []) is None
+
+
+def test_spine_students_of_another_budget_keep_their_own_folders(tmp_path):
+    """A run of the same student at another budget in the same work folder must not replace the first run's
+    students: the folder is named by its epochs whenever they are not --epochs."""
+    from benchmarks import spine_fmnist
+
+    common = ["--smoke", "--seeds", "1", "--method", "kd", "--temperature-grid", "2", "--alpha-grid", "0.5",
+              "--work", str(tmp_path / "work")]
+    paths = []
+    for budget in ("1", "2"):
+        out = tmp_path / f"spine-e{budget}"
+        spine_fmnist.main([*common, "--students", f"mlp:hidden=16@{budget}", "--out", str(out)])
+        paths.append(json.loads(out.with_suffix(".json").read_text())["students"][0]["runs"][0]["path"])
+    assert paths[0] != paths[1] and all(Path(p, "manifest.json").exists() for p in paths)
