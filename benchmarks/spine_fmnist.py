@@ -28,24 +28,33 @@ def parse_args(argv=None):
                    help="';'-separated student specs, each with '@EPOCHS' (else --epochs).")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", type=int, default=None, help="Seeds 0..N-1 (default 3; 2 with --smoke).")
-    p.add_argument("--views", default="4", help="Cached jittered teacher views per image, or 'all': every integer "
-                   "shift, so the teacher sees exactly the student's view (consistent teaching).")
+    p.add_argument("--views", default=None, help="Cached jittered teacher views per image (default 4), or 'all': every "
+                   "integer shift, so the teacher sees exactly the student's view (consistent teaching).")
     p.add_argument("--temperature-grid", default="2,4,8,16")
     p.add_argument("--alpha-grid", default="0.5,0.9")
     p.add_argument("--method", default=None, choices=METHODS,
                    help="The students' one soft term, without the method search (default: edgekd distill's, with its search).")
     p.add_argument("--student-jitter", type=int, default=None,
                    help="The students' ±px jitter (default: the teacher's --jitter); the hard-label baseline picks its own.")
+    p.add_argument("--student-mixup", type=float, default=0.0, metavar="A",
+                   help="The students' mixup, Beta(A, A), with the teacher online on every blended batch (function "
+                   "matching, Beyer et al. 2022; no cached views); the hard-label baseline also tries it.")
     p.add_argument("--reuse", metavar="JSON", help="An earlier result of this benchmark with the same arguments (but "
                    "--seeds and --out): its seeds are taken as they are, the others trained.")
     p.add_argument("--render", metavar="JSON", help="Only write the report again from a result JSON of this benchmark.")
     args = p.parse_args(argv)
     args.seeds = args.seeds or (2 if args.smoke else 3)
+    if args.student_mixup < 0:
+        p.error(f"--student-mixup must be >= 0 (0 = off); got {args.student_mixup:g}")
+    if args.student_mixup and args.views not in (None, "0"):
+        p.error(f"--student-mixup runs the teacher online on every blended batch, so no views are cached; "
+                f"got --views {args.views}; leave --views out")
+    args.views = args.views or ("0" if args.student_mixup else "4")
     if args.views != "all" and not args.views.isdigit():
         p.error(f"--views must be a count or 'all'; got {args.views!r}")
     if args.smoke:
         apply_smoke(args)
-        args.epochs, args.views = 2, "2"
+        args.epochs, args.views = 2, "0" if args.student_mixup else "2"
         if args.students == p.get_default("students"):   # explicit students stand, as explicit grids do
             args.students = "mlp:hidden=32@2"
         if (args.temperature_grid, args.alpha_grid) == (p.get_default("temperature_grid"), p.get_default("alpha_grid")):
@@ -53,8 +62,10 @@ def parse_args(argv=None):
     return args
 
 
-def epoch_time_ratio(student_spec, data, teacher_train_logits, repeats: int = 3, device: str = "cpu") -> dict:
-    """Seconds per distillation epoch (cached logits) vs per hard-label epoch, alternated in one run."""
+def epoch_time_ratio(student_spec, data, teacher_train_logits, repeats: int = 3, device: str = "cpu", online=None) -> dict:
+    """Seconds per distillation epoch vs per hard-label epoch (plain), alternated in one run. The
+    distillation reads cached logits, or with ``online=(teacher, jitter, mixup)`` runs the teacher on every
+    jittered, blended batch (function matching), whose forward passes are then most of the epoch."""
     import torch
 
     from edgekd.distill import distill_batches, distill_loss_fn
@@ -71,7 +82,9 @@ def epoch_time_ratio(student_spec, data, teacher_train_logits, repeats: int = 3,
             torch.manual_seed(0)
             model = create_model(student_spec, data.input_shape, data.num_classes, mean=data.mean, std=data.std)
             if kind == "distill":
-                r = fit(model, n_train=n, make_batch=distill_batches(data.x_train, data.y_train, teacher_train_logits, None, 0, None),
+                batches = (distill_batches(data.x_train, data.y_train, None, None, online[1], online[0], online[2]) if online
+                           else distill_batches(data.x_train, data.y_train, teacher_train_logits, None, 0, None))
+                r = fit(model, n_train=n, make_batch=batches,
                         loss_fn=distill_loss_fn(4.0, 0.9), val=val, config=cfg, store=None, name="timing",
                         data_device=data.device)
                 distill_s.append(r.seconds_per_epoch)
@@ -81,7 +94,7 @@ def epoch_time_ratio(student_spec, data, teacher_train_logits, repeats: int = 3,
                         data_device=data.device)
                 hard_s.append(r.seconds_per_epoch)
     ratios = [d / h for d, h in zip(distill_s, hard_s)]
-    return {"student": student_spec, "distill_seconds": distill_s, "hard_seconds": hard_s,
+    return {"student": student_spec, "teacher_online": online is not None, "distill_seconds": distill_s, "hard_seconds": hard_s,
             "ratio_median": sorted(ratios)[len(ratios) // 2], "ratios": ratios}
 
 
@@ -181,12 +194,14 @@ def main(argv=None):
         record = {"student": spec, "epochs": epochs, "runs": runs}
         students.append(record)
         # named by budget too when it is not --epochs: a run at another budget must not replace these folders
-        suffix = ("" if jitter == args.jitter else f"-j{jitter}") + (f"-e{epochs}" if epochs != args.epochs or specs.count(spec) > 1 else "")
+        suffix = (("" if jitter == args.jitter else f"-j{jitter}") + (f"-m{args.student_mixup:g}" if args.student_mixup else "")
+                  + (f"-e{epochs}" if epochs != args.epochs or specs.count(spec) > 1 else ""))
         for seed in range(args.seeds):
             out = work / f"student-{spec.replace(':', '_').replace(',', '_').replace('=', '')}{suffix}-s{seed}"
             config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
                                    temperature_grid=grid_t, alpha_grid=grid_a,
-                                   train=TrainConfig(epochs=epochs, jitter=jitter, seed=seed, device=args.device),
+                                   train=TrainConfig(epochs=epochs, jitter=jitter, mixup=args.student_mixup, seed=seed,
+                                                     device=args.device),
                                    views=0 if args.views == "all" else int(args.views), view_grid=args.views == "all",
                                    baseline=True, baseline_jitter=recipe,
                                    **({"method": args.method, "search_methods": ()} if args.method else {}))
@@ -197,12 +212,16 @@ def main(argv=None):
                 run = asdict(r) | {"path": str(out), "seed": seed, "timings": run_timings(out), "config": asdict(config)}
             runs.append(run)
             chosen = chosen or (run["temperature"], run["alpha"])
-            recipe = recipe if recipe is not None else chosen_recipe(run)
+            if not args.student_mixup:   # a fixed baseline recipe is a jitter alone: with mixup each seed searches its own
+                recipe = recipe if recipe is not None else chosen_recipe(run)
             record.update(temperature=chosen[0], alpha=chosen[1], search=runs[0]["search"])
             result = result_so_far(students)   # written after every seed: a stopped run keeps what it measured
             write_result(args, result, render(result), quiet=True)
-    timing = epoch_time_ratio(args.students.split(";")[0].partition("@")[0], data, teacher_logits(teacher, data, "train", cache),
-                              repeats=1 if args.smoke else 3, device=args.device)
+    first = args.students.split(";")[0].partition("@")[0]
+    repeats = 1 if args.smoke else 3
+    timing = (epoch_time_ratio(first, data, None, repeats=repeats, device=args.device, online=(teacher, jitter, args.student_mixup))
+              if args.student_mixup else
+              epoch_time_ratio(first, data, teacher_logits(teacher, data, "train", cache), repeats=repeats, device=args.device))
     result = result_so_far(students, timing)
     write_result(args, result, render(result))
 
@@ -295,7 +314,12 @@ def per_seed_line(s: dict, students: list[dict]) -> str | None:
         f"{r['seed']}: {100 * r['student_test_accuracy']:.2f} / {100 * r['baseline_test_accuracy']:.2f}" for r in s["runs"]) + ".")
 
 
-def tried(candidates: list[dict], name=lambda c: f"±{c['jitter']} px") -> str:
+def recipe_name(c: dict) -> str:
+    """A hard-label recipe: "±1 px", or "±1 px, mixup 1"."""
+    return f"±{c['jitter']} px" + (f", mixup {c['mixup']:g}" if c.get("mixup") else "")
+
+
+def tried(candidates: list[dict], name=recipe_name) -> str:
     """Recipes tried on val, each named and scored, the kept one marked: "±2 px 89.00 / ±0 px 89.88 (kept)"."""
     return " / ".join(f"{name(c)} {100 * c['val_accuracy']:.2f}" + (" (kept)" if c["chosen"] else "") for c in candidates)
 
@@ -323,7 +347,8 @@ def student_recipe_line(s: dict, students: list[dict]) -> str | None:
 def recipes_phrase(result: dict) -> str:
     tried = {tuple(b["jitter"] for b in s["runs"][0]["baseline_search"]) for s in result["students"]}
     if all(len(t) > 1 for t in tried):
-        return "jitter on or off, chosen on val"
+        mixup = any(b.get("mixup") for s in result["students"] for b in s["runs"][0]["baseline_search"])
+        return "jitter on or off" + (" and mixup with the student's jitter" if mixup else "") + ", chosen on val"
     return "here trained without jitter only: this run predates the baseline's own ±2 px recipe"
 
 
@@ -333,8 +358,10 @@ def recipe_line(s: dict, students: list[dict]) -> str:
     if all(len(r["baseline_search"]) > 1 for r in runs):
         chosen = [chosen_recipe(r) for r in runs]
         per_seed = ", ".join(f"seed {r['seed']}: {tried(r['baseline_search'])}" for r in runs)
+        mixed = sum(any(b["chosen"] and b.get("mixup") for b in r["baseline_search"]) for r in runs)
         return (f"Hard-label recipe for {label(s, students)}, chosen on val per seed ({per_seed}): "
-                f"jitter off in {sum(c == 0 for c in chosen)} of {len(chosen)} seeds.")
+                f"jitter off in {sum(c == 0 for c in chosen)} of {len(chosen)} seeds"
+                + (f", mixup in {mixed}" if any(b.get("mixup") for r in runs for b in r["baseline_search"]) else "") + ".")
     return (f"Hard-label recipe for {label(s, students)}, chosen on val with seed {runs[0]['seed']} ({tried(runs[0]['baseline_search'])}) "
             f"and kept for the other seeds, as (T, alpha) are: ±{chosen_recipe(runs[0])} px.")
 
@@ -370,6 +397,9 @@ def render(result: dict) -> str:
               else f"{a['views']} cached teacher views")
     views = (f"±{jitter} px jitter ({cached})" if jitter else
              "no jitter (teacher logits cached on the un-augmented transfer set)")
+    if a.get("student_mixup"):
+        views = (f"{f'±{jitter} px jitter and ' if jitter else ''}mixup (Beta({a['student_mixup']:g}, {a['student_mixup']:g})), "
+                 "the teacher online on every blended batch: function matching")
     if a.get("method"):
         views += f", soft term `{a['method']}` alone (`--method`: no method search)"
     lines += ["", f"Mean ± std over {len(result['students'][0]['runs'])} seeds; the same seed, budget "
@@ -406,9 +436,11 @@ def render(result: dict) -> str:
     e = result["epoch_time"]
     if e is None:
         return "\n".join(lines + ["Epoch time: not measured yet (the run was stopped or is still going).", ""])
-    lines += [f"Epoch time, `{e['student']}`, full train split, alternated in one run: distillation with cached logits "
+    source = ("the teacher online on every blended batch (its forward passes included)" if e.get("teacher_online")
+              else "cached logits")
+    lines += [f"Epoch time, `{e['student']}`, full train split, alternated in one run: distillation with {source} "
               f"{', '.join(f'{v:.2f}' for v in e['distill_seconds'])} s vs hard labels {', '.join(f'{v:.2f}' for v in e['hard_seconds'])} s: "
-              f"**{e['ratio_median']:.2f}×** (median ratio; aim ≤ 1.15×).", ""]
+              f"**{e['ratio_median']:.2f}×** (median ratio" + ("" if e.get("teacher_online") else "; aim ≤ 1.15×") + ").", ""]
     return "\n".join(lines)
 
 

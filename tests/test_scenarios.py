@@ -380,3 +380,23 @@ def test_spine_students_of_another_budget_keep_their_own_folders(tmp_path):
         spine_fmnist.main([*common, "--students", f"mlp:hidden=16@{budget}", "--out", str(out)])
         paths.append(json.loads(out.with_suffix(".json").read_text())["students"][0]["runs"][0]["path"])
     assert paths[0] != paths[1] and all(Path(p, "manifest.json").exists() for p in paths)
+
+
+def test_spine_function_matching_runs_the_teacher_online_and_lets_the_baseline_mix_too(tmp_path):
+    """--student-mixup A: students blend each batch with the teacher online (no cached views), their folders
+    are named by it, the hard-label baseline also tries the blend, and the epoch time says the teacher ran."""
+    from benchmarks import spine_fmnist
+
+    out = tmp_path / "spine"
+    spine_fmnist.main(["--smoke", "--seeds", "1", "--student-mixup", "1", "--method", "kd", "--temperature-grid", "2",
+                       "--alpha-grid", "0.5", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    run = result["students"][0]["runs"][0]
+    assert run["config"]["train"]["mixup"] == 1.0 and run["config"]["views"] == 0 and not run["config"]["view_grid"]
+    assert Path(run["path"]).name.endswith("-m1-s0")
+    assert {b["mixup"] for b in run["baseline_search"]} == {0.0, 1.0}
+    assert result["epoch_time"]["teacher_online"] is True
+    report = out.with_suffix(".md").read_text()
+    assert "function matching" in report and "mixup 1" in report and "teacher online on every blended batch" in report
+    with pytest.raises(SystemExit):
+        spine_fmnist.parse_args(["--student-mixup", "1", "--views", "all"])
