@@ -425,7 +425,9 @@ def render(result: dict) -> str:
             targets = [t["teacher_targets_seconds"] for t in timed if t.get("teacher_targets_seconds") is not None]
             later = f" (later seeds read them from the cache in {min(targets):.1f} s)" if len(targets) > 1 else ""
             once = f"; the teacher's targets {max(targets):.0f} s once{later}" if targets else ""
-            lines.append(f"Cost, all seeds: distilled students {train / 60:.1f} min of training; the (T, alpha) search "
+            online = bool(result["args"].get("student_mixup"))   # no targets made ahead: the teacher runs in every step
+            once, teacher = ("", " (the teacher's forward passes included)") if online else (once, "")
+            lines.append(f"Cost, all seeds: distilled students {train / 60:.1f} min of training{teacher}; the (T, alpha) search "
                          f"{search / 60:.1f} min; the baseline recipe not kept {base / 60:.1f} min{once} (reported apart, "
                          "not charged to either column).")
         lines.append("")
