@@ -121,6 +121,8 @@ def rerender(path: str) -> None:
 
 
 REUSE_IGNORED = {"seeds", "out", "reuse", "render"}   # what may differ from the run whose seeds are reused
+# arguments added since results were committed, with the value an earlier result (which lacks them) ran with
+ADDED_ARGS = {"student_mixup": 0.0}
 # what decides a seed's weights besides the code (benchmarks/determinism.py): the CPU's kernels and torch's threads
 MACHINE_KEYS = {"simd": "vector extensions", "torch_threads": "torch threads"}
 
@@ -136,9 +138,10 @@ def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
     earlier = json.loads(Path(path).read_text())
     ours = vars(args)
     for key in sorted((set(earlier["args"]) | set(ours)) - REUSE_IGNORED):
-        if earlier["args"].get(key) != ours.get(key):
+        theirs = earlier["args"].get(key, ADDED_ARGS.get(key))
+        if theirs != ours.get(key):
             raise SystemExit(f"--reuse needs a result made with the same arguments; {path} has {key}="
-                              f"{earlier['args'].get(key)!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
+                              f"{theirs!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
     runs = {(s["student"], s["epochs"], r["seed"]): r for s in earlier["students"] for r in s["runs"]}
     machine = earlier["provenance"].get("machine") or {}
     return runs, {"path": path, "revision": earlier["provenance"].get("revision"), "date": earlier["provenance"].get("date"),

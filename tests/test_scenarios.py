@@ -401,3 +401,21 @@ def test_spine_function_matching_runs_the_teacher_online_and_lets_the_baseline_m
     assert "min of training (the teacher's forward passes included)" in report and "teacher's targets" not in report
     with pytest.raises(SystemExit):
         spine_fmnist.parse_args(["--student-mixup", "1", "--views", "all"])
+
+
+def test_spine_reuses_a_result_older_than_its_newer_arguments(tmp_path):
+    """A result committed before an argument existed (here --student-mixup) ran with that argument's
+    old behaviour: it stays reusable by a run that leaves the argument at it, and is refused by one that does not."""
+    from benchmarks import spine_fmnist
+
+    args = spine_fmnist.parse_args(["--students", "mlp@60", "--views", "all"])
+    earlier = {"args": {k: v for k, v in vars(args).items() if k != "student_mixup"},
+               "students": [{"student": "mlp", "epochs": 60, "runs": [{"seed": 0}]}], "provenance": {"machine": {}}}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    runs, _ = spine_fmnist.reused_runs(str(path), args)
+    assert list(runs) == [("mlp", 60, 0)]
+    mixed = spine_fmnist.parse_args(["--students", "mlp@60", "--student-mixup", "1"])
+    mixed.views = "all"   # the only other difference is the views, which mixup replaces; the refusal names mixup first
+    with pytest.raises(SystemExit, match="has student_mixup=0.0, this run 1.0"):
+        spine_fmnist.reused_runs(str(path), mixed)
