@@ -405,7 +405,8 @@ def render(result: dict) -> str:
                  "the teacher online on every blended batch: function matching")
     if a.get("method"):
         views += f", soft term `{a['method']}` alone (`--method`: no method search)"
-    lines += ["", f"Mean ± std over {len(result['students'][0]['runs'])} seeds; the same seed, budget "
+    seeds = len(result["students"][0]["runs"])
+    lines += ["", f"Mean ± std over {seeds} seed{'s' * (seeds != 1)}; the same seed, budget "
               f"({budgets} epochs), "
               f"and transfer set for both columns; the distilled student trains with {views}. "
               "Gap closed = (distilled − hard) / (ensemble − hard), the paper's measure (it closes 91% on MNIST), against "

@@ -399,6 +399,7 @@ def test_spine_function_matching_runs_the_teacher_online_and_lets_the_baseline_m
     report = out.with_suffix(".md").read_text()
     assert "function matching" in report and "mixup 1" in report and "teacher online on every blended batch" in report
     assert "min of training (the teacher's forward passes included)" in report and "teacher's targets" not in report
+    assert "Mean ± std over 1 seed;" in report
     with pytest.raises(SystemExit):
         spine_fmnist.parse_args(["--student-mixup", "1", "--views", "all"])
 
