@@ -220,11 +220,10 @@ def main(argv=None):
             record.update(temperature=chosen[0], alpha=chosen[1], search=runs[0]["search"])
             result = result_so_far(students)   # written after every seed: a stopped run keeps what it measured
             write_result(args, result, render(result), quiet=True)
-    first = args.students.split(";")[0].partition("@")[0]
-    repeats = 1 if args.smoke else 3
-    timing = (epoch_time_ratio(first, data, None, repeats=repeats, device=args.device, online=(teacher, jitter, args.student_mixup))
-              if args.student_mixup else
-              epoch_time_ratio(first, data, teacher_logits(teacher, data, "train", cache), repeats=repeats, device=args.device))
+    online = (teacher, jitter, args.student_mixup) if args.student_mixup else None
+    timing = epoch_time_ratio(args.students.split(";")[0].partition("@")[0], data,
+                              None if online else teacher_logits(teacher, data, "train", cache),
+                              repeats=1 if args.smoke else 3, device=args.device, online=online)
     result = result_so_far(students, timing)
     write_result(args, result, render(result))
 
@@ -427,10 +426,10 @@ def render(result: dict) -> str:
             base = sum(t.get("baseline_search_seconds") or 0.0 for t in timed)
             train = sum((t.get("seconds_per_epoch") or 0.0) * s["epochs"] for t in timed)
             targets = [t["teacher_targets_seconds"] for t in timed if t.get("teacher_targets_seconds") is not None]
-            later = f" (later seeds read them from the cache in {min(targets):.1f} s)" if len(targets) > 1 else ""
-            once = f"; the teacher's targets {max(targets):.0f} s once{later}" if targets else ""
             online = bool(result["args"].get("student_mixup"))   # no targets made ahead: the teacher runs in every step
-            once, teacher = ("", " (the teacher's forward passes included)") if online else (once, "")
+            later = f" (later seeds read them from the cache in {min(targets):.1f} s)" if len(targets) > 1 else ""
+            once = f"; the teacher's targets {max(targets):.0f} s once{later}" if targets and not online else ""
+            teacher = " (the teacher's forward passes included)" if online else ""
             lines.append(f"Cost, all seeds: distilled students {train / 60:.1f} min of training{teacher}; the (T, alpha) search "
                          f"{search / 60:.1f} min; the baseline recipe not kept {base / 60:.1f} min{once} (reported apart, "
                          "not charged to either column).")
