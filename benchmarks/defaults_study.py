@@ -43,7 +43,8 @@ def parse_args(argv=None):
                         "r=0 trains the student's configured recipe only, no jitter search (--no-recipe-search: the consistent views "
                         "cost 25 teacher passes over the transfer set), "
                         "m=A trains with mixup Beta(A, A), the teacher online (--mixup; put it first so that the baseline "
-                        "tries mixup too)")
+                        "tries mixup too), w=1 also distills from the teacher with the hard-label twin as a member when "
+                        "the teacher is no better than it on val (--twin-teacher; put it first: only the first trains the baseline)")
     p.add_argument("--pick", default=None, metavar="A|B",
                    help="Also report, per cell, what the student's method search (DistillConfig.search_methods) keeps: "
                         "the better on val of candidate A's recipes and candidate B's no-jitter one, assembled from their "
@@ -85,8 +86,9 @@ def parse_args(argv=None):
 
 
 def parse_candidate(text: str) -> dict:
-    """``METHOD:T=..,a=..[,c=0|1][,m=MIXUP][,s=M1+M2][,r=0|1]`` -> its settings (s: the student's ``search_methods``,
-    none unless given; r=0: no ``recipe_search``); a ValueError in one line for anything else."""
+    """``METHOD:T=..,a=..[,c=0|1][,m=MIXUP][,s=M1+M2][,r=0|1][,w=0|1]`` -> its settings (s: the student's
+    ``search_methods``, none unless given; r=0: no ``recipe_search``; w=1: ``twin_teacher``); a ValueError in
+    one line for anything else."""
     from edgekd.config import METHODS
 
     method, _, rest = text.partition(":")
@@ -95,11 +97,12 @@ def parse_candidate(text: str) -> dict:
         parsed = {"method": method, "temperature": float(values.pop("T")), "alpha": float(values.pop("a")),
                   "correct": {"0": False, "1": True}[values.pop("c", "0")], "mixup": float(values.pop("m", "0")),
                   "search": tuple(m for m in values.pop("s", "").split("+") if m),
-                  "recipe_search": {"0": False, "1": True}[values.pop("r", "1")], "name": text}
+                  "recipe_search": {"0": False, "1": True}[values.pop("r", "1")],
+                  "twin": {"0": False, "1": True}[values.pop("w", "0")], "name": text}
     except (ValueError, KeyError):
         parsed = None
     if parsed is None or values or not {method, *parsed["search"]} <= set(METHODS):
-        raise ValueError(f"expected METHOD:T=<float>,a=<float>[,c=0|1][,m=<float>][,s=M1+M2][,r=0|1] with each M one of {', '.join(METHODS)}; "
+        raise ValueError(f"expected METHOD:T=<float>,a=<float>[,c=0|1][,m=<float>][,s=M1+M2][,r=0|1][,w=0|1] with each M one of {', '.join(METHODS)}; "
                          f"got {text!r}. Fix it like 'kd-ls:T=2,a=0.5,c=1' or 'kd-ls:T=2,a=0.5,m=1'.")
     return parsed
 
@@ -184,6 +187,7 @@ def run(args) -> dict:
                         cell["baseline_mixup"] = chosen_mixup(metrics.get("baseline_search"))
                     cell["runs"][cand["name"]] = {"test_accuracy": metrics["test_accuracy"], "seconds": time.perf_counter() - tick,
                                                   "jitter": chosen_jitter(metrics.get("student_search")),
+                                                  "twin": any(r.get("twin") and r["chosen"] for r in metrics.get("student_search") or []),
                                                   "search": student_records(metrics, cand)}
                 cells.append(cell)
                 print(f"k={k} {student} seed {seed}: baseline {cell['baseline']:.4f} "
@@ -270,7 +274,7 @@ def _config(args, cand: dict, student: str, seed: int, index: int):
 
     return DistillConfig(student=student, temperature=cand["temperature"], alpha=cand["alpha"], method=cand["method"],
                          correct_teacher=cand.get("correct", False), baseline=index == 0, search_methods=cand.get("search", ()),
-                         recipe_search=cand.get("recipe_search", True),
+                         recipe_search=cand.get("recipe_search", True), twin_teacher=cand.get("twin", False),
                          train=TrainConfig(epochs=args.epochs, seed=seed, device=args.device, mixup=cand.get("mixup", 0.0)))
 
 
@@ -335,7 +339,10 @@ def by_pair(cells, candidates) -> list[dict]:
 
 
 def _recipe(jitter, mixup: float = 0.0) -> str:
+    """' (±2)', ' (0, mixup 1)', or ' (twin)': the hard-label twin joined the teacher (``twin_teacher``)."""
     mixed = f", mixup {mixup:g}" if mixup else ""
+    if jitter == "twin":
+        return " (twin)"
     return "" if jitter is None else (f" (±{jitter}{mixed})" if jitter else f" (0{mixed})")
 
 
@@ -354,6 +361,14 @@ def _mixup_note(candidates) -> str:
     first = " It is the first candidate, so the baseline also tries it (hard labels blended alike)." if candidates[0].get("mixup") else ""
     return (f" A candidate with m=A trains on mixup, Beta(A, A) (Zhang et al. 2018), the teacher online on every blended "
             f"batch (function matching, Beyer et al. 2022), its recipe as asked (no search).{first}")
+
+
+def _twin_note(candidates) -> str:
+    if not any(c.get("twin") for c in candidates):
+        return ""
+    return (" A candidate with w=1 also distills a student from the teacher with the hard-label baseline as an equal member "
+            "(probabilities averaged; a born-again step, Furlanello et al. 2018) when the teacher is no better than that "
+            "baseline on val, and keeps the better on val; (twin): that student was kept.")
 
 
 def _pick_note(result: dict) -> str:
@@ -382,11 +397,12 @@ def render(result: dict) -> str:
               f"{recipe} ({_recipe_source(result['candidates'])}), seeds 0..{a['seeds'] - 1}; gain = distilled − "
               "hard-label baseline with the same budget and seed, in test-accuracy points. The baseline keeps the "
               "better on val of ±2 px jitter and none. In brackets: the jitter each side chose (0: none)."
-              + _mixup_note(result["candidates"]) + _pick_note(result), "",
+              + _mixup_note(result["candidates"]) + _twin_note(result["candidates"]) + _pick_note(result), "",
               "| teacher (k) | teacher acc | student | seed | baseline | " + " | ".join(c["name"] for c in result["candidates"]) + " |",
               "|---|---|---|---|---|" + "---|" * len(result["candidates"])]
     for c in result["cells"]:
-        gains = [(100 * (c["runs"][cand["name"]]["test_accuracy"] - c["baseline"]), c["runs"][cand["name"]].get("jitter"))
+        gains = [(100 * (c["runs"][cand["name"]]["test_accuracy"] - c["baseline"]),
+                  "twin" if c["runs"][cand["name"]].get("twin") else c["runs"][cand["name"]].get("jitter"))
                  for cand in result["candidates"]]
         lines.append(f"| {c['members']} | {100 * c['teacher']:.2f} | `{c['student']}` | {c['seed']} | "
                      f"{100 * c['baseline']:.2f}{_recipe(c.get('baseline_jitter'), c.get('baseline_mixup', 0.0))} | "

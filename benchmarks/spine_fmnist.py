@@ -6,8 +6,8 @@ hard labels, students distilled, on Fashion-MNIST (full data), mean ± std over 
 
 Writes ``<out>.md`` and ``<out>.json``. The teacher ensemble is trained once into ``--work`` (or
 reused from there); (T, alpha) are chosen on val by ``--temperature auto --alpha auto`` with seed 0,
-then kept for the other seeds, and so is the hard-label baseline's recipe (jitter on or off, chosen on
-val with seed 0). Every student run has its hard-label twin with the same budget, seed and transfer set.
+then kept for the other seeds, and so is the hard-label baseline's recipe (jitter on or off, and with
+``--student-mixup`` mixup on or off, chosen on val with seed 0). Every student run has its hard-label twin with the same budget, seed and transfer set.
 ``--reuse`` takes the seeds an earlier result of the same arguments measured instead of training them again,
 each only if the settings it recorded are the ones this run would use.
 """
@@ -206,7 +206,8 @@ def main(argv=None):
                                    train=TrainConfig(epochs=epochs, jitter=jitter, mixup=args.student_mixup, seed=seed,
                                                      device=args.device),
                                    views=0 if args.views == "all" else int(args.views), view_grid=args.views == "all",
-                                   baseline=True, baseline_jitter=recipe,
+                                   baseline=True, baseline_jitter=recipe and recipe["jitter"],
+                                   baseline_mixup=(recipe and recipe["mixup"]) or None,   # None, as older records mean
                                    **({"method": args.method, "search_methods": ()} if args.method else {}))
             if (spec, epochs, seed) in reuse:
                 run = reused_run(reuse[(spec, epochs, seed)], config, args.reuse)
@@ -215,8 +216,7 @@ def main(argv=None):
                 run = asdict(r) | {"path": str(out), "seed": seed, "timings": run_timings(out), "config": asdict(config)}
             runs.append(run)
             chosen = chosen or (run["temperature"], run["alpha"])
-            if not args.student_mixup:   # a fixed baseline recipe is a jitter alone: with mixup each seed searches its own
-                recipe = recipe if recipe is not None else chosen_recipe(run)
+            recipe = recipe or chosen_baseline(run)
             record.update(temperature=chosen[0], alpha=chosen[1], search=runs[0]["search"])
             result = result_so_far(students)   # written after every seed: a stopped run keeps what it measured
             write_result(args, result, render(result), quiet=True)
@@ -239,9 +239,9 @@ def reused_run(run: dict, config, path: str) -> dict:
     return run | {"reused": True}
 
 
-def chosen_recipe(run: dict) -> int | None:
-    """The hard-label jitter a run kept on val."""
-    return next((b["jitter"] for b in run["baseline_search"] if b["chosen"]), None)
+def chosen_baseline(run: dict) -> dict | None:
+    """The hard-label recipe a run kept on val, ``{"jitter", "mixup"}`` (mixup 0 in records made before it)."""
+    return next(({"jitter": b["jitter"], "mixup": b.get("mixup", 0.0)} for b in run["baseline_search"] if b["chosen"]), None)
 
 
 AIMS = {"mlp": ("gap", 0.60), "cnn:width=8": ("accuracy", 0.930)}  # issue 11: >= 60% of the gap; >= 93.0%
@@ -358,14 +358,14 @@ def recipe_line(s: dict, students: list[dict]) -> str:
     """How the hard-label recipe was chosen: on val per seed, or with seed 0 and kept (as (T, alpha) are)."""
     runs = s["runs"]
     if all(len(r["baseline_search"]) > 1 for r in runs):
-        chosen = [chosen_recipe(r) for r in runs]
+        chosen = [chosen_baseline(r)["jitter"] for r in runs]
         per_seed = ", ".join(f"seed {r['seed']}: {tried(r['baseline_search'])}" for r in runs)
         mixed = sum(any(b["chosen"] and b.get("mixup") for b in r["baseline_search"]) for r in runs)
         return (f"Hard-label recipe for {label(s, students)}, chosen on val per seed ({per_seed}): "
                 f"jitter off in {sum(c == 0 for c in chosen)} of {len(chosen)} seeds"
                 + (f", mixup in {mixed}" if any(b.get("mixup") for r in runs for b in r["baseline_search"]) else "") + ".")
     return (f"Hard-label recipe for {label(s, students)}, chosen on val with seed {runs[0]['seed']} ({tried(runs[0]['baseline_search'])}) "
-            f"and kept for the other seeds, as (T, alpha) are: ±{chosen_recipe(runs[0])} px.")
+            f"and kept for the other seeds, as (T, alpha) are: {recipe_name(chosen_baseline(runs[0]))}.")
 
 
 def render(result: dict) -> str:

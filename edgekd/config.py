@@ -104,7 +104,8 @@ class DistillConfig:
     transfer_limit: str | None = None
     omit_classes: tuple[int, ...] = ()
     baseline: bool = False
-    baseline_jitter: int | None = None  # the baseline's recipe, fixed; None = its best of baseline_recipes on val
+    baseline_jitter: int | None = None  # the baseline's recipe, fixed; None = its best of baseline_trials on val
+    baseline_mixup: float | None = None  # with baseline_jitter, the fixed recipe's mixup (None: 0)
     # on images, a student without jitter is also trained with +-2 px on consistent views (every shift, cached)
     # and the better on val kept: its own best recipe, as the baseline gets (edgekd.distill.student_recipes)
     recipe_search: bool = True
@@ -112,6 +113,9 @@ class DistillConfig:
     # best on val kept: kd-ls suits a teacher below the student's own baseline, kd's sharper targets one above it
     # (benchmarks/results/defaults_pick_10k_*.md)
     search_methods: tuple[str, ...] = ("kd",)
+    # with recipe_search and baseline, when the teacher is no better than the hard-label baseline on val, a student
+    # is also distilled from the teacher with that baseline as an equal member (born-again; edgekd.distill.tries_twin)
+    twin_teacher: bool = False
 
     def __post_init__(self):
         _check_arch(self.student)
@@ -127,6 +131,13 @@ class DistillConfig:
         check_int_at_least("views", self.views, 0)
         if self.baseline_jitter is not None:
             check_int_at_least("baseline_jitter", self.baseline_jitter, 0)
+        if self.baseline_mixup is not None:
+            check_in_range("baseline_mixup", self.baseline_mixup, 0.0, MAX_MIXUP)
+            if self.baseline_jitter is None:
+                # a recipe is fixed whole or searched whole: a mixup alone would leave the jitter to a search
+                raise ConfigError(f"The 'baseline_mixup' parameter fixes the baseline's recipe together with 'baseline_jitter', "
+                                  f"which is not set. Got baseline_mixup={self.baseline_mixup!r} alone; pass --baseline-jitter too "
+                                  f"or leave --baseline-mixup out.")
         check_choice("method", self.method, METHODS)
         for m in self.search_methods:
             check_choice("search_methods", m, METHODS)

@@ -24,6 +24,7 @@ train split) and ``omit_classes`` with the bias correction for omitted classes, 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -221,12 +222,12 @@ def baseline_recipes(pixels: int, input_shape) -> list[int]:
 
 
 def baseline_trials(config: DistillConfig, input_shape) -> list[dict]:
-    """The hard-label baseline's recipes, ``{"jitter", "mixup"}`` each: a fixed ``baseline_jitter``
-    alone, else ``baseline_recipes`` without mixup and, when the student is trained with mixup, the
+    """The hard-label baseline's recipes, ``{"jitter", "mixup"}`` each: the fixed ``baseline_jitter`` (with
+    ``baseline_mixup``) alone, else ``baseline_recipes`` without mixup and, when the student is trained with mixup, the
     student's own jitter and mixup first (hard labels blended alike): the baseline may use every
     augmentation the student gets."""
     if config.baseline_jitter is not None:
-        return [{"jitter": config.baseline_jitter, "mixup": 0.0}]
+        return [{"jitter": config.baseline_jitter, "mixup": config.baseline_mixup or 0.0}]
     pixels = config.train.jitter if len(tuple(input_shape)) == 3 else 0
     trials = [{"jitter": j, "mixup": 0.0} for j in baseline_recipes(pixels, input_shape)]
     mixup = config.train.mixup
@@ -315,6 +316,65 @@ def _best_student(new_student, recipes, batches, loss_for, n_train, val, train_c
     return model, fitted, search if len(tried) > 1 else [], seconds
 
 
+def twin_logits(teacher_logits: torch.Tensor, twin: torch.Tensor) -> torch.Tensor:
+    """The teacher with the student's hard-label twin as an equal member, as the paper's ensembles are
+    combined (Hinton et al. 2015, section 3: the mean of the members' probabilities),
+    ``log((softmax(z_teacher) + softmax(z_twin)) / 2)``: distilling from it is a born-again step
+    (Furlanello et al., ICML 2018, "Born-Again Neural Networks"), the twin's knowledge of the student's
+    own task added to a teacher that alone is no better than the twin."""
+    log_probs = torch.log_softmax(teacher_logits.float(), -1), torch.log_softmax(twin.float(), -1)
+    return torch.logaddexp(*log_probs) - math.log(2)
+
+
+def _rows_logits(model: torch.nn.Module, x, chunk: int = 4096) -> torch.Tensor:
+    """``model``'s logits on every row of ``x`` (a tensor or a ``RowView``), ``chunk`` rows at a time."""
+    return torch.cat([predict_logits(model, x[torch.arange(i, min(i + chunk, len(x)))]) for i in range(0, len(x), chunk)])
+
+
+def _teacher_not_above(teacher: Teacher, data: Dataset, base_fit, cache: LogitCache, refresh: bool, dist) -> bool:
+    """Whether the teacher's val accuracy is no higher than the hard-label baseline's (val, never test)."""
+    teacher_val = accuracy_and_nll(teacher_logits(teacher, data, "val", cache, refresh=refresh, dist=dist), data.y_val)[0]
+    return teacher_val <= base_fit.val_accuracy
+
+
+def _twin_taught(new_student, baseline, teacher_train_logits, x, y, loss_fn, val, train_cfg: TrainConfig, store,
+                 progress, dist, data):
+    """The student distilled on the plain transfer set from ``twin_logits`` of the teacher and ``baseline``
+    (the strongest hard-label twin, already trained): a recipe of its own, kept only if best on val."""
+    targets = twin_logits(teacher_train_logits, _rows_logits(baseline, x).to(teacher_train_logits.device))
+    model = new_student(train_cfg.seed)
+    fitted = fit(model, n_train=len(y), make_batch=distill_batches(x, y, targets, None, 0, None), loss_fn=loss_fn, val=val,
+                 config=train_cfg, store=store, name="student-twin", progress=progress, dist=dist, data_device=data.device)
+    return model, fitted
+
+
+TWIN_RECIPE = {"jitter": 0, "views": 0, "view_grid": False, "mixup": 0.0, "twin": True}
+
+
+def tries_twin(config: DistillConfig, input_shape) -> bool:
+    """Whether the student's recipe search also tries the hard-label twin in the teacher (``_twin_taught``):
+    with ``twin_teacher``, ``recipe_search`` and ``baseline`` on, and the student given no jitter or mixup
+    (a recipe the user fixed stands). It is trained only when the teacher is no better than the twin on val."""
+    pixels = config.train.jitter if len(tuple(input_shape)) == 3 else 0
+    return config.twin_teacher and config.recipe_search and config.baseline and not pixels and not config.train.mixup
+
+
+def _with_twin_taught(kept: tuple, own: dict, twin: tuple) -> tuple:
+    """``_best_student``'s ``kept`` (model, fit, records, seconds not kept) against the ``twin``-taught
+    (model, fit), the better on val (accuracy, then NLL) kept; ``own`` is the recipe a one-recipe search
+    recorded nothing for."""
+    model, fitted, search, seconds = kept
+    twin_model, twin_fit = twin
+    records = list(search) or [{**own, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll, "chosen": True}]
+    wins = (twin_fit.val_accuracy, -twin_fit.val_nll) > (fitted.val_accuracy, -fitted.val_nll)
+    record = {"method": own["method"], **TWIN_RECIPE, "val_accuracy": twin_fit.val_accuracy, "val_nll": twin_fit.val_nll,
+              "chosen": wins}
+    if not wins:
+        return model, fitted, [*records, record], seconds + twin_fit.seconds_per_epoch * twin_fit.epochs_run
+    records = [{**r, "chosen": False} for r in records]
+    return twin_model, twin_fit, [*records, record], seconds + fitted.seconds_per_epoch * fitted.epochs_run
+
+
 def _check_baseline_jitter(config: DistillConfig, input_shape) -> None:
     """A fixed baseline jitter shifts images only, and must leave part of them."""
     if config.baseline_jitter is None or config.baseline_jitter == 0:
@@ -396,9 +456,14 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     baseline = base_fit = None
     baseline_search, baseline_search_seconds = [], 0.0
     if config.baseline:
-        recipes = baseline_trials(config, data.input_shape)
-        baseline, base_fit, baseline_search, baseline_search_seconds = _strongest_baseline(new_student, x, y, recipes, val, train_cfg, store,
-                                                                  progress, dist, data)
+        baseline, base_fit, baseline_search, baseline_search_seconds = _strongest_baseline(
+            new_student, x, y, baseline_trials(config, data.input_shape), val, train_cfg, store, progress, dist, data)
+        if tries_twin(config, data.input_shape) and _teacher_not_above(teacher, data, base_fit, cache, refresh_cache, dist):
+            student, fitted, student_search, student_search_seconds = _with_twin_taught(
+                (student, fitted, student_search, student_search_seconds), recipes[-1],
+                _twin_taught(new_student, baseline, teacher_logits(teacher, data, "train", cache, dist=dist)[idx], x, y,
+                             loss_for(config.method), val, train_cfg, store, progress, dist, data))
+            method = next(r["method"] for r in student_search if r["chosen"])
     omitted = {}
     if config.omit_classes:
         omitted = _correct_omitted(student, data, config.omit_classes)

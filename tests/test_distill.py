@@ -1,5 +1,7 @@
 """edgekd.distill: the honest comparison with the hard-label baseline."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -59,6 +61,22 @@ def test_a_fixed_baseline_recipe_is_the_only_one_trained(tmp_path, digits, tiny_
     assert not (tmp_path / "t").exists() and not (tmp_path / "t.partial").exists()
     with pytest.raises(ConfigError, match="'baseline_jitter' parameter must be"):
         DistillConfig(baseline_jitter=-1)
+
+
+def test_a_fixed_baseline_recipe_can_carry_mixup():
+    """--baseline-mixup with --baseline-jitter: the whole recipe an earlier seed kept (mixup and all) is
+    fixed; a mixup alone would leave the jitter to a search, and is refused."""
+    from edgekd.distill import DistillConfig, baseline_trials
+    from edgekd.errors import ConfigError
+    from edgekd.training import TrainConfig
+
+    config = DistillConfig(train=TrainConfig(mixup=1.0), baseline=True, baseline_jitter=1, baseline_mixup=1.0)
+    assert baseline_trials(config, (1, 28, 28)) == [{"jitter": 1, "mixup": 1.0}]
+    assert baseline_trials(DistillConfig(baseline=True, baseline_jitter=0), (1, 28, 28)) == [{"jitter": 0, "mixup": 0.0}]
+    with pytest.raises(ConfigError, match="'baseline_mixup' parameter fixes the baseline's recipe together with 'baseline_jitter'"):
+        DistillConfig(baseline_mixup=1.0)
+    with pytest.raises(ConfigError, match="'baseline_mixup' parameter must be in"):
+        DistillConfig(baseline_jitter=0, baseline_mixup=-1.0)
 
 
 def test_baseline_tries_augmentation_even_when_the_student_has_none():
@@ -217,3 +235,57 @@ def test_consistent_teaching_and_methods_train(tmp_path, digits, tiny_teacher):
         result = distill(teacher, digits, config, tmp_path / method, cache=LogitCache(tmp_path / "c"))
         assert result.student_test_accuracy > 0.2   # learning (chance is 0.1) from 9 cached shifts
     assert len(list((tmp_path / "c").glob("*.safetensors"))) >= 9   # 3x3 shifts cached once, then hit
+
+
+def test_twin_logits_average_the_two_members_probabilities():
+    from edgekd.distill import twin_logits
+
+    a, b = torch.randn(5, 10), 3 * torch.randn(5, 10)
+    mixed = twin_logits(a, b)
+    assert torch.allclose(mixed.exp(), (a.softmax(-1) + b.softmax(-1)) / 2, atol=1e-6)
+
+
+def test_a_teacher_below_the_baseline_gets_the_hard_label_twin_as_a_member(tmp_path, digits):
+    """Born-again (Furlanello et al. 2018): with the teacher no better than the student's hard-label twin on
+    val, a student is also distilled from the two together and the better on val kept; off, or with a
+    fixed recipe, it is not tried."""
+    from edgekd.artifacts import load_artifact
+    from edgekd.cache import LogitCache
+    from edgekd.distill import DistillConfig, distill, tries_twin
+    from edgekd.models import create_model
+    from edgekd.teachers import ModuleTeacher, load_teacher
+    from edgekd.training import TrainConfig, accuracy_and_nll
+
+    torch.manual_seed(0)   # an untrained cnn: a teacher far below any trained student
+    weak = ModuleTeacher(create_model("cnn", digits.input_shape, digits.num_classes, options={"width": 4, "fc": 8}).eval(),
+                         kind="module", classes=digits.classes, input_shape=digits.input_shape, fingerprint="untrained-cnn",
+                         description="an untrained cnn")
+    config = DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=3), baseline=True, search_methods=(),
+                           twin_teacher=True)
+    result = distill(weak, digits, config, tmp_path / "s", cache=LogitCache(tmp_path / "c"))
+    tried = result.student_search
+    assert [(c["jitter"], c.get("twin", False)) for c in tried] == [(2, False), (0, False), (0, True)]
+    assert sum(c["chosen"] for c in tried) == 1
+    assert max(tried, key=lambda c: (c["val_accuracy"], -c["val_nll"]))["chosen"]
+    assert load_artifact(tmp_path / "s").manifest.metrics["student_search"] == list(tried)
+    saved, _ = accuracy_and_nll(load_teacher(tmp_path / "s").logits(digits.x_test), digits.y_test)
+    assert saved == pytest.approx(result.student_test_accuracy)   # the saved student is the one kept
+    assert result.student_search_seconds > 0 and result.teacher_test_accuracy < result.baseline_test_accuracy
+    off = distill(weak, digits, dataclasses.replace(config, twin_teacher=False), tmp_path / "o",   # the default
+                  cache=LogitCache(tmp_path / "c"))
+    assert not any(c.get("twin") for c in off.student_search)
+    assert not tries_twin(DistillConfig(train=TrainConfig(jitter=1), baseline=True, twin_teacher=True), digits.input_shape)
+    assert not tries_twin(DistillConfig(twin_teacher=True), digits.input_shape)   # no baseline, no twin
+
+
+def test_a_teacher_above_the_baseline_is_not_joined_by_the_twin(tmp_path, digits, tiny_teacher):
+    from edgekd.cache import LogitCache
+    from edgekd.distill import DistillConfig, distill
+    from edgekd.teachers import load_teacher
+    from edgekd.training import TrainConfig
+
+    config = DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=2), baseline=True, search_methods=(),
+                           twin_teacher=True)
+    result = distill(load_teacher(tiny_teacher), digits, config, tmp_path / "s", cache=LogitCache(tmp_path / "c"))
+    assert result.teacher_test_accuracy > result.baseline_test_accuracy
+    assert [c.get("twin", False) for c in result.student_search] == [False, False]

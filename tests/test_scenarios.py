@@ -122,7 +122,7 @@ def test_spine_reuses_earlier_seeds_and_keeps_the_baseline_recipe_of_seed_0(tmp_
     seed0, seed1 = result["students"][0]["runs"]
     assert seed0["reused"] and seed0["student_test_accuracy"] == earlier["student_test_accuracy"] and not seed1.get("reused")
     assert len(seed0["baseline_search"]) == 2
-    assert [b["jitter"] for b in seed1["baseline_search"]] == [spine_fmnist.chosen_recipe(seed0)]
+    assert [b["jitter"] for b in seed1["baseline_search"]] == [spine_fmnist.chosen_baseline(seed0)["jitter"]]
     report = second.with_suffix(".md").read_text()
     assert "Seed 0 is taken from an earlier run" in report and "and kept for the other seeds" in report
     assert "another machine" not in report                  # the same machine made both
@@ -384,22 +384,27 @@ def test_spine_students_of_another_budget_keep_their_own_folders(tmp_path):
 
 def test_spine_function_matching_runs_the_teacher_online_and_lets_the_baseline_mix_too(tmp_path):
     """--student-mixup A: students blend each batch with the teacher online (no cached views), their folders
-    are named by it, the hard-label baseline also tries the blend, and the epoch time says the teacher ran."""
+    are named by it, the hard-label baseline also tries the blend (seed 0; later seeds keep its recipe, as
+    with jitter alone), and the epoch time says the teacher ran."""
     from benchmarks import spine_fmnist
 
     out = tmp_path / "spine"
-    spine_fmnist.main(["--smoke", "--seeds", "1", "--student-mixup", "1", "--method", "kd", "--temperature-grid", "2",
+    spine_fmnist.main(["--smoke", "--seeds", "2", "--student-mixup", "1", "--method", "kd", "--temperature-grid", "2",
                        "--alpha-grid", "0.5", "--out", str(out)])
     result = json.loads(out.with_suffix(".json").read_text())
     run = result["students"][0]["runs"][0]
     assert run["config"]["train"]["mixup"] == 1.0 and run["config"]["views"] == 0 and not run["config"]["view_grid"]
     assert Path(run["path"]).name.endswith("-m1-s0")
     assert {b["mixup"] for b in run["baseline_search"]} == {0.0, 1.0}
+    seed1 = result["students"][0]["runs"][1]   # the recipe seed 0 kept, mixup and all, is the later seeds' only one
+    kept = next(b for b in run["baseline_search"] if b["chosen"])
+    assert [(b["jitter"], b["mixup"]) for b in seed1["baseline_search"]] == [(kept["jitter"], kept["mixup"])]
+    assert seed1["config"]["baseline_mixup"] == (kept["mixup"] or None)
     assert result["epoch_time"]["teacher_online"] is True
     report = out.with_suffix(".md").read_text()
     assert "function matching" in report and "mixup 1" in report and "teacher online on every blended batch" in report
     assert "min of training (the teacher's forward passes included)" in report and "teacher's targets" not in report
-    assert "Mean ± std over 1 seed;" in report
+    assert "Mean ± std over 2 seeds;" in report and "kept for the other seeds" in report
     with pytest.raises(SystemExit):
         spine_fmnist.parse_args(["--student-mixup", "1", "--views", "all"])
 

@@ -8,7 +8,7 @@ import click
 
 from edgekd.clicommon import (cache_options, common_options, data_options, data_spec, echo_json, load_data,
                               make_train_config, resolved_config, show_progress, train_options)
-from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, METHODS, DistillConfig,
+from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, MAX_MIXUP, METHODS, DistillConfig,
                            PipelineConfig, TeacherConfig, defaults)
 
 # every default below is read from the config dataclasses: a flag left out means what the library means
@@ -194,8 +194,10 @@ def distill_config(params):
         correct_teacher=params["correct_teacher"],
         **_parse_views(params["views"]),
         transfer_limit=params["transfer_limit"], omit_classes=_parse_list("omit_classes", params["omit_classes"], int),
-        baseline=params["baseline"], baseline_jitter=params["baseline_jitter"], recipe_search=params["recipe_search"],
-        search_methods=tuple(m.strip() for m in params["search_methods"].split(",") if m.strip()))
+        baseline=params["baseline"], baseline_jitter=params["baseline_jitter"],
+        baseline_mixup=params["baseline_mixup"], recipe_search=params["recipe_search"],
+        search_methods=tuple(m.strip() for m in params["search_methods"].split(",") if m.strip()),
+        twin_teacher=params["twin_teacher"])
 
 
 def distill_options(func):
@@ -227,6 +229,9 @@ def distill_options(func):
                   help="The hard-label baseline's ±px jitter, fixed (e.g. the recipe an earlier run chose). "
                        "Default: it is trained with the student's jitter (±2 px on images without one) and without, "
                        "and the better on val is kept.")
+    @click.option("--baseline-mixup", type=click.FloatRange(0, MAX_MIXUP), default=DISTILL["baseline_mixup"],
+                  help="With --baseline-jitter: the fixed recipe's mixup Beta(a, a) on hard labels (e.g. what an earlier "
+                       "run with --mixup chose). Default: none.")
     @click.option("--recipe-search/--no-recipe-search", default=DISTILL["recipe_search"], show_default=True,
                   help="On images, when the student has no --jitter: also train it with ±2 px jitter on consistent "
                        "views (the teacher's logits cached on every shift) and keep the better on val, so it gets its "
@@ -235,6 +240,10 @@ def distill_options(func):
                   help="With --recipe-search: soft terms also tried on the plain transfer set at the same T and alpha, "
                        "the best on val kept ('' for none). Plain KD's sharper targets pay when the teacher is well "
                        "above the student's own baseline, logit standardization's when it is not.")
+    @click.option("--twin-teacher/--no-twin-teacher", default=DISTILL["twin_teacher"], show_default=True,
+                  help="With --baseline and --recipe-search: when the teacher is no better than the hard-label "
+                       "baseline on val, also distill a student from the teacher with that baseline as an equal member "
+                       "(a born-again step) and keep the better on val.")
     @cache_options
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -290,7 +299,8 @@ def _recipe_text(recipe: dict) -> str:
 def _student_recipe_text(recipe: dict) -> str:
     """'kd-ls, jitter 2 on consistent views' (records written before the method search have no method)."""
     views = " on consistent views" if recipe["jitter"] and recipe.get("view_grid") else ""
-    return (f"{recipe['method']}, " if recipe.get("method") else "") + f"jitter {recipe['jitter']}{views}"
+    twin = ", the hard-label twin in the teacher" if recipe.get("twin") else ""
+    return (f"{recipe['method']}, " if recipe.get("method") else "") + f"jitter {recipe['jitter']}{views}{twin}"
 
 
 def print_distill(result, teacher_desc: str) -> None:
