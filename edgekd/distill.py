@@ -326,9 +326,12 @@ def twin_logits(teacher_logits: torch.Tensor, twin: torch.Tensor) -> torch.Tenso
     return torch.logaddexp(*log_probs) - math.log(2)
 
 
-def _rows_logits(model: torch.nn.Module, x, chunk: int = 4096) -> torch.Tensor:
-    """``model``'s logits on every row of ``x`` (a tensor or a ``RowView``), ``chunk`` rows at a time."""
-    return torch.cat([predict_logits(model, x[torch.arange(i, min(i + chunk, len(x)))]) for i in range(0, len(x), chunk)])
+def _rows_logits(model: torch.nn.Module, x, shifts: torch.Tensor | None = None, pixels: int = 0,
+                 chunk: int = 4096) -> torch.Tensor:
+    """``model``'s logits on every row of ``x`` (a tensor or a ``RowView``), each row shifted by ``shifts``
+    when given, ``chunk`` rows at a time."""
+    return torch.cat([predict_logits(model, x[i:i + chunk] if shifts is None else apply_shifts(x[i:i + chunk], shifts[i:i + chunk], pixels))
+                      for i in range(0, len(x), chunk)])
 
 
 def _teacher_not_above(teacher: Teacher, data: Dataset, base_fit, cache: LogitCache, refresh: bool, dist) -> bool:
@@ -337,38 +340,46 @@ def _teacher_not_above(teacher: Teacher, data: Dataset, base_fit, cache: LogitCa
     return teacher_val <= base_fit.val_accuracy
 
 
-def _twin_taught(new_student, baseline, teacher_train_logits, x, y, loss_fn, val, train_cfg: TrainConfig, store,
-                 progress, dist, data):
-    """The student distilled on the plain transfer set from ``twin_logits`` of the teacher and ``baseline``
-    (the strongest hard-label twin, already trained): a recipe of its own, kept only if best on val."""
-    targets = twin_logits(teacher_train_logits, _rows_logits(baseline, x).to(teacher_train_logits.device))
+def twin_batches(recipe: dict, teacher: Teacher, baseline, data: Dataset, x, y, idx, cache: LogitCache, refresh: bool, dist):
+    """``make_batch`` for ``recipe`` (cached logits: the plain transfer set or consistent views) with the
+    hard-label twin ``baseline`` in the teacher (``twin_logits``), the twin judging the same shifted image."""
+    pixels = recipe["jitter"]
+    if not pixels:
+        logits = teacher_logits(teacher, data, "train", cache, refresh=refresh, dist=dist)[idx]
+        return distill_batches(x, y, twin_logits(logits, _rows_logits(baseline, x).to(logits.device)), None, 0, None)
+    views, shifts = teacher_view_logits(teacher, data, recipe["views"], pixels, cache, refresh=refresh, dist=dist,
+                                        grid=recipe["view_grid"])
+    views, shifts = views[:, idx], shifts[:, idx]
+    twin = torch.stack([_rows_logits(baseline, x, shifts[v], pixels) for v in range(len(views))]).to(views.device)
+    return distill_batches(x, y, twin_logits(views, twin), shifts, pixels, None)
+
+
+def _twin_taught(new_student, make_batch, n_train: int, loss_fn, val, train_cfg: TrainConfig, store, progress, dist, data):
+    """The student distilled with ``make_batch`` (``twin_batches``): a recipe of its own, kept only if best on val."""
     model = new_student(train_cfg.seed)
-    fitted = fit(model, n_train=len(y), make_batch=distill_batches(x, y, targets, None, 0, None), loss_fn=loss_fn, val=val,
-                 config=train_cfg, store=store, name="student-twin", progress=progress, dist=dist, data_device=data.device)
+    fitted = fit(model, n_train=n_train, make_batch=make_batch, loss_fn=loss_fn, val=val, config=train_cfg, store=store,
+                 name="student-twin", progress=progress, dist=dist, data_device=data.device)
     return model, fitted
 
 
-TWIN_RECIPE = {"jitter": 0, "views": 0, "view_grid": False, "mixup": 0.0, "twin": True}
-
-
 def tries_twin(config: DistillConfig, input_shape) -> bool:
-    """Whether the student's recipe search also tries the hard-label twin in the teacher (``_twin_taught``):
+    """Whether the student's recipe search also tries the hard-label twin in the teacher (``twin_batches``):
     with ``twin_teacher``, ``recipe_search`` and ``baseline`` on, and the student given no jitter or mixup
-    (a recipe the user fixed stands). It is trained only when the teacher is no better than the twin on val."""
+    (a recipe the user fixed stands). It is trained only when the teacher is no better than the twin on val,
+    with the recipe the search kept."""
     pixels = config.train.jitter if len(tuple(input_shape)) == 3 else 0
     return config.twin_teacher and config.recipe_search and config.baseline and not pixels and not config.train.mixup
 
 
-def _with_twin_taught(kept: tuple, own: dict, twin: tuple) -> tuple:
+def _with_twin_taught(kept: tuple, recipe: dict, twin: tuple) -> tuple:
     """``_best_student``'s ``kept`` (model, fit, records, seconds not kept) against the ``twin``-taught
-    (model, fit), the better on val (accuracy, then NLL) kept; ``own`` is the recipe a one-recipe search
-    recorded nothing for."""
+    (model, fit) with ``recipe``, the better on val (accuracy, then NLL) kept; a one-recipe search recorded
+    nothing, so its record is rebuilt from ``recipe``."""
     model, fitted, search, seconds = kept
     twin_model, twin_fit = twin
-    records = list(search) or [{**own, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll, "chosen": True}]
+    records = list(search) or [{**recipe, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll, "chosen": True}]
     wins = (twin_fit.val_accuracy, -twin_fit.val_nll) > (fitted.val_accuracy, -fitted.val_nll)
-    record = {"method": own["method"], **TWIN_RECIPE, "val_accuracy": twin_fit.val_accuracy, "val_nll": twin_fit.val_nll,
-              "chosen": wins}
+    record = {**recipe, "twin": True, "val_accuracy": twin_fit.val_accuracy, "val_nll": twin_fit.val_nll, "chosen": wins}
     if not wins:
         return model, fitted, [*records, record], seconds + twin_fit.seconds_per_epoch * twin_fit.epochs_run
     records = [{**r, "chosen": False} for r in records]
@@ -459,10 +470,12 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
         baseline, base_fit, baseline_search, baseline_search_seconds = _strongest_baseline(
             new_student, x, y, baseline_trials(config, data.input_shape), val, train_cfg, store, progress, dist, data)
         if tries_twin(config, data.input_shape) and _teacher_not_above(teacher, data, base_fit, cache, refresh_cache, dist):
+            kept = {k: v for k, v in next((r for r in student_search if r["chosen"]), recipes[-1]).items()
+                    if k in recipes[-1]}   # the recipe the search kept, without its val figures
             student, fitted, student_search, student_search_seconds = _with_twin_taught(
-                (student, fitted, student_search, student_search_seconds), recipes[-1],
-                _twin_taught(new_student, baseline, teacher_logits(teacher, data, "train", cache, dist=dist)[idx], x, y,
-                             loss_for(config.method), val, train_cfg, store, progress, dist, data))
+                (student, fitted, student_search, student_search_seconds), kept,
+                _twin_taught(new_student, twin_batches(kept, teacher, baseline, data, x, y, idx, cache, refresh_cache, dist),
+                             len(idx), loss_for(kept["method"]), val, train_cfg, store, progress, dist, data))
             method = next(r["method"] for r in student_search if r["chosen"])
     omitted = {}
     if config.omit_classes:

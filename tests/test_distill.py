@@ -264,7 +264,9 @@ def test_a_teacher_below_the_baseline_gets_the_hard_label_twin_as_a_member(tmp_p
                            twin_teacher=True)
     result = distill(weak, digits, config, tmp_path / "s", cache=LogitCache(tmp_path / "c"))
     tried = result.student_search
-    assert [(c["jitter"], c.get("twin", False)) for c in tried] == [(2, False), (0, False), (0, True)]
+    assert [(c["jitter"], c.get("twin", False)) for c in tried[:2]] == [(2, False), (0, False)] and tried[2]["twin"]
+    before = max(tried[:2], key=lambda c: (c["val_accuracy"], -c["val_nll"]))   # the twin joins the recipe the search kept
+    assert {k: tried[2][k] for k in ("method", "jitter", "views", "view_grid")} == {k: before[k] for k in ("method", "jitter", "views", "view_grid")}
     assert sum(c["chosen"] for c in tried) == 1
     assert max(tried, key=lambda c: (c["val_accuracy"], -c["val_nll"]))["chosen"]
     assert load_artifact(tmp_path / "s").manifest.metrics["student_search"] == list(tried)
@@ -289,3 +291,25 @@ def test_a_teacher_above_the_baseline_is_not_joined_by_the_twin(tmp_path, digits
     result = distill(load_teacher(tiny_teacher), digits, config, tmp_path / "s", cache=LogitCache(tmp_path / "c"))
     assert result.teacher_test_accuracy > result.baseline_test_accuracy
     assert [c.get("twin", False) for c in result.student_search] == [False, False]
+
+
+def test_on_consistent_views_the_twin_judges_the_image_the_student_sees(tmp_path, digits, tiny_teacher):
+    """twin_batches on ±1 px views: each batch's targets are twin_logits of the teacher and the twin on the
+    very shifted image in the batch."""
+    from edgekd.cache import LogitCache
+    from edgekd.distill import twin_batches, twin_logits
+    from edgekd.models import create_model
+    from edgekd.teachers import load_teacher
+
+    teacher = load_teacher(tiny_teacher)
+    torch.manual_seed(0)
+    twin = create_model("mlp", digits.input_shape, digits.num_classes, options={"hidden": (16,)}).eval()
+    idx = torch.arange(0, len(digits.y_train), 2)
+    recipe = {"method": "kd-ls", "jitter": 1, "views": 0, "view_grid": True, "mixup": 0.0}
+    make_batch = twin_batches(recipe, teacher, twin, digits, digits.x_train[idx], digits.y_train[idx], idx,
+                              LogitCache(tmp_path / "c"), False, None)
+    xb, yb, targets = make_batch(torch.arange(64), torch.Generator().manual_seed(1), 0)
+    assert not torch.equal(xb, digits.x_train[idx][:64])   # shifted views, not the plain images
+    with torch.no_grad():
+        expected = twin_logits(teacher.logits(xb), twin(xb.float()))
+    assert torch.allclose(targets, expected, atol=1e-4)
