@@ -16,7 +16,8 @@ Both sides of the comparison get their own best recipe, chosen on val: the hard-
 trained with and without jitter (``baseline_recipes``; with the student's mixup too, ``baseline_trials``),
 and a student without jitter or mixup is also trained with the soft terms of ``search_methods`` and,
 on images, with ±2 px on consistent views (``student_recipes``); the time of the recipes not kept is
-reported apart.
+reported apart. With ``twin_teacher`` (opt-in), a teacher no better than the hard-label baseline on val
+is joined by that baseline for one more student (``twin_logits``, a born-again step).
 
 Transfer-set options from the paper (section 3): ``transfer_limit`` (a count or a fraction of the
 train split) and ``omit_classes`` with the bias correction for omitted classes, fitted on val.
