@@ -374,17 +374,15 @@ def tries_twin(config: DistillConfig, input_shape) -> bool:
 
 def _with_twin_taught(kept: tuple, recipe: dict, twin: tuple) -> tuple:
     """``_best_student``'s ``kept`` (model, fit, records, seconds not kept) against the ``twin``-taught
-    (model, fit) with ``recipe``, the better on val (accuracy, then NLL) kept; a one-recipe search recorded
-    nothing, so its record is rebuilt from ``recipe``."""
+    (model, fit) with ``recipe``, the better on val kept by ``_keep_best`` (the search's own wins a tie); a
+    one-recipe search recorded nothing, so its record is rebuilt from ``recipe``."""
     model, fitted, search, seconds = kept
-    twin_model, twin_fit = twin
     records = list(search) or [{**recipe, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll, "chosen": True}]
-    wins = (twin_fit.val_accuracy, -twin_fit.val_nll) > (fitted.val_accuracy, -fitted.val_nll)
-    record = {**recipe, "twin": True, "val_accuracy": twin_fit.val_accuracy, "val_nll": twin_fit.val_nll, "chosen": wins}
-    if not wins:
-        return model, fitted, [*records, record], seconds + twin_fit.seconds_per_epoch * twin_fit.epochs_run
-    records = [{**r, "chosen": False} for r in records]
-    return twin_model, twin_fit, [*records, record], seconds + fitted.seconds_per_epoch * fitted.epochs_run
+    own = next(r for r in records if r["chosen"])
+    twin_record = {**recipe, "twin": True, "val_accuracy": twin[1].val_accuracy, "val_nll": twin[1].val_nll}
+    best, best_fit, pair, not_kept = _keep_best([(model, fitted, own), (*twin, twin_record)])
+    twin_wins = pair[1]["chosen"]
+    return best, best_fit, [*({**r, "chosen": r["chosen"] and not twin_wins} for r in records), pair[1]], seconds + not_kept
 
 
 def _check_baseline_jitter(config: DistillConfig, input_shape) -> None:
