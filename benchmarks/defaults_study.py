@@ -339,11 +339,13 @@ def by_pair(cells, candidates) -> list[dict]:
 
 
 def _recipe(jitter, mixup: float = 0.0) -> str:
-    """' (±2)', ' (0, mixup 1)', or ' (twin)': the hard-label twin joined the teacher (``twin_teacher``)."""
     mixed = f", mixup {mixup:g}" if mixup else ""
-    if jitter == "twin":
-        return " (twin)"
     return "" if jitter is None else (f" (±{jitter}{mixed})" if jitter else f" (0{mixed})")
+
+
+def _student_recipe(run: dict) -> str:
+    """A distilled run's kept recipe: its jitter, or ' (twin)' when the hard-label twin joined the teacher."""
+    return " (twin)" if run.get("twin") else _recipe(run.get("jitter"))
 
 
 def _recipe_source(candidates) -> str:
@@ -401,12 +403,10 @@ def render(result: dict) -> str:
               "| teacher (k) | teacher acc | student | seed | baseline | " + " | ".join(c["name"] for c in result["candidates"]) + " |",
               "|---|---|---|---|---|" + "---|" * len(result["candidates"])]
     for c in result["cells"]:
-        gains = [(100 * (c["runs"][cand["name"]]["test_accuracy"] - c["baseline"]),
-                  "twin" if c["runs"][cand["name"]].get("twin") else c["runs"][cand["name"]].get("jitter"))
-                 for cand in result["candidates"]]
+        runs = [c["runs"][cand["name"]] for cand in result["candidates"]]
         lines.append(f"| {c['members']} | {100 * c['teacher']:.2f} | `{c['student']}` | {c['seed']} | "
                      f"{100 * c['baseline']:.2f}{_recipe(c.get('baseline_jitter'), c.get('baseline_mixup', 0.0))} | "
-                     + " | ".join(f"{g:+.2f}{_recipe(j)}" for g, j in gains) + " |")
+                     + " | ".join(f"{100 * (r['test_accuracy'] - c['baseline']):+.2f}{_student_recipe(r)}" for r in runs) + " |")
     lines += ["", "| candidate | mean gain | worst cell | cells won |", "|---|---|---|---|"]
     for r in result["summary"]:
         mark = " **(recommended)**" if r["recommended"] else ""
