@@ -88,19 +88,19 @@ def teacher_logits(teacher: Teacher, data: Dataset, split: str, cache: LogitCach
     """The teacher's raw logits on a split, from the cache when the teacher and data are unchanged."""
     x, _ = data.split(split)
     key = cache_key("logits", teacher.fingerprint, data.fingerprint(split))
-    return cache.get_or_compute(key, lambda: sharded_logits(teacher, x, dist), refresh=refresh, dist=dist,
+    return cache.get_or_compute(key, lambda: sharded_logits(teacher.logits, x, dist), refresh=refresh, dist=dist,
                                 check=lambda rows: teacher.logits(x[rows]).cpu()).to(x.device)
 
 
-def sharded_logits(teacher: Teacher, x: torch.Tensor, dist=None, shifts: torch.Tensor | None = None,
+def sharded_logits(logits_of, x, dist=None, shifts: torch.Tensor | None = None,
                    pixels: int = 0, chunk: int = 4096) -> torch.Tensor:
-    """``teacher.logits(x)`` (each row shifted by ``shifts`` when given), ``chunk`` rows at a time so a
-    memory-mapped train split is never shifted or converted whole; under torchrun each rank computes
-    its shard and the rows are gathered once."""
+    """``logits_of(x)`` (a teacher's ``logits``, or a model's; each row of ``x``, a tensor or a ``RowView``,
+    shifted by ``shifts`` when given), ``chunk`` rows at a time so a memory-mapped train split is never
+    shifted or converted whole; under torchrun each rank computes its shard and the rows are gathered once."""
     lo, hi = dist.shard_range(len(x)) if dist is not None else (0, len(x))
     rows = [slice(i, min(i + chunk, hi)) for i in range(lo, hi, chunk)]
-    parts = [teacher.logits(x[r] if shifts is None else apply_shifts(x[r], shifts[r], pixels)) for r in rows]
-    logits = torch.cat(parts) if parts else teacher.logits(x[:0])
+    parts = [logits_of(x[r] if shifts is None else apply_shifts(x[r], shifts[r], pixels)) for r in rows]
+    logits = torch.cat(parts) if parts else logits_of(x[:0])
     return logits if dist is None else dist.gather_rows(logits, len(x))
 
 
@@ -125,7 +125,7 @@ def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int
     for v in range(views):
         name = f"shift:{int(shifts[v, 0, 0])},{int(shifts[v, 0, 1])}" if grid else f"{pixels}:{VIEW_SEED + v}"
         key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), name if v else "0")
-        outs.append(cache.get_or_compute(key, lambda v=v: sharded_logits(teacher, data.x_train, dist, shifts[v], pixels),
+        outs.append(cache.get_or_compute(key, lambda v=v: sharded_logits(teacher.logits, data.x_train, dist, shifts[v], pixels),
                                          refresh=refresh, dist=dist,
                                          check=lambda rows, v=v: teacher.logits(apply_shifts(data.x_train[rows], shifts[v][rows], pixels)).cpu()))
     return torch.stack([o.to(data.device) for o in outs]), shifts.to(data.device)
@@ -327,14 +327,6 @@ def twin_logits(teacher_logits: torch.Tensor, twin: torch.Tensor) -> torch.Tenso
     return torch.logaddexp(*log_probs) - math.log(2)
 
 
-def _rows_logits(model: torch.nn.Module, x, shifts: torch.Tensor | None = None, pixels: int = 0,
-                 chunk: int = 4096) -> torch.Tensor:
-    """``model``'s logits on every row of ``x`` (a tensor or a ``RowView``), each row shifted by ``shifts``
-    when given, ``chunk`` rows at a time."""
-    return torch.cat([predict_logits(model, x[i:i + chunk] if shifts is None else apply_shifts(x[i:i + chunk], shifts[i:i + chunk], pixels))
-                      for i in range(0, len(x), chunk)])
-
-
 def _teacher_not_above(teacher: Teacher, data: Dataset, base_fit, cache: LogitCache, refresh: bool, dist) -> bool:
     """Whether the teacher's val accuracy is no higher than the hard-label baseline's (val, never test)."""
     teacher_val = accuracy_and_nll(teacher_logits(teacher, data, "val", cache, refresh=refresh, dist=dist), data.y_val)[0]
@@ -345,13 +337,17 @@ def twin_batches(recipe: dict, teacher: Teacher, baseline, data: Dataset, x, y, 
     """``make_batch`` for ``recipe`` (cached logits: the plain transfer set or consistent views) with the
     hard-label twin ``baseline`` in the teacher (``twin_logits``), the twin judging the same shifted image."""
     pixels = recipe["jitter"]
+
+    def logits_of(xb):
+        return predict_logits(baseline, xb)
+
     if not pixels:
         logits = teacher_logits(teacher, data, "train", cache, refresh=refresh, dist=dist)[idx]
-        return distill_batches(x, y, twin_logits(logits, _rows_logits(baseline, x).to(logits.device)), None, 0, None)
+        return distill_batches(x, y, twin_logits(logits, sharded_logits(logits_of, x, dist).to(logits.device)), None, 0, None)
     views, shifts = teacher_view_logits(teacher, data, recipe["views"], pixels, cache, refresh=refresh, dist=dist,
                                         grid=recipe["view_grid"])
     views, shifts = views[:, idx], shifts[:, idx]
-    twin = torch.stack([_rows_logits(baseline, x, shifts[v], pixels) for v in range(len(views))]).to(views.device)
+    twin = torch.stack([sharded_logits(logits_of, x, dist, shifts[v], pixels) for v in range(len(views))]).to(views.device)
     return distill_batches(x, y, twin_logits(views, twin), shifts, pixels, None)
 
 
