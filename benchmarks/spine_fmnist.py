@@ -39,6 +39,10 @@ def parse_args(argv=None):
     p.add_argument("--student-mixup", type=float, default=0.0, metavar="A",
                    help="The students' mixup, Beta(A, A), with the teacher online on every blended batch (function "
                    "matching, Beyer et al. 2022; no cached views); the hard-label baseline also tries it.")
+    p.add_argument("--student-flip", action="store_true",
+                   help="The students also mirror a random half of each batch left to right, the teacher judging the "
+                   "mirrored image (with --views all: cached on every shift, each mirrored too); the hard-label "
+                   "baseline also tries it.")
     p.add_argument("--reuse", metavar="JSON", help="An earlier result of this benchmark with the same arguments (but "
                    "--seeds and --out): its seeds are taken as they are, the others trained.")
     p.add_argument("--render", metavar="JSON", help="Only write the report again from a result JSON of this benchmark.")
@@ -122,7 +126,7 @@ def rerender(path: str) -> None:
 
 REUSE_IGNORED = {"seeds", "out", "reuse", "render"}   # what may differ from the run whose seeds are reused
 # arguments added since results were committed, with the value an earlier result (which lacks them) ran with
-ADDED_ARGS = {"student_mixup": 0.0}
+ADDED_ARGS = {"student_mixup": 0.0, "student_flip": False}
 # what decides a seed's weights besides the code (benchmarks/determinism.py): the CPU's kernels and torch's threads
 MACHINE_KEYS = {"simd": "vector extensions", "torch_threads": "torch threads"}
 
@@ -198,16 +202,18 @@ def main(argv=None):
         students.append(record)
         # named by budget too when it is not --epochs: a run at another budget must not replace these folders
         suffix = (("" if jitter == args.jitter else f"-j{jitter}") + (f"-m{args.student_mixup:g}" if args.student_mixup else "")
+                  + ("-flip" if args.student_flip else "")
                   + (f"-e{epochs}" if epochs != args.epochs or specs.count(spec) > 1 else ""))
         for seed in range(args.seeds):
             out = work / f"student-{spec.replace(':', '_').replace(',', '_').replace('=', '')}{suffix}-s{seed}"
             config = DistillConfig(student=spec, temperature=chosen[0] if chosen else None, alpha=chosen[1] if chosen else None,
                                    temperature_grid=grid_t, alpha_grid=grid_a,
                                    train=TrainConfig(epochs=epochs, jitter=jitter, mixup=args.student_mixup, seed=seed,
-                                                     device=args.device),
+                                                     device=args.device, flip=args.student_flip),
                                    views=0 if args.views == "all" else int(args.views), view_grid=args.views == "all",
                                    baseline=True, baseline_jitter=recipe and recipe["jitter"],
                                    baseline_mixup=(recipe and recipe["mixup"]) or None,   # None, as older records mean
+                                   baseline_flip=bool(recipe and recipe["flip"]),
                                    **({"method": args.method, "search_methods": ()} if args.method else {}))
             if (spec, epochs, seed) in reuse:
                 run = reused_run(reuse[(spec, epochs, seed)], config, args.reuse)
@@ -240,8 +246,10 @@ def reused_run(run: dict, config, path: str) -> dict:
 
 
 def chosen_baseline(run: dict) -> dict | None:
-    """The hard-label recipe a run kept on val, ``{"jitter", "mixup"}`` (mixup 0 in records made before it)."""
-    return next(({"jitter": b["jitter"], "mixup": b.get("mixup", 0.0)} for b in run["baseline_search"] if b["chosen"]), None)
+    """The hard-label recipe a run kept on val, ``{"jitter", "mixup", "flip"}`` (mixup 0 and no flip in records made
+    before them)."""
+    return next(({"jitter": b["jitter"], "mixup": b.get("mixup", 0.0), "flip": b.get("flip", False)}
+                 for b in run["baseline_search"] if b["chosen"]), None)
 
 
 AIMS = {"mlp": ("gap", 0.60), "cnn:width=8": ("accuracy", 0.930)}  # issue 11: >= 60% of the gap; >= 93.0%
@@ -317,8 +325,8 @@ def per_seed_line(s: dict, students: list[dict]) -> str | None:
 
 
 def recipe_name(c: dict) -> str:
-    """A hard-label recipe: "±1 px", or "±1 px, mixup 1"."""
-    return f"±{c['jitter']} px" + (f", mixup {c['mixup']:g}" if c.get("mixup") else "")
+    """A hard-label recipe: "±1 px", "±1 px, mixup 1" or "±1 px, flip"."""
+    return f"±{c['jitter']} px" + (f", mixup {c['mixup']:g}" if c.get("mixup") else "") + (", flip" if c.get("flip") else "")
 
 
 def tried(candidates: list[dict], name=recipe_name) -> str:
@@ -350,7 +358,9 @@ def recipes_phrase(result: dict) -> str:
     tried = {tuple(b["jitter"] for b in s["runs"][0]["baseline_search"]) for s in result["students"]}
     if all(len(t) > 1 for t in tried):
         mixup = any(b.get("mixup") for s in result["students"] for b in s["runs"][0]["baseline_search"])
-        return "jitter on or off" + (" and mixup with the student's jitter" if mixup else "") + ", chosen on val"
+        flip = any(b.get("flip") for s in result["students"] for b in s["runs"][0]["baseline_search"])
+        return ("jitter on or off" + (" and mixup with the student's jitter" if mixup else "")
+                + (" and mirroring with the student's jitter" if flip else "") + ", chosen on val")
     return "here trained without jitter only: this run predates the baseline's own ±2 px recipe"
 
 
@@ -402,6 +412,9 @@ def render(result: dict) -> str:
     if a.get("student_mixup"):
         views = (f"{f'±{jitter} px jitter and ' if jitter else ''}mixup (Beta({a['student_mixup']:g}, {a['student_mixup']:g})), "
                  "the teacher online on every blended batch: function matching")
+    if a.get("student_flip"):
+        views += (", a random half mirrored left to right" + (" (the teacher cached on each shift mirrored too)"
+                                                                if str(a["views"]) == "all" else ""))
     if a.get("method"):
         views += f", soft term `{a['method']}` alone (`--method`: no method search)"
     seeds = len(result["students"][0]["runs"])

@@ -307,6 +307,10 @@ def train_options(train: TrainConfig):
         @click.option("--mixup", type=click.FloatRange(0, MAX_MIXUP), default=train.mixup, show_default=True,
                       help="Mixup: blend each batch with a shuffled copy of itself, weight drawn from Beta(a, a), and "
                            "the labels alike; 0 = off. In distill the teacher runs online on every blend (function matching).")
+        @click.option("--flip/--no-flip", default=train.flip, show_default=True,
+                      help="Images only: mirror a random half of each batch left to right (for classes that keep their "
+                           "name when mirrored: garments, animals; not digits or text). In distill the teacher judges the "
+                           "mirrored image too (online, or cached on mirrored views).")
         @click.option("--precision", type=click.Choice(PRECISIONS), default=train.precision, show_default=True,
                       help="bf16 autocasts the forward pass and loss (weights and optimizer stay fp32).")
         @functools.wraps(func)
@@ -322,5 +326,6 @@ def make_train_config(params, **overrides):
     device = resolve_device(params["device"]).type
     fields = dict(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
                   weight_decay=params["weight_decay"], patience=params["patience"], jitter=params["jitter"],
-                  seed=params["seed"], device=device, precision=params["precision"], mixup=params["mixup"])
+                  seed=params["seed"], device=device, precision=params["precision"], mixup=params["mixup"],
+                  flip=params["flip"])
     return TrainConfig(**{**fields, **overrides})

@@ -48,6 +48,9 @@ class TrainConfig:
     precision: str = "fp32"    # "fp32" | "bf16" (autocast of the forward pass and loss)
     # mixup (Zhang et al., ICLR 2018): each batch blended with a permutation of itself, lam ~ Beta(a, a); 0 = off
     mixup: float = 0.0
+    # images only: a left-right mirror of a random half of each batch (for classes that keep their name
+    # when mirrored: garments, animals; not digits or text)
+    flip: bool = False
 
     def __post_init__(self):
         check_int_at_least("epochs", self.epochs, 1)
@@ -106,6 +109,7 @@ class DistillConfig:
     baseline: bool = False
     baseline_jitter: int | None = None  # the baseline's recipe, fixed; None = its best of baseline_trials on val
     baseline_mixup: float | None = None  # with baseline_jitter, the fixed recipe's mixup (None: 0)
+    baseline_flip: bool = False         # with baseline_jitter, whether the fixed recipe mirrors (train.flip)
     # on images, a student without jitter is also trained with +-2 px on consistent views (every shift, cached)
     # and the better on val kept: its own best recipe, as the baseline gets (edgekd.distill.student_recipes)
     recipe_search: bool = True
@@ -138,6 +142,10 @@ class DistillConfig:
                 raise ConfigError(f"The 'baseline_mixup' parameter fixes the baseline's recipe together with 'baseline_jitter', "
                                   f"which is not set. Got baseline_mixup={self.baseline_mixup!r} alone; pass --baseline-jitter too "
                                   f"or leave --baseline-mixup out.")
+        if self.baseline_flip and self.baseline_jitter is None:
+            raise ConfigError(f"The 'baseline_flip' parameter fixes the baseline's recipe together with 'baseline_jitter', "
+                              f"which is not set. Got baseline_flip=True alone; pass --baseline-jitter too or leave "
+                              f"--baseline-flip out.")
         check_choice("method", self.method, METHODS)
         for m in self.search_methods:
             check_choice("search_methods", m, METHODS)

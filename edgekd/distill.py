@@ -44,8 +44,8 @@ from edgekd.models import count_macs, count_parameters, create_model, format_arc
 from edgekd.teacher_training import cross_entropy_loss, supervised_batches
 from edgekd.teachers import Teacher, check_teacher_fits
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, augment_batch, fit,
-                             jitter_shifts, predict_logits, run_fingerprint)
-from edgekd.validation import check_jitter, parse_limit
+                             jitter_views, predict_logits, run_fingerprint)
+from edgekd.validation import check_flip, check_jitter, parse_limit
 
 VIEW_SEED = 7_919  # jittered views are fixed (not tied to the training seed) so their cache is shared
 
@@ -104,27 +104,40 @@ def sharded_logits(logits_of, x, dist=None, shifts: torch.Tensor | None = None,
     return logits if dist is None else dist.gather_rows(logits, len(x))
 
 
-def view_shifts(n: int, views: int, pixels: int, *, grid: bool = False) -> torch.Tensor:
-    """(views, n, 2) fixed shifts; view 0 is the identity. With ``grid`` view v is the v-th integer
-    shift (dy, dx) of [-pixels, pixels]^2 for every sample (``views`` is then (2 pixels + 1)^2)."""
+def view_shifts(n: int, views: int, pixels: int, *, grid: bool = False, flip: bool = False) -> torch.Tensor:
+    """(views, n, 2) fixed shifts, (views, n, 3) with ``flip`` (the third column mirrors: ``apply_shifts``);
+    view 0 is the identity. With ``grid`` view v is the v-th integer shift (dy, dx) of [-pixels, pixels]^2
+    for every sample, each also mirrored with ``flip`` (``views`` is then (2 pixels + 1)^2, twice that)."""
     if grid:
         offsets = [(0, 0)] + [(dy, dx) for dy in range(-pixels, pixels + 1) for dx in range(-pixels, pixels + 1) if (dy, dx) != (0, 0)]
-        return torch.tensor(offsets, dtype=torch.long)[:, None, :].expand(len(offsets), n, 2).contiguous()
-    shifts = [torch.zeros((n, 2), dtype=torch.long)]
+        if flip:
+            offsets = [(*o, 0) for o in offsets] + [(*o, 1) for o in offsets]
+        return torch.tensor(offsets, dtype=torch.long)[:, None, :].expand(len(offsets), n, len(offsets[0])).contiguous()
+    shifts = [torch.zeros((n, 3 if flip else 2), dtype=torch.long)]
     for v in range(1, views):
-        shifts.append(jitter_shifts(n, pixels, torch.Generator().manual_seed(VIEW_SEED + v)))
+        shifts.append(jitter_views(n, pixels, flip, torch.Generator().manual_seed(VIEW_SEED + v)))
     return torch.stack(shifts)
 
 
+def _view_name(shift: torch.Tensor, pixels: int, v: int, grid: bool, flip: bool) -> str:
+    """A view's cache name; the names of views without mirroring are those of caches made before ``flip``."""
+    if not v:
+        return "0"
+    if grid:
+        return f"shift:{int(shift[0])},{int(shift[1])}" + (",flip" if flip and int(shift[2]) else "")
+    return f"{pixels}:{VIEW_SEED + v}" + (":flip" if flip else "")
+
+
 def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int, cache: LogitCache,
-                        *, refresh: bool = False, dist=None, grid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher logits (views, n, classes) on ``views`` jittered copies of the train split, and the shifts."""
-    shifts = view_shifts(len(data.y_train), views, pixels, grid=grid)
+                        *, refresh: bool = False, dist=None, grid: bool = False,
+                        flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher logits (views, n, classes) on ``views`` jittered (and with ``flip`` mirrored) copies of the
+    train split, and the shifts (``view_shifts``)."""
+    shifts = view_shifts(len(data.y_train), views, pixels, grid=grid, flip=flip)
     views = len(shifts)
     outs = []
     for v in range(views):
-        name = f"shift:{int(shifts[v, 0, 0])},{int(shifts[v, 0, 1])}" if grid else f"{pixels}:{VIEW_SEED + v}"
-        key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), name if v else "0")
+        key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), _view_name(shifts[v, 0], pixels, v, grid, flip))
         outs.append(cache.get_or_compute(key, lambda v=v: sharded_logits(teacher.logits, data.x_train, dist, shifts[v], pixels),
                                          refresh=refresh, dist=dist,
                                          check=lambda rows, v=v: teacher.logits(apply_shifts(data.x_train[rows], shifts[v][rows], pixels)).cpu()))
@@ -149,17 +162,19 @@ def transfer_indices(data: Dataset, limit, omit_classes, seed: int) -> np.ndarra
     return keep
 
 
-def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher | None, mixup: float = 0.0):
+def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher | None, mixup: float = 0.0,
+                    flip: bool = False):
     """``make_batch`` yielding (input, labels, teacher logits) for one epoch's indices: the teacher online
-    on each (jittered) batch, its cached logits, or its cached logits on ``views`` fixed jittered copies
-    (``logits`` (views, n, C) with ``views_shifts`` (views, n, 2)), one view drawn per sample and step.
+    on each (jittered, with ``flip`` half mirrored) batch, its cached logits, or its cached logits on ``views``
+    fixed jittered copies (``logits`` (views, n, C) with ``views_shifts`` (views, n, 2 or 3), ``view_shifts``),
+    one view drawn per sample and step.
     With ``mixup`` (online teacher only) each batch is blended with a permutation of itself and the
     teacher judges the blend: "function matching" (Beyer et al., CVPR 2022); the hard term blends the
     two labels (``edgekd.training.mixup_loss``)."""
     def make_batch(indices, generator, _epoch):
         xb, yb = x[indices], y[indices]
         if teacher_online is not None:
-            xb, yb, *blend = augment_batch(xb, yb, generator, pixels, mixup)
+            xb, yb, *blend = augment_batch(xb, yb, generator, pixels, mixup, flip)
             return xb, yb, teacher_online.logits(xb), *blend
         if views_shifts is None:
             return xb, yb, logits[indices]
@@ -223,28 +238,30 @@ def baseline_recipes(pixels: int, input_shape) -> list[int]:
 
 
 def baseline_trials(config: DistillConfig, input_shape) -> list[dict]:
-    """The hard-label baseline's recipes, ``{"jitter", "mixup"}`` each: the fixed ``baseline_jitter`` (with
-    ``baseline_mixup``) alone, else ``baseline_recipes`` without mixup and, when the student is trained with mixup, the
-    student's own jitter and mixup first (hard labels blended alike): the baseline may use every
-    augmentation the student gets."""
+    """The hard-label baseline's recipes, ``{"jitter", "mixup", "flip"}`` each: the fixed ``baseline_jitter``
+    (with ``baseline_mixup`` and ``baseline_flip``) alone, else ``baseline_recipes`` without mixup or mirroring
+    and, when the student is trained with mixup or ``flip``, the student's own augmentation first (hard labels
+    blended alike): the baseline may use every augmentation the student gets."""
     if config.baseline_jitter is not None:
-        return [{"jitter": config.baseline_jitter, "mixup": config.baseline_mixup or 0.0}]
-    pixels = config.train.jitter if len(tuple(input_shape)) == 3 else 0
-    trials = [{"jitter": j, "mixup": 0.0} for j in baseline_recipes(pixels, input_shape)]
-    mixup = config.train.mixup
-    return ([{"jitter": pixels, "mixup": mixup}] if mixup else []) + trials
+        return [{"jitter": config.baseline_jitter, "mixup": config.baseline_mixup or 0.0, "flip": config.baseline_flip}]
+    images = len(tuple(input_shape)) == 3
+    pixels = config.train.jitter if images else 0
+    trials = [{"jitter": j, "mixup": 0.0, "flip": False} for j in baseline_recipes(pixels, input_shape)]
+    mixup, flip = config.train.mixup, config.train.flip and images
+    return ([{"jitter": pixels, "mixup": mixup, "flip": flip}] if mixup or flip else []) + trials
 
 
 def _strongest_baseline(new_student, x, y, recipes: list[dict], val, train_cfg: TrainConfig, store, progress, dist, data):
-    """The hard-label student with the same budget and its own best recipe: each ``{"jitter", "mixup"}``
+    """The hard-label student with the same budget and its own best recipe: each ``{"jitter", "mixup", "flip"}``
     of ``recipes`` (augmentation on and off, ``baseline_trials``) trained in full, the better on val kept
     (never test)."""
     tried = []
     for recipe in recipes:
-        jitter, mixup = recipe["jitter"], recipe["mixup"]
+        jitter, mixup, flip = recipe["jitter"], recipe["mixup"], recipe["flip"]
         model = new_student(train_cfg.seed)
-        name = "baseline" if len(recipes) == 1 else f"baseline-jitter{jitter}" + (f"-mixup{mixup:g}" if mixup else "")
-        fitted = fit(model, n_train=len(y), make_batch=supervised_batches(x, y, jitter, mixup), loss_fn=cross_entropy_loss,
+        name = ("baseline" if len(recipes) == 1 else
+                f"baseline-jitter{jitter}" + (f"-mixup{mixup:g}" if mixup else "") + ("-flip" if flip else ""))
+        fitted = fit(model, n_train=len(y), make_batch=supervised_batches(x, y, jitter, mixup, flip), loss_fn=cross_entropy_loss,
                      val=val, config=train_cfg, store=store, name=name, progress=progress, dist=dist,
                      data_device=data.device)
         tried.append((model, fitted, {**recipe, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll}))
@@ -276,25 +293,27 @@ def student_recipes(config: DistillConfig, input_shape) -> list[dict]:
     The configured recipe comes last (``_search`` runs on it)."""
     shape = tuple(input_shape)
     pixels = config.train.jitter if len(shape) == 3 else 0
+    flip = config.train.flip and len(shape) == 3
     own = {"method": config.method, "jitter": pixels, "views": config.views, "view_grid": config.view_grid,
-           "mixup": config.train.mixup}
-    if pixels or config.train.mixup or not config.recipe_search:   # mixup or jitter: the user's recipe stands
+           "mixup": config.train.mixup, "flip": flip}
+    if pixels or config.train.mixup or flip or not config.recipe_search:   # an augmentation given: the user's recipe stands
         return [own]
     augment = min(BASELINE_JITTER, min(shape[1:]) // 4) if len(shape) == 3 else 0
-    shifted = [{"method": config.method, "jitter": augment, "views": 0, "view_grid": True, "mixup": 0.0}] if augment else []
+    shifted = [{"method": config.method, "jitter": augment, "views": 0, "view_grid": True, "mixup": 0.0,
+                "flip": False}] if augment else []
     others = [{**own, "method": m} for m in dict.fromkeys(config.search_methods) if m != config.method]
     return [*shifted, *others, own]
 
 
 def _recipe_batches(recipe: dict, teacher: Teacher, data: Dataset, x, y, idx, cache: LogitCache, refresh: bool, dist):
-    """``make_batch`` for one recipe: the teacher online on each jittered or blended batch (jitter without
-    views, or mixup), its logits cached on jittered views, or cached on the plain transfer set."""
-    pixels = recipe["jitter"]
-    if recipe["mixup"] or (pixels and recipe["views"] == 0 and not recipe["view_grid"]):
-        return distill_batches(x, y, None, None, pixels, teacher, recipe["mixup"])
-    if pixels:
+    """``make_batch`` for one recipe: the teacher online on each jittered, mirrored or blended batch (jitter or
+    flip without views, or mixup), its logits cached on jittered (mirrored) views, or cached on the plain transfer set."""
+    pixels, flip = recipe["jitter"], recipe["flip"]
+    if recipe["mixup"] or ((pixels or flip) and recipe["views"] == 0 and not recipe["view_grid"]):
+        return distill_batches(x, y, None, None, pixels, teacher, recipe["mixup"], flip)
+    if pixels or flip:
         all_logits, shifts = teacher_view_logits(teacher, data, recipe["views"], pixels, cache, refresh=refresh, dist=dist,
-                                                 grid=recipe["view_grid"])
+                                                 grid=recipe["view_grid"], flip=flip)
         return distill_batches(x, y, all_logits[:, idx], shifts[:, idx], pixels, None)
     logits = teacher_logits(teacher, data, "train", cache, refresh=refresh, dist=dist)[idx]
     return distill_batches(x, y, logits, None, 0, None)
@@ -336,16 +355,16 @@ def _teacher_not_above(teacher: Teacher, data: Dataset, base_fit, cache: LogitCa
 def twin_batches(recipe: dict, teacher: Teacher, baseline, data: Dataset, x, y, idx, cache: LogitCache, refresh: bool, dist):
     """``make_batch`` for ``recipe`` (cached logits: the plain transfer set or consistent views) with the
     hard-label twin ``baseline`` in the teacher (``twin_logits``), the twin judging the same shifted image."""
-    pixels = recipe["jitter"]
+    pixels, flip = recipe["jitter"], recipe["flip"]
 
     def logits_of(xb):
         return predict_logits(baseline, xb)
 
-    if not pixels:
+    if not (pixels or flip):
         logits = teacher_logits(teacher, data, "train", cache, refresh=refresh, dist=dist)[idx]
         return distill_batches(x, y, twin_logits(logits, sharded_logits(logits_of, x, dist).to(logits.device)), None, 0, None)
     views, shifts = teacher_view_logits(teacher, data, recipe["views"], pixels, cache, refresh=refresh, dist=dist,
-                                        grid=recipe["view_grid"])
+                                        grid=recipe["view_grid"], flip=flip)
     views, shifts = views[:, idx], shifts[:, idx]
     twin = torch.stack([sharded_logits(logits_of, x, dist, shifts[v], pixels) for v in range(len(views))]).to(views.device)
     return distill_batches(x, y, twin_logits(views, twin), shifts, pixels, None)
@@ -361,11 +380,12 @@ def _twin_taught(new_student, make_batch, n_train: int, loss_fn, val, train_cfg:
 
 def tries_twin(config: DistillConfig, input_shape) -> bool:
     """Whether the student's recipe search also tries the hard-label twin in the teacher (``twin_batches``):
-    with ``twin_teacher``, ``recipe_search`` and ``baseline`` on, and the student given no jitter or mixup
-    (a recipe the user fixed stands). It is trained only when the teacher is no better than the twin on val,
-    with the recipe the search kept."""
-    pixels = config.train.jitter if len(tuple(input_shape)) == 3 else 0
-    return config.twin_teacher and config.recipe_search and config.baseline and not pixels and not config.train.mixup
+    with ``twin_teacher``, ``recipe_search`` and ``baseline`` on, and the student given no augmentation (a
+    recipe the user fixed stands: ``student_recipes``). It is trained only when the teacher is no better than
+    the twin on val, with the recipe the search kept."""
+    images = len(tuple(input_shape)) == 3
+    augmented = (config.train.jitter or config.train.flip) and images or config.train.mixup
+    return config.twin_teacher and config.recipe_search and config.baseline and not augmented
 
 
 def _with_twin_taught(kept: tuple, recipe: dict, twin: tuple) -> tuple:
@@ -379,6 +399,13 @@ def _with_twin_taught(kept: tuple, recipe: dict, twin: tuple) -> tuple:
     best, best_fit, pair, not_kept = _keep_best([(model, fitted, own), (*twin, twin_record)])
     twin_wins = pair[1]["chosen"]
     return best, best_fit, [*({**r, "chosen": r["chosen"] and not twin_wins} for r in records), pair[1]], seconds + not_kept
+
+
+def _check_augmentation(config: DistillConfig, input_shape) -> None:
+    """Mirroring needs images; so does a fixed baseline jitter, which must leave part of them (``_check_baseline_jitter``)."""
+    check_flip(config.train.flip, input_shape)
+    check_flip(config.baseline_flip, input_shape, name="baseline_flip")
+    _check_baseline_jitter(config, input_shape)
 
 
 def _check_baseline_jitter(config: DistillConfig, input_shape) -> None:
@@ -428,7 +455,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     cache = cache or LogitCache()
     train_cfg = config.train
     check_teacher_fits(teacher, data)
-    _check_baseline_jitter(config, data.input_shape)
+    _check_augmentation(config, data.input_shape)
     arch, options = parse_arch(config.student)
     create_model(arch, data.input_shape, data.num_classes, options=options)  # a bad student fails before anything is written
     device = dist.device if dist is not None else resolve_device(train_cfg.device)

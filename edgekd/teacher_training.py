@@ -17,7 +17,7 @@ from edgekd.models import count_macs, count_parameters, create_model, parse_arch
 from edgekd.teachers import EnsembleModule
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, augment_batch, fit, predict_logits,
                              run_fingerprint)
-from edgekd.validation import check_jitter
+from edgekd.validation import check_flip, check_jitter
 
 
 
@@ -37,12 +37,12 @@ class TeacherResult:
     best_epoch: tuple[int, ...] = ()    # per member: the epoch whose weights were kept (best on val)
 
 
-def supervised_batches(x: torch.Tensor, y: torch.Tensor, jitter: int, mixup: float = 0.0):
-    """``make_batch`` for hard-label training with the paper's random-shift jitter and, with ``mixup``,
-    each batch blended with a permutation of itself (``edgekd.training.augment_batch``; the loss blends
-    the two labels alike)."""
+def supervised_batches(x: torch.Tensor, y: torch.Tensor, jitter: int, mixup: float = 0.0, flip: bool = False):
+    """``make_batch`` for hard-label training with the paper's random-shift jitter, with ``flip`` a random
+    half mirrored and, with ``mixup``, each batch blended with a permutation of itself
+    (``edgekd.training.augment_batch``; the loss blends the two labels alike)."""
     def make_batch(indices, generator, _epoch):
-        return augment_batch(x[indices], y[indices], generator, jitter, mixup)
+        return augment_batch(x[indices], y[indices], generator, jitter, mixup, flip)
     return make_batch
 
 
@@ -58,6 +58,7 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
     name, options = parse_arch(config.arch)
     create_model(name, data.input_shape, data.num_classes, options=options)  # a bad architecture fails before anything is written
     check_jitter(config.train.jitter, data.input_shape)
+    check_flip(config.train.flip, data.input_shape)
     store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0,
                      fingerprint=run_fingerprint(config_record or config, data), overwrite=overwrite)
     device = dist.device if dist is not None else resolve_device(config.train.device)
@@ -71,7 +72,8 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
         if dist is not None:
             dist.broadcast_parameters(model)
         member_cfg = TrainConfig(**{**asdict(config.train), "seed": seed})
-        result = fit(model, n_train=len(data.y_train), make_batch=supervised_batches(data.x_train, data.y_train, member_cfg.jitter, member_cfg.mixup),
+        result = fit(model, n_train=len(data.y_train), make_batch=supervised_batches(data.x_train, data.y_train, member_cfg.jitter, member_cfg.mixup,
+                                                                                 member_cfg.flip),
                      loss_fn=cross_entropy_loss, val=(data.x_val, data.y_val), config=member_cfg, store=store,
                      name=f"member-{index}", progress=progress, dist=dist, data_device=data.device)
         model.eval()

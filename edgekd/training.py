@@ -1,7 +1,7 @@
 """The training loop shared by teachers, students and specialists.
 
 AdamW with a one-cycle schedule (linear warm-up, cosine decay), an optional ±``jitter``-pixel random
-shift (the paper's input jitter), model selection and early stopping on the val split, and
+shift (the paper's input jitter) and left-right mirror (``flip``), model selection and early stopping on the val split, and
 checkpoints that make a run resumable after Ctrl-C, SIGTERM or kill -9:
 
 - every epoch ends with a checkpoint in the run store (``<out>.partial/``), written atomically;
@@ -83,12 +83,30 @@ def jitter_shifts(n: int, pixels: int, generator: torch.Generator) -> torch.Tens
     return torch.randint(-pixels, pixels + 1, (n, 2), generator=generator, device=generator.device)
 
 
+def jitter_views(n: int, pixels: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Each image's random view: (n, 2) shifts (``jitter_shifts``), and with ``flip`` a third column, 1 for
+    a left-right mirror with probability 1/2, drawn after the shifts (so a run without flips draws as before)."""
+    shifts = jitter_shifts(n, pixels, generator)
+    if not flip:
+        return shifts
+    return torch.cat([shifts, torch.randint(0, 2, (n, 1), generator=generator, device=generator.device)], 1)
+
+
 def apply_shifts(x: torch.Tensor, shifts: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Shift each image of (N, C, H, W) ``x`` by its own (dy, dx), filling with zeros (raw background)."""
-    if pixels == 0 or x.dim() != 4:
+    """Shift each image of (N, C, H, W) ``x`` by its own (dy, dx), filling with zeros (raw background); a
+    third column of ``shifts``, when there is one, mirrors the rows where it is 1 left to right (after the shift)."""
+    if x.dim() != 4:
         return x
-    n, _, height, width = x.shape
     shifts = shifts.to(x.device)
+    if pixels:
+        x = _shifted(x, shifts, pixels)
+    if shifts.shape[-1] > 2:
+        x = torch.where(shifts[:, 2].bool()[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def _shifted(x: torch.Tensor, shifts: torch.Tensor, pixels: int) -> torch.Tensor:
+    n, _, height, width = x.shape
     padded = F.pad(x, (pixels, pixels, pixels, pixels))
     rows = torch.arange(height, device=x.device)[None, :] + pixels - shifts[:, 0:1]
     cols = torch.arange(width, device=x.device)[None, :] + pixels - shifts[:, 1:2]
@@ -108,12 +126,13 @@ def mix_inputs(x: torch.Tensor, generator: torch.Generator, alpha: float) -> tup
     return lam * x + (1.0 - lam) * x[partner], partner, lam
 
 
-def augment_batch(xb: torch.Tensor, yb: torch.Tensor, generator: torch.Generator, pixels: int, mixup: float) -> tuple:
-    """A training batch's augmentations, in their one order: the paper's ±``pixels`` jitter, then
-    mixup. Returns ``(input, labels)``, or ``(input, labels, partner labels, lam)`` when blended (the
-    tail ``mixup_loss`` reads)."""
-    if pixels:
-        xb = apply_shifts(xb, jitter_shifts(len(xb), pixels, generator), pixels)
+def augment_batch(xb: torch.Tensor, yb: torch.Tensor, generator: torch.Generator, pixels: int, mixup: float,
+                  flip: bool = False) -> tuple:
+    """A training batch's augmentations, in their one order: the paper's ±``pixels`` jitter and, with
+    ``flip``, a left-right mirror of a random half (``jitter_views``), then mixup. Returns ``(input, labels)``,
+    or ``(input, labels, partner labels, lam)`` when blended (the tail ``mixup_loss`` reads)."""
+    if pixels or flip:
+        xb = apply_shifts(xb, jitter_views(len(xb), pixels, flip, generator), pixels)
     if not mixup:
         return xb, yb
     xb, partner, lam = mix_inputs(xb, generator, mixup)
@@ -178,9 +197,9 @@ def run_fingerprint(config, data=None, teacher: str | None = None) -> dict:
     if dataclasses.is_dataclass(config):
         config = dataclasses.asdict(config)
     params = dict(config.get("params", config)) if isinstance(config, dict) else {}
-    params = {k: v for k, v in params.items() if k not in _NOT_FINGERPRINTED}
+    params = _fingerprinted(params, _NOT_FINGERPRINTED)
     if isinstance(params.get("train"), dict):
-        params["train"] = {k: v for k, v in params["train"].items() if k != "device"}
+        params["train"] = _fingerprinted(params["train"], {"device"})
     fingerprint = {"config": json.loads(json.dumps(params, sort_keys=True, default=str))}
     if data is not None:
         digest = hashlib.sha256(f"{data.fingerprint('train')}:{data.fingerprint('val')}".encode())
@@ -188,6 +207,14 @@ def run_fingerprint(config, data=None, teacher: str | None = None) -> dict:
     if teacher:
         fingerprint["teacher"] = teacher
     return fingerprint
+
+
+# settings added since runs were first fingerprinted: left out at their default, so a run started before still resumes
+_ADDED_SINCE = {"flip": False}
+
+
+def _fingerprinted(params: dict, ignored) -> dict:
+    return {k: v for k, v in params.items() if k not in ignored and not (k in _ADDED_SINCE and v == _ADDED_SINCE[k])}
 
 
 def _fingerprint_changes(old: dict, new: dict) -> list[str]:

@@ -85,6 +85,15 @@ def check_jitter(jitter: int, input_shape, name: str = "jitter") -> int:
     return jitter
 
 
+def check_flip(flip: bool, input_shape, name: str = "flip") -> bool:
+    """A left-right mirror needs images (C, H, W)."""
+    shape = tuple(input_shape)
+    if flip and len(shape) != 3:
+        raise ConfigError(f"The '{name}' parameter mirrors images, but the inputs have shape {shape}. "
+                          f"Got {name}=True instead; leave --{name.replace('_', '-')} out for data that are not images.")
+    return flip
+
+
 def parse_limit(name: str, value: str | float | int | None, total: int) -> int | None:
     """A count (``5000``) or a fraction (``0.03``) of ``total``; ``None`` means all."""
     if value is None:

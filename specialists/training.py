@@ -114,7 +114,7 @@ def mixture_sizes(n_special: int, n_other: int, fraction: float) -> tuple[int, i
     return max(1, min(n_special, round(n_other * fraction / (1 - fraction)))), n_other
 
 
-def _mixture_batches(x, y_mapped, special_idx, other_idx, sizes, seed, pixels, mixup: float = 0.0):
+def _mixture_batches(x, y_mapped, special_idx, other_idx, sizes, seed, pixels, mixup: float = 0.0, flip: bool = False):
     """``make_batch`` over one epoch's mixture: S examples then others, both drawn per epoch."""
     drawn = {}
 
@@ -129,7 +129,7 @@ def _mixture_batches(x, y_mapped, special_idx, other_idx, sizes, seed, pixels, m
 
     def make_batch(indices, generator, epoch):
         chosen = epoch_pool(epoch)[indices]
-        return augment_batch(x[chosen], y_mapped[chosen], generator, pixels, mixup)
+        return augment_batch(x[chosen], y_mapped[chosen], generator, pixels, mixup, flip)
 
     return make_batch
 
@@ -165,7 +165,7 @@ def train_specialist(generalist: nn.Module, arch: str, options: dict, data, clas
     sizes = mixture_sizes(len(special_idx), len(other_idx), special_fraction)
     pixels = train.jitter if len(data.input_shape) == 3 else 0
     make_batch = _mixture_batches(data.x_train, mapping[data.y_train], special_idx, other_idx, sizes, train.seed, pixels,
-                                  train.mixup)
+                                  train.mixup, train.flip and len(data.input_shape) == 3)
     val = _mixed_val(data.x_val, data.y_val, classes, mapping, special_fraction, train.seed)
     torch.manual_seed(train.seed)
     model = specialist_model(generalist, arch, options, data.input_shape, data.mean, data.std, classes)

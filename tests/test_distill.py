@@ -71,8 +71,8 @@ def test_a_fixed_baseline_recipe_can_carry_mixup():
     from edgekd.training import TrainConfig
 
     config = DistillConfig(train=TrainConfig(mixup=1.0), baseline=True, baseline_jitter=1, baseline_mixup=1.0)
-    assert baseline_trials(config, (1, 28, 28)) == [{"jitter": 1, "mixup": 1.0}]
-    assert baseline_trials(DistillConfig(baseline=True, baseline_jitter=0), (1, 28, 28)) == [{"jitter": 0, "mixup": 0.0}]
+    assert baseline_trials(config, (1, 28, 28)) == [{"jitter": 1, "mixup": 1.0, "flip": False}]
+    assert baseline_trials(DistillConfig(baseline=True, baseline_jitter=0), (1, 28, 28)) == [{"jitter": 0, "mixup": 0.0, "flip": False}]
     with pytest.raises(ConfigError, match="'baseline_mixup' parameter fixes the baseline's recipe together with 'baseline_jitter'"):
         DistillConfig(baseline_mixup=1.0)
     with pytest.raises(ConfigError, match="'baseline_mixup' parameter must be in"):
@@ -93,7 +93,7 @@ def test_the_student_tries_augmentation_on_consistent_views_and_the_search_metho
     from edgekd.distill import DistillConfig, student_recipes
     from edgekd.training import TrainConfig
 
-    plain = {"method": "kd-ls", "jitter": 0, "views": 0, "view_grid": False, "mixup": 0.0}
+    plain = {"method": "kd-ls", "jitter": 0, "views": 0, "view_grid": False, "mixup": 0.0, "flip": False}
     grid2 = {**plain, "jitter": 2, "view_grid": True}
     kd = {**plain, "method": "kd"}
     assert DistillConfig().method == "kd-ls" and DistillConfig().search_methods == ("kd",)
@@ -108,6 +108,8 @@ def test_the_student_tries_augmentation_on_consistent_views_and_the_search_metho
     assert student_recipes(DistillConfig(), (64,)) == [kd, plain] and student_recipes(DistillConfig(), (1, 3, 3)) == [kd, plain]
     mixed = DistillConfig(train=TrainConfig(mixup=0.4))
     assert student_recipes(mixed, (1, 28, 28)) == [{**plain, "mixup": 0.4}]   # with mixup the user's recipe stands
+    mirrored = DistillConfig(train=TrainConfig(flip=True), view_grid=True)
+    assert student_recipes(mirrored, (1, 28, 28)) == [{**plain, "view_grid": True, "flip": True}]   # so with flip
 
 
 def test_a_search_method_must_be_known():
@@ -122,14 +124,15 @@ def test_the_baseline_gets_the_students_mixup_among_its_recipes():
     from edgekd.distill import DistillConfig, baseline_trials
     from edgekd.training import TrainConfig
 
-    assert baseline_trials(DistillConfig(), (1, 28, 28)) == [{"jitter": 2, "mixup": 0.0}, {"jitter": 0, "mixup": 0.0}]
+    def trial(jitter, mixup=0.0, flip=False):
+        return {"jitter": jitter, "mixup": mixup, "flip": flip}
+
+    assert baseline_trials(DistillConfig(), (1, 28, 28)) == [trial(2), trial(0)]
     mixed = DistillConfig(train=TrainConfig(mixup=0.4, jitter=1))
-    assert baseline_trials(mixed, (1, 28, 28)) == [{"jitter": 1, "mixup": 0.4}, {"jitter": 1, "mixup": 0.0},
-                                                   {"jitter": 0, "mixup": 0.0}]
-    assert baseline_trials(DistillConfig(train=TrainConfig(mixup=0.4)), (64,)) == [{"jitter": 0, "mixup": 0.4},
-                                                                                 {"jitter": 0, "mixup": 0.0}]
+    assert baseline_trials(mixed, (1, 28, 28)) == [trial(1, 0.4), trial(1), trial(0)]
+    assert baseline_trials(DistillConfig(train=TrainConfig(mixup=0.4)), (64,)) == [trial(0, 0.4), trial(0)]
     fixed = DistillConfig(train=TrainConfig(mixup=0.4), baseline_jitter=2)   # a fixed recipe stands alone
-    assert baseline_trials(fixed, (1, 28, 28)) == [{"jitter": 2, "mixup": 0.0}]
+    assert baseline_trials(fixed, (1, 28, 28)) == [trial(2)]
 
 
 def test_mixup_needs_the_teacher_online():
@@ -220,6 +223,62 @@ def test_view_grid_holds_every_integer_shift_once():
     assert len({tuple(v[0].tolist()) for v in shifts}) == 25 and (shifts == shifts[:, :1]).all()
 
 
+def test_mirrored_view_grid_holds_every_shift_twice_and_shares_the_plain_caches(tmp_path, digits, tiny_teacher):
+    """--flip with --views all: each integer shift also mirrored ((2j+1)^2 x 2 views); the unmirrored views
+    keep the cache names they had before flip, so a cache made without it is reused; the teacher judges the
+    very image the student sees."""
+    from edgekd.cache import LogitCache
+    from edgekd.distill import distill_batches, teacher_view_logits, view_shifts
+    from edgekd.teachers import load_teacher
+    from edgekd.training import step_generator
+
+    shifts = view_shifts(5, 0, 1, grid=True, flip=True)
+    assert shifts.shape == (18, 5, 3) and torch.equal(shifts[0], torch.zeros(5, 3, dtype=torch.long))
+    assert len({tuple(v[0].tolist()) for v in shifts}) == 18 and int(shifts[:, 0, 2].sum()) == 9
+    assert view_shifts(5, 3, 1, flip=True).shape == (3, 5, 3)
+    teacher, cache = load_teacher(tiny_teacher), LogitCache(tmp_path / "c")
+    teacher_view_logits(teacher, digits, 0, 1, cache, grid=True)
+    assert cache.misses == 9
+    logits, shifts = teacher_view_logits(teacher, digits, 0, 1, cache, grid=True, flip=True)
+    assert (cache.misses, cache.hits) == (18, 9) and logits.shape[0] == 18
+    xb, _, t = distill_batches(digits.x_train, digits.y_train, logits, shifts, 1, None)(torch.arange(64), step_generator(0, 0, 0), 0)
+    assert torch.allclose(teacher.logits(xb), t, atol=1e-5)
+
+
+def test_with_flip_the_baseline_tries_the_students_mirroring_first(edgekd, tmp_path, tiny_teacher):
+    from edgekd.artifacts import load_artifact
+    from edgekd.distill import DistillConfig, baseline_trials
+    from edgekd.errors import ConfigError
+    from edgekd.training import TrainConfig
+
+    mirrored = DistillConfig(train=TrainConfig(jitter=1, flip=True))
+    assert baseline_trials(mirrored, (1, 28, 28)) == [{"jitter": 1, "mixup": 0.0, "flip": True},
+                                                      {"jitter": 1, "mixup": 0.0, "flip": False},
+                                                      {"jitter": 0, "mixup": 0.0, "flip": False}]
+    fixed = DistillConfig(baseline=True, baseline_jitter=1, baseline_flip=True)
+    assert baseline_trials(fixed, (1, 28, 28)) == [{"jitter": 1, "mixup": 0.0, "flip": True}]
+    with pytest.raises(ConfigError, match="'baseline_flip' parameter fixes the baseline's recipe together with 'baseline_jitter'"):
+        DistillConfig(baseline_flip=True)
+    code, out, err = edgekd("distill", "--teacher", tiny_teacher, "--student", "mlp:hidden=16", "--epochs", "2", "--flip",
+                            "--views", "all", "--baseline", "--quiet", "--out", tmp_path / "s")
+    assert code == 0, err
+    metrics = load_artifact(tmp_path / "s").manifest.metrics
+    assert [(c["jitter"], c["flip"]) for c in metrics["baseline_search"]] == [(0, True), (2, False), (0, False)]
+    assert metrics["student_search"] == []   # with flip the student's recipe is the one asked
+    assert "baseline recipe chosen on val: jitter" in out
+
+
+def test_flip_on_data_that_are_not_images_is_refused(edgekd, tmp_path, tiny_teacher):
+    import numpy as np
+
+    path = tmp_path / "vectors.npz"
+    np.savez(path, x=np.random.default_rng(0).random((60, 64), dtype=np.float32), y=np.arange(60) % 10)
+    for args in (["teacher", "train", "--arch", "mlp:hidden=8", "--epochs", "1"], ["distill", "--teacher", tiny_teacher]):
+        code, _, err = edgekd(*args, "--data", f"npz:{path}", "--flip", "--out", tmp_path / "o")
+        assert code == 2 and "'flip' parameter mirrors images, but the inputs have shape (64,)" in err, err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 def test_consistent_teaching_and_methods_train(tmp_path, digits, tiny_teacher):
     """--views all: the student's shifted image is looked up among the teacher's cached shifts."""
     from edgekd.cache import LogitCache
@@ -305,7 +364,7 @@ def test_on_consistent_views_the_twin_judges_the_image_the_student_sees(tmp_path
     torch.manual_seed(0)
     twin = create_model("mlp", digits.input_shape, digits.num_classes, options={"hidden": (16,)}).eval()
     idx = torch.arange(0, len(digits.y_train), 2)
-    recipe = {"method": "kd-ls", "jitter": 1, "views": 0, "view_grid": True, "mixup": 0.0}
+    recipe = {"method": "kd-ls", "jitter": 1, "views": 0, "view_grid": True, "mixup": 0.0, "flip": False}
     make_batch = twin_batches(recipe, teacher, twin, digits, digits.x_train[idx], digits.y_train[idx], idx,
                               LogitCache(tmp_path / "c"), False, None)
     xb, yb, targets = make_batch(torch.arange(64), torch.Generator().manual_seed(1), 0)

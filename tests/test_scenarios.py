@@ -409,6 +409,25 @@ def test_spine_function_matching_runs_the_teacher_online_and_lets_the_baseline_m
         spine_fmnist.parse_args(["--student-mixup", "1", "--views", "all"])
 
 
+def test_spine_with_flip_mirrors_on_consistent_views_and_lets_the_baseline_mirror_too(tmp_path):
+    """--student-flip: students mirror a random half, the teacher cached on mirrored views too (--smoke caches
+    2 views); the baseline tries the student's mirroring first (seed 0; later seeds keep its whole recipe)."""
+    from benchmarks import spine_fmnist
+
+    out = tmp_path / "spine"
+    spine_fmnist.main(["--smoke", "--seeds", "2", "--student-flip", "--method", "kd",
+                       "--temperature-grid", "2", "--alpha-grid", "0.5", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    run, seed1 = result["students"][0]["runs"]
+    assert run["config"]["train"]["flip"] is True and run["config"]["views"] == 2 and Path(run["path"]).name.endswith("-flip-s0")
+    assert [b["flip"] for b in run["baseline_search"]] == [True, False, False]
+    kept = next(b for b in run["baseline_search"] if b["chosen"])
+    assert [(b["jitter"], b["flip"]) for b in seed1["baseline_search"]] == [(kept["jitter"], kept["flip"])]
+    report = out.with_suffix(".md").read_text()
+    assert "a random half mirrored left to right" in report and "(±1 px, flip " in report
+    assert "mirroring with the student's jitter" in report
+
+
 def test_spine_reuses_a_result_older_than_its_newer_arguments(tmp_path):
     """A result committed before an argument existed (here --student-mixup) ran with that argument's
     old behaviour: it stays reusable by a run that leaves the argument at it, and is refused by one that does not."""

@@ -122,3 +122,31 @@ def test_mixup_loss_blends_the_two_labels_and_leaves_other_batches_alone():
     seen = []   # a distillation batch keeps its teacher logits in both terms
     mixup_loss(lambda out, batch: seen.append(batch[2]) or out.sum())(outputs, (None, y, "teacher", partner_y, 0.3))
     assert seen == ["teacher", "teacher"]
+
+
+def test_flip_mirrors_a_random_half_after_the_same_shifts():
+    """--flip: the shifts are drawn first, as without it (runs without flips draw as before), then a
+    third column mirrors about half of the images left to right."""
+    from edgekd.training import apply_shifts, augment_batch, jitter_shifts, step_generator
+
+    x = torch.rand(400, 1, 6, 6)
+    y = torch.zeros(400, dtype=torch.long)
+    plain, _ = augment_batch(x, y, step_generator(0, 0, 0), 1, 0.0)
+    mirrored, _ = augment_batch(x, y, step_generator(0, 0, 0), 1, 0.0, flip=True)
+    assert torch.equal(plain, apply_shifts(x, jitter_shifts(400, 1, step_generator(0, 0, 0)), 1))
+    same = (mirrored == plain).flatten(1).all(1)
+    flipped = (mirrored == plain.flip(-1)).flatten(1).all(1)
+    assert (same | flipped).all() and 150 < int(flipped.sum()) < 250
+    # without jitter, the third column alone mirrors
+    only = apply_shifts(x[:2], torch.tensor([[0, 0, 1], [0, 0, 0]]), 0)
+    assert torch.equal(only[0], x[0].flip(-1)) and torch.equal(only[1], x[1])
+
+
+def test_flip_is_fingerprinted_only_when_on():
+    """A setting added since runs were fingerprinted is left out at its default: runs started before it resume."""
+    from edgekd.config import TrainConfig
+    from edgekd.training import run_fingerprint
+
+    assert "flip" not in run_fingerprint(TrainConfig())["config"]
+    assert run_fingerprint(TrainConfig(flip=True))["config"]["flip"] is True
+    assert "flip" not in run_fingerprint({"params": {"epochs": 2, "flip": False}})["config"]

@@ -129,7 +129,7 @@ def teacher_train_cmd(ctx, **params):
     from edgekd.teacher_training import train_teachers
 
     from edgekd.outputs import output_lock
-    from edgekd.validation import check_jitter
+    from edgekd.validation import check_flip, check_jitter
 
     check_out(params)
     config = TeacherConfig(arch=params["arch"], ensemble=params["ensemble"], combine=params["combine"],
@@ -137,6 +137,7 @@ def teacher_train_cmd(ctx, **params):
     with output_lock(params["out"]):
         data = load_data(params)
         check_jitter(params["jitter"], data.input_shape)
+        check_flip(params["flip"], data.input_shape)
         dist = distributed_context(params)
         result = train_teachers(data, config, params["out"], overwrite=params["overwrite"], resume=params["resume"],
                                 progress=show_progress(params), dist=dist, config_record=resolved_config(ctx))
@@ -195,7 +196,7 @@ def distill_config(params):
         **_parse_views(params["views"]),
         transfer_limit=params["transfer_limit"], omit_classes=_parse_list("omit_classes", params["omit_classes"], int),
         baseline=params["baseline"], baseline_jitter=params["baseline_jitter"],
-        baseline_mixup=params["baseline_mixup"], recipe_search=params["recipe_search"],
+        baseline_mixup=params["baseline_mixup"], baseline_flip=params["baseline_flip"], recipe_search=params["recipe_search"],
         search_methods=tuple(m.strip() for m in params["search_methods"].split(",") if m.strip()),
         twin_teacher=params["twin_teacher"])
 
@@ -212,8 +213,9 @@ def distill_options(func):
     @click.option("--auto-epochs", type=click.IntRange(min=0), default=DISTILL["auto_epochs"], show_default=True,
                   help="Epochs per auto candidate (0: a quarter of --epochs).")
     @click.option("--views", default="all" if DISTILL["view_grid"] else str(DISTILL["views"]), show_default=True,
-                  help="With --jitter: cache teacher logits on this many jittered views (0: run the teacher online), "
-                       "or 'all': every integer shift, so the teacher sees exactly the student's view (consistent teaching).")
+                  help="With --jitter or --flip: cache teacher logits on this many jittered (mirrored) views (0: run the "
+                       "teacher online), or 'all': every integer shift (each also mirrored with --flip), so the teacher "
+                       "sees exactly the student's view (consistent teaching).")
     @click.option("--method", type=click.Choice(METHODS), default=DISTILL["method"], show_default=True,
                   help="Soft term: the paper's KD, KD on z-scored logits (logit standardization), decoupled KD, or its non-target term alone.")
     @click.option("--dkd-beta", type=float, default=DISTILL["dkd_beta"], show_default=True, help="With --method dkd: weight of the non-target term.")
@@ -232,6 +234,9 @@ def distill_options(func):
     @click.option("--baseline-mixup", type=click.FloatRange(0, MAX_MIXUP), default=DISTILL["baseline_mixup"],
                   help="With --baseline-jitter: the fixed recipe's mixup Beta(a, a) on hard labels (e.g. what an earlier "
                        "run with --mixup chose). Default: none.")
+    @click.option("--baseline-flip", is_flag=True, default=DISTILL["baseline_flip"],
+                  help="With --baseline-jitter: the fixed recipe mirrors a random half of each batch (e.g. what an "
+                       "earlier run with --flip chose). Default: no mirroring.")
     @click.option("--recipe-search/--no-recipe-search", default=DISTILL["recipe_search"], show_default=True,
                   help="On images, when the student has no --jitter: also train it with ±2 px jitter on consistent "
                        "views (the teacher's logits cached on every shift) and keep the better on val, so it gets its "
@@ -268,13 +273,14 @@ def distill_cmd(ctx, **params):
     from edgekd.distill import distill
 
     from edgekd.outputs import output_lock
-    from edgekd.validation import check_jitter
+    from edgekd.validation import check_flip, check_jitter
 
     check_out(params, inputs=[params["teacher"]])
     config = distill_config(params)
     with output_lock(params["out"]):
         data = load_data(params)
         check_jitter(params["jitter"], data.input_shape)
+        check_flip(params["flip"], data.input_shape)
         dist = distributed_context(params)
         teacher = open_teacher(params["teacher"], params, device=resolve_device(params["device"]))
         cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"], writer=dist is None or dist.rank == 0)
@@ -292,15 +298,17 @@ def distill_cmd(ctx, **params):
 
 
 def _recipe_text(recipe: dict) -> str:
-    """'jitter 2' or 'jitter 0, mixup 0.2' (records written before mixup have no such key)."""
-    return f"jitter {recipe['jitter']}" + (f", mixup {recipe['mixup']:g}" if recipe.get("mixup") else "")
+    """'jitter 2', 'jitter 0, mixup 0.2' or 'jitter 1, flip' (records written before mixup or flip have no such key)."""
+    return (f"jitter {recipe['jitter']}" + (f", mixup {recipe['mixup']:g}" if recipe.get("mixup") else "")
+            + (", flip" if recipe.get("flip") else ""))
 
 
 def _student_recipe_text(recipe: dict) -> str:
     """'kd-ls, jitter 2 on consistent views' (records written before the method search have no method)."""
-    views = " on consistent views" if recipe["jitter"] and recipe.get("view_grid") else ""
+    flip = ", flip" if recipe.get("flip") else ""
+    views = " on consistent views" if (recipe["jitter"] or flip) and recipe.get("view_grid") else ""
     twin = ", the hard-label twin in the teacher" if recipe.get("twin") else ""
-    return (f"{recipe['method']}, " if recipe.get("method") else "") + f"jitter {recipe['jitter']}{views}{twin}"
+    return (f"{recipe['method']}, " if recipe.get("method") else "") + f"jitter {recipe['jitter']}{flip}{views}{twin}"
 
 
 def print_distill(result, teacher_desc: str) -> None:

@@ -104,7 +104,7 @@ def build_cmd(ctx, as_json, **params):
     """
     from edgekd.cache import LogitCache
     from edgekd.outputs import data_paths, output_lock
-    from edgekd.validation import check_jitter, check_output_dir
+    from edgekd.validation import check_flip, check_jitter, check_output_dir
     from specialists.build import build_specialists
     from specialists.clustering import parse_clusters
 
@@ -118,6 +118,7 @@ def build_cmd(ctx, as_json, **params):
     with output_lock(params["out"]):
         data = load_data(params)
         check_jitter(params["jitter"], data.input_shape)
+        check_flip(params["flip"], data.input_shape)
         cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"])
         result = build_specialists(params["teacher"], data, config, params["out"], cache=cache,
                                    overwrite=params["overwrite"], resume=params["resume"],
