@@ -31,7 +31,7 @@ from edgekd.models import count_macs
 from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, load_teacher
 from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
-from edgekd.validation import check_indices, check_output_dir
+from edgekd.validation import check_flip, check_indices, check_output_dir
 from specialists.clustering import check_k, covariance_npy, covariance_png, find_clusters
 from specialists.combine import SpecialistEnsembleModule, gated_combine, max_active_bound
 from specialists.config import SpecialistConfig  # noqa: F401  (re-exported: the stage's settings)
@@ -121,6 +121,7 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     out = Path(out)
     check_output_dir(out, overwrite=overwrite, resume=resume, inputs=[teacher_path, *data_paths(data.spec)])
     check_k(config.clusters, data.num_classes)
+    check_flip(config.train.flip, data.input_shape)
     cache = cache or LogitCache()
     generalist = open_generalist(teacher_path, config.member, device=resolve_device(config.train.device))
     check_teacher_fits(generalist.teacher, data, name="Generalist")

@@ -165,7 +165,7 @@ def train_specialist(generalist: nn.Module, arch: str, options: dict, data, clas
     sizes = mixture_sizes(len(special_idx), len(other_idx), special_fraction)
     pixels = train.jitter if len(data.input_shape) == 3 else 0
     make_batch = _mixture_batches(data.x_train, mapping[data.y_train], special_idx, other_idx, sizes, train.seed, pixels,
-                                  train.mixup, train.flip and len(data.input_shape) == 3)
+                                  train.mixup, train.flip)
     val = _mixed_val(data.x_val, data.y_val, classes, mapping, special_fraction, train.seed)
     torch.manual_seed(train.seed)
     model = specialist_model(generalist, arch, options, data.input_shape, data.mean, data.std, classes)

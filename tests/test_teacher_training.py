@@ -37,3 +37,14 @@ def test_mixup_blends_hard_labels_and_is_recorded(digits, edgekd, tmp_path):
     assert json.loads((tmp_path / "t" / "manifest.json").read_text())["config"]["params"]["mixup"] == 0.2
     code, _, err = edgekd("teacher", "train", "--arch", "mlp:hidden=16", "--epochs", "2", "--mixup", "-1", "--out", tmp_path / "u")
     assert code == 2 and "--mixup" in err and not (tmp_path / "u").exists()
+
+
+def test_flip_trains_teachers_on_mirrored_batches_and_is_recorded(digits, edgekd, tmp_path):
+    """``--flip`` mirrors part of each batch (other weights than without it) and is recorded in the manifest."""
+    code, _, err = edgekd("teacher", "train", "--arch", "mlp:hidden=16", "--epochs", "2", "--flip", "--quiet", "--out", tmp_path / "f")
+    assert code == 0, err
+    code, _, err = edgekd("teacher", "train", "--arch", "mlp:hidden=16", "--epochs", "2", "--quiet", "--out", tmp_path / "p")
+    assert code == 0, err
+    flipped, plain = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("f", "p"))
+    assert flipped["config"]["params"]["flip"] is True and plain["config"]["params"]["flip"] is False
+    assert flipped["files"]["member-0.safetensors"] != plain["files"]["member-0.safetensors"]
