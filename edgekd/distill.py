@@ -10,7 +10,8 @@ teaching" (Beyer et al., CVPR 2022, "Knowledge distillation: a good teacher is p
 ``method`` picks the soft term (``edgekd.losses``: plain KD, logit standardization, decoupled KD).
 
 With mixup (``train.mixup``) the teacher runs online on each blended batch, so it judges exactly the
-image the student sees ("function matching", the same paper).
+image the student sees ("function matching", the same paper). With ``train.flip`` a random half of each
+batch is mirrored, and the teacher judges the mirrored image: online, or cached on mirrored views.
 
 Both sides of the comparison get their own best recipe, chosen on val: the hard-label baseline is
 trained with and without jitter (``baseline_recipes``; with the student's mixup too, ``baseline_trials``),
