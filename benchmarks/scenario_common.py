@@ -18,6 +18,8 @@ def base_parser(description: str, out: str) -> argparse.ArgumentParser:
     p.add_argument("--ensemble", type=int, default=3)
     p.add_argument("--teacher-epochs", type=int, default=6)
     p.add_argument("--jitter", type=int, default=2, help="Teacher's training jitter (pixels).")
+    p.add_argument("--teacher-flip", action="store_true", help="The teacher also trains on a mirrored random half of "
+                   "each batch (edgekd's --flip): a teacher that must judge mirrored images should have seen them.")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--out", default=out)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="Where every training runs.")
@@ -46,7 +48,8 @@ def prepare(args):
     data = load_dataset(args.data, train_limit=args.train_limit)
     teacher_dir = work / "teacher"
     config = TeacherConfig(arch=args.teacher_arch, ensemble=args.ensemble,
-                           train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=args.jitter, device=args.device))
+                           train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=args.jitter, device=args.device,
+                                             flip=args.teacher_flip))
     if is_artifact(teacher_dir):
         check_teacher_matches(load_artifact(teacher_dir).manifest, config, data.describe(), teacher_dir)
     else:
@@ -59,12 +62,13 @@ def check_teacher_matches(manifest, config, data: dict, teacher_dir: Path) -> No
     (a figure would otherwise be credited to a teacher it did not use)."""
     recorded = (manifest.config or {}).get("teacher")
     asked = {"arch": config.arch, "ensemble": config.ensemble, "epochs": config.train.epochs, "jitter": config.train.jitter,
-             "lr": config.train.lr, "data": data["spec"], "train_limit": data["train_limit"]}
+             "lr": config.train.lr, "flip": config.train.flip, "data": data["spec"], "train_limit": data["train_limit"]}
     if recorded is None:
         params = (manifest.config or {}).get("params", {})
-        found = {k: params.get(k) for k in ("arch", "ensemble", "epochs", "jitter", "lr")}
+        found = {k: params.get(k) for k in ("arch", "ensemble", "epochs", "jitter", "lr")} | {"flip": params.get("flip", False)}
     else:
-        found = {"arch": recorded["arch"], "ensemble": recorded["ensemble"], **{k: recorded["train"][k] for k in ("epochs", "jitter", "lr")}}
+        found = {"arch": recorded["arch"], "ensemble": recorded["ensemble"], **{k: recorded["train"][k] for k in ("epochs", "jitter", "lr")},
+                 "flip": recorded["train"].get("flip", False)}   # teachers trained before flip did not mirror
     found |= {"data": manifest.data["spec"], "train_limit": manifest.data.get("train_limit")}
     differs = {k: (found[k], v) for k, v in asked.items() if found[k] != v}
     if differs:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
+import torch
+
 from benchmarks.provenance import header_markdown, mean_std, pm, provenance
 from benchmarks.scenario_common import apply_smoke, base_parser, prepare, same_settings, write_result
 from edgekd.config import METHODS
@@ -126,7 +128,7 @@ def rerender(path: str) -> None:
 
 REUSE_IGNORED = {"seeds", "out", "reuse", "render"}   # what may differ from the run whose seeds are reused
 # arguments added since results were committed, with the value an earlier result (which lacks them) ran with
-ADDED_ARGS = {"student_mixup": 0.0, "student_flip": False}
+ADDED_ARGS = {"student_mixup": 0.0, "student_flip": False, "teacher_flip": False}
 # what decides a seed's weights besides the code (benchmarks/determinism.py): the CPU's kernels and torch's threads
 MACHINE_KEYS = {"simd": "vector extensions", "torch_threads": "torch threads"}
 
@@ -183,9 +185,11 @@ def main(argv=None):
     grid_t = tuple(float(v) for v in args.temperature_grid.split(","))
     grid_a = tuple(float(v) for v in args.alpha_grid.split(","))
     fixed = (grid_t[0], grid_a[0]) if len(grid_t) == len(grid_a) == 1 else None   # one (T, alpha): nothing to search
-    teacher_record = {"arch": args.teacher_arch, "members": args.ensemble, "epochs": args.teacher_epochs,
+    teacher_record = {"arch": args.teacher_arch, "members": args.ensemble, "epochs": args.teacher_epochs, "flip": args.teacher_flip,
                       "member_test_accuracy": t_metrics["member_test_accuracy"],
                       "ensemble_test_accuracy": t_metrics["test_accuracy"], "macs": t_metrics["macs"]}
+    if args.student_flip:   # the students' teacher judges mirrored images: how well it does on them
+        teacher_record["mirrored_test_accuracy"] = mirrored_accuracy(teacher, data)
 
     def result_so_far(students, timing=None) -> dict:
         return {"provenance": provenance(started), "args": vars(args), "data": data.describe(), "teacher": teacher_record,
@@ -232,6 +236,15 @@ def main(argv=None):
                               repeats=1 if args.smoke else 3, device=args.device, online=online)
     result = result_so_far(students, timing)
     write_result(args, result, render(result))
+
+
+def mirrored_accuracy(teacher, data) -> float:
+    """The teacher's test accuracy on the test images mirrored left to right (``--student-flip``'s views)."""
+    from edgekd.distill import sharded_logits
+    from edgekd.training import accuracy_and_nll
+
+    mirror = torch.ones((len(data.y_test), 3), dtype=torch.long) * torch.tensor([0, 0, 1])
+    return accuracy_and_nll(sharded_logits(teacher.logits, data.x_test, None, mirror, 0), data.y_test)[0]
 
 
 def reused_run(run: dict, config, path: str) -> dict:
@@ -384,9 +397,12 @@ def render(result: dict) -> str:
     t = result["teacher"]
     lines = header_markdown(f"Distillation on `{result['data']['spec']}`: teacher ensemble vs students", result["provenance"])
     lines += [f"Train {result['data']['n_train']} / val {result['data']['n_val']} / test {result['data']['n_test']}. "
-              f"Teacher: {t['members']} × `{t['arch']}` ({t['epochs']} epochs, ±{result['args']['jitter']} px jitter), "
+              f"Teacher: {t['members']} × `{t['arch']}` ({t['epochs']} epochs, ±{result['args']['jitter']} px jitter"
+              f"{', mirrored half of each batch' if t.get('flip') else ''}), "
               f"members {', '.join(f'{100 * a:.2f}' for a in t['member_test_accuracy'])}; "
-              f"ensemble (mean of logits) **{100 * t['ensemble_test_accuracy']:.2f}%**, {t['macs']:,} MACs.", "",
+              f"ensemble (mean of logits) **{100 * t['ensemble_test_accuracy']:.2f}%**, {t['macs']:,} MACs"
+              + (f"; on the test images mirrored left to right {100 * t['mirrored_test_accuracy']:.2f}%"
+                 if "mirrored_test_accuracy" in t else "") + ".", "",
               "| student | epochs | MACs | share of ensemble MACs | T | alpha | hard labels (test %) | distilled (test %) | "
               "gap closed |", "|---|---|---|---|---|---|---|---|---|"]
     for s in result["students"]:

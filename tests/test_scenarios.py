@@ -73,6 +73,10 @@ def test_a_teacher_trained_otherwise_is_refused_not_reused(tmp_path):
     args.teacher_epochs += 1
     with pytest.raises(SystemExit, match=r"trained with epochs 2 \(asked 3\); pass another --work folder"):
         prepare(args)
+    args.teacher_epochs -= 1
+    args.teacher_flip = True                               # a teacher that never saw a mirrored image
+    with pytest.raises(SystemExit, match=r"trained with flip False \(asked True\)"):
+        prepare(args)
 
 
 def test_spine_report_is_written_again_from_its_json(tmp_path):
@@ -425,6 +429,7 @@ def test_spine_with_flip_mirrors_on_consistent_views_and_lets_the_baseline_mirro
     assert [(b["jitter"], b["flip"]) for b in seed1["baseline_search"]] == [(kept["jitter"], kept["flip"])]
     report = out.with_suffix(".md").read_text()
     assert "a random half mirrored left to right" in report and "(±1 px, flip " in report
+    assert 0 <= result["teacher"]["mirrored_test_accuracy"] <= 1 and "on the test images mirrored left to right" in report
     assert "mirroring with the student's jitter" in report
 
 
