@@ -31,7 +31,7 @@ def test_end_to_end_teacher_distill_evaluate(edgekd, tmp_path):
     assert code == 0, err
     assert "chose T=" in out and "student, hard labels" in out and "student, distilled" in out
     assert "student recipe chosen on val" in out and "recipes not kept, trained apart: student" in out
-    assert "(tried kd-ls, jitter 2 on consistent views, kd, jitter 0, kd-ls, jitter 0)" in out
+    assert "(tried kd-ls, jitter 2 on consistent views; kd, jitter 0; kd-ls, jitter 0)" in out
     code, out, err = edgekd("evaluate", student, "--teacher", teacher, "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -204,6 +204,6 @@ def test_distill_search_methods_can_be_emptied(edgekd, tiny_teacher, tmp_path):
     code, out, err = edgekd("distill", "--teacher", tiny_teacher, "--student", "mlp:hidden=16", "--epochs", "1",
                             "--search-methods", "", "--baseline", "--out", tmp_path / "s")
     assert code == 0, err
-    assert "(tried kd-ls, jitter 2 on consistent views, kd-ls, jitter 0)" in out
+    assert "(tried kd-ls, jitter 2 on consistent views; kd-ls, jitter 0)" in out
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["config"]["method"] == "kd-ls" and manifest["config"]["params"]["search_methods"] == ""

@@ -330,11 +330,11 @@ def print_distill(result, teacher_desc: str) -> None:
         if result.student_search:
             chosen = next(c for c in result.student_search if c["chosen"])
             click.echo(f"student recipe chosen on val: {_student_recipe_text(chosen)} "
-                       f"(tried {', '.join(_student_recipe_text(c) for c in result.student_search)})")
+                       f"(tried {'; '.join(_student_recipe_text(c) for c in result.student_search)})")
         if len(result.baseline_search) > 1:
             chosen = next(c for c in result.baseline_search if c["chosen"])
             click.echo(f"baseline recipe chosen on val: {_recipe_text(chosen)} "
-                       f"(tried {', '.join(_recipe_text(c) for c in result.baseline_search)})")
+                       f"(tried {'; '.join(_recipe_text(c) for c in result.baseline_search)})")
         click.echo(describe_gain(result.student_test_accuracy, result.baseline_test_accuracy, result.teacher_test_accuracy))
     if result.omitted:
         o = result.omitted
