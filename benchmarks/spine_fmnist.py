@@ -133,6 +133,14 @@ ADDED_ARGS = {"student_mixup": 0.0, "student_flip": False, "teacher_flip": False
 MACHINE_KEYS = {"simd": "vector extensions", "torch_threads": "torch threads"}
 
 
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working folder when it lies inside it (a result names its sources as a clone would)."""
+    import os
+
+    relative = os.path.relpath(os.path.abspath(path))
+    return path if relative.startswith("..") else relative
+
+
 def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
     """The runs of an earlier result, by (student, epochs, seed), when it was made with the same arguments;
     else exits naming the first argument that differs."""
@@ -150,7 +158,7 @@ def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
                               f"{theirs!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
     runs = {(s["student"], s["epochs"], r["seed"]): r for s in earlier["students"] for r in s["runs"]}
     machine = earlier["provenance"].get("machine") or {}
-    return runs, {"path": path, "revision": earlier["provenance"].get("revision"), "date": earlier["provenance"].get("date"),
+    return runs, {"path": _shown_path(path), "revision": earlier["provenance"].get("revision"), "date": earlier["provenance"].get("date"),
                   "seeds": sorted({seed for (_, _, seed) in runs}),
                   "machine": {key: machine.get(key) for key in MACHINE_KEYS}}
 
