@@ -386,8 +386,12 @@ def recipes_phrase(result: dict) -> str:
 
 
 def recipe_line(s: dict, students: list[dict]) -> str:
-    """How the hard-label recipe was chosen: on val per seed, or with seed 0 and kept (as (T, alpha) are)."""
+    """How the hard-label recipe was chosen: on val per seed, or with seed 0 and kept (as (T, alpha) are);
+    results made before the baseline's own recipe search tried one recipe only, and say so."""
     runs = s["runs"]
+    if len(runs[0]["baseline_search"]) < 2:
+        return (f"Hard-label recipe for {label(s, students)}: {recipe_name(chosen_baseline(runs[0]))} in every seed, "
+                f"the only one tried (no search).")
     if all(len(r["baseline_search"]) > 1 for r in runs):
         chosen = [chosen_baseline(r)["jitter"] for r in runs]
         per_seed = ", ".join(f"seed {r['seed']}: {tried(r['baseline_search'])}" for r in runs)

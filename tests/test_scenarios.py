@@ -371,6 +371,21 @@ def test_spine_names_the_distilled_students_own_recipe_search():
     assert student_recipe_line({"student": "mlp", "epochs": 20, "runs": [{"seed": 0, "student_search": []}]}, []) is None
 
 
+def test_spine_says_when_the_hard_label_recipe_was_not_searched():
+    """A result made before the baseline's own recipe search tried one recipe in each seed: it was not
+    chosen on val, nor chosen with seed 0 and kept."""
+    from benchmarks.spine_fmnist import recipe_line
+
+    def run(seed, searched):
+        plain = {"jitter": 0, "val_accuracy": 0.90, "chosen": True}
+        return {"seed": seed, "baseline_search": [{"jitter": 2, "val_accuracy": 0.89, "chosen": False}, plain][not searched:]}
+
+    old = {"student": "mlp", "epochs": 20, "runs": [run(0, False), run(1, False)]}
+    assert recipe_line(old, [old]) == "Hard-label recipe for `mlp`: ±0 px in every seed, the only one tried (no search)."
+    kept = {"student": "mlp", "epochs": 20, "runs": [run(0, True), run(1, False)]}
+    assert "chosen on val with seed 0 (±2 px 89.00 / ±0 px 90.00 (kept)) and kept for the other seeds" in recipe_line(kept, [kept])
+
+
 def test_spine_students_of_another_budget_keep_their_own_folders(tmp_path):
     """A run of the same student at another budget in the same work folder must not replace the first run's
     students: the folder is named by its epochs whenever they are not --epochs."""
