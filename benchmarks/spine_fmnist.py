@@ -378,10 +378,9 @@ def student_recipe_line(s: dict, students: list[dict]) -> str | None:
 def recipes_phrase(result: dict) -> str:
     tried = {tuple(b["jitter"] for b in s["runs"][0]["baseline_search"]) for s in result["students"]}
     if all(len(t) > 1 for t in tried):
-        mixup = any(b.get("mixup") for s in result["students"] for b in s["runs"][0]["baseline_search"])
-        flip = any(b.get("flip") for s in result["students"] for b in s["runs"][0]["baseline_search"])
-        return ("jitter on or off" + (" and mixup with the student's jitter" if mixup else "")
-                + (" and mirroring with the student's jitter" if flip else "") + ", chosen on val")
+        first = [b for s in result["students"] for b in s["runs"][0]["baseline_search"]]
+        return ("jitter on or off" + (" and mixup with the student's jitter" if any(b.get("mixup") for b in first) else "")
+                + (" and mirroring with the student's jitter" if any(b.get("flip") for b in first) else "") + ", chosen on val")
     return "here trained without jitter only: this run predates the baseline's own ±2 px recipe"
 
 
