@@ -111,6 +111,7 @@ def test_spine_trains_the_one_soft_term_asked(tmp_path):
     report = out.with_suffix(".md").read_text()
     assert "soft term `kd` alone" in report
     assert "teacher's targets" in report and "later seeds" not in report   # one seed: nothing read back to report
+    assert "± 0.00" not in report and "One seed, so no spread" in report   # a spread of one seed is not zero
 
 
 def test_spine_reuses_earlier_seeds_and_keeps_the_baseline_recipe_of_seed_0(tmp_path):
