@@ -55,5 +55,7 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def pm(values, scale: float = 100.0, digits: int = 2) -> str:
+    """Mean ± std; one value has no spread, so it is shown alone (not "± 0.00")."""
+    values = list(values)
     mean, std = mean_std(values)
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+    return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if len(values) > 1 else "")

@@ -402,12 +402,6 @@ def recipe_line(s: dict, students: list[dict]) -> str:
             f"and kept for the other seeds, as (T, alpha) are: {recipe_name(chosen_baseline(runs[0]))}.")
 
 
-def _pm(values) -> str:
-    """Mean ± std over seeds; one seed has no spread, so it is shown alone (not "± 0.00")."""
-    values = list(values)
-    return pm(values) if len(values) > 1 else f"{100 * values[0]:.2f}"
-
-
 def render(result: dict) -> str:
     from edgekd.distill import gap_closed
 
@@ -430,7 +424,7 @@ def render(result: dict) -> str:
             f"{100 * gap:.0f}%" if gap >= 0 else f"loses by {100 * (mean_std(base)[0] - mean_std(dist)[0]):.2f} points")
         macs = s["runs"][0]["student_macs"]
         lines.append(f"| `{s['student']}` | {s['epochs']} | {macs:,} | 1/{t['macs'] / macs:.0f} | {s['temperature']:g} | {s['alpha']:g} | "
-                     f"{_pm(base)} | {_pm(dist)} | {closed} |")
+                     f"{pm(base)} | {pm(dist)} | {closed} |")
     students = result["students"]
     lines += [""] + [aim_line(s, t["ensemble_test_accuracy"], students) for s in students]
     lines += [line for s in students if (line := per_seed_line(s, students))]
