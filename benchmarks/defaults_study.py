@@ -21,7 +21,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from benchmarks.provenance import header_markdown, provenance
+from benchmarks.provenance import header_markdown, interval95, provenance
 from benchmarks.scenario_common import write_result
 
 CANDIDATES = "kd:T=4,a=0.9;kd:T=4,a=0.5;kd:T=8,a=0.5;kd:T=2,a=0.5;kd-ls:T=2,a=0.5;dkd:T=4,a=0.5"
@@ -320,8 +320,8 @@ NOT_LOSING = -0.1   # the bar for a default: its mean gain over seeds at most 0.
 
 
 def by_pair(cells, candidates) -> list[dict]:
-    """Per (teacher, student) and candidate: the gain's mean and spread over the seeds, and whether the mean
-    clears ``NOT_LOSING``."""
+    """Per (teacher, student) and candidate: the gain's mean, spread and Student-t 95% interval of the mean
+    over the seeds, and whether the mean clears ``NOT_LOSING`` (the issue's bar, judged on the mean)."""
     import statistics
 
     pairs = {}
@@ -334,6 +334,7 @@ def by_pair(cells, candidates) -> list[dict]:
             mean = statistics.fmean(gains)
             rows.append({"members": k, "student": student, "candidate": cand["name"], "seeds": len(gains),
                          "mean_gain": mean, "std_gain": statistics.stdev(gains) if len(gains) > 1 else None,
+                         "interval95": list(interval95(gains)) if len(gains) > 1 else None,
                          "baseline": statistics.fmean(c["baseline"] for c in group), "not_losing": mean >= NOT_LOSING})
     return rows
 
@@ -414,12 +415,13 @@ def render(result: dict) -> str:
     pairs = by_pair(result["cells"], result["candidates"])
     if any(r["seeds"] > 1 for r in pairs):
         lines += ["", f"Per teacher and student, over the seeds (a default must not lose: mean gain >= {NOT_LOSING:+.1f}):", "",
-                  "| teacher (k) | student | candidate | seeds | baseline (mean) | mean gain | std | not losing |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| teacher (k) | student | candidate | seeds | baseline (mean) | mean gain | std | 95% interval | not losing |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in pairs:
             std = f"{r['std_gain']:.2f}" if r["std_gain"] is not None else "-"
+            ci = "{:+.2f} to {:+.2f}".format(*r["interval95"]) if r.get("interval95") else "-"
             lines.append(f"| {r['members']} | `{r['student']}` | `{r['candidate']}` | {r['seeds']} | {100 * r['baseline']:.2f} | "
-                         f"{r['mean_gain']:+.2f} | {std} | {'yes' if r['not_losing'] else '**no**'} |")
+                         f"{r['mean_gain']:+.2f} | {std} | {ci} | {'yes' if r['not_losing'] else '**no**'} |")
     for k, profile in (result.get("targets") or {}).items():
         lines += ["", f"What the student is asked to match (teacher k={k} on the un-shifted train split; its top-1 there "
                   f"{100 * profile['train_accuracy']:.2f}%): the soft targets' mean top probability and mean "

@@ -54,6 +54,16 @@ def mean_std(values) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def interval95(values) -> tuple[float, float]:
+    """Student-t 95% interval of the mean over seeds: mean ± t(0.975, n−1) · s / √n (nan for one value)."""
+    from scipy import stats
+
+    values = list(values)
+    mean, std = mean_std(values)
+    half = stats.t.ppf(0.975, len(values) - 1) * std / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return mean - half, mean + half
+
+
 def pm(values, scale: float = 100.0, digits: int = 2) -> str:
     """Mean ± std; one value has no spread, so it is shown alone (not "± 0.00")."""
     values = list(values)

@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 import torch
 
-from benchmarks.provenance import header_markdown, mean_std, pm, provenance
+from benchmarks.provenance import header_markdown, interval95, mean_std, pm, provenance
 from benchmarks.scenario_common import apply_smoke, base_parser, prepare, same_settings, write_result
 from edgekd.config import METHODS
 
@@ -274,15 +274,6 @@ def chosen_baseline(run: dict) -> dict | None:
 
 
 AIMS = {"mlp": ("gap", 0.60), "cnn:width=8": ("accuracy", 0.930)}  # issue 11: >= 60% of the gap; >= 93.0%
-
-
-def interval95(values) -> tuple[float, float]:
-    """Student-t 95% interval of the mean over seeds."""
-    from scipy import stats
-
-    mean, std = mean_std(values)
-    half = stats.t.ppf(0.975, len(values) - 1) * std / len(values) ** 0.5 if len(values) > 1 else float("nan")
-    return mean - half, mean + half
 
 
 def label(s: dict, students: list[dict]) -> str:

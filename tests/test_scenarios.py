@@ -356,6 +356,21 @@ def test_defaults_study_rebuilds_the_one_record_of_a_run_without_search():
     assert cell["runs"][f"{a['name']} or {b['name']} on val"]["test_accuracy"] == 0.83
 
 
+def test_defaults_study_gives_the_mean_gains_95_percent_interval_over_seeds():
+    """The bar is judged on the mean of the seeds; beside it, the Student-t interval says how far that mean
+    can be trusted: gains of 1, 2 and 3 points have mean 2, std 1 and t(0.975, 2) = 4.303, so 2 ± 2.48."""
+    from benchmarks.defaults_study import by_pair, parse_candidate
+
+    cand = parse_candidate("kd:T=2,a=0.5")
+    cells = [{"members": 1, "student": "mlp", "seed": seed, "baseline": 0.8,
+              "runs": {cand["name"]: {"test_accuracy": 0.8 + gain / 100}}} for seed, gain in enumerate((1, 2, 3))]
+    (row,) = by_pair(cells, [cand])
+    assert row["mean_gain"] == pytest.approx(2.0) and row["std_gain"] == pytest.approx(1.0)
+    assert row["interval95"] == pytest.approx([2 - 2.4841, 2 + 2.4841], abs=1e-3)
+    (one,) = by_pair(cells[:1], [cand])
+    assert one["interval95"] is None and one["std_gain"] is None
+
+
 def test_spine_names_the_distilled_students_own_recipe_search():
     """A student that also tried jitter on consistent views says what each seed tried, kept and cost."""
     from benchmarks.spine_fmnist import student_recipe_line
