@@ -161,7 +161,7 @@ def run(args) -> dict:
     data = load_dataset(args.data, train_limit=args.train_limit)
     cache = LogitCache(Path(args.work) / "cache")
     candidates = [parse_candidate(c) for c in args.candidates.split(";")]
-    cells, missing = [], []
+    cells, missing, read_back, made = [], [], 0, 0
     ensemble, described = teachers(args, data)
     for k, teacher in ensemble.items():
         for student in args.students.split(";"):
@@ -176,6 +176,7 @@ def run(args) -> dict:
                     out = _run_dir(args, k, student, seed, cand, index)
                     tick = time.perf_counter()
                     metrics = _reusable(out, config, teacher)
+                    read_back, made = read_back + (metrics is not None), made + (metrics is None)
                     if metrics is None:   # read back from the run's manifest, as a reused run is
                         distill(teacher, data, config, out, cache=cache, overwrite=True)
                         metrics = _reusable(out, config, teacher)
@@ -195,7 +196,8 @@ def run(args) -> dict:
     targets = {k: target_profile(teacher, data, cache, candidates) for k, teacher in ensemble.items()}
     unpicked = add_pick(args.pick, candidates, cells) if args.pick else []
     return {"data": data.describe(), "teacher": described, "candidates": candidates, "cells": cells, "not_run": missing,
-            "summary": summarize(cells, candidates), "targets": targets, "pick_not_assembled": unpicked}
+            "summary": summarize(cells, candidates), "targets": targets, "pick_not_assembled": unpicked,
+            "runs_read_back": read_back, "runs_trained": made}
 
 
 def student_records(metrics: dict, cand: dict) -> list:
@@ -440,6 +442,9 @@ def main(argv=None):
     result = run(args)
     result["args"] = vars(args)
     result["provenance"] = provenance(started)
+    if result["runs_read_back"]:   # their training ran in an earlier invocation; its time is not in this one's
+        result["provenance"]["run_note"] = (f"this invocation; {result['runs_read_back']} of "
+                                            f"{result['runs_read_back'] + result['runs_trained']} runs read back from --work")
     write_result(args, result, render(result))
 
 

@@ -203,7 +203,11 @@ def test_defaults_study_takes_its_members_from_a_given_teacher(tmp_path, tiny_te
     cell = result["cells"][0]
     assert cell["baseline_jitter"] in (0, 2) and all(r["jitter"] in (0, 2) for r in cell["runs"].values())
     assert "its recipe chosen on val between no jitter" in out.with_suffix(".md").read_text()
+    assert "run time" in out.with_suffix(".md").read_text() and "read back from --work" not in out.with_suffix(".md").read_text()
     defaults_study.main(["--smoke", "--teacher", str(tiny_teacher), "--members", "2", "--reuse-only", "--out", str(out)])
+    # a re-render's run time is its own, not its runs' training: it says how many it read back
+    n = result["runs_trained"]
+    assert n > 0 and f"(this invocation; {n} of {n} runs read back from --work)" in out.with_suffix(".md").read_text()
     again = json.loads(out.with_suffix(".json").read_text())["cells"][0]
     assert (again["baseline_jitter"], again["runs"]) == (cell["baseline_jitter"], {k: {**v, "seconds": again["runs"][k]["seconds"]}
                                                                                   for k, v in cell["runs"].items()})
