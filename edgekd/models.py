@@ -76,10 +76,11 @@ def _format_value(value) -> str:
 def _parse_value(arch: str, key: str, text: str, default):
     try:
         if isinstance(default, (list, tuple)):
-            values = tuple(int(v) for v in text.split("-") if v)
-            if not values or min(values) < 1:
+            parts = text.split("-")
+            # every part plain digits: "-5", "+5" or "5--5" are typos, not widths of 5
+            if not all(part.isascii() and part.isdigit() for part in parts) or min(map(int, parts)) < 1:
                 raise ValueError
-            value = values
+            value = tuple(map(int, parts))
         else:
             value = type(default)(text)
     except ValueError:
