@@ -146,6 +146,9 @@ class DistillConfig:
             raise ConfigError(f"The 'baseline_flip' parameter fixes the baseline's recipe together with 'baseline_jitter', "
                               f"which is not set. Got baseline_flip=True alone; pass --baseline-jitter too or leave "
                               f"--baseline-flip out.")
+        if len(set(self.omit_classes)) != len(self.omit_classes):
+            raise ConfigError(f"The 'omit_classes' parameter must list each class once. Got {list(self.omit_classes)!r} "
+                              f"instead; pass each class once, e.g. --omit-classes 3,5.")
         check_choice("method", self.method, METHODS)
         for m in self.search_methods:
             check_choice("search_methods", m, METHODS)

@@ -338,7 +338,7 @@ def print_distill(result, teacher_desc: str) -> None:
         click.echo(describe_gain(result.student_test_accuracy, result.baseline_test_accuracy, result.teacher_test_accuracy))
     if result.omitted:
         o = result.omitted
-        click.echo(f"omitted classes {o['classes']}: bias +{o['bias']:.2f} (fitted on val): test errors "
+        click.echo(f"omitted classes {o['classes']}: bias {o['bias']:+.2f} (fitted on val): test errors "
                    f"{o['test_errors_before']} -> {o['test_errors_after']}")
     ratio = f" ({result.seconds_per_epoch / result.baseline_seconds_per_epoch:.2f}x hard-label)" if result.baseline_seconds_per_epoch else ""
     apart = [f"{side} {seconds:.1f} s" for side, seconds in (("student", result.student_search_seconds),
