@@ -223,6 +223,10 @@ def describe_gain(student: float, baseline: float | None, teacher: float) -> str
                 f"no gap to close; distillation {'gains' if points >= 0 else 'loses'} {abs(points):.2f} points{hint}")
     if student < baseline:
         return f"distillation loses to its hard-label baseline by {-points:.2f} points"
+    if student > teacher:
+        # a share above 100% reads as more than the gap was there to close; say what happened instead
+        return (f"distillation gains {points:.2f} points, closing all of the baseline->teacher gap: the student is "
+                f"{100 * (student - teacher):.2f} points above its teacher ({100 * teacher:.2f}%)")
     return f"distillation gains {points:.2f} points, closing {100 * gap_closed(student, baseline, teacher):.1f}% of the baseline->teacher gap"
 
 

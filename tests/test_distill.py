@@ -23,6 +23,8 @@ def test_describe_gain_calls_a_loss_a_loss():
     assert text.endswith("a teacher above the student's own baseline (more epochs or members) is what pays")
     assert "pays" not in describe_gain(0.885, 0.88, 0.87)   # a gain needs no advice
     assert "%" not in describe_gain(0.86, None, 0.87)
+    above = describe_gain(0.9081, 0.3983, 0.7577)   # a student past its teacher gets no share over 100%
+    assert "141" not in above and "closing all of the baseline->teacher gap" in above and "15.04 points above" in above
 
 
 def test_baseline_gets_its_own_best_recipe(tmp_path, digits, tiny_teacher):
