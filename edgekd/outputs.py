@@ -38,7 +38,7 @@ OLD_SUFFIX = ".edgekd-old"
 LOCK_SUFFIX = ".edgekd-lock"
 REPORT_FILES = ("report.json", "report.md", "latency.png", "pareto.png")
 PIPELINE_ARTIFACTS = ("teacher", "specialists", "student")
-PIPELINE_FILES = ("summary.md", "summary.json")
+PIPELINE_FILES = ("summary.md", "summary.json", "pipeline.json")
 KINDS = ("artifact", "report", "pipeline", "export")
 
 

@@ -3,14 +3,18 @@ export -> benchmark, with a Markdown and JSON summary in the output folder."""
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from edgekd.artifacts import is_artifact, write_json_atomic
 from edgekd.config import PipelineConfig
 from edgekd.distill import describe_gain
+from edgekd.models import create_model
+from edgekd.outputs import OutputError
+from edgekd.training import fingerprint_changes, run_fingerprint
 from edgekd.validation import check_output_dir
 
 
@@ -41,10 +45,15 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     out = Path(out)
     check_output_dir(out, kind="pipeline", overwrite=overwrite, resume=resume, inputs=data_paths(config.data))
     device = resolve_device(config.device).type
+    # every stage's settings are checked before the first trains: a bad --student must not cost a teacher
+    teacher_cfg, distill_cfg = teacher_config(config, device), distill_config(config, device)
     data = load_dataset(config.data, val_fraction=config.val_fraction, train_limit=config.train_limit)
     check_jitter(config.jitter, data.input_shape)
     check_jitter(config.student_jitter, data.input_shape)
+    for arch in (teacher_cfg.arch, distill_cfg.student):
+        create_model(arch, data.input_shape, data.num_classes)   # raises ConfigError when it cannot take this data
     out.mkdir(parents=True, exist_ok=True)
+    _bind_run(out, config, data, resume)
     timings, summary = {}, {"format": "edgekd.pipeline", "config": asdict(config), "data": data.describe()}
     cache = LogitCache(out / "cache")
 
@@ -59,14 +68,13 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
 
     teacher_dir = out / "teacher"
     stage("teacher", teacher_dir, lambda p: train_teachers(
-        data, teacher_config(config, device), p, overwrite=True, resume=resume, progress=progress, config_record=config_record))
+        data, teacher_cfg, p, overwrite=True, resume=resume, progress=progress, config_record=config_record))
     teacher = load_teacher(teacher_dir).to(device)
     summary["teacher"] = _model_summary(evaluate(teacher, data), teacher)
 
     teacher, summary["distilled_from"] = _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage,
                                                             summary, resume, progress, config_record, echo)
     student_dir = out / "student"
-    distill_cfg = distill_config(config, device)
     stage("distill", student_dir, lambda p: distill(teacher, data, distill_cfg, p, cache=cache, overwrite=True,
                                                     resume=resume, progress=progress, config_record=config_record))
     student = load_teacher(student_dir).to(device)
@@ -93,6 +101,34 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     write_json_atomic(out / "summary.json", summary)
     summary_md.write_text(render_summary(summary))
     return PipelineResult(out=out, summary_md=summary_md, summary=summary)
+
+
+RUN_RECORD = "pipeline.json"   # what the stages in the folder were made with (edgekd.training.run_fingerprint)
+STAGES = ("teacher", "specialists", "student")
+
+
+def _bind_run(out: Path, config: PipelineConfig, data, resume: bool) -> None:
+    """Refuse a ``--resume`` whose finished stages were made with other settings or data, then record
+    this run's. A stage kept from a run with another ``--student`` or dataset would be reported under
+    this run's name. ``skip`` and ``device`` do not change what a stage makes, so they may differ."""
+    fingerprint = run_fingerprint(replace(config, skip=()), data)
+    record = out / RUN_RECORD
+    finished = [name for name in STAGES if is_artifact(out / name)]
+    if resume and finished:
+        if not record.is_file():
+            raise OutputError(f"--resume cannot tell what settings made the stages in '{out}' ({', '.join(finished)}): "
+                              f"it has no {RUN_RECORD}; pass --overwrite to start over.")
+        try:
+            old = json.loads(record.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            old = None
+        if not isinstance(old, dict):
+            raise OutputError(f"--resume cannot read '{record}' (not the JSON edgekd writes); pass --overwrite to start over.")
+        changes = fingerprint_changes(old, fingerprint)
+        if changes:
+            raise OutputError(f"--resume refused: the stages in '{out}' were made with other settings "
+                              f"({'; '.join(changes)}); pass the same options, or --overwrite to start over.")
+    write_json_atomic(record, fingerprint)
 
 
 # --- each stage's settings in the pipeline ------------------------------------------------------------

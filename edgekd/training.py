@@ -217,7 +217,8 @@ def _fingerprinted(params: dict, ignored) -> dict:
     return {k: v for k, v in params.items() if k not in ignored and not (k in _ADDED_SINCE and v == _ADDED_SINCE[k])}
 
 
-def _fingerprint_changes(old: dict, new: dict) -> list[str]:
+def fingerprint_changes(old: dict, new: dict) -> list[str]:
+    """What differs between two ``run_fingerprint`` results, one phrase per setting, for a refused resume."""
     changes = []
     old_cfg, new_cfg = old.get("config") or {}, new.get("config") or {}
     for key in sorted(set(old_cfg) | set(new_cfg)):
@@ -278,7 +279,7 @@ class RunStore:
             return   # a store from before fingerprints: nothing to compare with
         normalized = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
         if old != normalized:
-            changes = _fingerprint_changes(old, normalized) or ["the settings changed"]
+            changes = fingerprint_changes(old, normalized) or ["the settings changed"]
             raise EdgekdError(f"Cannot resume the interrupted run in '{self.path}': it was started with other settings "
                               f"({'; '.join(changes)}); rerun with the original settings to resume, or pass --overwrite "
                               f"instead of --resume to start over.")

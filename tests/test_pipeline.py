@@ -43,3 +43,21 @@ def test_the_whole_pipeline_on_digits(edgekd, tmp_path):
     assert (out / "bench" / "report.md").is_file() and (out / "export" / "student.onnx").is_file()
     int8 = summary["export"]["student_int8"]   # the int8 gate may refuse a 2-epoch student: then it says why
     assert (out / "export" / "student.int8.onnx").is_file() or "error" in int8
+
+
+TINY_PIPELINE = ("pipeline", "--ensemble", "1", "--teacher-arch", "mlp:hidden=8", "--teacher-epochs", "1", "--epochs", "1",
+                 "-T", "2", "--skip", "specialists", "--skip", "export", "--skip", "bench", "--quiet")
+
+
+def test_resume_keeps_stages_only_when_made_with_the_same_settings(edgekd, tmp_path):
+    out = tmp_path / "demo"
+    code, _, err = edgekd(*TINY_PIPELINE, "--student", "mlp:hidden=8", "--out", out)
+    assert code == 0, err
+    assert json.loads((out / "pipeline.json").read_text())["config"]["student"] == "mlp:hidden=8"
+    code, stdout, err = edgekd(*TINY_PIPELINE, "--student", "mlp:hidden=8", "--resume", "--out", out)
+    assert code == 0 and "[teacher] kept from the previous run" in stdout, err
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # another student would be reported as this run's, beside the first run's: refused, naming the change
+    code, _, err = edgekd(*TINY_PIPELINE, "--student", "mlp:hidden=16", "--resume", "--out", out)
+    assert code == 2 and "'student' was 'mlp:hidden=8', now 'mlp:hidden=16'" in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
