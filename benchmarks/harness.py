@@ -162,6 +162,40 @@ def _reason(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text}" if not isinstance(exc, RuntimeUnavailable) else text
 
 
+def readable_models(models: Sequence[str | Path]) -> list[ModelInfo]:
+    """Each ``--model`` described, or a ``ConfigError`` naming the first that cannot be read. ``run_benchmark``
+    records such a model as an error row and goes on (a report of many models); a command given one it
+    cannot read refuses it before anything is timed."""
+    from edgekd.errors import EdgekdError
+
+    infos = []
+    for arg in models:
+        name, path = parse_model_arg(arg)
+        try:
+            infos.append(describe_model(path, name or path.name))
+        except EdgekdError:
+            raise
+        except Exception as exc:   # a damaged ONNX or .pte raises whatever its parser raises
+            raise ConfigError(f"--model '{arg}' cannot be read ({_reason(exc)}); pass an edgekd artifact folder or an "
+                              f".onnx, .ort or .pte file as edgekd wrote it.") from None
+    return infos
+
+
+def check_models_fit(infos: Sequence[ModelInfo], data) -> None:
+    """Every model's declared input size, and an artifact's number of classes, must match ``data``'s."""
+    from edgekd.artifacts import load_artifact
+
+    for info in infos:
+        if info.input_shape is not None and math.prod(info.input_shape) != math.prod(data.input_shape):
+            raise ConfigError(f"--model '{info.path}' takes inputs of shape {tuple(info.input_shape)} but dataset "
+                              f"'{data.spec}' has {tuple(data.input_shape)}; pass data of the model's input shape.")
+        if info.format == "artifact":
+            classes = len(load_artifact(info.path, verify=False).classes)
+            if classes != data.num_classes:
+                raise ConfigError(f"--model '{info.path}' has {classes} classes but dataset '{data.spec}' has "
+                                  f"{data.num_classes}; pass the dataset the model was trained on.")
+
+
 def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = BenchConfig(), *,
                   command: str | None = None, echo: Callable[[str], None] | None = None) -> BenchReport:
     """Benchmark ``models`` (artifact folders, ``.onnx``, ``.ort``; ``NAME=PATH`` names one) on ``data``."""

@@ -51,6 +51,11 @@ CASES = [
     ("distill transfer limit 0", lambda t, T, S: ["distill", "--teacher", T, "--transfer-limit", "0", "--out", t / "o"], "'transfer_limit' parameter must be > 0"),
     ("distill transfer limit text", lambda t, T, S: ["distill", "--teacher", T, "--transfer-limit", "half", "--out", t / "o"], "count or a fraction"),
     ("distill omit unknown class", lambda t, T, S: ["distill", "--teacher", T, "--omit-classes", "12", "--out", t / "o"], "classes in [0, 9]. Got 12"),
+    ("distill omit a class twice", lambda t, T, S: ["distill", "--teacher", T, "--omit-classes", "3,3", "--out", t / "o"], "each class once"),
+    ("pipeline unknown student", lambda t, T, S: ["pipeline", "--student", "foo", "--out", t / "o"], "Unknown architecture 'foo'"),
+    ("pipeline alpha 5", lambda t, T, S: ["pipeline", "--alpha", "5", "--out", t / "o"], "'alpha' parameter must be in [0, 1]"),
+    ("pipeline cnn student on vectors", lambda t, T, S: ["pipeline", "--student", "cnn", "--data", npz(t, **images(shape=(64,))),
+                                                         "--out", t / "o"], "needs image inputs"),
     ("distill unknown student", lambda t, T, S: ["distill", "--teacher", T, "--student", "vit", "--out", t / "o"], "Unknown architecture 'vit'"),
     ("distill cnn student on vectors", lambda t, T, S: ["distill", "--teacher", T, "--student", "cnn", "--out", t / "o", "--data",
                                                         npz(t, **images(shape=(64,)))], "needs image inputs"),
@@ -65,6 +70,9 @@ CASES = [
     ("train negative lr", lambda t, T, S: ["teacher", "train", "--lr", "-1", "--out", t / "o"], "'--lr'"),
     ("train negative width", lambda t, T, S: ["teacher", "train", "--arch", "cnn:width=-2", "--out", t / "o"], "must be > 0"),
     ("train bad hidden list", lambda t, T, S: ["teacher", "train", "--arch", "mlp:hidden=abc", "--out", t / "o"], "must look like 800-800"),
+    ("train negative hidden width", lambda t, T, S: ["teacher", "train", "--arch", "mlp:hidden=-5", "--out", t / "o"], "must look like 800-800"),
+    ("train signed hidden width", lambda t, T, S: ["teacher", "train", "--arch", "mlp:hidden=+5", "--out", t / "o"], "must look like 800-800"),
+    ("train hidden list with a double dash", lambda t, T, S: ["teacher", "train", "--arch", "mlp:hidden=5--5", "--out", t / "o"], "must look like 800-800"),
     ("train existing output", lambda t, T, S: ["teacher", "train", "--out", T], "already exists"),
     ("train output under a file", lambda t, T, S: ["teacher", "train", "--out", write(t, "f", "keep") / "b"], "is a file"),
     ("train config missing", lambda t, T, S: ["teacher", "train", "--config", t / "none.toml", "--out", t / "o"], "not found"),
@@ -79,6 +87,12 @@ CASES = [
     ("export opset 11", lambda t, T, S: ["export", S, "--onnx", "--opset", "11", "--out", t / "o.onnx"], "opset"),
     ("export output folder missing", lambda t, T, S: ["export", S, "--onnx", "--out", t / "missing" / "o.onnx"], "does not exist"),
     ("bench model missing", lambda t, T, S: ["bench", "--model", t / "nope.onnx", "--out", t / "r"], ""),
+    ("bench model not ONNX", lambda t, T, S: ["bench", "--model", write(t, "fake.onnx", "not a model"), "--out", t / "r"], "cannot be read"),
+    ("bench model manifest a list", lambda t, T, S: ["bench", "--model", _manifest_list(t), "--out", t / "r"], "not an edgekd manifest"),
+    ("bench model on data of other classes", lambda t, T, S: ["bench", "--model", S, "--data", npz(t, **images(classes=7)), "--out", t / "r"],
+     "has 10 classes but dataset"),
+    ("bench model on data of another shape", lambda t, T, S: ["bench", "--model", S, "--data", npz(t, **images(shape=(1, 10, 10))),
+                                                              "--out", t / "r"], "takes inputs of shape"),
     ("bench batch size 0", lambda t, T, S: ["bench", "--model", S, "--batch-sizes", "0", "--out", t / "r"], "batch"),
     ("specialists K too large", lambda t, T, S: ["specialists", "build", "--teacher", T, "--member", "0", "--clusters", "20", "--out", t / "o"], "20"),
     ("specialists ensemble teacher", lambda t, T, S: ["specialists", "build", "--teacher", T, "--out", t / "o"], "ensemble"),
@@ -432,6 +446,13 @@ def _output_cases():
         ("pipeline --overwrite a user folder", lambda t, T, S: ["pipeline", "--overwrite", "--out", user_folder(t)], "not an edgekd pipeline folder"),
         ("pipeline --overwrite user files in teacher/", lambda t, T, S: ["pipeline", "--overwrite", "--out", _pipeline_with_user_teacher(t)], "teacher"),
         ("pipeline --resume a user folder", lambda t, T, S: ["pipeline", "--resume", "--out", user_folder(t)], "not an edgekd pipeline folder"),
+        ("pipeline --resume stages of unknown settings", lambda t, T, S: ["pipeline", "--resume", "--out", _pipeline_with_teacher(t, T)],
+         "has no pipeline.json"),
+        ("pipeline --resume stages of other settings", lambda t, T, S: ["pipeline", "--resume", "--out",
+                                                                        _pipeline_with_teacher(t, T, {"config": {"student": "cnn"}})],
+         "made with other settings"),
+        ("pipeline --resume an unreadable record", lambda t, T, S: ["pipeline", "--resume", "--out", _pipeline_with_teacher(t, T, "{")],
+         "cannot read"),
         ("train --out a file", lambda t, T, S: [*TRAIN, "--overwrite", "--out", write(t, "f", "keep")], "is a file"),
         ("locked output", lambda t, T, S: _locked([*TRAIN, "--out", t / "o"], t / "o"), "Another edgekd command is writing"),
     ]
@@ -477,6 +498,22 @@ def _report(t, name="report.json"):
     folder.mkdir()
     (folder / name).write_text(json.dumps({"format": "edgekd.bench", "rows": []}))
     return folder / name
+
+
+def _manifest_list(t):
+    (t / "m").mkdir()
+    (t / "m" / "manifest.json").write_text("[1, 2]")
+    return t / "m"
+
+
+def _pipeline_with_teacher(t, T, record=None):
+    """A pipeline folder whose teacher stage is finished, with ``record`` as its pipeline.json (none if None)."""
+    out = t / "demo"
+    out.mkdir()
+    shutil.copytree(T, out / "teacher")
+    if record is not None:
+        (out / "pipeline.json").write_text(record if isinstance(record, str) else json.dumps(record))
+    return out
 
 
 def _pipeline_with_user_teacher(t):

@@ -67,7 +67,7 @@ def bench_cmd(**params):
         raise ConfigError("Pass at least one --model (an artifact folder, an .onnx or an .ort file), or --from report.json.")
     if not params["out"]:
         raise ConfigError("Pass --out DIR, the folder the report is written to.")
-    from benchmarks.harness import BenchConfig, parse_int_list, run_benchmark
+    from benchmarks.harness import BenchConfig, check_models_fit, parse_int_list, readable_models, run_benchmark
     from benchmarks.modelinfo import model_format, parse_model_arg
     from benchmarks.report import write_report
     from benchmarks.runtimes import parse_runtimes
@@ -82,9 +82,11 @@ def bench_cmd(**params):
     models = [parse_model_arg(model)[1] for model in params["model"]]
     for path in models:
         model_format(path)
+    infos = readable_models(params["model"])   # a damaged model is refused before any output or timing
     check_output_dir(params["out"], kind="report", overwrite=params["overwrite"], inputs=[*models, *data_paths(params["data"])])
     with output_lock(params["out"]):
         data = load_data(params)
+        check_models_fit(infos, data)
         echo = None if params["quiet"] else (lambda msg: click.echo(msg, err=True))
         report = run_benchmark(list(params["model"]), data, config, command=_command_line(params), echo=echo)
         paths = write_report(report, params["out"])
