@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import math
 import os
 import struct
 import dataclasses
@@ -93,6 +94,22 @@ class Dataset:
             digest.update(y.contiguous().cpu().numpy().tobytes())
             self._fingerprints[split] = digest.hexdigest()
         return self._fingerprints[split]
+
+    def shaped(self, input_shape) -> "Dataset":
+        """The same samples as ``(N, *input_shape)`` (views, nothing copied): data stored flat for a model
+        that takes images, or the reverse. The sizes must match; the mean and std follow when the channels
+        change (computed again, streamed)."""
+        input_shape = tuple(input_shape)
+        if input_shape == tuple(self.input_shape):
+            return self
+        if math.prod(input_shape) != math.prod(self.input_shape):
+            raise DataError(f"Dataset '{self.spec}' has inputs of shape {tuple(self.input_shape)}, which cannot be read as "
+                            f"{input_shape}; pass data of the model's input shape.")
+        moved = {f"x_{split}": getattr(self, f"x_{split}").reshape(-1, *input_shape) for split in ("train", "val", "test")}
+        stats = {}
+        if len(self.mean) != (input_shape[0] if len(input_shape) == 3 else 1):
+            stats["mean"], stats["std"] = channel_stats(moved["x_train"])
+        return dataclasses.replace(self, input_shape=input_shape, **moved, **stats, _fingerprints={})
 
     @property
     def device(self) -> "torch.device":

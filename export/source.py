@@ -144,11 +144,14 @@ def gate_data(source: Source, config, data=None, calibration=None):
     if data is None:
         data = load_data(source, config.data or source.data_spec, val_fraction=config.val_fraction, role="verification")
     check_fits(source, data)
+    data = data.shaped(source.input_shape)   # flat data of the right size, read as the model's input
     if config.quantize == "int8" and calibration is None:
         same = config.calibration_data in (None, data.spec)
         calibration = data if same else load_data(source, config.calibration_data, val_fraction=config.val_fraction,
                                                   role="calibration")
         check_fits(source, calibration)
+    if calibration is not None:
+        calibration = calibration.shaped(source.input_shape)
     return data, calibration
 
 

@@ -121,10 +121,11 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     out = Path(out)
     check_output_dir(out, overwrite=overwrite, resume=resume, inputs=[teacher_path, *data_paths(data.spec)])
     check_k(config.clusters, data.num_classes)
-    check_flip(config.train.flip, data.input_shape)
     cache = cache or LogitCache()
     generalist = open_generalist(teacher_path, config.member, device=resolve_device(config.train.device))
     check_teacher_fits(generalist.teacher, data, name="Generalist")
+    data = data.shaped(generalist.teacher.input_shape)   # flat data of the right size, read as the generalist's images
+    check_flip(config.train.flip, data.input_shape)
     data = place_dataset(data, generalist.device)
     timings = {}
 

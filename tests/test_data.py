@@ -78,3 +78,13 @@ def test_malformed_npz(tmp_path, arrays, message):
     np.savez(path, **arrays)
     with pytest.raises(DataError, match=message):
         load_dataset(f"npz:{path}")
+
+
+def test_shaped_reads_flat_samples_as_images_without_copying(digits):
+    flat = digits.shaped((64,))
+    assert flat.x_train.shape == (len(digits.x_train), 64) and flat.x_train.data_ptr() == digits.x_train.data_ptr()
+    assert flat.shaped((1, 8, 8)).x_test.equal(digits.x_test) and flat.mean == digits.mean
+    assert flat.fingerprint("val") != digits.fingerprint("val")   # the shape is part of what a cache is keyed by
+    assert len(digits.shaped((4, 4, 4)).mean) == 4   # four channels: their own statistics
+    with pytest.raises(DataError, match="cannot be read as"):
+        digits.shaped((65,))

@@ -365,3 +365,18 @@ def test_int8_calibrates_on_the_artifacts_own_data_by_default(edgekd, tmp_path, 
     summary = json.loads((tmp_path / "s.int8.onnx.json").read_text())
     assert summary["quantization"]["calibration_data"] == "digits [train]"
     assert stdout.count(" bytes") == 2 and "the size of the fp32 export" in stdout   # the file once, the fp32 size once
+
+
+def flat_digits(tmp_path, digits):
+    """digits stored as 64-long vectors, as a user's npz may hold them."""
+    x = np.concatenate([digits.x_train, digits.x_val, digits.x_test]).reshape(-1, 64)
+    y = np.concatenate([digits.y_train, digits.y_val, digits.y_test])
+    np.savez(tmp_path / "flat.npz", x=x, y=y)
+    return f"npz:{tmp_path / 'flat.npz'}"
+
+
+def test_flat_data_of_the_models_size_is_read_as_its_images(edgekd, tmp_path, tiny_teacher, digits):
+    # an internal error (mat1 and mat2 shapes cannot be multiplied) before Dataset.shaped
+    code, stdout, err = edgekd("export", tiny_teacher, "--data", flat_digits(tmp_path, digits), "--out", tmp_path / "t.onnx")
+    assert code == 0, err
+    assert "top-1 agreement 100.00%" in stdout

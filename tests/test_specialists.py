@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from edgekd.artifacts import load_artifact
 from edgekd.cli import cli
 from specialists.clustering import (auto_max_k, choose_k, class_covariance, cluster_covariance, covariance_png,
                                     find_clusters, kmeans_labels, labels_to_clusters, logit_covariance)
@@ -439,6 +440,16 @@ def test_bad_inputs_exit_2_with_one_line(case, generalist, tiny_teacher, tmp_pat
     expected = {"k_too_large": "[2, 10]", "ensemble": "--member", "onnx": "ONNX", "all_singletons": "one class"}[case]
     assert expected in err
     assert not (tmp_path / "out.partial").exists() and not (tmp_path / "out").exists()
+
+
+def test_flat_data_of_the_generalists_size_is_read_as_its_images(generalist, tmp_path, edgekd, digits):
+    # a state_dict size mismatch, an internal error, before Dataset.shaped
+    x = np.concatenate([digits.x_train, digits.x_val, digits.x_test]).reshape(-1, 64)
+    np.savez(tmp_path / "flat.npz", x=x, y=np.concatenate([digits.y_train, digits.y_val, digits.y_test]))
+    code, stdout, err = edgekd("specialists", "build", "--teacher", generalist, "--data", f"npz:{tmp_path / 'flat.npz'}",
+                               "--clusters", "2", "--epochs", "1", "--out", tmp_path / "spec", "--quiet")
+    assert code == 0, err
+    assert load_artifact(tmp_path / "spec").input_shape == (1, 8, 8)
 
 
 def test_several_specialists_per_cluster_are_counted_as_coverage(generalist, tmp_path):
