@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from benchmarks.modelinfo import ModelInfo, describe_model, model_format, parse_model_arg, unique_names
+from benchmarks.modelinfo import ModelInfo, describe_model, model_format, parse_model_args, unique_names
 from benchmarks.runtimes import (RuntimeSkipped, RuntimeUnavailable, get_runtime, parse_runtimes,
                                  write_identity_onnx)
 from benchmarks.timing import (machine_facts, peak_gemm_flops, peak_int8_ops, summarize, time_calls, usable_cores,
@@ -169,8 +169,7 @@ def readable_models(models: Sequence[str | Path]) -> list[ModelInfo]:
     from edgekd.errors import EdgekdError
 
     infos = []
-    for arg in models:
-        name, path = parse_model_arg(arg)
+    for arg, (name, path) in zip(models, parse_model_args(models)):
         try:
             infos.append(describe_model(path, name or path.name))
         except EdgekdError:
@@ -205,7 +204,7 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
     echo = echo or (lambda _msg: None)
     if not models:
         raise ConfigError("Pass at least one model to benchmark (an artifact folder, an .onnx or an .ort file).")
-    parsed = [parse_model_arg(m) for m in models]
+    parsed = parse_model_args(models)
     for _, path in parsed:
         model_format(path)  # a missing path or unknown format is the user's to fix: raise now
     names = unique_names([p for _, p in parsed], [n for n, _ in parsed])

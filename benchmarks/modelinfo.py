@@ -64,8 +64,21 @@ def parse_model_arg(arg: str) -> tuple[str | None, Path]:
     """``PATH`` or ``NAME=PATH`` (a name without a path separator)."""
     name, sep, rest = str(arg).partition("=")
     if sep and name and "/" not in name and not Path(arg).exists():
+        if not rest:
+            raise ConfigError(f"--model '{arg}' names a model but gives no path; pass NAME=PATH, e.g. {name}=runs/student.")
         return name, Path(rest)
     return None, Path(arg)
+
+
+def parse_model_args(args) -> list[tuple[str | None, Path]]:
+    """Each ``--model`` parsed; the same file or folder twice is refused (it would be timed twice, as two rows)."""
+    parsed, seen = [parse_model_arg(a) for a in args], {}
+    for arg, (_, path) in zip(args, parsed):
+        key = path.resolve()
+        if key in seen:
+            raise ConfigError(f"--model '{arg}' is given twice (also as '{seen[key]}'); pass each model once.")
+        seen[key] = arg
+    return parsed
 
 
 def unique_names(paths: list[Path], given: list[str | None]) -> list[str]:
@@ -73,7 +86,7 @@ def unique_names(paths: list[Path], given: list[str | None]) -> list[str]:
     names = [g or p.name for g, p in zip(given, paths)]
     for i, (g, p) in enumerate(zip(given, paths)):
         if g is None and names.count(names[i]) > 1:
-            names[i] = f"{p.parent.name}/{p.name}"
+            names[i] = f"{p.resolve().parent.name}/{p.name}"   # resolved: 'runs/t1', not '/t1' for a bare 't1'
     seen = {}
     for i, n in enumerate(names):
         seen[n] = seen.get(n, 0) + 1

@@ -93,11 +93,27 @@ def _checked_toml_value(path: Path, key: str, value, param: click.Parameter):
         expected, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(kind, click.types.FloatParamType):
         expected, ok = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif param.name in _NUMBERS_AS_TEXT and _is_number(value):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    elif param.name in _LISTS_AS_TEXT and isinstance(value, list) and value and all(map(_is_number, value)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     else:
         expected, ok = "text (a quoted string)", isinstance(value, str)
+        if param.name in _NUMBERS_AS_TEXT:
+            expected = "a number or text (a quoted string)"
     if not ok:
         raise click.BadParameter(f"'{path}': '{key}' must be {expected}. Got {value!r} instead; fix the file.")
     return value
+
+
+# text options whose value may be a number ('auto' or 2; '5000' or 0.5), or a comma-separated list of numbers:
+# TOML's `temperature = 2` and `temperature_grid = [1, 2, 4]` mean what "--temperature 2" and "1,2,4" do
+_LISTS_AS_TEXT = {"temperature_grid", "alpha_grid", "omit_classes", "keep", "batch_sizes", "threads", "clusters"}
+_NUMBERS_AS_TEXT = {"temperature", "alpha", "views", "transfer_limit"} | _LISTS_AS_TEXT
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class _Single:
@@ -262,7 +278,7 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
     except EdgekdError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {exc}".replace("\n", " "), err=True)
+        click.echo(f"error: {with_flags(str(exc), cli, argv)}".replace("\n", " "), err=True)
         return getattr(exc, "exit_code", EXIT_USER_ERROR)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
@@ -282,6 +298,26 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
         return EXIT_USER_ERROR
     except Exception as exc:  # a bug: say so in one line unless --debug
         return _internal(exc, debug)
+
+
+def with_flags(message: str, cli: click.Group, argv: list) -> str:
+    """``The 'batch_sizes' parameter`` becomes ``The 'batch_sizes' parameter (--batch-sizes)`` where the command
+    run has that option: the library names its arguments, a command-line user needs the flag to change."""
+    import re
+
+    command = cli
+    for token in argv:   # 'teacher train ...': the subcommand that ran
+        if not isinstance(command, click.Group) or token not in command.commands:
+            break
+        command = command.commands[token]
+    flags = {p.name: next((o for o in p.opts if o.startswith("--")), None) for p in command.params
+             if isinstance(p, click.Option)}
+
+    def named(match):
+        flag = flags.get(match.group(1))
+        return f"{match.group(0)} ({flag})" if flag else match.group(0)
+
+    return re.sub(r"The '(\w+)' parameter", named, message)
 
 
 def _internal(exc: BaseException, debug: bool) -> int:

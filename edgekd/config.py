@@ -133,6 +133,11 @@ class DistillConfig:
             check_in_range("alpha_grid", a, 0.0, 1.0)
         check_int_at_least("auto_epochs", self.auto_epochs, 0)
         check_int_at_least("views", self.views, 0)
+        if self.views and not (self.train.jitter or self.train.flip):
+            # cached views are jittered (mirrored) copies of the transfer set: without either there is none to cache
+            raise ConfigError(f"The 'views' parameter caches the teacher on jittered or mirrored views, but the student "
+                              f"trains without jitter or flip. Got views={self.views} instead; pass --jitter N or --flip "
+                              f"too, or leave --views out.")
         if self.baseline_jitter is not None:
             check_int_at_least("baseline_jitter", self.baseline_jitter, 0)
         if self.baseline_mixup is not None:

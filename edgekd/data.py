@@ -381,8 +381,18 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _load_npz(path: Path):
+    if path.is_dir():
+        raise DataError(f"'npz:{path}' needs one .npz file, but '{path}' is a folder; pass 'npz:FILE.npz' holding arrays "
+                        f"'x' and 'y', or 'imagefolder:{path}' for a folder of images.")
     if not path.is_file():
         raise DataError(f"Dataset file '{path}' not found; pass 'npz:PATH' with an existing .npz holding arrays 'x' and 'y'.")
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if not magic.startswith(b"PK"):
+        # numpy would read any other bytes as a pickle and say so, which misleads
+        what = "a single .npy array" if magic == b"\x93NUMPY" else "not a zip archive"
+        raise DataError(f"'{path}' is not an .npz archive ({what}); save the arrays with numpy.savez(PATH, x=..., y=...) "
+                        f"and pass 'npz:PATH'.")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}

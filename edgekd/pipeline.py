@@ -49,7 +49,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     teacher_cfg, distill_cfg = teacher_config(config, device), distill_config(config, device)
     data = load_dataset(config.data, val_fraction=config.val_fraction, train_limit=config.train_limit)
     check_jitter(config.jitter, data.input_shape)
-    check_jitter(config.student_jitter, data.input_shape)
+    check_jitter(config.student_jitter, data.input_shape, name="student_jitter")
     for arch in (teacher_cfg.arch, distill_cfg.student):
         create_model(arch, data.input_shape, data.num_classes)   # raises ConfigError when it cannot take this data
     out.mkdir(parents=True, exist_ok=True)

@@ -321,4 +321,25 @@ def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher") -> i
     if n_out != dataset.num_classes:
         raise TeacherError(f"{name} has {n_out} outputs but dataset '{dataset.spec}' has {dataset.num_classes} classes; "
                            f"pass a dataset with the teacher's classes.")
+    _check_class_names(teacher.classes, tuple(dataset.classes), dataset.spec, name)
     return n_out
+
+
+def _check_class_names(mine, theirs: tuple, spec: str, name: str) -> None:
+    """Outputs are matched to labels by position: the same names in another order would pair every class
+    with the wrong output (refused); other names mean other data, unless either side is only numbered
+    (an npz without names, an ONNX model), which is said once as a warning."""
+    if not mine or tuple(mine) == theirs:
+        return
+    shown = lambda names: ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")  # noqa: E731
+    if sorted(mine) == sorted(theirs):
+        raise TeacherError(f"{name}'s classes are those of dataset '{spec}' in another order ({shown(mine)} vs {shown(theirs)}), "
+                           f"so each label would meet another class's output; pass the data with the classes in the "
+                           f"{name.lower()}'s order.")
+    numbered = lambda names: all(c == str(i) for i, c in enumerate(names))  # noqa: E731
+    if not numbered(mine) and not numbered(theirs):
+        import warnings
+
+        warnings.warn(f"{name}'s classes ({shown(tuple(mine))}) are not those of dataset '{spec}' ({shown(theirs)}); its outputs "
+                      f"are matched to the labels by position. Pass the data it was trained on unless that is meant.",
+                      stacklevel=3)

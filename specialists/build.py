@@ -33,7 +33,7 @@ from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
 from edgekd.validation import check_flip, check_indices, check_output_dir
 from specialists.clustering import check_k, covariance_npy, covariance_png, find_clusters
-from specialists.combine import SpecialistEnsembleModule, gated_combine, max_active_bound
+from specialists.combine import SpecialistEnsembleModule, check_top_n, gated_combine, max_active_bound
 from specialists.config import SpecialistConfig  # noqa: F401  (re-exported: the stage's settings)
 from specialists.report import comparison, render_markdown
 from specialists.training import train_specialist
@@ -121,6 +121,7 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     out = Path(out)
     check_output_dir(out, overwrite=overwrite, resume=resume, inputs=[teacher_path, *data_paths(data.spec)])
     check_k(config.clusters, data.num_classes)
+    check_top_n(config.top_n, data.num_classes)
     cache = cache or LogitCache()
     generalist = open_generalist(teacher_path, config.member, device=resolve_device(config.train.device))
     check_teacher_fits(generalist.teacher, data, name="Generalist")
@@ -231,6 +232,8 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     # in place (--out SPEC --overwrite) is allowed: SPEC is read whole before the new artifact replaces it
     check_output_dir(out, overwrite=overwrite, inputs=[spec_path, *data_paths(data.spec)], in_place=spec_path)
     manifest = artifact.manifest
+    if top_n is not None:
+        check_top_n(top_n, len(artifact.classes))
     keep = check_indices("keep", keep, len(manifest.members) - 1) if keep is not None else None
     models = [model.to(resolve_device(device)) for model in artifact.build_members()]
     gen_member, source = manifest.members[0], manifest.generalist

@@ -268,6 +268,16 @@ def gated_combine(generalist_logits: torch.Tensor, specialist_fn, clusters, *, t
                        active=active, objective_trace=result.objective_trace)
 
 
+def check_top_n(top_n: int, num_classes: int) -> int:
+    """The generalist's top-n classes gate the specialists: n in [1, C] (n = C activates every one)."""
+    from edgekd.errors import ConfigError
+
+    if not isinstance(top_n, int) or isinstance(top_n, bool) or not 1 <= top_n <= num_classes:
+        raise ConfigError(f"The 'top_n' parameter must be in [1, {num_classes}] (the number of classes). Got {top_n!r} "
+                          f"instead; pass --top-n 1 (the paper's gating) or up to {num_classes}.")
+    return top_n
+
+
 def max_active_bound(clusters, num_classes: int, top_n: int) -> int:
     """An upper bound on how many specialists one input can activate: the sum of the top_n largest
     per-class cluster counts. When it is 1 a single update is exact."""

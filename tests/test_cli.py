@@ -52,6 +52,21 @@ def test_config_file_supplies_defaults_and_flags_override(edgekd, tmp_path):
     assert manifest["config"]["params"]["epochs"] == 1 and manifest["config"]["config_file"] == str(config)
 
 
+def test_config_file_numbers_for_options_that_also_take_text(edgekd, tmp_path, tiny_teacher):
+    """--temperature takes 'auto' or a number, so TOML's `temperature = 3` is the number 3, not a type error."""
+    config = tmp_path / "c.toml"
+    config.write_text('[distill]\ntemperature = 3\nalpha = 0.7\ntransfer_limit = 300\nsearch_methods = ""\n'
+                      'student = "mlp:hidden=8"\nepochs = 1\nrecipe_search = false\n')
+    out = tmp_path / "s"
+    code, stdout, err = edgekd("distill", "--config", config, "--teacher", tiny_teacher, "--out", out, "--quiet")
+    assert code == 0, err
+    params = json.loads((out / "manifest.json").read_text())["config"]["params"]
+    assert (params["temperature"], params["alpha"], params["transfer_limit"]) == ("3", "0.7", "300")
+    config.write_text("[distill]\ntemperature_grid = [1, 2.5]\ntemperature = true\n")
+    code, _, err = edgekd("distill", "--config", config, "--teacher", tiny_teacher, "--out", tmp_path / "o")
+    assert code == 2 and "'temperature' must be a number or text" in err
+
+
 @pytest.fixture
 def onnx_teacher(tmp_path, tiny_teacher):
     """The tiny ensemble exported to ONNX *without* its normalisation, expecting flattened [0,1] inputs,
@@ -155,8 +170,8 @@ BAD = [
     ("missing dataset folder", lambda p, t, s: ["evaluate", t, "--data", f"fashion-mnist:{p / 'nope'}"], "not found"),
     ("unknown dataset", lambda p, t, s: ["evaluate", t, "--data", "cifar10"], "Unknown dataset"),
     ("unknown architecture", lambda p, t, s: ["teacher", "train", "--arch", "vgg", "--out", p / "o"], "Unknown architecture 'vgg'; choose one of"),
-    ("T <= 0", lambda p, t, s: ["distill", "--teacher", t, "-T", "-1", "--out", p / "o"], "'temperature' parameter must be > 0. Got -1.0"),
-    ("alpha outside [0,1]", lambda p, t, s: ["distill", "--teacher", t, "--alpha", "1.5", "--out", p / "o"], "'alpha' parameter must be in [0, 1]. Got 1.5"),
+    ("T <= 0", lambda p, t, s: ["distill", "--teacher", t, "-T", "-1", "--out", p / "o"], "'temperature' parameter (--temperature) must be > 0. Got -1.0"),
+    ("alpha outside [0,1]", lambda p, t, s: ["distill", "--teacher", t, "--alpha", "1.5", "--out", p / "o"], "'alpha' parameter (--alpha) must be in [0, 1]. Got 1.5"),
     ("class mismatch", lambda p, t, s: ["distill", "--teacher", t, "--out", p / "o", "--data",
                                         _bad_npz(p, x=np.zeros((20, 1, 8, 8), np.float32), y=np.arange(20) % 7)], "10 outputs but dataset"),
     ("corrupt artifact", lambda p, t, s: ["evaluate", s], "corrupt"),

@@ -80,6 +80,18 @@ def test_malformed_npz(tmp_path, arrays, message):
         load_dataset(f"npz:{path}")
 
 
+def test_npz_that_is_a_folder_text_or_npy_is_named_for_what_it_is(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "notes.npz").write_text("x,y\n1,2\n")
+    with open(tmp_path / "one.npz", "wb") as handle:   # one .npy array behind an .npz suffix
+        np.save(handle, np.zeros(3))
+    for name, message in [("images", "is a folder; pass 'npz:FILE.npz'.*or 'imagefolder:"),
+                          ("notes.npz", r"not an .npz archive \(not a zip archive\)"),
+                          ("one.npz", r"not an .npz archive \(a single .npy array\)")]:
+        with pytest.raises(DataError, match=message):
+            load_dataset(f"npz:{tmp_path / name}")
+
+
 def test_shaped_reads_flat_samples_as_images_without_copying(digits):
     flat = digits.shaped((64,))
     assert flat.x_train.shape == (len(digits.x_train), 64) and flat.x_train.data_ptr() == digits.x_train.data_ptr()

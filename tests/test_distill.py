@@ -179,7 +179,7 @@ def test_distill_with_mixup_gives_the_baseline_the_same_augmentation(edgekd, tmp
     assert metrics["student_search"] == []   # with mixup the student's recipe is the one asked
     assert "baseline recipe chosen on val: jitter" in out and "mixup 0.4" in out
     code, out, err = edgekd("distill", "--teacher", tiny_teacher, "--mixup", "0.4", "--views", "all", "--out", tmp_path / "v")
-    assert code == 2 and "'mixup' parameter needs the teacher online" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "'mixup' parameter (--mixup) needs the teacher online" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "v").exists()
 
 
@@ -278,7 +278,7 @@ def test_flip_on_data_that_are_not_images_is_refused(edgekd, tmp_path, tiny_teac
     for args in (["teacher", "train", "--arch", "mlp:hidden=8", "--epochs", "1"], ["distill", "--teacher", tiny_teacher],
                  ["specialists", "build", "--teacher", tiny_teacher]):
         code, _, err = edgekd(*args, "--data", f"npz:{path}", "--flip", "--out", tmp_path / "o")
-        assert code == 2 and "'flip' parameter mirrors images, but the inputs have shape (64,)" in err, err
+        assert code == 2 and "'flip' parameter (--flip) mirrors images, but the inputs have shape (64,)" in err, err
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 

@@ -287,7 +287,7 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, edgekd, tmp_pat
     assert code == 2, (stdout, err)
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     expected = {"not-a-model-file": "is not an edgekd model", "folder-without-manifest": "without manifest.json",
-                "missing": "not found", "opset-11": "'opset' parameter must be in [18,",
+                "missing": "not found", "opset-11": "'opset' parameter (--opset) must be in [18,",
                 "opset-99": "Got 99 instead",
                 "missing-out-folder": "does not exist", "ort-suffix-without-flag": "pass --ort",
                 "existing-out": "already exists"}[case]

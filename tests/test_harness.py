@@ -349,7 +349,7 @@ def test_cli_end_to_end_and_from(edgekd, tmp_path, tiny_teacher, tiny_student, o
 
 @pytest.mark.parametrize("extra, message", [
     (["--model", "no/such/dir"], "Model 'no/such/dir' not found"),
-    (["--batch-sizes", "1,0"], "The 'batch_sizes' parameter must be a comma-separated list of integers in [1, 65536]"),
+    (["--batch-sizes", "1,0"], "The 'batch_sizes' parameter (--batch-sizes) must be a comma-separated list of integers in [1, 65536]"),
     (["--batch-sizes", "a"], "The 'batch_sizes' parameter"),
     (["--threads", "0"], "The 'threads' parameter"),
     (["--runtimes", "tensorrt"], "Unknown runtime 'tensorrt'"),

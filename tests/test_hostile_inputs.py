@@ -44,16 +44,16 @@ CASES = [
     ("distill teacher missing", lambda t, T, S: ["distill", "--teacher", t / "nope", "--out", t / "o"], "not found"),
     ("distill teacher folder without manifest", lambda t, T, S: ["distill", "--teacher", t, "--out", t / "o"], "not an edgekd artifact"),
     ("distill teacher of unknown type", lambda t, T, S: ["distill", "--teacher", write(t, "m.txt", "x"), "--out", t / "o"], "is not a teacher"),
-    ("distill T = 0", lambda t, T, S: ["distill", "--teacher", T, "-T", "0", "--out", t / "o"], "'temperature' parameter must be > 0"),
+    ("distill T = 0", lambda t, T, S: ["distill", "--teacher", T, "-T", "0", "--out", t / "o"], "'temperature' parameter (--temperature) must be > 0"),
     ("distill T not a number", lambda t, T, S: ["distill", "--teacher", T, "-T", "hot", "--out", t / "o"], "a number or 'auto'"),
-    ("distill alpha < 0", lambda t, T, S: ["distill", "--teacher", T, "--alpha", "-0.1", "--out", t / "o"], "'alpha' parameter must be in [0, 1]"),
+    ("distill alpha < 0", lambda t, T, S: ["distill", "--teacher", T, "--alpha", "-0.1", "--out", t / "o"], "'alpha' parameter (--alpha) must be in [0, 1]"),
     ("distill epochs 0", lambda t, T, S: ["distill", "--teacher", T, "--epochs", "0", "--out", t / "o"], "--epochs"),
-    ("distill transfer limit 0", lambda t, T, S: ["distill", "--teacher", T, "--transfer-limit", "0", "--out", t / "o"], "'transfer_limit' parameter must be > 0"),
+    ("distill transfer limit 0", lambda t, T, S: ["distill", "--teacher", T, "--transfer-limit", "0", "--out", t / "o"], "'transfer_limit' parameter (--transfer-limit) must be > 0"),
     ("distill transfer limit text", lambda t, T, S: ["distill", "--teacher", T, "--transfer-limit", "half", "--out", t / "o"], "count or a fraction"),
     ("distill omit unknown class", lambda t, T, S: ["distill", "--teacher", T, "--omit-classes", "12", "--out", t / "o"], "classes in [0, 9]. Got 12"),
     ("distill omit a class twice", lambda t, T, S: ["distill", "--teacher", T, "--omit-classes", "3,3", "--out", t / "o"], "each class once"),
     ("pipeline unknown student", lambda t, T, S: ["pipeline", "--student", "foo", "--out", t / "o"], "Unknown architecture 'foo'"),
-    ("pipeline alpha 5", lambda t, T, S: ["pipeline", "--alpha", "5", "--out", t / "o"], "'alpha' parameter must be in [0, 1]"),
+    ("pipeline alpha 5", lambda t, T, S: ["pipeline", "--alpha", "5", "--out", t / "o"], "'alpha' parameter (--alpha) must be in [0, 1]"),
     ("pipeline cnn student on vectors", lambda t, T, S: ["pipeline", "--student", "cnn", "--data", npz(t, **images(shape=(64,))),
                                                          "--out", t / "o"], "needs image inputs"),
     ("distill unknown student", lambda t, T, S: ["distill", "--teacher", T, "--student", "vit", "--out", t / "o"], "Unknown architecture 'vit'"),
@@ -276,9 +276,9 @@ def _label_cases():
     for name, arrays, fragment in LABEL_DATA:
         cases.append((f"train npz {name}", lambda t, T, S, a=arrays: [*TRAIN, "--data", npz(t, **a), "--out", t / "o"], fragment))
         cases.append((f"evaluate npz {name}", lambda t, T, S, a=arrays: ["evaluate", S, "--data", npz(t, **a)], fragment))
-    cases.append(("train npz not a zip", lambda t, T, S: [*TRAIN, "--data", f"npz:{write(t, 'z.npz', 'not a zip')}", "--out", t / "o"], "not a readable .npz"))
+    cases.append(("train npz not a zip", lambda t, T, S: [*TRAIN, "--data", f"npz:{write(t, 'z.npz', 'not a zip')}", "--out", t / "o"], "is not an .npz archive (not a zip archive)"))
     cases.append(("distill npz not a zip", lambda t, T, S: [*DISTILL, "--teacher", T, "--data", f"npz:{write(t, 'z.npz', 'PK garbage')}", "--out", t / "o"], "not a readable .npz"))
-    cases.append(("evaluate npz a folder", lambda t, T, S: ["evaluate", S, "--data", f"npz:{t}"], "not found"))
+    cases.append(("evaluate npz a folder", lambda t, T, S: ["evaluate", S, "--data", f"npz:{t}"], "is a folder; pass 'npz:FILE.npz'"))
     return cases
 
 
@@ -364,7 +364,11 @@ def _option_cases():
         ("distill jitter 3000 on 8x8", lambda t, T, S: [*DISTILL, "--teacher", T, "--jitter", "3000", "--out", t / "o"], "'jitter' parameter"),
         ("specialists jitter 3000", lambda t, T, S: [*BUILD, "--teacher", S, "--jitter", "3000", "--out", t / "o"], "'jitter' parameter"),
         ("pipeline jitter 3000", lambda t, T, S: ["pipeline", "--jitter", "3000", "--out", t / "o"], "'jitter' parameter"),
-        ("pipeline student jitter 8", lambda t, T, S: ["pipeline", "--student-jitter", "8", "--out", t / "o"], "'jitter' parameter"),
+        ("pipeline student jitter 8", lambda t, T, S: ["pipeline", "--student-jitter", "8", "--out", t / "o"], "'student_jitter' parameter (--student-jitter)"),
+        ("distill views without jitter", lambda t, T, S: [*DISTILL, "--teacher", T, "--views", "4", "--out", t / "o"], "pass --jitter N or --flip"),
+        ("distill T grid with a fixed T", lambda t, T, S: [*DISTILL, "--teacher", T, "--temperature-grid", "1,2", "--out", t / "o"], "pass --temperature auto"),
+        ("distill alpha grid with a fixed alpha", lambda t, T, S: [*DISTILL, "--teacher", T, "--alpha", "0.7", "--alpha-grid", "0.5", "--out", t / "o"], "pass --alpha auto"),
+        ("specialists top-n 11 of 10 classes", lambda t, T, S: [*BUILD, "--teacher", S, "--top-n", "11", "--out", t / "o"], "'top_n' parameter (--top-n) must be in [1, 10]"),
         ("train cnn width 1e20", lambda t, T, S: [*TRAIN, "--arch", "cnn:width=1e20", "--out", t / "o"], "width"),
         ("train cnn width 10^6", lambda t, T, S: [*TRAIN, "--arch", "cnn:width=1000000", "--out", t / "o"], "at most 4096"),
         ("train mlp hidden 10^9", lambda t, T, S: [*TRAIN, "--arch", "mlp:hidden=1000000000", "--out", t / "o"], "at most"),
@@ -375,7 +379,9 @@ def _option_cases():
         ("distill T inf", lambda t, T, S: [*DISTILL, "--teacher", T, "-T", "inf", "--out", t / "o"], "temperature"),
         ("distill alpha nan", lambda t, T, S: [*DISTILL, "--teacher", T, "--alpha", "nan", "--out", t / "o"], "alpha"),
         ("bench threads 100000", lambda t, T, S: ["bench", "--model", S, "--threads", "100000", "--out", t / "r"], "'threads' parameter"),
-        ("bench batch 10^9", lambda t, T, S: ["bench", "--model", S, "--batch-sizes", "1000000000", "--out", t / "r"], "'batch_sizes' parameter"),
+        ("bench batch 10^9", lambda t, T, S: ["bench", "--model", S, "--batch-sizes", "1000000000", "--out", t / "r"], "'batch_sizes' parameter (--batch-sizes)"),
+        ("bench model without a path", lambda t, T, S: ["bench", "--model", "x=", "--out", t / "r"], "--model 'x=' names a model but gives no path"),
+        ("bench same model twice", lambda t, T, S: ["bench", "--model", S, "--model", S, "--out", t / "r"], "is given twice"),
         ("bench threads negative", lambda t, T, S: ["bench", "--model", S, "--threads", "-1", "--out", t / "r"], "'threads' parameter"),
         ("bench seconds 0", lambda t, T, S: ["bench", "--model", S, "--seconds", "0", "--out", t / "r"], "--seconds"),
         ("export atol 0", lambda t, T, S: ["export", S, "--atol", "0", "--out", t / "m.onnx"], "'atol' parameter"),
@@ -396,6 +402,7 @@ def _toml_cases():
         ("toml top-level typo", lambda t, T, S: [*TRAIN, "--config", toml(t, "epoch = 1\n"), "--out", t / "o"], "'epoch', which is no option"),
         ("toml epochs 1.9", lambda t, T, S: ["teacher", "train", "--config", toml(t, "epochs = 1.9\n"), "--out", t / "o"], "'epochs' must be an integer"),
         ("toml epochs text", lambda t, T, S: ["teacher", "train", "--config", toml(t, "epochs = '1'\n"), "--out", t / "o"], "'epochs' must be an integer"),
+        ("toml temperature -1 (a number)", lambda t, T, S: [*DISTILL, "--teacher", T, "--config", toml(t, "temperature = -1\n"), "--out", t / "o"], "'temperature' parameter (--temperature) must be > 0"),
         ("toml teacher = 5", lambda t, T, S: ["distill", "--config", toml(t, "teacher = 5\n"), "--out", t / "o"], "'teacher' must be text"),
         ("toml teacher = 5 for teacher train", lambda t, T, S: ["teacher", "train", "--config", toml(t, "teacher = 5\nepochs = 1.5\n"), "--out", t / "o"], "'epochs' must be an integer"),
         ("toml unknown table", lambda t, T, S: [*TRAIN, "--config", toml(t, "[trainer]\nepochs = 1\n"), "--out", t / "o"], "no command 'trainer'"),

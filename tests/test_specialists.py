@@ -510,6 +510,9 @@ def test_regate_keep_drops_specialists_and_copy_zero_is_the_one_per_cluster_buil
     code, _, err = edgekd("specialists", "regate", tmp_path / "two", "--data", "digits", "--train-limit", "500",
                           "--keep", "99", "--out", tmp_path / "bad")
     assert code == 2 and "'keep' parameter" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match=r"'top_n' parameter must be in \[1, 10\]"):   # 11 of 10 classes
+        build.regate_specialists(tmp_path / "two", digits, tmp_path / "bad", top_n=11)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_resume_reuses_finished_specialists(generalist, tmp_path, monkeypatch):

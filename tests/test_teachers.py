@@ -46,3 +46,24 @@ def test_ensemble_module_means_logits_or_probabilities():
         torch.testing.assert_close(EnsembleModule(members, "logits")(x), zs.mean(0))
         torch.testing.assert_close(EnsembleModule(members, "probs")(x), torch.softmax(zs, -1).mean(0).log())
         torch.testing.assert_close(EnsembleModule(members[:1], "probs")(x), members[0](x))
+
+
+def test_class_names_in_another_order_are_refused_and_other_names_warned(tiny_teacher, digits):
+    import dataclasses
+    import warnings
+
+    import pytest
+
+    from edgekd.errors import TeacherError
+    from edgekd.teachers import check_teacher_fits, load_teacher
+
+    teacher = load_teacher(tiny_teacher)   # trained on digits: classes '0'..'9'
+    with pytest.raises(TeacherError, match="in another order"):   # labels would meet the wrong outputs
+        check_teacher_fits(teacher, dataclasses.replace(digits, classes=digits.classes[::-1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_teacher_fits(teacher, dataclasses.replace(digits, classes=tuple("abcdefghij")))   # numbered: unknown
+        check_teacher_fits(teacher, digits)
+    teacher.classes = tuple("ABCDEFGHIJ")
+    with pytest.warns(UserWarning, match=r"are not those of dataset 'digits' \(a, b, c, d, ...\)"):
+        check_teacher_fits(teacher, dataclasses.replace(digits, classes=tuple("abcdefghij")))

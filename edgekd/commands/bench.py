@@ -68,7 +68,7 @@ def bench_cmd(**params):
     if not params["out"]:
         raise ConfigError("Pass --out DIR, the folder the report is written to.")
     from benchmarks.harness import BenchConfig, check_models_fit, parse_int_list, readable_models, run_benchmark
-    from benchmarks.modelinfo import model_format, parse_model_arg
+    from benchmarks.modelinfo import model_format, parse_model_args
     from benchmarks.report import write_report
     from benchmarks.runtimes import parse_runtimes
     from edgekd.device import resolve_device
@@ -79,7 +79,7 @@ def bench_cmd(**params):
                          threads=parse_int_list("threads", params["threads"], allow_all=True),
                          runtimes=parse_runtimes(params["runtimes"]), seconds=params["seconds"], rounds=params["rounds"],
                          device=resolve_device(params["device"]).type)
-    models = [parse_model_arg(model)[1] for model in params["model"]]
+    models = [path for _, path in parse_model_args(params["model"])]
     for path in models:
         model_format(path)
     infos = readable_models(params["model"])   # a damaged model is refused before any output or timing

@@ -185,7 +185,19 @@ def _parse_list(name, value, kind=float):
         raise ConfigError(f"The '{name}' parameter must be a comma-separated list of numbers. Got {value!r} instead.") from None
 
 
+def _check_grids(params) -> None:
+    """A grid is searched only for 'auto': given with a fixed value it would be silently unused."""
+    from edgekd.errors import ConfigError
+
+    for name in ("temperature", "alpha"):
+        grid = params[f"{name}_grid"]
+        if grid not in (None, "") and _parse_auto(name, params[name]) is not None:
+            raise ConfigError(f"The '{name}_grid' parameter is searched only with {name}='auto'. Got {name}_grid={grid!r} "
+                              f"with {name}={params[name]!r} instead; pass --{name} auto or leave --{name}-grid out.")
+
+
 def distill_config(params):
+    _check_grids(params)
     return DistillConfig(
         student=params["student"], temperature=_parse_auto("temperature", params["temperature"]),
         alpha=_parse_auto("alpha", params["alpha"]),
