@@ -187,6 +187,9 @@ class OnnxTeacher(Teacher):
         # edgekd's own --uint8-input exports (and other quantized front ends) take raw bytes
         self.uint8_input = inputs[0].type == "tensor(uint8)"
         self.declared = [d if isinstance(d, int) else None for d in inputs[0].shape[1:]]
+        # an exporter that fixed the batch (often 1) is fed chunks of that size, the last one padded
+        batch = inputs[0].shape[0] if inputs[0].shape else None
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         outputs = self.session.get_outputs()
         names = [o.name for o in outputs]
         if output is None:
@@ -219,7 +222,7 @@ class OnnxTeacher(Teacher):
         import numpy as np
 
         try:
-            out = self.session.run([self.output], {self.input_name: self._feed(x)})[0]
+            out = self._run(self._feed(x))
         except TeacherError:
             raise
         except Exception as exc:
@@ -232,6 +235,24 @@ class OnnxTeacher(Teacher):
             raise TeacherError(f"ONNX teacher output '{self.output}' has {len(out)} rows for a batch of {len(x)} inputs; "
                                f"a teacher must give one row of class scores per input; export it with a batch dimension.")
         return _as_logits(torch.from_numpy(np.array(out, dtype=np.float32))).to(x.device)
+
+    def _run(self, feed):
+        import numpy as np
+
+        size = self.fixed_batch
+        if size is None or len(feed) == size:
+            return self.session.run([self.output], {self.input_name: feed})[0]
+        outs = []
+        for start in range(0, len(feed), size):
+            chunk = feed[start:start + size]
+            short = size - len(chunk)
+            if short:   # the last chunk, padded with copies of its first row; their outputs are dropped
+                chunk = np.concatenate([chunk, np.repeat(chunk[:1], short, axis=0)])
+            out = self.session.run([self.output], {self.input_name: chunk})[0]
+            if not isinstance(out, np.ndarray) or len(out) != size:
+                return out   # not one row per input: reported by the caller's checks
+            outs.append(out[:size - short])
+        return np.concatenate(outs)
 
 
 class TorchScriptTeacher(Teacher):

@@ -67,3 +67,17 @@ def test_class_names_in_another_order_are_refused_and_other_names_warned(tiny_te
     teacher.classes = tuple("ABCDEFGHIJ")
     with pytest.warns(UserWarning, match=r"are not those of dataset 'digits' \(a, b, c, d, ...\)"):
         check_teacher_fits(teacher, dataclasses.replace(digits, classes=tuple("abcdefghij")))
+
+
+def test_onnx_teacher_with_a_fixed_batch_is_fed_chunks_of_it(tiny_teacher, digits, tmp_path):
+    """Some exporters fix the batch (often 1): such a teacher gives the same logits, the last chunk padded."""
+    from edgekd.teachers import load_teacher
+
+    reference = load_teacher(tiny_teacher)
+    path = tmp_path / "fixed3.onnx"
+    torch.onnx.export(reference.module().eval(), (digits.x_val[:3],), str(path), input_names=["x"],
+                      output_names=["y"], dynamo=False)   # no dynamic axes: batch 3 only
+    fixed = load_teacher(path)
+    assert fixed.fixed_batch == 3
+    x = digits.x_val[:10]   # 3 + 3 + 3 + 1 (padded)
+    assert torch.allclose(fixed.logits(x), reference.logits(x), atol=1e-4)
