@@ -456,6 +456,12 @@ def _measure(entries, runners, floor_runners, batch, threads, config: BenchConfi
     by_name = {e.name: e for e in entries}
     tasks = []
     for (model, runtime), runner in runners.items():
+        info = by_name[model].info
+        if info and info.format in ("onnx", "ort") and info.fixed_batch not in (None, batch):
+            tasks.append(_Task(("model", model, runtime), runner, None, config.seconds, status="skipped",
+                               error=f"the model's batch is fixed at {info.fixed_batch} (exported without a dynamic "
+                                     f"batch axis); export it with one to time batch {batch}"))
+            continue
         tasks.append(_bind(("model", model, runtime), runner, _batch(by_name[model].x, batch), config.seconds, config))
     floor_x = _batch(np.zeros((1, *data.input_shape), dtype=np.float32), batch)
     for runtime, runner in floor_runners.items():

@@ -39,7 +39,7 @@ class ModelInfo:
     macs: int | None = None
     macs_source: str | None = None  # "manifest" | "counted" | "metadata" | "graph" | "source artifact"
     source_artifact: str | None = None  # an export's PyTorch original, when that folder is still there
-    fixed_batch: int | None = None  # a program exported for one batch size only (.pte)
+    fixed_batch: int | None = None  # a program exported for one batch size only (.pte, an ONNX without a batch axis)
     int8: bool = False  # int8 kernels: its compute floor uses the measured int8 peak
 
 
@@ -160,7 +160,7 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
     proto = None
     graph_path = path if fmt == "onnx" else path.with_suffix(".onnx")
     size = path.stat().st_size
-    input_shape, input_dtype = None, "float32"
+    input_shape, input_dtype, fixed_batch = None, "float32", None
     if graph_path.is_file():
         import onnx
 
@@ -168,6 +168,7 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
         if fmt == "onnx":
             size += _external_data_bytes(proto, path.parent)
         input_shape = _declared_input_shape(proto)
+        fixed_batch = _declared_batch(proto)
         input_dtype = "uint8" if proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 else "float32"
         meta = {**{p.key: p.value for p in proto.metadata_props}, **meta}
     elif fmt == "ort":
@@ -189,7 +190,7 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
     return ModelInfo(name=name, path=str(path), format=fmt, description=desc, input_shape=input_shape,
                      input_dtype=input_dtype, file_bytes=size, parameters=params, macs=macs,
                      macs_source=source if macs is not None else None, source_artifact=_source_artifact(meta.get("edgekd.source")),
-                     int8=quantized or "int8" in str(meta.get("edgekd.precision", "")))
+                     int8=quantized or "int8" in str(meta.get("edgekd.precision", "")), fixed_batch=fixed_batch)
 
 
 def _ort_metadata(path: Path) -> dict:
@@ -255,6 +256,12 @@ def _source_artifact_metrics(source_json) -> dict:
         return json.loads((path / "manifest.json").read_text()).get("metrics", {})
     except Exception:
         return {}
+
+
+def _declared_batch(proto) -> int | None:
+    """The input's batch size when the exporter fixed it (a number, not a symbol), else None."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
 
 
 def _declared_input_shape(proto):

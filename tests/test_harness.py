@@ -244,11 +244,12 @@ def test_model_facts_and_accuracy(report, digits, tiny_teacher, tiny_student):
     assert "device lost" not in str(parity[("student.onnx", "test-bad-call")])  # predict ran once, within the limit
 
 
-def test_a_batch_size_the_model_refuses_is_an_error_row(digits, tiny_student, tmp_path):
+def test_a_batch_size_other_than_the_models_fixed_one_is_a_skipped_row(digits, tiny_student, tmp_path):
     fixed = mlp_onnx(tiny_student, tmp_path / "batch1.onnx", batch=1)
     report = run_benchmark([fixed], digits, BenchConfig(runtimes=("onnxruntime",), **{**TINY, "batch_sizes": (1, 4)}))
-    assert [(r["batch_size"], r["status"]) for r in report.rows] == [(1, "ok"), (4, "error")]
-    assert report.rows[1]["error"].startswith("failed at this batch size")
+    assert [(r["batch_size"], r["status"]) for r in report.rows] == [(1, "ok"), (4, "skipped")]
+    assert report.rows[1]["error"].startswith("the model's batch is fixed at 1")
+    assert report.models[0]["fixed_batch"] == 1 and report.models[0]["accuracy"] is not None   # evaluated one sample at a time
     assert report.models[0]["accuracy"] is not None  # evaluated one sample at a time
 
 
