@@ -466,6 +466,10 @@ def _check_arrays(spec, x, y, x_test, y_test, classes) -> None:
     if x_test is not None and x_test.shape[1:] != x.shape[1:]:
         fail(f"x_test has sample shape {x_test.shape[1:]} but x has {x.shape[1:]}; they must match.")
     counts = np.bincount(y, minlength=len(classes))
+    if x_test is None and (counts < 3).any():   # the test split is held out of these too
+        fail(f"every class needs at least 3 samples when there is no test split (one each for test, val and train); "
+             f"class(es) {np.flatnonzero(counts < 3).tolist()} have fewer; add samples, or a test split (x_test/y_test, "
+             f"or a test/ folder).")
     if (counts < 2).any():
         fail(f"every class needs at least 2 training samples to split train/val; class(es) {np.flatnonzero(counts < 2).tolist()} have fewer.")
 

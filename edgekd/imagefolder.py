@@ -35,7 +35,7 @@ from edgekd.errors import DataError
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_PIXELS = 64_000_000      # per image: beyond this Pillow's decompression-bomb guard refuses it
 SAMPLE = 32                  # files re-hashed on every cache hit
-CACHE_VERSION = 1
+CACHE_VERSION = 2           # 2: 16-bit grayscale decoded by its top byte (1 clipped it white)
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,10 @@ def scan(spec: FolderSpec) -> tuple[tuple[str, ...], list[tuple[Path, int]], lis
             folder = split / name
             if not folder.is_dir():
                 continue
-            found += [(p, label) for p in sorted(folder.iterdir()) if p.suffix.lower() in EXTENSIONS and p.is_file()]
+            # nested folders count, as in torchvision's ImageFolder; hidden entries (macOS '._x.png' resource
+            # forks, '.thumbnails/') are not images of the class
+            found += [(p, label) for p in sorted(folder.rglob("*")) if p.suffix.lower() in EXTENSIONS and p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
         return found
 
     train_files = files(train)
@@ -180,7 +183,7 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
                 with Image.open(path) as image:
                     if image.width * image.height > MAX_PIXELS:
                         raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
-                    image = image.convert(mode)
+                    image = _eight_bit(image).convert(mode)
                     if (image.height, image.width) != size:
                         image = image.resize((size[1], size[0]), Image.BILINEAR)
                     array = np.asarray(image, dtype=np.uint8)
@@ -214,6 +217,19 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
         raise DataError(f"Cannot write the decoded images of '{spec.root}' to '{cache}' ({exc.strerror or exc}); free "
                         f"disk space there or point EDGEKD_CACHE at a folder with room for them.") from None
     return np.load(cache / f"{key}.x.npy", mmap_mode="r"), np.load(cache / f"{key}.y.npy", mmap_mode="r")
+
+
+def _eight_bit(image):
+    """16-bit grayscale as 8-bit by its top byte: Pillow's own conversion to 'L' clips every value above 255,
+    which turns a 16-bit image white."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or image.mode == "I":
+        array = np.asarray(image).astype(np.int64)
+        if image.mode != "I" or array.max(initial=0) > 255:   # an 'I' image of 8-bit values stays as it is
+            array = array >> 8
+        return Image.fromarray(array.clip(0, 255).astype(np.uint8), "L")
+    return image
 
 
 def _channels_of(files) -> int:

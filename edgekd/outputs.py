@@ -39,6 +39,7 @@ LOCK_SUFFIX = ".edgekd-lock"
 REPORT_FILES = ("report.json", "report.md", "latency.png", "pareto.png")
 PIPELINE_ARTIFACTS = ("teacher", "specialists", "student")
 PIPELINE_FILES = ("summary.md", "summary.json", "pipeline.json")
+PIPELINE_SUMMARY_HEADER = b"# edgekd pipeline on "   # the first line edgekd.pipeline.render_summary writes
 KINDS = ("artifact", "report", "pipeline", "export")
 
 
@@ -125,6 +126,17 @@ def _export_folder_foreign(folder: Path) -> list[str]:
     return foreign
 
 
+def _own_pipeline_file(path: Path) -> bool:
+    """summary.md, summary.json or pipeline.json as ``edgekd pipeline`` writes them (by content, not by name)."""
+    if path.name == "summary.md":
+        with open(path, "rb") as handle:
+            return handle.read(len(PIPELINE_SUMMARY_HEADER)) == PIPELINE_SUMMARY_HEADER
+    data = _read_json(path)
+    if path.name == "summary.json":
+        return isinstance(data, dict) and data.get("format") == "edgekd.pipeline"
+    return isinstance(data, dict) and {"config", "data"} <= set(data) <= {"config", "data", "teacher"}
+
+
 def _pipeline_foreign(folder: Path) -> list[str] | None:
     """A pipeline folder: summary files, stage artifacts, an export folder, a bench report, the logit
     cache and run stores; anything else (or a stage folder that is not edgekd's) is foreign."""
@@ -136,6 +148,9 @@ def _pipeline_foreign(folder: Path) -> list[str] | None:
         if entry.is_symlink():
             foreign.append(name)
         elif name in PIPELINE_FILES and entry.is_file():
+            if not _own_pipeline_file(entry):
+                foreign.append(name)   # a user's own summary.md is theirs, whatever its name
+                continue
             known += 1
         elif name in PIPELINE_ARTIFACTS and entry.is_dir():
             inner = foreign_entries(entry, "artifact")

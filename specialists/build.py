@@ -241,6 +241,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
                             input_shape=artifact.input_shape, fingerprint=source["fingerprint"],
                             description=source["description"])
     check_teacher_fits(teacher, data, name="Generalist")
+    data = data.shaped(teacher.input_shape)   # flat data of the right size, read as the generalist's images
     data = place_dataset(data, module_device(models[0]))
     generalist = Generalist(teacher=teacher, model=models[0], arch=gen_member.arch, options=gen_member.arch_options,
                             member=source["member"], source=source)

@@ -72,6 +72,7 @@ def test_npz_with_test_split_and_names(tmp_path):
     ({"x": np.full((10, 4), np.nan, np.float32), "y": np.arange(10) % 2}, "NaN"),
     ({"x": np.zeros(10), "y": np.arange(10) % 2}, "shape"),
     ({"x": np.zeros((10, 4)), "y": np.arange(9)}, "one entry per input"),
+    ({"x": np.zeros((6, 4)), "y": np.arange(6) % 3}, r"at least 3 samples when there is no test split .* \[0, 1, 2\]"),
 ])
 def test_malformed_npz(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"

@@ -215,3 +215,31 @@ def test_a_cache_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch
     with pytest.raises(DataError, match="Cannot write the decoded images of .*EDGEKD_CACHE"):
         load_dataset(f"imagefolder:{_folder(tmp_path / 'imgs')}")
     assert (tmp_path / "cache").read_text().startswith("a file")
+
+
+def test_16_bit_grayscale_is_read_by_its_top_byte_not_clipped_white(tmp_path):
+    eight = _folder(tmp_path / "eight")
+    sixteen = tmp_path / "sixteen"
+    for path in eight.rglob("*.png"):
+        target = sixteen / path.relative_to(eight)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        wide = np.asarray(Image.open(path)).astype(np.uint16) * 257   # v -> v * 257: the same image at 16 bits
+        Image.fromarray(wide).save(target)
+    assert Image.open(next(sixteen.rglob("*.png"))).mode.startswith("I")
+    a, b = load_dataset(f"imagefolder:{eight}"), load_dataset(f"imagefolder:{sixteen}")
+    assert np.array_equal(a.x_train.numpy(), b.x_train.numpy()) and float(b.x_train.min()) < 255
+
+
+def test_images_in_nested_folders_count_and_hidden_files_are_skipped(tmp_path):
+    flat = _folder(tmp_path / "flat")
+    nested = tmp_path / "nested"
+    shutil.copytree(flat, nested)
+    for folder in (nested / "train").iterdir():   # half of each class moved one level down
+        (folder / "more").mkdir()
+        for path in sorted(folder.glob("*.png"))[::2]:
+            path.rename(folder / "more" / path.name)
+        (folder / "._000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")   # a macOS resource fork: not an image
+        (folder / ".thumbs").mkdir()
+        shutil.copy(next((folder / "more").glob("*.png")), folder / ".thumbs" / "t.png")
+    a, b = load_dataset(f"imagefolder:{flat}"), load_dataset(f"imagefolder:{nested}")
+    assert len(b.y_train) + len(b.y_val) + len(b.y_test) == len(a.y_train) + len(a.y_val) + len(a.y_test) == 42

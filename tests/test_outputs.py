@@ -58,6 +58,27 @@ def test_listed_file_of_an_input_artifact_is_never_replaced(tiny_student):
         check_output(tiny_student / "baseline", kind="artifact", overwrite=True, inputs=[tiny_student])
 
 
+@pytest.mark.parametrize("name, text", [("summary.md", "my notes\n"), ("summary.json", '{"mine": 1}'),
+                                        ("pipeline.json", '{"config": {}, "data": "x", "notes": 1}')])
+def test_a_users_file_named_like_a_pipeline_summary_is_not_edgekds(tmp_path, name, text):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / name).write_text(text)
+    with pytest.raises(OutputError):
+        check_output(tmp_path / "notes", kind="pipeline", overwrite=True)
+    assert (tmp_path / "notes" / name).read_text() == text
+
+
+def test_the_pipeline_summary_starts_with_the_header_its_folder_is_recognised_by():
+    from edgekd.outputs import PIPELINE_SUMMARY_HEADER
+    from edgekd.pipeline import render_summary
+
+    model = {"accuracy": 0.9, "nll": 0.3, "ece": 0.01, "agreement_with_teacher": None, "macs": 10}
+    text = render_summary({"data": {"spec": "digits", "n_train": 1, "n_val": 1, "n_test": 1},
+                           "distill": {"temperature": 2, "alpha": 0.5, "search": []}, "timings_s": {},
+                           "teacher": model, "baseline": model, "student": model})
+    assert text.encode().startswith(PIPELINE_SUMMARY_HEADER)
+
+
 # --- the data-loss matrix: every command with --out ---------------------------------------------
 
 def _inputs(tmp, T, S):

@@ -450,6 +450,9 @@ def test_flat_data_of_the_generalists_size_is_read_as_its_images(generalist, tmp
                                "--clusters", "2", "--epochs", "1", "--out", tmp_path / "spec", "--quiet")
     assert code == 0, err
     assert load_artifact(tmp_path / "spec").input_shape == (1, 8, 8)
+    code, stdout, err = edgekd("specialists", "regate", tmp_path / "spec", "--data", f"npz:{tmp_path / 'flat.npz'}",
+                               "--top-n", "2", "--out", tmp_path / "regated", "--quiet")
+    assert code == 0, err
 
 
 def test_several_specialists_per_cluster_are_counted_as_coverage(generalist, tmp_path):
