@@ -300,6 +300,22 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
         return _internal(exc, debug)
 
 
+def refuse_unused(rules) -> None:
+    """Options typed on the command line that this run would not use are refused, never silently ignored.
+
+    ``rules``: ``(option name, whether this run uses it, "with --x")``; a value from a ``--config`` file may
+    be shared between runs and is not checked."""
+    from edgekd.errors import ConfigError
+
+    ctx = click.get_current_context()
+    for name, used, when in rules:
+        if used or ctx.get_parameter_source(name) is not click.core.ParameterSource.COMMANDLINE:
+            continue
+        option = next(p for p in ctx.command.params if p.name == name)
+        flag = next((o for o in option.opts if o.startswith("--")), option.opts[0])
+        raise ConfigError(f"{flag} applies only {when}, so this run would ignore it; leave {flag} out.")
+
+
 def with_flags(message: str, cli: click.Group, argv: list) -> str:
     """``The 'batch_sizes' parameter`` becomes ``The 'batch_sizes' parameter (--batch-sizes)`` where the command
     run has that option: the library names its arguments, a command-line user needs the flag to change."""

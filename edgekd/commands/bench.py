@@ -48,10 +48,14 @@ def bench_cmd(**params):
         --data fashion-mnist --out reports/fmnist
     edgekd bench --from reports/fmnist/report.json      # re-render from the data
     """
-    from edgekd.clicommon import register_stage_kinds
+    from edgekd.clicommon import refuse_unused, register_stage_kinds
     from edgekd.errors import ConfigError
 
     register_stage_kinds()
+    measuring = ("batch_sizes", "threads", "runtimes", "seconds", "rounds", "data", "image_size", "channels",
+                 "test_fraction", "train_limit", "val_fraction", "device", "seed")
+    refuse_unused([(name, not params["from_json"], "when measuring (--from re-renders a report)")
+                   for name in measuring if name in params])
 
     if params["from_json"]:
         if params["model"]:

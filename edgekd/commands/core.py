@@ -7,7 +7,7 @@ import functools
 import click
 
 from edgekd.clicommon import (cache_options, common_options, data_options, data_spec, echo_json, load_data,
-                              make_train_config, resolved_config, show_progress, train_options)
+                              make_train_config, refuse_unused, resolved_config, show_progress, train_options)
 from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, MAX_MIXUP, METHODS, DistillConfig,
                            PipelineConfig, TeacherConfig, defaults)
 
@@ -31,6 +31,18 @@ def teacher_options(func):
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)
     return wrapper
+
+
+def teacher_option_rules(params, *specs) -> list:
+    """The foreign-teacher options apply to .onnx / TorchScript files, --combine to artifact folders."""
+    from pathlib import Path
+
+    paths = [Path(s) for s in specs if s]
+    foreign, onnx = any(not p.is_dir() for p in paths), any(p.suffix.lower() == ".onnx" for p in paths)
+    rules = [(name, foreign, "with an .onnx or TorchScript model (an artifact normalises its own inputs)")
+             for name in ("teacher_scale", "teacher_mean", "teacher_std")]
+    return rules + [("teacher_output", onnx, "with an .onnx model"),
+                    ("combine", any(p.is_dir() for p in paths), "with an edgekd artifact folder")]
 
 
 def open_teacher(spec, params, *, device=None, role: str = "Teacher"):
@@ -289,6 +301,15 @@ def distill_cmd(ctx, **params):
 
     check_out(params, inputs=[params["teacher"]])
     config = distill_config(params)
+    auto = config.temperature is None or config.alpha is None
+    refuse_unused([*teacher_option_rules(params, params["teacher"]),
+                   *[(name, config.baseline, "with --baseline") for name in ("baseline_jitter", "baseline_mixup", "baseline_flip")],
+                   ("twin_teacher", config.baseline and config.recipe_search, "with --baseline and --recipe-search"),
+                   ("dkd_beta", "dkd" in (config.method, *config.search_methods), "with --method dkd (or dkd in --search-methods)"),
+                   ("auto_epochs", auto, "with --temperature auto or --alpha auto"),
+                   ("search_methods", config.recipe_search, "with --recipe-search (the default)"),
+                   ("cache_dir", not params["no_cache"], "without --no-cache"),
+                   ("refresh_cache", not params["no_cache"], "without --no-cache")])
     with output_lock(params["out"]):
         data = load_data(params)
         check_jitter(params["jitter"], data.input_shape)
@@ -374,6 +395,7 @@ def evaluate_cmd(model, reference, split, as_json, **params):
     from edgekd.device import resolve_device
     from edgekd.evaluate import evaluate
 
+    refuse_unused(teacher_option_rules(params, model, reference))
     data = load_data(params)
     device = resolve_device(params["device"])
     result = evaluate(open_teacher(model, params, device=device, role="Model"), data, split=split,

@@ -59,11 +59,15 @@ def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimiz
       edgekd export runs/teacher --onnx --out runs/teacher/ensemble.onnx
       edgekd export runs/student --executorch --quantize int8 --out runs/student/student.int8.pte
     """
-    from edgekd.clicommon import register_stage_kinds
+    from edgekd.clicommon import refuse_unused, register_stage_kinds
     from export import ExportConfig, export_executorch, export_onnx
 
     register_stage_kinds()
-
+    refuse_unused([("calibration_data", quantize == "int8", "with --quantize int8"),
+                   ("calibration_size", quantize == "int8", "with --quantize int8"),
+                   ("max_accuracy_drop", quantize is not None, "with --quantize"),
+                   ("batch_size", executorch, "with --executorch (an ONNX file keeps a dynamic batch)"),
+                   ("opset", not executorch, "to ONNX and ORT exports, not with --executorch")])
     config = ExportConfig(opset=opset, quantize=quantize, quant_format=quant_format, calibration_data=calibration_data,
                           calibration_size=calibration_size, ort=ort, ort_optimization=ort_optimization,
                           executorch=executorch, batch_size=batch_size, atol=atol, rtol=rtol, max_accuracy_drop=max_accuracy_drop,
