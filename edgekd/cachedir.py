@@ -6,7 +6,10 @@ The cache folder (``$EDGEKD_CACHE`` or ``~/.cache/edgekd``) holds only what edge
 - ``decoded``: an image folder decoded once, ``images/<key>.json`` + ``.x.npy`` + ``.y.npy``
   (edgekd.imagefolder);
 - ``splits``: the train / val / test rows of a decoded folder, ``images/splits/<key>.npy`` (edgekd.data);
-- ``conversions``: ncnn and MNN files converted from an ``.onnx`` by the benchmarks, ``convert/<name>/``.
+- ``conversions``: ncnn and MNN files converted from an ``.onnx`` by the benchmarks, ``convert/<name>/``;
+- ``unfinished``: the temporary file of a logits, decode or split write whose process died before it
+  renamed it into place (``.<key>.<pid>.tmp`` / ``.x.npy`` / ``.y.npy`` / ``.npy``); one of a running
+  process is never listed.
 
 A split file is a full copy of its rows, and every (split seed, val fraction, train limit) makes its
 own, so a folder larger than memory leaves several such copies behind. ``prune_cache`` removes entries
@@ -31,7 +34,7 @@ from pathlib import Path
 
 from edgekd.validation import check_positive
 
-KINDS = ("logits", "decoded", "splits", "conversions")
+KINDS = ("logits", "decoded", "splits", "conversions", "unfinished")
 _KEY = r"[0-9a-f]{32}"
 _CONVERSION = re.compile(rf"^(?:[a-z0-9]+-{_KEY}-[A-Za-z0-9.+_-]+|[a-z0-9]+-identity)$")
 
@@ -78,7 +81,7 @@ def cache_entries(cache_dir: str | Path) -> list[CacheEntry]:
     if not root.is_dir() or root.is_symlink():
         return []
     entries = [*_logits(root), *_decoded(root / "images"), *_splits(root / "images" / "splits"),
-               *_conversions(root / "convert")]
+               *_conversions(root / "convert"), *_unfinished(root)]
     return sorted(entries, key=lambda e: e.last_used)
 
 
@@ -162,6 +165,18 @@ def _conversions(folder: Path):
         stats = [p.lstat() for p in files] or [sub.lstat()]
         yield CacheEntry(kind="conversions", name=sub.name, paths=(sub,), bytes=sum(s.st_size for s in stats),
                          last_used=max([sub.lstat().st_mtime] + [s.st_mtime for s in stats]))
+
+
+def _unfinished(root: Path):
+    """Temporary files named with the writer's pid (edgekd.cache, edgekd.imagefolder, edgekd.data) whose
+    process is gone: a job killed mid-write leaves them, and nothing else would ever remove them."""
+    from edgekd.outputs import pid_alive
+
+    for folder, suffix in ((root, r"tmp"), (root / "images", r"[xy]\.npy"), (root / "images" / "splits", r"npy")):
+        for path in _files(folder, rf"\.({_KEY})\.(\d+)\.{suffix}"):
+            key, pid = path.name.split(".")[1:3]
+            if not pid_alive(int(pid)):
+                yield _entry("unfinished", f"{key} (process {pid})", [path])
 
 
 def _remove(entry: CacheEntry) -> None:

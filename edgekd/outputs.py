@@ -320,7 +320,8 @@ def temp_folder(out: str | Path, suffix: str = TEMP_SUFFIX) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=suffix, dir=out.parent))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -342,7 +343,7 @@ def clean_stale(out: str | Path) -> list[Path]:
         if not (name.startswith(prefix) and name.endswith((TEMP_SUFFIX, OLD_SUFFIX))):
             continue
         pid_text = name[len(prefix):].partition("-")[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)) and not entry.is_symlink():
+        if pid_text.isdigit() and not pid_alive(int(pid_text)) and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed

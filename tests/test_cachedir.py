@@ -83,3 +83,22 @@ def test_cli_lists_and_prunes(edgekd, cache):
     assert code == 0 and out.startswith("removed 1 entry")
     code, out, _ = edgekd("cache", "prune", "--all", "--cache-dir", root / "nowhere")
     assert code == 0 and out.startswith("removed 0 entries")
+
+
+def test_temporary_files_of_a_dead_process_are_listed_and_pruned_of_a_live_one_never(cache, edgekd):
+    import subprocess
+
+    root, _ = cache
+    gone = subprocess.Popen(["true"])
+    gone.wait()   # a pid that no longer runs
+    dead = [root / f".{'e' * 32}.{gone.pid}.tmp", root / "images" / f".{'e' * 32}.{gone.pid}.x.npy",
+            root / "images" / "splits" / f".{'e' * 32}.{gone.pid}.npy"]
+    live = root / "images" / f".{'f' * 32}.{os.getpid()}.x.npy"   # a decode this process is writing
+    for path in [*dead, live]:
+        path.write_bytes(b"\0" * 64)
+    unfinished = [e for e in cache_entries(root) if e.kind == "unfinished"]
+    assert sorted(p for e in unfinished for p in e.paths) == sorted(dead)
+    code, out, err = edgekd("cache", "prune", "--cache-dir", root, "--kind", "unfinished", "--all")
+    assert code == 0, err
+    assert not any(p.exists() for p in dead) and live.exists() and (root / "notes.txt").exists()
+    assert {e.kind for e in cache_entries(root)} == {"logits", "decoded", "splits", "conversions"}

@@ -48,7 +48,7 @@ def list_cmd(cache_dir, as_json, **_):
 @click.option("--older-than", "older_than", type=click.FloatRange(min=0), default=None,
               help="Remove entries not used for this many days.")
 @click.option("--all", "everything", is_flag=True, help="Remove every entry.")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(("logits", "decoded", "splits", "conversions")),
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(("logits", "decoded", "splits", "conversions", "unfinished")),
               help="Only entries of this kind (repeatable; default every kind).")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @_DEBUG
