@@ -48,6 +48,10 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     # every stage's settings are checked before the first trains: a bad --student must not cost a teacher
     teacher_cfg, distill_cfg = teacher_config(config, device), distill_config(config, device)
     data = load_dataset(config.data, val_fraction=config.val_fraction, train_limit=config.train_limit)
+    if len(data.input_shape) != 3 and config.jitter == PipelineConfig.jitter:
+        # the teachers' default jitter is for images: vectors train without it (a jitter given is checked below)
+        config = replace(config, jitter=0)
+        teacher_cfg = teacher_config(config, device)
     check_jitter(config.jitter, data.input_shape)
     check_jitter(config.student_jitter, data.input_shape, name="student_jitter")
     for arch in (teacher_cfg.arch, distill_cfg.student):

@@ -76,8 +76,12 @@ def check_seed(value) -> int:
 
 
 def check_jitter(jitter: int, input_shape, name: str = "jitter") -> int:
-    """Shifts of ``jitter`` pixels must leave part of the image: ``jitter`` < the image's smaller side."""
+    """Shifts of ``jitter`` pixels must leave part of the image: ``jitter`` < the image's smaller side; and
+    there must be an image to shift."""
     shape = tuple(input_shape)
+    if jitter and len(shape) != 3:   # apply_shifts leaves vectors as they are: the option would do nothing
+        raise ConfigError(f"The '{name}' parameter shifts images, but the inputs have shape {shape}. Got {name}={jitter} "
+                          f"instead; leave --{name.replace('_', '-')} out for data that are not images.")
     if len(shape) == 3 and jitter >= min(shape[1:]):
         raise ConfigError(f"The '{name}' parameter must be smaller than the images' side ({min(shape[1:])} pixels for "
                           f"inputs of shape {shape}). Got {jitter} instead; pass --{name.replace('_', '-')} "
