@@ -61,10 +61,15 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     timings, summary = {}, {"format": "edgekd.pipeline", "config": asdict(config), "data": data.describe()}
     cache = LogitCache(out / "cache")
 
-    def stage(name, path, run):
+    def stage(name, path, run, made_from=None):
+        """Run a stage, or with --resume keep its finished artifact, when it was made from this run's
+        teacher (``made_from(path)``): a --skip or a retrained teacher since can change what it needs."""
         started = time.perf_counter()
-        if resume and is_artifact(path):
+        if resume and is_artifact(path) and (made_from is None or made_from(path)):
             echo(f"[{name}] kept from the previous run: {path}")
+        elif resume and is_artifact(path):
+            echo(f"[{name}] the previous run's was made from another teacher than this run's: made again")
+            run(path)
         else:
             echo(f"[{name}] ...")
             run(path)
@@ -80,7 +85,8 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
                                                             summary, resume, progress, config_record, echo)
     student_dir = out / "student"
     stage("distill", student_dir, lambda p: distill(teacher, data, distill_cfg, p, cache=cache, overwrite=True,
-                                                    resume=resume, progress=progress, config_record=config_record))
+                                                    resume=resume, progress=progress, config_record=config_record),
+          made_from=lambda p: _recorded(p, "teacher") == teacher.fingerprint)
     student = load_teacher(student_dir).to(device)
     baseline = load_teacher(student_dir / "baseline").to(device)
     manifest = student.artifact.manifest
@@ -243,7 +249,8 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
     spec_dir = out / "specialists"
     stage("specialists", spec_dir, lambda p: build_for_pipeline(teacher_dir, data, p, cache=cache, seed=config.seed,
                                                                 device=device, resume=resume, progress=progress,
-                                                                config_record=config_record))
+                                                                config_record=config_record),
+          made_from=lambda p: _recorded(p, "generalist") == _generalist_fingerprint(teacher_dir, p))
     spec = load_teacher(spec_dir).to(device)
     summary["specialists"] = _model_summary(evaluate(spec, data), spec)
     summary["specialists"]["clusters"] = spec.artifact.manifest.clusters
@@ -254,6 +261,25 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
         echo(f"[specialists] the specialist ensemble is better on val ({val_spec:.4f} > {val_teacher:.4f}): distilling from it")
         return spec, "specialists"
     return teacher, "teacher"
+
+
+def _recorded(path: Path, field: str) -> str | None:
+    """The fingerprint of the teacher (or generalist) a finished stage's manifest says it was made from."""
+    from edgekd.artifacts import load_artifact
+
+    record = getattr(load_artifact(path, verify=False).manifest, field, None)
+    return record.get("fingerprint") if isinstance(record, dict) else None
+
+
+def _generalist_fingerprint(teacher_dir: Path, spec_dir: Path) -> str | None:
+    """The fingerprint this run's teacher has as the generalist the kept specialists name (its member)."""
+    from edgekd.artifacts import load_artifact
+    from specialists.build import open_generalist
+
+    source = getattr(load_artifact(spec_dir, verify=False).manifest, "generalist", None)
+    if not isinstance(source, dict):
+        return None
+    return open_generalist(teacher_dir, source.get("member")).teacher.fingerprint
 
 
 def _model_summary(result, teacher) -> dict:

@@ -61,3 +61,24 @@ def test_resume_keeps_stages_only_when_made_with_the_same_settings(edgekd, tmp_p
     code, _, err = edgekd(*TINY_PIPELINE, "--student", "mlp:hidden=16", "--resume", "--out", out)
     assert code == 2 and "'student' was 'mlp:hidden=8', now 'mlp:hidden=16'" in err and len(err.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_makes_again_a_stage_made_from_another_teacher(edgekd, tmp_path):
+    """A kept stage must come from this run's teacher: --overwrite with --skip specialists leaves the earlier
+    specialists (of the earlier teacher) behind, and a --skip since changes which teacher the student learns from."""
+    from edgekd.artifacts import load_artifact
+    from edgekd.teachers import load_teacher
+
+    out = tmp_path / "demo"
+    common = ["pipeline", "--ensemble", "1", "--teacher-arch", "mlp:hidden=8", "--epochs", "1", "-T", "2",
+              "--skip", "export", "--skip", "bench", "--student", "mlp:hidden=8", "--quiet", "--out", out]
+    code, _, err = edgekd(*common, "--teacher-epochs", "1")   # teacher, specialists of it, student
+    assert code == 0, err
+    code, _, err = edgekd(*common, "--teacher-epochs", "2", "--skip", "specialists", "--overwrite")   # a new teacher
+    assert code == 0, err
+    code, stdout, err = edgekd(*common, "--teacher-epochs", "2", "--resume")
+    assert code == 0, err
+    assert "[teacher] kept" in stdout and "[specialists] the previous run's was made from another teacher" in stdout
+    distilled_from = json.loads((out / "summary.json").read_text())["distilled_from"]
+    teacher = load_teacher(out / distilled_from)   # 'teacher' or 'specialists', the folder of either
+    assert load_artifact(out / "student").manifest.teacher["fingerprint"] == teacher.fingerprint
