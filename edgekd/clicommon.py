@@ -188,6 +188,10 @@ def data_spec(params: dict) -> str:
     if given and not str(spec).startswith("imagefolder:"):
         raise click.BadParameter(f"--image-size, --channels and --test-fraction apply to 'imagefolder:DIR' data; "
                                  f"got --data {spec}.")
+    in_spec = {option.partition("=")[0] for option in str(spec).split(",")[1:]}
+    for (key, value), flag in zip(folder, ("--image-size", "--channels", "--test-fraction")):
+        if value is not None and key in in_spec:   # two values for one setting: which one was meant is unknown
+            raise click.BadParameter(f"{flag} sets what '{key}=' in --data {spec} already sets; give it once.")
     return ",".join([spec, *given])
 
 

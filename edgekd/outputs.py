@@ -301,10 +301,11 @@ def _check_file_output(out: Path, overwrite: bool) -> None:
         raise OutputError(f"The export's summary '{summary}' exists and is not a plain file; move it or choose another --out.")
     if not out.exists() and not summary.exists():
         return
-    if not overwrite:
+    ours = is_export_summary(summary)
+    if not overwrite and ours:
         existing = out if out.exists() else summary
         raise OutputError(f"Output file '{existing}' already exists; pass --overwrite or choose another --out.")
-    if not is_export_summary(summary):
+    if not ours:   # checked first without --overwrite too: advising it would only lead to this refusal
         raise OutputError(f"'{out if out.exists() else summary}' was not written by 'edgekd export' (no edgekd summary "
                           f"'{summary.name}' beside it); --overwrite replaces only edgekd's exports; choose another --out.")
 

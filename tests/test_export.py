@@ -290,7 +290,7 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, edgekd, tmp_pat
                 "missing": "not found", "opset-11": "'opset' parameter (--opset) must be in [18,",
                 "opset-99": "Got 99 instead",
                 "missing-out-folder": "does not exist", "ort-suffix-without-flag": "pass --ort",
-                "existing-out": "already exists"}[case]
+                "existing-out": "was not written by 'edgekd export'"}[case]
     assert expected in err
     written = sorted(p.name for p in out_dir.iterdir())
     assert written == (["m.onnx"] if case == "existing-out" else [])
