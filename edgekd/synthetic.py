@@ -55,8 +55,9 @@ class SyntheticSpec:
 _INTS = {"classes": (2, MAX_CLASSES), "groups": (1, MAX_CLASSES), "dim": (1, MAX_DIM), "seed": (0, 2**32 - 1),
          "train": (2, 100_000), "test": (1, 100_000)}
 _FLOATS = ("sep", "spread")
+MAX_DISTANCE = 1e6   # against a noise std of 1 far beyond any difficulty, and far inside float32
 _EXPECTED = (f"expected classes=N (2..{MAX_CLASSES}), groups=G (1..classes), dim=D (1..{MAX_DIM}), seed=S (>= 0), "
-             f"sep=F (>= 0), spread=F (>= 0), train=N (>= 2 per class), test=N (>= 1 per class), e.g. '{EXAMPLE}'")
+             f"sep=F and spread=F (0..{MAX_DISTANCE:g}), train=N (>= 2 per class), test=N (>= 1 per class), e.g. '{EXAMPLE}'")
 
 
 def parse_spec(arg: str) -> SyntheticSpec:
@@ -76,7 +77,7 @@ def parse_spec(arg: str) -> SyntheticSpec:
                 values[key] = number
             elif key in _FLOATS:
                 number = float(value)
-                if not (np.isfinite(number) and number >= 0):
+                if not (np.isfinite(number) and 0 <= number <= MAX_DISTANCE):
                     raise ValueError
                 values[key] = number
             else:
