@@ -84,8 +84,9 @@ def parse_model_args(args) -> list[tuple[str | None, Path]]:
 def unique_names(paths: list[Path], given: list[str | None]) -> list[str]:
     """Short labels: the given name, else the file or folder name, else ``parent/name`` when that clashes."""
     names = [g or p.name for g, p in zip(given, paths)]
+    clashes = {n for n in names if names.count(n) > 1}     # counted before renaming, so every clashing one is renamed
     for i, (g, p) in enumerate(zip(given, paths)):
-        if g is None and names.count(names[i]) > 1:
+        if g is None and names[i] in clashes:
             names[i] = f"{p.resolve().parent.name}/{p.name}"   # resolved: 'runs/t1', not '/t1' for a bare 't1'
     seen = {}
     for i, n in enumerate(names):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -553,3 +554,16 @@ def test_machine_facts_name_torchs_thread_count_and_the_header_shows_it():
     assert f"(torch {n} thread{'s' * (n != 1)})" in header_markdown("t", prov)[3]
     older = dict(prov, machine={k: v for k, v in facts.items() if k != "torch_threads"})
     assert "- machine:" in header_markdown("t", older)[3] and "thread" not in header_markdown("t", older)[3]
+
+
+def test_models_of_one_name_are_told_apart_by_their_folder_and_one_model_twice_is_refused(tmp_path, monkeypatch):
+    from benchmarks.modelinfo import parse_model_args, unique_names
+    from edgekd.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert unique_names([Path("student"), Path("runs/student")], [None, None]) == [f"{tmp_path.name}/student", "runs/student"]
+    with pytest.raises(ConfigError, match="is given twice"):
+        parse_model_args(["student", "./student"])
+    with pytest.raises(ConfigError, match="names a model but gives no path"):
+        parse_model_args(["fast="])
