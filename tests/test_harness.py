@@ -558,7 +558,6 @@ def test_machine_facts_name_torchs_thread_count_and_the_header_shows_it():
 
 def test_models_of_one_name_are_told_apart_by_their_folder_and_one_model_twice_is_refused(tmp_path, monkeypatch):
     from benchmarks.modelinfo import parse_model_args, unique_names
-    from edgekd.errors import ConfigError
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
