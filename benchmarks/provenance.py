@@ -40,11 +40,23 @@ def header_markdown(title: str, prov: dict) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
     return [f"# {title}", "", f"- command: `{prov['command']}`",
             f"- machine: {m['cpu']}, {m['usable_cores']} usable cores"
-            + (f" (torch {m['torch_threads']} thread{'s' * (m['torch_threads'] != 1)})" if m.get("torch_threads") else "")
+            + _numerics_note(m)
             + f", {m['memory_gib']} GiB, {m['os']}",
             f"- versions: {versions}", f"- date: {prov['date']}; run time {prov['run_seconds'] / 60:.1f} min"
             + (f" ({prov['run_note']})" if prov.get("run_note") else "")
             + (f"; edgekd revision {prov['revision']}" if prov.get("revision") else ""), ""]
+
+
+def _numerics_note(machine: dict) -> str:
+    """E.g. ``(torch 2 threads, AVX512 kernels)``: a same-seed rerun trains the same weights only with both
+    the same (``edgekd.artifacts.numerics``), so a reader must see them; older results lack them and show none."""
+    parts = []
+    if machine.get("torch_threads"):
+        n = machine["torch_threads"]
+        parts.append(f"torch {n} thread{'s' * (n != 1)}")
+    if machine.get("cpu_capability"):
+        parts.append(f"{machine['cpu_capability']} kernels")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -539,7 +539,7 @@ def test_latency_report_reuses_an_export_only_from_the_same_code(tmp_path, tiny_
     assert len(said) == 2 and json.loads(summary.read_text())["builder"] == builder_fingerprint()
 
 
-def test_machine_facts_name_torchs_thread_count_and_the_header_shows_it():
+def test_machine_facts_name_torchs_threads_and_kernels_and_the_header_shows_them():
     """The thread count changes a seed's weights, so a result says which it ran with; results made
     before it was recorded render as they did."""
     import torch
@@ -551,9 +551,11 @@ def test_machine_facts_name_torchs_thread_count_and_the_header_shows_it():
     assert facts["torch_threads"] == torch.get_num_threads()
     prov = {"command": "c", "machine": facts, "versions": {}, "date": "d", "run_seconds": 60}
     n = facts["torch_threads"]
-    assert f"(torch {n} thread{'s' * (n != 1)})" in header_markdown("t", prov)[3]
-    older = dict(prov, machine={k: v for k, v in facts.items() if k != "torch_threads"})
+    cap = torch.backends.cpu.get_cpu_capability()
+    assert f"(torch {n} thread{'s' * (n != 1)}, {cap} kernels)" in header_markdown("t", prov)[3]
+    older = dict(prov, machine={k: v for k, v in facts.items() if k not in ("torch_threads", "cpu_capability")})
     assert "- machine:" in header_markdown("t", older)[3] and "thread" not in header_markdown("t", older)[3]
+    assert "kernels" not in header_markdown("t", older)[3]
 
 
 def test_models_of_one_name_are_told_apart_by_their_folder_and_one_model_twice_is_refused(tmp_path, monkeypatch):
