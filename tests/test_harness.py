@@ -540,8 +540,8 @@ def test_latency_report_reuses_an_export_only_from_the_same_code(tmp_path, tiny_
 
 
 def test_machine_facts_name_torchs_threads_and_kernels_and_the_header_shows_them():
-    """The thread count changes a seed's weights, so a result says which it ran with; results made
-    before it was recorded render as they did."""
+    """The thread count and the kernel level change a seed's weights, so a result says which it ran
+    with; results made before they were recorded render as they did."""
     import torch
 
     from benchmarks.provenance import header_markdown
