@@ -129,8 +129,9 @@ def rerender(path: str) -> None:
 REUSE_IGNORED = {"seeds", "out", "reuse", "render"}   # what may differ from the run whose seeds are reused
 # arguments added since results were committed, with the value an earlier result (which lacks them) ran with
 ADDED_ARGS = {"student_mixup": 0.0, "student_flip": False, "teacher_flip": False}
-# what decides a seed's weights besides the code (benchmarks/determinism.py): the CPU's kernels and torch's threads
-MACHINE_KEYS = {"simd": "vector extensions", "torch_threads": "torch threads"}
+# what decides a seed's weights besides the code (benchmarks/determinism.py): the CPU's kernels and torch's threads, and
+# the CPU itself (an AMD and an Intel with the same AVX-512 extensions train other weights from one seed)
+MACHINE_KEYS = {"cpu": "CPU", "simd": "vector extensions", "torch_threads": "torch threads"}
 
 
 def _shown_path(path: str) -> str:

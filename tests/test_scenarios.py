@@ -136,6 +136,9 @@ def test_spine_reuses_earlier_seeds_and_keeps_the_baseline_recipe_of_seed_0(tmp_
     other["provenance"]["machine"]["simd"] = ["avx2", "fma", "avx512f"]
     assert ("They ran on another machine (vector extensions avx2, fma; this run vector extensions avx2, fma, "
             "avx512f), where the same seed trains other weights") in spine_fmnist.render(other)
+    vendor = json.loads(json.dumps(result))   # same extensions, another CPU: an AMD and an Intel train other weights too
+    vendor["reused_from"]["machine"]["cpu"], vendor["provenance"]["machine"]["cpu"] = "AMD EPYC", "Intel(R) Xeon(R) Processor"
+    assert "another machine (CPU AMD EPYC; this run CPU Intel(R) Xeon(R) Processor)" in spine_fmnist.render(vendor)
     with pytest.raises(SystemExit, match="--reuse needs a result made with the same arguments; .* has student_jitter=None, this run 1"):
         spine_fmnist.main(["--smoke", "--seeds", "2", "--work", str(work), "--student-jitter", "1", "--reuse", str(first.with_suffix(".json")),
                            "--out", str(tmp_path / "three")])
