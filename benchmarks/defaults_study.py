@@ -4,6 +4,9 @@ baseline, over teachers and students, on Fashion-MNIST.
     python -m benchmarks.defaults_study --train-limit 10000 --out benchmarks/results/defaults_study_10k
     python -m benchmarks.defaults_study --smoke
 
+``--reuse`` takes the cells of an earlier result with the same arguments (e.g. seed 0 of a study whose
+later seeds are still to run) instead of training them again, when its teacher is provably this one.
+
 For each teacher (the first k members of one cnn ensemble trained ``--teacher-epochs`` on the same
 train split, k in ``--members``), each student and each seed, the student is distilled with every
 candidate (one method, T, alpha: ``search_methods=()`` unless the candidate says ``s=kd``;
@@ -22,7 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, interval95, provenance
-from benchmarks.scenario_common import write_result
+from benchmarks.scenario_common import MACHINE_KEYS, machine_difference, shown_path, write_result
 
 CANDIDATES = "kd:T=4,a=0.9;kd:T=4,a=0.5;kd:T=8,a=0.5;kd:T=2,a=0.5;kd-ls:T=2,a=0.5;dkd:T=4,a=0.5"
 
@@ -56,6 +59,10 @@ def parse_args(argv=None):
     p.add_argument("--out", default="benchmarks/results/defaults_study")
     p.add_argument("--reuse-only", action="store_true",
                    help="Train nothing: report the cells whose runs are all in --work; the others are listed as not run.")
+    p.add_argument("--reuse", metavar="JSON", default=None,
+                   help="An earlier result of this study with the same arguments (but --students, --seeds, --work, --out): "
+                        "its cells stand for those not finished in --work, when its teacher is this one (the same "
+                        "fingerprint; for a result that recorded none, the same CPU kind and teacher test accuracy).")
     p.add_argument("--smoke", action="store_true", help="digits, tiny models, seconds")
     args = p.parse_args(argv)
     args.train_limit = args.train_limit or None
@@ -153,6 +160,63 @@ def teacher_description(manifest, members: int, path: str) -> str:
     return f"{members} × `{arch}` ({train.get('epochs', '?')} epochs, {jitter}; `{path}`)"
 
 
+REUSE_IGNORED = {"students", "seeds", "work", "out", "reuse", "reuse_only"}   # what may differ from the result reused
+
+
+def reused_cells(path: str | None, args) -> tuple[dict, dict | None]:
+    """The cells of an earlier result by (members, student, seed), and where they came from, when it was
+    made with the same arguments; else exits naming the first argument that differs."""
+    import json
+
+    if not path:
+        return {}, None
+    earlier = json.loads(Path(path).read_text())
+    ours = vars(args)
+    for key in sorted((set(earlier["args"]) | set(ours)) - REUSE_IGNORED):
+        if earlier["args"].get(key) != ours.get(key):
+            raise SystemExit(f"--reuse needs a result made with the same arguments; {path} has {key}="
+                             f"{earlier['args'].get(key)!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
+    machine = earlier["provenance"].get("machine") or {}
+    return ({(c["members"], c["student"], c["seed"]): c for c in earlier["cells"]},
+            {"path": shown_path(path), "revision": earlier["provenance"].get("revision"), "date": earlier["provenance"].get("date"),
+             "machine": {key: machine.get(key) for key in MACHINE_KEYS}, "teacher_fingerprints": earlier.get("teacher_fingerprints"),
+             "cells": []})
+
+
+def check_reused_teacher(reused_from: dict, cells: list, k: int, teacher, data, cache) -> str:
+    """How the earlier result's teacher k is known to be this one, or exits: by its recorded fingerprint, or
+    (a result made before fingerprints were recorded) by the same CPU kind, whose training is bitwise
+    repeatable (benchmarks/determinism.py), and the same teacher test accuracy, to the image, in every cell."""
+    recorded = (reused_from.get("teacher_fingerprints") or {}).get(str(k))
+    path = reused_from["path"]
+    if recorded is not None:
+        if recorded != teacher.fingerprint:
+            raise SystemExit(f"--reuse needs the teacher its cells were distilled from; {path} has teacher k={k} "
+                             f"{recorded[:12]}, this run {teacher.fingerprint[:12]}. Pass --teacher with that teacher or leave --reuse out.")
+        return "the same teacher fingerprint"
+    import torch
+
+    from benchmarks.timing import machine_facts
+    from edgekd.distill import teacher_logits
+
+    differ = machine_difference(reused_from.get("machine") or {}, machine_facts())
+    if differ:
+        raise SystemExit(f"--reuse: {path} recorded no teacher fingerprint and ran on another machine ({differ}), where the "
+                         "same seed trains another teacher. Run it on that kind of CPU or leave --reuse out.")
+    logits = teacher_logits(teacher, data, "test", cache)
+    right = int((logits.argmax(1).cpu() == torch.as_tensor(data.y_test).cpu()).sum())
+    for c in cells:
+        if round(c["teacher"] * len(data.y_test)) != right:
+            raise SystemExit(f"--reuse needs the teacher its cells were distilled from; in {path} teacher k={k} classifies "
+                             f"{round(c['teacher'] * len(data.y_test))} test images right, this run's {right}. Leave --reuse out.")
+    return "its teacher retrained on the same CPU kind, with the same test accuracy to the image (no fingerprint recorded then)"
+
+
+def _complete(args, k, student, seed, candidates, teacher) -> bool:
+    return all(_reusable(_run_dir(args, k, student, seed, cand, i), _config(args, cand, student, seed, i), teacher)
+               for i, cand in enumerate(candidates))
+
+
 def run(args) -> dict:
     from edgekd.cache import LogitCache
     from edgekd.data import load_dataset
@@ -163,12 +227,21 @@ def run(args) -> dict:
     candidates = [parse_candidate(c) for c in args.candidates.split(";")]
     cells, missing, read_back, made = [], [], 0, 0
     ensemble, described = teachers(args, data)
+    reuse, reused_from = reused_cells(args.reuse, args)
     for k, teacher in ensemble.items():
+        matched = None
         for student in args.students.split(";"):
             for seed in range(args.seeds):
                 cell = {"members": k, "student": student, "seed": seed, "runs": {}}
-                if args.reuse_only and not all(_reusable(_run_dir(args, k, student, seed, cand, i), _config(args, cand, student, seed, i),
-                                                         teacher) for i, cand in enumerate(candidates)):
+                earlier = reuse.get((k, student, seed))
+                if earlier is not None and not _complete(args, k, student, seed, candidates, teacher):
+                    matched = matched or check_reused_teacher(reused_from, [c for (m, _, _), c in reuse.items() if m == k],
+                                                              k, teacher, data, cache)
+                    cells.append({**earlier, "reused": True})
+                    reused_from["cells"].append({"members": k, "student": student, "seed": seed})
+                    reused_from["teacher_match"] = matched
+                    continue
+                if args.reuse_only and not _complete(args, k, student, seed, candidates, teacher):
                     missing.append({"members": k, "student": student, "seed": seed})
                     continue
                 for index, cand in enumerate(candidates):
@@ -197,7 +270,8 @@ def run(args) -> dict:
     unpicked = add_pick(args.pick, candidates, cells) if args.pick else []
     return {"data": data.describe(), "teacher": described, "candidates": candidates, "cells": cells, "not_run": missing,
             "summary": summarize(cells, candidates), "targets": targets, "pick_not_assembled": unpicked,
-            "runs_read_back": read_back, "runs_trained": made}
+            "runs_read_back": read_back, "runs_trained": made, "reused_from": reused_from,
+            "teacher_fingerprints": {str(k): teacher.fingerprint for k, teacher in ensemble.items()}}
 
 
 def student_records(metrics: dict, cand: dict) -> list:
@@ -429,6 +503,13 @@ def render(result: dict) -> str:
                   f"{100 * profile['train_accuracy']:.2f}%): the soft targets' mean top probability and mean "
                   "true-class probability.", "", "| candidate | mean p_max | mean p(true class) |", "|---|---|---|"]
         lines += [f"| `{name}` | {t['p_max']:.3f} | {t['p_true']:.3f} |" for name, t in profile["candidates"].items()]
+    if (r := result.get("reused_from")) and r["cells"]:
+        differ = machine_difference(r.get("machine") or {}, result["provenance"]["machine"])
+        lines += ["", "Taken from an earlier run with the same arguments (`{}`, revision {}, {}; {}): {}.".format(
+            r["path"], r["revision"], r["date"], r.get("teacher_match", ""),
+            ", ".join(f"k={c['members']} `{c['student']}` seed {c['seed']}" for c in r["cells"]))
+            + (f" They ran on another machine ({differ}), where the same seed trains other students: each is still a "
+               "side-by-side pair with its baseline." if differ else " The other cells were trained or read back by this one.")]
     if result.get("not_run"):
         lines += ["", "Not run (left for a later session; the table holds only the cells above): "
                   + ", ".join(f"k={c['members']} `{c['student']}` seed {c['seed']}" for c in result["not_run"]) + "."]

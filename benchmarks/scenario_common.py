@@ -111,6 +111,31 @@ def same_settings(recorded: dict | None, config) -> bool:
     return set(recorded) <= {field.name for field in fields}
 
 
+# what decides a seed's weights besides the code (benchmarks/determinism.py): the CPU's kernels and torch's threads, and
+# the CPU itself (an AMD and an Intel with the same AVX-512 extensions train other weights from one seed)
+MACHINE_KEYS = {"cpu": "CPU", "simd": "vector extensions", "torch_threads": "torch threads"}
+
+
+def machine_difference(earlier: dict, ours: dict) -> str:
+    """'CPU AMD EPYC; this run CPU Intel(R) Xeon(R) Processor' for the ``MACHINE_KEYS`` in which two runs'
+    machines differ (a key one of them did not record is not counted); '' when none does."""
+    differ = [key for key in MACHINE_KEYS if earlier.get(key) is not None and ours.get(key) is not None
+              and earlier[key] != ours[key]]
+
+    def show(m):
+        return "; ".join(f"{MACHINE_KEYS[k]} " + (", ".join(m[k]) if isinstance(m[k], list) else str(m[k])) for k in differ)
+
+    return f"{show(earlier)}; this run {show(ours)}" if differ else ""
+
+
+def shown_path(path: str) -> str:
+    """``path`` relative to the working folder when it lies inside it (a result names its sources as a clone would)."""
+    import os
+
+    relative = os.path.relpath(os.path.abspath(path))
+    return path if relative.startswith("..") else relative
+
+
 def write_result(args, result: dict, markdown: str, *, quiet: bool = False) -> None:
     import json
 

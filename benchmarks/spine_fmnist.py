@@ -20,7 +20,8 @@ from dataclasses import asdict
 import torch
 
 from benchmarks.provenance import header_markdown, interval95, mean_std, pm, provenance
-from benchmarks.scenario_common import apply_smoke, base_parser, prepare, same_settings, write_result
+from benchmarks.scenario_common import (MACHINE_KEYS, apply_smoke, base_parser, machine_difference, prepare, same_settings,
+                                        shown_path, write_result)
 from edgekd.config import METHODS
 
 
@@ -129,17 +130,6 @@ def rerender(path: str) -> None:
 REUSE_IGNORED = {"seeds", "out", "reuse", "render"}   # what may differ from the run whose seeds are reused
 # arguments added since results were committed, with the value an earlier result (which lacks them) ran with
 ADDED_ARGS = {"student_mixup": 0.0, "student_flip": False, "teacher_flip": False}
-# what decides a seed's weights besides the code (benchmarks/determinism.py): the CPU's kernels and torch's threads, and
-# the CPU itself (an AMD and an Intel with the same AVX-512 extensions train other weights from one seed)
-MACHINE_KEYS = {"cpu": "CPU", "simd": "vector extensions", "torch_threads": "torch threads"}
-
-
-def _shown_path(path: str) -> str:
-    """``path`` relative to the working folder when it lies inside it (a result names its sources as a clone would)."""
-    import os
-
-    relative = os.path.relpath(os.path.abspath(path))
-    return path if relative.startswith("..") else relative
 
 
 def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
@@ -159,7 +149,7 @@ def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
                               f"{theirs!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
     runs = {(s["student"], s["epochs"], r["seed"]): r for s in earlier["students"] for r in s["runs"]}
     machine = earlier["provenance"].get("machine") or {}
-    return runs, {"path": _shown_path(path), "revision": earlier["provenance"].get("revision"), "date": earlier["provenance"].get("date"),
+    return runs, {"path": shown_path(path), "revision": earlier["provenance"].get("revision"), "date": earlier["provenance"].get("date"),
                   "seeds": sorted({seed for (_, _, seed) in runs}),
                   "machine": {key: machine.get(key) for key in MACHINE_KEYS}}
 
@@ -167,17 +157,10 @@ def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
 def reused_machine_note(result: dict) -> str:
     """Where the reused seeds ran on another kind of CPU or thread count than this run: said, since the same seed
     trains other weights there (each seed is still a pair measured side by side on one machine)."""
-    earlier = result["reused_from"].get("machine") or {}
-    ours = result["provenance"]["machine"]
-    differ = [key for key in MACHINE_KEYS if earlier.get(key) is not None and ours.get(key) is not None
-              and earlier[key] != ours[key]]
+    differ = machine_difference(result["reused_from"].get("machine") or {}, result["provenance"]["machine"])
     if not differ:
         return ""
-
-    def show(m):
-        return "; ".join(f"{MACHINE_KEYS[k]} " + (", ".join(m[k]) if isinstance(m[k], list) else str(m[k])) for k in differ)
-
-    return (f" They ran on another machine ({show(earlier)}; this run {show(ours)}), where the same seed trains other "
+    return (f" They ran on another machine ({differ}), where the same seed trains other "
             "weights: each of their seeds is still a side-by-side pair, but not a repeat of this machine's.")
 
 

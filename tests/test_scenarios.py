@@ -218,6 +218,46 @@ def test_defaults_study_takes_its_members_from_a_given_teacher(tmp_path, tiny_te
         defaults_study.main(["--smoke", "--teacher", str(tiny_teacher), "--members", "3", "--out", str(tmp_path / "more")])
 
 
+@pytest.mark.slow
+def test_defaults_study_reuses_an_earlier_results_cells_only_with_its_teacher(tmp_path, tiny_teacher):
+    """--reuse: an earlier result's cells stand for the ones not in --work (seed 0 of a study whose later seeds
+    run now), when the arguments and the teacher are the same; anything else is refused in one line."""
+    from benchmarks import defaults_study
+
+    common = ["--smoke", "--teacher", str(tiny_teacher), "--members", "2"]
+    first = tmp_path / "first"
+    defaults_study.main([*common, "--out", str(first)])
+    earlier = json.loads(first.with_suffix(".json").read_text())
+    assert set(earlier["teacher_fingerprints"]) == {"2"}
+    second = tmp_path / "second"
+    defaults_study.main([*common, "--seeds", "2", "--reuse", str(first.with_suffix(".json")), "--out", str(second)])
+    result = json.loads(second.with_suffix(".json").read_text())
+    assert [(c["seed"], c.get("reused", False)) for c in result["cells"]] == [(0, True), (1, False)]
+    assert {k: v for k, v in result["cells"][0].items() if k != "reused"} == earlier["cells"][0]
+    assert result["runs_trained"] == len(earlier["candidates"])   # seed 1 only
+    text = second.with_suffix(".md").read_text()
+    assert "Taken from an earlier run with the same arguments" in text and "the same teacher fingerprint): k=2 `mlp:hidden=16` seed 0." in text
+
+    def reuse_only(change):
+        edited = json.loads(json.dumps(earlier))
+        change(edited)
+        path = tmp_path / "edited.json"
+        path.write_text(json.dumps(edited))
+        defaults_study.main([*common, "--seeds", "2", "--reuse", str(path), "--reuse-only", "--out", str(tmp_path / "third")])
+        return (tmp_path / "third.md").read_text()
+
+    # made before fingerprints were recorded: the same CPU kind and teacher accuracy to the image stand for one
+    assert "the same test accuracy to the image" in reuse_only(lambda r: r.pop("teacher_fingerprints"))
+    with pytest.raises(SystemExit, match="classifies .* test images right, this run's"):
+        reuse_only(lambda r: (r.pop("teacher_fingerprints"), r["cells"][0].update(teacher=r["cells"][0]["teacher"] - 0.01)))
+    with pytest.raises(SystemExit, match="recorded no teacher fingerprint and ran on another machine \\(CPU Another CPU; this run CPU"):
+        reuse_only(lambda r: (r.pop("teacher_fingerprints"), r["provenance"]["machine"].update(cpu="Another CPU")))
+    with pytest.raises(SystemExit, match="has teacher k=2 000000000000, this run"):
+        reuse_only(lambda r: r["teacher_fingerprints"].update({"2": "0" * 64}))
+    with pytest.raises(SystemExit, match="same arguments; .* has epochs=3, this run 2"):
+        reuse_only(lambda r: r["args"].update(epochs=3))
+
+
 def test_defaults_study_candidates_can_correct_the_teacher():
     from benchmarks.defaults_study import _config, parse_candidate
 
