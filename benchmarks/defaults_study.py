@@ -463,6 +463,14 @@ def _pick_note(result: dict) -> str:
     return ""
 
 
+def reused_list(cells: list) -> str:
+    """'k=1 `mlp` seeds 0, 1, 2; k=1 `dsconv` seed 0': the cells taken from an earlier result, by teacher and student."""
+    seeds = {}
+    for c in cells:
+        seeds.setdefault((c["members"], c["student"]), []).append(str(c["seed"]))
+    return "; ".join(f"k={k} `{student}` seed{'s' if len(s) > 1 else ''} {', '.join(s)}" for (k, student), s in seeds.items())
+
+
 def render(result: dict) -> str:
     lines = header_markdown(f"Defaults study on `{result['data']['spec']}` ({result['data']['n_train']} training images)",
                             result["provenance"])
@@ -507,7 +515,7 @@ def render(result: dict) -> str:
         differ = machine_difference(r.get("machine") or {}, result["provenance"]["machine"])
         lines += ["", "Taken from an earlier run with the same arguments (`{}`, revision {}, {}; {}): {}.".format(
             r["path"], r["revision"], r["date"], r.get("teacher_match", ""),
-            ", ".join(f"k={c['members']} `{c['student']}` seed {c['seed']}" for c in r["cells"]))
+            reused_list(r["cells"]))
             + (f" They ran on another machine ({differ}), where the same seed trains other students: each is still a "
                "side-by-side pair with its baseline." if differ else " The other cells were trained or read back by this one.")]
     if result.get("not_run"):
