@@ -170,7 +170,12 @@ def reused_cells(path: str | None, args) -> tuple[dict, dict | None]:
 
     if not path:
         return {}, None
-    earlier = json.loads(Path(path).read_text())
+    try:
+        earlier = json.loads(Path(path).read_text())
+        earlier["args"], earlier["cells"], earlier["provenance"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--reuse expects a result .json of this study; '{path}' could not be read as one "
+                         f"({type(e).__name__}: {e}). Pass the .json beside a committed result, or leave --reuse out.") from None
     ours = vars(args)
     for key in sorted((set(earlier["args"]) | set(ours)) - REUSE_IGNORED):
         if earlier["args"].get(key) != ours.get(key):
@@ -234,14 +239,15 @@ def run(args) -> dict:
             for seed in range(args.seeds):
                 cell = {"members": k, "student": student, "seed": seed, "runs": {}}
                 earlier = reuse.get((k, student, seed))
-                if earlier is not None and not _complete(args, k, student, seed, candidates, teacher):
+                complete = (earlier is not None or args.reuse_only) and _complete(args, k, student, seed, candidates, teacher)
+                if earlier is not None and not complete:
                     matched = matched or check_reused_teacher(reused_from, [c for (m, _, _), c in reuse.items() if m == k],
                                                               k, teacher, data, cache)
                     cells.append({**earlier, "reused": True})
                     reused_from["cells"].append({"members": k, "student": student, "seed": seed})
-                    reused_from["teacher_match"] = matched
+                    reused_from.setdefault("teacher_match", matched)
                     continue
-                if args.reuse_only and not _complete(args, k, student, seed, candidates, teacher):
+                if args.reuse_only and not complete:
                     missing.append({"members": k, "student": student, "seed": seed})
                     continue
                 for index, cand in enumerate(candidates):
