@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, interval95, provenance
-from benchmarks.scenario_common import MACHINE_KEYS, machine_difference, shown_path, write_result
+from benchmarks.scenario_common import earlier_result, machine_difference, write_result
 
 CANDIDATES = "kd:T=4,a=0.9;kd:T=4,a=0.5;kd:T=8,a=0.5;kd:T=2,a=0.5;kd-ls:T=2,a=0.5;dkd:T=4,a=0.5"
 
@@ -166,26 +166,11 @@ REUSE_IGNORED = {"students", "seeds", "work", "out", "reuse", "reuse_only"}   # 
 def reused_cells(path: str | None, args) -> tuple[dict, dict | None]:
     """The cells of an earlier result by (members, student, seed), and where they came from, when it was
     made with the same arguments; else exits naming the first argument that differs."""
-    import json
-
     if not path:
         return {}, None
-    try:
-        earlier = json.loads(Path(path).read_text())
-        earlier["args"], earlier["cells"], earlier["provenance"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"--reuse expects a result .json of this study; '{path}' could not be read as one "
-                         f"({type(e).__name__}: {e}). Pass the .json beside a committed result, or leave --reuse out.") from None
-    ours = vars(args)
-    for key in sorted((set(earlier["args"]) | set(ours)) - REUSE_IGNORED):
-        if earlier["args"].get(key) != ours.get(key):
-            raise SystemExit(f"--reuse needs a result made with the same arguments; {path} has {key}="
-                             f"{earlier['args'].get(key)!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
-    machine = earlier["provenance"].get("machine") or {}
-    return ({(c["members"], c["student"], c["seed"]): c for c in earlier["cells"]},
-            {"path": shown_path(path), "revision": earlier["provenance"].get("revision"), "date": earlier["provenance"].get("date"),
-             "machine": {key: machine.get(key) for key in MACHINE_KEYS}, "teacher_fingerprints": earlier.get("teacher_fingerprints"),
-             "cells": []})
+    earlier, source = earlier_result(path, args, REUSE_IGNORED)
+    return ({(c["members"], c["student"], c["seed"]): c for c in earlier.get("cells") or []},
+            {**source, "teacher_fingerprints": earlier.get("teacher_fingerprints"), "cells": []})
 
 
 def check_reused_teacher(reused_from: dict, cells: list, k: int, teacher, data, cache) -> str:
@@ -210,10 +195,9 @@ def check_reused_teacher(reused_from: dict, cells: list, k: int, teacher, data, 
                          "same seed trains another teacher. Run it on that kind of CPU or leave --reuse out.")
     logits = teacher_logits(teacher, data, "test", cache)
     right = int((logits.argmax(1).cpu() == torch.as_tensor(data.y_test).cpu()).sum())
-    for c in cells:
-        if round(c["teacher"] * len(data.y_test)) != right:
-            raise SystemExit(f"--reuse needs the teacher its cells were distilled from; in {path} teacher k={k} classifies "
-                             f"{round(c['teacher'] * len(data.y_test))} test images right, this run's {right}. Leave --reuse out.")
+    for theirs in {round(c["teacher"] * len(data.y_test)) for c in cells} - {right}:
+        raise SystemExit(f"--reuse needs the teacher its cells were distilled from; in {path} teacher k={k} classifies "
+                         f"{theirs} test images right, this run's {right}. Leave --reuse out.")
     return "its teacher retrained on the same CPU kind, with the same test accuracy to the image (no fingerprint recorded then)"
 
 

@@ -136,6 +136,30 @@ def shown_path(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def earlier_result(path: str, args, ignored: set, added: dict | None = None) -> tuple[dict, dict]:
+    """An earlier result of the same benchmark (its .json) whose runs ``--reuse`` may take, and where it came from
+    (path, revision, date, ``MACHINE_KEYS``); exits in one line when it cannot be read as one, or naming the first
+    argument (outside ``ignored``) it was made with otherwise. ``added``: arguments added since, with the value a
+    result without them ran with."""
+    import json
+
+    try:
+        earlier = json.loads(Path(path).read_text())
+        earlier["args"], earlier["provenance"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--reuse expects a result .json of this benchmark; '{path}' could not be read as one "
+                         f"({type(e).__name__}: {e}). Pass the .json beside a committed result, or leave --reuse out.") from None
+    ours = vars(args)
+    for key in sorted((set(earlier["args"]) | set(ours)) - ignored):
+        theirs = earlier["args"].get(key, (added or {}).get(key))
+        if theirs != ours.get(key):
+            raise SystemExit(f"--reuse needs a result made with the same arguments; {path} has {key}="
+                             f"{theirs!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
+    machine = earlier["provenance"].get("machine") or {}
+    return earlier, {"path": shown_path(path), "revision": earlier["provenance"].get("revision"),
+                     "date": earlier["provenance"].get("date"), "machine": {key: machine.get(key) for key in MACHINE_KEYS}}
+
+
 def write_result(args, result: dict, markdown: str, *, quiet: bool = False) -> None:
     import json
 

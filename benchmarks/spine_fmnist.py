@@ -20,8 +20,8 @@ from dataclasses import asdict
 import torch
 
 from benchmarks.provenance import header_markdown, interval95, mean_std, pm, provenance
-from benchmarks.scenario_common import (MACHINE_KEYS, apply_smoke, base_parser, machine_difference, prepare, same_settings,
-                                        shown_path, write_result)
+from benchmarks.scenario_common import (apply_smoke, base_parser, earlier_result, machine_difference, prepare, same_settings,
+                                        write_result)
 from edgekd.config import METHODS
 
 
@@ -135,23 +135,11 @@ ADDED_ARGS = {"student_mixup": 0.0, "student_flip": False, "teacher_flip": False
 def reused_runs(path: str | None, args) -> tuple[dict, dict | None]:
     """The runs of an earlier result, by (student, epochs, seed), when it was made with the same arguments;
     else exits naming the first argument that differs."""
-    import json
-    from pathlib import Path
-
     if not path:
         return {}, None
-    earlier = json.loads(Path(path).read_text())
-    ours = vars(args)
-    for key in sorted((set(earlier["args"]) | set(ours)) - REUSE_IGNORED):
-        theirs = earlier["args"].get(key, ADDED_ARGS.get(key))
-        if theirs != ours.get(key):
-            raise SystemExit(f"--reuse needs a result made with the same arguments; {path} has {key}="
-                              f"{theirs!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
+    earlier, source = earlier_result(path, args, REUSE_IGNORED, ADDED_ARGS)
     runs = {(s["student"], s["epochs"], r["seed"]): r for s in earlier["students"] for r in s["runs"]}
-    machine = earlier["provenance"].get("machine") or {}
-    return runs, {"path": shown_path(path), "revision": earlier["provenance"].get("revision"), "date": earlier["provenance"].get("date"),
-                  "seeds": sorted({seed for (_, _, seed) in runs}),
-                  "machine": {key: machine.get(key) for key in MACHINE_KEYS}}
+    return runs, {**source, "seeds": sorted({seed for (_, _, seed) in runs})}
 
 
 def reused_machine_note(result: dict) -> str:

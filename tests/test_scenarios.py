@@ -256,7 +256,7 @@ def test_defaults_study_reuses_an_earlier_results_cells_only_with_its_teacher(tm
         reuse_only(lambda r: r["teacher_fingerprints"].update({"2": "0" * 64}))
     with pytest.raises(SystemExit, match="same arguments; .* has epochs=3, this run 2"):
         reuse_only(lambda r: r["args"].update(epochs=3))
-    with pytest.raises(SystemExit, match="--reuse expects a result .json of this study; .* could not be read as one"):
+    with pytest.raises(SystemExit, match="--reuse expects a result .json of this benchmark; .* could not be read as one"):
         defaults_study.main([*common, "--reuse", str(first.with_suffix(".md")), "--reuse-only", "--out", str(tmp_path / "fourth")])
 
 
