@@ -249,6 +249,7 @@ def run(args) -> dict:
                         cell["baseline"], cell["teacher"] = metrics["baseline_test_accuracy"], metrics["teacher_test_accuracy"]
                         cell["baseline_jitter"] = chosen_jitter(metrics.get("baseline_search"))
                         cell["baseline_mixup"] = chosen_mixup(metrics.get("baseline_search"))
+                        cell["baseline_search"] = list(metrics.get("baseline_search") or [])
                     cell["runs"][cand["name"]] = {"test_accuracy": metrics["test_accuracy"], "seconds": time.perf_counter() - tick,
                                                   "jitter": chosen_jitter(metrics.get("student_search")),
                                                   "twin": any(r.get("twin") and r["chosen"] for r in metrics.get("student_search") or []),
@@ -273,7 +274,8 @@ def student_records(metrics: dict, cand: dict) -> list:
     if "val_nll" not in metrics:
         return []
     return [{"method": cand["method"], "jitter": 0, "mixup": cand.get("mixup", 0.0),
-             "val_accuracy": metrics["val_accuracy"], "val_nll": metrics["val_nll"], "chosen": True}]
+             "val_accuracy": metrics["val_accuracy"], "val_nll": metrics["val_nll"],
+             "test_accuracy": metrics["test_accuracy"], "chosen": True}]
 
 
 def add_pick(pick: str, candidates: list, cells: list) -> list:
@@ -405,6 +407,49 @@ def by_pair(cells, candidates) -> list[dict]:
     return rows
 
 
+# How each side could pick among its tries: edgekd's rule (``distill._keep_best``), another that can be
+# evaluated from the records, and test itself, an oracle that bounds what any rule on val could add.
+RULES = {"val accuracy, then NLL (edgekd's rule)": lambda r: (r["val_accuracy"], -r["val_nll"]),
+         "val NLL alone": lambda r: -r["val_nll"],
+         "test accuracy (an oracle, not a rule)": lambda r: r["test_accuracy"]}
+
+
+def judged(cells, candidates) -> list[dict]:
+    """Per candidate and selection rule (``RULES``): the mean gain had both the distilled student and the
+    baseline kept the try that rule prefers, over the cells whose tries all record their test accuracy
+    (recorded after the choice, never read by it: ``distill._record``), and how often each side's choice
+    was also its best try on test. It measures how noisy a judge val is, on runs already made."""
+    rows = []
+    for cand in (c for c in candidates if not c.get("derived")):
+        usable = [(c["runs"][cand["name"]]["search"], c.get("baseline_search") or []) for c in cells]
+        usable = [(s, b) for s, b in usable if s and b and all("test_accuracy" in r for r in (*s, *b))]
+        if not usable:
+            continue
+        for rule, key in RULES.items():
+            picks = [(max(s, key=key), max(b, key=key), s, b) for s, b in usable]
+            gains = [100 * (ps["test_accuracy"] - pb["test_accuracy"]) for ps, pb, _, _ in picks]
+            rows.append({"candidate": cand["name"], "rule": rule, "cells": len(usable), "mean_gain": sum(gains) / len(gains),
+                         "student_best_on_test": sum(ps["test_accuracy"] == max(r["test_accuracy"] for r in s)
+                                                     for ps, _, s, _ in picks),
+                         "baseline_best_on_test": sum(pb["test_accuracy"] == max(r["test_accuracy"] for r in b)
+                                                      for _, pb, _, b in picks)})
+    return rows
+
+
+def _judge_lines(cells, candidates) -> list[str]:
+    rows = judged(cells, candidates)
+    if not rows:
+        return []
+    lines = ["", "How good a judge val is: each try's test accuracy is recorded after the choice and never read by it. "
+             "Mean gain had both sides kept the try a rule prefers, and in how many cells that try was also the side's "
+             "best on test:", "",
+             "| candidate | rule | cells | mean gain | student's pick best on test | baseline's pick best on test |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| `{r['candidate']}` | {r['rule']} | {r['cells']} | {r['mean_gain']:+.2f} | "
+              f"{r['student_best_on_test']}/{r['cells']} | {r['baseline_best_on_test']}/{r['cells']} |" for r in rows]
+    return lines
+
+
 def _recipe(jitter, mixup: float = 0.0) -> str:
     mixed = f", mixup {mixup:g}" if mixup else ""
     return "" if jitter is None else (f" (±{jitter}{mixed})" if jitter else f" (0{mixed})")
@@ -496,6 +541,7 @@ def render(result: dict) -> str:
             ci = "{:+.2f} to {:+.2f}".format(*r["interval95"]) if r.get("interval95") else "-"
             lines.append(f"| {r['members']} | `{r['student']}` | `{r['candidate']}` | {r['seeds']} | {100 * r['baseline']:.2f} | "
                          f"{r['mean_gain']:+.2f} | {std} | {ci} | {'yes' if r['not_losing'] else '**no**'} |")
+    lines += _judge_lines(result["cells"], result["candidates"])
     for k, profile in (result.get("targets") or {}).items():
         lines += ["", f"What the student is asked to match (teacher k={k} on the un-shifted train split; its top-1 there "
                   f"{100 * profile['train_accuracy']:.2f}%): the soft targets' mean top probability and mean "

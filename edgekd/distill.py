@@ -269,8 +269,17 @@ def _strongest_baseline(new_student, x, y, recipes: list[dict], val, train_cfg: 
         fitted = fit(model, n_train=len(y), make_batch=supervised_batches(x, y, jitter, mixup, flip), loss_fn=cross_entropy_loss,
                      val=val, config=train_cfg, store=store, name=name, progress=progress, dist=dist,
                      data_device=data.device)
-        tried.append((model, fitted, {**recipe, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll}))
+        tried.append((model, fitted, _record(recipe, model, fitted, data)))
     return _keep_best(tried)
+
+
+def _record(recipe: dict, model, fitted, data: Dataset) -> dict:
+    """One try of a recipe search: the recipe, its val figures (what ``_keep_best`` chooses by) and its
+    test accuracy, recorded after training and never read by the choice. It lets a study measure how
+    often val keeps what test would have, and what another selection rule would give, without training
+    the tries that were not kept again."""
+    test_accuracy = accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0]
+    return {**recipe, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll, "test_accuracy": test_accuracy}
 
 
 def _keep_best(tried: list) -> tuple:
@@ -336,7 +345,7 @@ def _best_student(new_student, recipes, batches, loss_for, n_train, val, train_c
         name = "student" if len(recipes) == 1 else f"student{other}-jitter{recipe['jitter']}"
         fitted = fit(model, n_train=n_train, make_batch=make_batch, loss_fn=loss_for(recipe["method"]), val=val,
                      config=train_cfg, store=store, name=name, progress=progress, dist=dist, data_device=data.device)
-        tried.append((model, fitted, {**recipe, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll}))
+        tried.append((model, fitted, _record(recipe, model, fitted, data)))
     model, fitted, search, seconds = _keep_best(tried)
     return model, fitted, search if len(tried) > 1 else [], seconds
 
@@ -393,14 +402,14 @@ def tries_twin(config: DistillConfig, input_shape) -> bool:
     return config.twin_teacher and config.recipe_search and config.baseline and not augmented
 
 
-def _with_twin_taught(kept: tuple, recipe: dict, twin: tuple) -> tuple:
+def _with_twin_taught(kept: tuple, recipe: dict, twin: tuple, data: Dataset) -> tuple:
     """``_best_student``'s ``kept`` (model, fit, records, seconds not kept) against the ``twin``-taught
     (model, fit) with ``recipe``, the better on val kept by ``_keep_best`` (the search's own wins a tie); a
     one-recipe search recorded nothing, so its record is rebuilt from ``recipe``."""
     model, fitted, search, seconds = kept
-    records = list(search) or [{**recipe, "val_accuracy": fitted.val_accuracy, "val_nll": fitted.val_nll, "chosen": True}]
+    records = list(search) or [{**_record(recipe, model, fitted, data), "chosen": True}]
     own = next(r for r in records if r["chosen"])
-    twin_record = {**recipe, "twin": True, "val_accuracy": twin[1].val_accuracy, "val_nll": twin[1].val_nll}
+    twin_record = _record({**recipe, "twin": True}, *twin, data)
     best, best_fit, pair, not_kept = _keep_best([(model, fitted, own), (*twin, twin_record)])
     twin_wins = pair[1]["chosen"]
     return best, best_fit, [*({**r, "chosen": r["chosen"] and not twin_wins} for r in records), pair[1]], seconds + not_kept
@@ -502,7 +511,7 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
             student, fitted, student_search, student_search_seconds = _with_twin_taught(
                 (student, fitted, student_search, student_search_seconds), kept,
                 _twin_taught(new_student, twin_batches(kept, teacher, baseline, data, x, y, idx, cache, refresh_cache, dist),
-                             len(idx), loss_for(kept["method"]), val, train_cfg, store, progress, dist, data))
+                             len(idx), loss_for(kept["method"]), val, train_cfg, store, progress, dist, data), data)
             method = next(r["method"] for r in student_search if r["chosen"])
     omitted = {}
     if config.omit_classes:

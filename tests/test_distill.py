@@ -40,6 +40,7 @@ def test_baseline_gets_its_own_best_recipe(tmp_path, digits, tiny_teacher):
     assert [c["jitter"] for c in tried] == [1, 0] and sum(c["chosen"] for c in tried) == 1
     best = max(tried, key=lambda c: (c["val_accuracy"], -c["val_nll"]))
     assert best["chosen"]
+    assert best["test_accuracy"] == pytest.approx(result.baseline_test_accuracy)   # each try's test figure, recorded after
     assert result.gap_closed == gap_closed(result.student_test_accuracy, result.baseline_test_accuracy,
                                            result.teacher_test_accuracy)
 
@@ -208,6 +209,9 @@ def test_the_distilled_student_keeps_its_better_recipe_on_val(tmp_path, digits, 
     assert artifact.manifest.timings["student_search_seconds"] == result.student_search_seconds > 0
     saved, _ = accuracy_and_nll(load_teacher(tmp_path / "s").logits(digits.x_test), digits.y_test)
     assert saved == pytest.approx(result.student_test_accuracy)   # the saved student is the chosen one
+    # each try's test accuracy is recorded (never chosen by): the kept one's is the student's own
+    assert chosen["test_accuracy"] == pytest.approx(result.student_test_accuracy)
+    assert all(0 < c["test_accuracy"] <= 1 for c in tried)
     assert len(list((tmp_path / "c").glob("*.safetensors"))) >= 25   # the teacher on every ±2 px shift, cached
     fixed = distill(teacher, digits, DistillConfig(student="mlp:hidden=16", train=TrainConfig(epochs=2), recipe_search=False),
                     tmp_path / "f", cache=LogitCache(tmp_path / "c"))
@@ -334,6 +338,8 @@ def test_a_teacher_below_the_baseline_gets_the_hard_label_twin_as_a_member(tmp_p
     assert load_artifact(tmp_path / "s").manifest.metrics["student_search"] == list(tried)
     saved, _ = accuracy_and_nll(load_teacher(tmp_path / "s").logits(digits.x_test), digits.y_test)
     assert saved == pytest.approx(result.student_test_accuracy)   # the saved student is the one kept
+    kept = next(c for c in tried if c["chosen"])
+    assert kept["test_accuracy"] == pytest.approx(result.student_test_accuracy) and "test_accuracy" in tried[2]
     assert result.student_search_seconds > 0 and result.teacher_test_accuracy < result.baseline_test_accuracy
     off = distill(weak, digits, dataclasses.replace(config, twin_teacher=False), tmp_path / "o",   # the default
                   cache=LogitCache(tmp_path / "c"))

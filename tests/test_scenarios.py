@@ -396,13 +396,43 @@ def test_defaults_study_rebuilds_the_one_record_of_a_run_without_search():
     searched = [{"jitter": 2, "val_accuracy": 0.9, "val_nll": 0.3, "chosen": True}]
     assert student_records({"student_search": searched}, a) == searched
     assert student_records({"student_search": [], "val_accuracy": 0.9}, a) == []
-    one = student_records({"student_search": [], "val_accuracy": 0.9, "val_nll": 0.3}, b)
-    assert one == [{"method": "kd", "jitter": 0, "mixup": 0.0, "val_accuracy": 0.9, "val_nll": 0.3, "chosen": True}]
+    one = student_records({"student_search": [], "val_accuracy": 0.9, "val_nll": 0.3, "test_accuracy": 0.83}, b)
+    assert one == [{"method": "kd", "jitter": 0, "mixup": 0.0, "val_accuracy": 0.9, "val_nll": 0.3, "test_accuracy": 0.83,
+                    "chosen": True}]
     cell = {"members": 1, "student": "mlp", "seed": 0, "baseline": 0.8, "teacher": 0.9,
-            "runs": {a["name"]: {"test_accuracy": 0.81, "search": student_records({"val_accuracy": 0.88, "val_nll": 0.4}, a)},
+            "runs": {a["name"]: {"test_accuracy": 0.81, "search": student_records(
+                {"val_accuracy": 0.88, "val_nll": 0.4, "test_accuracy": 0.81}, a)},
                      b["name"]: {"test_accuracy": 0.83, "search": one}}}
     assert add_pick(f"{a['name']}|{b['name']}", [a, b], [cell]) == []
     assert cell["runs"][f"{a['name']} or {b['name']} on val"]["test_accuracy"] == 0.83
+
+
+def test_defaults_study_measures_how_good_a_judge_val_is_from_each_trys_test_figure():
+    """Each side keeps a try by a rule; with every try's test accuracy recorded, the gain under each rule and
+    how often the pick was also the best on test come from the runs already made. A cell from before the
+    test figure was recorded is left out, not guessed."""
+    from benchmarks.defaults_study import _judge_lines, judged, parse_candidate
+
+    cand = parse_candidate("kd-ls:T=2,a=0.5,s=kd")
+
+    def tries(*rows):
+        return [{"val_accuracy": v, "val_nll": n, "test_accuracy": t, "chosen": False} for v, n, t in rows]
+
+    # val accuracy keeps the first student try (test 0.90); val NLL the second (0.91); the oracle the second
+    student = tries((0.92, 0.30, 0.90), (0.91, 0.20, 0.91))
+    baseline = tries((0.90, 0.25, 0.89), (0.89, 0.35, 0.895))   # val keeps 0.89, NLL too; the oracle 0.895
+    cell = {"members": 1, "student": "dsconv", "seed": 0, "baseline": 0.89, "baseline_search": baseline,
+            "runs": {cand["name"]: {"test_accuracy": 0.90, "search": student}}}
+    old = {**cell, "seed": 1, "baseline_search": [{k: v for k, v in r.items() if k != "test_accuracy"} for r in baseline]}
+    rows = {r["rule"]: r for r in judged([cell, old], [cand])}
+    edgekd, nll, oracle = (rows[k] for k in ("val accuracy, then NLL (edgekd's rule)", "val NLL alone",
+                                             "test accuracy (an oracle, not a rule)"))
+    assert edgekd["cells"] == 1 and edgekd["mean_gain"] == pytest.approx(1.0)
+    assert (edgekd["student_best_on_test"], edgekd["baseline_best_on_test"]) == (0, 0)
+    assert nll["mean_gain"] == pytest.approx(2.0) and nll["student_best_on_test"] == 1
+    assert oracle["mean_gain"] == pytest.approx(1.5) and (oracle["student_best_on_test"], oracle["baseline_best_on_test"]) == (1, 1)
+    assert "| `kd-ls:T=2,a=0.5,s=kd` | val NLL alone | 1 | +2.00 | 1/1 | 0/1 |" in _judge_lines([cell], [cand])
+    assert judged([old], [cand]) == [] and _judge_lines([old], [cand]) == []
 
 
 def test_defaults_study_gives_the_mean_gains_95_percent_interval_over_seeds():
