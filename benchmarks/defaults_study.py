@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, interval95, provenance
-from benchmarks.scenario_common import earlier_result, machine_difference, write_result
+from benchmarks.scenario_common import earlier_result, judge_lines, machine_difference, write_result
 
 CANDIDATES = "kd:T=4,a=0.9;kd:T=4,a=0.5;kd:T=8,a=0.5;kd:T=2,a=0.5;kd-ls:T=2,a=0.5;dkd:T=4,a=0.5"
 
@@ -407,47 +407,15 @@ def by_pair(cells, candidates) -> list[dict]:
     return rows
 
 
-# How each side could pick among its tries: edgekd's rule (``distill._keep_best``), another that can be
-# evaluated from the records, and test itself, an oracle that bounds what any rule on val could add.
-RULES = {"val accuracy, then NLL (edgekd's rule)": lambda r: (r["val_accuracy"], -r["val_nll"]),
-         "val NLL alone": lambda r: -r["val_nll"],
-         "test accuracy (an oracle, not a rule)": lambda r: r["test_accuracy"]}
-
-
-def judged(cells, candidates) -> list[dict]:
-    """Per candidate and selection rule (``RULES``): the mean gain had both the distilled student and the
-    baseline kept the try that rule prefers, over the cells whose tries all record their test accuracy
-    (recorded after the choice, never read by it: ``distill._record``), and how often each side's choice
-    was also its best try on test. It measures how noisy a judge val is, on runs already made."""
-    rows = []
-    for cand in (c for c in candidates if not c.get("derived")):
-        usable = [(c["runs"][cand["name"]]["search"], c.get("baseline_search") or []) for c in cells]
-        usable = [(s, b) for s, b in usable if s and b and all("test_accuracy" in r for r in (*s, *b))]
-        if not usable:
-            continue
-        for rule, key in RULES.items():
-            picks = [(max(s, key=key), max(b, key=key), s, b) for s, b in usable]
-            gains = [100 * (ps["test_accuracy"] - pb["test_accuracy"]) for ps, pb, _, _ in picks]
-            rows.append({"candidate": cand["name"], "rule": rule, "cells": len(usable), "mean_gain": sum(gains) / len(gains),
-                         "student_best_on_test": sum(ps["test_accuracy"] == max(r["test_accuracy"] for r in s)
-                                                     for ps, _, s, _ in picks),
-                         "baseline_best_on_test": sum(pb["test_accuracy"] == max(r["test_accuracy"] for r in b)
-                                                      for _, pb, _, b in picks)})
-    return rows
-
-
 def _judge_lines(cells, candidates) -> list[str]:
-    rows = judged(cells, candidates)
-    if not rows:
-        return []
-    lines = ["", "How good a judge val is: each try's test accuracy is recorded after the choice and never read by it. "
-             "Mean gain had both sides kept the try a rule prefers, and in how many cells that try was also the side's "
-             "best on test:", "",
-             "| candidate | rule | cells | mean gain | student's pick best on test | baseline's pick best on test |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| `{r['candidate']}` | {r['rule']} | {r['cells']} | {r['mean_gain']:+.2f} | "
-              f"{r['student_best_on_test']}/{r['cells']} | {r['baseline_best_on_test']}/{r['cells']} |" for r in rows]
-    return lines
+    """How good a judge val was (``scenario_common.judge_lines``) per teacher, student and candidate, from each
+    seed's tries."""
+    groups = {}
+    for cand in (c for c in candidates if not c.get("derived")):
+        for c in cells:
+            groups.setdefault(f"k={c['members']} `{c['student']}`, `{cand['name']}`", []).append(
+                (c["runs"][cand["name"]].get("search") or [], c.get("baseline_search") or []))
+    return judge_lines(groups)
 
 
 def _recipe(jitter, mixup: float = 0.0) -> str:

@@ -169,3 +169,43 @@ def write_result(args, result: dict, markdown: str, *, quiet: bool = False) -> N
     out.with_suffix(".md").write_text(markdown)
     if not quiet:
         print(markdown)
+
+
+# How each side of a comparison could pick among its tries: edgekd's rule (``distill._keep_best``), another
+# that can be evaluated from the records, and test itself, an oracle that bounds what any rule could add.
+SELECTION_RULES = {"val accuracy, then NLL (edgekd's rule)": lambda r: (r["val_accuracy"], -r["val_nll"]),
+                   "val NLL alone": lambda r: -r["val_nll"],
+                   "test accuracy (an oracle, not a rule)": lambda r: r["test_accuracy"]}
+
+
+def judged(pairs: list[tuple[list, list]]) -> list[dict]:
+    """Per selection rule (``SELECTION_RULES``), over (distilled student's tries, baseline's tries) pairs,
+    one per seed: the mean gain in points had both sides kept the try that rule prefers, and how often
+    each side's pick was also its best try on test. Only pairs whose tries all record their test accuracy
+    (recorded after the choice, never read by it: ``edgekd.distill``) count; none gives no rows. It
+    measures how noisy a judge val is, on runs already made."""
+    usable = [(s, b) for s, b in pairs if s and b and all("test_accuracy" in r for r in (*s, *b))]
+    rows = []
+    for rule, key in SELECTION_RULES.items() if usable else ():
+        picks = [(max(s, key=key), max(b, key=key), s, b) for s, b in usable]
+        gains = [100 * (ps["test_accuracy"] - pb["test_accuracy"]) for ps, pb, _, _ in picks]
+        rows.append({"rule": rule, "cells": len(usable), "mean_gain": sum(gains) / len(gains),
+                     "student_best_on_test": sum(ps["test_accuracy"] == max(r["test_accuracy"] for r in s) for ps, _, s, _ in picks),
+                     "baseline_best_on_test": sum(pb["test_accuracy"] == max(r["test_accuracy"] for r in b) for _, pb, _, b in picks)})
+    return rows
+
+
+def judge_lines(groups: dict[str, list[tuple[list, list]]]) -> list[str]:
+    """A markdown table of ``judged`` for each labelled group of pairs (a candidate, a student); nothing when
+    no pair records its tries' test accuracy (results made before it was recorded)."""
+    rows = [(label, r) for label, pairs in groups.items() for r in judged(pairs)]
+    if not rows:
+        return []
+    lines = ["", "How good a judge val is: each try's test accuracy is recorded after the choice and never read by it. "
+             "Mean gain had both sides kept the try a rule prefers, and in how many seeds that try was also the side's "
+             "best on test:", "",
+             "| of | rule | seeds | mean gain | student's pick best on test | baseline's pick best on test |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {label} | {r['rule']} | {r['cells']} | {r['mean_gain']:+.2f} | "
+              f"{r['student_best_on_test']}/{r['cells']} | {r['baseline_best_on_test']}/{r['cells']} |" for label, r in rows]
+    return lines

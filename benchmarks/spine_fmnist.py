@@ -20,8 +20,8 @@ from dataclasses import asdict
 import torch
 
 from benchmarks.provenance import header_markdown, interval95, mean_std, pm, provenance
-from benchmarks.scenario_common import (apply_smoke, base_parser, earlier_result, machine_difference, prepare, same_settings,
-                                        write_result)
+from benchmarks.scenario_common import (apply_smoke, base_parser, earlier_result, judge_lines, machine_difference, prepare,
+                                        same_settings, write_result)
 from edgekd.config import METHODS
 
 
@@ -441,6 +441,9 @@ def render(result: dict) -> str:
             lines.append(f"Auto search for {label(s, students)} (seed 0, val accuracy after a short budget): " + ", ".join(
                 f"T={c['temperature']:g}/α={c['alpha']:g}: {100 * c['val_accuracy']:.2f}" for c in s["search"]) + ".")
             lines.append("")
+    if judge := judge_lines({label(s, students): [(r.get("student_search") or [], r.get("baseline_search") or [])
+                                                  for r in s["runs"]] for s in students}):
+        lines += judge[1:] + [""]   # the blank line before it is there already
     e = result["epoch_time"]
     if e is None:
         return "\n".join(lines + ["Epoch time: not measured yet (the run was stopped or is still going).", ""])

@@ -411,7 +411,8 @@ def test_defaults_study_measures_how_good_a_judge_val_is_from_each_trys_test_fig
     """Each side keeps a try by a rule; with every try's test accuracy recorded, the gain under each rule and
     how often the pick was also the best on test come from the runs already made. A cell from before the
     test figure was recorded is left out, not guessed."""
-    from benchmarks.defaults_study import _judge_lines, judged, parse_candidate
+    from benchmarks.defaults_study import _judge_lines, parse_candidate
+    from benchmarks.scenario_common import judged
 
     cand = parse_candidate("kd-ls:T=2,a=0.5,s=kd")
 
@@ -424,15 +425,16 @@ def test_defaults_study_measures_how_good_a_judge_val_is_from_each_trys_test_fig
     cell = {"members": 1, "student": "dsconv", "seed": 0, "baseline": 0.89, "baseline_search": baseline,
             "runs": {cand["name"]: {"test_accuracy": 0.90, "search": student}}}
     old = {**cell, "seed": 1, "baseline_search": [{k: v for k, v in r.items() if k != "test_accuracy"} for r in baseline]}
-    rows = {r["rule"]: r for r in judged([cell, old], [cand])}
+    pairs = [(c["runs"][cand["name"]]["search"], c["baseline_search"]) for c in (cell, old)]
+    rows = {r["rule"]: r for r in judged(pairs)}
     edgekd, nll, oracle = (rows[k] for k in ("val accuracy, then NLL (edgekd's rule)", "val NLL alone",
                                              "test accuracy (an oracle, not a rule)"))
     assert edgekd["cells"] == 1 and edgekd["mean_gain"] == pytest.approx(1.0)
     assert (edgekd["student_best_on_test"], edgekd["baseline_best_on_test"]) == (0, 0)
     assert nll["mean_gain"] == pytest.approx(2.0) and nll["student_best_on_test"] == 1
     assert oracle["mean_gain"] == pytest.approx(1.5) and (oracle["student_best_on_test"], oracle["baseline_best_on_test"]) == (1, 1)
-    assert "| `kd-ls:T=2,a=0.5,s=kd` | val NLL alone | 1 | +2.00 | 1/1 | 0/1 |" in _judge_lines([cell], [cand])
-    assert judged([old], [cand]) == [] and _judge_lines([old], [cand]) == []
+    assert "| k=1 `dsconv`, `kd-ls:T=2,a=0.5,s=kd` | val NLL alone | 1 | +2.00 | 1/1 | 0/1 |" in _judge_lines([cell], [cand])
+    assert judged(pairs[1:]) == [] and _judge_lines([old], [cand]) == []
 
 
 def test_defaults_study_gives_the_mean_gains_95_percent_interval_over_seeds():
