@@ -139,6 +139,16 @@ def test_spine_reuses_earlier_seeds_and_keeps_the_baseline_recipe_of_seed_0(tmp_
     vendor = json.loads(json.dumps(result))   # same extensions, another CPU: an AMD and an Intel train other weights too
     vendor["reused_from"]["machine"]["cpu"], vendor["provenance"]["machine"]["cpu"] = "AMD EPYC", "Intel(R) Xeon(R) Processor"
     assert "another machine (CPU AMD EPYC; this run CPU Intel(R) Xeon(R) Processor)" in spine_fmnist.render(vendor)
+    assert "How good a judge val is" not in report   # the student kept its one recipe: no tries to judge
+    judged = json.loads(json.dumps(result))   # a student that searched: val keeps the try worse on test, val NLL the other
+    tries = judged["students"][0]["runs"][0]
+    assert all("test_accuracy" in b for b in tries["baseline_search"])   # recorded by distill for each try
+    tries["student_search"] = [{"jitter": 2, "views": 0, "view_grid": True, "val_accuracy": 0.9, "val_nll": 0.3,
+                                "test_accuracy": 0.80, "chosen": True},
+                               {"jitter": 0, "views": 0, "view_grid": False, "val_accuracy": 0.8, "val_nll": 0.2,
+                                "test_accuracy": 0.85, "chosen": False}]
+    judge = spine_fmnist.render(judged)
+    assert "How good a judge val is" in judge and "| `mlp:hidden=32` | val NLL alone | 1 |" in judge
     with pytest.raises(SystemExit, match="--reuse needs a result made with the same arguments; .* has student_jitter=None, this run 1"):
         spine_fmnist.main(["--smoke", "--seeds", "2", "--work", str(work), "--student-jitter", "1", "--reuse", str(first.with_suffix(".json")),
                            "--out", str(tmp_path / "three")])
