@@ -339,16 +339,17 @@ def _best_student(new_student, recipes, batches, loss_for, n_train, val, train_c
     like the baseline's. The configured method (the last recipe's, ``student_recipes``) keeps its runs'
     names in the run store."""
     method, tried = recipes[-1]["method"], []
+    # one recipe records no search (its figures are the student's own): no test pass for a record dropped
+    searching = len(recipes) > 1
     for recipe, make_batch in zip(recipes, batches):
         model = new_student(train_cfg.seed)
         other = "" if recipe["method"] == method else f"-{recipe['method']}"
-        name = "student" if len(recipes) == 1 else f"student{other}-jitter{recipe['jitter']}"
+        name = f"student{other}-jitter{recipe['jitter']}" if searching else "student"
         fitted = fit(model, n_train=n_train, make_batch=make_batch, loss_fn=loss_for(recipe["method"]), val=val,
                      config=train_cfg, store=store, name=name, progress=progress, dist=dist, data_device=data.device)
-        # one recipe records no search (its figures are the student's own): no test pass for a record dropped
-        tried.append((model, fitted, _record(recipe, model, fitted, data) if len(recipes) > 1 else {}))
+        tried.append((model, fitted, _record(recipe, model, fitted, data) if searching else {}))
     model, fitted, search, seconds = _keep_best(tried)
-    return model, fitted, search if len(tried) > 1 else [], seconds
+    return model, fitted, search if searching else [], seconds
 
 
 def twin_logits(teacher_logits: torch.Tensor, twin: torch.Tensor) -> torch.Tensor:
