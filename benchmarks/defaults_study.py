@@ -4,6 +4,9 @@ baseline, over teachers and students, on Fashion-MNIST.
     python -m benchmarks.defaults_study --train-limit 10000 --out benchmarks/results/defaults_study_10k
     python -m benchmarks.defaults_study --smoke
 
+``--first-seed`` spreads the seeds over processes that share one ``--work`` (a GPU runs several small
+students at once): train the teacher with ``--seeds 0``, run each share, then ``--reuse-only`` reports all.
+
 ``--reuse`` takes the cells of an earlier result with the same arguments (e.g. seed 0 of a study whose
 later seeds are still to run) instead of training them again, when its teacher is provably this one.
 
@@ -54,6 +57,9 @@ def parse_args(argv=None):
                         "runs (both in --candidates, same T and alpha)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="Run seeds FIRST..FIRST+SEEDS-1, e.g. to spread seeds over processes sharing one --work (train the "
+                        "teacher first with --seeds 0); then --first-seed 0 --seeds ALL --reuse-only reports them all.")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--work", default="runs/defaults_study")
     p.add_argument("--out", default="benchmarks/results/defaults_study")
@@ -66,6 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="digits, tiny models, seconds")
     args = p.parse_args(argv)
     args.train_limit = args.train_limit or None
+    for name in ("seeds", "first_seed"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be at least 0; got {getattr(args, name)}. Pass 0 or more.")
     names = args.candidates.split(";")
     if args.pick is not None and (len(args.pick.split("|")) != 2 or not set(args.pick.split("|")) <= set(names)):
         p.error(f"--pick must name two of --candidates as 'A|B'; got {args.pick!r}. Choose among {', '.join(names)}.")
@@ -88,7 +97,8 @@ def parse_args(argv=None):
         if args.candidates == p.get_default("candidates"):   # explicit --candidates (and --pick among them) stand
             args.candidates = "kd:T=4,a=0.9;kd:T=2,a=0.5"
         args.students, args.epochs, args.teacher_epochs = "mlp:hidden=16", 2, 2
-        args.work = str(Path(args.out).parent / (Path(args.out).name + "-work"))
+        if args.work == p.get_default("work"):   # an explicit --work (shared by --first-seed runs) stands
+            args.work = str(Path(args.out).parent / (Path(args.out).name + "-work"))
     return args
 
 
@@ -160,7 +170,7 @@ def teacher_description(manifest, members: int, path: str) -> str:
     return f"{members} × `{arch}` ({train.get('epochs', '?')} epochs, {jitter}; `{path}`)"
 
 
-REUSE_IGNORED = {"students", "seeds", "work", "out", "reuse", "reuse_only"}   # what may differ from the result reused
+REUSE_IGNORED = {"students", "seeds", "first_seed", "work", "out", "reuse", "reuse_only"}   # what may differ from the result reused
 
 
 def reused_cells(path: str | None, args) -> tuple[dict, dict | None]:
@@ -220,7 +230,7 @@ def run(args) -> dict:
     for k, teacher in ensemble.items():
         matched = None
         for student in args.students.split(";"):
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 cell = {"members": k, "student": student, "seed": seed, "runs": {}}
                 earlier = reuse.get((k, student, seed))
                 complete = (earlier is not None or args.reuse_only) and _complete(args, k, student, seed, candidates, teacher)
@@ -474,6 +484,11 @@ def reused_list(cells: list) -> str:
     return "; ".join(f"k={k} `{student}` seed{'s' if len(s) > 1 else ''} {', '.join(s)}" for (k, student), s in seeds.items())
 
 
+def _seed_range(a: dict) -> str:
+    first = a.get("first_seed", 0)   # results made before --first-seed ran from seed 0
+    return f"{first}..{first + a['seeds'] - 1}" if a["seeds"] else "none"
+
+
 def render(result: dict) -> str:
     lines = header_markdown(f"Defaults study on `{result['data']['spec']}` ({result['data']['n_train']} training images)",
                             result["provenance"])
@@ -484,7 +499,7 @@ def render(result: dict) -> str:
     recipe = ("its recipe chosen on val between no jitter on cached logits and ±2 px on consistent views (the teacher "
               "cached on every shift)" if searched else "no jitter, cached logits")
     lines += [f"Teachers: the first k of {ensemble}, k ∈ {{{a['members']}}}. Every student {a['epochs']} epochs, "
-              f"{recipe} ({_recipe_source(result['candidates'])}), seeds 0..{a['seeds'] - 1}; gain = distilled − "
+              f"{recipe} ({_recipe_source(result['candidates'])}), seeds {_seed_range(a)}; gain = distilled − "
               "hard-label baseline with the same budget and seed, in test-accuracy points. The baseline keeps the "
               "better on val of ±2 px jitter and none. In brackets: the jitter each side chose (0: none)."
               + _mixup_note(result["candidates"]) + _twin_note(result["candidates"]) + _pick_note(result), "",

@@ -229,6 +229,27 @@ def test_defaults_study_takes_its_members_from_a_given_teacher(tmp_path, tiny_te
 
 
 @pytest.mark.slow
+def test_defaults_study_spreads_seeds_over_runs_that_share_a_work_folder(tmp_path, tiny_teacher):
+    """--first-seed: seeds 0 and 1 run apart (as parallel processes on a GPU would), then --reuse-only over
+    both reads every run back and reports seeds 0..1; a negative seed is refused in one line."""
+    from benchmarks import defaults_study
+
+    common = ["--smoke", "--teacher", str(tiny_teacher), "--members", "2", "--work", str(tmp_path / "work")]
+    defaults_study.main([*common, "--first-seed", "1", "--out", str(tmp_path / "one")])
+    part = json.loads((tmp_path / "one.json").read_text())
+    assert [c["seed"] for c in part["cells"]] == [1] and "seeds 1..1;" in (tmp_path / "one.md").read_text()
+    defaults_study.main([*common, "--out", str(tmp_path / "zero")])
+    defaults_study.main([*common, "--seeds", "2", "--reuse-only", "--out", str(tmp_path / "all")])
+    result = json.loads((tmp_path / "all.json").read_text())
+    assert [c["seed"] for c in result["cells"]] == [0, 1] and result["runs_trained"] == 0 and not result["not_run"]
+    assert result["cells"][1]["runs"].keys() == part["cells"][0]["runs"].keys()
+    assert all(result["cells"][1]["runs"][n]["test_accuracy"] == r["test_accuracy"] for n, r in part["cells"][0]["runs"].items())
+    assert "seeds 0..1;" in (tmp_path / "all.md").read_text()
+    with pytest.raises(SystemExit):
+        defaults_study.main([*common, "--first-seed", "-1", "--out", str(tmp_path / "bad")])
+
+
+@pytest.mark.slow
 def test_defaults_study_reuses_an_earlier_results_cells_only_with_its_teacher(tmp_path, tiny_teacher):
     """--reuse: an earlier result's cells stand for the ones not in --work (seed 0 of a study whose later seeds
     run now), when the arguments and the teacher are the same; anything else is refused in one line."""
