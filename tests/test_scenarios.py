@@ -231,7 +231,7 @@ def test_defaults_study_takes_its_members_from_a_given_teacher(tmp_path, tiny_te
 @pytest.mark.slow
 def test_defaults_study_spreads_seeds_over_runs_that_share_a_work_folder(tmp_path, tiny_teacher):
     """--first-seed: seeds 0 and 1 run apart (as parallel processes on a GPU would), then --reuse-only over
-    both reads every run back and reports seeds 0..1; a negative seed is refused in one line."""
+    both reads every run back and reports seeds 0..1; a negative seed is refused (argparse's error, exit 2)."""
     from benchmarks import defaults_study
 
     common = ["--smoke", "--teacher", str(tiny_teacher), "--members", "2", "--work", str(tmp_path / "work")]
@@ -245,8 +245,9 @@ def test_defaults_study_spreads_seeds_over_runs_that_share_a_work_folder(tmp_pat
     assert result["cells"][1]["runs"].keys() == part["cells"][0]["runs"].keys()
     assert all(result["cells"][1]["runs"][n]["test_accuracy"] == r["test_accuracy"] for n, r in part["cells"][0]["runs"].items())
     assert "seeds 0..1;" in (tmp_path / "all.md").read_text()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         defaults_study.main([*common, "--first-seed", "-1", "--out", str(tmp_path / "bad")])
+    assert refused.value.code == 2 and not (tmp_path / "bad.json").exists()
 
 
 @pytest.mark.slow
