@@ -433,7 +433,7 @@ def _labels(path: Path, name: str, y: np.ndarray) -> np.ndarray:
             raise DataError(f"'{path}': '{name}' holds NaN or Inf labels; labels must be whole class indices.")
         if (y != np.round(y)).any():
             bad = y[y != np.round(y)][0]
-            raise DataError(f"'{path}': '{name}' must hold whole class indices. Got {bad!r} among them; save integer labels.")
+            raise DataError(f"'{path}': '{name}' must hold whole class indices. Got {bad.item()!r} among them; save integer labels.")
         if len(y) and np.abs(y).max() >= 2**62:
             raise DataError(f"'{path}': '{name}' holds labels too large to be class indices; number the classes 0..C-1.")
         return y.astype(np.int64)

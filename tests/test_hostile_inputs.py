@@ -258,7 +258,7 @@ LABEL_DATA = [   # (id, arrays, fragment)
     ("label 2^62 in y_test", dict(x=np.zeros((40, 8, 8), np.float32), y=np.arange(40) % 10, x_test=np.zeros((2, 8, 8), np.float32),
                                  y_test=np.array([0, 2 ** 62])), "'y_test' must hold class indices"),
     ("negative label", dict(x=np.zeros((40, 8, 8), np.float32), y=np.r_[np.arange(39) % 10, -1]), "class indices"),
-    ("float labels 2.7", dict(x=np.zeros((40, 8, 8), np.float32), y=np.r_[np.arange(39) % 10, 2.7]), "whole class indices"),
+    ("float labels 2.7", dict(x=np.zeros((40, 8, 8), np.float32), y=np.r_[np.arange(39) % 10, 2.7]), "whole class indices. Got 2.7 among"),
     ("NaN labels", dict(x=np.zeros((40, 8, 8), np.float32), y=np.r_[np.arange(39) % 10, np.nan]), "NaN or Inf labels"),
     ("labels 2-D", dict(x=np.zeros((40, 8, 8), np.float32), y=np.zeros((40, 2), np.int64)), "must be a vector"),
     ("labels text", dict(x=np.zeros((40, 8, 8), np.float32), y=np.array(["a"] * 40)), "integer class labels"),
