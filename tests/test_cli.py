@@ -103,7 +103,9 @@ def test_onnx_teacher_with_input_scale_matches_artifact(onnx_teacher, tiny_teach
 def test_distill_from_onnx_teacher(edgekd, tmp_path, onnx_teacher):
     code, out, err = edgekd("distill", "--teacher", onnx_teacher, "--teacher-scale", 0.0625, "--student", "mlp:hidden=16",
                          "--epochs", "1", "--out", tmp_path / "s", "--quiet")
-    assert code == 0, err and "ONNX" in out
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["teacher"]["description"].startswith("ONNX"), manifest["teacher"]
 
 
 def test_torchscript_teacher(tmp_path, tiny_teacher, digits):
@@ -166,6 +168,16 @@ def _bad_npz(tmp_path, **arrays):
     return f"npz:{path}"
 
 
+def _file(path):
+    path.write_bytes(b"\x00not a model")
+    return path
+
+
+def _folder(path):
+    path.mkdir()
+    return path
+
+
 BAD = [
     ("missing dataset folder", lambda p, t, s: ["evaluate", t, "--data", f"fashion-mnist:{p / 'nope'}"], "not found"),
     ("unknown dataset", lambda p, t, s: ["evaluate", t, "--data", "cifar10"], "Unknown dataset"),
@@ -177,7 +189,9 @@ BAD = [
     ("corrupt artifact", lambda p, t, s: ["evaluate", s], "corrupt"),
     ("empty transfer set", lambda p, t, s: ["distill", "--teacher", t, "--omit-classes", "0,1,2,3,4,5,6,7,8,9", "--out", p / "o"], "transfer set is empty"),
     ("existing output", lambda p, t, s: ["distill", "--teacher", t, "--out", t], "an input of this command"),
-    ("not a teacher", lambda p, t, s: ["evaluate", p / "nothing-here"], "not found"),
+    ("model missing", lambda p, t, s: ["evaluate", p / "nothing-here"], "not found"),
+    ("not a teacher", lambda p, t, s: ["distill", "--teacher", _file(p / "weights.bin"), "--out", p / "o"], "is not a teacher: expected"),
+    ("folder not an artifact", lambda p, t, s: ["evaluate", _folder(p / "photos")], "is a folder but not an edgekd artifact"),
     ("bad option type", lambda p, t, s: ["distill", "--teacher", t, "--epochs", "many", "--out", p / "o"], "'many' is not a valid integer"),
     ("unknown arch option", lambda p, t, s: ["distill", "--teacher", t, "--student", "mlp:depth=3", "--out", p / "o"], "Unknown option 'depth=3'"),
 ]

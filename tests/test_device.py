@@ -2,6 +2,7 @@
 (tiny data) and are skipped, with the reason, where no GPU is visible: run them with ``pytest -m gpu``."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -56,8 +57,14 @@ def test_shifts_are_made_on_the_generators_device():
 
 
 def test_bf16_autocast_trains_on_the_cpu(digits):
+    """bf16 autocasts the forward pass; the weights the loop keeps stay float32, and it learns."""
     with autocast(torch.device("cpu"), "bf16"):
         assert torch.nn.Linear(4, 2)(torch.randn(3, 4)).dtype == torch.bfloat16
+    model, result = _tiny_fit(digits, None, TrainConfig(epochs=3, lr=1e-2, precision="bf16", device="cpu"))
+    assert all(v.dtype == torch.float32 for v in result.state.values())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history), result.history
+    assert result.val_accuracy > 0.8, result.val_accuracy
     with pytest.raises(ConfigError, match="'precision' parameter"):
         TrainConfig(precision="fp8")
 
@@ -123,9 +130,12 @@ def test_non_finite_loss_is_reported_once_per_epoch(digits):
         _tiny_fit(digits, None, TrainConfig(epochs=1), nan_batches)
 
 
-def test_accuracy_follows_the_logits_device():
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    assert accuracy_and_nll(logits, torch.tensor([0, 0]))[0] == 0.5
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, gpu])])
+def test_accuracy_follows_the_logits_device(device):
+    """CPU labels meet the logits on their device; accuracy and NLL come back as plain floats."""
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]], device=device)
+    accuracy, nll = accuracy_and_nll(logits, torch.tensor([0, 0]))
+    assert accuracy == 0.5 and nll == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.e)) / 2, rel=1e-6)
 
 
 # --- on CUDA ---------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """edgekd.imagefolder: a folder of images per class, decoded once into a verified, memory-mapped cache."""
 
+import json
 import os
 import shutil
 import warnings
@@ -110,6 +111,9 @@ def test_train_distill_and_export_from_photos_through_the_cli(edgekd, tmp_path):
     # the recorded spec carries the folder's options: export reloads the very same images
     code, _, err = edgekd("export", student, "--onnx", "--out", tmp_path / "s.onnx")
     assert code == 0, err
+    checked = json.loads((tmp_path / "s.onnx.json").read_text())["verification"]
+    assert checked["data"].startswith(f"imagefolder:{root}") and "size=8x8" in checked["data"], checked["data"]
+    assert all(p["top1_agreement"] == 1.0 for p in checked["fp32"]["parity"]) and checked["n_val"] > 0
     code, _, err = edgekd("teacher", "train", "--image-size", "8x8", "--quiet", "--out", tmp_path / "x")
     assert code == 2 and "apply to 'imagefolder:DIR' data" in err
 

@@ -131,8 +131,9 @@ def test_executorch_rows_run_their_batch_and_skip_others(tmp_path, tiny_student,
     assert parity["max_abs_diff"] < 1e-4
 
 
-def test_a_missing_mobile_runtime_is_a_skipped_row(monkeypatch, tiny_student, digits):
-    """Without the extra installed the benchmark still runs, and says how to install it."""
+def test_a_missing_mobile_runtime_is_a_skipped_row(monkeypatch, exported, digits):
+    """Without the extra installed the benchmark still runs, and each .onnx model MNN would have run gets a
+    skipped row that says how to install it."""
     import builtins
 
     from benchmarks.harness import BenchConfig, run_benchmark
@@ -145,9 +146,12 @@ def test_a_missing_mobile_runtime_is_a_skipped_row(monkeypatch, tiny_student, di
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_mnn)
-    report = run_benchmark([str(tiny_student)], digits, BenchConfig(runtimes=("pytorch", "mnn"), **FAST))
+    report = run_benchmark([f"fp32={exported['fp32']}"], digits, BenchConfig(runtimes=("onnxruntime", "mnn"), **FAST))
     record = next(r for r in report.runtimes if r["name"] == "mnn")
     assert record["available"] is False and "edgekd[mobile]" in record["reason"]
+    rows = _rows(report, "mnn")
+    assert [(r["model"], r["status"]) for r in rows] == [("fp32", "skipped")] and "edgekd[mobile]" in rows[0]["error"]
+    assert any(r["status"] == "ok" for r in _rows(report, "onnxruntime"))
 
 
 @pytest.mark.mobile

@@ -145,17 +145,24 @@ def test_specialist_starts_from_the_generalist(digits):
 
 
 
-def test_a_specialist_trains_with_mixup(digits):
-    """``--mixup`` reaches the specialists too: their mixture batches are blended like any other."""
+def test_a_specialist_trains_with_mixup(digits, monkeypatch):
+    """``--mixup`` reaches the specialists too: their mixture batches are blended like any other (every
+    training batch goes through ``mix_inputs``; none does without mixup)."""
+    import edgekd.training
     from edgekd.models import create_model, parse_arch
     from edgekd.training import TrainConfig
     from specialists.training import train_specialist
 
+    blended, real_mix = [], edgekd.training.mix_inputs
+    monkeypatch.setattr(edgekd.training, "mix_inputs", lambda x, *a: blended.append(len(x)) or real_mix(x, *a))
     arch, options = parse_arch("mlp:hidden=16")
     torch.manual_seed(0)
     generalist = create_model(arch, digits.input_shape, 10, mean=digits.mean, std=digits.std, options=options).eval()
+    plain = train_specialist(generalist, arch, options, digits, (1, 7), train=TrainConfig(epochs=2))
+    assert blended == [] and plain.epochs_run == 2
     fitted = train_specialist(generalist, arch, options, digits, (1, 7), train=TrainConfig(epochs=2, mixup=0.3))
     assert fitted.epochs_run == 2 and len(fitted.history) == 2 and 0 < fitted.val_accuracy <= 1
+    assert len(blended) >= 2 and all(n > 1 for n in blended)   # at least one batch an epoch, each a real batch
 
 # --- the solver -----------------------------------------------------------------------------------
 
@@ -474,7 +481,8 @@ def test_several_specialists_per_cluster_are_counted_as_coverage(generalist, tmp
     artifact = load_artifact(tmp_path / "spec")
     first, second = (artifact.load_tensors(m.weights) for m in members[:2])
     assert any(not torch.equal(first[k], second[k]) for k in first)   # two opinions, not one twice
-    assert {row["specialists_covering"] for row in result.by_coverage} <= {0, 2}
+    covering = {row["specialists_covering"] for row in result.by_coverage}
+    assert 2 in covering and covering <= {0, 2}   # every covered class has both opinions
     assert load_teacher(tmp_path / "spec").logits(digits.x_test[:8]).shape == (8, 10)
     with pytest.raises(ConfigError, match="'per_cluster' parameter"):
         build.SpecialistConfig(per_cluster=0)
