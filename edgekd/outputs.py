@@ -105,7 +105,7 @@ def foreign_entries(folder: str | Path, kind: str) -> list[str] | None:
     if kind == "report":
         if not is_report_folder(folder):
             return None
-        return [name for name in _files(folder) if name not in REPORT_FILES]
+        return [name for name in _files(folder) if name not in REPORT_FILES and not _own_temp(Path(name).name)]
     if kind == "pipeline":
         return _pipeline_foreign(folder)
     raise ValueError(kind)

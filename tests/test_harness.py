@@ -348,6 +348,10 @@ def test_cli_end_to_end_and_from(edgekd, tmp_path, tiny_teacher, tiny_student, o
     code, stdout, err = edgekd("bench", "--from", out / "report.json", "--out", tmp_path / "again")
     assert code == 0, err
     assert (tmp_path / "again" / "report.md").read_text() == md
+    before = sorted(p.name for p in out.iterdir())
+    code, stdout, err = edgekd("bench", "--from", out / "report.json")   # in place, as the README shows it
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "report.md").read_text() == md
     code, _, err = edgekd(*args)  # the folder is not empty now
     assert code == 2 and "already exists" in err and err.count("\n") == 1
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shlex
 
+from pathlib import Path
+
 import click
 
 from edgekd.clicommon import common_options, data_options, echo_json, load_data
@@ -63,7 +65,8 @@ def bench_cmd(**params):
         from benchmarks.report import load_report, rerender
         from edgekd.outputs import output_lock
 
-        with output_lock(params["out"] or params["from_json"]):
+        # in place, the lock sits beside the report's folder, not inside it among the report's files
+        with output_lock(params["out"] or Path(params["from_json"]).parent):
             paths = rerender(params["from_json"], params["out"], overwrite=params["overwrite"])
         _print(load_report(paths["report_json"]), paths, params["as_json"])
         return
