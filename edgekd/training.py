@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import time
 from contextlib import contextmanager
@@ -230,6 +231,11 @@ def fingerprint_changes(old: dict, new: dict) -> list[str]:
     return changes
 
 
+# every name a RunStore writes (run.json, clusters.json, NAME.KIND.json, NAME.KIND.PID-SERIAL.safetensors, and
+# the temporary .NAME...tmp of an atomic write): anything else in the folder is the user's, never removed
+_OWN_STORE_FILE = re.compile(r"(run|clusters|.+\.(ckpt|done))\.json|.+\.(ckpt|done)(\.\d+-\d+)?\.safetensors|\..+\.tmp")
+
+
 class RunStore:
     """A folder (``<out>.partial``) holding checkpoints and finished sub-runs of one command.
 
@@ -252,7 +258,7 @@ class RunStore:
                 raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) exists and is not a folder; "
                                   f"move it away and rerun.")
             has_state = any(self.path.glob("*.ckpt.json")) or any(self.path.glob("*.done.json"))
-            foreign = [p.name for p in self.path.iterdir() if p.is_dir() or not p.name.endswith((".json", ".safetensors", ".tmp"))]
+            foreign = [p.name for p in self.path.iterdir() if p.is_dir() or p.is_symlink() or not _OWN_STORE_FILE.fullmatch(p.name)]
             if foreign:
                 raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) holds files edgekd did not write "
                                   f"({', '.join(sorted(foreign)[:3])}); move them away and rerun.")

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -204,6 +205,20 @@ def test_stale_store_without_checkpoints_does_not_block_a_rerun(tmp_path):
     (tmp_path / "o.partial").mkdir()
     (tmp_path / "o.partial" / "run.json").write_text("{}")
     RunStore(tmp_path / "o.partial", resume=False)   # a run that failed before its first checkpoint
+
+
+@pytest.mark.parametrize("name", ["notes.json", "weights.safetensors", "member-0.ckpt.best.safetensors", "run.json.bak"])
+def test_a_users_folder_named_like_a_store_is_never_removed(tmp_path, name):
+    """OUT.partial that holds a file edgekd does not write there is the user's: refused, whatever the flags."""
+    from edgekd.training import RunStore
+
+    folder = tmp_path / "o.partial"
+    folder.mkdir()
+    (folder / name).write_text("mine")
+    for flags in (dict(resume=False), dict(resume=False, overwrite=True), dict(resume=True)):
+        with pytest.raises(EdgekdError, match=f"holds files edgekd did not write \\({re.escape(name)}\\)"):
+            RunStore(folder, **flags)
+    assert (folder / name).read_text() == "mine"
 
 
 def test_second_writer_is_refused(tmp_path):
