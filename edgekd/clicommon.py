@@ -94,9 +94,9 @@ def _checked_toml_value(path: Path, key: str, value, param: click.Parameter):
     elif isinstance(kind, click.types.FloatParamType):
         expected, ok = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
     elif param.name in _NUMBERS_AS_TEXT and _is_number(value):
-        return f"{value:g}" if isinstance(value, float) else str(value)
+        return str(value)   # repr-exact: 1.0 stays a fraction ('1' would be a count), 1.2345678 keeps its digits
     elif param.name in _LISTS_AS_TEXT and isinstance(value, list) and value and all(map(_is_number, value)):
-        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        return ",".join(map(str, value))
     else:
         expected, ok = "text (a quoted string)", isinstance(value, str)
         if param.name in _NUMBERS_AS_TEXT:

@@ -62,6 +62,13 @@ def test_config_file_numbers_for_options_that_also_take_text(edgekd, tmp_path, t
     assert code == 0, err
     params = json.loads((out / "manifest.json").read_text())["config"]["params"]
     assert (params["temperature"], params["alpha"], params["transfer_limit"]) == ("3", "0.7", "300")
+    # a float stays the number it was: 1.0 is the whole transfer set (a fraction), not a count of 1
+    config.write_text(config.read_text().replace("temperature = 3", "temperature = 1.2345678")
+                      .replace("transfer_limit = 300", "transfer_limit = 1.0"))
+    code, _, err = edgekd("distill", "--config", config, "--teacher", tiny_teacher, "--out", tmp_path / "f", "--quiet")
+    assert code == 0, err
+    params = json.loads((tmp_path / "f" / "manifest.json").read_text())["config"]["params"]
+    assert (params["temperature"], params["transfer_limit"]) == ("1.2345678", "1.0")
     config.write_text("[distill]\ntemperature_grid = [1, 2.5]\ntemperature = true\n")
     code, _, err = edgekd("distill", "--config", config, "--teacher", tiny_teacher, "--out", tmp_path / "o")
     assert code == 2 and "'temperature' must be a number or text" in err
