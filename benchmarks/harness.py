@@ -318,7 +318,7 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
                 runner = runtimes[name].load(entry.path, threads)
             except RuntimeSkipped:  # a runtime that cannot run at this thread count still evaluates at 1
                 runner = runtimes[name].load(entry.path, 1)
-            logits = _predict_all(runner, x)
+            logits = _predict_all(runner, x, fixed=entry.info.fixed_batch)
         except Exception as exc:
             entry.record.setdefault("evaluation_errors", {})[name] = _reason(exc)
             continue
@@ -348,8 +348,17 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
     rows.append(_error_row(entry.name, None, None, None, reason))
 
 
-def _predict_all(runner, x: np.ndarray, chunk: int = 512) -> np.ndarray:
-    """Logits of all of ``x`` in chunks; one sample at a time for a model exported with a fixed batch of 1."""
+def _predict_all(runner, x: np.ndarray, chunk: int = 512, *, fixed: int | None = None) -> np.ndarray:
+    """Logits of all of ``x`` in chunks. A model exported with a ``fixed`` batch gets chunks of exactly that
+    size (the last padded with its own first row, the padding's outputs dropped); a model whose fixed batch
+    is not declared falls back to one sample at a time when a larger chunk fails."""
+    if fixed:
+        out = []
+        for i in range(0, len(x), fixed):
+            part = x[i:i + fixed]
+            padded = np.concatenate([part, np.repeat(part[:1], fixed - len(part), 0)]) if len(part) < fixed else part
+            out.append(runner.predict(padded)[:len(part)])
+        return np.concatenate(out)
     try:
         return np.concatenate([runner.predict(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     except Exception:
@@ -417,7 +426,7 @@ def _parity(entry: _Model, runtime: str, runner, check_samples: int) -> dict | N
     n = int(min(check_samples, len(entry.x), len(entry.reference_logits)))
     record = {"model": entry.name, "runtime": runtime, "reference_runtime": entry.reference_runtime, "samples": n}
     try:
-        got = runner.predict(entry.x[:n])
+        got = _predict_all(runner, entry.x[:n], fixed=entry.info.fixed_batch)   # a fixed-batch export takes no other
         want = entry.reference_logits[:n]
         record.update(max_abs_diff=float(np.abs(got - want).max()), agreement=float((got.argmax(1) == want.argmax(1)).mean()),
                       error=None)

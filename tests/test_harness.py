@@ -257,6 +257,26 @@ def test_a_batch_size_other_than_the_models_fixed_one_is_a_skipped_row(digits, t
     assert abs(report.models[0]["accuracy"] - batched.models[0]["accuracy"]) <= 1 / len(digits.y_test) + 1e-9
 
 
+@pytest.mark.parametrize("fixed", [1, 4])
+def test_a_fixed_batch_export_is_checked_and_timed_beside_its_reference(digits, tiny_student, tmp_path, fixed):
+    """Its parity check and evaluation feed it batches of its own size (the last one padded: 359 test images
+    are not a multiple of 4), so it is timed at that batch, not refused as unlike the reference."""
+    import onnx
+
+    model = mlp_onnx(tiny_student, tmp_path / f"batch{fixed}.onnx", batch=fixed)
+    proto = onnx.load(model)   # as an edgekd export records it: its parity is checked against the source artifact
+    onnx.helper.set_model_props(proto, {"edgekd.source": json.dumps({"path": str(tiny_student)})})
+    onnx.save(proto, model)
+    config = BenchConfig(runtimes=("pytorch", "onnxruntime"), **{**TINY, "batch_sizes": (fixed,)})
+    report = run_benchmark([str(tiny_student), model], digits, config)
+    rows = [r for r in report.rows if r["model"] == Path(model).name]
+    assert [(r["runtime"], r["batch_size"], r["status"]) for r in rows] == [("onnxruntime", fixed, "ok")], rows
+    parity = next(p for p in report.parity if p["model"] == Path(model).name)
+    assert parity["error"] is None and parity["agreement"] == 1.0 and parity["max_abs_diff"] < 1e-4
+    models = {m["name"]: m for m in report.models}
+    assert models[Path(model).name]["accuracy"] == pytest.approx(models["student"]["accuracy"], abs=1.01 / len(digits.y_test))
+
+
 def test_runtime_floors_measured(report):
     floors = {(f["runtime"], f["batch_size"]): f for f in report.floors if f["status"] == "ok"}
     for runtime in ("pytorch", "onnxruntime"):
