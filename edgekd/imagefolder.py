@@ -211,9 +211,11 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
         os.replace(cache / f".{key}.{os.getpid()}.y.npy", cache / f"{key}.y.npy")
         (cache / f".{key}.json.tmp").write_text(json.dumps(meta))
         os.replace(cache / f".{key}.json.tmp", cache / f"{key}.json")   # the entry exists once its header does
-    except OSError as exc:   # a full disk or an unwritable cache: one line, no half-written entry left
+    except BaseException as exc:   # a corrupt image, a full disk, Ctrl-C: no half-written entry left behind
         for leftover in cache.glob(f".{key}.{os.getpid()}.*") if cache.is_dir() else ():
             leftover.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
         raise DataError(f"Cannot write the decoded images of '{spec.root}' to '{cache}' ({exc.strerror or exc}); free "
                         f"disk space there or point EDGEKD_CACHE at a folder with room for them.") from None
     return np.load(cache / f"{key}.x.npy", mmap_mode="r"), np.load(cache / f"{key}.y.npy", mmap_mode="r")

@@ -74,15 +74,20 @@ def test_cache_is_reused_and_a_changed_file_is_never_served(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("case, message", [
-    ("mixed sizes", "differ in size"), ("corrupt", "cannot be decoded"), ("no train", "has no 'train' folder"),
+    ("mixed sizes", "differ in size"), ("corrupt", "cannot be decoded"), ("truncated", "cannot be decoded"),
+    ("no train", "has no 'train' folder"),
     ("one class", "at least 2"), ("empty class", "hold no images"), ("bad option", "not understood"),
 ])
-def test_bad_folders_are_one_clear_error(tmp_path, case, message):
+def test_bad_folders_are_one_clear_error(tmp_path, monkeypatch, case, message):
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
     root = _folder(tmp_path / "imgs")
     if case == "mixed sizes":
         Image.fromarray(np.zeros((9, 9), np.uint8)).save(root / "train" / "one" / "big.png")
     elif case == "corrupt":
         (root / "train" / "one" / "bad.png").write_bytes(b"not a png")
+    elif case == "truncated":   # its header reads (size, mode): the decode into the cache has begun when it fails
+        whole = next((root / "train" / "one").iterdir())
+        (root / "train" / "one" / "cut.png").write_bytes(whole.read_bytes()[:45])   # IHDR, part of IDAT
     elif case == "no train":
         root = tmp_path / "nothing"
         root.mkdir()
@@ -97,6 +102,8 @@ def test_bad_folders_are_one_clear_error(tmp_path, case, message):
     with warnings.catch_warnings():
         with pytest.raises(DataError, match=message):
             load_dataset(spec)
+    # nothing half-written is left in the cache (a corrupt image stopped a decode that had begun)
+    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
 
 
 def test_train_distill_and_export_from_photos_through_the_cli(edgekd, tmp_path):
