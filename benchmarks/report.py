@@ -46,6 +46,12 @@ def rerender(json_path: str | Path, out_dir: str | Path | None = None, *, overwr
         check_output(out_dir, kind="report", overwrite=True)
     else:
         check_output(out_dir, kind="report", overwrite=overwrite, inputs=[json_path])
+    try:   # render once before anything is written: a report edgekd cannot render leaves no partial output
+        render_markdown(data)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise EdgekdError(f"'{json_path}' says it is an edgekd benchmark report but cannot be rendered "
+                          f"({exc.__class__.__name__}: {str(exc)[:80]}); pass a report.json written by 'edgekd bench', "
+                          f"unedited.") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / FILES["report_json"]
     if not target.exists() or not target.samefile(json_path):

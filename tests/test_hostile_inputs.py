@@ -461,6 +461,8 @@ def _output_cases():
         ("bench --from --overwrite a user folder", lambda t, T, S: ["bench", "--from", _report(t), "--overwrite", "--out", user_folder(t)], "not an edgekd benchmark report"),
         ("bench --from not a report", lambda t, T, S: ["bench", "--from", write(t, "report.json", "{}")], "not an edgekd benchmark report"),
         ("bench --from not JSON", lambda t, T, S: ["bench", "--from", write(t, "report.json", "{")], "not valid JSON"),
+        ("bench --from a report it cannot render", lambda t, T, S: ["bench", "--from", _report(t), "--out", t / "again"],
+         "cannot be rendered (KeyError"),
         ("bench --from into the folder of another name", lambda t, T, S: ["bench", "--from", _report(t, "mine.json")], "not named report.json"),
         ("pipeline --overwrite a user folder", lambda t, T, S: ["pipeline", "--overwrite", "--out", user_folder(t)], "not an edgekd pipeline folder"),
         ("pipeline --overwrite user files in teacher/", lambda t, T, S: ["pipeline", "--overwrite", "--out", _pipeline_with_user_teacher(t)], "teacher"),
