@@ -133,11 +133,6 @@ class DistillConfig:
             check_in_range("alpha_grid", a, 0.0, 1.0)
         check_int_at_least("auto_epochs", self.auto_epochs, 0)
         check_int_at_least("views", self.views, 0)
-        if self.views and not (self.train.jitter or self.train.flip):
-            # cached views are jittered (mirrored) copies of the transfer set: without either there is none to cache
-            raise ConfigError(f"The 'views' parameter caches the teacher on jittered or mirrored views, but the student "
-                              f"trains without jitter or flip. Got views={self.views} instead; pass --jitter N or --flip "
-                              f"too, or leave --views out.")
         if self.baseline_jitter is not None:
             check_int_at_least("baseline_jitter", self.baseline_jitter, 0)
         if self.baseline_mixup is not None:
@@ -162,6 +157,11 @@ class DistillConfig:
             # the teacher has to judge each blended image, which no cache holds: function matching
             raise ConfigError(f"The 'mixup' parameter needs the teacher online (views=0), since it must see each blended "
                               f"batch. Got views={'all' if self.view_grid else self.views} instead; pass --views 0 or drop --mixup.")
+        if (self.views or self.view_grid) and not (self.train.jitter or self.train.flip):
+            # cached views are jittered (mirrored) copies of the transfer set: without either there is none to cache
+            raise ConfigError(f"The 'views' parameter caches the teacher on jittered or mirrored views, but the student "
+                              f"trains without jitter or flip. Got views={'all' if self.view_grid else self.views} instead; "
+                              f"pass --jitter N or --flip too, or leave --views out.")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class FolderSpec:
     size: tuple[int, int] | None = None      # (height, width) to resize to
     channels: int | None = None              # 1 or 3; None: from the files
     test_fraction: float = 0.2               # held out when there is no test/ folder
+    test_given: bool = False                 # test=F was written: refused when test/ exists, where it would be ignored
 
     def spec(self) -> str:
         parts = [str(self.root)]
@@ -71,7 +72,7 @@ def parse_spec(arg: str) -> FolderSpec:
             elif key == "channels" and value in ("1", "3"):
                 values["channels"] = int(value)
             elif key == "test" and eq and 0 < float(value) < 1:
-                values["test_fraction"] = float(value)
+                values["test_fraction"], values["test_given"] = float(value), True
             else:
                 raise ValueError
         except ValueError:
@@ -119,6 +120,10 @@ def scan(spec: FolderSpec) -> tuple[tuple[str, ...], list[tuple[Path, int]], lis
                             f"the test classes must be among the train classes.")
         if not test_files:
             raise DataError(f"Image folder '{test}' holds no images; remove it (a test split is then held out) or fill it.")
+        if spec.test_given:
+            raise DataError(f"Image folder '{spec.root}' has a test/ folder, so no test split is held out and test=F "
+                            f"(--test-fraction) would be ignored. Got test={spec.test_fraction:g}; leave it out, or remove "
+                            f"test/ to hold out that fraction instead.")
     return classes, train_files, test_files
 
 

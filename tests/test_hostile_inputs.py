@@ -378,6 +378,8 @@ def _option_cases():
         ("train image size twice", lambda t, T, S: [*TRAIN, "--data", f"imagefolder:{t},size=4x4", "--image-size", "6x6", "--out", t / "o"], "--image-size sets what 'size=' in --data"),
         ("train jitter on vectors", lambda t, T, S: ["teacher", "train", "--data", "synthetic:classes=3,groups=1,dim=4", "--arch", "mlp:hidden=8", "--jitter", "2", "--epochs", "1", "--out", t / "o"], "'jitter' parameter (--jitter) shifts images, but the inputs have shape (4,)"),
         ("distill views without jitter", lambda t, T, S: [*DISTILL, "--teacher", T, "--views", "4", "--out", t / "o"], "pass --jitter N or --flip"),
+        ("distill all views without jitter", lambda t, T, S: [*DISTILL, "--teacher", T, "--views", "all", "--out", t / "o"],
+         "Got views=all instead; pass --jitter N or --flip"),
         ("distill T grid with a fixed T", lambda t, T, S: [*DISTILL, "--teacher", T, "--temperature-grid", "1,2", "--out", t / "o"], "pass --temperature auto"),
         ("distill alpha grid with a fixed alpha", lambda t, T, S: [*DISTILL, "--teacher", T, "--alpha", "0.7", "--alpha-grid", "0.5", "--out", t / "o"], "pass --alpha auto"),
         ("specialists top-n 11 of 10 classes", lambda t, T, S: [*BUILD, "--teacher", S, "--top-n", "11", "--out", t / "o"], "'top_n' parameter (--top-n) must be in [1, 10]"),

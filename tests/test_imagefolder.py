@@ -76,11 +76,12 @@ def test_cache_is_reused_and_a_changed_file_is_never_served(tmp_path, monkeypatc
 @pytest.mark.parametrize("case, message", [
     ("mixed sizes", "differ in size"), ("corrupt", "cannot be decoded"), ("truncated", "cannot be decoded"),
     ("no train", "has no 'train' folder"),
-    ("one class", "at least 2"), ("empty class", "hold no images"), ("bad option", "not understood"),
+    ("test fraction beside test/", "has a test/ folder, so no test split is held out"), ("one class", "at least 2"),
+    ("empty class", "hold no images"), ("bad option", "not understood"),
 ])
 def test_bad_folders_are_one_clear_error(tmp_path, monkeypatch, case, message):
     monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
-    root = _folder(tmp_path / "imgs")
+    root = _folder(tmp_path / "imgs", test=case == "test fraction beside test/")
     if case == "mixed sizes":
         Image.fromarray(np.zeros((9, 9), np.uint8)).save(root / "train" / "one" / "big.png")
     elif case == "corrupt":
@@ -98,7 +99,7 @@ def test_bad_folders_are_one_clear_error(tmp_path, monkeypatch, case, message):
             (root / "train" / name).rmdir()
     elif case == "empty class":
         (root / "train" / "three").mkdir()
-    spec = f"imagefolder:{root}" + (",size=big" if case == "bad option" else "")
+    spec = f"imagefolder:{root}" + {"bad option": ",size=big", "test fraction beside test/": ",test=0.5"}.get(case, "")
     with warnings.catch_warnings():
         with pytest.raises(DataError, match=message):
             load_dataset(spec)

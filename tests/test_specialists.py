@@ -331,6 +331,16 @@ def spec_artifact(tmp_path_factory, generalist):
     return out
 
 
+def test_combine_is_refused_for_a_specialist_ensemble(spec_artifact):
+    """Its members are combined by the KL solve, so --combine would be silently ignored: refused instead."""
+    from edgekd.errors import TeacherError
+    from edgekd.teachers import load_teacher
+
+    with pytest.raises(TeacherError, match="'specialist-ensemble' artifact, which combines its members by its own rule"):
+        load_teacher(spec_artifact, combine="probs")
+    assert load_teacher(spec_artifact).kind == "specialist-ensemble"
+
+
 def test_build_writes_a_specialist_ensemble_artifact(spec_artifact, digits):
     from edgekd.artifacts import load_artifact
 
