@@ -143,7 +143,8 @@ def _echo_result(result) -> None:
             click.echo(f"  {{{', '.join(row['class_names'])}}}: test accuracy {row['generalist_accuracy']:.4f} -> "
                        f"{row['ensemble_accuracy']:.4f} with its specialist")
         else:
-            click.echo(f"  {{{', '.join(row['class_names'])}}}   (one class: no specialist)")
+            why = "one class: no specialist" if len(row["class_names"]) == 1 else "its specialist was left out (--keep)"
+            click.echo(f"  {{{', '.join(row['class_names'])}}}   ({why})")
     rel = f" ({100 * result.covered_relative_change:+.2f}% relative)" if result.covered_relative_change is not None else ""
     click.echo(f"covered classes: {result.covered_generalist_accuracy:.4f} -> {result.covered_ensemble_accuracy:.4f}{rel}; "
                f"all classes: {result.generalist_test_accuracy:.4f} -> {result.ensemble_test_accuracy:.4f}")
