@@ -218,8 +218,9 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
     if config.eval_samples is not None:
         x_split, y_split = x_split[:config.eval_samples], y_split[:config.eval_samples]
     echo(f"evaluating {len(entries)} model(s) on {data.spec} [{config.split}], {len(y_split)} samples")
+    kept = max(256, config.check_samples, *config.batch_sizes)   # rows held per model for parity and timing
     for entry in entries:
-        _evaluate(entry, data, x_split, y_split, runtime_names, runtimes, max(threads), entries[0], rows)
+        _evaluate(entry, data, x_split, y_split, runtime_names, runtimes, max(threads), entries[0], rows, kept)
     reference = {"model": entries[0].name, "runtime": entries[0].record.get("evaluated_with")}
 
     echo(f"probing peak fp32 and int8 GEMM rates at {', '.join(map(str, threads))} thread(s)")
@@ -292,8 +293,26 @@ def _describe(name: str, path: Path, rows: list) -> _Model:
         return _Model(info=None, name=name, path=path, record={"name": name, "path": str(path), "error": reason})
 
 
-def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, threads, reference: _Model, rows):
-    """Accuracy, NLL, ECE and agreement with the reference, with the first runtime that reads the model."""
+def _model_inputs(x_split, shape, uint8: bool, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of the split as a model takes them: float32, or raw bytes for a ``--uint8-input``
+    export. Converted a slice at a time, so no model holds a float32 copy of the whole split (a split of
+    an image folder is a memory-mapped uint8 file that may be larger than memory)."""
+    part = x_split[start:stop]
+    x = np.ascontiguousarray(part.reshape(len(part), *shape).numpy(), dtype=np.float32)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8) if uint8 else x
+
+
+def _predict_split(runner, x_split, shape, uint8: bool, fixed: int | None, chunk: int = 512) -> np.ndarray:
+    """Logits of the whole split, streamed in chunks (a multiple of a fixed batch)."""
+    chunk = fixed * max(1, chunk // fixed) if fixed else chunk
+    return np.concatenate([_predict_all(runner, _model_inputs(x_split, shape, uint8, i, i + chunk), chunk, fixed=fixed)
+                           for i in range(0, len(x_split), chunk)])
+
+
+def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, threads, reference: _Model, rows,
+              kept: int = 256):
+    """Accuracy, NLL, ECE and agreement with the reference, with the first runtime that reads the model;
+    the model keeps its first ``kept`` inputs for the parity checks and the timing batches."""
     import torch
 
     from edgekd.evaluate import metrics_from_logits
@@ -307,9 +326,7 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
         entry.record["error"] = reason
         rows.append(_error_row(entry.name, None, None, None, reason))
         return
-    x = np.ascontiguousarray(x_split.reshape(len(x_split), *shape).numpy(), dtype=np.float32)
-    if entry.info.input_dtype == "uint8":  # an export that takes raw pixels as bytes
-        x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    uint8 = entry.info.input_dtype == "uint8"   # an export that takes raw pixels as bytes
     for name in runtime_names:
         if name not in runtimes or entry.info.format not in get_runtime(name).formats:
             continue
@@ -318,11 +335,11 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
                 runner = runtimes[name].load(entry.path, threads)
             except RuntimeSkipped:  # a runtime that cannot run at this thread count still evaluates at 1
                 runner = runtimes[name].load(entry.path, 1)
-            logits = _predict_all(runner, x, fixed=entry.info.fixed_batch)
+            logits = _predict_split(runner, x_split, shape, uint8, entry.info.fixed_batch)
         except Exception as exc:
             entry.record.setdefault("evaluation_errors", {})[name] = _reason(exc)
             continue
-        if logits.shape != (len(x), data.num_classes):
+        if logits.shape != (len(x_split), data.num_classes):
             reason = (f"the model gives outputs of shape {logits.shape[1:]} but dataset '{data.spec}' has "
                       f"{data.num_classes} classes; pass a dataset with the model's classes")
             entry.record["error"] = reason
@@ -334,7 +351,7 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
             agreement = float((reference.logits.argmax(1) == logits.argmax(1)).mean())
         elif reference is entry:
             agreement = 1.0
-        entry.x, entry.logits = x, logits
+        entry.x, entry.logits = _model_inputs(x_split, shape, uint8, 0, kept), logits
         entry.record.update(evaluated_with=name, n_eval=metrics["n"], accuracy=metrics["accuracy"], nll=metrics["nll"],
                             ece=metrics["ece"], agreement=agreement)
         _parity_reference(entry, name)

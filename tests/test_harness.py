@@ -595,3 +595,26 @@ def test_models_of_one_name_are_told_apart_by_their_folder_and_one_model_twice_i
         parse_model_args(["student", "./student"])
     with pytest.raises(ConfigError, match="names a model but gives no path"):
         parse_model_args(["fast="])
+
+
+def test_the_split_is_streamed_to_each_model_never_copied_whole():
+    """Evaluation converts and predicts a chunk at a time (a multiple of a fixed batch); no float32 copy of the
+    whole split is made, which for an image folder larger than memory could not be."""
+    import torch
+
+    from benchmarks.harness import _predict_split
+
+    x_split = torch.arange(359 * 4, dtype=torch.uint8).reshape(359, 1, 2, 2)
+    seen = []
+
+    class Runner:
+        def predict(self, x):
+            seen.append((len(x), x.dtype.type))
+            return x.reshape(len(x), -1)[:, :3].astype(np.float32)
+
+    want = x_split.reshape(359, -1)[:, :3].numpy().astype(np.float32)
+    assert np.array_equal(_predict_split(Runner(), x_split, (1, 2, 2), False, None, chunk=100), want)
+    assert seen == [(100, np.float32)] * 3 + [(59, np.float32)]
+    seen.clear()
+    assert np.array_equal(_predict_split(Runner(), x_split, (4,), True, 8, chunk=100), want)
+    assert {n for n, _ in seen} == {8} and len(seen) == 45 and {d for _, d in seen} == {np.uint8}
