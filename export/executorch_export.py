@@ -41,7 +41,7 @@ from torch import nn
 from edgekd.artifacts import library_versions, now_iso, write_json_atomic
 from edgekd.errors import ExportError
 from edgekd.outputs import temp_folder
-from export.source import (RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
+from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
                            model_input)
 from export.verify import accuracy, gate_fp32, gate_int8, parity
 
@@ -108,13 +108,14 @@ class _PteRun:
     def __init__(self, source: Source, config, data):
         self.source, self.config, self.batch = source, config, config.batch_size
         self.to_input = lambda x: model_input(x, config.uint8_input, data.spec).reshape(len(x), -1)  # noqa: E731
-        self.x_val, self.x_test, self.y_test = self.to_input(data.x_val), self.to_input(data.x_test), data.y_test.numpy()
+        self.x_val, self.x_test = (ModelInputs(x, config.uint8_input, data.spec, flat=True) for x in (data.x_val, data.x_test))
+        self.y_test = data.y_test.numpy()
         from export.verify import torch_logits
 
         self.ref_val = torch_logits(source.module, data.x_val)
         module = FlatInput(source.module, source.input_shape).eval()
         self.module = RawPixels(module).eval() if config.uint8_input else module
-        self.example = torch.from_numpy(np.ascontiguousarray(_pad(self.x_val, self.batch)[:self.batch]))
+        self.example = torch.from_numpy(np.ascontiguousarray(_pad(np.asarray(self.x_val[:self.batch]), self.batch)))
         self.seconds, self.sizes, self.quant_info = {}, {"source_weights": source.weights_bytes}, None
         self.reference_accuracy = float("nan")
         self.verification = {"data": data.spec, "parity_split": "val", "n_val": len(self.x_val), "accuracy_split": "test",
@@ -256,14 +257,16 @@ def program_input(method) -> tuple[tuple[int, ...], str]:
     return tuple(int(d) for d in meta.sizes()), ("uint8" if "byte" in dtype or "uint8" in dtype else "float32")
 
 
-def run_program(method, x: np.ndarray, batch: int) -> np.ndarray:
-    """Logits of all of ``x`` through a program of fixed ``batch``; the last chunk is padded, then cut."""
-    n = len(x)
-    padded = _pad(x, batch)
-    # copied: the output lives in the program's planned memory, which the next call overwrites
-    outs = [method.execute([torch.from_numpy(np.ascontiguousarray(padded[i:i + batch]))])[0].numpy().astype(np.float32)
-            for i in range(0, len(padded), batch)]
-    return np.concatenate(outs)[:n] if outs else np.zeros((0, 0), np.float32)
+def run_program(method, x, batch: int) -> np.ndarray:
+    """Logits of all of ``x`` (an array, or ``ModelInputs`` read a slice at a time) through a program of fixed
+    ``batch``; the last chunk is padded, then cut."""
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = np.asarray(x[i:i + batch])
+        # copied: the output lives in the program's planned memory, which the next call overwrites
+        out = method.execute([torch.from_numpy(np.ascontiguousarray(_pad(chunk, batch)))])[0].numpy().astype(np.float32)
+        outs.append(out[:len(chunk)])
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
 def _pad(x: np.ndarray, batch: int) -> np.ndarray:

@@ -37,7 +37,7 @@ from edgekd.outputs import temp_folder
 from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive
 from export.mobile import ORT_OPTIMIZATION_LEVELS
 from export.quantize import QUANT_FORMATS, QUANTIZE_MODES, precision_name, quantize_model
-from export.source import (RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
+from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
                            model_input)
 from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, gate_fp32, gate_int8, measure_parity,
                            open_session, parity, run_session, torch_logits)
@@ -182,7 +182,8 @@ class _Run:
     def __init__(self, source: Source, config: ExportConfig, data, tmp: Path):
         self.source, self.config, self.tmp = source, config, tmp
         self.to_input = lambda x: model_input(x, config.uint8_input, data.spec)  # noqa: E731
-        self.x_val, self.x_test, self.y_test = self.to_input(data.x_val), self.to_input(data.x_test), data.y_test.numpy()
+        self.x_val, self.x_test = (ModelInputs(x, config.uint8_input, data.spec) for x in (data.x_val, data.x_test))
+        self.y_test = data.y_test.numpy()
         self.ref_val = torch_logits(source.module, data.x_val)
         self.seconds, self.sizes, self.quant_info = {}, {"source_weights": source.weights_bytes}, None
         self.reference_accuracy = float("nan")
@@ -203,8 +204,9 @@ class _Run:
         tick = time.perf_counter()
         path = self.tmp / "model.fp32.onnx"
         module = RawPixels(self.source.module).eval() if self.config.uint8_input else self.source.module
-        x = self.x_val if len(self.x_val) >= 2 else np.concatenate([self.x_val, self.x_val])
-        torch_to_onnx(module, torch.as_tensor(x[:2]), path, self.config.opset)
+        x = np.asarray(self.x_val[:2])
+        x = x if len(x) >= 2 else np.concatenate([x, x])
+        torch_to_onnx(module, torch.as_tensor(x), path, self.config.opset)
         self.seconds["export"] = time.perf_counter() - tick
         self.sizes["fp32_onnx"] = path.stat().st_size
         tick = time.perf_counter()

@@ -181,6 +181,35 @@ def model_input(x: torch.Tensor, uint8: bool, spec: str) -> np.ndarray:
     return x.numpy().astype(np.uint8)
 
 
+class ModelInputs:
+    """A split as the exported graph takes it (``model_input``), converted only when a slice of it is read
+    (``np.asarray(inputs[i:j])``): a split of an image folder is a memory-mapped uint8 file that may be
+    larger than memory, so the export never holds a float32 copy of it whole. ``flat`` gives (N, C*H*W)."""
+
+    CHECK_ROWS = 4096   # rows read at a time when --uint8-input values are checked up front
+
+    def __init__(self, x: torch.Tensor, uint8: bool, spec: str, *, flat: bool = False, rows: range | None = None):
+        self.x, self.uint8, self.spec, self.flat = x, uint8, spec, flat
+        self.rows = range(len(x)) if rows is None else rows
+        if rows is None and uint8 and x.dtype != torch.uint8:   # refused before anything is exported
+            for i in range(0, len(x), self.CHECK_ROWS):
+                model_input(x[i:i + self.CHECK_ROWS], uint8, spec)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: slice) -> "ModelInputs":
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("ModelInputs are read by contiguous slices, e.g. inputs[i:j]")
+        return ModelInputs(self.x, self.uint8, self.spec, flat=self.flat, rows=self.rows[key])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = self.rows
+        array = model_input(self.x[rows.start:rows.stop], self.uint8, self.spec)
+        array = array.reshape(len(array), -1) if self.flat else array
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+
 def calibration_inputs(calibration, size: int, seed: int, to_input) -> np.ndarray:
     """``size`` train inputs, a seeded random sample."""
     generator = torch.Generator().manual_seed(seed)

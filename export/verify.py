@@ -56,10 +56,10 @@ def open_session(path: str | Path, *, what: str = "exported model"):
                           f"choose another --opset or report the model.") from None
 
 
-def run_session(session, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits of ``x`` fed ``batch_size`` rows at a time."""
+def run_session(session, x, batch_size: int) -> np.ndarray:
+    """Logits of ``x`` (an array, or ``ModelInputs`` read a slice at a time) fed ``batch_size`` rows at a time."""
     name = session.get_inputs()[0].name
-    outs = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    outs = [session.run(None, {name: np.asarray(x[i:i + batch_size])})[0] for i in range(0, len(x), batch_size)]
     return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 0), np.float32)
 
 

@@ -381,3 +381,16 @@ def test_flat_data_of_the_models_size_is_read_as_its_images(edgekd, tmp_path, ti
     code, stdout, err = edgekd("export", tiny_teacher, "--data", flat_digits(tmp_path, digits), "--out", tmp_path / "t.onnx")
     assert code == 0, err
     assert "top-1 agreement 100.00%" in stdout
+
+
+def test_the_gate_reads_the_splits_a_slice_at_a_time(tiny_student, digits, tmp_path, monkeypatch):
+    """No float32 copy of a whole split is made: every conversion is one batch of the parity or accuracy pass
+    (an image folder's split is a memory-mapped file that may be larger than memory)."""
+    import export.source
+
+    converted, real = [], export.source.model_input
+    monkeypatch.setattr(export.source, "model_input", lambda x, *a: converted.append(len(x)) or real(x, *a))
+    result = export_onnx(tiny_student, tmp_path / "s.onnx", ExportConfig(), data=digits)
+    assert result.test_accuracy > 0.5 and converted
+    assert max(converted) <= 256 < len(digits.x_test), max(converted)   # 359 test images, never all at once
+    assert sum(converted) >= len(digits.x_test)   # yet every test image was read
