@@ -400,6 +400,8 @@ def _option_cases():
         ("bench seconds 0", lambda t, T, S: ["bench", "--model", S, "--seconds", "0", "--out", t / "r"], "--seconds"),
         ("export atol 0", lambda t, T, S: ["export", S, "--atol", "0", "--out", t / "m.onnx"], "'atol' parameter"),
         ("export calibration size 0", lambda t, T, S: ["export", S, "--quantize", "int8", "--calibration-size", "0", "--out", t / "m.onnx"], "calibration_size"),
+        ("export uint8 input on fractional pixels", lambda t, T, S: ["export", S, "--uint8-input", "--data", npz(t, **images()),
+                                                                   "--out", t / "m.onnx"], "--uint8-input needs whole pixel values in 0..255"),
         ("export wrong suffix", lambda t, T, S: ["export", S, "--out", t / "m.bin"], "must end in .onnx"),
         ("export val fraction 2", lambda t, T, S: ["export", S, "--val-fraction", "2", "--out", t / "m.onnx"], "val_fraction"),
         ("train val fraction 0.9", lambda t, T, S: [*TRAIN, "--val-fraction", "0.9", "--out", t / "o"], "--val-fraction"),
