@@ -179,7 +179,7 @@ def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher 
             return xb, yb, teacher_online.logits(xb), *blend
         if views_shifts is None:
             return xb, yb, logits[indices]
-        view = torch.randint(0, logits.shape[0], (len(indices),), generator=generator, device=generator.device)
+        view = torch.randint(0, logits.shape[0], (len(indices),), generator=generator).to(indices.device)
         xb = apply_shifts(xb, views_shifts[view, indices], pixels)
         return xb, yb, logits[view, indices]
     return make_batch

@@ -59,15 +59,17 @@ class FitResult:
 
 
 # --- seeding ------------------------------------------------------------------------------------
-# Generators live on the device of the data they index, so a resident data set is shuffled and
-# jittered on the GPU; on the CPU the streams are the same as ever (bit-exact resume).
+# Generators live on the CPU whatever the data's device, so the streams (batch order, jitter, view
+# choice, mixup partners) depend on the seed alone: not on whether a data set fitted on the GPU, which
+# can differ between the ranks of one torchrun job (they would shard different orders) or between a run
+# and its resume. A GPU run draws the CPU's numbers; the few a step draws are copied to the data.
 
-def epoch_generator(seed: int, epoch: int, device=None) -> torch.Generator:
-    return torch.Generator(device=device or "cpu").manual_seed(seed * 100_003 + epoch)
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-def step_generator(seed: int, epoch: int, step: int, device=None) -> torch.Generator:
-    return torch.Generator(device=device or "cpu").manual_seed((seed * 100_003 + epoch) * 1_000_033 + step + 1)
+def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000_033 + step + 1)
 
 
 def one_cycle_lr(step: int, total: int, max_lr: float, warmup: float = 0.2) -> float:
@@ -80,7 +82,7 @@ def one_cycle_lr(step: int, total: int, max_lr: float, warmup: float = 0.2) -> f
 
 
 def jitter_shifts(n: int, pixels: int, generator: torch.Generator) -> torch.Tensor:
-    """(n, 2) integer shifts (dy, dx) uniform in [-pixels, pixels], on the generator's device."""
+    """(n, 2) integer shifts (dy, dx) uniform in [-pixels, pixels], on the generator's device (the CPU)."""
     return torch.randint(-pixels, pixels + 1, (n, 2), generator=generator, device=generator.device)
 
 
@@ -444,9 +446,9 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
 
     ``make_batch(indices, generator, epoch)`` returns a tuple whose first element is the model input;
     ``loss_fn(outputs, batch)`` returns the scalar loss. ``dist`` (edgekd.distributed.Context) shards
-    each batch over ranks and averages gradients. ``data_device`` is where the training data lives
-    (the shuffling and per-step generators are made there); batches are moved to the training
-    device. The loss is summed on the device and read once per epoch: no host synchronisation per step.
+    each batch over ranks and averages gradients. ``data_device`` is where the training data lives (the
+    epoch's order, drawn on the CPU, is copied there once); batches are moved to the training device. The
+    loss is summed on the device and read once per epoch.
     """
     device = dist.device if dist is not None else resolve_device(config.device)
     data_device = torch.device(data_device or "cpu")
@@ -470,7 +472,7 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
     with _stop_on_signals() as stop:
         while position["epoch"] < config.epochs:
             epoch = position["epoch"]
-            order = torch.randperm(n_train, generator=epoch_generator(config.seed, epoch, data_device), device=data_device)
+            order = torch.randperm(n_train, generator=epoch_generator(config.seed, epoch)).to(data_device)
             model.train()
             started = time.perf_counter()
             loss_sum = torch.tensor(position["loss_sum"], device=device)
@@ -478,7 +480,7 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
             for batch_index in bar:
                 indices = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
                 # a generator per step (jitter, view choice): a run resumed mid-epoch draws the same numbers
-                batch = make_batch(indices, step_generator(config.seed, epoch, batch_index, data_device), epoch)
+                batch = make_batch(indices, step_generator(config.seed, epoch, batch_index), epoch)
                 if dist is not None:
                     batch = dist.shard_batch(batch)
                 batch = tuple(to_device(t, device) if torch.is_tensor(t) else t for t in batch)

@@ -121,9 +121,9 @@ def _mixture_batches(x, y_mapped, special_idx, other_idx, sizes, seed, pixels, m
     def epoch_pool(epoch):
         if epoch not in drawn:
             drawn.clear()
-            generator = epoch_generator(seed + DATA_SEED_SALT, epoch, special_idx.device)
-            special = special_idx[torch.randperm(len(special_idx), generator=generator, device=generator.device)[:sizes[0]]]
-            other = other_idx[torch.randperm(len(other_idx), generator=generator, device=generator.device)[:sizes[1]]]
+            generator = epoch_generator(seed + DATA_SEED_SALT, epoch)   # on the CPU: the draw is the seed's alone
+            special = special_idx[torch.randperm(len(special_idx), generator=generator)[:sizes[0]].to(special_idx.device)]
+            other = other_idx[torch.randperm(len(other_idx), generator=generator)[:sizes[1]].to(other_idx.device)]
             drawn[epoch] = torch.cat([special, other])
         return drawn[epoch]
 

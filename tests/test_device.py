@@ -140,6 +140,29 @@ def test_accuracy_follows_the_logits_device(device):
 
 # --- on CUDA ---------------------------------------------------------------------------------------
 
+@pytest.mark.gpu
+@gpu
+def test_the_random_draws_do_not_depend_on_where_the_data_lives(digits):
+    """Batch order and per-step shifts come from CPU generators: data left on the host (too big for the GPU,
+    or on one rank of a torchrun job) and data moved to the GPU give the same draws."""
+    drawn = {}
+    for where in ("cpu", "cuda"):
+        x, y, seen = (digits.x_train / 16).to(where), digits.y_train.to(where), []
+
+        def batches(indices, generator, epoch):
+            seen.append((indices.cpu(), jitter_shifts(len(indices), 1, generator).cpu()))
+            return x[indices], y[indices]
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).cuda()
+        fit(model, n_train=len(y), make_batch=batches, loss_fn=lambda out, b: torch.nn.functional.cross_entropy(out, b[1]),
+            val=(digits.x_val / 16, digits.y_val), config=TrainConfig(epochs=2, device="cuda"), store=None, name="m",
+            data_device=where)
+        drawn[where] = seen
+    assert len(drawn["cpu"]) == len(drawn["cuda"]) > 0
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(drawn["cpu"], drawn["cuda"]))
+
+
 TINY_CNN = "cnn:width=4,fc=16"
 
 
