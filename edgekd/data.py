@@ -116,13 +116,13 @@ class Dataset:
         return self.x_train.device
 
     def to(self, device) -> "Dataset":
-        """Every split on ``device`` (copies pinned and non-blocking from the host to a GPU). The
-        fingerprints (sha256 of the host bytes) are computed first and carried over."""
-        from edgekd.device import to_device
+        """Every split on ``device`` (to a GPU in 64 MiB pieces, ``copy_to_device``). The fingerprints
+        (sha256 of the host bytes) are computed first and carried over."""
+        from edgekd.device import copy_to_device
 
         for split in ("train", "val", "test"):
             self.fingerprint(split)
-        moved = {f"{kind}_{split}": to_device(getattr(self, f"{kind}_{split}"), device)
+        moved = {f"{kind}_{split}": copy_to_device(getattr(self, f"{kind}_{split}"), device)
                  for split in ("train", "val", "test") for kind in "xy"}
         return dataclasses.replace(self, **moved, _fingerprints=self._fingerprints)
 

@@ -55,6 +55,22 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
+RESIDENT_CHUNK_BYTES = 64 << 20   # a whole split crosses to a GPU in pieces this size
+
+
+def copy_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A whole split on ``device``, copied in 64 MiB pieces from pageable memory: pinning it at once would
+    read a memory-mapped split whole into page-locked RAM, which may be smaller than the GPU's half."""
+    device = torch.device(device)
+    if tensor.device == device or device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    out = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+    rows = max(1, RESIDENT_CHUNK_BYTES // max(1, tensor[:1].numel() * tensor.element_size()))
+    for i in range(0, len(tensor), rows):
+        out[i:i + rows].copy_(tensor[i:i + rows])
+    return out
+
+
 def fits_on_device(nbytes: int, device: torch.device) -> bool:
     """Whether ``nbytes`` of data can stay resident on ``device`` (always on the CPU)."""
     if device.type != "cuda":
@@ -64,8 +80,8 @@ def fits_on_device(nbytes: int, device: torch.device) -> bool:
 
 
 def place_dataset(data: "Dataset", device: torch.device) -> "Dataset":
-    """``data`` with every split on ``device`` when it fits there; else unchanged (batches are then
-    copied per step from the host, pinned and non-blocking). The fingerprints (sha256 of the host
+    """``data`` with every split on ``device`` when it fits there (copied in pieces, ``copy_to_device``);
+    else unchanged (batches are then copied per step from the host, pinned and non-blocking). The fingerprints (sha256 of the host
     bytes, keys of the logit cache) are computed first, so a resident dataset keeps them."""
     device = resolve_device(device)
     tensors = {f"{kind}_{split}": getattr(data, f"{kind}_{split}") for split in ("train", "val", "test") for kind in "xy"}

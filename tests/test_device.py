@@ -142,6 +142,19 @@ def test_accuracy_follows_the_logits_device(device):
 
 @pytest.mark.gpu
 @gpu
+def test_a_split_crosses_to_the_gpu_in_pieces(monkeypatch):
+    """copy_to_device: pageable pieces (nothing pinned whole), the same tensor on the other side."""
+    import edgekd.device
+
+    monkeypatch.setattr(edgekd.device, "RESIDENT_CHUNK_BYTES", 100)
+    x = torch.arange(37 * 12, dtype=torch.int64).reshape(37, 3, 4) % 251
+    moved = edgekd.device.copy_to_device(x.to(torch.uint8), torch.device("cuda"))
+    assert moved.device.type == "cuda" and moved.dtype == torch.uint8 and torch.equal(moved.cpu(), x.to(torch.uint8))
+    assert edgekd.device.copy_to_device(x, torch.device("cpu")) is x
+
+
+@pytest.mark.gpu
+@gpu
 def test_the_random_draws_do_not_depend_on_where_the_data_lives(digits):
     """Batch order and per-step shifts come from CPU generators: data left on the host (too big for the GPU,
     or on one rank of a torchrun job) and data moved to the GPU give the same draws."""
