@@ -123,7 +123,9 @@ class LogitCache:
         """One file, written to a temporary name then renamed; the hash of the values is in its header."""
         from safetensors.torch import save_file
 
-        device = value.device.type
+        # where the logits were computed, not where they ended up: a CUDA teacher may hand them back on the
+        # CPU, and a hit verified on a CPU-only machine needs the looser tolerance of CUDA's kernels
+        device = "cuda" if value.device.type == "cuda" or torch.cuda.is_initialized() else "cpu"
         value = value.detach().contiguous().cpu()
         tmp = self.dir / f".{key}.{os.getpid()}.tmp"
         try:
