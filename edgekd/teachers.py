@@ -119,7 +119,7 @@ class Teacher:
     def logits(self, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
         """float32 logits of raw inputs ``x``, returned on ``x``'s device (computed where the teacher lives)."""
         chunks = [self._logits(as_float(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
-        return torch.cat(chunks).float() if chunks else torch.zeros((0, self.num_outputs(x)))
+        return torch.cat(chunks).float() if chunks else torch.zeros((0, self.num_outputs(x)), device=x.device)
 
     def num_outputs(self, x: torch.Tensor) -> int:
         return int(self._logits(as_float(x[:1])).shape[-1])
@@ -149,7 +149,8 @@ class ModuleTeacher(Teacher):
         return self
 
     def _logits(self, x):
-        inputs = x.reshape(len(x), *self.input_shape).to(self.device, non_blocking=True)
+        # asynchronous only towards a GPU: a copy into host memory must land before the CPU reads it
+        inputs = x.reshape(len(x), *self.input_shape).to(self.device, non_blocking=self.device.type == "cuda")
         net = self.channels_last_net() if inputs.dim() == 4 and self.device.type == "cpu" else None
         if net is not None:
             return net(inputs.contiguous(memory_format=torch.channels_last)).float().to(x.device)

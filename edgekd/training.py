@@ -424,8 +424,11 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int =
     """The model's float32 logits on ``x``, computed on the model's device, returned on ``x``'s device."""
     model.eval()
     device = module_device(model)
-    outs = [model(as_float(x[i:i + batch_size].to(device, non_blocking=True))).float() for i in range(0, len(x), batch_size)]
-    return torch.cat(outs).to(x.device) if outs else torch.zeros((0, 0), device=x.device)
+    async_copy = device.type == "cuda"   # a copy into host memory must land before the CPU reads it
+    outs = [model(as_float(x[i:i + batch_size].to(device, non_blocking=async_copy))).float() for i in range(0, len(x), batch_size)]
+    if not outs:   # (0, C), as the rows of a non-empty input would be: an empty torchrun shard gathers with the rest
+        outs = [model(as_float(x[:0].to(device))).float()]
+    return torch.cat(outs).to(x.device)
 
 
 def accuracy_and_nll(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:

@@ -150,3 +150,16 @@ def test_flip_is_fingerprinted_only_when_on():
     assert "flip" not in run_fingerprint(TrainConfig())["config"]
     assert run_fingerprint(TrainConfig(flip=True))["config"]["flip"] is True
     assert "flip" not in run_fingerprint({"params": {"epochs": 2, "flip": False}})["config"]
+
+
+def test_empty_inputs_give_no_rows_of_the_right_width(tiny_teacher, digits):
+    """An empty torchrun shard gathers with the others: (0, C) on the input's device, not (0, 0)."""
+    from edgekd.models import create_model, parse_arch
+    from edgekd.teachers import load_teacher
+    from edgekd.training import predict_logits
+
+    arch, options = parse_arch("cnn:width=4,fc=16")
+    model = create_model(arch, digits.input_shape, 10, mean=digits.mean, std=digits.std, options=options)
+    assert predict_logits(model, digits.x_test[:0]).shape == (0, 10)
+    empty = load_teacher(tiny_teacher).logits(digits.x_test[:0])
+    assert empty.shape == (0, 10) and empty.device == digits.x_test.device
