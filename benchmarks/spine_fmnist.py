@@ -268,10 +268,19 @@ def strongest_baseline_line(s: dict, students: list[dict], teacher: float) -> st
     base = mean_std(r["baseline_test_accuracy"] for r in best["runs"])[0]
     dist = mean_std(r["student_test_accuracy"] for r in s["runs"])[0]
     gap = gap_closed(dist, base, teacher)
-    share = ("no gap" if gap is None else f"closes {100 * gap:.0f}%" if gap >= 0
-             else f"loses by {100 * (base - dist):.2f} points")
     return (f"{label(s, students)} distilled against the strongest hard-label student of any budget here "
-            f"({best['epochs']} epochs, {100 * base:.2f}%): {share} of the gap.")
+            f"({best['epochs']} epochs, {100 * base:.2f}%): {gap_words(gap, base, dist, teacher)}.")
+
+
+def gap_words(gap: float | None, base: float, dist: float, teacher: float) -> str:
+    """The share of the baseline->teacher gap in words, each case a whole clause (as ``describe_gain`` says it)."""
+    if gap is None:
+        return "no share: the teacher is not above that baseline"
+    if gap < 0:
+        return f"loses by {100 * (base - dist):.2f} points"
+    if gap > 1:
+        return f"closes all of the gap and ends {100 * (dist - teacher):.2f} points above the teacher"
+    return f"closes {100 * gap:.0f}% of the gap"
 
 
 def aim_line(s: dict, teacher: float, students: list[dict] | None = None) -> str:
@@ -384,6 +393,7 @@ def render(result: dict) -> str:
         dist = [r["student_test_accuracy"] for r in s["runs"]]
         gap = gap_closed(mean_std(dist)[0], mean_std(base)[0], t["ensemble_test_accuracy"])
         closed = "no gap (teacher not above baseline)" if gap is None else (
+            f"all, {100 * (mean_std(dist)[0] - t['ensemble_test_accuracy']):.2f} points above the teacher" if gap > 1 else
             f"{100 * gap:.0f}%" if gap >= 0 else f"loses by {100 * (mean_std(base)[0] - mean_std(dist)[0]):.2f} points")
         macs = s["runs"][0]["student_macs"]
         lines.append(f"| `{s['student']}` | {s['epochs']} | {macs:,} | 1/{t['macs'] / macs:.0f} | {s['temperature']:g} | {s['alpha']:g} | "

@@ -186,6 +186,21 @@ def test_teacher_inference_compares_the_two_paths(tmp_path):
     assert "Teacher targets on the CPU" in out.with_suffix(".md").read_text()
 
 
+def test_spine_gap_is_said_in_whole_clauses():
+    """Each case of the share of the gap reads as a sentence: a loss is a loss, and a student above its
+    teacher says so instead of printing a share above 100%."""
+    from benchmarks.spine_fmnist import gap_words
+    from edgekd.distill import gap_closed
+
+    def words(dist, base, teacher):
+        return gap_words(gap_closed(dist, base, teacher), base, dist, teacher)
+
+    assert words(0.93, 0.92, 0.94) == "closes 50% of the gap"
+    assert words(0.918, 0.92, 0.94) == "loses by 0.20 points"
+    assert words(0.93, 0.92, 0.925) == "closes all of the gap and ends 0.50 points above the teacher"
+    assert words(0.93, 0.92, 0.91) == "no share: the teacher is not above that baseline"
+
+
 def test_spine_aim_is_not_judged_on_one_seed():
     from benchmarks.spine_fmnist import aim_line
 
