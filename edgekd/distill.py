@@ -20,8 +20,9 @@ on images, with ±2 px on consistent views (``student_recipes``); the time of th
 reported apart. With ``twin_teacher`` (opt-in), a teacher no better than the hard-label baseline on val
 is joined by that baseline for one more student (``twin_logits``, a born-again step).
 
-Transfer-set options from the paper (section 3): ``transfer_limit`` (a count or a fraction of the
-train split) and ``omit_classes`` with the bias correction for omitted classes, fitted on val.
+Transfer-set options from the paper (section 3): ``transfer_limit`` (a count, or a fraction of the
+train split left once ``omit_classes`` are removed) and ``omit_classes`` with the bias correction for
+omitted classes, fitted on val (each ``student_search`` record's test accuracy is measured before it).
 """
 
 from __future__ import annotations

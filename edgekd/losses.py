@@ -61,7 +61,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 def corrected_teacher(teacher: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """The teacher's logits with, in each row whose argmax ``m`` is not the label ``y``, ``z_m`` and
     ``z_y`` swapped (knowledge adjustment, Wen et al. 2021): the corrected teacher is right on every
-    training example and its other logits are untouched. Rows it already gets right are unchanged."""
+    training example (but where ``z_y`` ties ``z_m`` exactly, which swapping cannot break) and its other
+    logits are untouched. Rows it already gets right are unchanged."""
     if labels is None:
         raise ConfigError("Correcting the teacher needs hard labels (it moves the true class to the top).")
     rows, top = torch.arange(len(teacher), device=teacher.device), teacher.argmax(-1)

@@ -246,7 +246,7 @@ def distill_options(func):
     @click.option("--correct-teacher/--no-correct-teacher", default=DISTILL["correct_teacher"], show_default=True,
                   help="Where the teacher's top class is wrong on a training example, swap its top logit with the "
                        "true class's before the soft term (knowledge adjustment), keeping the rest of its ranking.")
-    @click.option("--transfer-limit", default=None, help="Transfer set: a count or a fraction of the train split.")
+    @click.option("--transfer-limit", default=None, help="Transfer set: a count or a fraction of the train split (after --omit-classes).")
     @click.option("--omit-classes", default=None, help="Comma-separated class indices left out of the transfer set "
                                                         "(their bias is then corrected on val).")
     @click.option("--baseline/--no-baseline", default=DISTILL["baseline"], show_default=True,
