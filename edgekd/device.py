@@ -81,8 +81,9 @@ def fits_on_device(nbytes: int, device: torch.device) -> bool:
 
 def place_dataset(data: "Dataset", device: torch.device) -> "Dataset":
     """``data`` with every split on ``device`` when it fits there (copied in pieces, ``copy_to_device``);
-    else unchanged (batches are then copied per step from the host, pinned and non-blocking). The fingerprints (sha256 of the host
-    bytes, keys of the logit cache) are computed first, so a resident dataset keeps them."""
+    else unchanged (batches are then copied per step from the host, pinned and non-blocking). The
+    fingerprints (sha256 of the host bytes, keys of the logit cache) are computed first, so a resident
+    dataset keeps them."""
     device = resolve_device(device)
     tensors = {f"{kind}_{split}": getattr(data, f"{kind}_{split}") for split in ("train", "val", "test") for kind in "xy"}
     if all(t.device == device for t in tensors.values()):
