@@ -76,12 +76,16 @@ def now_iso() -> str:
 
 def write_json_atomic(path: str | Path, data) -> None:
     """Write JSON to a temporary file beside ``path`` then rename it over (atomic on POSIX)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text to a temporary file beside ``path`` then rename it over (atomic on POSIX)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

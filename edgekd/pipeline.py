@@ -9,11 +9,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from edgekd.artifacts import is_artifact, write_json_atomic
+from edgekd.artifacts import is_artifact, write_json_atomic, write_text_atomic
 from edgekd.config import PipelineConfig
 from edgekd.distill import describe_gain
 from edgekd.models import create_model
-from edgekd.outputs import OutputError
+from edgekd.outputs import PIPELINE_ARTIFACTS, PIPELINE_FILES, OutputError
 from edgekd.training import fingerprint_changes, run_fingerprint
 from edgekd.validation import check_output_dir
 
@@ -56,6 +56,8 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     check_jitter(config.student_jitter, data.input_shape, name="student_jitter")
     for arch in (teacher_cfg.arch, distill_cfg.student):
         create_model(arch, data.input_shape, data.num_classes)   # raises ConfigError when it cannot take this data
+    if overwrite and not resume:
+        _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
     _bind_run(out, config, data, resume)
     timings, summary = {}, {"format": "edgekd.pipeline", "config": asdict(config), "data": data.describe()}
@@ -109,12 +111,28 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     summary["timings_s"] = timings
     summary_md = out / "summary.md"
     write_json_atomic(out / "summary.json", summary)
-    summary_md.write_text(render_summary(summary))
+    write_text_atomic(summary_md, render_summary(summary))
     return PipelineResult(out=out, summary_md=summary_md, summary=summary)
 
 
 RUN_RECORD = "pipeline.json"   # what the stages in the folder were made with (edgekd.training.run_fingerprint)
 STAGES = ("teacher", "specialists", "student")
+
+
+def _clear_previous_run(out: Path) -> None:
+    """--overwrite starts over: the previous run's stages (finished or interrupted), exports, report and
+    summaries go before this run records its settings, so a rerun interrupted now can never --resume into
+    a stage another run made, and a skipped stage leaves nothing of the old run behind. All are edgekd's
+    own (``check_output_dir`` has just refused any folder holding something else); the logit cache stays,
+    its entries keyed by the teacher's weights and the data."""
+    import shutil
+
+    for name in (*PIPELINE_ARTIFACTS, "export", "bench"):
+        for path in (out / name, out / f"{name}.partial"):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+    for name in PIPELINE_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _bind_run(out: Path, config: PipelineConfig, data, resume: bool) -> None:

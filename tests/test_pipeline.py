@@ -64,8 +64,9 @@ def test_resume_keeps_stages_only_when_made_with_the_same_settings(edgekd, tmp_p
 
 
 def test_resume_makes_again_a_stage_made_from_another_teacher(edgekd, tmp_path):
-    """A kept stage must come from this run's teacher: --overwrite with --skip specialists leaves the earlier
-    specialists (of the earlier teacher) behind, and a --skip since changes which teacher the student learns from."""
+    """A kept stage must come from this run's teacher: a --skip since changes which teacher the student learns
+    from. --overwrite starts over: the earlier run's specialists (of the earlier teacher) do not outlive it,
+    even when this run skips that stage, so nothing of another run can be resumed into or reported."""
     from edgekd.artifacts import load_artifact
     from edgekd.teachers import load_teacher
 
@@ -74,11 +75,13 @@ def test_resume_makes_again_a_stage_made_from_another_teacher(edgekd, tmp_path):
               "--skip", "export", "--skip", "bench", "--student", "mlp:hidden=8", "--quiet", "--out", out]
     code, _, err = edgekd(*common, "--teacher-epochs", "1")   # teacher, specialists of it, student
     assert code == 0, err
+    assert (out / "specialists").is_dir()
     code, _, err = edgekd(*common, "--teacher-epochs", "2", "--skip", "specialists", "--overwrite")   # a new teacher
     assert code == 0, err
+    assert not (out / "specialists").exists() and not list(out.glob("*.partial"))
     code, stdout, err = edgekd(*common, "--teacher-epochs", "2", "--resume")
     assert code == 0, err
-    assert "[teacher] kept" in stdout and "[specialists] the previous run's was made from another teacher" in stdout
+    assert "[teacher] kept" in stdout and "[specialists] ..." in stdout
     distilled_from = json.loads((out / "summary.json").read_text())["distilled_from"]
     teacher = load_teacher(out / distilled_from)   # 'teacher' or 'specialists', the folder of either
     assert load_artifact(out / "student").manifest.teacher["fingerprint"] == teacher.fingerprint
