@@ -115,6 +115,11 @@ class Manifest:
                      "environment"):
             if data.get(name) is not None and not isinstance(data[name], dict):
                 fail(f"has '{name}' that is not a table")
+        if not isinstance((data.get("config") or {}).get("params", {}), (dict, type(None))):
+            fail("has 'config.params' that is not a table")
+        split_seed = (data.get("data") or {}).get("split_seed", 0)
+        if not isinstance(split_seed, int) or isinstance(split_seed, bool):
+            fail("has a 'data.split_seed' that is not an integer")
         data = _from_version_1(data) if version == 1 else data
         known = {f.name for f in dataclasses.fields(cls)} - {"members"}
         if not isinstance(data.get("seed", 0), int) or not isinstance(data.get("search", []), list):

@@ -171,6 +171,8 @@ MANIFEST_EDITS = [
     ("files hash a number", _set(files={"member-0.safetensors": 5}), "'files'"),
     ("files outside the folder", _set(files={"../x.safetensors": "0" * 64}), "outside the artifact folder"),
     ("format version from the future", _set(format_version=99), "newer than this edgekd"),
+    ("config params text", _set(config__params="x"), "'config.params' that is not a table"),
+    ("split seed text", _set(data__split_seed="abc"), "'data.split_seed' that is not an integer"),
     ("unknown kind", _set(kind="zoo"), "unknown kind"),
     ("not an edgekd manifest", _set(format="other"), "not an edgekd manifest"),
     ("manifest a list", lambda m: [m], "not an edgekd manifest"),
