@@ -12,7 +12,7 @@ DEFAULT_OPSET = 18  # kept equal to export.onnx_export.DEFAULT_OPSET (a test che
 @click.command("export")
 @click.argument("model")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Output file: NAME.onnx, NAME.ort with --ort, NAME.pte with --executorch. A summary is written beside it as NAME.onnx.json.")
+              help="Output file: NAME.onnx, NAME.ort with --ort, NAME.pte with --executorch. A summary is written beside it as that file name plus .json (NAME.onnx.json).")
 @click.option("--onnx", "onnx_format", is_flag=True, default=True,
               help="Export to ONNX (the default; --ort converts it further).")
 @click.option("--ort", is_flag=True, help="Convert to the ORT format for onnxruntime mobile (--out NAME.ort).")
