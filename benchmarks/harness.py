@@ -367,15 +367,12 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
 
 def _predict_all(runner, x: np.ndarray, chunk: int = 512, *, fixed: int | None = None) -> np.ndarray:
     """Logits of all of ``x`` in chunks. A model exported with a ``fixed`` batch gets chunks of exactly that
-    size (the last padded with its own first row, the padding's outputs dropped); a model whose fixed batch
+    size (``predict_in_batches``: the last padded, the padding's outputs dropped); a model whose fixed batch
     is not declared falls back to one sample at a time when a larger chunk fails."""
     if fixed:
-        out = []
-        for i in range(0, len(x), fixed):
-            part = x[i:i + fixed]
-            padded = np.concatenate([part, np.repeat(part[:1], fixed - len(part), 0)]) if len(part) < fixed else part
-            out.append(runner.predict(padded)[:len(part)])
-        return np.concatenate(out)
+        from export.verify import predict_in_batches
+
+        return predict_in_batches(runner.predict, x, fixed)
     try:
         return np.concatenate([runner.predict(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     except Exception:

@@ -200,11 +200,11 @@ class _TorchRunner(Runner):
     def bind(self, x):
         import torch
 
-        tensor, module = torch.from_numpy(x), self.module
-        if self.device == "cuda":
+        tensor, module, device = torch.from_numpy(x), self.module, self.device
+        if device == "cuda":
             # the batch in and the logits out inside each call, as every CPU runtime's time includes them;
             # .cpu() waits for the result, so the kernels are timed, not their launch
-            return lambda: module(tensor.to("cuda")).cpu()
+            return lambda: module(tensor.to(device)).cpu()
         return lambda: module(tensor)
 
     def _output(self, result):

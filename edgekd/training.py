@@ -82,8 +82,8 @@ def one_cycle_lr(step: int, total: int, max_lr: float, warmup: float = 0.2) -> f
 
 
 def jitter_shifts(n: int, pixels: int, generator: torch.Generator) -> torch.Tensor:
-    """(n, 2) integer shifts (dy, dx) uniform in [-pixels, pixels], on the generator's device (the CPU)."""
-    return torch.randint(-pixels, pixels + 1, (n, 2), generator=generator, device=generator.device)
+    """(n, 2) integer shifts (dy, dx) uniform in [-pixels, pixels], on the CPU as the generator is."""
+    return torch.randint(-pixels, pixels + 1, (n, 2), generator=generator)
 
 
 def jitter_views(n: int, pixels: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -92,7 +92,7 @@ def jitter_views(n: int, pixels: int, flip: bool, generator: torch.Generator) ->
     shifts = jitter_shifts(n, pixels, generator)
     if not flip:
         return shifts
-    return torch.cat([shifts, torch.randint(0, 2, (n, 1), generator=generator, device=generator.device)], 1)
+    return torch.cat([shifts, torch.randint(0, 2, (n, 1), generator=generator)], 1)
 
 
 def apply_shifts(x: torch.Tensor, shifts: torch.Tensor, pixels: int) -> torch.Tensor:
@@ -124,7 +124,7 @@ def mix_inputs(x: torch.Tensor, generator: torch.Generator, alpha: float) -> tup
     ``(x', partner, lam)``. ``lam`` comes from a NumPy generator seeded with the step generator's seed,
     so it needs no device synchronisation and a resumed run draws the same one."""
     lam = float(np.random.default_rng(generator.initial_seed()).beta(alpha, alpha))
-    partner = torch.randperm(len(x), generator=generator, device=generator.device).to(x.device)
+    partner = torch.randperm(len(x), generator=generator).to(x.device)
     x = as_float(x)
     return lam * x + (1.0 - lam) * x[partner], partner, lam
 

@@ -43,7 +43,7 @@ from edgekd.errors import ExportError
 from edgekd.outputs import temp_folder
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
                            model_input)
-from export.verify import accuracy, gate_fp32, gate_int8, parity
+from export.verify import accuracy, gate_fp32, gate_int8, pad_rows, parity, predict_in_batches
 
 PTE_PRECISION = {None: "fp32", "int8": "int8-static-xnnpack", "dynamic": "int8-dynamic-xnnpack"}
 
@@ -115,7 +115,7 @@ class _PteRun:
         self.ref_val = torch_logits(source.module, data.x_val)
         module = FlatInput(source.module, source.input_shape).eval()
         self.module = RawPixels(module).eval() if config.uint8_input else module
-        self.example = torch.from_numpy(np.ascontiguousarray(_pad(np.asarray(self.x_val[:self.batch]), self.batch)))
+        self.example = torch.from_numpy(np.ascontiguousarray(pad_rows(np.asarray(self.x_val[:self.batch]), self.batch)))
         self.seconds, self.sizes, self.quant_info = {}, {"source_weights": source.weights_bytes}, None
         self.reference_accuracy = float("nan")
         self.verification = {"data": data.spec, "parity_split": "val", "n_val": len(self.x_val), "accuracy_split": "test",
@@ -259,19 +259,10 @@ def program_input(method) -> tuple[tuple[int, ...], str]:
 
 def run_program(method, x, batch: int) -> np.ndarray:
     """Logits of all of ``x`` (an array, or ``ModelInputs`` read a slice at a time) through a program of fixed
-    ``batch``; the last chunk is padded, then cut."""
-    outs = []
-    for i in range(0, len(x), batch):
-        chunk = np.asarray(x[i:i + batch])
-        # copied: the output lives in the program's planned memory, which the next call overwrites
-        out = method.execute([torch.from_numpy(np.ascontiguousarray(_pad(chunk, batch)))])[0].numpy().astype(np.float32)
-        outs.append(out[:len(chunk)])
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
-
-
-def _pad(x: np.ndarray, batch: int) -> np.ndarray:
-    extra = -len(x) % batch
-    return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
+    ``batch``; the last chunk is padded, then cut (``predict_in_batches``)."""
+    # copied (astype): the output lives in the program's planned memory, which the next call overwrites
+    return predict_in_batches(
+        lambda chunk: method.execute([torch.from_numpy(np.ascontiguousarray(chunk))])[0].numpy().astype(np.float32), x, batch)
 
 
 def _summary(out, config, source: Source, data, run: _PteRun, size: int, seconds) -> dict:

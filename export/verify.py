@@ -63,6 +63,23 @@ def run_session(session, x, batch_size: int) -> np.ndarray:
     return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 0), np.float32)
 
 
+def pad_rows(x: np.ndarray, batch: int) -> np.ndarray:
+    """``x`` with copies of its last row appended up to a multiple of ``batch`` rows."""
+    extra = -len(x) % batch
+    return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
+
+
+def predict_in_batches(predict, x, batch: int) -> np.ndarray:
+    """``predict`` over all of ``x`` (an array, or ``ModelInputs`` read a slice at a time) for a model made
+    for one batch size: chunks of exactly ``batch`` rows, the last padded (``pad_rows``) and the
+    padding's outputs dropped."""
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = np.asarray(x[i:i + batch])
+        outs.append(np.asarray(predict(pad_rows(chunk, batch)))[:len(chunk)])
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
 @torch.inference_mode()
 def torch_logits(module: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     module.eval()
