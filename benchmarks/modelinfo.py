@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.errors import ConfigError
+from edgekd.outputs import export_summary_of
 
 # metadata_props keys that may carry the counts (the exporter's, then plain names)
 _MAC_KEYS = ("edgekd.macs", "edgekd_macs", "macs")
@@ -112,13 +113,7 @@ def _describe_pte(path: Path, name: str) -> ModelInfo:
     from export.executorch_export import load_program, program_input
 
     shape, dtype = program_input(load_program(path))
-    summary_path = path.with_name(path.name + ".json")
-    summary = {}
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except ValueError:
-            summary = {}
+    summary = export_summary_of(path) or {}   # only the summary of this very program: its precision names the row
     source = summary.get("source") if isinstance(summary.get("source"), dict) else {}
     found = _source_artifact_metrics(json.dumps(source)) if source else {}
     macs, params = found.get("macs"), found.get("parameters")

@@ -73,6 +73,23 @@ def artifact_files(folder: str | Path) -> set[str] | None:
     return names
 
 
+def export_summary_of(model: str | Path) -> dict | None:
+    """The export summary beside ``model`` (``NAME.json``) when it describes that very file: its
+    ``model_sha256`` matches the file's (a summary from before the hash was recorded is taken as it is).
+    ``None`` when there is none, it is not edgekd's, or it belongs to another model: an export renames its
+    summary into place before its model, so an export cut between the two leaves the old model beside
+    the new summary, which this refuses to pair."""
+    from edgekd.artifacts import sha256_file
+
+    model = Path(model)
+    path = model.with_name(model.name + ".json")
+    if not is_export_summary(path) or not model.is_file():
+        return None
+    summary = _read_json(path)
+    recorded = summary.get("model_sha256")
+    return summary if recorded is None or recorded == sha256_file(model) else None
+
+
 def is_export_summary(path: str | Path) -> bool:
     """``NAME.onnx.json`` (or ``.ort.json``, ``.pte.json``) as ``edgekd export`` writes it."""
     data = _read_json(Path(path)) if Path(path).is_file() else None

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.artifacts import library_versions, now_iso, write_json_atomic
+from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ExportError
 from edgekd.outputs import temp_folder
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
@@ -91,9 +91,12 @@ def export_executorch(model: str | Path, out: str | Path, config, *, overwrite: 
             path, (parities, test_accuracy, drop) = run.quantized(tmp / "model.int8.pte", calibration)
         seconds = {k: round(v, 3) for k, v in {**run.seconds, "total": time.perf_counter() - started}.items()}
         summary = _summary(out, config, source, data, run, path.stat().st_size, seconds)
+        summary["model_sha256"] = sha256_file(path)
         write_json_atomic(tmp / "summary.json", summary)
-        os.replace(path, out)
+        # summary first: an export cut between the renames leaves a summary whose hash the old model does
+        # not match (edgekd.outputs.export_summary_of), never a new model that --overwrite would not recognise
         os.replace(tmp / "summary.json", summary_path)
+        os.replace(path, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(path=out, summary_path=summary_path, format="pte", precision=PTE_PRECISION[config.quantize],

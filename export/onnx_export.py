@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.artifacts import library_versions, now_iso, write_json_atomic
+from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ConfigError, ExportError
 from edgekd.outputs import temp_folder
 from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive
@@ -163,9 +163,12 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
         run.seconds["total"] = time.perf_counter() - started
         summary = _summary(out, fmt, precision, config, source, data, run.sizes, run.verification, run.quant_info,
                            {k: round(v, 3) for k, v in run.seconds.items()})
+        summary["model_sha256"] = sha256_file(final_path)
         write_json_atomic(tmp / "summary.json", summary)
-        os.replace(final_path, out)
+        # summary first: an export cut between the renames leaves a summary whose hash the old model does
+        # not match (edgekd.outputs.export_summary_of), never a new model that --overwrite would not recognise
         os.replace(tmp / "summary.json", summary_path)
+        os.replace(final_path, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     parities, test_accuracy, drop = final

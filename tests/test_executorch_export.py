@@ -48,6 +48,9 @@ def test_fp32_program_matches_pytorch_and_records_what_it_takes(pte_dir, tiny_st
     assert summary["input"]["shape"] == [1, 64] and summary["input"]["image_shape"] == [1, 8, 8]
     assert summary["output"]["classes"] == list(digits.classes)
     assert summary["source"]["path"] == str(tiny_student)
+    from edgekd.artifacts import sha256_file
+    from edgekd.outputs import export_summary_of
+    assert summary["model_sha256"] == sha256_file(result.path) and export_summary_of(result.path) == summary
     method = load_program(result.path)
     assert program_input(method) == ((1, 64), "float32")
     x = digits.x_test[:37]

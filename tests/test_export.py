@@ -119,6 +119,32 @@ def test_gate_rejects_a_perturbed_onnx_output_with_the_numbers(monkeypatch, tmp_
     assert list(out_dir.iterdir()) == []  # no model, no summary, no temporary folder
 
 
+def test_an_export_cut_between_its_renames_leaves_a_pair_that_is_refused_then_replaced(monkeypatch, tmp_path, mlp_artifact, digits):
+    from edgekd.artifacts import sha256_file
+    from edgekd.outputs import export_summary_of
+
+    out = tmp_path / "m.onnx"
+    first = export_onnx(mlp_artifact, out, ExportConfig(), data=digits)
+    assert first.summary["model_sha256"] == sha256_file(out) and export_summary_of(out) == first.summary
+    old_model = out.read_bytes()
+    real = onnx_export.os.replace
+
+    def cut_before_the_model(src, dst):  # the process dies after the summary is in place
+        if str(dst) == str(out):
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(onnx_export.os, "replace", cut_before_the_model)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(mlp_artifact, out, ExportConfig(verify_batch_size=32), data=digits, overwrite=True)
+    monkeypatch.undo()
+    assert out.read_bytes() == old_model   # the old model, beside the new summary ...
+    assert json.loads((tmp_path / "m.onnx.json").read_text())["verification"] != first.summary["verification"]
+    assert export_summary_of(out) is None  # ... which does not describe it, so is not read as its summary
+    again = export_onnx(mlp_artifact, out, ExportConfig(), data=digits, overwrite=True)  # and --overwrite recovers
+    assert export_summary_of(out) == again.summary
+
+
 def test_gate_rejects_any_top1_disagreement_even_within_atol():
     from export.verify import check_parity, parity
 
