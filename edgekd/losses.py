@@ -105,11 +105,14 @@ def _kd(student, teacher, _labels, temperature, _beta):
     return temperature ** 2 * F.kl_div(log_q_student, log_q_teacher, reduction="batchmean", log_target=True)
 
 
-def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """``(z - mean(z)) / std(z)`` per row (Sun et al., CVPR 2024, eq. 5): the softmax then depends on
-    the logits' ranks and gaps only, not on their offset or scale."""
+def standardize(logits: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``(z - mean(z)) / sqrt(var(z) + eps)`` per row, var unbiased as ``torch.std``'s (Sun et al., CVPR 2024,
+    eq. 5): the softmax then depends on the logits' ranks and gaps only, not on their offset or scale."""
+    # eps inside the root, as LayerNorm has it: the reference code's std + 1e-7 sends a gradient of order
+    # 1e5 through a row whose logits are all equal; here it is at most 1 / sqrt(eps)
     logits = logits.float()
-    return (logits - logits.mean(-1, keepdim=True)) / (logits.std(-1, keepdim=True) + eps)
+    centred = logits - logits.mean(-1, keepdim=True)
+    return centred * torch.rsqrt(logits.var(-1, keepdim=True) + eps)
 
 
 def _kd_standardized(student, teacher, labels, temperature, beta):

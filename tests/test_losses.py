@@ -110,6 +110,17 @@ def test_logit_standardization_ignores_the_teachers_offset_and_scale():
         float(distillation_loss(s, t, None, temperature=2.0, alpha=1.0)), rel=1e-2)   # plain KD is not
 
 
+def test_standardize_is_the_z_score_and_bounded_on_a_row_without_spread():
+    from edgekd.losses import standardize
+
+    z = torch.tensor([[3.0, 1.5, -2.0]])   # mean 0.8333, unbiased std 2.5658
+    assert torch.allclose(standardize(z), torch.tensor([[0.8444, 0.2598, -1.1043]]), atol=1e-4)
+    flat = torch.zeros(2, 10, requires_grad=True)   # e.g. a student whose every unit is dead on an input
+    target = torch.softmax(standardize(torch.randn(2, 10)) / 2, -1)
+    (-(torch.log_softmax(standardize(flat) / 2, -1) * target).sum()).backward()
+    assert torch.isfinite(flat.grad).all() and flat.grad.abs().max() < 1 / 1e-5 ** 0.5   # was about 4e5 with std + 1e-7
+
+
 def test_unknown_method_is_refused():
     from edgekd.errors import ConfigError
 
