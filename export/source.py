@@ -173,12 +173,22 @@ def model_input(x: torch.Tensor, uint8: bool, spec: str) -> np.ndarray:
         return x.numpy().astype(np.float32, copy=False)
     if x.dtype == torch.uint8:   # pixels kept as stored: nothing to check
         return x.numpy().copy()
-    low, high = float(x.min()), float(x.max())
-    if low < 0 or high > 255 or not bool((x == x.round()).all()):
-        raise ExportError(f"--uint8-input needs whole pixel values in 0..255 but dataset '{spec}' has values in "
-                          f"[{low:g}, {high:g}]" + ("" if bool((x == x.round()).all()) else " that are not whole numbers")
-                          + "; export without --uint8-input.")
+    check_pixels(x, spec)
     return x.numpy().astype(np.uint8)
+
+
+def check_pixels(x: torch.Tensor, spec: str, rows: int | None = None) -> None:
+    """Refuse, naming the whole range, values that are not whole pixels in 0..255; read ``rows`` at a time."""
+    rows = rows or max(len(x), 1)
+    low, high, whole = math.inf, -math.inf, True
+    for i in range(0, len(x), rows):
+        chunk = x[i:i + rows]
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+        whole = whole and bool((chunk == chunk.round()).all())
+    if low < 0 or high > 255 or not whole:
+        raise ExportError(f"--uint8-input needs whole pixel values in 0..255 but dataset '{spec}' has values in "
+                          f"[{low:g}, {high:g}]" + ("" if whole else " that are not whole numbers")
+                          + "; export without --uint8-input.")
 
 
 class ModelInputs:
@@ -192,8 +202,7 @@ class ModelInputs:
         self.x, self.uint8, self.spec, self.flat = x, uint8, spec, flat
         self.rows = range(len(x)) if rows is None else rows
         if rows is None and uint8 and x.dtype != torch.uint8:   # refused before anything is exported
-            for i in range(0, len(x), self.CHECK_ROWS):
-                model_input(x[i:i + self.CHECK_ROWS], uint8, spec)
+            check_pixels(x, spec, self.CHECK_ROWS)
 
     def __len__(self) -> int:
         return len(self.rows)

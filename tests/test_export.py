@@ -241,6 +241,16 @@ def test_uint8_input_refuses_non_pixel_data(tmp_path, mlp_artifact, digits):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_uint8_input_names_the_whole_splits_range_when_read_by_chunks(monkeypatch):
+    from export.source import ModelInputs
+
+    monkeypatch.setattr(ModelInputs, "CHECK_ROWS", 2)
+    x = torch.tensor([[0.0], [300.0], [4.0], [-7.5]])   # the first chunk is out of range, the second too, and not whole
+    with pytest.raises(ExportError, match=r"values in \[-7\.5, 300\] that are not whole numbers"):
+        ModelInputs(x, True, "npz:x.npz")
+    assert np.asarray(ModelInputs(torch.tensor([[0.0], [255.0], [7.0]]), True, "s")).tolist() == [[0], [255], [7]]
+
+
 def _as_specialist_artifact(monkeypatch, tmp_path, source, module):
     """A copy of ``source`` of kind "specialist-ensemble", loaded by a stand-in loader whose teacher's
     ``module()`` is ``module`` (None: no graph form)."""
