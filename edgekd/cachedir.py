@@ -8,7 +8,7 @@ The cache folder (``$EDGEKD_CACHE`` or ``~/.cache/edgekd``) holds only what edge
 - ``splits``: the train / val / test rows of a decoded folder, ``images/splits/<key>.npy`` (edgekd.data);
 - ``conversions``: ncnn and MNN files converted from an ``.onnx`` by the benchmarks, ``convert/<name>/``;
 - ``unfinished``: the temporary file of a logits, decode or split write whose process died before it
-  renamed it into place (``.<key>.<pid>.tmp`` / ``.x.npy`` / ``.y.npy`` / ``.npy``); one of a running
+  renamed it into place (``.<key>.<pid>.tmp`` / ``.x.npy`` / ``.y.npy`` / ``.json.tmp`` / ``.npy``); one of a running
   process is never listed.
 
 A split file is a full copy of its rows, and every (split seed, val fraction, train limit) makes its
@@ -172,7 +172,7 @@ def _unfinished(root: Path):
     process is gone: a job killed mid-write leaves them, and nothing else would ever remove them."""
     from edgekd.outputs import pid_alive
 
-    for folder, suffix in ((root, r"tmp"), (root / "images", r"[xy]\.npy"), (root / "images" / "splits", r"npy")):
+    for folder, suffix in ((root, r"tmp"), (root / "images", r"(?:[xy]\.npy|json\.tmp)"), (root / "images" / "splits", r"npy")):
         for path in _files(folder, rf"\.({_KEY})\.(\d+)\.{suffix}"):
             key, pid = path.name.split(".")[1:3]
             if not pid_alive(int(pid)):

@@ -18,6 +18,7 @@ bomb is one ``DataError`` naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from edgekd.errors import DataError
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_PIXELS = 64_000_000      # per image: beyond this Pillow's decompression-bomb guard refuses it
 SAMPLE = 32                  # files re-hashed on every cache hit
+DECODE_WINDOW = 4096        # files handed to the decoding threads at a time
 CACHE_VERSION = 2           # 2: 16-bit grayscale decoded by its top byte (1 clipped it white)
 
 
@@ -107,7 +109,8 @@ def scan(spec: FolderSpec) -> tuple[tuple[str, ...], list[tuple[Path, int]], lis
         return found
 
     train_files = files(train)
-    empty = [name for label, name in enumerate(classes) if not any(lab == label for _, lab in train_files)]
+    present = {label for _, label in train_files}
+    empty = [name for label, name in enumerate(classes) if label not in present]
     if empty:
         raise DataError(f"Image folder '{train}': class folder(s) {', '.join(empty[:3])} hold no images "
                         f"({', '.join(EXTENSIONS)}); add images or remove the folders.")
@@ -181,20 +184,11 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
     mode = "L" if channels == 1 else "RGB"
 
     def decode(item):
-        path, _ = item
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as image:
-                    if image.width * image.height > MAX_PIXELS:
-                        raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
-                    image = _eight_bit(image).convert(mode)
-                    if (image.height, image.width) != size:
-                        image = image.resize((size[1], size[0]), Image.BILINEAR)
-                    array = np.asarray(image, dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DataError(f"Image '{path}' cannot be decoded ({exc.__class__.__name__}: {str(exc)[:120]}); remove or "
-                            f"replace it.") from None
+        with _open_image(item[0]) as image:
+            image = _eight_bit(image).convert(mode)
+            if (image.height, image.width) != size:
+                image = image.resize((size[1], size[0]), Image.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
     rng = random.Random(key)
@@ -206,16 +200,19 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
         tmp = cache / f".{key}.{os.getpid()}.x.npy"
         x = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), channels, *size))
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # Pillow decodes without the GIL
-            for index, array in enumerate(pool.map(decode, files, chunksize=256)):
-                x[index] = array
+            # a window at a time: a thread pool's map submits every file at once (a future each, ~2 KB)
+            for start in range(0, len(files), DECODE_WINDOW):
+                for index, array in enumerate(pool.map(decode, files[start:start + DECODE_WINDOW]), start):
+                    x[index] = array
         x.flush()
         del x
         y = np.array([label for _, label in files], dtype=np.int64)
         np.save(cache / f".{key}.{os.getpid()}.y.npy", y)
         os.replace(tmp, cache / f"{key}.x.npy")
         os.replace(cache / f".{key}.{os.getpid()}.y.npy", cache / f"{key}.y.npy")
-        (cache / f".{key}.json.tmp").write_text(json.dumps(meta))
-        os.replace(cache / f".{key}.json.tmp", cache / f"{key}.json")   # the entry exists once its header does
+        header = cache / f".{key}.{os.getpid()}.json.tmp"   # the pid's: two processes decoding one folder race
+        header.write_text(json.dumps(meta))
+        os.replace(header, cache / f"{key}.json")   # the entry exists once its header does
     except BaseException as exc:   # a corrupt image, a full disk, Ctrl-C: no half-written entry left behind
         for leftover in cache.glob(f".{key}.{os.getpid()}.*") if cache.is_dir() else ():
             leftover.unlink(missing_ok=True)
@@ -240,29 +237,22 @@ def _eight_bit(image):
 
 
 def _channels_of(files) -> int:
-    from PIL import Image
-
     for path, _ in files:
         try:
-            with Image.open(path) as image:
+            with _open_image(path) as image:
                 if image.mode not in ("L", "1", "I", "I;16", "F", "LA"):
                     return 3
-        except OSError:
+        except DataError:
             continue   # named when it is decoded
     return 1
 
 
 def _common_size(files) -> tuple[int, int]:
     """The (height, width) every image shares; two files of different sizes are named."""
-    from PIL import Image
-
     first, size = None, None
     for path, _ in files:
-        try:
-            with Image.open(path) as image:
-                this = (image.height, image.width)
-        except OSError as exc:
-            raise DataError(f"Image '{path}' cannot be decoded ({exc.__class__.__name__}); remove or replace it.") from None
+        with _open_image(path) as image:
+            this = (image.height, image.width)
         if size is None:
             first, size = path, this
         elif this != size:
@@ -271,5 +261,28 @@ def _common_size(files) -> tuple[int, int]:
     return size
 
 
+@contextlib.contextmanager
+def _open_image(path: Path):
+    """``Image.open(path)``, refusing a decompression bomb (over ``MAX_PIXELS``, by the header's size) before
+    it is decoded; any failure to read or decode it is one ``DataError`` naming the file."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
+                yield image
+    except PermissionError as exc:
+        raise DataError(f"Image '{path}' cannot be read ({exc.strerror}); make it readable or remove it.") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"Image '{path}' cannot be decoded ({exc.__class__.__name__}: {str(exc)[:120]}); remove or "
+                        f"replace it.") from None
+
+
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise DataError(f"Image '{path}' cannot be read ({exc.strerror or exc}); make it readable or remove it.") from None

@@ -92,7 +92,7 @@ def test_temporary_files_of_a_dead_process_are_listed_and_pruned_of_a_live_one_n
     gone = subprocess.Popen(["true"])
     gone.wait()   # a pid that no longer runs
     dead = [root / f".{'e' * 32}.{gone.pid}.tmp", root / "images" / f".{'e' * 32}.{gone.pid}.x.npy",
-            root / "images" / "splits" / f".{'e' * 32}.{gone.pid}.npy"]
+            root / "images" / f".{'e' * 32}.{gone.pid}.json.tmp", root / "images" / "splits" / f".{'e' * 32}.{gone.pid}.npy"]
     live = root / "images" / f".{'f' * 32}.{os.getpid()}.x.npy"   # a decode this process is writing
     for path in [*dead, live]:
         path.write_bytes(b"\0" * 64)

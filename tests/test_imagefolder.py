@@ -78,6 +78,7 @@ def test_cache_is_reused_and_a_changed_file_is_never_served(tmp_path, monkeypatc
     ("no train", "has no 'train' folder"),
     ("test fraction beside test/", "has a test/ folder, so no test split is held out"), ("one class", "at least 2"),
     ("empty class", "hold no images"), ("bad option", "not understood"),
+    ("bomb", "cannot be decoded \\(DecompressionBombError"), ("unreadable", "cannot be read \\(Permission denied\\)"),
 ])
 def test_bad_folders_are_one_clear_error(tmp_path, monkeypatch, case, message):
     monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
@@ -99,12 +100,47 @@ def test_bad_folders_are_one_clear_error(tmp_path, monkeypatch, case, message):
             (root / "train" / name).rmdir()
     elif case == "empty class":
         (root / "train" / "three").mkdir()
+    elif case == "bomb":   # Pillow refuses over twice MAX_IMAGE_PIXELS when it opens the file, before any size is known
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "train" / "one" / "huge.png")
+    elif case == "unreadable":   # as a file of another user reads (the tests may run as root, where chmod 000 does not)
+        victim, real_open = root / "train" / "one" / "001.png", Image.open
+
+        def guarded(path, *args, **kwargs):
+            if str(path) == str(victim):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+        monkeypatch.setattr(Image, "open", guarded)
     spec = f"imagefolder:{root}" + {"bad option": ",size=big", "test fraction beside test/": ",test=0.5"}.get(case, "")
     with warnings.catch_warnings():
         with pytest.raises(DataError, match=message):
             load_dataset(spec)
     # nothing half-written is left in the cache (a corrupt image stopped a decode that had begun)
     assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+def test_a_cached_sample_that_cannot_be_read_is_one_clear_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs")
+    load_dataset(f"imagefolder:{root}")
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(DataError, match=r"Image '.*\.png' cannot be read \(Permission denied\); make it readable"):
+        load_dataset(f"imagefolder:{root}")
+
+
+def test_decoding_in_windows_keeps_every_image_in_its_place(tmp_path, monkeypatch):
+    import edgekd.imagefolder as imagefolder
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "whole"))
+    root = _folder(tmp_path / "imgs")
+    whole = load_dataset(f"imagefolder:{root}")
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "windows"))
+    monkeypatch.setattr(imagefolder, "DECODE_WINDOW", 5)   # 42 files: 9 windows, the last of 2
+    windowed = load_dataset(f"imagefolder:{root}")
+    assert np.array_equal(whole.x_train.numpy(), windowed.x_train.numpy())
+    assert np.array_equal(whole.x_test.numpy(), windowed.x_test.numpy())
 
 
 def test_train_distill_and_export_from_photos_through_the_cli(edgekd, tmp_path):
