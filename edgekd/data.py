@@ -174,6 +174,42 @@ def _make_dataset(spec, classes, x, y, train_idx, val_idx, x_test, y_test, test_
     )
 
 
+def check_split_matches(recorded: dict | None, data: Dataset, name: str, splits=("val", "test")) -> None:
+    """A model trained on the same data as ``data`` (``recorded``: its manifest's ``data``) must meet the
+    same held-out rows: with another val or test fraction, rows it trained on would be scored as val (which
+    picks T, alpha and recipes) or test (which is reported). Refused, naming the split to pass."""
+    if not isinstance(recorded, dict) or _source(recorded.get("spec")) != _source(data.spec):
+        return   # other data (or a model of unknown origin): nothing it trained on is known to be here
+    here = data.describe()
+    keys = [k for k in ("split_seed", *(f"n_{s}" for s in splits)) if k in recorded and recorded[k] != here[k]]
+    if keys:
+        words = {"split_seed": "split seed {}", "n_val": "{} val rows", "n_test": "{} test rows"}
+        then = ", ".join(words[k].format(recorded[k]) for k in keys)
+        now = ", ".join(words[k].format(here[k]) for k in keys)
+        raise DataError(f"{name} was trained on '{recorded['spec']}' held out as {then}, but this run holds out "
+                        f"{now} of '{data.spec}', so rows it trained on would be scored as held out; pass the "
+                        f"--val-fraction (and --test-fraction) it was trained with, or data it was not trained on.")
+
+
+def _source(spec) -> tuple | None:
+    """What rows a spec reads, whatever its options: an image folder by its root, IDX data by its name."""
+    if not isinstance(spec, str):
+        return None
+    kind, _, arg = spec.partition(":")
+    try:
+        if kind == "imagefolder":
+            from edgekd.imagefolder import parse_spec
+
+            return kind, str(parse_spec(arg).root.resolve())
+        if kind in IDX_DATASETS:
+            return (kind,)
+        if kind == "npz":
+            return kind, str(Path(arg).resolve())
+    except (DataError, OSError, ValueError):
+        pass
+    return (spec,)
+
+
 def as_float(x: "torch.Tensor") -> "torch.Tensor":
     """Raw inputs as the models take them: uint8 pixels (kept as stored, a quarter of float32's
     memory) become float32 one batch at a time; float inputs pass unchanged."""

@@ -68,12 +68,12 @@ def _checked(logits: torch.Tensor, n: int, classes: int, what: str) -> torch.Ten
 
 def evaluate(model: Teacher, data: Dataset, *, split: str = "test", reference: Teacher | None = None) -> EvalResult:
     """Evaluate ``model`` (anything ``load_teacher`` accepts) on a split of ``data``."""
-    check_teacher_fits(model, data, name="Model")
+    check_teacher_fits(model, data, name="Model", splits=[s for s in ("val", "test") if s == split])
     x, y = data.split(split)
     logits = _checked(model.logits(x).cpu(), len(x), data.num_classes, model.description)   # metrics on the host
     agreement = None
     if reference is not None:
-        check_teacher_fits(reference, data)
+        check_teacher_fits(reference, data, splits=[s for s in ("val", "test") if s == split])
         reference_logits = _checked(reference.logits(x).cpu(), len(x), data.num_classes, reference.description)
         agreement = float((reference_logits.argmax(1) == logits.argmax(1)).float().mean())
     return EvalResult(model=model.description, data=data.spec, split=split, agreement=agreement,

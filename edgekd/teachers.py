@@ -26,7 +26,7 @@ from torch import nn
 
 from edgekd.artifacts import Artifact, is_artifact, load_artifact, sha256_file
 from edgekd.config import COMBINE_RULES
-from edgekd.data import as_float
+from edgekd.data import as_float, check_split_matches
 from edgekd.device import module_device
 from edgekd.errors import TeacherError
 
@@ -338,8 +338,12 @@ def teacher_from_artifact(artifact: Artifact, *, combine: str | None = None) -> 
                          fingerprint=fingerprint, description=desc, artifact=artifact)
 
 
-def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher") -> int:
-    """The teacher's input shape and number of classes must match the dataset's."""
+def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", splits=("val", "test")) -> int:
+    """The teacher's input shape and number of classes must match the dataset's; an artifact trained on the
+    same data must meet it split as it was (``check_split_matches``, for ``splits``)."""
+    artifact = getattr(teacher, "artifact", None)
+    if artifact is not None:
+        check_split_matches(artifact.manifest.data, dataset, name, splits)
     if teacher.input_shape is not None and math.prod(teacher.input_shape) != math.prod(dataset.input_shape):
         raise TeacherError(f"{name} takes inputs of shape {tuple(teacher.input_shape)} but dataset '{dataset.spec}' has "
                            f"{tuple(dataset.input_shape)}; pass a dataset of the teacher's input shape.")

@@ -103,3 +103,23 @@ def test_shaped_reads_flat_samples_as_images_without_copying(digits):
     assert len(digits.shaped((4, 4, 4)).mean) == 4   # four channels: their own statistics
     with pytest.raises(DataError, match="cannot be read as"):
         digits.shaped((65,))
+
+
+def test_a_model_meets_the_data_it_was_trained_on_split_as_it_was(tmp_path, digits, edgekd):
+    """Another --val-fraction would put rows the teacher trained on into val (which picks T, alpha and recipes)."""
+    from edgekd.evaluate import evaluate
+    from edgekd.teacher_training import save_untrained
+    from edgekd.teachers import check_teacher_fits, load_teacher
+
+    teacher = load_teacher(save_untrained(tmp_path / "t", "mlp:hidden=8", digits))   # val fraction 0.1
+    wider = load_dataset("digits", val_fraction=0.3)
+    with pytest.raises(DataError, match=r"held out as 143 val rows, but this run holds out 434 val rows of 'digits'"):
+        check_teacher_fits(teacher, wider)
+    assert evaluate(teacher, wider, split="test").n == len(wider.y_test)   # test rows are the same: allowed
+    with pytest.raises(DataError, match="pass the --val-fraction"):
+        evaluate(teacher, wider, split="val")
+    check_teacher_fits(teacher, load_dataset("digits", train_limit=200))   # a subset of train: same val and test
+    code, _, err = edgekd("distill", "--teacher", tmp_path / "t", "--data", "digits", "--val-fraction", "0.3",
+                          "--epochs", "1", "--out", tmp_path / "s")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "rows it trained on would be scored as held out" in err
+    assert not (tmp_path / "s").exists()
