@@ -140,4 +140,5 @@ class LogitCache:
 
 
 def _tensor_sha256(value: torch.Tensor) -> str:
-    return hashlib.sha256(value.contiguous().numpy().tobytes()).hexdigest()
+    # the array's own buffer: .tobytes() would hold a second copy of the logits while hashing
+    return hashlib.sha256(value.contiguous().numpy().data).hexdigest()

@@ -102,3 +102,17 @@ def test_temporary_files_of_a_dead_process_are_listed_and_pruned_of_a_live_one_n
     assert code == 0, err
     assert not any(p.exists() for p in dead) and live.exists() and (root / "notes.txt").exists()
     assert {e.kind for e in cache_entries(root)} == {"logits", "decoded", "splits", "conversions"}
+
+
+def test_logits_are_hashed_in_place_with_the_digest_caches_already_carry():
+    """The hash reads the tensor's buffer (no second copy of the logits); the digest is the one the bytes
+    had before, so the caches already written stay valid."""
+    import hashlib
+
+    import torch
+
+    from edgekd.cache import _tensor_sha256
+
+    value = torch.randn(50, 7)
+    assert _tensor_sha256(value) == hashlib.sha256(value.numpy().tobytes()).hexdigest()
+    assert _tensor_sha256(value.t()) == hashlib.sha256(value.t().contiguous().numpy().tobytes()).hexdigest()
