@@ -142,7 +142,8 @@ def load_dataset(spec: str = "digits", *, val_fraction: float = 0.1, split_seed:
     _check_arrays(spec, x, y, x_test, y_test, classes)
     test_idx = None
     if x_test is None:   # fixed for the data (not drawn from the training seed): every run scores the same images
-        pool_idx, test_idx = _stratified_split(y, _held_out_fraction(spec), seed=12345)
+        # two of each class stay for train and val, whatever the test fraction (every class has three: _check_arrays)
+        pool_idx, test_idx = _stratified_split(y, _held_out_fraction(spec), seed=12345, keep_at_least=2)
     else:
         pool_idx = np.arange(len(y))
     keep, held = _stratified_split(y[pool_idx], val_fraction, seed=split_seed)
@@ -520,13 +521,14 @@ def _by_label(labels: np.ndarray):
     return zip(values, np.split(order, starts[1:]))
 
 
-def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out) with ``fraction`` of each class held out (at least one per class)."""
+def _stratified_split(y: np.ndarray, fraction: float, seed: int, keep_at_least: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out) with ``fraction`` of each class held out (at least one per class, and at
+    least ``keep_at_least`` of each kept)."""
     rng = np.random.default_rng(seed)
     keep, held = [], []
     for _, members in _by_label(y):
         idx = rng.permutation(members)
-        n_held = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        n_held = min(len(idx) - keep_at_least, max(1, round(fraction * len(idx))))
         held.append(idx[:n_held])
         keep.append(idx[n_held:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))

@@ -291,3 +291,11 @@ def test_images_in_nested_folders_count_and_hidden_files_are_skipped(tmp_path):
         shutil.copy(next((folder / "more").glob("*.png")), folder / ".thumbs" / "t.png")
     a, b = load_dataset(f"imagefolder:{flat}"), load_dataset(f"imagefolder:{nested}")
     assert len(b.y_train) + len(b.y_val) + len(b.y_test) == len(a.y_train) + len(a.y_val) + len(a.y_test) == 42
+
+
+def test_a_large_test_fraction_leaves_every_class_one_train_and_one_val_image(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs", per_class=3)
+    data = load_dataset(f"imagefolder:{root},test=0.7")   # 0.7 of 3 is 2: then nothing would be left for val
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (3, 3, 3)
+    assert sorted(data.y_val.tolist()) == [0, 1, 2] and sorted(data.y_train.tolist()) == [0, 1, 2]
