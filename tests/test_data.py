@@ -123,4 +123,3 @@ def test_a_model_meets_the_data_it_was_trained_on_split_as_it_was(tmp_path, digi
                           "--epochs", "1", "--out", tmp_path / "s")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "rows it trained on would be scored as held out" in err
     assert not (tmp_path / "s").exists()
-
