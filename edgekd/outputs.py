@@ -298,7 +298,10 @@ def _check_inputs(out: Path, resolved: Path, kind: str, inputs, in_place) -> boo
             raise OutputError(f"Output '{out}' {role} '{given}', an input of this command; writing it would destroy "
                               f"the input; choose another --out.")
         if source in resolved.parents and source.is_dir():
-            listed = artifact_files(source) or set()
+            listed = artifact_files(source)
+            if listed is None:   # a data folder: an output in it would become part of the data (a class, an image)
+                raise OutputError(f"Output '{out}' is inside '{given}', a data folder this command reads; writing there "
+                                  f"would change the data; choose an --out outside it.")
             rel = resolved.relative_to(source).as_posix()
             names = [rel] + ([rel + ".json"] if kind == "export" else [])
             hit = [n for n in listed if any(n == r or n.startswith(r + "/") for r in names)]

@@ -54,6 +54,19 @@ def test_new_file_inside_an_input_artifact_is_allowed(tiny_student):
     check_output(tiny_student / "again", kind="artifact", inputs=[tiny_student])   # a new sub-folder: replaces nothing
 
 
+def test_an_output_inside_a_data_folder_is_refused(tmp_path, tiny_student, capsys):
+    """An output under an image folder's train/ would become a class (or, deeper, images of one)."""
+    photos = tmp_path / "photos"
+    (photos / "train" / "cat").mkdir(parents=True)
+    for where in (photos / "train" / "run1", photos / "train" / "cat" / "run1", photos / "run1"):
+        with pytest.raises(OutputError, match="inside .*a data folder this command reads"):
+            check_output(where, kind="artifact", inputs=[tiny_student, photos])
+    check_output(tmp_path / "run1", kind="artifact", inputs=[photos])   # beside it is fine
+    line = one_line_exit_2(capsys, ["teacher", "train", "--data", f"imagefolder:{photos}", *TINY,
+                                    "--out", photos / "train" / "run1"])
+    assert "a data folder this command reads" in line and not (photos / "train" / "run1").exists()
+
+
 def test_listed_file_of_an_input_artifact_is_never_replaced(tiny_student):
     with pytest.raises(OutputError, match="of the artifact"):
         check_output(tiny_student / "baseline", kind="artifact", overwrite=True, inputs=[tiny_student])
