@@ -4,7 +4,8 @@ Specs:
 - ``digits``: scikit-learn's 8x8 digits (shipped inside scikit-learn), 10 classes; the default.
 - ``fashion-mnist[:DIR]``, ``mnist[:DIR]``: the four standard IDX files (gzipped or not) in DIR, else
   in ``$EDGEKD_DATA/<name>``, else ``/usr/share/datasets/<name>``.
-- ``npz:PATH``: arrays ``x`` and ``y``, optional ``class_names``, ``x_test``/``y_test``.
+- ``npz:PATH``: arrays ``x`` and ``y``, optional ``class_names``, ``x_test``/``y_test``; stored uncompressed,
+  ``x`` and ``x_test`` are memory-mapped (``_npz_member``) and split into the cache like a decoded folder.
 - ``imagefolder:DIR[,...]``: one folder per class (``edgekd.imagefolder``).
 - ``synthetic:classes=N,groups=G,dim=D,seed=S[,...]``: generated vectors, many classes in groups of
   confusable ones, true groups known (``edgekd.synthetic``).
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekd.cachedir import touch
+from edgekd.cachedir import default_cache_dir, touch
 from edgekd.errors import DataError
 
 if TYPE_CHECKING:  # torch is imported lazily at run time
@@ -268,7 +269,9 @@ def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
     stat = source.stat()
     digest = hashlib.sha256(f"{source.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{x.offset}\0{x.shape}\0{np.dtype(dtype)}".encode())
     digest.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
-    folder = source.parent / "splits"
+    # beside a decoded image folder in the cache; never beside a user's own file (an .npz)
+    decoded = source.parent.name == "images" and source.name.endswith(".x.npy")
+    folder = (source.parent if decoded else default_cache_dir() / "images") / "splits"
     path = folder / f"{digest.hexdigest()[:32]}.npy"
     shape = (len(idx), *_as_nchw(x[:1]).shape[1:])
     try:
@@ -432,7 +435,8 @@ def _load_npz(path: Path):
                         f"and pass 'npz:PATH'.")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+            # only the arrays edgekd reads; the inputs memory-mapped where they are stored uncompressed
+            arrays = {key: _npz_array(archive, path, key) for key in archive.files if key in NPZ_KEYS}
     except Exception as exc:  # numpy raises many types (BadZipFile, ValueError, OSError, ...) for a file that is no npz
         raise DataError(f"'{path}' is not a readable .npz without pickled objects ({exc.__class__.__name__}: "
                         f"{str(exc)[:120]}); save it with numpy.savez.") from None
@@ -459,6 +463,37 @@ def _load_npz(path: Path):
 
 
 MAX_CLASSES = 100_000
+NPZ_KEYS = ("x", "y", "x_test", "y_test", "class_names")
+
+
+def _npz_array(archive, path: Path, key: str) -> np.ndarray:
+    mapped = _npz_member(path, key) if key in ("x", "x_test") else None
+    return archive[key] if mapped is None else mapped
+
+
+def _npz_member(path: Path, key: str) -> np.memmap | None:
+    """Array ``key`` of the .npz ``path`` memory-mapped in place, when ``numpy.savez`` stored it
+    uncompressed (its default) in C order; ``None`` otherwise (``savez_compressed``: read into memory)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{key}.npy")
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            return None
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local = handle.read(30)   # the local file header: its name and extra field lengths end it
+        if local[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        handle.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        offset = handle.tell()
+    if fortran or dtype.hasobject or offset + dtype.itemsize * math.prod(shape) > path.stat().st_size:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
 def _labels(path: Path, name: str, y: np.ndarray) -> np.ndarray:
@@ -481,6 +516,12 @@ def _labels(path: Path, name: str, y: np.ndarray) -> np.ndarray:
     return y.astype(np.int64, copy=False)
 
 
+def _all_finite(x: np.ndarray) -> bool:
+    """Checked in chunks of rows: a memory-mapped array is read once, never as a whole boolean copy."""
+    step = chunk_rows(int(np.prod(x.shape[1:])) * x.dtype.itemsize)
+    return all(np.isfinite(x[i:i + step]).all() for i in range(0, len(x), step))
+
+
 def _check_arrays(spec, x, y, x_test, y_test, classes) -> None:
     def fail(msg):
         raise DataError(f"Dataset '{spec}': {msg}")
@@ -496,7 +537,7 @@ def _check_arrays(spec, x, y, x_test, y_test, classes) -> None:
             fail(f"labels must be a vector with one entry per input. Got {ys.shape} labels for {len(xs)} inputs.")
         if len(xs) == 0:
             fail("it holds no samples; pass a dataset with at least one sample per class.")
-        if xs.dtype.kind == "f" and not np.isfinite(xs).all():
+        if xs.dtype.kind == "f" and not _all_finite(xs):
             fail("inputs contain NaN or Inf; clean the data first.")
         if ys.min() < 0 or ys.max() >= len(classes):
             fail(f"labels must be in [0, {len(classes) - 1}] for {len(classes)} classes. Got [{ys.min()}, {ys.max()}] instead.")

@@ -218,11 +218,13 @@ def _resolve(path: Path) -> Path:
 # --- the check ------------------------------------------------------------------------------------
 
 def check_output(out: str | Path, *, kind: str, overwrite: bool = False, resume: bool = False,
-                 inputs: Iterable[str | Path | None] = (), in_place: str | Path | None = None) -> Path:
+                 inputs: Iterable[str | Path | None] = (), in_place: str | Path | None = None,
+                 data: Iterable[str | Path] = ()) -> Path:
     """Raise ``OutputError`` unless writing ``out`` (an output of ``kind``) loses nothing of the user's.
 
-    ``inputs`` are the paths the command reads; ``in_place`` names the one input the command may
-    replace by design (``specialists regate SPEC --out SPEC --overwrite``), read whole before writing.
+    ``inputs`` are the paths the command reads; ``data`` the files and folders of its dataset
+    (``data_paths``), inside which nothing may be written; ``in_place`` names the one input the command
+    may replace by design (``specialists regate SPEC --out SPEC --overwrite``), read whole before writing.
     """
     if kind not in KINDS:
         raise ValueError(kind)
@@ -233,7 +235,8 @@ def check_output(out: str | Path, *, kind: str, overwrite: bool = False, resume:
     if out.is_symlink():
         raise OutputError(f"Output '{out}' is a symbolic link (to '{os.readlink(out)}'); edgekd does not write through "
                           f"links; pass the real path or a new name with --out.")
-    same_as_input = _check_inputs(out, resolved, kind, inputs, in_place)
+    _check_data(out, resolved, data)
+    same_as_input = _check_inputs(out, resolved, kind, [*inputs, *data], in_place)
     if kind == "export":
         _check_file_output(out, overwrite)
         return out
@@ -284,6 +287,14 @@ def _refuse_special(out: Path, resolved: Path) -> None:
                       f"(e.g. --out runs/NAME).")
 
 
+def _check_data(out: Path, resolved: Path, data) -> None:
+    """An output inside a data folder would become part of the data (under train/, a class)."""
+    for given in data:
+        if _resolve(Path(given)) in resolved.parents and Path(given).is_dir():
+            raise OutputError(f"Output '{out}' is inside '{given}', a data folder this command reads; writing there "
+                              f"would change the data; choose an --out outside it.")
+
+
 def _check_inputs(out: Path, resolved: Path, kind: str, inputs, in_place) -> bool:
     """Refuse an output that is, contains, or replaces part of an input; True when ``out`` is ``in_place``."""
     same = in_place is not None and _resolve(Path(in_place)) == resolved
@@ -298,10 +309,7 @@ def _check_inputs(out: Path, resolved: Path, kind: str, inputs, in_place) -> boo
             raise OutputError(f"Output '{out}' {role} '{given}', an input of this command; writing it would destroy "
                               f"the input; choose another --out.")
         if source in resolved.parents and source.is_dir():
-            listed = artifact_files(source)
-            if listed is None:   # a data folder: an output in it would become part of the data (a class, an image)
-                raise OutputError(f"Output '{out}' is inside '{given}', a data folder this command reads; writing there "
-                                  f"would change the data; choose an --out outside it.")
+            listed = artifact_files(source) or set()
             rel = resolved.relative_to(source).as_posix()
             names = [rel] + ([rel + ".json"] if kind == "export" else [])
             hit = [n for n in listed if any(n == r or n.startswith(r + "/") for r in names)]

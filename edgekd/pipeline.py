@@ -43,7 +43,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     from edgekd.validation import check_jitter
 
     out = Path(out)
-    check_output_dir(out, kind="pipeline", overwrite=overwrite, resume=resume, inputs=data_paths(config.data))
+    check_output_dir(out, kind="pipeline", overwrite=overwrite, resume=resume, data=data_paths(config.data))
     device = resolve_device(config.device).type
     # every stage's settings are checked before the first trains: a bad --student must not cost a teacher
     teacher_cfg, distill_cfg = teacher_config(config, device), distill_config(config, device)

@@ -49,18 +49,18 @@ def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
 
 
 def check_output_dir(path: str | Path, *, overwrite: bool, resume: bool = False, kind: str = "artifact",
-                     inputs=(), in_place=None) -> Path:
+                     inputs=(), in_place=None, data=()) -> Path:
     """An output folder: see ``edgekd.outputs.check_output`` (only edgekd's own outputs are replaced)."""
     from edgekd.outputs import check_output
 
-    return check_output(path, kind=kind, overwrite=overwrite, resume=resume, inputs=inputs, in_place=in_place)
+    return check_output(path, kind=kind, overwrite=overwrite, resume=resume, inputs=inputs, in_place=in_place, data=data)
 
 
-def check_output_file(path: str | Path, *, overwrite: bool, inputs=()) -> Path:
+def check_output_file(path: str | Path, *, overwrite: bool, inputs=(), data=()) -> Path:
     """An export file: its folder must exist; an existing one is replaced only if edgekd exported it."""
     from edgekd.outputs import check_output
 
-    return check_output(path, kind="export", overwrite=overwrite, inputs=inputs)
+    return check_output(path, kind="export", overwrite=overwrite, inputs=inputs, data=data)
 
 
 # fit() derives per-epoch and per-step generator seeds as (seed * 100003 + epoch) * 1000033 + step, which

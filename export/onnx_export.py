@@ -266,7 +266,7 @@ def check_request(out: Path, summary_path: Path, config: ExportConfig, *, overwr
     from edgekd.outputs import data_paths
 
     check_output_file(out, overwrite=overwrite,
-                      inputs=[model, *data_paths(config.data), *data_paths(config.calibration_data)])
+                      inputs=[model], data=[*data_paths(config.data), *data_paths(config.calibration_data)])
     suffix = out.suffix.lower()
     if config.executorch:
         if suffix != ".pte":

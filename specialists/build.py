@@ -119,7 +119,7 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     """Cluster, train one specialist per cluster, evaluate, and save the specialist-ensemble artifact."""
     started = time.perf_counter()
     out = Path(out)
-    check_output_dir(out, overwrite=overwrite, resume=resume, inputs=[teacher_path, *data_paths(data.spec)])
+    check_output_dir(out, overwrite=overwrite, resume=resume, inputs=[teacher_path], data=data_paths(data.spec))
     check_k(config.clusters, data.num_classes)
     check_top_n(config.top_n, data.num_classes)
     cache = cache or LogitCache()
@@ -230,7 +230,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     if artifact.kind != "specialist-ensemble":
         raise ArtifactError(f"'{spec_path}' is a '{artifact.kind}' artifact; pass one written by 'edgekd specialists build'.")
     # in place (--out SPEC --overwrite) is allowed: SPEC is read whole before the new artifact replaces it
-    check_output_dir(out, overwrite=overwrite, inputs=[spec_path, *data_paths(data.spec)], in_place=spec_path)
+    check_output_dir(out, overwrite=overwrite, inputs=[spec_path], data=data_paths(data.spec), in_place=spec_path)
     manifest = artifact.manifest
     if top_n is not None:
         check_top_n(top_n, len(artifact.classes))

@@ -123,3 +123,25 @@ def test_a_model_meets_the_data_it_was_trained_on_split_as_it_was(tmp_path, digi
                           "--epochs", "1", "--out", tmp_path / "s")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "rows it trained on would be scored as held out" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_npz_inputs_are_memory_mapped_and_split_into_the_cache_not_beside_the_file(tmp_path, monkeypatch):
+    import torch
+
+    from edgekd.data import _npz_member
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (60, 1, 4, 4), dtype=np.uint8), np.arange(60) % 3
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    np.savez(data_dir / "plain.npz", x=x, y=y, notes=np.zeros(3))
+    np.savez_compressed(data_dir / "packed.npz", x=x, y=y)
+    assert isinstance(_npz_member(data_dir / "plain.npz", "x"), np.memmap)   # stored: mapped in place
+    assert _npz_member(data_dir / "packed.npz", "x") is None                 # deflated: read into memory
+    plain, packed = load_dataset(f"npz:{data_dir / 'plain.npz'}"), load_dataset(f"npz:{data_dir / 'packed.npz'}")
+    for split in ("x_train", "x_val", "x_test"):
+        assert torch.equal(getattr(plain, split), getattr(packed, split))
+    assert plain.mean == packed.mean and plain.std == packed.std
+    assert sorted(p.name for p in data_dir.iterdir()) == ["packed.npz", "plain.npz"]   # nothing written beside the data
+    assert len(list((tmp_path / "cache" / "images" / "splits").glob("*.npy"))) == 3    # the plain file's three splits

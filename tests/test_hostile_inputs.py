@@ -377,7 +377,7 @@ def _option_cases():
         ("export batch size for ONNX", lambda t, T, S: ["export", S, "--batch-size", "8", "--out", t / "m.onnx"], "--batch-size applies only with --executorch"),
         ("bench --from with measuring options", lambda t, T, S: ["bench", "--from", write(t, "r.json", "{}"), "--seconds", "9"], "--seconds applies only when measuring"),
         ("synthetic sep 1e300", lambda t, T, S: [*TRAIN, "--data", "synthetic:classes=3,groups=1,dim=4,sep=1e300", "--arch", "mlp:hidden=8", "--out", t / "o"], "spread=F (0..1e+06)"),
-        ("train image size twice", lambda t, T, S: [*TRAIN, "--data", f"imagefolder:{t},size=4x4", "--image-size", "6x6", "--out", t / "o"], "--image-size sets what 'size=' in --data"),
+        ("train image size twice", lambda t, T, S: [*TRAIN, "--data", f"imagefolder:{t},size=4x4", "--image-size", "6x6", "--out", t.parent / f"{t.name}-o"], "--image-size sets what 'size=' in --data"),
         ("train jitter on vectors", lambda t, T, S: ["teacher", "train", "--data", "synthetic:classes=3,groups=1,dim=4", "--arch", "mlp:hidden=8", "--jitter", "2", "--epochs", "1", "--out", t / "o"], "'jitter' parameter (--jitter) shifts images, but the inputs have shape (4,)"),
         ("distill views without jitter", lambda t, T, S: [*DISTILL, "--teacher", T, "--views", "4", "--out", t / "o"], "pass --jitter N or --flip"),
         ("distill all views without jitter", lambda t, T, S: [*DISTILL, "--teacher", T, "--views", "all", "--out", t / "o"],

@@ -60,8 +60,9 @@ def test_an_output_inside_a_data_folder_is_refused(tmp_path, tiny_student, capsy
     (photos / "train" / "cat").mkdir(parents=True)
     for where in (photos / "train" / "run1", photos / "train" / "cat" / "run1", photos / "run1"):
         with pytest.raises(OutputError, match="inside .*a data folder this command reads"):
-            check_output(where, kind="artifact", inputs=[tiny_student, photos])
-    check_output(tmp_path / "run1", kind="artifact", inputs=[photos])   # beside it is fine
+            check_output(where, kind="artifact", inputs=[tiny_student], data=[photos])
+    check_output(tmp_path / "run1", kind="artifact", data=[photos])   # beside it is fine
+    check_output(photos / "run1", kind="artifact", inputs=[photos])   # a folder that is not data: as an input
     line = one_line_exit_2(capsys, ["teacher", "train", "--data", f"imagefolder:{photos}", *TINY,
                                     "--out", photos / "train" / "run1"])
     assert "a data folder this command reads" in line and not (photos / "train" / "run1").exists()

@@ -90,7 +90,7 @@ def bench_cmd(**params):
     for path in models:
         model_format(path)
     infos = readable_models(params["model"])   # a damaged model is refused before any output or timing
-    check_output_dir(params["out"], kind="report", overwrite=params["overwrite"], inputs=[*models, *data_paths(params["data"])])
+    check_output_dir(params["out"], kind="report", overwrite=params["overwrite"], inputs=models, data=data_paths(params["data"]))
     with output_lock(params["out"]):
         data = load_data(params)
         check_models_fit(infos, data)

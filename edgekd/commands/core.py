@@ -72,7 +72,7 @@ def check_out(params, inputs=()):
     from edgekd.validation import check_output_dir
 
     check_output_dir(params["out"], overwrite=params["overwrite"], resume=params.get("resume", False),
-                     inputs=[*inputs, *data_paths(params.get("data"))])
+                     inputs=inputs, data=data_paths(params.get("data")))
 
 
 def distributed_context(params):

@@ -109,7 +109,7 @@ def build_cmd(ctx, as_json, **params):
     from specialists.clustering import parse_clusters
 
     check_output_dir(params["out"], overwrite=params["overwrite"], resume=params["resume"],
-                     inputs=[params["teacher"], *data_paths(params["data"])])
+                     inputs=[params["teacher"]], data=data_paths(params["data"]))
     train = make_train_config(params)
     config = SpecialistConfig(clusters=parse_clusters(params["clusters"]), cluster_temperature=params["cluster_temperature"],
                               top_n=params["top_n"], special_fraction=params["special_fraction"], member=params["member"],
@@ -185,7 +185,7 @@ def regate_cmd(ctx, spec, **params):
     from edgekd.outputs import data_paths, output_lock
     from edgekd.validation import check_output_dir
 
-    check_output_dir(params["out"], overwrite=params["overwrite"], inputs=[spec, *data_paths(params["data"])], in_place=spec)
+    check_output_dir(params["out"], overwrite=params["overwrite"], inputs=[spec], data=data_paths(params["data"]), in_place=spec)
     with output_lock(params["out"]):
         data = load_data(params)
         result = regate_specialists(spec, data, params["out"], top_n=params["top_n"], tol=params["tol"],
