@@ -63,3 +63,17 @@ def test_cli_trains_and_refuses_through_the_spec(edgekd, tmp_path):
     assert code == 0, err
     code, _, err = edgekd("evaluate", tmp_path / "t", "--data", "synthetic:classes=12,groups=30")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "'groups' must be at most" in err
+
+
+
+def test_class_means_added_in_float32_chunks_give_the_values_of_the_whole_cast(monkeypatch):
+    """No float64 (N, dim) copy of the means while drawing, and the same arrays as before it was removed."""
+    import edgekd.synthetic as synthetic
+
+    spec = parse_spec("classes=50,groups=5,dim=16,seed=3")
+    means = class_means(spec)
+    x, labels = synthetic._draw(spec, means, 7, np.random.default_rng(11))
+    rng = np.random.default_rng(11)
+    want_labels = rng.permutation(np.repeat(np.arange(50, dtype=np.int64), 7))
+    want = rng.standard_normal((350, 16), dtype=np.float32) + means[want_labels].astype(np.float32)
+    assert np.array_equal(labels, want_labels) and np.array_equal(x, want)
