@@ -66,7 +66,7 @@ def test_cli_trains_and_refuses_through_the_spec(edgekd, tmp_path):
 
 
 
-def test_class_means_added_in_float32_chunks_give_the_values_of_the_whole_cast(monkeypatch):
+def test_class_means_added_in_float32_chunks_give_the_values_of_the_whole_cast():
     """No float64 (N, dim) copy of the means while drawing, and the same arrays as before it was removed."""
     import edgekd.synthetic as synthetic
 
