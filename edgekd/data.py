@@ -458,7 +458,9 @@ def _load_npz(path: Path):
             raise DataError(f"'{path}': '{part}' must hold class indices in [0, {limit - 1}] for {what}. Got "
                             f"[{labels.min()}, {labels.max()}] instead; number the classes 0..C-1.")
     n_classes = int(max(y.max(initial=0), y_test.max(initial=0) if y_test is not None else 0)) + 1
-    classes = tuple(str(c) for c in names) if names is not None else tuple(str(i) for i in range(n_classes))
+    # names saved as bytes (h5py's habit) are text, not "b'cat'"
+    classes = tuple(c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in names) \
+        if names is not None else tuple(str(i) for i in range(n_classes))
     return arrays["x"], y, arrays.get("x_test"), y_test, classes
 
 
@@ -533,6 +535,9 @@ def _check_arrays(spec, x, y, x_test, y_test, classes) -> None:
             fail(f"{part} must be given together; add the missing array.")
         if xs.dtype.kind not in "uif" or xs.ndim not in (2, 3, 4):
             fail(f"inputs must be numeric arrays of shape (N, D), (N, H, W) or (N, C, H, W). Got dtype {xs.dtype}, shape {xs.shape} instead.")
+        if xs.ndim == 4 and xs.shape[3] in (1, 3, 4) and xs.shape[1] not in (1, 3, 4):
+            fail(f"inputs of shape {xs.shape} look channels-last (N, H, W, C); edgekd takes (N, C, H, W): save "
+                 f"x.transpose(0, 3, 1, 2) instead.")
         if ys.ndim != 1 or len(ys) != len(xs):
             fail(f"labels must be a vector with one entry per input. Got {ys.shape} labels for {len(xs)} inputs.")
         if len(xs) == 0:

@@ -67,6 +67,8 @@ def test_npz_with_test_split_and_names(tmp_path):
              x_test=rng.random((8, 6)).astype(np.float32), y_test=np.arange(8) % 4, class_names=np.array(list("abcd")))
     data = load_dataset(f"npz:{path}")
     assert data.input_shape == (6,) and data.classes == tuple("abcd") and len(data.y_test) == 8
+    np.savez(path, x=rng.random((16, 6)).astype(np.float32), y=np.arange(16) % 2, class_names=np.array([b"cat", b"dog"]))
+    assert load_dataset(f"npz:{path}").classes == ("cat", "dog")   # bytes names (h5py's) are text
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -75,6 +77,7 @@ def test_npz_with_test_split_and_names(tmp_path):
     ({"x": np.zeros(10), "y": np.arange(10) % 2}, "shape"),
     ({"x": np.zeros((10, 4)), "y": np.arange(9)}, "one entry per input"),
     ({"x": np.zeros((6, 4)), "y": np.arange(6) % 3}, r"at least 3 samples when there is no test split .* \[0, 1, 2\]"),
+    ({"x": np.zeros((12, 16, 16, 3), np.uint8), "y": np.arange(12) % 2}, r"look channels-last .* x.transpose\(0, 3, 1, 2\)"),
 ])
 def test_malformed_npz(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
