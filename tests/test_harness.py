@@ -618,3 +618,14 @@ def test_the_split_is_streamed_to_each_model_never_copied_whole():
     seen.clear()
     assert np.array_equal(_predict_split(Runner(), x_split, (4,), True, 8, chunk=100), want)
     assert {n for n, _ in seen} == {8} and len(seen) == 45 and {d for _, d in seen} == {np.uint8}
+
+
+def test_the_recorded_bench_command_reloads_the_same_data():
+    """The image-folder flags are folded into --data, and the val fraction and device are kept."""
+    from edgekd.commands.bench import _command_line
+
+    params = {"model": ("runs/s",), "data": "imagefolder:photos", "image_size": "32x32", "channels": 3,
+              "test_fraction": None, "val_fraction": 0.2, "train_limit": None, "device": "cuda", "out": "r",
+              "batch_sizes": "1", "threads": "1", "runtimes": "pytorch", "seconds": 1.0, "rounds": 1}
+    line = _command_line(params)
+    assert "--data imagefolder:photos,size=32x32,channels=3 --val-fraction 0.2" in line and "--device cuda" in line

@@ -8,16 +8,18 @@ from pathlib import Path
 
 import click
 
-from edgekd.clicommon import common_options, data_options, echo_json, load_data
+from edgekd.clicommon import common_options, data_options, data_spec, echo_json, load_data
 
 
 def _command_line(params: dict) -> str:
     parts = ["edgekd", "bench"]
     for model in params["model"]:
         parts += ["--model", model]
-    parts += ["--data", params["data"]]
+    parts += ["--data", data_spec(params), "--val-fraction", f"{params['val_fraction']:g}"]   # image flags in the spec
     if params["train_limit"]:
         parts += ["--train-limit", str(params["train_limit"])]
+    if params.get("device") not in (None, "auto"):
+        parts += ["--device", params["device"]]
     parts += ["--out", params["out"], "--batch-sizes", params["batch_sizes"], "--threads", params["threads"],
               "--runtimes", params["runtimes"], "--seconds", f"{params['seconds']:g}", "--rounds", str(params["rounds"])]
     return " ".join(shlex.quote(p) for p in parts)
