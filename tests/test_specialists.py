@@ -411,6 +411,22 @@ def test_regate_rescores_without_training(spec_artifact, tmp_path, edgekd):
     assert code == 2 and "--overwrite" in err
 
 
+def test_a_cluster_without_test_examples_is_printed_as_unmeasured(spec_artifact, capsys):
+    """A cluster whose classes have no test examples has no accuracy (None): '-', not a crash after the artifact is written."""
+    from types import SimpleNamespace
+
+    from edgekd.commands.specialists import _echo_result
+
+    result = SimpleNamespace(path=spec_artifact, k=(2,), silhouette=False, seconds=1.0, report_md="report.md",
+                             per_cluster=[{"specialist": True, "class_names": ["0", "4"], "generalist_accuracy": None,
+                                           "ensemble_accuracy": None}],
+                             covered_relative_change=None, covered_generalist_accuracy=None, covered_ensemble_accuracy=None,
+                             generalist_test_accuracy=0.9, ensemble_test_accuracy=0.91)
+    _echo_result(result)
+    out = capsys.readouterr().out
+    assert "{0, 4}: test accuracy - -> - with its specialist" in out and "covered classes: - -> -;" in out
+
+
 def test_regate_reads_an_artifact_from_before_covariance_npy(spec_artifact, tmp_path, edgekd):
     """Artifacts written before covariance.npy kept the covariance as a list in clusters.json."""
     import shutil

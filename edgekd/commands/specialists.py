@@ -132,6 +132,11 @@ def build_cmd(ctx, as_json, **params):
     _echo_result(result)
 
 
+def _score(value) -> str:
+    """An accuracy, or '-' where it has no test examples to be measured on."""
+    return f"{value:.4f}" if value is not None else "-"
+
+
 def _echo_result(result) -> None:
     import json
 
@@ -140,13 +145,13 @@ def _echo_result(result) -> None:
                + (" (chosen by silhouette)" if result.silhouette else "") + ":")
     for row in result.per_cluster:
         if row["specialist"]:
-            click.echo(f"  {{{', '.join(row['class_names'])}}}: test accuracy {row['generalist_accuracy']:.4f} -> "
-                       f"{row['ensemble_accuracy']:.4f} with its specialist")
+            click.echo(f"  {{{', '.join(row['class_names'])}}}: test accuracy {_score(row['generalist_accuracy'])} -> "
+                       f"{_score(row['ensemble_accuracy'])} with its specialist")
         else:
             why = "one class: no specialist" if len(row["class_names"]) == 1 else "its specialist was left out (--keep)"
             click.echo(f"  {{{', '.join(row['class_names'])}}}   ({why})")
     rel = f" ({100 * result.covered_relative_change:+.2f}% relative)" if result.covered_relative_change is not None else ""
-    click.echo(f"covered classes: {result.covered_generalist_accuracy:.4f} -> {result.covered_ensemble_accuracy:.4f}{rel}; "
+    click.echo(f"covered classes: {_score(result.covered_generalist_accuracy)} -> {_score(result.covered_ensemble_accuracy)}{rel}; "
                f"all classes: {result.generalist_test_accuracy:.4f} -> {result.ensemble_test_accuracy:.4f}")
     click.echo(f"{result.seconds:.1f} s -> {result.path} (report: {result.report_md})")
 
