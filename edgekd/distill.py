@@ -42,7 +42,7 @@ from edgekd.data import Dataset, stratified_subset_indices, take_rows
 from edgekd.device import place_dataset, resolve_device
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.losses import distillation_loss
-from edgekd.models import count_macs, count_parameters, create_model, format_arch, parse_arch
+from edgekd.models import count_macs, count_parameters, create_model, format_arch, output_layer, parse_arch
 from edgekd.teacher_training import cross_entropy_loss, supervised_batches
 from edgekd.teachers import Teacher, check_teacher_fits
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, augment_batch, fit,
@@ -451,13 +451,12 @@ def fit_omitted_bias(val_logits: torch.Tensor, y_val: torch.Tensor, omitted) -> 
     return float(minimize_scalar(nll, bounds=(-10.0, 40.0), method="bounded", options={"xatol": 1e-3}).x)
 
 
-def add_output_bias(model: torch.nn.Module, classes, bias: float) -> None:
-    """Add ``bias`` to the given classes' entries of the last linear layer's bias."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not linears or linears[-1].bias is None:
-        raise ConfigError("Correcting omitted classes (--omit-classes) raises their output biases, so the student needs "
-                          "a final nn.Linear layer with a bias; use a student that ends in one.")
-    last = linears[-1]
+OMITTED_NEEDS = "correcting omitted classes (--omit-classes) raises their output biases"
+
+
+def add_output_bias(model: torch.nn.Module, classes, bias: float, num_classes: int) -> None:
+    """Add ``bias`` to the given classes' entries of the output layer's bias (``output_layer``)."""
+    _, last = output_layer(model, num_classes, OMITTED_NEEDS)
     with torch.no_grad():
         last.bias[list(classes)] += bias
 
@@ -474,7 +473,9 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     check_teacher_fits(teacher, data)
     _check_augmentation(config, data.input_shape)
     arch, options = parse_arch(config.student)
-    create_model(arch, data.input_shape, data.num_classes, options=options)  # a bad student fails before anything is written
+    probe = create_model(arch, data.input_shape, data.num_classes, options=options)  # a bad student fails before anything is written
+    if config.omit_classes:
+        output_layer(probe, data.num_classes, OMITTED_NEEDS)   # its bias is edited after training: refused before it
     device = dist.device if dist is not None else resolve_device(train_cfg.device)
     data, teacher = place_dataset(data, device), teacher.to(device)
     idx = torch.from_numpy(transfer_indices(data, config.transfer_limit, config.omit_classes, train_cfg.seed)).to(data.device)
@@ -602,7 +603,7 @@ def _correct_omitted(model, data: Dataset, omitted) -> dict:
 
     before, before_omitted = errors()
     bias = fit_omitted_bias(predict_logits(model, data.x_val).cpu(), data.y_val.cpu(), omitted)
-    add_output_bias(model, omitted, bias)
+    add_output_bias(model, omitted, bias, data.num_classes)
     after, after_omitted = errors()
     n = len(data.y_test)
     return {"classes": list(omitted), "bias": bias, "test_accuracy_before": 1 - before / n, "test_accuracy_after": 1 - after / n,

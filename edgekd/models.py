@@ -285,6 +285,22 @@ def _dsconv(input_shape, num_classes, *, width, dropout):
 
 # --- cost ----------------------------------------------------------------------------------------
 
+def output_layer(model: nn.Module, outputs: int, needed_by: str) -> tuple[str, nn.Linear]:
+    """(name, layer) of the output layer, taken to be the last ``nn.Linear``: it must give the ``outputs``
+    scores and have a bias, else ``needed_by`` (the stage that edits it, and why) is refused in one line.
+    A Linear inside the body (a squeeze-excitation's) is thus refused rather than edited."""
+    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"The architecture has no nn.Linear output layer; {needed_by}, so the architecture must end "
+                          f"in an nn.Linear with a bias.")
+    name, layer = linears[-1]
+    if layer.out_features != outputs or layer.bias is None:
+        got = f"{layer.in_features} -> {layer.out_features}" + ("" if layer.bias is not None else ", without a bias")
+        raise ConfigError(f"The last nn.Linear of the architecture ('{name}', {got}) is not an output layer of {outputs} "
+                          f"scores with a bias; {needed_by}, so the architecture must end in an nn.Linear with a bias.")
+    return name, layer
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

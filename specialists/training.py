@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.errors import ConfigError, TrainingError
-from edgekd.models import create_model
+from edgekd.models import create_model, output_layer
 from edgekd.training import TrainConfig, augment_batch, epoch_generator, fit
 
 DATA_SEED_SALT = 7_777   # per-epoch draws of the "other" examples use their own generator stream
@@ -76,21 +76,26 @@ def label_map(classes, num_classes: int, device=None) -> torch.Tensor:
     return mapping
 
 
-def head_name(model: nn.Module) -> str:
-    """The name of the output layer: the last ``nn.Linear``."""
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise TrainingError("The generalist has no linear output layer to replace; specialists need one.")
-    return linears[-1]
+NEEDS_HEAD = "specialists replace the output layer and add the dustbin correction to its bias"
+
+
+def head_name(model: nn.Module, outputs: int) -> str:
+    """The name of the output layer (``edgekd.models.output_layer``), of ``outputs`` scores."""
+    return output_layer(model, outputs, NEEDS_HEAD)[0]
 
 
 def specialist_model(generalist: nn.Module, arch: str, options: dict, input_shape, mean, std, classes) -> nn.Module:
     """The generalist's architecture with |S|+1 outputs, every weight but the head copied from it."""
     model = create_model(arch, input_shape, len(classes) + 1, mean=mean, std=std, options=options)
-    head = head_name(model)
+    head = head_name(model, len(classes) + 1)
     gen_state = generalist.state_dict()
     body = {k: v for k, v in gen_state.items() if not k.startswith(head + ".")}
-    missing, unexpected = model.load_state_dict(body, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(body, strict=False)
+    except RuntimeError as exc:   # a size mismatch: the layer after the one taken for the head depends on the classes
+        raise TrainingError(f"The generalist's weights do not fit architecture '{arch}' with {len(classes) + 1} outputs "
+                            f"({str(exc).splitlines()[-1].strip()[:160]}); {NEEDS_HEAD}, so the architecture must end in an "
+                            f"nn.Linear with a bias.") from None
     if unexpected or any(not k.startswith(head + ".") for k in missing):
         raise TrainingError(f"The generalist's weights do not fit architecture '{arch}' (missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]}).")
@@ -176,7 +181,7 @@ def train_specialist(generalist: nn.Module, arch: str, options: dict, data, clas
     training_share = sizes[0] / sum(sizes)
     bias = dustbin_bias(true_share, training_share)
     state = {k: v.detach().clone().cpu() for k, v in fitted.state.items()}
-    state[f"{head_name(model)}.bias"][-1] += bias
+    state[f"{head_name(model, len(classes) + 1)}.bias"][-1] += bias
     return SpecialistFit(classes=classes, state=state, dustbin_bias=bias, true_share=true_share,
                          training_share=training_share, val_accuracy=fitted.val_accuracy, best_epoch=fitted.best_epoch,
                          epochs_run=fitted.epochs_run, seconds=time.perf_counter() - started, history=fitted.history)

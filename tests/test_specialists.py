@@ -145,6 +145,24 @@ def test_specialist_starts_from_the_generalist(digits):
 
 
 
+@pytest.mark.parametrize("arch, why", [("py:my_arch.tiny_net:head=false", "16 -> 4, without a bias"),
+                                       ("py:my_arch.conv_head_net:width=8", "2.fc', 8 -> 8"),
+                                       # its Linear happens to give |S| + 1 scores: the classifier after it does not fit
+                                       ("py:my_arch.conv_head_net:width=4", "do not fit .* with 4 outputs")])
+def test_an_architecture_without_a_linear_head_with_a_bias_is_refused(arch, why, digits, monkeypatch):
+    from pathlib import Path
+
+    from edgekd.errors import EdgekdError
+    from edgekd.models import create_model, parse_arch
+    from specialists.training import specialist_model
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures"))
+    name, options = parse_arch(arch)
+    generalist = create_model(arch, digits.input_shape, digits.num_classes, mean=digits.mean, std=digits.std)
+    with pytest.raises(EdgekdError, match=f"{why}.*must end in an nn.Linear with a bias"):
+        specialist_model(generalist, name, options, digits.input_shape, digits.mean, digits.std, (0, 1, 2))
+
+
 def test_a_specialist_trains_with_mixup(digits, monkeypatch):
     """``--mixup`` reaches the specialists too: their mixture batches are blended like any other (every
     training batch goes through ``mix_inputs``; none does without mixup)."""

@@ -60,4 +60,8 @@ def test_train_export_and_load_only_with_trust(edgekd, tmp_path):
 def test_a_student_without_a_final_linear_is_told_what_the_bias_correction_needs(edgekd, tmp_path, tiny_teacher):
     code, _, err = edgekd("distill", "--teacher", tiny_teacher, "--student", "py:my_arch.tiny_net:head=false", "--epochs", "1",
                           "--omit-classes", "3", "--quiet", "--out", tmp_path / "s")
-    assert code == 2 and "final nn.Linear layer with a bias" in err
+    assert code == 2 and "raises their output biases, so the architecture must end in an nn.Linear with a bias" in err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()   # refused before training
+    code, _, err = edgekd("distill", "--teacher", tiny_teacher, "--student", "py:my_arch.conv_head_net:width=6", "--epochs",
+                          "1", "--omit-classes", "3", "--quiet", "--out", tmp_path / "s")
+    assert code == 2 and "('body.2.fc', 6 -> 6) is not an output layer of 10 scores" in err   # not the excitation's bias
