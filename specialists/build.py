@@ -173,7 +173,7 @@ def _evaluate_and_save(generalist: Generalist, data: Dataset, config: Specialist
     solved = _gated(test_gen, specialists, clusters, data.x_test, config)
     ens_test = solved.log_q.float()
     module = SpecialistEnsembleModule(generalist.model, specialists, clusters, data.num_classes, top_n=config.top_n,
-                                      steps=solver["module_steps"]).to(generalist.device).eval()   # its buffers too
+                                      steps=solver["module_steps"], tol=config.tol).to(generalist.device).eval()   # its buffers too
     checked = min(len(data.x_test), MODULE_CHECK_INPUTS)
     module_test = predict_logits(module, data.x_test[:checked], batch_size=64)
     solver.update({"test_steps_max": int(solved.steps.max()), "test_steps_mean": float(solved.steps.float().mean()),

@@ -296,8 +296,9 @@ class SpecialistEnsembleModule(nn.Module):
     by gather/scatter, instead of (B, n, C); with A >= n it is the dense form (``branches``)."""
 
     def __init__(self, generalist: nn.Module, specialists: list, clusters, num_classes: int, *,
-                 top_n: int = 1, steps: int = 1):
+                 top_n: int = 1, steps: int = 1, tol: float = DEFAULT_TOL):
         super().__init__()
+        self.tol = float(tol)   # the eager solver's: an input it had stopped on stays frozen here too
         self.generalist = generalist
         self.specialists = nn.ModuleList(specialists)
         self.clusters = [tuple(int(c) for c in s) for s in clusters]
@@ -328,7 +329,7 @@ class SpecialistEnsembleModule(nn.Module):
         if self.slots >= len(self.specialists):
             log_pg, log_t, log_pd = self.branches(x)
             active = active_specialists(log_pg, self.membership, self.top_n)
-            solved = solve_kl(log_pg, log_t, log_pd, self.membership, active, fixed_steps=self.steps)
+            solved = solve_kl(log_pg, log_t, log_pd, self.membership, active, fixed_steps=self.steps, tol=self.tol)
             return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg)
         log_pg = torch.log_softmax(self.generalist(x), -1)
         active = active_specialists(log_pg, self.membership, self.top_n)
@@ -345,7 +346,7 @@ class SpecialistEnsembleModule(nn.Module):
         spread = log_pg.new_full((log_pg.shape[0], self.slots, self.num_classes + 1), NEG)
         log_t = spread.scatter(2, self.class_index[slot_spec], picked[..., :width])[..., :self.num_classes]
         members = self.membership[slot_spec] & slot_on[..., None]
-        solved = solve_kl(log_pg, log_t, picked[..., width], members, slot_on, fixed_steps=self.steps)
+        solved = solve_kl(log_pg, log_t, picked[..., width], members, slot_on, fixed_steps=self.steps, tol=self.tol)
         return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg)
 
 
@@ -367,7 +368,7 @@ class SpecialistTeacher(ModuleTeacher):
         self.top_n = int(top_n or solver["top_n"])
         self.tol, self.max_steps = float(solver["tol"]), int(solver["max_steps"])
         net = SpecialistEnsembleModule(models[0], models[1:], self.clusters, len(artifact.classes),
-                                       top_n=self.top_n, steps=int(solver["module_steps"]))
+                                       top_n=self.top_n, steps=int(solver["module_steps"]), tol=self.tol)
         settings = json.dumps({"top_n": self.top_n, "tol": self.tol, "max_steps": self.max_steps})
         super().__init__(net, kind=self.kind, classes=artifact.classes, input_shape=artifact.input_shape,
                          fingerprint=hashlib.sha256((artifact.fingerprint + settings).encode()).hexdigest(),

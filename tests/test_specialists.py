@@ -278,6 +278,26 @@ def test_fixed_steps_reproduce_the_eager_solver():
     assert torch.equal(eager.log_q, fixed.log_q)
 
 
+def test_the_exportable_module_stops_where_the_eager_solver_does_at_its_tol():
+    """The artifact's --tol is the module's too: with the eager solver's step count it gives the eager answer."""
+    from specialists.combine import SpecialistEnsembleModule
+
+    class Table(torch.nn.Module):   # input i -> row i of fixed logits
+        def __init__(self, z):
+            super().__init__()
+            self.register_buffer("z", z)
+
+        def forward(self, x):
+            return self.z[x.long().flatten()]
+
+    zg, zs, clusters = _random_case(batch=32, scale=1.5)
+    eager = combine(zg, zs, clusters, top_n=2, tol=1e-2)
+    module = SpecialistEnsembleModule(Table(zg), [Table(z) for z in zs], clusters, zg.shape[1], top_n=2,
+                                      steps=int(eager.steps.max()), tol=1e-2).double()   # the eager solver's float64
+    assert 1 < int(eager.steps.max()) < int(combine(zg, zs, clusters, top_n=2).steps.max())   # the tol matters here
+    torch.testing.assert_close(module(torch.arange(32)[:, None]), eager.log_q, atol=1e-12, rtol=0)
+
+
 def test_solver_is_batched_and_stops_at_max_steps():
     zg, zs, clusters = _random_case(batch=8, scale=6.0)
     log_pg, log_t, log_pd, membership = _pieces(zg, zs, clusters)
