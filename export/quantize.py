@@ -60,17 +60,14 @@ def quantize_model(src: Path, dst: Path, mode: str, *, calibration: np.ndarray |
         raise ExportError(f"The 'quantize' parameter must be one of {', '.join(map(repr, QUANTIZE_MODES))}. Got {mode!r} instead.")
     prepared = workdir / "prepared.onnx"
     with _quiet_quantizer():
-        try:
-            quant_pre_process(str(src), str(prepared))
-        except Exception as exc:
-            raise ExportError(f"onnxruntime's quantization pre-processing failed ({_first_line(exc)}); export fp32 instead.") from None
+        symbolic = _pre_process(quant_pre_process, src, prepared)
         if mode == "dynamic":
             try:
                 quantize_dynamic(str(prepared), str(dst), per_channel=True, weight_type=QuantType.QInt8)
             except Exception as exc:
                 raise ExportError(f"Dynamic quantization failed ({_first_line(exc)}); try --quantize int8 or export fp32.") from None
             return {"mode": "dynamic", "weights": "int8 per-channel", "activations": "int8, quantized at run time",
-                    "preprocessed": True}
+                    "preprocessed": True, "symbolic_shape_inference": symbolic}
         if calibration is None or len(calibration) == 0:
             raise ExportError("Static int8 quantization needs calibration inputs; pass --calibration-data SPEC "
                               "(its train split is used) or use --quantize dynamic.")
@@ -86,7 +83,24 @@ def quantize_model(src: Path, dst: Path, mode: str, *, calibration: np.ndarray |
         except Exception as exc:
             raise ExportError(f"Static int8 quantization failed ({_first_line(exc)}); try --quantize dynamic or export fp32.") from None
     return {"mode": "static", "format": "QOperator" if quant_format == "qoperator" else "QDQ", "weights": "int8 per-channel", "activations": "int8 per-tensor",
-            "calibration_method": "MinMax", "calibration_samples": int(len(calibration)), "preprocessed": True}
+            "calibration_method": "MinMax", "calibration_samples": int(len(calibration)), "preprocessed": True,
+            "symbolic_shape_inference": symbolic}
+
+
+def _pre_process(quant_pre_process, src: Path, prepared: Path) -> bool:
+    """onnxruntime's pre-processing; where its symbolic shape inference fails (it cannot follow the
+    specialist ensemble's gather/scatter), again without it, ONNX's own shape inference still run.
+    Returns whether the symbolic pass ran."""
+    try:
+        quant_pre_process(str(src), str(prepared))
+        return True
+    except Exception:
+        pass
+    try:
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        return False
+    except Exception as exc:
+        raise ExportError(f"onnxruntime's quantization pre-processing failed ({_first_line(exc)}); export fp32 instead.") from None
 
 
 def _input_name(path: Path) -> str:

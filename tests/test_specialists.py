@@ -421,6 +421,20 @@ def test_specialist_ensemble_is_a_teacher(spec_artifact, digits):
         assert torch.allclose(exported.module()(digits.x_test[:4]), logits[:4], atol=1e-4)
 
 
+def test_the_specialist_ensemble_quantizes_dynamically(spec_artifact, tmp_path, edgekd):
+    """onnxruntime's symbolic shape inference cannot follow the ensemble's gather/scatter: pre-processing
+    runs without it, and the int8 graph is gated on accuracy like any other (static int8 fails that gate:
+    the solver's log-probabilities do not survive int8 activations)."""
+    code, out, err = edgekd("export", spec_artifact, "--onnx", "--quantize", "dynamic", "--out", tmp_path / "s.onnx", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["quantization"]["mode"] == "dynamic" and summary["quantization"]["symbolic_shape_inference"] is False
+    v = summary["verification"]
+    assert v["reference_test_accuracy"] - v["int8"]["test_accuracy"] <= 0.01   # the gate's default 1 point
+    code, _, err = edgekd("export", spec_artifact, "--onnx", "--quantize", "int8", "--out", tmp_path / "s8.onnx")
+    assert code == 2 and "accuracy points on the test split" in err and not (tmp_path / "s8.onnx").exists()
+
+
 def test_evaluate_and_distill_accept_the_specialist_ensemble(spec_artifact, tmp_path, edgekd):
     code, out_text, err = edgekd("evaluate", spec_artifact, "--json")
     assert code == 0, err
