@@ -153,8 +153,14 @@ def _member(data: dict, index: int, fail, num_classes: int) -> Member:
     for key in ("dustbin_bias", "true_share", "training_share", "val_accuracy"):
         if values.get(key) is not None and (not isinstance(values[key], number) or isinstance(values[key], bool)):
             fail(f"member {index} has '{key}' that is not a number")
-    if values.get("classes") is not None and not all(isinstance(c, int) and not isinstance(c, bool) for c in values["classes"]):
-        fail(f"member {index} has 'classes' that are not class indices")
+    classes = values.get("classes")
+    if classes is not None:
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+            fail(f"member {index} has 'classes' that are not class indices")
+        if len(set(classes)) != len(classes) or not all(0 <= c < num_classes for c in classes):
+            fail(f"member {index} has 'classes' {list(classes)[:6]} that are not distinct classes in [0, {num_classes - 1}]")
+        if "num_outputs" in data and values["num_outputs"] != len(classes) + 1:
+            fail(f"member {index} has {values['num_outputs']!r} outputs for its {len(classes)} classes and a dustbin")
     return Member(**values)
 
 

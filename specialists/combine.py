@@ -350,6 +350,16 @@ class SpecialistEnsembleModule(nn.Module):
         return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg)
 
 
+def _check_solver(solver, path) -> None:
+    """The manifest's solver settings, each of its type and range (a manifest is not hashed: it may be edited)."""
+    wanted = {"top_n": int, "max_steps": int, "module_steps": int, "tol": (int, float)}
+    bad = [key for key, kind in wanted.items() if not isinstance(solver, dict) or not isinstance(solver.get(key), kind)
+           or isinstance(solver.get(key), bool) or not solver[key] > 0]
+    if bad:
+        raise ArtifactError(f"Artifact '{path}' of kind 'specialist-ensemble' has no valid solver {', '.join(bad)} (each a "
+                            f"positive number); re-create it with 'edgekd specialists build'.")
+
+
 class SpecialistTeacher(ModuleTeacher):
     """A specialist-ensemble artifact as a teacher: ``logits`` solves to ``tol`` in float64 (eager);
     ``module()`` runs the fixed number of updates recorded in the artifact."""
@@ -364,6 +374,7 @@ class SpecialistTeacher(ModuleTeacher):
         if roles.count("generalist") != 1 or roles[0] != "generalist" or len(roles) < 2:
             raise ArtifactError(f"Artifact '{artifact.path}' of kind 'specialist-ensemble' must list the generalist first "
                                 f"and at least one specialist; re-create it with 'edgekd specialists build'.")
+        _check_solver(solver, artifact.path)
         self.clusters = [tuple(member.classes) for member in manifest.members[1:]]
         self.top_n = int(top_n or solver["top_n"])
         self.tol, self.max_steps = float(solver["tol"]), int(solver["max_steps"])

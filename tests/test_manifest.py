@@ -42,6 +42,9 @@ def test_round_trip():
     (lambda m: m["members"][0].update(weights="other.safetensors"), "does not list with a sha256"),
     (lambda m: m.update(metrics=[1]), "'metrics' that is not a table"),
     (lambda m: m["members"][0].update(dustbin_bias="big"), "'dustbin_bias' that is not a number"),
+    (lambda m: m["members"][0].update(classes=[0, 99]), r"'classes' \[0, 99\] that are not distinct classes in \[0, 1\]"),
+    (lambda m: m["members"][0].update(classes=[1, 1]), "not distinct classes"),
+    (lambda m: m["members"][0].update(classes=[1], num_outputs=5), "has 5 outputs for its 1 classes and a dustbin"),
 ])
 def test_malformed_manifests_are_one_clear_error(edit, message):
     data = _v1()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -433,6 +435,23 @@ def test_the_specialist_ensemble_quantizes_dynamically(spec_artifact, tmp_path, 
     assert v["reference_test_accuracy"] - v["int8"]["test_accuracy"] <= 0.01   # the gate's default 1 point
     code, _, err = edgekd("export", spec_artifact, "--onnx", "--quantize", "int8", "--out", tmp_path / "s8.onnx")
     assert code == 2 and "accuracy points on the test split" in err and not (tmp_path / "s8.onnx").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("solver"), "no valid solver top_n, max_steps, module_steps, tol"),
+    (lambda m: m["solver"].update(top_n=0), "no valid solver top_n "),
+    (lambda m: m["solver"].update(module_steps="x"), "no valid solver module_steps "),
+    (lambda m: m["members"][1].update(classes=[0, 4, 99]), "not distinct classes in \\[0, 9\\]"),
+])
+def test_an_edited_specialist_manifest_is_one_clear_error(edit, message, spec_artifact, tmp_path, edgekd):
+    """The manifest is not covered by a hash; what the solver and the gating read from it is checked."""
+    crafted = tmp_path / "crafted"
+    shutil.copytree(spec_artifact, crafted)
+    manifest = json.loads((crafted / "manifest.json").read_text())
+    edit(manifest)
+    (crafted / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = edgekd("evaluate", crafted)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(message, err), err
 
 
 def test_evaluate_and_distill_accept_the_specialist_ensemble(spec_artifact, tmp_path, edgekd):
