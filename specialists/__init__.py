@@ -23,8 +23,9 @@ Defaults and where they differ from the paper (each is explained in its module):
 - the generalist must be one model (its weights initialise the specialists); an ensemble is refused
   unless ``--member`` picks one;
 - the new head starts from the generalist's rows for S (the paper does not say);
-- dustbin correction: the exact prior-shift bias log(pi_dust/rho_dust) - log(pi_S/rho_S), which is
-  the paper's "log of the oversampling proportion" when S is a small share of the data;
+- dustbin correction: the exact prior-shift bias log(pi_dust/rho_dust) - log(pi_S/rho_S); the paper's
+  "log of the oversampling proportion", log(rho_S/pi_S), is lower by log(pi_dust/rho_dust), about
+  log 2 at half and half however small S is;
 - solver: fixed-point (EM) updates of q, the logits' gradient step taken in probability space, instead
   of plain gradient descent on the logits, which converged far more slowly; exact after one update
   when at most one specialist is active (disjoint clusters with top-1 gating, the default);

@@ -71,6 +71,7 @@ class Generalist:
     options: dict
     member: int
     source: dict          # where it came from: path, description, fingerprint, member, training time, file hashes
+    normalization: dict   # its own (mean, std): the specialists start from its weights, normalisation buffers included
 
     @property
     def device(self) -> torch.device:
@@ -110,7 +111,7 @@ def open_generalist(path, member: int | None = None, *, device=None) -> Generali
               "member": index, "train_seconds": generalist_train_seconds(artifact.manifest),
               "source_manifest_files": artifact.manifest.files}
     return Generalist(teacher=teacher, model=model, arch=members[index].arch, options=options, member=index,
-                      source=source)
+                      source=source, normalization=dict(artifact.manifest.normalization))
 
 
 def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out, *, cache: LogitCache | None = None,
@@ -244,7 +245,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     data = data.shaped(teacher.input_shape)   # flat data of the right size, read as the generalist's images
     data = place_dataset(data, module_device(models[0]))
     generalist = Generalist(teacher=teacher, model=models[0], arch=gen_member.arch, options=gen_member.arch_options,
-                            member=source["member"], source=source)
+                            member=source["member"], source=source, normalization=dict(manifest.normalization))
     saved = json.loads(artifact.file("clusters.json").read_text())
     clustering = Clustering(covariance=read_covariance(artifact.file("covariance.npy"), saved), clusters=tuple(tuple(c) for c in saved["clusters"]),
                             specialist_clusters=tuple(tuple(c) for c in saved["specialist_clusters"]),
@@ -324,7 +325,7 @@ def _manifest(generalist, data, config, clustering, fits, solver, test, timings,
     macs_spec = [count_macs(net, data.input_shape) for net in specialists]
     return Manifest(
         kind="specialist-ensemble", classes=data.classes, input_shape=data.input_shape,
-        normalization={"mean": list(data.mean), "std": list(data.std)},
+        normalization=generalist.normalization,   # what every member's weights carry, not this run's data's
         members=(gen_member, *spec_members), combine="specialists-kl", solver=solver,
         clusters={k: v for k, v in clustering.to_dict(data.classes).items() if k != "covariance"},
         generalist=generalist.source,

@@ -20,9 +20,11 @@ is one bias added to the dustbin logit:
 
 Worked example: S holds 30% of the data, trained half and half: b = log(0.7/0.5) - log(0.3/0.5)
 = log(7/3) = 0.847. The paper increments the dustbin logit by "the log of the proportion by which the
-specialist class is oversampled", log(rho_S / pi_S) = 0.511 here: the same correction when S is a
-small share of the data (pi_dust / rho_dust -> 1 / rho_dust is then a constant it drops); ours is the
-exact one for any share.
+specialist class is oversampled", log(rho_S / pi_S) = 0.511 here. The two differ by log(pi_dust /
+rho_dust) (0.336 here), which does not vanish when S is a small share of the data: it tends to
+log(1 / rho_dust), log 2 at half and half, and added to one logit alone it is no shift a softmax
+ignores. The paper's increment leaves the dustbin that much too low; ours is the exact prior shift
+for any share.
 """
 
 from __future__ import annotations

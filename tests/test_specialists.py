@@ -371,6 +371,21 @@ def spec_artifact(tmp_path_factory, generalist):
     return out
 
 
+def test_the_ensemble_records_the_normalisation_its_weights_carry(generalist, tmp_path, edgekd):
+    """Built on a subset (other train statistics), it records the generalist's mean and std, which every
+    member's weights hold and the exports copy into their metadata."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "spec"
+    code, _, err = edgekd("specialists", "build", "--teacher", generalist, "--clusters", "2", "--epochs", "1",
+                          "--train-limit", "300", "--out", out, "--quiet")
+    assert code == 0, err
+    recorded = json.loads((out / "manifest.json").read_text())["normalization"]
+    assert recorded == json.loads((generalist / "manifest.json").read_text())["normalization"]
+    weights = load_file(out / "specialist-0.safetensors")
+    assert weights["normalize.mean"].flatten().tolist() == pytest.approx(recorded["mean"])
+
+
 def test_combine_is_refused_for_a_specialist_ensemble(spec_artifact):
     """Its members are combined by the KL solve, so --combine would be silently ignored: refused instead."""
     from edgekd.errors import TeacherError
