@@ -37,14 +37,11 @@ def _load_toml_defaults(ctx: click.Context, _param, value):
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, IsADirectoryError) as exc:
         raise click.BadParameter(f"'{path}' is not valid TOML ({exc}); fix the file.") from None
     params = {p.name: p for p in ctx.command.params}
-    known, commands = _all_option_names(ctx.find_root().command)
+    known, _ = _all_option_names(ctx.find_root().command)
+    _check_tables(path, table, ctx.find_root().command, "")
     for key, val in table.items():
         name = key.replace("-", "_")
-        if isinstance(val, dict):
-            if key not in commands:
-                raise click.BadParameter(f"'{path}' has a table [{key}] but edgekd has no command '{key}'; "
-                                         f"commands: {', '.join(sorted(commands))}.")
-        elif name not in known:
+        if not isinstance(val, dict) and name not in known:
             raise click.BadParameter(f"'{path}' sets '{key}', which is no option of any edgekd command; fix the "
                                      f"spelling or remove it (options of '{ctx.command_path}': {', '.join(sorted(params))}).")
     defaults = {}
@@ -68,6 +65,26 @@ def _load_toml_defaults(ctx: click.Context, _param, value):
     return value
 
 
+def _check_tables(path: Path, table: dict, command, prefix: str) -> None:
+    """Every table names a command where it stands: [distill], [teacher.train], [specialists.build];
+    a [train] or [build] alone would never be read, so it is refused with the table meant."""
+    commands = getattr(command, "commands", {})
+    for key, val in table.items():
+        if not isinstance(val, dict):
+            continue
+        name = f"{prefix}{key}"
+        if key not in commands:
+            meant = [f"{prefix}{group}.{key}" for group, sub in commands.items() if key in getattr(sub, "commands", {})]
+            if meant:
+                fix = f"did you mean [{meant[0]}]?"
+            elif commands:
+                fix = "tables here: " + ", ".join(f"[{prefix}{c}]" for c in sorted(commands)) + "."
+            else:
+                fix = f"[{prefix[:-1]}] takes options, not tables."
+            raise click.BadParameter(f"'{path}' has a table [{name}], which no edgekd command reads; {fix}")
+        _check_tables(path, val, commands[key], f"{name}.")
+
+
 def _all_option_names(group) -> tuple[set, set]:
     """The option names of every command under ``group``, and every command and group name."""
     names, commands = set(), set()
@@ -86,7 +103,7 @@ def _checked_toml_value(path: Path, key: str, value, param: click.Parameter):
     if getattr(param, "multiple", False):
         if not isinstance(value, list):
             raise click.BadParameter(f"'{path}': '{key}' must be a list. Got {value!r} instead.")
-        return [_checked_toml_value(path, key, v, _Single(kind)) for v in value]
+        return [_checked_toml_value(path, key, v, _Single(kind, param.name)) for v in value]
     if getattr(param, "is_flag", False) or isinstance(kind, click.types.BoolParamType):
         expected, ok = "true or false", isinstance(value, bool)
     elif isinstance(kind, click.types.IntParamType):
@@ -117,8 +134,10 @@ def _is_number(value) -> bool:
 
 
 class _Single:
-    def __init__(self, kind):
-        self.type, self.multiple, self.is_flag = kind, False, False
+    """One element of a list-valued option, checked as the option's type."""
+
+    def __init__(self, kind, name: str):
+        self.type, self.name, self.multiple, self.is_flag = kind, name, False, False
 
 
 def common_options(func):
