@@ -237,6 +237,7 @@ def check_output(out: str | Path, *, kind: str, overwrite: bool = False, resume:
                           f"links; pass the real path or a new name with --out.")
     _check_data(out, resolved, data)
     same_as_input = _check_inputs(out, resolved, kind, [*inputs, *data], in_place)
+    _check_enclosing(out, resolved, kind)
     if kind == "export":
         _check_file_output(out, overwrite)
         return out
@@ -308,15 +309,23 @@ def _check_inputs(out: Path, resolved: Path, kind: str, inputs, in_place) -> boo
             role = "is" if source == resolved else "contains"
             raise OutputError(f"Output '{out}' {role} '{given}', an input of this command; writing it would destroy "
                               f"the input; choose another --out.")
-        if source in resolved.parents and source.is_dir():
-            listed = artifact_files(source) or set()
-            rel = resolved.relative_to(source).as_posix()
-            names = [rel] + ([rel + ".json"] if kind == "export" else [])
-            hit = [n for n in listed if any(n == r or n.startswith(r + "/") for r in names)]
-            if hit:
-                raise OutputError(f"Output '{out}' would replace '{hit[0]}' of the artifact '{given}', an input of this "
-                                  f"command; choose another --out (a new name inside that folder is fine).")
     return same
+
+
+def _check_enclosing(out: Path, resolved: Path, kind: str) -> None:
+    """Refuse an output that would replace a file an enclosing artifact lists (its nested baseline, its
+    weights): the artifact's hashes would no longer match and it would not load. Any artifact above
+    ``out`` counts, an input of the command or not."""
+    for folder in resolved.parents:
+        listed = artifact_files(folder)
+        if not listed:
+            continue
+        rel = resolved.relative_to(folder).as_posix()
+        names = [rel] + ([rel + ".json"] if kind == "export" else [])
+        hit = [n for n in sorted(listed) if any(n == r or n.startswith(r + "/") for r in names)]
+        if hit:
+            raise OutputError(f"Output '{out}' would replace '{hit[0]}' of the artifact '{folder}', which would then no "
+                              f"longer load; choose another --out (a new name inside that folder is fine).")
 
 
 def _check_file_output(out: Path, overwrite: bool) -> None:
@@ -387,9 +396,14 @@ def output_lock(out: str | Path):
     import fcntl
 
     out = Path(out)
-    if os.environ.get("RANK", "0") != "0" or not out.parent.is_dir():
-        yield   # (a missing parent folder is created by the writer; nothing to lock beside it yet)
+    if os.environ.get("RANK", "0") != "0":
+        yield
         return
+    try:   # the writer would create a missing parent anyway: created now, so that the lock beside it exists too
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot create the folder '{out.parent}' of output '{out}' ({exc.strerror or exc}); choose "
+                          f"another --out.") from None
     lock = out.parent / f".{out.name}{LOCK_SUFFIX}"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -73,6 +73,13 @@ def test_listed_file_of_an_input_artifact_is_never_replaced(tiny_student):
         check_output(tiny_student / "baseline", kind="artifact", overwrite=True, inputs=[tiny_student])
 
 
+def test_a_part_of_any_enclosing_artifact_is_never_replaced(tiny_student):
+    """Not an input of the command, the student still lists its nested baseline: replacing it would break the student."""
+    for out, kind in ((tiny_student / "baseline", "artifact"), (tiny_student / "baseline" / "member-0.safetensors", "export")):
+        with pytest.raises(OutputError, match="of the artifact .* which would then no longer load"):
+            check_output(out, kind=kind, overwrite=True)
+
+
 @pytest.mark.parametrize("name, text", [("summary.md", "my notes\n"), ("summary.json", '{"mine": 1}'),
                                         ("pipeline.json", '{"config": {}, "data": "x", "notes": 1}')])
 def test_a_users_file_named_like_a_pipeline_summary_is_not_edgekds(tmp_path, name, text):
@@ -235,12 +242,14 @@ def test_a_users_folder_named_like_a_store_is_never_removed(tmp_path, name):
     assert (folder / name).read_text() == "mine"
 
 
-def test_second_writer_is_refused(tmp_path):
-    with output_lock(tmp_path / "o"):
+@pytest.mark.parametrize("where", ["o", "new/parents/o"])
+def test_second_writer_is_refused(tmp_path, where):
+    """Also where --out's parent folders do not exist yet (they are made, then locked beside)."""
+    with output_lock(tmp_path / where):
         with pytest.raises(OutputError, match="Another edgekd command is writing"):
-            with output_lock(tmp_path / "o"):
+            with output_lock(tmp_path / where):
                 pass
-    assert list(tmp_path.iterdir()) == []
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
 def test_clean_stale_keeps_what_a_live_process_or_the_user_owns(tmp_path):
