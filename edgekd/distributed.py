@@ -1,9 +1,12 @@
 """Data-parallel training under ``torchrun`` (gloo on CPU, nccl on GPU).
 
 ``torchrun --nproc-per-node N -m edgekd teacher train ...`` sets RANK / WORLD_SIZE; every rank sees
-the same global batch order (same seed), takes its shard of each batch, and gradients are averaged,
-so N processes take the same optimisation steps as one process with the same global batch. Only
-rank 0 writes checkpoints, caches and artifacts.
+the same global batch order (same seed), takes its shard of each batch, and gradients are averaged
+with each rank's loss weighted by its share of the rows (``shard_batch``), so N processes take the
+same optimisation steps as one process with the same global batch, the last uneven batch included.
+What differs: BatchNorm normalises each shard by its own statistics during a step (its running
+statistics are averaged over the ranks after every epoch, ``average_buffers``), and dropout draws its
+masks per rank. Only rank 0 writes checkpoints, caches and artifacts.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ class Context:
     world_size: int
     device: torch.device
 
-    def shard_batch(self, batch: tuple) -> tuple:
-        """This rank's contiguous slice of every tensor in the batch."""
+    def shard_batch(self, batch: tuple) -> tuple[tuple, float]:
+        """This rank's contiguous slice of every tensor in the batch, shard sizes differing by at most one,
+        and ``share`` = world size x (its rows / the batch's): a rank's mean loss scaled by its share and
+        averaged over the ranks (``average_gradients``) is the batch's mean loss, however unevenly the rows
+        of a last batch fall. A rank may get no rows (a last batch smaller than the world): share 0."""
         n = len(batch[0])
-        per = -(-n // self.world_size)
-        lo, hi = self.rank * per, min(n, (self.rank + 1) * per)
-        return tuple(t[lo:hi] if torch.is_tensor(t) and len(t) == n else t for t in batch)
+        base, extra = divmod(n, self.world_size)
+        lo = self.rank * base + min(self.rank, extra)
+        hi = lo + base + (1 if self.rank < extra else 0)
+        return tuple(t[lo:hi] if torch.is_tensor(t) and len(t) == n else t for t in batch), \
+            self.world_size * (hi - lo) / max(1, n)
 
     def average_gradients(self, model: torch.nn.Module) -> None:
         import torch.distributed as dist
@@ -34,6 +42,17 @@ class Context:
             if p.grad is not None:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                 p.grad /= self.world_size
+
+    def average_buffers(self, model: torch.nn.Module) -> None:
+        """BatchNorm's running statistics, each rank's from its own shards, averaged over the ranks: every
+        rank then scores val alike and takes the same best-epoch and early-stopping decisions (a rank that
+        decided otherwise would run other collectives and hang the job), and rank 0 saves all shards' statistics."""
+        import torch.distributed as dist
+
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer.data, op=dist.ReduceOp.SUM)
+                buffer.data /= self.world_size
 
     def broadcast_parameters(self, model: torch.nn.Module) -> None:
         import torch.distributed as dist

@@ -72,6 +72,12 @@ def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000_033 + step + 1)
 
 
+def rank_step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The global torch seed of one step on one torchrun rank (dropout masks): the ranks draw apart, and a
+    run resumed mid-epoch draws as the uninterrupted one did. One process keeps ``torch.manual_seed(seed)``."""
+    return (((seed * 100_003 + epoch) * 1_000_033 + step) * 1_009 + rank + 7_919) % 2**63   # manual_seed's range
+
+
 def one_cycle_lr(step: int, total: int, max_lr: float, warmup: float = 0.2) -> float:
     """Linear warm-up from max_lr/25 over ``warmup`` of the steps, then cosine decay to ~0."""
     warm = max(1, int(total * warmup))
@@ -484,16 +490,21 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
                 indices = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
                 # a generator per step (jitter, view choice): a run resumed mid-epoch draws the same numbers
                 batch = make_batch(indices, step_generator(config.seed, epoch, batch_index), epoch)
+                share = 1.0
                 if dist is not None:
-                    batch = dist.shard_batch(batch)
+                    batch, share = dist.shard_batch(batch)
+                    torch.manual_seed(rank_step_seed(config.seed, epoch, batch_index, dist.rank))   # dropout: a mask per rank
                 batch = tuple(to_device(t, device) if torch.is_tensor(t) else t for t in batch)
                 batch = (as_float(batch[0]), *batch[1:])   # uint8 pixels cross to the device as uint8
                 for group in optimizer.param_groups:
                     group["lr"] = one_cycle_lr(position["step"], total_steps, config.lr)
                 with autocast(device, config.precision):
-                    loss = loss_fn(model(batch[0]), batch)
+                    if len(batch[0]):
+                        loss = loss_fn(model(batch[0]), batch)
+                    else:   # no rows on this rank: zero gradients, and the same collectives as the others
+                        loss = sum(p.sum() for p in model.parameters()) * 0.0
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * share if share != 1.0 else loss).backward()
                 if dist is not None:
                     dist.average_gradients(model)
                 optimizer.step()
@@ -510,6 +521,8 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
             epoch_loss = _finite_loss_sum(loss_sum, position, name, store) / max(1, position["loss_steps"])
             position["train_seconds"] += time.perf_counter() - started
             position["epochs_timed"] += 1
+            if dist is not None:
+                dist.average_buffers(model)
             best_state = _end_epoch(model, val, position, best_state, epoch_loss, config)
             tick = time.perf_counter()
             _checkpoint(store, name, model, best_state, optimizer, position)

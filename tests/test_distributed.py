@@ -38,3 +38,37 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     assert accuracy(single) > 0.85
     assert abs(accuracy(single) - accuracy(out)) <= 0.02, (accuracy(single), accuracy(out))
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_shards_are_balanced_and_their_shares_give_the_batch_mean():
+    """For any batch size and world: the shards tile the batch, differ by at most one row, and the ranks'
+    mean losses times their shares average (as the gradients are) to the batch's mean loss."""
+    import torch
+
+    from edgekd.distributed import Context
+
+    for world in (2, 3, 8):
+        for n in range(1, 30):
+            values = torch.arange(n, dtype=torch.float64) ** 2
+            shards = [Context(rank, world, torch.device("cpu")).shard_batch((values, "kept"))
+                      for rank in range(world)]
+            assert torch.equal(torch.cat([batch[0] for batch, _ in shards]), values)
+            sizes = [len(batch[0]) for batch, _ in shards]
+            assert max(sizes) - min(sizes) <= 1 and all(batch[1] == "kept" for batch, _ in shards)
+            averaged = sum(share * batch[0].mean() for batch, share in shards if len(batch[0])) / world
+            assert float(averaged) == pytest.approx(float(values.mean()))
+
+
+@pytest.mark.slow
+def test_ddp_with_a_last_batch_smaller_than_the_world_and_batchnorm(tmp_path):
+    """129 rows in batches of 128: the last batch is one row and rank 1 gets none (it used to take a NaN
+    loss and stop the job); a BatchNorm cnn with dropout, its statistics averaged over the ranks."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not found")
+    out = tmp_path / "ddp"
+    proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29534", "-m", "edgekd", "teacher", "train",
+                           "--arch", "cnn:width=4,fc=16,dropout=0.2", "--train-limit", "129", "--batch-size", "128",
+                           "--epochs", "3", "--quiet", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["test_accuracy"] > 0.1
