@@ -534,6 +534,10 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
               "checkpoint_seconds": position.get("checkpoint_seconds", 0.0)}
     if store is not None:
         store.save(name, "done", best_state, {"result": result})
+    if stop.signal_name is not None:   # it came while the last epoch was scored or saved: not lost
+        where = f" in '{store.path}'" if store is not None else ""
+        raise Interrupted(f"Stopped by {stop.signal_name} as '{name}' finished; its result is saved{where}; rerun the same "
+                          f"command with --resume to continue.")
     model.load_state_dict(best_state)
     return FitResult(state=best_state, **result)
 

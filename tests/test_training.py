@@ -163,3 +163,26 @@ def test_empty_inputs_give_no_rows_of_the_right_width(tiny_teacher, digits):
     assert predict_logits(model, digits.x_test[:0]).shape == (0, 10)
     empty = load_teacher(tiny_teacher).logits(digits.x_test[:0])
     assert empty.shape == (0, 10) and empty.device == digits.x_test.device
+
+
+def test_a_signal_while_the_last_epoch_is_scored_stops_the_command(tmp_path, monkeypatch):
+    """SIGINT landing during the final epoch's val scoring is not lost: the finished run is saved, then the
+    command stops (it used to go on to the next member or candidate with fresh handlers)."""
+    import edgekd.training as training
+
+    real = training._end_epoch
+
+    def scored_then_signalled(model, val, position, *args):
+        best = real(model, val, position, *args)
+        if position["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return best
+
+    monkeypatch.setattr(training, "_end_epoch", scored_then_signalled)
+    x, y = torch.randn(64, 4), torch.arange(64) % 2
+    store = training.RunStore(tmp_path / "run.partial", resume=False, rank=0, fingerprint={"t": 1})
+    with pytest.raises(training.Interrupted, match="Stopped by SIGINT as 'm' finished; its result is saved"):
+        training.fit(torch.nn.Linear(4, 2), n_train=64, make_batch=lambda i, g, e: (x[i], y[i]),
+                     loss_fn=lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1]), val=(x, y),
+                     config=training.TrainConfig(epochs=2, batch_size=16), store=store, name="m")
+    assert store.load("m", "done") is not None
