@@ -162,6 +162,11 @@ class DistillConfig:
             raise ConfigError(f"The 'views' parameter caches the teacher on jittered or mirrored views, but the student "
                               f"trains without jitter or flip. Got views={'all' if self.view_grid else self.views} instead; "
                               f"pass --jitter N or --flip too, or leave --views out.")
+        if self.views == 1 and not self.view_grid:
+            # view 0 is the image as it is: one view would cache only that, and the student would never be jittered
+            raise ConfigError("The 'views' parameter counts the cached views, the first of which is the image unshifted, "
+                              "so views=1 would train without augmentation. Got views=1 instead; pass --views 2 or more, "
+                              "--views all, or --views 0 (the teacher online).")
 
 
 @dataclass(frozen=True)

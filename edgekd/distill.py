@@ -156,6 +156,10 @@ def transfer_indices(data: Dataset, limit, omit_classes, seed: int) -> np.ndarra
             raise ConfigError(f"The 'omit_classes' parameter must hold classes in [0, {data.num_classes - 1}]. Got {c} instead.")
     keep = np.flatnonzero(~np.isin(y, list(omit_classes)))
     n = parse_limit("transfer_limit", limit, len(keep))
+    kept_classes = len(np.unique(y[keep]))
+    if n is not None and n < kept_classes:   # the stratified subset keeps one of each class whatever n says
+        raise ConfigError(f"The 'transfer_limit' parameter must leave at least one sample of each of the {kept_classes} "
+                          f"classes in the transfer set. Got {limit!r} ({n} samples) instead; raise --transfer-limit.")
     if n is not None and n < len(keep):
         keep = keep[stratified_subset_indices(y[keep], n, seed)]
     if len(keep) == 0:

@@ -379,6 +379,8 @@ def _option_cases():
         ("synthetic sep 1e300", lambda t, T, S: [*TRAIN, "--data", "synthetic:classes=3,groups=1,dim=4,sep=1e300", "--arch", "mlp:hidden=8", "--out", t / "o"], "spread=F (0..1e+06)"),
         ("train image size twice", lambda t, T, S: [*TRAIN, "--data", f"imagefolder:{t},size=4x4", "--image-size", "6x6", "--out", t.parent / f"{t.name}-o"], "--image-size sets what 'size=' in --data"),
         ("train jitter on vectors", lambda t, T, S: ["teacher", "train", "--data", "synthetic:classes=3,groups=1,dim=4", "--arch", "mlp:hidden=8", "--jitter", "2", "--epochs", "1", "--out", t / "o"], "'jitter' parameter (--jitter) shifts images, but the inputs have shape (4,)"),
+        ("distill one view", lambda t, T, S: [*DISTILL, "--teacher", T, "--jitter", "2", "--views", "1", "--out", t / "o"], "views=1 would train without augmentation"),
+        ("distill transfer limit below the classes", lambda t, T, S: [*DISTILL, "--teacher", T, "--transfer-limit", "5", "--out", t / "o"], "at least one sample of each of the 10 classes"),
         ("distill views without jitter", lambda t, T, S: [*DISTILL, "--teacher", T, "--views", "4", "--out", t / "o"], "pass --jitter N or --flip"),
         ("distill all views without jitter", lambda t, T, S: [*DISTILL, "--teacher", T, "--views", "all", "--out", t / "o"],
          "Got views=all instead; pass --jitter N or --flip"),
