@@ -237,20 +237,25 @@ def _counts_from_metadata(meta: dict):
 
 
 def _source_artifact(source_json) -> str | None:
-    """The folder of the artifact an edgekd export came from, if it still holds a manifest."""
+    """The folder of the artifact an edgekd export came from, when it is still that very artifact: its
+    manifest's sha256 is the one the export recorded. A folder retrained in place, or another artifact
+    at the same relative path, is not the export's source (its counts and outputs would be another model's)."""
+    from edgekd.artifacts import sha256_file
+
     try:
-        path = Path(json.loads(source_json)["path"])
-    except Exception:
+        recorded = json.loads(source_json)
+        path, expected = Path(recorded["path"]), recorded["manifest_sha256"]
+        return str(path) if sha256_file(path / "manifest.json") == expected else None
+    except Exception:   # no source recorded, no folder, or no hash to check it against
         return None
-    return str(path) if (path / "manifest.json").is_file() else None
 
 
 def _source_artifact_metrics(source_json) -> dict:
-    """The manifest metrics of the artifact an edgekd export came from, when that folder is still there."""
+    """The manifest metrics of the artifact an edgekd export came from (``_source_artifact``)."""
+    path = _source_artifact(source_json)
     try:
-        path = Path(json.loads(source_json)["path"])
-        return json.loads((path / "manifest.json").read_text()).get("metrics", {})
-    except Exception:
+        return json.loads((Path(path) / "manifest.json").read_text()).get("metrics", {}) if path else {}
+    except (OSError, ValueError):
         return {}
 
 

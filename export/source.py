@@ -61,7 +61,8 @@ class Source:
     teacher: object = field(default=None, repr=False, compare=False)  # the edgekd Teacher it came from
 
     def describe(self) -> dict:
-        return {"path": str(self.path), "kind": self.kind, "description": self.description, "members": self.members,
+        # the path absolute: bench reads the export's source back from any folder (benchmarks.modelinfo)
+        return {"path": str(self.path.resolve()), "kind": self.kind, "description": self.description, "members": self.members,
                 "combine": self.combine, "fingerprint": self.fingerprint, "manifest_sha256": self.manifest_sha256,
                 "weights_bytes": self.weights_bytes}
 

@@ -629,3 +629,24 @@ def test_the_recorded_bench_command_reloads_the_same_data():
               "batch_sizes": "1", "threads": "1", "runtimes": "pytorch", "seconds": 1.0, "rounds": 1}
     line = _command_line(params)
     assert "--data imagefolder:photos,size=32x32,channels=3 --val-fraction 0.2" in line and "--device cuda" in line
+
+
+def test_an_export_is_described_from_its_source_artifact_only_while_it_is_that_artifact(tmp_path, tiny_student, digits,
+                                                                                      monkeypatch):
+    """The export records its source's absolute path and manifest hash: found from any folder, and ignored once
+    that folder holds another model (retrained in place), whose counts and outputs are not the export's."""
+    import shutil
+
+    from export import ExportConfig, export_onnx
+
+    source = tmp_path / "student"
+    shutil.copytree(tiny_student, source)
+    monkeypatch.chdir(tmp_path)
+    export_onnx("student", tmp_path / "s.onnx", ExportConfig(), data=digits)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert describe_model(tmp_path / "s.onnx", "s").source_artifact == str(source.resolve())
+    manifest = json.loads((source / "manifest.json").read_text())
+    manifest["metrics"]["macs"] = 1   # as a retrained model's manifest differs
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    assert describe_model(tmp_path / "s.onnx", "s").source_artifact is None
