@@ -388,7 +388,7 @@ def clean_stale(out: str | Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def output_lock(out: str | Path):
+def output_lock(out: str | Path, *, make_parent: bool = True):
     """Hold an exclusive lock on ``out`` (a ``.NAME.edgekd-lock`` file beside it) while writing it.
 
     A second writer of the same output is refused at once. Under torchrun only rank 0 locks.
@@ -396,8 +396,8 @@ def output_lock(out: str | Path):
     import fcntl
 
     out = Path(out)
-    if os.environ.get("RANK", "0") != "0":
-        yield
+    if os.environ.get("RANK", "0") != "0" or (not make_parent and not out.parent.is_dir()):
+        yield   # (an export's folder must exist: the export refuses a missing one, writing nothing)
         return
     try:   # the writer would create a missing parent anyway: created now, so that the lock beside it exists too
         out.parent.mkdir(parents=True, exist_ok=True)

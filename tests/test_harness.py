@@ -263,9 +263,12 @@ def test_a_fixed_batch_export_is_checked_and_timed_beside_its_reference(digits, 
     are not a multiple of 4), so it is timed at that batch, not refused as unlike the reference."""
     import onnx
 
+    from edgekd.artifacts import sha256_file
+
     model = mlp_onnx(tiny_student, tmp_path / f"batch{fixed}.onnx", batch=fixed)
     proto = onnx.load(model)   # as an edgekd export records it: its parity is checked against the source artifact
-    onnx.helper.set_model_props(proto, {"edgekd.source": json.dumps({"path": str(tiny_student)})})
+    onnx.helper.set_model_props(proto, {"edgekd.source": json.dumps({"path": str(tiny_student),
+                                                                     "manifest_sha256": sha256_file(tiny_student / "manifest.json")})})
     onnx.save(proto, model)
     config = BenchConfig(runtimes=("pytorch", "onnxruntime"), **{**TINY, "batch_sizes": (fixed,)})
     report = run_benchmark([str(tiny_student), model], digits, config)

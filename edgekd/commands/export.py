@@ -74,7 +74,7 @@ def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimiz
                           uint8_input=uint8_input, data=data, val_fraction=val_fraction, seed=seed)
     from edgekd.outputs import output_lock
 
-    with output_lock(out):
+    with output_lock(out, make_parent=False):
         result = (export_executorch if executorch else export_onnx)(model, out, config, overwrite=overwrite)
     if as_json:
         echo_json(result.summary)
