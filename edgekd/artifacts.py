@@ -82,8 +82,11 @@ def write_json_atomic(path: str | Path, data) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write text to a temporary file beside ``path`` then rename it over (atomic on POSIX)."""
     path = Path(path)
+    from edgekd.outputs import usual_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, usual_mode(folder=False))
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()

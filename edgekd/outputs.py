@@ -349,13 +349,23 @@ def _check_file_output(out: Path, overwrite: bool) -> None:
 
 # --- temporary names, stale leftovers, locks -------------------------------------------------------
 
+def usual_mode(folder: bool) -> int:
+    """The mode a plain ``open``/``mkdir`` would give under the user's umask: ``tempfile`` makes its files
+    0600 and folders 0700, which renamed into place would hide artifacts from a serving user or group."""
+    mask = os.umask(0o022)   # read by setting it; put back at once
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
+
 def temp_folder(out: str | Path, suffix: str = TEMP_SUFFIX) -> Path:
     """A new, unique hidden folder beside ``out`` (``.NAME.PID-RANDOM.edgekd-tmp``)."""
     import tempfile
 
     out = Path(out)
     clean_stale(out)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=suffix, dir=out.parent))
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=suffix, dir=out.parent))
+    folder.chmod(usual_mode(folder=True))
+    return folder
 
 
 def pid_alive(pid: int) -> bool:

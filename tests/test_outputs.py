@@ -339,3 +339,25 @@ def test_cache_tolerance_follows_the_logit_scale_and_device():
     assert not logits_match(fresh + 1.0, fresh)              # 1e-2 of the scale: not the same teacher
     assert logits_match(fresh + 1.0, fresh, loose=True)      # but within CUDA's looser numerics
     assert not logits_match(fresh[:1], fresh)
+
+
+def test_outputs_get_the_modes_the_umask_gives(tmp_path, tiny_student):
+    """tempfile's 0700 folders and 0600 files, renamed into place, would hide an artifact from a serving user."""
+    import stat
+
+    from safetensors.torch import load_file
+
+    from edgekd.artifacts import load_artifact, save_artifact, write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        artifact = load_artifact(tiny_student)
+        weights = {name: load_file(tiny_student / name) for name in artifact.manifest.files if name.endswith(".safetensors")
+                   and "/" not in name}
+        out = tmp_path / "copy"
+        save_artifact(out, artifact.manifest, weights)
+        write_json_atomic(tmp_path / "s.json", {"a": 1})
+        mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+        assert mode(out) == 0o755 and mode(out / "manifest.json") == 0o644 and mode(tmp_path / "s.json") == 0o644
+    finally:
+        os.umask(old)
