@@ -164,7 +164,8 @@ def common_options(func):
 def data_options(func):
     @click.option("--data", default="digits", show_default=True,
                   help="digits | fashion-mnist[:DIR] | mnist[:DIR] | npz:PATH | imagefolder:DIR | "
-                       "synthetic:classes=N,groups=G,dim=D,seed=S (generated)")
+                       "synthetic:classes=N,groups=G,dim=D,seed=S (generated); commands that score models "
+                       "(evaluate, bench, specialists regate) default to the data the models were made on")
     @click.option("--image-size", default=None, help="imagefolder: resize every image to HxW (default: the size they share).")
     @click.option("--channels", type=click.Choice(["1", "3"]), default=None,
                   help="imagefolder: grayscale or RGB (default: from the files).")
@@ -212,6 +213,39 @@ def data_spec(params: dict) -> str:
         if value is not None and key in in_spec:   # two values for one setting: which one was meant is unknown
             raise click.BadParameter(f"{flag} sets what '{key}=' in --data {spec} already sets; give it once.")
     return ",".join([spec, *given])
+
+
+def recorded_data(model) -> str | None:
+    """The data spec an edgekd artifact (its manifest) or edgekd ONNX export (its metadata) was made on."""
+    import json
+
+    path = Path(str(model))
+    try:
+        if (path / "manifest.json").is_file():
+            spec = (json.loads((path / "manifest.json").read_text()).get("data") or {}).get("spec")
+        elif path.suffix.lower() == ".onnx" and path.is_file():
+            import onnx
+
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            spec = props.get("edgekd.data")
+        else:
+            spec = None
+    except Exception:   # unreadable: the command's own loading says why
+        return None
+    return spec if isinstance(spec, str) and spec else None
+
+
+def data_of_models(ctx: click.Context, params: dict, models) -> None:
+    """Without --data, a command scoring models reads the data they were made on (all of them the same),
+    not 'digits': a model scored on other data of the same size gave a number that meant nothing."""
+    if ctx.get_parameter_source("data") is not click.core.ParameterSource.DEFAULT:
+        return
+    specs = {recorded_data(m) for m in models if m is not None} - {None}
+    if len(specs) > 1:
+        raise click.BadParameter(f"the models were made on different data ({', '.join(sorted(specs))}); pass --data "
+                                 f"to score them on one.", param_hint="'--data'")
+    if specs:
+        params["data"] = specs.pop()
 
 
 def load_data(params: dict):

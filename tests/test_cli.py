@@ -243,3 +243,16 @@ def test_distill_search_methods_can_be_emptied(edgekd, tiny_teacher, tmp_path):
     assert "(tried kd-ls, jitter 2 on consistent views; kd-ls, jitter 0)" in out
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["config"]["method"] == "kd-ls" and manifest["config"]["params"]["search_methods"] == ""
+
+
+def test_evaluate_without_data_reads_the_data_the_model_was_made_on(edgekd, tmp_path):
+    """Not 'digits' whatever the model: synthetic vectors of digits' size scored on digits meant nothing."""
+    spec = "synthetic:classes=10,groups=2,dim=64,seed=0"
+    code, _, err = edgekd("teacher", "train", "--data", spec, "--arch", "mlp:hidden=8", "--epochs", "1", "--quiet",
+                          "--out", tmp_path / "syn")
+    assert code == 0, err
+    code, out, err = edgekd("evaluate", tmp_path / "syn", "--json")
+    assert code == 0, err
+    assert json.loads(out)["data"] == spec
+    code, out, err = edgekd("evaluate", tmp_path / "syn", "--data", "digits", "--json")   # asked for: as asked
+    assert code == 0 and json.loads(out)["data"] == "digits"

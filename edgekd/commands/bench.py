@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgekd.clicommon import common_options, data_options, data_spec, echo_json, load_data
+from edgekd.clicommon import common_options, data_of_models, data_options, data_spec, echo_json, load_data
 
 
 def _command_line(params: dict) -> str:
@@ -44,7 +44,8 @@ def _command_line(params: dict) -> str:
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (files, headline, errors).")
 @common_options
-def bench_cmd(**params):
+@click.pass_context
+def bench_cmd(ctx, **params):
     """Time models on the CPU and mobile runtimes and write a Markdown + JSON + PNG report.
 
     \b
@@ -92,6 +93,7 @@ def bench_cmd(**params):
     for path in models:
         model_format(path)
     infos = readable_models(params["model"])   # a damaged model is refused before any output or timing
+    data_of_models(ctx, params, models)
     check_output_dir(params["out"], kind="report", overwrite=params["overwrite"], inputs=models, data=data_paths(params["data"]))
     with output_lock(params["out"]):
         data = load_data(params)

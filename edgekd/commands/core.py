@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from edgekd.clicommon import (cache_options, common_options, data_options, data_spec, echo_json, load_data,
+from edgekd.clicommon import (cache_options, common_options, data_of_models, data_options, data_spec, echo_json, load_data,
                               make_train_config, refuse_unused, resolved_config, show_progress, train_options)
 from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, MAX_MIXUP, METHODS, DistillConfig,
                            PipelineConfig, TeacherConfig, defaults)
@@ -390,12 +390,14 @@ def print_distill(result, teacher_desc: str) -> None:
 @click.option("--teacher", "reference", default=None, help="Also report top-1 agreement with this teacher.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @common_options
-def evaluate_cmd(model, reference, split, as_json, **params):
+@click.pass_context
+def evaluate_cmd(ctx, model, reference, split, as_json, **params):
     """Accuracy, NLL, ECE, per-class accuracy and confusion matrix of MODEL (anything --teacher accepts)."""
     from edgekd.device import resolve_device
     from edgekd.evaluate import evaluate
 
     refuse_unused(teacher_option_rules(params, model, reference))
+    data_of_models(ctx, params, [model])
     data = load_data(params)
     device = resolve_device(params["device"])
     result = evaluate(open_teacher(model, params, device=device, role="Model"), data, split=split,

@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from edgekd.clicommon import (cache_options, common_options, data_options, echo_json, load_data, make_train_config,
+from edgekd.clicommon import (cache_options, common_options, data_of_models, data_options, echo_json, load_data, make_train_config,
                               resolved_config, show_progress, train_options)
 from edgekd.config import defaults
 from specialists.config import SpecialistConfig
@@ -190,6 +190,7 @@ def regate_cmd(ctx, spec, **params):
     from edgekd.outputs import data_paths, output_lock
     from edgekd.validation import check_output_dir
 
+    data_of_models(ctx, params, [spec])
     check_output_dir(params["out"], overwrite=params["overwrite"], inputs=[spec], data=data_paths(params["data"]), in_place=spec)
     with output_lock(params["out"]):
         data = load_data(params)
