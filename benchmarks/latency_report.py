@@ -174,7 +174,7 @@ def _versus(fast: dict, slow: dict, models: dict, aim: float) -> dict:
             "reference_runtime": slow["runtime"], "p50_ms": fast["p50_ms"], "reference_p50_ms": slow["p50_ms"],
             "speedup": speedup, "pooled_speedup": pooled, "paired": paired, "warm_speedup": warm, "aim": aim,
             "verdict": (decided := verdict(paired, speedup, aim)), "meets": decided == "meets",
-            "accuracy": acc, "reference_accuracy": ref,
+            "accuracy": acc, "reference_accuracy": ref, "accuracy_runtime": models[fast["model"]].get("evaluated_with"),
             "accuracy_cost_points": 100 * (ref - acc) if acc is not None and ref is not None else None,
             "latency_over_floor": fast.get("latency_over_floor")}
 
@@ -216,6 +216,8 @@ def summary_text(extra: dict) -> str:
 
 
 def headline_text(h: dict) -> str:
+    from benchmarks.report import accuracy_on
+
     parts = []
     for key, label in (("a", "the teacher ensemble in PyTorch eager"), ("b", "the teacher on its fastest runtime")):
         v = h.get(key)
@@ -231,7 +233,7 @@ def headline_text(h: dict) -> str:
                      f"on {v['reference_runtime']}** ({spread}; batch {h['batch_size']}, {h['threads']} thread: p50 "
                      f"{v['p50_ms'] * 1e3:.1f} µs against {v['reference_p50_ms'] * 1e3:.1f} µs), "
                      f"{_verdict_text(v, _x(v['aim']))}; "
-                     f"accuracy {v['accuracy']:.4f} against {v['reference_accuracy']:.4f}.")
+                     f"accuracy {v['accuracy']:.4f}{accuracy_on(v)} against {v['reference_accuracy']:.4f}.")
     q = h.get("quantization")
     if q:
         parts.append(f"Quantization costs {q['points_lost']:+.2f} points against the fp32 student ({q['fp32_accuracy']:.4f} -> "

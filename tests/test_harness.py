@@ -653,3 +653,20 @@ def test_an_export_is_described_from_its_source_artifact_only_while_it_is_that_a
     manifest["metrics"]["macs"] = 1   # as a retrained model's manifest differs
     (source / "manifest.json").write_text(json.dumps(manifest))
     assert describe_model(tmp_path / "s.onnx", "s").source_artifact is None
+
+
+def test_a_headline_names_the_runtime_its_accuracy_was_measured_on():
+    """Accuracy is measured once per file (on the first runtime that reads it): beside a faster runtime's
+    latency it says which runtime scored it, so OpenCV's row does not claim onnxruntime's accuracy."""
+    from benchmarks.report import accuracy_on, headline_rows
+
+    data = {"config": {"batch_sizes": [1], "threads": [1]}, "reference": {"model": "t"},
+            "models": [{"name": "t", "accuracy": 0.93, "evaluated_with": "pytorch"},
+                       {"name": "s.onnx", "accuracy": 0.90, "evaluated_with": "onnxruntime"}],
+            "rows": [{"model": "t", "runtime": "pytorch", "batch_size": 1, "threads": 1, "status": "ok", "p50_ms": 5.0,
+                      "p99_ms": 6.0, "speedup": 1.0},
+                     *({"model": "s.onnx", "runtime": r, "batch_size": 1, "threads": 1, "status": "ok", "p50_ms": p,
+                        "p99_ms": p, "speedup": 5.0 / p} for r, p in (("onnxruntime", 0.08), ("opencv", 0.06)))]}
+    head = {h["model"]: h for h in headline_rows(data)}
+    assert head["s.onnx"]["runtime"] == "opencv" and head["s.onnx"]["accuracy_runtime"] == "onnxruntime"
+    assert accuracy_on(head["s.onnx"]) == " (on onnxruntime)" and accuracy_on(head["t"]) == ""

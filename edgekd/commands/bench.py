@@ -105,7 +105,7 @@ def bench_cmd(ctx, **params):
 
 
 def _print(data: dict, paths: dict, as_json: bool) -> None:
-    from benchmarks.report import fmt_ms, fmt_x, headline_rows
+    from benchmarks.report import accuracy_on, fmt_ms, fmt_x, headline_rows
 
     head = headline_rows(data)
     errors = [r for r in data["rows"] if r["status"] != "ok"]
@@ -117,7 +117,7 @@ def _print(data: dict, paths: dict, as_json: bool) -> None:
     if head:
         click.echo(f"batch {head[0]['batch_size']}, {head[0]['threads']} thread(s), fastest runtime per model:")
         for h in head:
-            acc = f"{h['accuracy']:.4f}" if h["accuracy"] is not None else "-"
+            acc = (f"{h['accuracy']:.4f}" if h["accuracy"] is not None else "-") + accuracy_on(h)
             click.echo(f"  {h['model']:<28} {h['runtime']:<12} p50 {fmt_ms(h['p50_ms']):>8} ms  "
                        f"speed-up {fmt_x(h['speedup']):>7}  accuracy {acc}")
     if errors:
