@@ -286,19 +286,28 @@ def _initializer_elements(proto) -> int:
     return int(total)
 
 
+# compute operators graph_macs does not count: a graph holding one gets no count rather than a short one
+_UNCOUNTED_OPS = {"ConvTranspose", "QLinearConvTranspose", "Einsum", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention"}
+
+
 def graph_macs(proto) -> int | None:
     """Multiply-accumulates per sample of Conv / MatMul / Gemm nodes (and their integer forms), counted on
-    shapes inferred at batch size 1. ``None`` when a needed shape cannot be inferred."""
+    shapes inferred at batch size 1, or at the graph's own fixed batch and divided by it (constants inside
+    such a graph keep that batch). ``None`` when a needed shape cannot be inferred or the graph holds a
+    compute operator it does not count (``_UNCOUNTED_OPS``)."""
     import onnx
 
+    if any(node.op_type in _UNCOUNTED_OPS for node in proto.graph.node):
+        return None
+    batch = _declared_batch(proto) or 1
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     del model.graph.value_info[:]
     for value in list(model.graph.input) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
-        if len(dims):
+        if len(dims) and not dims[0].HasField("dim_value"):   # a symbolic batch: counted at 1
             dims[0].Clear()
-            dims[0].dim_value = 1
+            dims[0].dim_value = batch
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:
@@ -327,4 +336,4 @@ def graph_macs(proto) -> int | None:
             total += math.prod(out) * (a[0] if trans_a else a[-1])
         else:
             total += math.prod(out) * a[-1]
-    return int(total)
+    return int(total) // batch

@@ -670,3 +670,23 @@ def test_a_headline_names_the_runtime_its_accuracy_was_measured_on():
     head = {h["model"]: h for h in headline_rows(data)}
     assert head["s.onnx"]["runtime"] == "opencv" and head["s.onnx"]["accuracy_runtime"] == "onnxruntime"
     assert accuracy_on(head["s.onnx"]) == " (on onnxruntime)" and accuracy_on(head["t"]) == ""
+
+
+@pytest.mark.parametrize("fixed", [None, 4])
+def test_graph_macs_per_sample_at_a_fixed_batch_and_none_for_an_uncounted_operator(tmp_path, fixed):
+    """Linear 64 -> 32 -> 10 is 64*32 + 32*10 = 2,368 MACs a sample, whatever batch the graph fixes; a
+    ConvTranspose (not counted) makes the count unknown, not short."""
+    import onnx
+    import torch
+    from torch import nn
+
+    from benchmarks.modelinfo import graph_macs
+
+    path = tmp_path / "m.onnx"
+    module = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    torch.onnx.export(module, (torch.zeros(fixed or 2, 64),), str(path), dynamo=True, input_names=["x"],
+                      dynamic_shapes=None if fixed else ({0: torch.export.Dim("batch")},))
+    proto = onnx.load(str(path))
+    assert graph_macs(proto) == 2368
+    proto.graph.node.append(onnx.helper.make_node("ConvTranspose", ["a", "b"], ["c"]))
+    assert graph_macs(proto) is None
