@@ -110,16 +110,23 @@ def describe_model(path: str | Path, name: str) -> ModelInfo:
 
 def _describe_pte(path: Path, name: str) -> ModelInfo:
     """An ExecuTorch program: shape from the program itself, the rest from the export summary beside it."""
+    import importlib.util
+
     from export.executorch_export import load_program, program_input
 
-    shape, dtype = program_input(load_program(path))
     summary = export_summary_of(path) or {}   # only the summary of this very program: its precision names the row
+    if importlib.util.find_spec("executorch") is None:   # described from its summary; its rows say ExecuTorch is missing
+        given = summary.get("input") if isinstance(summary.get("input"), dict) else {}
+        shape = tuple(given.get("shape") or (None, None))
+        dtype = given.get("dtype", "float32")
+    else:
+        shape, dtype = program_input(load_program(path))
     source = summary.get("source") if isinstance(summary.get("source"), dict) else {}
     found = _source_artifact_metrics(json.dumps(source)) if source else {}
     macs, params = found.get("macs"), found.get("parameters")
     precision = summary.get("precision", "")
     return ModelInfo(name=name, path=str(path), format="pte", description=f"PTE ({precision or 'ExecuTorch'})",
-                     input_shape=tuple(shape[1:]), input_dtype=dtype, file_bytes=path.stat().st_size,
+                     input_shape=tuple(shape[1:]) if all(shape) else None, input_dtype=dtype, file_bytes=path.stat().st_size,
                      parameters=params if isinstance(params, int) else None,
                      macs=macs if isinstance(macs, int) else None,
                      macs_source="source artifact" if isinstance(macs, int) else None,

@@ -690,3 +690,17 @@ def test_graph_macs_per_sample_at_a_fixed_batch_and_none_for_an_uncounted_operat
     assert graph_macs(proto) == 2368
     proto.graph.node.append(onnx.helper.make_node("ConvTranspose", ["a", "b"], ["c"]))
     assert graph_macs(proto) is None
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("executorch") is not None, reason="ExecuTorch installed")
+def test_a_pte_without_executorch_is_a_row_not_a_refused_report(edgekd, tmp_path, tiny_student):
+    """As the README says of any missing runtime: the other models are measured, the .pte gets its reason."""
+    (tmp_path / "m.pte").write_bytes(b"a program")
+    code, out, err = edgekd("bench", "--model", tiny_student, "--model", tmp_path / "m.pte", "--out", tmp_path / "r",
+                            "--runtimes", "pytorch,executorch", "--batch-sizes", "1", "--threads", "1", "--seconds", "0.02",
+                            "--rounds", "1", "--quiet", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert [h["model"] for h in summary["headline"]] == ["student"]
+    assert any(e["model"] == "m.pte" and "no selected runtime that is installed reads pte" in e["error"]
+               for e in summary["errors"])
