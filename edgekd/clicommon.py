@@ -316,6 +316,9 @@ def run_cli(cli: click.Group, argv=None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", None)   # click >= 8.2
+
+
 def _run(cli: click.Group, argv: list, debug: bool) -> int:
     from edgekd.errors import EdgekdError
 
@@ -328,6 +331,9 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
         click.echo("error: aborted", err=True)
         return EXIT_INTERRUPTED
     except click.ClickException as exc:
+        if _NO_ARGS_IS_HELP is not None and isinstance(exc, _NO_ARGS_IS_HELP):   # 'edgekd', 'edgekd teacher': the help
+            click.echo(exc.ctx.get_help())
+            return 0
         if debug:
             traceback.print_exc()
         click.echo(f"error: {exc.format_message()}".replace("\n", " "), err=True)

@@ -256,3 +256,11 @@ def test_evaluate_without_data_reads_the_data_the_model_was_made_on(edgekd, tmp_
     assert json.loads(out)["data"] == spec
     code, out, err = edgekd("evaluate", tmp_path / "syn", "--data", "digits", "--json")   # asked for: as asked
     assert code == 0 and json.loads(out)["data"] == "digits"
+
+
+@pytest.mark.parametrize("argv", [[], ["teacher"], ["specialists"], ["cache"]])
+def test_a_group_without_a_command_prints_its_help(edgekd, argv):
+    """The help, as --help gives it, not squashed into one 'error:' line."""
+    code, out, err = edgekd(*argv)
+    assert code == 0 and out.startswith(f"Usage: edgekd {' '.join(argv)}".rstrip() + " [OPTIONS] COMMAND") and err == ""
+    assert "\n  " in out
