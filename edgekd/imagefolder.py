@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.cachedir import touch
-from edgekd.errors import DataError
+from edgekd.errors import DataError, EdgekdWarning
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_PIXELS = 64_000_000      # per image: beyond this Pillow's decompression-bomb guard refuses it
@@ -170,7 +170,7 @@ def _cached(cache: Path, key: str, spec: FolderSpec):
         path = spec.root / relative
         if not path.is_file() or _sha256(path) != expected:
             warnings.warn(f"the decoded cache of '{spec.root}' no longer matches '{relative}' (changed content); "
-                          f"decoding the folder again", stacklevel=3)
+                          f"decoding the folder again", EdgekdWarning, stacklevel=3)
             return None
     touch(meta_path)   # used now: `edgekd cache prune --older-than` keeps it
     return x, y

@@ -28,7 +28,7 @@ from edgekd.artifacts import Artifact, is_artifact, load_artifact, sha256_file
 from edgekd.config import COMBINE_RULES
 from edgekd.data import as_float, check_split_matches
 from edgekd.device import module_device
-from edgekd.errors import TeacherError
+from edgekd.errors import EdgekdWarning, TeacherError
 
 # Artifact kinds whose teacher a stage package builds (``register_teacher_kind``); an installed
 # package names its module under this entry-point group, so the core never imports a stage by name.
@@ -372,4 +372,4 @@ def _check_class_names(mine, theirs: tuple, spec: str, name: str) -> None:
 
         warnings.warn(f"{name}'s classes ({shown(tuple(mine))}) are not those of dataset '{spec}' ({shown(theirs)}); its outputs "
                       f"are matched to the labels by position. Pass the data it was trained on unless that is meant.",
-                      stacklevel=3)
+                      EdgekdWarning, stacklevel=3)

@@ -264,3 +264,18 @@ def test_a_group_without_a_command_prints_its_help(edgekd, argv):
     code, out, err = edgekd(*argv)
     assert code == 0 and out.startswith(f"Usage: edgekd {' '.join(argv)}".rstrip() + " [OPTIONS] COMMAND") and err == ""
     assert "\n  " in out
+
+
+def test_a_class_name_mismatch_is_one_warning_line(edgekd, tmp_path):
+    """Said as edgekd's warnings are ('warning: ...'), not as Python's (a file, a line number and the code line)."""
+    import numpy as np
+
+    x, y = np.random.default_rng(0).random((60, 4)).astype(np.float32), np.arange(60) % 2
+    np.savez(tmp_path / "a.npz", x=x, y=y, class_names=np.array(["cat", "dog"]))
+    np.savez(tmp_path / "b.npz", x=x, y=y, class_names=np.array(["car", "bus"]))
+    code, _, err = edgekd("teacher", "train", "--data", f"npz:{tmp_path / 'a.npz'}", "--arch", "mlp:hidden=4", "--epochs", "1",
+                          "--quiet", "--out", tmp_path / "t")
+    assert code == 0, err
+    code, _, err = edgekd("evaluate", tmp_path / "t", "--data", f"npz:{tmp_path / 'b.npz'}")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 0 and len(lines) == 1 and lines[0].startswith("warning: Model's classes (cat, dog)"), err
