@@ -138,6 +138,7 @@ def _describe_artifact(path: Path, name: str) -> ModelInfo:
     from edgekd.artifacts import load_artifact
 
     artifact = load_artifact(path)
+    artifact.check_code_trusted()   # a bench that could time nothing of it is refused, as evaluate and export refuse it
     manifest = artifact.manifest
     weights = [n for n in manifest.files if n.endswith(".safetensors")]
     size = sum(artifact.file(n).stat().st_size for n in weights)

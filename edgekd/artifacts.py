@@ -146,18 +146,26 @@ class Artifact:
         except Exception as exc:  # safetensors raises its own error types for a corrupt header
             raise ArtifactError(f"Artifact '{self.path}': cannot read '{name}' ({exc}); re-create the artifact.") from None
 
-    def build_members(self) -> list:
-        """The member models, in eval mode, with their weights loaded."""
-        from edgekd.errors import ConfigError
-        from edgekd.models import code_trusted, create_model, format_arch, parse_arch
+    def check_code_trusted(self) -> None:
+        """Refuse, before anything is loaded, members of your own architecture (``py:``) that this command
+        may not import (``--trust-code``): opening a file never runs its code."""
+        from edgekd.models import code_trusted
 
-        models = []
-        norm = self.manifest.normalization
         for index, member in enumerate(self.manifest.members):
-            if member.arch.startswith("py:") and not code_trusted():   # opening a file never runs its code
+            if member.arch.startswith("py:") and not code_trusted():
                 module = member.arch[len("py:"):].rpartition(".")[0]
                 raise ArtifactError(f"Artifact '{self.path}': member {index} is your own architecture '{member.arch}'; "
                                     f"loading it would import '{module}' and run it; pass --trust-code if you trust it.")
+
+    def build_members(self) -> list:
+        """The member models, in eval mode, with their weights loaded."""
+        from edgekd.errors import ConfigError
+        from edgekd.models import create_model, format_arch, parse_arch
+
+        self.check_code_trusted()
+        models = []
+        norm = self.manifest.normalization
+        for index, member in enumerate(self.manifest.members):
             try:   # the options go through the same checks as a command line's
                 arch, options = parse_arch(format_arch(member.arch, member.arch_options))
                 model = create_model(arch, self.input_shape, member.num_outputs, mean=norm["mean"], std=norm["std"],

@@ -52,6 +52,12 @@ def test_train_export_and_load_only_with_trust(edgekd, tmp_path):
     assert code == 2 and "pass --trust-code" in err and "my_arch" not in sys.modules
     code, stdout, err = edgekd("evaluate", out, "--trust-code", "--json")
     assert code == 0 and json.loads(stdout)["accuracy"] > 0.5, err
+    bench = ["bench", "--model", out, "--runtimes", "pytorch", "--batch-sizes", "1", "--threads", "1", "--seconds", "0.02",
+             "--rounds", "1", "--quiet"]
+    code, _, err = edgekd(*bench, "--out", tmp_path / "r")   # refused as evaluate is, not a report of one error row
+    assert code == 2 and "pass --trust-code" in err and not (tmp_path / "r").exists()
+    code, _, err = edgekd(*bench, "--trust-code", "--out", tmp_path / "r")
+    assert code == 0, err
     code, _, err = edgekd("export", out, "--onnx", "--quantize", "int8", "--max-accuracy-drop", "100", "--trust-code",
                           "--out", tmp_path / "t.int8.onnx")
     assert code == 0, err
