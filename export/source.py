@@ -150,20 +150,21 @@ def gate_data(source: Source, config, data=None, calibration=None):
         same = config.calibration_data in (None, data.spec)
         calibration = data if same else load_data(source, config.calibration_data, val_fraction=config.val_fraction,
                                                   role="calibration")
-        check_fits(source, calibration)
+        check_fits(source, calibration, flag="--calibration-data")
     if calibration is not None:
         calibration = calibration.shaped(source.input_shape)
     return data, calibration
 
 
-def check_fits(source: Source, data) -> None:
+def check_fits(source: Source, data, flag: str = "--data") -> None:
+    """``data`` (given with ``flag``) has the model's input size and classes, and splits to verify on."""
     if math.prod(data.input_shape) != math.prod(source.input_shape):
         raise ExportError(f"Model '{source.path}' takes inputs of shape {tuple(source.input_shape)} but dataset '{data.spec}' "
-                          f"has {tuple(data.input_shape)}; pass the data it was trained on with --data.")
+                          f"has {tuple(data.input_shape)}; pass the data it was trained on with {flag}.")
     if data.num_classes != len(source.classes):
         raise ExportError(f"Model '{source.path}' has {len(source.classes)} classes but dataset '{data.spec}' has "
-                          f"{data.num_classes}; pass the data it was trained on with --data.")
-    if len(data.x_val) == 0 or len(data.x_test) == 0:
+                          f"{data.num_classes}; pass the data it was trained on with {flag}.")
+    if flag == "--data" and (len(data.x_val) == 0 or len(data.x_test) == 0):   # calibration reads train only
         raise ExportError(f"Dataset '{data.spec}' has an empty val or test split; the export needs real data to verify on.")
 
 

@@ -296,7 +296,7 @@ def test_specialist_ensemble_with_a_fixed_step_module_exports(monkeypatch, tmp_p
 
 @pytest.mark.parametrize("case", ["not-a-model-file", "folder-without-manifest", "missing", "opset-11", "opset-99",
                                   "missing-out-folder", "ort-suffix-without-flag",
-                                  "existing-out"])
+                                  "existing-out", "calibration-of-another-size"])
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, edgekd, tmp_path, tiny_student):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -320,6 +320,9 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, edgekd, tmp_pat
         out = out_dir / "m.ort"
     elif case == "existing-out":
         out.write_bytes(b"old")
+    elif case == "calibration-of-another-size":
+        np.savez(tmp_path / "v.npz", x=np.zeros((30, 16), np.float32), y=np.arange(30) % 10)
+        extra = ["--quantize", "int8", "--calibration-data", f"npz:{tmp_path / 'v.npz'}"]
     code, stdout, err = edgekd("export", model, "--out", out, *extra)
     assert code == 2, (stdout, err)
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
@@ -327,7 +330,8 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, edgekd, tmp_pat
                 "missing": "not found", "opset-11": "'opset' parameter (--opset) must be in [18,",
                 "opset-99": "Got 99 instead",
                 "missing-out-folder": "does not exist", "ort-suffix-without-flag": "pass --ort",
-                "existing-out": "was not written by 'edgekd export'"}[case]
+                "existing-out": "was not written by 'edgekd export'",
+                "calibration-of-another-size": "has (16,); pass the data it was trained on with --calibration-data."}[case]
     assert expected in err
     written = sorted(p.name for p in out_dir.iterdir())
     assert written == (["m.onnx"] if case == "existing-out" else [])
