@@ -165,7 +165,7 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
     graph_path = path if fmt == "onnx" else path.with_suffix(".onnx")
     size = path.stat().st_size
     input_shape, input_dtype, fixed_batch = None, "float32", None
-    if graph_path.is_file():
+    if graph_path.is_file() and (fmt == "onnx" or _same_export(meta, graph_path)):
         import onnx
 
         proto = onnx.load(str(graph_path), load_external_data=False)
@@ -195,6 +195,19 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
                      input_dtype=input_dtype, file_bytes=size, parameters=params, macs=macs,
                      macs_source=source if macs is not None else None, source_artifact=_source_artifact(meta.get("edgekd.source")),
                      int8=quantized or "int8" in str(meta.get("edgekd.precision", "")), fixed_batch=fixed_batch)
+
+
+def _same_export(ort_meta: dict, onnx_path: Path) -> bool:
+    """Whether the ``.onnx`` beside an ``.ort`` is the same export in the other format (the same source
+    artifact and precision): only then are its graph's counts and shapes the ``.ort``'s."""
+    import onnx
+
+    try:
+        props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    except Exception:
+        return False
+    keys = ("edgekd.source", "edgekd.precision")
+    return bool(ort_meta.get(keys[0])) and all(props.get(k) == ort_meta.get(k) for k in keys)
 
 
 def _ort_metadata(path: Path) -> dict:

@@ -704,3 +704,17 @@ def test_a_pte_without_executorch_is_a_row_not_a_refused_report(edgekd, tmp_path
     assert [h["model"] for h in summary["headline"]] == ["student"]
     assert any(e["model"] == "m.pte" and "no selected runtime that is installed reads pte" in e["error"]
                for e in summary["errors"])
+
+
+def test_an_ort_file_takes_nothing_from_an_onnx_beside_it_that_is_another_export(tmp_path, tiny_student, digits):
+    """m.ort beside an m.onnx of another model: the counts are the .ort's own source's, not the neighbour's."""
+    from edgekd.artifacts import load_artifact
+    from edgekd.teacher_training import save_untrained
+    from export import ExportConfig, export_onnx
+
+    other = save_untrained(tmp_path / "other", "mlp:hidden=4", digits)
+    export_onnx(tiny_student, tmp_path / "m.ort", ExportConfig(ort=True, quantize="dynamic"), data=digits)
+    export_onnx(other, tmp_path / "m.onnx", ExportConfig(), data=digits)
+    info = describe_model(tmp_path / "m.ort", "m")
+    assert info.macs == load_artifact(tiny_student).manifest.metrics["macs"] != load_artifact(other).manifest.metrics["macs"]
+    assert info.int8 and info.input_shape == (1, 8, 8)
