@@ -89,19 +89,30 @@ def prepare_exports(artifacts: dict, folder: Path, data, names=tuple(EXPORTS), *
     return made, failed
 
 
+# the packages that write the graphs and their int8 forms: an upgrade of any makes other files
+_GRAPH_MAKERS = ("onnx", "onnxruntime", "onnxscript", "executorch", "torchao")
+
+
 def _reusable(out: Path, fingerprint: str, builder: str, config) -> bool:
-    """Same source artifact, same settings and made by the same graph-building code (``builder_fingerprint``)."""
-    summary = out.with_name(out.name + ".json")
-    if not out.is_file() or not summary.is_file():
-        return False
-    try:
-        data = json.loads(summary.read_text())
-    except ValueError:
+    """Same source artifact, same settings, made by the same graph-building code (``builder_fingerprint``)
+    and the same versions of the packages that write the graphs (``_GRAPH_MAKERS``); the summary must be
+    that very file's (``export_summary_of``)."""
+    from edgekd.artifacts import library_versions
+    from edgekd.outputs import export_summary_of
+    from export.executorch_export import mobile_versions
+
+    data = export_summary_of(out)
+    if data is None:
         return False
     recorded = data.get("config") or {}
     settings = ("quantize", "quant_format", "ort", "ort_optimization", "executorch", "batch_size", "calibration_size")
+    made_with = data.get("versions") or {}
+    now = {**library_versions(), **mobile_versions()}
+    makers = [k for k in _GRAPH_MAKERS if k in made_with or (config.executorch and k in ("executorch", "torchao"))]
     return (data.get("source", {}).get("fingerprint") == fingerprint and data.get("builder") == builder
-            and all(recorded.get(k, getattr(config, k)) == getattr(config, k) for k in settings))
+            and all(recorded.get(k, getattr(config, k)) == getattr(config, k) for k in settings)
+            and all(made_with.get(k) == now.get(k) for k in makers))
+
 
 
 # --- headlines -------------------------------------------------------------------------------------

@@ -284,11 +284,12 @@ def _summary(out, config, source: Source, data, run: _PteRun, size: int, seconds
         "builder": builder_fingerprint(),
         "sizes_bytes": sizes, "verification": run.verification, "quantization": run.quant_info,
         "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
-        "seconds": seconds, "versions": {**library_versions(), **_versions()}, "created": now_iso(),
+        "seconds": seconds, "versions": {**library_versions(), **mobile_versions()}, "created": now_iso(),
     }
 
 
-def _versions() -> dict:
+def mobile_versions() -> dict:
+    """The installed versions of ExecuTorch and torchao, which write the programs and their int8 forms."""
     import importlib.metadata as md
 
     found = {}

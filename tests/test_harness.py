@@ -718,3 +718,22 @@ def test_an_ort_file_takes_nothing_from_an_onnx_beside_it_that_is_another_export
     info = describe_model(tmp_path / "m.ort", "m")
     assert info.macs == load_artifact(tiny_student).manifest.metrics["macs"] != load_artifact(other).manifest.metrics["macs"]
     assert info.int8 and info.input_shape == (1, 8, 8)
+
+
+def test_latency_report_makes_again_an_export_whose_graph_makers_changed(tmp_path, tiny_student, digits):
+    """Reused only when the same onnx/onnxruntime (or ExecuTorch) versions made it: an upgraded quantizer
+    writes other int8 graphs, which must not be timed under the old files' names."""
+    from benchmarks.latency_report import _reusable
+    from export import ExportConfig, export_onnx
+    from export.source import builder_fingerprint, load_source
+
+    config = ExportConfig(quantize="dynamic")
+    out = tmp_path / "s.int8.onnx"
+    export_onnx(tiny_student, out, config, data=digits)
+    fingerprint = load_source(tiny_student).fingerprint
+    assert _reusable(out, fingerprint, builder_fingerprint(), config)
+    summary_path = tmp_path / "s.int8.onnx.json"
+    summary = json.loads(summary_path.read_text())
+    summary["versions"]["onnxruntime"] = "0.0.1"
+    summary_path.write_text(json.dumps(summary))
+    assert not _reusable(out, fingerprint, builder_fingerprint(), config)
