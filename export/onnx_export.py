@@ -366,7 +366,24 @@ def build_metadata(source: Source, config: ExportConfig, data, precision: str, v
     }
     if quantization:
         props["quantization"] = json.dumps(quantization)
+    for key, value in source_counts(source).items():   # bench reads them (benchmarks.modelinfo): int8 keeps the MACs
+        props[key] = str(value)
     return {METADATA_PREFIX + key: value for key, value in props.items()}
+
+
+def source_counts(source: Source) -> dict:
+    """The source artifact's MACs a sample and parameters, as its manifest records them (counted when it does not)."""
+    from edgekd.artifacts import load_artifact
+    from edgekd.models import count_macs, count_parameters
+
+    metrics = load_artifact(source.path).manifest.metrics
+    counts = {k: metrics.get(k) for k in ("macs", "parameters") if isinstance(metrics.get(k), int)}
+    try:
+        counts.setdefault("macs", count_macs(source.module, source.input_shape))
+        counts.setdefault("parameters", count_parameters(source.module))
+    except Exception:   # a module the counter cannot follow: bench counts the graph instead
+        pass
+    return counts
 
 
 def write_metadata(src: Path, dst: Path, props: dict[str, str]) -> None:

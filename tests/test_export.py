@@ -434,3 +434,16 @@ def test_the_gate_reads_the_splits_a_slice_at_a_time(tiny_student, digits, tmp_p
     assert result.test_accuracy > 0.5 and converted
     assert max(converted) <= 256 < len(digits.x_test), max(converted)   # 359 test images, never all at once
     assert sum(converted) >= len(digits.x_test)   # yet every test image was read
+
+
+def test_the_export_records_its_sources_macs_and_parameters_for_bench(arch_exports):
+    """As benchmarks.modelinfo reads them: the same counts for fp32 and for an int8 graph, whose own
+    initializers (scales, zero points) would not count parameters."""
+    from benchmarks.modelinfo import describe_model
+
+    artifact, result = arch_exports["cnn"]
+    metrics = load_artifact(artifact).manifest.metrics
+    meta = read_metadata(result.path)
+    assert int(meta["macs"]) == metrics["macs"] and int(meta["parameters"]) == metrics["parameters"]
+    info = describe_model(result.path, "m")
+    assert (info.macs, info.macs_source, info.parameters) == (metrics["macs"], "metadata", metrics["parameters"])
