@@ -99,7 +99,7 @@ def print_export(result) -> None:
     if "int8" in v:
         line += (f", {result.precision} {v['int8']['test_accuracy']:.4f} (drop {v['int8']['accuracy_drop_points']:.2f} "
                  f"points, gate {v['max_accuracy_drop']:g}); {sizes['int8_to_fp32_ratio']:.2f}x the size of the fp32 "
-                 f"export ({sizes.get('fp32_onnx', sizes.get('fp32_pte', 0)):,} bytes)")
+                 f"graph ({sizes.get('fp32_onnx', sizes.get('fp32_pte', 0)):,} bytes; both before metadata)")
     click.echo(line)
     t = s["seconds"]
     click.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()) + f"; summary {result.summary_path}")
