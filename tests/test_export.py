@@ -405,7 +405,7 @@ def test_int8_calibrates_on_the_artifacts_own_data_by_default(edgekd, tmp_path, 
     assert code == 0, err
     summary = json.loads((tmp_path / "s.int8.onnx.json").read_text())
     assert summary["quantization"]["calibration_data"] == "digits [train]"
-    assert stdout.count(" bytes") == 2 and "the size of the fp32 export" in stdout   # the file once, the fp32 size once
+    assert stdout.count(" bytes") == 2 and "the size of the fp32 graph" in stdout   # the file once, the fp32 size once
 
 
 def flat_digits(tmp_path, digits):
