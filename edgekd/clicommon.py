@@ -363,6 +363,12 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
         return _internal(exc, debug)
 
 
+def cache_option_rules(params: dict) -> list:
+    """--cache-dir and --refresh-cache do nothing with --no-cache (``refuse_unused`` rules)."""
+    return [("cache_dir", not params["no_cache"], "without --no-cache"),
+            ("refresh_cache", not params["no_cache"], "without --no-cache")]
+
+
 def refuse_unused(rules) -> None:
     """Options typed on the command line that this run would not use are refused, never silently ignored.
 

@@ -123,8 +123,10 @@ def test_cli_exports_a_pte(edgekd, tmp_path, tiny_student, executorch):
     (["--executorch", "--ort", "--out", "{tmp}/s.pte"], "not both"),
     (["--executorch", "--batch-size", "0", "--out", "{tmp}/s.pte"], "batch_size"),
     (["--executorch", "--quantize", "int8", "--quant-format", "qoperator", "--out", "{tmp}/s.pte"], "quant_format"),
-    (["--quant-format", "qoperator", "--out", "{tmp}/s.onnx"], "quant_format"),
-    (["--ort-optimization", "basic", "--out", "{tmp}/s.onnx"], "ort_optimization"),
+    (["--quant-format", "qoperator", "--out", "{tmp}/s.onnx"], "--quant-format applies only with --quantize int8"),
+    (["--quant-format", "qdq", "--out", "{tmp}/s.onnx"], "--quant-format applies only with --quantize int8"),   # the default, typed
+    (["--ort-optimization", "basic", "--out", "{tmp}/s.onnx"], "--ort-optimization applies only with --ort"),
+    (["--onnx", "--executorch", "--out", "{tmp}/s.pte"], "--onnx applies only without --executorch"),
 ])
 def test_bad_options_are_one_line(edgekd, tmp_path, tiny_student, args, message):
     code, out, err = edgekd("export", tiny_student, *[a.format(tmp=tmp_path) for a in args])

@@ -6,8 +6,9 @@ import functools
 
 import click
 
-from edgekd.clicommon import (cache_options, common_options, data_of_models, data_options, data_spec, echo_json, load_data,
-                              make_train_config, refuse_unused, resolved_config, show_progress, train_options)
+from edgekd.clicommon import (cache_option_rules, cache_options, common_options, data_of_models, data_options, data_spec,
+                              echo_json, load_data, make_train_config, refuse_unused, resolved_config, show_progress,
+                              train_options)
 from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, MAX_MIXUP, METHODS, DistillConfig,
                            PipelineConfig, TeacherConfig, defaults)
 
@@ -144,6 +145,7 @@ def teacher_train_cmd(ctx, **params):
     from edgekd.validation import check_flip, check_jitter
 
     check_out(params)
+    refuse_unused([("combine", params["ensemble"] > 1, "with --ensemble 2 or more (one member has nothing to combine)")])
     config = TeacherConfig(arch=params["arch"], ensemble=params["ensemble"], combine=params["combine"],
                            train=make_train_config(params))
     with output_lock(params["out"]):
@@ -308,8 +310,8 @@ def distill_cmd(ctx, **params):
                    ("dkd_beta", "dkd" in (config.method, *config.search_methods), "with --method dkd (or dkd in --search-methods)"),
                    ("auto_epochs", auto, "with --temperature auto or --alpha auto"),
                    ("search_methods", config.recipe_search, "with --recipe-search (the default)"),
-                   ("cache_dir", not params["no_cache"], "without --no-cache"),
-                   ("refresh_cache", not params["no_cache"], "without --no-cache")])
+                   *[(name, config.alpha != 0, "with a soft term (--alpha above 0)") for name in ("method", "correct_teacher")],
+                   *cache_option_rules(params)])
     with output_lock(params["out"]):
         data = load_data(params)
         check_jitter(params["jitter"], data.input_shape)

@@ -63,7 +63,10 @@ def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimiz
     from export import ExportConfig, export_executorch, export_onnx
 
     register_stage_kinds()
-    refuse_unused([("calibration_data", quantize == "int8", "with --quantize int8"),
+    refuse_unused([("onnx_format", not executorch, "without --executorch (which writes a .pte, not ONNX)"),
+                   ("ort_optimization", ort, "with --ort"),
+                   ("quant_format", quantize == "int8", "with --quantize int8"),
+                   ("calibration_data", quantize == "int8", "with --quantize int8"),
                    ("calibration_size", quantize == "int8", "with --quantize int8"),
                    ("max_accuracy_drop", quantize is not None, "with --quantize"),
                    ("batch_size", executorch, "with --executorch (an ONNX file keeps a dynamic batch)"),

@@ -6,8 +6,8 @@ import functools
 
 import click
 
-from edgekd.clicommon import (cache_options, common_options, data_of_models, data_options, echo_json, load_data, make_train_config,
-                              resolved_config, show_progress, train_options)
+from edgekd.clicommon import (cache_option_rules, cache_options, common_options, data_of_models, data_options, echo_json,
+                              load_data, make_train_config, refuse_unused, resolved_config, show_progress, train_options)
 from edgekd.config import defaults
 from specialists.config import SpecialistConfig
 
@@ -51,6 +51,7 @@ def cluster_cmd(as_json, **params):
     from specialists.build import open_generalist
     from specialists.clustering import check_k, find_clusters, parse_clusters
 
+    refuse_unused(cache_option_rules(params))
     data = load_data(params)
     ks = check_k(parse_clusters(params["clusters"]), data.num_classes)
     generalist = open_generalist(params["teacher"], params["member"], device=resolve_device(params["device"]))
@@ -108,6 +109,7 @@ def build_cmd(ctx, as_json, **params):
     from specialists.build import build_specialists
     from specialists.clustering import parse_clusters
 
+    refuse_unused(cache_option_rules(params))
     check_output_dir(params["out"], overwrite=params["overwrite"], resume=params["resume"],
                      inputs=[params["teacher"]], data=data_paths(params["data"]))
     train = make_train_config(params)
