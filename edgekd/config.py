@@ -179,6 +179,9 @@ class PipelineConfig:
     teacher_arch: str = "cnn"
     ensemble: int = 3
     teacher_epochs: int = 15
+    teacher_lr: float = 2e-3
+    specialist_lr: float = 5e-4      # fine-tuning from the generalist's weights: a quarter of the teacher's
+    specialist_patience: int = 2
     student: str = "mlp:hidden=64"
     # 60, not 30: at 30 both students are still learning on digits and the distilled one loses to
     # its baseline; at 60 it gains (3 seeds, chosen on val: benchmarks/results/pipeline_digits.md)

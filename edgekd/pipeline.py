@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgekd.artifacts import is_artifact, write_json_atomic, write_text_atomic
-from edgekd.config import PipelineConfig
+from edgekd.config import PipelineConfig, defaults
 from edgekd.distill import describe_gain
 from edgekd.models import create_model
 from edgekd.outputs import PIPELINE_ARTIFACTS, PIPELINE_FILES, OutputError
@@ -167,7 +167,7 @@ def teacher_config(config: PipelineConfig, device: str):
     from edgekd.training import TrainConfig
 
     return TeacherConfig(arch=config.teacher_arch, ensemble=config.ensemble,
-                         train=TrainConfig(epochs=config.teacher_epochs, lr=2e-3, jitter=config.jitter,
+                         train=TrainConfig(epochs=config.teacher_epochs, lr=config.teacher_lr, jitter=config.jitter,
                                            seed=config.seed, device=device))
 
 
@@ -196,8 +196,10 @@ def build_for_pipeline(teacher_dir, data, out_dir, quick: bool = True, *, cache=
     from specialists.build import SpecialistConfig, build_specialists
 
     members = len(load_artifact(teacher_dir).manifest.members)
+    pipeline = defaults(PipelineConfig)
     config = SpecialistConfig(member=0 if members > 1 else None,
-                              train=TrainConfig(epochs=2 if quick else 5, lr=5e-4, patience=2, seed=seed, device=device))
+                              train=TrainConfig(epochs=2 if quick else 5, lr=pipeline["specialist_lr"],
+                                                patience=pipeline["specialist_patience"], seed=seed, device=device))
     return build_specialists(teacher_dir, data, config, out_dir, cache=cache, overwrite=True, resume=resume,
                              progress=progress, config_record=config_record)
 

@@ -351,6 +351,19 @@ def test_cli_default_opset_matches_the_library():
     assert command.DEFAULT_OPSET == DEFAULT_OPSET
 
 
+def test_every_export_option_default_is_the_libraries():
+    """The command spells its defaults out (importing ExportConfig would load torch for --help): a test keeps
+    them equal to the dataclass's, where defaults live."""
+    import dataclasses
+
+    from edgekd.commands.export import export_cmd
+
+    fields = {f.name: f.default for f in dataclasses.fields(ExportConfig)}
+    shared = {p.name: p.default for p in export_cmd.params if p.name in fields and p.name not in ("data", "val_fraction")
+              and not getattr(p, "is_flag", False)}   # flags default to off, as the dataclass's booleans
+    assert len(shared) >= 9 and shared == {name: fields[name] for name in shared}
+
+
 def test_export_for_pipeline(tmp_path, tiny_student, tiny_teacher, digits):
     from edgekd.pipeline import export_for_pipeline
     from export import render_export_table

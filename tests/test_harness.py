@@ -737,3 +737,14 @@ def test_latency_report_makes_again_an_export_whose_graph_makers_changed(tmp_pat
     summary["versions"]["onnxruntime"] = "0.0.1"
     summary_path.write_text(json.dumps(summary))
     assert not _reusable(out, fingerprint, builder_fingerprint(), config)
+
+
+def test_every_bench_option_default_is_the_libraries():
+    """bench's defaults as BenchConfig has them ('all' threads and runtimes are its None)."""
+    from edgekd.commands.bench import bench_cmd
+
+    options = {p.name: p.default for p in bench_cmd.params}
+    config = BenchConfig()
+    assert tuple(int(b) for b in options["batch_sizes"].split(",")) == config.batch_sizes
+    assert (options["threads"], config.threads) == ("1,all", None) and (options["runtimes"], config.runtimes) == ("all", None)
+    assert (options["seconds"], options["rounds"]) == (config.seconds, config.rounds)
