@@ -549,6 +549,11 @@ def _check_arrays(spec, x, y, x_test, y_test, classes) -> None:
     if x_test is not None and x_test.shape[1:] != x.shape[1:]:
         fail(f"x_test has sample shape {x_test.shape[1:]} but x has {x.shape[1:]}; they must match.")
     counts = np.bincount(y, minlength=len(classes))
+    if len(classes) < 2:
+        fail(f"it has {len(classes)} class; a classifier needs at least 2. Pass data with two or more classes.")
+    if (counts == 0).any():   # a gap in the numbering, or a named class without samples
+        fail(f"class(es) {np.flatnonzero(counts == 0).tolist()[:10]} have no training samples; number the classes "
+             f"0..C-1 without gaps (or drop their names from class_names).")
     if x_test is None and (counts < 3).any():   # the test split is held out of these too
         fail(f"every class needs at least 3 samples when there is no test split (one each for test, val and train); "
              f"class(es) {np.flatnonzero(counts < 3).tolist()} have fewer; add samples, or a test split (x_test/y_test, "

@@ -78,6 +78,8 @@ def test_npz_with_test_split_and_names(tmp_path):
     ({"x": np.zeros((10, 4)), "y": np.arange(9)}, "one entry per input"),
     ({"x": np.zeros((6, 4)), "y": np.arange(6) % 3}, r"at least 3 samples when there is no test split .* \[0, 1, 2\]"),
     ({"x": np.zeros((12, 16, 16, 3), np.uint8), "y": np.arange(12) % 2}, r"look channels-last .* x.transpose\(0, 3, 1, 2\)"),
+    ({"x": np.zeros((12, 4)), "y": np.zeros(12, int)}, "it has 1 class; a classifier needs at least 2"),
+    ({"x": np.zeros((16, 4)), "y": np.array([0, 1, 2, 7] * 4)}, r"class\(es\) \[3, 4, 5, 6\] have no training samples; number"),
 ])
 def test_malformed_npz(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
