@@ -90,7 +90,8 @@ def parse_spec(arg: str) -> SyntheticSpec:
     size = spec.classes * (spec.train + spec.test) * spec.dim
     if size > MAX_VALUES:
         raise DataError(f"Synthetic data of {spec.classes} classes x {spec.train + spec.test} examples x {spec.dim} "
-                        f"dimensions is {size:,} values, over the {MAX_VALUES:,} (4 GB as float32; loading holds about twice that while it splits) edgekd generates; lower "
+                        f"dimensions is {size:,} values, over the {MAX_VALUES:,} (4 GB as float32; loading holds about "
+                        f"twice that while it splits) edgekd generates; lower "
                         f"'train', 'test' or 'dim'.")
     return spec
 
