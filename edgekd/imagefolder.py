@@ -140,12 +140,33 @@ def load_imagefolder(arg: str, cache_dir: Path | None = None):
     key = _cache_key(spec, everything)
     arrays = _cached(cache, key, spec)
     if arrays is None:
-        arrays = _decode_and_store(cache, key, spec, everything)
+        with _decoding(cache, key):   # one process decodes; the others (torchrun's ranks) wait, then read its entry
+            arrays = _cached(cache, key, spec) or _decode_and_store(cache, key, spec, everything)
     x, y = arrays
     n_train = len(train_files)
     if test_files is None:
         return x, y, None, None, classes, spec.test_fraction
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes, spec.test_fraction
+
+
+@contextlib.contextmanager
+def _decoding(cache: Path, key: str):
+    """An exclusive lock (``images/.<key>.lock``, blocking) around decoding one folder."""
+    import fcntl
+
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd = os.open(cache / f".{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:   # a cache that cannot be written: the decode says so
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:   # removed, not left in the cache: a process that opened it meanwhile at worst decodes once more
+        with contextlib.suppress(OSError):
+            (cache / f".{key}.lock").unlink()
+        os.close(fd)
 
 
 def _cache_key(spec: FolderSpec, files) -> str:

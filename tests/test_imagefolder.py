@@ -299,3 +299,22 @@ def test_a_large_test_fraction_leaves_every_class_one_train_and_one_val_image(tm
     data = load_dataset(f"imagefolder:{root},test=0.7")   # 0.7 of 3 is 2: then nothing would be left for val
     assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (3, 3, 3)
     assert sorted(data.y_val.tolist()) == [0, 1, 2] and sorted(data.y_train.tolist()) == [0, 1, 2]
+
+
+def test_two_processes_loading_one_new_folder_decode_it_once(tmp_path):
+    """As torchrun's ranks do: the second waits for the first's entry instead of decoding the folder again
+    (each decode takes two seconds here, so that the two overlap)."""
+    import subprocess
+    import sys
+
+    root = _folder(tmp_path / "imgs")
+    code = ("import sys, edgekd.imagefolder as f; real = f._decode_and_store\n"
+            "def counted(*a):\n    import time; print('decoded', flush=True); time.sleep(2); return real(*a)\n"
+            "f._decode_and_store = counted\n"
+            "from edgekd.data import load_dataset; load_dataset(sys.argv[1])")
+    env = {**os.environ, "EDGEKD_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"imagefolder:{root}"], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs) and sum(o.count("decoded") for o in outputs) == 1, outputs
+    assert not list((tmp_path / "cache" / "images").glob(".*.lock"))
