@@ -60,7 +60,11 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
         _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
     _bind_run(out, config, data, resume)
-    timings, summary = {}, {"format": "edgekd.pipeline", "config": asdict(config), "data": data.describe()}
+    _clear_made_each_run(out)
+    # --skip only chooses stages: a stage's checkpoint is not bound to it (nor to --resume, --overwrite)
+    config_record = _stage_record(config_record)
+    timings, summary = {}, {"format": "edgekd.pipeline", "config": asdict(config), "data": data.describe(),
+                            "skipped": list(config.skip), "kept": []}
     cache = LogitCache(out / "cache")
 
     def stage(name, path, run, made_from=None):
@@ -69,6 +73,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
         started = time.perf_counter()
         if resume and is_artifact(path) and (made_from is None or made_from(path)):
             echo(f"[{name}] kept from the previous run: {path}")
+            summary["kept"].append(name)
         elif resume and is_artifact(path):
             echo(f"[{name}] the previous run's was made from another teacher than this run's: made again")
             run(path)
@@ -110,8 +115,9 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
         timings["bench"] = round(time.perf_counter() - started, 2)
     summary["timings_s"] = timings
     summary_md = out / "summary.md"
+    text = render_summary(summary)   # rendered first: a summary that cannot be rendered leaves neither file
     write_json_atomic(out / "summary.json", summary)
-    write_text_atomic(summary_md, render_summary(summary))
+    write_text_atomic(summary_md, text)
     return PipelineResult(out=out, summary_md=summary_md, summary=summary)
 
 
@@ -133,6 +139,27 @@ def _clear_previous_run(out: Path) -> None:
                 shutil.rmtree(path)
     for name in PIPELINE_FILES:
         (out / name).unlink(missing_ok=True)
+
+
+def _clear_made_each_run(out: Path) -> None:
+    """The summaries, exports and report are made again by every run, never resumed: the previous run's go
+    first, so a run stopped (or an export refused) before they are written leaves none that describe
+    another student. Edgekd's own (``check_output_dir`` refused a folder holding anything else)."""
+    import shutil
+
+    for name in ("export", "bench"):
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            shutil.rmtree(out / name)
+    for name in ("summary.md", "summary.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _stage_record(config_record: dict | None) -> dict | None:
+    """The command line recorded with each stage, without the options that only choose which stages run."""
+    if not config_record or not isinstance(config_record.get("params"), dict):
+        return config_record
+    params = {k: v for k, v in config_record["params"].items() if k != "skip"}
+    return {**config_record, "params": params}
 
 
 def _bind_run(out: Path, config: PipelineConfig, data, resume: bool) -> None:
@@ -319,8 +346,9 @@ def render_summary(summary: dict) -> str:
     lines = [f"# edgekd pipeline on `{summary['data']['spec']}`", "",
              f"train {summary['data']['n_train']} / val {summary['data']['n_val']} / test {summary['data']['n_test']} samples; "
              f"distillation at {_chosen(summary['distill'])}.", "",
-             "| model | test accuracy | NLL | ECE | agreement with teacher | MACs |", "|---|---|---|---|---|---|"]
-    rows = (("teacher", "teacher ensemble"), ("specialists", "generalist + specialists"),
+             "| model | test accuracy | NLL | ECE | agreement with the student's teacher | MACs |", "|---|---|---|---|---|---|"]
+    members = summary.get("config", {}).get("ensemble", 2)
+    rows = (("teacher", "teacher ensemble" if members > 1 else "teacher"), ("specialists", "generalist + specialists"),
             ("baseline", "student, hard labels"), ("student", "student, distilled"))
     for key, label in rows:
         if key not in summary:
@@ -330,8 +358,9 @@ def render_summary(summary: dict) -> str:
         macs = f"{m['macs']:,}" if m["macs"] else "-"
         lines.append(f"| {label} | {m['accuracy']:.4f} | {m['nll']:.4f} | {m['ece']:.4f} | {agree} | {macs} |")
     if "specialists" in summary:
-        source = "specialist ensemble" if summary["distilled_from"] == "specialists" else "teacher ensemble"
-        lines += ["", f"The student was distilled from the {source} (the better of the two on val)."]
+        source = "specialist ensemble" if summary["distilled_from"] == "specialists" else "teacher"
+        lines += ["", f"The student was distilled from the {source} (the specialist ensemble is taken only when it "
+                      f"is more accurate on val)."]
     teacher = summary["specialists"] if summary.get("distilled_from") == "specialists" else summary["teacher"]
     gain = describe_gain(summary["student"]["accuracy"], summary["baseline"]["accuracy"], teacher["accuracy"])
     lines += ["", gain[0].upper() + gain[1:] + " (test accuracy)."]
@@ -342,10 +371,14 @@ def render_summary(summary: dict) -> str:
     if "bench" in summary:
         lines += ["", "## Latency (1 thread)", "", "| model | runtime | batch | p50 ms | p99 ms | speed-up |", "|---|---|---|---|---|---|"]
         for row in summary["bench"].get("headline", []):
-            lines.append(f"| {row['model']} | {row['runtime']} | {row['batch_size']} | {row['p50_ms']:.4f} | "
-                         f"{row['p99_ms']:.4f} | {row['speedup']:.1f}x |" if row.get("p50_ms") is not None else
-                         f"| {row['model']} | {row['runtime']} | {row['batch_size']} | - | - | - |")
+            cells = [f"{row[k]:.4f}" if row.get(k) is not None else "-" for k in ("p50_ms", "p99_ms")]
+            speedup = f"{row['speedup']:.1f}x" if row.get("speedup") is not None else "-"   # no reference row: none
+            lines.append(f"| {row['model']} | {row['runtime']} | {row['batch_size']} | {' | '.join(cells)} | {speedup} |")
         lines += ["", f"Full report: `bench/report.md` ({summary['bench'].get('errors', 0)} error rows, "
                       f"{summary['bench'].get('skipped', 0)} skipped: runtimes not installed or settings they cannot honour)."]
-    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()), ""]
-    return "\n".join(lines)
+    kept = set(summary.get("kept", []))
+    times = ", ".join(f"{k} kept from the previous run" if k in kept else f"{k} {v}" for k, v in summary["timings_s"].items())
+    lines += ["", f"Stage times (s): {times}."]
+    if summary.get("skipped"):
+        lines += ["", f"Skipped (--skip): {', '.join(summary['skipped'])}."]
+    return "\n".join(lines + [""])

@@ -27,7 +27,7 @@ from edgekd.data import Dataset
 from edgekd.device import module_device, place_dataset, resolve_device
 from edgekd.distill import teacher_logits
 from edgekd.errors import ArtifactError, ConfigError, EdgekdError, TeacherError
-from edgekd.models import count_macs
+from edgekd.models import count_macs, count_parameters
 from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, load_teacher
 from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
@@ -333,7 +333,8 @@ def _manifest(generalist, data, config, clustering, fits, solver, test, timings,
         metrics={"test_accuracy": test["ensemble"]["accuracy"], "test_nll": test["ensemble"]["nll"],
                  "generalist_test_accuracy": test["generalist"]["accuracy"],
                  "covered_relative_change": test["covered"]["relative_change"],
-                 "macs": macs_gen + sum(macs_spec), "macs_generalist": macs_gen, "macs_per_specialist": macs_spec},
+                 "macs": macs_gen + sum(macs_spec), "macs_generalist": macs_gen, "macs_per_specialist": macs_spec,
+                 "parameters": count_parameters(generalist.model) + sum(count_parameters(net) for net in specialists)},
         timings={**{k: round(v, 2) for k, v in timings.items()}, "per_specialist": [round(fit.seconds, 2) for fit in fits]})
 
 

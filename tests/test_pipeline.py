@@ -30,6 +30,37 @@ def test_summary_calls_a_loss_a_loss():
     assert "Distillation loses to its hard-label baseline by 1.00 points (test accuracy)." in render_summary(_summary([]))
 
 
+def test_summary_says_what_was_skipped_and_kept_and_survives_a_row_without_a_speedup():
+    summary = {**_summary([]), "skipped": ["specialists", "export"], "kept": ["teacher"],
+               "timings_s": {"teacher": 0.0, "distill": 3.2},
+               "bench": {"headline": [{"model": "student", "runtime": "pytorch", "batch_size": 1, "p50_ms": 0.05,
+                                       "p99_ms": 0.07, "speedup": None}]}}   # the reference row failed: no speed-up
+    text = render_summary(summary)
+    assert "| student | pytorch | 1 | 0.0500 | 0.0700 | - |" in text
+    assert "Stage times (s): teacher kept from the previous run, distill 3.2." in text
+    assert "Skipped (--skip): specialists, export." in text
+
+
+def test_a_run_starts_without_the_previous_runs_summaries_exports_and_report(tmp_path):
+    """They are made again by every run: a --resume stopped before writing them leaves none of another student."""
+    from edgekd.pipeline import _clear_made_each_run, _stage_record
+
+    for folder in ("export", "bench", "student"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x").write_text("old")
+    for name in ("summary.md", "summary.json", "pipeline.json"):
+        (tmp_path / name).write_text("old")
+    _clear_made_each_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.json", "student"]
+    record = {"command": "edgekd pipeline", "params": {"skip": ["bench"], "epochs": 3}}
+    assert _stage_record(record) == {"command": "edgekd pipeline", "params": {"epochs": 3}}   # --skip binds no stage
+
+
+def test_resume_and_overwrite_together_are_refused(edgekd, tmp_path):
+    code, _, err = edgekd("pipeline", "--resume", "--overwrite", "--out", tmp_path / "p")
+    assert code == 2 and "pass one of them" in err and not (tmp_path / "p").exists()
+
+
 @pytest.mark.slow
 def test_the_whole_pipeline_on_digits(edgekd, tmp_path):
     out = tmp_path / "demo"

@@ -351,7 +351,8 @@ def print_distill(result, teacher_desc: str) -> None:
         click.echo("auto search on val (short budget):")
         for c in result.search:
             click.echo(f"  T={c['temperature']:<5g} alpha={c['alpha']:<4g} val accuracy {c['val_accuracy']:.4f}  NLL {c['val_nll']:.4f}")
-    click.echo(f"chose T={result.temperature:g}, alpha={result.alpha:g}; transfer set {result.transfer_size} samples; "
+    settings = "chose" if result.search else "at"   # "chose" only where the auto search chose
+    click.echo(f"{settings} T={result.temperature:g}, alpha={result.alpha:g}; transfer set {result.transfer_size} samples; "
                f"teacher logits cache: {result.cache_hits} hit(s), {result.cache_misses} computed")
     tm = f"{result.teacher_macs:,}" if result.teacher_macs else "?"
     click.echo(f"{'model':<22} {'test acc':>9} {'MACs':>14}")
@@ -359,13 +360,13 @@ def print_distill(result, teacher_desc: str) -> None:
     if result.baseline_test_accuracy is not None:
         click.echo(f"{'student, hard labels':<22} {result.baseline_test_accuracy:>9.4f} {result.student_macs:>14,}")
     click.echo(f"{'student, distilled':<22} {result.student_test_accuracy:>9.4f} {result.student_macs:>14,}")
+    if result.student_search:   # searched with or without a baseline
+        chosen = next(c for c in result.student_search if c["chosen"])
+        click.echo(f"student recipe chosen on val: {_student_recipe_text(chosen)} "
+                   f"(tried {'; '.join(_student_recipe_text(c) for c in result.student_search)})")
     if result.baseline_test_accuracy is not None:
         from edgekd.distill import describe_gain
 
-        if result.student_search:
-            chosen = next(c for c in result.student_search if c["chosen"])
-            click.echo(f"student recipe chosen on val: {_student_recipe_text(chosen)} "
-                       f"(tried {'; '.join(_student_recipe_text(c) for c in result.student_search)})")
         if len(result.baseline_search) > 1:
             chosen = next(c for c in result.baseline_search if c["chosen"])
             click.echo(f"baseline recipe chosen on val: {_recipe_text(chosen)} "
@@ -439,7 +440,11 @@ def evaluate_cmd(ctx, model, reference, split, as_json, **params):
 @click.pass_context
 def pipeline_cmd(ctx, **params):
     """The whole chain: teacher ensemble -> specialists -> distill (with baseline) -> evaluate -> export -> bench."""
+    from edgekd.errors import ConfigError
     from edgekd.pipeline import run_pipeline
+
+    if params["resume"] and params["overwrite"]:   # one keeps the finished stages, the other starts over
+        raise ConfigError("--resume keeps the finished stages and --overwrite starts over; pass one of them. Got both.")
 
     config = PipelineConfig(
         data=data_spec(params), train_limit=params["train_limit"], val_fraction=params["val_fraction"],
