@@ -82,8 +82,10 @@ def _probe(tree: Path, kind: str, args) -> float:
 
 
 def _median(values):
-    values = sorted(values)
-    return values[len(values) // 2]
+    """The median; of an even count, the mean of the two middle values (not the upper one)."""
+    import statistics
+
+    return statistics.median(values)
 
 
 def main(argv=None):

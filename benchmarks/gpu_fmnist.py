@@ -131,8 +131,10 @@ def measure(args) -> dict:
 
 
 def _median(values):
-    values = sorted(values)
-    return values[len(values) // 2]
+    """The median; of an even count, the mean of the two middle values (not the upper one)."""
+    import statistics
+
+    return statistics.median(values)
 
 
 def per_epoch(result: dict, model: str, kind: str) -> float | None:
@@ -140,10 +142,21 @@ def per_epoch(result: dict, model: str, kind: str) -> float | None:
     return _median(values) if values else None
 
 
+def recipe_counts(arch: str) -> tuple[int, int]:
+    """(student recipes, baseline recipes) that ``edgekd distill --baseline`` trains in full per seed on
+    28x28 images with its defaults: each is a whole fit, the best on val kept (edgekd.distill)."""
+    from edgekd.config import DistillConfig
+    from edgekd.distill import baseline_trials, student_recipes
+
+    config = DistillConfig(student=arch, baseline=True)
+    return len(student_recipes(config, (1, 28, 28))), len(baseline_trials(config, (1, 28, 28)))
+
+
 def extrapolate_spine(result: dict) -> dict:
     """Seconds of the whole spine scenario from the measured epochs (train steps; val passes added per
-    epoch): teacher members x epochs, then per student and seed a distilled and a baseline fit, plus the
-    (T, alpha) search once per student (grid x a quarter of the epochs) and the view cache per member."""
+    epoch): teacher members x epochs, then per student and seed every recipe the student and the
+    baseline try in full (``recipe_counts``), plus the (T, alpha) search once per student (grid x a
+    quarter of the epochs) and the view cache per member."""
     val = _median([r["val_seconds"] for r in result["rows"]])
     teacher = per_epoch(result, "teacher", "hard")
     total = SPINE["teacher_members"] * SPINE["teacher_epochs"] * (teacher + val)
@@ -157,7 +170,8 @@ def extrapolate_spine(result: dict) -> dict:
             continue
         epochs = int(epochs)
         search = SPINE["grid"] * max(1, epochs // 4) * (soft + val)
-        parts[arch] = SPINE["seeds"] * epochs * (soft + hard + 2 * val) + search
+        students, baselines = recipe_counts(arch)
+        parts[arch] = SPINE["seeds"] * epochs * (students * (soft + val) + baselines * (hard + val)) + search
     parts["view cache (3-member teacher)"] = result["view_cache_seconds"] * SPINE["teacher_members"]
     return {"seconds": sum(parts.values()), "parts": parts, "missing_students": missing,
             "note": "extrapolated from the measured epochs above, not run end to end"}

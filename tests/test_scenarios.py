@@ -608,3 +608,22 @@ def test_spine_reuses_a_result_older_than_its_newer_arguments(tmp_path):
     mixed.views = "all"   # the only other difference is the views, which mixup replaces; the refusal names mixup first
     with pytest.raises(SystemExit, match="has student_mixup=0.0, this run 1.0"):
         spine_fmnist.reused_runs(str(path), mixed)
+
+
+def test_the_scenario_medians_of_an_even_count_are_the_mean_of_the_middle_two():
+    from benchmarks.epoch_time_vs_rev import _median
+    from benchmarks.gpu_fmnist import _median as gpu_median
+
+    assert _median([4.0, 1.0, 3.0, 2.0]) == gpu_median([1.0, 2.0, 3.0, 4.0]) == 2.5 and _median([3.0, 1.0, 2.0]) == 2.0
+
+
+def test_the_spine_extrapolation_counts_every_recipe_a_seed_trains():
+    """Per seed the student tries 3 recipes and the baseline 2, each a whole fit: all of them count."""
+    from benchmarks.gpu_fmnist import SPINE, extrapolate_spine, recipe_counts
+
+    rows = [{"model": m, "kind": k, "seconds_per_epoch": 1.0, "val_seconds": 0.0}
+            for m, k in (("teacher", "hard"), ("mlp", "hard"), ("mlp", "distill"), ("cnn:width=8", "hard"),
+                         ("cnn:width=8", "distill"))]
+    parts = extrapolate_spine({"rows": rows, "view_cache_seconds": 0.0})["parts"]
+    assert recipe_counts("mlp") == (3, 2)
+    assert parts["mlp"] == SPINE["seeds"] * 20 * (3 + 2) + SPINE["grid"] * 5
