@@ -78,6 +78,9 @@ def _rel(value) -> str:
 
 
 def sign_test(test: dict) -> str:
+    """'12 fixed, 3 broken, sign test p = 0.035'; '' for a report from before these were recorded."""
+    if "fixed" not in test:
+        return ""
     p = f", sign test p = {test['sign_test_p']:.2g}" if test.get("sign_test_p") is not None else ""
     return f"{test['fixed']} fixed, {test['broken']} broken{p}"
 

@@ -627,3 +627,14 @@ def test_the_spine_extrapolation_counts_every_recipe_a_seed_trains():
     parts = extrapolate_spine({"rows": rows, "view_cache_seconds": 0.0})["parts"]
     assert recipe_counts("mlp") == (3, 2)
     assert parts["mlp"] == SPINE["seeds"] * 20 * (3 + 2) + SPINE["grid"] * 5
+
+
+def test_the_committed_specialists_result_renders_again():
+    """A result from before the sign test was recorded renders without it, not with a KeyError."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.specialists_fmnist import render
+
+    result = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "specialists_fmnist.json").read_text())
+    assert "test predictions" in render(result, "specialists.png")
