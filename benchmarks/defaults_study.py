@@ -146,9 +146,18 @@ def teachers(args, data):
     members = artifact.build_members()
     made_on, here = artifact.manifest.data or {}, data.describe()
     differs = [k for k in ("spec", "split_seed", "train_limit") if made_on.get(k) != here.get(k)]
-    if args.teacher and differs:   # a teacher that saw this study's val or test images would flatter it
-        raise SystemExit(f"--teacher: '{path}' was trained on other data ({', '.join(f'{k} {made_on.get(k)!r}' for k in differs)}; "
-                         f"this study: {', '.join(f'{k} {here.get(k)!r}' for k in differs)}). Pass a teacher trained on the same split.")
+    where = "--teacher" if args.teacher else "--work's teacher"
+    if differs:   # a teacher that saw this study's val or test images would flatter it; one on other data is another study's
+        raise SystemExit(f"{where}: '{path}' was trained on other data ({', '.join(f'{k} {made_on.get(k)!r}' for k in differs)}; "
+                         f"this study: {', '.join(f'{k} {here.get(k)!r}' for k in differs)}). Pass a teacher trained on the "
+                         f"same split, or another --work.")
+    if not args.teacher:   # the teacher this study would have trained, not another study's left in --work
+        made = ((artifact.manifest.config or {}).get("teacher") or {})
+        asked = {"arch": args.teacher_arch, "epochs": args.teacher_epochs}
+        found = {"arch": made.get("arch"), "epochs": (made.get("train") or {}).get("epochs")}
+        if found != asked:
+            raise SystemExit(f"--work's teacher '{path}' is {found['arch']} trained {found['epochs']} epochs; this study asks for "
+                             f"{asked['arch']}, {asked['epochs']} epochs. Pass another --work, or --teacher with it on purpose.")
     if max(ks) > len(members):
         raise SystemExit(f"--members asks for {max(ks)} members; '{path}' has {len(members)}. Pass --members up to {len(members)}.")
     device = resolve_device(args.device)
@@ -211,8 +220,8 @@ def check_reused_teacher(reused_from: dict, cells: list, k: int, teacher, data, 
     return "its teacher retrained on the same CPU kind, with the same test accuracy to the image (no fingerprint recorded then)"
 
 
-def _complete(args, k, student, seed, candidates, teacher) -> bool:
-    return all(_reusable(_run_dir(args, k, student, seed, cand, i), _config(args, cand, student, seed, i), teacher)
+def _complete(args, k, student, seed, candidates, teacher, data) -> bool:
+    return all(_reusable(_run_dir(args, k, student, seed, cand, i), _config(args, cand, student, seed, i), teacher, data)
                for i, cand in enumerate(candidates))
 
 
@@ -233,7 +242,7 @@ def run(args) -> dict:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 cell = {"members": k, "student": student, "seed": seed, "runs": {}}
                 earlier = reuse.get((k, student, seed))
-                complete = (earlier is not None or args.reuse_only) and _complete(args, k, student, seed, candidates, teacher)
+                complete = (earlier is not None or args.reuse_only) and _complete(args, k, student, seed, candidates, teacher, data)
                 if earlier is not None and not complete:
                     matched = matched or check_reused_teacher(reused_from, [c for (m, _, _), c in reuse.items() if m == k],
                                                               k, teacher, data, cache)
@@ -248,11 +257,11 @@ def run(args) -> dict:
                     config = _config(args, cand, student, seed, index)
                     out = _run_dir(args, k, student, seed, cand, index)
                     tick = time.perf_counter()
-                    metrics = _reusable(out, config, teacher)
+                    metrics = _reusable(out, config, teacher, data)
                     read_back, made = read_back + (metrics is not None), made + (metrics is None)
                     if metrics is None:   # read back from the run's manifest, as a reused run is
                         distill(teacher, data, config, out, cache=cache, overwrite=True)
-                        metrics = _reusable(out, config, teacher)
+                        metrics = _reusable(out, config, teacher, data)
                         if metrics is None:
                             raise RuntimeError(f"{out} was just written but does not read back as this run's settings and teacher")
                     if index == 0:
@@ -364,9 +373,12 @@ def _run_dir(args, k: int, student: str, seed: int, cand: dict, index: int) -> P
     return Path(args.work) / f"s-{k}-{slug(student)}-{seed}-{slug(cand['name'])}{'-baseline' if index == 0 else ''}"
 
 
-def _reusable(out: Path, config, teacher) -> dict | None:
-    """The metrics of a run already in --work made with the same settings and teacher (a study is
-    resumed run by run), else None."""
+SAME_DATA = ("spec", "split_seed", "train_limit", "n_train", "n_val", "n_test")   # what makes two runs' data one
+
+
+def _reusable(out: Path, config, teacher, data) -> dict | None:
+    """The metrics of a run already in --work made with the same settings, teacher and data (a study is
+    resumed run by run), else None: a run on another --train-limit would be reported as this one's."""
     from benchmarks.scenario_common import same_settings
     from edgekd.artifacts import is_artifact, load_artifact
 
@@ -374,7 +386,9 @@ def _reusable(out: Path, config, teacher) -> dict | None:
         return None
     manifest = load_artifact(out).manifest
     same = same_settings(manifest.config.get("distill"), config)
-    return manifest.metrics if same and (manifest.teacher or {}).get("fingerprint") == teacher.fingerprint else None
+    here, made_on = data.describe(), manifest.data or {}
+    same_data = all(made_on.get(key) == here[key] for key in SAME_DATA)
+    return manifest.metrics if same and same_data and (manifest.teacher or {}).get("fingerprint") == teacher.fingerprint else None
 
 
 def summarize(cells, candidates) -> list[dict]:

@@ -638,3 +638,22 @@ def test_the_committed_specialists_result_renders_again():
 
     result = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "specialists_fmnist.json").read_text())
     assert "test predictions" in render(result, "specialists.png")
+
+
+def test_defaults_study_refuses_another_studys_teacher_left_in_its_work_folder(tmp_path, tiny_teacher):
+    """A teacher in --work trained for another study (other data or epochs) is not this study's: refused, not
+    distilled from (its runs would be reported under this study's settings)."""
+    import shutil
+
+    from benchmarks import defaults_study
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(tiny_teacher, work / "teacher")   # 4 epochs, on digits whole
+    with pytest.raises(SystemExit, match="is cnn:width=8,fc=32 trained 4 epochs; this study asks for cnn:width=4,fc=16, 2"):
+        defaults_study.main(["--smoke", "--work", str(work), "--out", str(tmp_path / "o")])
+    manifest = json.loads((work / "teacher" / "manifest.json").read_text())
+    manifest["data"]["train_limit"] = 300   # as a teacher trained on a subset records it
+    (work / "teacher" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="was trained on other data \\(train_limit 300; this study: train_limit None\\)"):
+        defaults_study.main(["--smoke", "--work", str(work), "--out", str(tmp_path / "o")])
