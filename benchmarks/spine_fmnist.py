@@ -200,10 +200,11 @@ def main(argv=None):
                                    baseline_flip=bool(recipe and recipe["flip"]),
                                    **({"method": args.method, "search_methods": ()} if args.method else {}))
             if (spec, epochs, seed) in reuse:
-                run = reused_run(reuse[(spec, epochs, seed)], config, args.reuse)
+                run = reused_run(reuse[(spec, epochs, seed)], config, args.reuse, teacher, t_metrics["test_accuracy"])
             else:
                 r = distill(teacher, data, config, out, cache=cache, overwrite=True, resume=(out.parent / (out.name + ".partial")).exists())
-                run = asdict(r) | {"path": str(out), "seed": seed, "timings": run_timings(out), "config": asdict(config)}
+                run = asdict(r) | {"path": str(out), "seed": seed, "timings": run_timings(out), "config": asdict(config),
+                                   "teacher_fingerprint": teacher.fingerprint}
             runs.append(run)
             chosen = chosen or (run["temperature"], run["alpha"])
             recipe = recipe or chosen_baseline(run)
@@ -227,14 +228,22 @@ def mirrored_accuracy(teacher, data) -> float:
     return accuracy_and_nll(sharded_logits(teacher.logits, data.x_test, None, mirror, 0), data.y_test)[0]
 
 
-def reused_run(run: dict, config, path: str) -> dict:
+def reused_run(run: dict, config, path: str, teacher, teacher_accuracy: float) -> dict:
     """An earlier seed, taken only when the settings it recorded are the ones this run would distill it
-    with: the same arguments can mean other settings once edgekd's defaults change (e.g. the student's
-    method search), and a result must not mix recipes."""
+    with (the same arguments can mean other settings once edgekd's defaults change, e.g. the student's
+    method search, and a result must not mix recipes) and it was distilled from this run's teacher: by
+    its recorded fingerprint, or (a seed from before that was recorded) the same test accuracy to the
+    image. The gap it closed is computed against this run's teacher."""
     if not same_settings(run.get("config"), config):
         made = "recorded no settings" if "config" not in run else "was distilled with other settings"
         raise SystemExit(f"--reuse needs seeds distilled with this run's settings; seed {run['seed']} of "
                          f"`{config.student}` in {path} {made}. Leave --reuse out to train it again.")
+    recorded = run.get("teacher_fingerprint")
+    same_teacher = recorded == teacher.fingerprint if recorded else abs(run["teacher_test_accuracy"] - teacher_accuracy) < 1e-9
+    if not same_teacher:
+        raise SystemExit(f"--reuse needs seeds distilled from this run's teacher; seed {run['seed']} of `{config.student}` in "
+                         f"{path} was distilled from another (test accuracy {run['teacher_test_accuracy']:.4f}, this "
+                         f"teacher {teacher_accuracy:.4f}). Leave --reuse out to train it again.")
     return run | {"reused": True}
 
 

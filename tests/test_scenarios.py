@@ -657,3 +657,20 @@ def test_defaults_study_refuses_another_studys_teacher_left_in_its_work_folder(t
     (work / "teacher" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SystemExit, match="was trained on other data \\(train_limit 300; this study: train_limit None\\)"):
         defaults_study.main(["--smoke", "--work", str(work), "--out", str(tmp_path / "o")])
+
+
+def test_spine_reuses_a_seed_only_from_the_same_teacher(monkeypatch):
+    """A seed of an earlier result is taken only when distilled from this run's teacher (its fingerprint, or
+    for a seed from before fingerprints, its test accuracy): its gap is computed against this teacher."""
+    from types import SimpleNamespace
+
+    from benchmarks import spine_fmnist
+
+    monkeypatch.setattr(spine_fmnist, "same_settings", lambda recorded, config: True)
+    config, teacher = SimpleNamespace(student="mlp"), SimpleNamespace(fingerprint="abc")
+    old = {"seed": 0, "config": {}, "teacher_test_accuracy": 0.9437000155448914}
+    assert spine_fmnist.reused_run(old, config, "r.json", teacher, 0.9437000155448914)["reused"]
+    with pytest.raises(SystemExit, match="distilled from another \\(test accuracy 0.1000, this teacher 0.9437\\)"):
+        spine_fmnist.reused_run({**old, "teacher_test_accuracy": 0.1}, config, "r.json", teacher, 0.9437000155448914)
+    with pytest.raises(SystemExit, match="distilled from another"):
+        spine_fmnist.reused_run({**old, "teacher_fingerprint": "xyz"}, config, "r.json", teacher, 0.9437000155448914)
