@@ -187,7 +187,8 @@ class OnnxTeacher(Teacher):
         self.input_name = inputs[0].name
         # edgekd's own --uint8-input exports (and other quantized front ends) take raw bytes
         self.uint8_input = inputs[0].type == "tensor(uint8)"
-        self.declared = [d if isinstance(d, int) else None for d in inputs[0].shape[1:]]
+        self.input_dtype = _ONNX_FLOATS.get(inputs[0].type, "float32")   # a float64 or float16 graph is fed its own
+        self.declared = [d if isinstance(d, int) else None for d in (inputs[0].shape or [None])[1:]]
         # an exporter that fixed the batch (often 1) is fed chunks of that size, the last one padded
         batch = inputs[0].shape[0] if inputs[0].shape else None
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
@@ -200,24 +201,21 @@ class OnnxTeacher(Teacher):
             raise TeacherError(f"ONNX teacher '{path}' has no output '{output}'; choose one of {', '.join(names)}.")
         self.output = output
         self.transform = transform
-        self.input_shape = tuple(self.declared) if all(d is not None for d in self.declared) else None
-        digest = hashlib.sha256(sha256_file(path).encode() + json.dumps([output, transform.__dict__]).encode())
+        known = self.declared and all(d is not None for d in self.declared)   # an input of unknown rank declares none
+        self.input_shape = tuple(self.declared) if known else None
+        # the weights an exporter keeps in files beside the graph (torch's NAME.onnx.data) are the teacher too
+        files = [sha256_file(f) for f in [path, *_external_data_files(path)]]
+        digest = hashlib.sha256("".join(files).encode() + json.dumps([output, transform.__dict__]).encode())
         self.fingerprint = digest.hexdigest()
         self.description = f"ONNX '{path.name}' (output '{output}')"
         self.path = path
 
     def _feed(self, x: torch.Tensor):
         x = self.transform.apply(x.float().cpu())   # onnxruntime runs on the host
-        if any(d is not None for d in self.declared):
-            wanted = math.prod(d for d in self.declared if d is not None)
-            if None not in self.declared and wanted != math.prod(x.shape[1:]):
-                raise TeacherError(f"ONNX teacher '{self.path}' wants inputs of shape {tuple(self.declared)} "
-                                   f"({wanted} values) but the data has {tuple(x.shape[1:])}; pass data of the teacher's shape.")
-            shape = [d if d is not None else -1 for d in self.declared]
-            x = x.reshape(len(x), *shape)
+        x = _to_declared(x, self.declared, self.path)
         if self.uint8_input:
             return x.round().clamp(0, 255).to(torch.uint8).numpy()
-        return x.numpy()
+        return x.numpy().astype(self.input_dtype, copy=False)
 
     def _logits(self, x):
         import numpy as np
@@ -256,6 +254,38 @@ class OnnxTeacher(Teacher):
         return np.concatenate(outs)
 
 
+_ONNX_FLOATS = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
+
+
+def _external_data_files(path: Path) -> list[Path]:
+    """The files an ONNX graph keeps its tensors in beside it (``external_data`` locations), sorted."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:   # loadable by onnxruntime but not by onnx: no external data to name
+        return []
+    found = {entry.value for init in proto.graph.initializer for entry in init.external_data if entry.key == "location"}
+    return sorted(path.parent / name for name in found if (path.parent / name).is_file())
+
+
+def _to_declared(x: torch.Tensor, declared: list, path: Path) -> torch.Tensor:
+    """The data (N, C, H, W) as the graph declares its input: as it is when every known size matches (a
+    dynamic height and width too); channels last when it declares (H, W, C), as TensorFlow's exporters do;
+    else read flat into the declared shape (a flat MLP), never a reshape that would scramble an image."""
+    have = tuple(x.shape[1:])
+    if not declared or (len(declared) == len(have) and all(d is None or d == h for d, h in zip(declared, have))):
+        return x
+    if len(have) == 3 and len(declared) == 3 and all(d is None or d == h for d, h in zip(declared, (*have[1:], have[0]))):
+        return x.permute(0, 2, 3, 1).contiguous()   # (C, H, W) -> (H, W, C)
+    known = [d for d in declared if d is not None]
+    if declared.count(None) <= 1 and (None in declared or math.prod(known) == math.prod(have)) and \
+            (len(declared) == 1 or len(have) == 1 or have[0] == 1):   # a flat or single-channel view of the same values
+        return x.reshape(len(x), *[d if d is not None else -1 for d in declared])
+    raise TeacherError(f"ONNX teacher '{path}' wants inputs of shape {tuple(declared)} but the data has {have}; pass data "
+                       f"of the teacher's shape (channels first, (C, H, W), or the graph's own layout).")
+
+
 class TorchScriptTeacher(Teacher):
     """A TorchScript module. Loading it runs code from the file: trust the file."""
 
@@ -280,15 +310,25 @@ class TorchScriptTeacher(Teacher):
             try:
                 out = self.net(x)
                 self._flatten = False
-                return _as_logits(out.float())
-            except Exception:
+                return _as_logits(self._checked(out, len(x)))
+            except TeacherError:
+                raise
+            except Exception:   # a call that fails on images: a flat model, tried once on the flattened rows
                 self._flatten = True
         try:
             out = self.net(x.reshape(len(x), -1) if self._flatten else x)
         except Exception as exc:
             raise TeacherError(f"TorchScript teacher '{self.path}' failed on inputs of shape {tuple(x.shape[1:])} "
                                f"({str(exc).splitlines()[0][:160]}); pass data of the shape it expects.") from None
-        return _as_logits(out.float())
+        return _as_logits(self._checked(out, len(x)))
+
+    def _checked(self, out, n: int) -> torch.Tensor:
+        """One float row of class scores per input, as every teacher gives."""
+        if not torch.is_tensor(out) or out.dim() != 2 or len(out) != n:
+            got = f"a tensor of shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
+            raise TeacherError(f"TorchScript teacher '{self.path}' returns {got} for {n} inputs; a teacher returns one "
+                               f"(N, classes) tensor of class scores; script a wrapper that returns only that.")
+        return out.float()
 
 
 def _as_logits(out: torch.Tensor) -> torch.Tensor:

@@ -81,3 +81,69 @@ def test_onnx_teacher_with_a_fixed_batch_is_fed_chunks_of_it(tiny_teacher, digit
     assert fixed.fixed_batch == 3
     x = digits.x_val[:10]   # 3 + 3 + 3 + 1 (padded)
     assert torch.allclose(fixed.logits(x), reference.logits(x), atol=1e-4)
+
+
+class _RGBNet(torch.nn.Module):
+    """A tiny colour classifier; with ``nhwc`` it takes (N, H, W, C) as TensorFlow's exports do."""
+
+    def __init__(self, nhwc=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.head, self.nhwc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4, 10), nhwc
+
+    def forward(self, x):
+        x = x.permute(0, 3, 1, 2) if self.nhwc else x
+        return self.head(self.conv(x).amax((2, 3)))
+
+
+def _onnx(module, example, path, dims=(0,)):
+    names = {0: "batch", 2: "height", 3: "width"}
+    torch.onnx.export(module.eval(), (example,), str(path), dynamo=True, input_names=["x"],
+                      dynamic_shapes=({d: torch.export.Dim(names[d]) for d in dims},))
+    return path
+
+
+def test_onnx_teachers_in_their_own_layout_and_sizes_give_the_modules_logits(tmp_path):
+    """Channels last is transposed, not reshaped (which scrambled every colour image); a graph with a
+    dynamic height and width is fed the images as they are (a reshape could not infer two sizes)."""
+    from edgekd.teachers import load_teacher
+
+    x = torch.rand(6, 3, 8, 8) * 255
+    want = _RGBNet()(x)
+    nhwc = load_teacher(_onnx(_RGBNet(nhwc=True), x.permute(0, 2, 3, 1), tmp_path / "nhwc.onnx"))
+    dynamic = load_teacher(_onnx(_RGBNet(), x, tmp_path / "dyn.onnx", dims=(0, 2, 3)))
+    for teacher in (nhwc, dynamic):
+        torch.testing.assert_close(teacher.logits(x), want, atol=1e-4, rtol=1e-4)
+
+
+def test_an_onnx_teachers_fingerprint_covers_its_external_weights(tmp_path):
+    """torch writes big graphs as NAME.onnx plus NAME.onnx.data: other weights in the data file are another teacher."""
+    import onnx
+
+    from edgekd.teachers import load_teacher
+
+    path = _onnx(_RGBNet(), torch.rand(2, 3, 8, 8), tmp_path / "t.onnx")
+    onnx.save(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="t.onnx.data", size_threshold=256)   # the weights, not the small shape constants
+    before = load_teacher(path).fingerprint
+    data = bytearray((tmp_path / "t.onnx.data").read_bytes())
+    data[0] ^= 0xFF   # one weight's byte: the graph file itself is the same
+    (tmp_path / "t.onnx.data").write_bytes(bytes(data))
+    assert load_teacher(path).fingerprint != before
+
+
+def test_a_torchscript_teacher_returning_a_tuple_is_one_clear_error(tmp_path, digits):
+    from edgekd.errors import TeacherError
+    from edgekd.teachers import load_teacher
+
+    class Pair(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :10], x.flatten(1)
+
+    torch.jit.save(torch.jit.script(Pair()), str(tmp_path / "pair.pt"))
+    try:
+        load_teacher(tmp_path / "pair.pt").logits(digits.x_test[:4])
+    except TeacherError as exc:
+        assert "returns a tuple for 4 inputs; a teacher returns one (N, classes) tensor" in str(exc)
+    else:
+        raise AssertionError("a tuple output was taken for logits")
