@@ -279,3 +279,27 @@ def test_a_class_name_mismatch_is_one_warning_line(edgekd, tmp_path):
     code, _, err = edgekd("evaluate", tmp_path / "t", "--data", f"npz:{tmp_path / 'b.npz'}")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 0 and len(lines) == 1 and lines[0].startswith("warning: Model's classes (cat, dog)"), err
+
+
+def test_evaluate_applies_the_teacher_options_to_the_teacher_only(edgekd, tmp_path, tiny_student, digits):
+    """With --teacher, --teacher-scale and the like are the teacher's preprocessing, not MODEL's."""
+    import torch
+
+    from edgekd.teachers import load_teacher
+
+    torch.jit.save(torch.jit.trace(load_teacher(tiny_student).module().eval(), digits.x_test[:2]), str(tmp_path / "m.pt"))
+    code, out, err = edgekd("evaluate", tmp_path / "m.pt", "--json")   # MODEL is foreign too: the options could reach it
+    alone = json.loads(out)["accuracy"]
+
+    class Scaled(torch.nn.Module):   # wants inputs divided by 16 first, as --teacher-scale 0.0625 gives it
+        def __init__(self):
+            super().__init__()
+            self.net = load_teacher(tiny_student).module()
+
+        def forward(self, x):
+            return self.net(x * 16)
+
+    torch.jit.save(torch.jit.trace(Scaled().eval(), digits.x_test[:2]), str(tmp_path / "t.pt"))
+    code, out, err = edgekd("evaluate", tmp_path / "m.pt", "--teacher", tmp_path / "t.pt", "--teacher-scale", "0.0625", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["accuracy"] == alone and result["agreement"] == 1.0, err

@@ -399,11 +399,14 @@ def evaluate_cmd(ctx, model, reference, split, as_json, **params):
     from edgekd.device import resolve_device
     from edgekd.evaluate import evaluate
 
-    refuse_unused(teacher_option_rules(params, model, reference))
+    # the --teacher-* options (scale, mean, std, output, combine) are for --teacher when one is given, else for MODEL:
+    # never for both, which would feed MODEL the teacher's preprocessing
+    refuse_unused(teacher_option_rules(params, reference or model))
     data_of_models(ctx, params, [model])
     data = load_data(params)
     device = resolve_device(params["device"])
-    result = evaluate(open_teacher(model, params, device=device, role="Model"), data, split=split,
+    plain = {**params, "teacher_scale": 1.0, "teacher_mean": 0.0, "teacher_std": 1.0, "teacher_output": None, "combine": None}
+    result = evaluate(open_teacher(model, plain if reference else params, device=device, role="Model"), data, split=split,
                       reference=open_teacher(reference, params, device=device) if reference else None)
     if as_json:
         echo_json(result.to_dict())
