@@ -101,7 +101,9 @@ def _parse_value(arch: str, key: str, text: str, default):
 
 
 # upper bounds of the size options: far above any edge model, far below an allocation that hangs the machine
-_OPTION_BOUNDS = {"width": 4096, "fc": 65536, "hidden": 65536, ("dsconv", "width"): 64.0}
+# (a "width" that multiplies channels, dsconv's, wrn's and mobilenetv2's, and a depth get bounds of their own)
+_OPTION_BOUNDS = {"width": 4096, "fc": 65536, "hidden": 65536, ("dsconv", "width"): 64.0, ("wrn", "width"): 16,
+                  ("mobilenetv2", "width"): 16.0, ("wrn", "depth"): 1000, ("resnet", "depth"): 1202}
 
 
 def create_model(spec_or_name: str, input_shape, num_classes: int, *, mean=(0.0,), std=(1.0,), options: dict | None = None,
@@ -182,14 +184,17 @@ def _build_user_arch(name: str, input_shape, num_classes: int, options: dict, *,
     except ImportError as exc:
         raise ConfigError(f"Architecture '{name}': cannot import '{module_name}' ({exc}); put it on PYTHONPATH or "
                           f"install its package.") from None
+    except Exception as exc:   # the module itself fails as it is imported
+        raise ConfigError(f"Architecture '{name}': importing '{module_name}' raised {type(exc).__name__}: "
+                          f"{str(exc)[:160]}; fix that module.") from None
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise ConfigError(f"Architecture '{name}': '{module_name}' has no callable '{factory_name}'.")
     try:
         body = factory(tuple(input_shape), num_classes, **options)
-    except TypeError as exc:
-        raise ConfigError(f"Architecture '{name}': {factory_name}(input_shape, num_classes, **options) failed ({exc}); "
-                          f"check its options.") from None
+    except Exception as exc:   # your code may refuse its options any way it likes: said in one line
+        raise ConfigError(f"Architecture '{name}': {factory_name}(input_shape, num_classes, **options) raised "
+                          f"{type(exc).__name__}: {str(exc)[:160]}; check its options.") from None
     if not isinstance(body, nn.Module):
         raise ConfigError(f"Architecture '{name}': {factory_name} must return a torch.nn.Module. "
                           f"Got {type(body).__name__} instead.")
