@@ -209,6 +209,7 @@ class OnnxTeacher(Teacher):
         self.fingerprint = digest.hexdigest()
         self.description = f"ONNX '{path.name}' (output '{output}')"
         self.path = path
+        self._as_logits = _OutputKind(f"ONNX teacher '{path}'")
 
     def _feed(self, x: torch.Tensor):
         x = self.transform.apply(x.float().cpu())   # onnxruntime runs on the host
@@ -233,7 +234,7 @@ class OnnxTeacher(Teacher):
         if len(out) != len(x):
             raise TeacherError(f"ONNX teacher output '{self.output}' has {len(out)} rows for a batch of {len(x)} inputs; "
                                f"a teacher must give one row of class scores per input; export it with a batch dimension.")
-        return _as_logits(torch.from_numpy(np.array(out, dtype=np.float32))).to(x.device)
+        return self._as_logits(torch.from_numpy(np.array(out, dtype=np.float32))).to(x.device)
 
     def _run(self, feed):
         import numpy as np
@@ -301,6 +302,7 @@ class TorchScriptTeacher(Teacher):
         self.description = f"TorchScript '{path.name}'"
         self.path = path
         self._flatten: bool | None = None
+        self._as_logits = _OutputKind(f"TorchScript teacher '{path}'")
 
     def _logits(self, x):
         return self._run(self.transform.apply(x.float().cpu())).to(x.device)   # the module stays on the host
@@ -310,7 +312,7 @@ class TorchScriptTeacher(Teacher):
             try:
                 out = self.net(x)
                 self._flatten = False
-                return _as_logits(self._checked(out, len(x)))
+                return self._as_logits(self._checked(out, len(x)))
             except TeacherError:
                 raise
             except Exception:   # a call that fails on images: a flat model, tried once on the flattened rows
@@ -320,7 +322,7 @@ class TorchScriptTeacher(Teacher):
         except Exception as exc:
             raise TeacherError(f"TorchScript teacher '{self.path}' failed on inputs of shape {tuple(x.shape[1:])} "
                                f"({str(exc).splitlines()[0][:160]}); pass data of the shape it expects.") from None
-        return _as_logits(self._checked(out, len(x)))
+        return self._as_logits(self._checked(out, len(x)))
 
     def _checked(self, out, n: int) -> torch.Tensor:
         """One float row of class scores per input, as every teacher gives."""
@@ -331,11 +333,26 @@ class TorchScriptTeacher(Teacher):
         return out.float()
 
 
-def _as_logits(out: torch.Tensor) -> torch.Tensor:
-    """Probability outputs (non-negative rows summing to 1) become log-probabilities."""
-    if out.numel() and out.min() >= 0 and torch.allclose(out.sum(-1), torch.ones(len(out)), atol=1e-3):
-        return out.clamp_min(1e-12).log()
-    return out
+class _OutputKind:
+    """Whether a foreign teacher's outputs are probabilities (non-negative rows summing to 1: taken as
+    log-probabilities) or logits, decided once, on its first non-empty output, for every later batch: a
+    per-batch test could read one teacher both ways. Outputs all in [0, 1] whose rows do not sum to 1
+    (independent sigmoids) are said once in a warning; they are read as logits."""
+
+    def __init__(self, where: str):
+        self.where, self.probabilities = where, None
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        if self.probabilities is None and out.numel():
+            sums_to_one = torch.allclose(out.sum(-1), torch.ones(len(out)), atol=1e-3)
+            self.probabilities = bool(out.min() >= 0) and sums_to_one
+            if not self.probabilities and out.min() >= 0 and out.max() <= 1:
+                import warnings
+
+                warnings.warn(f"{self.where}'s outputs all lie in [0, 1] but its rows do not sum to 1 (independent "
+                              f"sigmoids?); they are read as logits, which softens the targets; export the scores "
+                              f"before the sigmoid.", EdgekdWarning, stacklevel=4)
+        return out.clamp_min(1e-12).log() if self.probabilities else out
 
 
 def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | None = None,

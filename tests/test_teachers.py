@@ -147,3 +147,31 @@ def test_a_torchscript_teacher_returning_a_tuple_is_one_clear_error(tmp_path, di
         assert "returns a tuple for 4 inputs; a teacher returns one (N, classes) tensor" in str(exc)
     else:
         raise AssertionError("a tuple output was taken for logits")
+
+
+def test_a_foreign_teacher_is_read_as_probabilities_or_logits_once(tmp_path):
+    """Decided on the first output, for every later batch: a softmax teacher gives log-probabilities
+    throughout; sigmoid outputs (in [0, 1], rows not summing to 1) are read as logits and said once."""
+    import pytest
+
+    from edgekd.errors import EdgekdWarning
+    from edgekd.teachers import load_teacher
+
+    class Head(torch.nn.Module):
+        def __init__(self, squash):
+            super().__init__()
+            self.squash = squash
+
+        def forward(self, x):
+            z = x.flatten(1)[:, :10] / 8
+            return torch.softmax(z, -1) if self.squash == "softmax" else torch.sigmoid(z)
+
+    x = torch.rand(5, 1, 8, 8) * 16
+    torch.jit.save(torch.jit.script(Head("softmax")), str(tmp_path / "soft.pt"))
+    torch.jit.save(torch.jit.script(Head("sigmoid")), str(tmp_path / "sig.pt"))
+    soft = load_teacher(tmp_path / "soft.pt")
+    torch.testing.assert_close(soft.logits(x), torch.log_softmax(x.flatten(1)[:, :10] / 8, -1), atol=1e-5, rtol=1e-5)
+    sigmoid = load_teacher(tmp_path / "sig.pt")
+    with pytest.warns(EdgekdWarning, match="read as logits"):
+        sigmoid.logits(x)
+    torch.testing.assert_close(sigmoid.logits(x), torch.sigmoid(x.flatten(1)[:, :10] / 8))
