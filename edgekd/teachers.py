@@ -200,6 +200,8 @@ class OnnxTeacher(Teacher):
         elif output not in names:
             raise TeacherError(f"ONNX teacher '{path}' has no output '{output}'; choose one of {', '.join(names)}.")
         self.output = output
+        # named when the output taken has the wrong number of classes (check_teacher_fits)
+        self.output_choices = [f"'{o.name}' {tuple(o.shape)}" for o in outputs] if len(outputs) > 1 else []
         self.transform = transform
         known = self.declared and all(d is not None for d in self.declared)   # an input of unknown rank declares none
         self.input_shape = tuple(self.declared) if known else None
@@ -406,8 +408,10 @@ def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", spli
                            f"{tuple(dataset.input_shape)}; pass a dataset of the teacher's input shape.")
     n_out = teacher.num_outputs(dataset.x_val[:1])
     if n_out != dataset.num_classes:
-        raise TeacherError(f"{name} has {n_out} outputs but dataset '{dataset.spec}' has {dataset.num_classes} classes; "
-                           f"pass a dataset with the teacher's classes.")
+        choices = getattr(teacher, "output_choices", [])
+        fix = (f"take another of its outputs with --teacher-output ({', '.join(choices)}) or pass a dataset with its classes"
+               if choices else "pass a dataset with the teacher's classes")
+        raise TeacherError(f"{name} has {n_out} outputs but dataset '{dataset.spec}' has {dataset.num_classes} classes; {fix}.")
     _check_class_names(teacher.classes, tuple(dataset.classes), dataset.spec, name)
     return n_out
 

@@ -175,3 +175,21 @@ def test_a_foreign_teacher_is_read_as_probabilities_or_logits_once(tmp_path):
     with pytest.warns(EdgekdWarning, match="read as logits"):
         sigmoid.logits(x)
     torch.testing.assert_close(sigmoid.logits(x), torch.sigmoid(x.flatten(1)[:, :10] / 8))
+
+
+def test_a_two_output_onnx_teacher_with_the_wrong_one_names_its_outputs(tmp_path, digits):
+    import pytest
+
+    from edgekd.errors import TeacherError
+    from edgekd.teachers import check_teacher_fits, load_teacher
+
+    class Both(torch.nn.Module):
+        def forward(self, x):
+            features = x.flatten(1)[:, :32]
+            return features, features[:, :10]
+
+    torch.onnx.export(Both(), (digits.x_test[:2],), str(tmp_path / "two.onnx"), dynamo=True, input_names=["x"],
+                      output_names=["features", "logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    with pytest.raises(TeacherError, match="take another of its outputs with --teacher-output \\('features'.*'logits'"):
+        check_teacher_fits(load_teacher(tmp_path / "two.onnx"), digits)
+    check_teacher_fits(load_teacher(tmp_path / "two.onnx", output="logits"), digits)
