@@ -413,6 +413,13 @@ def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", spli
                if choices else "pass a dataset with the teacher's classes")
         raise TeacherError(f"{name} has {n_out} outputs but dataset '{dataset.spec}' has {dataset.num_classes} classes; {fix}.")
     _check_class_names(teacher.classes, tuple(dataset.classes), dataset.spec, name)
+    if isinstance(teacher, (OnnxTeacher, TorchScriptTeacher)):   # a file of any framework: exported in eval mode?
+        probe = dataset.x_val[:8]
+        first, again = teacher.logits(probe), teacher.logits(probe)
+        if not torch.allclose(first, again, atol=1e-4, rtol=1e-4):
+            raise TeacherError(f"{name} '{teacher.path}' gives other outputs on a second run over the same inputs (largest "
+                               f"difference {float((first - again).abs().max()):.3g}): dropout or batch statistics left on; "
+                               f"export or trace it in eval mode.")
     return n_out
 
 

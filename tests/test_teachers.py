@@ -193,3 +193,16 @@ def test_a_two_output_onnx_teacher_with_the_wrong_one_names_its_outputs(tmp_path
     with pytest.raises(TeacherError, match="take another of its outputs with --teacher-output \\('features'.*'logits'"):
         check_teacher_fits(load_teacher(tmp_path / "two.onnx"), digits)
     check_teacher_fits(load_teacher(tmp_path / "two.onnx", output="logits"), digits)
+
+
+def test_a_teacher_traced_in_training_mode_is_refused(tmp_path, digits):
+    """Its dropout stays on: noisy targets, and every cache hit would look edited."""
+    import pytest
+
+    from edgekd.errors import TeacherError
+    from edgekd.teachers import check_teacher_fits, load_teacher
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Dropout(0.5), torch.nn.Linear(32, 10))
+    torch.jit.save(torch.jit.trace(net.train(), digits.x_test[:2], check_trace=False), str(tmp_path / "noisy.pt"))
+    with pytest.raises(TeacherError, match="other outputs on a second run .* export or trace it in eval mode"):
+        check_teacher_fits(load_teacher(tmp_path / "noisy.pt"), digits)
