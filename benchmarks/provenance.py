@@ -8,13 +8,20 @@ import time
 
 
 def provenance(started: float) -> dict:
+    """The record of a run; its ``revision`` is the code as the run began (this module is imported then):
+    in a tree others commit to during an hour-long run, the revision at the end may name code that never ran,
+    so that one is recorded apart (``revision_at_end``) when it differs."""
     from benchmarks.timing import machine_facts
     from edgekd.artifacts import library_versions, now_iso
 
-    return {"command": "python -m " + sys.modules["__main__"].__spec__.name + " " + shlex.join(sys.argv[1:])
-            if getattr(sys.modules.get("__main__"), "__spec__", None) else shlex.join(sys.argv),
-            "machine": machine_facts(), "versions": library_versions(), "date": now_iso(),
-            "run_seconds": round(time.perf_counter() - started, 1), "revision": code_revision()}
+    record = {"command": "python -m " + sys.modules["__main__"].__spec__.name + " " + shlex.join(sys.argv[1:])
+              if getattr(sys.modules.get("__main__"), "__spec__", None) else shlex.join(sys.argv),
+              "machine": machine_facts(), "versions": library_versions(), "date": now_iso(),
+              "run_seconds": round(time.perf_counter() - started, 1), "revision": REVISION_AT_START}
+    at_end = code_revision()
+    if at_end != REVISION_AT_START:
+        record["revision_at_end"] = at_end
+    return record
 
 
 def code_revision() -> str | None:
@@ -26,13 +33,17 @@ def code_revision() -> str | None:
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, timeout=10)
+        # a new, uncommitted module of the code counts too (untracked files elsewhere do not)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "edgekd", "export", "specialists", "benchmarks/*.py"],
+                               cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+REVISION_AT_START = code_revision()
 
 
 def header_markdown(title: str, prov: dict) -> list[str]:
@@ -44,7 +55,8 @@ def header_markdown(title: str, prov: dict) -> list[str]:
             + f", {m['memory_gib']} GiB, {m['os']}",
             f"- versions: {versions}", f"- date: {prov['date']}; run time {prov['run_seconds'] / 60:.1f} min"
             + (f" ({prov['run_note']})" if prov.get("run_note") else "")
-            + (f"; edgekd revision {prov['revision']}" if prov.get("revision") else ""), ""]
+            + (f"; edgekd revision {prov['revision']}" if prov.get("revision") else "")
+            + (f" (the tree was at {prov['revision_at_end']} when it ended)" if prov.get("revision_at_end") else ""), ""]
 
 
 def _numerics_note(machine: dict) -> str:

@@ -674,3 +674,15 @@ def test_spine_reuses_a_seed_only_from_the_same_teacher(monkeypatch):
         spine_fmnist.reused_run({**old, "teacher_test_accuracy": 0.1}, config, "r.json", teacher, 0.9437000155448914)
     with pytest.raises(SystemExit, match="distilled from another"):
         spine_fmnist.reused_run({**old, "teacher_fingerprint": "xyz"}, config, "r.json", teacher, 0.9437000155448914)
+
+
+def test_provenance_records_the_revision_the_run_began_with(monkeypatch):
+    """Others may commit during an hour-long run: the revision at the end is recorded apart, not as the code that ran."""
+    from benchmarks import provenance
+
+    monkeypatch.setattr(provenance, "REVISION_AT_START", "aaaaaaaaaaaa")
+    monkeypatch.setattr(provenance, "code_revision", lambda: "bbbbbbbbbbbb")
+    record = provenance.provenance(0.0)
+    assert (record["revision"], record["revision_at_end"]) == ("aaaaaaaaaaaa", "bbbbbbbbbbbb")
+    header = "\n".join(provenance.header_markdown("t", record))
+    assert "edgekd revision aaaaaaaaaaaa (the tree was at bbbbbbbbbbbb when it ended)" in header
