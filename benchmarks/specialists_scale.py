@@ -1027,6 +1027,12 @@ def reading(result) -> str:
         said.append(f"the overall gain is {_rel(gain)} with the generalist trained {args['gen_epochs']} epochs and "
                     f"{_rel(control['relative_change'])} with the control trained {control['generalist_epochs']} epochs "
                     f"({_pct(control['generalist_accuracy'])}% against {_pct(result['specialists'][str(big_c)]['generalist_accuracy'])}%)")
+        # the strongest baseline of the ensemble is the generalist trained longer, alone
+        ensemble, longer = result["specialists"][str(big_c)]["ensemble_accuracy"], control["generalist_accuracy"]
+        if ensemble < longer:
+            said.append(f"the ensemble of the {args['gen_epochs']}-epoch generalist ({_pct(ensemble)}%) loses by "
+                        f"{100 * (longer - ensemble):.2f} points to the {control['generalist_epochs']}-epoch generalist "
+                        f"alone ({_pct(longer)}%): training the generalist longer pays more than these specialists")
     else:
         said.append(f"the overall gain is {_rel(gain)}, with no control generalist trained longer")
     said.append("Table 4 of the overlapping clusterings rises with coverage" if aims_["table4_rises_with_coverage"]

@@ -686,3 +686,13 @@ def test_provenance_records_the_revision_the_run_began_with(monkeypatch):
     assert (record["revision"], record["revision_at_end"]) == ("aaaaaaaaaaaa", "bbbbbbbbbbbb")
     header = "\n".join(provenance.header_markdown("t", record))
     assert "edgekd revision aaaaaaaaaaaa (the tree was at bbbbbbbbbbbb when it ended)" in header
+
+
+def test_the_scale_reading_calls_a_loss_to_the_longer_trained_generalist_a_loss():
+    import json
+    from pathlib import Path
+
+    from benchmarks.specialists_scale import reading
+
+    result = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "specialists_scale.json").read_text())
+    assert "(63.07%) loses by 0.42 points to the 8-epoch generalist alone (63.49%)" in reading(result)
