@@ -113,7 +113,8 @@ def same_settings(recorded: dict | None, config) -> bool:
 
 # what decides a seed's weights besides the code (benchmarks/determinism.py): the CPU's kernels and torch's threads, and
 # the CPU itself (an AMD and an Intel with the same AVX-512 extensions train other weights from one seed)
-MACHINE_KEYS = {"cpu": "CPU", "simd": "vector extensions", "torch_threads": "torch threads"}
+# the kernels torch chose count too: a run forced to AVX2 kernels on an AVX-512 CPU trains other weights
+MACHINE_KEYS = {"cpu": "CPU", "simd": "vector extensions", "torch_threads": "torch threads", "cpu_capability": "kernels"}
 
 
 def machine_difference(earlier: dict, ours: dict) -> str:
@@ -152,7 +153,7 @@ def earlier_result(path: str, args, ignored: set, added: dict | None = None) -> 
     ours = vars(args)
     for key in sorted((set(earlier["args"]) | set(ours)) - ignored):
         theirs = earlier["args"].get(key, (added or {}).get(key))
-        if theirs != ours.get(key):
+        if theirs != ours.get(key) and str(theirs) != str(ours.get(key)):   # older results stored some options as numbers
             raise SystemExit(f"--reuse needs a result made with the same arguments; {path} has {key}="
                              f"{theirs!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
     machine = earlier["provenance"].get("machine") or {}

@@ -696,3 +696,23 @@ def test_the_scale_reading_calls_a_loss_to_the_longer_trained_generalist_a_loss(
 
     result = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "specialists_scale.json").read_text())
     assert "(63.07%) loses by 0.42 points to the 8-epoch generalist alone (63.49%)" in reading(result)
+
+
+def test_defaults_study_summary_without_a_candidate_that_still_distills_recommends_none():
+    from benchmarks.defaults_study import summarize
+
+    cells = [{"baseline": 0.9, "runs": {"kd:T=2,a=0.3": {"test_accuracy": 0.91}}}]
+    rows = summarize(cells, [{"name": "kd:T=2,a=0.3", "alpha": 0.3}])
+    assert rows[0]["mean_gain"] == pytest.approx(1.0) and rows[0]["recommended"] is False
+
+
+def test_reuse_takes_an_earlier_result_that_stored_an_option_as_a_number(tmp_path):
+    """Older spine results stored --views 4 as the number 4; the same option is '4' now: the same run."""
+    import json
+    from types import SimpleNamespace
+
+    from benchmarks.scenario_common import earlier_result
+
+    (tmp_path / "r.json").write_text(json.dumps({"args": {"views": 4, "seeds": 3}, "provenance": {}}))
+    earlier, _ = earlier_result(str(tmp_path / "r.json"), SimpleNamespace(views="4", seeds=5), {"seeds"})
+    assert earlier["args"]["views"] == 4
