@@ -23,6 +23,7 @@ recommendation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -192,6 +193,20 @@ def reused_cells(path: str | None, args) -> tuple[dict, dict | None]:
             {**source, "teacher_fingerprints": earlier.get("teacher_fingerprints"), "cells": []})
 
 
+def check_reused_settings(cell: dict, args, candidates, student: str, seed: int, path: str) -> None:
+    """An earlier cell is taken only when each of its runs recorded the settings this study would distill
+    it with: the same arguments mean other settings once edgekd's defaults change (e.g. a recipe search
+    added), and a result must not mix them. A cell from before settings were recorded is refused."""
+    from benchmarks.scenario_common import same_settings
+
+    for index, cand in enumerate(candidates):
+        run = (cell.get("runs") or {}).get(cand["name"]) or {}
+        if not same_settings(run.get("config"), _config(args, cand, student, seed, index)):
+            made = "recorded no settings" if "config" not in run else "was distilled with other settings"
+            raise SystemExit(f"--reuse needs cells distilled with this study's settings; `{student}` seed {seed} "
+                             f"({cand['name']}) in {path} {made}. Leave --reuse out, or run it again with --work.")
+
+
 def check_reused_teacher(reused_from: dict, cells: list, k: int, teacher, data, cache) -> str:
     """How the earlier result's teacher k is known to be this one, or exits: by its recorded fingerprint, or
     (a result made before fingerprints were recorded) by the same CPU kind, whose training is bitwise
@@ -244,6 +259,7 @@ def run(args) -> dict:
                 earlier = reuse.get((k, student, seed))
                 complete = (earlier is not None or args.reuse_only) and _complete(args, k, student, seed, candidates, teacher, data)
                 if earlier is not None and not complete:
+                    check_reused_settings(earlier, args, candidates, student, seed, reused_from["path"])
                     matched = matched or check_reused_teacher(reused_from, [c for (m, _, _), c in reuse.items() if m == k],
                                                               k, teacher, data, cache)
                     cells.append({**earlier, "reused": True})
@@ -270,6 +286,7 @@ def run(args) -> dict:
                         cell["baseline_mixup"] = chosen_mixup(metrics.get("baseline_search"))
                         cell["baseline_search"] = list(metrics.get("baseline_search") or [])
                     cell["runs"][cand["name"]] = {"test_accuracy": metrics["test_accuracy"], "seconds": time.perf_counter() - tick,
+                                                  "config": dataclasses.asdict(config),   # what --reuse checks
                                                   "jitter": chosen_jitter(metrics.get("student_search")),
                                                   "twin": any(r.get("twin") and r["chosen"] for r in metrics.get("student_search") or []),
                                                   "search": student_records(metrics, cand)}

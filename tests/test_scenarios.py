@@ -303,6 +303,12 @@ def test_defaults_study_reuses_an_earlier_results_cells_only_with_its_teacher(tm
         reuse_only(lambda r: r["teacher_fingerprints"].update({"2": "0" * 64}))
     with pytest.raises(SystemExit, match="same arguments; .* has epochs=3, this run 2"):
         reuse_only(lambda r: r["args"].update(epochs=3))
+    # the same arguments, other settings (edgekd's defaults changed since), or none recorded: refused
+    name = earlier["candidates"][0]["name"]
+    with pytest.raises(SystemExit, match=f"seed 0 \\({re.escape(name)}\\) in .* was distilled with other settings"):
+        reuse_only(lambda r: r["cells"][0]["runs"][name]["config"].update(recipe_search=False))
+    with pytest.raises(SystemExit, match="recorded no settings"):
+        reuse_only(lambda r: r["cells"][0]["runs"][name].pop("config"))
     with pytest.raises(SystemExit, match="--reuse expects a result .json of this benchmark; .* could not be read as one"):
         defaults_study.main([*common, "--reuse", str(first.with_suffix(".md")), "--reuse-only", "--out", str(tmp_path / "fourth")])
 
