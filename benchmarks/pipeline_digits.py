@@ -76,6 +76,7 @@ def run(args) -> dict:
                 m = load_artifact(out).manifest
                 chosen = next(r for r in m.metrics["baseline_search"] if r["chosen"])
                 cells.append({"epochs": epochs, "student_jitter": jitter, "seed": seed,
+                              "method": m.config.get("method"),   # the soft term this seed kept (the search may keep kd)
                               "temperature": m.config["temperature"], "val": m.metrics["val_accuracy"],
                               "test": m.metrics["test_accuracy"], "baseline_val": chosen["val_accuracy"],
                               "baseline_jitter": chosen["jitter"],
@@ -85,7 +86,8 @@ def run(args) -> dict:
                       f"hard {cells[-1]['baseline_test']:.4f} (T={cells[-1]['temperature']})", flush=True)
     return {"teacher": {"config": dataclasses.asdict(teacher_config(base, device)),
                         "test_accuracy": load_artifact(teacher_dir).manifest.metrics.get("test_accuracy")},
-            "data": data.describe(), "student": base.student, "method": distill_config(base, device).method,
+            "data": data.describe(), "student": base.student,
+            "method": ", ".join(sorted({c["method"] for c in cells if c.get("method")})) or distill_config(base, device).method,
             "alpha": base.alpha, "cells": cells, "settings": summarize(cells)}
 
 
@@ -117,7 +119,7 @@ def render(result: dict, prov: dict) -> str:
     t = result["teacher"]
     lines += [f"Teacher: the pipeline's ({t['config']['ensemble']} x `{t['config']['arch']}`, "
               f"{t['config']['train']['epochs']} epochs, +-{t['config']['train']['jitter']} px), test accuracy "
-              f"{100 * (t['test_accuracy'] or 0):.2f}%. Student `{result['student']}`, method `{result.get('method', 'kd-ls')}`, "
+              f"{100 * (t['test_accuracy'] or 0):.2f}%. Student `{result['student']}`, method kept `{result.get('method', 'kd-ls')}`, "
               f"T chosen on val, alpha {result['alpha']}; the hard-label baseline picks its own jitter on val with the same budget.", "",
               "| epochs | student jitter | seeds | distilled val (mean) | distilled test | hard-label test | "
               "gain (points) | wins / losses | chosen on val |", "|---|---|---|---|---|---|---|---|---|"]
