@@ -201,15 +201,28 @@ def generalist(args, work: Path, data, name: str, epochs: int | None = None) -> 
     from edgekd.training import TrainConfig
 
     path = work / name
+    config = TeacherConfig(arch=args.generalist, ensemble=1,
+                           train=TrainConfig(epochs=epochs or args.gen_epochs, lr=3e-3, batch_size=256))
     if not is_artifact(path):
-        train_teachers(data, TeacherConfig(arch=args.generalist, ensemble=1,
-                                           train=TrainConfig(epochs=epochs or args.gen_epochs, lr=3e-3, batch_size=256)),
-                       path, overwrite=True)
+        train_teachers(data, config, path, overwrite=True)
+    _made_as_asked(path, "teacher", config, data)
     manifest = load_artifact(path).manifest
     return {"path": str(path), "test_accuracy": manifest.metrics.get("test_accuracy"),
             "train_seconds": manifest.timings.get("seconds"),
             "epochs_run": (manifest.metrics.get("member_epochs_run") or [None])[0],
             "best_epoch": (manifest.metrics.get("member_best_epoch") or [None])[0]}
+
+
+def _made_as_asked(path: Path, key: str, config, data) -> None:
+    """A folder of --work is reused only when it was made with these settings on this data: its name does
+    not carry every option (--gen-epochs, --spec-lr, ...), and a stale one would be reported as asked."""
+    from benchmarks.scenario_common import same_settings
+    from edgekd.artifacts import load_artifact
+
+    manifest = load_artifact(path).manifest
+    if not same_settings((manifest.config or {}).get(key), config) or (manifest.data or {}).get("spec") != data.spec:
+        raise SystemExit(f"'{path}' in --work was made with other settings or data than this run asks for; pass "
+                         f"another --work, or remove that folder to make it again.")
 
 
 def train_logits(path, data, cache):
@@ -304,6 +317,7 @@ def build(args, work, cache, data, gen_path, name, ks, per_cluster: int = 1) -> 
     if not is_artifact(path):
         build_specialists(gen_path, data, config, path, cache=cache, overwrite=True,
                           resume=path.with_name(path.name + ".partial").exists())
+    _made_as_asked(path, "specialists", config, data)
     report = json.loads((path / "report.json").read_text())
     test = report["test"]
     return {"path": str(path), "k": list(ks), "per_cluster": per_cluster, "specialists": len(report["specialists"]),

@@ -842,3 +842,15 @@ def test_scale_report_names_every_method():
     words = {m: _recipe_words({"student_method": m, "student_temperature": 2.0, "student_alpha": 0.5}) for m in METHODS}
     assert words["nckd"] == "distilled with (NCKD, T=2, alpha=0.5)" and words["kd"].startswith("distilled with (plain KD,")
     assert all(f"({m}," not in w for m, w in words.items()), words
+
+
+def test_the_scale_benchmark_reuses_a_work_folder_only_as_asked(generalist, digits):
+    """Its folder names leave options out (--gen-epochs, --spec-lr): a folder made otherwise is refused."""
+    from benchmarks.specialists_scale import _made_as_asked
+    from edgekd.teacher_training import TeacherConfig
+    from edgekd.training import TrainConfig
+
+    asked = TeacherConfig(arch="cnn:width=8,fc=32", ensemble=1, train=TrainConfig(epochs=3, lr=3e-3))
+    _made_as_asked(generalist, "teacher", asked, digits)
+    with pytest.raises(SystemExit, match="was made with other settings or data than this run asks for"):
+        _made_as_asked(generalist, "teacher", replace(asked, train=TrainConfig(epochs=4, lr=3e-3)), digits)
