@@ -298,7 +298,12 @@ class TorchScriptTeacher(Teacher):
         try:
             self.net = torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:
-            raise TeacherError(f"'{path}' is not a loadable TorchScript file ({str(exc).splitlines()[0][:160]}); save it with torch.jit.save.") from None
+            if _pickled_torch_save(path):
+                raise TeacherError(f"'{path}' was written by torch.save (a pickled state dict or module), not TorchScript; "
+                                   f"edgekd never unpickles a file. Save the model with torch.jit.save(torch.jit.script(model), "
+                                   f"PATH), or export it to ONNX.") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TeacherError(f"'{path}' is not a loadable TorchScript file ({first[:200]}); save it with torch.jit.save.") from None
         self.transform = transform
         self.fingerprint = hashlib.sha256(sha256_file(path).encode() + json.dumps(transform.__dict__).encode()).hexdigest()
         self.description = f"TorchScript '{path.name}'"
@@ -333,6 +338,18 @@ class TorchScriptTeacher(Teacher):
             raise TeacherError(f"TorchScript teacher '{self.path}' returns {got} for {n} inputs; a teacher returns one "
                                f"(N, classes) tensor of class scores; script a wrapper that returns only that.")
         return out.float()
+
+
+def _pickled_torch_save(path: Path) -> bool:
+    """A torch.save archive: a zip holding a pickle (``data.pkl``) but none of TorchScript's ``code/``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/data.pkl") or n == "data.pkl" for n in names) and not any("/code/" in n for n in names)
 
 
 class _OutputKind:

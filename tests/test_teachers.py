@@ -206,3 +206,14 @@ def test_a_teacher_traced_in_training_mode_is_refused(tmp_path, digits):
     torch.jit.save(torch.jit.trace(net.train(), digits.x_test[:2], check_trace=False), str(tmp_path / "noisy.pt"))
     with pytest.raises(TeacherError, match="other outputs on a second run .* export or trace it in eval mode"):
         check_teacher_fits(load_teacher(tmp_path / "noisy.pt"), digits)
+
+
+def test_a_torch_save_file_given_as_teacher_is_told_apart_from_torchscript(tmp_path):
+    import pytest
+
+    from edgekd.errors import TeacherError
+    from edgekd.teachers import load_teacher
+
+    torch.save(torch.nn.Linear(64, 10).state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(TeacherError, match="written by torch.save .* not TorchScript; edgekd never unpickles"):
+        load_teacher(tmp_path / "weights.pt")
