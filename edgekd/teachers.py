@@ -433,7 +433,7 @@ def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", spli
     if isinstance(teacher, (OnnxTeacher, TorchScriptTeacher)):   # a file of any framework: exported in eval mode?
         probe = dataset.x_val[:8]
         first, again = teacher.logits(probe), teacher.logits(probe)
-        if not torch.allclose(first, again, atol=1e-4, rtol=1e-4):
+        if not torch.allclose(first, again, atol=1e-4, rtol=1e-4, equal_nan=True):   # NaN: said by evaluate
             raise TeacherError(f"{name} '{teacher.path}' gives other outputs on a second run over the same inputs (largest "
                                f"difference {float((first - again).abs().max()):.3g}): dropout or batch statistics left on; "
                                f"export or trace it in eval mode.")
