@@ -102,17 +102,21 @@ def main(argv=None):
             for name, commit in (("earlier", rev), ("this", head)):
                 subprocess.run(["git", "worktree", "add", "--detach", str(trees[name]), commit], cwd=ROOT,
                                capture_output=True, check=True)
-            for _ in range(args.repeats):
+            for repeat in range(args.repeats):
                 for kind in ("hard", "distill"):
-                    for name in ("earlier", "this"):
+                    # the trees take turns going first: a fixed order would lend the second one a warmer machine
+                    for name in (("earlier", "this") if repeat % 2 == 0 else ("this", "earlier")):
                         seconds[name][kind].append(_probe(trees[name], kind, args))
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     ratios = {kind: _median(seconds["this"][kind]) / _median(seconds["earlier"][kind]) for kind in ("hard", "distill")}
+    # each repeat ran the two trees side by side: the median of their per-repeat ratios keeps that pairing
+    paired = {kind: _median([t / e for t, e in zip(seconds["this"][kind], seconds["earlier"][kind])])
+              for kind in ("hard", "distill")}
     spine = {name: _median(seconds[name]["distill"]) / _median(seconds[name]["hard"]) for name in seconds}
-    result = {"args": vars(args), "earlier": rev, "this": head, "seconds": seconds,
-              "this_over_earlier": ratios, "distill_over_hard": spine, "provenance": provenance(started)}
+    result = {"args": vars(args), "earlier": rev, "this": head, "seconds": seconds, "this_over_earlier": ratios,
+              "paired_this_over_earlier": paired, "distill_over_hard": spine, "provenance": provenance(started)}
     write_result(args, result, render(result))
 
 
@@ -121,11 +125,14 @@ def render(result: dict) -> str:
     lines = header_markdown(f"CPU epoch time: {result['this']} against {result['earlier']}", result["provenance"])
     lines += [f"`{a['student']}` on `{a['data']}`, one epoch of `edgekd.training.fit` per fresh process, "
               f"{a['repeats']} alternated repeats per tree; distillation from cached logits on {a['views']} views, ±{a['jitter']} px.", "",
-              f"| labels | {result['earlier']} s (each) | {result['this']} s (each) | this / earlier (medians) |", "|---|---|---|---|"]
+              f"| labels | {result['earlier']} s (each) | {result['this']} s (each) | this / earlier (medians) | "
+              f"median of the paired ratios |", "|---|---|---|---|---|"]
+    paired = result.get("paired_this_over_earlier") or {}   # results from before it was recorded lack it
     for kind in ("hard", "distill"):
         old, new = result["seconds"]["earlier"][kind], result["seconds"]["this"][kind]
         lines.append(f"| {kind} | {', '.join(f'{v:.2f}' for v in old)} | {', '.join(f'{v:.2f}' for v in new)} | "
-                     f"**{result['this_over_earlier'][kind]:.2f}×** |")
+                     f"**{result['this_over_earlier'][kind]:.2f}×** | "
+                     + (f"{paired[kind]:.2f}× |" if kind in paired else "- |"))
     r = result["distill_over_hard"]
     lines += ["", f"The spine's epoch-time ratio (distillation / hard labels, medians): {r['earlier']:.2f}× before, "
               f"{r['this']:.2f}× now (aim ≤ 1.15×).", ""]
