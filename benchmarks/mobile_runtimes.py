@@ -312,6 +312,13 @@ def _cache_dir() -> Path:
     return default_cache_dir() / "convert"
 
 
+def _model_key(graph: Path, extra: list) -> str:
+    """The graph's sha256, or with external weight files that of all their hashes (a graph alone keeps its old key)."""
+    if not extra:
+        return _sha256(graph)
+    return hashlib.sha256("".join(_sha256(f) for f in [graph, *extra]).encode()).hexdigest()
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -323,8 +330,11 @@ def _sha256(path: Path) -> str:
 def convert_cached(onnx_path: Path, runtime: str, convert) -> tuple[Path, dict]:
     """``convert(onnx_path, folder)`` into ``$EDGEKD_CACHE/convert/<runtime>-<sha256>-<version>``, once.
     Returns the folder and its record (source hash, tool, seconds; ``cached`` when it was already there)."""
+    from edgekd.teachers import external_data_files
+
     onnx_path = Path(onnx_path)
-    digest = _sha256(onnx_path)
+    extra = external_data_files(onnx_path)   # weights kept beside the graph are the model too: in the key, and copied
+    digest = _model_key(onnx_path, extra)
     version = package_version({"ncnn": "pnnx", "mnn": "MNN"}[runtime]) or "unknown"
     folder = _cache_dir() / f"{runtime}-{digest[:32]}-{version}"
     record_path = folder / "conversion.json"
@@ -341,15 +351,20 @@ def convert_cached(onnx_path: Path, runtime: str, convert) -> tuple[Path, dict]:
     # must never be the user's folder; the copy is also exactly the bytes the key was hashed from
     source = tmp / "source.onnx"
     shutil.copyfile(onnx_path, source)
-    if _sha256(source) != digest:
+    for f in extra:   # under the names the graph gives them, beside the copy
+        shutil.copyfile(f, tmp / f.name)
+    if _model_key(source, [tmp / f.name for f in extra]) != digest:
         shutil.rmtree(tmp)
         raise RuntimeUnavailable(f"'{onnx_path}' changed while it was being converted; run again")
     tick = time.perf_counter()
     try:
         record = convert(source, tmp)
+    except BaseException:   # a failed conversion leaves nothing in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
-        for leftover in tmp.glob("source.*onnx"):
-            leftover.unlink()   # the copy and pnnx's simplified copy of it: the cache keeps outputs only
+        for leftover in [*tmp.glob("source.*onnx"), *(tmp / e.name for e in extra)]:
+            leftover.unlink(missing_ok=True)   # the copies and pnnx's simplified one: the cache keeps outputs only
     record.update(source=str(onnx_path), source_sha256=digest, seconds=round(time.perf_counter() - tick, 3))
     (tmp / "conversion.json").write_text(json.dumps(record, indent=1))
     if folder.exists():

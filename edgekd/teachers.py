@@ -206,7 +206,7 @@ class OnnxTeacher(Teacher):
         known = self.declared and all(d is not None for d in self.declared)   # an input of unknown rank declares none
         self.input_shape = tuple(self.declared) if known else None
         # the weights an exporter keeps in files beside the graph (torch's NAME.onnx.data) are the teacher too
-        files = [sha256_file(f) for f in [path, *_external_data_files(path)]]
+        files = [sha256_file(f) for f in [path, *external_data_files(path)]]
         digest = hashlib.sha256("".join(files).encode() + json.dumps([output, transform.__dict__]).encode())
         self.fingerprint = digest.hexdigest()
         self.description = f"ONNX '{path.name}' (output '{output}')"
@@ -260,7 +260,7 @@ class OnnxTeacher(Teacher):
 _ONNX_FLOATS = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
 
 
-def _external_data_files(path: Path) -> list[Path]:
+def external_data_files(path: Path) -> list[Path]:
     """The files an ONNX graph keeps its tensors in beside it (``external_data`` locations), sorted."""
     import onnx
 

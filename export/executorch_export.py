@@ -152,7 +152,7 @@ class _PteRun:
         path.write_bytes(lower(quantize_pt2e(self.module, self.example, calib, self.batch,
                                              dynamic=config.quantize == "dynamic"), self.example))
         self.quant_info = {"tool": "torchao PT2E + XNNPACKQuantizer", "mode": config.quantize, "per_channel": True,
-                           "calibration_samples": None if calib is None else len(calib) // self.batch * self.batch,
+                           "calibration_samples": None if calib is None else len(calib),
                            "calibration_data": None if calib is None else f"{calibration.spec} [train]"}
         self.seconds["quantize"] = time.perf_counter() - tick
         self.sizes["int8_pte"] = path.stat().st_size
@@ -195,9 +195,10 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: np.ndar
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
         prepared = prepare_pt2e(torch.export.export(module.eval(), (example,)).module(), quantizer)
         with torch.no_grad():
-            if calibration is not None:
-                for start in range(0, len(calibration) - batch + 1, batch):
-                    prepared(torch.from_numpy(np.ascontiguousarray(calibration[start:start + batch])))
+            if calibration is not None:   # every sample seen: the last chunk padded to the program's batch
+                for start in range(0, len(calibration), batch):
+                    chunk = pad_rows(np.asarray(calibration[start:start + batch]), batch)
+                    prepared(torch.from_numpy(np.ascontiguousarray(chunk)))
             else:  # dynamic: the weight observers still have to see the weights once (else one scale per tensor)
                 prepared(example)
         return convert_pt2e(prepared)
@@ -256,8 +257,9 @@ def load_program(path: str | Path):
 def program_input(method) -> tuple[tuple[int, ...], str]:
     """The program's input sizes (batch first) and dtype name ("float32" or "uint8")."""
     meta = method.metadata.input_tensor_meta(0)
-    dtype = str(meta.dtype()).lower()
-    return tuple(int(d) for d in meta.sizes()), ("uint8" if "byte" in dtype or "uint8" in dtype else "float32")
+    code = meta.dtype()   # executorch 1.4 gives torch's ScalarType as a number (0: Byte, 6: Float), older ones a name
+    uint8 = code == 0 if isinstance(code, int) else any(word in str(code).lower() for word in ("byte", "uint8"))
+    return tuple(int(d) for d in meta.sizes()), ("uint8" if uint8 else "float32")
 
 
 def run_program(method, x, batch: int) -> np.ndarray:

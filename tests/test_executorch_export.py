@@ -156,3 +156,18 @@ def test_without_executorch_the_export_says_how_to_install_it(edgekd, tmp_path, 
     code, out, err = edgekd("export", tiny_student, "--executorch", "--out", tmp_path / "s.pte")
     assert code == 2 and "edgekd[mobile]" in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.mobile
+def test_a_uint8_program_is_read_as_uint8_and_a_small_calibration_set_is_padded(tmp_path, tiny_student, digits):
+    """executorch 1.4 gives the input's type as a number (0 for Byte): bench must feed such a program bytes;
+    static int8 at a batch larger than the calibration set pads the last chunk (its observers saw nothing)."""
+    from export import ExportConfig, export_executorch
+    from export.executorch_export import load_program, program_input
+
+    u8 = export_executorch(tiny_student, tmp_path / "u8.pte", ExportConfig(executorch=True, uint8_input=True), data=digits)
+    assert program_input(load_program(u8.path)) == ((1, 64), "uint8")
+    small = export_executorch(tiny_student, tmp_path / "b32.int8.pte",
+                              ExportConfig(executorch=True, quantize="int8", batch_size=32, calibration_size=16,
+                                           max_accuracy_drop=100), data=digits, calibration=digits)
+    assert small.summary["quantization"]["calibration_samples"] == 16

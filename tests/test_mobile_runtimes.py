@@ -92,6 +92,45 @@ def test_conversion_cache_is_keyed_by_the_file_content(tmp_path):
     assert (changed / "model.mnn").read_bytes() == b"graph-2"
 
 
+def test_conversion_covers_external_weights_and_a_failed_one_leaves_nothing(tmp_path, monkeypatch):
+    """A graph whose weights sit in NAME.onnx.data: other weights are another conversion, and the converter gets
+    them beside its copy; a converter that fails leaves no temporary folder in the cache."""
+    import onnx
+    import torch
+
+    from benchmarks.mobile_runtimes import _cache_dir, convert_cached
+
+    seen = []
+
+    def convert(src, folder):
+        seen.append(sorted(p.name for p in folder.iterdir()))
+        return {"tool": "test"}
+
+    paths = []
+    for sign in (1.0, -1.0):
+        folder = tmp_path / f"m{sign:+.0f}"
+        folder.mkdir()
+        net = torch.nn.Linear(64, 10)
+        with torch.no_grad():
+            net.weight.fill_(sign)
+            net.bias.zero_()   # small enough to stay in the graph: the same in both
+        torch.onnx.export(net, (torch.zeros(1, 64),), str(folder / "m.onnx"), dynamo=True)
+        onnx.save(onnx.load(str(folder / "m.onnx")), str(folder / "m.onnx"), save_as_external_data=True,
+                  all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=256)
+        paths.append(folder / "m.onnx")
+    assert paths[0].read_bytes() == paths[1].read_bytes()   # the graphs alike, the weights not
+    first, second = convert_cached(paths[0], "mnn", convert)[0], convert_cached(paths[1], "mnn", convert)[0]
+    assert first != second and seen[0] == ["m.onnx.data", "source.onnx"]
+
+    def broken(src, folder):
+        raise RuntimeError("converter failed")
+
+    (tmp_path / "x.onnx").write_bytes(b"graph-x")
+    with pytest.raises(RuntimeError):
+        convert_cached(tmp_path / "x.onnx", "mnn", broken)
+    assert not [p for p in _cache_dir().iterdir() if ".tmp" in p.name]
+
+
 def test_a_converter_writing_beside_its_input_leaves_the_users_folder_alone(tmp_path, monkeypatch):
     """pnnx writes ``<input>.pnnxsim.onnx`` beside the file it converts: that must be edgekd's copy."""
     from benchmarks.mobile_runtimes import convert_cached
