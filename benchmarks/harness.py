@@ -446,7 +446,20 @@ def _parity(entry: _Model, runtime: str, runner, check_samples: int) -> dict | N
                       error=None)
     except Exception as exc:
         record.update(max_abs_diff=None, agreement=None, error=_reason(exc))
+        return record
+    # the same file on the runtime that measured its accuracy: runtimes differ by rounding, not by whole
+    # predictions; one that does is computing something else and is not timed (nor can win a headline)
+    evaluated = entry.record.get("evaluated_with")
+    if evaluated and evaluated != runtime and entry.logits is not None:
+        same = float((got.argmax(1) == np.asarray(entry.logits[:n]).argmax(1)).mean())
+        record["agreement_with_" + evaluated] = same
+        if same < MIN_RUNTIME_AGREEMENT:
+            record["error"] = (f"its top-1 agrees with {evaluated}'s on the same file for only {100 * same:.1f}% of {n} "
+                               f"samples (at least {100 * MIN_RUNTIME_AGREEMENT:.0f}% expected): wrong outputs")
     return record
+
+
+MIN_RUNTIME_AGREEMENT = 0.9   # two runtimes on one file; int8 rounding moves a few percent, a broken converter most
 
 
 def _load_floor_runners(runners, runtimes, identity: Path, threads, floors) -> dict:

@@ -748,3 +748,31 @@ def test_every_bench_option_default_is_the_libraries():
     assert tuple(int(b) for b in options["batch_sizes"].split(",")) == config.batch_sizes
     assert (options["threads"], config.threads) == ("1,all", None) and (options["runtimes"], config.runtimes) == ("all", None)
     assert (options["seconds"], options["rounds"]) == (config.seconds, config.rounds)
+
+
+def test_a_runtime_whose_outputs_disagree_with_the_files_own_is_not_timed(digits, tiny_student, onnx_models):
+    """A converter bug (MNN once overwrote chunks) gives outputs that agree with onnxruntime's on the same
+    file for few images: such a runtime gets an error row, not a time that could win the headline."""
+    @R.register_runtime("test-wrong", formats=("onnx",), description="returns another model's answers")
+    class Wrong(R.OnnxRuntime):
+        def load(self, path, threads):
+            runner = super().load(path, threads)
+            bind = runner.bind
+
+            def rolled(x):
+                fn = bind(x)
+                return lambda: [np.roll(out, 3, axis=-1) for out in fn()]
+            runner.bind = rolled
+            return runner
+
+    try:
+        config = BenchConfig(runtimes=("onnxruntime", "test-wrong"), **TINY)
+        result = run_benchmark([str(onnx_models["fp32"])], digits, config)
+    finally:
+        R._RUNTIMES.pop("test-wrong")
+    rows = [r for r in result.rows if r["runtime"] == "test-wrong"]
+    assert rows and all(r["status"] == "error" and "agrees with onnxruntime's on the same file for only" in r["error"]
+                        for r in rows)
+    from benchmarks.report import headline_rows
+
+    assert [h["runtime"] for h in headline_rows(result.to_dict())] == ["onnxruntime"]
