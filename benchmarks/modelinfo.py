@@ -170,7 +170,9 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
 
         proto = onnx.load(str(graph_path), load_external_data=False)
         if fmt == "onnx":
-            size += _external_data_bytes(proto, path.parent)
+            from edgekd.teachers import external_data_files   # (torch is imported only where a model is read)
+
+            size += sum(f.stat().st_size for f in external_data_files(path, proto))
         input_shape = _declared_input_shape(proto)
         fixed_batch = _declared_batch(proto)
         input_dtype = "uint8" if proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 else "float32"
@@ -290,15 +292,6 @@ def _declared_input_shape(proto):
     dims = proto.graph.input[0].type.tensor_type.shape.dim[1:]
     shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
     return shape if shape and all(d for d in shape) else None
-
-
-def _external_data_bytes(proto, folder: Path) -> int:
-    files = set()
-    for init in proto.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location":
-                files.add(entry.value)
-    return sum((folder / f).stat().st_size for f in files if (folder / f).is_file())
 
 
 def _initializer_elements(proto) -> int:

@@ -260,12 +260,14 @@ class OnnxTeacher(Teacher):
 _ONNX_FLOATS = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
 
 
-def external_data_files(path: Path) -> list[Path]:
-    """The files an ONNX graph keeps its tensors in beside it (``external_data`` locations), sorted."""
+def external_data_files(path: Path, proto=None) -> list[Path]:
+    """The files an ONNX graph keeps its tensors in beside it (``external_data`` locations), sorted;
+    ``proto``: the graph already loaded (without its external data)."""
     import onnx
 
+    path = Path(path)
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = proto if proto is not None else onnx.load(str(path), load_external_data=False)
     except Exception:   # loadable by onnxruntime but not by onnx: no external data to name
         return []
     found = {entry.value for init in proto.graph.initializer for entry in init.external_data if entry.key == "location"}
