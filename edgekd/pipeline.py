@@ -13,7 +13,7 @@ from edgekd.artifacts import is_artifact, write_json_atomic, write_text_atomic
 from edgekd.config import PipelineConfig, defaults
 from edgekd.distill import describe_gain
 from edgekd.models import create_model
-from edgekd.outputs import PIPELINE_ARTIFACTS, PIPELINE_FILES, OutputError
+from edgekd.outputs import PIPELINE_ARTIFACTS, OutputError
 from edgekd.training import fingerprint_changes, run_fingerprint
 from edgekd.validation import check_output_dir
 
@@ -126,19 +126,18 @@ STAGES = ("teacher", "specialists", "student")
 
 
 def _clear_previous_run(out: Path) -> None:
-    """--overwrite starts over: the previous run's stages (finished or interrupted), exports, report and
-    summaries go before this run records its settings, so a rerun interrupted now can never --resume into
-    a stage another run made, and a skipped stage leaves nothing of the old run behind. All are edgekd's
-    own (``check_output_dir`` has just refused any folder holding something else); the logit cache stays,
-    its entries keyed by the teacher's weights and the data."""
+    """--overwrite starts over: the previous run's stages (finished or interrupted) and its record go before
+    this run records its settings, so a rerun interrupted now can never --resume into a stage another run
+    made, and a skipped stage leaves nothing of the old run behind (exports, report and summaries go at
+    every run's start, ``_clear_made_each_run``). All are edgekd's own (``check_output_dir`` has just
+    refused any folder holding something else); the logit cache stays, keyed by the teacher and the data."""
     import shutil
 
-    for name in (*PIPELINE_ARTIFACTS, "export", "bench"):
+    for name in PIPELINE_ARTIFACTS:
         for path in (out / name, out / f"{name}.partial"):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
-    for name in PIPELINE_FILES:
-        (out / name).unlink(missing_ok=True)
+    (out / RUN_RECORD).unlink(missing_ok=True)
 
 
 def _clear_made_each_run(out: Path) -> None:
