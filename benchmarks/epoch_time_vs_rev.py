@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median as _median   # of an even count, the mean of the middle two
 
 from benchmarks.provenance import header_markdown, provenance
 from benchmarks.scenario_common import write_result
@@ -79,13 +80,6 @@ def _probe(tree: Path, kind: str, args) -> float:
     if done.returncode != 0:
         raise SystemExit(f"probe failed in {tree}: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["seconds_per_epoch"]
-
-
-def _median(values):
-    """The median; of an even count, the mean of the two middle values (not the upper one)."""
-    import statistics
-
-    return statistics.median(values)
 
 
 def main(argv=None):

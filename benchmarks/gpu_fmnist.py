@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from statistics import median as _median   # of an even count, the mean of the middle two
 
 from benchmarks.provenance import header_markdown, provenance
 from benchmarks.scenario_common import write_result
@@ -128,13 +129,6 @@ def measure(args) -> dict:
             "n_train": len(data.y_train), "n_val": len(data.y_val), "load_seconds": load_seconds,
             "view_cache_seconds": cache_seconds, "views": args.views if pixels else 0, "rows": rows,
             "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-
-
-def _median(values):
-    """The median; of an even count, the mean of the two middle values (not the upper one)."""
-    import statistics
-
-    return statistics.median(values)
 
 
 def per_epoch(result: dict, model: str, kind: str) -> float | None:
