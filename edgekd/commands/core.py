@@ -46,13 +46,17 @@ def teacher_option_rules(params, *specs) -> list:
                     ("combine", any(p.is_dir() for p in paths), "with an edgekd artifact folder")]
 
 
-def open_teacher(spec, params, *, device=None, role: str = "Teacher"):
+def open_teacher(spec, params, *, device=None, role: str = "Teacher", teacher_options: bool = True):
+    """``spec`` loaded with the --teacher-* options (scale, mean, std, output, combine), or without them."""
     from edgekd.clicommon import register_stage_kinds
     from edgekd.teachers import InputTransform, load_teacher
 
     register_stage_kinds()
-    transform = InputTransform(params["teacher_scale"], params["teacher_mean"], params["teacher_std"])
-    teacher = load_teacher(spec, combine=params["combine"], output=params["teacher_output"], transform=transform, role=role)
+    if not teacher_options:
+        teacher = load_teacher(spec, role=role)
+    else:
+        transform = InputTransform(params["teacher_scale"], params["teacher_mean"], params["teacher_std"])
+        teacher = load_teacher(spec, combine=params["combine"], output=params["teacher_output"], transform=transform, role=role)
     return teacher.to(device) if device is not None else teacher
 
 
@@ -405,8 +409,7 @@ def evaluate_cmd(ctx, model, reference, split, as_json, **params):
     data_of_models(ctx, params, [model])
     data = load_data(params)
     device = resolve_device(params["device"])
-    plain = {**params, "teacher_scale": 1.0, "teacher_mean": 0.0, "teacher_std": 1.0, "teacher_output": None, "combine": None}
-    result = evaluate(open_teacher(model, plain if reference else params, device=device, role="Model"), data, split=split,
+    result = evaluate(open_teacher(model, params, device=device, role="Model", teacher_options=not reference), data, split=split,
                       reference=open_teacher(reference, params, device=device) if reference else None)
     if as_json:
         echo_json(result.to_dict())
