@@ -409,7 +409,8 @@ def evaluate_cmd(ctx, model, reference, split, as_json, **params):
     data_of_models(ctx, params, [model])
     data = load_data(params)
     device = resolve_device(params["device"])
-    result = evaluate(open_teacher(model, params, device=device, role="Model", teacher_options=not reference), data, split=split,
+    scored = open_teacher(model, params, device=device, role="Model", teacher_options=not reference)
+    result = evaluate(scored, data, split=split,
                       reference=open_teacher(reference, params, device=device) if reference else None)
     if as_json:
         echo_json(result.to_dict())
