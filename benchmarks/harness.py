@@ -4,7 +4,8 @@ size and cost of every model, as one JSON-ready report.
 Method (also written into every report):
 
 - every model is evaluated once on the test split (or its first ``eval_samples``: accuracy, NLL, ECE, top-1 agreement with the
-  first model, the *reference*) with the first selected runtime that reads its format;
+  first model, the *reference*) with the first selected runtime that reads its format; every other
+  selected runtime that reads it measures its own accuracy on the same samples (``accuracy_by_runtime``);
 - for each thread count and batch size, every (model, runtime) pair and every runtime's identity
   graph is warmed up, then timed for ``seconds`` split into ``rounds`` slices, taken round-robin
   (the starting pair rotates each round) so that drift of the machine hits all alike;
@@ -312,7 +313,38 @@ def _predict_split(runner, x_split, shape, uint8: bool, fixed: int | None, chunk
 def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, threads, reference: _Model, rows,
               kept: int = 256):
     """Accuracy, NLL, ECE and agreement with the reference, with the first runtime that reads the model;
-    the model keeps its first ``kept`` inputs for the parity checks and the timing batches."""
+    the model keeps its first ``kept`` inputs for the parity checks and the timing batches. Every other
+    runtime that reads the file measures its own accuracy on the same split (``accuracy_by_runtime``):
+    a converter or an int8 kernel that rounds differently shows in its own figure."""
+    _evaluate_first(entry, data, x_split, y_split, runtime_names, runtimes, threads, reference, rows, kept)
+    first = entry.record.get("evaluated_with")
+    if first is None:
+        return
+    by_runtime = {first: entry.record["accuracy"]}
+    for name in runtime_names:
+        if name in by_runtime or name not in runtimes or entry.info.format not in get_runtime(name).formats:
+            continue
+        try:
+            logits = _predict_split(_load_any_threads(runtimes[name], entry.path, threads), x_split,
+                                    tuple(entry.info.input_shape or data.input_shape),
+                                    entry.info.input_dtype == "uint8", entry.info.fixed_batch)
+        except Exception as exc:   # the timing pass reports it again as that runtime's error row
+            entry.record.setdefault("evaluation_errors", {})[name] = _reason(exc)
+            continue
+        if logits.shape == (len(x_split), data.num_classes):
+            by_runtime[name] = float((logits.argmax(1) == np.asarray(y_split)).mean())
+    entry.record["accuracy_by_runtime"] = by_runtime
+
+
+def _load_any_threads(runtime, path, threads: int):
+    try:
+        return runtime.load(path, threads)
+    except RuntimeSkipped:  # a runtime that cannot run at this thread count still evaluates at 1
+        return runtime.load(path, 1)
+
+
+def _evaluate_first(entry: _Model, data, x_split, y_split, runtime_names, runtimes, threads, reference: _Model, rows,
+                    kept: int):
     import torch
 
     from edgekd.evaluate import metrics_from_logits
@@ -331,11 +363,8 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
         if name not in runtimes or entry.info.format not in get_runtime(name).formats:
             continue
         try:
-            try:
-                runner = runtimes[name].load(entry.path, threads)
-            except RuntimeSkipped:  # a runtime that cannot run at this thread count still evaluates at 1
-                runner = runtimes[name].load(entry.path, 1)
-            logits = _predict_split(runner, x_split, shape, uint8, entry.info.fixed_batch)
+            logits = _predict_split(_load_any_threads(runtimes[name], entry.path, threads), x_split, shape, uint8,
+                                    entry.info.fixed_batch)
         except Exception as exc:
             entry.record.setdefault("evaluation_errors", {})[name] = _reason(exc)
             continue

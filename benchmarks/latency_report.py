@@ -135,6 +135,7 @@ def headlines(data: dict, *, accuracy_from: list | None = None) -> dict:
     rounds of the two rows' round p50s; the ratio of the pooled p50s is kept beside it. ``accuracy_from``:
     model records whose accuracy stands instead (the full run's, for the confirmation of the same files)."""
     from benchmarks.harness import paired_ratio, verdict
+    from benchmarks.report import accuracy_of
 
     batch, threads = _cell(data)
     rows = _ok_rows(data, batch, threads)
@@ -179,12 +180,13 @@ def _versus(fast: dict, slow: dict, models: dict, aim: float) -> dict:
     paired = paired_ratio(slow, fast)
     speedup = paired["median"] if paired else pooled   # the side-by-side figure; the pooled one is shown beside it
     warm = (slow.get("warm_p50_ms") / fast["warm_p50_ms"]) if fast.get("warm_p50_ms") and slow.get("warm_p50_ms") else None
-    acc, ref = models[fast["model"]].get("accuracy"), models[slow["model"]].get("accuracy")
+    acc, on = accuracy_of(models[fast["model"]], fast["runtime"])
+    ref, _ = accuracy_of(models[slow["model"]], slow["runtime"])
     return {"model": fast["model"], "runtime": fast["runtime"], "reference_model": slow["model"],
             "reference_runtime": slow["runtime"], "p50_ms": fast["p50_ms"], "reference_p50_ms": slow["p50_ms"],
             "speedup": speedup, "pooled_speedup": pooled, "paired": paired, "warm_speedup": warm, "aim": aim,
             "verdict": (decided := verdict(paired, speedup, aim)), "meets": decided == "meets",
-            "accuracy": acc, "reference_accuracy": ref, "accuracy_runtime": models[fast["model"]].get("evaluated_with"),
+            "accuracy": acc, "reference_accuracy": ref, "accuracy_runtime": on,
             "accuracy_cost_points": 100 * (ref - acc) if acc is not None and ref is not None else None,
             "latency_over_floor": fast.get("latency_over_floor")}
 
