@@ -334,20 +334,33 @@ def graph_macs(proto) -> int | None:
     for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
     total = 0
-    for node in model.graph.node:
+    for node in model.graph.node:   # in topological order: a shape filled in here serves the nodes after it
         op = node.op_type
+        if op in _SHAPE_KEEPING and node.output and node.output[0] not in shapes and node.input[0] in shapes:
+            shapes[node.output[0]] = shapes[node.input[0]]   # what ONNX's inference cannot see past a contrib op
         if op not in ("Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "QGemm"):
             continue
-        out = shapes.get(node.output[0])
         weight_index = 3 if op.startswith("QLinear") or op == "QGemm" else 1
         a, w = shapes.get(node.input[0]), shapes.get(node.input[weight_index])
+        if op in ("Gemm", "QGemm") and a is not None and w is not None:
+            # (M, K) x (K, N), either transposed: counted from the operands, as QGemm (com.microsoft) has no
+            # output shape in ONNX's inference
+            attrs = {attr.name: attr.i for attr in node.attribute}
+            m, k = (a[1], a[0]) if attrs.get("transA") else (a[0], a[1])
+            n = w[0] if attrs.get("transB") else w[1]
+            shapes.setdefault(node.output[0], [m, n])
+            total += m * k * n
+            continue
+        out = shapes.get(node.output[0])
         if out is None or a is None or w is None:
             return None
         if op in ("Conv", "ConvInteger", "QLinearConv"):
             total += math.prod(out) * math.prod(w[1:])
-        elif op in ("Gemm", "QGemm"):
-            trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
-            total += math.prod(out) * (a[0] if trans_a else a[-1])
         else:
             total += math.prod(out) * a[-1]
     return int(total) // batch
+
+
+# ops whose output has their first input's shape (the ones a QOperator graph puts between two QGemms)
+_SHAPE_KEEPING = frozenset({"QuantizeLinear", "DequantizeLinear", "Relu", "Clip", "Identity", "Cast", "QLinearLeakyRelu",
+                            "QLinearSigmoid", "LeakyRelu", "Sigmoid"})

@@ -695,6 +695,35 @@ def test_graph_macs_per_sample_at_a_fixed_batch_and_none_for_an_uncounted_operat
     assert graph_macs(proto) is None
 
 
+def test_graph_macs_of_a_qoperator_graph_whose_qgemms_onnx_cannot_shape(tmp_path):
+    """QGemm is a com.microsoft op: ONNX's shape inference gives its output no shape, so the count (and the
+    next QGemm's input) comes from the operands. 64 -> 32 -> 10 is 2,368 MACs a sample as in fp32."""
+    import numpy as np
+    import onnx
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from torch import nn
+
+    from benchmarks.modelinfo import graph_macs
+
+    fp32, q = tmp_path / "m.onnx", tmp_path / "m.qop.onnx"
+    module = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    torch.onnx.export(module, (torch.zeros(2, 64),), str(fp32), dynamo=True, input_names=["x"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": np.random.default_rng(0).random((8, 64), dtype=np.float32)}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(fp32), str(q), Reader(), quant_format=QuantFormat.QOperator)
+    proto = onnx.load(str(q))
+    assert [n.op_type for n in proto.graph.node].count("QGemm") == 2
+    assert graph_macs(proto) == 2368
+
+
 @pytest.mark.skipif(__import__("importlib").util.find_spec("executorch") is not None, reason="ExecuTorch installed")
 def test_a_pte_without_executorch_is_a_row_not_a_refused_report(edgekd, tmp_path, tiny_student):
     """As the README says of any missing runtime: the other models are measured, the .pte gets its reason."""
