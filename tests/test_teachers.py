@@ -164,6 +164,8 @@ def test_a_foreign_teacher_is_read_as_probabilities_or_logits_once(tmp_path):
 
         def forward(self, x):
             z = x.flatten(1)[:, :10] / 8
+            if self.squash == "confident":   # wrong classes at down to exp(-48) = 1e-21: kept apart, not floored
+                return torch.softmax(z * 24, -1)
             return torch.softmax(z, -1) if self.squash == "softmax" else torch.sigmoid(z)
 
     x = torch.rand(5, 1, 8, 8) * 16
@@ -171,6 +173,10 @@ def test_a_foreign_teacher_is_read_as_probabilities_or_logits_once(tmp_path):
     torch.jit.save(torch.jit.script(Head("sigmoid")), str(tmp_path / "sig.pt"))
     soft = load_teacher(tmp_path / "soft.pt")
     torch.testing.assert_close(soft.logits(x), torch.log_softmax(x.flatten(1)[:, :10] / 8, -1), atol=1e-5, rtol=1e-5)
+    torch.jit.save(torch.jit.script(Head("confident")), str(tmp_path / "sure.pt"))
+    sure = load_teacher(tmp_path / "sure.pt").logits(x)
+    torch.testing.assert_close(sure, torch.log_softmax(x.flatten(1)[:, :10] * 3, -1), atol=1e-3, rtol=1e-4)
+    assert sure.min() < -27.7   # below log(1e-12), where a floor made every such class one value
     sigmoid = load_teacher(tmp_path / "sig.pt")
     with pytest.warns(EdgekdWarning, match="read as logits"):
         sigmoid.logits(x)
