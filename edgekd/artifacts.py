@@ -97,6 +97,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
+def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> None:
+    """A safetensors file of CPU copies of ``tensors``, with the mode the umask gives (safetensors writes
+    0600, which hid the weights from a serving user who could read the manifest beside them)."""
+    from safetensors.torch import save_file
+
+    from edgekd.outputs import usual_mode
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+    os.chmod(path, usual_mode(folder=False))
+
+
 def _json_default(value):
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -255,12 +266,10 @@ def save_artifact(out_dir: str | Path, manifest: Manifest, tensor_files: dict[st
 
 
 def _write_folder(folder: Path, manifest: Manifest, tensor_files: dict, extra_files: dict, nested=()) -> Manifest:
-    from safetensors.torch import save_file
-
     folder.mkdir(exist_ok=True)
     files = {}
     for name, state in tensor_files.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / name))
+        save_tensors(folder / name, state)
         files[name] = sha256_file(folder / name)
     for name, payload in extra_files.items():
         (folder / name).write_bytes(payload)

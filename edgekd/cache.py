@@ -121,7 +121,7 @@ class LogitCache:
 
     def store(self, key: str, value: torch.Tensor) -> None:
         """One file, written to a temporary name then renamed; the hash of the values is in its header."""
-        from safetensors.torch import save_file
+        from edgekd.artifacts import save_tensors
 
         # where the logits were computed, not where they ended up: a CUDA teacher may hand them back on the
         # CPU, and a hit verified on a CPU-only machine needs the looser tolerance of CUDA's kernels
@@ -130,7 +130,7 @@ class LogitCache:
         tmp = self.dir / f".{key}.{os.getpid()}.tmp"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            save_file({"logits": value}, str(tmp), metadata={"sha256": _tensor_sha256(value), "device": device})
+            save_tensors(tmp, {"logits": value}, metadata={"sha256": _tensor_sha256(value), "device": device})
             os.replace(tmp, self.path(key))
         except OSError as exc:   # a full or read-only cache folder costs a recomputation next time, not the run
             with contextlib.suppress(OSError):

@@ -44,10 +44,11 @@ from edgekd.errors import ConfigError, TrainingError
 from edgekd.losses import distillation_loss
 from edgekd.models import count_macs, count_parameters, create_model, format_arch, output_layer, parse_arch
 from edgekd.teacher_training import cross_entropy_loss, supervised_batches
-from edgekd.teachers import Teacher, check_teacher_fits
+from edgekd.outputs import data_paths
+from edgekd.teachers import Teacher, check_teacher_fits, teacher_files
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, augment_batch, fit,
                              jitter_views, predict_logits, run_fingerprint)
-from edgekd.validation import check_flip, check_jitter, parse_limit
+from edgekd.validation import check_flip, check_jitter, check_output_dir, parse_limit
 
 VIEW_SEED = 7_919  # jittered views are fixed (not tied to the training seed) so their cache is shared
 
@@ -472,6 +473,8 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
             refresh_cache: bool = False, progress: bool = False, dist=None, config_record: dict | None = None) -> DistillResult:
     """Train ``config.student`` on ``teacher``'s soft targets; optionally a hard-label baseline too."""
     out = Path(out)
+    # before any work: the library checks what the CLI checks (a notebook's --out could be the teacher)
+    check_output_dir(out, overwrite=overwrite, resume=resume, inputs=teacher_files(teacher), data=data_paths(data.spec))
     cache = cache or LogitCache()
     train_cfg = config.train
     check_teacher_fits(teacher, data)

@@ -14,10 +14,11 @@ from edgekd.config import TeacherConfig
 from edgekd.data import Dataset
 from edgekd.device import place_dataset, resolve_device
 from edgekd.models import count_macs, count_parameters, create_model, parse_arch
+from edgekd.outputs import data_paths
 from edgekd.teachers import EnsembleModule
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, augment_batch, fit, predict_logits,
                              run_fingerprint)
-from edgekd.validation import check_flip, check_jitter
+from edgekd.validation import check_flip, check_jitter, check_output_dir
 
 
 
@@ -54,6 +55,7 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
                    resume: bool = False, progress: bool = False, dist=None, config_record: dict | None = None) -> TeacherResult:
     """Train ``config.ensemble`` members with seeds ``seed, seed+1, ...`` and save one artifact."""
     out = Path(out)
+    check_output_dir(out, overwrite=overwrite, resume=resume, data=data_paths(data.spec))   # before training, not at the save
     started = time.perf_counter()
     name, options = parse_arch(config.arch)
     create_model(name, data.input_shape, data.num_classes, options=options)  # a bad architecture fails before anything is written

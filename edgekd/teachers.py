@@ -133,6 +133,14 @@ class Teacher:
         raise NotImplementedError
 
 
+def teacher_files(teacher: Teacher) -> list[Path]:
+    """What a teacher was read from (its artifact folder, or its ``.onnx``/TorchScript file): inputs an
+    output must never replace."""
+    artifact = getattr(teacher, "artifact", None)
+    path = artifact.path if artifact is not None else getattr(teacher, "path", None)
+    return [Path(path)] if path is not None else []
+
+
 class ModuleTeacher(Teacher):
     """A teacher backed by a torch module (edgekd artifacts)."""
 

@@ -303,14 +303,12 @@ class RunStore:
         then drop older tensor files: a kill -9 at any point leaves the previous or the new state."""
         if not self.writer:
             return
-        from safetensors.torch import save_file
-
-        from edgekd.artifacts import sha256_file
+        from edgekd.artifacts import save_tensors, sha256_file
 
         self._serial += 1
         tensor_name = f"{name}.{kind}.{os.getpid()}-{self._serial}.safetensors"
         tmp = self.path / f".{tensor_name}.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        save_tensors(tmp, tensors)
         digest = sha256_file(tmp)
         os.replace(tmp, self.path / tensor_name)
         write_json_atomic(self.path / f"{name}.{kind}.json", {**meta, "tensors": tensor_name, "sha256": digest})

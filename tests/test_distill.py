@@ -384,3 +384,22 @@ def test_on_consistent_views_the_twin_judges_the_image_the_student_sees(tmp_path
     with torch.no_grad():
         expected = twin_logits(teacher.logits(xb), twin(xb.float()))
     assert torch.allclose(targets, expected, atol=1e-4)
+
+
+def test_the_library_refuses_an_out_that_is_its_teacher_before_any_work(tmp_path, digits, tiny_teacher, monkeypatch):
+    """The CLI is not the only caller: distill(..., out=<the teacher>, overwrite=True) from a notebook
+    replaced the teacher it was reading with its own student. Refused before a target is computed."""
+    import shutil
+
+    from edgekd import distill as stage
+    from edgekd.distill import DistillConfig, distill
+    from edgekd.outputs import OutputError
+    from edgekd.teachers import load_teacher
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, teacher)
+    before = sorted((p.name, p.read_bytes()) for p in teacher.iterdir())
+    monkeypatch.setattr(stage, "_recipe_batches", lambda *a, **k: pytest.fail("work began before the refusal"))
+    with pytest.raises(OutputError, match="teacher|input"):
+        distill(load_teacher(teacher), digits, DistillConfig(student="mlp:hidden=16"), teacher, overwrite=True)
+    assert sorted((p.name, p.read_bytes()) for p in teacher.iterdir()) == before

@@ -359,5 +359,12 @@ def test_outputs_get_the_modes_the_umask_gives(tmp_path, tiny_student):
         write_json_atomic(tmp_path / "s.json", {"a": 1})
         mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
         assert mode(out) == 0o755 and mode(out / "manifest.json") == 0o644 and mode(tmp_path / "s.json") == 0o644
+        # safetensors writes its files 0600: the weights, the logit cache and a run's checkpoints too
+        assert weights and all(mode(out / name) == 0o644 for name in weights)
+        from edgekd.cache import LogitCache
+
+        cache = LogitCache(tmp_path / "cache")
+        cache.store("k", torch.zeros(2, 3))
+        assert mode(cache.path("k")) == 0o644
     finally:
         os.umask(old)

@@ -48,3 +48,21 @@ def test_flip_trains_teachers_on_mirrored_batches_and_is_recorded(digits, edgekd
     flipped, plain = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("f", "p"))
     assert flipped["config"]["params"]["flip"] is True and plain["config"]["params"]["flip"] is False
     assert flipped["files"]["member-0.safetensors"] != plain["files"]["member-0.safetensors"]
+
+
+def test_the_library_refuses_a_users_folder_before_training(tmp_path, digits, monkeypatch):
+    """train_teachers called from a notebook checks --out first, as the CLI does (it trained, then refused
+    at the save and left a .partial folder behind)."""
+    import pytest
+
+    from edgekd import teacher_training as stage
+    from edgekd.outputs import OutputError
+    from edgekd.teacher_training import TeacherConfig, train_teachers
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    monkeypatch.setattr(stage, "fit", lambda *a, **k: pytest.fail("trained before the refusal"))
+    with pytest.raises(OutputError):
+        train_teachers(digits, TeacherConfig(arch="mlp:hidden=16"), mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "a user's file" and not (tmp_path / "mine.partial").exists()
