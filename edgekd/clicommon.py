@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from edgekd.config import MAX_MIXUP, PRECISIONS, TrainConfig
+from edgekd.validation import VAL_FRACTION_RANGE
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -172,7 +173,7 @@ def data_options(func):
     @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
                   help="imagefolder without a test/ folder: the share held out for test (default 0.2, fixed per folder).")
     @click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Stratified subset of the train split.")
-    @click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.1, show_default=True)
+    @click.option("--val-fraction", type=click.FloatRange(*VAL_FRACTION_RANGE), default=0.1, show_default=True)
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from edgekd.errors import ConfigError
 from edgekd.validation import (MAX_LR, check_choice, check_in_range, check_int_at_least, check_positive,
-                               check_seed)
+                               check_seed, check_val_fraction)
 
 PRECISIONS = ("fp32", "bf16")
 METHODS = ("kd", "kd-ls", "dkd", "nckd")
@@ -188,9 +188,24 @@ class PipelineConfig:
     epochs: int = 60
     temperature: float | None = None
     alpha: float | None = 0.5
-    jitter: int = 1                 # the teachers' input jitter
+    jitter: int | None = None       # the teachers' input jitter; None: 1 px on images, none on vectors
     student_jitter: int = 0         # the student's: a 1-px shift of an 8x8 digit costs a small mlp 3-6 points
     student_recipe_search: bool = False   # so the distilled student is not also trained jittered (see above)
     seed: int = 0
     device: str = "auto"
     skip: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        check_val_fraction(self.val_fraction)
+        for name in self.skip:
+            check_choice("skip", name, PIPELINE_OPTIONAL_STAGES)
+        for name in ("ensemble", "teacher_epochs", "epochs", "specialist_patience"):
+            check_int_at_least(name, getattr(self, name), 1)
+        check_positive("teacher_lr", self.teacher_lr)
+        check_positive("specialist_lr", self.specialist_lr)
+        for name in ("jitter", "student_jitter"):
+            if getattr(self, name) is not None:
+                check_int_at_least(name, getattr(self, name), 0)
+
+
+PIPELINE_OPTIONAL_STAGES = ("specialists", "export", "bench")

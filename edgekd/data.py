@@ -32,6 +32,7 @@ import numpy as np
 
 from edgekd.cachedir import default_cache_dir, touch
 from edgekd.errors import DataError
+from edgekd.validation import check_val_fraction
 
 if TYPE_CHECKING:  # torch is imported lazily at run time
     import torch
@@ -139,6 +140,7 @@ class Dataset:
 def load_dataset(spec: str = "digits", *, val_fraction: float = 0.1, split_seed: int = 0,
                  train_limit: int | None = None) -> Dataset:
     """Load ``spec``, split train into train/val (stratified, seeded) and compute train statistics."""
+    check_val_fraction(val_fraction)   # before reading anything: 2.0 left 10 training rows, silently
     x, y, x_test, y_test, classes = _load_arrays(spec)
     _check_arrays(spec, x, y, x_test, y_test, classes)
     test_idx = None

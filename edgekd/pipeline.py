@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgekd.artifacts import is_artifact, write_json_atomic, write_text_atomic
-from edgekd.config import PipelineConfig, defaults
+from edgekd.config import PipelineConfig
 from edgekd.distill import describe_gain
 from edgekd.models import create_model
 from edgekd.outputs import PIPELINE_ARTIFACTS, OutputError
@@ -48,9 +48,9 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     # every stage's settings are checked before the first trains: a bad --student must not cost a teacher
     teacher_cfg, distill_cfg = teacher_config(config, device), distill_config(config, device)
     data = load_dataset(config.data, val_fraction=config.val_fraction, train_limit=config.train_limit)
-    if len(data.input_shape) != 3 and config.jitter == PipelineConfig.jitter:
+    if config.jitter is None:
         # the teachers' default jitter is for images: vectors train without it (a jitter given is checked below)
-        config = replace(config, jitter=0)
+        config = replace(config, jitter=1 if len(data.input_shape) == 3 else 0)
         teacher_cfg = teacher_config(config, device)
     check_jitter(config.jitter, data.input_shape)
     check_jitter(config.student_jitter, data.input_shape, name="student_jitter")
@@ -193,7 +193,8 @@ def teacher_config(config: PipelineConfig, device: str):
     from edgekd.training import TrainConfig
 
     return TeacherConfig(arch=config.teacher_arch, ensemble=config.ensemble,
-                         train=TrainConfig(epochs=config.teacher_epochs, lr=config.teacher_lr, jitter=config.jitter,
+                         train=TrainConfig(epochs=config.teacher_epochs, lr=config.teacher_lr,
+                                           jitter=1 if config.jitter is None else config.jitter,   # images' default
                                            seed=config.seed, device=device))
 
 
@@ -214,18 +215,20 @@ QUICK_BENCH = dict(batch_sizes=(1, 32), threads=(1,), seconds=0.15, rounds=2, mi
 
 
 def build_for_pipeline(teacher_dir, data, out_dir, quick: bool = True, *, cache=None, seed: int = 0,
-                       device: str = "cpu", resume: bool = False, progress: bool = False, config_record: dict | None = None):
+                       device: str = "auto", resume: bool = False, progress: bool = False, config_record: dict | None = None,
+                       pipeline: PipelineConfig | None = None):
     """The specialists stage: the teacher's member 0 as generalist (the pipeline trains an ensemble),
-    K chosen automatically, top-1 gating; ``quick`` trains each specialist 2 epochs, else 5."""
+    K chosen automatically, top-1 gating; ``quick`` trains each specialist 2 epochs, else 5, at
+    ``pipeline``'s specialist learning rate and patience."""
     from edgekd.artifacts import load_artifact
     from edgekd.training import TrainConfig
     from specialists.build import SpecialistConfig, build_specialists
 
     members = len(load_artifact(teacher_dir).manifest.members)
-    pipeline = defaults(PipelineConfig)
+    pipeline = pipeline or PipelineConfig()
     config = SpecialistConfig(member=0 if members > 1 else None,
-                              train=TrainConfig(epochs=2 if quick else 5, lr=pipeline["specialist_lr"],
-                                                patience=pipeline["specialist_patience"], seed=seed, device=device))
+                              train=TrainConfig(epochs=2 if quick else 5, lr=pipeline.specialist_lr,
+                                                patience=pipeline.specialist_patience, seed=seed, device=device))
     return build_specialists(teacher_dir, data, config, out_dir, cache=cache, overwrite=True, resume=resume,
                              progress=progress, config_record=config_record)
 
@@ -295,7 +298,7 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
     spec_dir = out / "specialists"
     stage("specialists", spec_dir, lambda p: build_for_pipeline(teacher_dir, data, p, cache=cache, seed=config.seed,
                                                                 device=device, resume=resume, progress=progress,
-                                                                config_record=config_record),
+                                                                config_record=config_record, pipeline=config),
           made_from=lambda p: _recorded(p, "generalist") == _generalist_fingerprint(teacher_dir, p))
     spec = load_teacher(spec_dir).to(device)
     summary["specialists"] = _model_summary(evaluate(spec, data), spec)

@@ -25,6 +25,14 @@ def check_in_range(name: str, value: float, low: float, high: float) -> float:
     return value
 
 
+# the share of the training rows held out for val: at least one per cent, at most half (the CLI's range too)
+VAL_FRACTION_RANGE = (0.01, 0.5)
+
+
+def check_val_fraction(value: float, name: str = "val_fraction") -> float:
+    return check_in_range(name, value, *VAL_FRACTION_RANGE)
+
+
 def check_int_at_least(name: str, value: int, low: int) -> int:
     if not isinstance(value, int) or value < low:
         raise ConfigError(f"The '{name}' parameter must be an integer >= {low}. Got {value!r} instead.")

@@ -34,7 +34,7 @@ from torch import nn
 from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ConfigError, ExportError
 from edgekd.outputs import temp_folder
-from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive
+from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive, check_val_fraction
 from export.mobile import ORT_OPTIMIZATION_LEVELS
 from export.quantize import QUANT_FORMATS, QUANTIZE_MODES, precision_name, quantize_model
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
@@ -106,8 +106,8 @@ class ExportConfig:
         check_positive("max_accuracy_drop", self.max_accuracy_drop, strict=False)
         check_int_at_least("verify_batch_size", self.verify_batch_size, 2)
         check_int_at_least("batch1_samples", self.batch1_samples, 1)
-        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
-            raise ConfigError(f"The 'val_fraction' parameter must be in (0, 1). Got {self.val_fraction!r} instead.")
+        if self.val_fraction is not None:
+            check_val_fraction(self.val_fraction)
 
 
 @dataclass(frozen=True)

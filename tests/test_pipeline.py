@@ -116,3 +116,44 @@ def test_resume_makes_again_a_stage_made_from_another_teacher(edgekd, tmp_path):
     distilled_from = json.loads((out / "summary.json").read_text())["distilled_from"]
     teacher = load_teacher(out / distilled_from)   # 'teacher' or 'specialists', the folder of either
     assert load_artifact(out / "student").manifest.teacher["fingerprint"] == teacher.fingerprint
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(val_fraction=2.0), "'val_fraction' parameter must be in"),
+    (dict(skip=("specialist",)), "'skip' parameter must be one of 'specialists', 'export', 'bench'"),
+    (dict(epochs=0), "'epochs' parameter must be an integer >= 1"),
+    (dict(specialist_lr=-1.0), "'specialist_lr' parameter must be > 0"),
+])
+def test_a_pipeline_config_checks_its_values_where_it_is_made(bad, message):
+    """A notebook's PipelineConfig(val_fraction=2.0) trained the teacher on 10 rows; a misspelt --skip ran the stage."""
+    from edgekd.config import PipelineConfig
+    from edgekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        PipelineConfig(**bad)
+
+
+def test_the_specialists_stage_trains_at_the_pipelines_own_rate_and_patience(monkeypatch, tiny_teacher, digits, tmp_path):
+    """specialist_lr and specialist_patience were part of the config (and its resume fingerprint) but the stage
+    read the class defaults."""
+    import specialists.build as build
+    from edgekd.config import PipelineConfig
+    from edgekd.pipeline import build_for_pipeline
+
+    seen = {}
+    monkeypatch.setattr(build, "build_specialists", lambda *a, **k: seen.setdefault("config", a[2]))
+    build_for_pipeline(tiny_teacher, digits, tmp_path / "s", pipeline=PipelineConfig(specialist_lr=0.05, specialist_patience=7))
+    assert (seen["config"].train.lr, seen["config"].train.patience) == (0.05, 7)
+
+
+def test_a_jitter_given_for_vectors_is_refused_not_dropped(tmp_path):
+    """The default jitter (None) is 1 px on images and none on vectors; a jitter the user gives is checked
+    (jitter=1 equalled the old default and was dropped in silence, while jitter=2 was refused)."""
+    from edgekd.config import PipelineConfig
+    from edgekd.errors import ConfigError
+    from edgekd.pipeline import run_pipeline
+
+    config = PipelineConfig(data="synthetic:classes=4,groups=2,dim=8,train=60,test=30", teacher_arch="mlp:hidden=8", jitter=1,
+                            ensemble=1, teacher_epochs=1, epochs=1, skip=("specialists", "export", "bench"))
+    with pytest.raises(ConfigError, match="jitter"):
+        run_pipeline(config, tmp_path / "p")

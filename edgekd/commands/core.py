@@ -10,7 +10,7 @@ from edgekd.clicommon import (cache_option_rules, cache_options, common_options,
                               echo_json, load_data, make_train_config, refuse_unused, resolved_config, show_progress,
                               train_options)
 from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, MAX_MIXUP, METHODS, DistillConfig,
-                           PipelineConfig, TeacherConfig, defaults)
+                           PIPELINE_OPTIONAL_STAGES, PipelineConfig, TeacherConfig, defaults)
 
 # every default below is read from the config dataclasses: a flag left out means what the library means
 TEACHER, DISTILL, PIPELINE = defaults(TeacherConfig), defaults(DistillConfig), defaults(PipelineConfig)
@@ -405,7 +405,8 @@ def evaluate_cmd(ctx, model, reference, split, as_json, **params):
 
     # the --teacher-* options (scale, mean, std, output, combine) are for --teacher when one is given, else for MODEL:
     # never for both, which would feed MODEL the teacher's preprocessing
-    refuse_unused(teacher_option_rules(params, reference or model))
+    refuse_unused([*teacher_option_rules(params, reference or model),
+                   ("seed", False, "to commands that draw at random (evaluate scores every sample)")])
     data_of_models(ctx, params, [model])
     data = load_data(params)
     device = resolve_device(params["device"])
@@ -434,11 +435,11 @@ def evaluate_cmd(ctx, model, reference, split, as_json, **params):
 @click.option("--epochs", type=click.IntRange(min=1), default=PIPELINE["epochs"], show_default=True)
 @click.option("--temperature", "-T", default=_auto_default(PIPELINE["temperature"]), show_default=True)
 @click.option("--alpha", default=_auto_default(PIPELINE["alpha"]), show_default=True)
-@click.option("--jitter", type=click.IntRange(min=0), default=PIPELINE["jitter"], show_default=True,
-              help="The teachers' random input shifts, in pixels.")
+@click.option("--jitter", type=click.IntRange(min=0), default=PIPELINE["jitter"],
+              help="The teachers' random input shifts, in pixels (default: 1 on images, 0 on vectors).")
 @click.option("--student-jitter", type=click.IntRange(min=0), default=PIPELINE["student_jitter"], show_default=True,
               help="The student's (and its baseline's) shifts; with shifts the teacher is cached on every one.")
-@click.option("--skip", multiple=True, type=click.Choice(["specialists", "export", "bench"]),
+@click.option("--skip", multiple=True, type=click.Choice(PIPELINE_OPTIONAL_STAGES),
               help="Skip an optional stage (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True)
