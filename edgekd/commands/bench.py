@@ -58,9 +58,10 @@ def bench_cmd(ctx, **params):
 
     register_stage_kinds()
     measuring = ("batch_sizes", "threads", "runtimes", "seconds", "rounds", "data", "image_size", "channels",
-                 "test_fraction", "train_limit", "val_fraction", "device", "seed")
-    refuse_unused([(name, not params["from_json"], "when measuring (--from re-renders a report)")
-                   for name in measuring if name in params])
+                 "test_fraction", "train_limit", "val_fraction", "device")
+    refuse_unused([*((name, not params["from_json"], "when measuring (--from re-renders a report)")
+                     for name in measuring if name in params),
+                   ("seed", False, "to commands that draw at random (bench measures every sample in order)")])
 
     if params["from_json"]:
         if params["model"]:

@@ -70,7 +70,8 @@ def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimiz
                    ("calibration_size", quantize == "int8", "with --quantize int8"),
                    ("max_accuracy_drop", quantize is not None, "with --quantize"),
                    ("batch_size", executorch, "with --executorch (an ONNX file keeps a dynamic batch)"),
-                   ("opset", not executorch, "to ONNX and ORT exports, not with --executorch")])
+                   ("opset", not executorch, "to ONNX and ORT exports, not with --executorch"),
+                   ("device", False, "to commands that train or run models (export traces and verifies on the CPU)")])
     config = ExportConfig(opset=opset, quantize=quantize, quant_format=quant_format, calibration_data=calibration_data,
                           calibration_size=calibration_size, ort=ort, ort_optimization=ort_optimization,
                           executorch=executorch, batch_size=batch_size, atol=atol, rtol=rtol, max_accuracy_drop=max_accuracy_drop,

@@ -192,6 +192,7 @@ def regate_cmd(ctx, spec, **params):
     from edgekd.outputs import data_paths, output_lock
     from edgekd.validation import check_output_dir
 
+    refuse_unused([("seed", False, "to commands that draw at random (regate trains nothing)")])
     data_of_models(ctx, params, [spec])
     check_output_dir(params["out"], overwrite=params["overwrite"], inputs=[spec], data=data_paths(params["data"]), in_place=spec)
     with output_lock(params["out"]):
