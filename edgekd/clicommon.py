@@ -141,6 +141,22 @@ class _Single:
         self.type, self.name, self.multiple, self.is_flag = kind, name, False, False
 
 
+DATA_PARALLEL_COMMANDS = ("edgekd teacher train", "edgekd distill")
+
+
+def refuse_torchrun() -> None:
+    """Under torchrun (WORLD_SIZE > 1) only the data-parallel commands run: any other ran whole on every
+    rank, all on one GPU, the ranks racing on the same --out."""
+    from edgekd.errors import ConfigError
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    command = click.get_current_context().command_path
+    if world.isdigit() and int(world) > 1 and command not in DATA_PARALLEL_COMMANDS:
+        raise ConfigError(f"'{command}' runs in one process, but it was launched by torchrun with WORLD_SIZE={world}; "
+                          f"run it without torchrun (only {' and '.join(repr(c) for c in DATA_PARALLEL_COMMANDS)} "
+                          f"run data-parallel).")
+
+
 def common_options(func):
     """--config, --seed, --device, --quiet, --debug for a command."""
     @click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_toml_defaults,
@@ -153,6 +169,7 @@ def common_options(func):
                   help="Let artifacts that name your own architecture (py:...) import and run that code.")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        refuse_torchrun()
         if not kwargs.get("trust_code"):
             return func(*args, **kwargs)
         from edgekd.models import trust_code

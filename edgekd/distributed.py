@@ -102,6 +102,12 @@ def context_from_env(device: str = "auto") -> Context | None:
     use_cuda = resolve_device(device).type == "cuda"
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
     if use_cuda:
+        if local >= torch.cuda.device_count():   # cudaSetDevice would fail as an internal error
+            from edgekd.errors import ConfigError
+
+            raise ConfigError(f"torchrun started local rank {local} but this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s); pass --nproc-per-node {torch.cuda.device_count()} (one process per GPU) "
+                              f"or --device cpu.")
         torch.cuda.set_device(local)   # before the process group, so nccl binds this rank to its GPU
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")

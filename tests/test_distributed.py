@@ -72,3 +72,30 @@ def test_ddp_with_a_last_batch_smaller_than_the_world_and_batchnorm(tmp_path):
                            "--epochs", "3", "--quiet", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "manifest.json").read_text())["metrics"]["test_accuracy"] > 0.1
+
+
+def test_commands_that_are_not_data_parallel_refuse_torchrun(edgekd, tmp_path, monkeypatch):
+    """Under torchrun every rank ran 'specialists build' (or evaluate, export, ...) whole, all on one GPU,
+    racing on the same --out: refused in one line; the data-parallel commands go on to their own checks."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = edgekd("evaluate", tmp_path / "nope")
+    assert code == 2 and "'edgekd evaluate' runs in one process" in err and "WORLD_SIZE=2" in err
+    code, _, err = edgekd("specialists", "build", "--teacher", tmp_path / "nope", "--out", tmp_path / "o")
+    assert code == 2 and "'edgekd specialists build' runs in one process" in err
+    code, _, err = edgekd("teacher", "train", "--arch", "nope", "--out", tmp_path / "o")
+    assert code == 2 and "runs in one process" not in err
+
+
+def test_more_ranks_than_gpus_is_one_line_not_an_internal_error(monkeypatch):
+    import torch
+
+    import edgekd.device
+    from edgekd.distributed import context_from_env
+    from edgekd.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(edgekd.device, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="local rank 1 but this machine has 1 CUDA device.*--nproc-per-node 1"):
+        context_from_env("cuda")
