@@ -320,7 +320,7 @@ def channel_stats(x) -> tuple[tuple[float, ...], tuple[float, ...]]:
     count = 0
     step = chunk_rows(x[0].numel() * 8)   # float64 while summed
     for start in range(0, len(x), step):
-        chunk = x[start:start + step].double()
+        chunk = x[start:start + step].cpu().double()   # sums on the host whatever the data's device
         flat = chunk.reshape(len(chunk), channels, -1).transpose(0, 1).reshape(channels, -1)
         total += flat.sum(dim=1)
         square += (flat * flat).sum(dim=1)

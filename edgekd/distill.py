@@ -447,6 +447,7 @@ def fit_omitted_bias(val_logits: torch.Tensor, y_val: torch.Tensor, omitted) -> 
     the student never saw them, so their logits are too low; the paper raised class 3's bias by 3.5)."""
     from scipy.optimize import minimize_scalar
 
+    val_logits, y_val = val_logits.detach().cpu(), y_val.cpu()   # a 1-D search on the host, from any device
     mask = torch.zeros(val_logits.shape[1])
     mask[list(omitted)] = 1.0
 

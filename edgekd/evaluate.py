@@ -44,6 +44,7 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
 
 
 def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, classes) -> dict:
+    logits, y = logits.detach().cpu(), y.cpu()   # counted on the host, from any device
     predicted = logits.argmax(1)
     k = len(classes)
     confusion = torch.zeros((k, k), dtype=torch.long)

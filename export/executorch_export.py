@@ -112,7 +112,7 @@ class _PteRun:
         self.source, self.config, self.batch = source, config, config.batch_size
         self.to_input = lambda x: model_input(x, config.uint8_input, data.spec).reshape(len(x), -1)  # noqa: E731
         self.x_val, self.x_test = (ModelInputs(x, config.uint8_input, data.spec, flat=True) for x in (data.x_val, data.x_test))
-        self.y_test = data.y_test.numpy()
+        self.y_test = data.y_test.cpu().numpy()
         from export.verify import torch_logits
 
         self.ref_val = torch_logits(source.module, data.x_val)

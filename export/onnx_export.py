@@ -186,7 +186,7 @@ class _Run:
         self.source, self.config, self.tmp = source, config, tmp
         self.to_input = lambda x: model_input(x, config.uint8_input, data.spec)  # noqa: E731
         self.x_val, self.x_test = (ModelInputs(x, config.uint8_input, data.spec) for x in (data.x_val, data.x_test))
-        self.y_test = data.y_test.numpy()
+        self.y_test = data.y_test.cpu().numpy()
         self.ref_val = torch_logits(source.module, data.x_val)
         self.seconds, self.sizes, self.quant_info = {}, {"source_weights": source.weights_bytes}, None
         self.reference_accuracy = float("nan")

@@ -83,7 +83,8 @@ def predict_in_batches(predict, x, batch: int) -> np.ndarray:
 @torch.inference_mode()
 def torch_logits(module: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     module.eval()
-    outs = [module(as_float(x[i:i + batch_size])).float() for i in range(0, len(x), batch_size)]
+    device = next(iter(module.parameters()), torch.empty(0)).device   # the module's, as data may be placed elsewhere
+    outs = [module(as_float(x[i:i + batch_size]).to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
 
 

@@ -125,7 +125,7 @@ def logit_covariance(logits: torch.Tensor, temperature: float, chunk: int = COVA
     gram = torch.zeros((c, c), dtype=torch.float64)
     total = torch.zeros(c, dtype=torch.float64)
     for start in range(0, n, chunk):
-        p = torch.softmax(logits[start:start + chunk].double() / temperature, dim=-1)
+        p = torch.softmax(logits[start:start + chunk].cpu().double() / temperature, dim=-1)   # host buffers
         if shift is None:
             shift = p.mean(0)
         p -= shift

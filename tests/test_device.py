@@ -285,3 +285,23 @@ def test_gpu_bench_runs_the_pytorch_rows_on_cuda(cuda_teacher, tmp_path):
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     rows = [r for r in report["rows"] if r["status"] == "ok" and r["runtime"] == "pytorch"]
     assert rows and all(r["device"] == "cuda" for r in rows)
+
+
+@pytest.mark.gpu
+@gpu
+def test_library_helpers_take_tensors_on_the_gpu(digits, tiny_student, tmp_path):
+    """Public helpers a notebook calls with placed data: each counted or solved on the host from CUDA
+    tensors (they made their buffers on the CPU and failed mixing devices)."""
+    from edgekd.device import place_dataset
+    from edgekd.distill import fit_omitted_bias
+    from edgekd.evaluate import metrics_from_logits
+    from export import ExportConfig, export_onnx
+    from specialists.clustering import find_clusters
+
+    logits = torch.randn(200, 10, device="cuda")
+    y = torch.randint(0, 10, (200,), device="cuda")
+    assert metrics_from_logits(logits, y, digits.classes)["n"] == 200
+    assert math.isfinite(fit_omitted_bias(logits, y, [3]))
+    assert find_clusters(logits, 2).clusters
+    placed = place_dataset(digits, torch.device("cuda"))
+    export_onnx(tiny_student, tmp_path / "s.onnx", ExportConfig(), data=placed)
