@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from edgekd.config import MAX_MIXUP, PRECISIONS, TrainConfig
-from edgekd.validation import VAL_FRACTION_RANGE
+from edgekd.config import MAX_MIXUP, PRECISIONS, TrainConfig, defaults
+from edgekd.validation import DEVICES, VAL_FRACTION_RANGE
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -162,7 +162,7 @@ def common_options(func):
     @click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_toml_defaults,
                   is_eager=True, expose_value=True, help="TOML file with defaults for any option (flags override).")
     @click.option("--seed", type=click.IntRange(min=0, max=10**8), default=0, show_default=True, help="Random seed.")
-    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+    @click.option("--device", type=click.Choice(DEVICES), default=defaults(TrainConfig)["device"], show_default=True)
     @click.option("--quiet", is_flag=True, help="No progress bars.")
     @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
     @click.option("--trust-code", is_flag=True,

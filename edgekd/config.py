@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from edgekd.errors import ConfigError
 from edgekd.validation import (MAX_LR, check_choice, check_in_range, check_int_at_least, check_positive,
-                               check_seed, check_val_fraction)
+                               check_device, check_seed, check_val_fraction)
 
 PRECISIONS = ("fp32", "bf16")
 METHODS = ("kd", "kd-ls", "dkd", "nckd")
@@ -44,7 +44,7 @@ class TrainConfig:
     patience: int = 0          # epochs without val improvement before stopping; 0 = never stop early
     jitter: int = 0            # random shifts of up to this many pixels (paper section 3)
     seed: int = 0
-    device: str = "cpu"        # "auto" | "cpu" | "cuda": resolved once, in edgekd.device
+    device: str = "auto"       # "auto" | "cpu" | "cuda": resolved once, in edgekd.device (the CLI's default too)
     precision: str = "fp32"    # "fp32" | "bf16" (autocast of the forward pass and loss)
     # mixup (Zhang et al., ICLR 2018): each batch blended with a permutation of itself, lam ~ Beta(a, a); 0 = off
     mixup: float = 0.0
@@ -63,6 +63,7 @@ class TrainConfig:
         check_seed(self.seed)
         check_choice("precision", self.precision, PRECISIONS)
         check_in_range("mixup", self.mixup, 0.0, MAX_MIXUP)
+        check_device(self.device)
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ import torch
 
 from edgekd.config import PRECISIONS
 from edgekd.errors import ConfigError
+from edgekd.validation import check_device
 
 if TYPE_CHECKING:
     from edgekd.data import Dataset
 
-DEVICES = ("auto", "cpu", "cuda")
 # share of the free GPU memory the resident data may take; the rest is for weights and activations
 RESIDENT_SHARE = 0.5
 
@@ -30,11 +30,14 @@ def resolve_device(name: str | torch.device) -> torch.device:
         return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in DEVICES and not str(name).startswith("cuda:"):
-        raise ConfigError(f"The 'device' parameter must be one of {', '.join(map(repr, DEVICES))}. Got {name!r} instead.")
+    check_device(name)
     if str(name).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("The 'device' parameter is 'cuda' but no CUDA device is available; use --device cpu or auto.")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"The 'device' parameter is {name!r} but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s), numbered from 0; pass one of them or 'cuda'.")
+    return device
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

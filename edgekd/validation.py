@@ -25,6 +25,18 @@ def check_in_range(name: str, value: float, low: float, high: float) -> float:
     return value
 
 
+DEVICES = ("auto", "cpu", "cuda")   # or "cuda:N"; resolved once, in edgekd.device
+
+
+def check_device(name) -> str:
+    """A device name edgekd can resolve (whether that device exists is resolve_device's to say)."""
+    text = str(name)
+    if text not in DEVICES and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise ConfigError(f"The 'device' parameter must be one of {', '.join(map(repr, DEVICES))} or 'cuda:N'. "
+                          f"Got {name!r} instead.")
+    return name
+
+
 # the share of the training rows held out for val: at least one per cent, at most half (the CLI's range too)
 VAL_FRACTION_RANGE = (0.01, 0.5)
 

@@ -214,7 +214,7 @@ def _evaluate_and_save(generalist: Generalist, data: Dataset, config: Specialist
 
 def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = None, tol: float | None = None,
                        max_steps: int | None = None, module_steps: int | None = None, cache: LogitCache | None = None,
-                       overwrite: bool = False, config_record: dict | None = None, device="cpu",
+                       overwrite: bool = False, config_record: dict | None = None, device="auto",
                        keep: Sequence[int] | None = None) -> SpecialistsResult:
     """Re-score an existing specialist ensemble with other combination settings (top-n gating, solver
     tolerance, module steps): the same generalist and specialists, no training; a new artifact and report.

@@ -57,3 +57,15 @@ def test_configs_validate_where_they_are_built():
         TeacherConfig(ensemble=0)
     with pytest.raises(ConfigError, match="Unknown architecture 'vit'"):
         DistillConfig(student="vit")
+
+
+def test_a_library_config_and_the_cli_agree_on_the_device_and_check_it():
+    """TrainConfig defaulted to the CPU where --device defaults to auto: a notebook on a GPU machine trained on
+    the CPU, and TrainConfig(device='gpu') was accepted until training began."""
+    from edgekd.training import TrainConfig
+
+    for command in (("teacher", "train"), ("distill",), ("evaluate",), ("specialists", "build")):
+        assert _cli_defaults(*command)["device"] == TrainConfig().device == "auto"
+    with pytest.raises(ConfigError, match="'device' parameter must be one of 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        TrainConfig(device="gpu")
+    assert TrainConfig(device="cuda:1").device == "cuda:1"   # whether it exists is resolve_device's to say
