@@ -323,11 +323,34 @@ class TorchScriptTeacher(Teacher):
         self.fingerprint = hashlib.sha256(sha256_file(path).encode() + json.dumps(transform.__dict__).encode()).hexdigest()
         self.description = f"TorchScript '{path.name}'"
         self.path = path
+        self.device, self._ran = torch.device("cpu"), False
         self._flatten: bool | None = None
         self._as_logits = _OutputKind(f"TorchScript teacher '{path}'")
 
+    def to(self, device) -> "TorchScriptTeacher":
+        """Moves the module, as an artifact teacher moves: an online teacher on the GPU beside its student."""
+        device = torch.device(device)
+        if device != self.device:
+            self.net, self.device, self._ran, self._flatten = self.net.to(device), device, False, None
+        return self
+
     def _logits(self, x):
-        return self._run(self.transform.apply(x.float().cpu())).to(x.device)   # the module stays on the host
+        inputs = self.transform.apply(x.float().to(self.device))
+        try:
+            out = self._run(inputs)
+        except TeacherError:
+            if self._ran or self.device.type == "cpu":
+                raise
+            # a graph traced with its devices written in (torch.jit.trace of code that makes CPU tensors) runs only
+            # where it was traced: the first batch tells, and the teacher goes back to the host for good
+            import warnings
+
+            warnings.warn(f"TorchScript teacher '{self.path}' does not run on {self.device}; it runs on the CPU "
+                          f"(script it without fixed devices to run it on the GPU).", EdgekdWarning, stacklevel=3)
+            self.to("cpu")
+            out = self._run(self.transform.apply(x.float().cpu()))
+        self._ran = True
+        return out.to(x.device)
 
     def _run(self, x):
         if self._flatten is None:

@@ -223,3 +223,25 @@ def test_a_torch_save_file_given_as_teacher_is_told_apart_from_torchscript(tmp_p
     torch.save(torch.nn.Linear(64, 10).state_dict(), tmp_path / "weights.pt")
     with pytest.raises(TeacherError, match="written by torch.save .* not TorchScript; edgekd never unpickles"):
         load_teacher(tmp_path / "weights.pt")
+
+
+def test_a_torchscript_teacher_moves_with_to_and_falls_back_once_where_its_graph_cannot(tmp_path, monkeypatch):
+    """TorchScript teachers ignored .to(device): an online teacher ran on the host, each batch crossing twice.
+    A graph whose devices are written in runs where it can, said once."""
+    import pytest
+
+    from edgekd.errors import EdgekdWarning
+    from edgekd.teachers import load_teacher
+
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))), str(tmp_path / "t.pt"))
+    teacher = load_teacher(tmp_path / "t.pt")
+    moved = []
+    monkeypatch.setattr(type(teacher.net), "to", lambda net, device: moved.append(torch.device(device)) or net, raising=False)
+    x = torch.rand(4, 1, 8, 8)
+    want = teacher.logits(x)
+    teacher.to("meta")   # a device other than the host, as 'cuda' is, without a GPU
+    assert teacher.device == torch.device("meta") and moved == [torch.device("meta")]
+    with pytest.warns(EdgekdWarning, match="does not run on meta; it runs on the CPU"):
+        got = teacher.logits(x)
+    torch.testing.assert_close(got, want)
+    assert teacher.device == torch.device("cpu")
