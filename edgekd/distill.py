@@ -489,12 +489,13 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     idx = torch.from_numpy(transfer_indices(data, config.transfer_limit, config.omit_classes, train_cfg.seed)).to(data.device)
     x, y = take_rows(data.x_train, idx), data.y_train[idx]   # no copy of the inputs: batches gather them
     recipes = student_recipes(config, data.input_shape)
+    # a --resume of other settings is refused before the teacher's targets are computed, not after
+    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0,
+                     fingerprint=run_fingerprint(config_record or config, data, teacher.fingerprint), overwrite=overwrite)
     targets_started = time.perf_counter()   # the one-time cost of the teacher's targets (near 0 from the cache)
     batches = [_recipe_batches(recipe, teacher, data, x, y, idx, cache, refresh_cache, dist) for recipe in recipes]
     targets_seconds = time.perf_counter() - targets_started
     val = (data.x_val, data.y_val)
-    store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0,
-                     fingerprint=run_fingerprint(config_record or config, data, teacher.fingerprint), overwrite=overwrite)
 
     def new_student(seed):
         torch.manual_seed(seed)

@@ -244,6 +244,19 @@ def fingerprint_changes(old: dict, new: dict) -> list[str]:
 _OWN_STORE_FILE = re.compile(r"(run|clusters|.+\.(ckpt|done))\.json|.+\.(ckpt|done)(\.\d+-\d+)?\.safetensors|\..+\.tmp")
 
 
+def _own_record(path: Path) -> bool:
+    """A store's own ``run.json``/``clusters.json`` by its content too: a user's ``results.partial/run.json`` (a log
+    of their own) matches the name but is not edgekd's, and the folder must not be removed for it."""
+    expected = {"run.json": "fingerprint", "clusters.json": "clusters"}.get(path.name)
+    if expected is None:
+        return True
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and expected in data
+
+
 class RunStore:
     """A folder (``<out>.partial``) holding checkpoints and finished sub-runs of one command.
 
@@ -266,7 +279,8 @@ class RunStore:
                 raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) exists and is not a folder; "
                                   f"move it away and rerun.")
             has_state = any(self.path.glob("*.ckpt.json")) or any(self.path.glob("*.done.json"))
-            foreign = [p.name for p in self.path.iterdir() if p.is_dir() or p.is_symlink() or not _OWN_STORE_FILE.fullmatch(p.name)]
+            foreign = [p.name for p in self.path.iterdir() if p.is_dir() or p.is_symlink() or not _OWN_STORE_FILE.fullmatch(p.name)
+                       or not _own_record(p)]
             if foreign:
                 raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) holds files edgekd did not write "
                                   f"({', '.join(sorted(foreign)[:3])}); move them away and rerun.")

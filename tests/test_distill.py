@@ -403,3 +403,19 @@ def test_the_library_refuses_an_out_that_is_its_teacher_before_any_work(tmp_path
     with pytest.raises(OutputError, match="teacher|input"):
         distill(load_teacher(teacher), digits, DistillConfig(student="mlp:hidden=16"), teacher, overwrite=True)
     assert sorted((p.name, p.read_bytes()) for p in teacher.iterdir()) == before
+
+
+def test_a_resume_with_other_settings_is_refused_before_the_targets(tmp_path, digits, tiny_teacher, monkeypatch):
+    """The run's fingerprint is compared before the teacher runs over the views (minutes on real data)."""
+    from edgekd import distill as stage
+    from edgekd.distill import DistillConfig, distill
+    from edgekd.errors import EdgekdError
+    from edgekd.teachers import load_teacher
+    from edgekd.training import RunStore
+
+    out = tmp_path / "s"
+    store = RunStore(tmp_path / "s.partial", resume=False, rank=0, fingerprint={"another": "run"})
+    store.save("student", "ckpt", {"w": torch.zeros(1)}, {"epoch": 1})   # an interrupted run's state
+    monkeypatch.setattr(stage, "_recipe_batches", lambda *a, **k: pytest.fail("targets computed before the refusal"))
+    with pytest.raises(EdgekdError, match="resume"):
+        distill(load_teacher(tiny_teacher), digits, DistillConfig(student="mlp:hidden=16"), out, resume=True)

@@ -186,3 +186,20 @@ def test_a_signal_while_the_last_epoch_is_scored_stops_the_command(tmp_path, mon
                      loss_fn=lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1]), val=(x, y),
                      config=training.TrainConfig(epochs=2, batch_size=16), store=store, name="m")
     assert store.load("m", "done") is not None
+
+
+def test_a_users_folder_named_like_a_store_is_not_removed(tmp_path):
+    """'results.partial/run.json' holding a user's log matched the store's file names and the folder was
+    removed by the next 'teacher train --out results'; the store's own files are known by content too."""
+    from edgekd import training
+    from edgekd.errors import EdgekdError
+
+    mine = tmp_path / "results.partial"
+    mine.mkdir()
+    (mine / "run.json").write_text('{"my": "experiment log"}')
+    with pytest.raises(EdgekdError, match=r"holds files edgekd did not write \(run.json\)"):
+        training.RunStore(mine, resume=False, rank=0, fingerprint={"t": 1})
+    assert (mine / "run.json").read_text() == '{"my": "experiment log"}'
+    (mine / "run.json").write_text('{"fingerprint": {"t": 0}}')   # edgekd's own, from a run that saved nothing
+    training.RunStore(mine, resume=False, rank=0, fingerprint={"t": 1})
+    assert json.loads((mine / "run.json").read_text()) == {"fingerprint": {"t": 1}}
