@@ -97,6 +97,29 @@ def is_export_summary(path: str | Path) -> bool:
         and isinstance(data.get("source"), dict) and "fingerprint" in data["source"]
 
 
+def own_export(model: str | Path) -> bool:
+    """``model`` (and the summary beside it) are edgekd's to replace: the summary is an export summary and the
+    file is the one it describes (same sha256), or is missing, or is an ONNX file edgekd wrote (its metadata:
+    an export cut between renaming its summary and its model leaves the previous export beside the new
+    summary). A user's file put in place of an export is not, whatever summary is beside it."""
+    model = Path(model)
+    if not is_export_summary(model.with_name(model.name + ".json")):
+        return False
+    return not model.exists() or export_summary_of(model) is not None or _onnx_made_by_export(model)
+
+
+def _onnx_made_by_export(path: Path) -> bool:
+    if path.suffix != ".onnx" or not path.is_file():
+        return False
+    try:
+        import onnx
+
+        props = {p.key for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:
+        return False
+    return {"edgekd.source_fingerprint", "edgekd.verification", "edgekd.input_dtype"} <= props
+
+
 def is_report_folder(folder: str | Path) -> bool:
     data = _read_json(Path(folder) / "report.json")
     return isinstance(data, dict) and data.get("format") == "edgekd.bench"
@@ -134,9 +157,9 @@ def _export_folder_foreign(folder: Path) -> list[str]:
         path = folder / name
         if "/" in name or _own_temp(path.name):
             foreign += [] if _own_temp(path.name) else [name]
-        elif path.suffix in (".onnx", ".ort", ".pte") and is_export_summary(path.with_name(path.name + ".json")):
+        elif path.suffix in (".onnx", ".ort", ".pte") and own_export(path):
             continue
-        elif name.endswith((".onnx.json", ".ort.json", ".pte.json")) and is_export_summary(path):
+        elif name.endswith((".onnx.json", ".ort.json", ".pte.json")) and own_export(path.with_name(path.stem)):
             continue
         else:
             foreign.append(name)
@@ -338,13 +361,15 @@ def _check_file_output(out: Path, overwrite: bool) -> None:
         raise OutputError(f"The export's summary '{summary}' exists and is not a plain file; move it or choose another --out.")
     if not out.exists() and not summary.exists():
         return
-    ours = is_export_summary(summary)
+    ours = own_export(out)
     if not overwrite and ours:
         existing = out if out.exists() else summary
         raise OutputError(f"Output file '{existing}' already exists; pass --overwrite or choose another --out.")
     if not ours:   # checked first without --overwrite too: advising it would only lead to this refusal
-        raise OutputError(f"'{out if out.exists() else summary}' was not written by 'edgekd export' (no edgekd summary "
-                          f"'{summary.name}' beside it); --overwrite replaces only edgekd's exports; choose another --out.")
+        why = (f"it is not the file its summary '{summary.name}' describes" if is_export_summary(summary)
+               else f"no edgekd summary '{summary.name}' beside it")
+        raise OutputError(f"'{out if out.exists() else summary}' was not written by 'edgekd export' ({why}); "
+                          f"--overwrite replaces only edgekd's exports; choose another --out.")
 
 
 # --- temporary names, stale leftovers, locks -------------------------------------------------------

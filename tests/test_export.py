@@ -460,3 +460,23 @@ def test_the_export_records_its_sources_macs_and_parameters_for_bench(arch_expor
     assert int(meta["macs"]) == metrics["macs"] and int(meta["parameters"]) == metrics["parameters"]
     info = describe_model(result.path, "m")
     assert (info.macs, info.macs_source, info.parameters) == (metrics["macs"], "metadata", metrics["parameters"])
+
+
+def test_overwrite_replaces_an_export_but_not_a_users_file_put_in_its_place(edgekd, tmp_path, tiny_student):
+    """An edgekd summary beside the file is not enough: the file must be the one it describes, or an ONNX file
+    edgekd wrote (an export cut between its two renames). A user's own model in its place is kept."""
+    import json
+
+    out = tmp_path / "m.onnx"
+    code, _, err = edgekd("export", tiny_student, "--quiet", "--out", out)
+    assert code == 0, err
+    summary = out.with_name("m.onnx.json")
+    record = json.loads(summary.read_text())
+    record["model_sha256"] = "0" * 64   # as after an export cut between renaming the summary and the model
+    summary.write_text(json.dumps(record))
+    code, _, err = edgekd("export", tiny_student, "--quiet", "--overwrite", "--out", out)
+    assert code == 0, err
+    out.write_bytes(b"my hand-optimised model")
+    code, _, err = edgekd("export", tiny_student, "--quiet", "--overwrite", "--out", out)
+    assert code == 2 and "it is not the file its summary 'm.onnx.json' describes" in err
+    assert out.read_bytes() == b"my hand-optimised model"
