@@ -187,3 +187,9 @@ def _remove(entry: CacheEntry) -> None:
                 shutil.rmtree(path)
             else:
                 path.unlink()
+
+
+def file_identity(stat: "os.stat_result") -> str:
+    """What says a file is unchanged without reading it: size, mtime, and also ctime and inode, which a
+    rewrite changes even when it keeps the size and puts the mtime back (``cp -p``, ``rsync -a``, tar)."""
+    return f"{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekd.cachedir import default_cache_dir, touch
+from edgekd.cachedir import default_cache_dir, file_identity, touch
 from edgekd.errors import DataError
 from edgekd.validation import check_val_fraction
 
@@ -266,10 +266,10 @@ def chunk_rows(row_bytes: int) -> int:
 
 def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
     """``x[idx]`` stored once as ``splits/<key>.npy`` beside ``x``'s file, keyed by that file (path,
-    size, mtime, offset) and the indices, and opened copy-on-write (the file is never written back)."""
+    ``file_identity``, offset) and the indices, and opened copy-on-write (the file is never written back)."""
     source = Path(x.filename)
     stat = source.stat()
-    digest = hashlib.sha256(f"{source.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{x.offset}\0{x.shape}\0{np.dtype(dtype)}".encode())
+    digest = hashlib.sha256(f"{source.resolve()}\0{file_identity(stat)}\0{x.offset}\0{x.shape}\0{np.dtype(dtype)}".encode())
     digest.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
     # beside a decoded image folder in the cache; never beside a user's own file (an .npz)
     decoded = source.parent.name == "images" and source.name.endswith(".x.npy")

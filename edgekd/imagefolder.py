@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.cachedir import touch
+from edgekd.cachedir import file_identity, touch
 from edgekd.errors import DataError, EdgekdWarning
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -173,7 +173,7 @@ def _cache_key(spec: FolderSpec, files) -> str:
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, str(spec.root.resolve()), spec.size, spec.channels]).encode())
     for path, label in files:
         stat = path.stat()
-        digest.update(f"{path.relative_to(spec.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path.relative_to(spec.root)}\0{label}\0{file_identity(stat)}\n".encode())
     return digest.hexdigest()[:32]
 
 

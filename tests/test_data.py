@@ -150,3 +150,24 @@ def test_npz_inputs_are_memory_mapped_and_split_into_the_cache_not_beside_the_fi
     assert plain.mean == packed.mean and plain.std == packed.std
     assert sorted(p.name for p in data_dir.iterdir()) == ["packed.npz", "plain.npz"]   # nothing written beside the data
     assert len(list((tmp_path / "cache" / "images" / "splits").glob("*.npy"))) == 3    # the plain file's three splits
+
+
+def test_a_rewritten_npz_with_its_mtime_put_back_is_read_again(tmp_path):
+    """The split cache was keyed by size and mtime: new rows of the same shape, the mtime restored (cp -p,
+    rsync -a, tar), and the old rows were trained on in silence."""
+    import os
+
+    import numpy as np
+
+    from edgekd.data import load_dataset
+
+    path = tmp_path / "s.npz"
+    x, y = np.random.default_rng(0).random((300, 1, 8, 8), dtype=np.float32), np.arange(300) % 10
+    np.savez(path, x=x, y=y)
+    stat = os.stat(path)
+    first = float(load_dataset(f"npz:{path}").x_train.sum())
+    np.savez(path, x=x + 1.0, y=y)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_size == stat.st_size
+    second = load_dataset(f"npz:{path}")
+    assert float(second.x_train.sum()) == pytest.approx(first + second.x_train.numel(), rel=1e-4)
