@@ -252,6 +252,7 @@ def check_output(out: str | Path, *, kind: str, overwrite: bool = False, resume:
     if kind not in KINDS:
         raise ValueError(kind)
     out = Path(out)
+    restore_interrupted_swap(out)   # the one change a check makes: a lost artifact is back before it is judged
     resolved = _resolve(out)
     what = "file" if kind == "export" else "folder"
     _refuse_special(out, resolved)
@@ -405,21 +406,46 @@ def pid_alive(pid: int) -> bool:
 
 
 def clean_stale(out: str | Path) -> list[Path]:
-    """Remove the temporary and backup folders edgekd left beside ``out`` in a process that died."""
+    """Remove the temporary and backup folders edgekd left beside ``out`` in a process that died. A process
+    killed between moving the old ``out`` aside and renaming the new one in left no ``out`` at all: the
+    backup is put back as ``out`` (the state before that run), not removed with the rest."""
     out = Path(out)
+    restore_interrupted_swap(out)
     removed = []
+    for entry in _stale_entries(out):
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def restore_interrupted_swap(out: Path) -> Path | None:
+    """Where ``out`` is missing and a dead process's backup of it is beside it, the backup becomes ``out``
+    again (done before ``out`` is checked, so a run is told of the artifact before it trains)."""
+    if out.exists() or out.is_symlink():
+        return None
+    backups = [e for e in _stale_entries(out) if e.name.endswith(OLD_SUFFIX) and e.is_dir()]
+    if not backups:
+        return None
+    newest = max(backups, key=lambda e: e.stat().st_mtime_ns)
+    with contextlib.suppress(OSError):   # another process put it back first
+        os.replace(newest, out)
+        return out
+    return None
+
+
+def _stale_entries(out: Path) -> list[Path]:
+    """Temporary and backup entries beside ``out`` whose process is dead."""
     if not out.parent.is_dir():
-        return removed
-    prefix = f".{out.name}."
+        return []
+    prefix, stale = f".{out.name}.", []
     for entry in out.parent.iterdir():
         name = entry.name
         if not (name.startswith(prefix) and name.endswith((TEMP_SUFFIX, OLD_SUFFIX))):
             continue
         pid_text = name[len(prefix):].partition("-")[0]
         if pid_text.isdigit() and not pid_alive(int(pid_text)) and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
+            stale.append(entry)
+    return stale
 
 
 @contextlib.contextmanager

@@ -224,7 +224,7 @@ def test_stale_store_without_checkpoints_does_not_block_a_rerun(tmp_path):
     from edgekd.training import RunStore
 
     (tmp_path / "o.partial").mkdir()
-    (tmp_path / "o.partial" / "run.json").write_text("{}")
+    (tmp_path / "o.partial" / "run.json").write_text('{"fingerprint": {}}')
     RunStore(tmp_path / "o.partial", resume=False)   # a run that failed before its first checkpoint
 
 
@@ -256,10 +256,22 @@ def test_clean_stale_keeps_what_a_live_process_or_the_user_owns(tmp_path):
     live = tmp_path / f".o.{os.getpid()}-abc.edgekd-tmp"
     dead = tmp_path / ".o.999999999-abc.edgekd-old"
     user = tmp_path / ".o.old"
-    for folder in (live, dead, user):
+    for folder in (live, dead, user, tmp_path / "o"):
         folder.mkdir()
     assert clean_stale(tmp_path / "o") == [dead]
     assert live.exists() and user.exists()
+
+
+def test_a_kill_between_the_two_renames_of_a_swap_loses_neither_artifact(tmp_path):
+    """Killed after moving the old folder aside and before renaming the new one in, a run left no 'o' at all;
+    the next run removed both hidden folders. The backup is put back as 'o' instead."""
+    backup = tmp_path / ".o.999999999-abc.edgekd-old"
+    new = tmp_path / ".o.999999999-def.edgekd-tmp"
+    for folder in (backup, new):
+        folder.mkdir()
+    (backup / "manifest.json").write_text("the previous artifact")
+    assert clean_stale(tmp_path / "o") == [new]
+    assert (tmp_path / "o" / "manifest.json").read_text() == "the previous artifact"
 
 
 # --- full and read-only disks, signals ----------------------------------------------------------
@@ -368,3 +380,11 @@ def test_outputs_get_the_modes_the_umask_gives(tmp_path, tiny_student):
         assert mode(cache.path("k")) == 0o644
     finally:
         os.umask(old)
+
+
+def test_a_run_is_told_of_the_artifact_its_interrupted_swap_put_aside(edgekd, tmp_path, tiny_student):
+    """The check restores the backup before judging --out: refused without --overwrite before training, not after."""
+    out = tmp_path / "s"
+    shutil.copytree(tiny_student, tmp_path / ".s.999999999-abc.edgekd-old")
+    code, _, err = edgekd("teacher", "train", "--arch", "mlp:hidden=8", "--epochs", "1", "--quiet", "--out", out)
+    assert code == 2 and "already exists" in err and (out / "manifest.json").is_file()
