@@ -95,6 +95,8 @@ def distributed_context(params):
 def models_cmd(as_json, input_shape, classes):
     """List the registered architectures, their options, parameters and MACs."""
     from edgekd.errors import ConfigError
+    import torch
+
     from edgekd.models import count_macs, count_parameters, create_model, format_arch, list_models
 
     try:
@@ -109,7 +111,8 @@ def models_cmd(as_json, input_shape, classes):
         row = {"name": entry.name, "options": format_arch(entry.name, entry.defaults).partition(":")[2],
                "description": entry.description, "parameters": None, "macs": None}
         try:
-            model = create_model(entry.name, shape, classes)
+            with torch.device("meta"):   # shapes only: counting a 3x4096x4096 model allocates nothing
+                model = create_model(entry.name, shape, classes)
             row.update(parameters=count_parameters(model), macs=count_macs(model, shape))
         except ConfigError as exc:   # an architecture that does not take this input shape
             row["not_applicable"] = str(exc)
