@@ -13,7 +13,8 @@ def result_row(result: ExportResult) -> dict:
     return {
         "path": str(result.path), "summary": str(result.summary_path), "format": result.format,
         "precision": result.precision, "opset": result.opset, "size_bytes": result.size_bytes,
-        "fp32_size_bytes": summary["sizes_bytes"]["fp32_onnx"],
+        # the fp32 graph the file was made from: an .onnx/.ort export's or an ExecuTorch program's
+        "fp32_size_bytes": summary["sizes_bytes"].get("fp32_onnx", summary["sizes_bytes"].get("fp32_pte")),
         "max_abs_diff": max(p.max_abs_diff for p in result.parity),
         "mean_abs_diff": max(p.mean_abs_diff for p in result.parity),
         "top1_agreement": min(p.top1_agreement for p in result.parity),

@@ -32,6 +32,8 @@ class SpecialistConfig:
     per_cluster: int = 1                 # specialists per cluster, each with its own seed: independent opinions
 
     def __post_init__(self):
+        if isinstance(self.clusters, int):   # one K, as a notebook writes it
+            object.__setattr__(self, "clusters", (self.clusters,))
         if self.clusters is not None:
             for k in self.clusters:
                 check_int_at_least("clusters", k, 2)

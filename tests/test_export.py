@@ -480,3 +480,18 @@ def test_overwrite_replaces_an_export_but_not_a_users_file_put_in_its_place(edge
     code, _, err = edgekd("export", tiny_student, "--quiet", "--overwrite", "--out", out)
     assert code == 2 and "it is not the file its summary 'm.onnx.json' describes" in err
     assert out.read_bytes() == b"my hand-optimised model"
+
+
+def test_a_report_row_of_an_executorch_export():
+    """result_row read sizes_bytes['fp32_onnx'], which a .pte summary does not have (KeyError)."""
+    from pathlib import Path
+
+    from export.onnx_export import ExportResult
+    from export.summary import result_row
+    from export.verify import Parity
+
+    parity = (Parity(batch_size=1, n=8, max_abs_diff=1e-6, mean_abs_diff=1e-7, top1_agreement=1.0, disagreements=0),)
+    result = ExportResult(path=Path("s.pte"), summary_path=Path("s.pte.json"), format="pte", precision="fp32", opset=None,
+                          size_bytes=1000, parity=parity, test_accuracy=0.9, reference_test_accuracy=0.9,
+                          accuracy_drop=None, seconds=1.0, summary={"sizes_bytes": {"fp32_pte": 1000, "model": 1000}})
+    assert result_row(result)["fp32_size_bytes"] == 1000

@@ -600,6 +600,16 @@ def test_several_specialists_per_cluster_are_counted_as_coverage(generalist, tmp
         build.SpecialistConfig(per_cluster=0)
 
 
+def test_one_k_may_be_given_as_an_int():
+    """SpecialistConfig(clusters=3) raised "'int' object is not iterable"; it means clusters=(3,)."""
+    from edgekd.errors import ConfigError
+    from specialists.config import SpecialistConfig
+
+    assert SpecialistConfig(clusters=3).clusters == (3,)
+    with pytest.raises(ConfigError, match="'clusters' parameter"):
+        SpecialistConfig(clusters=1)
+
+
 def test_regate_keep_drops_specialists_and_copy_zero_is_the_one_per_cluster_build(generalist, tmp_path, edgekd):
     """--keep: the first copy of each cluster from a 2-per-cluster build is the 1-per-cluster build
     (copy j trains with seed + j), so coverage can be varied per cluster with the clusters held fixed."""
