@@ -33,7 +33,8 @@ from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
 from edgekd.validation import check_flip, check_indices, check_output_dir
 from specialists.clustering import check_k, covariance_npy, covariance_png, find_clusters
-from specialists.combine import SpecialistEnsembleModule, check_top_n, gated_combine, max_active_bound
+from specialists.combine import (SpecialistEnsembleModule, check_specialist_artifact, check_top_n, gated_combine,
+                                 max_active_bound)
 from specialists.config import SpecialistConfig  # noqa: F401  (re-exported: the stage's settings)
 from specialists.report import comparison, render_markdown
 from specialists.training import train_specialist
@@ -230,6 +231,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     artifact = load_artifact(spec_path)
     if artifact.kind != "specialist-ensemble":
         raise ArtifactError(f"'{spec_path}' is a '{artifact.kind}' artifact; pass one written by 'edgekd specialists build'.")
+    check_specialist_artifact(artifact)
     # in place (--out SPEC --overwrite) is allowed: SPEC is read whole before the new artifact replaces it
     check_output_dir(out, overwrite=overwrite, inputs=[spec_path], data=data_paths(data.spec), in_place=spec_path)
     manifest = artifact.manifest

@@ -350,6 +350,23 @@ class SpecialistEnsembleModule(nn.Module):
         return torch.where(active.any(-1, keepdim=True), solved.log_q, log_pg)
 
 
+def check_specialist_artifact(artifact) -> None:
+    """What every reader of a specialist-ensemble artifact indexes, checked once where it is opened (the
+    manifest is not hashed and may be edited: a missing key was an internal KeyError in ``regate``)."""
+    manifest, path = artifact.manifest, artifact.path
+    roles = [member.role for member in manifest.members]
+    if roles.count("generalist") != 1 or roles[0] != "generalist" or len(roles) < 2:
+        raise ArtifactError(f"Artifact '{path}' of kind 'specialist-ensemble' must list the generalist first "
+                            f"and at least one specialist; re-create it with 'edgekd specialists build'.")
+    _check_solver(manifest.solver, path)
+    source = manifest.generalist
+    if (not isinstance(source, dict) or not isinstance(source.get("fingerprint"), str)
+            or not isinstance(source.get("description"), str)
+            or not (source.get("member") is None or (isinstance(source.get("member"), int) and source["member"] >= 0))):
+        raise ArtifactError(f"Artifact '{path}' of kind 'specialist-ensemble' has no valid generalist record (its "
+                            f"fingerprint, description and member); re-create it with 'edgekd specialists build'.")
+
+
 def _check_solver(solver, path) -> None:
     """The manifest's solver settings, each of its type and range (a manifest is not hashed: it may be edited)."""
     wanted = {"top_n": int, "max_steps": int, "module_steps": int, "tol": (int, float)}
@@ -370,11 +387,7 @@ class SpecialistTeacher(ModuleTeacher):
         manifest = artifact.manifest
         solver = manifest.solver
         models = artifact.build_members()
-        roles = [member.role for member in manifest.members]
-        if roles.count("generalist") != 1 or roles[0] != "generalist" or len(roles) < 2:
-            raise ArtifactError(f"Artifact '{artifact.path}' of kind 'specialist-ensemble' must list the generalist first "
-                                f"and at least one specialist; re-create it with 'edgekd specialists build'.")
-        _check_solver(solver, artifact.path)
+        check_specialist_artifact(artifact)
         self.clusters = [tuple(member.classes) for member in manifest.members[1:]]
         self.top_n = int(top_n or solver["top_n"])
         self.tol, self.max_steps = float(solver["tol"]), int(solver["max_steps"])

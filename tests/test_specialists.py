@@ -457,16 +457,20 @@ def test_the_specialist_ensemble_quantizes_dynamically(spec_artifact, tmp_path, 
     (lambda m: m["solver"].update(top_n=0), "no valid solver top_n "),
     (lambda m: m["solver"].update(module_steps="x"), "no valid solver module_steps "),
     (lambda m: m["members"][1].update(classes=[0, 4, 99]), "not distinct classes in \\[0, 9\\]"),
+    (lambda m: m.pop("generalist"), "no valid generalist record"),
+    (lambda m: m["generalist"].pop("fingerprint"), "no valid generalist record"),
 ])
 def test_an_edited_specialist_manifest_is_one_clear_error(edit, message, spec_artifact, tmp_path, edgekd):
-    """The manifest is not covered by a hash; what the solver and the gating read from it is checked."""
+    """The manifest is not covered by a hash; what the solver and the gating read from it is checked, by
+    evaluate and by regate (which indexed it and failed as an internal KeyError/TypeError)."""
     crafted = tmp_path / "crafted"
     shutil.copytree(spec_artifact, crafted)
     manifest = json.loads((crafted / "manifest.json").read_text())
     edit(manifest)
     (crafted / "manifest.json").write_text(json.dumps(manifest))
-    code, _, err = edgekd("evaluate", crafted)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    for command in (("evaluate", crafted), ("specialists", "regate", crafted, "--out", tmp_path / "again")):
+        code, _, err = edgekd(*command)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(message, err), err
 
 
 def test_evaluate_and_distill_accept_the_specialist_ensemble(spec_artifact, tmp_path, edgekd):
