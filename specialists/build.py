@@ -33,7 +33,7 @@ from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
 from edgekd.validation import check_flip, check_indices, check_output_dir
 from specialists.clustering import check_k, covariance_npy, covariance_png, find_clusters
-from specialists.combine import (SpecialistEnsembleModule, check_specialist_artifact, check_top_n, gated_combine,
+from specialists.combine import (SolveResult, SpecialistEnsembleModule, check_specialist_artifact, check_top_n, gated_combine,
                                  max_active_bound)
 from specialists.config import SpecialistConfig  # noqa: F401  (re-exported: the stage's settings)
 from specialists.report import comparison, render_markdown
@@ -294,10 +294,21 @@ def _specialist_net(generalist: Generalist, data: Dataset, fit) -> torch.nn.Modu
     return net.eval()
 
 
-def _gated(generalist_logits, specialists, clusters, x, config: SpecialistConfig):
-    """The KL combination on ``x`` in float64, each specialist run only on the inputs it is active for."""
-    return gated_combine(generalist_logits.double(), lambda m, rows: predict_logits(specialists[m], x[rows]).double(),
-                         clusters, top_n=config.top_n, tol=config.tol, max_steps=config.max_steps)
+GATED_CHUNK = 4096   # rows solved at once: the solver holds about ten float64 (rows, active, classes) tensors
+
+
+def _gated(generalist_logits, specialists, clusters, x, config: SpecialistConfig, chunk: int = GATED_CHUNK):
+    """The KL combination on ``x`` in float64, each specialist run only on the inputs it is active for,
+    ``chunk`` rows at a time (each row is solved on its own, so chunking changes no result)."""
+    parts = []
+    for start in range(0, max(1, len(generalist_logits)), chunk):   # one (empty) chunk for no rows
+        stop = min(start + chunk, len(generalist_logits))
+        part = x[start:stop]
+        parts.append(gated_combine(generalist_logits[start:stop].double(),
+                                   lambda m, rows, part=part: predict_logits(specialists[m], part[rows]).double(),
+                                   clusters, top_n=config.top_n, tol=config.tol, max_steps=config.max_steps))
+    return SolveResult(**{name: torch.cat([getattr(r, name) for r in parts])
+                          for name in ("log_q", "steps", "grad_max", "change_max", "active")})
 
 
 def _solver_settings(config: SpecialistConfig, generalist: Generalist, specialists, clusters, data: Dataset) -> dict:
