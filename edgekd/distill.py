@@ -27,6 +27,7 @@ omitted classes, fitted on val (each ``student_search`` record's test accuracy i
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -112,14 +113,21 @@ def view_shifts(n: int, views: int, pixels: int, *, grid: bool = False, flip: bo
     view 0 is the identity. With ``grid`` view v is the v-th integer shift (dy, dx) of [-pixels, pixels]^2
     for every sample, each also mirrored with ``flip`` (``views`` is then (2 pixels + 1)^2, twice that)."""
     if grid:
-        offsets = [(0, 0)] + [(dy, dx) for dy in range(-pixels, pixels + 1) for dx in range(-pixels, pixels + 1) if (dy, dx) != (0, 0)]
-        if flip:
-            offsets = [(*o, 0) for o in offsets] + [(*o, 1) for o in offsets]
-        return torch.tensor(offsets, dtype=torch.long)[:, None, :].expand(len(offsets), n, len(offsets[0])).contiguous()
+        offsets = grid_offsets(pixels, flip)
+        return offsets[:, None, :].expand(len(offsets), n, offsets.shape[1]).contiguous()
     shifts = [torch.zeros((n, 3 if flip else 2), dtype=torch.long)]
     for v in range(1, views):
         shifts.append(jitter_views(n, pixels, flip, torch.Generator().manual_seed(VIEW_SEED + v)))
     return torch.stack(shifts)
+
+
+def grid_offsets(pixels: int, flip: bool = False) -> torch.Tensor:
+    """(views, 2 or 3): every integer shift of [-pixels, pixels]^2, the identity first, each also mirrored with
+    ``flip``; one row per view, the same for every sample (``view_shifts`` with ``grid``, not repeated n times)."""
+    offsets = [(0, 0)] + [(dy, dx) for dy in range(-pixels, pixels + 1) for dx in range(-pixels, pixels + 1) if (dy, dx) != (0, 0)]
+    if flip:
+        offsets = [(*o, 0) for o in offsets] + [(*o, 1) for o in offsets]
+    return torch.tensor(offsets, dtype=torch.long)
 
 
 def _view_name(shift: torch.Tensor, pixels: int, v: int, grid: bool, flip: bool) -> str:
@@ -132,19 +140,56 @@ def _view_name(shift: torch.Tensor, pixels: int, v: int, grid: bool, flip: bool)
 
 
 def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int, cache: LogitCache,
-                        *, refresh: bool = False, dist=None, grid: bool = False,
-                        flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                        *, refresh: bool = False, dist=None, grid: bool = False, flip: bool = False,
+                        rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher logits (views, n, classes) on ``views`` jittered (and with ``flip`` mirrored) copies of the
-    train split, and the shifts (``view_shifts``)."""
-    shifts = view_shifts(len(data.y_train), views, pixels, grid=grid, flip=flip)
-    views = len(shifts)
-    outs = []
-    for v in range(views):
-        key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"), _view_name(shifts[v, 0], pixels, v, grid, flip))
-        outs.append(cache.get_or_compute(key, lambda v=v: sharded_logits(teacher.logits, data.x_train, dist, shifts[v], pixels),
-                                         refresh=refresh, dist=dist,
-                                         check=lambda rows, v=v: teacher.logits(apply_shifts(data.x_train[rows], shifts[v][rows], pixels)).cpu()))
-    return torch.stack([o.to(data.device) for o in outs]), shifts.to(data.device)
+    train split's ``rows`` (default all, n of them), and their shifts: (views, 2|3) with ``grid`` (one offset
+    per view, ``grid_offsets``), else (views, n, 2|3) (``view_shifts``).
+
+    The table is written view by view into a file-backed memory map (``view_table``): one view's logits are in
+    memory at a time, never the whole table twice, and the OS pages it like a memory-mapped data set. The
+    teacher runs on ``rows`` only; a subset is cached under a key of its own (the whole split keeps the key it
+    has always had, so caches are shared across transfer limits of the whole set)."""
+    n_all = len(data.y_train)
+    subset = rows is not None and not (len(rows) == n_all and torch.equal(rows.cpu(), torch.arange(n_all)))
+    rows = rows.cpu() if subset else torch.arange(n_all)
+    shifts = grid_offsets(pixels, flip) if grid else view_shifts(n_all, views, pixels, flip=flip)[:, rows]
+    x = take_rows(data.x_train, rows.to(data.device)) if subset else data.x_train
+    where = ("rows:" + hashlib.sha256(rows.numpy().astype(np.int64).tobytes()).hexdigest(),) if subset else ()
+
+    def shifts_of(v, r):   # the shifts of view v for rows r of x
+        return shifts[v].expand(len(r), shifts.shape[1]) if grid else shifts[v][r]
+
+    table = None
+    for v in range(len(shifts)):
+        key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"),
+                        _view_name(shifts[v] if grid else shifts[v, 0], pixels, v, grid, flip), *where)
+        whole = torch.arange(len(x))
+        logits = cache.get_or_compute(key, lambda v=v: sharded_logits(teacher.logits, x, dist, shifts_of(v, whole), pixels),
+                                      refresh=refresh, dist=dist,
+                                      check=lambda r, v=v: teacher.logits(apply_shifts(x[r], shifts_of(v, r), pixels)).cpu())
+        if table is None:
+            table = view_table((len(shifts), *logits.shape), cache)
+        table[v] = logits.cpu()
+        del logits   # one view at a time
+    return table.to(data.device), shifts.to(data.device)
+
+
+def view_table(shape: tuple, cache: LogitCache | None = None) -> torch.Tensor:
+    """A float32 tensor of ``shape`` backed by an unnamed temporary file (beside the logit cache, else in the
+    system's temporary folder): pages the OS can drop, as a larger-than-memory split's are. Memory when no
+    such file can be made."""
+    import tempfile
+
+    folder = cache.dir if cache is not None and cache.enabled else None
+    try:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as handle:   # unlinked at once; the mapping keeps its pages
+            array = np.memmap(handle, dtype=np.float32, mode="w+", shape=shape)
+        return torch.from_numpy(array)
+    except OSError:
+        return torch.empty(shape, dtype=torch.float32)
 
 
 # --- the transfer set ------------------------------------------------------------------------------
@@ -173,7 +218,8 @@ def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher 
                     flip: bool = False):
     """``make_batch`` yielding (input, labels, teacher logits) for one epoch's indices: the teacher online
     on each (jittered, with ``flip`` half mirrored) batch, its cached logits, or its cached logits on ``views``
-    fixed jittered copies (``logits`` (views, n, C) with ``views_shifts`` (views, n, 2 or 3), ``view_shifts``),
+    fixed jittered copies (``logits`` (views, n, C) with ``views_shifts`` (views, n, 2 or 3), ``view_shifts``, or
+    (views, 2 or 3), ``grid_offsets``),
     one view drawn per sample and step.
     With ``mixup`` (online teacher only) each batch is blended with a permutation of itself and the
     teacher judges the blend: "function matching" (Beyer et al., CVPR 2022); the hard term blends the
@@ -186,7 +232,9 @@ def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher 
         if views_shifts is None:
             return xb, yb, logits[indices]
         view = torch.randint(0, logits.shape[0], (len(indices),), generator=generator).to(indices.device)
-        xb = apply_shifts(xb, views_shifts[view, indices], pixels)
+        # grid offsets are one row per view; other views one row per sample
+        shift = views_shifts[view] if views_shifts.dim() == 2 else views_shifts[view, indices]
+        xb = apply_shifts(xb, shift, pixels)
         return xb, yb, logits[view, indices]
     return make_batch
 
@@ -332,9 +380,9 @@ def _recipe_batches(recipe: dict, teacher: Teacher, data: Dataset, x, y, idx, ca
     if recipe["mixup"] or ((pixels or flip) and recipe["views"] == 0 and not recipe["view_grid"]):
         return distill_batches(x, y, None, None, pixels, teacher, recipe["mixup"], flip)
     if pixels or flip:
-        all_logits, shifts = teacher_view_logits(teacher, data, recipe["views"], pixels, cache, refresh=refresh, dist=dist,
-                                                 grid=recipe["view_grid"], flip=flip)
-        return distill_batches(x, y, all_logits[:, idx], shifts[:, idx], pixels, None)
+        logits, shifts = teacher_view_logits(teacher, data, recipe["views"], pixels, cache, refresh=refresh, dist=dist,
+                                             grid=recipe["view_grid"], flip=flip, rows=idx)
+        return distill_batches(x, y, logits, shifts, pixels, None)
     logits = teacher_logits(teacher, data, "train", cache, refresh=refresh, dist=dist)[idx]
     return distill_batches(x, y, logits, None, 0, None)
 
@@ -386,10 +434,12 @@ def twin_batches(recipe: dict, teacher: Teacher, baseline, data: Dataset, x, y, 
         logits = teacher_logits(teacher, data, "train", cache, refresh=refresh, dist=dist)[idx]
         return distill_batches(x, y, twin_logits(logits, sharded_logits(logits_of, x, dist).to(logits.device)), None, 0, None)
     views, shifts = teacher_view_logits(teacher, data, recipe["views"], pixels, cache, refresh=refresh, dist=dist,
-                                        grid=recipe["view_grid"], flip=flip)
-    views, shifts = views[:, idx], shifts[:, idx]
-    twin = torch.stack([sharded_logits(logits_of, x, dist, shifts[v], pixels) for v in range(len(views))]).to(views.device)
-    return distill_batches(x, y, twin_logits(views, twin), shifts, pixels, None)
+                                        grid=recipe["view_grid"], flip=flip, rows=idx)
+    rows = torch.arange(len(x))
+    for v in range(len(views)):   # in place, a view at a time: the twin judges the same shifted images
+        shift = shifts[v].expand(len(x), shifts.shape[1]) if shifts.dim() == 2 else shifts[v]
+        views[v] = twin_logits(views[v], sharded_logits(logits_of, x, dist, shift[rows], pixels).to(views.device))
+    return distill_batches(x, y, views, shifts, pixels, None)
 
 
 def _twin_taught(new_student, make_batch, n_train: int, loss_fn, val, train_cfg: TrainConfig, store, progress, dist, data):
@@ -493,7 +543,11 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0,
                      fingerprint=run_fingerprint(config_record or config, data, teacher.fingerprint), overwrite=overwrite)
     targets_started = time.perf_counter()   # the one-time cost of the teacher's targets (near 0 from the cache)
-    batches = [_recipe_batches(recipe, teacher, data, x, y, idx, cache, refresh_cache, dist) for recipe in recipes]
+    try:
+        batches = [_recipe_batches(recipe, teacher, data, x, y, idx, cache, refresh_cache, dist) for recipe in recipes]
+    except BaseException:   # a teacher that fails on the data leaves no run to resume
+        store.discard_if_unused()
+        raise
     targets_seconds = time.perf_counter() - targets_started
     val = (data.x_val, data.y_val)
 

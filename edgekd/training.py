@@ -281,9 +281,11 @@ class RunStore:
             has_state = any(self.path.glob("*.ckpt.json")) or any(self.path.glob("*.done.json"))
             foreign = [p.name for p in self.path.iterdir() if p.is_dir() or p.is_symlink() or not _OWN_STORE_FILE.fullmatch(p.name)
                        or not _own_record(p)]
+            damaged = any(_OWN_STORE_FILE.fullmatch(name) for name in foreign)   # edgekd's names, content not
             if foreign:
                 raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) holds files edgekd did not write "
-                                  f"({', '.join(sorted(foreign)[:3])}); move them away and rerun.")
+                                  f"({', '.join(sorted(foreign)[:3])}){' or that are corrupt' if damaged else ''}; "
+                                  f"move them away and rerun.")
             if (overwrite and not resume) or not has_state:
                 import shutil
 
@@ -298,7 +300,14 @@ class RunStore:
             self.path.mkdir(parents=True, exist_ok=True)
             if fingerprint is not None and fresh:   # a store from before fingerprints stays as it was
                 write_json_atomic(self.path / "run.json", {"fingerprint": fingerprint})
-        self._serial = 0
+        self._serial, self.fresh = 0, fresh
+
+    def discard_if_unused(self) -> None:
+        """Remove a store this run made and saved nothing in (a run that fails before training leaves none)."""
+        import shutil
+
+        if self.writer and self.fresh and not any(self.path.glob("*.ckpt.json")) and not any(self.path.glob("*.done.json")):
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def _check_fingerprint(self, fingerprint: dict) -> None:
         saved = self.load_json("run")

@@ -419,3 +419,24 @@ def test_a_resume_with_other_settings_is_refused_before_the_targets(tmp_path, di
     monkeypatch.setattr(stage, "_recipe_batches", lambda *a, **k: pytest.fail("targets computed before the refusal"))
     with pytest.raises(EdgekdError, match="resume"):
         distill(load_teacher(tiny_teacher), digits, DistillConfig(student="mlp:hidden=16"), out, resume=True)
+
+
+def test_view_logits_of_a_transfer_subset_run_the_teacher_on_it_alone(tmp_path, digits, tiny_teacher):
+    """With --transfer-limit the teacher ran over every view of the whole train split (25 x N rows for a few
+    hundred used); now over the subset, cached apart, the same numbers as the whole table's rows. Grid shifts
+    are one row per view, not (views, N, 2)."""
+    from edgekd.cache import LogitCache
+    from edgekd.distill import grid_offsets, teacher_view_logits
+    from edgekd.teachers import load_teacher
+
+    teacher, cache = load_teacher(tiny_teacher), LogitCache(tmp_path / "c")
+    whole, shifts = teacher_view_logits(teacher, digits, 0, 1, cache, grid=True)
+    assert torch.equal(shifts, grid_offsets(1)) and whole.shape == (9, len(digits.y_train), 10)
+    seen = []
+    logits = teacher.logits
+    teacher.logits = lambda x, **k: seen.append(len(x)) or logits(x, **k)
+    rows = torch.arange(0, len(digits.y_train), 7)
+    part, _ = teacher_view_logits(teacher, digits, 0, 1, cache, grid=True, rows=rows)
+    assert sum(seen) <= 9 * (len(rows) + 64)   # the subset, and the cache's check of a few rows
+    torch.testing.assert_close(part, whole[:, rows])
+    assert cache.misses == 18   # the subset is cached under keys of its own
