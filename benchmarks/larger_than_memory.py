@@ -130,13 +130,17 @@ def main(argv=None):
             env = {**os.environ, "EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(os.cpu_count() or 1),
                    "PYTHONPATH": str(root)}
             out = work / f"model-{len(runs)}"
+            decoded_before = _decoded_entries(work / "cache")
             argv_ = [sys.executable, "-m", "edgekd", "teacher", "train", "--data", spec, "--arch", args.arch,
                      "--epochs", "1", "--out", str(out), "--quiet"]
             record = run_capped(argv_, args.cap_mib << 20, env, root)
             record["imports_from"] = subprocess.run([sys.executable, "-c", "import edgekd; print(edgekd.__file__)"], env=env,
                                                     cwd=root, capture_output=True, text=True).stdout.strip()
+            # what the run found, not what the order suggests: a tree with another cache version decodes again
+            made = _decoded_entries(work / "cache") - decoded_before
             record.update(tree=label, revision=_revision(root), command=["edgekd", *argv_[3:]],
-                          decode="cold (empty cache)" if not runs else "cached (filled by the run above)")
+                          decode=("cold (empty cache)" if not decoded_before else "decoded again (the cache did not fit it)")
+                          if made else "cached (filled by the run above)")
             if record["returncode"] == 0:
                 record["test_accuracy"] = load_artifact(out).manifest.metrics.get("test_accuracy")
             runs.append(record)
@@ -145,6 +149,11 @@ def main(argv=None):
                                            "uint8_bytes": pixels, "float32_bytes": 4 * pixels},
               "cap_bytes": args.cap_mib << 20, "runs": runs, "provenance": provenance(started)}
     write_result(args, result, render(result))
+
+
+def _decoded_entries(cache: Path) -> set[str]:
+    """The decoded image folders in an edgekd cache (``images/<key>.json``)."""
+    return {p.name for p in (cache / "images").glob("*.json")} if (cache / "images").is_dir() else set()
 
 
 class _tree:

@@ -60,6 +60,7 @@ def test_larger_than_memory_smoke(tmp_path):
     result = json.loads(out.with_suffix(".json").read_text())
     (run,) = result["runs"]
     assert run["returncode"] == 0 and 0 < run["peak_anon_bytes"] <= result["cap_bytes"] and run["test_accuracy"] > 0.5
+    assert run["decode"] == "cold (empty cache)"   # counted in the cache, not assumed from the order
 
 
 def test_a_teacher_trained_otherwise_is_refused_not_reused(tmp_path):
