@@ -49,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--arch", default="mlp:hidden=64")
     p.add_argument("--cap-mib", type=int, default=768, help="The cgroup's memory limit.")
     p.add_argument("--against", default=None, help="Also run from this git revision (the before).")
+    p.add_argument("--distill", default=None, metavar="STUDENT",
+                   help="Then also distill STUDENT from the teacher just trained, with the defaults (the baseline, "
+                        "25 cached views), 1 epoch, under the same cap, on each tree.")
     p.add_argument("--out", default="benchmarks/results/larger_than_memory")
     p.add_argument("--smoke", action="store_true", help="digits, a 1 GiB cap, seconds")
     args = p.parse_args(argv)
@@ -145,6 +148,24 @@ def main(argv=None):
                 record["test_accuracy"] = load_artifact(out).manifest.metrics.get("test_accuracy")
             runs.append(record)
             print(json.dumps({k: v for k, v in record.items() if k != "stderr_tail"}), flush=True)
+    if args.distill:
+        teacher = work / "model-0"
+        for label, revision in trees:
+            with _tree(revision) as root:
+                env = {**os.environ, "EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(os.cpu_count() or 1),
+                       "PYTHONPATH": str(root)}
+                out = work / f"student-{len(runs)}"
+                argv_ = [sys.executable, "-m", "edgekd", "distill", "--teacher", str(teacher), "--data", spec, "--student",
+                         args.distill, "--epochs", "1", "--baseline", "--out", str(out), "--quiet"]
+                record = run_capped(argv_, args.cap_mib << 20, env, root)
+                record["imports_from"] = subprocess.run([sys.executable, "-c", "import edgekd; print(edgekd.__file__)"],
+                                                        env=env, cwd=root, capture_output=True, text=True).stdout.strip()
+                record.update(tree=label, revision=_revision(root), command=["edgekd", *argv_[3:]],
+                              decode="cached (filled by the first run)")
+                if record["returncode"] == 0:
+                    record["test_accuracy"] = load_artifact(out).manifest.metrics.get("test_accuracy")
+                runs.append(record)
+                print(json.dumps({k: v for k, v in record.items() if k != "stderr_tail"}), flush=True)
     result = {"args": vars(args), "data": {"spec": args.data, "folder": folder, "images": n,
                                            "uint8_bytes": pixels, "float32_bytes": 4 * pixels},
               "cap_bytes": args.cap_mib << 20, "runs": runs, "provenance": provenance(started)}
@@ -190,16 +211,17 @@ def render(result: dict) -> str:
     lines += [f"`imagefolder:` {d['images']:,} PNG files (written from `{d['spec']}`) decoded at "
               f"{result['args']['image_size']} RGB: **{mib(d['uint8_bytes'])} MiB** of uint8 pixels, "
               f"{mib(d['float32_bytes'])} MiB as float32, in a memory cgroup limited to **{mib(cap)} MiB**. "
-              "Each row is one `edgekd teacher train` run inside it (the command below).", "",
-              "| edgekd | decode | exit | seconds | peak anonymous MiB | peak charged MiB | times at the limit | test accuracy |",
-              "|---|---|---|---|---|---|---|---|"]
+              "Each row is one edgekd command run inside it (the commands below).", "",
+              "| edgekd | command | decode | exit | seconds | peak anonymous MiB | peak charged MiB | times at the limit | test accuracy |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         exit_ = "0 (trained)" if r["returncode"] == 0 else f"{r['returncode']} ({'killed: out of memory' if r['oom_kills'] or r['returncode'] in (-9, 137) else 'failed'})"
         acc = f"{100 * r['test_accuracy']:.2f}%" if r.get("test_accuracy") is not None else "—"
-        lines.append(f"| {r['tree']} ({r['revision']}) | {r['decode']} | {exit_} | {r['seconds']} | {mib(r['peak_anon_bytes'])} | "
-                     f"{mib(r['peak_charged_bytes'])} | {r['limit_hits']:,} | {acc} |")
+        lines.append(f"| {r['tree']} ({r['revision']}) | `{'distill' if r['command'][1] == 'distill' else 'teacher train'}` | {r['decode']} | {exit_} | {r['seconds']} | "
+                     f"{mib(r['peak_anon_bytes'])} | {mib(r['peak_charged_bytes'])} | {r['limit_hits']:,} | {acc} |")
     lines += [""] + [f"- {r['tree']} imported edgekd from `{r['imports_from']}`." for r in result["runs"]]
-    lines += ["", f"Command: `{' '.join(result['runs'][0]['command'])}` (with `EDGEKD_CACHE` set to an empty folder "
+    commands = list(dict.fromkeys(" ".join(r["command"]) for r in result["runs"]))
+    lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands) + " (with `EDGEKD_CACHE` set to an empty folder "
                   "first). Peak anonymous memory is polled every 0.1 s from the cgroup's `memory.stat`; the charged "
                   "peak includes the page cache of the memory-mapped files, which the kernel drops and re-reads "
                   "under the limit.", ""]

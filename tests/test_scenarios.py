@@ -56,11 +56,13 @@ def test_larger_than_memory_smoke(tmp_path):
     if why:
         pytest.skip(why)
     out = tmp_path / "ltm"
-    larger_than_memory.main(["--smoke", "--out", str(out)])
+    larger_than_memory.main(["--smoke", "--distill", "mlp:hidden=16", "--out", str(out)])
     result = json.loads(out.with_suffix(".json").read_text())
-    (run,) = result["runs"]
+    run, distilled = result["runs"]
     assert run["returncode"] == 0 and 0 < run["peak_anon_bytes"] <= result["cap_bytes"] and run["test_accuracy"] > 0.5
     assert run["decode"] == "cold (empty cache)"   # counted in the cache, not assumed from the order
+    assert distilled["returncode"] == 0 and distilled["command"][1] == "distill" and distilled["test_accuracy"] > 0.3
+    assert "| `distill` |" in out.with_suffix(".md").read_text()
 
 
 def test_a_teacher_trained_otherwise_is_refused_not_reused(tmp_path):
