@@ -233,27 +233,28 @@ def build_for_pipeline(teacher_dir, data, out_dir, quick: bool = True, *, cache=
                              progress=progress, config_record=config_record)
 
 
-def export_for_pipeline(student_dir, teacher_dir, data, out_dir, *, opset: int | None = None, calibration_size: int = 512,
-                        max_accuracy_drop: float = 1.0, overwrite: bool = True) -> dict:
+def export_for_pipeline(student_dir, teacher_dir, data, out_dir, *, opset: int | None = None,
+                        calibration_size: int | None = None, max_accuracy_drop: float | None = None,
+                        overwrite: bool = True) -> dict:
     """The export stage: ``student.onnx``, ``student.int8.onnx`` (static QDQ) and ``teacher.onnx`` in
     ``out_dir``. ``data``'s val split verifies, its test split measures accuracy and its train split
     calibrates the int8 model. A gate that fails does not stop the others: its entry holds
     ``{"path", "error"}`` instead of figures (``export.render_export_table`` renders either)."""
     from edgekd.data import load_dataset
     from edgekd.errors import EdgekdError
-    from export import DEFAULT_OPSET, ExportConfig, export_onnx, result_row
+    from export import ExportConfig, export_onnx, result_row
 
-    opset = opset or DEFAULT_OPSET
+    # what is not given is ExportConfig's default (defaults live there once)
+    given = {k: v for k, v in dict(opset=opset, calibration_size=calibration_size,
+                                   max_accuracy_drop=max_accuracy_drop).items() if v is not None}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
         data = load_dataset(data)
     jobs = {
-        "student_fp32": (student_dir, "student.onnx", ExportConfig(opset=opset)),
-        "student_int8": (student_dir, "student.int8.onnx",
-                         ExportConfig(opset=opset, quantize="int8", calibration_data=data.spec,
-                                      calibration_size=calibration_size, max_accuracy_drop=max_accuracy_drop)),
-        "teacher": (teacher_dir, "teacher.onnx", ExportConfig(opset=opset)),
+        "student_fp32": (student_dir, "student.onnx", ExportConfig(**given)),
+        "student_int8": (student_dir, "student.int8.onnx", ExportConfig(**given, quantize="int8", calibration_data=data.spec)),
+        "teacher": (teacher_dir, "teacher.onnx", ExportConfig(**given)),
     }
     rows = {}
     for name, (model, filename, config) in jobs.items():

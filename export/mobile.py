@@ -23,8 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekd.errors import ExportError
+from export.config import ORT_OPTIMIZATION_LEVELS  # noqa: F401  (where they live; read here too)
 
-ORT_OPTIMIZATION_LEVELS = ("extended", "basic")
 DEFAULT_ORT_OPTIMIZATION = "extended"
 
 

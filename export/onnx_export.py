@@ -34,80 +34,18 @@ from torch import nn
 from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ConfigError, ExportError
 from edgekd.outputs import temp_folder
-from edgekd.validation import check_choice, check_int_at_least, check_output_file, check_positive, check_val_fraction
-from export.mobile import ORT_OPTIMIZATION_LEVELS
-from export.quantize import QUANT_FORMATS, QUANTIZE_MODES, precision_name, quantize_model
+from edgekd.validation import check_output_file
+from export.config import DEFAULT_OPSET, ExportConfig
+from export.quantize import precision_name, quantize_model
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
                            model_input)
 from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, gate_fp32, gate_int8, measure_parity,
                            open_session, parity, run_session, torch_logits)
 
-DEFAULT_OPSET = 18      # the dynamo exporter's own opset; newer ones go through onnxscript's version converter
-MIN_OPSET = 18          # the dynamo exporter cannot write older opsets reliably
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 METADATA_PREFIX = "edgekd."
 _JSON_KEYS = ("classes", "input_shape", "normalization", "verification", "quantization", "source")
-
-
-def max_opset() -> int:
-    """The newest opset the installed onnx knows."""
-    import onnx
-
-    return int(onnx.defs.onnx_opset_version())
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """Settings of one export. ``data`` (default: the artifact's) feeds verification and test accuracy;
-    ``calibration_data``'s train split feeds static int8 calibration."""
-
-    opset: int = DEFAULT_OPSET
-    quantize: str | None = None                 # None (fp32), "int8" (static QDQ) or "dynamic"
-    quant_format: str = "qdq"                   # int8 as QDQ pairs, or "qoperator" (QLinear* ops: OpenCV DNN reads only these)
-    calibration_data: str | None = None
-    calibration_size: int = 512
-    ort: bool = False
-    ort_optimization: str = "extended"          # export.mobile.ORT_OPTIMIZATION_LEVELS; see there for the trade-off
-    executorch: bool = False                    # an ExecuTorch program (.pte) instead (export.executorch_export)
-    batch_size: int = 1                         # the .pte's fixed batch
-    atol: float = 1e-4
-    rtol: float = 1e-5                          # the fp32 gate: |diff| <= atol + rtol * |logit| (numpy.allclose)
-    max_accuracy_drop: float = 1.0
-    uint8_input: bool = False
-    data: str | None = None
-    val_fraction: float | None = None
-    verify_batch_size: int = 64
-    batch1_samples: int = 256
-    seed: int = 0
-
-    def __post_init__(self):
-        high = max_opset()
-        if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= high:
-            raise ConfigError(f"The 'opset' parameter must be in [{MIN_OPSET}, {high}]: the dynamo exporter writes opset "
-                              f"{MIN_OPSET} and newer, and the installed onnx knows up to {high}. Got {self.opset!r} instead.")
-        if self.quantize is not None:
-            check_choice("quantize", self.quantize, QUANTIZE_MODES)
-        check_choice("ort_optimization", self.ort_optimization, ORT_OPTIMIZATION_LEVELS)
-        check_choice("quant_format", self.quant_format, QUANT_FORMATS)
-        check_int_at_least("calibration_size", self.calibration_size, 1)
-        check_int_at_least("batch_size", self.batch_size, 1)
-        if self.executorch and self.ort:
-            raise ConfigError("Choose one output format: --executorch (a .pte) or --ort (a .ort), not both.")
-        if self.quant_format != "qdq" and (self.executorch or self.quantize != "int8"):
-            raise ConfigError(f"The 'quant_format' parameter applies to int8 ONNX exports (--quantize int8 without "
-                              f"--executorch; ExecuTorch int8 uses the XNNPACK quantizer). Got {self.quant_format!r} "
-                              f"with {'--executorch' if self.executorch else f'quantize={self.quantize!r}'}.")
-        if self.ort_optimization != "extended" and not self.ort:
-            raise ConfigError(f"The 'ort_optimization' parameter applies to .ort exports (--ort). Got "
-                              f"{self.ort_optimization!r} without --ort.")
-        check_positive("atol", self.atol)
-        check_positive("rtol", self.rtol, strict=False)
-        check_positive("max_accuracy_drop", self.max_accuracy_drop, strict=False)
-        check_int_at_least("verify_batch_size", self.verify_batch_size, 2)
-        check_int_at_least("batch1_samples", self.batch1_samples, 1)
-        if self.val_fraction is not None:
-            check_val_fraction(self.val_fraction)
 
 
 @dataclass(frozen=True)

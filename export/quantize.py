@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import ExportError
+from export.config import QUANT_FORMATS, QUANTIZE_MODES  # noqa: F401  (where they live; read here too)
 
-QUANTIZE_MODES = ("int8", "dynamic")
-QUANT_FORMATS = ("qdq", "qoperator")
 PRECISION = {None: "fp32", "int8": "int8-static-qdq", "dynamic": "int8-dynamic"}
 
 

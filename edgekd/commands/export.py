@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from edgekd.clicommon import common_options, echo_json
+from edgekd.config import defaults
+from export.config import ORT_OPTIMIZATION_LEVELS, QUANT_FORMATS, QUANTIZE_MODES, ExportConfig
 
-DEFAULT_OPSET = 18  # kept equal to export.onnx_export.DEFAULT_OPSET (a test checks); importing it here would load torch
+EXPORT = defaults(ExportConfig)   # every default below is the library's (export.config imports no torch)
 
 
 @click.command("export")
@@ -18,24 +20,25 @@ DEFAULT_OPSET = 18  # kept equal to export.onnx_export.DEFAULT_OPSET (a test che
 @click.option("--ort", is_flag=True, help="Convert to the ORT format for onnxruntime mobile (--out NAME.ort).")
 @click.option("--executorch", is_flag=True,
               help="Export an ExecuTorch program (.pte, XNNPACK) for Android/iOS instead of ONNX; needs edgekd[mobile].")
-@click.option("--batch-size", type=int, default=1, show_default=True,
+@click.option("--batch-size", type=int, default=EXPORT["batch_size"], show_default=True,
               help="--executorch: the program's fixed batch (its input is (batch, C*H*W) float32).")
-@click.option("--ort-optimization", type=click.Choice(["extended", "basic"]), default="extended", show_default=True,
+@click.option("--ort-optimization", type=click.Choice(ORT_OPTIMIZATION_LEVELS), default=EXPORT["ort_optimization"],
+              show_default=True,
               help="Graph optimizations saved into the .ort: extended fuses int8 QDQ pairs for the CPU provider (fast); "
                    "basic leaves them for a phone's NNAPI/CoreML/XNNPACK provider.")
-@click.option("--quantize", type=click.Choice(["int8", "dynamic"]), default=None,
+@click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default=EXPORT["quantize"],
               help="int8: static QDQ, per-channel, calibrated on --calibration-data; dynamic: int8 weights only.")
-@click.option("--quant-format", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
+@click.option("--quant-format", type=click.Choice(QUANT_FORMATS), default=EXPORT["quant_format"], show_default=True,
               help="int8 as QuantizeLinear/DequantizeLinear pairs (qdq: onnxruntime, OpenVINO, tract) or as QLinear* "
                    "operators (qoperator: the form OpenCV DNN reads).")
 @click.option("--calibration-data", default=None, help="Dataset spec whose train split calibrates --quantize int8 (default: the data the artifact records).")
-@click.option("--calibration-size", type=int, default=512, show_default=True, help="Calibration inputs (train split).")
-@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (18 or newer).")
-@click.option("--atol", type=float, default=1e-4, show_default=True,
+@click.option("--calibration-size", type=int, default=EXPORT["calibration_size"], show_default=True, help="Calibration inputs (train split).")
+@click.option("--opset", type=int, default=EXPORT["opset"], show_default=True, help="ONNX opset (18 or newer).")
+@click.option("--atol", type=float, default=EXPORT["atol"], show_default=True,
               help="fp32 gate: largest absolute logit difference from PyTorch allowed on the val split.")
-@click.option("--rtol", type=float, default=1e-5, show_default=True,
+@click.option("--rtol", type=float, default=EXPORT["rtol"], show_default=True,
               help="fp32 gate: relative part of the tolerance, |diff| <= atol + rtol x |logit| (numpy.allclose).")
-@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
+@click.option("--max-accuracy-drop", type=float, default=EXPORT["max_accuracy_drop"], show_default=True,
               help="int8 gate: test accuracy points the quantized model may lose.")
 @click.option("--uint8-input", is_flag=True, help="The graph takes uint8 pixels (cast inside) instead of float32.")
 @click.option("--data", default=None, help="Data for verification and accuracy (default: the artifact's own).")
@@ -60,7 +63,7 @@ def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimiz
       edgekd export runs/student --executorch --quantize int8 --out runs/student/student.int8.pte
     """
     from edgekd.clicommon import refuse_unused, register_stage_kinds
-    from export import ExportConfig, export_executorch, export_onnx
+    from export import export_executorch, export_onnx
 
     register_stage_kinds()
     refuse_unused([("onnx_format", not executorch, "without --executorch (which writes a .pte, not ONNX)"),
