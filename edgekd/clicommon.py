@@ -289,6 +289,9 @@ def echo_json(data) -> None:
 _DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
                 errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
                 errno.EDQUOT: "the disk quota is exceeded"}
+# a path the user gave (--out, --cache-dir, EDGEKD_CACHE) that cannot be used: theirs to change, not a bug
+_PATH_ERRORS = {errno.ENAMETOOLONG: "a name in it is too long", errno.ENOTDIR: "a part of it is not a folder",
+                errno.ELOOP: "it has too many levels of symbolic links", errno.ENOENT: "a folder on it does not exist"}
 EXIT_TERMINATED = 143
 
 
@@ -369,6 +372,12 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
                    "interrupted training run keeps its checkpoint: rerun with --resume)", err=True)
         return EXIT_TERMINATED
     except OSError as exc:
+        if exc.errno in _PATH_ERRORS and exc.filename:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: cannot use the path '{exc.filename}': {_PATH_ERRORS[exc.errno]} ({exc.strerror or exc}); "
+                       f"nothing was replaced; choose another --out (or --cache-dir, EDGEKD_CACHE).", err=True)
+            return EXIT_USER_ERROR
         if exc.errno not in _DISK_ERRORS:
             return _internal(exc, debug)
         if debug:
@@ -379,6 +388,15 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
         return EXIT_USER_ERROR
     except Exception as exc:  # a bug: say so in one line unless --debug
         return _internal(exc, debug)
+
+
+def refuse_resume_and_overwrite(params: dict) -> None:
+    """One keeps what an interrupted run finished, the other starts over: both at once is refused."""
+    from edgekd.errors import ConfigError
+
+    if params.get("resume") and params.get("overwrite"):
+        raise ConfigError("--resume keeps what the interrupted run finished and --overwrite starts over; pass one of "
+                          "them. Got both.")
 
 
 def cache_option_rules(params: dict) -> list:

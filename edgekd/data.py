@@ -521,9 +521,11 @@ def _labels(path: Path, name: str, y: np.ndarray) -> np.ndarray:
 
 
 def _all_finite(x: np.ndarray) -> bool:
-    """Checked in chunks of rows: a memory-mapped array is read once, never as a whole boolean copy."""
+    """Finite also as float32, which the models read (float64 beyond 3.4e38 becomes Inf in the cast); checked in
+    chunks of rows: a memory-mapped array is read once, never as a whole boolean copy."""
     step = chunk_rows(int(np.prod(x.shape[1:])) * x.dtype.itemsize)
-    return all(np.isfinite(x[i:i + step]).all() for i in range(0, len(x), step))
+    limit = float(np.finfo(np.float32).max)
+    return all(np.isfinite(x[i:i + step]).all() and not (np.abs(x[i:i + step]) > limit).any() for i in range(0, len(x), step))
 
 
 def _check_arrays(spec, x, y, x_test, y_test, classes) -> None:
@@ -545,7 +547,7 @@ def _check_arrays(spec, x, y, x_test, y_test, classes) -> None:
         if len(xs) == 0:
             fail("it holds no samples; pass a dataset with at least one sample per class.")
         if xs.dtype.kind == "f" and not _all_finite(xs):
-            fail("inputs contain NaN or Inf; clean the data first.")
+            fail("inputs contain NaN or Inf, or values beyond float32's range (3.4e38); clean or rescale the data first.")
         if ys.min() < 0 or ys.max() >= len(classes):
             fail(f"labels must be in [0, {len(classes) - 1}] for {len(classes)} classes. Got [{ys.min()}, {ys.max()}] instead.")
     if x_test is not None and x_test.shape[1:] != x.shape[1:]:

@@ -56,9 +56,17 @@ def parse_arch(spec: str) -> tuple[str, dict]:
         raise ConfigError(f"Unknown architecture '{name}'; choose one of {', '.join(sorted(_REGISTRY))} (see 'edgekd models').")
     entry = _REGISTRY[name]
     options = dict(entry.defaults)
+    given = set()
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, eq, value = item.partition("=")
-        if not eq or key not in entry.defaults:
+        if not eq:
+            raise ConfigError(f"Option '{item}' of architecture '{name}' must look like key=value (e.g. "
+                              f"{next(iter(entry.defaults), 'width')}=...); its options are "
+                              f"{', '.join(f'{k}={_format_value(v)}' for k, v in entry.defaults.items())}.")
+        if key in given:
+            raise ConfigError(f"Option '{key}' of architecture '{name}' is given twice in '{spec}'; give it once.")
+        given.add(key)
+        if key not in entry.defaults:
             raise ConfigError(f"Unknown option '{item}' for architecture '{name}'; its options are "
                               f"{', '.join(f'{k}={_format_value(v)}' for k, v in entry.defaults.items())}.")
         options[key] = _parse_value(name, key, value, entry.defaults[key])
@@ -154,6 +162,8 @@ def _parse_user_arch(spec: str) -> tuple[str, dict]:
         key, eq, value = item.partition("=")
         if not eq or not key.isidentifier():
             raise ConfigError(f"Option '{item}' of '{spec}' must look like key=value.")
+        if key in options:
+            raise ConfigError(f"Option '{key}' is given twice in '{spec}'; give it once.")
         options[key] = _user_value(value)
     return "py:" + target, options
 

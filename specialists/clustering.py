@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from edgekd.errors import ConfigError
+from edgekd.validation import check_positive
 from specialists.config import DEFAULT_CLUSTER_TEMPERATURE
 
 AUTO_MIN_MAX_K = 8                  # auto tries at least K = 2..8 (fewer with fewer classes)
@@ -216,8 +217,7 @@ def find_clusters(generalist_logits: torch.Tensor, k=None, *, temperature: float
     """Cluster the classes from the generalist's train-split logits (N, C); ``k`` None = auto."""
     num_classes = generalist_logits.shape[1]
     ks = check_k(k, num_classes)
-    if not temperature > 0:
-        raise ConfigError(f"The 'cluster_temperature' parameter must be > 0. Got {temperature!r} instead.")
+    check_positive("cluster_temperature", temperature)   # finite too, as SpecialistConfig checks it
     covariance = logit_covariance(generalist_logits, temperature)
     silhouette = None
     points = cluster_points(covariance, auto_max_k(num_classes) if ks is None else max(ks), seed)

@@ -171,3 +171,17 @@ def test_a_rewritten_npz_with_its_mtime_put_back_is_read_again(tmp_path):
     assert os.stat(path).st_size == stat.st_size
     second = load_dataset(f"npz:{path}")
     assert float(second.x_train.sum()) == pytest.approx(first + second.x_train.numel(), rel=1e-4)
+
+
+def test_float64_inputs_beyond_float32_are_refused_not_blamed_on_the_model(tmp_path):
+    """1e300 passed the NaN/Inf check and became Inf in the float32 cast: the model was then called broken."""
+    import numpy as np
+
+    from edgekd.data import load_dataset
+    from edgekd.errors import DataError
+
+    x = np.random.default_rng(0).random((60, 4))
+    x[3, 1] = 1e300
+    np.savez(tmp_path / "big.npz", x=x, y=np.arange(60) % 3)
+    with pytest.raises(DataError, match="beyond float32's range"):
+        load_dataset(f"npz:{tmp_path / 'big.npz'}")

@@ -388,3 +388,9 @@ def test_a_run_is_told_of_the_artifact_its_interrupted_swap_put_aside(edgekd, tm
     shutil.copytree(tiny_student, tmp_path / ".s.999999999-abc.edgekd-old")
     code, _, err = edgekd("teacher", "train", "--arch", "mlp:hidden=8", "--epochs", "1", "--quiet", "--out", out)
     assert code == 2 and "already exists" in err and (out / "manifest.json").is_file()
+
+
+def test_an_output_path_that_cannot_be_used_is_the_users_to_change(edgekd, tmp_path):
+    """A name too long for the file system (or a path through a file) is one line and exit 2, not an internal error."""
+    code, _, err = edgekd("teacher", "train", "--arch", "mlp:hidden=8", "--epochs", "1", "--quiet", "--out", tmp_path / ("a" * 300))
+    assert code == 2 and "cannot use the path" in err and "a name in it is too long" in err and "internal error" not in err

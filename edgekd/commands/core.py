@@ -7,8 +7,8 @@ import functools
 import click
 
 from edgekd.clicommon import (cache_option_rules, cache_options, common_options, data_of_models, data_options, data_spec,
-                              echo_json, load_data, make_train_config, refuse_unused, resolved_config, show_progress,
-                              train_options)
+                              echo_json, load_data, make_train_config, refuse_resume_and_overwrite, refuse_unused,
+                              resolved_config, show_progress, train_options)
 from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, MAX_MIXUP, METHODS, DistillConfig,
                            PIPELINE_OPTIONAL_STAGES, PipelineConfig, TeacherConfig, defaults)
 
@@ -76,6 +76,7 @@ def check_out(params, inputs=()):
     from edgekd.outputs import data_paths
     from edgekd.validation import check_output_dir
 
+    refuse_resume_and_overwrite(params)
     check_output_dir(params["out"], overwrite=params["overwrite"], resume=params.get("resume", False),
                      inputs=inputs, data=data_paths(params.get("data")))
 
@@ -451,11 +452,9 @@ def evaluate_cmd(ctx, model, reference, split, as_json, **params):
 @click.pass_context
 def pipeline_cmd(ctx, **params):
     """The whole chain: teacher ensemble -> specialists -> distill (with baseline) -> evaluate -> export -> bench."""
-    from edgekd.errors import ConfigError
     from edgekd.pipeline import run_pipeline
 
-    if params["resume"] and params["overwrite"]:   # one keeps the finished stages, the other starts over
-        raise ConfigError("--resume keeps the finished stages and --overwrite starts over; pass one of them. Got both.")
+    refuse_resume_and_overwrite(params)
 
     config = PipelineConfig(
         data=data_spec(params), train_limit=params["train_limit"], val_fraction=params["val_fraction"],

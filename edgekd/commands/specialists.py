@@ -7,7 +7,8 @@ import functools
 import click
 
 from edgekd.clicommon import (cache_option_rules, cache_options, common_options, data_of_models, data_options, echo_json,
-                              load_data, make_train_config, refuse_unused, resolved_config, show_progress, train_options)
+                              load_data, make_train_config, refuse_resume_and_overwrite, refuse_unused, resolved_config,
+                              show_progress, train_options)
 from edgekd.config import defaults
 from specialists.config import SpecialistConfig
 
@@ -110,6 +111,7 @@ def build_cmd(ctx, as_json, **params):
     from specialists.clustering import parse_clusters
 
     refuse_unused(cache_option_rules(params))
+    refuse_resume_and_overwrite(params)
     check_output_dir(params["out"], overwrite=params["overwrite"], resume=params["resume"],
                      inputs=[params["teacher"]], data=data_paths(params["data"]))
     train = make_train_config(params)
