@@ -134,6 +134,7 @@ def main(argv=None):
                    "PYTHONPATH": str(root)}
             out = work / f"model-{len(runs)}"
             decoded_before = _decoded_entries(work / "cache")
+            ran_at = _revision(root)   # the code the run starts with (a commit made meanwhile is not it)
             argv_ = [sys.executable, "-m", "edgekd", "teacher", "train", "--data", spec, "--arch", args.arch,
                      "--epochs", "1", "--out", str(out), "--quiet"]
             record = run_capped(argv_, args.cap_mib << 20, env, root)
@@ -141,7 +142,7 @@ def main(argv=None):
                                                     cwd=root, capture_output=True, text=True).stdout.strip()
             # what the run found, not what the order suggests: a tree with another cache version decodes again
             made = _decoded_entries(work / "cache") - decoded_before
-            record.update(tree=label, revision=_revision(root), command=["edgekd", *argv_[3:]],
+            record.update(tree=label, revision=ran_at, command=["edgekd", *argv_[3:]],
                           decode=("cold (empty cache)" if not decoded_before else "decoded again (the cache did not fit it)")
                           if made else "cached (filled by the run above)")
             if record["returncode"] == 0:
@@ -155,12 +156,13 @@ def main(argv=None):
                 env = {**os.environ, "EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(os.cpu_count() or 1),
                        "PYTHONPATH": str(root)}
                 out = work / f"student-{len(runs)}"
+                ran_at = _revision(root)
                 argv_ = [sys.executable, "-m", "edgekd", "distill", "--teacher", str(teacher), "--data", spec, "--student",
                          args.distill, "--epochs", "1", "--baseline", "--out", str(out), "--quiet"]
                 record = run_capped(argv_, args.cap_mib << 20, env, root)
                 record["imports_from"] = subprocess.run([sys.executable, "-c", "import edgekd; print(edgekd.__file__)"],
                                                         env=env, cwd=root, capture_output=True, text=True).stdout.strip()
-                record.update(tree=label, revision=_revision(root), command=["edgekd", *argv_[3:]],
+                record.update(tree=label, revision=ran_at, command=["edgekd", *argv_[3:]],
                               decode="cached (filled by the first run)")
                 if record["returncode"] == 0:
                     record["test_accuracy"] = load_artifact(out).manifest.metrics.get("test_accuracy")

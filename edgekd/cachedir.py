@@ -90,7 +90,7 @@ def prune_cache(cache_dir: str | Path, *, older_than_days: float | None = None, 
                 dry_run: bool = False, now: float | None = None) -> PruneResult:
     """Remove the entries of ``kinds`` last used more than ``older_than_days`` ago (every one with
     ``None``); with ``dry_run`` only say which."""
-    if older_than_days is not None:
+    if older_than_days is not None:   # finite too: 'inf' would remove nothing, in silence
         check_positive("older_than_days", older_than_days, strict=False)
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:

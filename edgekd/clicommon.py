@@ -115,6 +115,9 @@ def _checked_toml_value(path: Path, key: str, value, param: click.Parameter):
         return str(value)   # repr-exact: 1.0 stays a fraction ('1' would be a count), 1.2345678 keeps its digits
     elif param.name in _LISTS_AS_TEXT and isinstance(value, list) and value and all(map(_is_number, value)):
         return ",".join(map(str, value))
+    elif param.name in _LISTS_AS_TEXT and value == []:
+        raise click.BadParameter(f"'{path}': '{key}' must list at least one number. Got [] instead; leave '{key}' out "
+                                 f"for the default.")
     else:
         expected, ok = "text (a quoted string)", isinstance(value, str)
         if param.name in _NUMBERS_AS_TEXT:

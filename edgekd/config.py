@@ -128,6 +128,10 @@ class DistillConfig:
             check_positive("temperature", self.temperature)
         if self.alpha is not None:
             check_in_range("alpha", self.alpha, 0.0, 1.0)
+        if self.alpha == 0 and self.temperature is None:
+            raise ConfigError("The 'temperature' parameter softens the soft term, which alpha=0 leaves out: a search "
+                              "over T would train the same student for every T. Got temperature='auto' with alpha=0; "
+                              "leave --temperature out or pass --alpha above 0.")
         for t in self.temperature_grid:
             check_positive("temperature_grid", t)
         for a in self.alpha_grid:
@@ -163,6 +167,12 @@ class DistillConfig:
             raise ConfigError(f"The 'views' parameter caches the teacher on jittered or mirrored views, but the student "
                               f"trains without jitter or flip. Got views={'all' if self.view_grid else self.views} instead; "
                               f"pass --jitter N or --flip too, or leave --views out.")
+        distinct = (2 * self.train.jitter + 1) ** 2 * (2 if self.train.flip else 1)
+        if self.views > distinct and not self.view_grid:
+            # more random views than shifts only repeats them, and each costs the teacher a pass and n x C floats
+            raise ConfigError(f"The 'views' parameter counts cached views, but jitter {self.train.jitter}"
+                              f"{' with flip' if self.train.flip else ''} has only {distinct} distinct ones. Got "
+                              f"views={self.views} instead; pass --views all (each once) or at most {distinct}.")
         if self.views == 1 and not self.view_grid:
             # view 0 is the image as it is: one view would cache only that, and the student would never be jittered
             raise ConfigError("The 'views' parameter counts the cached views, the first of which is the image unshifted, "

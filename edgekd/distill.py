@@ -369,7 +369,8 @@ def student_recipes(config: DistillConfig, input_shape) -> list[dict]:
     augment = min(BASELINE_JITTER, min(shape[1:]) // 4) if len(shape) == 3 else 0
     shifted = [{"method": config.method, "jitter": augment, "views": 0, "view_grid": True, "mixup": 0.0,
                 "flip": False}] if augment else []
-    others = [{**own, "method": m} for m in dict.fromkeys(config.search_methods) if m != config.method]
+    # at alpha 0 there is no soft term: every method trains the same student, so none is tried beside the own
+    others = [{**own, "method": m} for m in dict.fromkeys(config.search_methods) if m != config.method and config.alpha != 0]
     return [*shifted, *others, own]
 
 

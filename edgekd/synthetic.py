@@ -86,7 +86,9 @@ def parse_spec(arg: str) -> SyntheticSpec:
             raise DataError(f"Synthetic data option '{option}' is not understood; {_EXPECTED}.") from None
     spec = SyntheticSpec(**values)
     if spec.groups > spec.classes:
-        raise DataError(f"Synthetic data: 'groups' must be at most 'classes' ({spec.classes}). Got {spec.groups} instead.")
+        given = "" if "groups" in values else " (the default)"
+        raise DataError(f"Synthetic data: 'groups' must be at most 'classes' ({spec.classes}). Got {spec.groups}{given} "
+                        f"instead; pass groups=G with G <= {spec.classes}.")
     size = spec.classes * (spec.train + spec.test) * spec.dim
     if size > MAX_VALUES:
         raise DataError(f"Synthetic data of {spec.classes} classes x {spec.train + spec.test} examples x {spec.dim} "

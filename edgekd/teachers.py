@@ -439,7 +439,7 @@ def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | 
 def teacher_from_artifact(artifact: Artifact, *, combine: str | None = None) -> Teacher:
     if artifact.kind not in ("model", "ensemble"):
         if combine is not None:   # its own rule combines its members (a specialist ensemble: the paper's KL solve)
-            raise TeacherError(f"The 'combine' parameter (--combine) sets how an ensemble's members are averaged; "
+            raise TeacherError(f"The 'combine' parameter sets how an ensemble's members are averaged; "
                                f"'{artifact.path}' is a '{artifact.kind}' artifact, which combines its members by its "
                                f"own rule. Got combine={combine!r} instead; leave --combine out.")
         if artifact.kind not in _TEACHER_KINDS:

@@ -14,7 +14,7 @@ def check_positive(name: str, value: float, *, strict: bool = True) -> float:
     ok = value > 0 if strict else value >= 0
     if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok:
         bound = "> 0" if strict else ">= 0"
-        raise ConfigError(f"The '{name}' parameter must be {bound}. Got {value!r} instead.")
+        raise ConfigError(f"The '{name}' parameter must be {bound} and finite. Got {value!r} instead.")
     return value
 
 

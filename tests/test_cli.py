@@ -204,7 +204,7 @@ BAD = [
     ("missing dataset folder", lambda p, t, s: ["evaluate", t, "--data", f"fashion-mnist:{p / 'nope'}"], "not found"),
     ("unknown dataset", lambda p, t, s: ["evaluate", t, "--data", "cifar10"], "Unknown dataset"),
     ("unknown architecture", lambda p, t, s: ["teacher", "train", "--arch", "vgg", "--out", p / "o"], "Unknown architecture 'vgg'; choose one of"),
-    ("T <= 0", lambda p, t, s: ["distill", "--teacher", t, "-T", "-1", "--out", p / "o"], "'temperature' parameter (--temperature) must be > 0. Got -1.0"),
+    ("T <= 0", lambda p, t, s: ["distill", "--teacher", t, "-T", "-1", "--out", p / "o"], "'temperature' parameter (--temperature) must be > 0 and finite. Got -1.0"),
     ("alpha outside [0,1]", lambda p, t, s: ["distill", "--teacher", t, "--alpha", "1.5", "--out", p / "o"], "'alpha' parameter (--alpha) must be in [0, 1]. Got 1.5"),
     ("class mismatch", lambda p, t, s: ["distill", "--teacher", t, "--out", p / "o", "--data",
                                         _bad_npz(p, x=np.zeros((21, 1, 8, 8), np.float32), y=np.arange(21) % 7)], "10 outputs but dataset"),
@@ -318,3 +318,24 @@ def test_evaluate_applies_the_teacher_options_to_the_teacher_only(edgekd, tmp_pa
     code, out, err = edgekd("evaluate", tmp_path / "m.pt", "--teacher", tmp_path / "t.pt", "--teacher-scale", "0.0625", "--json")
     result = json.loads(out)
     assert code == 0 and result["accuracy"] == alone and result["agreement"] == 1.0, err
+
+
+@pytest.mark.parametrize("argv", [
+    ["distill", "--teacher", "{missing}", "--out", "{tmp}/o"],
+    ["evaluate", "{missing}"],
+    ["evaluate", "{model}", "--teacher", "{missing}"],
+    ["specialists", "build", "--teacher", "{missing}", "--out", "{tmp}/o"],
+    ["specialists", "cluster", "--teacher", "{missing}"],
+])
+def test_a_missing_model_is_refused_before_the_data_is_loaded(edgekd, tmp_path, monkeypatch, tiny_student, argv):
+    """The data were loaded (a large image folder decoded) before the teacher was found missing."""
+    import edgekd.commands.core as core
+    import edgekd.commands.specialists as specialists
+
+    def loaded(*_a, **_k):
+        raise AssertionError("the data were loaded first")
+    monkeypatch.setattr(core, "load_data", loaded)
+    monkeypatch.setattr(specialists, "load_data", loaded)
+    args = [a.format(missing=tmp_path / "nope", tmp=tmp_path, model=tiny_student) for a in argv]
+    code, _, err = edgekd(*args)
+    assert code == 2 and ("not found" in err or "no such folder" in err), err

@@ -440,3 +440,11 @@ def test_view_logits_of_a_transfer_subset_run_the_teacher_on_it_alone(tmp_path, 
     assert sum(seen) <= 9 * (len(rows) + 64)   # the subset, and the cache's check of a few rows
     torch.testing.assert_close(part, whole[:, rows])
     assert cache.misses == 18   # the subset is cached under keys of its own
+
+
+def test_at_alpha_0_no_soft_term_method_is_tried():
+    """Every method trains the same student without a soft term: the search tried kd and kd-ls to the same score."""
+    from edgekd.distill import DistillConfig, student_recipes
+
+    assert [r["method"] for r in student_recipes(DistillConfig(alpha=0.0), (64,))] == [DistillConfig().method]
+    assert len(student_recipes(DistillConfig(), (64,))) == 2

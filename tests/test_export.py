@@ -339,7 +339,7 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, edgekd, tmp_pat
 
 
 def test_config_validates_like_sklearn():
-    with pytest.raises(ConfigError, match=r"The 'atol' parameter must be > 0. Got -1.0 instead."):
+    with pytest.raises(ConfigError, match=r"The 'atol' parameter must be > 0 and finite. Got -1.0 instead."):
         ExportConfig(atol=-1.0)
     with pytest.raises(ConfigError, match=r"'quantize' parameter must be one of 'int8', 'dynamic'. Got 'int4'"):
         ExportConfig(quantize="int4")

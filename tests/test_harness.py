@@ -813,3 +813,12 @@ def test_a_runtime_whose_outputs_disagree_with_the_files_own_is_not_timed(digits
     own = model["accuracy_by_runtime"]
     assert own["onnxruntime"] == model["accuracy"] > 0.5 and own["test-wrong"] < 0.3
     assert f"onnxruntime (test-wrong {own['test-wrong']:.4f})" in render_markdown(result.to_dict())
+
+
+def test_bench_that_measures_nothing_exits_2_with_its_report(edgekd, tmp_path):
+    """A garbage .ort (read only when timed) gave a report of error rows and exit 0."""
+    bad = tmp_path / "g.ort"
+    bad.write_bytes(b"garbage")
+    code, _, err = edgekd("bench", "--model", bad, "--runtimes", "onnxruntime", "--batch-sizes", "1", "--seconds", "0.05",
+                          "--rounds", "1", "--out", tmp_path / "r")
+    assert code == 2 and "Nothing could be measured" in err and (tmp_path / "r" / "report.md").is_file()

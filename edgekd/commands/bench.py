@@ -103,6 +103,12 @@ def bench_cmd(ctx, **params):
         report = run_benchmark(list(params["model"]), data, config, command=_command_line(params), echo=echo)
         paths = write_report(report, params["out"])
     _print(report.to_dict(), paths, params["as_json"])
+    if not any(row["status"] == "ok" for row in report.rows):   # a report of reasons only: not a success
+        from edgekd.errors import EdgekdError
+
+        reasons = sorted({row["error"] for row in report.rows if row.get("error")})
+        raise EdgekdError(f"Nothing could be measured ({'; '.join(reasons[:2]) or 'no runtime read any model'}); the "
+                          f"reasons are in {paths['report_md']}. Pass models and --runtimes that can run them.")
 
 
 def _print(data: dict, paths: dict, as_json: bool) -> None:

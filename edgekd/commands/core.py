@@ -202,9 +202,12 @@ def _parse_list(name, value, kind=float):
     if value in (None, ""):
         return ()
     try:
-        return tuple(kind(v) for v in str(value).split(",") if v.strip())
+        parsed = tuple(kind(v) for v in str(value).split(",") if v.strip())
     except ValueError:
-        raise ConfigError(f"The '{name}' parameter must be a comma-separated list of numbers. Got {value!r} instead.") from None
+        parsed = ()
+    if not parsed:   # ',' or 'a,b': never the default grid in silence
+        raise ConfigError(f"The '{name}' parameter must be a comma-separated list of numbers. Got {value!r} instead.")
+    return parsed
 
 
 def _check_grids(params) -> None:
@@ -318,14 +321,16 @@ def distill_cmd(ctx, **params):
                    ("dkd_beta", "dkd" in (config.method, *config.search_methods), "with --method dkd (or dkd in --search-methods)"),
                    ("auto_epochs", auto, "with --temperature auto or --alpha auto"),
                    ("search_methods", config.recipe_search, "with --recipe-search (the default)"),
-                   *[(name, config.alpha != 0, "with a soft term (--alpha above 0)") for name in ("method", "correct_teacher")],
+                   *[(name, config.alpha != 0, "with a soft term (--alpha above 0)")
+                     for name in ("method", "correct_teacher", "temperature")],
                    *cache_option_rules(params)])
     with output_lock(params["out"]):
+        # the teacher first: a missing or damaged one is refused before a large data set is decoded
+        teacher = open_teacher(params["teacher"], params, device=resolve_device(params["device"]))
         data = load_data(params)
         check_jitter(params["jitter"], data.input_shape)
         check_flip(params["flip"], data.input_shape)
         dist = distributed_context(params)
-        teacher = open_teacher(params["teacher"], params, device=resolve_device(params["device"]))
         cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"], writer=dist is None or dist.rank == 0)
         result = distill(teacher, data, config, params["out"], cache=cache, overwrite=params["overwrite"],
                          resume=params["resume"], refresh_cache=params["refresh_cache"], progress=show_progress(params),
@@ -412,11 +417,11 @@ def evaluate_cmd(ctx, model, reference, split, as_json, **params):
     refuse_unused([*teacher_option_rules(params, reference or model),
                    ("seed", False, "to commands that draw at random (evaluate scores every sample)")])
     data_of_models(ctx, params, [model])
-    data = load_data(params)
     device = resolve_device(params["device"])
+    # the models first: a missing or damaged one is refused before a large data set is decoded
     scored = open_teacher(model, params, device=device, role="Model", teacher_options=not reference)
-    result = evaluate(scored, data, split=split,
-                      reference=open_teacher(reference, params, device=device) if reference else None)
+    teacher = open_teacher(reference, params, device=device) if reference else None
+    result = evaluate(scored, load_data(params), split=split, reference=teacher)
     if as_json:
         echo_json(result.to_dict())
         return

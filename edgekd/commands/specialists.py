@@ -49,13 +49,16 @@ def cluster_cmd(as_json, **params):
     from edgekd.device import resolve_device
     from edgekd.distill import teacher_logits
     from edgekd.teachers import check_teacher_fits
+    from edgekd.validation import check_positive
     from specialists.build import open_generalist
     from specialists.clustering import check_k, find_clusters, parse_clusters
 
     refuse_unused(cache_option_rules(params))
+    check_positive("cluster_temperature", params["cluster_temperature"])
+    # the generalist first: a missing or damaged one is refused before a large data set is decoded
+    generalist = open_generalist(params["teacher"], params["member"], device=resolve_device(params["device"]))
     data = load_data(params)
     ks = check_k(parse_clusters(params["clusters"]), data.num_classes)
-    generalist = open_generalist(params["teacher"], params["member"], device=resolve_device(params["device"]))
     check_teacher_fits(generalist.teacher, data, name="Generalist")
     cache = LogitCache(params["cache_dir"], enabled=not params["no_cache"])
     logits = teacher_logits(generalist.teacher, data, "train", cache, refresh=params["refresh_cache"]).cpu()
@@ -104,6 +107,7 @@ def build_cmd(ctx, as_json, **params):
 
     The result is a teacher: 'edgekd evaluate OUT', 'edgekd distill --teacher OUT ...'.
     """
+    from edgekd.artifacts import load_artifact
     from edgekd.cache import LogitCache
     from edgekd.outputs import data_paths, output_lock
     from edgekd.validation import check_flip, check_jitter, check_output_dir
@@ -120,6 +124,7 @@ def build_cmd(ctx, as_json, **params):
                               train=train, tol=params["tol"], max_steps=params["max_steps"],
                               module_steps=params["module_steps"], per_cluster=params["per_cluster"])
     with output_lock(params["out"]):
+        load_artifact(params["teacher"])   # verified before a large data set is decoded (built again in the stage)
         data = load_data(params)
         check_jitter(params["jitter"], data.input_shape)
         check_flip(params["flip"], data.input_shape)
