@@ -143,7 +143,7 @@ def main(argv=None):
             # what the run found, not what the order suggests: a tree with another cache version decodes again
             made = _decoded_entries(work / "cache") - decoded_before
             record.update(tree=label, revision=ran_at, command=["edgekd", *argv_[3:]],
-                          decode=("cold (empty cache)" if not decoded_before else "decoded again (the cache did not fit it)")
+                          decode=("cold (empty cache)" if not decoded_before else "decoded again (no entry under its cache key)")
                           if made else "cached (filled by the run above)")
             if record["returncode"] == 0:
                 record["test_accuracy"] = load_artifact(out).manifest.metrics.get("test_accuracy")

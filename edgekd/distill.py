@@ -44,11 +44,11 @@ from edgekd.device import place_dataset, resolve_device
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.losses import distillation_loss
 from edgekd.models import count_macs, count_parameters, create_model, format_arch, output_layer, parse_arch
-from edgekd.teacher_training import cross_entropy_loss, supervised_batches
 from edgekd.outputs import data_paths
 from edgekd.teachers import Teacher, check_teacher_fits, teacher_files
-from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, augment_batch, fit,
-                             jitter_views, predict_logits, run_fingerprint)
+from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, augment_batch, cross_entropy_loss,
+                             fit, jitter_views, predict_logits, run_fingerprint, supervised_batches)
+from edgekd.targets import sharded_logits, teacher_logits  # noqa: F401  (teacher_logits re-exported)
 from edgekd.validation import check_flip, check_jitter, check_output_dir, parse_limit
 
 VIEW_SEED = 7_919  # jittered views are fixed (not tied to the training seed) so their cache is shared
@@ -86,27 +86,6 @@ class DistillResult:
 
 
 # --- teacher logits ------------------------------------------------------------------------------
-
-def teacher_logits(teacher: Teacher, data: Dataset, split: str, cache: LogitCache, *, refresh: bool = False,
-                   dist=None) -> torch.Tensor:
-    """The teacher's raw logits on a split, from the cache when the teacher and data are unchanged."""
-    x, _ = data.split(split)
-    key = cache_key("logits", teacher.fingerprint, data.fingerprint(split))
-    return cache.get_or_compute(key, lambda: sharded_logits(teacher.logits, x, dist), refresh=refresh, dist=dist,
-                                check=lambda rows: teacher.logits(x[rows]).cpu()).to(x.device)
-
-
-def sharded_logits(logits_of, x, dist=None, shifts: torch.Tensor | None = None,
-                   pixels: int = 0, chunk: int = 4096) -> torch.Tensor:
-    """``logits_of(x)`` (a teacher's ``logits``, or a model's; each row of ``x``, a tensor or a ``RowView``,
-    shifted by ``shifts`` when given), ``chunk`` rows at a time so a memory-mapped train split is never
-    shifted or converted whole; under torchrun each rank computes its shard and the rows are gathered once."""
-    lo, hi = dist.shard_range(len(x)) if dist is not None else (0, len(x))
-    rows = [slice(i, min(i + chunk, hi)) for i in range(lo, hi, chunk)]
-    parts = [logits_of(x[r] if shifts is None else apply_shifts(x[r], shifts[r], pixels)) for r in rows]
-    logits = torch.cat(parts) if parts else logits_of(x[:0])
-    return logits if dist is None else dist.gather_rows(logits, len(x))
-
 
 def view_shifts(n: int, views: int, pixels: int, *, grid: bool = False, flip: bool = False) -> torch.Tensor:
     """(views, n, 2) fixed shifts, (views, n, 3) with ``flip`` (the third column mirrors: ``apply_shifts``);

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from edgekd.artifacts import Manifest, Member, save_artifact
 from edgekd.config import TeacherConfig
@@ -16,8 +15,8 @@ from edgekd.device import place_dataset, resolve_device
 from edgekd.models import count_macs, count_parameters, create_model, parse_arch
 from edgekd.outputs import data_paths
 from edgekd.teachers import EnsembleModule
-from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, augment_batch, fit, predict_logits,
-                             run_fingerprint)
+from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, cross_entropy_loss, fit, predict_logits,
+                             run_fingerprint, supervised_batches)  # the last two re-exported: benchmarks read them here
 from edgekd.validation import check_flip, check_jitter, check_output_dir
 
 
@@ -36,19 +35,6 @@ class TeacherResult:
     seconds_per_epoch: float
     epochs_run: tuple[int, ...] = ()    # per member: fewer than asked when patience stopped it
     best_epoch: tuple[int, ...] = ()    # per member: the epoch whose weights were kept (best on val)
-
-
-def supervised_batches(x: torch.Tensor, y: torch.Tensor, jitter: int, mixup: float = 0.0, flip: bool = False):
-    """``make_batch`` for hard-label training with the paper's random-shift jitter, with ``flip`` a random
-    half mirrored and, with ``mixup``, each batch blended with a permutation of itself
-    (``edgekd.training.augment_batch``; the loss blends the two labels alike)."""
-    def make_batch(indices, generator, _epoch):
-        return augment_batch(x[indices], y[indices], generator, jitter, mixup, flip)
-    return make_batch
-
-
-def cross_entropy_loss(outputs, batch):
-    return F.cross_entropy(outputs, batch[1])
 
 
 def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, overwrite: bool = False,

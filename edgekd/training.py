@@ -627,3 +627,18 @@ def _progress_bar(iterable, enabled: bool, desc: str):
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, leave=False, unit="step", dynamic_ncols=True)
+
+
+# --- hard-label batches ---------------------------------------------------------------------------
+
+def supervised_batches(x: torch.Tensor, y: torch.Tensor, jitter: int, mixup: float = 0.0, flip: bool = False):
+    """``make_batch`` for hard-label training with the paper's random-shift jitter, with ``flip`` a random
+    half mirrored and, with ``mixup``, each batch blended with a permutation of itself
+    (``edgekd.training.augment_batch``; the loss blends the two labels alike)."""
+    def make_batch(indices, generator, _epoch):
+        return augment_batch(x[indices], y[indices], generator, jitter, mixup, flip)
+    return make_batch
+
+
+def cross_entropy_loss(outputs, batch):
+    return F.cross_entropy(outputs, batch[1])

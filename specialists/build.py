@@ -25,7 +25,7 @@ from edgekd.artifacts import Manifest, Member, load_artifact, save_artifact
 from edgekd.cache import LogitCache
 from edgekd.data import Dataset
 from edgekd.device import module_device, place_dataset, resolve_device
-from edgekd.distill import teacher_logits
+from edgekd.targets import teacher_logits
 from edgekd.errors import ArtifactError, ConfigError, EdgekdError, TeacherError
 from edgekd.models import count_macs, count_parameters
 from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, load_teacher

@@ -280,7 +280,7 @@ def test_flip_on_data_that_are_not_images_is_refused(edgekd, tmp_path, tiny_teac
     path = tmp_path / "vectors.npz"
     np.savez(path, x=np.random.default_rng(0).random((60, 64), dtype=np.float32), y=np.arange(60) % 10)
     for args in (["teacher", "train", "--arch", "mlp:hidden=8", "--epochs", "1"], ["distill", "--teacher", tiny_teacher],
-                 ["specialists", "build", "--teacher", tiny_teacher]):
+                 ["specialists", "build", "--teacher", tiny_teacher, "--member", "0"]):
         code, _, err = edgekd(*args, "--data", f"npz:{path}", "--flip", "--out", tmp_path / "o")
         assert code == 2 and "'flip' parameter (--flip) mirrors images, but the inputs have shape (64,)" in err, err
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -47,7 +47,7 @@ def cluster_cmd(as_json, **params):
     """Only the confusion clustering: print the clusters (no training)."""
     from edgekd.cache import LogitCache
     from edgekd.device import resolve_device
-    from edgekd.distill import teacher_logits
+    from edgekd.targets import teacher_logits
     from edgekd.teachers import check_teacher_fits
     from edgekd.validation import check_positive
     from specialists.build import open_generalist
@@ -107,11 +107,10 @@ def build_cmd(ctx, as_json, **params):
 
     The result is a teacher: 'edgekd evaluate OUT', 'edgekd distill --teacher OUT ...'.
     """
-    from edgekd.artifacts import load_artifact
     from edgekd.cache import LogitCache
     from edgekd.outputs import data_paths, output_lock
     from edgekd.validation import check_flip, check_jitter, check_output_dir
-    from specialists.build import build_specialists
+    from specialists.build import build_specialists, open_generalist
     from specialists.clustering import parse_clusters
 
     refuse_unused(cache_option_rules(params))
@@ -124,7 +123,7 @@ def build_cmd(ctx, as_json, **params):
                               train=train, tol=params["tol"], max_steps=params["max_steps"],
                               module_steps=params["module_steps"], per_cluster=params["per_cluster"])
     with output_lock(params["out"]):
-        load_artifact(params["teacher"])   # verified before a large data set is decoded (built again in the stage)
+        open_generalist(params["teacher"], params["member"])   # checked before a large data set is decoded
         data = load_data(params)
         check_jitter(params["jitter"], data.input_shape)
         check_flip(params["flip"], data.input_shape)
