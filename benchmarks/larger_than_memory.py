@@ -157,13 +157,15 @@ def main(argv=None):
                        "PYTHONPATH": str(root)}
                 out = work / f"student-{len(runs)}"
                 ran_at = _revision(root)
+                # a logit cache of its own: a tree that found the other's teacher logits would skip the teacher
                 argv_ = [sys.executable, "-m", "edgekd", "distill", "--teacher", str(teacher), "--data", spec, "--student",
-                         args.distill, "--epochs", "1", "--baseline", "--out", str(out), "--quiet"]
+                         args.distill, "--epochs", "1", "--baseline", "--cache-dir", str(work / f"logits-{len(runs)}"),
+                         "--out", str(out), "--quiet"]
                 record = run_capped(argv_, args.cap_mib << 20, env, root)
                 record["imports_from"] = subprocess.run([sys.executable, "-c", "import edgekd; print(edgekd.__file__)"],
                                                         env=env, cwd=root, capture_output=True, text=True).stdout.strip()
                 record.update(tree=label, revision=ran_at, command=["edgekd", *argv_[3:]],
-                              decode="cached (filled by the first run)")
+                              decode="cached (filled by the first run); teacher logits cold")
                 if record["returncode"] == 0:
                     record["test_accuracy"] = load_artifact(out).manifest.metrics.get("test_accuracy")
                 runs.append(record)
