@@ -885,3 +885,13 @@ def test_the_combination_is_solved_in_chunks_with_the_same_result(spec_artifact,
     whole, chunked = _gated(gen, models[1:], clusters, x, config), _gated(gen, models[1:], clusters, x, config, chunk=37)
     torch.testing.assert_close(chunked.log_q, whole.log_q)
     assert torch.equal(chunked.steps, whole.steps) and torch.equal(chunked.active, whole.active)
+
+
+def test_a_cluster_without_a_specialist_says_why(capsys):
+    """A cluster of every class got the tag 'one class'."""
+    from edgekd.commands.specialists import _echo_clusters
+    from specialists.clustering import Clustering
+
+    _echo_clusters(Clustering(clusters=((0,), (0, 1, 2)), specialist_clusters=(), k=(2,)), ["a", "b", "c"])
+    out = capsys.readouterr().out
+    assert "{a}   (one class: no specialist)" in out and "{a, b, c}   (every class" in out

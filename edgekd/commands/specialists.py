@@ -74,7 +74,8 @@ def _echo_clusters(clustering, classes) -> None:
         if clustering.silhouette else ""
     click.echo(f"clusters at T={clustering.temperature:g}, K={','.join(map(str, clustering.k))}{how}:")
     for cluster in clustering.clusters:
-        tag = "" if cluster in clustering.specialist_clusters else "   (one class: no specialist)"
+        why = "one class" if len(cluster) == 1 else "every class: the generalist's own task"
+        tag = "" if cluster in clustering.specialist_clusters else f"   ({why}: no specialist)"
         click.echo(f"  {{{', '.join(classes[c] for c in cluster)}}}{tag}")
 
 
