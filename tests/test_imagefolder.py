@@ -60,15 +60,26 @@ def test_cache_is_reused_and_a_changed_file_is_never_served(tmp_path, monkeypatc
     assert len(list((tmp_path / "cache" / "images").glob("*.x.npy"))) == 1
     again = load_dataset(f"imagefolder:{root}")
     assert np.array_equal(first.x_train.numpy(), again.x_train.numpy())
-    # same size and modification time, other pixels: the sampled content hashes catch it
+    # same size and modification time, other pixels: the key (the file's ctime changed with the write) no longer
+    # finds the entry, so the folder is decoded again (the sampled content hashes are the second line of defence)
     stat = victim.stat()
     pixels = np.asarray(Image.open(victim)).copy()
     pixels[0, 0] = 255 - pixels[0, 0]
     Image.fromarray(pixels).save(victim)
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert victim.stat().st_size == stat.st_size
+    fresh = load_dataset(f"imagefolder:{root}")
+    assert len(list((tmp_path / "cache" / "images").glob("*.x.npy"))) == 2
+    # a key blind to the edit (as size and mtime alone were): the sampled content hashes catch it
+    import edgekd.imagefolder as imagefolder
+
+    monkeypatch.setattr(imagefolder, "file_identity", lambda st: f"{st.st_size}\0{st.st_mtime_ns}")
+    load_dataset(f"imagefolder:{root}")
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(victim)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with pytest.warns(UserWarning, match="no longer matches"):
-        fresh = load_dataset(f"imagefolder:{root}")
+        load_dataset(f"imagefolder:{root}")
     assert not np.array_equal(fresh.x_train.numpy(), first.x_train.numpy()) or not np.array_equal(
         fresh.x_test.numpy(), first.x_test.numpy()) or not np.array_equal(fresh.x_val.numpy(), first.x_val.numpy())
 
