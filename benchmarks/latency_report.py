@@ -135,14 +135,14 @@ def headlines(data: dict, *, accuracy_from: list | None = None) -> dict:
     rounds of the two rows' round p50s; the ratio of the pooled p50s is kept beside it. ``accuracy_from``:
     model records whose accuracy stands instead (the full run's, for the confirmation of the same files)."""
     from benchmarks.harness import paired_ratio, verdict
-    from benchmarks.report import accuracy_of
 
     batch, threads = _cell(data)
     rows = _ok_rows(data, batch, threads)
     models = {m["name"]: m for m in data["models"]}
     if accuracy_from:   # the confirmation times the same files: their accuracy is the full run's
-        full = {m["name"]: m.get("accuracy") for m in accuracy_from}
-        models = {name: {**m, "accuracy": full.get(name, m.get("accuracy"))} for name, m in models.items()}
+        full = {m["name"]: m for m in accuracy_from}
+        models = {name: {**m, **{k: full[name].get(k) for k in ("accuracy", "accuracy_by_runtime", "evaluated_with")}}
+                  if name in full else m for name, m in models.items()}
     int8 = [r for r in rows if models.get(r["model"], {}).get("int8") and r["model"].startswith("student")
             and _is_mobile(r, models)]
     teacher = [r for r in rows if r["model"].startswith("teacher")]
@@ -175,6 +175,7 @@ def headlines(data: dict, *, accuracy_from: list | None = None) -> dict:
 
 def _versus(fast: dict, slow: dict, models: dict, aim: float) -> dict:
     from benchmarks.harness import paired_ratio, verdict
+    from benchmarks.report import accuracy_of
 
     pooled = slow["p50_ms"] / fast["p50_ms"]
     paired = paired_ratio(slow, fast)
