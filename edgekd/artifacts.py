@@ -97,6 +97,21 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
+def _fsync(path: Path) -> None:
+    """Flush a written file (or a folder's entries) to disk; file systems that cannot (some network ones) are
+    left to their own guarantees."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> None:
     """A safetensors file of CPU copies of ``tensors``, with the mode the umask gives (safetensors writes
     0600, which hid the weights from a serving user who could read the manifest beside them)."""
@@ -271,13 +286,16 @@ def _write_folder(folder: Path, manifest: Manifest, tensor_files: dict, extra_fi
     for name, state in tensor_files.items():
         save_tensors(folder / name, state)
         files[name] = sha256_file(folder / name)
+        _fsync(folder / name)
     for name, payload in extra_files.items():
         (folder / name).write_bytes(payload)
         files[name] = sha256_file(folder / name)
+        _fsync(folder / name)
     for name in nested:
         files[f"{name}/{MANIFEST}"] = sha256_file(folder / name / MANIFEST)
     full = manifest.with_files(files, library_versions(), now_iso(), numerics())
     write_json_atomic(folder / MANIFEST, full.to_json())
+    _fsync(folder)
     return full
 
 
@@ -294,6 +312,7 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
         except BaseException:
             os.replace(old, out_dir)
             raise
+        _fsync(out_dir.parent)   # the renames on disk before the old artifact goes (a power cut keeps one of the two)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)

@@ -117,3 +117,21 @@ def test_fixture_artifacts_load(tiny_teacher, tiny_student):
     student = load_artifact(tiny_student)
     assert student.kind == "model"
     assert load_artifact(tiny_student / "baseline").kind == "model"
+
+
+def test_every_file_and_the_renames_reach_the_disk_before_the_old_artifact_goes(tiny_student, tmp_path, monkeypatch):
+    """Only the manifest was fsynced: after a power cut the new artifact's weights could fail their hashes while
+    the old artifact was already removed."""
+    import os
+
+    from safetensors.torch import load_file
+
+    artifact = load_artifact(tiny_student)
+    weights = {n: load_file(tiny_student / n) for n in artifact.manifest.files if n.endswith(".safetensors") and "/" not in n}
+    out = tmp_path / "copy"
+    save_artifact(out, artifact.manifest, weights)
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or fsync(fd))
+    save_artifact(out, artifact.manifest, weights, overwrite=True)
+    names = {os.path.basename(p) for p in synced}
+    assert set(weights) <= names and any("manifest.json" in n for n in names) and str(tmp_path) in synced   # renames
