@@ -218,7 +218,8 @@ def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher 
     return make_batch
 
 
-def distill_loss_fn(temperature, alpha, method: str = "kd", dkd_beta: float = 8.0, correct: bool = False):
+def distill_loss_fn(temperature, alpha, method: str = "kd", dkd_beta: float = DistillConfig.dkd_beta,
+                    correct: bool = False):
     """``loss_fn(outputs, batch)`` for ``fit``: ``edgekd.losses.distillation_loss`` on (input, labels, teacher logits)."""
     def loss_fn(outputs, batch):
         return distillation_loss(outputs, batch[2], batch[1], temperature=temperature, alpha=alpha, method=method,

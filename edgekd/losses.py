@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from edgekd.config import METHODS
+from edgekd.config import METHODS, DistillConfig
 from edgekd.errors import ConfigError
 
 
@@ -37,7 +37,7 @@ def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor | None,
-                      *, temperature: float, alpha: float, method: str = "kd", dkd_beta: float = 8.0,
+                      *, temperature: float, alpha: float, method: str = "kd", dkd_beta: float = DistillConfig.dkd_beta,
                       correct: bool = False) -> torch.Tensor:
     """``alpha * soft + (1 - alpha) * CE(s, y)``, batch mean; ``soft`` is the ``method``'s term.
 

@@ -40,6 +40,7 @@ from torch import nn
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.models import create_model, output_layer
 from edgekd.training import TrainConfig, augment_batch, epoch_generator, fit
+from specialists.config import SpecialistConfig
 
 DATA_SEED_SALT = 7_777   # per-epoch draws of the "other" examples use their own generator stream
 
@@ -157,7 +158,7 @@ def _cross_entropy(outputs, batch):
 
 
 def train_specialist(generalist: nn.Module, arch: str, options: dict, data, classes, *, train: TrainConfig,
-                     special_fraction: float = 0.5, store=None, name: str = "specialist",
+                     special_fraction: float = SpecialistConfig.special_fraction, store=None, name: str = "specialist",
                      progress: bool = False) -> SpecialistFit:
     """Train the specialist for ``classes`` and apply the dustbin correction to its output bias."""
     classes = tuple(sorted(int(c) for c in classes))
