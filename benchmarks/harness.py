@@ -316,24 +316,68 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
     the model keeps its first ``kept`` inputs for the parity checks and the timing batches. Every other
     runtime that reads the file measures its own accuracy on the same split (``accuracy_by_runtime``):
     a converter or an int8 kernel that rounds differently shows in its own figure."""
-    _evaluate_first(entry, data, x_split, y_split, runtime_names, runtimes, threads, reference, rows, kept)
-    first = entry.record.get("evaluated_with")
-    if first is None:
+    if entry.info is None:
         return
-    by_runtime = {first: entry.record["accuracy"]}
+    shape = tuple(entry.info.input_shape or data.input_shape)
+    if math.prod(shape) != math.prod(data.input_shape):
+        _model_error(entry, rows, f"the model takes inputs of shape {shape} but dataset '{data.spec}' has "
+                                  f"{tuple(data.input_shape)}; pass data of the model's input shape")
+        return
+    uint8 = entry.info.input_dtype == "uint8"   # an export that takes raw pixels as bytes
+    by_runtime = {}
     for name in runtime_names:
-        if name in by_runtime or name not in runtimes or entry.info.format not in get_runtime(name).formats:
+        if name not in runtimes or entry.info.format not in get_runtime(name).formats:
             continue
         try:
-            logits = _predict_split(_load_any_threads(runtimes[name], entry.path, threads), x_split,
-                                    tuple(entry.info.input_shape or data.input_shape),
-                                    entry.info.input_dtype == "uint8", entry.info.fixed_batch)
-        except Exception as exc:   # the timing pass reports it again as that runtime's error row
+            logits = _predict_split(_load_any_threads(runtimes[name], entry.path, threads), x_split, shape, uint8,
+                                    entry.info.fixed_batch)
+        except Exception as exc:   # a runtime that fails after the first scored: its timing rows say so again
             entry.record.setdefault("evaluation_errors", {})[name] = _reason(exc)
             continue
-        if logits.shape == (len(x_split), data.num_classes):
+        if logits.shape != (len(x_split), data.num_classes):
+            if by_runtime:
+                continue
+            _model_error(entry, rows, f"the model gives outputs of shape {logits.shape[1:]} but dataset '{data.spec}' "
+                                      f"has {data.num_classes} classes; pass a dataset with the model's classes")
+            return
+        if not by_runtime:
+            _score(entry, name, logits, x_split, y_split, shape, uint8, data, reference, kept)
+            by_runtime[name] = entry.record["accuracy"]
+        else:
             by_runtime[name] = float((logits.argmax(1) == np.asarray(y_split)).mean())
-    entry.record["accuracy_by_runtime"] = by_runtime
+    if by_runtime:
+        entry.record["accuracy_by_runtime"] = by_runtime
+        return
+    failures = entry.record.get("evaluation_errors")
+    if failures:
+        reason = "no selected runtime could run the model: " + "; ".join(f"{k}: {v}" for k, v in failures.items())
+    else:
+        reason = f"no selected runtime that is installed reads {entry.info.format} models"
+    _model_error(entry, rows, reason)
+
+
+def _score(entry: _Model, name: str, logits, x_split, y_split, shape, uint8: bool, data, reference: _Model, kept: int):
+    """The file's figures from the first runtime that ran it: metrics, agreement, the inputs kept for the
+    parity checks and timings, and its parity reference."""
+    import torch
+
+    from edgekd.evaluate import metrics_from_logits
+
+    metrics = metrics_from_logits(torch.from_numpy(logits), y_split, data.classes)
+    agreement = None
+    if reference.logits is not None:
+        agreement = float((reference.logits.argmax(1) == logits.argmax(1)).mean())
+    elif reference is entry:
+        agreement = 1.0
+    entry.x, entry.logits = _model_inputs(x_split, shape, uint8, 0, kept), logits
+    entry.record.update(evaluated_with=name, n_eval=metrics["n"], accuracy=metrics["accuracy"], nll=metrics["nll"],
+                        ece=metrics["ece"], agreement=agreement)
+    _parity_reference(entry, name)
+
+
+def _model_error(entry: _Model, rows, reason: str) -> None:
+    entry.record["error"] = reason
+    rows.append(_error_row(entry.name, None, None, None, reason))
 
 
 def _load_any_threads(runtime, path, threads: int):
@@ -341,57 +385,6 @@ def _load_any_threads(runtime, path, threads: int):
         return runtime.load(path, threads)
     except RuntimeSkipped:  # a runtime that cannot run at this thread count still evaluates at 1
         return runtime.load(path, 1)
-
-
-def _evaluate_first(entry: _Model, data, x_split, y_split, runtime_names, runtimes, threads, reference: _Model, rows,
-                    kept: int):
-    import torch
-
-    from edgekd.evaluate import metrics_from_logits
-
-    if entry.info is None:
-        return
-    shape = tuple(entry.info.input_shape or data.input_shape)
-    if math.prod(shape) != math.prod(data.input_shape):
-        reason = (f"the model takes inputs of shape {shape} but dataset '{data.spec}' has {tuple(data.input_shape)}; "
-                  f"pass data of the model's input shape")
-        entry.record["error"] = reason
-        rows.append(_error_row(entry.name, None, None, None, reason))
-        return
-    uint8 = entry.info.input_dtype == "uint8"   # an export that takes raw pixels as bytes
-    for name in runtime_names:
-        if name not in runtimes or entry.info.format not in get_runtime(name).formats:
-            continue
-        try:
-            logits = _predict_split(_load_any_threads(runtimes[name], entry.path, threads), x_split, shape, uint8,
-                                    entry.info.fixed_batch)
-        except Exception as exc:
-            entry.record.setdefault("evaluation_errors", {})[name] = _reason(exc)
-            continue
-        if logits.shape != (len(x_split), data.num_classes):
-            reason = (f"the model gives outputs of shape {logits.shape[1:]} but dataset '{data.spec}' has "
-                      f"{data.num_classes} classes; pass a dataset with the model's classes")
-            entry.record["error"] = reason
-            rows.append(_error_row(entry.name, None, None, None, reason))
-            return
-        metrics = metrics_from_logits(torch.from_numpy(logits), y_split, data.classes)
-        agreement = None
-        if reference.logits is not None:
-            agreement = float((reference.logits.argmax(1) == logits.argmax(1)).mean())
-        elif reference is entry:
-            agreement = 1.0
-        entry.x, entry.logits = _model_inputs(x_split, shape, uint8, 0, kept), logits
-        entry.record.update(evaluated_with=name, n_eval=metrics["n"], accuracy=metrics["accuracy"], nll=metrics["nll"],
-                            ece=metrics["ece"], agreement=agreement)
-        _parity_reference(entry, name)
-        return
-    failures = entry.record.get("evaluation_errors")
-    if failures:
-        reason = "no selected runtime could run the model: " + "; ".join(f"{k}: {v}" for k, v in failures.items())
-    else:
-        reason = f"no selected runtime that is installed reads {entry.info.format} models"
-    entry.record["error"] = reason
-    rows.append(_error_row(entry.name, None, None, None, reason))
 
 
 def _predict_all(runner, x: np.ndarray, chunk: int = 512, *, fixed: int | None = None) -> np.ndarray:
