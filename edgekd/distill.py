@@ -136,22 +136,28 @@ def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int
     x = take_rows(data.x_train, rows.to(data.device)) if subset else data.x_train
     where = ("rows:" + hashlib.sha256(rows.numpy().astype(np.int64).tobytes()).hexdigest(),) if subset else ()
 
-    def shifts_of(v, r):   # the shifts of view v for rows r of x
-        return shifts[v].expand(len(r), shifts.shape[1]) if grid else shifts[v][r]
-
-    table = None
+    table, whole = None, torch.arange(len(x))
     for v in range(len(shifts)):
         key = cache_key("view-logits", teacher.fingerprint, data.fingerprint("train"),
                         _view_name(shifts[v] if grid else shifts[v, 0], pixels, v, grid, flip), *where)
-        whole = torch.arange(len(x))
-        logits = cache.get_or_compute(key, lambda v=v: sharded_logits(teacher.logits, x, dist, shifts_of(v, whole), pixels),
+        logits = cache.get_or_compute(key, lambda v=v: sharded_logits(teacher.logits, x, dist, row_shifts(shifts, v, whole),
+                                                                      pixels),
                                       refresh=refresh, dist=dist,
-                                      check=lambda r, v=v: teacher.logits(apply_shifts(x[r], shifts_of(v, r), pixels)).cpu())
+                                      check=lambda r, v=v: teacher.logits(apply_shifts(x[r], row_shifts(shifts, v, r), pixels)).cpu())
         if table is None:
             table = view_table((len(shifts), *logits.shape), cache)
         table[v] = logits.cpu()
         del logits   # one view at a time
     return table.to(data.device), shifts.to(data.device)
+
+
+def row_shifts(shifts: torch.Tensor, view, rows: torch.Tensor) -> torch.Tensor:
+    """The (len(rows), 2|3) shifts of ``view`` (one view, or one per row) for ``rows``, from either form of
+    ``teacher_view_logits``'s shifts: grid offsets (views, 2|3), the same for every row, or (views, n, 2|3)."""
+    if shifts.dim() == 2:
+        picked = shifts[view]
+        return picked.expand(len(rows), shifts.shape[1]) if picked.dim() == 1 else picked
+    return shifts[view, rows]
 
 
 def view_table(shape: tuple, cache: LogitCache | None = None) -> torch.Tensor:
@@ -211,9 +217,7 @@ def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher 
         if views_shifts is None:
             return xb, yb, logits[indices]
         view = torch.randint(0, logits.shape[0], (len(indices),), generator=generator).to(indices.device)
-        # grid offsets are one row per view; other views one row per sample
-        shift = views_shifts[view] if views_shifts.dim() == 2 else views_shifts[view, indices]
-        xb = apply_shifts(xb, shift, pixels)
+        xb = apply_shifts(xb, row_shifts(views_shifts, view, indices), pixels)
         return xb, yb, logits[view, indices]
     return make_batch
 
@@ -418,8 +422,8 @@ def twin_batches(recipe: dict, teacher: Teacher, baseline, data: Dataset, x, y, 
                                         grid=recipe["view_grid"], flip=flip, rows=idx)
     rows = torch.arange(len(x))
     for v in range(len(views)):   # in place, a view at a time: the twin judges the same shifted images
-        shift = shifts[v].expand(len(x), shifts.shape[1]) if shifts.dim() == 2 else shifts[v]
-        views[v] = twin_logits(views[v], sharded_logits(logits_of, x, dist, shift[rows], pixels).to(views.device))
+        twin = sharded_logits(logits_of, x, dist, row_shifts(shifts, v, rows), pixels)
+        views[v] = twin_logits(views[v], twin.to(views.device))
     return distill_batches(x, y, views, shifts, pixels, None)
 
 
