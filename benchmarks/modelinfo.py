@@ -202,11 +202,10 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
 def _same_export(ort_meta: dict, onnx_path: Path) -> bool:
     """Whether the ``.onnx`` beside an ``.ort`` is the same export in the other format (the same source
     artifact and precision): only then are its graph's counts and shapes the ``.ort``'s."""
-    import onnx
+    from edgekd.outputs import onnx_metadata
 
-    try:
-        props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    except Exception:
+    props = onnx_metadata(onnx_path)
+    if props is None:
         return False
     keys = ("edgekd.source", "edgekd.precision")
     return bool(ort_meta.get(keys[0])) and all(props.get(k) == ort_meta.get(k) for k in keys)

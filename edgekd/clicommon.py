@@ -240,15 +240,14 @@ def recorded_data(model) -> str | None:
     """The data spec an edgekd artifact (its manifest) or edgekd ONNX export (its metadata) was made on."""
     import json
 
+    from edgekd.outputs import onnx_metadata
+
     path = Path(str(model))
     try:
         if (path / "manifest.json").is_file():
             spec = (json.loads((path / "manifest.json").read_text()).get("data") or {}).get("spec")
         elif path.suffix.lower() == ".onnx" and path.is_file():
-            import onnx
-
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            spec = props.get("edgekd.data")
+            spec = (onnx_metadata(path) or {}).get("edgekd.data")
         else:
             spec = None
     except Exception:   # unreadable: the command's own loading says why

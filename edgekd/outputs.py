@@ -108,16 +108,20 @@ def own_export(model: str | Path) -> bool:
     return not model.exists() or export_summary_of(model) is not None or _onnx_made_by_export(model)
 
 
-def _onnx_made_by_export(path: Path) -> bool:
-    if path.suffix != ".onnx" or not path.is_file():
-        return False
+def onnx_metadata(path: str | Path) -> dict | None:
+    """An ``.onnx`` file's ``metadata_props`` as text (the graph read without its external weights), or
+    ``None`` when it cannot be read."""
     try:
         import onnx
 
-        props = {p.key for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception:
-        return False
-    return {"edgekd.source_fingerprint", "edgekd.verification", "edgekd.input_dtype"} <= props
+        return None
+
+
+def _onnx_made_by_export(path: Path) -> bool:
+    props = onnx_metadata(path) if path.suffix == ".onnx" and path.is_file() else None
+    return props is not None and {"edgekd.source_fingerprint", "edgekd.verification", "edgekd.input_dtype"} <= set(props)
 
 
 def is_report_folder(folder: str | Path) -> bool:

@@ -409,11 +409,11 @@ class _OutputKind:
                 warnings.warn(f"{self.where}'s outputs all lie in [0, 1] but its rows do not sum to 1 (independent "
                               f"sigmoids?); they are read as logits, which softens the targets; export the scores "
                               f"before the sigmoid.", EdgekdWarning, stacklevel=4)
-        # the smallest normal float, not 1e-12: a confident teacher gives many wrong classes less than 1e-12, and a
-        # floor there would make them one value and lose the ranking distillation passes on
         if not self.probabilities:
             return out
         out = out.float() if torch.finfo(out.dtype).bits < 32 else out   # float16's floor (6e-5) is not small
+        # the smallest normal float, not 1e-12: a confident teacher gives many wrong classes less than 1e-12, and a
+        # floor there would make them one value and lose the ranking distillation passes on
         return out.clamp_min(torch.finfo(out.dtype).tiny).log()
 
 

@@ -95,9 +95,9 @@ def distributed_context(params):
 @click.option("--classes", type=click.IntRange(2, 100_000), default=10, show_default=True, help="Classes used for the counts.")
 def models_cmd(as_json, input_shape, classes):
     """List the registered architectures, their options, parameters and MACs."""
-    from edgekd.errors import ConfigError
     import torch
 
+    from edgekd.errors import ConfigError
     from edgekd.models import count_macs, count_parameters, create_model, format_arch, list_models
 
     try:
