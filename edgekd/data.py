@@ -525,7 +525,11 @@ def _all_finite(x: np.ndarray) -> bool:
     chunks of rows: a memory-mapped array is read once, never as a whole boolean copy."""
     step = chunk_rows(int(np.prod(x.shape[1:])) * x.dtype.itemsize)
     limit = float(np.finfo(np.float32).max)
-    return all(np.isfinite(x[i:i + step]).all() and not (np.abs(x[i:i + step]) > limit).any() for i in range(0, len(x), step))
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]   # read once (a memory-mapped array), checked twice
+        if not np.isfinite(chunk).all() or (np.abs(chunk) > limit).any():
+            return False
+    return True
 
 
 def _check_arrays(spec, x, y, x_test, y_test, classes) -> None:

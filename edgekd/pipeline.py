@@ -50,7 +50,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     data = load_dataset(config.data, val_fraction=config.val_fraction, train_limit=config.train_limit)
     if config.jitter is None:
         # the teachers' default jitter is for images: vectors train without it (a jitter given is checked below)
-        config = replace(config, jitter=1 if len(data.input_shape) == 3 else 0)
+        config = replace(config, jitter=IMAGE_JITTER if len(data.input_shape) == 3 else 0)
         teacher_cfg = teacher_config(config, device)
     check_jitter(config.jitter, data.input_shape)
     check_jitter(config.student_jitter, data.input_shape, name="student_jitter")
@@ -187,6 +187,9 @@ def _bind_run(out: Path, config: PipelineConfig, data, resume: bool) -> None:
 
 # --- each stage's settings in the pipeline ------------------------------------------------------------
 
+IMAGE_JITTER = 1   # PipelineConfig.jitter=None on images: the teachers' ±1 px (none on vectors)
+
+
 def teacher_config(config: PipelineConfig, device: str):
     """The teacher stage's settings (``benchmarks/pipeline_digits.py`` trains the same teacher)."""
     from edgekd.teacher_training import TeacherConfig
@@ -194,7 +197,7 @@ def teacher_config(config: PipelineConfig, device: str):
 
     return TeacherConfig(arch=config.teacher_arch, ensemble=config.ensemble,
                          train=TrainConfig(epochs=config.teacher_epochs, lr=config.teacher_lr,
-                                           jitter=1 if config.jitter is None else config.jitter,   # images' default
+                                           jitter=IMAGE_JITTER if config.jitter is None else config.jitter,
                                            seed=config.seed, device=device))
 
 

@@ -311,10 +311,9 @@ def build_metadata(source: Source, config: ExportConfig, data, precision: str, v
 
 def source_counts(source: Source) -> dict:
     """The source artifact's MACs a sample and parameters, as its manifest records them (counted when it does not)."""
-    from edgekd.artifacts import load_artifact
     from edgekd.models import count_macs, count_parameters
 
-    metrics = load_artifact(source.path).manifest.metrics
+    metrics = source.metrics   # read with the artifact in load_source: not loaded and hashed again
     counts = {k: metrics.get(k) for k in ("macs", "parameters") if isinstance(metrics.get(k), int)}
     try:
         counts.setdefault("macs", count_macs(source.module, source.input_shape))

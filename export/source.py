@@ -59,6 +59,7 @@ class Source:
     split_seed: int
     weights_bytes: int
     teacher: object = field(default=None, repr=False, compare=False)  # the edgekd Teacher it came from
+    metrics: dict = field(default_factory=dict, repr=False, compare=False)   # its manifest's (MACs, parameters, ...)
 
     def describe(self) -> dict:
         # the path absolute: bench reads the export's source back from any folder (benchmarks.modelinfo)
@@ -98,7 +99,7 @@ def load_source(path: str | Path) -> Source:
                   description=description, members=len(manifest.members),
                   combine=manifest.combine, data_spec=data.get("spec"),
                   val_fraction=float(params.get("val_fraction") or 0.1), split_seed=int(data.get("split_seed", 0)),
-                  weights_bytes=weights, teacher=teacher)
+                  weights_bytes=weights, teacher=teacher, metrics=dict(manifest.metrics))
 
 
 def specialist_module(artifact):
