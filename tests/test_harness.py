@@ -70,6 +70,13 @@ def onnx_models(tmp_path_factory, tiny_student):
             "int8": mlp_onnx(tiny_student, folder / "student.int8.onnx", quantize=True), "corrupt": corrupt}
 
 
+def wrap_calls(runner, wrap):
+    """``runner`` whose bound calls (``bind(x)``, the thing timed and predicted through) are ``wrap(call)``."""
+    bind = runner.bind
+    runner.bind = lambda x: wrap(bind(x))
+    return runner
+
+
 @pytest.fixture(scope="module")
 def broken_runtimes():
     """Three runtimes that fail in the three places a real one can: import, load, and while being timed."""
@@ -86,11 +93,8 @@ def broken_runtimes():
     @R.register_runtime("test-bad-call", formats=("onnx",), description="breaks after the warm-up")
     class BadCall(R.OnnxRuntime):
         def load(self, path, threads):
-            runner = super().load(path, threads)
-            bind = runner.bind
-
-            def fragile(x):
-                fn, calls = bind(x), []
+            def fragile(fn):
+                calls = []
 
                 def call():
                     calls.append(1)
@@ -98,8 +102,7 @@ def broken_runtimes():
                         raise RuntimeError("device lost")
                     return fn()
                 return call
-            runner.bind = fragile
-            return runner
+            return wrap_calls(super().load(path, threads), fragile)
 
     yield ("test-missing", "test-bad-load", "test-bad-call")
     for name in ("test-missing", "test-bad-load", "test-bad-call"):
@@ -788,14 +791,7 @@ def test_a_runtime_whose_outputs_disagree_with_the_files_own_is_not_timed(digits
     @R.register_runtime("test-wrong", formats=("onnx",), description="returns another model's answers")
     class Wrong(R.OnnxRuntime):
         def load(self, path, threads):
-            runner = super().load(path, threads)
-            bind = runner.bind
-
-            def rolled(x):
-                fn = bind(x)
-                return lambda: [np.roll(out, 3, axis=-1) for out in fn()]
-            runner.bind = rolled
-            return runner
+            return wrap_calls(super().load(path, threads), lambda fn: lambda: [np.roll(out, 3, axis=-1) for out in fn()])
 
     try:
         config = BenchConfig(runtimes=("onnxruntime", "test-wrong"), **TINY)
