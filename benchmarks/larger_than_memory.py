@@ -111,7 +111,6 @@ def _stat(group: Path, name: str = "memory.stat") -> dict:
 
 def main(argv=None):
     from benchmarks.photos_fmnist import write_photos
-    from edgekd.artifacts import load_artifact
 
     args = parse_args(argv)
     why = cgroup_available()
@@ -130,50 +129,46 @@ def main(argv=None):
     trees = [("this tree", None)] + ([(args.against, args.against)] if args.against else [])
     for label, revision in trees:
         with _tree(revision) as root:
-            env = {**os.environ, "EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(os.cpu_count() or 1),
-                   "PYTHONPATH": str(root)}
-            out = work / f"model-{len(runs)}"
             decoded_before = _decoded_entries(work / "cache")
-            ran_at = _revision(root)   # the code the run starts with (a commit made meanwhile is not it)
-            argv_ = [sys.executable, "-m", "edgekd", "teacher", "train", "--data", spec, "--arch", args.arch,
-                     "--epochs", "1", "--out", str(out), "--quiet"]
-            record = run_capped(argv_, args.cap_mib << 20, env, root)
-            record["imports_from"] = subprocess.run([sys.executable, "-c", "import edgekd; print(edgekd.__file__)"], env=env,
-                                                    cwd=root, capture_output=True, text=True).stdout.strip()
-            # what the run found, not what the order suggests: a tree with another cache version decodes again
-            made = _decoded_entries(work / "cache") - decoded_before
-            record.update(tree=label, revision=ran_at, command=["edgekd", *argv_[3:]],
-                          decode=("cold (empty cache)" if not decoded_before else "decoded again (no entry under its cache key)")
-                          if made else "cached (filled by the run above)")
-            if record["returncode"] == 0:
-                record["test_accuracy"] = load_artifact(out).manifest.metrics.get("test_accuracy")
-            runs.append(record)
-            print(json.dumps({k: v for k, v in record.items() if k != "stderr_tail"}), flush=True)
+
+            def decode():   # what the run found, not what the order suggests: another cache version decodes again
+                if not _decoded_entries(work / "cache") - decoded_before:
+                    return "cached (filled by the run above)"
+                return "cold (empty cache)" if not decoded_before else "decoded again (no entry under its cache key)"
+            runs.append(_capped_edgekd(root, label, ["teacher", "train", "--data", spec, "--arch", args.arch, "--epochs", "1"],
+                                       work / f"model-{len(runs)}", work, args.cap_mib, decode))
     if args.distill:
-        teacher = work / "model-0"
         for label, revision in trees:
             with _tree(revision) as root:
-                env = {**os.environ, "EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(os.cpu_count() or 1),
-                       "PYTHONPATH": str(root)}
-                out = work / f"student-{len(runs)}"
-                ran_at = _revision(root)
                 # a logit cache of its own: a tree that found the other's teacher logits would skip the teacher
-                argv_ = [sys.executable, "-m", "edgekd", "distill", "--teacher", str(teacher), "--data", spec, "--student",
-                         args.distill, "--epochs", "1", "--baseline", "--cache-dir", str(work / f"logits-{len(runs)}"),
-                         "--out", str(out), "--quiet"]
-                record = run_capped(argv_, args.cap_mib << 20, env, root)
-                record["imports_from"] = subprocess.run([sys.executable, "-c", "import edgekd; print(edgekd.__file__)"],
-                                                        env=env, cwd=root, capture_output=True, text=True).stdout.strip()
-                record.update(tree=label, revision=ran_at, command=["edgekd", *argv_[3:]],
-                              decode="cached (filled by the first run); teacher logits cold")
-                if record["returncode"] == 0:
-                    record["test_accuracy"] = load_artifact(out).manifest.metrics.get("test_accuracy")
-                runs.append(record)
-                print(json.dumps({k: v for k, v in record.items() if k != "stderr_tail"}), flush=True)
+                runs.append(_capped_edgekd(root, label, ["distill", "--teacher", str(work / "model-0"), "--data", spec,
+                                                         "--student", args.distill, "--epochs", "1", "--baseline",
+                                                         "--cache-dir", str(work / f"logits-{len(runs)}")],
+                                           work / f"student-{len(runs)}", work, args.cap_mib,
+                                           lambda: "cached (filled by the first run); teacher logits cold"))
     result = {"args": vars(args), "data": {"spec": args.data, "folder": folder, "images": n,
                                            "uint8_bytes": pixels, "float32_bytes": 4 * pixels},
               "cap_bytes": args.cap_mib << 20, "runs": runs, "provenance": provenance(started)}
     write_result(args, result, render(result))
+
+
+def _capped_edgekd(root: Path, label: str, edgekd_args: list, out: Path, work: Path, cap_mib: int, decode) -> dict:
+    """``edgekd EDGEKD_ARGS --out OUT`` from the tree at ``root`` in the capped cgroup, as one record;
+    ``decode()`` says afterwards what the run found in the decode cache."""
+    from edgekd.artifacts import load_artifact
+
+    env = {**os.environ, "EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(os.cpu_count() or 1),
+           "PYTHONPATH": str(root)}
+    ran_at = _revision(root)   # the code the run starts with (a commit made meanwhile is not it)
+    argv_ = [sys.executable, "-m", "edgekd", *edgekd_args, "--out", str(out), "--quiet"]
+    record = run_capped(argv_, cap_mib << 20, env, root)
+    record["imports_from"] = subprocess.run([sys.executable, "-c", "import edgekd; print(edgekd.__file__)"], env=env,
+                                            cwd=root, capture_output=True, text=True).stdout.strip()
+    record.update(tree=label, revision=ran_at, command=["edgekd", *argv_[3:]], decode=decode())
+    if record["returncode"] == 0:
+        record["test_accuracy"] = load_artifact(out).manifest.metrics.get("test_accuracy")
+    print(json.dumps({k: v for k, v in record.items() if k != "stderr_tail"}), flush=True)
+    return record
 
 
 def _decoded_entries(cache: Path) -> set[str]:
