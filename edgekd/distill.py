@@ -358,10 +358,14 @@ def student_recipes(config: DistillConfig, input_shape) -> list[dict]:
     return [*shifted, *others, own]
 
 
-def _recipe_batches(recipe: dict, teacher: Teacher, data: Dataset, x, y, idx, cache: LogitCache, refresh: bool, dist):
+def _recipe_batches(recipe: dict, teacher: Teacher, data: Dataset, x, y, idx, cache: LogitCache, refresh: bool, dist,
+                    soft: bool = True):
     """``make_batch`` for one recipe: the teacher online on each jittered, mirrored or blended batch (jitter or
-    flip without views, or mixup), its logits cached on jittered (mirrored) views, or cached on the plain transfer set."""
+    flip without views, or mixup), its logits cached on jittered (mirrored) views, or cached on the plain transfer set.
+    Without a ``soft`` term (alpha 0) the teacher is not run: the batches are the hard-label ones."""
     pixels, flip = recipe["jitter"], recipe["flip"]
+    if not soft:
+        return supervised_batches(x, y, pixels, recipe["mixup"], flip)
     if recipe["mixup"] or ((pixels or flip) and recipe["views"] == 0 and not recipe["view_grid"]):
         return distill_batches(x, y, None, None, pixels, teacher, recipe["mixup"], flip)
     if pixels or flip:
@@ -442,7 +446,8 @@ def tries_twin(config: DistillConfig, input_shape) -> bool:
     the twin on val, with the recipe the search kept."""
     images = len(tuple(input_shape)) == 3
     augmented = (config.train.jitter or config.train.flip) and images or config.train.mixup
-    return config.twin_teacher and config.recipe_search and config.baseline and not augmented
+    # at alpha 0 no teacher, twinned or not, is asked: the twin-taught student would be the baseline again
+    return config.twin_teacher and config.recipe_search and config.baseline and not augmented and config.alpha != 0
 
 
 def _with_twin_taught(kept: tuple, recipe: dict, twin: tuple, data: Dataset) -> tuple:
@@ -529,7 +534,8 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
                      fingerprint=run_fingerprint(config_record or config, data, teacher.fingerprint), overwrite=overwrite)
     targets_started = time.perf_counter()   # the one-time cost of the teacher's targets (near 0 from the cache)
     try:
-        batches = [_recipe_batches(recipe, teacher, data, x, y, idx, cache, refresh_cache, dist) for recipe in recipes]
+        batches = [_recipe_batches(recipe, teacher, data, x, y, idx, cache, refresh_cache, dist, soft=config.alpha != 0)
+                   for recipe in recipes]
     except BaseException:   # a teacher that fails on the data leaves no run to resume
         store.discard_if_unused()
         raise
@@ -547,7 +553,8 @@ def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | P
     temperature, alpha = search["temperature"], search["alpha"]
 
     def loss_for(method):
-        return _config_loss_fn(config, temperature, alpha, method)
+        # alpha 0: the hard-label batches carry no teacher logits, and the loss is the cross-entropy alone
+        return _config_loss_fn(config, temperature, alpha, method) if alpha != 0 else cross_entropy_loss
 
     student, fitted, student_search, student_search_seconds = _best_student(
         new_student, recipes, batches, loss_for, len(idx), val, train_cfg, store, progress, dist, data)

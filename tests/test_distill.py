@@ -448,3 +448,23 @@ def test_at_alpha_0_no_soft_term_method_is_tried():
 
     assert [r["method"] for r in student_recipes(DistillConfig(alpha=0.0), (64,))] == [DistillConfig().method]
     assert len(student_recipes(DistillConfig(), (64,))) == 2
+
+
+def test_alpha_zero_never_runs_the_teacher_on_the_transfer_set(tmp_path, digits, tiny_teacher, monkeypatch):
+    """At alpha 0 there is no soft term: the teacher's targets (and the twin's) are not computed, and the
+    student is the hard-label baseline trained again with the same seed and recipe."""
+    from edgekd.cache import LogitCache
+    from edgekd.distill import DistillConfig, distill
+    from edgekd.teachers import load_teacher
+    from edgekd.training import TrainConfig
+
+    teacher = load_teacher(tiny_teacher)
+    rows = []
+    inner = teacher._logits
+    monkeypatch.setattr(teacher, "_logits", lambda x: rows.append(len(x)) or inner(x))
+    config = DistillConfig(student="mlp:hidden=16", alpha=0.0, train=TrainConfig(epochs=2), baseline=True,
+                           twin_teacher=True)
+    result = distill(teacher, digits, config, tmp_path / "s", cache=LogitCache(tmp_path / "c"))
+    assert sum(rows) <= len(digits.y_val) + len(digits.y_test) + 1   # its own accuracy only (and one probe row)
+    assert result.student_test_accuracy == pytest.approx(result.baseline_test_accuracy)
+    assert not any(r.get("twin") for r in result.student_search)
