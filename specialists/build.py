@@ -28,7 +28,7 @@ from edgekd.device import module_device, place_dataset, resolve_device
 from edgekd.targets import teacher_logits
 from edgekd.errors import ArtifactError, ConfigError, EdgekdError, TeacherError
 from edgekd.models import count_macs, count_parameters
-from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, load_teacher
+from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, teacher_from_artifact
 from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
 from edgekd.validation import check_flip, check_indices, check_output_dir
@@ -102,7 +102,8 @@ def open_generalist(path, member: int | None = None, *, device=None) -> Generali
     model = artifact.build_members()[index].to(device or "cpu")
     options = members[index].arch_options
     if len(members) == 1:
-        teacher = load_teacher(path).to(device or "cpu")   # same fingerprint as everywhere else: the logit cache is shared
+        # the artifact already read and checked; the same fingerprint as everywhere else: the logit cache is shared
+        teacher = teacher_from_artifact(artifact).to(device or "cpu")
     else:
         fingerprint = hashlib.sha256(f"{artifact.fingerprint}:member={index}".encode()).hexdigest()
         teacher = ModuleTeacher(EnsembleModule([model]), kind="model", classes=artifact.classes,

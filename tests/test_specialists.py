@@ -895,3 +895,17 @@ def test_a_cluster_without_a_specialist_says_why(capsys):
     _echo_clusters(Clustering(clusters=((0,), (0, 1, 2)), specialist_clusters=(), k=(2,)), ["a", "b", "c"])
     out = capsys.readouterr().out
     assert "{a}   (one class: no specialist)" in out and "{a, b, c}   (every class" in out
+
+
+def test_the_generalist_is_read_once_and_shares_the_teachers_fingerprint(generalist, monkeypatch):
+    """Its teacher is the artifact already read (its files hashed once), with the fingerprint every other
+    command gives it, so the generalist's cached logits are shared."""
+    import edgekd.teachers as teachers
+    import specialists.build as build
+
+    reads = []
+    load = build.load_artifact
+    for module in (build, teachers):
+        monkeypatch.setattr(module, "load_artifact", lambda p: reads.append(p) or load(p))
+    opened = build.open_generalist(str(generalist))
+    assert len(reads) == 1 and opened.teacher.fingerprint == teachers.load_teacher(generalist).fingerprint
