@@ -61,10 +61,11 @@ class BenchConfig:
     # None: all. A run that only times (latency_report's confirmation) needs no accuracy on the whole split
     eval_samples: int | None = None
     warm_seconds: float = 0.0  # > 0: also time each pair alone, warm, for this long (warm_p50_ms)
-    device: str = "cpu"  # where the PyTorch rows run ("cpu" or "cuda"); every other runtime is a CPU runtime
+    # where the PyTorch rows run ("auto": CUDA where there is one, as every command); every other runtime is a CPU runtime
+    device: str = "auto"
 
     def __post_init__(self):
-        from edgekd.validation import check_choice, check_int_at_least, check_positive
+        from edgekd.validation import check_choice, check_device, check_int_at_least, check_positive
 
         if not self.batch_sizes:
             raise ConfigError("The 'batch_sizes' parameter must list at least one batch size. Got () instead.")
@@ -78,6 +79,7 @@ class BenchConfig:
             check_positive(name, getattr(self, name))
         check_positive("warmup_seconds", self.warmup_seconds, strict=False)
         check_positive("warm_seconds", self.warm_seconds, strict=False)
+        check_device(self.device)
         check_int_at_least("rounds", self.rounds, 1)
         check_int_at_least("min_runs", self.min_runs, 1)
         check_int_at_least("check_samples", self.check_samples, 1)
@@ -254,7 +256,7 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
                        wall_seconds=round(time.perf_counter() - started, 2))
 
 
-def _open_runtimes(names, device: str = "cpu"):
+def _open_runtimes(names, device: str):
     runtimes, records = {}, {}
     for name in names:
         entry = get_runtime(name)

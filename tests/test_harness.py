@@ -313,6 +313,9 @@ def test_unknown_runtime_lists_the_known_ones():
 def test_bad_config_and_missing_model(digits):
     with pytest.raises(ConfigError, match="'batch_sizes' parameter must be an integer >= 1. Got 0"):
         BenchConfig(batch_sizes=(1, 0))
+    with pytest.raises(ConfigError, match="'device' parameter must be one of .*Got 'gpu'"):
+        BenchConfig(device="gpu")
+    assert BenchConfig().device == "auto"   # as every command's --device: one default
     with pytest.raises(ConfigError, match="Model 'no/such/model' not found"):
         run_benchmark(["no/such/model"], digits, BenchConfig(**TINY))
 

@@ -82,14 +82,13 @@ def bench_cmd(ctx, **params):
     from benchmarks.modelinfo import model_format, parse_model_args
     from benchmarks.report import write_report
     from benchmarks.runtimes import parse_runtimes
-    from edgekd.device import resolve_device
     from edgekd.outputs import data_paths, output_lock
     from edgekd.validation import check_output_dir
 
     config = BenchConfig(batch_sizes=parse_int_list("batch_sizes", params["batch_sizes"]),
                          threads=parse_int_list("threads", params["threads"], allow_all=True),
                          runtimes=parse_runtimes(params["runtimes"]), seconds=params["seconds"], rounds=params["rounds"],
-                         device=resolve_device(params["device"]).type)
+                         device=params["device"])
     models = [path for _, path in parse_model_args(params["model"])]
     for path in models:
         model_format(path)
