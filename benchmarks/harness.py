@@ -38,6 +38,7 @@ from benchmarks.runtimes import (RuntimeSkipped, RuntimeUnavailable, get_runtime
                                  write_identity_onnx)
 from benchmarks.timing import (machine_facts, peak_gemm_flops, peak_int8_ops, summarize, time_calls, usable_cores,
                                warm_up)
+from edgekd.data import same_layout
 from edgekd.errors import ConfigError
 
 REPORT_FORMAT = "edgekd.bench"
@@ -188,7 +189,7 @@ def check_models_fit(infos: Sequence[ModelInfo], data) -> None:
     from edgekd.artifacts import load_artifact
 
     for info in infos:
-        if info.input_shape is not None and math.prod(info.input_shape) != math.prod(data.input_shape):
+        if info.input_shape is not None and not same_layout(info.input_shape, data.input_shape):
             raise ConfigError(f"--model '{info.path}' takes inputs of shape {tuple(info.input_shape)} but dataset "
                               f"'{data.spec}' has {tuple(data.input_shape)}; pass data of the model's input shape.")
         if info.format == "artifact":
@@ -321,7 +322,7 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
     if entry.info is None:
         return
     shape = tuple(entry.info.input_shape or data.input_shape)
-    if math.prod(shape) != math.prod(data.input_shape):
+    if not same_layout(shape, data.input_shape):
         _model_error(entry, rows, f"the model takes inputs of shape {shape} but dataset '{data.spec}' has "
                                   f"{tuple(data.input_shape)}; pass data of the model's input shape")
         return

@@ -104,7 +104,7 @@ class Dataset:
         input_shape = tuple(input_shape)
         if input_shape == tuple(self.input_shape):
             return self
-        if math.prod(input_shape) != math.prod(self.input_shape):
+        if not same_layout(input_shape, self.input_shape):
             raise DataError(f"Dataset '{self.spec}' has inputs of shape {tuple(self.input_shape)}, which cannot be read as "
                             f"{input_shape}; pass data of the model's input shape.")
         moved = {f"x_{split}": getattr(self, f"x_{split}").reshape(-1, *input_shape) for split in ("train", "val", "test")}
@@ -212,6 +212,17 @@ def _source(spec) -> tuple | None:
     except (DataError, OSError, ValueError):
         pass
     return (spec,)
+
+
+def same_layout(a, b) -> bool:
+    """Whether inputs of shape ``a`` can be read as shape ``b`` without scrambling an image: the same
+    shape, one of them flat (an MLP's view), or the same sizes once the sizes of 1 are dropped ((1, 28, 28)
+    and (28, 28, 1) lay out the same values). A (1, 24, 16) image read as (1, 16, 24) is refused: the
+    pixel counts match, the rows do not. A ``None`` size (a graph's dynamic axis) is left out like a 1."""
+    a, b = tuple(a), tuple(b)
+    if None not in a + b and math.prod(a) != math.prod(b):
+        return False
+    return len(a) == 1 or len(b) == 1 or [d for d in a if d not in (1, None)] == [d for d in b if d not in (1, None)]
 
 
 def as_float(x: "torch.Tensor") -> "torch.Tensor":

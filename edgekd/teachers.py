@@ -26,7 +26,7 @@ from torch import nn
 
 from edgekd.artifacts import Artifact, is_artifact, load_artifact, sha256_file
 from edgekd.config import COMBINE_RULES
-from edgekd.data import as_float, check_split_matches
+from edgekd.data import as_float, check_split_matches, same_layout
 from edgekd.device import module_device
 from edgekd.errors import EdgekdWarning, TeacherError
 
@@ -298,7 +298,7 @@ def _to_declared(x: torch.Tensor, declared: list, path: Path) -> torch.Tensor:
         return x.permute(0, 2, 3, 1).contiguous()   # (C, H, W) -> (H, W, C)
     known = [d for d in declared if d is not None]
     if declared.count(None) <= 1 and (None in declared or math.prod(known) == math.prod(have)) and \
-            (len(declared) == 1 or len(have) == 1 or have[0] == 1):   # a flat or single-channel view of the same values
+            same_layout(declared, have):   # a flat or single-channel view of the same values
         return x.reshape(len(x), *[d if d is not None else -1 for d in declared])
     raise TeacherError(f"ONNX teacher '{path}' wants inputs of shape {tuple(declared)} but the data has {have}; pass data "
                        f"of the teacher's shape (channels first, (C, H, W), or the graph's own layout).")
@@ -463,7 +463,7 @@ def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", spli
     artifact = getattr(teacher, "artifact", None)
     if artifact is not None:
         check_split_matches(artifact.manifest.data, dataset, name, splits)
-    if teacher.input_shape is not None and math.prod(teacher.input_shape) != math.prod(dataset.input_shape):
+    if teacher.input_shape is not None and not same_layout(teacher.input_shape, dataset.input_shape):
         raise TeacherError(f"{name} takes inputs of shape {tuple(teacher.input_shape)} but dataset '{dataset.spec}' has "
                            f"{tuple(dataset.input_shape)}; pass a dataset of the teacher's input shape.")
     n_out = teacher.num_outputs(dataset.x_val[:1])

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgekd.artifacts import MANIFEST, sha256_file
+from edgekd.data import same_layout
 from edgekd.errors import ExportError
 
 
@@ -159,7 +160,7 @@ def gate_data(source: Source, config, data=None, calibration=None):
 
 def check_fits(source: Source, data, flag: str = "--data") -> None:
     """``data`` (given with ``flag``) has the model's input size and classes, and splits to verify on."""
-    if math.prod(data.input_shape) != math.prod(source.input_shape):
+    if not same_layout(data.input_shape, source.input_shape):
         raise ExportError(f"Model '{source.path}' takes inputs of shape {tuple(source.input_shape)} but dataset '{data.spec}' "
                           f"has {tuple(data.input_shape)}; pass the data it was trained on with {flag}.")
     if data.num_classes != len(source.classes):

@@ -105,7 +105,7 @@ def test_shaped_reads_flat_samples_as_images_without_copying(digits):
     assert flat.x_train.shape == (len(digits.x_train), 64) and flat.x_train.data_ptr() == digits.x_train.data_ptr()
     assert flat.shaped((1, 8, 8)).x_test.equal(digits.x_test) and flat.mean == digits.mean
     assert flat.fingerprint("val") != digits.fingerprint("val")   # the shape is part of what a cache is keyed by
-    assert len(digits.shaped((4, 4, 4)).mean) == 4   # four channels: their own statistics
+    assert len(flat.shaped((4, 4, 4)).mean) == 4   # flat rows read as four channels: their own statistics
     with pytest.raises(DataError, match="cannot be read as"):
         digits.shaped((65,))
 
@@ -185,3 +185,20 @@ def test_float64_inputs_beyond_float32_are_refused_not_blamed_on_the_model(tmp_p
     np.savez(tmp_path / "big.npz", x=x, y=np.arange(60) % 3)
     with pytest.raises(DataError, match="beyond float32's range"):
         load_dataset(f"npz:{tmp_path / 'big.npz'}")
+
+
+def test_same_layout_reads_flat_and_single_channel_views_never_transposed_images():
+    from edgekd.data import same_layout
+
+    assert same_layout((1, 28, 28), (784,)) and same_layout((784,), (1, 28, 28))      # an MLP's flat view
+    assert same_layout((1, 28, 28), (28, 28, 1)) and same_layout((1, 28, 28), (28, 28))   # the same values
+    assert same_layout((None, 28, 28), (1, 28, 28))                                   # a dynamic axis
+    assert not same_layout((1, 24, 16), (1, 16, 24))   # the same pixel count, the rows scrambled
+    assert not same_layout((3, 16, 8), (1, 16, 24)) and not same_layout((3, 8, 8), (8, 8, 3))
+    assert not same_layout((1, 8, 8), (65,))
+
+
+def test_a_dataset_is_not_read_as_an_image_of_other_sides(digits):
+    digits.shaped((64,))   # flat: fine
+    with pytest.raises(DataError, match=r"has inputs of shape \(1, 8, 8\), which cannot be read as \(1, 4, 16\)"):
+        digits.shaped((1, 4, 16))

@@ -245,3 +245,21 @@ def test_a_torchscript_teacher_moves_with_to_and_falls_back_once_where_its_graph
         got = teacher.logits(x)
     torch.testing.assert_close(got, want)
     assert teacher.device == torch.device("cpu")
+
+
+def test_a_teacher_of_other_image_sides_with_the_same_pixel_count_is_refused(digits):
+    """(1, 4, 16) and the data's (1, 8, 8) hold 64 values each; reading one as the other scrambles every image."""
+    import pytest
+
+    from edgekd.errors import TeacherError
+    from edgekd.models import create_model
+    from edgekd.teachers import ModuleTeacher, check_teacher_fits
+
+    def teacher(shape):
+        net = create_model("mlp:hidden=8", shape, digits.num_classes).eval()
+        return ModuleTeacher(net, kind="model", classes=digits.classes, input_shape=shape, fingerprint=str(shape),
+                             description="a test teacher")
+
+    check_teacher_fits(teacher((64,)), digits)   # a flat model reads the images as rows: the same values
+    with pytest.raises(TeacherError, match=r"takes inputs of shape \(1, 4, 16\) but dataset 'digits' has \(1, 8, 8\)"):
+        check_teacher_fits(teacher((1, 4, 16)), digits)
