@@ -24,6 +24,7 @@ import math
 import os
 import struct
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -450,6 +451,8 @@ def _load_npz(path: Path):
         with np.load(path, allow_pickle=False) as archive:
             # only the arrays edgekd reads; the inputs memory-mapped where they are stored uncompressed
             arrays = {key: _npz_array(archive, path, key) for key in archive.files if key in NPZ_KEYS}
+    except DataError:
+        raise
     except Exception as exc:  # numpy raises many types (BadZipFile, ValueError, OSError, ...) for a file that is no npz
         raise DataError(f"'{path}' is not a readable .npz without pickled objects ({exc.__class__.__name__}: "
                         f"{str(exc)[:120]}); save it with numpy.savez.") from None
@@ -474,6 +477,10 @@ def _load_npz(path: Path):
     # names saved as bytes (h5py's habit) are text, not "b'cat'"
     classes = tuple(c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in names) \
         if names is not None else tuple(str(i) for i in range(n_classes))
+    repeated = sorted(c for c, n in Counter(classes).items() if n > 1)
+    if repeated:   # results per class are keyed by name: a repeated one would hide a class
+        raise DataError(f"'{path}': 'class_names' must name each class once. Got {', '.join(map(repr, repeated[:5]))} more "
+                        f"than once; give every class its own name.")
     return arrays["x"], y, arrays.get("x_test"), y_test, classes
 
 
@@ -481,9 +488,21 @@ MAX_CLASSES = 100_000
 NPZ_KEYS = ("x", "y", "x_test", "y_test", "class_names")
 
 
+# how to save each array without Python objects (pandas' ``.values`` is an object array, which numpy pickles)
+_PLAIN_ARRAY = {"x": "numbers: numpy.asarray(x, dtype=numpy.float32)", "x_test": "numbers: numpy.asarray(x_test, dtype=numpy.float32)",
+                "y": "class indices: names, y = numpy.unique(labels, return_inverse=True), saved with class_names=names",
+                "y_test": "class indices numbered as y's", "class_names": "text: numpy.asarray(names, dtype=str)"}
+
+
 def _npz_array(archive, path: Path, key: str) -> np.ndarray:
     mapped = _npz_member(path, key) if key in ("x", "x_test") else None
-    return archive[key] if mapped is None else mapped
+    try:
+        return archive[key] if mapped is None else mapped
+    except ValueError as exc:
+        if "Object arrays" not in str(exc):
+            raise
+        raise DataError(f"'{path}': array '{key}' holds Python objects (dtype object), which edgekd does not unpickle; "
+                        f"save it as {_PLAIN_ARRAY[key]}.") from None
 
 
 def _npz_member(path: Path, key: str) -> np.memmap | None:
@@ -524,6 +543,9 @@ def _labels(path: Path, name: str, y: np.ndarray) -> np.ndarray:
         if len(y) and np.abs(y).max() >= 2**62:
             raise DataError(f"'{path}': '{name}' holds labels too large to be class indices; number the classes 0..C-1.")
         return y.astype(np.int64)
+    if y.dtype.kind in "US":
+        raise DataError(f"'{path}': '{name}' must hold integer class indices. Got text labels (dtype {y.dtype}"
+                        f"{', e.g. ' + repr(y[0].item()) if len(y) else ''}) instead; save {_PLAIN_ARRAY[name]}.")
     if y.dtype.kind not in "iu":
         raise DataError(f"'{path}': '{name}' must hold integer class labels. Got dtype {y.dtype} instead.")
     if y.dtype.kind == "u" and len(y) and y.max() > np.iinfo(np.int64).max:

@@ -80,6 +80,14 @@ def test_npz_with_test_split_and_names(tmp_path):
     ({"x": np.zeros((12, 16, 16, 3), np.uint8), "y": np.arange(12) % 2}, r"look channels-last .* x.transpose\(0, 3, 1, 2\)"),
     ({"x": np.zeros((12, 4)), "y": np.zeros(12, int)}, "it has 1 class; a classifier needs at least 2"),
     ({"x": np.zeros((16, 4)), "y": np.array([0, 1, 2, 7] * 4)}, r"class\(es\) \[3, 4, 5, 6\] have no training samples; number"),
+    ({"x": np.zeros((12, 4)), "y": np.array(["cat", "dog"] * 6)},
+     r"'y' must hold integer class indices. Got text labels .*'cat'.*numpy.unique\(labels, return_inverse=True\)"),
+    ({"x": np.zeros((12, 4)), "y": np.array([0, 1] * 6, dtype=object)},
+     r"array 'y' holds Python objects \(dtype object\), which edgekd does not unpickle; save it as class indices"),
+    ({"x": np.zeros((12, 4)), "y": np.arange(12) % 2, "class_names": np.array(["cat", "dog"], dtype=object)},
+     r"array 'class_names' holds Python objects .* numpy.asarray\(names, dtype=str\)"),
+    ({"x": np.zeros((12, 4)), "y": np.arange(12) % 3, "class_names": np.array(["cat", "dog", "cat"])},
+     r"'class_names' must name each class once. Got 'cat' more than once"),
 ])
 def test_malformed_npz(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
