@@ -37,7 +37,7 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_PIXELS = 64_000_000      # per image: beyond this Pillow's decompression-bomb guard refuses it
 SAMPLE = 32                  # files re-hashed on every cache hit
 DECODE_WINDOW = 4096        # files handed to the decoding threads at a time
-CACHE_VERSION = 2           # 2: 16-bit grayscale decoded by its top byte (1 clipped it white)
+CACHE_VERSION = 3           # 3: turned upright by the EXIF orientation; 2: 16-bit grayscale by its top byte
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def _cached(cache: Path, key: str, spec: FolderSpec):
 
 
 def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     channels = spec.channels or _channels_of(files)
     size = spec.size or _common_size(files)
@@ -206,7 +206,8 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
 
     def decode(item):
         with _open_image(item[0]) as image:
-            image = _eight_bit(image).convert(mode)
+            # upright as a viewer shows it: a phone stores a portrait photo lying down, with an orientation tag
+            image = _eight_bit(ImageOps.exif_transpose(image)).convert(mode)
             if (image.height, image.width) != size:
                 image = image.resize((size[1], size[0]), Image.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
@@ -273,13 +274,20 @@ def _common_size(files) -> tuple[int, int]:
     first, size = None, None
     for path, _ in files:
         with _open_image(path) as image:
-            this = (image.height, image.width)
+            this = _upright_size(image)
         if size is None:
             first, size = path, this
         elif this != size:
             raise DataError(f"Images differ in size: '{first}' is {size[1]}x{size[0]} but '{path}' is {this[1]}x{this[0]}; "
                             f"pass --image-size HxW (e.g. {size[0]}x{size[1]}) to resize them all.")
     return size
+
+
+def _upright_size(image) -> tuple[int, int]:
+    """(height, width) as the image is shown: EXIF orientations 5 to 8 turn it a quarter (read from the
+    header; nothing is decoded)."""
+    turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+    return (image.width, image.height) if turned else (image.height, image.width)
 
 
 @contextlib.contextmanager

@@ -329,3 +329,22 @@ def test_two_processes_loading_one_new_folder_decode_it_once(tmp_path):
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs) and sum(o.count("decoded") for o in outputs) == 1, outputs
     assert not list((tmp_path / "cache" / "images").glob(".*.lock"))
+
+
+def test_a_photo_is_decoded_upright_by_its_exif_orientation(tmp_path):
+    """A phone stores a portrait photo lying down (24 wide, 16 high) with orientation 6 (turn it a quarter
+    clockwise to show it): edgekd reads it as shown, 16 wide and 24 high, its stored left edge on top."""
+    for c in range(2):
+        folder = tmp_path / "photos" / "train" / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(5):
+            stored = np.zeros((16, 24), np.uint8)
+            stored[:, :4] = 255   # a white stripe down the stored left edge
+            image = Image.fromarray(stored)
+            exif = image.getexif()
+            exif[0x0112] = 6
+            image.save(folder / f"{i}.png", exif=exif)
+    data = load_dataset(f"imagefolder:{tmp_path / 'photos'}")
+    assert tuple(data.input_shape) == (1, 24, 16)
+    row_means = data.x_train[0, 0].float().mean(dim=1)
+    assert float(row_means[:4].min()) == 255.0 and float(row_means[4:].max()) == 0.0   # the stripe is on top
