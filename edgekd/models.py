@@ -208,7 +208,30 @@ def _build_user_arch(name: str, input_shape, num_classes: int, options: dict, *,
     if not isinstance(body, nn.Module):
         raise ConfigError(f"Architecture '{name}': {factory_name} must return a torch.nn.Module. "
                           f"Got {type(body).__name__} instead.")
+    _check_user_forward(name, body, tuple(input_shape), num_classes)
     return body
+
+
+def _check_user_forward(name: str, body: nn.Module, input_shape: tuple, num_classes: int) -> None:
+    """One forward pass of two zero inputs, in eval mode (no BatchNorm statistics move): a module that cannot
+    take the data's shape, or gives other than one score per class, is the user's code to fix, said before
+    any training (it failed on the first batch as an internal error, or trained and was refused later)."""
+    first = next(iter(body.parameters()), None)
+    x = torch.zeros((2, *input_shape), device=first.device if first is not None else None)
+    training = body.training
+    try:
+        with torch.no_grad():
+            out = body.eval()(x)
+    except Exception as exc:
+        raise ConfigError(f"Architecture '{name}' fails on inputs of shape {(2, *input_shape)} ({type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ''}); make it take "
+                          f"(batch, {', '.join(map(str, input_shape))}) inputs.") from None
+    finally:
+        body.train(training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (2, num_classes):
+        raise ConfigError(f"Architecture '{name}' must give one score per class, (batch, {num_classes}), on inputs of shape "
+                          f"{(2, *input_shape)}. Got {shape} instead; end it in a layer with {num_classes} outputs.")
 
 
 class Normalize(nn.Module):

@@ -35,7 +35,10 @@ def test_builds_and_counts_any_module():
                                            ("py:no_such_module_x.f", "cannot import 'no_such_module_x'"),
                                            ("py:my_arch.not_a_module", "must return a torch.nn.Module"),
                                            ("py:my_arch.tiny_net:colour=red", "check its options"),
-                                           ("py:my_arch.picky:width=16", "raised ValueError: width must be at most 8")])
+                                           ("py:my_arch.picky:width=16", "raised ValueError: width must be at most 8"),
+                                           ("py:my_arch.extra_class", r"one score per class, \(batch, 10\), .* Got \(2, 11\)"),
+                                           ("py:my_arch.fixed_width", r"fails on inputs of shape \(2, 1, 8, 8\) \(RuntimeError: "
+                                                                      r"mat1 and mat2 .*make it take \(batch, 1, 8, 8\)")])
 def test_bad_user_architectures_are_one_clear_error(spec, message):
     with pytest.raises(ConfigError, match=message):
         create_model(spec, (1, 8, 8), 10)
