@@ -326,6 +326,9 @@ class TorchScriptTeacher(Teacher):
         self.device, self._ran = torch.device("cpu"), False
         self._flatten: bool | None = None
         self._as_logits = _OutputKind(f"TorchScript teacher '{path}'")
+        # fed its own float type, as an ONNX teacher is (a float64 module fails on float32 inputs)
+        floats = (t.dtype for t in (*self.net.parameters(), *self.net.buffers()) if t.is_floating_point())
+        self._dtype = next(floats, torch.float32)
 
     def to(self, device) -> "TorchScriptTeacher":
         """Moves the module, as an artifact teacher moves: an online teacher on the GPU beside its student."""
@@ -335,7 +338,7 @@ class TorchScriptTeacher(Teacher):
         return self
 
     def _logits(self, x):
-        inputs = self.transform.apply(x.float().to(self.device))
+        inputs = self.transform.apply(x.float().to(self.device)).to(self._dtype)
         try:
             out = self._run(inputs)
         except TeacherError:
@@ -348,7 +351,7 @@ class TorchScriptTeacher(Teacher):
             warnings.warn(f"TorchScript teacher '{self.path}' does not run on {self.device}; it runs on the CPU "
                           f"(script it without fixed devices to run it on the GPU).", EdgekdWarning, stacklevel=3)
             self.to("cpu")
-            out = self._run(self.transform.apply(x.float().cpu()))
+            out = self._run(self.transform.apply(x.float().cpu()).to(self._dtype))
         self._ran = True
         return out.to(x.device)
 
@@ -366,7 +369,7 @@ class TorchScriptTeacher(Teacher):
             out = self.net(x.reshape(len(x), -1) if self._flatten else x)
         except Exception as exc:
             raise TeacherError(f"TorchScript teacher '{self.path}' failed on inputs of shape {tuple(x.shape[1:])} "
-                               f"({str(exc).splitlines()[0][:160]}); pass data of the shape it expects.") from None
+                               f"({_cause(exc)[:160]}); pass data of the shape and type it expects.") from None
         return self._as_logits(self._checked(out, len(x)))
 
     def _checked(self, out, n: int) -> torch.Tensor:
@@ -376,6 +379,13 @@ class TorchScriptTeacher(Teacher):
             raise TeacherError(f"TorchScript teacher '{self.path}' returns {got} for {n} inputs; a teacher returns one "
                                f"(N, classes) tensor of class scores; script a wrapper that returns only that.")
         return out.float()
+
+
+def _cause(exc: Exception) -> str:
+    """The line that says why: TorchScript's interpreter opens every error with "The following operation failed
+    in the TorchScript interpreter." and ends it with the exception raised inside."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _pickled_torch_save(path: Path) -> bool:

@@ -263,3 +263,25 @@ def test_a_teacher_of_other_image_sides_with_the_same_pixel_count_is_refused(dig
     check_teacher_fits(teacher((64,)), digits)   # a flat model reads the images as rows: the same values
     with pytest.raises(TeacherError, match=r"takes inputs of shape \(1, 4, 16\) but dataset 'digits' has \(1, 8, 8\)"):
         check_teacher_fits(teacher((1, 4, 16)), digits)
+
+
+def test_a_float64_torchscript_teacher_is_fed_float64_and_its_errors_keep_their_cause(tmp_path, digits):
+    import pytest
+
+    from edgekd.errors import TeacherError
+    from edgekd.teachers import load_teacher
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).double()
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "f64.pt"))
+    logits = load_teacher(tmp_path / "f64.pt").logits(digits.x_test[:4])
+    assert logits.dtype == torch.float32 and torch.allclose(logits, net(digits.x_test[:4].double()).float(), atol=1e-5)
+
+    class Picky(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[1] != 3:
+                raise ValueError("wants three channels")
+            return x.flatten(1)[:, :10]
+
+    torch.jit.save(torch.jit.script(Picky()), str(tmp_path / "picky.pt"))
+    with pytest.raises(TeacherError, match=r"failed on inputs of shape \(1, 8, 8\) \(.*ValueError: wants three channels\)"):
+        load_teacher(tmp_path / "picky.pt").logits(digits.x_test[:4])
