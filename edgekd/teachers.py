@@ -112,6 +112,7 @@ class Teacher:
     input_shape: tuple[int, ...] | None = None
     fingerprint: str = ""
     description: str = ""
+    trained_on: dict | None = None   # the data it was trained on, split as it was (an artifact's or export's record)
 
     def module(self) -> nn.Module | None:
         """A torch module with the same function, where there is one (for online use, bench, export)."""
@@ -225,6 +226,7 @@ class OnnxTeacher(Teacher):
         self.description = f"ONNX '{path.name}' (output '{output}')"
         self.path = path
         self._as_logits = _OutputKind(f"ONNX teacher '{path}'")
+        self.classes, self.trained_on = _export_record(self.session, output)
 
     def _feed(self, x: torch.Tensor):
         x = self.transform.apply(x.float().cpu())   # onnxruntime runs on the host
@@ -285,6 +287,20 @@ def external_data_files(path: Path, proto=None) -> list[Path]:
         return []
     found = {entry.value for init in proto.graph.initializer for entry in init.external_data if entry.key == "location"}
     return sorted(path.parent / name for name in found if (path.parent / name).is_file())
+
+
+def _export_record(session, output: str) -> tuple[tuple[str, ...] | None, dict | None]:
+    """The classes and training data (spec, split seed, val and test rows) an edgekd export records in its
+    metadata, for its own output: the checks an artifact meets (class order, split) apply to its export too.
+    (None, None) for a file of another exporter."""
+    props = session.get_modelmeta().custom_metadata_map
+    try:
+        classes = json.loads(props["edgekd.classes"]) if output == props.get("edgekd.output_name") else None
+        trained_on = json.loads(props.get("edgekd.trained_on", "null"))
+    except (KeyError, ValueError):
+        return None, None
+    classes = tuple(map(str, classes)) if isinstance(classes, list) else None
+    return classes, trained_on if isinstance(trained_on, dict) and classes else None
 
 
 def _to_declared(x: torch.Tensor, declared: list, path: Path) -> torch.Tensor:
@@ -471,8 +487,9 @@ def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", spli
     """The teacher's input shape and number of classes must match the dataset's; an artifact trained on the
     same data must meet it split as it was (``check_split_matches``, for ``splits``)."""
     artifact = getattr(teacher, "artifact", None)
-    if artifact is not None:
-        check_split_matches(artifact.manifest.data, dataset, name, splits)
+    recorded = artifact.manifest.data if artifact is not None else teacher.trained_on   # an edgekd export records it
+    if recorded:
+        check_split_matches(recorded, dataset, name, splits)
     if teacher.input_shape is not None and not same_layout(teacher.input_shape, dataset.input_shape):
         raise TeacherError(f"{name} takes inputs of shape {tuple(teacher.input_shape)} but dataset '{dataset.spec}' has "
                            f"{tuple(dataset.input_shape)}; pass a dataset of the teacher's input shape.")

@@ -299,6 +299,7 @@ def build_metadata(source: Source, config: ExportConfig, data, precision: str, v
         "source": json.dumps(source.describe()),
         "source_fingerprint": source.fingerprint,
         "data": data.spec,
+        "trained_on": json.dumps(source.trained_on),
         "verification": json.dumps(verification),
         "created": now_iso(),
     }

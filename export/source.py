@@ -61,6 +61,9 @@ class Source:
     weights_bytes: int
     teacher: object = field(default=None, repr=False, compare=False)  # the edgekd Teacher it came from
     metrics: dict = field(default_factory=dict, repr=False, compare=False)   # its manifest's (MACs, parameters, ...)
+    # the data it was trained on, split as it was (spec, split seed, val and test rows): recorded in its exports,
+    # so that an export used as a teacher meets the checks its artifact meets (edgekd.teachers.check_teacher_fits)
+    trained_on: dict = field(default_factory=dict, repr=False, compare=False)
 
     def describe(self) -> dict:
         # the path absolute: bench reads the export's source back from any folder (benchmarks.modelinfo)
@@ -100,7 +103,8 @@ def load_source(path: str | Path) -> Source:
                   description=description, members=len(manifest.members),
                   combine=manifest.combine, data_spec=data.get("spec"),
                   val_fraction=float(params.get("val_fraction") or 0.1), split_seed=int(data.get("split_seed", 0)),
-                  weights_bytes=weights, teacher=teacher, metrics=dict(manifest.metrics))
+                  weights_bytes=weights, teacher=teacher, metrics=dict(manifest.metrics),
+                  trained_on={k: data[k] for k in ("spec", "split_seed", "n_val", "n_test") if k in data})
 
 
 def specialist_module(artifact):

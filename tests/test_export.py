@@ -494,3 +494,24 @@ def test_a_report_row_of_an_executorch_export():
                           size_bytes=1000, parity=parity, test_accuracy=0.9, reference_test_accuracy=0.9,
                           accuracy_drop=None, seconds=1.0, summary={"sizes_bytes": {"fp32_pte": 1000, "model": 1000}})
     assert result_row(result)["fp32_size_bytes"] == 1000
+
+
+def test_an_export_used_as_a_teacher_meets_the_checks_its_artifact_meets(tmp_path, tiny_student, digits):
+    """Its metadata carries the classes and the split it was trained with: another class order, or another
+    --val-fraction (rows it trained on scored as val), is refused for the file as for the folder."""
+    import dataclasses
+
+    from edgekd.data import load_dataset
+    from edgekd.errors import DataError, TeacherError
+    from edgekd.teachers import check_teacher_fits
+
+    path = tmp_path / "s.onnx"
+    export_onnx(tiny_student, path, ExportConfig(), data=digits)
+    teacher = load_teacher(path)
+    assert teacher.classes == digits.classes and teacher.trained_on["n_val"] == len(digits.y_val)
+    check_teacher_fits(teacher, digits)
+    with pytest.raises(TeacherError, match="in another order"):
+        check_teacher_fits(teacher, dataclasses.replace(digits, classes=digits.classes[::-1]))
+    with pytest.raises(DataError, match="rows it trained on would be scored as held out"):
+        check_teacher_fits(teacher, load_dataset("digits", val_fraction=0.3))
+    assert load_teacher(path, output="logits").classes == digits.classes
