@@ -86,17 +86,29 @@ class Dataset:
     def fingerprint(self, split: str = "train") -> str:
         """sha256 of a split's inputs and labels (used to key teacher-logit caches)."""
         if split not in self._fingerprints:
-            x, y = self.split(split)
+            x, _ = self.split(split)
             digest = hashlib.sha256()
             digest.update(str(tuple(x.shape)).encode())
             if str(x.dtype) != "torch.float32":   # float32 splits keep the fingerprints they always had
                 digest.update(str(x.dtype).encode())
-            rows = chunk_rows(x[:1].numel() * x.element_size())
-            for start in range(0, len(x), rows):   # in chunks: a memory-mapped split is never copied whole
-                digest.update(x[start:start + rows].contiguous().cpu().numpy().tobytes())
-            digest.update(y.contiguous().cpu().numpy().tobytes())
-            self._fingerprints[split] = digest.hexdigest()
+            self._fingerprints[split] = self._hash_rows(split, digest)
         return self._fingerprints[split]
+
+    def rows_digest(self, split: str) -> str:
+        """sha256 of a split's values and labels whatever shape they are read in (flat or as images):
+        recorded with a model as the rows it was not trained on (``check_split_matches``)."""
+        key = f"rows:{split}"
+        if key not in self._fingerprints:
+            self._fingerprints[key] = self._hash_rows(split, hashlib.sha256(str(self.split(split)[0].dtype).encode()))
+        return self._fingerprints[key]
+
+    def _hash_rows(self, split: str, digest) -> str:
+        x, y = self.split(split)
+        rows = chunk_rows(x[:1].numel() * x.element_size())
+        for start in range(0, len(x), rows):   # in chunks: a memory-mapped split is never copied whole
+            digest.update(x[start:start + rows].contiguous().cpu().numpy().tobytes())
+        digest.update(y.contiguous().cpu().numpy().tobytes())
+        return digest.hexdigest()
 
     def shaped(self, input_shape) -> "Dataset":
         """The same samples as ``(N, *input_shape)`` (views, nothing copied): data stored flat for a model
@@ -135,6 +147,8 @@ class Dataset:
             "n_train": len(self.y_train), "n_val": len(self.y_val), "n_test": len(self.y_test),
             "split_seed": self.split_seed, "train_limit": self.train_limit,
             "mean": list(self.mean), "std": list(self.std),
+            # the held-out rows themselves: a file added to a folder re-draws them with the same counts
+            "val_sha256": self.rows_digest("val"), "test_sha256": self.rows_digest("test"),
         }
 
 
@@ -185,7 +199,7 @@ def check_split_matches(recorded: dict | None, data: Dataset, name: str, splits=
     picks T, alpha and recipes) or test (which is reported). Refused, naming the split to pass."""
     if not isinstance(recorded, dict) or _source(recorded.get("spec")) != _source(data.spec):
         return   # other data (or a model of unknown origin): nothing it trained on is known to be here
-    here = data.describe()
+    here = {"split_seed": data.split_seed, "n_val": len(data.y_val), "n_test": len(data.y_test)}
     keys = [k for k in ("split_seed", *(f"n_{s}" for s in splits)) if k in recorded and recorded[k] != here[k]]
     if keys:
         words = {"split_seed": "split seed {}", "n_val": "{} val rows", "n_test": "{} test rows"}
@@ -194,6 +208,11 @@ def check_split_matches(recorded: dict | None, data: Dataset, name: str, splits=
         raise DataError(f"{name} was trained on '{recorded['spec']}' held out as {then}, but this run holds out "
                         f"{now} of '{data.spec}', so rows it trained on would be scored as held out; pass the "
                         f"--val-fraction (and --test-fraction) it was trained with, or data it was not trained on.")
+    changed = [s for s in splits if f"{s}_sha256" in recorded and recorded[f"{s}_sha256"] != data.rows_digest(s)]
+    if changed:   # the same counts, other rows: files added, removed or replaced since (models before this record pass)
+        raise DataError(f"{name} was trained on '{recorded['spec']}', whose {' and '.join(changed)} rows have changed "
+                        f"since (files added, removed or replaced re-draw them), so rows it trained on may be scored as "
+                        f"held out; train it again on the data as it is now, or pass data it was not trained on.")
 
 
 def _source(spec) -> tuple | None:

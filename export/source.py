@@ -104,7 +104,8 @@ def load_source(path: str | Path) -> Source:
                   combine=manifest.combine, data_spec=data.get("spec"),
                   val_fraction=float(params.get("val_fraction") or 0.1), split_seed=int(data.get("split_seed", 0)),
                   weights_bytes=weights, teacher=teacher, metrics=dict(manifest.metrics),
-                  trained_on={k: data[k] for k in ("spec", "split_seed", "n_val", "n_test") if k in data})
+                  trained_on={k: data[k] for k in ("spec", "split_seed", "n_val", "n_test", "val_sha256", "test_sha256")
+                              if k in data})
 
 
 def specialist_module(artifact):

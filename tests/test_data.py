@@ -210,3 +210,23 @@ def test_a_dataset_is_not_read_as_an_image_of_other_sides(digits):
     digits.shaped((64,))   # flat: fine
     with pytest.raises(DataError, match=r"has inputs of shape \(1, 8, 8\), which cannot be read as \(1, 4, 16\)"):
         digits.shaped((1, 4, 16))
+
+
+def test_a_model_is_refused_on_its_data_changed_since_with_the_same_counts(tmp_path):
+    """An image added to a folder re-draws the held-out rows with the same counts; here every value of an
+    npz changes in place: the val and test rows recorded with the model (sha256) no longer match."""
+    from edgekd.teacher_training import save_untrained
+    from edgekd.teachers import check_teacher_fits, load_teacher
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 200, (60, 1, 4, 4), dtype=np.uint8), np.arange(60) % 3
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x, y=y)
+    teacher = load_teacher(save_untrained(tmp_path / "t", "mlp:hidden=8", load_dataset(f"npz:{path}")))
+    check_teacher_fits(teacher, load_dataset(f"npz:{path}"))   # the same rows: fine
+    np.savez(path, x=x + 1, y=y)
+    changed = load_dataset(f"npz:{path}")
+    with pytest.raises(DataError, match=r"whose val and test rows have changed since .* train it again"):
+        check_teacher_fits(teacher, changed)
+    with pytest.raises(DataError, match=r"whose test rows have changed since"):
+        check_teacher_fits(teacher, changed, splits=("test",))
