@@ -102,10 +102,7 @@ def scan(spec: FolderSpec) -> tuple[tuple[str, ...], list[tuple[Path, int]], lis
             folder = split / name
             if not folder.is_dir():
                 continue
-            # nested folders count, as in torchvision's ImageFolder; hidden entries (macOS '._x.png' resource
-            # forks, '.thumbnails/') are not images of the class
-            found += [(p, label) for p in sorted(folder.rglob("*")) if p.suffix.lower() in EXTENSIONS and p.is_file()
-                      and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+            found += [(p, label) for p in _class_files(folder)]
         return found
 
     train_files = files(train)
@@ -195,6 +192,23 @@ def _cached(cache: Path, key: str, spec: FolderSpec):
             return None
     touch(meta_path)   # used now: `edgekd cache prune --older-than` keeps it
     return x, y
+
+
+def _class_files(folder: Path) -> list[Path]:
+    """The images of one class folder, sorted: nested folders count, linked ones too (as in torchvision's
+    ImageFolder; a folder reached twice, or a link back up, is walked once); hidden entries (macOS '._x.png'
+    resource forks, '.thumbnails/') are not images of the class."""
+    found, seen = [], set()
+    for here, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(here) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in EXTENSIONS
+                  and os.path.isfile(os.path.join(here, n))]
+    return sorted(found)
 
 
 def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):

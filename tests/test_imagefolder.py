@@ -348,3 +348,18 @@ def test_a_photo_is_decoded_upright_by_its_exif_orientation(tmp_path):
     assert tuple(data.input_shape) == (1, 24, 16)
     row_means = data.x_train[0, 0].float().mean(dim=1)
     assert float(row_means[:4].min()) == 255.0 and float(row_means[4:].max()) == 0.0   # the stripe is on top
+
+
+def test_a_linked_sub_folder_of_a_class_counts_and_a_link_back_up_is_walked_once(tmp_path):
+    flat = _folder(tmp_path / "flat")
+    linked = tmp_path / "linked"
+    shutil.copytree(flat, linked)
+    elsewhere = tmp_path / "elsewhere"
+    for folder in (linked / "train").iterdir():   # half of each class kept in a folder elsewhere, linked in
+        (elsewhere / folder.name).mkdir(parents=True)
+        for path in sorted(folder.glob("*.png"))[::2]:
+            path.rename(elsewhere / folder.name / path.name)
+        (folder / "more").symlink_to(elsewhere / folder.name, target_is_directory=True)
+        (elsewhere / folder.name / "loop").symlink_to(folder, target_is_directory=True)   # back up: no endless walk
+    a, b = load_dataset(f"imagefolder:{flat}"), load_dataset(f"imagefolder:{linked}")
+    assert len(b.y_train) + len(b.y_val) + len(b.y_test) == len(a.y_train) + len(a.y_val) + len(a.y_test) == 42
