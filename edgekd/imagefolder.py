@@ -59,9 +59,20 @@ class FolderSpec:
         return "imagefolder:" + ",".join(parts)
 
 
+OPTIONS = ("size", "channels", "test")
+
+
 def parse_spec(arg: str) -> FolderSpec:
-    """``DIR[,size=HxW][,channels=C][,test=F]`` -> FolderSpec, every option checked."""
-    root, *options = arg.split(",")
+    """``DIR[,size=HxW][,channels=C][,test=F]`` -> FolderSpec, every option checked. The options are read
+    from the right, so a folder whose name holds a comma ('my photos, 2024') is a folder."""
+    parts = arg.split(",")
+    options = []
+    while len(parts) > 1 and parts[-1].partition("=")[0] in OPTIONS:
+        options.insert(0, parts.pop())
+    root = ",".join(parts)
+    if "," in root and not Path(root).exists():   # no such folder: a misspelt option rather than a comma in a name
+        root, *unknown = root.split(",")
+        options = [*unknown, *options]
     values = {}
     for option in options:
         key, eq, value = option.partition("=")

@@ -363,3 +363,13 @@ def test_a_linked_sub_folder_of_a_class_counts_and_a_link_back_up_is_walked_once
         (elsewhere / folder.name / "loop").symlink_to(folder, target_is_directory=True)   # back up: no endless walk
     a, b = load_dataset(f"imagefolder:{flat}"), load_dataset(f"imagefolder:{linked}")
     assert len(b.y_train) + len(b.y_val) + len(b.y_test) == len(a.y_train) + len(a.y_val) + len(a.y_test) == 42
+
+
+def test_a_folder_whose_name_holds_a_comma_is_a_folder(tmp_path):
+    from edgekd.imagefolder import parse_spec
+
+    root = _folder(tmp_path / "my photos, 2024")
+    data = load_dataset(f"imagefolder:{root},size=4x4")
+    assert tuple(data.input_shape) == (1, 4, 4) and parse_spec(f"{root},channels=3").root == root
+    with pytest.raises(DataError, match="option 'colour=red' is not understood"):
+        parse_spec(f"{tmp_path / 'photos'},colour=red,size=4x4")
