@@ -341,7 +341,9 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
             if by_runtime:
                 continue
             _model_error(entry, rows, f"the model gives outputs of shape {logits.shape[1:]} but dataset '{data.spec}' "
-                                      f"has {data.num_classes} classes; pass a dataset with the model's classes")
+                                      f"has {data.num_classes} classes (bench reads a graph's first 2-D float output as "
+                                      f"its class scores); pass a dataset with the model's classes, or export the "
+                                      f"class scores as the graph's first output")
             return
         if not by_runtime:
             _score(entry, name, logits, x_split, y_split, shape, uint8, data, reference, kept)
@@ -365,8 +367,12 @@ def _score(entry: _Model, name: str, logits, x_split, y_split, shape, uint8: boo
     import torch
 
     from edgekd.evaluate import metrics_from_logits
+    from edgekd.teachers import OutputKind
 
-    metrics = metrics_from_logits(torch.from_numpy(logits), y_split, data.classes)
+    # a graph of another exporter may end in a softmax: its probabilities are scored as log-probabilities, as
+    # evaluate scores them (read as logits, its NLL and ECE were those of a softmax taken twice)
+    scores = OutputKind(f"Model '{entry.record.get('path', name)}'")(torch.from_numpy(logits))
+    metrics = metrics_from_logits(scores, y_split, data.classes)
     agreement = None
     if reference.logits is not None:
         agreement = float((reference.logits.argmax(1) == logits.argmax(1)).mean())

@@ -235,7 +235,10 @@ class _OrtRunner(Runner):
     def __init__(self, session, threads):
         self.session, self.threads = session, threads
         self.input_name = session.get_inputs()[0].name
-        self.outputs = [session.get_outputs()[0].name]
+        # the class scores: the first 2-D float output (a converter's (label, probabilities) pair puts the label first)
+        outputs = session.get_outputs()
+        scores = [o.name for o in outputs if o.type.startswith("tensor(float") and len(o.shape or ()) == 2]
+        self.outputs = [scores[0] if scores else outputs[0].name]
 
     def bind(self, x):
         session, outputs, feed = self.session, self.outputs, {self.input_name: x}

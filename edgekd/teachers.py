@@ -225,7 +225,7 @@ class OnnxTeacher(Teacher):
         self.fingerprint = digest.hexdigest()
         self.description = f"ONNX '{path.name}' (output '{output}')"
         self.path = path
-        self._as_logits = _OutputKind(f"ONNX teacher '{path}'")
+        self._as_logits = OutputKind(f"ONNX teacher '{path}'")
         self.classes, self.trained_on = _export_record(self.session, output)
 
     def _feed(self, x: torch.Tensor):
@@ -341,7 +341,7 @@ class TorchScriptTeacher(Teacher):
         self.path = path
         self.device, self._ran = torch.device("cpu"), False
         self._flatten: bool | None = None
-        self._as_logits = _OutputKind(f"TorchScript teacher '{path}'")
+        self._as_logits = OutputKind(f"TorchScript teacher '{path}'")
         # fed its own float type, as an ONNX teacher is (a float64 module fails on float32 inputs)
         floats = (t.dtype for t in (*self.net.parameters(), *self.net.buffers()) if t.is_floating_point())
         self._dtype = next(floats, torch.float32)
@@ -416,7 +416,7 @@ def _pickled_torch_save(path: Path) -> bool:
     return any(n.endswith("/data.pkl") or n == "data.pkl" for n in names) and not any("/code/" in n for n in names)
 
 
-class _OutputKind:
+class OutputKind:
     """Whether a foreign teacher's outputs are probabilities (non-negative rows summing to 1: taken as
     log-probabilities) or logits, decided once, on its first non-empty output, for every later batch: a
     per-batch test could read one teacher both ways. Outputs all in [0, 1] whose rows do not sum to 1

@@ -821,3 +821,35 @@ def test_bench_that_measures_nothing_exits_2_with_its_report(edgekd, tmp_path):
     code, _, err = edgekd("bench", "--model", bad, "--runtimes", "onnxruntime", "--batch-sizes", "1", "--seconds", "0.05",
                           "--rounds", "1", "--out", tmp_path / "r")
     assert code == 2 and "Nothing could be measured" in err and (tmp_path / "r" / "report.md").is_file()
+
+
+def _foreign_classifier(path, softmax: bool):
+    """A linear classifier of flat digits as another converter writes it: with ``softmax``, outputs
+    (label, probabilities), the label first (skl2onnx's habit); else one output of logits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.05, (64, 10)).astype(np.float32), "w"),
+               numpy_helper.from_array(np.zeros(10, np.float32), "b")]
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["z"])]
+    outputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 10])]
+    if softmax:
+        nodes += [helper.make_node("Softmax", ["z"], ["p"], axis=1), helper.make_node("ArgMax", ["z"], ["label"], axis=1, keepdims=0)]
+        outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, ["n"]),
+                   helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 10])]
+    graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])], outputs,
+                              initializer=weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_foreign_graph_ending_in_softmax_is_scored_as_its_logits_are(digits, tmp_path):
+    """Its class scores are the first 2-D float output, read as probabilities: the NLL and ECE of the same
+    classifier's logits, not those of a softmax taken twice."""
+    models = [f"logits={_foreign_classifier(tmp_path / 'z.onnx', False)}",
+              f"probs={_foreign_classifier(tmp_path / 'p.onnx', True)}"]
+    report = run_benchmark(models, digits, BenchConfig(runtimes=("onnxruntime",), **TINY))
+    logits, probs = (next(m for m in report.models if m["name"] == n) for n in ("logits", "probs"))
+    assert probs["accuracy"] == logits["accuracy"] and probs.get("error") is None
+    assert probs["nll"] == pytest.approx(logits["nll"], rel=1e-4) and probs["ece"] == pytest.approx(logits["ece"], abs=1e-4)
