@@ -324,19 +324,46 @@ def _dsconv(input_shape, num_classes, *, width, dropout):
 # --- cost ----------------------------------------------------------------------------------------
 
 def output_layer(model: nn.Module, outputs: int, needed_by: str) -> tuple[str, nn.Linear]:
-    """(name, layer) of the output layer, taken to be the last ``nn.Linear``: it must give the ``outputs``
+    """(name, layer) of the output layer: the ``nn.Linear`` whose output the model returns, found by running
+    it once (the last one registered for a model without an ``input_shape``); it must give the ``outputs``
     scores and have a bias, else ``needed_by`` (the stage that edits it, and why) is refused in one line.
-    A Linear inside the body (a squeeze-excitation's) is thus refused rather than edited."""
+    A Linear inside the body (a squeeze-excitation's, or a gate registered after the head) is thus refused
+    rather than edited."""
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
         raise ConfigError(f"The architecture has no nn.Linear output layer; {needed_by}, so the architecture must end "
                           f"in an nn.Linear with a bias.")
-    name, layer = linears[-1]
+    returned = _returning_linear(model, linears)
+    if returned is False:
+        raise ConfigError(f"The architecture's output is not an nn.Linear's (its scores are computed after the last "
+                          f"Linear); {needed_by}, so the architecture must end in an nn.Linear with a bias.")
+    name, layer = returned or linears[-1]
     if layer.out_features != outputs or layer.bias is None:
         got = f"{layer.in_features} -> {layer.out_features}" + ("" if layer.bias is not None else ", without a bias")
         raise ConfigError(f"The last nn.Linear of the architecture ('{name}', {got}) is not an output layer of {outputs} "
                           f"scores with a bias; {needed_by}, so the architecture must end in an nn.Linear with a bias.")
     return name, layer
+
+
+def _returning_linear(model: nn.Module, linears):
+    """The (name, Linear) whose output tensor ``model`` returns on two zero inputs; False when it returns
+    none's; None when the model declares no ``input_shape`` to run it on."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        return None
+    outputs, hooks = [], []   # the tensors themselves, kept alive: a freed one's id could be the output's
+    for name, layer in linears:
+        hooks.append(layer.register_forward_hook(lambda _m, _i, out, name=name: outputs.append((out, name))))
+    training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros((2, *shape), device=module_device(model)))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    name = next((name for tensor, name in outputs if tensor is out), None)
+    return (name, dict(linears)[name]) if name is not None else False
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -74,4 +74,13 @@ def test_a_student_without_a_final_linear_is_told_what_the_bias_correction_needs
     assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()   # refused before training
     code, _, err = edgekd("distill", "--teacher", tiny_teacher, "--student", "py:my_arch.conv_head_net:width=6", "--epochs",
                           "1", "--omit-classes", "3", "--quiet", "--out", tmp_path / "s")
-    assert code == 2 and "('body.2.fc', 6 -> 6) is not an output layer of 10 scores" in err   # not the excitation's bias
+    assert code == 2 and "output is not an nn.Linear's" in err   # the excitation's Linear is not taken for the head
+
+
+def test_the_output_layer_is_the_linear_whose_output_is_returned():
+    from edgekd.models import output_layer
+
+    name, layer = output_layer(create_model("py:my_arch.head_first", (1, 8, 8), 10), 10, "a test edits it")
+    assert name == "body.head" and layer.out_features == 10
+    with pytest.raises(ConfigError, match=r"output is not an nn.Linear's .*a test edits it"):
+        output_layer(create_model("py:my_arch.gated_tail", (1, 8, 8), 10), 10, "a test edits it")
