@@ -11,7 +11,7 @@ Rules (issue 10, "nothing the user had is ever lost"):
   contains one, nor ``/``, the home folder, the current folder or one of its parents, nor a symbolic
   link (edgekd does not write through links);
 - a new output inside an input artifact's folder is allowed as long as it replaces nothing its
-  manifest lists (``edgekd export runs/student --out runs/student/student.onnx``);
+  manifest lists (``edgekd export runs/student --out runs/student/student.onnx``: keep exports beside it);
 - ``--resume`` replaces an existing output only when the interrupted run it continues (``OUT.partial``)
   exists.
 
@@ -296,8 +296,11 @@ def check_output(out: str | Path, *, kind: str, overwrite: bool = False, resume:
                           f"move your files or choose another --out.")
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise OutputError(f"Output folder '{out}' holds {len(foreign)} file(s) that edgekd did not write as part of it "
-                          f"({shown}); replacing it would delete them; move them out or choose another --out.")
+        what = "its manifest does not list (exports of it or files of yours)" if kind == "artifact" else \
+            "that edgekd did not write as part of it"
+        raise OutputError(f"Output folder '{out}' holds {len(foreign)} file(s) {what} ({shown}); replacing it would "
+                          f"delete them; move them out (exports belong beside the folder, e.g. runs/export/) or choose "
+                          f"another --out.")
     return out
 
 

@@ -49,7 +49,7 @@ def bench_cmd(ctx, **params):
     """Time models on the CPU and mobile runtimes and write a Markdown + JSON + PNG report.
 
     \b
-    edgekd bench --model runs/teacher --model runs/student --model runs/student/student.onnx \\
+    edgekd bench --model runs/teacher --model runs/student --model runs/export/student.onnx \\
         --data fashion-mnist --out reports/fmnist
     edgekd bench --from reports/fmnist/report.json      # re-render from the data
     """

@@ -56,11 +56,11 @@ def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimiz
     |logit diff| <= --atol + --rtol x |logit| and 100% top-1 agreement) or, quantized, loses at most
     --max-accuracy-drop test accuracy points; otherwise exit code 2 and nothing is written.
     \b
-      edgekd export runs/student --onnx --out runs/student/student.onnx
-      edgekd export runs/student --onnx --quantize int8 --calibration-data fashion-mnist --out runs/student/student.int8.onnx
-      edgekd export runs/student --onnx --ort --out runs/student/student.ort
-      edgekd export runs/teacher --onnx --out runs/teacher/ensemble.onnx
-      edgekd export runs/student --executorch --quantize int8 --out runs/student/student.int8.pte
+      edgekd export runs/student --onnx --out runs/export/student.onnx
+      edgekd export runs/student --onnx --quantize int8 --calibration-data fashion-mnist --out runs/export/student.int8.onnx
+      edgekd export runs/student --onnx --ort --out runs/export/student.ort
+      edgekd export runs/teacher --onnx --out runs/export/ensemble.onnx
+      edgekd export runs/student --executorch --quantize int8 --out runs/export/student.int8.pte
     """
     from edgekd.clicommon import refuse_unused, register_stage_kinds
     from export import export_executorch, export_onnx
