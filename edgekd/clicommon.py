@@ -183,10 +183,10 @@ def common_options(func):
 
 
 def data_options(func):
-    @click.option("--data", default="digits", show_default=True,
+    @click.option("--data", default="digits", show_default=False,
                   help="digits | fashion-mnist[:DIR] | mnist[:DIR] | npz:PATH | imagefolder:DIR | "
-                       "synthetic:classes=N,groups=G,dim=D,seed=S (generated); commands that score models "
-                       "(evaluate, bench, specialists regate) default to the data the models were made on")
+                       "synthetic:classes=N,groups=G,dim=D,seed=S (generated); default: digits, except that commands "
+                       "that score models (evaluate, bench, specialists regate) default to the data the models were made on")
     @click.option("--image-size", default=None, help="imagefolder: resize every image to HxW (default: the size they share).")
     @click.option("--channels", type=click.Choice(["1", "3"]), default=None,
                   help="imagefolder: grayscale or RGB (default: from the files).")
