@@ -245,16 +245,17 @@ _OWN_STORE_FILE = re.compile(r"(run|clusters|.+\.(ckpt|done))\.json|.+\.(ckpt|do
 
 
 def _own_record(path: Path) -> bool:
-    """A store's own ``run.json``/``clusters.json`` by its content too: a user's ``results.partial/run.json`` (a log
-    of their own) matches the name but is not edgekd's, and the folder must not be removed for it."""
+    """A store's own JSON by its content too: a user's ``results.partial/run.json`` (a log of their own) or
+    ``epoch-3.ckpt.json`` matches the name but is not edgekd's, and the folder must not be removed for it."""
+    kind = path.name.rsplit(".", 2)[-2] if path.name.endswith((".ckpt.json", ".done.json")) else None
     expected = {"run.json": "fingerprint", "clusters.json": "clusters"}.get(path.name)
-    if expected is None:
+    if expected is None and kind is None:
         return True
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return False
-    return isinstance(data, dict) and expected in data
+    return isinstance(data, dict) and (expected in data if kind is None else _checkpoint_meta_ok(kind, data))
 
 
 class RunStore:
@@ -279,9 +280,14 @@ class RunStore:
                 raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) exists and is not a folder; "
                                   f"move it away and rerun.")
             has_state = any(self.path.glob("*.ckpt.json")) or any(self.path.glob("*.done.json"))
-            foreign = [p.name for p in self.path.iterdir() if p.is_dir() or p.is_symlink() or not _OWN_STORE_FILE.fullmatch(p.name)
+            entries = list(self.path.iterdir())
+            foreign = [p.name for p in entries if p.is_dir() or p.is_symlink() or not _OWN_STORE_FILE.fullmatch(p.name)
                        or not _own_record(p)]
-            damaged = any(_OWN_STORE_FILE.fullmatch(name) for name in foreign)   # edgekd's names, content not
+            # every store edgekd makes starts with its run.json: a folder of files named like checkpoints without
+            # one is a user's (stores from before run.json, long gone, are refused likewise)
+            if entries and not (self.path / "run.json").is_file():
+                foreign = sorted({*foreign, *(p.name for p in entries)})
+            damaged = any(_OWN_STORE_FILE.fullmatch(name) for name in foreign) and (self.path / "run.json").is_file()
             if foreign:
                 raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) holds files edgekd did not write "
                                   f"({', '.join(sorted(foreign)[:3])}){' or that are corrupt' if damaged else ''}; "

@@ -208,7 +208,8 @@ def test_run_store_fingerprint_names_what_changed(tmp_path):
     from edgekd.training import RunStore
 
     first = RunStore(tmp_path / "o.partial", resume=False, fingerprint={"config": {"arch": "mlp", "train_limit": 500}, "data": "a"})
-    first.save("member-0", "done", {"w": torch.zeros(1)}, {"result": {}})
+    result = {"best_epoch": 0, "epochs_run": 1, "val_accuracy": 0.5, "val_nll": 1.0, "history": [], "seconds_per_epoch": 1.0}
+    first.save("member-0", "done", {"w": torch.zeros(1)}, {"result": result})
     with pytest.raises(EdgekdError, match="'train_limit' was 500, now 300"):
         RunStore(tmp_path / "o.partial", resume=True, fingerprint={"config": {"arch": "mlp", "train_limit": 300}, "data": "a"})
     with pytest.raises(EdgekdError, match="the data"):
@@ -228,7 +229,8 @@ def test_stale_store_without_checkpoints_does_not_block_a_rerun(tmp_path):
     RunStore(tmp_path / "o.partial", resume=False)   # a run that failed before its first checkpoint
 
 
-@pytest.mark.parametrize("name", ["notes.json", "weights.safetensors", "member-0.ckpt.best.safetensors", "run.json.bak"])
+@pytest.mark.parametrize("name", ["notes.json", "weights.safetensors", "member-0.ckpt.best.safetensors", "run.json.bak",
+                                  "model.ckpt.safetensors", ".draft.tmp", "epoch-3.ckpt.json"])
 def test_a_users_folder_named_like_a_store_is_never_removed(tmp_path, name):
     """OUT.partial that holds a file edgekd does not write there is the user's: refused, whatever the flags."""
     from edgekd.training import RunStore
@@ -394,3 +396,17 @@ def test_an_output_path_that_cannot_be_used_is_the_users_to_change(edgekd, tmp_p
     """A name too long for the file system (or a path through a file) is one line and exit 2, not an internal error."""
     code, _, err = edgekd("teacher", "train", "--arch", "mlp:hidden=8", "--epochs", "1", "--quiet", "--out", tmp_path / ("a" * 300))
     assert code == 2 and "cannot use the path" in err and "a name in it is too long" in err and "internal error" not in err
+
+
+def test_a_users_checkpoint_named_file_in_an_edgekd_store_is_not_taken_for_edgekds(tmp_path):
+    """A store with its run.json, and a JSON of the user's named like a checkpoint's: its content is not one."""
+    from edgekd.training import RunStore
+
+    folder = tmp_path / "o.partial"
+    folder.mkdir()
+    (folder / "run.json").write_text('{"fingerprint": {}}')
+    (folder / "epoch-3.ckpt.json").write_text('{"loss": 0.1}')
+    for flags in (dict(resume=False), dict(resume=False, overwrite=True)):
+        with pytest.raises(EdgekdError, match=r"holds files edgekd did not write \(epoch-3.ckpt.json\) or that are corrupt"):
+            RunStore(folder, **flags)
+    assert (folder / "epoch-3.ckpt.json").read_text() == '{"loss": 0.1}'
