@@ -76,8 +76,8 @@ def test_interrupted_run_resumes_to_the_same_result(reference, tmp_path, how, wa
     _wait_for(tmp_path / "teacher.partial", wait_for)
     proc.send_signal(signal.SIGKILL if how == "kill9" else signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal landed")
+    # the signal is sent with training still to run: a run that finishes anyway has ignored it (never skipped)
+    assert proc.returncode != 0, f"the run finished although it was stopped mid-training: {err[-300:]}"
     if how == "sigterm":
         assert proc.returncode == 130 and "checkpoint saved" in err and "--resume" in err
     assert not (out / "manifest.json").exists()
@@ -203,3 +203,28 @@ def test_a_users_folder_named_like_a_store_is_not_removed(tmp_path):
     (mine / "run.json").write_text('{"fingerprint": {"t": 0}}')   # edgekd's own, from a run that saved nothing
     training.RunStore(mine, resume=False, rank=0, fingerprint={"t": 1})
     assert json.loads((mine / "run.json").read_text()) == {"fingerprint": {"t": 1}}
+
+
+def test_fit_keeps_the_best_val_epoch_not_the_last(digits):
+    """After its first epoch the loss is turned around (gradient ascent), so every later epoch is worse on
+    val: the weights returned and recorded are the first epoch's, and score what was recorded."""
+    import torch.nn.functional as F
+
+    from edgekd.models import create_model
+    from edgekd.training import TrainConfig, accuracy_and_nll, fit
+
+    x, y = digits.x_train, digits.y_train
+
+    def make_batch(indices, _generator, epoch):
+        return x[indices], y[indices], torch.tensor(1.0 if epoch == 0 else -1.0)   # (a float would read as mixup's lam)
+
+    torch.manual_seed(0)
+    model = create_model("mlp:hidden=32", digits.input_shape, digits.num_classes, mean=digits.mean, std=digits.std)
+    fitted = fit(model, n_train=len(y), make_batch=make_batch, loss_fn=lambda out, b: b[2] * F.cross_entropy(out, b[1]),
+                 val=(digits.x_val, digits.y_val), config=TrainConfig(epochs=4, lr=1e-2), store=None, name="m")
+    assert fitted.best_epoch == 1 and fitted.epochs_run == 4   # epochs count from 1
+    assert max(h["val_accuracy"] for h in fitted.history[1:]) < fitted.val_accuracy   # the later epochs were worse
+    with torch.no_grad():
+        accuracy, nll = accuracy_and_nll(model.eval()(digits.x_val.float()), digits.y_val)
+    assert accuracy == pytest.approx(fitted.val_accuracy) and nll == pytest.approx(fitted.val_nll, rel=1e-5)
+    assert all(torch.equal(v, fitted.state[k]) for k, v in model.state_dict().items())
