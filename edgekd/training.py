@@ -226,6 +226,27 @@ def _fingerprinted(params: dict, ignored) -> dict:
     return {k: v for k, v in params.items() if k not in ignored and not (k in _ADDED_SINCE and v == _ADDED_SINCE[k])}
 
 
+def _comparable(fingerprint: dict) -> dict:
+    """A fingerprint with each setting as its value, not as it was typed: ``-T 2.0`` is ``-T 2``,
+    ``--alpha .5`` is ``0.5``, and ``mlp:hidden=16,dropout=0.0`` is ``mlp:hidden=16`` (the defaults filled in),
+    so that a resume typed another way is not refused. Stores keep the record as typed."""
+    from edgekd.errors import EdgekdError
+    from edgekd.models import format_arch, parse_arch
+
+    def value(key, v):
+        if not isinstance(v, str):
+            return v
+        try:
+            return format_arch(*parse_arch(v)) if key in ("arch", "student") else float(v)
+        except (EdgekdError, ValueError):
+            return v
+
+    config = fingerprint.get("config")
+    if not isinstance(config, dict):
+        return fingerprint
+    return {**fingerprint, "config": {k: value(k, v) for k, v in config.items()}}
+
+
 def fingerprint_changes(old: dict, new: dict) -> list[str]:
     """What differs between two ``run_fingerprint`` results, one phrase per setting, for a refused resume."""
     changes = []
@@ -233,7 +254,7 @@ def fingerprint_changes(old: dict, new: dict) -> list[str]:
     for key in sorted(set(old_cfg) | set(new_cfg)):
         if old_cfg.get(key) != new_cfg.get(key):
             changes.append(f"'{key}' was {old_cfg.get(key)!r}, now {new_cfg.get(key)!r}")
-    for key, what in (("data", "the data (or --train-limit / --val-fraction)"), ("teacher", "the teacher's weights")):
+    for key, what in (("data", "the data (or --train-limit / --val-fraction)"), ("teacher", "the teacher (its weights, or --combine, --teacher-output, --teacher-scale, --teacher-mean, --teacher-std)")):
         if old.get(key) != new.get(key):
             changes.append(f"{what} changed")
     return changes
@@ -245,17 +266,36 @@ _OWN_STORE_FILE = re.compile(r"(run|clusters|.+\.(ckpt|done))\.json|.+\.(ckpt|do
 
 
 def _own_record(path: Path) -> bool:
-    """A store's own JSON by its content too: a user's ``results.partial/run.json`` (a log of their own) or
-    ``epoch-3.ckpt.json`` matches the name but is not edgekd's, and the folder must not be removed for it."""
-    kind = path.name.rsplit(".", 2)[-2] if path.name.endswith((".ckpt.json", ".done.json")) else None
+    """A store's own ``run.json``/``clusters.json`` by its content too: a user's ``results.partial/run.json`` (a log
+    of their own) matches the name but is not edgekd's, and the folder must not be removed for it."""
     expected = {"run.json": "fingerprint", "clusters.json": "clusters"}.get(path.name)
-    if expected is None and kind is None:
+    if expected is None:
         return True
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return False
-    return isinstance(data, dict) and (expected in data if kind is None else _checkpoint_meta_ok(kind, data))
+    return isinstance(data, dict) and expected in data
+
+
+def _not_removable(folder: Path, entries) -> list[str]:
+    """Why ``folder`` may not be removed as a store of edgekd's: every store starts with its ``run.json``, and a
+    checkpoint's JSON holds a checkpoint's fields. A user's folder of files named like a store's
+    (``model.ckpt.safetensors``, ``epoch-3.ckpt.json``) is not removed for its names."""
+    if not entries:
+        return []
+    if not (folder / "run.json").is_file():
+        return sorted(p.name for p in entries)
+    odd = []
+    for path in entries:
+        if path.name.endswith((".ckpt.json", ".done.json")):
+            try:
+                meta = json.loads(path.read_text())
+            except (OSError, ValueError, UnicodeDecodeError):
+                meta = None
+            if not _checkpoint_meta_ok(path.name.rsplit(".", 2)[-2], meta):
+                odd.append(path.name)
+    return odd
 
 
 class RunStore:
@@ -283,16 +323,16 @@ class RunStore:
             entries = list(self.path.iterdir())
             foreign = [p.name for p in entries if p.is_dir() or p.is_symlink() or not _OWN_STORE_FILE.fullmatch(p.name)
                        or not _own_record(p)]
-            # every store edgekd makes starts with its run.json: a folder of files named like checkpoints without
-            # one is a user's (stores from before run.json, long gone, are refused likewise)
-            if entries and not (self.path / "run.json").is_file():
-                foreign = sorted({*foreign, *(p.name for p in entries)})
-            damaged = any(_OWN_STORE_FILE.fullmatch(name) for name in foreign) and (self.path / "run.json").is_file()
+            damaged = any(_OWN_STORE_FILE.fullmatch(name) for name in foreign)   # edgekd's names, content not
             if foreign:
                 raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) holds files edgekd did not write "
                                   f"({', '.join(sorted(foreign)[:3])}){' or that are corrupt' if damaged else ''}; "
                                   f"move them away and rerun.")
-            if (overwrite and not resume) or not has_state:
+            removing = (overwrite and not resume) or not has_state
+            if removing and (odd := _not_removable(self.path, entries)):   # (a resume reads them, and says what is wrong)
+                raise EdgekdError(f"'{self.path}' (where an interrupted run is kept) holds files that are not a run "
+                                  f"edgekd wrote ({', '.join(odd[:3])}); move them away and rerun.")
+            if removing:
                 import shutil
 
                 shutil.rmtree(self.path)
@@ -321,8 +361,8 @@ class RunStore:
         if not isinstance(old, dict):
             return   # a store from before fingerprints: nothing to compare with
         normalized = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
-        if old != normalized:
-            changes = fingerprint_changes(old, normalized) or ["the settings changed"]
+        if _comparable(old) != _comparable(normalized):
+            changes = fingerprint_changes(_comparable(old), _comparable(normalized)) or ["the settings changed"]
             raise EdgekdError(f"Cannot resume the interrupted run in '{self.path}': it was started with other settings "
                               f"({'; '.join(changes)}); rerun with the original settings to resume, or pass --overwrite "
                               f"instead of --resume to start over.")

@@ -219,6 +219,11 @@ def onnx_model(tmp, kind):
     return path
 
 
+# the JSON half of a finished sub-run as a store writes it (its tensors need not exist until it is loaded)
+DONE = {"tensors": "member-0.done.1-1.safetensors", "sha256": "0" * 64,
+        "result": {"best_epoch": 1, "epochs_run": 1, "val_accuracy": 0.5, "val_nll": 1.0, "history": [], "seconds_per_epoch": 1.0}}
+
+
 def store(tmp, files, name="o"):
     """A crafted run store ``<name>.partial`` holding ``files`` (name -> text)."""
     folder = tmp / f"{name}.partial"
@@ -266,7 +271,7 @@ LABEL_DATA = [   # (id, arrays, fragment)
     ("float labels 2.7", dict(x=np.zeros((40, 8, 8), np.float32), y=np.r_[np.arange(39) % 10, 2.7]), "whole class indices. Got 2.7 among"),
     ("NaN labels", dict(x=np.zeros((40, 8, 8), np.float32), y=np.r_[np.arange(39) % 10, np.nan]), "NaN or Inf labels"),
     ("labels 2-D", dict(x=np.zeros((40, 8, 8), np.float32), y=np.zeros((40, 2), np.int64)), "must be a vector"),
-    ("labels text", dict(x=np.zeros((40, 8, 8), np.float32), y=np.array(["a"] * 40)), "integer class labels"),
+    ("labels text", dict(x=np.zeros((40, 8, 8), np.float32), y=np.array(["a"] * 40)), "integer class indices"),
     ("label beyond class_names", dict(x=np.zeros((40, 8, 8), np.float32), y=np.arange(40) % 10, class_names=np.array(["a", "b"])), "2 class_names"),
     ("class_names 2-D", dict(x=np.zeros((40, 8, 8), np.float32), y=np.arange(40) % 2, class_names=np.array([["a", "b"]])), "class_names"),
     ("inputs text", dict(x=np.array([["a"] * 4] * 40), y=np.arange(40) % 2), "numeric arrays"),
@@ -338,18 +343,19 @@ def _checkpoint_cases():
         ("resume finished member result text", lambda t, T, S: [*TRAIN, "--resume", "--out", store(t, {"member-0.done.json": {
             **ckpt_ok, "result": "done"}})], "is corrupt"),
         ("resume under another config", lambda t, T, S: [*TRAIN, "--resume", "--out", store(t, {
-            "run.json": {"fingerprint": {"config": {"epochs": 99}, "data": "x"}}, "member-0.ckpt.json": "{}"})], "'epochs' was 99, now 1"),
+            "run.json": {"fingerprint": {"config": {"epochs": 99}, "data": "x"}}, "member-0.done.json": DONE})], "'epochs' was 99, now 1"),
         ("resume under another train limit", lambda t, T, S: [*TRAIN, "--resume", "--train-limit", "300", "--out", store(t, {
-            "run.json": {"fingerprint": {"config": {"train_limit": None}, "data": "x"}}, "member-0.ckpt.json": "{}"})], "'train_limit' was None, now 300"),
+            "run.json": {"fingerprint": {"config": {"train_limit": None}, "data": "x"}}, "member-0.done.json": DONE})], "'train_limit' was None, now 300"),
         ("distill resume under another teacher", lambda t, T, S: [*DISTILL, "--teacher", T, "--resume", "--out", store(t, {
-            "run.json": {"fingerprint": {"config": {}, "data": "x", "teacher": "y"}}, "student.ckpt.json": "{}"})], "teacher's weights changed"),
+            "run.json": {"fingerprint": {"config": {}, "data": "x", "teacher": "y"}}, "student.done.json": DONE})], "the teacher (its weights, or --combine"),
         ("run store with user files", lambda t, T, S: [*TRAIN, "--resume", "--out", store(t, {"notes.txt": "mine"})], "did not write"),
         ("run store is a file", lambda t, T, S: [*TRAIN, "--out", t / "o"] if write(t, "o.partial", "x") else [], "is not a folder"),
-        ("interrupted run without --resume", lambda t, T, S: [*TRAIN, "--out", store(t, {"member-0.ckpt.json": "{}"})], "--resume"),
+        ("interrupted run without --resume", lambda t, T, S: [*TRAIN, "--out", store(t, {
+            "run.json": {"fingerprint": {"config": {}, "data": "x"}}, "member-0.done.json": DONE})], "--resume"),
         ("resume checkpoint of other shapes", lambda t, T, S: [*TRAIN, "--resume", "--out", misfit_checkpoint(t)],
          "does not fit this model"),
         ("specialists resume corrupt clusters", lambda t, T, S: [*BUILD, "--teacher", S, "--resume", "--out", store(t, {
-            "clusters.json": "[", "specialist-0.ckpt.json": "{}"})], "corrupt"),
+            "run.json": {"fingerprint": {}}, "clusters.json": "[", "specialist-0.ckpt.json": "{}"})], "corrupt"),
     ]
     return cases
 

@@ -229,8 +229,22 @@ def test_stale_store_without_checkpoints_does_not_block_a_rerun(tmp_path):
     RunStore(tmp_path / "o.partial", resume=False)   # a run that failed before its first checkpoint
 
 
-@pytest.mark.parametrize("name", ["notes.json", "weights.safetensors", "member-0.ckpt.best.safetensors", "run.json.bak",
-                                  "model.ckpt.safetensors", ".draft.tmp", "epoch-3.ckpt.json"])
+@pytest.mark.parametrize("name", ["model.ckpt.safetensors", ".draft.tmp", "epoch-3.ckpt.json"])
+def test_a_users_folder_of_files_named_as_a_stores_is_never_removed(tmp_path, name):
+    """Names edgekd writes in a store, without the run.json every store starts with: the user's folder."""
+    from edgekd.training import RunStore
+
+    folder = tmp_path / "o.partial"
+    folder.mkdir()
+    (folder / name).write_text("mine")
+    with pytest.raises(EdgekdError, match=f"holds files that are not a run edgekd wrote \\({re.escape(name)}\\)"):
+        RunStore(folder, resume=False, overwrite=True)
+    with pytest.raises(EdgekdError):   # a plain run: refused too (as not a store, or as one to resume)
+        RunStore(folder, resume=False)
+    assert (folder / name).read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", ["notes.json", "weights.safetensors", "member-0.ckpt.best.safetensors", "run.json.bak"])
 def test_a_users_folder_named_like_a_store_is_never_removed(tmp_path, name):
     """OUT.partial that holds a file edgekd does not write there is the user's: refused, whatever the flags."""
     from edgekd.training import RunStore
@@ -406,7 +420,22 @@ def test_a_users_checkpoint_named_file_in_an_edgekd_store_is_not_taken_for_edgek
     folder.mkdir()
     (folder / "run.json").write_text('{"fingerprint": {}}')
     (folder / "epoch-3.ckpt.json").write_text('{"loss": 0.1}')
-    for flags in (dict(resume=False), dict(resume=False, overwrite=True)):
-        with pytest.raises(EdgekdError, match=r"holds files edgekd did not write \(epoch-3.ckpt.json\) or that are corrupt"):
-            RunStore(folder, **flags)
+    with pytest.raises(EdgekdError, match=r"holds files that are not a run edgekd wrote \(epoch-3.ckpt.json\)"):
+        RunStore(folder, resume=False, overwrite=True)
     assert (folder / "epoch-3.ckpt.json").read_text() == '{"loss": 0.1}'
+
+
+def test_a_resume_typed_another_way_is_not_refused(tmp_path):
+    """The store keeps the settings as typed; they are compared as values: -T 2.0 is -T 2, and an
+    architecture's defaults written out are the architecture."""
+    from edgekd.training import RunStore
+
+    typed = {"config": {"student": "mlp:hidden=16", "temperature": "2", "alpha": "0.5", "epochs": 2}, "data": "a"}
+    store = RunStore(tmp_path / "o.partial", resume=False, fingerprint=typed)
+    result = {"best_epoch": 1, "epochs_run": 1, "val_accuracy": 0.5, "val_nll": 1.0, "history": [], "seconds_per_epoch": 1.0}
+    store.save("student", "done", {"w": torch.zeros(1)}, {"result": result})
+    again = {"config": {"student": "mlp:hidden=16,dropout=0.0", "temperature": "2.0", "alpha": ".5", "epochs": 2}, "data": "a"}
+    RunStore(tmp_path / "o.partial", resume=True, fingerprint=again)
+    other = {"config": {**again["config"], "temperature": "4"}, "data": "a"}
+    with pytest.raises(EdgekdError, match="'temperature' was 2.0, now 4.0"):
+        RunStore(tmp_path / "o.partial", resume=True, fingerprint=other)
