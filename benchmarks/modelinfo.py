@@ -177,7 +177,7 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
         fixed_batch = _declared_batch(proto)
         input_dtype = "uint8" if proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 else "float32"
         meta = {**{p.key: p.value for p in proto.metadata_props}, **meta}
-    elif fmt == "ort":
+    if fmt == "ort":   # its own input, whatever the graph beside it takes (an --uint8-input .ort beside a float .onnx)
         input_shape, input_dtype = _ort_input(path)
     macs, params, source = _counts_from_metadata(meta)
     found = _source_artifact_metrics(meta.get("edgekd.source")) if macs is None or params is None else {}
@@ -207,7 +207,7 @@ def _same_export(ort_meta: dict, onnx_path: Path) -> bool:
     props = onnx_metadata(onnx_path)
     if props is None:
         return False
-    keys = ("edgekd.source", "edgekd.precision")
+    keys = ("edgekd.source", "edgekd.precision", "edgekd.input_dtype")
     return bool(ort_meta.get(keys[0])) and all(props.get(k) == ort_meta.get(k) for k in keys)
 
 

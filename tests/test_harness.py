@@ -853,3 +853,14 @@ def test_a_foreign_graph_ending_in_softmax_is_scored_as_its_logits_are(digits, t
     logits, probs = (next(m for m in report.models if m["name"] == n) for n in ("logits", "probs"))
     assert probs["accuracy"] == logits["accuracy"] and probs.get("error") is None
     assert probs["nll"] == pytest.approx(logits["nll"], rel=1e-4) and probs["ece"] == pytest.approx(logits["ece"], abs=1e-4)
+
+
+def test_an_ort_is_fed_its_own_input_type_whatever_the_onnx_beside_it_takes(digits, tiny_student, tmp_path):
+    from benchmarks.modelinfo import describe_model
+    from export import ExportConfig, export_onnx
+
+    export_onnx(tiny_student, tmp_path / "m.onnx", ExportConfig(), data=digits)   # float32 input
+    export_onnx(tiny_student, tmp_path / "m.ort", ExportConfig(ort=True, uint8_input=True), data=digits)
+    assert describe_model(tmp_path / "m.ort", "m").input_dtype == "uint8"
+    report = run_benchmark([tmp_path / "m.ort"], digits, BenchConfig(runtimes=("onnxruntime",), **TINY))
+    assert {r["status"] for r in report.rows} == {"ok"}
