@@ -122,14 +122,15 @@ def _describe_pte(path: Path, name: str) -> ModelInfo:
     else:
         shape, dtype = program_input(load_program(path))
     source = summary.get("source") if isinstance(summary.get("source"), dict) else {}
-    found = _source_artifact_metrics(json.dumps(source)) if source else {}
+    counts = summary.get("counts") if isinstance(summary.get("counts"), dict) else {}   # recorded by the export
+    found = counts if isinstance(counts.get("macs"), int) else _source_artifact_metrics(json.dumps(source)) if source else {}
     macs, params = found.get("macs"), found.get("parameters")
     precision = summary.get("precision", "")
     return ModelInfo(name=name, path=str(path), format="pte", description=f"PTE ({precision or 'ExecuTorch'})",
                      input_shape=tuple(shape[1:]) if all(shape) else None, input_dtype=dtype, file_bytes=path.stat().st_size,
                      parameters=params if isinstance(params, int) else None,
                      macs=macs if isinstance(macs, int) else None,
-                     macs_source="source artifact" if isinstance(macs, int) else None,
+                     macs_source=("summary" if found is counts else "source artifact") if isinstance(macs, int) else None,
                      source_artifact=_source_artifact(json.dumps(source)) if source else None, fixed_batch=shape[0],
                      int8="int8" in precision)
 

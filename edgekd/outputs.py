@@ -99,13 +99,31 @@ def is_export_summary(path: str | Path) -> bool:
 
 def own_export(model: str | Path) -> bool:
     """``model`` (and the summary beside it) are edgekd's to replace: the summary is an export summary and the
-    file is the one it describes (same sha256), or is missing, or is an ONNX file edgekd wrote (its metadata:
-    an export cut between renaming its summary and its model leaves the previous export beside the new
-    summary). A user's file put in place of an export is not, whatever summary is beside it."""
+    file is the one it describes (same sha256), or is missing, or is the export that summary replaced (an
+    export cut between renaming its summary and its model leaves the previous export beside the new
+    summary). A user's file put in place of an export, or an export edited since, is not."""
     model = Path(model)
     if not is_export_summary(model.with_name(model.name + ".json")):
         return False
-    return not model.exists() or export_summary_of(model) is not None or _onnx_made_by_export(model)
+    return not model.exists() or export_summary_of(model) is not None or _replaced_by_its_summary(model)
+
+
+def replaced_sha256(out: str | Path) -> str | None:
+    """The sha256 of the export an export is about to replace (recorded in the new summary: an export cut
+    between renaming its summary and its model leaves that file beside the new summary, still edgekd's)."""
+    from edgekd.artifacts import sha256_file
+
+    return sha256_file(out) if Path(out).is_file() else None
+
+
+def _replaced_by_its_summary(model: Path) -> bool:
+    """The previous export, left beside the summary of one cut before its model was renamed in: its hash is
+    the one that summary recorded as replaced (a file edited in place since, keeping edgekd's metadata, is not)."""
+    from edgekd.artifacts import sha256_file
+
+    summary = _read_json(model.with_name(model.name + ".json"))
+    recorded = summary.get("replaces_sha256") if isinstance(summary, dict) else None
+    return isinstance(recorded, str) and model.is_file() and recorded == sha256_file(model)
 
 
 def onnx_metadata(path: str | Path) -> dict | None:
@@ -117,11 +135,6 @@ def onnx_metadata(path: str | Path) -> dict | None:
         return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception:
         return None
-
-
-def _onnx_made_by_export(path: Path) -> bool:
-    props = onnx_metadata(path) if path.suffix == ".onnx" and path.is_file() else None
-    return props is not None and {"edgekd.source_fingerprint", "edgekd.verification", "edgekd.input_dtype"} <= set(props)
 
 
 def is_report_folder(folder: str | Path) -> bool:

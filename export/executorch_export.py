@@ -40,9 +40,9 @@ from torch import nn
 
 from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ExportError
-from edgekd.outputs import temp_folder
+from edgekd.outputs import replaced_sha256, temp_folder
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
-                           model_input)
+                           model_input, source_counts)
 from export.verify import accuracy, gate_fp32, gate_int8, pad_rows, parity, predict_in_batches
 
 PTE_PRECISION = {None: "fp32", "int8": "int8-static-xnnpack", "dynamic": "int8-dynamic-xnnpack"}
@@ -92,6 +92,7 @@ def export_executorch(model: str | Path, out: str | Path, config, *, overwrite: 
         seconds = {k: round(v, 3) for k, v in {**run.seconds, "total": time.perf_counter() - started}.items()}
         summary = _summary(out, config, source, data, run, path.stat().st_size, seconds)
         summary["model_sha256"] = sha256_file(path)
+        summary["replaces_sha256"] = replaced_sha256(out)
         write_json_atomic(tmp / "summary.json", summary)
         # summary first: an export cut between the renames leaves a summary whose hash the old model does
         # not match (edgekd.outputs.export_summary_of), never a new model that --overwrite would not recognise
@@ -283,6 +284,8 @@ def _summary(out, config, source: Source, data, run: _PteRun, size: int, seconds
         "output": {"name": "logits", "classes": list(source.classes)},
         "preprocessing": "none: feed raw values as stored; the program normalises (x - mean) / std per channel",
         "normalization": source.normalization, "source": source.describe(), "source_fingerprint": source.fingerprint,
+        # what bench counts a program by where its artifact is not at hand (a .pte copied to another machine)
+        "counts": source_counts(source),
         "builder": builder_fingerprint(),
         "sizes_bytes": sizes, "verification": run.verification, "quantization": run.quant_info,
         "config": {k: getattr(config, k) for k in config.__dataclass_fields__},

@@ -33,12 +33,12 @@ from torch import nn
 
 from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ConfigError, ExportError
-from edgekd.outputs import temp_folder
+from edgekd.outputs import replaced_sha256, temp_folder
 from edgekd.validation import check_output_file
 from export.config import DEFAULT_OPSET, ExportConfig
 from export.quantize import precision_name, quantize_model
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
-                           model_input)
+                           model_input, source_counts)
 from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, gate_fp32, gate_int8, measure_parity,
                            open_session, parity, run_session, torch_logits)
 
@@ -102,6 +102,7 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
         summary = _summary(out, fmt, precision, config, source, data, run.sizes, run.verification, run.quant_info,
                            {k: round(v, 3) for k, v in run.seconds.items()})
         summary["model_sha256"] = sha256_file(final_path)
+        summary["replaces_sha256"] = replaced_sha256(out)
         write_json_atomic(tmp / "summary.json", summary)
         # summary first: an export cut between the renames leaves a summary whose hash the old model does
         # not match (edgekd.outputs.export_summary_of), never a new model that --overwrite would not recognise
@@ -308,20 +309,6 @@ def build_metadata(source: Source, config: ExportConfig, data, precision: str, v
     for key, value in source_counts(source).items():   # bench reads them (benchmarks.modelinfo): int8 keeps the MACs
         props[key] = str(value)
     return {METADATA_PREFIX + key: value for key, value in props.items()}
-
-
-def source_counts(source: Source) -> dict:
-    """The source artifact's MACs a sample and parameters, as its manifest records them (counted when it does not)."""
-    from edgekd.models import count_macs, count_parameters
-
-    metrics = source.metrics   # read with the artifact in load_source: not loaded and hashed again
-    counts = {k: metrics.get(k) for k in ("macs", "parameters") if isinstance(metrics.get(k), int)}
-    try:
-        counts.setdefault("macs", count_macs(source.module, source.input_shape))
-        counts.setdefault("parameters", count_parameters(source.module))
-    except Exception:   # a module the counter cannot follow: bench counts the graph instead
-        pass
-    return counts
 
 
 def write_metadata(src: Path, dst: Path, props: dict[str, str]) -> None:

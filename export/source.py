@@ -233,3 +233,17 @@ def calibration_inputs(calibration, size: int, seed: int, to_input) -> np.ndarra
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(calibration.x_train), generator=generator)[:size]
     return to_input(calibration.x_train[order])
+
+
+def source_counts(source: Source) -> dict:
+    """The source artifact's MACs a sample and parameters, as its manifest records them (counted when it does not)."""
+    from edgekd.models import count_macs, count_parameters
+
+    metrics = source.metrics   # read with the artifact in load_source: not loaded and hashed again
+    counts = {k: metrics.get(k) for k in ("macs", "parameters") if isinstance(metrics.get(k), int)}
+    try:
+        counts.setdefault("macs", count_macs(source.module, source.input_shape))
+        counts.setdefault("parameters", count_parameters(source.module))
+    except Exception:   # a module the counter cannot follow: bench counts the graph instead
+        pass
+    return counts

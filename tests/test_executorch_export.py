@@ -171,3 +171,22 @@ def test_a_uint8_program_is_read_as_uint8_and_a_small_calibration_set_is_padded(
                               ExportConfig(executorch=True, quantize="int8", batch_size=32, calibration_size=16,
                                            max_accuracy_drop=100), data=digits, calibration=digits)
     assert small.summary["quantization"]["calibration_samples"] == 16
+
+
+@pytest.mark.mobile
+def test_a_program_keeps_its_counts_where_its_artifact_is_not(pte_dir, tmp_path, tiny_student):
+    """Copied to another machine, its artifact gone: bench still counts its MACs and parameters (its summary
+    records them, as an ONNX file's metadata does)."""
+    import shutil
+
+    from benchmarks.modelinfo import describe_model
+    from edgekd.artifacts import load_artifact
+
+    folder, results = pte_dir
+    shutil.copy(results["fp32"].path, tmp_path / "s.pte")
+    summary = json.loads(results["fp32"].summary_path.read_text())
+    summary["source"]["path"] = str(tmp_path / "gone")
+    (tmp_path / "s.pte.json").write_text(json.dumps(summary))
+    info = describe_model(tmp_path / "s.pte", "s")
+    metrics = load_artifact(tiny_student).manifest.metrics
+    assert (info.macs, info.parameters, info.macs_source) == (metrics["macs"], metrics["parameters"], "summary")

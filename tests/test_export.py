@@ -141,6 +141,7 @@ def test_an_export_cut_between_its_renames_leaves_a_pair_that_is_refused_then_re
     assert out.read_bytes() == old_model   # the old model, beside the new summary ...
     assert json.loads((tmp_path / "m.onnx.json").read_text())["verification"] != first.summary["verification"]
     assert export_summary_of(out) is None  # ... which does not describe it, so is not read as its summary
+    assert json.loads((tmp_path / "m.onnx.json").read_text())["replaces_sha256"] == sha256_file(out)
     again = export_onnx(mlp_artifact, out, ExportConfig(), data=digits, overwrite=True)  # and --overwrite recovers
     assert export_summary_of(out) == again.summary
 
@@ -462,19 +463,29 @@ def test_the_export_records_its_sources_macs_and_parameters_for_bench(arch_expor
 
 
 def test_overwrite_replaces_an_export_but_not_a_users_file_put_in_its_place(edgekd, tmp_path, tiny_student):
-    """An edgekd summary beside the file is not enough: the file must be the one it describes, or an ONNX file
-    edgekd wrote (an export cut between its two renames). A user's own model in its place is kept."""
+    """An edgekd summary beside the file is not enough: the file must be the one it describes, or the one it
+    recorded as replaced (an export cut between its two renames). A user's own model in its place, or the
+    export edited in place with edgekd's metadata kept (onnxsim, a script's onnx.save), is kept."""
     import json
+
+    from edgekd.artifacts import sha256_file
 
     out = tmp_path / "m.onnx"
     code, _, err = edgekd("export", tiny_student, "--quiet", "--out", out)
     assert code == 0, err
     summary = out.with_name("m.onnx.json")
     record = json.loads(summary.read_text())
-    record["model_sha256"] = "0" * 64   # as after an export cut between renaming the summary and the model
+    # as after an export cut between renaming the summary and the model: the old model beside the new summary
+    record["model_sha256"], record["replaces_sha256"] = "0" * 64, sha256_file(out)
     summary.write_text(json.dumps(record))
     code, _, err = edgekd("export", tiny_student, "--quiet", "--overwrite", "--out", out)
     assert code == 0, err
+    edited = onnx.load(str(out))
+    edited.producer_name = "user-tool"   # edited in place, edgekd's metadata kept
+    onnx.save(edited, str(out))
+    code, _, err = edgekd("export", tiny_student, "--quiet", "--overwrite", "--out", out)
+    assert code == 2 and "it is not the file its summary 'm.onnx.json' describes" in err
+    assert onnx.load(str(out)).producer_name == "user-tool"
     out.write_bytes(b"my hand-optimised model")
     code, _, err = edgekd("export", tiny_student, "--quiet", "--overwrite", "--out", out)
     assert code == 2 and "it is not the file its summary 'm.onnx.json' describes" in err
