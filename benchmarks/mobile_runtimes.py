@@ -184,7 +184,7 @@ class NcnnRuntime(Runtime):
         _refuse_int8(path, "ncnn", "pnnx leaves an int8 ONNX graph's quantize nodes as layers ncnn cannot run, and the "
                                   "ncnn wheel ships no ncnn2table/ncnn2int8 to make an ncnn int8 model; fp32 rows only")
         folder, record = convert_cached(path, "ncnn", _pnnx_convert)
-        self.conversions[str(path)] = record
+        self.conversions.setdefault(str(path), record)   # the first load's: later ones hit the cache it made
         return _NcnnRunner(self.ncnn, folder / "model.ncnn.param", folder / "model.ncnn.bin", threads)
 
     def identity(self, identity_onnx, threads):
@@ -264,7 +264,7 @@ class MnnRuntime(Runtime):
                                  "3.6.1) aborts with std::length_error; --weightQuantBits 8 stores int8 weights but "
                                  "computes in fp32; fp32 rows only")
         folder, record = convert_cached(path, "mnn", _mnn_convert)
-        self.conversions[str(path)] = record
+        self.conversions.setdefault(str(path), record)   # the first load's: later ones hit the cache it made
         return _MnnRunner(self.mnn, folder / "model.mnn", threads)
 
     def identity(self, identity_onnx, threads):

@@ -330,6 +330,11 @@ def _method_section(data: dict) -> list[str]:
     lines += [f"  - {r['name']} {r['version'] or ''} on {r.get('device', 'cpu')}: {r['settings']}"
               + ("" if r["available"] else f" (unavailable: {r['reason']})")
               for r in data["runtimes"]]
+    conversions = [(r["name"], Path(path).name, c) for r in data["runtimes"] for path, c in (r.get("conversions") or {}).items()]
+    if conversions:   # ncnn and MNN run their own format, converted from the .onnx once and cached by its hash
+        lines.append("- Conversions:")
+        lines += [f"  - {name}: `{file}` by {c.get('tool', '?')} {c.get('version') or ''}, {c.get('seconds', 0):.2f} s"
+                  + (" (from the cache this run)" if c.get("cached") else "") for name, file, c in conversions]
     return lines
 
 
@@ -399,11 +404,14 @@ def plot_pareto(data: dict, path: Path) -> None:
     """Accuracy against batch-1 (smallest batch), 1-thread (fewest threads) p50 latency, Pareto front marked."""
     plt = _pyplot()
     batch, threads = min(data["config"]["batch_sizes"]), min(data["config"]["threads"])
-    accuracy = {m["name"]: m.get("accuracy") for m in data["models"]}
+    models = {m["name"]: m for m in data["models"]}
+    # each row at its own runtime's accuracy, as the headline reads it (an int8 kernel may round otherwise)
+    accuracy = {(r["model"], r["runtime"]): accuracy_of(models[r["model"]], r["runtime"])[0]
+                for r in _ok(data) if r["model"] in models}
     rows = [r for r in sorted(_ok(data), key=_order(data))
-            if r["batch_size"] == batch and r["threads"] == threads and accuracy.get(r["model"]) is not None]
+            if r["batch_size"] == batch and r["threads"] == threads and accuracy.get((r["model"], r["runtime"])) is not None]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    points = [(r["p50_ms"], accuracy[r["model"]]) for r in rows]
+    points = [(r["p50_ms"], accuracy[(r["model"], r["runtime"])]) for r in rows]
     for r, (x, y) in zip(rows, points):
         ax.scatter([x], [y], s=30, label=f"{r['model']} ({r['runtime']})")
     front = pareto_front(points)

@@ -370,8 +370,9 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
         click.echo("error: interrupted", err=True)
         return EXIT_INTERRUPTED
     except _Terminated:
-        click.echo("error: terminated by SIGTERM; nothing was replaced (outputs are written whole or not at all; an "
-                   "interrupted training run keeps its checkpoint: rerun with --resume)", err=True)
+        resume = "; the run keeps its checkpoint: rerun with --resume" if _resumable(argv) else ""
+        click.echo(f"error: terminated by SIGTERM; nothing was replaced (outputs are written whole or not at all{resume})",
+                   err=True)
         return EXIT_TERMINATED
     except OSError as exc:
         if exc.errno in _PATH_ERRORS and exc.filename:
@@ -421,6 +422,15 @@ def refuse_unused(rules) -> None:
         option = next(p for p in ctx.command.params if p.name == name)
         flag = next((o for o in option.opts if o.startswith("--")), option.opts[0])
         raise ConfigError(f"{flag} applies only {when}, so this run would ignore it; leave {flag} out.")
+
+
+# the commands that keep a checkpoint when stopped (the others, export and bench, start again)
+_RESUMABLE = (("teacher", "train"), ("distill",), ("specialists", "build"), ("pipeline",))
+
+
+def _resumable(argv: list) -> bool:
+    words = [a for a in argv if not a.startswith("-")][:2]
+    return any(tuple(words[:len(c)]) == c for c in _RESUMABLE)
 
 
 def with_flags(message: str, cli: click.Group, argv: list) -> str:

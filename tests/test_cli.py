@@ -339,3 +339,12 @@ def test_a_missing_model_is_refused_before_the_data_is_loaded(edgekd, tmp_path, 
     args = [a.format(missing=tmp_path / "nope", tmp=tmp_path, model=tiny_student) for a in argv]
     code, _, err = edgekd(*args)
     assert code == 2 and ("not found" in err or "no such folder" in err), err
+
+
+def test_only_a_command_that_keeps_a_checkpoint_is_told_to_resume_after_sigterm():
+    from edgekd.clicommon import _resumable
+
+    assert _resumable(["teacher", "train", "--epochs", "3"]) and _resumable(["distill", "--teacher", "t"])
+    assert _resumable(["specialists", "build"]) and _resumable(["--quiet", "pipeline"])
+    assert not _resumable(["export", "runs/s", "--out", "s.onnx"]) and not _resumable(["bench", "--model", "m"])
+    assert not _resumable(["specialists", "regate", "s"])

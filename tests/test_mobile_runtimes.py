@@ -47,6 +47,9 @@ def test_converted_runtime_times_fp32_and_skips_int8_with_the_reason(runtime, pa
     record = next(r for r in report.runtimes if r["name"] == runtime)
     conversion = record["conversions"][str(exported["fp32"])]
     assert conversion["source_sha256"] and conversion["seconds"] >= 0
+    assert conversion["cached"] is False   # this run converted it (each test has a cache of its own)
+    from benchmarks.report import render_markdown
+    assert f"`{exported['fp32'].name}` by {conversion['tool']}" in render_markdown(report.to_dict())
     floors = [f for f in report.floors if f["runtime"] == runtime]
     assert floors and all(f["status"] == "ok" for f in floors)
 
