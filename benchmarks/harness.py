@@ -39,7 +39,7 @@ from benchmarks.runtimes import (RuntimeSkipped, RuntimeUnavailable, get_runtime
 from benchmarks.timing import (machine_facts, peak_gemm_flops, peak_int8_ops, summarize, time_calls, usable_cores,
                                warm_up)
 from edgekd.data import same_layout
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, EdgekdError
 
 REPORT_FORMAT = "edgekd.bench"
 REPORT_VERSION = 1
@@ -170,8 +170,6 @@ def readable_models(models: Sequence[str | Path]) -> list[ModelInfo]:
     """Each ``--model`` described, or a ``ConfigError`` naming the first that cannot be read. ``run_benchmark``
     records such a model as an error row and goes on (a report of many models); a command given one it
     cannot read refuses it before anything is timed."""
-    from edgekd.errors import EdgekdError
-
     infos = []
     for arg, (name, path) in zip(models, parse_model_args(models)):
         try:
@@ -192,11 +190,22 @@ def check_models_fit(infos: Sequence[ModelInfo], data) -> None:
         if info.input_shape is not None and not same_layout(info.input_shape, data.input_shape):
             raise ConfigError(f"--model '{info.path}' takes inputs of shape {tuple(info.input_shape)} but dataset "
                               f"'{data.spec}' has {tuple(data.input_shape)}; pass data of the model's input shape.")
+        _check_uint8_data(info, data, data.x_test)   # (a raw-pixel model's bytes are never rounded and clipped)
         if info.format == "artifact":
             classes = len(load_artifact(info.path, verify=False).classes)
             if classes != data.num_classes:
                 raise ConfigError(f"--model '{info.path}' has {classes} classes but dataset '{data.spec}' has "
                                   f"{data.num_classes}; pass the dataset the model was trained on.")
+
+
+def _check_uint8_data(info: ModelInfo, data, x) -> None:
+    """A model that takes raw pixels as bytes (an ``--uint8-input`` export) needs data of whole pixels in 0..255:
+    other values rounded and clipped into bytes would score it on inputs it was never meant to see."""
+    if info.input_dtype == "uint8" and str(x.dtype) != "torch.uint8":
+        from export.source import check_pixels
+
+        check_pixels(x, data.spec, 4096, who=f"--model '{info.path}' (it takes raw pixels as bytes)",
+                     fix="pass the data it was exported with")
 
 
 def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = BenchConfig(), *,
@@ -327,6 +336,11 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
                                   f"{tuple(data.input_shape)}; pass data of the model's input shape")
         return
     uint8 = entry.info.input_dtype == "uint8"   # an export that takes raw pixels as bytes
+    try:
+        _check_uint8_data(entry.info, data, x_split)
+    except EdgekdError as exc:
+        _model_error(entry, rows, str(exc))
+        return
     by_runtime = {}
     for name in runtime_names:
         if name not in runtimes or entry.info.format not in get_runtime(name).formats:

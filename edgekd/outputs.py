@@ -388,7 +388,7 @@ def _check_file_output(out: Path, overwrite: bool) -> None:
         raise OutputError(f"Output file '{existing}' already exists; pass --overwrite or choose another --out.")
     if not ours:   # checked first without --overwrite too: advising it would only lead to this refusal
         why = (f"it is not the file its summary '{summary.name}' describes" if is_export_summary(summary)
-               else f"no edgekd summary '{summary.name}' beside it")
+               else f"no edgekd summary '{summary.name}' beside it" if out.exists() else "it is not an edgekd export summary")
         raise OutputError(f"'{out if out.exists() else summary}' was not written by 'edgekd export' ({why}); "
                           f"--overwrite replaces only edgekd's exports; choose another --out.")
 

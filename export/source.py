@@ -186,7 +186,8 @@ def model_input(x: torch.Tensor, uint8: bool, spec: str) -> np.ndarray:
     return x.numpy().astype(np.uint8)
 
 
-def check_pixels(x: torch.Tensor, spec: str, rows: int | None = None) -> None:
+def check_pixels(x: torch.Tensor, spec: str, rows: int | None = None, *, who: str = "--uint8-input",
+                 fix: str = "export without --uint8-input") -> None:
     """Refuse, naming the whole range, values that are not whole pixels in 0..255; read ``rows`` at a time."""
     rows = rows or max(len(x), 1)
     low, high, whole = math.inf, -math.inf, True
@@ -195,9 +196,8 @@ def check_pixels(x: torch.Tensor, spec: str, rows: int | None = None) -> None:
         low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
         whole = whole and bool((chunk == chunk.round()).all())
     if low < 0 or high > 255 or not whole:
-        raise ExportError(f"--uint8-input needs whole pixel values in 0..255 but dataset '{spec}' has values in "
-                          f"[{low:g}, {high:g}]" + ("" if whole else " that are not whole numbers")
-                          + "; export without --uint8-input.")
+        raise ExportError(f"{who} needs whole pixel values in 0..255 but dataset '{spec}' has values in "
+                          f"[{low:g}, {high:g}]" + ("" if whole else " that are not whole numbers") + f"; {fix}.")
 
 
 class ModelInputs:

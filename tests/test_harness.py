@@ -864,3 +864,18 @@ def test_an_ort_is_fed_its_own_input_type_whatever_the_onnx_beside_it_takes(digi
     assert describe_model(tmp_path / "m.ort", "m").input_dtype == "uint8"
     report = run_benchmark([tmp_path / "m.ort"], digits, BenchConfig(runtimes=("onnxruntime",), **TINY))
     assert {r["status"] for r in report.rows} == {"ok"}
+
+
+def test_a_raw_pixel_model_on_data_that_are_not_whole_pixels_is_an_error_row_not_rounded(digits, tiny_student, tmp_path):
+    import dataclasses
+
+    from benchmarks.harness import check_models_fit, readable_models
+    from edgekd.errors import EdgekdError
+    from export import ExportConfig, export_onnx
+
+    export_onnx(tiny_student, tmp_path / "u8.onnx", ExportConfig(uint8_input=True), data=digits)
+    scaled = dataclasses.replace(digits, x_test=digits.x_test / 16.0, x_val=digits.x_val / 16.0)   # in [0, 1]
+    with pytest.raises(EdgekdError, match=r"takes raw pixels as bytes\) needs whole pixel values in 0..255 .*not whole"):
+        check_models_fit(readable_models([str(tmp_path / "u8.onnx")]), scaled)
+    report = run_benchmark([tmp_path / "u8.onnx"], scaled, BenchConfig(runtimes=("onnxruntime",), **TINY))
+    assert report.models[0].get("accuracy") is None and "needs whole pixel values" in report.models[0]["error"]

@@ -489,6 +489,8 @@ def _output_cases():
         ("specialists --out the generalist", lambda t, T, S: [*BUILD, "--teacher", S, "--overwrite", "--out", S], "an input of this command"),
         ("regate --overwrite a user folder", lambda t, T, S: ["specialists", "regate", S, "--overwrite", "--out", user_folder(t)], "is not an edgekd"),
         ("export --overwrite a user file", lambda t, T, S: ["export", S, "--overwrite", "--out", write(t, "m.onnx", "mine")], "was not written by 'edgekd export'"),
+        ("export --overwrite a user's json at the summary path", lambda t, T, S: ["export", S, "--overwrite", "--out",
+            t / "u.onnx"] if write(t, "u.onnx.json", "{}") else [], "(it is not an edgekd export summary)"),
         ("export summary path is a folder", lambda t, T, S: ["export", S, "--overwrite", "--out", _summary_folder(t)], "not a plain file"),
         ("export over a listed file", lambda t, T, S: ["export", _with_onnx_listed(S, t), "--overwrite", "--out", t / "withonnx" / "m.onnx"],
          "of the artifact"),
