@@ -320,7 +320,8 @@ def _method_section(data: dict) -> list[str]:
              f"(the first pair rotates each round), at least {cfg['min_runs']} calls; the garbage collector is paused "
              f"inside a slice. One call is one batch; throughput = batch / mean latency.",
              "- Compute floor = MACs x batch / measured peak GEMM rate at that thread count, fp32 (torch.mm) for fp32 "
-             "models and int8 (onnxruntime MatMulInteger) for int8 ones (1 MAC = 2 ops). Runtime floor = p50 of an "
+             "models and int8 (onnxruntime MatMulInteger) for int8 ones (1 MAC = 2 ops; the higher of a probe before "
+             "and one after the timings). Runtime floor = p50 of an "
              f"identity graph on that runtime (timed {cfg['floor_seconds']} s alongside the models). p50 / floor uses "
              "their sum.",
              *([f"- Warm p50: each pair timed alone for {cfg['warm_seconds']} s right after its own warm-up, after the "

@@ -879,3 +879,19 @@ def test_a_raw_pixel_model_on_data_that_are_not_whole_pixels_is_an_error_row_not
         check_models_fit(readable_models([str(tmp_path / "u8.onnx")]), scaled)
     report = run_benchmark([tmp_path / "u8.onnx"], scaled, BenchConfig(runtimes=("onnxruntime",), **TINY))
     assert report.models[0].get("accuracy") is None and "needs whole pixel values" in report.models[0]["error"]
+
+
+def test_the_compute_floor_uses_the_higher_of_two_peak_probes(monkeypatch):
+    """A probe that ran while the machine was busy reads low; the one after the timings raises the peak,
+    and every row's floor is scaled to it."""
+    import benchmarks.harness as H
+
+    monkeypatch.setattr(H, "peak_gemm_flops", lambda t, seconds: 4e10)    # twice the first probe's 2e10
+    monkeypatch.setattr(H, "peak_int8_ops", lambda t, seconds: 1e10)      # below the first: kept
+    peak, peak_int8 = {"1": 2e10}, {"1": 5e10}
+    rows = [{"status": "ok", "threads": 1, "compute_peak": "fp32", "compute_floor_ms": 2.0, "runtime_floor_ms": 0.5, "p50_ms": 2.0},
+            {"status": "ok", "threads": 1, "compute_peak": "int8", "compute_floor_ms": 1.0, "runtime_floor_ms": None, "p50_ms": 2.0}]
+    H._probe_again(rows, peak, peak_int8, [1], BenchConfig(), lambda _m: None)
+    assert peak == {"1": 4e10} and peak_int8 == {"1": 5e10}
+    assert (rows[0]["compute_floor_ms"], rows[0]["floor_ms"], rows[0]["latency_over_floor"]) == (1.0, 1.5, pytest.approx(2 / 1.5))
+    assert (rows[1]["compute_floor_ms"], rows[1]["floor_ms"]) == (1.0, 1.0)
