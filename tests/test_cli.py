@@ -319,6 +319,21 @@ def test_evaluate_applies_the_teacher_options_to_the_teacher_only(edgekd, tmp_pa
     result = json.loads(out)
     assert code == 0 and result["accuracy"] == alone and result["agreement"] == 1.0, err
 
+    class Standardized(torch.nn.Module):   # wants (x - 8) / 4, as --teacher-mean 8 --teacher-std 4 give it
+        def __init__(self):
+            super().__init__()
+            self.net = load_teacher(tiny_student).module()
+
+        def forward(self, x):
+            return self.net(x * 4 + 8)
+
+    torch.jit.save(torch.jit.trace(Standardized().eval(), digits.x_test[:2]), str(tmp_path / "z.pt"))
+    code, out, err = edgekd("evaluate", tmp_path / "m.pt", "--teacher", tmp_path / "z.pt", "--teacher-mean", "8",
+                            "--teacher-std", "4", "--json")
+    assert code == 0 and json.loads(out)["agreement"] == 1.0, err
+    code, out, err = edgekd("evaluate", tmp_path / "m.pt", "--teacher", tmp_path / "z.pt", "--json")   # without them
+    assert code == 0 and json.loads(out)["agreement"] < 1.0, err
+
 
 @pytest.mark.parametrize("argv", [
     ["distill", "--teacher", "{missing}", "--out", "{tmp}/o"],
@@ -348,3 +363,15 @@ def test_only_a_command_that_keeps_a_checkpoint_is_told_to_resume_after_sigterm(
     assert _resumable(["specialists", "build"]) and _resumable(["--quiet", "pipeline"])
     assert not _resumable(["export", "runs/s", "--out", "s.onnx"]) and not _resumable(["bench", "--model", "m"])
     assert not _resumable(["specialists", "regate", "s"])
+
+
+def test_correct_teacher_reaches_the_loss(edgekd, tmp_path, tiny_teacher):
+    """--correct-teacher trains another student than the same command without it, and is recorded."""
+    weights = {}
+    for name, extra in (("plain", []), ("corrected", ["--correct-teacher"])):
+        code, _, err = edgekd("distill", "--teacher", tiny_teacher, "--student", "mlp:hidden=8", "--epochs", "1",
+                              "--no-recipe-search", "--quiet", *extra, "--out", tmp_path / name)
+        assert code == 0, err
+        weights[name] = b"".join(p.read_bytes() for p in sorted((tmp_path / name).glob("*.safetensors")))
+    manifest = json.loads((tmp_path / "corrected" / "manifest.json").read_text())
+    assert manifest["config"]["params"]["correct_teacher"] is True and weights["plain"] != weights["corrected"]

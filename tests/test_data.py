@@ -50,6 +50,21 @@ def test_idx_folder_with_class_names(tmp_path):
     assert len(data.y_test) == 20
 
 
+def test_idx_data_is_found_under_edgekd_data_before_the_system_folder(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for stem, n in (("train", 40), ("t10k", 10)):
+        _write_idx(folder / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    monkeypatch.setenv("EDGEKD_DATA", str(tmp_path))
+    data = load_dataset("mnist")
+    assert len(data.y_test) == 10 and len(data.y_train) + len(data.y_val) == 40 and data.classes[3] == "3"
+    monkeypatch.setenv("EDGEKD_DATA", str(tmp_path / "elsewhere"))
+    with pytest.raises(DataError, match=r"looked for .* in '.*elsewhere/mnist' or '/usr/share/datasets/mnist'"):
+        load_dataset("mnist")
+
+
 def test_missing_idx_folder_says_where_it_looked(tmp_path):
     with pytest.raises(DataError, match=r"looked for .* in '.*nowhere'.*dataset-fashion-mnist"):
         load_dataset(f"fashion-mnist:{tmp_path / 'nowhere'}")
