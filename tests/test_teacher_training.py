@@ -66,3 +66,26 @@ def test_the_library_refuses_a_users_folder_before_training(tmp_path, digits, mo
     with pytest.raises(OutputError):
         train_teachers(digits, TeacherConfig(arch="mlp:hidden=16"), mine, overwrite=True)
     assert (mine / "notes.txt").read_text() == "a user's file" and not (tmp_path / "mine.partial").exists()
+
+
+def test_members_are_seeded_apart_and_the_ensemble_is_the_mean_the_manifest_names(digits, tmp_path):
+    """Seeds seed, seed+1, ... (paper section 3: members differ only by their initialisation and batch order);
+    the saved ensemble, reloaded, scores what the run reported: the mean of its members' logits."""
+    import torch
+
+    from edgekd.artifacts import load_artifact
+    from edgekd.teacher_training import TeacherConfig, train_teachers
+    from edgekd.teachers import load_teacher
+    from edgekd.training import TrainConfig, accuracy_and_nll
+
+    config = TeacherConfig(arch="mlp:hidden=16", ensemble=3, train=TrainConfig(epochs=2, seed=5))
+    result = train_teachers(digits, config, tmp_path / "t")
+    artifact = load_artifact(tmp_path / "t")
+    assert [m.seed for m in artifact.manifest.members] == [5, 6, 7] and artifact.manifest.combine == "logits"
+    members = [m.eval() for m in artifact.build_members()]
+    first = [p.detach().clone() for p in members[0].parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(first, members[1].parameters()))   # not one model thrice
+    with torch.no_grad():
+        mean = torch.stack([m(digits.x_test.float()) for m in members]).mean(0)
+    assert torch.allclose(load_teacher(tmp_path / "t").logits(digits.x_test), mean, atol=1e-5)
+    assert accuracy_and_nll(mean, digits.y_test)[0] == result.ensemble_test_accuracy

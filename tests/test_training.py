@@ -94,6 +94,30 @@ def test_interrupted_run_resumes_to_the_same_result(reference, tmp_path, how, wa
     assert not (tmp_path / "teacher.partial").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("how, wait_for", [("kill9", "student*.ckpt.json"), ("sigint", "baseline*.ckpt.json")])
+def test_an_interrupted_distillation_resumes_to_the_same_student_and_baseline(reference, tmp_path, how, wait_for):
+    """Stopped in a student recipe (kill -9) or in the baseline (Ctrl-C), then --resume: the student, its
+    baseline and every figure are those of the uninterrupted run."""
+    distill = ["distill", "--teacher", reference, "--student", "mlp:hidden=32,dropout=0.1", "--epochs", "6", "--baseline",
+               "--quiet"]
+    env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
+    whole = _edgekd([*distill, "--out", tmp_path / "whole"], env=env)
+    _, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err
+    proc = _edgekd([*distill, "--out", tmp_path / "s"], env=env)
+    _wait_for(tmp_path / "s.partial", wait_for, timeout=300)
+    proc.send_signal(signal.SIGKILL if how == "kill9" else signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, f"the run finished although it was stopped mid-training: {err[-300:]}"
+    resumed = _edgekd([*distill, "--resume", "--out", tmp_path / "s"], env=env)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    metrics = lambda p: json.loads((p / "manifest.json").read_text())["metrics"]  # noqa: E731
+    assert _weights(tmp_path / "s") == _weights(tmp_path / "whole") and metrics(tmp_path / "s") == metrics(tmp_path / "whole")
+    assert not (tmp_path / "s.partial").exists()
+
+
 def test_mix_inputs_blends_each_image_with_its_partner():
     """Mixup: one lam per batch from Beta(a, a), a permutation for partners, the same draw for the same step."""
     from edgekd.training import mix_inputs, step_generator
