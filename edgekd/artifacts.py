@@ -161,16 +161,35 @@ class Artifact:
         return _inside(self.path, name)
 
     def load_tensors(self, name: str) -> dict:
-        from safetensors.torch import load_file
+        """The tensors of ``name``, from bytes read once and checked against the manifest read before: an
+        artifact swapped in by another command's --overwrite between the two is never half-loaded (the old
+        manifest with the new weights)."""
+        from safetensors.torch import load
 
         if name not in self.manifest.files:
             raise ArtifactError(f"Artifact '{self.path}': '{name}' is not listed with a sha256 in its manifest's 'files'; "
                                 f"refusing to read unverified weights; re-create the artifact.")
-
         try:
-            return load_file(str(self.file(name)))
+            data = self.file(name).read_bytes()
+        except FileNotFoundError:
+            data = None
+        if data is None or hashlib.sha256(data).hexdigest() != self.manifest.files[name]:
+            raise ArtifactError(self._unlike_its_manifest(name, missing=data is None))
+        try:
+            return load(data)
         except Exception as exc:  # safetensors raises its own error types for a corrupt header
             raise ArtifactError(f"Artifact '{self.path}': cannot read '{name}' ({exc}); re-create the artifact.") from None
+
+    def _unlike_its_manifest(self, name: str, *, missing: bool) -> str:
+        try:
+            now = json.loads((self.path / MANIFEST).read_text()).get("files")
+        except (OSError, ValueError, AttributeError):
+            now = None
+        if now != self.manifest.files:
+            return (f"Artifact '{self.path}' was replaced while it was being read (another command's --overwrite?); "
+                    f"run the command again.")
+        what = "is missing" if missing else "does not match its manifest's sha256 (the file is corrupt or was edited)"
+        return f"Artifact '{self.path}': '{name}' {what}; re-create the artifact."
 
     def check_code_trusted(self) -> None:
         """Refuse, before anything is loaded, members of your own architecture (``py:``) that this command

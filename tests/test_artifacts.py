@@ -135,3 +135,20 @@ def test_every_file_and_the_renames_reach_the_disk_before_the_old_artifact_goes(
     save_artifact(out, artifact.manifest, weights, overwrite=True)
     names = {os.path.basename(p) for p in synced}
     assert set(weights) <= names and any("manifest.json" in n for n in names) and str(tmp_path) in synced   # renames
+
+
+def test_an_artifact_replaced_while_it_is_read_is_never_half_loaded(tiny_student, tiny_teacher, tmp_path):
+    """Its manifest read, then the folder swapped for another (another command's --overwrite): the weights
+    are checked against the manifest read, so the old manifest never meets the new weights."""
+    path = _copy(tiny_student, tmp_path)
+    artifact = load_artifact(path)
+    shutil.rmtree(path)
+    shutil.copytree(tiny_teacher, path)
+    with pytest.raises(ArtifactError, match="was replaced while it was being read .* run the command again"):
+        artifact.build_members()
+    edited = _copy(tiny_student, tmp_path / "e")
+    artifact = load_artifact(edited)
+    weights = next(edited.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ArtifactError, match="does not match its manifest's sha256"):
+        artifact.build_members()
