@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -474,8 +475,6 @@ def output_lock(out: str | Path, *, make_parent: bool = True):
 
     A second writer of the same output is refused at once. Under torchrun only rank 0 locks.
     """
-    import fcntl
-
     out = Path(out)
     if os.environ.get("RANK", "0") != "0" or (not make_parent and not out.parent.is_dir()):
         yield   # (an export's folder must exist: the export refuses a missing one, writing nothing)
@@ -486,19 +485,33 @@ def output_lock(out: str | Path, *, make_parent: bool = True):
         raise OutputError(f"Cannot create the folder '{out.parent}' of output '{out}' ({exc.strerror or exc}); choose "
                           f"another --out.") from None
     lock = out.parent / f".{out.name}{LOCK_SUFFIX}"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _locked(lock, out)
     try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+def _locked(lock: Path, out: Path) -> int:
+    """An fd holding ``flock`` on the file now at ``lock``. A holder removes the file as it finishes: a file
+    opened just before that and locked after is no longer the lock (a third command would make and lock a new
+    one beside), so the lock is taken again on the file the path names."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise OutputError(f"Another edgekd command is writing '{out}' (lock '{lock}' is held); wait for it to "
                                   f"finish or choose another --out.") from None
             raise
         try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                lock.unlink()
-    finally:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
         os.close(fd)

@@ -444,3 +444,24 @@ def test_a_resume_typed_another_way_is_not_refused(tmp_path):
     other = {"config": {**again["config"], "temperature": "4"}, "data": "a"}
     with pytest.raises(EdgekdError, match="'temperature' was 2.0, now 4.0"):
         RunStore(tmp_path / "o.partial", resume=True, fingerprint=other)
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_taken_again(tmp_path, monkeypatch):
+    """The holder removes its lock file as it finishes: a file opened before that and locked after is not the
+    lock any more; the lock is taken on the file the path now names (else two commands could hold it)."""
+    import fcntl
+
+    import edgekd.outputs as outputs
+
+    lock = tmp_path / ".o.edgekd-lock"
+    real, calls = fcntl.flock, []
+
+    def flock(fd, op):   # the first time, the previous holder's unlink lands between open and flock
+        if not calls:
+            lock.unlink()
+        calls.append(op)
+        return real(fd, op)
+
+    monkeypatch.setattr(outputs.fcntl, "flock", flock)
+    with output_lock(tmp_path / "o"):
+        assert lock.exists() and len(calls) == 2   # locked again, on the file now at the path
