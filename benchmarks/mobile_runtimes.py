@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -343,9 +344,8 @@ def convert_cached(onnx_path: Path, runtime: str, convert) -> tuple[Path, dict]:
         if record.get("source_sha256") == digest:
             touch(folder)   # used now: `edgekd cache prune --older-than` keeps it
             return folder, {**record, "cached": True}
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    # hidden, and unique to this process even where two containers' jobs are both pid 1 on one cache
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     tmp.mkdir(parents=True)
     # the converter gets a private copy: pnnx writes `<input>.pnnxsim.onnx` beside its input, which
     # must never be the user's folder; the copy is also exactly the bytes the key was hashed from
@@ -367,10 +367,25 @@ def convert_cached(onnx_path: Path, runtime: str, convert) -> tuple[Path, dict]:
             leftover.unlink(missing_ok=True)   # the copies and pnnx's simplified one: the cache keeps outputs only
     record.update(source=str(onnx_path), source_sha256=digest, seconds=round(time.perf_counter() - tick, 3))
     (tmp / "conversion.json").write_text(json.dumps(record, indent=1))
+    if _finished(folder, digest):   # another process converted the same model meanwhile: its folder, in use, is kept
+        shutil.rmtree(tmp, ignore_errors=True)
+        return folder, {**record, "cached": False}
     if folder.exists():
         shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    try:
+        os.replace(tmp, folder)
+    except OSError:   # one made it between the check and the rename: the same conversion, kept
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _finished(folder, digest):
+            raise
     return folder, {**record, "cached": False}
+
+
+def _finished(folder: Path, digest: str) -> bool:
+    try:
+        return json.loads((folder / "conversion.json").read_text()).get("source_sha256") == digest
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _run_tool(command: list[str], what: str, *, cwd: Path) -> None:

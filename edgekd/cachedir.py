@@ -38,6 +38,7 @@ from edgekd.validation import check_positive
 KINDS = ("logits", "decoded", "splits", "conversions", "unfinished")
 _KEY = r"[0-9a-f]{32}"
 _CONVERSION = re.compile(rf"^(?:[a-z0-9]+-{_KEY}-[A-Za-z0-9.+_-]+|[a-z0-9]+-identity)$")
+_CONVERTING = re.compile(rf"^\.([a-z0-9]+-{_KEY}-[A-Za-z0-9.+_-]+)\.(\d+)-[0-9a-f]{{8}}\.tmp$")
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,13 @@ def _unfinished(root: Path):
             key, pid = path.name.split(".")[1:3]
             if not pid_alive(int(pid)):
                 yield _entry("unfinished", f"{key} (process {pid})", [path])
+    convert = root / "convert"   # a conversion's folder as it is being made: .<name>.<pid>-<random>.tmp
+    for sub in convert.iterdir() if convert.is_dir() and not convert.is_symlink() else ():
+        found = _CONVERTING.fullmatch(sub.name)
+        if found and sub.is_dir() and not sub.is_symlink() and not pid_alive(int(found.group(2))):
+            files = [p for p in sub.rglob("*") if p.is_file() and not p.is_symlink()]
+            yield CacheEntry(kind="unfinished", name=f"{found.group(1)} (process {found.group(2)})", paths=(sub,),
+                             bytes=sum(p.lstat().st_size for p in files), last_used=sub.lstat().st_mtime)
 
 
 def _remove(entry: CacheEntry) -> None:

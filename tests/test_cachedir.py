@@ -116,3 +116,17 @@ def test_logits_are_hashed_in_place_with_the_digest_caches_already_carry():
     value = torch.randn(50, 7)
     assert _tensor_sha256(value) == hashlib.sha256(value.numpy().tobytes()).hexdigest()
     assert _tensor_sha256(value.t()) == hashlib.sha256(value.t().contiguous().numpy().tobytes()).hexdigest()
+
+
+def test_a_conversion_being_made_is_not_an_entry_and_one_left_by_a_dead_process_is_unfinished(cache):
+    root, _ = cache
+    live = root / "convert" / f".ncnn-{'e' * 32}-1.0.{os.getpid()}-0123abcd.tmp"
+    dead = root / "convert" / f".ncnn-{'f' * 32}-1.0.999999999-0123abcd.tmp"
+    for folder in (live, dead):
+        folder.mkdir()
+        (folder / "model.ncnn.bin").write_bytes(b"\0" * 10)
+    entries = cache_entries(root)
+    assert [e.kind for e in entries if e.kind == "conversions"] == ["conversions"]   # the finished one only
+    assert [(e.kind, e.paths) for e in entries if e.kind == "unfinished"] == [("unfinished", (dead,))]
+    prune_cache(root)
+    assert live.is_dir() and not dead.exists()   # a running conversion is never pruned

@@ -213,3 +213,27 @@ def test_a_prediction_survives_the_next_call(runtime, package, exported, digits)
     kept = first.copy()
     runner.predict(x[64:128])
     np.testing.assert_array_equal(first, kept)
+
+
+def test_a_conversion_finished_by_another_process_meanwhile_is_kept_not_deleted(tmp_path):
+    """Two benches converting one model: the one finishing second keeps the folder the first is loading
+    from (it deleted it, and the first's loads failed)."""
+    import json
+
+    from benchmarks.mobile_runtimes import _cache_dir, _model_key, convert_cached
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"graph")
+    digest = _model_key(model, [])
+
+    def convert(src, folder):   # while this runs, another process finishes the same conversion
+        (folder / "model.mnn").write_bytes(b"mine")
+        other = _cache_dir() / folder.name[1:].rsplit(".", 2)[0]
+        other.mkdir()
+        (other / "model.mnn").write_bytes(b"theirs")
+        (other / "conversion.json").write_text(json.dumps({"source_sha256": digest}))
+        return {"tool": "test"}
+
+    folder, record = convert_cached(model, "mnn", convert)
+    assert record["cached"] is False and (folder / "model.mnn").read_bytes() == b"theirs"
+    assert [p.name for p in _cache_dir().iterdir() if digest[:32] in p.name] == [folder.name]   # its temporary one gone
