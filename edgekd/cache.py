@@ -111,6 +111,8 @@ class LogitCache:
                 expected = metadata.get("sha256")
                 value = handle.get_tensor("logits")
         except Exception:  # a torn file fails to parse
+            if not path.exists():
+                return None   # removed since it was seen (`edgekd cache prune` meanwhile): a miss, computed again
             metadata, expected, value = {}, None, None
         self._metadata[key] = metadata
         if value is None or expected != _tensor_sha256(value):

@@ -18,7 +18,9 @@ not used for a while (each hit refreshes its entry's modification time, ``touch`
 
 Only entries whose names (and, for logits, headers) are edgekd's are ever listed or removed, so a cache
 folder pointed at a folder that holds other files loses none of them; links are never followed.
-An entry in use by a running job can be removed: a memory-mapped file stays readable until closed.
+An entry in use by a running job can be removed: a memory-mapped file stays readable until closed, a logit
+entry gone before it is read is a miss (computed again), and a decoded folder gone while its splits are
+made stops the job with one line saying so (prune while no command runs).
 """
 
 from __future__ import annotations

@@ -299,7 +299,11 @@ def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
     """``x[idx]`` stored once as ``splits/<key>.npy`` beside ``x``'s file, keyed by that file (path,
     ``file_identity``, offset) and the indices, and opened copy-on-write (the file is never written back)."""
     source = Path(x.filename)
-    stat = source.stat()
+    try:
+        stat = source.stat()
+    except FileNotFoundError:   # the decoded entry, open here, removed by `edgekd cache prune` meanwhile
+        raise DataError(f"The decoded cache entry '{source}' was removed while this command used it (an 'edgekd cache "
+                        f"prune' meanwhile?); run the command again (the images are decoded anew).") from None
     digest = hashlib.sha256(f"{source.resolve()}\0{file_identity(stat)}\0{x.offset}\0{x.shape}\0{np.dtype(dtype)}".encode())
     digest.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
     # beside a decoded image folder in the cache; never beside a user's own file (an .npz)

@@ -130,3 +130,18 @@ def test_a_conversion_being_made_is_not_an_entry_and_one_left_by_a_dead_process_
     assert [(e.kind, e.paths) for e in entries if e.kind == "unfinished"] == [("unfinished", (dead,))]
     prune_cache(root)
     assert live.is_dir() and not dead.exists()   # a running conversion is never pruned
+
+
+def test_a_logit_entry_pruned_as_it_is_read_is_a_miss_not_a_torn_file(tmp_path, monkeypatch):
+    import safetensors
+
+    cache = LogitCache(tmp_path / "c")
+    cache.store("a" * 32, torch.randn(4, 3))
+    real = safetensors.safe_open
+
+    def pruned_first(path, **kwargs):   # `edgekd cache prune` lands between the check and the read
+        os.unlink(path)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(safetensors, "safe_open", pruned_first)
+    assert cache.load("a" * 32) is None
