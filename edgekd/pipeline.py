@@ -13,7 +13,7 @@ from edgekd.artifacts import is_artifact, write_json_atomic, write_text_atomic
 from edgekd.config import PipelineConfig
 from edgekd.distill import describe_gain
 from edgekd.models import create_model
-from edgekd.outputs import PIPELINE_ARTIFACTS, OutputError
+from edgekd.outputs import PIPELINE_ARTIFACTS, OutputError, output_lock
 from edgekd.training import fingerprint_changes, run_fingerprint
 from edgekd.validation import check_output_dir
 
@@ -71,15 +71,16 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
         """Run a stage, or with --resume keep its finished artifact, when it was made from this run's
         teacher (``made_from(path)``): a --skip or a retrained teacher since can change what it needs."""
         started = time.perf_counter()
-        if resume and is_artifact(path) and (made_from is None or made_from(path)):
-            echo(f"[{name}] kept from the previous run: {path}")
-            summary["kept"].append(name)
-        elif resume and is_artifact(path):
-            echo(f"[{name}] the previous run's was made from another teacher than this run's: made again")
-            run(path)
-        else:
-            echo(f"[{name}] ...")
-            run(path)
+        with output_lock(path):   # a command given the stage's folder as its --out meanwhile is refused
+            if resume and is_artifact(path) and (made_from is None or made_from(path)):
+                echo(f"[{name}] kept from the previous run: {path}")
+                summary["kept"].append(name)
+            elif resume and is_artifact(path):
+                echo(f"[{name}] the previous run's was made from another teacher than this run's: made again")
+                run(path)
+            else:
+                echo(f"[{name}] ...")
+                run(path)
         timings[name] = round(time.perf_counter() - started, 2)
 
     teacher_dir = out / "teacher"
@@ -105,13 +106,15 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     if "export" not in config.skip:
         started = time.perf_counter()
         echo("[export] ...")
-        summary["export"] = export_for_pipeline(student_dir, teacher_dir, data, out / "export")
+        with output_lock(out / "export"):
+            summary["export"] = export_for_pipeline(student_dir, teacher_dir, data, out / "export")
         timings["export"] = round(time.perf_counter() - started, 2)
         bench_models += [Path(row["path"]) for row in summary["export"].values() if "error" not in row]
     if "bench" not in config.skip:
         started = time.perf_counter()
         echo("[bench] ...")
-        summary["bench"] = bench_for_pipeline(bench_models, data, out / "bench")
+        with output_lock(out / "bench"):
+            summary["bench"] = bench_for_pipeline(bench_models, data, out / "bench")
         timings["bench"] = round(time.perf_counter() - started, 2)
     summary["timings_s"] = timings
     summary_md = out / "summary.md"

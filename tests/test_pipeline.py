@@ -157,3 +157,29 @@ def test_a_jitter_given_for_vectors_is_refused_not_dropped(tmp_path):
                             ensemble=1, teacher_epochs=1, epochs=1, skip=("specialists", "export", "bench"))
     with pytest.raises(ConfigError, match="jitter"):
         run_pipeline(config, tmp_path / "p")
+
+
+def test_a_stage_folder_is_locked_while_the_stage_writes_it(monkeypatch, tmp_path):
+    """`edgekd teacher train --out P/teacher` while a pipeline trains P's teacher is refused (the two
+    deleted each other's checkpoint folder)."""
+    import edgekd.pipeline as pipeline
+    from edgekd.config import PipelineConfig
+    from edgekd.outputs import OutputError, output_lock
+
+    import edgekd.teacher_training as teacher_training
+
+    real, refused = teacher_training.train_teachers, []
+
+    def train_teachers(data, config, out, **kwargs):
+        try:
+            with output_lock(out):   # another command's lock on the stage's folder, taken meanwhile
+                pass
+        except OutputError as exc:
+            refused.append(str(exc))
+        return real(data, config, out, **kwargs)
+
+    monkeypatch.setattr(teacher_training, "train_teachers", train_teachers)
+    config = PipelineConfig(ensemble=1, teacher_arch="mlp:hidden=8", teacher_epochs=1, epochs=1, temperature=2.0,
+                            skip=("specialists", "export", "bench"))
+    pipeline.run_pipeline(config, tmp_path / "p")
+    assert refused and "Another edgekd command is writing" in refused[0]
