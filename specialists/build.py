@@ -166,8 +166,9 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
 
 def _evaluate_and_save(generalist: Generalist, data: Dataset, config: SpecialistConfig, clustering, fits, out: Path, *,
                        cache: LogitCache, timings: dict, started: float, refresh_cache: bool = False,
-                       config_record: dict | None = None) -> SpecialistsResult:
-    """Combine on the test split, compare with the generalist, and write the artifact with its report."""
+                       config_record: dict | None = None, data_record: dict | None = None) -> SpecialistsResult:
+    """Combine on the test split, compare with the generalist, and write the artifact with its report.
+    ``data_record``: what the ensemble was trained on, when that was not ``data`` (a regate keeps its build's)."""
     tick = time.perf_counter()
     specialists = [_specialist_net(generalist, data, fit).to(generalist.device) for fit in fits]
     clusters = [fit.classes for fit in fits]
@@ -194,7 +195,8 @@ def _evaluate_and_save(generalist: Generalist, data: Dataset, config: Specialist
               "clustering": clustering.to_dict(data.classes), "solver": solver,
               "specialists": [{**fit.summary(), "class_names": [data.classes[c] for c in fit.classes]} for fit in fits],
               "test": test, "timings_s": {k: round(v, 2) for k, v in timings.items()}}
-    manifest = _manifest(generalist, data, config, clustering, fits, solver, test, timings, config_record, specialists)
+    manifest = _manifest(generalist, data, config, clustering, fits, solver, test, timings, config_record, specialists,
+                         data_record or data.describe())
     tensors = {"generalist.safetensors": generalist.model.state_dict(),
                **{f"specialist-{i}.safetensors": fit.state for i, fit in enumerate(fits)}}
     extra = {"report.md": render_markdown(report).encode(), "report.json": _json_bytes(report),
@@ -244,6 +246,9 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     teacher = ModuleTeacher(EnsembleModule([models[0]]), kind="model", classes=artifact.classes,
                             input_shape=artifact.input_shape, fingerprint=source["fingerprint"],
                             description=source["description"])
+    # the ensemble's own record: data it was built on, split as it was (another --val-fraction would score rows
+    # its specialists trained on, and the new artifact would record that split as its own)
+    teacher.trained_on = manifest.data
     check_teacher_fits(teacher, data, name="Generalist")
     data = data.shaped(teacher.input_shape)   # flat data of the right size, read as the generalist's images
     data = place_dataset(data, module_device(models[0]))
@@ -272,7 +277,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
                                                                 "tol": config.tol, "max_steps": config.max_steps,
                                                                 "keep": list(keep) if keep is not None else None}}
     return _evaluate_and_save(generalist, data, config, clustering, fits, out, cache=cache or LogitCache(),
-                              timings=timings, started=started, config_record=record)
+                              timings=timings, started=started, config_record=record, data_record=manifest.data)
 
 
 def generalist_train_seconds(manifest: Manifest) -> float | None:
@@ -326,7 +331,8 @@ def _solver_settings(config: SpecialistConfig, generalist: Generalist, specialis
             "tol": config.tol, "max_steps": config.max_steps, "module_steps": steps, "max_active_bound": bound}
 
 
-def _manifest(generalist, data, config, clustering, fits, solver, test, timings, config_record, specialists) -> Manifest:
+def _manifest(generalist, data, config, clustering, fits, solver, test, timings, config_record, specialists,
+              data_record: dict) -> Manifest:
     gen_member = Member(role="generalist", arch=generalist.arch, options=generalist.options,
                         weights="generalist.safetensors", num_outputs=data.num_classes)
     spec_members = [Member(role="specialist", classes=tuple(fit.classes), class_names=tuple(data.classes[c] for c in fit.classes),
@@ -343,7 +349,7 @@ def _manifest(generalist, data, config, clustering, fits, solver, test, timings,
         members=(gen_member, *spec_members), combine="specialists-kl", solver=solver,
         clusters={k: v for k, v in clustering.to_dict(data.classes).items() if k != "covariance"},
         generalist=generalist.source,
-        config=config_record or {"specialists": asdict(config)}, data=data.describe(), seed=config.train.seed,
+        config=config_record or {"specialists": asdict(config)}, data=data_record, seed=config.train.seed,
         metrics={"test_accuracy": test["ensemble"]["accuracy"], "test_nll": test["ensemble"]["nll"],
                  "generalist_test_accuracy": test["generalist"]["accuracy"],
                  "covered_relative_change": test["covered"]["relative_change"],

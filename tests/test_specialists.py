@@ -909,3 +909,14 @@ def test_the_generalist_is_read_once_and_shares_the_teachers_fingerprint(general
         monkeypatch.setattr(module, "load_artifact", lambda p: reads.append(p) or load(p))
     opened = build.open_generalist(str(generalist))
     assert len(reads) == 1 and opened.teacher.fingerprint == teachers.load_teacher(generalist).fingerprint
+
+
+def test_regate_meets_the_split_its_ensemble_was_built_on_and_keeps_its_record(spec_artifact, tmp_path, edgekd):
+    """Another --val-fraction would score rows its specialists trained on and record that split as the new
+    artifact's own: refused; a regate on the same split records the build's data."""
+    code, _, err = edgekd("specialists", "regate", spec_artifact, "--val-fraction", "0.2", "--out", tmp_path / "leak")
+    assert code == 2 and "rows it trained on would be scored as held out" in err and not (tmp_path / "leak").exists()
+    code, _, err = edgekd("specialists", "regate", spec_artifact, "--top-n", "2", "--quiet", "--out", tmp_path / "r")
+    assert code == 0, err
+    read = lambda p: json.loads((p / "manifest.json").read_text())["data"]  # noqa: E731
+    assert read(tmp_path / "r") == read(spec_artifact)
