@@ -11,6 +11,7 @@ from typing import Callable
 
 from edgekd.artifacts import is_artifact, write_json_atomic, write_text_atomic
 from edgekd.config import PipelineConfig
+from edgekd.errors import ConfigError
 from edgekd.distill import describe_gain
 from edgekd.models import create_model
 from edgekd.outputs import PIPELINE_ARTIFACTS, OutputError, output_lock
@@ -56,6 +57,9 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     check_jitter(config.student_jitter, data.input_shape, name="student_jitter")
     for arch in (teacher_cfg.arch, distill_cfg.student):
         create_model(arch, data.input_shape, data.num_classes)   # raises ConfigError when it cannot take this data
+    if "specialists" not in config.skip and data.num_classes < 3:   # said before the teacher trains, not after
+        raise ConfigError(f"The specialists stage needs at least 3 classes (a cluster of two, and a dustbin for the "
+                          f"rest); dataset '{data.spec}' has {data.num_classes}. Pass --skip specialists.")
     if overwrite and not resume:
         _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)

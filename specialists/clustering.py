@@ -93,7 +93,8 @@ def parse_clusters(value) -> tuple[int, ...] | None:
 
 
 def check_k(k, num_classes: int) -> tuple[int, ...] | None:
-    """``None`` (auto) or a tuple of K, each in [2, C]."""
+    """``None`` (auto) or a tuple of K, each in [2, C - 1]: with as many clusters as classes every cluster
+    holds one class, and a specialist needs two (refused here, before the generalist's logits are computed)."""
     if num_classes < 3:
         raise ConfigError(f"Specialists need at least 3 classes (a cluster, and other classes for its dustbin). "
                           f"Got {num_classes} instead.")
@@ -101,9 +102,10 @@ def check_k(k, num_classes: int) -> tuple[int, ...] | None:
         return None
     ks = (k,) if isinstance(k, int) else tuple(k)
     for value in ks:
-        if not isinstance(value, int) or value < 2 or value > num_classes:
-            raise ConfigError(f"The 'clusters' parameter must be 'auto' or a number of clusters in [2, {num_classes}] "
-                              f"(the number of classes). Got {value!r} instead.")
+        if not isinstance(value, int) or value < 2 or value > num_classes - 1:
+            raise ConfigError(f"The 'clusters' parameter must be 'auto' or a number of clusters in [2, {num_classes - 1}] "
+                              f"(fewer than the {num_classes} classes: a specialist needs a cluster of two). "
+                              f"Got {value!r} instead.")
     return ks
 
 

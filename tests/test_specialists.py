@@ -560,7 +560,7 @@ def test_bad_inputs_exit_2_with_one_line(case, generalist, tiny_teacher, tmp_pat
                           "--out", tmp_path / "out", "--quiet")
     assert code == 2
     assert err.startswith("error: ") and err.strip().count("\n") == 0
-    expected = {"k_too_large": "[2, 10]", "ensemble": "--member", "onnx": "ONNX", "all_singletons": "one class"}[case]
+    expected = {"k_too_large": "[2, 9]", "ensemble": "--member", "onnx": "ONNX", "all_singletons": "fewer than the 10 classes"}[case]
     assert expected in err
     assert not (tmp_path / "out.partial").exists() and not (tmp_path / "out").exists()
 
