@@ -93,7 +93,8 @@ def render_markdown(report: dict) -> str:
              + (" (chosen by silhouette)" if report['clustering']['silhouette'] else "")
              + f"; top-{report['solver']['top_n']} gating.", "", "## Clusters", ""]
     for row in test["per_cluster"]:
-        tag = "specialist" if row["specialist"] else "no specialist (one class)"
+        tag = "specialist" if row["specialist"] else \
+            "no specialist (one class)" if len(row["class_names"]) == 1 else "no specialist (left out by --keep)"
         lines.append(f"- {', '.join(row['class_names'])}: {tag}")
     if report["clustering"]["silhouette"]:
         lines += ["", "Silhouette by K: " + ", ".join(f"{k}: {v:.3f}" for k, v in report["clustering"]["silhouette"].items())]

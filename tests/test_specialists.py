@@ -648,6 +648,7 @@ def test_regate_keep_drops_specialists_and_copy_zero_is_the_one_per_cluster_buil
                           "--keep", ",".join(map(str, firsts[1:])), "--out", tmp_path / "dropped")
     assert code == 0, err
     assert "(its specialist was left out (--keep))" in out, out   # a dropped cluster of several classes
+    assert "no specialist (left out by --keep)" in (tmp_path / "dropped" / "report.md").read_text()   # and so says its report
     code, _, err = edgekd("specialists", "regate", tmp_path / "two", "--data", "digits", "--train-limit", "500",
                           "--keep", "99", "--out", tmp_path / "bad")
     assert code == 2 and "'keep' parameter" in err and len(err.strip().splitlines()) == 1
