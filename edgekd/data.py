@@ -650,16 +650,18 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int, keep_at_least: 
 
 
 def _stratified_subset(y: np.ndarray, idx: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """A stratified subset of ``idx`` of about ``n`` samples (class shares kept, >= 1 each)."""
+    """A stratified subset of ``idx`` of ``n`` samples (more only when ``n`` is below the number of classes):
+    each class its share ``n * size / total`` rounded down, at least one, and the rows still missing go to the
+    largest remainders (Hamilton's method; rounding each share on its own gave 601 rows for 600)."""
     if n >= len(idx):
         return idx
     rng = np.random.default_rng(seed + 1)
-    chosen = []
-    for _, positions in _by_label(y[idx]):
-        members = idx[positions]
-        take = max(1, round(n * len(members) / len(idx)))
-        chosen.append(rng.permutation(members)[:take])
-    return np.sort(np.concatenate(chosen))
+    groups = [idx[positions] for _, positions in _by_label(y[idx])]
+    quota = n * np.array([len(g) for g in groups]) / len(idx)
+    take = np.maximum(1, np.floor(quota).astype(int))
+    for i in np.argsort(-(quota - np.floor(quota)), kind="stable")[:max(0, n - int(take.sum()))]:
+        take[i] = min(take[i] + 1, len(groups[i]))
+    return np.sort(np.concatenate([rng.permutation(g)[:t] for g, t in zip(groups, take)]))
 
 
 def stratified_subset_indices(y, n: int, seed: int) -> np.ndarray:

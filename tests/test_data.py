@@ -245,3 +245,14 @@ def test_a_model_is_refused_on_its_data_changed_since_with_the_same_counts(tmp_p
         check_teacher_fits(teacher, changed)
     with pytest.raises(DataError, match=r"whose test rows have changed since"):
         check_teacher_fits(teacher, changed, splits=("test",))
+
+
+def test_a_train_limit_gives_that_many_rows_with_the_class_shares(digits):
+    """Hamilton's method: each class's share rounded down, the rest to the largest remainders (rounding each
+    share on its own gave 601 rows for 600)."""
+    for n in (600, 501, 37):
+        data = load_dataset("digits", train_limit=n)
+        assert len(data.y_train) == n
+        shares = np.bincount(data.y_train.numpy(), minlength=10) / n
+        whole = np.bincount(digits.y_train.numpy(), minlength=10) / len(digits.y_train)
+        assert np.abs(shares - whole).max() <= 1 / n + 1e-9
