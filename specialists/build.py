@@ -62,6 +62,7 @@ class SpecialistsResult:
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
     report_md: Path | None = None
+    solver: dict = field(default_factory=dict)   # its settings and how the solve went on test (steps, cap, module)
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,7 @@ def _evaluate_and_save(generalist: Generalist, data: Dataset, config: Specialist
         covered_relative_change=test["covered"]["relative_change"], per_cluster=tuple(test["per_cluster"]),
         by_coverage=tuple(test["by_coverage"]), module_steps=solver["module_steps"],
         seconds=time.perf_counter() - started,   # this command's own (a regate's total also counts its build's)
-        timings=report["timings_s"], report_md=out / "report.md")
+        timings=report["timings_s"], report_md=out / "report.md", solver=dict(solver))
 
 
 def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = None, tol: float | None = None,

@@ -921,3 +921,12 @@ def test_regate_meets_the_split_its_ensemble_was_built_on_and_keeps_its_record(s
     assert code == 0, err
     read = lambda p: json.loads((p / "manifest.json").read_text())["data"]  # noqa: E731
     assert read(tmp_path / "r") == read(spec_artifact)
+
+
+def test_a_capped_solve_or_a_departing_module_is_said_in_the_commands_output():
+    from edgekd.commands.specialists import _solver_notes
+
+    assert _solver_notes({"test_capped": 0, "module_max_abs_diff": 0.01}) == []
+    notes = _solver_notes({"test_capped": 9, "max_steps": 5000, "module_max_abs_diff": 0.57, "module_steps": 20,
+                           "module_checked_inputs": 512})
+    assert "step cap (5000) on 9 test input(s)" in notes[0] and "differs from the solve by up to 0.57 nats" in notes[1]

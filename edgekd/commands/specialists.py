@@ -162,7 +162,27 @@ def _echo_result(result) -> None:
     rel = f" ({100 * result.covered_relative_change:+.2f}% relative)" if result.covered_relative_change is not None else ""
     click.echo(f"covered classes: {_score(result.covered_generalist_accuracy)} -> {_score(result.covered_ensemble_accuracy)}{rel}; "
                f"all classes: {result.generalist_test_accuracy:.4f} -> {result.ensemble_test_accuracy:.4f}")
+    for line in _solver_notes(result.solver):
+        click.echo(line)
     click.echo(f"{result.seconds:.1f} s -> {result.path} (report: {result.report_md})")
+
+
+# the exported module (a fixed number of solver steps) farther than this from the solve, in nats, is said
+MODULE_DIFF_NOTE = 0.05
+
+
+def _solver_notes(solver: dict) -> list[str]:
+    """What a user should not have to find deep in report.md: the KL solve stopped by its step cap, or an
+    exported module (fixed steps) that departs from the solve."""
+    notes = []
+    if solver.get("test_capped"):
+        notes.append(f"note: the KL solve hit its step cap ({solver.get('max_steps')}) on {solver['test_capped']} test "
+                     f"input(s); raise --max-steps or --tol for a full solve")
+    if (solver.get("module_max_abs_diff") or 0.0) > MODULE_DIFF_NOTE:
+        notes.append(f"note: the exportable module ({solver.get('module_steps')} solver steps) differs from the solve by up "
+                     f"to {solver['module_max_abs_diff']:.2f} nats on {solver.get('module_checked_inputs')} test inputs; "
+                     f"raise --module-steps for a closer export")
+    return notes
 
 
 def _index_list(ctx, param, value):
