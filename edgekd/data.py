@@ -235,14 +235,15 @@ def _source(spec) -> tuple | None:
 
 
 def same_layout(a, b) -> bool:
-    """Whether inputs of shape ``a`` can be read as shape ``b`` without scrambling an image: the same
-    shape, one of them flat (an MLP's view), or the same sizes once the sizes of 1 are dropped ((1, 28, 28)
+    """Whether inputs of shape ``a`` can be read as shape ``b`` without scrambling an image: one of them
+    flat (an MLP's view, (784,) or (1, 784)), or the same sizes once the sizes of 1 are dropped ((1, 28, 28)
     and (28, 28, 1) lay out the same values). A (1, 24, 16) image read as (1, 16, 24) is refused: the
     pixel counts match, the rows do not. A ``None`` size (a graph's dynamic axis) is left out like a 1."""
     a, b = tuple(a), tuple(b)
     if None not in a + b and math.prod(a) != math.prod(b):
         return False
-    return len(a) == 1 or len(b) == 1 or [d for d in a if d not in (1, None)] == [d for d in b if d not in (1, None)]
+    a, b = [d for d in a if d not in (1, None)], [d for d in b if d not in (1, None)]
+    return len(a) <= 1 or len(b) <= 1 or a == b   # flat once the sizes of 1 drop ((1, 784)), or the same sizes
 
 
 def as_float(x: "torch.Tensor") -> "torch.Tensor":

@@ -218,7 +218,7 @@ def test_same_layout_reads_flat_and_single_channel_views_never_transposed_images
     assert same_layout((None, 28, 28), (1, 28, 28))                                   # a dynamic axis
     assert not same_layout((1, 24, 16), (1, 16, 24))   # the same pixel count, the rows scrambled
     assert not same_layout((3, 16, 8), (1, 16, 24)) and not same_layout((3, 8, 8), (8, 8, 3))
-    assert not same_layout((1, 8, 8), (65,))
+    assert not same_layout((1, 8, 8), (65,)) and same_layout((1, 784), (1, 28, 28))
 
 
 def test_a_dataset_is_not_read_as_an_image_of_other_sides(digits):
