@@ -511,7 +511,7 @@ def test_a_cluster_without_test_examples_is_printed_as_unmeasured(spec_artifact,
                              per_cluster=[{"specialist": True, "class_names": ["0", "4"], "generalist_accuracy": None,
                                            "ensemble_accuracy": None}],
                              covered_relative_change=None, covered_generalist_accuracy=None, covered_ensemble_accuracy=None,
-                             generalist_test_accuracy=0.9, ensemble_test_accuracy=0.91)
+                             generalist_test_accuracy=0.9, ensemble_test_accuracy=0.91, solver={})
     _echo_result(result)
     out = capsys.readouterr().out
     assert "{0, 4}: test accuracy - -> - with its specialist" in out and "covered classes: - -> -;" in out
