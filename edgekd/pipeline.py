@@ -388,7 +388,9 @@ def render_summary(summary: dict) -> str:
             speedup = f"{row['speedup']:.1f}x" if row.get("speedup") is not None else "-"   # no reference row: none
             lines.append(f"| {row['model']} | {row['runtime']} | {row['batch_size']} | {' | '.join(cells)} | {speedup} |")
         lines += ["", f"Full report: `bench/report.md` ({summary['bench'].get('errors', 0)} error rows, "
-                      f"{summary['bench'].get('skipped', 0)} skipped: runtimes not installed or settings they cannot honour)."]
+                      f"{summary['bench'].get('skipped', 0)} skipped: runtimes not installed or settings they cannot honour). "
+                      f"A quick measurement ({QUICK_BENCH['rounds']} rounds of {QUICK_BENCH['seconds']:g} s per model): "
+                      f"between models of similar size the speed-ups are noise; time them with `edgekd bench` to compare."]
     kept = set(summary.get("kept", []))
     times = ", ".join(f"{k} kept from the previous run" if k in kept else f"{k} {v}" for k, v in summary["timings_s"].items())
     lines += ["", f"Stage times (s): {times}."]

@@ -37,6 +37,7 @@ def test_summary_says_what_was_skipped_and_kept_and_survives_a_row_without_a_spe
                                        "p99_ms": 0.07, "speedup": None}]}}   # the reference row failed: no speed-up
     text = render_summary(summary)
     assert "| student | pytorch | 1 | 0.0500 | 0.0700 | - |" in text
+    assert "between models of similar size the speed-ups are noise" in text   # a quick bench says it is one
     assert "Stage times (s): teacher kept from the previous run, distill 3.2." in text
     assert "Skipped (--skip): specialists, export." in text
 
