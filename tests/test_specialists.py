@@ -921,6 +921,8 @@ def test_regate_meets_the_split_its_ensemble_was_built_on_and_keeps_its_record(s
     assert code == 0, err
     read = lambda p: json.loads((p / "manifest.json").read_text())["data"]  # noqa: E731
     assert read(tmp_path / "r") == read(spec_artifact)
+    code, out, err = edgekd("specialists", "regate", spec_artifact, "--top-n", "2", "--json", "--out", tmp_path / "j")
+    assert code == 0 and json.loads(out)["solver"]["top_n"] == 2, err   # --json, as build has
 
 
 def test_a_capped_solve_or_a_departing_module_is_said_in_the_commands_output():

@@ -208,9 +208,10 @@ def _index_list(ctx, param, value):
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Teacher-logit cache.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output artifact folder (may be SPEC with --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @common_options
 @click.pass_context
-def regate_cmd(ctx, spec, **params):
+def regate_cmd(ctx, spec, as_json, **params):
     """Re-score the specialist ensemble SPEC with other combination settings (e.g. --top-n 2), no training."""
     from edgekd.cache import LogitCache
     from edgekd.device import resolve_device
@@ -228,4 +229,9 @@ def regate_cmd(ctx, spec, **params):
                                     max_steps=params["max_steps"], module_steps=params["module_steps"],
                                     cache=LogitCache(params["cache_dir"]), overwrite=params["overwrite"],
                                     device=resolve_device(params["device"]), keep=params["keep"])
+    if as_json:   # as build prints its result
+        from dataclasses import asdict
+
+        echo_json(asdict(result))
+        return
     _echo_result(result)
