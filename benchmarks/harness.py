@@ -258,7 +258,7 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
     for name, runtime in runtimes.items():   # ncnn / MNN: what was converted, how long it took, or that it was cached
         if getattr(runtime, "conversions", None):
             runtime_records[name]["conversions"] = runtime.conversions
-    return BenchReport(created=created, command=command or "benchmarks.harness.run_benchmark", data=data.describe(),
+    return BenchReport(created=created, command=command or "benchmarks.harness.run_benchmark", data=data.describe(digests=False),
                        machine=machine, versions=_versions(library_versions(), runtime_records),
                        config=_config_record(config, threads, runtime_names), runtimes=list(runtime_records.values()),
                        peak_gflops={t: v / 1e9 for t, v in peak.items()}, reference=reference,

@@ -118,7 +118,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
         started = time.perf_counter()
         echo("[bench] ...")
         with output_lock(out / "bench"):
-            summary["bench"] = bench_for_pipeline(bench_models, data, out / "bench")
+            summary["bench"] = bench_for_pipeline(bench_models, data, out / "bench", device=device)
         timings["bench"] = round(time.perf_counter() - started, 2)
     summary["timings_s"] = timings
     summary_md = out / "summary.md"
@@ -279,13 +279,13 @@ def export_for_pipeline(student_dir, teacher_dir, data, out_dir, *, opset: int |
 
 
 def bench_for_pipeline(model_paths, data, out_dir, *, quick: bool = True, command: str | None = None,
-                       echo: Callable[[str], None] | None = None) -> dict:
+                       echo: Callable[[str], None] | None = None, device: str = "auto") -> dict:
     """The benchmark stage: run, write ``out_dir/report.{json,md}`` and the plots, and return the paths
     and the 1-thread batch-1 headline (a few seconds on digits with ``quick``)."""
     from benchmarks.harness import BenchConfig, run_benchmark
     from benchmarks.report import headline_rows, write_report
 
-    config = BenchConfig(**QUICK_BENCH) if quick else BenchConfig()
+    config = BenchConfig(**QUICK_BENCH, device=device) if quick else BenchConfig(device=device)   # the run's --device
     report = run_benchmark(model_paths, data, config, command=command or "edgekd pipeline (bench stage)", echo=echo)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

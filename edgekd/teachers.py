@@ -483,6 +483,16 @@ def teacher_from_artifact(artifact: Artifact, *, combine: str | None = None) -> 
                          fingerprint=fingerprint, description=desc, artifact=artifact)
 
 
+def _reads(teacher: Teacher, shape) -> bool:
+    """Whether ``teacher`` takes data of ``shape`` as it is laid out: the same layout (``same_layout``), or,
+    for an ONNX graph that declares (H, W, C) as TensorFlow's exporters do, the data's channels moved last
+    (``_to_declared`` does that)."""
+    shape = tuple(shape)
+    if same_layout(teacher.input_shape, shape):
+        return True
+    return isinstance(teacher, OnnxTeacher) and len(shape) == 3 and tuple(teacher.input_shape) == (*shape[1:], shape[0])
+
+
 def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", splits=("val", "test")) -> int:
     """The teacher's input shape and number of classes must match the dataset's; an artifact trained on the
     same data must meet it split as it was (``check_split_matches``, for ``splits``)."""
@@ -490,7 +500,7 @@ def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", spli
     recorded = artifact.manifest.data if artifact is not None else teacher.trained_on   # an edgekd export records it
     if recorded:
         check_split_matches(recorded, dataset, name, splits)
-    if teacher.input_shape is not None and not same_layout(teacher.input_shape, dataset.input_shape):
+    if teacher.input_shape is not None and not _reads(teacher, dataset.input_shape):
         raise TeacherError(f"{name} takes inputs of shape {tuple(teacher.input_shape)} but dataset '{dataset.spec}' has "
                            f"{tuple(dataset.input_shape)}; pass a dataset of the teacher's input shape.")
     n_out = teacher.num_outputs(dataset.x_val[:1])

@@ -279,22 +279,23 @@ def _own_record(path: Path) -> bool:
 
 
 def _not_removable(folder: Path, entries) -> list[str]:
-    """Why ``folder`` may not be removed as a store of edgekd's: every store starts with its ``run.json``, and a
-    checkpoint's JSON holds a checkpoint's fields. A user's folder of files named like a store's
+    """Why ``folder`` may not be removed as a store of edgekd's: a store holds its ``run.json`` (or, from before
+    it, a checkpoint), and a checkpoint's JSON holds a checkpoint's fields. A user's folder of files named like a store's
     (``model.ckpt.safetensors``, ``epoch-3.ckpt.json``) is not removed for its names."""
     if not entries:
         return []
-    if not (folder / "run.json").is_file():
-        return sorted(p.name for p in entries)
-    odd = []
+    odd, valid = [], 0
     for path in entries:
         if path.name.endswith((".ckpt.json", ".done.json")):
             try:
                 meta = json.loads(path.read_text())
             except (OSError, ValueError, UnicodeDecodeError):
                 meta = None
-            if not _checkpoint_meta_ok(path.name.rsplit(".", 2)[-2], meta):
-                odd.append(path.name)
+            ok = _checkpoint_meta_ok(path.name.rsplit(".", 2)[-2], meta)
+            valid += ok
+            odd += [] if ok else [path.name]
+    if not (folder / "run.json").is_file() and not valid:   # (a store from before run.json has its checkpoints)
+        return sorted(p.name for p in entries)
     return odd
 
 

@@ -895,3 +895,18 @@ def test_the_compute_floor_uses_the_higher_of_two_peak_probes(monkeypatch):
     assert peak == {"1": 4e10} and peak_int8 == {"1": 5e10}
     assert (rows[0]["compute_floor_ms"], rows[0]["floor_ms"], rows[0]["latency_over_floor"]) == (1.0, 1.5, pytest.approx(2 / 1.5))
     assert (rows[1]["compute_floor_ms"], rows[1]["floor_ms"]) == (1.0, 1.0)
+
+
+def test_the_pipelines_bench_times_the_pytorch_rows_on_the_runs_device(monkeypatch, digits, tmp_path):
+    import benchmarks.harness as H
+
+    seen = {}
+
+    def stop(models, data, config, **kwargs):
+        seen["device"] = config.device
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(H, "run_benchmark", stop)
+    with pytest.raises(RuntimeError, match="stopped"):
+        bench_for_pipeline([], digits, tmp_path / "b", device="cpu")
+    assert seen["device"] == "cpu"   # --device cpu on a GPU host: not CUDA rows beside CPU ones

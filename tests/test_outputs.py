@@ -465,3 +465,16 @@ def test_a_lock_file_removed_between_open_and_lock_is_taken_again(tmp_path, monk
     monkeypatch.setattr(outputs.fcntl, "flock", flock)
     with output_lock(tmp_path / "o"):
         assert lock.exists() and len(calls) == 2   # locked again, on the file now at the path
+
+
+def test_a_store_from_before_run_json_with_its_checkpoints_is_still_replaced_by_overwrite(tmp_path):
+    from edgekd.training import RunStore
+
+    folder = tmp_path / "o.partial"
+    folder.mkdir()
+    meta = {"tensors": "m.done.1-1.safetensors", "sha256": "0" * 64, "result": {
+        "best_epoch": 1, "epochs_run": 1, "val_accuracy": 0.5, "val_nll": 1.0, "history": [], "seconds_per_epoch": 1.0}}
+    (folder / "m.done.json").write_text(json.dumps(meta))
+    (folder / "m.done.1-1.safetensors").write_bytes(b"x")
+    RunStore(folder, resume=False, overwrite=True, fingerprint={"config": {}})
+    assert sorted(p.name for p in folder.iterdir()) == ["run.json"]   # started over

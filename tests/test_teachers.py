@@ -285,3 +285,26 @@ def test_a_float64_torchscript_teacher_is_fed_float64_and_its_errors_keep_their_
     torch.jit.save(torch.jit.script(Picky()), str(tmp_path / "picky.pt"))
     with pytest.raises(TeacherError, match=r"failed on inputs of shape \(1, 8, 8\) \(.*ValueError: wants three channels\)"):
         load_teacher(tmp_path / "picky.pt").logits(digits.x_test[:4])
+
+
+def test_an_onnx_teacher_declaring_channels_last_fits_channels_first_data(tmp_path):
+    """TensorFlow's exporters declare (H, W, C): the data's channels are moved last for it, so it fits."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekd.data import load_dataset
+    from edgekd.teachers import check_teacher_fits, load_teacher
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 255, (60, 3, 8, 8)).astype(np.float32), y=np.arange(60) % 4)
+    w = numpy_helper.from_array(rng.normal(0, 0.01, (192, 4)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 192], np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["z"])],
+                              "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 8, 3])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 4])], initializer=[w, shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "t.onnx"))
+    data = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    teacher = load_teacher(tmp_path / "t.onnx")
+    check_teacher_fits(teacher, data)
+    assert teacher.logits(data.x_val[:3]).shape == (3, 4)
