@@ -216,18 +216,12 @@ def _check_user_forward(name: str, body: nn.Module, input_shape: tuple, num_clas
     """One forward pass of two zero inputs, in eval mode (no BatchNorm statistics move): a module that cannot
     take the data's shape, or gives other than one score per class, is the user's code to fix, said before
     any training (it failed on the first batch as an internal error, or trained and was refused later)."""
-    first = next(iter(body.parameters()), None)
-    x = torch.zeros((2, *input_shape), device=first.device if first is not None else None)
-    training = body.training
     try:
-        with torch.no_grad():
-            out = body.eval()(x)
+        out = _forward_zeros(body, input_shape, 2)
     except Exception as exc:
         raise ConfigError(f"Architecture '{name}' fails on inputs of shape {(2, *input_shape)} ({type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ''}); make it take "
                           f"(batch, {', '.join(map(str, input_shape))}) inputs.") from None
-    finally:
-        body.train(training)
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if shape != (2, num_classes):
         raise ConfigError(f"Architecture '{name}' must give one score per class, (batch, {num_classes}), on inputs of shape "
@@ -354,12 +348,9 @@ def _returning_linear(model: nn.Module, linears):
     outputs, hooks = [], []   # the tensors themselves, kept alive: a freed one's id could be the output's
     for name, layer in linears:
         hooks.append(layer.register_forward_hook(lambda _m, _i, out, name=name: outputs.append((out, name))))
-    training = model.training
     try:
-        with torch.no_grad():
-            out = model.eval()(torch.zeros((2, *shape), device=module_device(model)))
+        out = _forward_zeros(model, shape, 2)
     finally:
-        model.train(training)
         for hook in hooks:
             hook.remove()
     name = next((name for tensor, name in outputs if tensor is out), None)
@@ -376,14 +367,20 @@ def count_macs(model: nn.Module, input_shape) -> int:
     not only the layer types edgekd knows."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros((1, *input_shape), device=module_device(model)))
-    finally:
-        model.train(was_training)
+    with FlopCounterMode(display=False) as counter:
+        _forward_zeros(model, input_shape, 1)
     return int(counter.get_total_flops() // 2)
+
+
+def _forward_zeros(model: nn.Module, input_shape, batch: int):
+    """``model`` on ``batch`` zero inputs of ``input_shape`` where it lives, in eval mode and without
+    gradients (no BatchNorm statistics move), its training mode put back after."""
+    training = model.training
+    try:
+        with torch.no_grad():
+            return model.eval()(torch.zeros((batch, *input_shape), device=module_device(model)))
+    finally:
+        model.train(training)
 
 
 # the KD literature's architectures (resnet, wrn, mobilenetv2) register themselves on import
