@@ -303,6 +303,11 @@ def _export_record(session, output: str) -> tuple[tuple[str, ...] | None, dict |
     return classes, trained_on if isinstance(trained_on, dict) and classes else None
 
 
+def _channels_last(declared, have) -> bool:
+    """A graph declaring (H, W, C) for (C, H, W) data, as TensorFlow's exporters do (``None``: any size)."""
+    return len(have) == 3 and len(declared) == 3 and all(d is None or d == h for d, h in zip(declared, (*have[1:], have[0])))
+
+
 def _to_declared(x: torch.Tensor, declared: list, path: Path) -> torch.Tensor:
     """The data (N, C, H, W) as the graph declares its input: as it is when every known size matches (a
     dynamic height and width too); channels last when it declares (H, W, C), as TensorFlow's exporters do;
@@ -310,7 +315,7 @@ def _to_declared(x: torch.Tensor, declared: list, path: Path) -> torch.Tensor:
     have = tuple(x.shape[1:])
     if not declared or (len(declared) == len(have) and all(d is None or d == h for d, h in zip(declared, have))):
         return x
-    if len(have) == 3 and len(declared) == 3 and all(d is None or d == h for d, h in zip(declared, (*have[1:], have[0]))):
+    if _channels_last(declared, have):
         return x.permute(0, 2, 3, 1).contiguous()   # (C, H, W) -> (H, W, C)
     known = [d for d in declared if d is not None]
     if declared.count(None) <= 1 and (None in declared or math.prod(known) == math.prod(have)) and \
@@ -488,9 +493,8 @@ def _reads(teacher: Teacher, shape) -> bool:
     for an ONNX graph that declares (H, W, C) as TensorFlow's exporters do, the data's channels moved last
     (``_to_declared`` does that)."""
     shape = tuple(shape)
-    if same_layout(teacher.input_shape, shape):
-        return True
-    return isinstance(teacher, OnnxTeacher) and len(shape) == 3 and tuple(teacher.input_shape) == (*shape[1:], shape[0])
+    return same_layout(teacher.input_shape, shape) or (isinstance(teacher, OnnxTeacher)
+                                                       and _channels_last(tuple(teacher.input_shape), shape))
 
 
 def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", splits=("val", "test")) -> int:
