@@ -86,29 +86,32 @@ class Dataset:
     def fingerprint(self, split: str = "train") -> str:
         """sha256 of a split's inputs and labels (used to key teacher-logit caches)."""
         if split not in self._fingerprints:
-            x, _ = self.split(split)
-            digest = hashlib.sha256()
-            digest.update(str(tuple(x.shape)).encode())
-            if str(x.dtype) != "torch.float32":   # float32 splits keep the fingerprints they always had
-                digest.update(str(x.dtype).encode())
-            self._fingerprints[split] = self._hash_rows(split, digest)
+            self._hash_split(split)
         return self._fingerprints[split]
 
     def rows_digest(self, split: str) -> str:
         """sha256 of a split's values and labels whatever shape they are read in (flat or as images):
         recorded with a model as the rows it was not trained on (``check_split_matches``)."""
-        key = f"rows:{split}"
-        if key not in self._fingerprints:
-            self._fingerprints[key] = self._hash_rows(split, hashlib.sha256(str(self.split(split)[0].dtype).encode()))
-        return self._fingerprints[key]
+        if f"rows:{split}" not in self._fingerprints:
+            self._hash_split(split)
+        return self._fingerprints[f"rows:{split}"]
 
-    def _hash_rows(self, split: str, digest) -> str:
+    def _hash_split(self, split: str) -> None:
+        """Both digests of a split in one read of it: ``fingerprint`` (its shape, and its dtype but float32's,
+        then the rows) and ``rows_digest`` (its dtype, then the rows)."""
         x, y = self.split(split)
-        rows = chunk_rows(x[:1].numel() * x.element_size())
-        for start in range(0, len(x), rows):   # in chunks: a memory-mapped split is never copied whole
-            digest.update(x[start:start + rows].contiguous().cpu().numpy().tobytes())
-        digest.update(y.contiguous().cpu().numpy().tobytes())
-        return digest.hexdigest()
+        keyed, rows_only = hashlib.sha256(str(tuple(x.shape)).encode()), hashlib.sha256(str(x.dtype).encode())
+        if str(x.dtype) != "torch.float32":   # float32 splits keep the fingerprints they always had
+            keyed.update(str(x.dtype).encode())
+        step = chunk_rows(x[:1].numel() * x.element_size())
+        for start in range(0, len(x), step):   # in chunks: a memory-mapped split is never copied whole
+            chunk = x[start:start + step].contiguous().cpu().numpy().tobytes()
+            keyed.update(chunk)
+            rows_only.update(chunk)
+        labels = y.contiguous().cpu().numpy().tobytes()
+        keyed.update(labels)
+        rows_only.update(labels)
+        self._fingerprints.update({split: keyed.hexdigest(), f"rows:{split}": rows_only.hexdigest()})
 
     def shaped(self, input_shape) -> "Dataset":
         """The same samples as ``(N, *input_shape)`` (views, nothing copied): data stored flat for a model
