@@ -361,9 +361,9 @@ class RunStore:
         old = saved.get("fingerprint") if isinstance(saved, dict) else None
         if not isinstance(old, dict):
             return   # a store from before fingerprints: nothing to compare with
-        normalized = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
-        if _comparable(old) != _comparable(normalized):
-            changes = fingerprint_changes(_comparable(old), _comparable(normalized)) or ["the settings changed"]
+        old, normalized = _comparable(old), _comparable(json.loads(json.dumps(fingerprint, sort_keys=True, default=str)))
+        if old != normalized:
+            changes = fingerprint_changes(old, normalized) or ["the settings changed"]
             raise EdgekdError(f"Cannot resume the interrupted run in '{self.path}': it was started with other settings "
                               f"({'; '.join(changes)}); rerun with the original settings to resume, or pass --overwrite "
                               f"instead of --resume to start over.")
