@@ -338,12 +338,10 @@ def convert_cached(onnx_path: Path, runtime: str, convert) -> tuple[Path, dict]:
     digest = _model_key(onnx_path, extra)
     version = package_version({"ncnn": "pnnx", "mnn": "MNN"}[runtime]) or "unknown"
     folder = _cache_dir() / f"{runtime}-{digest[:32]}-{version}"
-    record_path = folder / "conversion.json"
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("source_sha256") == digest:
-            touch(folder)   # used now: `edgekd cache prune --older-than` keeps it
-            return folder, {**record, "cached": True}
+    done = _finished(folder, digest)
+    if done is not None:
+        touch(folder)   # used now: `edgekd cache prune --older-than` keeps it
+        return folder, {**done, "cached": True}
     # hidden, and unique to this process even where two containers' jobs are both pid 1 on one cache
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     tmp.mkdir(parents=True)
@@ -367,7 +365,7 @@ def convert_cached(onnx_path: Path, runtime: str, convert) -> tuple[Path, dict]:
             leftover.unlink(missing_ok=True)   # the copies and pnnx's simplified one: the cache keeps outputs only
     record.update(source=str(onnx_path), source_sha256=digest, seconds=round(time.perf_counter() - tick, 3))
     (tmp / "conversion.json").write_text(json.dumps(record, indent=1))
-    if _finished(folder, digest):   # another process converted the same model meanwhile: its folder, in use, is kept
+    if _finished(folder, digest) is not None:   # another process converted the same model meanwhile: its folder, in use, is kept
         shutil.rmtree(tmp, ignore_errors=True)
         return folder, {**record, "cached": False}
     if folder.exists():
@@ -376,16 +374,18 @@ def convert_cached(onnx_path: Path, runtime: str, convert) -> tuple[Path, dict]:
         os.replace(tmp, folder)
     except OSError:   # one made it between the check and the rename: the same conversion, kept
         shutil.rmtree(tmp, ignore_errors=True)
-        if not _finished(folder, digest):
+        if _finished(folder, digest) is None:
             raise
     return folder, {**record, "cached": False}
 
 
-def _finished(folder: Path, digest: str) -> bool:
+def _finished(folder: Path, digest: str) -> dict | None:
+    """The record of the finished conversion of the model hashed ``digest`` in ``folder``, or None."""
     try:
-        return json.loads((folder / "conversion.json").read_text()).get("source_sha256") == digest
-    except (OSError, ValueError, AttributeError):
-        return False
+        record = json.loads((folder / "conversion.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("source_sha256") == digest else None
 
 
 def _run_tool(command: list[str], what: str, *, cwd: Path) -> None:
