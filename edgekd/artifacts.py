@@ -112,14 +112,44 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+# safetensors' names of the torch types edgekd writes (the format's own spelling)
+_SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+                       "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
 def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> None:
-    """A safetensors file of CPU copies of ``tensors``, with the mode the umask gives (safetensors writes
-    0600, which hid the weights from a serving user who could read the manifest beside them)."""
-    from safetensors.torch import save_file
+    """A safetensors file of ``tensors`` at ``path`` itself, with the mode the umask gives.
+
+    Written here, not by ``safetensors.torch.save_file``: that copies every tensor to ``bytes`` first (the
+    weights or a split's logits held twice), writes 0600 (hiding the weights from a serving user who could
+    read the manifest beside them), and from safetensors 0.8 writes through a ``.tmpXXXXXX`` of its own
+    beside ``path``, which a kill -9 leaves in a folder edgekd must tell from a user's. The layout is the
+    format's: an 8-byte little-endian header length, the JSON header (dtype, shape and byte offsets of each
+    tensor, after ``__metadata__``) padded with spaces to 8 bytes, then each tensor's bytes, widest type first
+    so that every tensor starts aligned: byte for byte what ``save_file`` writes."""
+    import torch
 
     from edgekd.outputs import usual_mode
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+    cpu = {name: value.detach().contiguous().cpu() for name, value in tensors.items()}
+    order = sorted(cpu, key=lambda name: (-cpu[name].element_size(), name))
+    header = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    offset = 0
+    for name in order:
+        dtype = str(cpu[name].dtype).removeprefix("torch.")
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise ArtifactError(f"Cannot save tensor '{name}' of type {dtype}: edgekd writes {sorted(_SAFETENSORS_DTYPES)}.")
+        size = cpu[name].numel() * cpu[name].element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(cpu[name].shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as handle:
+        handle.write(len(text).to_bytes(8, "little") + text)
+        for name in order:   # the tensor's own memory, one at a time: no copy of the whole
+            handle.write(memoryview(cpu[name].reshape(-1).view(torch.uint8).numpy()))
+        handle.flush()
+        os.fsync(handle.fileno())
     os.chmod(path, usual_mode(folder=False))
 
 

@@ -152,3 +152,46 @@ def test_an_artifact_replaced_while_it_is_read_is_never_half_loaded(tiny_student
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ArtifactError, match="does not match its manifest's sha256"):
         artifact.build_members()
+
+
+def test_tensors_are_written_at_their_path_alone_and_as_safetensors_writes_them(tmp_path):
+    """The weights file is byte for byte safetensors' own, with the umask's mode, and written at its path:
+    safetensors 0.8 writes through a .tmpXXXXXX of its own, which a kill -9 left in a run's checkpoint
+    folder, where it was refused as a user's file on --resume."""
+    import os
+    import threading
+
+    from safetensors.torch import load_file, save_file
+
+    from edgekd.artifacts import save_tensors
+
+    tensors = {"w": torch.randn(2048, 4096), "b": torch.randn(7).to(torch.bfloat16), "steps": torch.tensor(3),
+               "mask": torch.tensor([True, False]), "t": torch.randn(4, 3).t()}
+    seen, done = set(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.update(os.listdir(tmp_path / "w"))
+
+    (tmp_path / "w").mkdir()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        save_tensors(tmp_path / "w" / "a.safetensors", tensors, metadata={"sha256": "x", "n": "3"})
+    finally:
+        done.set()
+        watcher.join()
+    assert seen <= {"a.safetensors"}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "b.safetensors"), metadata={"sha256": "x", "n": "3"})
+    assert (tmp_path / "w" / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    back = load_file(tmp_path / "w" / "a.safetensors")
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in tensors.items())
+    assert (tmp_path / "w" / "a.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

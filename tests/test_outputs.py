@@ -306,7 +306,7 @@ def test_full_or_read_only_disk_is_one_line_and_keeps_the_old_output(capsys, tmp
     def failing_save(*_args, **_kwargs):
         raise OSError(code, os.strerror(code), str(tmp_path / "x.safetensors"))
 
-    monkeypatch.setattr("safetensors.torch.save_file", failing_save)
+    monkeypatch.setattr("edgekd.artifacts.save_tensors", failing_save)
     line = one_line_exit_2(capsys, ["teacher", "train", "--arch", "mlp:hidden=8", *TINY, "--out", out, "--overwrite"])
     assert "cannot write" in line and os.strerror(code) in line
     after = {p: h for p, h in snapshot(tmp_path).items() if ".partial" not in str(p)}
@@ -319,7 +319,7 @@ def test_cache_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch):
     def failing_save(*_args, **_kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("safetensors.torch.save_file", failing_save)
+    monkeypatch.setattr("edgekd.artifacts.save_tensors", failing_save)
     cache = LogitCache(tmp_path / "cache")
     with pytest.warns(EdgekdWarning, match="Could not write the teacher-logit cache"):
         value = cache.get_or_compute("k", lambda: torch.ones(3, 2))
