@@ -126,14 +126,15 @@ def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) 
     beside ``path``, which a kill -9 leaves in a folder edgekd must tell from a user's. The layout is the
     format's: an 8-byte little-endian header length, the JSON header (dtype, shape and byte offsets of each
     tensor, after ``__metadata__``) padded with spaces to 8 bytes, then each tensor's bytes, widest type first
-    so that every tensor starts aligned: byte for byte what ``save_file`` writes."""
+    so that every tensor starts aligned: byte for byte what ``save_file`` writes, but for the order of the
+    metadata's keys, sorted here (a hash map's order there, which changes from one process to the next)."""
     import torch
 
     from edgekd.outputs import usual_mode
 
     cpu = {name: value.detach().contiguous().cpu() for name, value in tensors.items()}
     order = sorted(cpu, key=lambda name: (-cpu[name].element_size(), name))
-    header = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    header = {"__metadata__": {str(k): str(metadata[k]) for k in sorted(metadata)}} if metadata else {}
     offset = 0
     for name in order:
         dtype = str(cpu[name].dtype).removeprefix("torch.")
