@@ -312,7 +312,7 @@ def _model_inputs(x_split, shape, uint8: bool, start: int = 0, stop: int | None 
     export. Converted a slice at a time, so no model holds a float32 copy of the whole split (a split of
     an image folder is a memory-mapped uint8 file that may be larger than memory)."""
     part = x_split[start:stop]
-    x = np.ascontiguousarray(part.reshape(len(part), *shape).numpy(), dtype=np.float32)
+    x = np.ascontiguousarray(part.reshape(len(part), *shape).cpu().numpy(), dtype=np.float32)   # (a placed split: on the GPU)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8) if uint8 else x
 
 

@@ -132,7 +132,7 @@ class _Run:
         self.verification = {"data": data.spec, "parity_split": "val", "n_val": len(self.x_val), "accuracy_split": "test",
                              "n_test": len(self.x_test), "atol": config.atol, "rtol": config.rtol, "max_accuracy_drop": config.max_accuracy_drop}
         if source.kind == "specialist-ensemble":  # the graph runs a fixed number of solver steps: how close to the solver?
-            solver = parity(source.teacher.logits(data.x_val).numpy(), self.ref_val, len(self.ref_val))
+            solver = parity(source.teacher.logits(data.x_val).cpu().numpy(), self.ref_val, len(self.ref_val))
             self.verification["fixed_steps_vs_solver"] = {"max_abs_diff": solver.max_abs_diff,
                                                           "top1_agreement": solver.top1_agreement}
 
