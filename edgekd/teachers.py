@@ -380,12 +380,11 @@ class TorchScriptTeacher(Teacher):
         if self._flatten is None:
             try:
                 out = self.net(x)
-                self._flatten = False
-                return self._as_logits(self._checked(out, len(x)))
-            except TeacherError:
-                raise
             except Exception:   # a call that fails on images: a flat model, tried once on the flattened rows
                 self._flatten = True
+            else:   # (only the model's own call: an error of edgekd's in reading its output is no reason to flatten)
+                self._flatten = False
+                return self._as_logits(self._checked(out, len(x)))
         try:
             out = self.net(x.reshape(len(x), -1) if self._flatten else x)
         except Exception as exc:
@@ -432,7 +431,8 @@ class OutputKind:
 
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
         if self.probabilities is None and out.numel():
-            sums_to_one = torch.allclose(out.sum(-1), torch.ones(len(out)), atol=1e-3)
+            sums = out.sum(-1)   # (on the output's device: a teacher on the GPU answers there)
+            sums_to_one = torch.allclose(sums, torch.ones_like(sums), atol=1e-3)
             self.probabilities = bool(out.min() >= 0) and sums_to_one
             if not self.probabilities and out.min() >= 0 and out.max() <= 1:
                 import warnings
