@@ -390,7 +390,23 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
                    f"free some space or choose a writable --out (and --cache-dir).", err=True)
         return EXIT_USER_ERROR
     except Exception as exc:  # a bug: say so in one line unless --debug
+        if _out_of_memory(exc):   # not a bug: a batch, model or split larger than the GPU
+            if debug:
+                traceback.print_exc()
+            fix = ("rerun with a smaller --batch-size and --overwrite, or go on from the last checkpoint on the CPU "
+                   "with --resume --device cpu" if _resumable(argv) else "rerun with a smaller --batch-size or --device cpu")
+            click.echo(f"error: the GPU ran out of memory ({str(exc).splitlines()[0][:160]}); {fix}.", err=True)
+            return EXIT_USER_ERROR
         return _internal(exc, debug)
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """torch's CUDA out-of-memory error, told without importing torch (a command that never loaded it
+    cannot have raised it)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ()))
 
 
 def refuse_resume_and_overwrite(params: dict) -> None:

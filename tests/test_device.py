@@ -130,6 +130,20 @@ def test_non_finite_loss_is_reported_once_per_epoch(digits):
         _tiny_fit(digits, None, TrainConfig(epochs=1), nan_batches)
 
 
+@pytest.mark.parametrize("argv, fix", [(["teacher", "train", "--arch", "mlp:hidden=16"], "--resume --device cpu"),
+                                       (["bench", "--model", "M"], "smaller --batch-size or --device cpu")])
+def test_a_gpu_out_of_memory_is_one_line_saying_what_to_change(capsys, monkeypatch, tmp_path, argv, fix):
+    """torch.OutOfMemoryError (a batch, model or split larger than the GPU) is the user's to fix, not an
+    internal error: one line, exit 2, the way out (a checkpointing command can go on on the CPU)."""
+    def out_of_memory(*_args, **_kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.06 GiB. GPU 0 has 1.20 GiB free.\nmore")
+
+    monkeypatch.setattr("click.Context.invoke", out_of_memory)   # the command raises it once its options are parsed
+    code = run_cli(cli, [*argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "ran out of memory (CUDA out of memory." in err and fix in err, err
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, gpu])])
 def test_accuracy_follows_the_logits_device(device):
     """CPU labels meet the logits on their device; accuracy and NLL come back as plain floats."""
