@@ -54,7 +54,7 @@ def run(args) -> dict:
     from edgekd.teachers import load_teacher
 
     base = PipelineConfig()
-    device = resolve_device(args.device).type
+    device = str(resolve_device(args.device))
     if args.smoke:
         base = dataclasses.replace(base, teacher_arch="cnn:width=4,fc=16", ensemble=1, teacher_epochs=2)
     work = Path(args.work)

@@ -178,7 +178,7 @@ class TorchRuntime(Runtime):
     def place(self, device: str) -> None:
         from edgekd.device import resolve_device
 
-        self.device = resolve_device(device).type
+        self.device = str(resolve_device(device))   # (cuda:N keeps its N)
 
 
 class _TorchRunner(Runner):
@@ -201,7 +201,7 @@ class _TorchRunner(Runner):
         import torch
 
         tensor, module, device = torch.from_numpy(x), self.module, self.device
-        if device == "cuda":
+        if torch.device(device).type == "cuda":
             # the batch in and the logits out inside each call, as every CPU runtime's time includes them;
             # .cpu() waits for the result, so the kernels are timed, not their launch
             return lambda: module(tensor.to(device)).cpu()

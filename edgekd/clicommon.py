@@ -508,7 +508,7 @@ def train_options(train: TrainConfig):
 def make_train_config(params, **overrides):
     from edgekd.device import resolve_device
 
-    device = resolve_device(params["device"]).type
+    device = str(resolve_device(params["device"]))   # (cuda:N keeps its N)
     fields = dict(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
                   weight_decay=params["weight_decay"], patience=params["patience"], jitter=params["jitter"],
                   seed=params["seed"], device=device, precision=params["precision"], mixup=params["mixup"],

@@ -37,6 +37,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"The 'device' parameter is {name!r} but this machine has {torch.cuda.device_count()} CUDA "
                           f"device(s), numbered from 0; pass one of them or 'cuda'.")
+    if device.index is not None:   # cuda:N made current: what asks the current GPU (its random state, the name
+        torch.cuda.set_device(device)   # recorded in a manifest, a plain "cuda") then means the one asked for
     return device
 
 
@@ -80,6 +82,16 @@ def fits_on_device(nbytes: int, device: torch.device) -> bool:
         return True
     free, _total = torch.cuda.mem_get_info(device)
     return nbytes <= RESIDENT_SHARE * free
+
+
+def place_table(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A table of teacher targets (a split's logits on every view) on ``device`` when it fits there beside
+    what is resident already (copied in pieces), else left on the host, memory-mapped, for batches to be
+    gathered from it there: 25 jittered views of a large split outgrow a GPU that holds the split itself."""
+    device = torch.device(device)
+    if table.device == device or not fits_on_device(table.numel() * table.element_size(), device):
+        return table
+    return copy_to_device(table, device)
 
 
 def place_dataset(data: "Dataset", device: torch.device) -> "Dataset":

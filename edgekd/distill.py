@@ -40,7 +40,7 @@ from edgekd.artifacts import Manifest, Member, save_artifact
 from edgekd.cache import LogitCache, cache_key
 from edgekd.config import DistillConfig
 from edgekd.data import Dataset, stratified_subset_indices, take_rows
-from edgekd.device import place_dataset, resolve_device
+from edgekd.device import place_dataset, place_table, resolve_device
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.losses import distillation_loss
 from edgekd.models import count_macs, count_parameters, create_model, format_arch, output_layer, parse_arch
@@ -148,7 +148,7 @@ def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int
             table = view_table((len(shifts), *logits.shape), cache)
         table[v] = logits.cpu()
         del logits   # one view at a time
-    return table.to(data.device), shifts.to(data.device)
+    return place_table(table, data.device), shifts.to(data.device)
 
 
 def row_shifts(shifts: torch.Tensor, view, rows: torch.Tensor) -> torch.Tensor:
@@ -214,11 +214,12 @@ def distill_batches(x, y, logits, views_shifts, pixels, teacher_online: Teacher 
         if teacher_online is not None:
             xb, yb, *blend = augment_batch(xb, yb, generator, pixels, mixup, flip)
             return xb, yb, teacher_online.logits(xb), *blend
+        at = indices.to(logits.device)   # (a table too large for the GPU stays on the host: gathered there)
         if views_shifts is None:
-            return xb, yb, logits[indices]
-        view = torch.randint(0, logits.shape[0], (len(indices),), generator=generator).to(indices.device)
-        xb = apply_shifts(xb, row_shifts(views_shifts, view, indices), pixels)
-        return xb, yb, logits[view, indices]
+            return xb, yb, logits[at]
+        view = torch.randint(0, logits.shape[0], (len(indices),), generator=generator)
+        xb = apply_shifts(xb, row_shifts(views_shifts, view.to(indices.device), indices), pixels)
+        return xb, yb, logits[view.to(logits.device), at]
     return make_batch
 
 

@@ -45,7 +45,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
 
     out = Path(out)
     check_output_dir(out, kind="pipeline", overwrite=overwrite, resume=resume, data=data_paths(config.data))
-    device = resolve_device(config.device).type
+    device = str(resolve_device(config.device))   # (cuda:N keeps its N)
     # every stage's settings are checked before the first trains: a bad --student must not cost a teacher
     teacher_cfg, distill_cfg = teacher_config(config, device), distill_config(config, device)
     data = load_dataset(config.data, val_fraction=config.val_fraction, train_limit=config.train_limit)
@@ -303,7 +303,7 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
     from edgekd.evaluate import evaluate
     from edgekd.teachers import load_teacher
 
-    device = resolve_device(config.device).type
+    device = str(resolve_device(config.device))   # (cuda:N keeps its N)
     if "specialists" in config.skip:
         return teacher, "teacher"
     spec_dir = out / "specialists"

@@ -652,7 +652,8 @@ def _restore(ckpt, model, optimizer, position: dict, where: str = "the run store
         raise EdgekdError(f"The checkpoint in {where} does not fit this model ({str(exc).splitlines()[0][:160]}); "
                           f"pass --overwrite to start over.") from None
     if "cuda_rng_state" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["cuda_rng_state"])
+        device = module_device(model)
+        torch.cuda.set_rng_state(tensors["cuda_rng_state"], device if device.type == "cuda" else "cuda")
     return best_state, {**position, **meta["position"]}
 
 
@@ -663,8 +664,8 @@ def _checkpoint(store, name, model, best_state, optimizer, position) -> None:
     tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
                **{f"best.{k}": v for k, v in best_state.items()},
                **opt_tensors, "rng_state": torch.get_rng_state()}
-    if module_device(model).type == "cuda":   # dropout masks on the GPU come from its own generator
-        tensors["cuda_rng_state"] = torch.cuda.get_rng_state()
+    if (device := module_device(model)).type == "cuda":   # dropout masks on the GPU come from its own generator
+        tensors["cuda_rng_state"] = torch.cuda.get_rng_state(device)
     store.save(name, "ckpt", tensors, {"position": position, "optimizer": opt_meta})
 
 

@@ -34,6 +34,26 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
+def test_cuda_n_is_carried_to_every_stage_and_made_current(monkeypatch):
+    """``--device cuda:1`` was accepted, then cut to "cuda" (GPU 0) where the stages and the training config
+    were made; now it reaches them, and GPU 1 is made current (its random state and name are then those
+    asked for)."""
+    from edgekd.clicommon import make_train_config
+    from edgekd.config import PipelineConfig
+    from edgekd.pipeline import teacher_config
+
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    assert resolve_device("cuda:1") == torch.device("cuda:1") and made_current == [torch.device("cuda:1")]
+    params = dict(device="cuda:1", epochs=1, batch_size=8, lr=1e-3, weight_decay=0.0, patience=0, jitter=0, seed=0,
+                  precision="fp32", mixup=0.0, flip=False)
+    assert make_train_config(params).device == "cuda:1"
+    device = str(resolve_device(PipelineConfig(device="cuda:1").device))   # what pipeline() hands its stages
+    assert teacher_config(PipelineConfig(device="cuda:1"), device).train.device == "cuda:1"
+
+
 def test_place_dataset_on_the_cpu_is_the_same_object(digits):
     assert place_dataset(digits, torch.device("cpu")) is digits
 
@@ -319,3 +339,40 @@ def test_library_helpers_take_tensors_on_the_gpu(digits, tiny_student, tmp_path)
     assert find_clusters(logits, 2).clusters
     placed = place_dataset(digits, torch.device("cuda"))
     export_onnx(tiny_student, tmp_path / "s.onnx", ExportConfig(), data=placed)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("net", [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)),
+                                 torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(144, 10))],
+                         ids=["mlp", "cnn"])
+def test_a_torchscript_teacher_stays_on_the_gpu(digits, tmp_path, net):
+    """Its first output was checked against a CPU tensor of ones: the device mix sent a CNN back to the host
+    for good (with a warning) and stopped an MLP with an internal error."""
+    import warnings
+
+    from edgekd.errors import EdgekdWarning
+    from edgekd.teachers import load_teacher
+
+    path = tmp_path / "t.pt"
+    torch.jit.save(torch.jit.script(net.eval()), str(path))
+    teacher = load_teacher(path).to("cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EdgekdWarning)
+        logits = teacher.logits(digits.x_test[:16].cuda())
+    assert logits.device.type == "cuda" and teacher.device.type == "cuda" and logits.shape == (16, 10)
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_view_table_too_large_for_the_gpu_is_gathered_on_the_host(cuda_teacher, tmp_path, monkeypatch):
+    """The split on the GPU, its teacher's view table left on the host (as one that does not fit is): the
+    batches gather their targets there, and the student trains as with the table resident."""
+    import edgekd.distill
+
+    kept = []
+    monkeypatch.setattr(edgekd.distill, "place_table", lambda table, _device: kept.append(table.device) or table)
+    out = tmp_path / "student"
+    _cli("distill", "--teacher", cuda_teacher, "--student", "mlp:hidden=32", "--epochs", "2", "--jitter", "1",
+         "--views", "2", "--device", "cuda", "--quiet", "--out", out)
+    assert kept and all(d.type == "cpu" for d in kept) and _manifest(out)["metrics"]["test_accuracy"] > 0.8

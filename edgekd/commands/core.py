@@ -326,7 +326,10 @@ def distill_cmd(ctx, **params):
                    *cache_option_rules(params)])
     with output_lock(params["out"]):
         # the teacher first: a missing or damaged one is refused before a large data set is decoded
-        teacher = open_teacher(params["teacher"], params, device=resolve_device(params["device"]))
+        resolve_device(params["device"])   # (--device cuda without a GPU: refused before anything is read)
+        # opened on the host: distill() places it on the run's device, which under torchrun is this rank's GPU,
+        # known once the process group exists (here "cuda" is GPU 0, and every rank put a teacher there)
+        teacher = open_teacher(params["teacher"], params)
         data = load_data(params)
         check_jitter(params["jitter"], data.input_shape)
         check_flip(params["flip"], data.input_shape)
