@@ -117,8 +117,9 @@ _SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bf
                        "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 
-def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> None:
-    """A safetensors file of ``tensors`` at ``path`` itself, with the mode the umask gives.
+def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> str:
+    """A safetensors file of ``tensors`` at ``path`` itself, with the mode the umask gives, flushed to disk;
+    returns the sha256 of its bytes (hashed as they are written: the file is not read back for it).
 
     Written here, not by ``safetensors.torch.save_file``: that copies every tensor to ``bytes`` first (the
     weights or a split's logits held twice), writes 0600 (hiding the weights from a serving user who could
@@ -145,13 +146,16 @@ def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) 
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
+    digest = hashlib.sha256()
     with open(path, "wb") as handle:
-        handle.write(len(text).to_bytes(8, "little") + text)
-        for name in order:   # the tensor's own memory, one at a time: no copy of the whole
-            handle.write(memoryview(cpu[name].reshape(-1).view(torch.uint8).numpy()))
+        for block in (len(text).to_bytes(8, "little") + text,
+                      *(memoryview(cpu[name].reshape(-1).view(torch.uint8).numpy()) for name in order)):
+            digest.update(block)   # (the tensor's own memory, one at a time: no copy of the whole)
+            handle.write(block)
         handle.flush()
         os.fsync(handle.fileno())
     os.chmod(path, usual_mode(folder=False))
+    return digest.hexdigest()
 
 
 def _json_default(value):
@@ -334,9 +338,7 @@ def _write_folder(folder: Path, manifest: Manifest, tensor_files: dict, extra_fi
     folder.mkdir(exist_ok=True)
     files = {}
     for name, state in tensor_files.items():
-        save_tensors(folder / name, state)
-        files[name] = sha256_file(folder / name)
-        _fsync(folder / name)
+        files[name] = save_tensors(folder / name, state)
     for name, payload in extra_files.items():
         (folder / name).write_bytes(payload)
         files[name] = sha256_file(folder / name)

@@ -373,13 +373,12 @@ class RunStore:
         then drop older tensor files: a kill -9 at any point leaves the previous or the new state."""
         if not self.writer:
             return
-        from edgekd.artifacts import save_tensors, sha256_file
+        from edgekd.artifacts import save_tensors
 
         self._serial += 1
         tensor_name = f"{name}.{kind}.{os.getpid()}-{self._serial}.safetensors"
         tmp = self.path / f".{tensor_name}.tmp"
-        save_tensors(tmp, tensors)
-        digest = sha256_file(tmp)
+        digest = save_tensors(tmp, tensors)
         os.replace(tmp, self.path / tensor_name)
         write_json_atomic(self.path / f"{name}.{kind}.json", {**meta, "tensors": tensor_name, "sha256": digest})
         for stale in self.path.glob(f"{name}.{kind}.*.safetensors"):

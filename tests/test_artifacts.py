@@ -163,7 +163,7 @@ def test_tensors_are_written_at_their_path_alone_and_as_safetensors_writes_them(
 
     from safetensors.torch import load_file, save_file
 
-    from edgekd.artifacts import save_tensors
+    from edgekd.artifacts import save_tensors, sha256_file
 
     tensors = {"w": torch.randn(2048, 4096), "b": torch.randn(7).to(torch.bfloat16), "steps": torch.tensor(3),
                "mask": torch.tensor([True, False]), "t": torch.randn(4, 3).t()}
@@ -177,11 +177,11 @@ def test_tensors_are_written_at_their_path_alone_and_as_safetensors_writes_them(
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        save_tensors(tmp_path / "w" / "a.safetensors", tensors, metadata={"sha256": "x", "n": "3"})
+        digest = save_tensors(tmp_path / "w" / "a.safetensors", tensors, metadata={"sha256": "x", "n": "3"})
     finally:
         done.set()
         watcher.join()
-    assert seen <= {"a.safetensors"}
+    assert seen <= {"a.safetensors"} and digest == sha256_file(tmp_path / "w" / "a.safetensors")
     # one metadata key: save_file writes several in its hash map's order, which changes from process to process
     save_tensors(tmp_path / "a.safetensors", tensors, metadata={"sha256": "x"})
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "b.safetensors"), metadata={"sha256": "x"})
