@@ -80,11 +80,13 @@ def write_json_atomic(path: str | Path, data) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write text to a temporary file beside ``path`` then rename it over (atomic on POSIX)."""
+    """Write text to a temporary file beside ``path`` then rename it over (atomic on POSIX). The temporary
+    is named as all of edgekd's are (``.NAME.PID-RANDOM.edgekd-tmp``): one a kill leaves in an output
+    folder is told from a user's file."""
     path = Path(path)
-    from edgekd.outputs import usual_mode
+    from edgekd.outputs import TEMP_SUFFIX, usual_mode
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, usual_mode(folder=False))
         with os.fdopen(fd, "w") as handle:

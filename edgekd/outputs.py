@@ -147,6 +147,12 @@ def _own_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith((TEMP_SUFFIX, OLD_SUFFIX, LOCK_SUFFIX))
 
 
+def _in_own_temp(name: str) -> bool:
+    """``name`` (a path inside an output) is, or lies in, an edgekd temporary, backup or lock: an export
+    killed mid-write leaves ``.NAME.PID-RANDOM.edgekd-tmp/model.fp32.onnx``, edgekd's whole."""
+    return any(_own_temp(part) for part in Path(name).parts)
+
+
 def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir() or p.is_symlink())
 
@@ -159,11 +165,11 @@ def foreign_entries(folder: str | Path, kind: str) -> list[str] | None:
         listed = artifact_files(folder)
         if listed is None:
             return None
-        return [name for name in _files(folder) if name not in listed and not _own_temp(Path(name).name)]
+        return [name for name in _files(folder) if name not in listed and not _in_own_temp(name)]
     if kind == "report":
         if not is_report_folder(folder):
             return None
-        return [name for name in _files(folder) if name not in REPORT_FILES and not _own_temp(Path(name).name)]
+        return [name for name in _files(folder) if name not in REPORT_FILES and not _in_own_temp(name)]
     if kind == "pipeline":
         return _pipeline_foreign(folder)
     raise ValueError(kind)
@@ -173,8 +179,8 @@ def _export_folder_foreign(folder: Path) -> list[str]:
     foreign = []
     for name in _files(folder):
         path = folder / name
-        if "/" in name or _own_temp(path.name):
-            foreign += [] if _own_temp(path.name) else [name]
+        if "/" in name or _in_own_temp(name):
+            foreign += [] if _in_own_temp(name) else [name]
         elif path.suffix in (".onnx", ".ort", ".pte") and own_export(path):
             continue
         elif name.endswith((".onnx.json", ".ort.json", ".pte.json")) and own_export(path.with_name(path.stem)):

@@ -261,8 +261,8 @@ def fingerprint_changes(old: dict, new: dict) -> list[str]:
 
 
 # every name a RunStore writes (run.json, clusters.json, NAME.KIND.json, NAME.KIND.PID-SERIAL.safetensors, and
-# the temporary .NAME...tmp of an atomic write): anything else in the folder is the user's, never removed
-_OWN_STORE_FILE = re.compile(r"(run|clusters|.+\.(ckpt|done))\.json|.+\.(ckpt|done)(\.\d+-\d+)?\.safetensors|\..+\.tmp")
+# the temporary .NAME...tmp / .NAME...edgekd-tmp of an atomic write): anything else in the folder is the user's
+_OWN_STORE_FILE = re.compile(r"(run|clusters|.+\.(ckpt|done))\.json|.+\.(ckpt|done)(\.\d+-\d+)?\.safetensors|\..+\.(edgekd-)?tmp")
 
 
 def _own_record(path: Path) -> bool:

@@ -478,3 +478,25 @@ def test_a_store_from_before_run_json_with_its_checkpoints_is_still_replaced_by_
     (folder / "m.done.1-1.safetensors").write_bytes(b"x")
     RunStore(folder, resume=False, overwrite=True, fingerprint={"config": {}})
     assert sorted(p.name for p in folder.iterdir()) == ["run.json"]   # started over
+
+
+def test_what_a_kill_leaves_inside_an_output_is_edgekd_s_own(tmp_path, monkeypatch):
+    """An export killed mid-write leaves its temporary folder (and the file in it) in the pipeline's export/,
+    and an atomic JSON write its temporary beside summary.json: both were called the user's files, and the
+    pipeline refused --resume and --overwrite for good."""
+    import tempfile
+
+    from edgekd.artifacts import write_json_atomic
+    from edgekd.outputs import foreign_entries
+
+    made, mkstemp = [], tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: made.append(mkstemp(**kw)) or made[-1])
+    write_json_atomic(tmp_path / "summary.json", {"format": "edgekd.pipeline"})
+    leftover = Path(made[0][1]).name
+    (tmp_path / leftover).write_text("{")   # as a kill -9 before the rename leaves it
+    torn = tmp_path / "export" / f".student.onnx.{os.getpid() + 99999}-x1y2.edgekd-tmp"
+    torn.mkdir(parents=True)
+    (torn / "model.fp32.onnx").write_bytes(b"half")
+    assert foreign_entries(tmp_path, "pipeline") == []
+    (tmp_path / "export" / "notes.txt").write_text("mine")
+    assert foreign_entries(tmp_path, "pipeline") == ["export/notes.txt"]
