@@ -260,9 +260,9 @@ def fingerprint_changes(old: dict, new: dict) -> list[str]:
     return changes
 
 
-# every name a RunStore writes (run.json, clusters.json, NAME.KIND.json, NAME.KIND.PID-SERIAL.safetensors, and
+# every name a RunStore writes (run.json, clusters.json, NAME.KIND.json, NAME.KIND.PID-SERIAL-RANDOM.safetensors, and
 # the temporary .NAME...tmp / .NAME...edgekd-tmp of an atomic write): anything else in the folder is the user's
-_OWN_STORE_FILE = re.compile(r"(run|clusters|.+\.(ckpt|done))\.json|.+\.(ckpt|done)(\.\d+-\d+)?\.safetensors|\..+\.(edgekd-)?tmp")
+_OWN_STORE_FILE = re.compile(r"(run|clusters|.+\.(ckpt|done))\.json|.+\.(ckpt|done)(\.\d+-\d+(-[0-9a-f]{8})?)?\.safetensors|\..+\.(edgekd-)?tmp")
 
 
 def _own_record(path: Path) -> bool:
@@ -375,8 +375,12 @@ class RunStore:
             return
         from edgekd.artifacts import save_tensors
 
+        import secrets
+
         self._serial += 1
-        tensor_name = f"{name}.{kind}.{os.getpid()}-{self._serial}.safetensors"
+        # a random part too: a resumed run with the pid of the one it resumes (pid 1 in every container) wrote over
+        # the tensors its checkpoint's JSON still named, and a kill before the new JSON lost the run
+        tensor_name = f"{name}.{kind}.{os.getpid()}-{self._serial}-{secrets.token_hex(4)}.safetensors"
         tmp = self.path / f".{tensor_name}.tmp"
         digest = save_tensors(tmp, tensors)
         os.replace(tmp, self.path / tensor_name)

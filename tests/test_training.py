@@ -252,3 +252,30 @@ def test_fit_keeps_the_best_val_epoch_not_the_last(digits):
         accuracy, nll = accuracy_and_nll(model.eval()(digits.x_val.float()), digits.y_val)
     assert accuracy == pytest.approx(fitted.val_accuracy) and nll == pytest.approx(fitted.val_nll, rel=1e-5)
     assert all(torch.equal(v, fitted.state[k]) for k, v in model.state_dict().items())
+
+
+def test_a_resume_with_the_same_pid_keeps_the_checkpoint_it_resumes_from(tmp_path, monkeypatch):
+    """A container's job is pid 1 every time: its resumed run named its first checkpoint's tensors as the
+    run before had, wrote over the file the saved JSON named, and a kill before the new JSON lost the run."""
+    import edgekd.training as training
+
+    path = tmp_path / "run.partial"
+
+    def checkpoint(epoch, value):   # what fit saves: weights, random state, the position and optimizer's record
+        position = {"epoch": epoch, "batch": 0, "step": 4 * epoch, "best_epoch": epoch, "stale": 0, "history": [],
+                    "train_seconds": 1.0, "epochs_timed": epoch}
+        return ({"w": torch.full((3,), float(value)), "rng_state": torch.get_rng_state()},
+                {"position": position, "optimizer": {"param_groups": [], "scalars": {}}})
+
+    training.RunStore(path, resume=False, rank=0, fingerprint={"t": 1}).save("member-0", "ckpt", *checkpoint(1, 0))
+    resumed = training.RunStore(path, resume=True, rank=0, fingerprint={"t": 1})
+
+    def killed(*_args, **_kwargs):   # the new tensors are written, the JSON pointing at them is not
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "write_json_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        resumed.save("member-0", "ckpt", *checkpoint(2, 1))
+    monkeypatch.undo()
+    tensors, meta = training.RunStore(path, resume=True, rank=0, fingerprint={"t": 1}).load("member-0", "ckpt")
+    assert meta["position"]["epoch"] == 1 and torch.equal(tensors["w"], torch.zeros(3))
