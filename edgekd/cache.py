@@ -134,9 +134,12 @@ class LogitCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             save_tensors(tmp, {"logits": value}, metadata={"sha256": _tensor_sha256(value), "device": device})
             os.replace(tmp, self.path(key))
-        except OSError as exc:   # a full or read-only cache folder costs a recomputation next time, not the run
+        except BaseException as exc:   # (Ctrl-C too: the temporary holds the split's logits)
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if not isinstance(exc, OSError):
+                raise
+            # a full or read-only cache folder costs a recomputation next time, not the run
             warnings.warn(f"Could not write the teacher-logit cache '{self.dir}' ({exc.strerror or exc}); going on "
                           f"without caching (pass --cache-dir to put it elsewhere).", EdgekdWarning, stacklevel=3)
 

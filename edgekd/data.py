@@ -342,9 +342,11 @@ def _write_split(x: np.memmap, idx: np.ndarray, dtype, shape, path: Path) -> Non
         out.flush()
         del out
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:   # Ctrl-C too: the temporary is a full copy of the split's rows
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
         raise DataError(f"Cannot write the split file '{path}' ({exc.strerror or exc}); free disk space there or "
                         f"point EDGEKD_CACHE at a folder with room for a copy of the decoded images.") from None
 

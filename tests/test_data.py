@@ -256,3 +256,22 @@ def test_a_train_limit_gives_that_many_rows_with_the_class_shares(digits):
         shares = np.bincount(data.y_train.numpy(), minlength=10) / n
         whole = np.bincount(digits.y_train.numpy(), minlength=10) / len(digits.y_train)
         assert np.abs(shares - whole).max() <= 1 / n + 1e-9
+
+
+def test_ctrl_c_while_a_split_is_written_leaves_no_copy_of_it(tmp_path, monkeypatch):
+    """The split's temporary file (a full copy of its rows) was removed on a disk error only: every Ctrl-C
+    while a larger-than-memory folder was split left one in the cache until a prune."""
+    import os
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    x, y = np.zeros((60, 1, 4, 4), dtype=np.uint8), np.arange(60) % 3
+    np.savez(tmp_path / "plain.npz", x=x, y=y)
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)   # the rows written, the rename not reached
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset(f"npz:{tmp_path / 'plain.npz'}")
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []

@@ -326,6 +326,20 @@ def test_cache_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch):
     assert torch.equal(value, torch.ones(3, 2))
 
 
+def test_ctrl_c_while_logits_are_cached_leaves_no_temporary(tmp_path, monkeypatch):
+    """Removed on a disk error only: every Ctrl-C as a split's logits were written left their copy behind."""
+    from edgekd.cache import LogitCache
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        LogitCache(tmp_path / "cache").get_or_compute("k", lambda: torch.ones(3, 2))
+    monkeypatch.undo()
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_sigterm_anywhere_is_one_line_exit_143(capsys, monkeypatch, tmp_path):
     def killed(_params):
         os.kill(os.getpid(), signal.SIGTERM)
