@@ -370,7 +370,7 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
         click.echo("error: interrupted", err=True)
         return EXIT_INTERRUPTED
     except _Terminated:
-        resume = "; the run keeps its checkpoint: rerun with --resume" if _resumable(argv) else ""
+        resume = "; the run keeps its checkpoint: rerun with --resume" if _kept_checkpoint(argv) else ""
         click.echo(f"error: terminated by SIGTERM; nothing was replaced (outputs are written whole or not at all{resume})",
                    err=True)
         return EXIT_TERMINATED
@@ -447,6 +447,19 @@ _RESUMABLE = (("teacher", "train"), ("distill",), ("specialists", "build"), ("pi
 def _resumable(argv: list) -> bool:
     words = [a for a in argv if not a.startswith("-")][:2]
     return any(tuple(words[:len(c)]) == c for c in _RESUMABLE)
+
+
+def _kept_checkpoint(argv: list) -> bool:
+    """Whether the stopped command left a checkpoint to resume from: its run store (``OUT.partial``) or, for a
+    pipeline, a stage's (``OUT/STAGE.partial``) holds one (a run stopped before its first has none)."""
+    if not _resumable(argv):
+        return False
+    given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"] + [a[6:] for a in argv if a.startswith("--out=")]
+    if not given:
+        return False
+    out = Path(given[-1])
+    stores = [out.with_name(out.name + ".partial"), *(out.glob("*.partial") if out.is_dir() else ())]
+    return any(any(store.glob("*.ckpt.json")) or any(store.glob("*.done.json")) for store in stores)
 
 
 def with_flags(message: str, cli: click.Group, argv: list) -> str:

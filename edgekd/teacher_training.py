@@ -49,27 +49,12 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
     check_flip(config.train.flip, data.input_shape)
     store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0,
                      fingerprint=run_fingerprint(config_record or config, data), overwrite=overwrite)
-    device = dist.device if dist is not None else resolve_device(config.train.device)
-    data = place_dataset(data, device)
-    members, member_acc, per_epoch, epochs_run, best_epoch = [], [], [], [], []
-    for index in range(config.ensemble):
-        seed = config.train.seed + index
-        torch.manual_seed(seed)
-        model = create_model(name, data.input_shape, data.num_classes, mean=data.mean, std=data.std,
-                             options=options).to(device)
-        if dist is not None:
-            dist.broadcast_parameters(model)
-        member_cfg = TrainConfig(**{**asdict(config.train), "seed": seed})
-        result = fit(model, n_train=len(data.y_train), make_batch=supervised_batches(data.x_train, data.y_train, member_cfg.jitter, member_cfg.mixup,
-                                                                                 member_cfg.flip),
-                     loss_fn=cross_entropy_loss, val=(data.x_val, data.y_val), config=member_cfg, store=store,
-                     name=f"member-{index}", progress=progress, dist=dist, data_device=data.device)
-        model.eval()
-        members.append(model)
-        member_acc.append(accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0])
-        per_epoch.append(result.seconds_per_epoch)
-        epochs_run.append(result.epochs_run)
-        best_epoch.append(result.best_epoch)
+    try:
+        members, member_acc, per_epoch, epochs_run, best_epoch = _train_members(data, config, store, name, options,
+                                                                                progress, dist)
+    except BaseException:   # stopped or failed before a first checkpoint: no run to resume is left behind
+        store.discard_if_unused()
+        raise
     seconds = time.perf_counter() - started
     ensemble = EnsembleModule(members, config.combine).eval()
     test_acc, test_nll = accuracy_and_nll(predict_logits(ensemble, data.x_test), data.y_test)
@@ -95,6 +80,32 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
                          ensemble_test_nll=test_nll, macs_per_member=macs, parameters_per_member=params,
                          seconds=seconds, seconds_per_epoch=sum(per_epoch) / len(per_epoch),
                          epochs_run=tuple(epochs_run), best_epoch=tuple(best_epoch))
+
+
+def _train_members(data: Dataset, config: TeacherConfig, store, name: str, options: dict, progress: bool, dist):
+    """Each member trained with its seed (checkpointed in ``store``): the models and their figures."""
+    device = dist.device if dist is not None else resolve_device(config.train.device)
+    data = place_dataset(data, device)
+    members, member_acc, per_epoch, epochs_run, best_epoch = [], [], [], [], []
+    for index in range(config.ensemble):
+        seed = config.train.seed + index
+        torch.manual_seed(seed)
+        model = create_model(name, data.input_shape, data.num_classes, mean=data.mean, std=data.std,
+                             options=options).to(device)
+        if dist is not None:
+            dist.broadcast_parameters(model)
+        member_cfg = TrainConfig(**{**asdict(config.train), "seed": seed})
+        result = fit(model, n_train=len(data.y_train), make_batch=supervised_batches(data.x_train, data.y_train, member_cfg.jitter, member_cfg.mixup,
+                                                                                 member_cfg.flip),
+                     loss_fn=cross_entropy_loss, val=(data.x_val, data.y_val), config=member_cfg, store=store,
+                     name=f"member-{index}", progress=progress, dist=dist, data_device=data.device)
+        model.eval()
+        members.append(model)
+        member_acc.append(accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0])
+        per_epoch.append(result.seconds_per_epoch)
+        epochs_run.append(result.epochs_run)
+        best_epoch.append(result.best_epoch)
+    return members, member_acc, per_epoch, epochs_run, best_epoch
 
 
 def _config_dict(config) -> dict:

@@ -152,12 +152,16 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
 
     fits = []
     tick = time.perf_counter()
-    for index, classes in enumerate(clustering.specialist_clusters):
-        for copy in range(config.per_cluster):
-            fits.append(train_specialist(generalist.model, generalist.arch, generalist.options, data, classes,
-                                         train=replace(config.train, seed=config.train.seed + copy),
-                                         special_fraction=config.special_fraction, store=store,
-                                         name=f"specialist-{index}" + (f"-{copy}" if copy else ""), progress=progress))
+    try:
+        for index, classes in enumerate(clustering.specialist_clusters):
+            for copy in range(config.per_cluster):
+                fits.append(train_specialist(generalist.model, generalist.arch, generalist.options, data, classes,
+                                             train=replace(config.train, seed=config.train.seed + copy),
+                                             special_fraction=config.special_fraction, store=store,
+                                             name=f"specialist-{index}" + (f"-{copy}" if copy else ""), progress=progress))
+    except BaseException:   # stopped or failed before a first checkpoint: no run to resume is left behind
+        store.discard_if_unused()
+        raise
     timings["training"] = time.perf_counter() - tick
     result = _evaluate_and_save(generalist, data, config, clustering, fits, out, cache=cache, timings=timings,
                                 started=started, refresh_cache=refresh_cache, config_record=config_record)

@@ -351,6 +351,24 @@ def test_sigterm_anywhere_is_one_line_exit_143(capsys, monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["teacher", "train", "--arch", "mlp:hidden=8"],
+                                     ["specialists", "build", "--teacher", "T", "--member", "0", "--clusters", "3"]])
+def test_a_run_stopped_before_its_first_checkpoint_leaves_no_store_and_promises_none(capsys, monkeypatch, tmp_path,
+                                                                                   tiny_teacher, command):
+    """Stopped as its first member (or specialist) began training, a run left OUT.partial/run.json behind
+    and its message said "the run keeps its checkpoint: rerun with --resume" of a checkpoint never written."""
+    def killed(*_args, **_kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr("edgekd.teacher_training.fit", killed)
+    monkeypatch.setattr("specialists.build.train_specialist", killed)
+    argv = [str(tiny_teacher) if a == "T" else a for a in command]
+    code = run_cli(cli, [*argv, *TINY, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 143 and "SIGTERM" in err and "--resume" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- a cache that can't lie -----------------------------------------------------------------------
 
 def test_edited_cache_with_recomputed_hash_is_detected_and_recomputed(tmp_path, tiny_teacher, digits):
