@@ -21,10 +21,31 @@ def write_report(report, out_dir: str | Path) -> dict[str, Path]:
 
     out_dir = Path(out_dir)
     check_output(out_dir, kind="report", overwrite=True)   # an earlier report is replaced, a user's folder never
-    out_dir.mkdir(parents=True, exist_ok=True)
     data = report.to_dict() if hasattr(report, "to_dict") else report
-    write_json_atomic(out_dir / FILES["report_json"], data)
-    return render_files(load_report(out_dir / FILES["report_json"]), out_dir)
+
+    def write(folder: Path) -> None:
+        write_json_atomic(folder / FILES["report_json"], data)
+        render_files(load_report(folder / FILES["report_json"]), folder)
+
+    return _published(write, out_dir)
+
+
+def _published(write, out_dir: Path) -> dict[str, Path]:
+    """``write(folder)`` into a new temporary folder beside ``out_dir``, then that folder renamed in as
+    ``out_dir`` (``swap_in_folder``, as an artifact is): a report stopped while it is written is the old one
+    whole or the new one whole, never a new report.json beside old plots."""
+    from edgekd.artifacts import swap_in_folder
+    from edgekd.outputs import temp_folder
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_folder(out_dir)
+    try:
+        write(tmp)
+        swap_in_folder(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {key: out_dir / name for key, name in FILES.items()}
 
 
 def rerender(json_path: str | Path, out_dir: str | Path | None = None, *, overwrite: bool = False) -> dict[str, Path]:
@@ -52,11 +73,11 @@ def rerender(json_path: str | Path, out_dir: str | Path | None = None, *, overwr
         raise EdgekdError(f"'{json_path}' says it is an edgekd benchmark report but cannot be rendered "
                           f"({exc.__class__.__name__}: {str(exc)[:80]}); pass a report.json written by 'edgekd bench', "
                           f"unedited.") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / FILES["report_json"]
-    if not target.exists() or not target.samefile(json_path):
-        shutil.copyfile(json_path, target)
-    return render_files(data, out_dir)
+    def write(folder: Path) -> None:
+        shutil.copyfile(json_path, folder / FILES["report_json"])
+        render_files(data, folder)
+
+    return _published(write, out_dir)
 
 
 def load_report(path: str | Path) -> dict:

@@ -329,7 +329,7 @@ def save_artifact(out_dir: str | Path, manifest: Manifest, tensor_files: dict[st
         for name, (sub_manifest, sub_tensors) in (nested or {}).items():
             _write_folder(tmp / name, sub_manifest, sub_tensors, {})
         full = _write_folder(tmp, manifest, tensor_files, extra, nested=list(nested or {}))
-        _swap_in(tmp, out_dir)
+        swap_in_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -353,7 +353,7 @@ def _write_folder(folder: Path, manifest: Manifest, tensor_files: dict, extra_fi
     return full
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
+def swap_in_folder(tmp: Path, out_dir: Path) -> None:
     """Replace ``out_dir`` by ``tmp``; an old folder is moved aside (under a name unique to this run)
     first, put back if the rename fails, and removed only after."""
     from edgekd.outputs import OLD_SUFFIX, temp_folder

@@ -352,6 +352,26 @@ def test_report_files_and_identical_rerender(report, tmp_path):
     assert render_markdown(load_report(again["report_json"])) == md
 
 
+@pytest.mark.parametrize("again", ["write", "rerender in place"])
+def test_a_report_stopped_while_written_is_the_old_one_whole(report, tmp_path, monkeypatch, again):
+    """Written file by file in place: a SIGTERM as the plots were drawn left the new report.json and report.md
+    beside the old plots, while the command said nothing was replaced."""
+    import benchmarks.report
+
+    paths = write_report(report, tmp_path / "r")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+
+    def stopped(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmarks.report, "plot_pareto", stopped)
+    changed = {**report.to_dict(), "command": "a newer run"}
+    with pytest.raises(KeyboardInterrupt):
+        write_report(changed, tmp_path / "r") if again == "write" else rerender(paths["report_json"])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]   # no temporary left beside it
+
+
 def test_load_report_refuses_other_json(tmp_path):
     from edgekd.errors import EdgekdError
 
