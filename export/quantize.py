@@ -58,7 +58,7 @@ def quantize_model(src: Path, dst: Path, mode: str, *, calibration: np.ndarray |
     if mode not in QUANTIZE_MODES:
         raise ExportError(f"The 'quantize' parameter must be one of {', '.join(map(repr, QUANTIZE_MODES))}. Got {mode!r} instead.")
     prepared = workdir / "prepared.onnx"
-    with _quiet_quantizer():
+    with _quiet_quantizer(), _temporaries_in(workdir):
         symbolic = _pre_process(quant_pre_process, src, prepared)
         if mode == "dynamic":
             try:
@@ -84,6 +84,20 @@ def quantize_model(src: Path, dst: Path, mode: str, *, calibration: np.ndarray |
     return {"mode": "static", "format": "QOperator" if quant_format == "qoperator" else "QDQ", "weights": "int8 per-channel", "activations": "int8 per-tensor",
             "calibration_method": "MinMax", "calibration_samples": int(len(calibration)), "preprocessed": True,
             "symbolic_shape_inference": symbolic}
+
+
+@contextmanager
+def _temporaries_in(workdir: Path):
+    """onnxruntime's quantizer makes its temporary folders (``ort.quant.*``, ``pre.quant.*``: copies of the model
+    with its weights) in the system's temporary folder, where a killed export left them for good: they go in
+    the export's own temporary folder, removed with it or as a dead process's leftover."""
+    import tempfile
+
+    previous, tempfile.tempdir = tempfile.tempdir, str(workdir)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
 
 
 def _pre_process(quant_pre_process, src: Path, prepared: Path) -> bool:

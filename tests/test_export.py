@@ -4,6 +4,7 @@ nothing written)."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -176,6 +177,26 @@ def test_int8_gate_rejects_a_broken_quantized_model(monkeypatch, tmp_path, digit
                                           r"\(n=359\).*--max-accuracy-drop allows 1"):
         export_onnx(tiny_student, out, ExportConfig(quantize="dynamic"), data=digits)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnxruntime_quantizer_temporaries_stay_in_the_exports_own_folder(monkeypatch, tmp_path, digits, tiny_student):
+    """onnxruntime's quantizer makes ort.quant.* folders (a copy of the model) in the system's temporary folder,
+    where a killed export left them: they are made in the export's own temporary folder now."""
+    import tempfile
+
+    import onnxruntime.quantization as ortq
+
+    where, real = [], ortq.quantize_static
+
+    def recorded(*args, **kwargs):
+        where.append(tempfile.gettempdir())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ortq, "quantize_static", recorded)
+    export_onnx(tiny_student, tmp_path / "m.int8.onnx", ExportConfig(quantize="int8", calibration_size=32), data=digits,
+                calibration=digits)
+    assert len(where) == 1 and Path(where[0]).parent == tmp_path and Path(where[0]).name.endswith(".edgekd-tmp")
+    assert tempfile.gettempdir() != where[0]
 
 
 def test_accuracy_drop_gate_arithmetic():
