@@ -284,6 +284,10 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> Artifact:
     """Read and verify an artifact folder (every file's sha256 against the manifest)."""
     path = Path(path)
     manifest_path = path / MANIFEST
+    if not path.exists():   # a writer killed between moving the old artifact aside and renaming the new one in
+        from edgekd.outputs import restore_interrupted_swap
+
+        restore_interrupted_swap(path)   # its backup put back (a dead process's only), as its next writer would
     if not path.is_dir():
         raise ArtifactError(f"'{path}' is not an artifact folder (no such folder); pass a folder written by edgekd.")
     if not manifest_path.is_file():

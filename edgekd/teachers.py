@@ -454,6 +454,10 @@ def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | 
     it in errors: "Teacher", "Model")."""
     path = Path(spec)
     transform = transform or InputTransform()
+    if not path.exists():   # a writer killed between moving the old artifact aside and renaming the new one in
+        from edgekd.outputs import restore_interrupted_swap
+
+        restore_interrupted_swap(path)   # its backup is put back (a dead process's only), as its next writer would
     if path.is_dir():
         if not is_artifact(path):
             raise TeacherError(f"'{path}' is a folder but not an edgekd artifact (no manifest.json); pass an artifact folder, an .onnx or a TorchScript file.")

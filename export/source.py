@@ -78,6 +78,10 @@ def load_source(path: str | Path) -> Source:
     from edgekd.teachers import EnsembleModule, teacher_from_artifact
 
     path = Path(path)
+    if not path.exists():   # (a writer killed mid-swap: its backup put back, as load_teacher does)
+        from edgekd.outputs import restore_interrupted_swap
+
+        restore_interrupted_swap(path)
     if not path.exists():
         raise ExportError(f"Model '{path}' not found; pass an edgekd artifact folder (from 'edgekd teacher train' or 'edgekd distill').")
     if not path.is_dir() or not is_artifact(path):

@@ -443,6 +443,17 @@ def test_a_run_is_told_of_the_artifact_its_interrupted_swap_put_aside(edgekd, tm
     assert code == 2 and "already exists" in err and (out / "manifest.json").is_file()
 
 
+def test_a_reader_finds_the_artifact_an_interrupted_swap_put_aside(edgekd, tmp_path, tiny_student):
+    """Only the next writer of that output put the backup back: 'evaluate' said the model was not found."""
+    shutil.copytree(tiny_student, tmp_path / ".s.999999999-abc.edgekd-old")
+    code, out, err = edgekd("evaluate", tmp_path / "s")
+    assert code == 0 and "accuracy" in out, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    os.replace(tmp_path / "s", tmp_path / ".s.999999998-abc.edgekd-old")
+    code, _, err = edgekd("export", tmp_path / "s", "--out", tmp_path / "s.onnx")
+    assert code == 0 and (tmp_path / "s.onnx").is_file(), err
+
+
 def test_an_output_path_that_cannot_be_used_is_the_users_to_change(edgekd, tmp_path):
     """A name too long for the file system (or a path through a file) is one line and exit 2, not an internal error."""
     code, _, err = edgekd("teacher", "train", "--arch", "mlp:hidden=8", "--epochs", "1", "--quiet", "--out", tmp_path / ("a" * 300))
