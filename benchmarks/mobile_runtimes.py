@@ -37,6 +37,7 @@ import numpy as np
 from benchmarks.runtimes import (Runner, Runtime, RuntimeSkipped, RuntimeUnavailable, package_version, register_runtime,
                                  require_module)
 from edgekd.cachedir import touch
+from edgekd.outputs import made_here
 
 CONVERT_TIMEOUT_S = 600
 _MOBILE_HINT = "pip install -c constraints.txt \"edgekd[mobile]\""
@@ -343,7 +344,7 @@ def convert_cached(onnx_path: Path, runtime: str, convert) -> tuple[Path, dict]:
         touch(folder)   # used now: `edgekd cache prune --older-than` keeps it
         return folder, {**done, "cached": True}
     # hidden, and unique to this process even where two containers' jobs are both pid 1 on one cache
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = made_here(folder.with_name(f".{folder.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"))
     tmp.mkdir(parents=True)
     # the converter gets a private copy: pnnx writes `<input>.pnnxsim.onnx` beside its input, which
     # must never be the user's folder; the copy is also exactly the bytes the key was hashed from

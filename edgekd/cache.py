@@ -129,7 +129,9 @@ class LogitCache:
         # CPU, and a hit verified on a CPU-only machine needs the looser tolerance of CUDA's kernels
         device = "cuda" if value.device.type == "cuda" or torch.cuda.is_initialized() else "cpu"
         value = value.detach().contiguous().cpu()
-        tmp = self.dir / f".{key}.{os.getpid()}.tmp"
+        from edgekd.outputs import made_here
+
+        tmp = made_here(self.dir / f".{key}.{os.getpid()}.tmp")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             save_tensors(tmp, {"logits": value}, metadata={"sha256": _tensor_sha256(value), "device": device})

@@ -174,17 +174,17 @@ def _conversions(folder: Path):
 def _unfinished(root: Path):
     """Temporary files named with the writer's pid (edgekd.cache, edgekd.imagefolder, edgekd.data) whose
     process is gone: a job killed mid-write leaves them, and nothing else would ever remove them."""
-    from edgekd.outputs import pid_alive
+    from edgekd.outputs import left_behind
 
     for folder, suffix in ((root, r"tmp"), (root / "images", r"(?:[xy]\.npy|json\.tmp)"), (root / "images" / "splits", r"npy")):
         for path in _files(folder, rf"\.({_KEY})\.(\d+)\.{suffix}"):
             key, pid = path.name.split(".")[1:3]
-            if not pid_alive(int(pid)):
+            if left_behind(int(pid), path):
                 yield _entry("unfinished", f"{key} (process {pid})", [path])
     convert = root / "convert"   # a conversion's folder as it is being made: .<name>.<pid>-<random>.tmp
     for sub in convert.iterdir() if convert.is_dir() and not convert.is_symlink() else ():
         found = _CONVERTING.fullmatch(sub.name)
-        if found and sub.is_dir() and not sub.is_symlink() and not pid_alive(int(found.group(2))):
+        if found and sub.is_dir() and not sub.is_symlink() and left_behind(int(found.group(2)), sub):
             files = [p for p in sub.rglob("*") if p.is_file() and not p.is_symlink()]
             yield CacheEntry(kind="unfinished", name=f"{found.group(1)} (process {found.group(2)})", paths=(sub,),
                              bytes=sum(p.lstat().st_size for p in files), last_used=sub.lstat().st_mtime)

@@ -332,7 +332,9 @@ def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
 
 def _write_split(x: np.memmap, idx: np.ndarray, dtype, shape, path: Path) -> None:
     """``x[idx]`` into ``path`` in chunks of ``SPLIT_CHUNK_BYTES``, atomically (a temporary file, then a rename)."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
+    from edgekd.outputs import made_here
+
+    tmp = made_here(path.with_name(f".{path.stem}.{os.getpid()}.npy"))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)

@@ -32,6 +32,7 @@ import numpy as np
 
 from edgekd.cachedir import file_identity, touch
 from edgekd.errors import DataError, EdgekdWarning
+from edgekd.outputs import made_here
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_PIXELS = 64_000_000      # per image: beyond this Pillow's decompression-bomb guard refuses it
@@ -244,7 +245,7 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
             "sample": [[str(path.relative_to(spec.root)), _sha256(path)] for path, _ in sample]}
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".{key}.{os.getpid()}.x.npy"
+        tmp, y_tmp = (made_here(cache / f".{key}.{os.getpid()}.{part}.npy") for part in "xy")
         x = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), channels, *size))
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # Pillow decodes without the GIL
             # a window at a time: a thread pool's map submits every file at once (a future each, ~2 KB)
@@ -254,10 +255,10 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
         x.flush()
         del x
         y = np.array([label for _, label in files], dtype=np.int64)
-        np.save(cache / f".{key}.{os.getpid()}.y.npy", y)
+        np.save(y_tmp, y)
         os.replace(tmp, cache / f"{key}.x.npy")
-        os.replace(cache / f".{key}.{os.getpid()}.y.npy", cache / f"{key}.y.npy")
-        header = cache / f".{key}.{os.getpid()}.json.tmp"   # the pid's: two processes decoding one folder race
+        os.replace(y_tmp, cache / f"{key}.y.npy")
+        header = made_here(cache / f".{key}.{os.getpid()}.json.tmp")   # the pid's: two processes decoding one folder race
         header.write_text(json.dumps(meta))
         os.replace(header, cache / f"{key}.json")   # the entry exists once its header does
     except BaseException as exc:   # a corrupt image, a full disk, Ctrl-C: no half-written entry left behind

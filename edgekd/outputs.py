@@ -416,9 +416,28 @@ def temp_folder(out: str | Path, suffix: str = TEMP_SUFFIX) -> Path:
 
     out = Path(out)
     clean_stale(out)
-    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=suffix, dir=out.parent))
+    folder = made_here(Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=suffix, dir=out.parent)))
     folder.chmod(usual_mode(folder=True))
     return folder
+
+
+# the temporaries this process made: in a container every job is pid 1, so a name with this process's pid
+# may be the leftover of the job before it (it looked alive for ever: never removed, its backup never restored)
+_MADE_HERE: set[str] = set()
+
+
+def made_here(path: Path) -> Path:
+    """Record ``path``, a temporary named with this process's pid, as this process's own; returns it."""
+    _MADE_HERE.add(os.path.abspath(path))
+    return path
+
+
+def left_behind(pid: int, path: Path) -> bool:
+    """Whether the temporary ``path``, named with its writer's ``pid``, was left by a process that is gone:
+    ``pid`` does not run, or it is this process's pid on a path this process did not make (``made_here``)."""
+    if pid == os.getpid():
+        return os.path.abspath(path) not in _MADE_HERE
+    return not pid_alive(pid)
 
 
 def pid_alive(pid: int) -> bool:
@@ -470,7 +489,7 @@ def _stale_entries(out: Path) -> list[Path]:
         if not (name.startswith(prefix) and name.endswith((TEMP_SUFFIX, OLD_SUFFIX))):
             continue
         pid_text = name[len(prefix):].partition("-")[0]
-        if pid_text.isdigit() and not pid_alive(int(pid_text)) and not entry.is_symlink():
+        if pid_text.isdigit() and left_behind(int(pid_text), entry) and not entry.is_symlink():
             stale.append(entry)
     return stale
 

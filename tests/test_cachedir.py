@@ -93,7 +93,7 @@ def test_temporary_files_of_a_dead_process_are_listed_and_pruned_of_a_live_one_n
     gone.wait()   # a pid that no longer runs
     dead = [root / f".{'e' * 32}.{gone.pid}.tmp", root / "images" / f".{'e' * 32}.{gone.pid}.x.npy",
             root / "images" / f".{'e' * 32}.{gone.pid}.json.tmp", root / "images" / "splits" / f".{'e' * 32}.{gone.pid}.npy"]
-    live = root / "images" / f".{'f' * 32}.{os.getpid()}.x.npy"   # a decode this process is writing
+    live = root / "images" / f".{'f' * 32}.{os.getppid()}.x.npy"   # a decode a running process is writing
     for path in [*dead, live]:
         path.write_bytes(b"\0" * 64)
     unfinished = [e for e in cache_entries(root) if e.kind == "unfinished"]
@@ -120,7 +120,7 @@ def test_logits_are_hashed_in_place_with_the_digest_caches_already_carry():
 
 def test_a_conversion_being_made_is_not_an_entry_and_one_left_by_a_dead_process_is_unfinished(cache):
     root, _ = cache
-    live = root / "convert" / f".ncnn-{'e' * 32}-1.0.{os.getpid()}-0123abcd.tmp"
+    live = root / "convert" / f".ncnn-{'e' * 32}-1.0.{os.getppid()}-0123abcd.tmp"
     dead = root / "convert" / f".ncnn-{'f' * 32}-1.0.999999999-0123abcd.tmp"
     for folder in (live, dead):
         folder.mkdir()

@@ -274,13 +274,30 @@ def test_second_writer_is_refused(tmp_path, where):
 
 
 def test_clean_stale_keeps_what_a_live_process_or_the_user_owns(tmp_path):
-    live = tmp_path / f".o.{os.getpid()}-abc.edgekd-tmp"
+    live = tmp_path / f".o.{os.getppid()}-abc.edgekd-tmp"
     dead = tmp_path / ".o.999999999-abc.edgekd-old"
     user = tmp_path / ".o.old"
     for folder in (live, dead, user, tmp_path / "o"):
         folder.mkdir()
     assert clean_stale(tmp_path / "o") == [dead]
     assert live.exists() and user.exists()
+
+
+def test_leftovers_named_with_this_process_s_pid_are_stale_unless_it_made_them(tmp_path):
+    """In a container every job is pid 1: the temporaries and backups of the job before, killed, carry this
+    job's pid and were taken for its own, never removed (a backup never put back: its artifact "not found")."""
+    from edgekd.cachedir import cache_entries
+    from edgekd.outputs import temp_folder
+
+    backup = tmp_path / f".o.{os.getpid()}-abc.edgekd-old"
+    backup.mkdir()
+    (backup / "manifest.json").write_text("the previous artifact")
+    mine = temp_folder(tmp_path / "o")   # this process's own, in flight
+    assert clean_stale(tmp_path / "o") == [] and (tmp_path / "o" / "manifest.json").is_file() and mine.is_dir()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f".{'e' * 32}.{os.getpid()}.tmp").write_bytes(b"\0" * 8)   # a logit write of the job before
+    assert [e.kind for e in cache_entries(cache)] == ["unfinished"]
 
 
 def test_a_kill_between_the_two_renames_of_a_swap_loses_neither_artifact(tmp_path):
