@@ -114,9 +114,11 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-# safetensors' names of the torch types edgekd writes (the format's own spelling)
-_SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-                       "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+# safetensors' names of the torch types edgekd writes (the format's own spelling), in the order of its Dtype
+# enum, which save_file sorts the tensors by (the last first, then by name)
+_SAFETENSORS_DTYPES = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "float16": "F16", "bfloat16": "BF16",
+                       "int32": "I32", "float32": "F32", "float64": "F64", "int64": "I64"}
+_DTYPE_RANK = {name: rank for rank, name in enumerate(_SAFETENSORS_DTYPES)}
 
 
 def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> str:
@@ -128,21 +130,22 @@ def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) 
     read the manifest beside them), and from safetensors 0.8 writes through a ``.tmpXXXXXX`` of its own
     beside ``path``, which a kill -9 leaves in a folder edgekd must tell from a user's. The layout is the
     format's: an 8-byte little-endian header length, the JSON header (dtype, shape and byte offsets of each
-    tensor, after ``__metadata__``) padded with spaces to 8 bytes, then each tensor's bytes, widest type first
-    so that every tensor starts aligned: byte for byte what ``save_file`` writes, but for the order of the
-    metadata's keys, sorted here (a hash map's order there, which changes from one process to the next)."""
+    tensor, after ``__metadata__``) padded with spaces to 8 bytes, then each tensor's bytes in safetensors'
+    type order (widest first, so that every tensor starts aligned). Byte for byte what ``save_file`` writes,
+    but for the order of the metadata's keys: sorted here, a hash map's there (it changes from run to run)."""
     import torch
 
     from edgekd.outputs import usual_mode
 
     cpu = {name: value.detach().contiguous().cpu() for name, value in tensors.items()}
-    order = sorted(cpu, key=lambda name: (-cpu[name].element_size(), name))
+    for name, value in cpu.items():
+        if str(value.dtype).removeprefix("torch.") not in _SAFETENSORS_DTYPES:
+            raise ArtifactError(f"Cannot save tensor '{name}' of type {value.dtype}: edgekd writes {sorted(_SAFETENSORS_DTYPES)}.")
+    order = sorted(cpu, key=lambda name: (-_DTYPE_RANK[str(cpu[name].dtype).removeprefix("torch.")], name))
     header = {"__metadata__": {str(k): str(metadata[k]) for k in sorted(metadata)}} if metadata else {}
     offset = 0
     for name in order:
         dtype = str(cpu[name].dtype).removeprefix("torch.")
-        if dtype not in _SAFETENSORS_DTYPES:
-            raise ArtifactError(f"Cannot save tensor '{name}' of type {dtype}: edgekd writes {sorted(_SAFETENSORS_DTYPES)}.")
         size = cpu[name].numel() * cpu[name].element_size()
         header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(cpu[name].shape), "data_offsets": [offset, offset + size]}
         offset += size

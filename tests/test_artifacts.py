@@ -166,7 +166,9 @@ def test_tensors_are_written_at_their_path_alone_and_as_safetensors_writes_them(
     from edgekd.artifacts import save_tensors, sha256_file
 
     tensors = {"w": torch.randn(2048, 4096), "b": torch.randn(7).to(torch.bfloat16), "steps": torch.tensor(3),
-               "mask": torch.tensor([True, False]), "t": torch.randn(4, 3).t()}
+               "mask": torch.tensor([True, False]), "t": torch.randn(4, 3).t(), "a32": torch.arange(5, dtype=torch.int32),
+               "h": torch.randn(3).half(), "d": torch.randn(2).double(), "u": torch.arange(3, dtype=torch.uint8),
+               "i8": torch.arange(3, dtype=torch.int8), "i16": torch.arange(3, dtype=torch.int16)}   # (every type, pairs of a width)
     seen, done = set(), threading.Event()
 
     def watch():
