@@ -57,6 +57,7 @@ def quantize_model(src: Path, dst: Path, mode: str, *, calibration: np.ndarray |
 
     if mode not in QUANTIZE_MODES:
         raise ExportError(f"The 'quantize' parameter must be one of {', '.join(map(repr, QUANTIZE_MODES))}. Got {mode!r} instead.")
+    src, dst, workdir = (Path(p).absolute() for p in (src, dst, workdir))   # (the quantizer runs in workdir)
     prepared = workdir / "prepared.onnx"
     with _quiet_quantizer(), _temporaries_in(workdir):
         symbolic = _pre_process(quant_pre_process, src, prepared)
@@ -89,14 +90,20 @@ def quantize_model(src: Path, dst: Path, mode: str, *, calibration: np.ndarray |
 @contextmanager
 def _temporaries_in(workdir: Path):
     """onnxruntime's quantizer makes its temporary folders (``ort.quant.*``, ``pre.quant.*``: copies of the model
-    with its weights) in the system's temporary folder, where a killed export left them for good: they go in
-    the export's own temporary folder, removed with it or as a dead process's leftover."""
+    with its weights) in the system's temporary folder, where a killed export left them for good, and where
+    its symbolic shape inference gives up it saves ``sym_shape_infer_temp.onnx`` (and a ``.data`` file) in
+    the current folder, over a user's file of that name: both go in the export's own temporary folder,
+    removed with it or as a dead process's leftover."""
+    import os
     import tempfile
 
     previous, tempfile.tempdir = tempfile.tempdir, str(workdir)
+    cwd = os.getcwd()
+    os.chdir(workdir)
     try:
         yield
     finally:
+        os.chdir(cwd)
         tempfile.tempdir = previous
 
 

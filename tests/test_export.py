@@ -181,7 +181,9 @@ def test_int8_gate_rejects_a_broken_quantized_model(monkeypatch, tmp_path, digit
 
 def test_onnxruntime_quantizer_temporaries_stay_in_the_exports_own_folder(monkeypatch, tmp_path, digits, tiny_student):
     """onnxruntime's quantizer makes ort.quant.* folders (a copy of the model) in the system's temporary folder,
-    where a killed export left them: they are made in the export's own temporary folder now."""
+    where a killed export left them, and may save sym_shape_infer_temp.onnx in the current folder, over a
+    user's file: both are made in the export's own temporary folder now."""
+    import os
     import tempfile
 
     import onnxruntime.quantization as ortq
@@ -189,14 +191,18 @@ def test_onnxruntime_quantizer_temporaries_stay_in_the_exports_own_folder(monkey
     where, real = [], ortq.quantize_static
 
     def recorded(*args, **kwargs):
-        where.append(tempfile.gettempdir())
+        where.append((tempfile.gettempdir(), os.getcwd()))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ortq, "quantize_static", recorded)
-    export_onnx(tiny_student, tmp_path / "m.int8.onnx", ExportConfig(quantize="int8", calibration_size=32), data=digits,
+    shutil.copytree(tiny_student, tmp_path / "student")
+    monkeypatch.chdir(tmp_path)   # relative paths, from the user's folder
+    export_onnx("student", Path("m.int8.onnx"), ExportConfig(quantize="int8", calibration_size=32), data=digits,
                 calibration=digits)
-    assert len(where) == 1 and Path(where[0]).parent == tmp_path and Path(where[0]).name.endswith(".edgekd-tmp")
-    assert tempfile.gettempdir() != where[0]
+    assert len(where) == 1 and where[0][0] == where[0][1]   # its temporaries and its current folder: the export's
+    assert Path(where[0][0]).parent == tmp_path and Path(where[0][0]).name.endswith(".edgekd-tmp")
+    assert tempfile.gettempdir() != where[0][0] and os.getcwd() == str(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.int8.onnx.json", "student"]
 
 
 def test_accuracy_drop_gate_arithmetic():
