@@ -231,6 +231,9 @@ def torch_to_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: i
                                         dynamic_shapes=({0: torch.export.Dim("batch")},),
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
             program.save(str(path))
+        except ImportError as exc:   # not the model: an exporter package missing or too old for this torch
+            raise ExportError(f"torch.onnx.export cannot run: {exc}; install the tested versions with "
+                              f"pip install -c constraints.txt -e . (onnxscript and onnx-ir).") from exc
         except Exception as exc:  # the exporter raises many types; all mean "this module does not export"
             text = (str(exc).strip() or exc.__class__.__name__).splitlines()[0][:240]
             raise ExportError(f"torch.onnx.export (dynamo) failed: {text}; rerun with --debug for the log "

@@ -205,6 +205,15 @@ def test_onnxruntime_quantizer_temporaries_stay_in_the_exports_own_folder(monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.int8.onnx.json", "student"]
 
 
+def test_an_exporter_package_missing_is_named_as_the_install_not_the_model(monkeypatch, tmp_path, digits, tiny_student):
+    """With onnxscript or onnx-ir missing (or too old for this torch) the export said the model failed to export."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx_ir", None)
+    with pytest.raises(ExportError, match="torch.onnx.export cannot run: .*onnx_ir.*pip install -c constraints.txt"):
+        export_onnx(tiny_student, tmp_path / "m.onnx", ExportConfig(), data=digits)
+
+
 def test_accuracy_drop_gate_arithmetic():
     assert check_accuracy_drop(0.90, 0.895, max_drop=1.0, what="m", n=1000) == pytest.approx(0.5)
     with pytest.raises(ExportError, match="loses 1.50 accuracy points .* 90.00% in fp32, 88.50% after"):
