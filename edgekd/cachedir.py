@@ -9,8 +9,8 @@ The cache folder (``$EDGEKD_CACHE`` or ``~/.cache/edgekd``) holds only what edge
   ``images/splits/<key>.npy`` (edgekd.data);
 - ``conversions``: ncnn and MNN files converted from an ``.onnx`` by the benchmarks, ``convert/<name>/``;
 - ``unfinished``: the temporary file of a logits, decode or split write whose process died before it
-  renamed it into place (``.<key>.<pid>.tmp`` / ``.x.npy`` / ``.y.npy`` / ``.json.tmp`` / ``.npy``); one of a running
-  process is never listed.
+  renamed it into place (``.<key>.<pid>.tmp`` / ``.x.npy`` / ``.y.npy`` / ``.json.tmp`` / ``.npy``), and the arrays and
+  lock of a decode killed between its renames; one of a running process is never listed.
 
 A split file is a full copy of its rows, and every (split seed, val fraction, train limit) makes its
 own, so a folder larger than memory leaves several such copies behind. ``prune_cache`` removes entries
@@ -181,6 +181,7 @@ def _unfinished(root: Path):
             key, pid = path.name.split(".")[1:3]
             if left_behind(int(pid), path):
                 yield _entry("unfinished", f"{key} (process {pid})", [path])
+    yield from _stopped_decodes(root / "images")
     convert = root / "convert"   # a conversion's folder as it is being made: .<name>.<pid>-<random>.tmp
     for sub in convert.iterdir() if convert.is_dir() and not convert.is_symlink() else ():
         found = _CONVERTING.fullmatch(sub.name)
@@ -188,6 +189,37 @@ def _unfinished(root: Path):
             files = [p for p in sub.rglob("*") if p.is_file() and not p.is_symlink()]
             yield CacheEntry(kind="unfinished", name=f"{found.group(1)} (process {found.group(2)})", paths=(sub,),
                              bytes=sum(p.lstat().st_size for p in files), last_used=sub.lstat().st_mtime)
+
+
+def _stopped_decodes(folder: Path):
+    """What a decode killed between its renames leaves (edgekd.imagefolder): ``KEY.x.npy`` / ``KEY.y.npy`` without
+    the ``KEY.json`` that makes them an entry (a whole decoded folder no kind listed), and its ``.KEY.lock``;
+    none while a decode of that key holds the lock."""
+    for path in _files(folder, rf"{_KEY}\.[xy]\.npy"):
+        key = path.name.split(".")[0]
+        if not (folder / f"{key}.json").exists() and not _decode_running(folder / f".{key}.lock"):
+            yield _entry("unfinished", f"{key} (decode stopped)", [path])
+    for lock in _files(folder, rf"\.{_KEY}\.lock"):
+        if not _decode_running(lock):
+            yield _entry("unfinished", f"{lock.name[1:-5]} (decode lock)", [lock])
+
+
+def _decode_running(lock: Path) -> bool:
+    """Whether a process holds the decode lock ``lock`` (taken and let go at once where none does)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:   # no lock: no decode of that key runs
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _remove(entry: CacheEntry) -> None:

@@ -145,3 +145,28 @@ def test_a_logit_entry_pruned_as_it_is_read_is_a_miss_not_a_torn_file(tmp_path, 
 
     monkeypatch.setattr(safetensors, "safe_open", pruned_first)
     assert cache.load("a" * 32) is None
+
+
+def test_a_decode_killed_between_its_renames_is_unfinished_unless_one_runs(cache):
+    """KEY.x.npy and KEY.y.npy renamed in, the kill before KEY.json: a whole decoded folder that no kind
+    listed and no prune removed, with its .KEY.lock; while a decode of that key holds the lock, nothing."""
+    import fcntl
+
+    root, _ = cache
+    images = root / "images"
+    key = "d" * 32
+    arrays = [images / f"{key}.x.npy", images / f"{key}.y.npy"]
+    for path in arrays:
+        path.write_bytes(b"\0" * 64)
+    lock = images / f".{key}.lock"
+    lock.write_bytes(b"")
+    held = os.open(lock, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)   # a decode of that key running
+    try:
+        assert not [e for e in cache_entries(root) if key in e.name]
+    finally:
+        os.close(held)
+    stopped = [e for e in cache_entries(root) if key in e.name]
+    assert {e.kind for e in stopped} == {"unfinished"} and sorted(p for e in stopped for p in e.paths) == sorted([*arrays, lock])
+    prune_cache(root, kinds=("unfinished",))
+    assert not any(p.exists() for p in [*arrays, lock]) and {e.kind for e in cache_entries(root)} >= {"decoded"}
