@@ -4,8 +4,9 @@ Specs:
 - ``digits``: scikit-learn's 8x8 digits (shipped inside scikit-learn), 10 classes; the default.
 - ``fashion-mnist[:DIR]``, ``mnist[:DIR]``: the four standard IDX files (gzipped or not) in DIR, else
   in ``$EDGEKD_DATA/<name>``, else ``/usr/share/datasets/<name>``.
-- ``npz:PATH``: arrays ``x`` and ``y``, optional ``class_names``, ``x_test``/``y_test``; stored uncompressed,
-  ``x`` and ``x_test`` are memory-mapped (``_npz_member``) and split into the cache like a decoded folder.
+- ``npz:PATH``: arrays ``x`` and ``y``, optional ``class_names``, ``x_test``/``y_test``; ``x`` and ``x_test`` are
+  memory-mapped where stored uncompressed (``_npz_member``), else inflated once into the cache and mapped
+  from there (``_unpacked_member``), and split into the cache like a decoded folder.
 - ``imagefolder:DIR[,...]``: one folder per class (``edgekd.imagefolder``).
 - ``synthetic:classes=N,groups=G,dim=D,seed=S[,...]``: generated vectors, many classes in groups of
   confusable ones, true groups known (``edgekd.synthetic``).
@@ -529,7 +530,10 @@ _PLAIN_ARRAY = {"x": "numbers: numpy.asarray(x, dtype=numpy.float32)", "x_test":
 
 
 def _npz_array(archive, path: Path, key: str) -> np.ndarray:
-    mapped = _npz_member(path, key) if key in ("x", "x_test") else None
+    mapped = None
+    if key in ("x", "x_test"):
+        mapped = _npz_member(path, key)
+        mapped = _unpacked_member(path, key) if mapped is None else mapped
     try:
         return archive[key] if mapped is None else mapped
     except ValueError as exc:
@@ -562,6 +566,51 @@ def _npz_member(path: Path, key: str) -> np.memmap | None:
     if fortran or dtype.hasobject or offset + dtype.itemsize * math.prod(shape) > path.stat().st_size:
         return None
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def _unpacked_member(path: Path, key: str) -> np.memmap | None:
+    """Array ``key`` of a compressed .npz (``numpy.savez_compressed``) inflated once, a chunk at a time, into
+    the cache (``images/splits/<key>.npy``, kind ``splits``), and memory-mapped from there: read into memory
+    whole it did not fit where a larger-than-memory folder of images does. Keyed by the archive
+    (``file_identity``) and the member's CRC-32; ``None`` for a member not in C order or holding objects."""
+    import zipfile
+
+    from edgekd.outputs import made_here
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{key}.npy")
+        digest = hashlib.sha256(f"unpacked\0{path.resolve()}\0{file_identity(path.stat())}\0{key}\0{info.CRC}".encode())
+        target = default_cache_dir() / "images" / "splits" / f"{digest.hexdigest()[:32]}.npy"
+        with contextlib.suppress(OSError, ValueError):
+            # (not touched: its splits are keyed by its mtime, as a decoded folder's by its x.npy's)
+            return np.load(target, mmap_mode="r")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(member)
+            if fortran or dtype.hasobject:
+                return None
+            tmp = made_here(target.with_name(f".{target.stem}.{os.getpid()}.npy"))
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+                flat = out.reshape(-1).view(np.uint8)
+                for start in range(0, len(flat), SPLIT_CHUNK_BYTES):
+                    view = memoryview(flat[start:start + SPLIT_CHUNK_BYTES])
+                    if member.readinto(view) != len(view):
+                        raise DataError(f"'{path}': array '{key}' ends before its {math.prod(shape)} values; save it again.")
+                out.flush()
+                del out, flat
+                os.replace(tmp, target)
+            except BaseException as exc:   # Ctrl-C too: the temporary is a full copy of the array
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                if not isinstance(exc, OSError):
+                    raise
+                raise DataError(f"Cannot unpack '{key}' of '{path}' into the cache ({exc.strerror or exc}); free disk space "
+                                f"there, point EDGEKD_CACHE at a folder with room for it, or save the .npz uncompressed "
+                                f"(numpy.savez).") from None
+    return np.load(target, mmap_mode="r")
 
 
 def _labels(path: Path, name: str, y: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,7 +157,7 @@ def test_a_model_meets_the_data_it_was_trained_on_split_as_it_was(tmp_path, digi
 def test_npz_inputs_are_memory_mapped_and_split_into_the_cache_not_beside_the_file(tmp_path, monkeypatch):
     import torch
 
-    from edgekd.data import _npz_member
+    from edgekd.data import _npz_member, _unpacked_member
 
     monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)
@@ -166,13 +167,18 @@ def test_npz_inputs_are_memory_mapped_and_split_into_the_cache_not_beside_the_fi
     np.savez(data_dir / "plain.npz", x=x, y=y, notes=np.zeros(3))
     np.savez_compressed(data_dir / "packed.npz", x=x, y=y)
     assert isinstance(_npz_member(data_dir / "plain.npz", "x"), np.memmap)   # stored: mapped in place
-    assert _npz_member(data_dir / "packed.npz", "x") is None                 # deflated: read into memory
+    assert _npz_member(data_dir / "packed.npz", "x") is None                 # deflated: not mapped in place,
+    unpacked = _unpacked_member(data_dir / "packed.npz", "x")                # but inflated into the cache once
+    assert isinstance(unpacked, np.memmap) and np.array_equal(unpacked, x) and Path(unpacked.filename).parent.name == "splits"
     plain, packed = load_dataset(f"npz:{data_dir / 'plain.npz'}"), load_dataset(f"npz:{data_dir / 'packed.npz'}")
     for split in ("x_train", "x_val", "x_test"):
         assert torch.equal(getattr(plain, split), getattr(packed, split))
     assert plain.mean == packed.mean and plain.std == packed.std
     assert sorted(p.name for p in data_dir.iterdir()) == ["packed.npz", "plain.npz"]   # nothing written beside the data
-    assert len(list((tmp_path / "cache" / "images" / "splits").glob("*.npy"))) == 3    # the plain file's three splits
+    # each file's three splits, and the packed file's x inflated (once: read again, it is the same file)
+    assert len(list((tmp_path / "cache" / "images" / "splits").glob("*.npy"))) == 7
+    load_dataset(f"npz:{data_dir / 'packed.npz'}")
+    assert len(list((tmp_path / "cache" / "images" / "splits").glob("*.npy"))) == 7
 
 
 def test_a_rewritten_npz_with_its_mtime_put_back_is_read_again(tmp_path):
