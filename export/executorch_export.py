@@ -70,13 +70,18 @@ def require_executorch():
                           f"pip install -c constraints.txt \"edgekd[mobile]\" (executorch 1.4.1 pairs with torch 2.13).") from None
 
 
-def export_executorch(model: str | Path, out: str | Path, config, *, overwrite: bool = False, data=None,
+def export_executorch(model: str | Path, out: str | Path, config=None, *, overwrite: bool = False, data=None,
                       calibration=None):
     """Export the artifact ``model`` to the ExecuTorch program ``out`` (``.pte``), verified; returns an
-    ``ExportResult``. ``config`` is an ``ExportConfig`` (``batch_size`` fixes the program's batch)."""
+    ``ExportResult``. ``config`` is an ``ExportConfig`` (``batch_size`` fixes the program's batch); this
+    function is the ExecuTorch export, so its ``executorch`` flag is set here whatever it was."""
+    from dataclasses import replace
+
+    from export.config import ExportConfig
     from export.onnx_export import ExportResult, check_request
 
     started = time.perf_counter()
+    config = replace(config or ExportConfig(), executorch=True)
     out = Path(out)
     summary_path = out.with_name(out.name + ".json")
     check_request(out, summary_path, config, overwrite=overwrite, model=model)

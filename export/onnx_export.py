@@ -79,6 +79,9 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
     ``config``. Raises ``ExportError`` (and writes nothing) when a gate fails.
     """
     started = time.perf_counter()
+    if config.executorch:   # (this writes ONNX: an ONNX graph named .pte fails far from here, on the device)
+        raise ConfigError("export_onnx writes ONNX; call export.export_executorch for an ExecuTorch program (.pte). "
+                          "Got a config with executorch=True.")
     out = Path(out)
     summary_path = out.with_name(out.name + ".json")
     check_request(out, summary_path, config, overwrite=overwrite, has_calibration=calibration is not None, model=model)

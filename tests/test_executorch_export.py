@@ -225,3 +225,14 @@ def test_calibration_takes_64_rows_a_call_where_the_model_allows(executorch, mon
     converted = quantize_pt2e(_Counting(fixed).eval(), torch.zeros(1, 4), calibration, 1)
     assert len(seen) == calls and sum(seen) == 130
     assert converted(torch.ones(1, 4)).shape == (1, 3)
+
+
+@pytest.mark.mobile
+def test_export_executorch_is_the_executorch_export_whatever_its_config_says(tmp_path, tiny_student, digits, executorch):
+    """``export_executorch(m, "x.pte", ExportConfig())`` was refused with "pass --executorch"; no config at all
+    was a TypeError."""
+    from export import ExportConfig, export_executorch
+
+    for name, config in (("a.pte", ExportConfig()), ("b.pte", None)):
+        result = export_executorch(tiny_student, tmp_path / name, config, data=digits)
+        assert result.format == "pte" and (tmp_path / name).read_bytes()[4:8] == b"ET12"

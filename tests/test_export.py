@@ -214,6 +214,15 @@ def test_an_exporter_package_missing_is_named_as_the_install_not_the_model(monke
         export_onnx(tiny_student, tmp_path / "m.onnx", ExportConfig(), data=digits)
 
 
+def test_export_onnx_refuses_an_executorch_config(tmp_path, tiny_student):
+    """It wrote an ONNX graph named .pte (its summary saying onnx), to fail later on the device."""
+    from edgekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="export_onnx writes ONNX; call export.export_executorch"):
+        export_onnx(tiny_student, tmp_path / "s.pte", ExportConfig(executorch=True))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_accuracy_drop_gate_arithmetic():
     assert check_accuracy_drop(0.90, 0.895, max_drop=1.0, what="m", n=1000) == pytest.approx(0.5)
     with pytest.raises(ExportError, match="loses 1.50 accuracy points .* 90.00% in fp32, 88.50% after"):
