@@ -132,6 +132,10 @@ class DistillConfig:
             raise ConfigError("The 'temperature' parameter softens the soft term, which alpha=0 leaves out: a search "
                               "over T would train the same student for every T. Got temperature='auto' with alpha=0; "
                               "leave --temperature out or pass --alpha above 0.")
+        for name, grid, searched in (("temperature_grid", self.temperature_grid, self.temperature is None),
+                                     ("alpha_grid", self.alpha_grid, self.alpha is None)):
+            if searched and not len(grid):   # (max() of an empty search, after the teacher's targets were made)
+                raise ConfigError(f"The '{name}' parameter must list at least one value to search. Got {tuple(grid)!r} instead.")
         for t in self.temperature_grid:
             check_positive("temperature_grid", t)
         for a in self.alpha_grid:

@@ -465,7 +465,10 @@ def _with_twin_taught(kept: tuple, recipe: dict, twin: tuple, data: Dataset) -> 
 
 
 def _check_augmentation(config: DistillConfig, input_shape) -> None:
-    """Mirroring needs images; so does a fixed baseline jitter, which must leave part of them (``_check_baseline_jitter``)."""
+    """Mirroring and jitter need images, and a jitter must leave part of them; so must a fixed baseline jitter
+    (``_check_baseline_jitter``). (The library checks what the command line does: a jitter as large as the
+    image trained on blank inputs.)"""
+    check_jitter(config.train.jitter, input_shape)
     check_flip(config.train.flip, input_shape)
     check_flip(config.baseline_flip, input_shape, name="baseline_flip")
     _check_baseline_jitter(config, input_shape)

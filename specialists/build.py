@@ -31,7 +31,7 @@ from edgekd.models import count_macs, count_parameters
 from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, teacher_from_artifact
 from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
-from edgekd.validation import check_flip, check_indices, check_output_dir
+from edgekd.validation import check_flip, check_indices, check_jitter, check_output_dir
 from specialists.clustering import check_k, covariance_npy, covariance_png, find_clusters
 from specialists.combine import (SolveResult, SpecialistEnsembleModule, check_specialist_artifact, check_top_n, gated_combine,
                                  max_active_bound)
@@ -130,6 +130,7 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     generalist = open_generalist(teacher_path, config.member, device=resolve_device(config.train.device))
     check_teacher_fits(generalist.teacher, data, name="Generalist")
     data = data.shaped(generalist.teacher.input_shape)   # flat data of the right size, read as the generalist's images
+    check_jitter(config.train.jitter, data.input_shape)
     check_flip(config.train.flip, data.input_shape)
     data = place_dataset(data, generalist.device)
     timings = {}

@@ -69,3 +69,13 @@ def test_a_library_config_and_the_cli_agree_on_the_device_and_check_it():
     with pytest.raises(ConfigError, match="'device' parameter must be one of 'auto', 'cpu', 'cuda' or 'cuda:N'"):
         TrainConfig(device="gpu")
     assert TrainConfig(device="cuda:1").device == "cuda:1"   # whether it exists is resolve_device's to say
+
+
+@pytest.mark.parametrize("grid", ["temperature_grid", "alpha_grid"])
+def test_an_empty_search_grid_is_refused_when_it_is_searched(grid):
+    """An empty grid was accepted and distill failed with max() of an empty sequence after the teacher's targets."""
+    fixed = {"temperature_grid": {"alpha": 0.5}, "alpha_grid": {"temperature": 4.0}}[grid]
+    searched = {"temperature_grid": {"temperature": None}, "alpha_grid": {"alpha": None}}[grid]
+    with pytest.raises(ConfigError, match=f"The '{grid}' parameter must list at least one value"):
+        DistillConfig(**searched, **{grid: ()})
+    DistillConfig(**fixed, **{grid: ()})   # not searched: no grid needed

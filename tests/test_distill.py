@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from edgekd.distill import describe_gain, gap_closed
+from edgekd.distill import describe_gain, distill, gap_closed
 
 
 def test_gap_closed_is_a_share_of_a_real_gap():
@@ -468,3 +468,20 @@ def test_alpha_zero_never_runs_the_teacher_on_the_transfer_set(tmp_path, digits,
     assert sum(rows) <= len(digits.y_val) + len(digits.y_test) + 1   # its own accuracy only (and one probe row)
     assert result.student_test_accuracy == pytest.approx(result.baseline_test_accuracy)
     assert not any(r.get("twin") for r in result.student_search)
+
+
+def test_the_library_refuses_a_jitter_the_command_line_refuses(tmp_path, digits, tiny_teacher):
+    """distill() and build_specialists() trained on blank inputs with a jitter as large as the image (only the
+    commands checked it)."""
+    from edgekd.config import DistillConfig, TrainConfig
+    from edgekd.errors import ConfigError
+    from edgekd.teachers import load_teacher
+    from specialists.build import build_specialists
+    from specialists.config import SpecialistConfig
+
+    with pytest.raises(ConfigError, match="The 'jitter' parameter must be smaller than the images' side"):
+        distill(load_teacher(tiny_teacher), digits, DistillConfig(train=TrainConfig(epochs=1, jitter=9)), tmp_path / "s")
+    with pytest.raises(ConfigError, match="The 'jitter' parameter must be smaller than the images' side"):
+        build_specialists(tiny_teacher, digits, SpecialistConfig(member=0, clusters=3, train=TrainConfig(epochs=1, jitter=8)),
+                          tmp_path / "sp")
+    assert list(tmp_path.iterdir()) == []
