@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from edgekd.errors import ConfigError
-from edgekd.validation import (MAX_LR, check_choice, check_in_range, check_int_at_least, check_positive,
+from edgekd.validation import (MAX_LR, check_bool, check_choice, check_in_range, check_int_at_least, check_positive,
                                check_device, check_seed, check_val_fraction)
 
 PRECISIONS = ("fp32", "bf16")
@@ -63,6 +63,7 @@ class TrainConfig:
         check_seed(self.seed)
         check_choice("precision", self.precision, PRECISIONS)
         check_in_range("mixup", self.mixup, 0.0, MAX_MIXUP)
+        check_bool("flip", self.flip)
         check_device(self.device)
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Iterable
 
 from edgekd.errors import ConfigError
 
 
+def _real(value) -> bool:
+    """A real number (numpy's too), not a bool and not text that looks like one: types are checked before values."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_positive(name: str, value: float, *, strict: bool = True) -> float:
     """``value > 0`` (or ``>= 0`` with ``strict=False``), and finite."""
-    ok = value > 0 if strict else value >= 0
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok:
+    if not _real(value) or not math.isfinite(value) or not (value > 0 if strict else value >= 0):
         bound = "> 0" if strict else ">= 0"
         raise ConfigError(f"The '{name}' parameter must be {bound} and finite. Got {value!r} instead.")
     return value
@@ -20,9 +25,16 @@ def check_positive(name: str, value: float, *, strict: bool = True) -> float:
 
 def check_in_range(name: str, value: float, low: float, high: float) -> float:
     """``low <= value <= high``."""
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+    if not _real(value) or not math.isfinite(value) or not low <= value <= high:
         raise ConfigError(f"The '{name}' parameter must be in [{low:g}, {high:g}]. Got {value!r} instead.")
     return value
+
+
+def check_bool(name: str, value) -> bool:
+    """``True`` or ``False`` (numpy's too): ``flip="no"`` turned mirroring on."""
+    if type(value).__name__ not in ("bool", "bool_"):
+        raise ConfigError(f"The '{name}' parameter must be True or False. Got {value!r} instead.")
+    return bool(value)
 
 
 DEVICES = ("auto", "cpu", "cuda")   # or "cuda:N"; resolved once, in edgekd.device
@@ -46,7 +58,7 @@ def check_val_fraction(value: float, name: str = "val_fraction") -> float:
 
 
 def check_int_at_least(name: str, value: int, low: int) -> int:
-    if not isinstance(value, int) or value < low:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:   # (numpy's integers too)
         raise ConfigError(f"The '{name}' parameter must be an integer >= {low}. Got {value!r} instead.")
     return value
 

@@ -3,7 +3,7 @@
 import pytest
 
 from edgekd.cli import cli
-from edgekd.config import DistillConfig, PipelineConfig, TeacherConfig, defaults
+from edgekd.config import DistillConfig, PipelineConfig, TeacherConfig, TrainConfig, defaults
 from edgekd.errors import ConfigError
 
 
@@ -79,3 +79,22 @@ def test_an_empty_search_grid_is_refused_when_it_is_searched(grid):
     with pytest.raises(ConfigError, match=f"The '{grid}' parameter must list at least one value"):
         DistillConfig(**searched, **{grid: ()})
     DistillConfig(**fixed, **{grid: ()})   # not searched: no grid needed
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: TrainConfig(lr="0.01"), "The 'lr' parameter must be > 0 and finite. Got '0.01' instead."),
+    (lambda: DistillConfig(temperature="auto"), "The 'temperature' parameter must be > 0 and finite. Got 'auto' instead."),
+    (lambda: TrainConfig(flip="no"), "The 'flip' parameter must be True or False. Got 'no' instead."),
+    (lambda: TrainConfig(epochs=True), "The 'epochs' parameter must be an integer >= 1. Got True instead."),
+])
+def test_a_value_of_the_wrong_type_is_one_config_error(build, message):
+    """A string compared with a number was a raw TypeError; flip="no" turned mirroring on; epochs=True was 1."""
+    with pytest.raises(ConfigError) as refused:
+        build()
+    assert str(refused.value) == message
+
+
+def test_numpy_numbers_are_numbers():
+    import numpy as np
+
+    assert TrainConfig(epochs=np.int64(3), lr=np.float32(0.01), flip=np.bool_(True)).epochs == 3

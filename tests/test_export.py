@@ -207,9 +207,10 @@ def test_onnxruntime_quantizer_temporaries_stay_in_the_exports_own_folder(monkey
 
 def test_an_exporter_package_missing_is_named_as_the_install_not_the_model(monkeypatch, tmp_path, digits, tiny_student):
     """With onnxscript or onnx-ir missing (or too old for this torch) the export said the model failed to export."""
-    import sys
+    def exporter_without_onnx_ir(*_args, **_kwargs):   # what torch raises when onnx-ir is absent
+        raise ModuleNotFoundError("No module named 'onnx_ir'", name="onnx_ir")
 
-    monkeypatch.setitem(sys.modules, "onnx_ir", None)
+    monkeypatch.setattr(torch.onnx, "export", exporter_without_onnx_ir)
     with pytest.raises(ExportError, match="torch.onnx.export cannot run: .*onnx_ir.*pip install -c constraints.txt"):
         export_onnx(tiny_student, tmp_path / "m.onnx", ExportConfig(), data=digits)
 
