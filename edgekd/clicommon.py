@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from edgekd.config import MAX_MIXUP, PRECISIONS, TrainConfig, defaults
-from edgekd.validation import DEVICES, VAL_FRACTION_RANGE
+from edgekd.validation import VAL_FRACTION_RANGE
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -160,12 +160,31 @@ def refuse_torchrun() -> None:
                           f"run data-parallel).")
 
 
+class _Device(click.ParamType):
+    """auto, cpu, cuda or cuda:N (``validation.check_device``: a choice list refused cuda:N)."""
+
+    name = "auto|cpu|cuda[:N]"
+
+    def convert(self, value, param, ctx):
+        from edgekd.errors import ConfigError
+        from edgekd.validation import check_device
+
+        try:
+            return check_device(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DEVICE = _Device()
+
+
 def common_options(func):
     """--config, --seed, --device, --quiet, --debug for a command."""
     @click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_toml_defaults,
                   is_eager=True, expose_value=True, help="TOML file with defaults for any option (flags override).")
     @click.option("--seed", type=click.IntRange(min=0, max=10**8), default=0, show_default=True, help="Random seed.")
-    @click.option("--device", type=click.Choice(DEVICES), default=defaults(TrainConfig)["device"], show_default=True)
+    @click.option("--device", type=DEVICE, metavar="[auto|cpu|cuda|cuda:N]", default=defaults(TrainConfig)["device"], show_default=True,
+                  help="auto (a GPU when one is visible), cpu, cuda or cuda:N.")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
     @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
     @click.option("--trust-code", is_flag=True,

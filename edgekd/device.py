@@ -32,7 +32,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_device(name)
     if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("The 'device' parameter is 'cuda' but no CUDA device is available; use --device cpu or auto.")
+        raise ConfigError(f"The 'device' parameter is {str(name)!r} but no CUDA device is available; use --device cpu or auto.")
     device = torch.device(name)
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"The 'device' parameter is {name!r} but this machine has {torch.cuda.device_count()} CUDA "

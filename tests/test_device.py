@@ -376,3 +376,13 @@ def test_a_view_table_too_large_for_the_gpu_is_gathered_on_the_host(cuda_teacher
     _cli("distill", "--teacher", cuda_teacher, "--student", "mlp:hidden=32", "--epochs", "2", "--jitter", "1",
          "--views", "2", "--device", "cuda", "--quiet", "--out", out)
     assert kept and all(d.type == "cpu" for d in kept) and _manifest(out)["metrics"]["test_accuracy"] > 0.8
+
+
+def test_the_command_line_takes_cuda_n(capsys):
+    """--device was a choice of auto, cpu, cuda: cuda:1 was refused by the option before any check."""
+    code = run_cli(cli, ["teacher", "train", "--device", "cuda:1", "--arch", "mlp:hidden=8", "--out", "/nonexistent/o"])
+    err = capsys.readouterr().err
+    if not CUDA:
+        assert code == 2 and "The 'device' parameter (--device) is 'cuda:1' but no CUDA device is available" in err, err
+    code = run_cli(cli, ["teacher", "train", "--device", "tpu", "--out", "/nonexistent/o"])
+    assert code == 2 and "must be one of 'auto', 'cpu', 'cuda' or 'cuda:N'. Got 'tpu'" in capsys.readouterr().err
