@@ -422,8 +422,11 @@ def temp_folder(out: str | Path, suffix: str = TEMP_SUFFIX) -> Path:
 
 
 # the temporaries this process made: in a container every job is pid 1, so a name with this process's pid
-# may be the leftover of the job before it (it looked alive for ever: never removed, its backup never restored)
+# may be the leftover of the job before it (it looked alive for ever: never removed, its backup never restored),
+# or, in a cache two containers share, a temporary the other one is writing: one not made here is stale
+# only once nothing in it has changed for IDLE_SECONDS (a write in progress keeps changing it)
 _MADE_HERE: set[str] = set()
+IDLE_SECONDS = 3600
 
 
 def made_here(path: Path) -> Path:
@@ -434,10 +437,23 @@ def made_here(path: Path) -> Path:
 
 def left_behind(pid: int, path: Path) -> bool:
     """Whether the temporary ``path``, named with its writer's ``pid``, was left by a process that is gone:
-    ``pid`` does not run, or it is this process's pid on a path this process did not make (``made_here``)."""
+    ``pid`` does not run, or it is this process's pid on a path this process did not make (``made_here``)
+    and unchanged for ``IDLE_SECONDS``."""
     if pid == os.getpid():
-        return os.path.abspath(path) not in _MADE_HERE
+        return os.path.abspath(path) not in _MADE_HERE and _idle(path) >= IDLE_SECONDS
     return not pid_alive(pid)
+
+
+def _idle(path: Path) -> float:
+    """Seconds since ``path`` (and, for a folder, anything in it) last changed."""
+    import time
+
+    try:
+        newest = max([path.lstat().st_mtime, *(p.lstat().st_mtime for p in path.rglob("*"))] if path.is_dir()
+                     else [path.lstat().st_mtime])
+    except OSError:   # gone meanwhile: nothing to remove
+        return 0.0
+    return time.time() - newest
 
 
 def pid_alive(pid: int) -> bool:

@@ -285,18 +285,29 @@ def test_clean_stale_keeps_what_a_live_process_or_the_user_owns(tmp_path):
 
 def test_leftovers_named_with_this_process_s_pid_are_stale_unless_it_made_them(tmp_path):
     """In a container every job is pid 1: the temporaries and backups of the job before, killed, carry this
-    job's pid and were taken for its own, never removed (a backup never put back: its artifact "not found")."""
+    job's pid and were taken for its own, never removed (a backup never put back: its artifact "not found").
+    Not made here, they are stale once idle for an hour: in a folder two containers share, one just written
+    may be the other job's, still writing."""
+    import time
+
     from edgekd.cachedir import cache_entries
-    from edgekd.outputs import temp_folder
+    from edgekd.outputs import restore_interrupted_swap, temp_folder
 
     backup = tmp_path / f".o.{os.getpid()}-abc.edgekd-old"
     backup.mkdir()
     (backup / "manifest.json").write_text("the previous artifact")
-    mine = temp_folder(tmp_path / "o")   # this process's own, in flight
-    assert clean_stale(tmp_path / "o") == [] and (tmp_path / "o" / "manifest.json").is_file() and mine.is_dir()
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / f".{'e' * 32}.{os.getpid()}.tmp").write_bytes(b"\0" * 8)   # a logit write of the job before
+    logits = cache / f".{'e' * 32}.{os.getpid()}.tmp"
+    logits.write_bytes(b"\0" * 8)
+    # written just now: another container's job (pid 1 too) may be writing them into a shared folder
+    assert restore_interrupted_swap(tmp_path / "o") is None and [e.kind for e in cache_entries(cache)] == []
+    hours_ago = time.time() - 2 * 3600
+    for path in (backup, backup / "manifest.json", logits):
+        os.utime(path, (hours_ago, hours_ago))   # left by the job before, killed two hours ago
+    mine = temp_folder(tmp_path / "o")   # this process's own, in flight (and the backup put back)
+    os.utime(mine, (hours_ago, hours_ago))
+    assert clean_stale(tmp_path / "o") == [] and (tmp_path / "o" / "manifest.json").is_file() and mine.is_dir()
     assert [e.kind for e in cache_entries(cache)] == ["unfinished"]
 
 
