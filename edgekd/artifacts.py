@@ -116,8 +116,9 @@ def _fsync(path: Path) -> None:
 
 # safetensors' names of the torch types edgekd writes (the format's own spelling), in the order of its Dtype
 # enum, which save_file sorts the tensors by (the last first, then by name)
-_SAFETENSORS_DTYPES = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "float16": "F16", "bfloat16": "BF16",
-                       "int32": "I32", "float32": "F32", "float64": "F64", "int64": "I64"}
+_SAFETENSORS_DTYPES = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "float8_e5m2": "F8_E5M2", "float8_e4m3fn": "F8_E4M3",
+                       "int16": "I16", "uint16": "U16", "float16": "F16", "bfloat16": "BF16", "int32": "I32",
+                       "uint32": "U32", "float32": "F32", "float64": "F64", "int64": "I64", "uint64": "U64"}
 _DTYPE_RANK = {name: rank for rank, name in enumerate(_SAFETENSORS_DTYPES)}
 
 
@@ -142,14 +143,16 @@ def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) 
         if str(value.dtype).removeprefix("torch.") not in _SAFETENSORS_DTYPES:
             raise ArtifactError(f"Cannot save tensor '{name}' of type {value.dtype}: edgekd writes {sorted(_SAFETENSORS_DTYPES)}.")
     order = sorted(cpu, key=lambda name: (-_DTYPE_RANK[str(cpu[name].dtype).removeprefix("torch.")], name))
-    header = {"__metadata__": {str(k): str(metadata[k]) for k in sorted(metadata)}} if metadata else {}
+    if metadata and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ArtifactError(f"A safetensors header's metadata maps text to text. Got {metadata!r} instead.")
+    header = {"__metadata__": {k: metadata[k] for k in sorted(metadata)}} if metadata else {}
     offset = 0
     for name in order:
         dtype = str(cpu[name].dtype).removeprefix("torch.")
         size = cpu[name].numel() * cpu[name].element_size()
         header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(cpu[name].shape), "data_offsets": [offset, offset + size]}
         offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     digest = hashlib.sha256()
     with open(path, "wb") as handle:

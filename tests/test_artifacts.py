@@ -168,7 +168,10 @@ def test_tensors_are_written_at_their_path_alone_and_as_safetensors_writes_them(
     tensors = {"w": torch.randn(2048, 4096), "b": torch.randn(7).to(torch.bfloat16), "steps": torch.tensor(3),
                "mask": torch.tensor([True, False]), "t": torch.randn(4, 3).t(), "a32": torch.arange(5, dtype=torch.int32),
                "h": torch.randn(3).half(), "d": torch.randn(2).double(), "u": torch.arange(3, dtype=torch.uint8),
-               "i8": torch.arange(3, dtype=torch.int8), "i16": torch.arange(3, dtype=torch.int16)}   # (every type, pairs of a width)
+               "i8": torch.arange(3, dtype=torch.int8), "i16": torch.arange(3, dtype=torch.int16), "é": torch.zeros(2),
+               "u16": torch.zeros(2, dtype=torch.uint16), "u32": torch.zeros(2, dtype=torch.uint32),
+               "u64": torch.zeros(2, dtype=torch.uint64), "f8": torch.zeros(2, dtype=torch.float8_e4m3fn),
+               "f8b": torch.zeros(2, dtype=torch.float8_e5m2)}   # (every type, pairs of a width, a name not in ASCII)
     seen, done = set(), threading.Event()
 
     def watch():
@@ -185,11 +188,14 @@ def test_tensors_are_written_at_their_path_alone_and_as_safetensors_writes_them(
         watcher.join()
     assert seen <= {"a.safetensors"} and digest == sha256_file(tmp_path / "w" / "a.safetensors")
     # one metadata key: save_file writes several in its hash map's order, which changes from process to process
-    save_tensors(tmp_path / "a.safetensors", tensors, metadata={"sha256": "x"})
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "b.safetensors"), metadata={"sha256": "x"})
+    save_tensors(tmp_path / "a.safetensors", tensors, metadata={"sha256": "é"})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "b.safetensors"), metadata={"sha256": "é"})
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     back = load_file(tmp_path / "w" / "a.safetensors")
-    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in tensors.items())
+    assert all(torch.equal(back[k].reshape(-1).view(torch.uint8), v.contiguous().reshape(-1).view(torch.uint8)) and back[k].dtype == v.dtype
+               for k, v in tensors.items())
+    with pytest.raises(ArtifactError, match="metadata maps text to text"):
+        save_tensors(tmp_path / "c.safetensors", tensors, metadata={"n": 3})
     assert (tmp_path / "w" / "a.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
