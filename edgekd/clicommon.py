@@ -412,11 +412,21 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
         if _out_of_memory(exc):   # not a bug: a batch, model or split larger than the GPU
             if debug:
                 traceback.print_exc()
-            fix = ("rerun with a smaller --batch-size and --overwrite, or go on from the last checkpoint on the CPU "
-                   "with --resume --device cpu" if _resumable(argv) else "rerun with a smaller --batch-size or --device cpu")
-            click.echo(f"error: the GPU ran out of memory ({str(exc).splitlines()[0][:160]}); {fix}.", err=True)
+            click.echo(f"error: the GPU ran out of memory ({str(exc).splitlines()[0][:160]}); "
+                       f"{_out_of_memory_fix(cli, argv)}.", err=True)
             return EXIT_USER_ERROR
         return _internal(exc, debug)
+
+
+def _out_of_memory_fix(cli: click.Group, argv: list) -> str:
+    """What the command that ran out of GPU memory lets a user change: its own batch option where it has one,
+    the CPU, and going on from a checkpoint it kept."""
+    options = {o for p in _command(cli, argv).params for o in p.opts}
+    batch = next((f"a smaller {o}" for o in ("--batch-size", "--batch-sizes") if o in options), None)
+    if _kept_checkpoint(argv):
+        return (f"rerun{' with ' + batch if batch else ''} and --overwrite, or go on from the kept checkpoint on the CPU "
+                f"with --resume --device cpu")
+    return f"rerun with {batch} or with --device cpu" if batch else "rerun with --device cpu"
 
 
 def _out_of_memory(exc: Exception) -> bool:
@@ -481,17 +491,22 @@ def _kept_checkpoint(argv: list) -> bool:
     return any(any(store.glob("*.ckpt.json")) or any(store.glob("*.done.json")) for store in stores)
 
 
+def _command(cli: click.Group, argv: list) -> click.Command:
+    """The (sub)command ``argv`` runs: 'teacher train ...' is ``teacher``'s ``train``."""
+    command = cli
+    for token in argv:
+        if not isinstance(command, click.Group) or token not in command.commands:
+            break
+        command = command.commands[token]
+    return command
+
+
 def with_flags(message: str, cli: click.Group, argv: list) -> str:
     """``The 'batch_sizes' parameter`` becomes ``The 'batch_sizes' parameter (--batch-sizes)`` where the command
     run has that option: the library names its arguments, a command-line user needs the flag to change."""
     import re
 
-    command = cli
-    for token in argv:   # 'teacher train ...': the subcommand that ran
-        if not isinstance(command, click.Group) or token not in command.commands:
-            break
-        command = command.commands[token]
-    flags = {p.name: next((o for o in p.opts if o.startswith("--")), None) for p in command.params
+    flags = {p.name: next((o for o in p.opts if o.startswith("--")), None) for p in _command(cli, argv).params
              if isinstance(p, click.Option)}
 
     def named(match):

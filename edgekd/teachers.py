@@ -380,6 +380,8 @@ class TorchScriptTeacher(Teacher):
         if self._flatten is None:
             try:
                 out = self.net(x)
+            except torch.OutOfMemoryError:   # the GPU's to say (one line from the CLI), not a flat model's
+                raise
             except Exception:   # a call that fails on images: a flat model, tried once on the flattened rows
                 self._flatten = True
             else:   # (only the model's own call: an error of edgekd's in reading its output is no reason to flatten)
@@ -387,6 +389,8 @@ class TorchScriptTeacher(Teacher):
                 return self._as_logits(self._checked(out, len(x)))
         try:
             out = self.net(x.reshape(len(x), -1) if self._flatten else x)
+        except torch.OutOfMemoryError:
+            raise
         except Exception as exc:
             raise TeacherError(f"TorchScript teacher '{self.path}' failed on inputs of shape {tuple(x.shape[1:])} "
                                f"({_cause(exc)[:160]}); pass data of the shape and type it expects.") from None

@@ -651,6 +651,8 @@ def _restore(ckpt, model, optimizer, position: dict, where: str = "the run store
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         _restore_optimizer(optimizer, tensors, meta["optimizer"])
         torch.set_rng_state(tensors["rng_state"])
+    except torch.OutOfMemoryError:   # the GPU's to say: "start over" would throw a good checkpoint away
+        raise
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise EdgekdError(f"The checkpoint in {where} does not fit this model ({str(exc).splitlines()[0][:160]}); "
                           f"pass --overwrite to start over.") from None

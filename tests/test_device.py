@@ -150,8 +150,11 @@ def test_non_finite_loss_is_reported_once_per_epoch(digits):
         _tiny_fit(digits, None, TrainConfig(epochs=1), nan_batches)
 
 
-@pytest.mark.parametrize("argv, fix", [(["teacher", "train", "--arch", "mlp:hidden=16"], "--resume --device cpu"),
-                                       (["bench", "--model", "M"], "smaller --batch-size or --device cpu")])
+@pytest.mark.parametrize("argv, fix", [(["teacher", "train", "--arch", "mlp:hidden=16"], "rerun with a smaller --batch-size or with --device cpu."),
+                                       (["bench", "--model", "M"], "rerun with a smaller --batch-sizes or with --device cpu."),
+                                       (["evaluate", "M"], "rerun with --device cpu."),
+                                       (["teacher", "train", "--arch", "mlp:hidden=16", "KEPT"],
+                                        "rerun with a smaller --batch-size and --overwrite, or go on from the kept checkpoint on the CPU with --resume --device cpu.")])
 def test_a_gpu_out_of_memory_is_one_line_saying_what_to_change(capsys, monkeypatch, tmp_path, argv, fix):
     """torch.OutOfMemoryError (a batch, model or split larger than the GPU) is the user's to fix, not an
     internal error: one line, exit 2, the way out (a checkpointing command can go on on the CPU)."""
@@ -159,9 +162,13 @@ def test_a_gpu_out_of_memory_is_one_line_saying_what_to_change(capsys, monkeypat
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.06 GiB. GPU 0 has 1.20 GiB free.\nmore")
 
     monkeypatch.setattr("click.Context.invoke", out_of_memory)   # the command raises it once its options are parsed
-    code = run_cli(cli, [*argv, "--out", str(tmp_path / "o")])
+    if "KEPT" in argv:   # a checkpoint kept to go on from
+        argv = argv[:-1]
+        (tmp_path / "o.partial").mkdir()
+        (tmp_path / "o.partial" / "member-0.ckpt.json").write_text("{}")
+    code = run_cli(cli, [*argv, *(["--out", str(tmp_path / "o")] if argv[0] != "evaluate" else [])])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "ran out of memory (CUDA out of memory." in err and fix in err, err
+    assert code == 2 and len(err.splitlines()) == 1 and "ran out of memory (CUDA out of memory." in err and err.endswith(fix), err
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, gpu])])
