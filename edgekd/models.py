@@ -34,8 +34,25 @@ class ArchEntry:
 
 
 def register_model(name: str, *, description: str, **defaults):
-    """Register ``builder(input_shape, num_classes, **options) -> nn.Module`` under ``name``."""
+    """Register ``builder(input_shape, num_classes, **options) -> nn.Module`` under ``name``; each option's
+    default (an int, float, bool, text or tuple of ints) says how its value is read from ``name:key=value``.
+    A name already registered is refused (an artifact of the built-in would be built by another model),
+    as is one ``parse_arch`` could never reach."""
+    if not isinstance(name, str) or not name or any(c in name for c in ":,= ") or name.startswith("py"):
+        raise ConfigError(f"A model name is text without ':', ',', '=' or spaces and not starting with 'py' (the "
+                          f"prefix of your own architectures). Got {name!r} instead.")
+    odd = {k: v for k, v in defaults.items() if not isinstance(v, (int, float, str, tuple, list))}
+    if odd:
+        raise ConfigError(f"Option defaults of '{name}' are int, float, bool, text or tuples of ints, which say how a "
+                          f"value is read. Got {odd!r} instead.")
+
     def wrap(builder):
+        before = _REGISTRY[name].builder if name in _REGISTRY else builder
+        same = (getattr(before, "__module__", None), getattr(before, "__qualname__", None)) == \
+            (getattr(builder, "__module__", None), getattr(builder, "__qualname__", None))
+        if not same:   # (the same definition run again, a notebook cell or a reload, replaces itself)
+            raise ConfigError(f"A model named {name!r} is registered already ({_REGISTRY[name].description}); "
+                              f"choose another name.")
         _REGISTRY[name] = ArchEntry(name, builder, defaults, description)
         return builder
     return wrap
@@ -89,6 +106,10 @@ def _parse_value(arch: str, key: str, text: str, default):
             if not all(part.isascii() and part.isdigit() for part in parts) or min(map(int, parts)) < 1:
                 raise ValueError
             value = tuple(map(int, parts))
+        elif isinstance(default, bool):   # (bool("false") is True)
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            value = text.lower() in ("true", "1")
         else:
             value = type(default)(text)
     except ValueError:

@@ -84,3 +84,28 @@ def test_the_output_layer_is_the_linear_whose_output_is_returned():
     assert name == "body.head" and layer.out_features == 10
     with pytest.raises(ConfigError, match=r"output is not an nn.Linear's .*a test edits it"):
         output_layer(create_model("py:my_arch.gated_tail", (1, 8, 8), 10), 10, "a test edits it")
+
+
+def test_register_model_reads_bools_and_refuses_what_it_cannot_hold():
+    """bool("false") is True: a registered model's ``bn=false`` built it with BatchNorm; registering "mlp" again
+    replaced the built-in (its artifacts then failed to build); a None default failed when read."""
+    from torch import nn
+
+    from edgekd.errors import ConfigError
+    from edgekd.models import parse_arch, register_model
+
+    @register_model("test-tiny-bool", description="a test model", hidden=16, bn=True)
+    def tiny(input_shape, num_classes, hidden, bn):
+        return nn.Linear(1, num_classes)
+
+    assert parse_arch("test-tiny-bool:bn=false")[1]["bn"] is False
+    assert parse_arch("test-tiny-bool:bn=1")[1]["bn"] is True
+    with pytest.raises(ConfigError, match="must look like True"):
+        parse_arch("test-tiny-bool:bn=maybe")
+    register_model("test-tiny-bool", description="the same cell run again", hidden=16, bn=True)(tiny)
+    with pytest.raises(ConfigError, match="A model named 'mlp' is registered already"):
+        register_model("mlp", description="mine")(lambda input_shape, num_classes: nn.Linear(1, num_classes))
+    with pytest.raises(ConfigError, match="Got {'note': None} instead"):
+        register_model("test-none", description="x", note=None)
+    with pytest.raises(ConfigError, match="Got 'my:net' instead"):
+        register_model("my:net", description="x")
