@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from edgekd.errors import ConfigError
-from edgekd.validation import (MAX_LR, check_bool, check_choice, check_in_range, check_int_at_least, check_positive,
+from edgekd.validation import (MAX_LR, as_tuple, check_bool, check_choice, check_in_range, check_int_at_least, check_positive,
                                check_device, check_seed, check_val_fraction)
 
 PRECISIONS = ("fp32", "bf16")
@@ -124,6 +124,8 @@ class DistillConfig:
     twin_teacher: bool = False
 
     def __post_init__(self):
+        for name in ("temperature_grid", "alpha_grid", "omit_classes", "search_methods"):
+            object.__setattr__(self, name, as_tuple(getattr(self, name)))
         _check_arch(self.student)
         if self.temperature is not None:
             check_positive("temperature", self.temperature)
@@ -156,6 +158,8 @@ class DistillConfig:
             raise ConfigError(f"The 'baseline_flip' parameter fixes the baseline's recipe together with 'baseline_jitter', "
                               f"which is not set. Got baseline_flip=True alone; pass --baseline-jitter too or leave "
                               f"--baseline-flip out.")
+        for c in self.omit_classes:   # (a class index; its bound is the data's, checked by distill)
+            check_int_at_least("omit_classes", c, 0)
         if len(set(self.omit_classes)) != len(self.omit_classes):
             raise ConfigError(f"The 'omit_classes' parameter must list each class once. Got {list(self.omit_classes)!r} "
                               f"instead; pass each class once, e.g. --omit-classes 3,5.")
@@ -212,6 +216,7 @@ class PipelineConfig:
     skip: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "skip", as_tuple(self.skip))
         check_val_fraction(self.val_fraction)
         for name in self.skip:
             check_choice("skip", name, PIPELINE_OPTIONAL_STAGES)

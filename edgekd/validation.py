@@ -145,3 +145,11 @@ def parse_limit(name: str, value: str | float | int | None, total: int) -> int |
     if number != int(number):
         raise ConfigError(f"The '{name}' parameter must be a whole count or a fraction in (0, 1]. Got {value!r} instead.")
     return min(int(number), total)
+
+
+def as_tuple(value) -> tuple:
+    """The items of ``value`` as a tuple; one text or number is one item (a config's ``skip="bench"`` was read a
+    letter at a time, and a list kept a frozen config unhashable)."""
+    if isinstance(value, (str, bytes, numbers.Number)):
+        return (value,)
+    return tuple(value)

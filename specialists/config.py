@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from edgekd.config import TrainConfig
 from edgekd.errors import ConfigError
-from edgekd.validation import check_int_at_least, check_positive
+from edgekd.validation import as_tuple, check_int_at_least, check_positive
 
 DEFAULT_CLUSTER_TEMPERATURE = 4.0   # clustering uses softmax(z / T); why not the paper's T = 1: specialists.clustering
 DEFAULT_TOL = 1e-6                  # the KL solver stops when no log-probability moves by more ...
@@ -32,8 +32,10 @@ class SpecialistConfig:
     per_cluster: int = 1                 # specialists per cluster, each with its own seed: independent opinions
 
     def __post_init__(self):
-        if isinstance(self.clusters, int):   # one K, as a notebook writes it
-            object.__setattr__(self, "clusters", (self.clusters,))
+        if self.clusters == "auto":   # as the command line spells "choose K on val"
+            object.__setattr__(self, "clusters", None)
+        if self.clusters is not None:   # one K, as a notebook writes it, or a list: a tuple
+            object.__setattr__(self, "clusters", as_tuple(self.clusters))
         if self.clusters is not None:
             for k in self.clusters:
                 check_int_at_least("clusters", k, 2)

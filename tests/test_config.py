@@ -98,3 +98,16 @@ def test_numpy_numbers_are_numbers():
     import numpy as np
 
     assert TrainConfig(epochs=np.int64(3), lr=np.float32(0.01), flip=np.bool_(True)).epochs == 3
+
+
+def test_one_value_where_a_tuple_goes_is_one_item():
+    """skip="bench" was read a letter at a time ("Got 'b'"), clusters="auto" (the command line's spelling) too, and a
+    list left a frozen config unhashable."""
+    from specialists.config import SpecialistConfig
+
+    assert PipelineConfig(skip="bench").skip == ("bench",)
+    assert DistillConfig(search_methods="kd").search_methods == ("kd",)
+    assert SpecialistConfig(clusters="auto").clusters is None and SpecialistConfig(clusters=[3, 4]).clusters == (3, 4)
+    assert hash(DistillConfig(temperature=None, temperature_grid=[1, 2])) is not None
+    with pytest.raises(ConfigError, match="The 'omit_classes' parameter must be an integer >= 0. Got '3' instead."):
+        DistillConfig(omit_classes="3")
