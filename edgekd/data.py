@@ -11,9 +11,10 @@ Specs:
 - ``synthetic:classes=N,groups=G,dim=D,seed=S[,...]``: generated vectors, many classes in groups of
   confusable ones, true groups known (``edgekd.synthetic``).
 
-Inputs are kept *raw* (pixels as stored: 0-255, or 0-16 for digits) as float32 tensors; every edgekd
-model carries its own normalisation (statistics computed on the train split), so any model maps raw
-inputs to logits and a device can feed pixels as they come.
+Inputs are kept *raw*, as stored: pixels of IDX, npz and image-folder data stay uint8 (0-255), digits and
+float arrays float32 (``as_float`` converts a batch); every edgekd model carries its own normalisation
+(statistics computed on the train split), so any model maps raw inputs to logits and a device can feed
+pixels as they come.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ HELD_OUT_TEST_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class Dataset:
-    """Raw float32 inputs (N, *input_shape) and int64 labels for train / val / test."""
+    """Raw inputs (N, *input_shape), as stored (uint8 pixels stay uint8: ``as_float`` per batch), and int64
+    labels for train / val / test."""
 
     spec: str
     classes: tuple[str, ...]

@@ -335,6 +335,8 @@ def write_metadata(src: Path, dst: Path, props: dict[str, str]) -> None:
 
 def read_metadata(path: str | Path) -> dict:
     """The ``edgekd.*`` metadata of an exported .onnx/.ort file, read through onnxruntime, JSON decoded."""
+    if not Path(path).is_file():   # (onnxruntime's own words blame the export: "choose another --opset")
+        raise ConfigError(f"File '{path}' not found; pass a .onnx or .ort file written by 'edgekd export'.")
     session = open_session(path)
     meta = session.get_modelmeta().custom_metadata_map
     result = {}

@@ -572,3 +572,11 @@ def test_an_export_used_as_a_teacher_meets_the_checks_its_artifact_meets(tmp_pat
     with pytest.raises(DataError, match="rows it trained on would be scored as held out"):
         check_teacher_fits(teacher, load_dataset("digits", val_fraction=0.3))
     assert load_teacher(path, output="logits").classes == digits.classes
+
+
+def test_read_metadata_of_a_missing_file_says_so(tmp_path):
+    from edgekd.errors import ConfigError
+    from export import read_metadata
+
+    with pytest.raises(ConfigError, match="File '.*none.onnx' not found; pass a .onnx or .ort file written by 'edgekd export'"):
+        read_metadata(tmp_path / "none.onnx")
