@@ -227,6 +227,18 @@ class PipelineConfig:
         for name in ("jitter", "student_jitter"):
             if getattr(self, name) is not None:
                 check_int_at_least(name, getattr(self, name), 0)
+        # what each stage's own config checks, checked here too: a notebook's config is refused when built
+        _check_arch(self.teacher_arch)
+        _check_arch(self.student)
+        check_seed(self.seed)
+        check_device(self.device)
+        if self.train_limit is not None:
+            check_int_at_least("train_limit", self.train_limit, 1)
+        if self.temperature is not None:
+            check_positive("temperature", self.temperature)
+        if self.alpha is not None:
+            check_in_range("alpha", self.alpha, 0.0, 1.0)
+        check_bool("student_recipe_search", self.student_recipe_search)
 
 
 PIPELINE_OPTIONAL_STAGES = ("specialists", "export", "bench")

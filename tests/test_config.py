@@ -111,3 +111,15 @@ def test_one_value_where_a_tuple_goes_is_one_item():
     assert hash(DistillConfig(temperature=None, temperature_grid=[1, 2])) is not None
     with pytest.raises(ConfigError, match="The 'omit_classes' parameter must be an integer >= 0. Got '3' instead."):
         DistillConfig(omit_classes="3")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(student="nope"), "Unknown architecture 'nope'"), (dict(teacher_arch="zzz"), "Unknown architecture 'zzz'"),
+    (dict(device="gpu"), "'device' parameter must be one of"), (dict(seed=-1), "'seed' parameter"),
+    (dict(temperature=-1), "'temperature' parameter must be > 0"), (dict(alpha=3), "'alpha' parameter must be in [0, 1]"),
+    (dict(train_limit=-3), "'train_limit' parameter must be an integer >= 1")])
+def test_a_pipeline_config_is_checked_when_built(kwargs, message):
+    """These were accepted by PipelineConfig and refused only once run_pipeline started."""
+    with pytest.raises(ConfigError) as refused:
+        PipelineConfig(**kwargs)
+    assert message in str(refused.value)
