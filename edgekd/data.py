@@ -161,6 +161,16 @@ class Dataset:
         return record
 
 
+def as_dataset(data) -> "Dataset":
+    """A ``Dataset`` as given, or one loaded from a spec (``load_dataset``): a stage called from Python takes either."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, str):
+        return load_dataset(data)
+    raise DataError(f"The 'data' parameter must be a Dataset (edgekd.data.load_dataset) or a dataset spec such as "
+                    f"'digits' or 'npz:PATH'. Got {type(data).__name__} instead.")
+
+
 def load_dataset(spec: str = "digits", *, val_fraction: float = 0.1, split_seed: int = 0,
                  train_limit: int | None = None) -> Dataset:
     """Load ``spec``, split train into train/val (stratified, seeded) and compute train statistics."""

@@ -39,13 +39,13 @@ import torch
 from edgekd.artifacts import Manifest, Member, save_artifact
 from edgekd.cache import LogitCache, cache_key
 from edgekd.config import DistillConfig
-from edgekd.data import Dataset, stratified_subset_indices, take_rows
+from edgekd.data import Dataset, as_dataset, stratified_subset_indices, take_rows
 from edgekd.device import place_dataset, place_table, resolve_device
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.losses import distillation_loss
 from edgekd.models import count_macs, count_parameters, create_model, format_arch, output_layer, parse_arch
 from edgekd.outputs import data_paths
-from edgekd.teachers import Teacher, check_teacher_fits, teacher_files
+from edgekd.teachers import Teacher, as_teacher, check_teacher_fits, teacher_files
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shifts, augment_batch, cross_entropy_loss,
                              fit, jitter_views, predict_logits, run_fingerprint, supervised_batches)
 from edgekd.targets import sharded_logits, teacher_logits  # noqa: F401  (teacher_logits re-exported)
@@ -513,11 +513,12 @@ def add_output_bias(model: torch.nn.Module, classes, bias: float, num_classes: i
 
 # --- the stage ---------------------------------------------------------------------------------------
 
-def distill(teacher: Teacher, data: Dataset, config: DistillConfig, out: str | Path, *,
+def distill(teacher: Teacher | str | Path, data: Dataset | str, config: DistillConfig, out: str | Path, *,
             cache: LogitCache | None = None, overwrite: bool = False, resume: bool = False,
             refresh_cache: bool = False, progress: bool = False, dist=None, config_record: dict | None = None) -> DistillResult:
-    """Train ``config.student`` on ``teacher``'s soft targets; optionally a hard-label baseline too."""
-    out = Path(out)
+    """Train ``config.student`` on ``teacher``'s soft targets (a ``Teacher`` or a path ``load_teacher`` takes)
+    on ``data`` (a ``Dataset`` or its spec); optionally a hard-label baseline too."""
+    teacher, data, out = as_teacher(teacher), as_dataset(data), Path(out)
     # before any work: the library checks what the CLI checks (a notebook's --out could be the teacher)
     check_output_dir(out, overwrite=overwrite, resume=resume, inputs=teacher_files(teacher), data=data_paths(data.spec))
     cache = cache or LogitCache()

@@ -4,13 +4,14 @@ and top-1 agreement with a reference teacher."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from edgekd.data import Dataset
+from edgekd.data import Dataset, as_dataset
 from edgekd.errors import TeacherError
-from edgekd.teachers import Teacher, check_teacher_fits
+from edgekd.teachers import Teacher, as_teacher, check_teacher_fits
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,12 @@ def _checked(logits: torch.Tensor, n: int, classes: int, what: str) -> torch.Ten
     return logits
 
 
-def evaluate(model: Teacher, data: Dataset, *, split: str = "test", reference: Teacher | None = None) -> EvalResult:
-    """Evaluate ``model`` (anything ``load_teacher`` accepts) on a split of ``data``."""
+def evaluate(model: Teacher | str | Path, data: Dataset | str, *, split: str = "test",
+             reference: Teacher | str | Path | None = None) -> EvalResult:
+    """Evaluate ``model`` (a ``Teacher``, or a path ``load_teacher`` takes) on a split of ``data`` (a ``Dataset``
+    or its spec)."""
+    model, data = as_teacher(model, "model"), as_dataset(data)
+    reference = None if reference is None else as_teacher(reference, "reference")
     check_teacher_fits(model, data, name="Model", splits=[s for s in ("val", "test") if s == split])
     x, y = data.split(split)
     logits = _checked(model.logits(x).cpu(), len(x), data.num_classes, model.description)   # metrics on the host

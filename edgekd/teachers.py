@@ -28,7 +28,7 @@ from edgekd.artifacts import Artifact, is_artifact, load_artifact, sha256_file
 from edgekd.config import COMBINE_RULES
 from edgekd.data import as_float, check_split_matches, same_layout
 from edgekd.device import module_device
-from edgekd.errors import EdgekdWarning, TeacherError
+from edgekd.errors import ConfigError, EdgekdWarning, TeacherError
 
 # Artifact kinds whose teacher a stage package builds (``register_teacher_kind``); an installed
 # package names its module under this entry-point group, so the core never imports a stage by name.
@@ -450,6 +450,16 @@ class OutputKind:
         # the smallest normal float, not 1e-12: a confident teacher gives many wrong classes less than 1e-12, and a
         # floor there would make them one value and lose the ranking distillation passes on
         return out.clamp_min(torch.finfo(out.dtype).tiny).log()
+
+
+def as_teacher(teacher, role: str = "teacher") -> "Teacher":
+    """A ``Teacher`` as given, or one loaded from a path (``load_teacher``): a stage called from Python takes either."""
+    if isinstance(teacher, Teacher):
+        return teacher
+    if isinstance(teacher, (str, Path)):
+        return load_teacher(teacher, role=role.capitalize())
+    raise ConfigError(f"The '{role}' parameter must be a Teacher (edgekd.teachers.load_teacher) or the path of an artifact "
+                      f"folder, .onnx or TorchScript file. Got {type(teacher).__name__} instead.")
 
 
 def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | None = None,

@@ -1,6 +1,7 @@
 """edgekd.distill: the honest comparison with the hard-label baseline."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -485,3 +486,18 @@ def test_the_library_refuses_a_jitter_the_command_line_refuses(tmp_path, digits,
         build_specialists(tiny_teacher, digits, SpecialistConfig(member=0, clusters=3, train=TrainConfig(epochs=1, jitter=8)),
                           tmp_path / "sp")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stages_take_a_teacher_or_its_path_and_a_dataset_or_its_spec(tmp_path, tiny_student):
+    """evaluate("runs/S", d) and distill(Path(...), "digits", ...) were AttributeErrors deep inside."""
+    from edgekd.config import DistillConfig, TrainConfig
+    from edgekd.errors import ConfigError
+    from edgekd.evaluate import evaluate
+
+    by_path = evaluate(str(tiny_student), "digits")
+    assert by_path.n > 0 and 0 <= by_path.accuracy <= 1
+    result = distill(Path(tiny_student), "digits", DistillConfig(student="mlp:hidden=8", recipe_search=False,
+                                                                 train=TrainConfig(epochs=1)), tmp_path / "s")
+    assert (tmp_path / "s" / "manifest.json").is_file() and result.student_test_accuracy > 0
+    with pytest.raises(ConfigError, match="The 'model' parameter must be a Teacher .* Got int instead"):
+        evaluate(3, "digits")
