@@ -1,4 +1,5 @@
-"""The layering, read from the imports (ast): core -> stages -> pipeline -> CLI -> benchmark scenarios.
+"""The layering, read from the imports (ast): core -> stages -> pipeline -> front ends (the CLI, ``edgekd.api``)
+-> benchmark scenarios.
 A module may import its own layer or a lower one, never a higher one, and never another module's
 ``_private`` names."""
 
@@ -17,7 +18,7 @@ CORE = {"edgekd.errors", "edgekd.validation", "edgekd.losses", "edgekd.data", "e
 STAGES = {"edgekd.distill", "edgekd.evaluate", "specialists", "export",
           "benchmarks.harness", "benchmarks.runtimes", "benchmarks.mobile_runtimes", "benchmarks.report", "benchmarks.modelinfo", "benchmarks.timing"}
 PIPELINE = {"edgekd.pipeline"}
-CLI = {"edgekd.cli", "edgekd.clicommon", "edgekd.__main__", "edgekd.commands"}
+CLI = {"edgekd.cli", "edgekd.clicommon", "edgekd.__main__", "edgekd.commands", "edgekd.api"}   # the front ends
 LAYERS = ("core", "stage", "pipeline", "cli", "scenario")
 
 
