@@ -35,7 +35,7 @@ import numpy as np
 
 from edgekd.cachedir import default_cache_dir, file_identity, touch
 from edgekd.errors import DataError
-from edgekd.validation import check_val_fraction
+from edgekd.validation import check_int_at_least, check_seed, check_val_fraction
 
 if TYPE_CHECKING:  # torch is imported lazily at run time
     import torch
@@ -175,6 +175,12 @@ def load_dataset(spec: str = "digits", *, val_fraction: float = 0.1, split_seed:
                  train_limit: int | None = None) -> Dataset:
     """Load ``spec``, split train into train/val (stratified, seeded) and compute train statistics."""
     check_val_fraction(val_fraction)   # before reading anything: 2.0 left 10 training rows, silently
+    if not isinstance(spec, str):   # (a Path: a folder of images is 'imagefolder:DIR', an archive 'npz:FILE')
+        raise DataError(f"The 'spec' parameter must be a dataset spec such as 'digits', 'npz:FILE' or 'imagefolder:DIR'. "
+                        f"Got {spec!r} instead.")
+    check_seed(split_seed, "split_seed")
+    if train_limit is not None:
+        check_int_at_least("train_limit", train_limit, 1)
     x, y, x_test, y_test, classes = _load_arrays(spec)
     _check_arrays(spec, x, y, x_test, y_test, classes)
     test_idx = None

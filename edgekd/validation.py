@@ -101,9 +101,9 @@ MAX_SEED = 10**8
 MAX_LR = 10.0
 
 
-def check_seed(value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
-        raise ConfigError(f"The 'seed' parameter must be an integer in [0, {MAX_SEED}]. Got {value!r} instead.")
+def check_seed(value, name: str = "seed") -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"The '{name}' parameter must be an integer in [0, {MAX_SEED}]. Got {value!r} instead.")
     return value
 
 

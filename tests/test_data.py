@@ -281,3 +281,17 @@ def test_ctrl_c_while_a_split_is_written_leaves_no_copy_of_it(tmp_path, monkeypa
         load_dataset(f"npz:{tmp_path / 'plain.npz'}")
     monkeypatch.undo()
     assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(spec=Path("digits")), "The 'spec' parameter must be a dataset spec such as 'digits'"),
+    (dict(spec="digits", train_limit="100"), "The 'train_limit' parameter must be an integer >= 1. Got '100' instead."),
+    (dict(spec="digits", train_limit=100.5), "The 'train_limit' parameter must be an integer >= 1"),
+    (dict(spec="digits", split_seed=-1), "The 'split_seed' parameter must be an integer in [0,")])
+def test_load_dataset_checks_its_arguments_before_reading(kwargs, message):
+    """A Path spec was an AttributeError, a text or fractional limit a TypeError, a negative seed numpy's ValueError."""
+    from edgekd.errors import EdgekdError
+
+    with pytest.raises(EdgekdError) as refused:
+        load_dataset(**kwargs)
+    assert message in str(refused.value)
