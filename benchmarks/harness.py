@@ -39,6 +39,7 @@ from benchmarks.runtimes import (RuntimeSkipped, RuntimeUnavailable, get_runtime
 from benchmarks.timing import (machine_facts, peak_gemm_flops, peak_int8_ops, summarize, time_calls, usable_cores,
                                warm_up)
 from edgekd.data import same_layout
+from edgekd.teachers import Teacher, source_path
 from edgekd.errors import ConfigError, EdgekdError
 
 REPORT_FORMAT = "edgekd.bench"
@@ -215,9 +216,11 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
 
     started, created, machine = time.perf_counter(), now_iso(), machine_facts()
     echo = echo or (lambda _msg: None)
+    # one model (a path, or a Teacher loaded from one) is a list of one: a text was read a letter at a time
+    models = [models] if isinstance(models, (str, Path, Teacher)) else list(models)
     if not models:
         raise ConfigError("Pass at least one model to benchmark (an artifact folder, an .onnx or an .ort file).")
-    parsed = parse_model_args(models)
+    parsed = parse_model_args([m if isinstance(m, str) else str(source_path(m)) for m in models])
     for _, path in parsed:
         model_format(path)  # a missing path or unknown format is the user's to fix: raise now
     names = unique_names([p for _, p in parsed], [n for n, _ in parsed])

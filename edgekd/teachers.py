@@ -452,6 +452,18 @@ class OutputKind:
         return out.clamp_min(torch.finfo(out.dtype).tiny).log()
 
 
+def source_path(model, role: str = "model") -> Path:
+    """Where a stage that reads files (specialists, export, bench) reads ``model`` from: a path as given, or the
+    artifact folder or file a loaded ``Teacher`` came from."""
+    if isinstance(model, (str, Path)):
+        return Path(model)
+    files = teacher_files(model) if isinstance(model, Teacher) else []
+    if files:
+        return files[0]
+    raise ConfigError(f"The '{role}' parameter must be the path of an artifact folder (or a Teacher loaded from one). "
+                      f"Got {type(model).__name__} instead.")
+
+
 def as_teacher(teacher, role: str = "teacher") -> "Teacher":
     """A ``Teacher`` as given, or one loaded from a path (``load_teacher``): a stage called from Python takes either."""
     if isinstance(teacher, Teacher):

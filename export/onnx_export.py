@@ -34,6 +34,7 @@ from torch import nn
 from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ConfigError, ExportError
 from edgekd.outputs import replaced_sha256, temp_folder
+from edgekd.teachers import source_path
 from edgekd.validation import check_output_file
 from export.config import DEFAULT_OPSET, ExportConfig
 from export.quantize import precision_name, quantize_model
@@ -82,7 +83,7 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
     if config.executorch:   # (this writes ONNX: an ONNX graph named .pte fails far from here, on the device)
         raise ConfigError("export_onnx writes ONNX; call export.export_executorch for an ExecuTorch program (.pte). "
                           "Got a config with executorch=True.")
-    out = Path(out)
+    model, out = source_path(model), Path(out)
     summary_path = out.with_name(out.name + ".json")
     check_request(out, summary_path, config, overwrite=overwrite, has_calibration=calibration is not None, model=model)
     source = load_source(model)

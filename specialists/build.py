@@ -23,12 +23,12 @@ import torch
 
 from edgekd.artifacts import Manifest, Member, load_artifact, save_artifact
 from edgekd.cache import LogitCache
-from edgekd.data import Dataset
+from edgekd.data import Dataset, as_dataset
 from edgekd.device import module_device, place_dataset, resolve_device
 from edgekd.targets import teacher_logits
 from edgekd.errors import ArtifactError, ConfigError, EdgekdError, TeacherError
 from edgekd.models import count_macs, count_parameters
-from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, teacher_from_artifact
+from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teacher_fits, source_path, teacher_from_artifact
 from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
 from edgekd.validation import check_flip, check_indices, check_jitter, check_output_dir
@@ -122,7 +122,7 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
                       progress: bool = False, config_record: dict | None = None) -> SpecialistsResult:
     """Cluster, train one specialist per cluster, evaluate, and save the specialist-ensemble artifact."""
     started = time.perf_counter()
-    out = Path(out)
+    teacher_path, data, out = source_path(teacher_path, "teacher_path"), as_dataset(data), Path(out)
     check_output_dir(out, overwrite=overwrite, resume=resume, inputs=[teacher_path], data=data_paths(data.spec))
     check_k(config.clusters, data.num_classes)
     check_top_n(config.top_n, data.num_classes)

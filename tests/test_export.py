@@ -580,3 +580,15 @@ def test_read_metadata_of_a_missing_file_says_so(tmp_path):
 
     with pytest.raises(ConfigError, match="File '.*none.onnx' not found; pass a .onnx or .ort file written by 'edgekd export'"):
         read_metadata(tmp_path / "none.onnx")
+
+
+def test_the_file_stages_take_a_teacher_loaded_from_an_artifact(tmp_path, tiny_student, digits):
+    """export_onnx, build_specialists and run_benchmark took paths only: a loaded teacher was a TypeError."""
+    from benchmarks.harness import BenchConfig, run_benchmark
+    from edgekd.teachers import load_teacher
+
+    teacher = load_teacher(tiny_student)
+    assert export_onnx(teacher, tmp_path / "s.onnx", data=digits).path == tmp_path / "s.onnx"
+    report = run_benchmark(teacher, digits, BenchConfig(runtimes=("pytorch",), batch_sizes=(1,), threads=(1,),
+                                                        seconds=0.01, rounds=1, eval_samples=32))
+    assert [r for r in report.rows if r["status"] == "ok"]
