@@ -364,6 +364,7 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", None)   # clic
 def _run(cli: click.Group, argv: list, debug: bool) -> int:
     from edgekd.errors import EdgekdError
 
+    _RUN_STORES_FROM[0] = len(_stores_opened())   # this command's run stores are those opened from here on
     try:
         cli.main(args=argv, prog_name="edgekd", standalone_mode=False)
         return 0
@@ -478,17 +479,30 @@ def _resumable(argv: list) -> bool:
     return any(tuple(words[:len(c)]) == c for c in _RESUMABLE)
 
 
+_RUN_STORES_FROM = [0]   # how many run stores the process had opened when the running command began
+
+
+def _stores_opened() -> tuple:
+    """The run stores this process opened (none where edgekd.training, and torch with it, was never loaded)."""
+    training = sys.modules.get("edgekd.training")
+    return training.stores_opened() if training is not None else ()
+
+
 def _kept_checkpoint(argv: list) -> bool:
-    """Whether the stopped command left a checkpoint to resume from: its run store (``OUT.partial``) or, for a
-    pipeline, a stage's (``OUT/STAGE.partial``) holds one (a run stopped before its first has none)."""
+    """Whether the stopped command left a checkpoint to resume from: a run store it opened (``--out`` from a
+    ``--config`` file too), or, stopped before opening one, the store of its ``--out`` (``OUT.partial``; a
+    pipeline's stages' ``OUT/STAGE.partial``) from the run before. A run stopped before its first has none."""
     if not _resumable(argv):
         return False
     given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"] + [a[6:] for a in argv if a.startswith("--out=")]
-    if not given:
+    out = Path(given[-1]) if given else None
+    stores = [*_stores_opened()[_RUN_STORES_FROM[0]:],
+              *([out.with_name(out.name + ".partial"), *(out.glob("*.partial") if out.is_dir() else ())] if out else [])]
+    if not any(store.is_dir() for store in stores):
         return False
-    out = Path(given[-1])
-    stores = [out.with_name(out.name + ".partial"), *(out.glob("*.partial") if out.is_dir() else ())]
-    return any(any(store.glob("*.ckpt.json")) or any(store.glob("*.done.json")) for store in stores)
+    from edgekd.training import holds_checkpoint
+
+    return any(holds_checkpoint(store) for store in stores)
 
 
 def _command(cli: click.Group, argv: list) -> click.Command:

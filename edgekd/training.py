@@ -299,6 +299,19 @@ def _not_removable(folder: Path, entries) -> list[str]:
     return odd
 
 
+def holds_checkpoint(store: Path) -> bool:
+    """Whether the run store folder ``store`` holds a checkpoint or a finished sub-run to resume from."""
+    return any(Path(store).glob("*.ckpt.json")) or any(Path(store).glob("*.done.json"))
+
+
+_OPENED: list[Path] = []   # every run store this process opened (a stopped command says whether one can resume)
+
+
+def stores_opened() -> tuple[Path, ...]:
+    """The run store folders this process opened, oldest first."""
+    return tuple(_OPENED)
+
+
 class RunStore:
     """A folder (``<out>.partial``) holding checkpoints and finished sub-runs of one command.
 
@@ -348,12 +361,13 @@ class RunStore:
             if fingerprint is not None and fresh:   # a store from before fingerprints stays as it was
                 write_json_atomic(self.path / "run.json", {"fingerprint": fingerprint})
         self._serial, self.fresh = 0, fresh
+        _OPENED.append(self.path)
 
     def discard_if_unused(self) -> None:
         """Remove a store this run made and saved nothing in (a run that fails before training leaves none)."""
         import shutil
 
-        if self.writer and self.fresh and not any(self.path.glob("*.ckpt.json")) and not any(self.path.glob("*.done.json")):
+        if self.writer and self.fresh and not holds_checkpoint(self.path):
             shutil.rmtree(self.path, ignore_errors=True)
 
     def _check_fingerprint(self, fingerprint: dict) -> None:

@@ -571,3 +571,18 @@ def test_what_a_kill_leaves_inside_an_output_is_edgekd_s_own(tmp_path, monkeypat
     assert foreign_entries(tmp_path, "pipeline") == []
     (tmp_path / "export" / "notes.txt").write_text("mine")
     assert foreign_entries(tmp_path, "pipeline") == ["export/notes.txt"]
+
+
+def test_sigterm_after_a_checkpoint_offers_resume_with_out_from_a_config_file(capsys, monkeypatch, tmp_path, tiny_teacher):
+    """--out read from argv only: an out set in a --config file lost the hint though the checkpoint was on disk."""
+    def checkpointed_then_killed(*_args, store, **_kwargs):
+        (store.path / "member-0.ckpt.json").write_text("{}")   # (what matters here: a checkpoint is there)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr("edgekd.teacher_training.fit", checkpointed_then_killed)
+    config = tmp_path / "c.toml"
+    config.write_text(f'out = "{tmp_path / "t"}"\n')
+    code = run_cli(cli, ["teacher", "train", "--arch", "mlp:hidden=8", *TINY, "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 143 and "the run keeps its checkpoint: rerun with --resume" in err, err
+    assert (tmp_path / "t.partial" / "member-0.ckpt.json").is_file()
