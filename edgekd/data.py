@@ -350,26 +350,37 @@ def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
 
 
 def _write_split(x: np.memmap, idx: np.ndarray, dtype, shape, path: Path) -> None:
-    """``x[idx]`` into ``path`` in chunks of ``SPLIT_CHUNK_BYTES``, atomically (a temporary file, then a rename)."""
+    """``x[idx]`` into ``path`` in chunks of ``SPLIT_CHUNK_BYTES``, atomically (``_write_npy``)."""
+    def fill(out):
+        step = chunk_rows(int(np.prod(shape[1:])) * np.dtype(dtype).itemsize)
+        for start in range(0, len(idx), step):
+            out[start:start + step] = _as_nchw(x[idx[start:start + step]])
+
+    _write_npy(path, dtype, shape, fill, failed=lambda reason: (
+        f"Cannot write the split file '{path}' ({reason}); free disk space there or point EDGEKD_CACHE at a folder "
+        f"with room for a copy of the decoded images."))
+
+
+def _write_npy(path: Path, dtype, shape, fill, *, failed) -> None:
+    """An .npy of ``shape`` and ``dtype`` at ``path``, its values written by ``fill(memmap)``: into a temporary
+    beside it (``made_here``), then renamed over. Any stop (Ctrl-C too) removes the temporary, a full copy
+    of the rows; a disk error is ``DataError(failed(reason))``."""
     from edgekd.outputs import made_here
 
     tmp = made_here(path.with_name(f".{path.stem}.{os.getpid()}.npy"))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-        step = chunk_rows(int(np.prod(shape[1:])) * np.dtype(dtype).itemsize)
-        for start in range(0, len(idx), step):
-            out[start:start + step] = _as_nchw(x[idx[start:start + step]])
+        fill(out)
         out.flush()
         del out
         os.replace(tmp, path)
-    except BaseException as exc:   # Ctrl-C too: the temporary is a full copy of the split's rows
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         if not isinstance(exc, OSError):
             raise
-        raise DataError(f"Cannot write the split file '{path}' ({exc.strerror or exc}); free disk space there or "
-                        f"point EDGEKD_CACHE at a folder with room for a copy of the decoded images.") from None
+        raise DataError(failed(exc.strerror or exc)) from None
 
 
 def channel_stats(x) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -593,8 +604,6 @@ def _unpacked_member(path: Path, key: str) -> np.memmap | None:
     (``file_identity``) and the member's CRC-32; ``None`` for a member not in C order or holding objects."""
     import zipfile
 
-    from edgekd.outputs import made_here
-
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(f"{key}.npy")
         digest = hashlib.sha256(f"unpacked\0{path.resolve()}\0{file_identity(path.stat())}\0{key}\0{info.CRC}".encode())
@@ -608,26 +617,17 @@ def _unpacked_member(path: Path, key: str) -> np.memmap | None:
             shape, fortran, dtype = read_header(member)
             if fortran or dtype.hasobject:
                 return None
-            tmp = made_here(target.with_name(f".{target.stem}.{os.getpid()}.npy"))
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+
+            def fill(out):   # the member's bytes straight into the mapped file, a chunk at a time
                 flat = out.reshape(-1).view(np.uint8)
                 for start in range(0, len(flat), SPLIT_CHUNK_BYTES):
                     view = memoryview(flat[start:start + SPLIT_CHUNK_BYTES])
                     if member.readinto(view) != len(view):
                         raise DataError(f"'{path}': array '{key}' ends before its {math.prod(shape)} values; save it again.")
-                out.flush()
-                del out, flat
-                os.replace(tmp, target)
-            except BaseException as exc:   # Ctrl-C too: the temporary is a full copy of the array
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
-                if not isinstance(exc, OSError):
-                    raise
-                raise DataError(f"Cannot unpack '{key}' of '{path}' into the cache ({exc.strerror or exc}); free disk space "
-                                f"there, point EDGEKD_CACHE at a folder with room for it, or save the .npz uncompressed "
-                                f"(numpy.savez).") from None
+
+            _write_npy(target, dtype, shape, fill, failed=lambda reason: (
+                f"Cannot unpack '{key}' of '{path}' into the cache ({reason}); free disk space there, point "
+                f"EDGEKD_CACHE at a folder with room for it, or save the .npz uncompressed (numpy.savez)."))
     return np.load(target, mmap_mode="r")
 
 
