@@ -29,5 +29,17 @@ class ExportError(EdgekdError):
     """An export failed or did not pass its verification gate."""
 
 
+class AccuracyGateError(ExportError):
+    """A quantized model lost more test accuracy than allowed: a measured outcome, not a fault of the tool
+    (the pipeline reports it and goes on; ``edgekd export`` exits 2, as for any refused export)."""
+
+
+class StagesFailed(EdgekdError):
+    """A run finished its other stages but one or more failed; they are in its summary (exit code 1, not 2:
+    the input may be fine, and what was made is kept)."""
+
+    exit_code = 1
+
+
 class EdgekdWarning(UserWarning):
     """Something the user should know that does not stop the run (a cache entry discarded, ...)."""

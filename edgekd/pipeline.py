@@ -28,6 +28,13 @@ class PipelineResult:
     summary_md: Path
     summary: dict = field(repr=False)
 
+    @property
+    def failures(self) -> list[str]:
+        """The export rows that failed (not those the int8 accuracy gate refused: a measured outcome), as
+        ``"export NAME: reason"``; the CLI exits 1 when there are any."""
+        return [f"export {name}: {row['error']}" for name, row in self.summary.get("export", {}).items()
+                if "error" in row and not row.get("refused")]
+
 
 def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
                  progress: bool = False, echo: Callable[[str], None] = lambda s: None,
@@ -248,10 +255,11 @@ def export_for_pipeline(student_dir, teacher_dir, data, out_dir, *, opset: int |
                         overwrite: bool = True) -> dict:
     """The export stage: ``student.onnx``, ``student.int8.onnx`` (static QDQ) and ``teacher.onnx`` in
     ``out_dir``. ``data``'s val split verifies, its test split measures accuracy and its train split
-    calibrates the int8 model. A gate that fails does not stop the others: its entry holds
-    ``{"path", "error"}`` instead of figures (``export.render_export_table`` renders either)."""
+    calibrates the int8 model. A row that fails does not stop the others: its entry holds
+    ``{"path", "error", "refused"}`` instead of figures, ``refused`` when the int8 model lost more accuracy
+    than the gate allows (an outcome; any other failure is reported by ``PipelineResult.failures``)."""
     from edgekd.data import load_dataset
-    from edgekd.errors import EdgekdError
+    from edgekd.errors import AccuracyGateError, EdgekdError
     from export import ExportConfig, export_onnx, result_row
 
     # what is not given is ExportConfig's default (defaults live there once)
@@ -272,7 +280,8 @@ def export_for_pipeline(student_dir, teacher_dir, data, out_dir, *, opset: int |
             result = export_onnx(model, out_dir / filename, config, overwrite=overwrite, data=data,
                                  calibration=data if config.quantize == "int8" else None)
         except EdgekdError as exc:
-            rows[name] = {"path": str(out_dir / filename), "error": str(exc)}
+            rows[name] = {"path": str(out_dir / filename), "error": str(exc),
+                          "refused": isinstance(exc, AccuracyGateError)}
             continue
         rows[name] = result_row(result)
     return rows

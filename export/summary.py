@@ -24,12 +24,13 @@ def result_row(result: ExportResult) -> dict:
 
 
 def render_export_table(rows: dict) -> str:
-    """A Markdown table of export rows (name -> ``result_row`` or ``{"path", "error"}``)."""
+    """A Markdown table of export rows (name -> ``result_row`` or ``{"path", "error", "refused"}``: refused
+    by the accuracy gate, or failed)."""
     lines = ["| export | file | size (bytes) | max abs logit diff vs PyTorch (val) | top-1 agreement | test accuracy | "
              "drop (points) | time (s) |", "|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         if "error" in row:
-            lines.append(f"| {name} | failed | | | | | | {row['error']} |")
+            lines.append(f"| {name} | {'refused' if row.get('refused') else 'failed'} | | | | | | {row['error']} |")
             continue
         drop = f"{row['accuracy_drop_points']:.2f}" if row["accuracy_drop_points"] is not None else "-"
         lines.append(f"| {name} | `{Path(row['path']).name}` | {row['size_bytes']:,} | {row['max_abs_diff']:.2e} | "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgekd.data import as_float
-from edgekd.errors import ExportError
+from edgekd.errors import AccuracyGateError, ExportError
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def check_accuracy_drop(before: float, after: float, *, max_drop: float, what: s
     """The quantization gate: ``100 * (before - after) <= max_drop`` points. Returns the drop."""
     drop = 100.0 * (before - after)
     if drop > max_drop:
-        raise ExportError(f"The {what} loses {drop:.2f} accuracy points on the test split (n={n}): {100 * before:.2f}% "
+        raise AccuracyGateError(f"The {what} loses {drop:.2f} accuracy points on the test split (n={n}): {100 * before:.2f}% "
                           f"in fp32, {100 * after:.2f}% after; --max-accuracy-drop allows {max_drop:g}. Nothing was "
                           f"written; use more --calibration-size, --quantize dynamic, or export fp32.")
     return drop

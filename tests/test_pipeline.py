@@ -1,6 +1,7 @@
 """edgekd.pipeline: the summary says what was chosen and how the student compares."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +185,36 @@ def test_a_stage_folder_is_locked_while_the_stage_writes_it(monkeypatch, tmp_pat
                             skip=("specialists", "export", "bench"))
     pipeline.run_pipeline(config, tmp_path / "p")
     assert refused and "Another edgekd command is writing" in refused[0]
+
+
+@pytest.mark.parametrize("fails, code", [({}, 0), ({"student_int8": "gate"}, 0), ({"student_int8": "broken"}, 1)])
+def test_a_failed_export_ends_the_pipeline_with_exit_1_and_a_refused_int8_model_does_not(monkeypatch, edgekd, tmp_path,
+                                                                                           fails, code):
+    """A refused int8 model is a measured outcome (the summary says why); any other failed export (a broken
+    install, a parity check that fails) must reach a script: the other stages run, then exit 1, one line."""
+    import export
+    from edgekd.errors import AccuracyGateError, ExportError
+
+    real = export.export_onnx
+
+    def export_onnx(model, path, config, **kwargs):
+        name = "student_int8" if config.quantize == "int8" else Path(path).stem.replace(".", "_") + "_fp32"
+        if fails.get(name) == "gate":
+            raise AccuracyGateError("The int8 model loses 3.00 accuracy points")
+        if fails.get(name) == "broken":
+            raise ExportError("Static int8 quantization failed (no module named onnxruntime.quantization)")
+        return real(model, path, config, **kwargs)
+
+    monkeypatch.setattr(export, "export_onnx", export_onnx)
+    out = tmp_path / "p"
+    args = " ".join(TINY_PIPELINE).replace("--skip export ", "").split()
+    got, stdout, err = edgekd(*args, "--student", "mlp:hidden=8", "--out", out)
+    assert got == code, err
+    rows = json.loads((out / "summary.json").read_text())["export"]
+    assert (out / "export" / "student.onnx").is_file() and (out / "summary.md").is_file()
+    if code:
+        assert err.startswith("error: The pipeline finished, but 1 stage(s) failed: export student_int8: Static int8")
+        assert len(err.strip().splitlines()) == 1 and rows["student_int8"]["refused"] is False
+    elif fails:
+        assert not err and rows["student_int8"]["refused"] is True
+        assert "| student_int8 | refused |" in (out / "summary.md").read_text()

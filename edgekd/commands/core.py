@@ -479,3 +479,8 @@ def pipeline_cmd(ctx, **params):
         result = run_pipeline(config, params["out"], overwrite=params["overwrite"], resume=params["resume"],
                               progress=show_progress(params), echo=click.echo, config_record=resolved_config(ctx))
     click.echo(f"summary: {result.summary_md}")
+    if result.failures:   # the other stages' outputs are kept; a script must still learn that one failed
+        from edgekd.errors import StagesFailed
+        raise StagesFailed(f"The pipeline finished, but {len(result.failures)} stage(s) failed: "
+                           f"{'; '.join(result.failures)}. What was made is in '{result.out}' (see its summary.md); "
+                           f"fix the cause and rerun with --resume.")
