@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from edgekd.config import MAX_MIXUP, PRECISIONS, TrainConfig, defaults
-from edgekd.validation import VAL_FRACTION_RANGE
+from edgekd.validation import MAX_SEED, VAL_FRACTION, VAL_FRACTION_RANGE
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -182,7 +182,8 @@ def common_options(func):
     """--config, --seed, --device, --quiet, --debug for a command."""
     @click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_toml_defaults,
                   is_eager=True, expose_value=True, help="TOML file with defaults for any option (flags override).")
-    @click.option("--seed", type=click.IntRange(min=0, max=10**8), default=0, show_default=True, help="Random seed.")
+    @click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=defaults(TrainConfig)["seed"], show_default=True,
+                  help="Random seed.")
     @click.option("--device", type=DEVICE, metavar="[auto|cpu|cuda|cuda:N]", default=defaults(TrainConfig)["device"], show_default=True,
                   help="auto (a GPU when one is visible), cpu, cuda or cuda:N.")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -212,7 +213,7 @@ def data_options(func):
     @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
                   help="imagefolder without a test/ folder: the share held out for test (default 0.2, fixed per folder).")
     @click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Stratified subset of the train split.")
-    @click.option("--val-fraction", type=click.FloatRange(*VAL_FRACTION_RANGE), default=0.1, show_default=True)
+    @click.option("--val-fraction", type=click.FloatRange(*VAL_FRACTION_RANGE), default=VAL_FRACTION, show_default=True)
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)

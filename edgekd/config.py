@@ -8,10 +8,11 @@ stays instant. Architecture specs are checked against the registry when a config
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
-from edgekd.errors import ConfigError
-from edgekd.validation import (MAX_LR, as_tuple, check_bool, check_choice, check_in_range, check_int_at_least, check_positive,
+from edgekd.errors import ConfigError, TeacherError
+from edgekd.validation import (MAX_LR, VAL_FRACTION, as_tuple, check_bool, check_choice, check_in_range, check_int_at_least, check_positive,
                                check_device, check_seed, check_val_fraction)
 
 PRECISIONS = ("fp32", "bf16")
@@ -155,9 +156,9 @@ class DistillConfig:
                                   f"which is not set. Got baseline_mixup={self.baseline_mixup!r} alone; pass --baseline-jitter too "
                                   f"or leave --baseline-mixup out.")
         if self.baseline_flip and self.baseline_jitter is None:
-            raise ConfigError(f"The 'baseline_flip' parameter fixes the baseline's recipe together with 'baseline_jitter', "
-                              f"which is not set. Got baseline_flip=True alone; pass --baseline-jitter too or leave "
-                              f"--baseline-flip out.")
+            raise ConfigError("The 'baseline_flip' parameter fixes the baseline's recipe together with 'baseline_jitter', "
+                              "which is not set. Got baseline_flip=True alone; pass --baseline-jitter too or leave "
+                              "--baseline-flip out.")
         for c in self.omit_classes:   # (a class index; its bound is the data's, checked by distill)
             check_int_at_least("omit_classes", c, 0)
         if len(set(self.omit_classes)) != len(self.omit_classes):
@@ -195,7 +196,7 @@ class PipelineConfig:
 
     data: str = "digits"
     train_limit: int | None = None
-    val_fraction: float = 0.1
+    val_fraction: float = VAL_FRACTION
     teacher_arch: str = "cnn"
     ensemble: int = 3
     teacher_epochs: int = 15
@@ -242,3 +243,23 @@ class PipelineConfig:
 
 
 PIPELINE_OPTIONAL_STAGES = ("specialists", "export", "bench")
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """A foreign teacher's input: ``(x * scale - mean) / std`` (the --teacher-scale/-mean/-std options)."""
+
+    scale: float = 1.0
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.scale) and math.isfinite(self.mean) and math.isfinite(self.std)) or self.std <= 0:
+            raise TeacherError(f"The teacher input transform needs finite numbers and std > 0. Got scale={self.scale}, "
+                               f"mean={self.mean}, std={self.std} instead.")
+
+    def apply(self, x):
+        """``x`` (a tensor) as the teacher takes it; the identity transform returns ``x`` itself."""
+        if (self.scale, self.mean, self.std) == (1.0, 0.0, 1.0):
+            return x
+        return (x * self.scale - self.mean) / self.std

@@ -35,7 +35,7 @@ import numpy as np
 
 from edgekd.cachedir import default_cache_dir, file_identity, touch
 from edgekd.errors import DataError
-from edgekd.validation import check_int_at_least, check_seed, check_val_fraction
+from edgekd.validation import VAL_FRACTION, check_int_at_least, check_seed, check_val_fraction
 
 if TYPE_CHECKING:  # torch is imported lazily at run time
     import torch
@@ -171,7 +171,7 @@ def as_dataset(data) -> "Dataset":
                     f"'digits' or 'npz:PATH'. Got {type(data).__name__} instead.")
 
 
-def load_dataset(spec: str = "digits", *, val_fraction: float = 0.1, split_seed: int = 0,
+def load_dataset(spec: str = "digits", *, val_fraction: float = VAL_FRACTION, split_seed: int = 0,
                  train_limit: int | None = None) -> Dataset:
     """Load ``spec``, split train into train/val (stratified, seeded) and compute train statistics."""
     check_val_fraction(val_fraction)   # before reading anything: 2.0 left 10 training rows, silently

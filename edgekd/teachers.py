@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from edgekd.artifacts import Artifact, is_artifact, load_artifact, sha256_file
 from edgekd.config import COMBINE_RULES
 from edgekd.data import as_float, check_split_matches, same_layout
 from edgekd.device import module_device
+from edgekd.config import InputTransform  # noqa: F401  (defined with the other configs, imported from here)
 from edgekd.errors import ConfigError, EdgekdWarning, TeacherError
 
 # Artifact kinds whose teacher a stage package builds (``register_teacher_kind``); an installed
@@ -56,23 +56,6 @@ def _load_entry_points(kind: str | None = None) -> None:
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if (kind is None or entry.name == kind) and entry.name not in _TEACHER_KINDS:
             entry.load()   # importing the module registers its kind
-
-
-@dataclass(frozen=True)
-class InputTransform:
-    scale: float = 1.0
-    mean: float = 0.0
-    std: float = 1.0
-
-    def __post_init__(self):
-        if not (math.isfinite(self.scale) and math.isfinite(self.mean) and math.isfinite(self.std)) or self.std <= 0:
-            raise TeacherError(f"The teacher input transform needs finite numbers and std > 0. Got scale={self.scale}, "
-                               f"mean={self.mean}, std={self.std} instead.")
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.scale, self.mean, self.std) == (1.0, 0.0, 1.0):
-            return x
-        return (x * self.scale - self.mean) / self.std
 
 
 class EnsembleModule(nn.Module):

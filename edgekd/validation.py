@@ -51,6 +51,7 @@ def check_device(name) -> str:
 
 # the share of the training rows held out for val: at least one per cent, at most half (the CLI's range too)
 VAL_FRACTION_RANGE = (0.01, 0.5)
+VAL_FRACTION = 0.1   # the share of train held out for val, by default (every loader and command)
 
 
 def check_val_fraction(value: float, name: str = "val_fraction") -> float:

@@ -19,6 +19,7 @@ from torch import nn
 from edgekd.artifacts import MANIFEST, sha256_file
 from edgekd.data import same_layout
 from edgekd.errors import ExportError
+from edgekd.validation import VAL_FRACTION
 
 
 # The modules whose code decides what an exported graph holds (architectures, the ensemble's combination,
@@ -106,7 +107,7 @@ def load_source(path: str | Path) -> Source:
                   fingerprint=artifact.fingerprint, manifest_sha256=sha256_file(path / MANIFEST),
                   description=description, members=len(manifest.members),
                   combine=manifest.combine, data_spec=data.get("spec"),
-                  val_fraction=float(params.get("val_fraction") or 0.1), split_seed=int(data.get("split_seed", 0)),
+                  val_fraction=float(params.get("val_fraction") or VAL_FRACTION), split_seed=int(data.get("split_seed", 0)),
                   weights_bytes=weights, teacher=teacher, metrics=dict(manifest.metrics),
                   trained_on={k: data[k] for k in ("spec", "split_seed", "n_val", "n_test", "val_sha256", "test_sha256")
                               if k in data})

@@ -16,7 +16,7 @@ CORE = {"edgekd.errors", "edgekd.validation", "edgekd.losses", "edgekd.data", "e
         "edgekd.targets",
         "edgekd"}
 STAGES = {"edgekd.distill", "edgekd.evaluate", "specialists", "export",
-          "benchmarks.harness", "benchmarks.runtimes", "benchmarks.mobile_runtimes", "benchmarks.report", "benchmarks.modelinfo", "benchmarks.timing"}
+          "benchmarks.harness", "benchmarks.config", "benchmarks.runtimes", "benchmarks.mobile_runtimes", "benchmarks.report", "benchmarks.modelinfo", "benchmarks.timing"}
 PIPELINE = {"edgekd.pipeline"}
 CLI = {"edgekd.cli", "edgekd.clicommon", "edgekd.__main__", "edgekd.commands", "edgekd.api"}   # the front ends
 LAYERS = ("core", "stage", "pipeline", "cli", "scenario")

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import click
 
+from benchmarks.config import BenchConfig
 from edgekd.clicommon import common_options, data_of_models, data_options, data_spec, echo_json, load_data
+from edgekd.config import defaults
+
+BENCH = defaults(BenchConfig)
 
 
 def _command_line(params: dict) -> str:
@@ -31,13 +35,13 @@ def _command_line(params: dict) -> str:
 @data_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Report folder: report.json, report.md, latency.png, pareto.png.")
-@click.option("--batch-sizes", default="1,8,64", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--threads", default="1,all", show_default=True, help="Comma-separated thread counts ('all' = every usable core).")
-@click.option("--runtimes", default="all", show_default=True,
+@click.option("--batch-sizes", default=",".join(map(str, BENCH["batch_sizes"])), show_default=True, help="Comma-separated batch sizes.")
+@click.option("--threads", default="1,all" if BENCH["threads"] is None else ",".join(map(str, BENCH["threads"])), show_default=True, help="Comma-separated thread counts ('all' = every usable core).")
+@click.option("--runtimes", default="all" if BENCH["runtimes"] is None else ",".join(BENCH["runtimes"]), show_default=True,
               help="Comma-separated runtimes: pytorch, onnxruntime, openvino, tract, opencv, executorch, ncnn, mnn (or all).")
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=BENCH["seconds"], show_default=True,
               help="Timed seconds per model x runtime x batch size x thread count (after warm-up).")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--rounds", type=click.IntRange(min=1), default=BENCH["rounds"], show_default=True,
               help="Round-robin slices each measurement is split into (interleaves the models).")
 @click.option("--from", "from_json", type=click.Path(dir_okay=False), default=None,
               help="Re-render report.md and the plots from this report.json (no measuring); --out defaults to its folder.")

@@ -9,11 +9,12 @@ import click
 from edgekd.clicommon import (cache_option_rules, cache_options, common_options, data_of_models, data_options, data_spec,
                               echo_json, load_data, make_train_config, refuse_resume_and_overwrite, refuse_unused,
                               resolved_config, show_progress, train_options)
-from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, MAX_MIXUP, METHODS, DistillConfig,
+from edgekd.config import (COMBINE_RULES, DEFAULT_ALPHA_GRID, DEFAULT_TEMPERATURE_GRID, MAX_MIXUP, METHODS, DistillConfig, InputTransform,
                            PIPELINE_OPTIONAL_STAGES, PipelineConfig, TeacherConfig, defaults)
 
 # every default below is read from the config dataclasses: a flag left out means what the library means
 TEACHER, DISTILL, PIPELINE = defaults(TeacherConfig), defaults(DistillConfig), defaults(PipelineConfig)
+TRANSFORM = defaults(InputTransform)
 
 
 def _auto_default(value) -> str:
@@ -25,9 +26,9 @@ def teacher_options(func):
     @click.option("--combine", type=click.Choice(["logits", "probs"]), default=None,
                   help="How an ensemble's members are combined (default: as the artifact says; logits).")
     @click.option("--teacher-output", default=None, help="ONNX teacher: the output to use when it has several.")
-    @click.option("--teacher-scale", type=float, default=1.0, show_default=True, help="Foreign teacher input: x*scale.")
-    @click.option("--teacher-mean", type=float, default=0.0, show_default=True, help="Foreign teacher input: minus mean.")
-    @click.option("--teacher-std", type=float, default=1.0, show_default=True, help="Foreign teacher input: divided by std.")
+    @click.option("--teacher-scale", type=float, default=TRANSFORM["scale"], show_default=True, help="Foreign teacher input: x*scale.")
+    @click.option("--teacher-mean", type=float, default=TRANSFORM["mean"], show_default=True, help="Foreign teacher input: minus mean.")
+    @click.option("--teacher-std", type=float, default=TRANSFORM["std"], show_default=True, help="Foreign teacher input: divided by std.")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)
@@ -49,7 +50,7 @@ def teacher_option_rules(params, *specs) -> list:
 def open_teacher(spec, params, *, device=None, role: str = "Teacher", teacher_options: bool = True):
     """``spec`` loaded with the --teacher-* options (scale, mean, std, output, combine), or without them."""
     from edgekd.clicommon import register_stage_kinds
-    from edgekd.teachers import InputTransform, load_teacher
+    from edgekd.teachers import load_teacher
 
     register_stage_kinds()
     if not teacher_options:
