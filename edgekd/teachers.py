@@ -4,9 +4,11 @@
   ``log(mean(softmax))`` with ``combine="probs"``), or a specialist ensemble;
 - an ONNX file from any framework, run by onnxruntime (``output`` picks one of several outputs;
   probability outputs become log-probabilities);
-- a TorchScript file. **TorchScript runs code from the file: only load files you trust.**
+- a ``torch.export`` program saved as ``.pt2`` (``edgekd.exported_teacher``: a graph, checked to hold no pickle);
+- a TorchScript file. **TorchScript runs code from the file: only load files you trust.** (torch deprecates
+  TorchScript; ``.pt2`` is its successor.)
 
-Foreign teachers (ONNX, TorchScript) receive the dataset's raw values as float32, reshaped to the
+Foreign teachers (ONNX, .pt2, TorchScript) receive the dataset's raw values as float32, reshaped to the
 input shape they declare (flattened if they want vectors); ``InputTransform`` gives them a scale,
 mean and std instead: ``x' = (x * scale - mean) / std``.
 """
@@ -96,6 +98,7 @@ class Teacher:
     fingerprint: str = ""
     description: str = ""
     trained_on: dict | None = None   # the data it was trained on, split as it was (an artifact's or export's record)
+    foreign: bool = False   # a file of another framework's (ONNX, TorchScript, torch.export): fed raw values
 
     def module(self) -> nn.Module | None:
         """A torch module with the same function, where there is one (for online use, bench, export)."""
@@ -168,6 +171,7 @@ class OnnxTeacher(Teacher):
     """An ONNX model run by onnxruntime on the CPU."""
 
     kind = "onnx"
+    foreign = True
 
     def __init__(self, path: Path, *, output: str | None, transform: InputTransform):
         import onnxruntime as ort
@@ -213,7 +217,7 @@ class OnnxTeacher(Teacher):
 
     def _feed(self, x: torch.Tensor):
         x = self.transform.apply(x.float().cpu())   # onnxruntime runs on the host
-        x = _to_declared(x, self.declared, self.path)
+        x = to_declared(x, self.declared, f"ONNX teacher '{self.path}'")
         if self.uint8_input:
             return x.round().clamp(0, 255).to(torch.uint8).numpy()
         return x.numpy().astype(self.input_dtype, copy=False)
@@ -237,22 +241,27 @@ class OnnxTeacher(Teacher):
         return self._as_logits(torch.from_numpy(np.array(out, dtype=np.float32))).to(x.device)
 
     def _run(self, feed):
-        import numpy as np
+        return in_fixed_batches(lambda chunk: self.session.run([self.output], {self.input_name: chunk})[0], feed,
+                                self.fixed_batch)
 
-        size = self.fixed_batch
-        if size is None or len(feed) == size:
-            return self.session.run([self.output], {self.input_name: feed})[0]
-        outs = []
-        for start in range(0, len(feed), size):
-            chunk = feed[start:start + size]
-            short = size - len(chunk)
-            if short:   # the last chunk, padded with copies of its first row; their outputs are dropped
-                chunk = np.concatenate([chunk, np.repeat(chunk[:1], short, axis=0)])
-            out = self.session.run([self.output], {self.input_name: chunk})[0]
-            if not isinstance(out, np.ndarray) or len(out) != size:
-                return out   # not one row per input: reported by the caller's checks
-            outs.append(out[:size - short])
-        return np.concatenate(outs)
+
+def in_fixed_batches(run, feed, size: int | None):
+    """``run(feed)``, or for a graph exported with a fixed batch ``size``, ``run`` on chunks of that size, the last
+    padded with copies of its first row whose outputs are dropped (``feed``: a numpy array or a tensor)."""
+    import numpy as np
+
+    if size is None or len(feed) == size:
+        return run(feed)
+    cat = np.concatenate if isinstance(feed, np.ndarray) else torch.cat
+    outs = []
+    for start in range(0, len(feed), size):
+        chunk = feed[start:start + size]
+        short = size - len(chunk)
+        out = run(cat([chunk] + [chunk[:1]] * short) if short else chunk)
+        if not hasattr(out, "shape") or len(out) != size:
+            return out   # not one row per input: reported by the caller's checks
+        outs.append(out[:size - short])
+    return cat(outs)
 
 
 _ONNX_FLOATS = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
@@ -291,7 +300,7 @@ def _channels_last(declared, have) -> bool:
     return len(have) == 3 and len(declared) == 3 and all(d is None or d == h for d, h in zip(declared, (*have[1:], have[0])))
 
 
-def _to_declared(x: torch.Tensor, declared: list, path: Path) -> torch.Tensor:
+def to_declared(x: torch.Tensor, declared: list, what: str) -> torch.Tensor:
     """The data (N, C, H, W) as the graph declares its input: as it is when every known size matches (a
     dynamic height and width too); channels last when it declares (H, W, C), as TensorFlow's exporters do;
     else read flat into the declared shape (a flat MLP), never a reshape that would scramble an image."""
@@ -304,7 +313,7 @@ def _to_declared(x: torch.Tensor, declared: list, path: Path) -> torch.Tensor:
     if declared.count(None) <= 1 and (None in declared or math.prod(known) == math.prod(have)) and \
             same_layout(declared, have):   # a flat or single-channel view of the same values
         return x.reshape(len(x), *[d if d is not None else -1 for d in declared])
-    raise TeacherError(f"ONNX teacher '{path}' wants inputs of shape {tuple(declared)} but the data has {have}; pass data "
+    raise TeacherError(f"{what} wants inputs of shape {tuple(declared)} but the data has {have}; pass data "
                        f"of the teacher's shape (channels first, (C, H, W), or the graph's own layout).")
 
 
@@ -312,6 +321,7 @@ class TorchScriptTeacher(Teacher):
     """A TorchScript module. Loading it runs code from the file: trust the file."""
 
     kind = "torchscript"
+    foreign = True
 
     def __init__(self, path: Path, *, transform: InputTransform):
         try:
@@ -380,12 +390,16 @@ class TorchScriptTeacher(Teacher):
         return self._as_logits(self._checked(out, len(x)))
 
     def _checked(self, out, n: int) -> torch.Tensor:
-        """One float row of class scores per input, as every teacher gives."""
-        if not torch.is_tensor(out) or out.dim() != 2 or len(out) != n:
-            got = f"a tensor of shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
-            raise TeacherError(f"TorchScript teacher '{self.path}' returns {got} for {n} inputs; a teacher returns one "
-                               f"(N, classes) tensor of class scores; script a wrapper that returns only that.")
-        return out.float()
+        return scores_of(out, n, f"TorchScript teacher '{self.path}'")
+
+
+def scores_of(out, n: int, what: str) -> torch.Tensor:
+    """One float row of class scores per input, as every teacher gives; anything else is one clear error."""
+    if not torch.is_tensor(out) or out.dim() != 2 or len(out) != n or not out.is_floating_point():
+        got = f"a {out.dtype} tensor of shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
+        raise TeacherError(f"{what} returns {got} for {n} inputs; a teacher returns one (N, classes) tensor of class "
+                           f"scores (floats); save a wrapper that returns only that.")
+    return out.float()
 
 
 def _cause(exc: Exception) -> str:
@@ -454,12 +468,13 @@ def as_teacher(teacher, role: str = "teacher") -> "Teacher":
     if isinstance(teacher, (str, Path)):
         return load_teacher(teacher, role=role.capitalize())
     raise ConfigError(f"The '{role}' parameter must be a Teacher (edgekd.teachers.load_teacher) or the path of an artifact "
-                      f"folder, .onnx or TorchScript file. Got {type(teacher).__name__} instead.")
+                      f"folder, .onnx, .pt2 or TorchScript file. Got {type(teacher).__name__} instead.")
 
 
 def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | None = None,
                  transform: InputTransform | None = None, role: str = "Teacher") -> Teacher:
-    """Load a teacher from an artifact folder, an ``.onnx`` file or a TorchScript file (``role`` names
+    """Load a teacher from an artifact folder, an ``.onnx`` file, a ``torch.export`` ``.pt2`` file
+    (``edgekd.exported_teacher``) or a TorchScript file (``role`` names
     it in errors: "Teacher", "Model")."""
     path = Path(spec)
     transform = transform or InputTransform()
@@ -469,15 +484,20 @@ def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | 
         restore_interrupted_swap(path)   # its backup is put back (a dead process's only), as its next writer would
     if path.is_dir():
         if not is_artifact(path):
-            raise TeacherError(f"'{path}' is a folder but not an edgekd artifact (no manifest.json); pass an artifact folder, an .onnx or a TorchScript file.")
+            raise TeacherError(f"'{path}' is a folder but not an edgekd artifact (no manifest.json); pass an artifact folder, an .onnx, a .pt2 or a TorchScript file.")
         return teacher_from_artifact(load_artifact(path), combine=combine)
     if not path.exists():
-        raise TeacherError(f"{role} '{path}' not found; pass an edgekd artifact folder, an .onnx file or a TorchScript file.")
+        raise TeacherError(f"{role} '{path}' not found; pass an edgekd artifact folder, an .onnx, .pt2 or TorchScript file.")
     if path.suffix.lower() == ".onnx":
         return OnnxTeacher(path, output=output, transform=transform)
+    if path.suffix.lower() == ".pt2":
+        from edgekd.exported_teacher import ExportedProgramTeacher
+
+        return ExportedProgramTeacher(path, transform=transform)
     if path.suffix.lower() in (".pt", ".pth", ".ts", ".torchscript", ".jit"):
         return TorchScriptTeacher(path, transform=transform)
-    raise TeacherError(f"'{path}' is not a teacher: expected an artifact folder, a .onnx file or a TorchScript file (.pt, .ts).")
+    raise TeacherError(f"'{path}' is not a teacher: expected an artifact folder, a .onnx file, a torch.export .pt2 file "
+                       f"or a TorchScript file (.pt, .ts).")
 
 
 def teacher_from_artifact(artifact: Artifact, *, combine: str | None = None) -> Teacher:
@@ -504,10 +524,9 @@ def teacher_from_artifact(artifact: Artifact, *, combine: str | None = None) -> 
 def _reads(teacher: Teacher, shape) -> bool:
     """Whether ``teacher`` takes data of ``shape`` as it is laid out: the same layout (``same_layout``), or,
     for an ONNX graph that declares (H, W, C) as TensorFlow's exporters do, the data's channels moved last
-    (``_to_declared`` does that)."""
+    (``to_declared`` does that)."""
     shape = tuple(shape)
-    return same_layout(teacher.input_shape, shape) or (isinstance(teacher, OnnxTeacher)
-                                                       and _channels_last(tuple(teacher.input_shape), shape))
+    return same_layout(teacher.input_shape, shape) or (teacher.foreign and _channels_last(tuple(teacher.input_shape), shape))
 
 
 def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", splits=("val", "test")) -> int:
@@ -527,7 +546,7 @@ def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", spli
                if choices else "pass a dataset with the teacher's classes")
         raise TeacherError(f"{name} has {n_out} outputs but dataset '{dataset.spec}' has {dataset.num_classes} classes; {fix}.")
     _check_class_names(teacher.classes, tuple(dataset.classes), dataset.spec, name)
-    if isinstance(teacher, (OnnxTeacher, TorchScriptTeacher)):   # a file of any framework: exported in eval mode?
+    if teacher.foreign:   # a file of any framework: exported in eval mode?
         probe = dataset.x_val[:8]
         first, again = teacher.logits(probe), teacher.logits(probe)
         if not torch.allclose(first, again, atol=1e-4, rtol=1e-4, equal_nan=True):   # NaN: said by evaluate

@@ -36,12 +36,12 @@ def teacher_options(func):
 
 
 def teacher_option_rules(params, *specs) -> list:
-    """The foreign-teacher options apply to .onnx / TorchScript files, --combine to artifact folders."""
+    """The foreign-teacher options apply to model files (.onnx, .pt2, TorchScript), --combine to artifact folders."""
     from pathlib import Path
 
     paths = [Path(s) for s in specs if s]
     foreign, onnx = any(not p.is_dir() for p in paths), any(p.suffix.lower() == ".onnx" for p in paths)
-    rules = [(name, foreign, "with an .onnx or TorchScript model (an artifact normalises its own inputs)")
+    rules = [(name, foreign, "with a model file: .onnx, .pt2 or TorchScript (an artifact normalises its own inputs)")
              for name in ("teacher_scale", "teacher_mean", "teacher_std")]
     return rules + [("teacher_output", onnx, "with an .onnx model"),
                     ("combine", any(p.is_dir() for p in paths), "with an edgekd artifact folder")]
@@ -295,7 +295,7 @@ def distill_options(func):
 
 
 @click.command("distill")
-@click.option("--teacher", required=True, help="Teacher: artifact folder, .onnx file or TorchScript file.")
+@click.option("--teacher", required=True, help="Teacher: artifact folder, .onnx, torch.export .pt2 or TorchScript file.")
 @teacher_options
 @data_options
 @distill_options
