@@ -464,6 +464,31 @@ def _with_twin_taught(kept: tuple, recipe: dict, twin: tuple, data: Dataset) -> 
     return best, best_fit, [*({**r, "chosen": r["chosen"] and not twin_wins} for r in records), pair[1]], seconds + not_kept
 
 
+NON_TARGET_METHODS = ("dkd", "nckd")   # their non-target term needs two non-target classes
+
+
+def _check_methods(config: DistillConfig, data: Dataset) -> None:
+    """With 2 classes there is one non-target class: NCKD is 0 for every input (``nckd`` at alpha 1 trained
+    nothing) and DKD is its target term alone; refused. Logit standardization's 2 z-scored logits are always
+    +-1/sqrt(2), so its targets keep only the teacher's top class, not its confidence: said in a warning."""
+    if config.alpha == 0 or data.num_classes > 2:
+        return
+    for name, methods in (("method", (config.method,)), ("search_methods", config.search_methods if config.recipe_search else ())):
+        bad = [m for m in methods if m in NON_TARGET_METHODS]
+        if bad:
+            raise ConfigError(f"The {name!r} parameter {bad[0]!r} needs at least 3 classes (its non-target term compares the "
+                              f"classes other than the label); dataset '{data.spec}' has 2. Got {bad[0]!r} instead; "
+                              f"use --method kd.")
+    if config.method == "kd-ls":
+        import warnings
+
+        from edgekd.errors import EdgekdWarning
+
+        warnings.warn(f"Dataset '{data.spec}' has 2 classes: logit standardization ('kd-ls') z-scores the teacher's two "
+                      f"logits to +-0.71, so its soft targets say which class the teacher ranks first but not how sure it "
+                      f"is; --method kd keeps that.", EdgekdWarning, stacklevel=3)
+
+
 def _check_augmentation(config: DistillConfig, input_shape) -> None:
     """Mirroring and jitter need images, and a jitter must leave part of them; so must a fixed baseline jitter
     (``_check_baseline_jitter``). (The library checks what the command line does: a jitter as large as the
@@ -525,6 +550,7 @@ def distill(teacher: Teacher | str | Path, data: Dataset | str, config: DistillC
     train_cfg = config.train
     check_teacher_fits(teacher, data)
     _check_augmentation(config, data.input_shape)
+    _check_methods(config, data)
     arch, options = parse_arch(config.student)
     probe = create_model(arch, data.input_shape, data.num_classes, options=options)  # a bad student fails before anything is written
     if config.omit_classes:

@@ -142,6 +142,9 @@ def dkd_terms(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor
 def _nckd_terms(student, teacher, target: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-sample NCKD = KL(p-hat^T || p-hat^S) (``target``: the label's one-hot mask)."""
     hat_s, hat_t = _non_target_log_probs(student, target, temperature), _non_target_log_probs(teacher, target, temperature)
+    # the target's -inf set to 0 before the product: (-inf) - (-inf) is NaN, and a NaN times the zero gradient a
+    # torch.where gives the column still reaches a teacher trained alongside (online or mutual distillation)
+    hat_s, hat_t = hat_s.masked_fill(target, 0.0), hat_t.masked_fill(target, 0.0)
     return torch.where(target, 0.0, hat_t.exp() * (hat_t - hat_s)).sum(-1)
 
 

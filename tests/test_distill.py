@@ -501,3 +501,22 @@ def test_stages_take_a_teacher_or_its_path_and_a_dataset_or_its_spec(tmp_path, t
     assert (tmp_path / "s" / "manifest.json").is_file() and result.student_test_accuracy > 0
     with pytest.raises(ConfigError, match="The 'model' parameter must be a Teacher .* Got int instead"):
         evaluate(3, "digits")
+
+
+def test_two_classes_refuse_the_non_target_terms_before_training_and_warn_of_standardised_targets(tmp_path):
+    """With 2 classes NCKD is 0 for every input (alpha 1 trained nothing) and z-scored logits are +-0.71."""
+    from edgekd.config import DistillConfig, TrainConfig
+    from edgekd.data import load_dataset
+    from edgekd.errors import ConfigError, EdgekdWarning
+    from edgekd.teacher_training import save_untrained
+
+    data = load_dataset("synthetic:classes=2,groups=1,dim=8,seed=0")
+    teacher = save_untrained(tmp_path / "t", "mlp:hidden=8", data)
+    quick = dict(student="mlp:hidden=8", train=TrainConfig(epochs=1), recipe_search=False)
+    for bad in (dict(method="nckd"), dict(method="dkd"), dict(search_methods=("nckd",), recipe_search=True)):
+        with pytest.raises(ConfigError, match="needs at least 3 classes .* has 2"):
+            distill(teacher, data, DistillConfig(**{**quick, **bad}), tmp_path / "s")
+        assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()
+    distill(teacher, data, DistillConfig(**quick, method="nckd", alpha=0.0), tmp_path / "hard")   # no soft term: no check
+    with pytest.warns(EdgekdWarning, match="2 classes: logit standardization .* --method kd keeps that"):
+        distill(teacher, data, DistillConfig(**quick, method="kd-ls"), tmp_path / "ls")

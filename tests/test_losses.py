@@ -178,3 +178,12 @@ def test_method_targets_are_what_each_soft_term_matches():
     assert sharp["p_max"] == pytest.approx(float(soft_targets(t, 2.0).max())) and sharp["p_true"] == pytest.approx(sharp["p_max"])
     with pytest.raises(Exception, match="'method' parameter must be one of"):
         method_targets(t, 1.0, "crd")
+
+
+@pytest.mark.parametrize("method", ["kd", "kd-ls", "dkd", "nckd"])
+def test_every_soft_term_sends_finite_gradients_to_a_teacher_trained_alongside(method):
+    """dkd and nckd computed (-inf) - (-inf) on the label's column: NaN gradients for a teacher that learns too."""
+    torch.manual_seed(3)
+    s, t = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5, requires_grad=True)
+    distillation_loss(s, t, torch.randint(0, 5, (6,)), temperature=2.0, alpha=1.0, method=method).backward()
+    assert torch.isfinite(s.grad).all() and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0

@@ -327,6 +327,20 @@ def test_float64_update_is_the_log_domain_update():
             assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)
 
 
+def test_inputs_whose_dustbin_mass_underflows_float64_are_solved_in_the_log_domain():
+    """The generalist leaves e^-720 outside the specialist's classes, which says 99% "not mine": the fast
+    update's q_dust underflowed to 0 and the outside classes got nothing (closed form: 0.2467 each)."""
+    from specialists.combine import combine
+
+    g = torch.tensor([[0.0, -1.0, -720.0, -720.0], [0.0, -1.0, -3.0, -3.0]], dtype=torch.float64)
+    s = [torch.tensor([[0.0, 0.0, 5.0], [0.0, 0.0, 5.0]], dtype=torch.float64)]
+    mixed = combine(g, s, [(0, 1)]).log_q.exp()
+    assert torch.allclose(mixed[0, 2:], torch.full((2,), 0.2467, dtype=torch.float64), atol=1e-4)
+    for row in (0, 1):   # each input's answer is its own, alone or in a batch with the other kind
+        assert torch.allclose(mixed[row], combine(g[row:row + 1], [s[0][row:row + 1]], [(0, 1)]).log_q.exp()[0], atol=1e-12)
+    assert torch.allclose(mixed.log(), combine(g.float(), [s[0].float()], [(0, 1)]).log_q.double(), atol=1e-4)
+
+
 def test_gated_combination_is_the_dense_one_and_runs_only_active_specialists():
     clusters = ((0, 1, 2), (2, 3, 4), (5, 6), (1, 6), (7, 8, 9))
     zg, zs, clusters = _random_case(batch=40, classes=10, clusters=clusters, scale=2.0, seed=3)
