@@ -37,7 +37,7 @@ import numpy as np
 from benchmarks.runtimes import (Runner, Runtime, RuntimeSkipped, RuntimeUnavailable, package_version, register_runtime,
                                  require_module)
 from edgekd.cachedir import touch
-from edgekd.outputs import made_here
+from edgekd.outputs import holding
 
 CONVERT_TIMEOUT_S = 600
 _MOBILE_HINT = "pip install -c constraints.txt \"edgekd[mobile]\""
@@ -344,40 +344,41 @@ def convert_cached(onnx_path: Path, runtime: str, convert) -> tuple[Path, dict]:
         touch(folder)   # used now: `edgekd cache prune --older-than` keeps it
         return folder, {**done, "cached": True}
     # hidden, and unique to this process even where two containers' jobs are both pid 1 on one cache
-    tmp = made_here(folder.with_name(f".{folder.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"))
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     tmp.mkdir(parents=True)
-    # the converter gets a private copy: pnnx writes `<input>.pnnxsim.onnx` beside its input, which
-    # must never be the user's folder; the copy is also exactly the bytes the key was hashed from
-    source = tmp / "source.onnx"
-    shutil.copyfile(onnx_path, source)
-    for f in extra:   # under the names the graph gives them, beside the copy
-        shutil.copyfile(f, tmp / f.name)
-    if _model_key(source, [tmp / f.name for f in extra]) != digest:
-        shutil.rmtree(tmp)
-        raise RuntimeUnavailable(f"'{onnx_path}' changed while it was being converted; run again")
-    tick = time.perf_counter()
-    try:
-        record = convert(source, tmp)
-    except BaseException:   # a failed conversion leaves nothing in the cache
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        for leftover in [*tmp.glob("source.*onnx"), *(tmp / e.name for e in extra)]:
-            leftover.unlink(missing_ok=True)   # the copies and pnnx's simplified one: the cache keeps outputs only
-    record.update(source=str(onnx_path), source_sha256=digest, seconds=round(time.perf_counter() - tick, 3))
-    (tmp / "conversion.json").write_text(json.dumps(record, indent=1))
-    if _finished(folder, digest) is not None:   # another process converted the same model meanwhile: its folder, in use, is kept
-        shutil.rmtree(tmp, ignore_errors=True)
-        return folder, {**record, "cached": False}
-    if folder.exists():
-        shutil.rmtree(folder)
-    try:
-        os.replace(tmp, folder)
-    except OSError:   # one made it between the check and the rename: the same conversion, kept
-        shutil.rmtree(tmp, ignore_errors=True)
-        if _finished(folder, digest) is None:
+    with holding(tmp):   # another container's `cache prune` must not take it for a dead writer's
+        # the converter gets a private copy: pnnx writes `<input>.pnnxsim.onnx` beside its input, which
+        # must never be the user's folder; the copy is also exactly the bytes the key was hashed from
+        source = tmp / "source.onnx"
+        shutil.copyfile(onnx_path, source)
+        for f in extra:   # under the names the graph gives them, beside the copy
+            shutil.copyfile(f, tmp / f.name)
+        if _model_key(source, [tmp / f.name for f in extra]) != digest:
+            shutil.rmtree(tmp)
+            raise RuntimeUnavailable(f"'{onnx_path}' changed while it was being converted; run again")
+        tick = time.perf_counter()
+        try:
+            record = convert(source, tmp)
+        except BaseException:   # a failed conversion leaves nothing in the cache
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return folder, {**record, "cached": False}
+        finally:
+            for leftover in [*tmp.glob("source.*onnx"), *(tmp / e.name for e in extra)]:
+                leftover.unlink(missing_ok=True)   # the copies and pnnx's simplified one: the cache keeps outputs only
+        record.update(source=str(onnx_path), source_sha256=digest, seconds=round(time.perf_counter() - tick, 3))
+        (tmp / "conversion.json").write_text(json.dumps(record, indent=1))
+        if _finished(folder, digest) is not None:   # another process converted the same model meanwhile: its folder, in use, is kept
+            shutil.rmtree(tmp, ignore_errors=True)
+            return folder, {**record, "cached": False}
+        if folder.exists():
+            shutil.rmtree(folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:   # one made it between the check and the rename: the same conversion, kept
+            shutil.rmtree(tmp, ignore_errors=True)
+            if _finished(folder, digest) is None:
+                raise
+        return folder, {**record, "cached": False}
 
 
 def _finished(folder: Path, digest: str) -> dict | None:

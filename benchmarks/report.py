@@ -35,16 +35,12 @@ def _published(write, out_dir: Path) -> dict[str, Path]:
     ``out_dir`` (``swap_in_folder``, as an artifact is): a report stopped while it is written is the old one
     whole or the new one whole, never a new report.json beside old plots."""
     from edgekd.artifacts import swap_in_folder
-    from edgekd.outputs import temp_folder
+    from edgekd.outputs import scratch_folder
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_folder(out_dir)
-    try:
+    with scratch_folder(out_dir) as tmp:
         write(tmp)
         swap_in_folder(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {key: out_dir / name for key, name in FILES.items()}
 
 

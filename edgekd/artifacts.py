@@ -84,19 +84,20 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     is named as all of edgekd's are (``.NAME.PID-RANDOM.edgekd-tmp``): one a kill leaves in an output
     folder is told from a user's file."""
     path = Path(path)
-    from edgekd.outputs import TEMP_SUFFIX, usual_mode
+    from edgekd.outputs import TEMP_SUFFIX, holding, usual_mode
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        os.fchmod(fd, usual_mode(folder=False))
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with holding(tmp):
+        try:
+            os.fchmod(fd, usual_mode(folder=False))
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _fsync(path: Path) -> None:
@@ -328,21 +329,17 @@ def save_artifact(out_dir: str | Path, manifest: Manifest, tensor_files: dict[st
     hard-label baseline), covered by the hash of its manifest. The manifest gains ``files`` (sha256 of
     each), ``versions`` and ``created``.
     """
-    from edgekd.outputs import check_output, temp_folder
+    from edgekd.outputs import check_output, scratch_folder
 
     out_dir = Path(out_dir)
     check_output(out_dir, kind="artifact", overwrite=overwrite)   # only an edgekd artifact is ever replaced
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_folder(out_dir)
-    try:
+    with scratch_folder(out_dir) as tmp:
         extra = dict(extra_files or {})
         for name, (sub_manifest, sub_tensors) in (nested or {}).items():
             _write_folder(tmp / name, sub_manifest, sub_tensors, {})
         full = _write_folder(tmp, manifest, tensor_files, extra, nested=list(nested or {}))
         swap_in_folder(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return Artifact(path=out_dir, manifest=full)
 
 
@@ -366,17 +363,22 @@ def _write_folder(folder: Path, manifest: Manifest, tensor_files: dict, extra_fi
 def swap_in_folder(tmp: Path, out_dir: Path) -> None:
     """Replace ``out_dir`` by ``tmp``; an old folder is moved aside (under a name unique to this run)
     first, put back if the rename fails, and removed only after."""
-    from edgekd.outputs import OLD_SUFFIX, temp_folder
+    from edgekd.outputs import OLD_SUFFIX, hold, release, temp_folder
 
     if out_dir.exists():
         old = temp_folder(out_dir, OLD_SUFFIX)   # an empty folder: rename(2) replaces it
+        release(old)
         os.replace(out_dir, old)
+        hold(old)   # (the folder now there is the old artifact: held while it is set aside)
         try:
-            os.replace(tmp, out_dir)
-        except BaseException:
-            os.replace(old, out_dir)
-            raise
-        _fsync(out_dir.parent)   # the renames on disk before the old artifact goes (a power cut keeps one of the two)
-        shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, out_dir)
+            except BaseException:
+                os.replace(old, out_dir)
+                raise
+            _fsync(out_dir.parent)   # the renames on disk before the old artifact goes (a power cut keeps one of the two)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            release(old)
     else:
         os.replace(tmp, out_dir)

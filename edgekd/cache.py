@@ -129,14 +129,17 @@ class LogitCache:
         # CPU, and a hit verified on a CPU-only machine needs the looser tolerance of CUDA's kernels
         device = "cuda" if value.device.type == "cuda" or torch.cuda.is_initialized() else "cpu"
         value = value.detach().contiguous().cpu()
-        from edgekd.outputs import made_here
+        from edgekd.outputs import hold, release
 
-        tmp = made_here(self.dir / f".{key}.{os.getpid()}.tmp")
+        tmp = self.dir / f".{key}.{os.getpid()}.tmp"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            hold(tmp)   # a cache another container shares: its `cache prune` must not take it for a dead writer's
             save_tensors(tmp, {"logits": value}, metadata={"sha256": _tensor_sha256(value), "device": device})
             os.replace(tmp, self.path(key))
+            release(tmp)
         except BaseException as exc:   # (Ctrl-C too: the temporary holds the split's logits)
+            release(tmp)
             with contextlib.suppress(OSError):
                 tmp.unlink()
             if not isinstance(exc, OSError):

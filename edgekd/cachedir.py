@@ -205,21 +205,10 @@ def _stopped_decodes(folder: Path):
 
 
 def _decode_running(lock: Path) -> bool:
-    """Whether a process holds the decode lock ``lock`` (taken and let go at once where none does)."""
-    import fcntl
+    """Whether a process holds the decode lock ``lock``."""
+    from edgekd.outputs import is_held
 
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except OSError:   # no lock: no decode of that key runs
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
+    return is_held(lock)
 
 
 def _remove(entry: CacheEntry) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from edgekd.cachedir import file_identity, touch
 from edgekd.errors import DataError, EdgekdWarning
-from edgekd.outputs import made_here
+from edgekd.outputs import hold, release
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_PIXELS = 64_000_000      # per image: beyond this Pillow's decompression-bomb guard refuses it
@@ -245,7 +245,8 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
             "sample": [[str(path.relative_to(spec.root)), _sha256(path)] for path, _ in sample]}
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp, y_tmp = (made_here(cache / f".{key}.{os.getpid()}.{part}.npy") for part in "xy")
+        # held while written (edgekd.outputs.hold): a cache another container shares must not take them for a dead writer's
+        tmp, y_tmp = (hold(cache / f".{key}.{os.getpid()}.{part}.npy") for part in "xy")
         x = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), channels, *size))
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # Pillow decodes without the GIL
             # a window at a time: a thread pool's map submits every file at once (a future each, ~2 KB)
@@ -258,7 +259,7 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
         np.save(y_tmp, y)
         os.replace(tmp, cache / f"{key}.x.npy")
         os.replace(y_tmp, cache / f"{key}.y.npy")
-        header = made_here(cache / f".{key}.{os.getpid()}.json.tmp")   # the pid's: two processes decoding one folder race
+        header = hold(cache / f".{key}.{os.getpid()}.json.tmp")   # the pid's: two processes decoding one folder race
         header.write_text(json.dumps(meta))
         os.replace(header, cache / f"{key}.json")   # the entry exists once its header does
     except BaseException as exc:   # a corrupt image, a full disk, Ctrl-C: no half-written entry left behind
@@ -268,6 +269,9 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
             raise
         raise DataError(f"Cannot write the decoded images of '{spec.root}' to '{cache}' ({exc.strerror or exc}); free "
                         f"disk space there or point EDGEKD_CACHE at a folder with room for them.") from None
+    finally:
+        for part in ("x.npy", "y.npy", "json.tmp"):
+            release(cache / f".{key}.{os.getpid()}.{part}")
     return np.load(cache / f"{key}.x.npy", mmap_mode="r"), np.load(cache / f"{key}.y.npy", mmap_mode="r")
 
 

@@ -411,14 +411,87 @@ def usual_mode(folder: bool) -> int:
 
 
 def temp_folder(out: str | Path, suffix: str = TEMP_SUFFIX) -> Path:
-    """A new, unique hidden folder beside ``out`` (``.NAME.PID-RANDOM.edgekd-tmp``)."""
+    """A new, unique hidden folder beside ``out`` (``.NAME.PID-RANDOM.edgekd-tmp``), held (``hold``) until
+    ``release``: ``scratch_folder`` does both."""
     import tempfile
 
     out = Path(out)
     clean_stale(out)
-    folder = made_here(Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=suffix, dir=out.parent)))
+    folder = hold(Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=suffix, dir=out.parent)))
     folder.chmod(usual_mode(folder=True))
     return folder
+
+
+@contextlib.contextmanager
+def scratch_folder(out: str | Path):
+    """``temp_folder(out)`` for the block; on leaving it, whatever of it is still there is removed (a folder
+    renamed into place meanwhile is not) and let go."""
+    folder = temp_folder(out)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        release(folder)
+
+
+# temporaries this process writes, each with an fd holding a shared flock on it (``hold``)
+_HELD: dict[str, int] = {}
+
+
+def hold(path: str | Path) -> Path:
+    """Mark the temporary ``path`` (a folder, or a file, made empty here when missing) as this process's while it
+    writes it: ``made_here``, and a shared ``flock`` on it until ``release``. A process of another pid
+    namespace (a container sharing the folder), to which the pid in its name means nothing, then reads it as
+    live (``left_behind``). Where flock is not to be had (some network file systems) the pid rules stand alone."""
+    path = made_here(Path(path))
+    release(path)
+    try:
+        fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:
+        return path
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return path
+    _HELD[os.path.abspath(path)] = fd
+    return path
+
+
+def release(path: str | Path) -> None:
+    """Let go of ``hold(path)`` (after renaming the temporary into place or removing it)."""
+    fd = _HELD.pop(os.path.abspath(path), None)
+    if fd is not None:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def holding(path: str | Path):
+    """``hold(path)`` for the block."""
+    try:
+        yield hold(path)
+    finally:
+        release(path)
+
+
+def is_held(path: str | Path) -> bool:
+    """Whether a process holds a ``flock`` on ``path`` (this one: ``hold``; another: an exclusive lock cannot be
+    had at once, and is let go at once where it can)."""
+    if os.path.abspath(path) in _HELD:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # (non-blocking: a FIFO of that name must not hang us)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 # the temporaries this process made: in a container every job is pid 1, so a name with this process's pid
@@ -437,8 +510,10 @@ def made_here(path: Path) -> Path:
 
 def left_behind(pid: int, path: Path) -> bool:
     """Whether the temporary ``path``, named with its writer's ``pid``, was left by a process that is gone:
-    ``pid`` does not run, or it is this process's pid on a path this process did not make (``made_here``)
-    and unchanged for ``IDLE_SECONDS``."""
+    no process holds it (``hold``), and ``pid`` does not run, or it is this process's pid on a path this
+    process did not make (``made_here``) and unchanged for ``IDLE_SECONDS``."""
+    if is_held(path):   # a writer in another container: its pid names another process here, or none
+        return False
     if pid == os.getpid():
         return os.path.abspath(path) not in _MADE_HERE and _idle(path) >= IDLE_SECONDS
     return not pid_alive(pid)
@@ -472,6 +547,8 @@ def clean_stale(out: str | Path) -> list[Path]:
     killed between moving the old ``out`` aside and renaming the new one in left no ``out`` at all: the
     backup is put back as ``out`` (the state before that run), not removed with the rest."""
     out = Path(out)
+    if written_elsewhere(out):
+        return []
     restore_interrupted_swap(out)
     removed = []
     for entry in _stale_entries(out):
@@ -483,7 +560,7 @@ def clean_stale(out: str | Path) -> list[Path]:
 def restore_interrupted_swap(out: Path) -> Path | None:
     """Where ``out`` is missing and a dead process's backup of it is beside it, the backup becomes ``out``
     again (done before ``out`` is checked, so a run is told of the artifact before it trains)."""
-    if out.exists() or out.is_symlink():
+    if out.exists() or out.is_symlink() or written_elsewhere(out):
         return None
     backups = [e for e in _stale_entries(out) if e.name.endswith(OLD_SUFFIX) and e.is_dir()]
     if not backups:
@@ -525,14 +602,30 @@ def output_lock(out: str | Path, *, make_parent: bool = True):
     except OSError as exc:
         raise OutputError(f"Cannot create the folder '{out.parent}' of output '{out}' ({exc.strerror or exc}); choose "
                           f"another --out.") from None
-    lock = out.parent / f".{out.name}{LOCK_SUFFIX}"
+    lock = _lock_path(out)
     fd = _locked(lock, out)
+    _LOCKED_HERE.add(os.path.abspath(lock))
     try:
         yield
     finally:
+        _LOCKED_HERE.discard(os.path.abspath(lock))
         with contextlib.suppress(OSError):
             lock.unlink()
         os.close(fd)
+
+
+_LOCKED_HERE: set[str] = set()   # the output locks this process holds
+
+
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}{LOCK_SUFFIX}"
+
+
+def written_elsewhere(out: Path) -> bool:
+    """Whether another process holds ``output_lock(out)``: it is writing ``out``, and what is beside it (its
+    temporaries, the old artifact it set aside a moment ago) is its own, whatever pid their names carry."""
+    lock = _lock_path(Path(out))
+    return os.path.abspath(lock) not in _LOCKED_HERE and is_held(lock)
 
 
 def _locked(lock: Path, out: Path) -> int:

@@ -28,7 +28,6 @@ import io
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -40,7 +39,7 @@ from torch import nn
 
 from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ExportError
-from edgekd.outputs import replaced_sha256, temp_folder
+from edgekd.outputs import replaced_sha256, scratch_folder
 from edgekd.teachers import source_path
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
                            model_input, source_counts)
@@ -89,8 +88,7 @@ def export_executorch(model: str | Path, out: str | Path, config=None, *, overwr
     require_executorch()
     source = load_source(model)
     data, calibration = gate_data(source, config, data, calibration)
-    tmp = temp_folder(out)
-    try:
+    with scratch_folder(out) as tmp:
         run = _PteRun(source, config, data)
         path, (parities, test_accuracy, drop) = run.fp32(tmp / "model.fp32.pte")
         if config.quantize:
@@ -104,8 +102,6 @@ def export_executorch(model: str | Path, out: str | Path, config=None, *, overwr
         # not match (edgekd.outputs.export_summary_of), never a new model that --overwrite would not recognise
         os.replace(tmp / "summary.json", summary_path)
         os.replace(path, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(path=out, summary_path=summary_path, format="pte", precision=PTE_PRECISION[config.quantize],
                         opset=None, size_bytes=summary["sizes_bytes"]["model"], parity=tuple(parities),
                         test_accuracy=test_accuracy, reference_test_accuracy=run.reference_accuracy, accuracy_drop=drop,

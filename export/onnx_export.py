@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from torch import nn
 
 from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ConfigError, ExportError
-from edgekd.outputs import replaced_sha256, temp_folder
+from edgekd.outputs import replaced_sha256, scratch_folder
 from edgekd.teachers import source_path
 from edgekd.validation import check_output_file
 from export.config import DEFAULT_OPSET, ExportConfig
@@ -89,8 +88,7 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
     source = load_source(model)
     data, calibration = gate_data(source, config, data, calibration)
 
-    tmp = temp_folder(out)   # unique per run; one left by a killed export is removed by the next
-    try:
+    with scratch_folder(out) as tmp:   # unique per run; one left by a killed export is removed by the next
         run = _Run(source, config, data, tmp)
         final_onnx, final = run.fp32()
         if config.quantize:
@@ -112,8 +110,6 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
         # not match (edgekd.outputs.export_summary_of), never a new model that --overwrite would not recognise
         os.replace(tmp / "summary.json", summary_path)
         os.replace(final_path, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     parities, test_accuracy, drop = final
     return ExportResult(path=out, summary_path=summary_path, format=fmt, precision=precision, opset=config.opset,
                         size_bytes=run.sizes["model"], parity=tuple(parities), test_accuracy=test_accuracy,

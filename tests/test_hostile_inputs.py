@@ -382,7 +382,7 @@ def _option_cases():
         ("distill dkd beta with kd-ls", lambda t, T, S: [*DISTILL, "--teacher", T, "--dkd-beta", "3", "--out", t / "o"], "--dkd-beta applies only with --method dkd"),
         ("distill auto epochs with fixed T and alpha", lambda t, T, S: [*DISTILL, "--teacher", T, "--auto-epochs", "3", "--out", t / "o"], "--auto-epochs applies only with --temperature auto"),
         ("distill refresh cache with no cache", lambda t, T, S: [*DISTILL, "--teacher", T, "--no-cache", "--refresh-cache", "--out", t / "o"], "--refresh-cache applies only without --no-cache"),
-        ("distill teacher scale with an artifact", lambda t, T, S: [*DISTILL, "--teacher", T, "--teacher-scale", "2", "--out", t / "o"], "--teacher-scale applies only with an .onnx or TorchScript"),
+        ("distill teacher scale with an artifact", lambda t, T, S: [*DISTILL, "--teacher", T, "--teacher-scale", "2", "--out", t / "o"], "--teacher-scale applies only with a model file: .onnx, .pt2 or TorchScript"),
         ("evaluate teacher output with an artifact", lambda t, T, S: ["evaluate", S, "--teacher-output", "y"], "--teacher-output applies only with an .onnx model"),
         ("export calibration data without int8", lambda t, T, S: ["export", S, "--calibration-data", "digits", "--out", t / "m.onnx"], "--calibration-data applies only with --quantize int8"),
         ("export batch size for ONNX", lambda t, T, S: ["export", S, "--batch-size", "8", "--out", t / "m.onnx"], "--batch-size applies only with --executorch"),

@@ -291,7 +291,7 @@ def test_leftovers_named_with_this_process_s_pid_are_stale_unless_it_made_them(t
     import time
 
     from edgekd.cachedir import cache_entries
-    from edgekd.outputs import restore_interrupted_swap, temp_folder
+    from edgekd.outputs import release, restore_interrupted_swap, temp_folder
 
     backup = tmp_path / f".o.{os.getpid()}-abc.edgekd-old"
     backup.mkdir()
@@ -309,6 +309,54 @@ def test_leftovers_named_with_this_process_s_pid_are_stale_unless_it_made_them(t
     os.utime(mine, (hours_ago, hours_ago))
     assert clean_stale(tmp_path / "o") == [] and (tmp_path / "o" / "manifest.json").is_file() and mine.is_dir()
     assert [e.kind for e in cache_entries(cache)] == ["unfinished"]
+    release(mine)
+
+
+def _holder(*paths, lock_out=None):
+    """Another process (as another container's job would be) holding ``paths`` (``hold``) or ``output_lock(lock_out)``;
+    it lets go when its stdin closes."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib; from pathlib import Path; from edgekd.outputs import hold, output_lock\n"
+            "with contextlib.ExitStack() as stack:\n"
+            f"    [hold(Path(p)) for p in {[str(p) for p in paths]!r}]\n"
+            f"    {'stack.enter_context(output_lock(Path(' + repr(str(lock_out)) + ')))' if lock_out else 'pass'}\n"
+            "    print('ready', flush=True); sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_what_another_container_writes_is_live_whatever_its_pid_says_here(tmp_path):
+    """In another pid namespace a writer's pid names no process here (or another one): its temporaries, held with
+    flock while written, were removed at once as a dead process's; so was the backup a swap had just set aside."""
+    from edgekd.cachedir import cache_entries
+    from edgekd.outputs import restore_interrupted_swap
+
+    temp = tmp_path / ".o.999999999-abc.edgekd-tmp"   # a pid that runs nowhere here
+    temp.mkdir()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    logits = cache / f".{'e' * 32}.999999999.tmp"
+    logits.write_bytes(b"\0" * 8)
+    (tmp_path / "o").mkdir()
+    proc = _holder(temp, logits)
+    try:
+        assert clean_stale(tmp_path / "o") == [] and temp.is_dir()
+        assert [e.kind for e in cache_entries(cache)] == []
+    finally:
+        proc.communicate("")
+    assert [e.kind for e in cache_entries(cache)] == ["unfinished"]   # let go: a dead writer's now
+    assert clean_stale(tmp_path / "o") == [temp]
+
+    (tmp_path / "o").rename(tmp_path / ".o.999999999-def.edgekd-old")   # a swap between its two renames
+    proc = _holder(lock_out=tmp_path / "o")
+    try:
+        assert restore_interrupted_swap(tmp_path / "o") is None and clean_stale(tmp_path / "o") == []
+    finally:
+        proc.communicate("")
+    assert restore_interrupted_swap(tmp_path / "o") == tmp_path / "o"
 
 
 def test_a_kill_between_the_two_renames_of_a_swap_loses_neither_artifact(tmp_path):
