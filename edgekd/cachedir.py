@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.validation import check_positive
+from edgekd.records import Record
 
 KINDS = ("logits", "decoded", "splits", "conversions", "unfinished")
 _KEY = r"[0-9a-f]{32}"
@@ -57,7 +58,7 @@ class CacheEntry:
 
 
 @dataclass(frozen=True)
-class PruneResult:
+class PruneResult(Record):
     cache_dir: Path
     removed: tuple[CacheEntry, ...]
     kept: int

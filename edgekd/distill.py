@@ -50,6 +50,7 @@ from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, apply_shif
                              fit, jitter_views, predict_logits, run_fingerprint, supervised_batches)
 from edgekd.targets import sharded_logits, teacher_logits  # noqa: F401  (teacher_logits re-exported)
 from edgekd.validation import check_flip, check_jitter, check_output_dir, parse_limit
+from edgekd.records import Record
 
 VIEW_SEED = 7_919  # jittered views are fixed (not tied to the training seed) so their cache is shared
 
@@ -58,7 +59,7 @@ VIEW_SEED = 7_919  # jittered views are fixed (not tied to the training seed) so
 
 
 @dataclass(frozen=True)
-class DistillResult:
+class DistillResult(Record):
     path: Path
     temperature: float
     alpha: float

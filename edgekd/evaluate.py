@@ -3,7 +3,7 @@ and top-1 agreement with a reference teacher."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from edgekd.data import Dataset, as_dataset
 from edgekd.errors import TeacherError
 from edgekd.teachers import Teacher, as_teacher, check_teacher_fits
+from edgekd.records import Record
 
 
 @dataclass(frozen=True)
-class EvalResult:
+class EvalResult(Record):
     model: str
     data: str
     split: str
@@ -26,9 +27,6 @@ class EvalResult:
     per_class_accuracy: dict
     confusion_matrix: list
     agreement: float | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:

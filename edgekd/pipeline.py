@@ -17,13 +17,14 @@ from edgekd.models import create_model
 from edgekd.outputs import PIPELINE_ARTIFACTS, OutputError, output_lock
 from edgekd.training import fingerprint_changes, run_fingerprint
 from edgekd.validation import check_output_dir
+from edgekd.records import Record, jsonable
 
 
 
 
 
 @dataclass(frozen=True)
-class PipelineResult:
+class PipelineResult(Record):
     out: Path
     summary_md: Path
     summary: dict = field(repr=False)
@@ -34,6 +35,9 @@ class PipelineResult:
         ``"export NAME: reason"``; the CLI exits 1 when there are any."""
         return [f"export {name}: {row['error']}" for name, row in self.summary.get("export", {}).items()
                 if "error" in row and not row.get("refused")]
+
+    def to_dict(self) -> dict:
+        return jsonable({"out": self.out, "summary_md": self.summary_md, "failures": self.failures, "summary": self.summary})
 
 
 def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,

@@ -18,13 +18,14 @@ from edgekd.teachers import EnsembleModule
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, cross_entropy_loss, fit, predict_logits,
                              run_fingerprint, supervised_batches)  # the last two re-exported: benchmarks read them here
 from edgekd.validation import check_flip, check_jitter, check_output_dir
+from edgekd.records import Record
 
 
 
 
 
 @dataclass(frozen=True)
-class TeacherResult:
+class TeacherResult(Record):
     path: Path
     member_test_accuracy: tuple[float, ...]
     ensemble_test_accuracy: float

@@ -35,6 +35,7 @@ from edgekd.errors import EdgekdError, TrainingError
 from edgekd.config import TrainConfig  # noqa: F401  (re-exported: the training loop's settings)
 from edgekd.data import as_float
 from edgekd.device import autocast, module_device, resolve_device, to_device
+from edgekd.records import Record
 
 
 class Interrupted(EdgekdError):
@@ -47,7 +48,7 @@ class Interrupted(EdgekdError):
 
 
 @dataclass(frozen=True)
-class FitResult:
+class FitResult(Record):
     state: dict = field(repr=False)          # weights of the best epoch on val
     best_epoch: int
     epochs_run: int

@@ -32,6 +32,7 @@ from edgekd.teachers import EnsembleModule, ModuleTeacher, Teacher, check_teache
 from edgekd.outputs import data_paths
 from edgekd.training import RunStore, TrainConfig, predict_logits, run_fingerprint
 from edgekd.validation import check_flip, check_indices, check_jitter, check_output_dir
+from edgekd.records import Record
 from specialists.clustering import check_k, covariance_npy, covariance_png, find_clusters
 from specialists.combine import (SolveResult, SpecialistEnsembleModule, check_specialist_artifact, check_top_n, gated_combine,
                                  max_active_bound)
@@ -44,7 +45,7 @@ MODULE_CHECK_INPUTS = 512   # the exportable module (every specialist on every i
 
 
 @dataclass(frozen=True)
-class SpecialistsResult:
+class SpecialistsResult(Record):
     path: Path
     clusters: tuple
     specialist_clusters: tuple

@@ -13,7 +13,7 @@ PACKAGES = ("edgekd", "specialists", "export", "benchmarks")
 CORE = {"edgekd.errors", "edgekd.validation", "edgekd.losses", "edgekd.data", "edgekd.models", "edgekd.artifacts",
         "edgekd.cache", "edgekd.cachedir", "edgekd.distributed", "edgekd.teachers", "edgekd.training", "edgekd.teacher_training",
         "edgekd.device", "edgekd.outputs", "edgekd.config", "edgekd.manifest", "edgekd.imagefolder", "edgekd.synthetic", "edgekd.kd_models",
-        "edgekd.targets", "edgekd.exported_teacher",
+        "edgekd.targets", "edgekd.exported_teacher", "edgekd.records",
         "edgekd"}
 STAGES = {"edgekd.distill", "edgekd.evaluate", "specialists", "export",
           "benchmarks.harness", "benchmarks.config", "benchmarks.runtimes", "benchmarks.mobile_runtimes", "benchmarks.report", "benchmarks.modelinfo", "benchmarks.timing"}

@@ -342,9 +342,7 @@ def distill_cmd(ctx, **params):
     if dist is not None and dist.rank != 0:
         return
     if params["as_json"]:
-        from dataclasses import asdict
-
-        echo_json(asdict(result))
+        echo_json(result.to_dict())
         return
     print_distill(result, teacher.description)
 

@@ -134,9 +134,7 @@ def build_cmd(ctx, as_json, **params):
                                    refresh_cache=params["refresh_cache"], progress=show_progress(params),
                                    config_record=resolved_config(ctx))
     if as_json:
-        from dataclasses import asdict
-
-        echo_json(asdict(result))
+        echo_json(result.to_dict())
         return
     _echo_result(result)
 
@@ -230,8 +228,6 @@ def regate_cmd(ctx, spec, as_json, **params):
                                     cache=LogitCache(params["cache_dir"]), overwrite=params["overwrite"],
                                     device=resolve_device(params["device"]), keep=params["keep"])
     if as_json:   # as build prints its result
-        from dataclasses import asdict
-
-        echo_json(asdict(result))
+        echo_json(result.to_dict())
         return
     _echo_result(result)
