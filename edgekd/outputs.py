@@ -446,7 +446,8 @@ def hold(path: str | Path) -> Path:
     path = made_here(Path(path))
     release(path)
     try:
-        fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDONLY | os.O_CREAT, 0o666)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | (0 if path.is_dir() else os.O_CREAT)
+        fd = os.open(path, flags, 0o666)
     except OSError:
         return path
     try:
