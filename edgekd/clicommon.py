@@ -417,6 +417,12 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
             click.echo(f"error: the GPU ran out of memory ({str(exc).splitlines()[0][:160]}); "
                        f"{_out_of_memory_fix(cli, argv)}.", err=True)
             return EXIT_USER_ERROR
+        if _host_out_of_memory(exc):   # nor a model, batch or data larger than the machine's memory
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: this machine ran out of memory ({_allocation(exc)}); choose a smaller model, batch size "
+                       f"or --train-limit, or a machine with more memory.", err=True)
+            return EXIT_USER_ERROR
         return _internal(exc, debug)
 
 
@@ -438,6 +444,22 @@ def _out_of_memory(exc: Exception) -> bool:
 
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ()))
+
+
+def _host_out_of_memory(exc: Exception) -> bool:
+    """An allocation in host memory that failed: Python's MemoryError, or torch's CPU allocator's RuntimeError."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory"
+                                            in str(exc))
+
+
+def _allocation(exc: Exception) -> str:
+    """The size torch says it tried to allocate ("you tried to allocate 17179869184 bytes"), or the error's first line."""
+    import re
+
+    found = re.search(r"tried to allocate (\d+) bytes", str(exc))
+    if found:
+        return f"{int(found.group(1)) / 1e9:.1f} GB asked for at once"
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160] or type(exc).__name__
 
 
 def refuse_resume_and_overwrite(params: dict) -> None:

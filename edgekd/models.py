@@ -148,8 +148,45 @@ def create_model(spec_or_name: str, input_shape, num_classes: int, *, mean=(0.0,
     if name.startswith("py:"):
         body = _build_user_arch(name, tuple(input_shape), num_classes, options, trusted=trusted or _TRUST_CODE.get())
     else:
-        body = _REGISTRY[name].builder(tuple(input_shape), num_classes, **options)
+        build = lambda: _REGISTRY[name].builder(tuple(input_shape), num_classes, **options)  # noqa: E731
+        _check_fits_memory(format_arch(name, options), tuple(input_shape), build)
+        body = build()
     return EdgekdNet(body, tuple(input_shape), mean, std)
+
+
+def _check_fits_memory(spec: str, input_shape: tuple, build) -> None:
+    """Refuse, before allocating, an architecture whose float32 weights alone would take more than half of this
+    machine's memory (each option has a bound, their product none: ``mlp:hidden=65536-65536``, or an ``mlp`` on
+    4096x4096 images, asked for tens of GB and failed after a minute, or was killed). Counted on the meta device."""
+    if torch.get_default_device().type == "meta":
+        return   # already counting shapes only
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in build().parameters())
+    memory = host_memory_bytes()
+    if memory and 4 * parameters > memory / 2:
+        raise ConfigError(f"Architecture '{spec}' on inputs of shape {input_shape} has {parameters / 1e9:.2f} G parameters "
+                          f"({4 * parameters / 1e9:.1f} GB of float32 weights, before gradients and optimizer state); this "
+                          f"machine has {memory / 1e9:.1f} GB. Choose smaller options or inputs ('edgekd models "
+                          f"--input-shape ...' lists the sizes).")
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's memory, or the container's limit where that is lower (cgroup v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``); None where neither can be read."""
+    import os
+
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        memory = None
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(limit).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            memory = min(memory, int(text)) if memory else int(text)
+    return memory
 
 
 # --- your own architecture: py:package.module.factory ------------------------------------------------

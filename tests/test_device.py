@@ -393,3 +393,16 @@ def test_the_command_line_takes_cuda_n(capsys):
         assert code == 2 and "The 'device' parameter (--device) is 'cuda:1' but no CUDA device is available" in err, err
     code = run_cli(cli, ["teacher", "train", "--device", "tpu", "--out", "/nonexistent/o"])
     assert code == 2 and "must be one of 'auto', 'cpu', 'cuda' or 'cuda:N'. Got 'tpu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: "
+                                                             "can't allocate memory: you tried to allocate 17179869184 bytes.")])
+def test_the_host_running_out_of_memory_is_one_line_not_an_internal_error(capsys, monkeypatch, exc):
+    def out_of_memory(*_args, **_kwargs):
+        raise exc
+
+    monkeypatch.setattr("click.Context.invoke", out_of_memory)
+    code = run_cli(cli, ["evaluate", "M"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: this machine ran out of memory (")
+    assert ("17.2 GB asked for at once" in err) == isinstance(exc, RuntimeError) and "internal error" not in err

@@ -65,3 +65,23 @@ def test_exports_through_the_fp32_and_int8_gates(arch, digits32, tmp_path):
     int8 = export_onnx(artifact, tmp_path / f"{arch}.int8.onnx",
                        ExportConfig(quantize="int8", calibration_size=64, max_accuracy_drop=100), data=digits32)
     assert int8.precision.startswith("int8") and int8.size_bytes < fp32.size_bytes * 1.2
+
+
+def test_an_architecture_too_big_for_the_machine_is_refused_before_anything_is_allocated(monkeypatch):
+    """Each option has a bound, their product none: mlp:hidden=65536-65536 asked for 17 GB and failed a minute later."""
+    import resource
+
+    import pytest
+
+    from edgekd import models
+    from edgekd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"has 4.30 G parameters \(17.2 GB of float32 weights.*Choose smaller options"):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        models.create_model("mlp:hidden=65536-65536", (1, 8, 8), 10)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1 << 20   # (KiB) not a GB was touched
+    monkeypatch.setattr(models, "host_memory_bytes", lambda: 1 << 20)   # a 1 MB machine: a cnn's 1.7 MB of weights is too much
+    with pytest.raises(ConfigError, match="Architecture 'cnn.*' on inputs of shape \\(1, 28, 28\\)"):
+        models.create_model("cnn", (1, 28, 28), 10)
+    monkeypatch.setattr(models, "host_memory_bytes", lambda: None)   # unknown: nothing refused
+    models.create_model("mlp:hidden=8", (1, 8, 8), 10)
