@@ -406,6 +406,10 @@ def _run(cli: click.Group, argv: list, debug: bool) -> int:
             return _internal(exc, debug)
         if debug:
             traceback.print_exc()
+        if exc.errno in (errno.EACCES, errno.EPERM) and _unreadable(exc.filename):   # an input, not an output
+            click.echo(f"error: cannot read '{exc.filename}': {_DISK_ERRORS[exc.errno]}; nothing was replaced; make it "
+                       f"readable (chmod) or run as a user who may read it.", err=True)
+            return EXIT_USER_ERROR
         where = f" '{exc.filename}'" if exc.filename else ""
         click.echo(f"error: cannot write{where}: {_DISK_ERRORS[exc.errno]} ({exc.strerror or exc}); nothing was replaced; "
                    f"free some space or choose a writable --out (and --cache-dir).", err=True)
@@ -444,6 +448,11 @@ def _out_of_memory(exc: Exception) -> bool:
 
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ()))
+
+
+def _unreadable(path) -> bool:
+    """Whether ``path`` exists but this process may not read it (a refused read, not a refused write)."""
+    return bool(path) and os.path.lexists(path) and not os.access(path, os.R_OK)
 
 
 def _host_out_of_memory(exc: Exception) -> bool:

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -488,6 +489,9 @@ def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | 
         return teacher_from_artifact(load_artifact(path), combine=combine)
     if not path.exists():
         raise TeacherError(f"{role} '{path}' not found; pass an edgekd artifact folder, an .onnx, .pt2 or TorchScript file.")
+    if not os.access(path, os.R_OK):   # (onnxruntime said only "system error number 13")
+        raise TeacherError(f"{role} '{path}' cannot be read (permission denied); make it readable (chmod) or run as a "
+                           f"user who may read it.")
     if path.suffix.lower() == ".onnx":
         return OnnxTeacher(path, output=output, transform=transform)
     if path.suffix.lower() == ".pt2":

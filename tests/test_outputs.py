@@ -389,6 +389,27 @@ def test_full_or_read_only_disk_is_one_line_and_keeps_the_old_output(capsys, tmp
     assert after == before
 
 
+def test_an_input_that_cannot_be_read_is_said_as_a_read_not_a_write(capsys, tmp_path, monkeypatch):
+    """chmod 000 data was "cannot write '...ok.npz' ...; choose a writable --out"; an ONNX teacher "system error 13"."""
+    from edgekd.errors import TeacherError
+    from edgekd.teachers import load_teacher
+
+    data = tmp_path / "ok.npz"
+    data.write_bytes(b"x")
+    (tmp_path / "t.onnx").write_bytes(b"x")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p).endswith((".npz", ".onnx")) else real(p, mode, **k))
+
+    def refused(*_args, **_kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(data))
+
+    monkeypatch.setattr("click.Context.invoke", refused)
+    line = one_line_exit_2(capsys, ["evaluate", str(tmp_path / "m")])
+    assert line.startswith(f"error: cannot read '{data}': permission denied") and "make it readable" in line
+    with pytest.raises(TeacherError, match="cannot be read \\(permission denied\\); make it readable"):
+        load_teacher(tmp_path / "t.onnx")
+
+
 def test_cache_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch):
     from edgekd.cache import LogitCache
 
