@@ -314,6 +314,12 @@ def _evaluate(entry: _Model, data, x_split, y_split, runtime_names, runtimes, th
                                       f"its class scores); pass a dataset with the model's classes, or export the "
                                       f"class scores as the graph's first output")
             return
+        broken = int((~np.isfinite(logits)).any(1).sum())
+        if broken:   # never an accuracy (class 0's share), nor timed: as evaluate refuses it
+            entry.record.setdefault("evaluation_errors", {})[name] = (
+                f"NaN or Inf outputs on {broken} of {len(logits)} inputs (its weights or graph are broken; re-create or "
+                f"re-export it)")
+            continue
         if not by_runtime:
             _score(entry, name, logits, x_split, y_split, shape, uint8, data, reference, kept)
             by_runtime[name] = entry.record["accuracy"]

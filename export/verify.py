@@ -82,10 +82,17 @@ def predict_in_batches(predict, x, batch: int) -> np.ndarray:
 
 @torch.inference_mode()
 def torch_logits(module: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """The reference: the PyTorch model's logits, which must be finite (a NaN reference made the gate say "max
+    |diff| inf ... pass a larger --atol", a hint that cannot help)."""
     module.eval()
     device = next(iter(module.parameters()), torch.empty(0)).device   # the module's, as data may be placed elsewhere
     outs = [module(as_float(x[i:i + batch_size]).to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
+    logits = torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
+    broken = int((~np.isfinite(logits)).any(1).sum()) if logits.size else 0
+    if broken:
+        raise ExportError(f"The model itself gives NaN or Inf outputs in PyTorch on {broken} of {len(logits)} val inputs: "
+                          f"its weights are broken, so there is nothing to export; re-create it. Nothing was written.")
+    return logits
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray, batch_size: int, rtol: float = 0.0) -> Parity:

@@ -930,3 +930,31 @@ def test_the_pipelines_bench_times_the_pytorch_rows_on_the_runs_device(monkeypat
     with pytest.raises(RuntimeError, match="stopped"):
         bench_for_pipeline([], digits, tmp_path / "b", device="cpu")
     assert seen["device"] == "cpu"   # --device cpu on a GPU host: not CUDA rows beside CPU ones
+
+
+def test_a_model_whose_outputs_are_nan_is_an_error_row_not_an_accuracy(digits, tmp_path):
+    """An all-NaN graph scored 0.1003 (class 0's share of the test set), ECE 0, and was timed; evaluate refuses it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.full((64, 10), np.nan, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])],
+                              "nan", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], [weights])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "nan.onnx"))
+    report = run_benchmark([tmp_path / "nan.onnx"], digits, BenchConfig(runtimes=("onnxruntime",), **TINY))
+    model = report.models[0]
+    assert model.get("accuracy") is None and "NaN or Inf outputs on 359 of 359 inputs" in model["error"]
+    assert all(r["status"] != "ok" for r in report.rows)
+
+
+def test_an_export_of_a_model_that_gives_nan_says_so_not_to_raise_atol():
+    import torch
+
+    from edgekd.errors import ExportError
+    from export.verify import torch_logits
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    torch.nn.init.constant_(net[1].weight, float("nan"))
+    with pytest.raises(ExportError, match="gives NaN or Inf outputs in PyTorch on 4 of 4 val inputs: its weights are broken"):
+        torch_logits(net, torch.rand(4, 1, 8, 8))
