@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from edgekd.errors import ConfigError, TeacherError
 from edgekd.validation import (MAX_LR, VAL_FRACTION, as_tuple, check_bool, check_choice, check_in_range, check_int_at_least, check_positive,
-                               check_device, check_seed, check_val_fraction)
+                               check_device, check_seed, check_temperature, check_val_fraction)
 
 PRECISIONS = ("fp32", "bf16")
 METHODS = ("kd", "kd-ls", "dkd", "nckd")
@@ -129,7 +129,7 @@ class DistillConfig:
             object.__setattr__(self, name, as_tuple(getattr(self, name)))
         _check_arch(self.student)
         if self.temperature is not None:
-            check_positive("temperature", self.temperature)
+            check_temperature("temperature", self.temperature)
         if self.alpha is not None:
             check_in_range("alpha", self.alpha, 0.0, 1.0)
         if self.alpha == 0 and self.temperature is None:
@@ -141,7 +141,7 @@ class DistillConfig:
             if searched and not len(grid):   # (max() of an empty search, after the teacher's targets were made)
                 raise ConfigError(f"The '{name}' parameter must list at least one value to search. Got {tuple(grid)!r} instead.")
         for t in self.temperature_grid:
-            check_positive("temperature_grid", t)
+            check_temperature("temperature_grid", t)
         for a in self.alpha_grid:
             check_in_range("alpha_grid", a, 0.0, 1.0)
         check_int_at_least("auto_epochs", self.auto_epochs, 0)
@@ -236,7 +236,7 @@ class PipelineConfig:
         if self.train_limit is not None:
             check_int_at_least("train_limit", self.train_limit, 1)
         if self.temperature is not None:
-            check_positive("temperature", self.temperature)
+            check_temperature("temperature", self.temperature)
         if self.alpha is not None:
             check_in_range("alpha", self.alpha, 0.0, 1.0)
         check_bool("student_recipe_search", self.student_recipe_search)

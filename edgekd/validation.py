@@ -100,6 +100,17 @@ def check_output_file(path: str | Path, *, overwrite: bool, inputs=(), data=()) 
 # must stay below 2**64: seeds up to 10**8 keep them there
 MAX_SEED = 10**8
 MAX_LR = 10.0
+# T^2 scales the soft term: far above the paper's 1-20, far below where it overflows float32 (about 1.8e19)
+MAX_TEMPERATURE = 1000.0
+
+
+def check_temperature(name: str, value: float) -> float:
+    """A softmax temperature: > 0, finite and at most ``MAX_TEMPERATURE``."""
+    check_positive(name, value)
+    if value > MAX_TEMPERATURE:
+        raise ConfigError(f"The '{name}' parameter must be at most {MAX_TEMPERATURE:g} (the paper uses 1 to 20; above that "
+                          f"every target is uniform and T^2 overflows the loss). Got {value!r} instead.")
+    return value
 
 
 def check_seed(value, name: str = "seed") -> int:

@@ -36,7 +36,7 @@ from edgekd.records import Record
 from specialists.clustering import check_k, covariance_npy, covariance_png, find_clusters
 from specialists.combine import (SolveResult, SpecialistEnsembleModule, check_specialist_artifact, check_top_n, gated_combine,
                                  max_active_bound)
-from specialists.config import SpecialistConfig  # noqa: F401  (re-exported: the stage's settings)
+from specialists.config import DEFAULT_CLUSTER_TEMPERATURE, SpecialistConfig  # noqa: F401  (SpecialistConfig re-exported)
 from specialists.report import comparison, render_markdown
 from specialists.training import train_specialist
 
@@ -142,8 +142,11 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     timings["clustering"] = time.perf_counter() - tick
     names = [[data.classes[c] for c in s] for s in clustering.clusters]
     if not clustering.specialist_clusters:
+        hot = (f"; a --cluster-temperature of {config.cluster_temperature:g} makes every probability alike, so the "
+               f"classes look unconfusable: keep it near the default {DEFAULT_CLUSTER_TEMPERATURE:g}"
+               if config.cluster_temperature > 4 * DEFAULT_CLUSTER_TEMPERATURE else "")
         raise ConfigError(f"Every cluster found has one class ({', '.join('{' + n[0] + '}' for n in names)}), so there is "
-                          f"no specialist to train; choose fewer clusters (--clusters {max(2, data.num_classes // 3)} or auto).")
+                          f"no specialist to train; choose fewer clusters (--clusters {max(2, data.num_classes // 3)} or auto){hot}.")
     store = RunStore(out.with_name(out.name + ".partial"), resume=resume, overwrite=overwrite,
                      fingerprint=run_fingerprint(config_record or config, data, generalist.teacher.fingerprint))
     previous = store.load_json("clusters")

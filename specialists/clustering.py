@@ -163,7 +163,13 @@ def kmeans_labels(covariance: np.ndarray, k: int, seed: int = 0, points: np.ndar
     from sklearn.cluster import KMeans
 
     points = np.asarray(covariance).T if points is None else points
-    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(points)
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():   # fewer distinct points than k: said by the caller in edgekd's words
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(points)
 
 
 def _candidates(low: int, high: int, geometric: bool) -> list[int]:

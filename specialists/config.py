@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from edgekd.config import TrainConfig
 from edgekd.errors import ConfigError
-from edgekd.validation import as_tuple, check_int_at_least, check_positive
+from edgekd.validation import as_tuple, check_int_at_least, check_positive, check_temperature
 
 DEFAULT_CLUSTER_TEMPERATURE = 4.0   # clustering uses softmax(z / T); why not the paper's T = 1: specialists.clustering
 DEFAULT_TOL = 1e-6                  # the KL solver stops when no log-probability moves by more ...
@@ -39,7 +39,7 @@ class SpecialistConfig:
         if self.clusters is not None:
             for k in self.clusters:
                 check_int_at_least("clusters", k, 2)
-        check_positive("cluster_temperature", self.cluster_temperature)
+        check_temperature("cluster_temperature", self.cluster_temperature)
         check_int_at_least("top_n", self.top_n, 1)
         if not 0 < self.special_fraction < 1:
             raise ConfigError(f"The 'special_fraction' parameter must be in (0, 1). Got {self.special_fraction!r} instead.")
@@ -50,3 +50,7 @@ class SpecialistConfig:
         check_int_at_least("per_cluster", self.per_cluster, 1)
         if self.module_steps is not None:
             check_int_at_least("module_steps", self.module_steps, 1)
+            if self.module_steps > self.max_steps:   # (1e8 fixed steps trained every specialist, then ran for ever)
+                raise ConfigError(f"The 'module_steps' parameter must be at most max_steps ({self.max_steps}): the "
+                                  f"exportable module runs that many fixed updates where the solver stops at max_steps. "
+                                  f"Got {self.module_steps!r} instead.")

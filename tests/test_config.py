@@ -123,3 +123,24 @@ def test_a_pipeline_config_is_checked_when_built(kwargs, message):
     with pytest.raises(ConfigError) as refused:
         PipelineConfig(**kwargs)
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("build, name", [
+    (lambda: DistillConfig(temperature=1e20), "temperature"),
+    (lambda: DistillConfig(temperature=None, temperature_grid=(2.0, 5e3)), "temperature_grid"),
+    (lambda: PipelineConfig(temperature=1e20), "temperature"),
+])
+def test_a_temperature_past_any_use_is_refused_before_training(build, name):
+    """-T 1e20 trained until T^2 overflowed the loss ("lower --lr or check the data"), in pipeline after the teachers."""
+    with pytest.raises(ConfigError, match=f"The '{name}' parameter must be at most 1000"):
+        build()
+
+
+def test_the_specialists_settings_bound_the_cluster_temperature_and_the_modules_steps():
+    from specialists.config import SpecialistConfig
+
+    with pytest.raises(ConfigError, match="The 'cluster_temperature' parameter must be at most 1000"):
+        SpecialistConfig(cluster_temperature=1e30)
+    with pytest.raises(ConfigError, match=r"The 'module_steps' parameter must be at most max_steps \(5000\)"):
+        SpecialistConfig(module_steps=10**8)
+    assert SpecialistConfig(module_steps=5000).module_steps == 5000
