@@ -178,14 +178,19 @@ class _Device(click.ParamType):
 DEVICE = _Device()
 
 
-def common_options(func):
-    """--config, --seed, --device, --quiet, --debug for a command."""
+def common_options(func=None, *, device: bool = True):
+    """--config, --seed, --device (unless ``device=False``: a command that runs nothing on a GPU offers none),
+    --quiet, --debug for a command."""
+    if func is None:
+        return functools.partial(common_options, device=device)
+    if device:
+        func = click.option("--device", type=DEVICE, metavar="[auto|cpu|cuda|cuda:N]", default=defaults(TrainConfig)["device"],
+                            show_default=True, help="auto (a GPU when one is visible), cpu, cuda or cuda:N.")(func)
+
     @click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_toml_defaults,
                   is_eager=True, expose_value=True, help="TOML file with defaults for any option (flags override).")
     @click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=defaults(TrainConfig)["seed"], show_default=True,
                   help="Random seed.")
-    @click.option("--device", type=DEVICE, metavar="[auto|cpu|cuda|cuda:N]", default=defaults(TrainConfig)["device"], show_default=True,
-                  help="auto (a GPU when one is visible), cpu, cuda or cuda:N.")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
     @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
     @click.option("--trust-code", is_flag=True,

@@ -102,7 +102,9 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             fail("is not an edgekd manifest")
         version = data.get("format_version", 1)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:   # ("2" was called newer)
+            fail(f"has 'format_version' {version!r}; expected a whole number from 1")
+        if version > FORMAT_VERSION:
             raise ArtifactError(f"Artifact '{path}' has format version {version!r}, newer than this edgekd reads "
                                 f"({FORMAT_VERSION}); upgrade edgekd.")
         for key in ("kind", "classes", "input_shape", "normalization", "members", "files"):
@@ -111,6 +113,10 @@ class Manifest:
         if data["kind"] not in KINDS:
             raise ArtifactError(f"Artifact '{path}' has unknown kind '{data['kind']}'; expected one of {', '.join(KINDS)}.")
         _check_core(data, fail)
+        if data["kind"] in ("model", "ensemble"):   # (a specialist's outputs are its classes and a dustbin)
+            for index, member in enumerate(data["members"]):
+                if "classes" not in member and member.get("num_outputs", len(data["classes"])) != len(data["classes"]):
+                    fail(f"lists {len(data['classes'])} classes but member {index} has {member['num_outputs']} outputs")
         for name in ("config", "data", "metrics", "timings", "teacher", "solver", "clusters", "generalist", "versions",
                      "environment"):
             if data.get(name) is not None and not isinstance(data[name], dict):

@@ -379,8 +379,16 @@ def _check_enclosing(out: Path, resolved: Path, kind: str) -> None:
                               f"longer load; choose another --out (a new name inside that folder is fine).")
 
 
+def export_summary_path(out: str | Path) -> Path:
+    """``OUT.json``, the summary an export writes beside ``OUT``; an ``out`` that names no file is refused."""
+    out = Path(out)
+    if out.name in ("", ".", ".."):   # ('' and '/' end in no name: with_name raised a ValueError, an internal error)
+        raise OutputError(f"Output '{out}' names no file; give a file name such as student.onnx.")
+    return out.with_name(out.name + ".json")
+
+
 def _check_file_output(out: Path, overwrite: bool) -> None:
-    summary = out.with_name(out.name + ".json")
+    summary = export_summary_path(out)
     if not out.parent.is_dir():
         raise OutputError(f"The folder '{out.parent}' of output '{out}' does not exist; create it first or choose another --out.")
     if out.is_dir():

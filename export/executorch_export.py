@@ -39,7 +39,7 @@ from torch import nn
 
 from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ExportError
-from edgekd.outputs import replaced_sha256, scratch_folder
+from edgekd.outputs import export_summary_path, replaced_sha256, scratch_folder
 from edgekd.teachers import source_path
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
                            model_input, source_counts)
@@ -83,7 +83,7 @@ def export_executorch(model: str | Path, out: str | Path, config=None, *, overwr
     started = time.perf_counter()
     config = replace(config or ExportConfig(), executorch=True)
     model, out = source_path(model), Path(out)
-    summary_path = out.with_name(out.name + ".json")
+    summary_path = export_summary_path(out)
     check_request(out, summary_path, config, overwrite=overwrite, model=model)
     require_executorch()
     source = load_source(model)

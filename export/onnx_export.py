@@ -32,7 +32,7 @@ from torch import nn
 
 from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
 from edgekd.errors import ConfigError, ExportError
-from edgekd.outputs import replaced_sha256, scratch_folder
+from edgekd.outputs import export_summary_path, replaced_sha256, scratch_folder
 from edgekd.teachers import source_path
 from edgekd.validation import check_output_file
 from export.config import DEFAULT_OPSET, ExportConfig
@@ -83,7 +83,7 @@ def export_onnx(model: str | Path, out: str | Path, config: ExportConfig = Expor
         raise ConfigError("export_onnx writes ONNX; call export.export_executorch for an ExecuTorch program (.pte). "
                           "Got a config with executorch=True.")
     model, out = source_path(model), Path(out)
-    summary_path = out.with_name(out.name + ".json")
+    summary_path = export_summary_path(out)
     check_request(out, summary_path, config, overwrite=overwrite, has_calibration=calibration is not None, model=model)
     source = load_source(model)
     data, calibration = gate_data(source, config, data, calibration)

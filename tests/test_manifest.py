@@ -36,6 +36,9 @@ def test_round_trip():
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(format="other"), "not an edgekd manifest"),
     (lambda m: m.update(format_version=3), "newer than this edgekd reads"),
+    (lambda m: m.update(format_version="2"), "has 'format_version' '2'; expected a whole number from 1"),
+    (lambda m: m.update(format_version=True), "has 'format_version' True"),
+    (lambda m: m["members"][0].update(num_outputs=10), "lists 2 classes but member 0 has 10 outputs"),
     (lambda m: m.pop("members"), "lacks 'members'"),
     (lambda m: m.update(kind="zoo"), "unknown kind 'zoo'"),
     (lambda m: m.update(input_shape=[0]), "'input_shape'"),

@@ -45,7 +45,7 @@ EXPORT = defaults(ExportConfig)   # every default below is the library's (export
 @click.option("--val-fraction", type=float, default=None, help="Val split size (default: the artifact's).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@common_options
+@common_options(device=False)   # export traces and verifies on the CPU: no --device to offer
 def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimization, quantize, quant_format,
                calibration_data, calibration_size, opset, atol, rtol, max_accuracy_drop, uint8_input, data, val_fraction,
                overwrite, as_json, seed, **_common):
@@ -73,8 +73,7 @@ def export_cmd(model, out, onnx_format, ort, executorch, batch_size, ort_optimiz
                    ("calibration_size", quantize == "int8", "with --quantize int8"),
                    ("max_accuracy_drop", quantize is not None, "with --quantize"),
                    ("batch_size", executorch, "with --executorch (an ONNX file keeps a dynamic batch)"),
-                   ("opset", not executorch, "to ONNX and ORT exports, not with --executorch"),
-                   ("device", False, "to commands that train or run models (export traces and verifies on the CPU)")])
+                   ("opset", not executorch, "to ONNX and ORT exports, not with --executorch")])
     config = ExportConfig(opset=opset, quantize=quantize, quant_format=quant_format, calibration_data=calibration_data,
                           calibration_size=calibration_size, ort=ort, ort_optimization=ort_optimization,
                           executorch=executorch, batch_size=batch_size, atol=atol, rtol=rtol, max_accuracy_drop=max_accuracy_drop,
