@@ -257,6 +257,9 @@ class InputTransform:
         if not (math.isfinite(self.scale) and math.isfinite(self.mean) and math.isfinite(self.std)) or self.std <= 0:
             raise TeacherError(f"The teacher input transform needs finite numbers and std > 0. Got scale={self.scale}, "
                                f"mean={self.mean}, std={self.std} instead.")
+        if self.scale == 0:   # (a student was distilled from a teacher that saw one blank image)
+            raise TeacherError("The teacher input transform's scale must not be 0: every input would become the same "
+                               "value. Got scale=0 instead; pass --teacher-scale 1 (or the factor the model was trained with).")
 
     def apply(self, x):
         """``x`` (a tensor) as the teacher takes it; the identity transform returns ``x`` itself."""

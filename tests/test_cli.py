@@ -375,3 +375,16 @@ def test_correct_teacher_reaches_the_loss(edgekd, tmp_path, tiny_teacher):
         weights[name] = b"".join(p.read_bytes() for p in sorted((tmp_path / name).glob("*.safetensors")))
     manifest = json.loads((tmp_path / "corrected" / "manifest.json").read_text())
     assert manifest["config"]["params"]["correct_teacher"] is True and weights["plain"] != weights["corrected"]
+
+
+def test_the_teacher_transform_is_refused_where_it_would_blank_or_double_the_inputs(edgekd, tmp_path, tiny_teacher, digits):
+    """--teacher-scale 0 distilled from a teacher that saw one blank image; an edgekd export normalises itself."""
+    from export import ExportConfig, export_onnx
+
+    export_onnx(tiny_teacher, tmp_path / "t.onnx", ExportConfig(), data=digits)
+    common = ["distill", "--teacher", tmp_path / "t.onnx", "--student", "mlp:hidden=8", "--epochs", "1", "--quiet"]
+    code, _, err = edgekd(*common, "--teacher-scale", "0", "--out", tmp_path / "a")
+    assert code == 2 and "scale must not be 0" in err and not (tmp_path / "a").exists()
+    code, _, err = edgekd(*common, "--teacher-scale", "0.0625", "--out", tmp_path / "b")
+    assert code == 2 and "is an edgekd export, which normalises its raw inputs itself" in err
+    assert not (tmp_path / "b").exists()

@@ -58,6 +58,12 @@ def open_teacher(spec, params, *, device=None, role: str = "Teacher", teacher_op
     else:
         transform = InputTransform(params["teacher_scale"], params["teacher_mean"], params["teacher_std"])
         teacher = load_teacher(spec, combine=params["combine"], output=params["teacher_output"], transform=transform, role=role)
+        if transform != InputTransform() and teacher.trained_on is not None:   # an edgekd export: it normalises itself
+            from edgekd.errors import ConfigError
+
+            raise ConfigError(f"--teacher-scale/--teacher-mean/--teacher-std transform a foreign model's inputs; '{spec}' is "
+                              f"an edgekd export, which normalises its raw inputs itself, so they would be transformed "
+                              f"twice; leave those options out.")
     return teacher.to(device) if device is not None else teacher
 
 
