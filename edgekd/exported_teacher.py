@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import re
 import zipfile
 from pathlib import Path
 
@@ -25,26 +27,45 @@ import torch
 from edgekd.artifacts import sha256_file
 from edgekd.config import InputTransform
 from edgekd.errors import TeacherError
-from edgekd.teachers import OutputKind, Teacher, in_fixed_batches, scores_of, to_declared
+from edgekd.teachers import OutputKind, Teacher, in_batches, scores_of, to_declared
 
 FIX = "save it again with torch.export.save(torch.export.export(model.eval(), (example,)), PATH) from a plain module"
 
 
+# every entry a torch.export.save archive of one program holds, under its one top-level folder: anything else (a
+# second copy of a name, AOTInductor's shared libraries, the legacy format's pickles, torch.save entries) is refused
+_ENTRIES = re.compile(r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+                      r"|models/model\.json|data/sample_inputs/model\.pt|data/weights/model_weights_config\.json"
+                      r"|data/weights/weight_\d+|data/constants/model_constants_config\.json|data/constants/tensor_\d+"
+                      r"|extra/[\w.-]+)")
+
+
 def check_archive(path: Path) -> None:
-    """Refuse a ``.pt2`` whose loading would unpickle: the legacy zip format, weights or constants stored as
-    pickles (tensor subclasses, custom or opaque objects) and sample inputs that ``torch.load`` cannot read
-    with ``weights_only=True``. Raises ``TeacherError`` naming what was found."""
+    """Refuse a ``.pt2`` that loading could make run code: any entry but those ``torch.export.save`` writes for one
+    program (``_ENTRIES``: no AOTInductor library, which torch would load, no legacy-format pickle, which its
+    fallback reads), a name twice (Python's zipfile and torch's reader take different copies), weights or
+    constants stored as pickles (tensor subclasses, custom or opaque objects), and sample inputs that ``torch.load``
+    cannot read with ``weights_only=True`` (torch would read them again without). Raises ``TeacherError``."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-            formats = [n for n in names if n.endswith("archive_format")]
-            if not formats or archive.read(formats[0]).strip() != b"pt2":
-                raise TeacherError(f"'{path}' is not a torch.export archive (no 'archive_format' pt2 entry); {FIX}.")
-            pickled = [n for n in names if n.endswith(".pt") and ("/data/weights/" in n or "/data/constants/" in n)]
-            for name in (n for n in names if n.endswith("_config.json") and "/data/" in n):
+            prefixes = {n.split("/", 1)[0] for n in names}
+            if len(prefixes) != 1 or len(set(names)) != len(names):
+                raise TeacherError(f"'{path}' is not a torch.export archive of one program (it holds "
+                                   f"{'a name twice' if len(set(names)) != len(names) else 'several top-level folders'}); {FIX}.")
+            prefix = prefixes.pop() + "/"
+            foreign = [n for n in names if not (n.startswith(prefix) and _ENTRIES.fullmatch(n[len(prefix):]))
+                       and not n.endswith("/")]
+            if foreign:
+                raise TeacherError(f"'{path}' holds '{foreign[0]}', which is not part of a torch.export program "
+                                   f"(edgekd loads only the graph, its weights and constants); {FIX}.")
+            if archive.read(prefix + "archive_format").strip() != b"pt2":
+                raise TeacherError(f"'{path}' is not a torch.export archive (its 'archive_format' is not pt2); {FIX}.")
+            pickled = []
+            for name in (n for n in names if n.endswith("_config.json")):
                 entries = json.loads(archive.read(name)).get("config", {})
-                pickled += [f"{name}: {key}" for key, entry in entries.items()
-                            if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight_", "tensor_"))]
+                pickled += [f"{name[len(prefix):]}: {key}" for key, entry in entries.items()
+                            if entry.get("use_pickle") or not re.fullmatch(r"(weight|tensor)_\d+", str(entry.get("path_name")))]
             if pickled:
                 raise TeacherError(f"'{path}' stores {len(pickled)} entr{'y' if len(pickled) == 1 else 'ies'} as pickles "
                                    f"({pickled[0]}), which edgekd never loads; {FIX}.")
@@ -68,7 +89,8 @@ class ExportedProgramTeacher(Teacher):
     def __init__(self, path: Path, *, transform: InputTransform):
         check_archive(path)
         try:
-            program = torch.export.load(str(path))
+            with _quiet_torch_export():   # (its failure is logged with a traceback before it is raised: said once, here)
+                program = torch.export.load(str(path))
         except Exception as exc:   # a graph of operators this torch does not have, a newer schema, ...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TeacherError(f"'{path}' cannot be loaded by torch {torch.__version__} ({first[:200]}); {FIX} "
@@ -81,9 +103,14 @@ class ExportedProgramTeacher(Teacher):
                                f"edgekd feeds one (N, ...) tensor; export a module with one batched input.")
         dims = [d if isinstance(d, int) else None for d in example.shape]
         self.fixed_batch = dims[0]   # None: the batch is dynamic
+        # the batch sizes the program takes: exactly its example's, or a dynamic dimension's range (Dim("b", max=32))
+        self.batch_range = (dims[0], dims[0]) if dims[0] is not None else _range(program, example.shape[0])
         self.declared = dims[1:]
         self.input_shape = tuple(self.declared) if None not in self.declared else None
-        self._dtype = example.dtype if example.is_floating_point() else torch.float32
+        self._uint8 = example.dtype == torch.uint8   # raw pixels as bytes, as an ONNX graph may take them
+        self._dtype = example.dtype if example.is_floating_point() or self._uint8 else torch.float32
+        args, kwargs = program.example_inputs or ((), {})
+        self._keyword = next(iter(kwargs)) if not args and len(kwargs) == 1 else None   # exported as model(x=...)
         self.program, self.transform, self.path = program, transform, path
         self.device = torch.device("cpu")
         self._net = program.module()
@@ -103,9 +130,12 @@ class ExportedProgramTeacher(Teacher):
 
     def _logits(self, x):
         inputs = to_declared(self.transform.apply(x.float().to(self.device)), self.declared,
-                             f"torch.export teacher '{self.path}'").to(self._dtype)
+                             f"torch.export teacher '{self.path}'")
+        inputs = inputs.round().clamp(0, 255).to(torch.uint8) if self._uint8 else inputs.to(self._dtype)
+        run = (lambda chunk: self._net(**{self._keyword: chunk})) if self._keyword else self._net
+        least, most = self.batch_range
         try:
-            out = in_fixed_batches(self._net, inputs, self.fixed_batch)
+            out = in_batches(run, inputs, most=most, least=least or 0)
         except torch.OutOfMemoryError:   # the GPU's to say (one line from the CLI)
             raise
         except Exception as exc:
@@ -113,3 +143,26 @@ class ExportedProgramTeacher(Teacher):
             raise TeacherError(f"torch.export teacher '{self.path}' failed on inputs of shape {tuple(inputs.shape[1:])} "
                                f"({cause[0][:160]}); pass data of the shape and type it expects.") from None
         return self._as_logits(scores_of(out, len(x), f"torch.export teacher '{self.path}'")).to(x.device)
+
+
+def _range(program, size) -> tuple[int, int | None]:
+    """(smallest, largest or None) batch a dynamic dimension ``size`` of ``program`` takes (its range constraint)."""
+    for symbol, bounds in program.range_constraints.items():
+        if str(symbol) == str(size):
+            try:
+                high = int(bounds.upper)
+            except Exception:   # unbounded (sympy's int_oo converts to no int)
+                high = None
+            return int(bounds.lower), high if high is not None and high < 2 ** 31 else None
+    return 0, None
+
+
+class _quiet_torch_export:
+    """Silences the ``torch.export`` logger for the block (a failed load logs its traceback before raising)."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("torch.export")
+        self.disabled, self.logger.disabled = self.logger.disabled, True
+
+    def __exit__(self, *exc):
+        self.logger.disabled = self.disabled

@@ -242,26 +242,28 @@ class OnnxTeacher(Teacher):
         return self._as_logits(torch.from_numpy(np.array(out, dtype=np.float32))).to(x.device)
 
     def _run(self, feed):
-        return in_fixed_batches(lambda chunk: self.session.run([self.output], {self.input_name: chunk})[0], feed,
-                                self.fixed_batch)
+        size = self.fixed_batch
+        return in_batches(lambda chunk: self.session.run([self.output], {self.input_name: chunk})[0], feed,
+                          most=size, least=size or 0)
 
 
-def in_fixed_batches(run, feed, size: int | None):
-    """``run(feed)``, or for a graph exported with a fixed batch ``size``, ``run`` on chunks of that size, the last
-    padded with copies of its first row whose outputs are dropped (``feed``: a numpy array or a tensor)."""
+def in_batches(run, feed, *, most: int | None = None, least: int = 0):
+    """``run(feed)``, or for a graph whose batch is bounded (exported with a fixed batch: ``most == least``, or a
+    bounded dynamic one), ``run`` on chunks of at most ``most`` rows, each padded up to ``least`` with copies of its
+    first row whose outputs are dropped (``feed``: a numpy array or a tensor)."""
     import numpy as np
 
-    if size is None or len(feed) == size:
+    if (most is None or len(feed) <= most) and len(feed) >= least:
         return run(feed)
     cat = np.concatenate if isinstance(feed, np.ndarray) else torch.cat
-    outs = []
-    for start in range(0, len(feed), size):
-        chunk = feed[start:start + size]
-        short = size - len(chunk)
+    step, outs = most or len(feed), []
+    for start in range(0, len(feed), step):
+        chunk = feed[start:start + step]
+        short = max(0, least - len(chunk))
         out = run(cat([chunk] + [chunk[:1]] * short) if short else chunk)
-        if not hasattr(out, "shape") or len(out) != size:
+        if not hasattr(out, "shape") or len(out) != len(chunk) + short:
             return out   # not one row per input: reported by the caller's checks
-        outs.append(out[:size - short])
+        outs.append(out[:len(chunk)])
     return cat(outs)
 
 
@@ -557,6 +559,11 @@ def check_teacher_fits(teacher: Teacher, dataset, *, name: str = "Teacher", spli
             raise TeacherError(f"{name} '{teacher.path}' gives other outputs on a second run over the same inputs (largest "
                                f"difference {float((first - again).abs().max()):.3g}): dropout or batch statistics left on; "
                                f"export or trace it in eval mode.")
+        alone = teacher.logits(probe[:1])   # batch statistics give the same answer twice, but not alone and in a batch
+        if not torch.allclose(alone, first[:1], atol=1e-3, rtol=1e-3, equal_nan=True):
+            raise TeacherError(f"{name} '{teacher.path}' gives an input other outputs alone than in a batch of 8 (largest "
+                               f"difference {float((alone - first[:1]).abs().max()):.3g}): batch statistics (BatchNorm in "
+                               f"training mode) left on; export or trace it in eval mode.")
     return n_out
 
 

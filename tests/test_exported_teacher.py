@@ -151,3 +151,73 @@ def test_a_pt2_teacher_moves_to_the_gpu_with_its_devices(tmp_path, digits):
     assert got.device.type == "cuda"
     with torch.no_grad():
         assert torch.allclose(got.cpu(), net(digits.x_test[:5].float()), atol=1e-5)
+
+
+def test_an_archive_with_more_than_one_program_would_hold_is_refused_before_torch_reads_it(tmp_path):
+    """Three archives ran code through torch.export.load past a check of a few names: a name twice (zipfile reads
+    the last copy, torch the first), an AOTInductor library (torch loads it), and the legacy format's pickles
+    beside a pt2 marker (torch's fallback unpickles them). Only a program's own entries are let through."""
+    good = _save(_net().eval(), tmp_path / "t.pt2", torch.rand(2, 1, 8, 8))
+    with zipfile.ZipFile(good) as archive:
+        prefix = archive.namelist()[0].split("/")[0]
+    cases = {"twice.pt2": (f"{prefix}/data/weights/model_weights_config.json", "a name twice"),
+             "aoti.pt2": (f"{prefix}/data/aotinductor/model/model.wrapper.so", "which is not part of a torch.export program"),
+             "legacy.pt2": ("serialized_state_dict.pt", "several top-level folders")}
+    for name, (extra, message) in cases.items():
+        (tmp_path / name).write_bytes(good.read_bytes())
+        with zipfile.ZipFile(tmp_path / name, "a") as archive, pytest.warns(UserWarning) if "twice" in name else _nothing():
+            archive.writestr(extra, b"{}")
+        with pytest.raises(TeacherError, match=message):
+            load_teacher(tmp_path / name)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_bounded_batch_a_keyword_input_and_raw_bytes_are_fed_as_the_program_takes_them(tmp_path, digits):
+    class Keyword(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _net()
+
+        def forward(self, *, x):
+            return self.net(x)
+
+    class Bytes(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _net()
+
+        def forward(self, x):
+            return self.net(x.float())
+
+    x = digits.x_test[:4].float()
+    batch = {0: torch.export.Dim("batch", max=32)}
+    bounded = _net().eval()
+    torch.export.save(torch.export.export(bounded, (x,), dynamic_shapes=(batch,)), str(tmp_path / "max32.pt2"))
+    keyword = Keyword().eval()
+    torch.export.save(torch.export.export(keyword, (), {"x": x}, dynamic_shapes={"x": {0: torch.export.Dim("b")}}),
+                      str(tmp_path / "kw.pt2"))
+    raw = Bytes().eval()
+    torch.export.save(torch.export.export(raw, (x.to(torch.uint8),), dynamic_shapes=({0: torch.export.Dim("b")},)),
+                      str(tmp_path / "u8.pt2"))
+    rows = digits.x_test[:100]
+    with torch.no_grad():
+        for path, net in (("max32.pt2", bounded), ("kw.pt2", keyword.net), ("u8.pt2", raw.net)):
+            teacher = load_teacher(tmp_path / path)
+            assert torch.allclose(teacher.logits(rows), net(rows.float()), atol=1e-5), path
+    assert load_teacher(tmp_path / "max32.pt2").batch_range == (0, 32)
+
+
+def test_a_pt2_with_batch_statistics_on_is_refused(tmp_path, digits):
+    """Train-mode BatchNorm gives the same outputs twice, so only an input alone against in a batch tells."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 10))
+    teacher = load_teacher(_save(net.train(), tmp_path / "bn.pt2", torch.rand(4, 1, 8, 8)))
+    with pytest.raises(TeacherError, match=r"other outputs alone than in a batch of 8 \(.*BatchNorm in training mode"):
+        check_teacher_fits(teacher, digits)
+    check_teacher_fits(load_teacher(_save(net.eval(), tmp_path / "ok.pt2", torch.rand(4, 1, 8, 8))), digits)
