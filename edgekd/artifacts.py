@@ -248,7 +248,7 @@ class Artifact:
 
     def build_members(self) -> list:
         """The member models, in eval mode, with their weights loaded."""
-        from edgekd.errors import ConfigError
+        from edgekd.errors import ConfigError, ModelTooLargeError
         from edgekd.models import create_model, format_arch, parse_arch
 
         self.check_code_trusted()
@@ -259,6 +259,8 @@ class Artifact:
                 arch, options = parse_arch(format_arch(member.arch, member.arch_options))
                 model = create_model(arch, self.input_shape, member.num_outputs, mean=norm["mean"], std=norm["std"],
                                      options=options)
+            except ModelTooLargeError as exc:   # the machine's to change, not the artifact
+                raise ArtifactError(f"Artifact '{self.path}' cannot be loaded on this machine: {exc}") from None
             except ConfigError as exc:
                 raise ArtifactError(f"Artifact '{self.path}': member '{member.arch}' cannot be built ({exc}); "
                                     f"re-create the artifact.") from None

@@ -553,7 +553,7 @@ def distill(teacher: Teacher | str | Path, data: Dataset | str, config: DistillC
     _check_augmentation(config, data.input_shape)
     _check_methods(config, data)
     arch, options = parse_arch(config.student)
-    probe = create_model(arch, data.input_shape, data.num_classes, options=options)  # a bad student fails before anything is written
+    probe = create_model(arch, data.input_shape, data.num_classes, options=options, for_training=True)  # a bad student fails before anything is written
     if config.omit_classes:
         output_layer(probe, data.num_classes, OMITTED_NEEDS)   # its bias is edited after training: refused before it
     device = dist.device if dist is not None else resolve_device(train_cfg.device)

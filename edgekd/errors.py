@@ -9,6 +9,11 @@ class ConfigError(EdgekdError, ValueError):
     """A parameter or option has an invalid value."""
 
 
+class ModelTooLargeError(ConfigError):
+    """An architecture that would not fit in this machine's memory (``edgekd.models``): the machine's to change, or
+    the options, not the artifact that names it."""
+
+
 class DataError(EdgekdError):
     """A dataset is missing, malformed or does not fit the model."""
 

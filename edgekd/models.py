@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edgekd.device import module_device
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, ModelTooLargeError
 
 _REGISTRY: dict[str, "ArchEntry"] = {}
 
@@ -136,10 +136,11 @@ _OPTION_BOUNDS = {"width": 4096, "fc": 65536, "hidden": 65536, ("dsconv", "width
 
 
 def create_model(spec_or_name: str, input_shape, num_classes: int, *, mean=(0.0,), std=(1.0,), options: dict | None = None,
-                 trusted: bool = True) -> "EdgekdNet":
+                 trusted: bool = True, for_training: bool = False) -> "EdgekdNet":
     """Build an architecture behind its input normalisation. A ``py:`` spec runs the user's code: it is
     imported only when ``trusted`` (a spec typed by the user is; one read from an artifact is not,
-    unless the command runs with ``--trust-code``, see ``trust_code``)."""
+    unless the command runs with ``--trust-code``, see ``trust_code``). One that could not fit in this
+    machine's memory is refused first (``for_training``: with its gradients and optimizer state)."""
     if options is None:
         name, options = parse_arch(spec_or_name)
     else:
@@ -149,25 +150,28 @@ def create_model(spec_or_name: str, input_shape, num_classes: int, *, mean=(0.0,
         body = _build_user_arch(name, tuple(input_shape), num_classes, options, trusted=trusted or _TRUST_CODE.get())
     else:
         build = lambda: _REGISTRY[name].builder(tuple(input_shape), num_classes, **options)  # noqa: E731
-        _check_fits_memory(format_arch(name, options), tuple(input_shape), build)
+        _check_fits_memory(format_arch(name, options), tuple(input_shape), build, for_training)
         body = build()
     return EdgekdNet(body, tuple(input_shape), mean, std)
 
 
-def _check_fits_memory(spec: str, input_shape: tuple, build) -> None:
-    """Refuse, before allocating, an architecture whose float32 weights alone would take more than half of this
-    machine's memory (each option has a bound, their product none: ``mlp:hidden=65536-65536``, or an ``mlp`` on
-    4096x4096 images, asked for tens of GB and failed after a minute, or was killed). Counted on the meta device."""
+def _check_fits_memory(spec: str, input_shape: tuple, build, for_training: bool) -> None:
+    """Refuse, before allocating, an architecture whose float32 weights would not fit in this machine's memory, or
+    for training, whose weights, gradients and Adam's two moments (16 bytes a parameter) would not (each option has a
+    bound, their product none: ``mlp:hidden=65536-65536``, or an ``mlp`` on 4096x4096 images, asked for tens of GB
+    and failed after a minute, or was killed). Counted on the meta device."""
     if torch.get_default_device().type == "meta":
         return   # already counting shapes only
     with torch.device("meta"):
         parameters = sum(p.numel() for p in build().parameters())
-    memory = host_memory_bytes()
-    if memory and 4 * parameters > memory / 2:
-        raise ConfigError(f"Architecture '{spec}' on inputs of shape {input_shape} has {parameters / 1e9:.2f} G parameters "
-                          f"({4 * parameters / 1e9:.1f} GB of float32 weights, before gradients and optimizer state); this "
-                          f"machine has {memory / 1e9:.1f} GB. Choose smaller options or inputs ('edgekd models "
-                          f"--input-shape ...' lists the sizes).")
+    memory, per_parameter = host_memory_bytes(), 16 if for_training else 4
+    if memory and per_parameter * parameters > memory:
+        need = ("to train it (float32 weights, gradients and Adam's two moments)" if for_training
+                else "for its float32 weights alone")
+        raise ModelTooLargeError(f"Architecture '{spec}' on inputs of shape {input_shape} has {parameters / 1e9:.2f} G parameters: "
+                          f"{per_parameter * parameters / 1e9:.1f} GB {need}, and this machine has {memory / 1e9:.1f} GB. "
+                          f"Choose smaller options or inputs ('edgekd models --input-shape ...' lists the sizes), or a "
+                          f"machine with more memory.")
 
 
 def host_memory_bytes() -> int | None:

@@ -67,7 +67,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     check_jitter(config.jitter, data.input_shape)
     check_jitter(config.student_jitter, data.input_shape, name="student_jitter")
     for arch in (teacher_cfg.arch, distill_cfg.student):
-        create_model(arch, data.input_shape, data.num_classes)   # raises ConfigError when it cannot take this data
+        create_model(arch, data.input_shape, data.num_classes, for_training=True)   # raises ConfigError when it cannot take this data
     if "specialists" not in config.skip and data.num_classes < 3:   # said before the teacher trains, not after
         raise ConfigError(f"The specialists stage needs at least 3 classes (a cluster of two, and a dustbin for the "
                           f"rest); dataset '{data.spec}' has {data.num_classes}. Pass --skip specialists.")

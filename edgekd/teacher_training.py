@@ -45,7 +45,7 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
     check_output_dir(out, overwrite=overwrite, resume=resume, data=data_paths(data.spec))   # before training, not at the save
     started = time.perf_counter()
     name, options = parse_arch(config.arch)
-    create_model(name, data.input_shape, data.num_classes, options=options)  # a bad architecture fails before anything is written
+    create_model(name, data.input_shape, data.num_classes, options=options, for_training=True)  # a bad architecture fails before anything is written
     check_jitter(config.train.jitter, data.input_shape)
     check_flip(config.train.flip, data.input_shape)
     store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0,

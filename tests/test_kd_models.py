@@ -76,12 +76,30 @@ def test_an_architecture_too_big_for_the_machine_is_refused_before_anything_is_a
     from edgekd import models
     from edgekd.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"has 4.30 G parameters \(17.2 GB of float32 weights.*Choose smaller options"):
+    monkeypatch.setattr(models, "host_memory_bytes", lambda: 25 * 10**9)   # a 25 GB machine
+    with pytest.raises(ConfigError, match=r"has 4.30 G parameters: 68.8 GB to train it .*Choose smaller options"):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        models.create_model("mlp:hidden=65536-65536", (1, 8, 8), 10)
+        models.create_model("mlp:hidden=65536-65536", (1, 8, 8), 10, for_training=True)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1 << 20   # (KiB) not a GB was touched
     monkeypatch.setattr(models, "host_memory_bytes", lambda: 1 << 20)   # a 1 MB machine: a cnn's 1.7 MB of weights is too much
-    with pytest.raises(ConfigError, match="Architecture 'cnn.*' on inputs of shape \\(1, 28, 28\\)"):
+    with pytest.raises(ConfigError, match="Architecture 'cnn.*' on inputs of shape \\(1, 28, 28\\).* for its float32 weights alone"):
         models.create_model("cnn", (1, 28, 28), 10)
+    monkeypatch.setattr(models, "host_memory_bytes", lambda: 4 << 20)   # loadable (1.7 MB), not trainable (6.8 MB)
+    models.create_model("cnn", (1, 28, 28), 10)
+    with pytest.raises(ConfigError, match="to train it"):
+        models.create_model("cnn", (1, 28, 28), 10, for_training=True)
     monkeypatch.setattr(models, "host_memory_bytes", lambda: None)   # unknown: nothing refused
     models.create_model("mlp:hidden=8", (1, 8, 8), 10)
+
+
+def test_an_artifact_too_big_for_this_machine_is_not_called_broken(monkeypatch, tiny_teacher):
+    import pytest
+
+    from edgekd import models
+    from edgekd.artifacts import load_artifact
+    from edgekd.errors import ArtifactError
+
+    monkeypatch.setattr(models, "host_memory_bytes", lambda: 1 << 10)
+    with pytest.raises(ArtifactError, match="cannot be loaded on this machine: Architecture") as refused:
+        load_artifact(tiny_teacher).build_members()
+    assert "re-create" not in str(refused.value)
