@@ -640,13 +640,21 @@ def written_elsewhere(out: Path) -> bool:
 def _locked(lock: Path, out: Path) -> int:
     """An fd holding ``flock`` on the file now at ``lock``. A holder removes the file as it finishes: a file
     opened just before that and locked after is no longer the lock (a third command would make and lock a new
-    one beside), so the lock is taken again on the file the path names."""
+    one beside), so the lock is taken again on the file the path names. A lock held for a moment only (``is_held``
+    probing it from another process) is waited out: five tries 20 ms apart before the command is refused."""
+    import time
+
+    tries = 0
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
+            tries += 1
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK) and tries < 5:
+                time.sleep(0.02)
+                continue
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise OutputError(f"Another edgekd command is writing '{out}' (lock '{lock}' is held); wait for it to "
                                   f"finish or choose another --out.") from None
