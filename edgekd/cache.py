@@ -70,7 +70,7 @@ class LogitCache:
             return cached
         self.misses += 1
         value = compute()
-        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if torch.is_tensor(value) and value.is_floating_point() and not _finite(value):
             raise TeacherError("The teacher's logits contain NaN or Inf (its weights or outputs are not finite); "
                                "pass a teacher that gives finite outputs on this data.")
         if self.enabled and self.writer:
@@ -147,6 +147,12 @@ class LogitCache:
             # a full or read-only cache folder costs a recomputation next time, not the run
             warnings.warn(f"Could not write the teacher-logit cache '{self.dir}' ({exc.strerror or exc}); going on "
                           f"without caching (pass --cache-dir to put it elsewhere).", EdgekdWarning, stacklevel=3)
+
+
+def _finite(value: torch.Tensor, rows: int = 1 << 14) -> bool:
+    """Whether every value is finite, checked a block of rows at a time (a whole-table check made a float and a
+    bool copy of a large table)."""
+    return all(bool(torch.isfinite(value[i:i + rows]).all()) for i in range(0, len(value), rows))
 
 
 def _tensor_sha256(value: torch.Tensor) -> str:

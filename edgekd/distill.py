@@ -374,7 +374,9 @@ def _recipe_batches(recipe: dict, teacher: Teacher, data: Dataset, x, y, idx, ca
         logits, shifts = teacher_view_logits(teacher, data, recipe["views"], pixels, cache, refresh=refresh, dist=dist,
                                              grid=recipe["view_grid"], flip=flip, rows=idx)
         return distill_batches(x, y, logits, shifts, pixels, None)
-    logits = teacher_logits(teacher, data, "train", cache, refresh=refresh, dist=dist)[idx]
+    logits = teacher_logits(teacher, data, "train", cache, refresh=refresh, dist=dist)
+    # every train row in order (no subset): the table itself, not a copy of it per recipe
+    logits = take_rows(logits, idx.to(logits.device))
     return distill_batches(x, y, logits, None, 0, None)
 
 

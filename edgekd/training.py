@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from edgekd.artifacts import write_json_atomic
 from edgekd.errors import EdgekdError, TrainingError
 from edgekd.config import TrainConfig  # noqa: F401  (re-exported: the training loop's settings)
-from edgekd.data import as_float
+from edgekd.data import as_float, inference_rows
 from edgekd.device import autocast, module_device, resolve_device, to_device
 from edgekd.records import Record
 
@@ -512,8 +512,10 @@ def _restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
 # --- evaluation helpers --------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-    """The model's float32 logits on ``x``, computed on the model's device, returned on ``x``'s device."""
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
+    """The model's float32 logits on ``x``, computed on the model's device, returned on ``x``'s device, fed
+    ``batch_size`` rows at a time (default: ``inference_rows``, at most 1024)."""
+    batch_size = batch_size or inference_rows(x, 1024)
     model.eval()
     device = module_device(model)
     async_copy = device.type == "cuda"   # a copy into host memory must land before the CPU reads it

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.data import take_rows
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.models import create_model, output_layer
 from edgekd.training import TrainConfig, augment_batch, epoch_generator, fit
@@ -150,7 +151,7 @@ def _mixed_val(x_val, y_val, classes, mapping, fraction, seed):
     generator = torch.Generator().manual_seed(seed + DATA_SEED_SALT)
     keep = torch.cat([special[torch.randperm(len(special), generator=generator)[:sizes[0]]],
                       other[torch.randperm(len(other), generator=generator)[:sizes[1]]]]).to(y_val.device)
-    return x_val[keep], mapping[y_val[keep]]
+    return take_rows(x_val, keep), mapping[y_val[keep]]   # (rows gathered a batch at a time, not copied whole)
 
 
 def _cross_entropy(outputs, batch):
