@@ -95,10 +95,12 @@ def view_shifts(n: int, views: int, pixels: int, *, grid: bool = False, flip: bo
     if grid:
         offsets = grid_offsets(pixels, flip)
         return offsets[:, None, :].expand(len(offsets), n, offsets.shape[1]).contiguous()
-    shifts = [torch.zeros((n, 3 if flip else 2), dtype=torch.long)]
+    # int16 (an image side is at most 4096 px), filled view by view: an int64 table, stacked from a list, was
+    # 32 bytes a row and view at its peak, as much as a 28x28 image's bytes at 16 views
+    shifts = torch.zeros((views, n, 3 if flip else 2), dtype=torch.int16)
     for v in range(1, views):
-        shifts.append(jitter_views(n, pixels, flip, torch.Generator().manual_seed(VIEW_SEED + v)))
-    return torch.stack(shifts)
+        shifts[v] = jitter_views(n, pixels, flip, torch.Generator().manual_seed(VIEW_SEED + v))
+    return shifts
 
 
 def grid_offsets(pixels: int, flip: bool = False) -> torch.Tensor:
@@ -133,7 +135,8 @@ def teacher_view_logits(teacher: Teacher, data: Dataset, views: int, pixels: int
     n_all = len(data.y_train)
     subset = rows is not None and not (len(rows) == n_all and torch.equal(rows.cpu(), torch.arange(n_all)))
     rows = rows.cpu() if subset else torch.arange(n_all)
-    shifts = grid_offsets(pixels, flip) if grid else view_shifts(n_all, views, pixels, flip=flip)[:, rows]
+    shifts = grid_offsets(pixels, flip) if grid else view_shifts(n_all, views, pixels, flip=flip)
+    shifts = shifts[:, rows] if subset and not grid else shifts   # (every row: the table itself, not a copy)
     x = take_rows(data.x_train, rows.to(data.device)) if subset else data.x_train
     where = ("rows:" + hashlib.sha256(rows.numpy().astype(np.int64).tobytes()).hexdigest(),) if subset else ()
 
