@@ -2,16 +2,17 @@
 deprecates.
 
 An ``ExportedProgram`` is a graph of ATen operators, its weights stored as raw bytes, so unlike a TorchScript
-file it runs no code of the file's. ``torch.export.load`` can still unpickle: weights of tensor subclasses and
-custom objects are pickles, and its sample inputs fall back to a full ``torch.load`` when the safe one fails.
-``check_archive`` reads the archive's own JSON first and refuses every such entry, so what loads is graph
-and bytes only (edgekd never unpickles a file).
+file it runs no code of the file's. ``torch.export.load`` can still unpickle or load code: weights of tensor
+subclasses and custom objects are pickles, its sample inputs fall back to a full ``torch.load`` when the safe one
+fails, its legacy-format fallback unpickles, and it loads AOTInductor libraries. ``check_archive`` reads the
+archive first and lets through only a program's own entries (``_ENTRIES``), so what loads is graph and bytes only
+(edgekd never unpickles a file).
 
-The program gets the data's raw values as float (in its own float type), laid out as its input declares
-(``(C, H, W)``, flat, or channels last); one exported with a fixed batch (``torch.export.export`` without
-``dynamic_shapes`` fixes the example's) is fed chunks of that size, the last one padded.
+The program gets the data's raw values as float (in its own float type, or as bytes for a uint8 input), laid out
+as its input declares (``(C, H, W)``, flat, or channels last), as a keyword when it was exported so; a fixed batch
+(``torch.export.export`` without ``dynamic_shapes`` fixes the example's) or a bounded one is fed in chunks that
+fit it, the last one padded.
 """
-
 from __future__ import annotations
 
 import hashlib
