@@ -100,16 +100,12 @@ class LogitCache:
         return self.dir / f"{key}.safetensors"
 
     def load(self, key: str) -> torch.Tensor | None:
-        from safetensors import safe_open
-
         path = self.path(key)
         if not path.is_file():
             return None
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                expected = metadata.get("sha256")
-                value = handle.get_tensor("logits")
+            value, metadata = _mapped_logits(path)
+            expected = metadata.get("sha256")
         except Exception:  # a torn file fails to parse
             if not path.exists():
                 return None   # removed since it was seen (`edgekd cache prune` meanwhile): a miss, computed again
@@ -147,6 +143,30 @@ class LogitCache:
             # a full or read-only cache folder costs a recomputation next time, not the run
             warnings.warn(f"Could not write the teacher-logit cache '{self.dir}' ({exc.strerror or exc}); going on "
                           f"without caching (pass --cache-dir to put it elsewhere).", EdgekdWarning, stacklevel=3)
+
+
+def _mapped_logits(path: Path) -> tuple[torch.Tensor, dict]:
+    """The ``logits`` tensor of a cache file, memory-mapped copy-on-write (the pages stay the file's: a hit held a
+    copy of the table in anonymous memory, beside the rows taken from it), and the file's metadata. A file that is
+    not one float32 tensor as ``store`` writes it is read by safetensors."""
+    import json
+    import struct
+
+    import numpy as np
+
+    with open(path, "rb") as handle:
+        length = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(length))
+    metadata, entry = header.get("__metadata__") or {}, header["logits"]
+    shape, (start, end) = [int(d) for d in entry["shape"]], entry["data_offsets"]
+    size = int(np.prod(shape)) * 4
+    if entry["dtype"] != "F32" or end - start != size or not size or 8 + length + end > path.stat().st_size:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.get_tensor("logits"), handle.metadata() or {}
+    array = np.memmap(path, dtype=np.float32, mode="c", offset=8 + length + start, shape=tuple(shape))
+    return torch.from_numpy(array), metadata
 
 
 def _finite(value: torch.Tensor, rows: int = 1 << 14) -> bool:

@@ -133,18 +133,33 @@ def test_a_conversion_being_made_is_not_an_entry_and_one_left_by_a_dead_process_
 
 
 def test_a_logit_entry_pruned_as_it_is_read_is_a_miss_not_a_torn_file(tmp_path, monkeypatch):
-    import safetensors
+    import edgekd.cache
 
     cache = LogitCache(tmp_path / "c")
     cache.store("a" * 32, torch.randn(4, 3))
-    real = safetensors.safe_open
+    real = edgekd.cache._mapped_logits
 
-    def pruned_first(path, **kwargs):   # `edgekd cache prune` lands between the check and the read
+    def pruned_first(path):   # `edgekd cache prune` lands between the check and the read
         os.unlink(path)
-        return real(path, **kwargs)
+        return real(path)
 
-    monkeypatch.setattr(safetensors, "safe_open", pruned_first)
+    monkeypatch.setattr(edgekd.cache, "_mapped_logits", pruned_first)
     assert cache.load("a" * 32) is None
+
+
+def test_a_logit_hit_is_the_file_mapped_not_a_copy_and_reads_as_safetensors_does(tmp_path):
+    from safetensors.torch import load_file
+
+    cache = LogitCache(tmp_path / "c")
+    value = torch.randn(40, 7)
+    cache.store("a" * 32, value)
+    hit = cache.load("a" * 32)
+    assert torch.equal(hit, value) and torch.equal(hit, load_file(cache.path("a" * 32))["logits"])
+    assert str(cache.path("a" * 32)) in open("/proc/self/maps").read()   # file-backed pages, not a copy
+    hit[0, 0] = 5.0   # copy-on-write: the file keeps its values
+    assert torch.equal(LogitCache(tmp_path / "c").load("a" * 32), value)
+    cache.store("b" * 32, torch.zeros(0, 7))   # an empty table cannot be mapped: read as safetensors reads it
+    assert cache.load("b" * 32).shape == (0, 7)
 
 
 def test_a_decode_killed_between_its_renames_is_unfinished_unless_one_runs(cache):
