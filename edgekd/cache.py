@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.cachedir import default_cache_dir, touch
+from edgekd.cachedir import default_cache_dir, safetensors_header, touch
 from edgekd.errors import EdgekdError, EdgekdWarning, TeacherError
 
 VERIFY_ROWS = 64
@@ -125,17 +125,15 @@ class LogitCache:
         # CPU, and a hit verified on a CPU-only machine needs the looser tolerance of CUDA's kernels
         device = "cuda" if value.device.type == "cuda" or torch.cuda.is_initialized() else "cpu"
         value = value.detach().contiguous().cpu()
-        from edgekd.outputs import hold, release
+        from edgekd.outputs import holding
 
         tmp = self.dir / f".{key}.{os.getpid()}.tmp"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            hold(tmp)   # a cache another container shares: its `cache prune` must not take it for a dead writer's
-            save_tensors(tmp, {"logits": value}, metadata={"sha256": _tensor_sha256(value), "device": device})
-            os.replace(tmp, self.path(key))
-            release(tmp)
+            with holding(tmp):   # a cache another container shares: its `cache prune` must not take it for a dead writer's
+                save_tensors(tmp, {"logits": value}, metadata={"sha256": _tensor_sha256(value), "device": device})
+                os.replace(tmp, self.path(key))
         except BaseException as exc:   # (Ctrl-C too: the temporary holds the split's logits)
-            release(tmp)
             with contextlib.suppress(OSError):
                 tmp.unlink()
             if not isinstance(exc, OSError):
@@ -149,14 +147,9 @@ def _mapped_logits(path: Path) -> tuple[torch.Tensor, dict]:
     """The ``logits`` tensor of a cache file, memory-mapped copy-on-write (the pages stay the file's: a hit held a
     copy of the table in anonymous memory, beside the rows taken from it), and the file's metadata. A file that is
     not one float32 tensor as ``store`` writes it is read by safetensors."""
-    import json
-    import struct
-
     import numpy as np
 
-    with open(path, "rb") as handle:
-        length = struct.unpack("<Q", handle.read(8))[0]
-        header = json.loads(handle.read(length))
+    length, header = safetensors_header(path)
     metadata, entry = header.get("__metadata__") or {}, header["logits"]
     shape, (start, end) = [int(d) for d in entry["shape"]], entry["data_offsets"]
     size = int(np.prod(shape)) * 4

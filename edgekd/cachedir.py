@@ -133,15 +133,27 @@ def _logits(root: Path):
             yield _entry("logits", path.stem, [path])
 
 
+def safetensors_header(path: Path) -> tuple[int, dict]:
+    """(length, header) of a safetensors file's JSON header, read without its tensors; ``ValueError`` for a
+    header that is not one (a length past 1 MiB, far above any cache entry's, is not read)."""
+    with open(path, "rb") as handle:
+        try:
+            (length,) = struct.unpack("<Q", handle.read(8))
+        except struct.error:
+            raise ValueError(f"'{path}' is shorter than a safetensors header") from None
+        if length > 1 << 20:
+            raise ValueError(f"'{path}' declares a header of {length} bytes")
+        header = json.loads(handle.read(length))
+    if not isinstance(header, dict):
+        raise ValueError(f"'{path}' has a header that is not a table")
+    return length, header
+
+
 def _is_edgekd_logits(path: Path) -> bool:
     """A safetensors file whose header metadata carries edgekd's sha256 (read without loading tensors)."""
     try:
-        with open(path, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            if size > 1 << 20:
-                return False
-            header = json.loads(handle.read(size))
-    except (OSError, ValueError, struct.error):
+        _, header = safetensors_header(path)
+    except (OSError, ValueError):
         return False
     metadata = header.get("__metadata__") or {}
     return isinstance(metadata.get("sha256"), str) and len(metadata["sha256"]) == 64
@@ -196,20 +208,15 @@ def _stopped_decodes(folder: Path):
     """What a decode killed between its renames leaves (edgekd.imagefolder): ``KEY.x.npy`` / ``KEY.y.npy`` without
     the ``KEY.json`` that makes them an entry (a whole decoded folder no kind listed), and its ``.KEY.lock``;
     none while a decode of that key holds the lock."""
-    for path in _files(folder, rf"{_KEY}\.[xy]\.npy"):
-        key = path.name.split(".")[0]
-        if not (folder / f"{key}.json").exists() and not _decode_running(folder / f".{key}.lock"):
-            yield _entry("unfinished", f"{key} (decode stopped)", [path])
-    for lock in _files(folder, rf"\.{_KEY}\.lock"):
-        if not _decode_running(lock):
-            yield _entry("unfinished", f"{lock.name[1:-5]} (decode lock)", [lock])
-
-
-def _decode_running(lock: Path) -> bool:
-    """Whether a process holds the decode lock ``lock``."""
     from edgekd.outputs import is_held
 
-    return is_held(lock)
+    for path in _files(folder, rf"{_KEY}\.[xy]\.npy"):
+        key = path.name.split(".")[0]
+        if not (folder / f"{key}.json").exists() and not is_held(folder / f".{key}.lock"):
+            yield _entry("unfinished", f"{key} (decode stopped)", [path])
+    for lock in _files(folder, rf"\.{_KEY}\.lock"):
+        if not is_held(lock):
+            yield _entry("unfinished", f"{lock.name[1:-5]} (decode lock)", [lock])
 
 
 def _remove(entry: CacheEntry) -> None:

@@ -386,20 +386,18 @@ def _write_npy(path: Path, dtype, shape, fill, *, failed) -> None:
     """An .npy of ``shape`` and ``dtype`` at ``path``, its values written by ``fill(memmap)``: into a temporary
     beside it (held while written: ``edgekd.outputs.hold``), then renamed over. Any stop (Ctrl-C too) removes
     the temporary, a full copy of the rows; a disk error is ``DataError(failed(reason))``."""
-    from edgekd.outputs import hold, release
+    from edgekd.outputs import holding
 
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        hold(tmp)
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-        fill(out)
-        out.flush()
-        del out
-        os.replace(tmp, path)
-        release(tmp)
+        with holding(tmp):
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            fill(out)
+            out.flush()
+            del out
+            os.replace(tmp, path)
     except BaseException as exc:
-        release(tmp)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         if not isinstance(exc, OSError):

@@ -442,7 +442,8 @@ def scratch_folder(out: str | Path):
         release(folder)
 
 
-# temporaries this process writes, each with an fd holding a shared flock on it (``hold``)
+# the paths this process holds a flock on, each with its fd: temporaries it writes (``hold``, shared) and the
+# output locks it holds (``output_lock``, exclusive)
 _HELD: dict[str, int] = {}
 
 
@@ -612,18 +613,13 @@ def output_lock(out: str | Path, *, make_parent: bool = True):
         raise OutputError(f"Cannot create the folder '{out.parent}' of output '{out}' ({exc.strerror or exc}); choose "
                           f"another --out.") from None
     lock = _lock_path(out)
-    fd = _locked(lock, out)
-    _LOCKED_HERE.add(os.path.abspath(lock))
+    _HELD[os.path.abspath(lock)] = _locked(lock, out)   # (held here: not another writer's, for written_elsewhere)
     try:
         yield
     finally:
-        _LOCKED_HERE.discard(os.path.abspath(lock))
         with contextlib.suppress(OSError):
             lock.unlink()
-        os.close(fd)
-
-
-_LOCKED_HERE: set[str] = set()   # the output locks this process holds
+        release(lock)
 
 
 def _lock_path(out: Path) -> Path:
@@ -634,7 +630,7 @@ def written_elsewhere(out: Path) -> bool:
     """Whether another process holds ``output_lock(out)``: it is writing ``out``, and what is beside it (its
     temporaries, the old artifact it set aside a moment ago) is its own, whatever pid their names carry."""
     lock = _lock_path(Path(out))
-    return os.path.abspath(lock) not in _LOCKED_HERE and is_held(lock)
+    return os.path.abspath(lock) not in _HELD and is_held(lock)
 
 
 def _locked(lock: Path, out: Path) -> int:
@@ -652,10 +648,11 @@ def _locked(lock: Path, out: Path) -> int:
         except OSError as exc:
             os.close(fd)
             tries += 1
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK) and tries < 5:
+            busy = exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+            if busy and tries < 5:
                 time.sleep(0.02)
                 continue
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            if busy:
                 raise OutputError(f"Another edgekd command is writing '{out}' (lock '{lock}' is held); wait for it to "
                                   f"finish or choose another --out.") from None
             raise
