@@ -11,6 +11,7 @@ Architectures are named by a spec string ``name[:key=value,...]``; list values u
 from __future__ import annotations
 
 import contextlib
+import functools
 import contextvars
 import math
 from dataclasses import dataclass
@@ -174,9 +175,10 @@ def _check_fits_memory(spec: str, input_shape: tuple, build, for_training: bool)
                           f"machine with more memory.")
 
 
+@functools.lru_cache(maxsize=1)
 def host_memory_bytes() -> int | None:
     """This machine's memory, or the container's limit where that is lower (cgroup v2 ``memory.max``, v1
-    ``memory.limit_in_bytes``); None where neither can be read."""
+    ``memory.limit_in_bytes``); None where neither can be read. Read once a process: every model built asks."""
     import os
 
     try:
