@@ -15,7 +15,6 @@ fit it, the last one padded.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -25,10 +24,9 @@ from pathlib import Path
 
 import torch
 
-from edgekd.artifacts import sha256_file
 from edgekd.config import InputTransform
 from edgekd.errors import TeacherError
-from edgekd.teachers import OutputKind, Teacher, in_batches, scores_of, to_declared
+from edgekd.teachers import OutputKind, Teacher, file_fingerprint, in_batches, scores_of, to_declared
 
 FIX = "save it again with torch.export.save(torch.export.export(model.eval(), (example,)), PATH) from a plain module"
 
@@ -115,7 +113,7 @@ class ExportedProgramTeacher(Teacher):
         self.program, self.transform, self.path = program, transform, path
         self.device = torch.device("cpu")
         self._net = program.module()
-        self.fingerprint = hashlib.sha256(sha256_file(path).encode() + json.dumps(transform.__dict__).encode()).hexdigest()
+        self.fingerprint = file_fingerprint(path, transform)
         self.description = f"torch.export '{path.name}'"
         self._as_logits = OutputKind(f"torch.export teacher '{path}'")
 

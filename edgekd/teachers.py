@@ -339,7 +339,7 @@ class TorchScriptTeacher(Teacher):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TeacherError(f"'{path}' is not a loadable TorchScript file ({first[:200]}); save it with torch.jit.save.") from None
         self.transform = transform
-        self.fingerprint = hashlib.sha256(sha256_file(path).encode() + json.dumps(transform.__dict__).encode()).hexdigest()
+        self.fingerprint = file_fingerprint(path, transform)
         self.description = f"TorchScript '{path.name}'"
         self.path = path
         self.device, self._ran = torch.device("cpu"), False
@@ -405,6 +405,11 @@ def scores_of(out, n: int, what: str) -> torch.Tensor:
         raise TeacherError(f"{what} returns {got} for {n} inputs; a teacher returns one (N, classes) tensor of class "
                            f"scores (floats); save a wrapper that returns only that.")
     return out.float()
+
+
+def file_fingerprint(path: Path, transform: InputTransform) -> str:
+    """A teacher file's identity for caches: the sha256 of its bytes and of the transform its inputs get."""
+    return hashlib.sha256(sha256_file(path).encode() + json.dumps(transform.__dict__).encode()).hexdigest()
 
 
 def _cause(exc: Exception) -> str:
