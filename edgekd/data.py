@@ -342,6 +342,22 @@ def inference_rows(x, most: int) -> int:
     return max(1, min(most, INFERENCE_CHUNK_BYTES // max(1, row)))
 
 
+def fill_rows(fn, lo: int, hi: int, rows: int, *, device=None) -> "torch.Tensor | None":
+    """``fn(slice)`` over rows ``lo:hi``, ``rows`` at a time, each result written as it comes into one float32
+    table on ``device`` (default: the first result's). Chunks kept and then joined would hold the whole result twice
+    for a moment. None when ``lo:hi`` is empty (the caller knows what an empty result looks like)."""
+    import torch
+
+    out = None
+    for start in range(lo, hi, rows):
+        r = slice(start, min(start + rows, hi))
+        part = fn(r)
+        if out is None:
+            out = part.new_empty((hi - lo, *part.shape[1:]), dtype=torch.float32, device=device)
+        out[start - lo:r.stop - lo] = part
+    return out
+
+
 def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
     """``x[idx]`` stored once as ``splits/<key>.npy`` beside ``x``'s file, keyed by that file (path,
     ``file_identity``, offset) and the indices, and opened copy-on-write (the file is never written back)."""

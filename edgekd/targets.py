@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from edgekd.cache import LogitCache, cache_key
-from edgekd.data import Dataset, inference_rows
+from edgekd.data import Dataset, fill_rows, inference_rows
 from edgekd.teachers import Teacher
 from edgekd.training import apply_shifts
 
@@ -25,16 +25,10 @@ def sharded_logits(logits_of, x, dist=None, shifts: torch.Tensor | None = None,
                    pixels: int = 0, chunk: int | None = None) -> torch.Tensor:
     """``logits_of(x)`` (a teacher's ``logits``, or a model's; each row of ``x``, a tensor or a ``RowView``,
     shifted by ``shifts`` when given), ``chunk`` rows at a time (default: ``inference_rows``, at most 4096) so a
-    memory-mapped train split is never shifted or converted whole, written into one table (not parts then
-    joined: the logits held twice); under torchrun each rank computes its shard and the rows are gathered once."""
+    memory-mapped train split is never shifted or converted whole, written into one table (``fill_rows``); under torchrun each rank computes its shard and the rows are gathered once."""
     chunk = chunk or inference_rows(x, 4096)
     lo, hi = dist.shard_range(len(x)) if dist is not None else (0, len(x))
-    logits = None
-    for start in range(lo, hi, chunk):
-        r = slice(start, min(start + chunk, hi))
-        part = logits_of(x[r] if shifts is None else apply_shifts(x[r], shifts[r], pixels))
-        if logits is None:
-            logits = part.new_empty((hi - lo, *part.shape[1:]))
-        logits[start - lo:r.stop - lo] = part
+    logits = fill_rows(lambda r: logits_of(x[r] if shifts is None else apply_shifts(x[r], shifts[r], pixels)),
+                       lo, hi, chunk)
     logits = logits if logits is not None else logits_of(x[:0])
     return logits if dist is None else dist.gather_rows(logits, len(x))

@@ -28,7 +28,7 @@ from torch import nn
 
 from edgekd.artifacts import Artifact, is_artifact, load_artifact, sha256_file
 from edgekd.config import COMBINE_RULES
-from edgekd.data import as_float, check_split_matches, inference_rows, same_layout
+from edgekd.data import as_float, check_split_matches, fill_rows, inference_rows, same_layout
 from edgekd.device import module_device
 from edgekd.config import InputTransform  # noqa: F401  (defined with the other configs, imported from here)
 from edgekd.errors import ConfigError, EdgekdWarning, TeacherError
@@ -113,8 +113,8 @@ class Teacher:
         """float32 logits of raw inputs ``x``, returned on ``x``'s device (computed where the teacher lives), fed
         ``batch_size`` rows at a time (default: ``inference_rows``, at most 1024)."""
         batch_size = batch_size or inference_rows(x, 1024)
-        chunks = [self._logits(as_float(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
-        return torch.cat(chunks).float() if chunks else torch.zeros((0, self.num_outputs(x)), device=x.device)
+        logits = fill_rows(lambda r: self._logits(as_float(x[r])), 0, len(x), batch_size, device=x.device)
+        return logits if logits is not None else torch.zeros((0, self.num_outputs(x)), device=x.device)
 
     def num_outputs(self, x: torch.Tensor) -> int:
         return int(self._logits(as_float(x[:1])).shape[-1])

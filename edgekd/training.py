@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from edgekd.artifacts import write_json_atomic
 from edgekd.errors import EdgekdError, TrainingError
 from edgekd.config import TrainConfig  # noqa: F401  (re-exported: the training loop's settings)
-from edgekd.data import as_float, inference_rows
+from edgekd.data import as_float, fill_rows, inference_rows
 from edgekd.device import autocast, module_device, resolve_device, to_device
 from edgekd.records import Record
 
@@ -519,10 +519,11 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int |
     model.eval()
     device = module_device(model)
     async_copy = device.type == "cuda"   # a copy into host memory must land before the CPU reads it
-    outs = [model(as_float(x[i:i + batch_size].to(device, non_blocking=async_copy))).float() for i in range(0, len(x), batch_size)]
-    if not outs:   # (0, C), as the rows of a non-empty input would be: an empty torchrun shard gathers with the rest
-        outs = [model(as_float(x[:0].to(device))).float()]
-    return torch.cat(outs).to(x.device)
+    logits = fill_rows(lambda r: model(as_float(x[r].to(device, non_blocking=async_copy))), 0, len(x), batch_size,
+                       device=x.device)
+    if logits is None:   # (0, C), as the rows of a non-empty input would be: an empty torchrun shard gathers with the rest
+        logits = model(as_float(x[:0].to(device))).float().to(x.device)
+    return logits
 
 
 def accuracy_and_nll(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
