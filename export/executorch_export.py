@@ -43,7 +43,7 @@ from edgekd.outputs import export_summary_path, replaced_sha256, scratch_folder
 from edgekd.teachers import source_path
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
                            model_input, source_counts)
-from export.verify import accuracy, gate_fp32, gate_int8, pad_rows, parity, predict_in_batches
+from export.verify import accuracy, float32_noise, gate_fp32, gate_int8, pad_rows, parity, predict_in_batches, torch_logits
 
 PTE_PRECISION = {None: "fp32", "int8": "int8-static-xnnpack", "dynamic": "int8-dynamic-xnnpack"}
 
@@ -116,9 +116,8 @@ class _PteRun:
         self.to_input = lambda x: model_input(x, config.uint8_input, data.spec).reshape(len(x), -1)  # noqa: E731
         self.x_val, self.x_test = (ModelInputs(x, config.uint8_input, data.spec, flat=True) for x in (data.x_val, data.x_test))
         self.y_test = data.y_test.cpu().numpy()
-        from export.verify import torch_logits
-
         self.ref_val = torch_logits(source.module, data.x_val)
+        self.noise = float32_noise(source.module, data.x_val, self.ref_val)
         module = FlatInput(source.module, source.input_shape).eval()
         self.module = RawPixels(module).eval() if config.uint8_input else module
         self.example = torch.from_numpy(np.ascontiguousarray(pad_rows(np.asarray(self.x_val[:self.batch]), self.batch)))
@@ -126,7 +125,7 @@ class _PteRun:
         self.reference_accuracy = float("nan")
         self.verification = {"data": data.spec, "parity_split": "val", "n_val": len(self.x_val), "accuracy_split": "test",
                              "n_test": len(self.x_test), "atol": config.atol, "rtol": config.rtol, "max_accuracy_drop": config.max_accuracy_drop,
-                             "batch_size": self.batch}
+                             "float32_noise": self.noise, "batch_size": self.batch}
 
     def _measure(self, path: Path):
         program = load_program(path)
@@ -141,7 +140,8 @@ class _PteRun:
         tick = time.perf_counter()
         parities, test_accuracy = self._measure(path)
         gate_fp32(self.verification, parities, test_accuracy, atol=self.config.atol, rtol=self.config.rtol,
-                  what="ExecuTorch fp32 program", reference_model="the fp32 program (equal to PyTorch on val within atol)")
+                  what="ExecuTorch fp32 program", reference_model="the fp32 program (equal to PyTorch on val within atol)",
+                  noise=self.noise)
         self.reference_accuracy = test_accuracy
         self.seconds["verify_fp32"] = time.perf_counter() - tick
         return path, (parities, test_accuracy, None)

@@ -39,8 +39,8 @@ from export.config import DEFAULT_OPSET, ExportConfig
 from export.quantize import precision_name, quantize_model
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
                            model_input, source_counts)
-from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, gate_fp32, gate_int8, measure_parity,
-                           open_session, parity, run_session, torch_logits)
+from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, float32_noise, gate_fp32, gate_int8,
+                           measure_parity, open_session, parity, run_session, torch_logits)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -127,10 +127,12 @@ class _Run:
         self.x_val, self.x_test = (ModelInputs(x, config.uint8_input, data.spec) for x in (data.x_val, data.x_test))
         self.y_test = data.y_test.cpu().numpy()
         self.ref_val = torch_logits(source.module, data.x_val)
+        self.noise = float32_noise(source.module, data.x_val, self.ref_val)
         self.seconds, self.sizes, self.quant_info = {}, {"source_weights": source.weights_bytes}, None
         self.reference_accuracy = float("nan")
         self.verification = {"data": data.spec, "parity_split": "val", "n_val": len(self.x_val), "accuracy_split": "test",
-                             "n_test": len(self.x_test), "atol": config.atol, "rtol": config.rtol, "max_accuracy_drop": config.max_accuracy_drop}
+                             "n_test": len(self.x_test), "atol": config.atol, "rtol": config.rtol,
+                             "float32_noise": self.noise, "max_accuracy_drop": config.max_accuracy_drop}
         if source.kind == "specialist-ensemble":  # the graph runs a fixed number of solver steps: how close to the solver?
             solver = parity(source.teacher.logits(data.x_val).cpu().numpy(), self.ref_val, len(self.ref_val))
             self.verification["fixed_steps_vs_solver"] = {"max_abs_diff": solver.max_abs_diff,
@@ -156,7 +158,8 @@ class _Run:
         # accuracy "before" quantization: the fp32 export, just shown equal to PyTorch (a PyTorch pass
         # over the test split would cost as much as the export itself on a big teacher)
         gate_fp32(self.verification, parities, test_accuracy, atol=self.config.atol, rtol=self.config.rtol,
-                  what="exported fp32 model", reference_model="the fp32 export (equal to PyTorch on val within atol)")
+                  what="exported fp32 model", reference_model="the fp32 export (equal to PyTorch on val within atol)",
+                  noise=self.noise)
         self.reference_accuracy = test_accuracy
         self.seconds["verify_fp32"] = time.perf_counter() - tick
         return path, (parities, test_accuracy, None)
@@ -192,7 +195,7 @@ class _Run:
             drop = check_accuracy_drop(self.reference_accuracy, test_accuracy, max_drop=self.config.max_accuracy_drop,
                                        what="ORT-format quantized model", n=len(self.y_test))
         else:
-            check_parity(parities, atol=self.config.atol, rtol=self.config.rtol, what="ORT-format model")
+            check_parity(parities, atol=self.config.atol, rtol=self.config.rtol, what="ORT-format model", noise=self.noise)
         self.seconds["ort"] = time.perf_counter() - tick
         self.sizes["ort"] = path.stat().st_size
         return parities, test_accuracy, drop

@@ -159,6 +159,47 @@ def test_gate_rejects_any_top1_disagreement_even_within_atol():
     check_parity([parity(reference, reference + 1e-5, 1)], atol=1e-4, what="exported fp32 model")
 
 
+def test_the_fp32_gate_allows_pytorchs_own_float32_rounding_on_a_wide_layer(tmp_path):
+    """150,528 pixels summed into each unit, then BatchNorm over photos that differ little (so it divides the large
+    sums' rounding by a small spread): a correct export differs from PyTorch by more than atol 1e-4 + rtol x |logit|,
+    but by about as much as PyTorch's own float32 differs from float64, which the gate allows (NOISE_FACTOR times)."""
+    from export.onnx_export import torch_to_onnx
+    from export.verify import NOISE_FACTOR, check_parity, float32_noise, measure_parity, open_session, parity, torch_logits
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 224 * 224, 16), torch.nn.BatchNorm1d(16),
+                                torch.nn.ReLU(), torch.nn.Linear(16, 10)).eval()
+    x = (torch.randint(0, 200, (1, 3, 224, 224)) + torch.randint(0, 2, (32, 3, 224, 224))).float()
+    with torch.no_grad():
+        sums = model[1](model[0](x))
+        model[2].running_mean.copy_(sums.mean(0)), model[2].running_var.copy_(sums.var(0))
+    reference = torch_logits(model, x)
+    noise = float32_noise(model, x, reference)
+    torch_to_onnx(model, x[:2], tmp_path / "wide.onnx", DEFAULT_OPSET)
+    results = measure_parity(open_session(tmp_path / "wide.onnx"), x.numpy(), reference, rtol=1e-5)
+    with pytest.raises(ExportError, match="does not match PyTorch"):   # the fixed tolerance alone refuses it
+        check_parity(results, atol=1e-4, rtol=1e-5, what="exported fp32 model")
+    check_parity(results, atol=1e-4, rtol=1e-5, what="exported fp32 model", noise=noise)
+    broken = [parity(reference, reference + 2 * NOISE_FACTOR * noise, 1, 1e-5)]   # a real error still fails
+    with pytest.raises(ExportError, match=r"4 x PyTorch's own float32 rounding here \(\d\.\de-0[45]\)"):
+        check_parity(broken, atol=1e-4, rtol=1e-5, what="exported fp32 model", noise=noise)
+
+
+def test_float32_noise_is_zero_for_a_model_that_cannot_run_in_float64(digits):
+    from export.verify import float32_noise
+
+    class Fixed(torch.nn.Module):   # a user's forward that casts its input to float32 whatever the weights are
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.linear(x.reshape(len(x), -1).float())
+
+    x = digits.x_val[:8]
+    assert float32_noise(Fixed(), x, Fixed()(x.float()).detach().numpy()) == 0.0
+
+
 def test_int8_gate_rejects_a_broken_quantized_model(monkeypatch, tmp_path, digits, tiny_student):
     def broken(src, dst, mode, *, calibration, workdir, quant_format="qdq"):  # a "quantizer" that zeroes every float weight
         from onnx import numpy_helper
