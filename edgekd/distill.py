@@ -39,7 +39,7 @@ import torch
 from edgekd.artifacts import Manifest, Member, save_artifact
 from edgekd.cache import LogitCache, cache_key
 from edgekd.config import DistillConfig
-from edgekd.data import Dataset, as_dataset, stratified_subset_indices, take_rows
+from edgekd.data import Dataset, as_dataset, inference_rows, stratified_subset_indices, take_rows
 from edgekd.device import place_dataset, place_table, resolve_device
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.losses import distillation_loss
@@ -402,14 +402,22 @@ def _best_student(new_student, recipes, batches, loss_for, n_train, val, train_c
     return model, fitted, search if searching else [], seconds
 
 
-def twin_logits(teacher_logits: torch.Tensor, twin: torch.Tensor) -> torch.Tensor:
+def twin_logits(teacher_logits: torch.Tensor, twin: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """The teacher with the student's hard-label twin as an equal member, as the paper's ensembles are
     combined (Hinton et al. 2015, section 3: the mean of the members' probabilities),
     ``log((softmax(z_teacher) + softmax(z_twin)) / 2)``: distilling from it is a born-again step
     (Furlanello et al., ICML 2018, "Born-Again Neural Networks"), the twin's knowledge of the student's
-    own task added to a teacher that alone is no better than the twin."""
-    log_probs = torch.log_softmax(teacher_logits.float(), -1), torch.log_softmax(twin.float(), -1)
-    return torch.logaddexp(*log_probs) - math.log(2)
+    own task added to a teacher that alone is no better than the twin.
+
+    Computed a bounded chunk of rows at a time into ``out`` (default: a new table; it may be ``teacher_logits``
+    itself): whole-table log-softmaxes were five temporaries the size of a split's logits."""
+    out = torch.empty(teacher_logits.shape, dtype=torch.float32, device=teacher_logits.device) if out is None else out
+    rows = inference_rows(teacher_logits, 1 << 20)
+    for start in range(0, len(out), rows):
+        r = slice(start, start + rows)
+        log_probs = torch.log_softmax(teacher_logits[r].float(), -1), torch.log_softmax(twin[r].float(), -1)
+        out[r] = torch.logaddexp(*log_probs) - math.log(2)
+    return out
 
 
 def _teacher_not_above(teacher: Teacher, data: Dataset, base_fit, cache: LogitCache, refresh: bool, dist) -> bool:
@@ -428,13 +436,14 @@ def twin_batches(recipe: dict, teacher: Teacher, baseline, data: Dataset, x, y, 
 
     if not (pixels or flip):
         logits = teacher_logits(teacher, data, "train", cache, refresh=refresh, dist=dist)[idx]
-        return distill_batches(x, y, twin_logits(logits, sharded_logits(logits_of, x, dist).to(logits.device)), None, 0, None)
+        logits = twin_logits(logits, sharded_logits(logits_of, x, dist).to(logits.device), out=logits)   # [idx]: a copy
+        return distill_batches(x, y, logits, None, 0, None)
     views, shifts = teacher_view_logits(teacher, data, recipe["views"], pixels, cache, refresh=refresh, dist=dist,
                                         grid=recipe["view_grid"], flip=flip, rows=idx)
     rows = torch.arange(len(x))
     for v in range(len(views)):   # in place, a view at a time: the twin judges the same shifted images
         twin = sharded_logits(logits_of, x, dist, row_shifts(shifts, v, rows), pixels)
-        views[v] = twin_logits(views[v], twin.to(views.device))
+        twin_logits(views[v], twin.to(views.device), out=views[v])
     return distill_batches(x, y, views, shifts, pixels, None)
 
 

@@ -1,9 +1,11 @@
 """edgekd.distill: the honest comparison with the hard-label baseline."""
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
+
 import torch
 
 from edgekd.distill import describe_gain, distill, gap_closed
@@ -313,6 +315,9 @@ def test_twin_logits_average_the_two_members_probabilities():
     a, b = torch.randn(5, 10), 3 * torch.randn(5, 10)
     mixed = twin_logits(a, b)
     assert torch.allclose(mixed.exp(), (a.softmax(-1) + b.softmax(-1)) / 2, atol=1e-6)
+    wide = torch.randn(3000, 4000)   # 1.5 chunks of the 32 MiB bound, written in place
+    expected = torch.logaddexp(wide.log_softmax(-1), wide.flip(0).log_softmax(-1)) - math.log(2)
+    assert twin_logits(wide, wide.flip(0).contiguous(), out=wide) is wide and torch.allclose(wide, expected, atol=1e-6)
 
 
 def test_a_teacher_below_the_baseline_gets_the_hard_label_twin_as_a_member(tmp_path, digits):
