@@ -1,6 +1,8 @@
 """Training on an image folder larger than the memory it runs in.
 
     python -m benchmarks.larger_than_memory --against b12286d --out benchmarks/results/larger_than_memory
+    python -m benchmarks.larger_than_memory --image-size 224x224 --then evaluate,export,bench \
+        --out benchmarks/results/larger_than_memory_224
     python -m benchmarks.larger_than_memory --smoke --out /tmp/ltm
 
 Uses the 70,000-image PNG folder of ``benchmarks.photos_fmnist`` (written there if missing), loaded
@@ -15,7 +17,8 @@ memory-mapped file can be dropped and read again, anonymous ones cannot. Reporte
 wall time, the peak anonymous memory (``rss`` of the cgroup's ``memory.stat``, polled) and the peak
 charged to the cgroup. With ``--against REV`` the same command runs from that revision of edgekd (a
 temporary git worktree), under the same cap and with the decode cache already filled: the before of
-the before/after.
+the before/after. ``--then`` runs ``evaluate``, ``export`` (fp32 ONNX, verified) and ``bench`` on the
+teacher just trained, under the same cap.
 
 Needs root and the cgroup v1 memory controller (``/sys/fs/cgroup/memory``); elsewhere it stops with
 a one-line reason.
@@ -36,6 +39,16 @@ from benchmarks.provenance import header_markdown, provenance
 from benchmarks.scenario_common import write_result
 
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+THEN = ("evaluate", "export", "bench")
+
+
+def then_args(command: str, model: Path, spec: str, work: Path) -> tuple[list, Path | None]:
+    """(edgekd arguments, --out) of one ``--then`` command on ``model``."""
+    if command == "evaluate":
+        return ["evaluate", str(model), "--data", spec], None
+    if command == "export":
+        return ["export", str(model), "--onnx", "--data", spec], work / "model.onnx"
+    return ["bench", "--model", str(model), "--model", str(work / "model.onnx"), "--data", spec], work / "bench"
 
 
 def parse_args(argv=None):
@@ -52,9 +65,15 @@ def parse_args(argv=None):
     p.add_argument("--distill", default=None, metavar="STUDENT",
                    help="Then also distill STUDENT from the teacher just trained, with the defaults (the baseline, "
                         "25 cached views), 1 epoch, under the same cap, on each tree.")
+    p.add_argument("--then", default="", metavar="COMMANDS",
+                   help="Then also run these commands on the teacher just trained, under the same cap, from this tree: "
+                        "a comma-separated list of evaluate, export (fp32 ONNX, verified on val and test), bench.")
     p.add_argument("--out", default="benchmarks/results/larger_than_memory")
     p.add_argument("--smoke", action="store_true", help="digits, a 1 GiB cap, seconds")
     args = p.parse_args(argv)
+    then = [c for c in args.then.split(",") if c]
+    if set(then) - set(THEN):
+        p.error(f"--then takes a comma-separated list of {', '.join(THEN)}; got {args.then!r}")
     if args.smoke:
         args.data, args.cap_mib = "digits", 1024
         args.photos = str(Path(args.out).parent / (Path(args.out).name + "-photos"))
@@ -146,26 +165,30 @@ def main(argv=None):
                                                          "--cache-dir", str(work / f"logits-{len(runs)}")],
                                            work / f"student-{len(runs)}", work, args.cap_mib,
                                            lambda: "cached (filled by the first run); teacher logits cold"))
+    for command in [c for c in args.then.split(",") if c]:
+        edgekd_args, out = then_args(command, work / "model-0", spec, work)
+        runs.append(_capped_edgekd(Path(__file__).resolve().parents[1], "this tree", edgekd_args, out, work,
+                                   args.cap_mib, lambda: "cached (filled by the first run)"))
     result = {"args": vars(args), "data": {"spec": args.data, "folder": folder, "images": n,
                                            "uint8_bytes": pixels, "float32_bytes": 4 * pixels},
               "cap_bytes": args.cap_mib << 20, "runs": runs, "provenance": provenance(started)}
     write_result(args, result, render(result))
 
 
-def _capped_edgekd(root: Path, label: str, edgekd_args: list, out: Path, work: Path, cap_mib: int, decode) -> dict:
-    """``edgekd EDGEKD_ARGS --out OUT`` from the tree at ``root`` in the capped cgroup, as one record;
-    ``decode()`` says afterwards what the run found in the decode cache."""
+def _capped_edgekd(root: Path, label: str, edgekd_args: list, out: Path | None, work: Path, cap_mib: int, decode) -> dict:
+    """``edgekd EDGEKD_ARGS --out OUT`` (no ``--out`` when None) from the tree at ``root`` in the capped cgroup, as
+    one record; ``decode()`` says afterwards what the run found in the decode cache."""
     from edgekd.artifacts import load_artifact
 
     env = {**os.environ, "EDGEKD_CACHE": str(work / "cache"), "OMP_NUM_THREADS": str(os.cpu_count() or 1),
            "PYTHONPATH": str(root)}
     ran_at = _revision(root)   # the code the run starts with (a commit made meanwhile is not it)
-    argv_ = [sys.executable, "-m", "edgekd", *edgekd_args, "--out", str(out), "--quiet"]
+    argv_ = [sys.executable, "-m", "edgekd", *edgekd_args, *(["--out", str(out)] if out else []), "--quiet"]
     record = run_capped(argv_, cap_mib << 20, env, root)
     record["imports_from"] = subprocess.run([sys.executable, "-c", "import edgekd; print(edgekd.__file__)"], env=env,
                                             cwd=root, capture_output=True, text=True).stdout.strip()
     record.update(tree=label, revision=ran_at, command=["edgekd", *argv_[3:]], decode=decode())
-    if record["returncode"] == 0:
+    if record["returncode"] == 0 and edgekd_args[0] in ("teacher", "distill"):
         record["test_accuracy"] = load_artifact(out).manifest.metrics.get("test_accuracy")
     print(json.dumps({k: v for k, v in record.items() if k != "stderr_tail"}), flush=True)
     return record
@@ -214,9 +237,9 @@ def render(result: dict) -> str:
               "| edgekd | command | decode | exit | seconds | peak anonymous MiB | peak charged MiB | times at the limit | test accuracy |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
-        exit_ = "0 (trained)" if r["returncode"] == 0 else f"{r['returncode']} ({'killed: out of memory' if r['oom_kills'] or r['returncode'] in (-9, 137) else 'failed'})"
+        exit_ = "0" if r["returncode"] == 0 else f"{r['returncode']} ({'killed: out of memory' if r['oom_kills'] or r['returncode'] in (-9, 137) else 'failed'})"
         acc = f"{100 * r['test_accuracy']:.2f}%" if r.get("test_accuracy") is not None else "—"
-        lines.append(f"| {r['tree']} ({r['revision']}) | `{'distill' if r['command'][1] == 'distill' else 'teacher train'}` | {r['decode']} | {exit_} | {r['seconds']} | "
+        lines.append(f"| {r['tree']} ({r['revision']}) | `{'teacher train' if r['command'][1] == 'teacher' else r['command'][1]}` | {r['decode']} | {exit_} | {r['seconds']} | "
                      f"{mib(r['peak_anon_bytes'])} | {mib(r['peak_charged_bytes'])} | {r['limit_hits']:,} | {acc} |")
     lines += [""] + [f"- {r['tree']} imported edgekd from `{r['imports_from']}`." for r in result["runs"]]
     commands = list(dict.fromkeys(" ".join(r["command"]) for r in result["runs"]))
