@@ -232,3 +232,28 @@ def file_identity(stat: "os.stat_result") -> str:
     """What says a file is unchanged without reading it: size, mtime, and also ctime and inode, which a
     rewrite changes even when it keeps the size and puts the mtime back (``cp -p``, ``rsync -a``, tar)."""
     return f"{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}"
+
+
+def allocated_memmap(path: Path, dtype, shape):
+    """A new ``.npy`` at ``path`` opened for writing through a memory map (``numpy.lib.format.open_memmap``), its
+    blocks allocated on disk first (``posix_fallocate``). The file numpy makes is sparse: on a full disk a page
+    written through the map kills the process with SIGBUS (no message, no clean-up, the partial file left in the
+    cache), where allocation fails with ENOSPC, an ``OSError`` the caller reports. A filesystem that cannot
+    allocate ahead (or a system without the call) keeps the sparse file."""
+    import errno
+
+    import numpy as np
+
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if not hasattr(os, "posix_fallocate"):   # macOS, Windows
+        return out
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            del out
+            raise
+    finally:
+        os.close(fd)
+    return out

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekd.cachedir import default_cache_dir, file_identity, touch
+from edgekd.cachedir import allocated_memmap, default_cache_dir, file_identity, touch
 from edgekd.errors import DataError
 from edgekd.validation import VAL_FRACTION, check_int_at_least, check_seed, check_val_fraction
 
@@ -408,7 +408,7 @@ def _write_npy(path: Path, dtype, shape, fill, *, failed) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with holding(tmp):
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            out = allocated_memmap(tmp, dtype, shape)
             fill(out)
             out.flush()
             del out

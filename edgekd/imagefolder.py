@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.cachedir import file_identity, touch
+from edgekd.cachedir import allocated_memmap, file_identity, touch
 from edgekd.errors import DataError, EdgekdWarning
 from edgekd.outputs import hold, release
 
@@ -247,7 +247,7 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
         cache.mkdir(parents=True, exist_ok=True)
         # held while written (edgekd.outputs.hold): a cache another container shares must not take them for a dead writer's
         tmp, y_tmp = (hold(cache / f".{key}.{os.getpid()}.{part}.npy") for part in "xy")
-        x = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), channels, *size))
+        x = allocated_memmap(tmp, np.uint8, (len(files), channels, *size))
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # Pillow decodes without the GIL
             # a window at a time: a thread pool's map submits every file at once (a future each, ~2 KB)
             for start in range(0, len(files), DECODE_WINDOW):

@@ -276,6 +276,41 @@ def test_a_cache_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch
     assert (tmp_path / "cache").read_text().startswith("a file")
 
 
+def _in_a_small_filesystem(small, mib: int, script: str):
+    """``script`` run by sh with a ``mib`` MiB tmpfs at $SMALL (the folder ``small``), in a mount namespace of its
+    own (Linux, root); None where one cannot be made here."""
+    import subprocess
+
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        return None
+    small.mkdir()
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={mib}m tmpfs {small}"], capture_output=True)
+    if probe.returncode:
+        return None
+    return subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={mib}m tmpfs {small} && export "
+                           f"SMALL={small} && {script}; echo rc=$?; ls -A {small}/images {small}/images/splits 2>/dev/null"],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("mib, what", [(1, "decoded images"), (3, "split file")])
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path, mib, what):
+    """numpy's .npy memory maps are sparse files: on a full disk a page written through one killed the process with
+    SIGBUS (exit 135, no message, a partial file as large as the whole array left in the cache). The blocks are
+    allocated first (cachedir.allocated_memmap): ENOSPC, one line, exit 2. 1 MiB holds no decode of these 2.3 MB of
+    pixels; 3 MiB holds it but not the split files."""
+    import sys
+
+    root = _folder(tmp_path / "imgs", per_class=40, colour=True, size=(80, 80))
+    done = _in_a_small_filesystem(tmp_path / "small", mib, f"EDGEKD_CACHE=$SMALL {sys.executable} -m edgekd teacher train --data "
+                                       f"imagefolder:{root} --epochs 1 --out {tmp_path / 'out'}")
+    if done is None:
+        pytest.skip("a small filesystem needs root and unshare (Linux)")
+    error = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "rc=2" in done.stdout and len(error) == 1 and f"Cannot write the {what}" in error[0], (done.stdout, done.stderr)
+    assert "No space left on device" in error[0]
+    assert not [name for name in done.stdout.split() if name.startswith(".")]   # no temporary, no lock
+
+
 def test_16_bit_grayscale_is_read_by_its_top_byte_not_clipped_white(tmp_path):
     eight = _folder(tmp_path / "eight")
     sixteen = tmp_path / "sixteen"
