@@ -68,14 +68,14 @@ def prepare_exports(artifacts: dict, folder: Path, data, names=tuple(EXPORTS), *
     from export.source import builder_fingerprint, load_source
 
     folder.mkdir(parents=True, exist_ok=True)
-    fingerprints = {role: load_source(path).fingerprint for role, path in artifacts.items()}
+    sources = {role: load_source(path).describe() for role, path in artifacts.items()}
     builder = builder_fingerprint()
     made, failed = {}, {}
     for name in names:
         role, filename, settings = EXPORTS[name]
         config = ExportConfig(calibration_size=512, **settings)
         out = folder / filename
-        if _reusable(out, fingerprints[role], builder, config):
+        if _reusable(out, sources[role], builder, config, data.spec):
             made[name] = out
             continue
         echo(f"exporting {name} -> {out}")
@@ -92,10 +92,11 @@ def prepare_exports(artifacts: dict, folder: Path, data, names=tuple(EXPORTS), *
 _GRAPH_MAKERS = ("onnx", "onnxruntime", "onnxscript", "executorch", "torchao")
 
 
-def _reusable(out: Path, fingerprint: str, builder: str, config) -> bool:
-    """Same source artifact, same settings, made by the same graph-building code (``builder_fingerprint``)
-    and the same versions of the packages that write the graphs (``_GRAPH_MAKERS``); the summary must be
-    that very file's (``export_summary_of``)."""
+def _reusable(out: Path, source: dict, builder: str, config, data_spec: str) -> bool:
+    """Same source artifact (its weights and its manifest: an ensemble's combine rule, a specialist ensemble's solver
+    settings are there, not in the weights), verified and calibrated on the same data, same settings, made by the
+    same graph-building code (``builder_fingerprint``) and the same versions of the packages that write the graphs
+    (``_GRAPH_MAKERS``); the summary must be that very file's (``export_summary_of``)."""
     from edgekd.artifacts import library_versions
     from edgekd.outputs import export_summary_of
     from export.executorch_export import mobile_versions
@@ -108,7 +109,9 @@ def _reusable(out: Path, fingerprint: str, builder: str, config) -> bool:
     made_with = data.get("versions") or {}
     now = {**library_versions(), **mobile_versions()}
     makers = [k for k in _GRAPH_MAKERS if k in made_with or (config.executorch and k in ("executorch", "torchao"))]
-    return (data.get("source", {}).get("fingerprint") == fingerprint and data.get("builder") == builder
+    made_from = data.get("source", {})
+    return (all(made_from.get(k) == source[k] for k in ("fingerprint", "manifest_sha256"))
+            and (data.get("verification") or {}).get("data") == data_spec and data.get("builder") == builder
             and all(recorded.get(k, getattr(config, k)) == getattr(config, k) for k in settings)
             and all(made_with.get(k) == now.get(k) for k in makers))
 

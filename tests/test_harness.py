@@ -788,13 +788,17 @@ def test_latency_report_makes_again_an_export_whose_graph_makers_changed(tmp_pat
     config = ExportConfig(quantize="dynamic")
     out = tmp_path / "s.int8.onnx"
     export_onnx(tiny_student, out, config, data=digits)
-    fingerprint = load_source(tiny_student).fingerprint
-    assert _reusable(out, fingerprint, builder_fingerprint(), config)
+    source = load_source(tiny_student).describe()
+    assert _reusable(out, source, builder_fingerprint(), config, digits.spec)
+    # the same weights under another manifest (an ensemble retrained with --combine probs has the same member
+    # files), or other data to verify and calibrate on: made again
+    assert not _reusable(out, {**source, "manifest_sha256": "0" * 64}, builder_fingerprint(), config, digits.spec)
+    assert not _reusable(out, source, builder_fingerprint(), config, "mnist")
     summary_path = tmp_path / "s.int8.onnx.json"
     summary = json.loads(summary_path.read_text())
     summary["versions"]["onnxruntime"] = "0.0.1"
     summary_path.write_text(json.dumps(summary))
-    assert not _reusable(out, fingerprint, builder_fingerprint(), config)
+    assert not _reusable(out, source, builder_fingerprint(), config, digits.spec)
 
 
 def test_every_bench_option_default_is_the_libraries():
