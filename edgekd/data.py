@@ -181,6 +181,7 @@ def load_dataset(spec: str = "digits", *, val_fraction: float = VAL_FRACTION, sp
     check_seed(split_seed, "split_seed")
     if train_limit is not None:
         check_int_at_least("train_limit", train_limit, 1)
+    spec = canonical_spec(spec)
     x, y, x_test, y_test, classes = _load_arrays(spec)
     _check_arrays(spec, x, y, x_test, y_test, classes)
     test_idx = None
@@ -238,6 +239,23 @@ def check_split_matches(recorded: dict | None, data: Dataset, name: str, splits=
         raise DataError(f"{name} was trained on '{recorded['spec']}', whose {' and '.join(changed)} rows have changed "
                         f"since (files added, removed or replaced re-draw them), so rows it trained on may be scored as "
                         f"held out; train it again on the data as it is now, or pass data it was not trained on.")
+
+
+def canonical_spec(spec: str) -> str:
+    """``spec`` with its file or folder as an absolute path (``~`` expanded): what a model records and a later
+    command reloads or compares from any folder. A relative path was recorded as typed, so ``evaluate`` run
+    elsewhere read another folder of that name, and the held-out-rows guard (``check_split_matches``) let the same
+    folder given by its absolute path through with other splits."""
+    kind, _, arg = spec.partition(":")
+    absolute = lambda path: os.path.abspath(os.path.expanduser(path))  # noqa: E731  (links kept: the path the user gave)
+    if kind == "imagefolder" and arg:
+        from edgekd.imagefolder import parse_spec
+
+        folder = parse_spec(arg)
+        return dataclasses.replace(folder, root=Path(absolute(folder.root))).spec()
+    if (kind == "npz" or kind in IDX_DATASETS) and arg:
+        return f"{kind}:{absolute(arg)}"
+    return spec
 
 
 def _source(spec) -> tuple | None:

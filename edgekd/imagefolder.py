@@ -55,7 +55,7 @@ class FolderSpec:
             parts.append(f"size={self.size[0]}x{self.size[1]}")
         if self.channels:
             parts.append(f"channels={self.channels}")
-        if self.test_fraction != 0.2:
+        if self.test_fraction != 0.2 or self.test_given:
             parts.append(f"test={self.test_fraction:g}")
         return "imagefolder:" + ",".join(parts)
 

@@ -87,6 +87,23 @@ def test_npz_with_test_split_and_names(tmp_path):
     assert load_dataset(f"npz:{path}").classes == ("cat", "dog")   # bytes names (h5py's) are text
 
 
+def test_a_relative_or_home_path_is_recorded_absolute_and_the_split_guard_sees_one_file(tmp_path, monkeypatch):
+    """A spec was recorded as typed: run from elsewhere, a model met another file of that name, and the held-out-rows
+    guard let the same file through by its absolute path with other splits (rows it trained on scored as val)."""
+    from edgekd.data import check_split_matches
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((60, 6)).astype(np.float32), y=np.arange(60) % 3)
+    monkeypatch.chdir(tmp_path)
+    data = load_dataset("npz:d.npz")
+    assert data.spec == f"npz:{tmp_path / 'd.npz'}" and data.describe()["spec"] == data.spec
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_dataset("npz:~/d.npz").spec == data.spec
+    monkeypatch.chdir(tmp_path.parent)
+    with pytest.raises(DataError, match="held out as 6 val rows, but this run holds out 15"):
+        check_split_matches(data.describe(), load_dataset(f"npz:{tmp_path / 'd.npz'}", val_fraction=0.3), "Model")
+
+
 @pytest.mark.parametrize("arrays, message", [
     ({"y": np.arange(10)}, "needs 'x' and 'y'"),
     ({"x": np.full((10, 4), np.nan, np.float32), "y": np.arange(10) % 2}, "NaN"),
