@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -97,6 +98,14 @@ def parse_spec(arg: str) -> FolderSpec:
     return FolderSpec(Path(root), **values)
 
 
+def _is_text(name: str) -> bool:
+    try:
+        name.encode()
+        return True
+    except UnicodeEncodeError:   # bytes that are not UTF-8, held by Python as surrogates (cp1252 or Shift-JIS names)
+        return False
+
+
 def scan(spec: FolderSpec) -> tuple[tuple[str, ...], list[tuple[Path, int]], list[tuple[Path, int]] | None]:
     """(classes, train files with labels, test files with labels or None), sorted, checked."""
     train = spec.root / "train"
@@ -104,6 +113,11 @@ def scan(spec: FolderSpec) -> tuple[tuple[str, ...], list[tuple[Path, int]], lis
         raise DataError(f"Image folder '{spec.root}' has no 'train' folder; expected {spec.root}/train/<class>/*.png "
                         f"(and optionally {spec.root}/test/<class>/...).")
     classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    undecodable = [name for name in classes if not _is_text(name)]
+    if undecodable:   # a class's name goes into manifests, ONNX metadata and reports, which are UTF-8 text
+        raise DataError(f"Image folder '{train}' has class folder(s) whose names are not UTF-8 "
+                        f"({', '.join(ascii(name) for name in undecodable[:3])}); rename them to UTF-8 (e.g. convmv -f "
+                        f"cp1252 -t utf8 --notest -r '{train}').")
     if len(classes) < 2:
         raise DataError(f"Image folder '{train}' has {len(classes)} class folder(s); a classifier needs at least 2 "
                         f"(one sub-folder per class).")
@@ -136,7 +150,20 @@ def scan(spec: FolderSpec) -> tuple[tuple[str, ...], list[tuple[Path, int]], lis
             raise DataError(f"Image folder '{spec.root}' has a test/ folder, so no test split is held out and test=F "
                             f"(--test-fraction) would be ignored. Got test={spec.test_fraction:g}; leave it out, or remove "
                             f"test/ to hold out that fraction instead.")
+    _check_counts(train, classes, train_files, held_out=test_files is None)
     return classes, train_files, test_files
+
+
+def _check_counts(train: Path, classes, train_files, held_out: bool) -> None:
+    """Every class has the images its splits need, known from the file names before anything is decoded (the same
+    rule ``edgekd.data`` applies to the decoded arrays, where a large folder was decoded for minutes first)."""
+    need = 3 if held_out else 2
+    counts = np.bincount([label for _, label in train_files], minlength=len(classes))
+    few = [classes[label] for label in np.flatnonzero(counts < need)]
+    if few:
+        splits = "test, val and train" if held_out else "val and train"
+        raise DataError(f"Image folder '{train}': every class needs at least {need} images (one each for {splits}); class "
+                        f"folder(s) {', '.join(few[:3])} have fewer; add images{', or a test/ folder' if held_out else ''}.")
 
 
 def load_imagefolder(arg: str, cache_dir: Path | None = None):
@@ -179,10 +206,15 @@ def _decoding(cache: Path, key: str):
 
 
 def _cache_key(spec: FolderSpec, files) -> str:
-    digest = hashlib.sha256(json.dumps([CACHE_VERSION, str(spec.root.resolve()), spec.size, spec.channels]).encode())
+    import PIL
+
+    # Pillow decodes (its JPEG decoder, its resize filter) otherwise from release to release: an upgrade decodes again
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, PIL.__version__, str(spec.root.resolve()), spec.size,
+                                        spec.channels]).encode())
     for path, label in files:
         stat = path.stat()
-        digest.update(f"{path.relative_to(spec.root)}\0{label}\0{file_identity(stat)}\n".encode())
+        # the name as the bytes it is on disk: a file's name need not be UTF-8 (and is only a key here)
+        digest.update(os.fsencode(path.relative_to(spec.root)) + f"\0{label}\0{file_identity(stat)}\n".encode())
     return digest.hexdigest()[:32]
 
 
@@ -224,7 +256,7 @@ def _class_files(folder: Path) -> list[Path]:
 
 
 def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     channels = spec.channels or _channels_of(files)
     size = spec.size or _common_size(files)
@@ -233,7 +265,7 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
     def decode(item):
         with _open_image(item[0]) as image:
             # upright as a viewer shows it: a phone stores a portrait photo lying down, with an orientation tag
-            image = _eight_bit(ImageOps.exif_transpose(image)).convert(mode)
+            image = _eight_bit(_upright(image)).convert(mode)
             if (image.height, image.width) != size:
                 image = image.resize((size[1], size[0]), Image.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
@@ -316,8 +348,32 @@ def _common_size(files) -> tuple[int, int]:
 def _upright_size(image) -> tuple[int, int]:
     """(height, width) as the image is shown: EXIF orientations 5 to 8 turn it a quarter (read from the
     header; nothing is decoded)."""
-    turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+    turned = _orientation(image, header_only=True) in (5, 6, 7, 8)
     return (image.width, image.height) if turned else (image.height, image.width)
+
+
+def _upright(image):
+    """``image`` turned as its EXIF orientation tag says (Pillow's ``ImageOps.exif_transpose`` turns it the same way
+    but also writes the EXIF block back, which raised on a malformed tag: an internal error for a photo any viewer
+    shows). A tag that cannot be read leaves the image as stored, as ``_upright_size`` does."""
+    from PIL import Image
+
+    turns = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+             8: Image.Transpose.ROTATE_90}
+    turn = turns.get(_orientation(image))
+    return image.transpose(turn) if turn is not None else image
+
+
+def _orientation(image, header_only: bool = False) -> int | None:
+    """The EXIF orientation tag; ``header_only``: None for a PNG whose EXIF is not in its header, since Pillow decodes
+    a whole PNG to look for an eXIf chunk after its pixels (every image decoded twice for the size check)."""
+    if header_only and image.format == "PNG" and "exif" not in image.info:
+        return None
+    try:
+        return image.getexif().get(0x0112)
+    except Exception:   # noqa: BLE001  (a malformed EXIF block: Pillow raises any of several types)
+        return None
 
 
 @contextlib.contextmanager
@@ -335,7 +391,8 @@ def _open_image(path: Path):
                 yield image
     except PermissionError as exc:
         raise DataError(f"Image '{path}' cannot be read ({exc.strerror}); make it readable or remove it.") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (OSError, ValueError, SyntaxError, struct.error, TypeError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:   # struct.error, TypeError: a malformed header or metadata block
         raise DataError(f"Image '{path}' cannot be decoded ({exc.__class__.__name__}: {str(exc)[:120]}); remove or "
                         f"replace it.") from None
 

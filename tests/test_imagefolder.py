@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,6 +310,55 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path, mib, what):
     assert "rc=2" in done.stdout and len(error) == 1 and f"Cannot write the {what}" in error[0], (done.stdout, done.stderr)
     assert "No space left on device" in error[0]
     assert not [name for name in done.stdout.split() if name.startswith(".")]   # no temporary, no lock
+
+
+def test_a_photo_with_a_malformed_exif_block_is_turned_by_its_tag_not_an_internal_error(tmp_path):
+    """Pillow's exif_transpose writes the EXIF block back and raised on these (byte flips inside it, found by
+    fuzzing: struct.error, TypeError); the orientation tag itself (6: turn a quarter) is still read and applied."""
+    fixtures = Path(__file__).parent / "fixtures"
+    for label, name in (("a", "bad_exif_1.jpg"), ("b", "bad_exif_2.jpg")):
+        (tmp_path / "photos" / "train" / label).mkdir(parents=True)
+        for i in range(3):
+            shutil.copy(fixtures / name, tmp_path / "photos" / "train" / label / f"{i}.jpg")
+    data = load_dataset(f"imagefolder:{tmp_path / 'photos'}")
+    assert data.input_shape == (3, 24, 16)   # stored 24 wide, 16 high, shown standing
+    stored = np.asarray(Image.open(fixtures / "bad_exif_1.jpg").convert("RGB").transpose(Image.Transpose.ROTATE_270))
+    assert any(np.array_equal(row.numpy().transpose(1, 2, 0), stored) for row in (*data.x_train, *data.x_test))
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_a_class_name_is_refused_in_one_line(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    one = root / "train" / "one"
+    os.rename(one / "000.png", os.fsdecode(bytes(one / "000.png")[:-7] + b"caf\xe9.png"))   # a cp1252 name
+    assert len(load_dataset(f"imagefolder:{root}").y_train) > 0
+    os.rename(one, os.fsdecode(bytes(root / "train") + b"/chien\xe9"))
+    with pytest.raises(DataError, match=r"class folder\(s\) whose names are not UTF-8 \('chien\\udce9'\); rename"):
+        load_dataset(f"imagefolder:{root}")
+
+
+def test_another_pillow_decodes_the_folder_again(tmp_path, monkeypatch):
+    """Pillow's JPEG decoder and resize filter change between releases: its version is part of the decode's key."""
+    import PIL
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs")
+    load_dataset(f"imagefolder:{root}")
+    load_dataset(f"imagefolder:{root}")
+    assert len(list((tmp_path / "cache" / "images").glob("*.json"))) == 1
+    monkeypatch.setattr(PIL, "__version__", "1.0.0")
+    load_dataset(f"imagefolder:{root}")
+    assert len(list((tmp_path / "cache" / "images").glob("*.json"))) == 2
+
+
+def test_a_class_with_too_few_images_is_refused_by_name_before_anything_is_decoded(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs")
+    for path in sorted((root / "train" / "two").iterdir())[2:]:
+        path.unlink()
+    with pytest.raises(DataError, match=r"every class needs at least 3 images \(one each for test, val and train\); "
+                                        r"class folder\(s\) two have fewer; add images, or a test/ folder"):
+        load_dataset(f"imagefolder:{root}")
+    assert not list((tmp_path / "cache").rglob("*.npy"))
 
 
 def test_16_bit_grayscale_is_read_by_its_top_byte_not_clipped_white(tmp_path):
