@@ -569,18 +569,19 @@ def _load_npz(path: Path):
                         f"and pass 'npz:PATH'.")
     try:
         with np.load(path, allow_pickle=False) as archive:
+            if not {"x", "y"} <= set(archive.files):
+                raise DataError(f"'{path}' has arrays {sorted(archive.files)[:10]} but needs 'x' and 'y' (names are "
+                                f"case-sensitive); save it with numpy.savez(path, x=..., y=...).")
+            # the labels first (small): a wrong one is refused before the inputs are unpacked into the cache
+            labels = {key: _labels(path, key, _npz_array(archive, path, key)) for key in ("y", "y_test") if key in archive.files}
             # only the arrays edgekd reads; the inputs memory-mapped where they are stored uncompressed
-            arrays = {key: _npz_array(archive, path, key) for key in archive.files if key in NPZ_KEYS}
+            arrays = {key: _npz_array(archive, path, key) for key in archive.files if key in NPZ_KEYS and key not in labels}
     except DataError:
         raise
     except Exception as exc:  # numpy raises many types (BadZipFile, ValueError, OSError, ...) for a file that is no npz
         raise DataError(f"'{path}' is not a readable .npz without pickled objects ({exc.__class__.__name__}: "
                         f"{str(exc)[:120]}); save it with numpy.savez.") from None
-    missing = [key for key in ("x", "y") if key not in arrays]
-    if missing:
-        raise DataError(f"'{path}' has arrays {sorted(arrays)} but needs 'x' and 'y'; save it with numpy.savez(path, x=..., y=...).")
-    y = _labels(path, "y", arrays["y"])
-    y_test = _labels(path, "y_test", arrays["y_test"]) if "y_test" in arrays else None
+    y, y_test = labels["y"], labels.get("y_test")
     names = arrays.get("class_names")
     if names is not None and (names.ndim != 1 or not 1 <= len(names) <= MAX_CLASSES or names.dtype.kind not in "iuUS"):
         raise DataError(f"'{path}': 'class_names' must be a vector of 1 to {MAX_CLASSES} names. Got dtype {names.dtype}, "
@@ -736,10 +737,14 @@ def _check_arrays(spec, x, y, x_test, y_test, classes) -> None:
         if xs.ndim == 4 and xs.shape[3] in (1, 3, 4) and xs.shape[1] not in (1, 3, 4):
             fail(f"inputs of shape {xs.shape} look channels-last (N, H, W, C); edgekd takes (N, C, H, W): save "
                  f"x.transpose(0, 3, 1, 2) instead.")
+        if 0 in xs.shape[1:]:
+            fail(f"each input must hold at least one value. Got inputs of shape {xs.shape[1:]} ({part}); save the "
+                 f"features or pixels themselves.")
         if ys.ndim != 1 or len(ys) != len(xs):
             fail(f"labels must be a vector with one entry per input. Got {ys.shape} labels for {len(xs)} inputs.")
         if len(xs) == 0:
-            fail("it holds no samples; pass a dataset with at least one sample per class.")
+            fail(f"it holds no samples ({part} {'is' if part == 'x/y' else 'are'} empty); pass a dataset with at least "
+                 f"one sample per class.")
         if xs.dtype.kind == "f" and not _all_finite(xs):
             fail("inputs contain NaN or Inf, or values beyond float32's range (3.4e38); clean or rescale the data first.")
         if ys.min() < 0 or ys.max() >= len(classes):

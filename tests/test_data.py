@@ -109,6 +109,10 @@ def test_a_relative_or_home_path_is_recorded_absolute_and_the_split_guard_sees_o
     ({"x": np.full((10, 4), np.nan, np.float32), "y": np.arange(10) % 2}, "NaN"),
     ({"x": np.zeros(10), "y": np.arange(10) % 2}, "shape"),
     ({"x": np.zeros((10, 4)), "y": np.arange(9)}, "one entry per input"),
+    ({"x": np.zeros((12, 0), np.float32), "y": np.arange(12) % 2}, r"each input must hold at least one value. Got inputs "
+     r"of shape \(0,\) \(x/y\)"),
+    ({"x": np.zeros((12, 4)), "y": np.arange(12) % 2, "x_test": np.zeros((0, 4)), "y_test": np.zeros(0, int)},
+     r"it holds no samples \(x_test/y_test are empty\)"),
     ({"x": np.zeros((6, 4)), "y": np.arange(6) % 3}, r"at least 3 samples when there is no test split .* \[0, 1, 2\]"),
     ({"x": np.zeros((12, 16, 16, 3), np.uint8), "y": np.arange(12) % 2}, r"look channels-last .* x.transpose\(0, 3, 1, 2\)"),
     ({"x": np.zeros((12, 4)), "y": np.zeros(12, int)}, "it has 1 class; a classifier needs at least 2"),
