@@ -14,6 +14,10 @@ class ModelTooLargeError(ConfigError):
     the options, not the artifact that names it."""
 
 
+class ResumeMismatch(EdgekdError):
+    """``--resume`` of an interrupted run that was started with other settings (or another teacher)."""
+
+
 class DataError(EdgekdError):
     """A dataset is missing, malformed or does not fit the model."""
 

@@ -198,7 +198,7 @@ def _own_pipeline_file(path: Path) -> bool:
     data = _read_json(path)
     if path.name == "summary.json":
         return isinstance(data, dict) and data.get("format") == "edgekd.pipeline"
-    return isinstance(data, dict) and "config" in data and set(data) <= {"config", "data", "teacher"}
+    return isinstance(data, dict) and "config" in data and set(data) <= {"config", "data", "teacher", "stages"}
 
 
 def _pipeline_foreign(folder: Path) -> list[str] | None:

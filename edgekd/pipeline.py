@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from edgekd.artifacts import is_artifact, write_json_atomic, write_text_atomic
+from edgekd.artifacts import MANIFEST, is_artifact, sha256_file, write_json_atomic, write_text_atomic
 from edgekd.config import PipelineConfig
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, ResumeMismatch
 from edgekd.distill import describe_gain
 from edgekd.models import create_model
 from edgekd.outputs import PIPELINE_ARTIFACTS, OutputError, output_lock
@@ -83,32 +83,42 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     cache = LogitCache(out / "cache")
 
     def stage(name, path, run, made_from=None):
-        """Run a stage, or with --resume keep its finished artifact, when it was made from this run's
-        teacher (``made_from(path)``): a --skip or a retrained teacher since can change what it needs."""
+        """Run a stage (``run(path, resume)``), or with --resume keep its finished artifact when it is the one this
+        pipeline made (``_stage_made_here``) and was made from this run's teacher (``made_from(path)``): a --skip or
+        a retrained teacher since can change what it needs. An interrupted stage started from another teacher
+        than this run's (a --skip since) is started again: within one pipeline's settings nothing else differs."""
         started = time.perf_counter()
         with output_lock(path):   # a command given the stage's folder as its --out meanwhile is refused
-            if resume and is_artifact(path) and (made_from is None or made_from(path)):
+            if resume and is_artifact(path) and not _stage_made_here(out, name, path):
+                echo(f"[{name}] the previous run's was replaced since it made it: made again")
+                run(path, False)
+            elif resume and is_artifact(path) and (made_from is None or made_from(path)):
                 echo(f"[{name}] kept from the previous run: {path}")
                 summary["kept"].append(name)
             elif resume and is_artifact(path):
                 echo(f"[{name}] the previous run's was made from another teacher than this run's: made again")
-                run(path)
+                run(path, False)
             else:
                 echo(f"[{name}] ...")
-                run(path)
+                try:
+                    run(path, resume)
+                except ResumeMismatch:
+                    echo(f"[{name}] the interrupted run was started from another teacher than this run's: started again")
+                    run(path, False)
+            _record_stage(out, name, path)
         timings[name] = round(time.perf_counter() - started, 2)
 
     teacher_dir = out / "teacher"
-    stage("teacher", teacher_dir, lambda p: train_teachers(
-        data, teacher_cfg, p, overwrite=True, resume=resume, progress=progress, config_record=config_record))
+    stage("teacher", teacher_dir, lambda p, again: train_teachers(
+        data, teacher_cfg, p, overwrite=True, resume=again, progress=progress, config_record=config_record))
     teacher = load_teacher(teacher_dir).to(device)
     summary["teacher"] = _model_summary(evaluate(teacher, data), teacher)
 
     teacher, summary["distilled_from"] = _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage,
                                                             summary, resume, progress, config_record, echo)
     student_dir = out / "student"
-    stage("distill", student_dir, lambda p: distill(teacher, data, distill_cfg, p, cache=cache, overwrite=True,
-                                                    resume=resume, progress=progress, config_record=config_record),
+    stage("distill", student_dir, lambda p, again: distill(teacher, data, distill_cfg, p, cache=cache, overwrite=True,
+                                                           resume=again, progress=progress, config_record=config_record),
           made_from=lambda p: _recorded(p, "teacher") == teacher.fingerprint)
     student = load_teacher(student_dir).to(device)
     baseline = load_teacher(student_dir / "baseline").to(device)
@@ -196,10 +206,12 @@ def _bind_run(out: Path, config: PipelineConfig, data, resume: bool) -> None:
             old = None
         if not isinstance(old, dict):
             raise OutputError(f"--resume cannot read '{record}' (not the JSON edgekd writes); pass --overwrite to start over.")
+        stages = old.pop("stages", None)   # which artifacts the stages finished (_record_stage), not settings
         changes = fingerprint_changes(old, fingerprint)
         if changes:
             raise OutputError(f"--resume refused: the stages in '{out}' were made with other settings "
                               f"({'; '.join(changes)}); pass the same options, or --overwrite to start over.")
+        fingerprint = {**fingerprint, **({"stages": stages} if isinstance(stages, dict) else {})}
     write_json_atomic(record, fingerprint)
 
 
@@ -320,9 +332,9 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
     if "specialists" in config.skip:
         return teacher, "teacher"
     spec_dir = out / "specialists"
-    stage("specialists", spec_dir, lambda p: build_for_pipeline(teacher_dir, data, p, cache=cache, seed=config.seed,
-                                                                device=device, resume=resume, progress=progress,
-                                                                config_record=config_record, pipeline=config),
+    stage("specialists", spec_dir, lambda p, again: build_for_pipeline(teacher_dir, data, p, cache=cache, seed=config.seed,
+                                                                       device=device, resume=again, progress=progress,
+                                                                       config_record=config_record, pipeline=config),
           made_from=lambda p: _recorded(p, "generalist") == _generalist_fingerprint(teacher_dir, p))
     spec = load_teacher(spec_dir).to(device)
     summary["specialists"] = _model_summary(evaluate(spec, data), spec)
@@ -334,6 +346,29 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
         echo(f"[specialists] the specialist ensemble is better on val ({val_spec:.4f} > {val_teacher:.4f}): distilling from it")
         return spec, "specialists"
     return teacher, "teacher"
+
+
+def _stage_made_here(out: Path, name: str, path: Path) -> bool:
+    """Whether ``path`` is the artifact this pipeline's stage ``name`` finished (its manifest's sha256, recorded in
+    ``RUN_RECORD`` by ``_record_stage``), not one put there since by another command (``teacher train --out
+    OUT/teacher --overwrite``), which would be reported under this pipeline's settings. A record from before stages
+    were recorded says nothing: kept, as it was."""
+    recorded = _run_record(out).get("stages", {}).get(name)
+    return recorded is None or recorded == sha256_file(path / MANIFEST)
+
+
+def _record_stage(out: Path, name: str, path: Path) -> None:
+    record = _run_record(out)
+    record["stages"] = {**record.get("stages", {}), name: sha256_file(path / MANIFEST)}
+    write_json_atomic(out / RUN_RECORD, record)
+
+
+def _run_record(out: Path) -> dict:
+    try:
+        record = json.loads((out / RUN_RECORD).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) and isinstance(record.get("stages", {}), dict) else {}
 
 
 def _recorded(path: Path, field: str) -> str | None:

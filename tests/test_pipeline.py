@@ -1,6 +1,7 @@
 """edgekd.pipeline: the summary says what was chosen and how the student compares."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,55 @@ def test_resume_keeps_stages_only_when_made_with_the_same_settings(edgekd, tmp_p
     code, _, err = edgekd(*TINY_PIPELINE, "--student", "mlp:hidden=16", "--resume", "--out", out)
     assert code == 2 and "'student' was 'mlp:hidden=8', now 'mlp:hidden=16'" in err and len(err.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_makes_again_a_stage_replaced_by_another_command_since(edgekd, tmp_path):
+    """A teacher put in OUT/teacher by hand (``teacher train --out OUT/teacher --overwrite``) was kept and reported
+    under the pipeline's settings: a stage is kept only when its manifest is the one the pipeline finished."""
+    from edgekd.artifacts import load_artifact
+
+    out = tmp_path / "demo"
+    code, _, err = edgekd(*TINY_PIPELINE, "--out", out)
+    assert code == 0, err
+    code, _, err = edgekd("teacher", "train", "--arch", "mlp:hidden=4", "--epochs", "1", "--quiet", "--overwrite",
+                          "--out", out / "teacher")
+    assert code == 0, err
+    code, stdout, err = edgekd(*TINY_PIPELINE, "--resume", "--out", out)
+    assert code == 0, err
+    assert "[teacher] the previous run's was replaced since it made it: made again" in stdout
+    assert load_artifact(out / "teacher").manifest.members[0].options["hidden"] == [8]   # the pipeline's, not the hand-made 4
+    code, stdout, err = edgekd(*TINY_PIPELINE, "--resume", "--out", out)   # and the one made again is kept
+    assert code == 0 and "[teacher] kept from the previous run" in stdout, err
+
+
+def test_an_interrupted_stage_started_from_another_teacher_is_started_again(monkeypatch, tmp_path):
+    """Its .partial (a --skip since changed the teacher) stopped --resume with advice to --overwrite, which would
+    remove the finished stages too; within one pipeline's settings nothing else can differ, so it starts again."""
+    import edgekd.distill as distill_module
+    import edgekd.pipeline as pipeline
+    from edgekd.config import PipelineConfig
+    from edgekd.errors import ResumeMismatch
+
+    real, calls = distill_module.distill, []
+
+    def distill(*args, resume=False, **kwargs):
+        calls.append(resume)
+        if resume:
+            raise ResumeMismatch("Cannot resume the interrupted run in 'student.partial': it was started with other settings")
+        return real(*args, resume=resume, **kwargs)
+
+    config = PipelineConfig(ensemble=1, teacher_arch="mlp:hidden=8", teacher_epochs=1, epochs=1, temperature=2.0,
+                            skip=("specialists", "export", "bench"))
+    pipeline.run_pipeline(config, tmp_path / "p")
+    monkeypatch.setattr(distill_module, "distill", distill)   # (imported by run_pipeline as it runs)
+    said = []
+    pipeline.run_pipeline(config, tmp_path / "p", resume=True, echo=said.append)
+    assert calls == [] and "[distill] kept from the previous run" in " ".join(said)   # finished: kept, not rerun
+    shutil.rmtree(tmp_path / "p" / "student")   # as if it had been stopped before it finished
+    said.clear()
+    pipeline.run_pipeline(config, tmp_path / "p", resume=True, echo=said.append)
+    assert calls == [True, False]
+    assert "[distill] the interrupted run was started from another teacher than this run's: started again" in said
 
 
 def test_resume_makes_again_a_stage_made_from_another_teacher(edgekd, tmp_path):
