@@ -36,6 +36,8 @@ class TeacherResult(Record):
     seconds_per_epoch: float
     epochs_run: tuple[int, ...] = ()    # per member: fewer than asked when patience stopped it
     best_epoch: tuple[int, ...] = ()    # per member: the epoch whose weights were kept (best on val)
+    train_seconds: float = 0.0          # every process's training epochs (a resumed run's ``seconds`` are its own)
+    resumed: bool = False
 
 
 def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, overwrite: bool = False,
@@ -64,8 +66,11 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
     metrics = {"member_test_accuracy": member_acc, "test_accuracy": test_acc, "test_nll": test_nll,
                "macs_per_member": macs, "macs": macs * len(members), "parameters": params * len(members),
                "member_epochs_run": epochs_run, "member_best_epoch": best_epoch}
-    # wall-clock figures vary run to run; they live apart from the (deterministic) metrics
-    timings = {"seconds": round(seconds, 2), "seconds_per_epoch": sum(per_epoch) / len(per_epoch)}
+    # wall-clock figures vary run to run; they live apart from the (deterministic) metrics. "seconds" is this
+    # process's; a resumed run's epochs before it are in train_seconds (the sum over every process's epochs)
+    train_seconds = sum(s * e for s, e in zip(per_epoch, epochs_run))
+    timings = {"seconds": round(seconds, 2), "seconds_per_epoch": sum(per_epoch) / len(per_epoch),
+               "train_seconds": round(train_seconds, 2), "resumed": not store.fresh}
     manifest = Manifest(
         kind="ensemble" if len(members) > 1 else "model", classes=data.classes, input_shape=data.input_shape,
         normalization={"mean": list(data.mean), "std": list(data.std)},
@@ -80,7 +85,8 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
     return TeacherResult(path=out, member_test_accuracy=tuple(member_acc), ensemble_test_accuracy=test_acc,
                          ensemble_test_nll=test_nll, macs_per_member=macs, parameters_per_member=params,
                          seconds=seconds, seconds_per_epoch=sum(per_epoch) / len(per_epoch),
-                         epochs_run=tuple(epochs_run), best_epoch=tuple(best_epoch))
+                         epochs_run=tuple(epochs_run), best_epoch=tuple(best_epoch), train_seconds=train_seconds,
+                         resumed=not store.fresh)
 
 
 def _train_members(data: Dataset, config: TeacherConfig, store, name: str, options: dict, progress: bool, dist):

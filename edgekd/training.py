@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.artifacts import write_json_atomic
-from edgekd.errors import EdgekdError, TrainingError
+from edgekd.errors import EdgekdError, ResumeMismatch, TrainingError
 from edgekd.config import TrainConfig  # noqa: F401  (re-exported: the training loop's settings)
 from edgekd.data import as_float, fill_rows, inference_rows
 from edgekd.device import autocast, module_device, resolve_device, to_device
@@ -71,6 +71,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000_033 + step + 1)
+
+
+def _environment() -> dict:
+    """What a run store records of the process that started it (``RunStore._check_environment``)."""
+    from edgekd.artifacts import library_versions, numerics
+
+    versions = library_versions()
+    return {"torch": versions.get("torch"), "edgekd": versions.get("edgekd"), **numerics()}
 
 
 def rank_step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -250,14 +258,23 @@ def _comparable(fingerprint: dict) -> dict:
 
 def fingerprint_changes(old: dict, new: dict) -> list[str]:
     """What differs between two ``run_fingerprint`` results, one phrase per setting, for a refused resume."""
-    changes = []
-    old_cfg, new_cfg = old.get("config") or {}, new.get("config") or {}
-    for key in sorted(set(old_cfg) | set(new_cfg)):
-        if old_cfg.get(key) != new_cfg.get(key):
-            changes.append(f"'{key}' was {old_cfg.get(key)!r}, now {new_cfg.get(key)!r}")
+    changes = _setting_changes(old.get("config") or {}, new.get("config") or {})
     for key, what in (("data", "the data (or --train-limit / --val-fraction)"), ("teacher", "the teacher (its weights, or --combine, --teacher-output, --teacher-scale, --teacher-mean, --teacher-std)")):
         if old.get(key) != new.get(key):
             changes.append(f"{what} changed")
+    return changes
+
+
+def _setting_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """One phrase per differing setting, nested settings by their dotted name ('train.lr' was 0.0005, now 0.001),
+    not the whole nested record twice."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        was, now = old.get(key), new.get(key)
+        if isinstance(was, dict) and isinstance(now, dict):
+            changes += _setting_changes(was, now, f"{prefix}{key}.")
+        elif was != now:
+            changes.append(f"'{prefix}{key}' was {was!r}, now {now!r}")
     return changes
 
 
@@ -357,10 +374,11 @@ class RunStore:
                                   f"or --overwrite (or delete that folder) to start over.")
             elif fingerprint is not None:
                 self._check_fingerprint(fingerprint)
+                self._check_environment()
         if self.writer:
             self.path.mkdir(parents=True, exist_ok=True)
             if fingerprint is not None and fresh:   # a store from before fingerprints stays as it was
-                write_json_atomic(self.path / "run.json", {"fingerprint": fingerprint})
+                write_json_atomic(self.path / "run.json", {"fingerprint": fingerprint, "environment": _environment()})
         self._serial, self.fresh = 0, fresh
         _OPENED.append(self.path)
 
@@ -379,9 +397,33 @@ class RunStore:
         old, normalized = _comparable(old), _comparable(json.loads(json.dumps(fingerprint, sort_keys=True, default=str)))
         if old != normalized:
             changes = fingerprint_changes(old, normalized) or ["the settings changed"]
-            raise EdgekdError(f"Cannot resume the interrupted run in '{self.path}': it was started with other settings "
+            raise ResumeMismatch(f"Cannot resume the interrupted run in '{self.path}': it was started with other settings "
                               f"({'; '.join(changes)}); rerun with the original settings to resume, or pass --overwrite "
                               f"instead of --resume to start over.")
+
+    def _check_environment(self) -> None:
+        """A resume under another torch or edgekd is refused (other kernels, other code: neither the run that was
+        started nor a fresh one); under another thread count or CPU kernel level it is warned of, since the result
+        then equals neither uninterrupted run bit for bit (``artifacts.numerics``)."""
+        saved = self.load_json("run")
+        old = saved.get("environment") if isinstance(saved, dict) else None
+        if not isinstance(old, dict):
+            return   # a store from before environments were recorded
+        now = _environment()
+        versions = [f"{k} {old[k]} then, {now[k]} now" for k in ("torch", "edgekd") if k in old and old[k] != now.get(k)]
+        if versions:
+            raise ResumeMismatch(f"Cannot resume the interrupted run in '{self.path}': it was started with other "
+                                 f"software ({'; '.join(versions)}); resume it with those versions, or pass --overwrite "
+                                 f"instead of --resume to start over.")
+        numerics = [f"{k} {old[k]} then, {now[k]} now" for k in ("torch_threads", "cpu_capability")
+                    if k in old and old[k] != now.get(k)]
+        if numerics:
+            import warnings
+
+            from edgekd.errors import EdgekdWarning
+
+            warnings.warn(EdgekdWarning(f"Resuming '{self.path}' under other numerics ({'; '.join(numerics)}): the "
+                                        f"result will equal neither uninterrupted run bit for bit."), stacklevel=3)
 
     def save(self, name: str, kind: str, tensors: dict, meta: dict) -> None:
         """Write the tensors under a fresh file name, then the JSON that points to them (the commit),

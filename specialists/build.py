@@ -136,19 +136,16 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     data = place_dataset(data, generalist.device)
     timings = {}
 
-    tick = time.perf_counter()
-    train_logits = teacher_logits(generalist.teacher, data, "train", cache, refresh=refresh_cache).cpu()
-    clustering = find_clusters(train_logits, config.clusters, temperature=config.cluster_temperature, seed=config.train.seed)
-    timings["clustering"] = time.perf_counter() - tick
-    names = [[data.classes[c] for c in s] for s in clustering.clusters]
-    if not clustering.specialist_clusters:
-        hot = (f"; a --cluster-temperature of {config.cluster_temperature:g} makes every probability alike, so the "
-               f"classes look unconfusable: keep it near the default {DEFAULT_CLUSTER_TEMPERATURE:g}"
-               if config.cluster_temperature > 4 * DEFAULT_CLUSTER_TEMPERATURE else "")
-        raise ConfigError(f"Every cluster found has one class ({', '.join('{' + n[0] + '}' for n in names)}), so there is "
-                          f"no specialist to train; choose fewer clusters (--clusters {max(2, data.num_classes // 3)} or auto){hot}.")
+    # the interrupted run's settings are checked before the generalist's pass over the train split and the clustering
     store = RunStore(out.with_name(out.name + ".partial"), resume=resume, overwrite=overwrite,
                      fingerprint=run_fingerprint(config_record or config, data, generalist.teacher.fingerprint))
+    tick = time.perf_counter()
+    try:
+        clustering = _clusters(generalist, data, config, cache, refresh_cache)
+    except BaseException:   # no run to resume is left behind by one that found nothing to train
+        store.discard_if_unused()
+        raise
+    timings["clustering"] = time.perf_counter() - tick
     previous = store.load_json("clusters")
     if previous is not None and previous["specialist_clusters"] != [list(s) for s in clustering.specialist_clusters]:
         raise EdgekdError(f"The interrupted run in '{store.path}' found other clusters ({previous['specialist_clusters']}); "
@@ -172,6 +169,21 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
                                 started=started, refresh_cache=refresh_cache, config_record=config_record)
     store.finish()
     return result
+
+
+def _clusters(generalist: Generalist, data: Dataset, config: SpecialistConfig, cache: LogitCache, refresh_cache: bool):
+    """The confusable clusters of the generalist's train-split probabilities (``find_clusters``); refused when every
+    cluster has one class (no specialist to train)."""
+    train_logits = teacher_logits(generalist.teacher, data, "train", cache, refresh=refresh_cache).cpu()
+    clustering = find_clusters(train_logits, config.clusters, temperature=config.cluster_temperature, seed=config.train.seed)
+    if not clustering.specialist_clusters:
+        names = [[data.classes[c] for c in s] for s in clustering.clusters]
+        hot = (f"; a --cluster-temperature of {config.cluster_temperature:g} makes every probability alike, so the "
+               f"classes look unconfusable: keep it near the default {DEFAULT_CLUSTER_TEMPERATURE:g}"
+               if config.cluster_temperature > 4 * DEFAULT_CLUSTER_TEMPERATURE else "")
+        raise ConfigError(f"Every cluster found has one class ({', '.join('{' + n[0] + '}' for n in names)}), so there is "
+                          f"no specialist to train; choose fewer clusters (--clusters {max(2, data.num_classes // 3)} or auto){hot}.")
+    return clustering
 
 
 def _evaluate_and_save(generalist: Generalist, data: Dataset, config: SpecialistConfig, clustering, fits, out: Path, *,
@@ -293,8 +305,9 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
 
 def generalist_train_seconds(manifest: Manifest) -> float | None:
     """Seconds to train ONE member of the teacher artifact, if its manifest records the training time
-    (``timings.seconds``, divided by the number of members), else None."""
-    seconds = manifest.timings.get("seconds")
+    (``timings.train_seconds``, every process's epochs of a resumed run, else ``timings.seconds``; divided by the
+    number of members), else None."""
+    seconds = manifest.timings.get("train_seconds", manifest.timings.get("seconds"))
     if isinstance(seconds, (int, float)) and seconds > 0:
         return float(seconds) / max(1, len(manifest.members))
     return None

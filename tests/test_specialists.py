@@ -700,6 +700,15 @@ def test_resume_reuses_finished_specialists(generalist, tmp_path, monkeypatch):
         return found
     monkeypatch.setattr(RunStore, "load", spy)
     monkeypatch.setattr(build, "train_specialist", real)
+    # a resume with other settings is refused before the generalist's pass over the train split and the clustering
+    real_logits = build.teacher_logits
+    monkeypatch.setattr(build, "teacher_logits", lambda *a, **k: pytest.fail("logits computed before the check"))
+    from edgekd.errors import ResumeMismatch
+
+    with pytest.raises(ResumeMismatch, match="'train.lr' was 0.0005, now 0.001\\)"):
+        build.build_specialists(generalist, digits, replace(config, train=TrainConfig(epochs=1, lr=1e-3)),
+                                tmp_path / "spec", resume=True)
+    monkeypatch.setattr(build, "teacher_logits", real_logits)
     result = build.build_specialists(generalist, digits, config, tmp_path / "spec", resume=True)
     assert result.path.is_dir() and not (tmp_path / "spec.partial").exists()
     assert ("specialist-0", "done", True) in loads          # answered from the store, not retrained

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,9 @@ def test_interrupted_run_resumes_to_the_same_result(reference, tmp_path, how, wa
     load_artifact(out)  # verifies every hash
     assert _weights(out) == _weights(reference)   # bitwise the uninterrupted run
     assert not (tmp_path / "teacher.partial").exists()
+    timings = json.loads((out / "manifest.json").read_text())["timings"]   # the time before the stop is counted too
+    assert timings["resumed"] and timings["train_seconds"] > 0
+    assert json.loads((reference / "manifest.json").read_text())["timings"]["resumed"] is False
 
 
 @pytest.mark.slow
@@ -226,7 +230,7 @@ def test_a_users_folder_named_like_a_store_is_not_removed(tmp_path):
     assert (mine / "run.json").read_text() == '{"my": "experiment log"}'
     (mine / "run.json").write_text('{"fingerprint": {"t": 0}}')   # edgekd's own, from a run that saved nothing
     training.RunStore(mine, resume=False, rank=0, fingerprint={"t": 1})
-    assert json.loads((mine / "run.json").read_text()) == {"fingerprint": {"t": 1}}
+    assert json.loads((mine / "run.json").read_text())["fingerprint"] == {"t": 1}
 
 
 def test_fit_keeps_the_best_val_epoch_not_the_last(digits):
@@ -252,6 +256,28 @@ def test_fit_keeps_the_best_val_epoch_not_the_last(digits):
         accuracy, nll = accuracy_and_nll(model.eval()(digits.x_val.float()), digits.y_val)
     assert accuracy == pytest.approx(fitted.val_accuracy) and nll == pytest.approx(fitted.val_nll, rel=1e-5)
     assert all(torch.equal(v, fitted.state[k]) for k, v in model.state_dict().items())
+
+
+def test_a_resume_under_another_torch_is_refused_and_under_other_threads_warned_of(tmp_path):
+    """A run started with 2 threads and resumed with 1, or under an upgraded torch, equals neither uninterrupted run,
+    and its manifest named only the last environment: another torch is refused, other numerics are warned of."""
+    import edgekd.training as training
+    from edgekd.errors import EdgekdWarning, ResumeMismatch
+
+    path = tmp_path / "run.partial"
+    training.RunStore(path, resume=False, fingerprint={"t": 1}).save("member-0", "ckpt", {"w": torch.zeros(3)},
+                                                                     {"position": {"epoch": 1}})
+    record = json.loads((path / "run.json").read_text())
+    assert record["environment"]["torch"] == torch.__version__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        training.RunStore(path, resume=True, fingerprint={"t": 1})   # the same: silent
+    (path / "run.json").write_text(json.dumps({**record, "environment": {**record["environment"], "torch_threads": 99}}))
+    with pytest.warns(EdgekdWarning, match="torch_threads 99 then, .* now\\): the result will equal neither"):
+        training.RunStore(path, resume=True, fingerprint={"t": 1})
+    (path / "run.json").write_text(json.dumps({**record, "environment": {**record["environment"], "torch": "1.0.0"}}))
+    with pytest.raises(ResumeMismatch, match="other software \\(torch 1.0.0 then, .* now\\); resume it with"):
+        training.RunStore(path, resume=True, fingerprint={"t": 1})
 
 
 def test_a_resume_with_the_same_pid_keeps_the_checkpoint_it_resumes_from(tmp_path, monkeypatch):
