@@ -51,7 +51,8 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
     check_jitter(config.train.jitter, data.input_shape)
     check_flip(config.train.flip, data.input_shape)
     store = RunStore(out.with_name(out.name + ".partial"), resume=resume, rank=dist.rank if dist else 0,
-                     fingerprint=run_fingerprint(config_record or config, data), overwrite=overwrite)
+                     fingerprint=run_fingerprint(config_record or config, data, after_training={"combine"}),
+                     overwrite=overwrite)
     try:
         members, member_acc, per_epoch, epochs_run, best_epoch = _train_members(data, config, store, name, options,
                                                                                 progress, dist)

@@ -203,9 +203,10 @@ _NOT_FINGERPRINTED = {"resume", "overwrite", "quiet", "debug", "trust_code", "ou
                       "refresh_cache", "device", "config_file", "teacher", "data"}
 
 
-def run_fingerprint(config, data=None, teacher: str | None = None) -> dict:
+def run_fingerprint(config, data=None, teacher: str | None = None, *, after_training=()) -> dict:
     """What a resumable run is bound to: the resolved config (without the flags that do not change the
-    result: output, resume, overwrite, quiet, debug, cache, device), the data and the teacher.
+    result: output, resume, overwrite, quiet, debug, cache, device; nor ``after_training``, the settings a command
+    applies only once its models are trained, such as an ensemble's combine rule), the data and the teacher.
 
     ``config`` is a command's resolved config record (``{"params": {...}}``) or a config dataclass.
     """
@@ -215,7 +216,7 @@ def run_fingerprint(config, data=None, teacher: str | None = None) -> dict:
     if dataclasses.is_dataclass(config):
         config = dataclasses.asdict(config)
     params = dict(config.get("params", config)) if isinstance(config, dict) else {}
-    params = _fingerprinted(params, _NOT_FINGERPRINTED)
+    params = _fingerprinted(params, _NOT_FINGERPRINTED | set(after_training))
     if isinstance(params.get("train"), dict):
         params["train"] = _fingerprinted(params["train"], {"device"})
     fingerprint = {"config": json.loads(json.dumps(params, sort_keys=True, default=str))}

@@ -138,7 +138,8 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
 
     # the interrupted run's settings are checked before the generalist's pass over the train split and the clustering
     store = RunStore(out.with_name(out.name + ".partial"), resume=resume, overwrite=overwrite,
-                     fingerprint=run_fingerprint(config_record or config, data, generalist.teacher.fingerprint))
+                     fingerprint=run_fingerprint(config_record or config, data, generalist.teacher.fingerprint,
+                                                 after_training=SOLVER_SETTINGS))
     tick = time.perf_counter()
     try:
         clustering = _clusters(generalist, data, config, cache, refresh_cache)
@@ -169,6 +170,11 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
                                 started=started, refresh_cache=refresh_cache, config_record=config_record)
     store.finish()
     return result
+
+
+# how the trained specialists are combined (`specialists regate` changes them on a finished ensemble): a resume
+# with other values continues the same training
+SOLVER_SETTINGS = {"top_n", "tol", "max_steps", "module_steps"}
 
 
 def _clusters(generalist: Generalist, data: Dataset, config: SpecialistConfig, cache: LogitCache, refresh_cache: bool):

@@ -305,3 +305,16 @@ def test_a_resume_with_the_same_pid_keeps_the_checkpoint_it_resumes_from(tmp_pat
     monkeypatch.undo()
     tensors, meta = training.RunStore(path, resume=True, rank=0, fingerprint={"t": 1}).load("member-0", "ckpt")
     assert meta["position"]["epoch"] == 1 and torch.equal(tensors["w"], torch.zeros(3))
+
+
+def test_settings_applied_after_training_do_not_bind_a_resume():
+    """An ensemble's combine rule (and a specialist ensemble's solver settings) are applied once the members are
+    trained: a resume that changes them continues the same training, one that changes the lr does not."""
+    from edgekd.training import fingerprint_changes, run_fingerprint
+
+    record = lambda **changed: {"params": {"arch": "cnn", "lr": 1e-3, "combine": "logits", **changed}}  # noqa: E731
+    same = lambda a, b: not fingerprint_changes(run_fingerprint(a, after_training={"combine"}),   # noqa: E731
+                                                run_fingerprint(b, after_training={"combine"}))
+    assert same(record(), record(combine="probs"))
+    assert not same(record(), record(lr=2e-3))
+    assert fingerprint_changes(run_fingerprint(record()), run_fingerprint(record(combine="probs")))
