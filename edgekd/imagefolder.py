@@ -205,6 +205,15 @@ def _decoding(cache: Path, key: str):
         os.close(fd)
 
 
+def _changed_since(spec: FolderSpec, files, key: str) -> bool:
+    """Whether the folder's files (their list, or any file's identity) differ from those ``key`` was made of."""
+    try:
+        _, train, test = scan(spec)
+        return train + (test or []) != list(files) or _cache_key(spec, files) != key
+    except (OSError, DataError):   # a file removed, or the folder no longer a folder of classes
+        return True
+
+
 def _cache_key(spec: FolderSpec, files) -> str:
     import PIL
 
@@ -287,6 +296,9 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
                     x[index] = array
         x.flush()
         del x
+        if _changed_since(spec, files, key):   # an entry keyed by the files as they were, holding some as they are
+            raise DataError(f"Image folder '{spec.root}' changed while it was decoded (files added, replaced or removed); "
+                            f"rerun once it is complete.")
         y = np.array([label for _, label in files], dtype=np.int64)
         np.save(y_tmp, y)
         os.replace(tmp, cache / f"{key}.x.npy")

@@ -361,6 +361,33 @@ def test_a_class_with_too_few_images_is_refused_by_name_before_anything_is_decod
     assert not list((tmp_path / "cache").rglob("*.npy"))
 
 
+@pytest.mark.parametrize("change", ["replace", "add"])
+def test_a_folder_changed_while_it_is_decoded_is_refused_and_nothing_is_kept(tmp_path, monkeypatch, change):
+    """The run trained on a mix of old and new files and left an entry keyed by the old ones."""
+    import edgekd.imagefolder as imagefolder
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs")
+    victim, real, seen = root / "train" / "one" / "000.png", imagefolder._upright, []
+
+    def meanwhile(image):   # the first image decoded: the folder changes under the decode
+        if not seen:
+            seen.append(1)
+            if change == "replace":
+                victim.write_bytes(victim.read_bytes())
+            else:
+                shutil.copy(victim, victim.with_name("new.png"))
+        return real(image)
+
+    monkeypatch.setattr(imagefolder, "_upright", meanwhile)
+    with pytest.raises(DataError, match="changed while it was decoded .*; rerun once it is complete"):
+        load_dataset(f"imagefolder:{root}")
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    monkeypatch.undo()
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    assert len(load_dataset(f"imagefolder:{root}").y_train) > 0   # and the folder as it is now decodes
+
+
 def test_16_bit_grayscale_is_read_by_its_top_byte_not_clipped_white(tmp_path):
     eight = _folder(tmp_path / "eight")
     sixteen = tmp_path / "sixteen"
