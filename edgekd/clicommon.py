@@ -285,12 +285,20 @@ def data_of_models(ctx: click.Context, params: dict, models) -> None:
     not 'digits': a model scored on other data of the same size gave a number that meant nothing."""
     if ctx.get_parameter_source("data") is not click.core.ParameterSource.DEFAULT:
         return
-    specs = {recorded_data(m) for m in models if m is not None} - {None}
+    specs = {_comparable_spec(recorded_data(m)) for m in models if m is not None} - {None}
     if len(specs) > 1:
         raise click.BadParameter(f"the models were made on different data ({', '.join(sorted(specs))}); pass --data "
                                  f"to score them on one.", param_hint="'--data'")
     if specs:
         params["data"] = specs.pop()
+
+
+def _comparable_spec(spec: str | None) -> str | None:
+    """A recorded spec with its file or folder absolute (``edgekd.data.canonical_spec``): a model made before specs
+    were recorded so, 'npz:d.npz', and one made since from it, 'npz:/work/d.npz', were made on the same data."""
+    from edgekd.data import canonical_spec
+
+    return canonical_spec(spec) if isinstance(spec, str) else spec
 
 
 def load_data(params: dict):

@@ -249,10 +249,10 @@ def canonical_spec(spec: str) -> str:
     kind, _, arg = spec.partition(":")
     absolute = lambda path: os.path.abspath(os.path.expanduser(path))  # noqa: E731  (links kept: the path the user gave)
     if kind == "imagefolder" and arg:
-        from edgekd.imagefolder import parse_spec
+        from edgekd.imagefolder import split_spec
 
-        folder = parse_spec(arg)
-        return dataclasses.replace(folder, root=Path(absolute(folder.root))).spec()
+        root, options = split_spec(arg)   # the options kept as typed (checked where the folder is read)
+        return ",".join([f"imagefolder:{absolute(root)}" if root else "imagefolder:", *options])
     if (kind == "npz" or kind in IDX_DATASETS) and arg:
         return f"{kind}:{absolute(arg)}"
     return spec

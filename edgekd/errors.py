@@ -18,6 +18,10 @@ class ResumeMismatch(EdgekdError):
     """``--resume`` of an interrupted run that was started with other settings (or another teacher)."""
 
 
+class TeacherChanged(ResumeMismatch):
+    """``--resume`` of an interrupted run started from another teacher, all else the same."""
+
+
 class DataError(EdgekdError):
     """A dataset is missing, malformed or does not fit the model."""
 

@@ -56,7 +56,7 @@ class FolderSpec:
             parts.append(f"size={self.size[0]}x{self.size[1]}")
         if self.channels:
             parts.append(f"channels={self.channels}")
-        if self.test_fraction != 0.2 or self.test_given:
+        if self.test_fraction != 0.2:
             parts.append(f"test={self.test_fraction:g}")
         return "imagefolder:" + ",".join(parts)
 
@@ -64,9 +64,9 @@ class FolderSpec:
 OPTIONS = ("size", "channels", "test")
 
 
-def parse_spec(arg: str) -> FolderSpec:
-    """``DIR[,size=HxW][,channels=C][,test=F]`` -> FolderSpec, every option checked. The options are read
-    from the right, so a folder whose name holds a comma ('my photos, 2024') is a folder."""
+def split_spec(arg: str) -> tuple[str, list[str]]:
+    """``DIR[,option...]`` -> (DIR as typed, [option, ...]). The options are read from the right, so a folder whose
+    name holds a comma ('my photos, 2024') is a folder."""
     parts = arg.split(",")
     options = []
     while len(parts) > 1 and parts[-1].partition("=")[0] in OPTIONS:
@@ -75,6 +75,12 @@ def parse_spec(arg: str) -> FolderSpec:
     if "," in root and not Path(root).exists():   # no such folder: a misspelt option rather than a comma in a name
         root, *unknown = root.split(",")
         options = [*unknown, *options]
+    return root, options
+
+
+def parse_spec(arg: str) -> FolderSpec:
+    """``DIR[,size=HxW][,channels=C][,test=F]`` -> FolderSpec, every option checked (``split_spec``)."""
+    root, options = split_spec(arg)
     values = {}
     for option in options:
         key, eq, value = option.partition("=")

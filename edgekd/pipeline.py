@@ -11,7 +11,7 @@ from typing import Callable
 
 from edgekd.artifacts import MANIFEST, is_artifact, sha256_file, write_json_atomic, write_text_atomic
 from edgekd.config import PipelineConfig
-from edgekd.errors import ConfigError, ResumeMismatch
+from edgekd.errors import ConfigError, TeacherChanged
 from edgekd.distill import describe_gain
 from edgekd.models import create_model
 from edgekd.outputs import PIPELINE_ARTIFACTS, OutputError, output_lock
@@ -102,7 +102,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
                 echo(f"[{name}] ...")
                 try:
                     run(path, resume)
-                except ResumeMismatch:
+                except TeacherChanged:   # (any other refusal, e.g. another torch, is the user's to decide)
                     echo(f"[{name}] the interrupted run was started from another teacher than this run's: started again")
                     run(path, False)
             _record_stage(out, name, path)

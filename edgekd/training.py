@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.artifacts import write_json_atomic
-from edgekd.errors import EdgekdError, ResumeMismatch, TrainingError
+from edgekd.errors import EdgekdError, ResumeMismatch, TeacherChanged, TrainingError
 from edgekd.config import TrainConfig  # noqa: F401  (re-exported: the training loop's settings)
 from edgekd.data import as_float, fill_rows, inference_rows
 from edgekd.device import autocast, module_device, resolve_device, to_device
@@ -220,6 +220,8 @@ def run_fingerprint(config, data=None, teacher: str | None = None, *, after_trai
     if isinstance(params.get("train"), dict):
         params["train"] = _fingerprinted(params["train"], {"device"})
     fingerprint = {"config": json.loads(json.dumps(params, sort_keys=True, default=str))}
+    if after_training:   # a run recorded before they were left out still holds them: the resume leaves them out there too
+        fingerprint["after_training"] = sorted(after_training)
     if data is not None:
         digest = hashlib.sha256(f"{data.fingerprint('train')}:{data.fingerprint('val')}".encode())
         fingerprint["data"] = digest.hexdigest()
@@ -396,8 +398,17 @@ class RunStore:
         if not isinstance(old, dict):
             return   # a store from before fingerprints: nothing to compare with
         old, normalized = _comparable(old), _comparable(json.loads(json.dumps(fingerprint, sort_keys=True, default=str)))
+        ignored = set(normalized.pop("after_training", ()))
+        old.pop("after_training", None)
+        if isinstance(old.get("config"), dict):
+            old["config"] = {k: v for k, v in old["config"].items() if k not in ignored}
         if old != normalized:
             changes = fingerprint_changes(old, normalized) or ["the settings changed"]
+            if old.get("config") == normalized.get("config") and old.get("data") == normalized.get("data"):
+                raise TeacherChanged(f"Cannot resume the interrupted run in '{self.path}': it was started from another "
+                                     f"teacher (its weights, or --combine, --teacher-output, --teacher-scale, --teacher-mean, "
+                                     f"--teacher-std changed); rerun with that teacher to resume, or pass --overwrite "
+                                     f"instead of --resume to start over.")
             raise ResumeMismatch(f"Cannot resume the interrupted run in '{self.path}': it was started with other settings "
                               f"({'; '.join(changes)}); rerun with the original settings to resume, or pass --overwrite "
                               f"instead of --resume to start over.")

@@ -97,6 +97,9 @@ def test_a_relative_or_home_path_is_recorded_absolute_and_the_split_guard_sees_o
     monkeypatch.chdir(tmp_path)
     data = load_dataset("npz:d.npz")
     assert data.spec == f"npz:{tmp_path / 'd.npz'}" and data.describe()["spec"] == data.spec
+    from edgekd.clicommon import _comparable_spec   # a model recorded before (relative) and one since: one data
+
+    assert _comparable_spec("npz:d.npz") == _comparable_spec(data.spec) == data.spec
     monkeypatch.setenv("HOME", str(tmp_path))
     assert load_dataset("npz:~/d.npz").spec == data.spec
     monkeypatch.chdir(tmp_path.parent)

@@ -122,14 +122,14 @@ def test_an_interrupted_stage_started_from_another_teacher_is_started_again(monk
     import edgekd.distill as distill_module
     import edgekd.pipeline as pipeline
     from edgekd.config import PipelineConfig
-    from edgekd.errors import ResumeMismatch
+    from edgekd.errors import ResumeMismatch, TeacherChanged
 
-    real, calls = distill_module.distill, []
+    real, calls, refusal = distill_module.distill, [], [TeacherChanged("it was started from another teacher")]
 
     def distill(*args, resume=False, **kwargs):
         calls.append(resume)
         if resume:
-            raise ResumeMismatch("Cannot resume the interrupted run in 'student.partial': it was started with other settings")
+            raise refusal[0]
         return real(*args, resume=resume, **kwargs)
 
     config = PipelineConfig(ensemble=1, teacher_arch="mlp:hidden=8", teacher_epochs=1, epochs=1, temperature=2.0,
@@ -144,6 +144,10 @@ def test_an_interrupted_stage_started_from_another_teacher_is_started_again(monk
     pipeline.run_pipeline(config, tmp_path / "p", resume=True, echo=said.append)
     assert calls == [True, False]
     assert "[distill] the interrupted run was started from another teacher than this run's: started again" in said
+    shutil.rmtree(tmp_path / "p" / "student")
+    refusal[0] = ResumeMismatch("it was started with other software (torch 1.0.0 then)")   # the user's to decide
+    with pytest.raises(ResumeMismatch, match="other software"):
+        pipeline.run_pipeline(config, tmp_path / "p", resume=True)
 
 
 def test_resume_makes_again_a_stage_made_from_another_teacher(edgekd, tmp_path):

@@ -318,3 +318,22 @@ def test_settings_applied_after_training_do_not_bind_a_resume():
     assert same(record(), record(combine="probs"))
     assert not same(record(), record(lr=2e-3))
     assert fingerprint_changes(run_fingerprint(record()), run_fingerprint(record(combine="probs")))
+
+
+def test_a_run_recorded_before_settings_were_left_out_still_resumes_and_another_teacher_is_named(tmp_path):
+    """A run store written before 'combine' was left out of the fingerprint holds it: the resume compares without
+    it there too. Another teacher, all else the same, is TeacherChanged (which a pipeline may start again)."""
+    import edgekd.training as training
+    from edgekd.errors import ResumeMismatch, TeacherChanged
+
+    old_style = training.run_fingerprint({"params": {"arch": "cnn", "combine": "logits"}}, teacher="a")
+    training.RunStore(tmp_path / "r", resume=False, fingerprint=old_style).save("m", "ckpt", {"w": torch.zeros(1)},
+                                                                                 {"position": {"epoch": 1}})
+    now = lambda **kw: training.run_fingerprint({"params": {"arch": "cnn", "combine": "probs", **kw}},  # noqa: E731
+                                                teacher="a", after_training={"combine"})
+    training.RunStore(tmp_path / "r", resume=True, fingerprint=now())
+    with pytest.raises(TeacherChanged, match="started from another teacher"):
+        training.RunStore(tmp_path / "r", resume=True, fingerprint={**now(), "teacher": "b"})
+    with pytest.raises(ResumeMismatch) as refused:
+        training.RunStore(tmp_path / "r", resume=True, fingerprint=now(arch="mlp"))
+    assert not isinstance(refused.value, TeacherChanged) and "'arch' was 'cnn" in str(refused.value)
