@@ -24,7 +24,8 @@ from edgekd.data import as_float
 from edgekd.errors import AccuracyGateError, ExportError
 
 NOISE_FACTOR = 4.0        # an fp32 export may differ from PyTorch by this many times PyTorch's own float32 rounding
-NOISE_ROWS = 256          # ... measured on this many val inputs
+NOISE_ROWS = 256          # ... measured on this many val inputs (only when the fixed tolerance alone refuses)
+NOISE_CHUNK = 4           # ... this many at a time
 
 
 @dataclass(frozen=True)
@@ -109,14 +110,19 @@ def float32_noise(module: torch.nn.Module, x, reference: np.ndarray, rows: int =
     float64 (a user's forward that fixes its dtypes): the fixed atol alone applies then."""
     if not len(reference):
         return 0.0
+    noise, rows = 0.0, min(rows, len(reference))
     with torch.inference_mode():
         try:
-            exact = copy.deepcopy(module).to("cpu", torch.float64).eval()(as_float(x[:rows]).cpu().double()).numpy()
+            double = copy.deepcopy(module).to("cpu", torch.float64).eval()
+            for start in range(0, rows, NOISE_CHUNK):   # float64 convolutions take a slow path with large buffers
+                part = slice(start, min(start + NOISE_CHUNK, rows))
+                exact = double(as_float(x[part]).cpu().double()).numpy()
+                if exact.shape != reference[part].shape or not np.isfinite(exact).all():
+                    return 0.0
+                noise = max(noise, float(np.abs(exact - reference[part].astype(np.float64)).max()))
         except (RuntimeError, TypeError, ValueError, NotImplementedError):
             return 0.0
-    if exact.shape != reference[:rows].shape or not np.isfinite(exact).all():
-        return 0.0
-    return float(np.abs(exact - reference[:rows].astype(np.float64)).max())
+    return noise
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray, batch_size: int, rtol: float = 0.0) -> Parity:
@@ -146,16 +152,23 @@ def measure_parity(session, x: np.ndarray, reference: np.ndarray, *, batch_sizes
 
 
 def check_parity(results: list[Parity], *, atol: float, what: str, split: str = "val", rtol: float = 0.0,
-                 noise: float = 0.0) -> None:
+                 noise=0.0) -> None:
     """The strict fp32 gate: every ``|diff| <= atol + rtol * |logit| + NOISE_FACTOR * noise`` (``float32_noise``) and
-    no top-1 disagreement."""
+    no top-1 disagreement. ``noise`` may be a function, called only when the fixed tolerance alone refuses (the
+    float64 pass costs more than the export on a large model)."""
     excess = lambda p: p.max_excess if p.max_excess is not None else p.max_abs_diff  # noqa: E731
-    bad = [p for p in results if not excess(p) <= atol + NOISE_FACTOR * noise or p.disagreements]
+    failing = lambda allowed: [p for p in results if not excess(p) <= allowed or p.disagreements]  # noqa: E731
+    bad = failing(atol)
+    if bad and callable(noise) and not any(p.disagreements for p in bad):
+        noise = noise()
+    measured = f"{noise:.1e}" if not callable(noise) else "not measured: a top-1 disagreement fails regardless"
+    noise = 0.0 if callable(noise) else noise
+    bad = failing(atol + NOISE_FACTOR * noise) if bad else bad
     if bad:
         detail = "; ".join(p.describe() for p in bad)
         raise ExportError(f"The {what} does not match PyTorch on the {split} split: {detail}; the gate needs |diff| "
                           f"<= atol {atol:g} + rtol {rtol:g} x |logit| + {NOISE_FACTOR:g} x PyTorch's own float32 rounding "
-                          f"here ({noise:.1e}) and 100% top-1 agreement. Nothing was written; report the model, or pass "
+                          f"here ({measured}) and 100% top-1 agreement. Nothing was written; report the model, or pass "
                           f"a larger --atol if the difference is expected.")
 
 
