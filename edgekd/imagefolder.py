@@ -119,6 +119,9 @@ def scan(spec: FolderSpec) -> tuple[tuple[str, ...], list[tuple[Path, int]], lis
         raise DataError(f"Image folder '{spec.root}' has no 'train' folder; expected {spec.root}/train/<class>/*.png "
                         f"(and optionally {spec.root}/test/<class>/...).")
     classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if not _is_text(str(spec.root)):   # the folder's path is recorded with every model and export made from it
+        raise DataError(f"Image folder {ascii(str(spec.root))} has a path that is not UTF-8; rename it (or move the "
+                        f"images to a folder whose path is).")
     undecodable = [name for name in classes if not _is_text(name)]
     if undecodable:   # a class's name goes into manifests, ONNX metadata and reports, which are UTF-8 text
         raise DataError(f"Image folder '{train}' has class folder(s) whose names are not UTF-8 "
@@ -379,13 +382,15 @@ def _upright(image):
     turns = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
              8: Image.Transpose.ROTATE_90}
-    turn = turns.get(_orientation(image))
+    turn = turns.get(_orientation(image, header_only=True))   # the rule the size check uses (_upright_size)
     return image.transpose(turn) if turn is not None else image
 
 
 def _orientation(image, header_only: bool = False) -> int | None:
     """The EXIF orientation tag; ``header_only``: None for a PNG whose EXIF is not in its header, since Pillow decodes
-    a whole PNG to look for an eXIf chunk after its pixels (every image decoded twice for the size check)."""
+    a whole PNG to look for an eXIf chunk after its pixels (every image decoded twice for the size check; the PNG
+    specification puts eXIf before the pixels). The size check and the decode both read it so: an image turned by one
+    and not the other was squashed by the resize."""
     if header_only and image.format == "PNG" and "exif" not in image.info:
         return None
     try:

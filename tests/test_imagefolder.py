@@ -334,6 +334,11 @@ def test_a_file_name_that_is_not_utf8_is_read_and_a_class_name_is_refused_in_one
     os.rename(one, os.fsdecode(bytes(root / "train") + b"/chien\xe9"))
     with pytest.raises(DataError, match=r"class folder\(s\) whose names are not UTF-8 \('chien\\udce9'\); rename"):
         load_dataset(f"imagefolder:{root}")
+    os.rename(os.fsdecode(bytes(root / "train") + b"/chien\xe9"), one)
+    other = os.fsdecode(bytes(root) + b"\xe9")   # the folder's own path goes into every model's and export's record
+    os.rename(root, other)
+    with pytest.raises(DataError, match=r"has a path that is not UTF-8; rename it"):
+        load_dataset(f"imagefolder:{other}")
 
 
 def test_another_pillow_decodes_the_folder_again(tmp_path, monkeypatch):
@@ -386,6 +391,35 @@ def test_a_folder_changed_while_it_is_decoded_is_refused_and_nothing_is_kept(tmp
     monkeypatch.undo()
     monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
     assert len(load_dataset(f"imagefolder:{root}").y_train) > 0   # and the folder as it is now decodes
+
+
+@pytest.mark.parametrize("place", ["header", "trailing"])
+def test_a_png_is_sized_and_turned_by_one_rule_whether_its_exif_comes_before_or_after_its_pixels(tmp_path, place):
+    """The size check reads a PNG's header only (Pillow decodes the whole file to find a late eXIf chunk); the decode
+    read the late chunk too, so such an image was turned, then squashed back to the unturned size."""
+    import struct
+
+    rng = np.random.default_rng(0)
+    for label in "ab":
+        (tmp_path / "p" / "train" / label).mkdir(parents=True)
+        for i in range(3):
+            path = tmp_path / "p" / "train" / label / f"{i}.png"
+            exif = Image.Exif()
+            exif[0x0112] = 6   # turn a quarter: stored 30 wide and 20 high, shown 20 wide and 30 high
+            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(path, exif=exif.tobytes())
+            if place == "trailing":   # move the eXIf chunk after the pixels (IDAT), before IEND
+                data, chunks, at = path.read_bytes(), [], 8
+                while at < len(data):
+                    size = struct.unpack(">I", data[at:at + 4])[0]
+                    chunks.append((data[at + 4:at + 8], data[at:at + 12 + size]))
+                    at += 12 + size
+                order = [c for c in chunks if c[0] not in (b"eXIf", b"IEND")] + [c for c in chunks if c[0] == b"eXIf"]
+                path.write_bytes(data[:8] + b"".join(raw for _, raw in order + [chunks[-1]]))
+    data = load_dataset(f"imagefolder:{tmp_path / 'p'}")
+    stored = np.asarray(Image.open(tmp_path / "p" / "train" / "a" / "0.png").convert("RGB"))
+    shown = stored if place == "trailing" else np.asarray(Image.fromarray(stored).transpose(Image.Transpose.ROTATE_270))
+    assert data.input_shape == (3, *shown.shape[:2])   # trailing: as stored, neither turned nor squashed
+    assert any(np.array_equal(row.numpy().transpose(1, 2, 0), shown) for row in (*data.x_train, *data.x_val, *data.x_test))
 
 
 def test_16_bit_grayscale_is_read_by_its_top_byte_not_clipped_white(tmp_path):
