@@ -572,28 +572,18 @@ def _load_npz(path: Path):
             if not {"x", "y"} <= set(archive.files):
                 raise DataError(f"'{path}' has arrays {sorted(archive.files)[:10]} but needs 'x' and 'y' (names are "
                                 f"case-sensitive); save it with numpy.savez(path, x=..., y=...).")
-            # the labels first (small): a wrong one is refused before the inputs are unpacked into the cache
+            # the labels and names first (small): a wrong one is refused before the inputs are unpacked into the cache
             labels = {key: _labels(path, key, _npz_array(archive, path, key)) for key in ("y", "y_test") if key in archive.files}
+            names = _npz_array(archive, path, "class_names") if "class_names" in archive.files else None
+            y, y_test = labels["y"], labels.get("y_test")
+            _check_npz_labels(path, y, y_test, names)
             # only the arrays edgekd reads; the inputs memory-mapped where they are stored uncompressed
-            arrays = {key: _npz_array(archive, path, key) for key in archive.files if key in NPZ_KEYS and key not in labels}
+            arrays = {key: _npz_array(archive, path, key) for key in ("x", "x_test") if key in archive.files}
     except DataError:
         raise
     except Exception as exc:  # numpy raises many types (BadZipFile, ValueError, OSError, ...) for a file that is no npz
         raise DataError(f"'{path}' is not a readable .npz without pickled objects ({exc.__class__.__name__}: "
                         f"{str(exc)[:120]}); save it with numpy.savez.") from None
-    y, y_test = labels["y"], labels.get("y_test")
-    names = arrays.get("class_names")
-    if names is not None and (names.ndim != 1 or not 1 <= len(names) <= MAX_CLASSES or names.dtype.kind not in "iuUS"):
-        raise DataError(f"'{path}': 'class_names' must be a vector of 1 to {MAX_CLASSES} names. Got dtype {names.dtype}, "
-                        f"shape {names.shape} instead.")
-    # the number of classes is bounded before anything is sized by it: by the given names, else by the
-    # number of samples (a label beyond it leaves some class without samples anyway)
-    limit = len(names) if names is not None else max(1, len(y))
-    for part, labels in (("y", y), ("y_test", y_test)):
-        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= limit):
-            what = f"{len(names)} class_names" if names is not None else f"{len(y)} samples"
-            raise DataError(f"'{path}': '{part}' must hold class indices in [0, {limit - 1}] for {what}. Got "
-                            f"[{labels.min()}, {labels.max()}] instead; number the classes 0..C-1.")
     n_classes = int(max(y.max(initial=0), y_test.max(initial=0) if y_test is not None else 0)) + 1
     # names saved as bytes (h5py's habit) are text, not "b'cat'"
     classes = tuple(c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in names) \
@@ -606,7 +596,20 @@ def _load_npz(path: Path):
 
 
 MAX_CLASSES = 100_000
-NPZ_KEYS = ("x", "y", "x_test", "y_test", "class_names")
+
+
+def _check_npz_labels(path: Path, y, y_test, names) -> None:
+    """The class names' shape, and every label a class index: bounded by the names given, else by the number of
+    samples (a label beyond it leaves some class without samples anyway), before anything is sized by it."""
+    if names is not None and (names.ndim != 1 or not 1 <= len(names) <= MAX_CLASSES or names.dtype.kind not in "iuUS"):
+        raise DataError(f"'{path}': 'class_names' must be a vector of 1 to {MAX_CLASSES} names. Got dtype {names.dtype}, "
+                        f"shape {names.shape} instead.")
+    limit = len(names) if names is not None else max(1, len(y))
+    for part, labels in (("y", y), ("y_test", y_test)):
+        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= limit):
+            what = f"{len(names)} class_names" if names is not None else f"{len(y)} samples"
+            raise DataError(f"'{path}': '{part}' must hold class indices in [0, {limit - 1}] for {what}. Got "
+                            f"[{labels.min()}, {labels.max()}] instead; number the classes 0..C-1.")
 
 
 # how to save each array without Python objects (pandas' ``.values`` is an object array, which numpy pickles)

@@ -136,6 +136,18 @@ def test_malformed_npz(tmp_path, arrays, message):
         load_dataset(f"npz:{path}")
 
 
+@pytest.mark.parametrize("labels, message", [(np.where(np.arange(60) == 5, -1, np.arange(60) % 3), r"in \[0, 59\] .* Got \[-1, 2\]"),
+                                             (np.arange(60) % 3 + 0.5, "whole class indices")])
+def test_a_compressed_npz_with_bad_labels_is_refused_before_its_inputs_are_unpacked(tmp_path, monkeypatch, labels,
+                                                                                    message):
+    """-1 for 'unlabelled' was refused only after x was inflated into the cache, where it stayed."""
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    np.savez_compressed(tmp_path / "d.npz", x=np.ones((60, 6), np.float32), y=labels)
+    with pytest.raises(DataError, match=message):
+        load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
 def test_npz_that_is_a_folder_text_or_npy_is_named_for_what_it_is(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "notes.npz").write_text("x,y\n1,2\n")
