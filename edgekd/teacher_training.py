@@ -36,7 +36,7 @@ class TeacherResult(Record):
     seconds_per_epoch: float
     epochs_run: tuple[int, ...] = ()    # per member: fewer than asked when patience stopped it
     best_epoch: tuple[int, ...] = ()    # per member: the epoch whose weights were kept (best on val)
-    train_seconds: float = 0.0          # every process's training epochs (a resumed run's ``seconds`` are its own)
+    train_seconds: float = 0.0          # every process's training epochs, without evaluation and setup (a resumed run's ``seconds`` are its own)
     resumed: bool = False
 
 

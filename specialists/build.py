@@ -311,9 +311,10 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
 
 def generalist_train_seconds(manifest: Manifest) -> float | None:
     """Seconds to train ONE member of the teacher artifact, if its manifest records the training time
-    (``timings.train_seconds``, every process's epochs of a resumed run, else ``timings.seconds``; divided by the
-    number of members), else None."""
-    seconds = manifest.timings.get("train_seconds", manifest.timings.get("seconds"))
+    (``timings.seconds``; for a resumed run, whose ``seconds`` are its last process's, ``timings.train_seconds``,
+    every process's epochs; divided by the number of members), else None."""
+    timings = manifest.timings
+    seconds = timings.get("train_seconds") if timings.get("resumed") else timings.get("seconds")
     if isinstance(seconds, (int, float)) and seconds > 0:
         return float(seconds) / max(1, len(manifest.members))
     return None

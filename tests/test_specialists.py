@@ -957,3 +957,15 @@ def test_a_capped_solve_or_a_departing_module_is_said_in_the_commands_output():
     notes = _solver_notes({"test_capped": 9, "max_steps": 5000, "module_max_abs_diff": 0.57, "module_steps": 20,
                            "module_checked_inputs": 512})
     assert "step cap (5000) on 9 test input(s)" in notes[0] and "differs from the solve by up to 0.57 nats" in notes[1]
+
+
+def test_the_generalists_training_time_is_its_whole_run_or_every_process_epochs_when_resumed():
+    """A resumed teacher's ``seconds`` are its last process's; its ``train_seconds`` (epochs only) are every process's."""
+    from types import SimpleNamespace
+
+    from specialists.build import generalist_train_seconds
+
+    manifest = lambda **timings: SimpleNamespace(timings=timings, members=[0, 1])  # noqa: E731
+    assert generalist_train_seconds(manifest(seconds=10.0, train_seconds=4.0, resumed=False)) == 5.0
+    assert generalist_train_seconds(manifest(seconds=3.0, train_seconds=8.0, resumed=True)) == 4.0
+    assert generalist_train_seconds(manifest(seconds=10.0)) == 5.0   # a manifest from before

@@ -175,7 +175,7 @@ def teacher_train_cmd(ctx, **params):
             click.echo(f"member {i} (seed {params['seed'] + i}): test accuracy {acc:.4f}")
         click.echo(f"ensemble of {len(result.member_test_accuracy)}: test accuracy {result.ensemble_test_accuracy:.4f}, "
                    f"NLL {result.ensemble_test_nll:.4f}; {result.macs_per_member * len(result.member_test_accuracy):,} MACs; "
-                   f"{result.seconds:.1f} s{f' (resumed; {result.train_seconds:.1f} s of training in all)' if result.resumed else ''}"
+                   f"{result.seconds:.1f} s{f' (resumed; its epochs took {result.train_seconds:.1f} s over every process)' if result.resumed else ''}"
                    f" -> {result.path}")
 
 
