@@ -43,12 +43,13 @@ THEN = ("evaluate", "export", "bench")
 
 
 def then_args(command: str, model: Path, spec: str, work: Path) -> tuple[list, Path | None]:
-    """(edgekd arguments, --out) of one ``--then`` command on ``model``."""
+    """(edgekd arguments, --out) of one ``--then`` command on ``model``; bench times the export too where one was made."""
     if command == "evaluate":
         return ["evaluate", str(model), "--data", spec], None
     if command == "export":
         return ["export", str(model), "--onnx", "--data", spec], work / "model.onnx"
-    return ["bench", "--model", str(model), "--model", str(work / "model.onnx"), "--data", spec], work / "bench"
+    exported = ["--model", str(work / "model.onnx")] if (work / "model.onnx").is_file() else []
+    return ["bench", "--model", str(model), *exported, "--data", spec], work / "bench"
 
 
 def parse_args(argv=None):
@@ -165,7 +166,7 @@ def main(argv=None):
                                                          "--cache-dir", str(work / f"logits-{len(runs)}")],
                                            work / f"student-{len(runs)}", work, args.cap_mib,
                                            lambda: "cached (filled by the first run); teacher logits cold"))
-    for command in [c for c in args.then.split(",") if c]:
+    for command in [c for c in THEN if c in args.then.split(",")]:   # in this order: bench times the export
         edgekd_args, out = then_args(command, work / "model-0", spec, work)
         runs.append(_capped_edgekd(Path(__file__).resolve().parents[1], "this tree", edgekd_args, out, work,
                                    args.cap_mib, lambda: "cached (filled by the first run)"))

@@ -56,9 +56,11 @@ def test_larger_than_memory_smoke(tmp_path):
     if why:
         pytest.skip(why)
     out = tmp_path / "ltm"
-    larger_than_memory.main(["--smoke", "--distill", "mlp:hidden=16", "--out", str(out)])
+    larger_than_memory.main(["--smoke", "--distill", "mlp:hidden=16", "--then", "bench,export,evaluate", "--out", str(out)])
     result = json.loads(out.with_suffix(".json").read_text())
-    run, distilled = result["runs"]
+    run, distilled, *then = result["runs"]
+    assert [r["command"][1] for r in then] == ["evaluate", "export", "bench"]   # bench times the export made before it
+    assert all(r["returncode"] == 0 for r in then) and then[1]["command"][-2] in then[2]["command"]
     assert run["returncode"] == 0 and 0 < run["peak_anon_bytes"] <= result["cap_bytes"] and run["test_accuracy"] > 0.5
     assert run["decode"] == "cold (empty cache)"   # counted in the cache, not assumed from the order
     assert distilled["returncode"] == 0 and distilled["command"][1] == "distill" and distilled["test_accuracy"] > 0.3
