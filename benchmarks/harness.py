@@ -38,7 +38,7 @@ from benchmarks.runtimes import (RuntimeSkipped, RuntimeUnavailable, get_runtime
                                  write_identity_onnx)
 from benchmarks.timing import (machine_facts, peak_gemm_flops, peak_int8_ops, summarize, time_calls, usable_cores,
                                warm_up)
-from edgekd.data import same_layout
+from edgekd.data import inference_rows, same_layout
 from edgekd.teachers import Teacher, source_path
 from edgekd.errors import ConfigError, EdgekdError
 from benchmarks.config import BenchConfig  # noqa: F401  (the harness's config, imported from here too)
@@ -185,7 +185,9 @@ def run_benchmark(models: Sequence[str | Path], data, config: BenchConfig = Benc
     if config.eval_samples is not None:
         x_split, y_split = x_split[:config.eval_samples], y_split[:config.eval_samples]
     echo(f"evaluating {len(entries)} model(s) on {data.spec} [{config.split}], {len(y_split)} samples")
-    kept = max(256, config.check_samples, *config.batch_sizes)   # rows held per model for parity and timing
+    # rows held per model for parity and timing: at most about INFERENCE_CHUNK_BYTES of float32 inputs, and never
+    # fewer than the largest timed batch (256 rows of 224x224 photos were 154 MB a model)
+    kept = max(inference_rows(x_split, max(256, config.check_samples)), *config.batch_sizes)
     for entry in entries:
         _evaluate(entry, data, x_split, y_split, runtime_names, runtimes, max(threads), entries[0], rows, kept)
     reference = {"model": entries[0].name, "runtime": entries[0].record.get("evaluated_with")}
@@ -271,7 +273,10 @@ def _model_inputs(x_split, shape, uint8: bool, start: int = 0, stop: int | None 
 
 
 def _predict_split(runner, x_split, shape, uint8: bool, fixed: int | None, chunk: int = 512) -> np.ndarray:
-    """Logits of the whole split, streamed in chunks (a multiple of a fixed batch)."""
+    """Logits of the whole split, streamed in chunks of at most ``chunk`` rows and about ``INFERENCE_CHUNK_BYTES`` of
+    float32 inputs (512 rows of 224x224 photos, and a runtime's copies of them, took over 1.5 GB), a multiple of a
+    fixed batch."""
+    chunk = inference_rows(x_split, chunk)
     chunk = fixed * max(1, chunk // fixed) if fixed else chunk
     return np.concatenate([_predict_all(runner, _model_inputs(x_split, shape, uint8, i, i + chunk), chunk, fixed=fixed)
                            for i in range(0, len(x_split), chunk)])

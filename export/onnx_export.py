@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from edgekd.artifacts import library_versions, now_iso, sha256_file, write_json_atomic
+from edgekd.data import inference_rows
 from edgekd.errors import ConfigError, ExportError
 from edgekd.outputs import export_summary_path, replaced_sha256, scratch_folder
 from edgekd.teachers import source_path
@@ -150,7 +151,7 @@ class _Run:
         session = open_session(path, what=what)
         parities = measure_parity(session, self.x_val, self.ref_val, batch_sizes=(1, self.config.verify_batch_size),
                                   batch1_samples=self.config.batch1_samples, rtol=self.config.rtol)
-        return parities, accuracy(run_session(session, self.x_test, 256), self.y_test)
+        return parities, accuracy(run_session(session, self.x_test, inference_rows(self.x_test.x, 256)), self.y_test)
 
     def fp32(self):
         tick = time.perf_counter()

@@ -20,7 +20,7 @@ import copy
 import numpy as np
 import torch
 
-from edgekd.data import as_float
+from edgekd.data import as_float, inference_rows
 from edgekd.errors import AccuracyGateError, ExportError
 
 NOISE_FACTOR = 4.0        # an fp32 export may differ from PyTorch by this many times PyTorch's own float32 rounding
@@ -90,7 +90,10 @@ def predict_in_batches(predict, x, batch: int) -> np.ndarray:
 @torch.inference_mode()
 def torch_logits(module: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """The reference: the PyTorch model's logits, which must be finite (a NaN reference made the gate say "max
-    |diff| inf ... pass a larger --atol", a hint that cannot help)."""
+    |diff| inf ... pass a larger --atol", a hint that cannot help); at most ``batch_size`` rows and about
+    ``INFERENCE_CHUNK_BYTES`` of float32 inputs a pass (256 rows of 224x224 photos, and the model's copies of them,
+    were most of an export's 1.2 GB)."""
+    batch_size = inference_rows(x, batch_size)
     module.eval()
     device = next(iter(module.parameters()), torch.empty(0)).device   # the module's, as data may be placed elsewhere
     outs = [module(as_float(x[i:i + batch_size]).to(device)).float().cpu() for i in range(0, len(x), batch_size)]

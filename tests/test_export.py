@@ -190,6 +190,25 @@ def test_the_fp32_gate_allows_pytorchs_own_float32_rounding_on_a_wide_layer(tmp_
         check_parity(broken, atol=1e-4, rtol=1e-5, what="exported fp32 model", noise=noise)
 
 
+def test_the_pytorch_reference_of_large_images_is_computed_a_bounded_chunk_at_a_time():
+    from edgekd.data import INFERENCE_CHUNK_BYTES
+    from export.verify import torch_logits
+
+    seen = []
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3 * 224 * 224, 10)
+
+        def forward(self, x):
+            seen.append(len(x))
+            return self.linear(x.reshape(len(x), -1))
+
+    assert torch_logits(Flat(), torch.zeros(200, 3, 224, 224, dtype=torch.uint8)).shape == (200, 10)
+    assert sum(seen) == 200 and max(seen) * 3 * 224 * 224 * 4 <= INFERENCE_CHUNK_BYTES
+
+
 def test_float32_noise_is_zero_for_a_model_that_cannot_run_in_float64(digits):
     from export.verify import float32_noise
 

@@ -962,3 +962,25 @@ def test_an_export_of_a_model_that_gives_nan_says_so_not_to_raise_atol():
     torch.nn.init.constant_(net[1].weight, float("nan"))
     with pytest.raises(ExportError, match="gives NaN or Inf outputs in PyTorch on 4 of 4 val inputs: its weights are broken"):
         torch_logits(net, torch.rand(4, 1, 8, 8))
+
+
+def test_a_split_of_large_images_is_scored_a_bounded_chunk_at_a_time():
+    """512 rows of 224x224 photos a chunk (and a runtime's copies of them) took bench past 1.5 GB."""
+    import torch
+
+    from benchmarks.harness import _predict_split
+    from edgekd.data import INFERENCE_CHUNK_BYTES
+
+    seen = []
+
+    class Runner:
+        def predict(self, x):
+            seen.append(len(x))
+            return np.zeros((len(x), 10), np.float32)
+
+    photos = torch.zeros(300, 3, 224, 224, dtype=torch.uint8)
+    assert _predict_split(Runner(), photos, (3, 224, 224), False, None).shape == (300, 10)
+    assert sum(seen) == 300 and max(seen) * 3 * 224 * 224 * 4 <= INFERENCE_CHUNK_BYTES
+    seen.clear()
+    _predict_split(Runner(), photos, (3, 224, 224), False, 8)   # a fixed batch: whole multiples of it
+    assert all(n % 8 == 0 for n in seen[:-1])
