@@ -43,7 +43,7 @@ from edgekd.outputs import export_summary_path, replaced_sha256, scratch_folder
 from edgekd.teachers import source_path
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
                            model_input, source_counts)
-from export.verify import accuracy, float32_noise, gate_fp32, gate_int8, pad_rows, parity, predict_in_batches, torch_logits
+from export.verify import LazyNoise, accuracy, gate_fp32, gate_int8, pad_rows, parity, predict_in_batches, torch_logits
 
 PTE_PRECISION = {None: "fp32", "int8": "int8-static-xnnpack", "dynamic": "int8-dynamic-xnnpack"}
 
@@ -117,7 +117,6 @@ class _PteRun:
         self.x_val, self.x_test = (ModelInputs(x, config.uint8_input, data.spec, flat=True) for x in (data.x_val, data.x_test))
         self.y_test = data.y_test.cpu().numpy()
         self.ref_val = torch_logits(source.module, data.x_val)
-        self.module_for_noise, self.x_val_raw, self._noise = source.module, data.x_val, None
         module = FlatInput(source.module, source.input_shape).eval()
         self.module = RawPixels(module).eval() if config.uint8_input else module
         self.example = torch.from_numpy(np.ascontiguousarray(pad_rows(np.asarray(self.x_val[:self.batch]), self.batch)))
@@ -126,14 +125,7 @@ class _PteRun:
         self.verification = {"data": data.spec, "parity_split": "val", "n_val": len(self.x_val), "accuracy_split": "test",
                              "n_test": len(self.x_test), "atol": config.atol, "rtol": config.rtol, "max_accuracy_drop": config.max_accuracy_drop,
                              "batch_size": self.batch}
-
-    def noise(self) -> float:
-        """PyTorch's own float32 rounding on val (``float32_noise``), measured once, when the fixed tolerance refuses;
-        recorded in the summary's verification."""
-        if self._noise is None:
-            self._noise = float32_noise(self.module_for_noise, self.x_val_raw, self.ref_val)
-            self.verification["float32_noise"] = self._noise
-        return self._noise
+        self.noise = LazyNoise(source.module, data.x_val, self.ref_val, self.verification)
 
     def _measure(self, path: Path):
         program = load_program(path)

@@ -40,7 +40,7 @@ from export.config import DEFAULT_OPSET, ExportConfig
 from export.quantize import precision_name, quantize_model
 from export.source import (ModelInputs, RawPixels, Source, builder_fingerprint, calibration_inputs, gate_data, load_source,
                            model_input, source_counts)
-from export.verify import (Parity, accuracy, check_accuracy_drop, check_parity, float32_noise, gate_fp32, gate_int8,
+from export.verify import (LazyNoise, Parity, accuracy, check_accuracy_drop, check_parity, gate_fp32, gate_int8,
                            measure_parity, open_session, parity, run_session, torch_logits)
 
 INPUT_NAME = "input"
@@ -128,24 +128,16 @@ class _Run:
         self.x_val, self.x_test = (ModelInputs(x, config.uint8_input, data.spec) for x in (data.x_val, data.x_test))
         self.y_test = data.y_test.cpu().numpy()
         self.ref_val = torch_logits(source.module, data.x_val)
-        self.module_for_noise, self.x_val_raw, self._noise = source.module, data.x_val, None
         self.seconds, self.sizes, self.quant_info = {}, {"source_weights": source.weights_bytes}, None
         self.reference_accuracy = float("nan")
         self.verification = {"data": data.spec, "parity_split": "val", "n_val": len(self.x_val), "accuracy_split": "test",
                              "n_test": len(self.x_test), "atol": config.atol, "rtol": config.rtol,
                              "max_accuracy_drop": config.max_accuracy_drop}
+        self.noise = LazyNoise(source.module, data.x_val, self.ref_val, self.verification)
         if source.kind == "specialist-ensemble":  # the graph runs a fixed number of solver steps: how close to the solver?
             solver = parity(source.teacher.logits(data.x_val).cpu().numpy(), self.ref_val, len(self.ref_val))
             self.verification["fixed_steps_vs_solver"] = {"max_abs_diff": solver.max_abs_diff,
                                                           "top1_agreement": solver.top1_agreement}
-
-    def noise(self) -> float:
-        """PyTorch's own float32 rounding on val (``float32_noise``), measured once, when the fixed tolerance refuses;
-        recorded in the summary's verification."""
-        if self._noise is None:
-            self._noise = float32_noise(self.module_for_noise, self.x_val_raw, self.ref_val)
-            self.verification["float32_noise"] = self._noise
-        return self._noise
 
     def _measure(self, path: Path, what: str):
         session = open_session(path, what=what)

@@ -185,6 +185,12 @@ def test_the_fp32_gate_allows_pytorchs_own_float32_rounding_on_a_wide_layer(tmp_
     check_parity(results, atol=1e-4, rtol=1e-5, what="exported fp32 model", noise=lambda: asked.append(1) or noise)
     check_parity(results, atol=1.0, rtol=1e-5, what="exported fp32 model", noise=lambda: asked.append(2) or noise)
     assert asked == [1]
+    from export.verify import LazyNoise
+
+    record = {}
+    lazy = LazyNoise(model, x, reference, record)
+    check_parity(results, atol=1e-4, rtol=1e-5, what="exported fp32 model", noise=lazy)
+    assert record == {"float32_noise": noise} and lazy() == noise   # measured once, recorded in the summary
     broken = [parity(reference, reference + 2 * NOISE_FACTOR * noise, 1, 1e-5)]   # a real error still fails
     with pytest.raises(ExportError, match=r"4 x PyTorch's own float32 rounding here \(\d\.\de-0[45]\)"):
         check_parity(broken, atol=1e-4, rtol=1e-5, what="exported fp32 model", noise=noise)
