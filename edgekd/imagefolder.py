@@ -369,7 +369,7 @@ def _common_size(files) -> tuple[int, int]:
 def _upright_size(image) -> tuple[int, int]:
     """(height, width) as the image is shown: EXIF orientations 5 to 8 turn it a quarter (read from the
     header; nothing is decoded)."""
-    turned = _orientation(image, header_only=True) in (5, 6, 7, 8)
+    turned = _orientation(image) in (5, 6, 7, 8)
     return (image.width, image.height) if turned else (image.height, image.width)
 
 
@@ -382,16 +382,16 @@ def _upright(image):
     turns = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
              8: Image.Transpose.ROTATE_90}
-    turn = turns.get(_orientation(image, header_only=True))   # the rule the size check uses (_upright_size)
+    turn = turns.get(_orientation(image))   # the rule the size check uses (_upright_size)
     return image.transpose(turn) if turn is not None else image
 
 
-def _orientation(image, header_only: bool = False) -> int | None:
-    """The EXIF orientation tag; ``header_only``: None for a PNG whose EXIF is not in its header, since Pillow decodes
-    a whole PNG to look for an eXIf chunk after its pixels (every image decoded twice for the size check; the PNG
-    specification puts eXIf before the pixels). The size check and the decode both read it so: an image turned by one
-    and not the other was squashed by the resize."""
-    if header_only and image.format == "PNG" and "exif" not in image.info:
+def _orientation(image) -> int | None:
+    """The EXIF orientation tag, read from the header: None for a PNG whose EXIF is not in its header, since Pillow
+    decodes a whole PNG to look for an eXIf chunk after its pixels (every image decoded twice for the size check; the
+    PNG specification puts eXIf before the pixels). The size check and the decode both read it so: an image turned by
+    one and not the other was squashed by the resize."""
+    if image.format == "PNG" and "exif" not in image.info:
         return None
     try:
         return image.getexif().get(0x0112)

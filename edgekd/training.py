@@ -259,10 +259,14 @@ def _comparable(fingerprint: dict) -> dict:
     return {**fingerprint, "config": {k: value(k, v) for k, v in config.items()}}
 
 
+# what makes a run's teacher another, in a refused resume's words
+_TEACHER_INPUTS = "its weights, or --combine, --teacher-output, --teacher-scale, --teacher-mean, --teacher-std"
+
+
 def fingerprint_changes(old: dict, new: dict) -> list[str]:
     """What differs between two ``run_fingerprint`` results, one phrase per setting, for a refused resume."""
     changes = _setting_changes(old.get("config") or {}, new.get("config") or {})
-    for key, what in (("data", "the data (or --train-limit / --val-fraction)"), ("teacher", "the teacher (its weights, or --combine, --teacher-output, --teacher-scale, --teacher-mean, --teacher-std)")):
+    for key, what in (("data", "the data (or --train-limit / --val-fraction)"), ("teacher", f"the teacher ({_TEACHER_INPUTS})")):
         if old.get(key) != new.get(key):
             changes.append(f"{what} changed")
     return changes
@@ -376,8 +380,9 @@ class RunStore:
                 raise EdgekdError(f"An interrupted run was found at '{self.path}'; pass --resume to continue it, "
                                   f"or --overwrite (or delete that folder) to start over.")
             elif fingerprint is not None:
-                self._check_fingerprint(fingerprint)
-                self._check_environment()
+                saved = self.load_json("run")
+                self._check_fingerprint(saved, fingerprint)
+                self._check_environment(saved)
         if self.writer:
             self.path.mkdir(parents=True, exist_ok=True)
             if fingerprint is not None and fresh:   # a store from before fingerprints stays as it was
@@ -392,8 +397,8 @@ class RunStore:
         if self.writer and self.fresh and not holds_checkpoint(self.path):
             shutil.rmtree(self.path, ignore_errors=True)
 
-    def _check_fingerprint(self, fingerprint: dict) -> None:
-        saved = self.load_json("run")
+    def _check_fingerprint(self, saved, fingerprint: dict) -> None:
+        """``saved`` (the store's ``run.json``) against this run's ``fingerprint``."""
         old = saved.get("fingerprint") if isinstance(saved, dict) else None
         if not isinstance(old, dict):
             return   # a store from before fingerprints: nothing to compare with
@@ -406,18 +411,17 @@ class RunStore:
             changes = fingerprint_changes(old, normalized) or ["the settings changed"]
             if old.get("config") == normalized.get("config") and old.get("data") == normalized.get("data"):
                 raise TeacherChanged(f"Cannot resume the interrupted run in '{self.path}': it was started from another "
-                                     f"teacher (its weights, or --combine, --teacher-output, --teacher-scale, --teacher-mean, "
-                                     f"--teacher-std changed); rerun with that teacher to resume, or pass --overwrite "
-                                     f"instead of --resume to start over.")
+                                     f"teacher ({_TEACHER_INPUTS} changed); rerun with that teacher to resume, or pass "
+                                     f"--overwrite instead of --resume to start over.")
             raise ResumeMismatch(f"Cannot resume the interrupted run in '{self.path}': it was started with other settings "
                               f"({'; '.join(changes)}); rerun with the original settings to resume, or pass --overwrite "
                               f"instead of --resume to start over.")
 
-    def _check_environment(self) -> None:
-        """A resume under another torch or edgekd is refused (other kernels, other code: neither the run that was
-        started nor a fresh one); under another thread count or CPU kernel level it is warned of, since the result
-        then equals neither uninterrupted run bit for bit (``artifacts.numerics``)."""
-        saved = self.load_json("run")
+    def _check_environment(self, saved) -> None:
+        """A resume under another torch or edgekd than ``saved`` (the store's ``run.json``) records is refused (other
+        kernels, other code: neither the run that was started nor a fresh one); under another thread count or CPU
+        kernel level it is warned of, since the result then equals neither uninterrupted run bit for bit
+        (``artifacts.numerics``)."""
         old = saved.get("environment") if isinstance(saved, dict) else None
         if not isinstance(old, dict):
             return   # a store from before environments were recorded

@@ -207,9 +207,9 @@ def check_accuracy_drop(before: float, after: float, *, max_drop: float, what: s
 
 
 def gate_fp32(verification: dict, parities: list[Parity], test_accuracy: float, *, atol: float, rtol: float, what: str,
-              reference_model: str, noise: float = 0.0) -> None:
-    """Record an fp32 file's figures in ``verification`` and apply the strict gate; on passing, its test
-    accuracy becomes the reference the int8 gate compares with."""
+              reference_model: str, noise=0.0) -> None:
+    """Record an fp32 file's figures in ``verification`` and apply the strict gate (``noise``: as ``check_parity``
+    takes it); on passing, its test accuracy becomes the reference the int8 gate compares with."""
     verification["fp32"] = {"parity": [p.to_dict() for p in parities], "test_accuracy": test_accuracy}
     check_parity(parities, atol=atol, rtol=rtol, what=what, noise=noise)
     verification["reference_test_accuracy"] = test_accuracy
