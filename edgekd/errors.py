@@ -22,6 +22,10 @@ class TeacherChanged(ResumeMismatch):
     """``--resume`` of an interrupted run started from another teacher, all else the same."""
 
 
+class SettingsChanged(ResumeMismatch):
+    """``--resume`` of an interrupted run started with other settings or data (not other software)."""
+
+
 class DataError(EdgekdError):
     """A dataset is missing, malformed or does not fit the model."""
 

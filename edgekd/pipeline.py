@@ -11,7 +11,7 @@ from typing import Callable
 
 from edgekd.artifacts import MANIFEST, is_artifact, sha256_file, write_json_atomic, write_text_atomic
 from edgekd.config import PipelineConfig
-from edgekd.errors import ConfigError, TeacherChanged
+from edgekd.errors import ConfigError, SettingsChanged, TeacherChanged
 from edgekd.distill import describe_gain
 from edgekd.models import create_model
 from edgekd.outputs import PIPELINE_ARTIFACTS, OutputError, output_lock
@@ -74,43 +74,44 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     if overwrite and not resume:
         _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
-    _bind_run(out, config, data, resume)
+    changed = _bind_run(out, config, data, resume)
     _clear_made_each_run(out)
-    # --skip only chooses stages: a stage's checkpoint is not bound to it (nor to --resume, --overwrite)
-    config_record = _stage_record(config_record)
     timings, summary = {}, {"format": "edgekd.pipeline", "config": asdict(config), "data": data.describe(),
                             "skipped": list(config.skip), "kept": []}
     cache = LogitCache(out / "cache")
 
     def stage(name, path, run, made_from=None):
-        """Run a stage (``run(path, resume)``), or with --resume keep its finished artifact when it is the one this
-        pipeline made (``_stage_made_here``) and was made from this run's teacher (``made_from(path)``): a --skip or
-        a retrained teacher since can change what it needs. An interrupted stage started from another teacher
-        than this run's (a --skip since) is started again: within one pipeline's settings nothing else differs."""
+        """Run a stage (``run(path, resume)``), or with --resume keep its finished artifact when this pipeline made
+        it (``_stage_made``) with this run's settings of that stage (``STAGE_SETTINGS``) and from this run's teacher
+        (``made_from(path)``): a --skip or a retrained teacher since can change what it needs. An interrupted stage
+        started with other settings or from another teacher is started again (``--resume`` brings the folder up to
+        date with this command line); another torch or edgekd is the user's to decide."""
         started = time.perf_counter()
         with output_lock(path):   # a command given the stage's folder as its --out meanwhile is refused
-            if resume and is_artifact(path) and not _stage_made_here(out, name, path):
+            made = _stage_made(out, name, path) if resume and is_artifact(path) else None
+            if made == "elsewhere":
                 echo(f"[{name}] the previous run's was replaced since it made it: made again")
                 run(path, False)
-            elif resume and is_artifact(path) and (made_from is None or made_from(path)):
+            elif made == "otherwise":   # an interrupted run of this run's settings is resumed
+                echo(f"[{name}] the previous run's was made with other settings "
+                     f"({'; '.join(changed.get(name, ())) or 'an earlier --resume changed them'}): made again")
+                _run_resuming(name, path, run, echo)
+            elif made == "here" and (made_from is None or made_from(path)):
                 echo(f"[{name}] kept from the previous run: {path}")
                 summary["kept"].append(name)
-            elif resume and is_artifact(path):
+            elif made == "here":
                 echo(f"[{name}] the previous run's was made from another teacher than this run's: made again")
                 run(path, False)
             else:
                 echo(f"[{name}] ...")
-                try:
-                    run(path, resume)
-                except TeacherChanged:   # (any other refusal, e.g. another torch, is the user's to decide)
-                    echo(f"[{name}] the interrupted run was started from another teacher than this run's: started again")
-                    run(path, False)
+                _run_resuming(name, path, run, echo) if resume else run(path, False)
             _record_stage(out, name, path)
         timings[name] = round(time.perf_counter() - started, 2)
 
     teacher_dir = out / "teacher"
     stage("teacher", teacher_dir, lambda p, again: train_teachers(
-        data, teacher_cfg, p, overwrite=True, resume=again, progress=progress, config_record=config_record))
+        data, teacher_cfg, p, overwrite=True, resume=again, progress=progress,
+        config_record=_stage_record(config_record, "teacher")))
     teacher = load_teacher(teacher_dir).to(device)
     summary["teacher"] = _model_summary(evaluate(teacher, data), teacher)
 
@@ -118,7 +119,8 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
                                                             summary, resume, progress, config_record, echo)
     student_dir = out / "student"
     stage("distill", student_dir, lambda p, again: distill(teacher, data, distill_cfg, p, cache=cache, overwrite=True,
-                                                           resume=again, progress=progress, config_record=config_record),
+                                                           resume=again, progress=progress,
+                                                           config_record=_stage_record(config_record, "distill")),
           made_from=lambda p: _recorded(p, "teacher") == teacher.fingerprint)
     student = load_teacher(student_dir).to(device)
     baseline = load_teacher(student_dir / "baseline").to(device)
@@ -150,7 +152,6 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
 
 
 RUN_RECORD = "pipeline.json"   # what the stages in the folder were made with (edgekd.training.run_fingerprint)
-STAGES = ("teacher", "specialists", "student")
 
 
 def _clear_previous_run(out: Path) -> None:
@@ -181,38 +182,63 @@ def _clear_made_each_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _stage_record(config_record: dict | None) -> dict | None:
-    """The command line recorded with each stage, without the options that only choose which stages run."""
+# the settings only one stage reads (PipelineConfig fields, named as the command line names them); every other one
+# (the data, --train-limit, --val-fraction, --seed) is every stage's. A --resume keeps a stage whose settings are this
+# run's: another --student keeps the teacher. (A stage made from another teacher is made again: ``made_from``.)
+STAGE_SETTINGS = {"teacher": ("teacher_arch", "ensemble", "teacher_epochs", "teacher_lr", "jitter"),
+                  "specialists": ("specialist_lr", "specialist_patience"),
+                  "distill": ("student", "epochs", "temperature", "alpha", "student_jitter", "student_recipe_search")}
+STAGE_FOLDERS = {"teacher": "teacher", "specialists": "specialists", "distill": "student"}
+
+
+def _stage_settings(params: dict, stage: str) -> dict:
+    """``params`` without the settings only the other stages read (and without --skip, which only chooses stages)."""
+    others = {name for other, names in STAGE_SETTINGS.items() if other != stage for name in names}
+    return {k: v for k, v in params.items() if k not in others and k != "skip"}
+
+
+def _stage_record(config_record: dict | None, stage: str) -> dict | None:
+    """The command line recorded with a stage (and binding its interrupted run): the settings that stage reads."""
     if not config_record or not isinstance(config_record.get("params"), dict):
         return config_record
-    params = {k: v for k, v in config_record["params"].items() if k != "skip"}
-    return {**config_record, "params": params}
+    return {**config_record, "params": _stage_settings(config_record["params"], stage)}
 
 
-def _bind_run(out: Path, config: PipelineConfig, data, resume: bool) -> None:
-    """Refuse a ``--resume`` whose finished stages were made with other settings or data, then record
-    this run's. A stage kept from a run with another ``--student`` or dataset would be reported under
-    this run's name. ``skip`` and ``device`` do not change what a stage makes, so they may differ."""
+def _stage_fingerprint(fingerprint: dict, stage: str) -> dict:
+    return {**fingerprint, "config": _stage_settings(fingerprint.get("config") or {}, stage)}
+
+
+def _bind_run(out: Path, config: PipelineConfig, data, resume: bool) -> dict[str, list[str]]:
+    """Record this run's settings in ``RUN_RECORD`` and return, for each stage whose settings (or data) differ from the
+    previous run's, what changed. Its finished artifact is no longer recorded as made here, so ``--resume`` makes it
+    again (and the stages made from it, by their teacher), while the others are kept. A ``--resume`` into finished
+    stages with no readable record is refused: what made them cannot be told. ``skip`` and ``device`` do not change
+    what a stage makes, so they may differ."""
     fingerprint = run_fingerprint(replace(config, skip=()), data)
-    record = out / RUN_RECORD
-    finished = [name for name in STAGES if is_artifact(out / name)]
-    if resume and finished:
-        if not record.is_file():
-            raise OutputError(f"--resume cannot tell what settings made the stages in '{out}' ({', '.join(finished)}): "
-                              f"it has no {RUN_RECORD}; pass --overwrite to start over.")
-        try:
-            old = json.loads(record.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            old = None
-        if not isinstance(old, dict):
-            raise OutputError(f"--resume cannot read '{record}' (not the JSON edgekd writes); pass --overwrite to start over.")
-        stages = old.pop("stages", None)   # which artifacts the stages finished (_record_stage), not settings
-        changes = fingerprint_changes(old, fingerprint)
-        if changes:
-            raise OutputError(f"--resume refused: the stages in '{out}' were made with other settings "
-                              f"({'; '.join(changes)}); pass the same options, or --overwrite to start over.")
-        fingerprint = {**fingerprint, **({"stages": stages} if isinstance(stages, dict) else {})}
-    write_json_atomic(record, fingerprint)
+    finished = [name for name, folder in STAGE_FOLDERS.items() if is_artifact(out / folder)]
+    old = (_run_record(out, required=bool(finished)) or None) if resume else None
+    changed, stages = {}, {}
+    if old is not None:
+        recorded = old.pop("stages", None)   # which artifacts the stages finished (_record_stage), not settings
+        for name in STAGE_SETTINGS:
+            if changes := fingerprint_changes(_stage_fingerprint(old, name), _stage_fingerprint(fingerprint, name)):
+                changed[name] = changes
+        if not isinstance(recorded, dict):   # a record from before stages were recorded: what is there is its own
+            recorded = {name: sha256_file(out / STAGE_FOLDERS[name] / MANIFEST) for name in finished}
+        stages = {name: sha for name, sha in recorded.items() if name not in changed}
+    write_json_atomic(out / RUN_RECORD, {**fingerprint, "stages": stages})
+    return changed
+
+
+def _run_resuming(name: str, path: Path, run, echo) -> None:
+    """``run(path, True)``: an interrupted run of this stage continues. One started with other settings or from another
+    teacher than this run's is started again, said in one line; another torch or edgekd is the user's to decide."""
+    try:
+        run(path, True)
+    except (TeacherChanged, SettingsChanged) as exc:
+        why = "from another teacher than this run's" if isinstance(exc, TeacherChanged) else "with other settings"
+        echo(f"[{name}] the interrupted run was started {why}: started again")
+        run(path, False)
 
 
 # --- each stage's settings in the pipeline ------------------------------------------------------------
@@ -334,7 +360,8 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
     spec_dir = out / "specialists"
     stage("specialists", spec_dir, lambda p, again: build_for_pipeline(teacher_dir, data, p, cache=cache, seed=config.seed,
                                                                        device=device, resume=again, progress=progress,
-                                                                       config_record=config_record, pipeline=config),
+                                                                       config_record=_stage_record(config_record, "specialists"),
+                                                                       pipeline=config),
           made_from=lambda p: _recorded(p, "generalist") == _generalist_fingerprint(teacher_dir, p))
     spec = load_teacher(spec_dir).to(device)
     summary["specialists"] = _model_summary(evaluate(spec, data), spec)
@@ -348,13 +375,15 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
     return teacher, "teacher"
 
 
-def _stage_made_here(out: Path, name: str, path: Path) -> bool:
-    """Whether ``path`` is the artifact this pipeline's stage ``name`` finished (its manifest's sha256, recorded in
-    ``RUN_RECORD`` by ``_record_stage``), not one put there since by another command (``teacher train --out
-    OUT/teacher --overwrite``), which would be reported under this pipeline's settings. A record from before stages
-    were recorded says nothing: kept, as it was."""
-    recorded = _run_record(out).get("stages", {}).get(name)
-    return recorded is None or recorded == sha256_file(path / MANIFEST)
+def _stage_made(out: Path, name: str, path: Path) -> str:
+    """Whether ``path`` is the artifact this pipeline's stage ``name`` finished with this run's settings ("here": its
+    manifest's sha256 is the one ``_record_stage`` recorded), one it made with settings changed since ("otherwise":
+    ``_bind_run`` dropped it), or one put there since by another command ("elsewhere": ``teacher train --out
+    OUT/teacher --overwrite``), which would be reported under this pipeline's settings."""
+    recorded = _run_record(out).get("stages", {})
+    if name not in recorded:
+        return "otherwise"
+    return "here" if recorded[name] == sha256_file(path / MANIFEST) else "elsewhere"
 
 
 def _record_stage(out: Path, name: str, path: Path) -> None:
@@ -363,12 +392,24 @@ def _record_stage(out: Path, name: str, path: Path) -> None:
     write_json_atomic(out / RUN_RECORD, record)
 
 
-def _run_record(out: Path) -> dict:
+def _run_record(out: Path, *, required: bool = False) -> dict | None:
+    """``RUN_RECORD`` as ``_bind_run`` wrote it. Missing or unreadable: ``{}``, or with ``required`` (a --resume into
+    finished stages) refused, since what made them cannot be told."""
+    path = out / RUN_RECORD
     try:
-        record = json.loads((out / RUN_RECORD).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        if required:
+            raise OutputError(f"--resume cannot tell what settings made the stages in '{out}': it has no {RUN_RECORD}; "
+                              f"pass --overwrite to start over.") from None
         return {}
-    return record if isinstance(record, dict) and isinstance(record.get("stages", {}), dict) else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if isinstance(record, dict) and isinstance(record.get("stages", {}), dict):
+        return record
+    if required:
+        raise OutputError(f"--resume cannot read '{path}' (not the JSON edgekd writes); pass --overwrite to start over.")
+    return {}
 
 
 def _recorded(path: Path, field: str) -> str | None:

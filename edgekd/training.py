@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.artifacts import write_json_atomic
-from edgekd.errors import EdgekdError, ResumeMismatch, TeacherChanged, TrainingError
+from edgekd.errors import EdgekdError, ResumeMismatch, SettingsChanged, TeacherChanged, TrainingError
 from edgekd.config import TrainConfig  # noqa: F401  (re-exported: the training loop's settings)
 from edgekd.data import as_float, fill_rows, inference_rows
 from edgekd.device import autocast, module_device, resolve_device, to_device
@@ -413,7 +413,7 @@ class RunStore:
                 raise TeacherChanged(f"Cannot resume the interrupted run in '{self.path}': it was started from another "
                                      f"teacher ({_TEACHER_INPUTS} changed); rerun with that teacher to resume, or pass "
                                      f"--overwrite instead of --resume to start over.")
-            raise ResumeMismatch(f"Cannot resume the interrupted run in '{self.path}': it was started with other settings "
+            raise SettingsChanged(f"Cannot resume the interrupted run in '{self.path}': it was started with other settings "
                               f"({'; '.join(changes)}); rerun with the original settings to resume, or pass --overwrite "
                               f"instead of --resume to start over.")
 

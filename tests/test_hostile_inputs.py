@@ -512,9 +512,6 @@ def _output_cases():
         ("pipeline --resume a user folder", lambda t, T, S: ["pipeline", "--resume", "--out", user_folder(t)], "not an edgekd pipeline folder"),
         ("pipeline --resume stages of unknown settings", lambda t, T, S: ["pipeline", "--resume", "--out", _pipeline_with_teacher(t, T)],
          "has no pipeline.json"),
-        ("pipeline --resume stages of other settings", lambda t, T, S: ["pipeline", "--resume", "--out",
-                                                                        _pipeline_with_teacher(t, T, {"config": {"student": "cnn"}})],
-         "made with other settings"),
         ("pipeline --resume an unreadable record", lambda t, T, S: ["pipeline", "--resume", "--out", _pipeline_with_teacher(t, T, "{")],
          "did not write as part of it (pipeline.json)"),   # an unreadable pipeline.json may be the user's: kept
         ("train --out a file", lambda t, T, S: [*TRAIN, "--overwrite", "--out", write(t, "f", "keep")], "is a file"),

@@ -55,8 +55,10 @@ def test_a_run_starts_without_the_previous_runs_summaries_exports_and_report(tmp
         (tmp_path / name).write_text("old")
     _clear_made_each_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.json", "student"]
-    record = {"command": "edgekd pipeline", "params": {"skip": ["bench"], "epochs": 3}}
-    assert _stage_record(record) == {"command": "edgekd pipeline", "params": {"epochs": 3}}   # --skip binds no stage
+    record = {"command": "edgekd pipeline", "params": {"skip": ["bench"], "epochs": 3, "teacher_epochs": 2, "seed": 1}}
+    # --skip binds no stage; each stage is bound to the settings it reads and the shared ones (the seed)
+    assert _stage_record(record, "distill") == {"command": "edgekd pipeline", "params": {"epochs": 3, "seed": 1}}
+    assert _stage_record(record, "teacher") == {"command": "edgekd pipeline", "params": {"teacher_epochs": 2, "seed": 1}}
 
 
 def test_resume_and_overwrite_together_are_refused(edgekd, tmp_path):
@@ -83,18 +85,60 @@ TINY_PIPELINE = ("pipeline", "--ensemble", "1", "--teacher-arch", "mlp:hidden=8"
                  "-T", "2", "--skip", "specialists", "--skip", "export", "--skip", "bench", "--quiet")
 
 
-def test_resume_keeps_stages_only_when_made_with_the_same_settings(edgekd, tmp_path):
+def test_resume_keeps_only_the_stages_whose_own_settings_are_this_runs(edgekd, tmp_path):
+    """Bound to the whole command line, another --student (or --epochs) refused the --resume, and --overwrite then
+    retrained the teacher: each stage is bound to the settings it reads, and a stage made again takes those made
+    from it along (by their teacher)."""
+    from edgekd.artifacts import load_artifact
+
     out = tmp_path / "demo"
     code, _, err = edgekd(*TINY_PIPELINE, "--student", "mlp:hidden=8", "--out", out)
     assert code == 0, err
     assert json.loads((out / "pipeline.json").read_text())["config"]["student"] == "mlp:hidden=8"
     code, stdout, err = edgekd(*TINY_PIPELINE, "--student", "mlp:hidden=8", "--resume", "--out", out)
+    assert code == 0 and "[teacher] kept from the previous run" in stdout and "[distill] kept" in stdout, err
+    teacher = (out / "teacher" / "manifest.json").read_bytes()
+    code, stdout, err = edgekd(*TINY_PIPELINE, "--student", "mlp:hidden=16", "--resume", "--out", out)
     assert code == 0 and "[teacher] kept from the previous run" in stdout, err
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    # another student would be reported as this run's, beside the first run's: refused, naming the change
-    code, _, err = edgekd(*TINY_PIPELINE, "--student", "mlp:hidden=16", "--resume", "--out", out)
-    assert code == 2 and "'student' was 'mlp:hidden=8', now 'mlp:hidden=16'" in err and len(err.strip().splitlines()) == 1
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert ("[distill] the previous run's was made with other settings ('student' was 'mlp:hidden=8', now "
+            "'mlp:hidden=16'): made again") in stdout
+    assert (out / "teacher" / "manifest.json").read_bytes() == teacher
+    assert load_artifact(out / "student").manifest.members[0].options["hidden"] == [16]   # this run's student
+    code, stdout, err = edgekd(*TINY_PIPELINE[:4], "mlp:hidden=4", *TINY_PIPELINE[5:], "--student", "mlp:hidden=16", "--resume",
+                               "--out", out)   # another teacher: it and the student made from it are made again
+    assert code == 0, err
+    assert "[teacher] the previous run's was made with other settings ('teacher_arch'" in stdout
+    assert "[distill] the previous run's was made from another teacher than this run's: made again" in stdout
+    assert load_artifact(out / "teacher").manifest.members[0].options["hidden"] == [4]
+
+
+def test_a_stage_whose_settings_changed_while_it_was_stopped_resumes_its_own_run(monkeypatch, tmp_path):
+    """--resume with another --student drops the finished student from the record before making it again: stopped
+    then, the next --resume with that student continues its run (not the previous student's), and one with yet
+    another student starts it again instead of refusing."""
+    import edgekd.distill as distill_module
+    import edgekd.pipeline as pipeline
+    from edgekd.config import PipelineConfig
+
+    real, calls = distill_module.distill, []
+
+    def stopped(*args, resume=False, **kwargs):
+        calls.append(resume)
+        raise KeyboardInterrupt
+
+    base = dict(ensemble=1, teacher_arch="mlp:hidden=8", teacher_epochs=1, epochs=1, temperature=2.0,
+                skip=("specialists", "export", "bench"))
+    out = tmp_path / "p"
+    pipeline.run_pipeline(PipelineConfig(**base, student="mlp:hidden=8"), out)
+    monkeypatch.setattr(distill_module, "distill", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(PipelineConfig(**base, student="mlp:hidden=16"), out, resume=True)
+    assert calls == [True]
+    monkeypatch.setattr(distill_module, "distill", lambda *a, resume=False, **k: (calls.append(resume), real(*a, resume=resume, **k))[1])
+    said = []
+    pipeline.run_pipeline(PipelineConfig(**base, student="mlp:hidden=16"), out, resume=True, echo=said.append)
+    assert calls == [True, True] and "an earlier --resume changed them" in " ".join(said)
+    assert "[teacher] kept from the previous run" in " ".join(said)
 
 
 def test_resume_makes_again_a_stage_replaced_by_another_command_since(edgekd, tmp_path):
@@ -272,3 +316,20 @@ def test_a_failed_export_ends_the_pipeline_with_exit_1_and_a_refused_int8_model_
     elif fails:
         assert not err and rows["student_int8"]["refused"] is True
         assert "| student_int8 | refused |" in (out / "summary.md").read_text()
+
+
+def test_a_record_from_before_stages_were_recorded_keeps_its_stages_whose_settings_are_this_runs(tmp_path):
+    import edgekd.pipeline as pipeline
+    from edgekd.config import PipelineConfig
+
+    base = dict(ensemble=1, teacher_arch="mlp:hidden=8", teacher_epochs=1, epochs=1, temperature=2.0,
+                skip=("specialists", "export", "bench"))
+    out = tmp_path / "p"
+    pipeline.run_pipeline(PipelineConfig(**base, student="mlp:hidden=8"), out)
+    record = json.loads((out / "pipeline.json").read_text())
+    del record["stages"]
+    (out / "pipeline.json").write_text(json.dumps(record))
+    said = []
+    pipeline.run_pipeline(PipelineConfig(**base, student="mlp:hidden=4"), out, resume=True, echo=said.append)
+    assert "[teacher] kept from the previous run" in " ".join(said)
+    assert "[distill] the previous run's was made with other settings ('student'" in " ".join(said)
