@@ -3,13 +3,13 @@
 The cache folder (``$EDGEKD_CACHE`` or ``~/.cache/edgekd``) holds only what edgekd can make again:
 
 - ``logits``: teacher logits, ``<key>.safetensors`` with edgekd's sha256 in the header (edgekd.cache);
-- ``decoded``: an image folder decoded once, ``images/<key>.json`` + ``.x.npy`` + ``.y.npy``
+- ``decoded``: an image folder decoded once, ``images/<key>.json`` + ``.x.npy`` + ``.y.npy`` + ``.h.npy``
   (edgekd.imagefolder);
 - ``splits``: the train / val / test rows of a decoded folder or of an uncompressed ``.npz``,
   ``images/splits/<key>.npy`` (edgekd.data);
 - ``conversions``: ncnn and MNN files converted from an ``.onnx`` by the benchmarks, ``convert/<name>/``;
 - ``unfinished``: the temporary file of a logits, decode or split write whose process died before it
-  renamed it into place (``.<key>.<pid>.tmp`` / ``.x.npy`` / ``.y.npy`` / ``.json.tmp`` / ``.npy``), and the arrays and
+  renamed it into place (``.<key>.<pid>.tmp`` / ``.x.npy`` / ``.y.npy`` / ``.h.npy`` / ``.json.tmp`` / ``.npy``), and the arrays and
   lock of a decode killed between its renames; one of a running process is never listed.
 
 A split file is a full copy of its rows, and every (split seed, val fraction, train limit) makes its
@@ -162,7 +162,7 @@ def _is_edgekd_logits(path: Path) -> bool:
 def _decoded(folder: Path):
     for meta in _files(folder, rf"{_KEY}\.json"):
         key = meta.stem
-        parts = [meta] + [p for p in (folder / f"{key}.x.npy", folder / f"{key}.y.npy")
+        parts = [meta] + [p for p in (folder / f"{key}.{part}.npy" for part in "xyh")
                           if p.is_file() and not p.is_symlink()]
         yield _entry("decoded", key, parts)
 
@@ -189,7 +189,7 @@ def _unfinished(root: Path):
     process is gone: a job killed mid-write leaves them, and nothing else would ever remove them."""
     from edgekd.outputs import left_behind
 
-    for folder, suffix in ((root, r"tmp"), (root / "images", r"(?:[xy]\.npy|json\.tmp)"), (root / "images" / "splits", r"npy")):
+    for folder, suffix in ((root, r"tmp"), (root / "images", r"(?:[xyh]\.npy|json\.tmp)"), (root / "images" / "splits", r"npy")):
         for path in _files(folder, rf"\.({_KEY})\.(\d+)\.{suffix}"):
             key, pid = path.name.split(".")[1:3]
             if left_behind(int(pid), path):
@@ -205,12 +205,12 @@ def _unfinished(root: Path):
 
 
 def _stopped_decodes(folder: Path):
-    """What a decode killed between its renames leaves (edgekd.imagefolder): ``KEY.x.npy`` / ``KEY.y.npy`` without
+    """What a decode killed between its renames leaves (edgekd.imagefolder): ``KEY.x.npy`` / ``.y.npy`` / ``.h.npy`` without
     the ``KEY.json`` that makes them an entry (a whole decoded folder no kind listed), and its ``.KEY.lock``;
     none while a decode of that key holds the lock."""
     from edgekd.outputs import is_held
 
-    for path in _files(folder, rf"{_KEY}\.[xy]\.npy"):
+    for path in _files(folder, rf"{_KEY}\.[xyh]\.npy"):
         key = path.name.split(".")[0]
         if not (folder / f"{key}.json").exists() and not is_held(folder / f".{key}.lock"):
             yield _entry("unfinished", f"{key} (decode stopped)", [path])

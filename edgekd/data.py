@@ -25,6 +25,7 @@ import hashlib
 import math
 import os
 import struct
+import warnings
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgekd.cachedir import allocated_memmap, default_cache_dir, file_identity, touch
-from edgekd.errors import DataError
+from edgekd.errors import DataError, EdgekdWarning
 from edgekd.validation import VAL_FRACTION, check_int_at_least, check_seed, check_val_fraction
 
 if TYPE_CHECKING:  # torch is imported lazily at run time
@@ -182,7 +183,7 @@ def load_dataset(spec: str = "digits", *, val_fraction: float = VAL_FRACTION, sp
     if train_limit is not None:
         check_int_at_least("train_limit", train_limit, 1)
     spec = canonical_spec(spec)
-    x, y, x_test, y_test, classes = _load_arrays(spec)
+    x, y, x_test, y_test, classes, copies = _load_arrays(spec)
     _check_arrays(spec, x, y, x_test, y_test, classes)
     test_idx = None
     if x_test is None:   # fixed for the data (not drawn from the training seed): every run scores the same images
@@ -196,6 +197,9 @@ def load_dataset(spec: str = "digits", *, val_fraction: float = VAL_FRACTION, sp
         if train_limit < len(classes):
             raise DataError(f"The 'train_limit' parameter must be at least the number of classes ({len(classes)}). Got {train_limit} instead.")
         train_idx = _stratified_subset(y, train_idx, train_limit, seed=split_seed)
+    if copies is not None:
+        _warn_copies(spec, *copies, np.asarray(y) if x_test is None else np.concatenate([y, y_test]),
+                     np.concatenate([train_idx, val_idx]), test_idx if x_test is None else len(y) + np.arange(len(y_test)))
     if test_idx is not None:
         x_test, y_test = x, y
     else:
@@ -474,20 +478,46 @@ def _as_nchw(x: np.ndarray) -> np.ndarray:
 def _load_arrays(spec: str):
     name, _, arg = spec.partition(":")
     if spec == "digits":
-        return _load_digits()
+        return (*_load_digits(), None)
     if name in IDX_DATASETS:
-        return (*_load_idx(name, arg or None), IDX_DATASETS[name])
+        return (*_load_idx(name, arg or None), IDX_DATASETS[name], None)
     if name == "npz" and arg:
-        return _load_npz(Path(arg))
+        return (*_load_npz(Path(arg)), None)
     if name == "imagefolder":
         from edgekd.imagefolder import load_imagefolder
 
-        return load_imagefolder(arg)[:5]
+        loaded = load_imagefolder(arg)
+        return (*loaded[:5], (loaded.digests, loaded.names))
     if name == "synthetic":
         from edgekd.synthetic import load_synthetic
 
-        return load_synthetic(arg)
+        return (*load_synthetic(arg), None)
     raise DataError(f"Unknown dataset '{spec}'; choose one of {', '.join(KNOWN_SPECS)}.")
+
+
+def _warn_copies(spec: str, digests: np.ndarray, names: list[str], labels: np.ndarray, seen: np.ndarray,
+                 test: np.ndarray) -> None:
+    """Warn of images that are copies of one another (the same decoded pixels, ``digests``): a test image whose copy
+    is among the train or val rows (``seen``) is not held out, and copies under two classes contradict each other.
+    ``names``, ``digests`` and ``labels`` run over every image of the source (train's, then any test folder's)."""
+    pairs = np.unique(np.stack([digests, labels.astype(np.uint64)], axis=1), axis=0)
+    values, counts = np.unique(pairs[:, 0], return_counts=True)
+    clashing = np.flatnonzero(np.isin(digests, values[counts > 1]))
+    if len(clashing):
+        first = clashing[digests[clashing] == digests[clashing[0]]]
+        other = first[labels[first] != labels[first[0]]][0]
+        groups = int(np.sum(counts > 1))
+        warnings.warn(EdgekdWarning(
+            f"{groups} image{'s' if groups > 1 else ''} of '{spec}' appear{'' if groups > 1 else 's'} under more than one "
+            f"class (the same pixels in '{names[first[0]]}' and '{names[other]}'): their labels contradict each other; "
+            f"keep each image under one class."), stacklevel=3)
+    leaked = test[np.isin(digests[test], digests[seen])]
+    if len(leaked):
+        source = seen[digests[seen] == digests[leaked[0]]][0]
+        warnings.warn(EdgekdWarning(
+            f"{len(leaked)} of the {len(test)} test images of '{spec}' are copies of train or val images (the same "
+            f"pixels in '{names[leaked[0]]}' and '{names[source]}'): the test accuracy counts them as unseen; remove "
+            f"the copies from one side."), stacklevel=3)
 
 
 def _held_out_fraction(spec: str) -> float:

@@ -13,7 +13,8 @@ Decoding (Pillow) happens once: the uint8 arrays are cached in ``$EDGEKD_CACHE/i
 files read back memory-mapped, keyed by the file list with sizes and modification times and the
 options. Every hit re-hashes a random sample of the files against the hashes stored at decoding
 time, so a folder whose contents changed is never served stale. A corrupt image or a decompression
-bomb is one ``DataError`` naming the file.
+bomb is one ``DataError`` naming the file. Each decoded image's pixels are digested (``{key}.h.npy``) so
+that copies across the train/test split or under two classes can be named (``edgekd.data``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -175,9 +177,22 @@ def _check_counts(train: Path, classes, train_files, held_out: bool) -> None:
                         f"folder(s) {', '.join(few[:3])} have fewer; add images{', or a test/ folder' if held_out else ''}.")
 
 
-def load_imagefolder(arg: str, cache_dir: Path | None = None):
-    """(x_train, y_train, x_test or None, y_test or None, classes, test_fraction): uint8 (N, C, H, W)
-    arrays, memory-mapped from the decode cache."""
+class ImageFolderArrays(NamedTuple):
+    """uint8 (N, C, H, W) arrays memory-mapped from the decode cache (the test ones None without a ``test/``
+    folder: ``test_fraction`` of the train images are held out instead), and for every image, train's then
+    test's, its file name under the root and a 64-bit digest of its decoded pixels."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    classes: tuple[str, ...]
+    test_fraction: float
+    digests: np.ndarray
+    names: list[str]
+
+
+def load_imagefolder(arg: str, cache_dir: Path | None = None) -> ImageFolderArrays:
     spec = parse_spec(arg)
     classes, train_files, test_files = scan(spec)
     everything = train_files + (test_files or [])
@@ -187,11 +202,13 @@ def load_imagefolder(arg: str, cache_dir: Path | None = None):
     if arrays is None:
         with _decoding(cache, key):   # one process decodes; the others (torchrun's ranks) wait, then read its entry
             arrays = _cached(cache, key, spec) or _decode_and_store(cache, key, spec, everything)
-    x, y = arrays
+    x, y, digests = arrays
     n_train = len(train_files)
+    names = [os.fsdecode(path.relative_to(spec.root)) for path, _ in everything]
     if test_files is None:
-        return x, y, None, None, classes, spec.test_fraction
-    return x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes, spec.test_fraction
+        return ImageFolderArrays(x, y, None, None, classes, spec.test_fraction, digests, names)
+    return ImageFolderArrays(x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes, spec.test_fraction,
+                             digests, names)
 
 
 @contextlib.contextmanager
@@ -244,8 +261,9 @@ def _cached(cache: Path, key: str, spec: FolderSpec):
         meta = json.loads(meta_path.read_text())
         x = np.load(cache / f"{key}.x.npy", mmap_mode="r")
         y = np.load(cache / f"{key}.y.npy", mmap_mode="r")
+        digests = np.load(cache / f"{key}.h.npy")
     except (OSError, ValueError, json.JSONDecodeError):
-        return None   # a torn entry: decode again
+        return None   # a torn entry (or one made before digests were kept): decode again
     for relative, expected in meta.get("sample", []):
         path = spec.root / relative
         if not path.is_file() or _sha256(path) != expected:
@@ -253,7 +271,7 @@ def _cached(cache: Path, key: str, spec: FolderSpec):
                           f"decoding the folder again", EdgekdWarning, stacklevel=3)
             return None
     touch(meta_path)   # used now: `edgekd cache prune --older-than` keeps it
-    return x, y
+    return x, y, digests
 
 
 def _class_files(folder: Path) -> list[Path]:
@@ -287,7 +305,8 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
             if (image.height, image.width) != size:
                 image = image.resize((size[1], size[0]), Image.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
-        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        return array, pixel_digest(array)
 
     rng = random.Random(key)
     sample = rng.sample(files, min(SAMPLE, len(files)))
@@ -296,13 +315,14 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
     try:
         cache.mkdir(parents=True, exist_ok=True)
         # held while written (edgekd.outputs.hold): a cache another container shares must not take them for a dead writer's
-        tmp, y_tmp = (hold(cache / f".{key}.{os.getpid()}.{part}.npy") for part in "xy")
+        tmp, y_tmp, h_tmp = (hold(cache / f".{key}.{os.getpid()}.{part}.npy") for part in "xyh")
         x = allocated_memmap(tmp, np.uint8, (len(files), channels, *size))
+        digests = np.empty(len(files), dtype=np.uint64)
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # Pillow decodes without the GIL
             # a window at a time: a thread pool's map submits every file at once (a future each, ~2 KB)
             for start in range(0, len(files), DECODE_WINDOW):
-                for index, array in enumerate(pool.map(decode, files[start:start + DECODE_WINDOW]), start):
-                    x[index] = array
+                for index, (array, digest) in enumerate(pool.map(decode, files[start:start + DECODE_WINDOW]), start):
+                    x[index], digests[index] = array, digest
         x.flush()
         del x
         if _changed_since(spec, files, key):   # an entry keyed by the files as they were, holding some as they are
@@ -310,8 +330,10 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
                             f"rerun once it is complete.")
         y = np.array([label for _, label in files], dtype=np.int64)
         np.save(y_tmp, y)
+        np.save(h_tmp, digests)
         os.replace(tmp, cache / f"{key}.x.npy")
         os.replace(y_tmp, cache / f"{key}.y.npy")
+        os.replace(h_tmp, cache / f"{key}.h.npy")
         header = hold(cache / f".{key}.{os.getpid()}.json.tmp")   # the pid's: two processes decoding one folder race
         header.write_text(json.dumps(meta))
         os.replace(header, cache / f"{key}.json")   # the entry exists once its header does
@@ -323,9 +345,15 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
         raise DataError(f"Cannot write the decoded images of '{spec.root}' to '{cache}' ({exc.strerror or exc}); free "
                         f"disk space there or point EDGEKD_CACHE at a folder with room for them.") from None
     finally:
-        for part in ("x.npy", "y.npy", "json.tmp"):
+        for part in ("x.npy", "y.npy", "h.npy", "json.tmp"):
             release(cache / f".{key}.{os.getpid()}.{part}")
-    return np.load(cache / f"{key}.x.npy", mmap_mode="r"), np.load(cache / f"{key}.y.npy", mmap_mode="r")
+    return np.load(cache / f"{key}.x.npy", mmap_mode="r"), np.load(cache / f"{key}.y.npy", mmap_mode="r"), digests
+
+
+def pixel_digest(array: np.ndarray) -> int:
+    """64 bits of BLAKE2b over an image's decoded pixels: equal for copies of one image, whatever their file names
+    or formats (a PNG and a BMP of the same pixels), and colliding by chance once in 2**64 pairs."""
+    return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=8).digest(), "little")
 
 
 def _eight_bit(image):

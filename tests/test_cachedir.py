@@ -41,7 +41,7 @@ def test_entries_are_edgekd_s_own_by_kind(cache):
     kinds = sorted(e.kind for e in cache_entries(root))
     assert kinds == ["conversions", "decoded", "logits", "splits", "splits", "splits"]
     decoded = next(e for e in cache_entries(root) if e.kind == "decoded")
-    assert {p.suffix for p in decoded.paths} == {".json", ".npy"} and len(decoded.paths) == 3
+    assert {p.suffix for p in decoded.paths} == {".json", ".npy"} and len(decoded.paths) == 4   # header, pixels, labels, digests
     assert all(e.bytes > 0 for e in cache_entries(root))
 
 

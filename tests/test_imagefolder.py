@@ -519,3 +519,25 @@ def test_a_folder_whose_name_holds_a_comma_is_a_folder(tmp_path):
     assert tuple(data.input_shape) == (1, 4, 4) and parse_spec(f"{root},channels=3").root == root
     with pytest.raises(DataError, match="option 'colour=red' is not understood"):
         parse_spec(f"{tmp_path / 'photos'},colour=red,size=4x4")
+
+
+def test_copies_across_the_split_or_under_two_classes_are_named_once_decoded(tmp_path):
+    """Byte-identical photos (or the same pixels in another format) in train/ and test/, or in two class folders,
+    passed silently: the first inflates the test accuracy, the second contradicts its own label."""
+    root = _folder(tmp_path / "imgs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # real digits, no copies: nothing to say
+        load_dataset(f"imagefolder:{root}")
+    for name in ("zero", "one", "two"):
+        (root / "test" / name).mkdir(parents=True)
+        for i in (10, 11, 12):
+            shutil.copy(root / "train" / name / f"{i:03d}.png", root / "test" / name / f"{i:03d}.png")
+    Image.open(root / "train" / "one" / "000.png").save(root / "test" / "one" / "000.bmp")   # same pixels, other format
+    shutil.copy(root / "train" / "two" / "001.png", root / "train" / "zero" / "extra.png")
+    with pytest.warns(Warning) as caught:
+        data = load_dataset(f"imagefolder:{root}")
+    said = sorted(str(w.message) for w in caught)
+    assert len(said) == 2 and len(data.y_test) == 10
+    assert said[0].startswith("1 image of ") and ("the same pixels in 'train/two/001.png' and 'train/zero/extra.png'"
+                                                  in said[0])
+    assert said[1].startswith("10 of the 10 test images of ") and "'test/one/000.bmp' and 'train/one/000.png'" in said[1]
