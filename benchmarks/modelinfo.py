@@ -42,6 +42,7 @@ class ModelInfo:
     source_artifact: str | None = None  # an export's PyTorch original, when that folder is still there
     fixed_batch: int | None = None  # a program exported for one batch size only (.pte, an ONNX without a batch axis)
     int8: bool = False  # int8 kernels: its compute floor uses the measured int8 peak
+    trained_with: dict | None = None  # the artifact's (an export's: its source artifact's) recorded command line
 
 
 def model_format(path: str | Path) -> str:
@@ -132,7 +133,7 @@ def _describe_pte(path: Path, name: str) -> ModelInfo:
                      macs=macs if isinstance(macs, int) else None,
                      macs_source=("summary" if found is counts else "source artifact") if isinstance(macs, int) else None,
                      source_artifact=_source_artifact(json.dumps(source)) if source else None, fixed_batch=shape[0],
-                     int8="int8" in precision)
+                     int8="int8" in precision, trained_with=_source_trained_with(json.dumps(source)) if source else None)
 
 
 def _describe_artifact(path: Path, name: str) -> ModelInfo:
@@ -157,7 +158,8 @@ def _describe_artifact(path: Path, name: str) -> ModelInfo:
     desc = f"{artifact.kind}: {len(members)} x {members[0].arch}" if members else artifact.kind
     return ModelInfo(name=name, path=str(path), format="artifact", description=desc,
                      input_shape=tuple(artifact.input_shape), file_bytes=size, parameters=params,
-                     macs=macs, macs_source=source if macs is not None else None)
+                     macs=macs, macs_source=source if macs is not None else None,
+                     trained_with=_trained_with(dict(manifest.config), dict(metrics)))
 
 
 def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
@@ -197,7 +199,8 @@ def _describe_onnx(path: Path, name: str, fmt: str) -> ModelInfo:
     return ModelInfo(name=name, path=str(path), format=fmt, description=desc, input_shape=input_shape,
                      input_dtype=input_dtype, file_bytes=size, parameters=params, macs=macs,
                      macs_source=source if macs is not None else None, source_artifact=_source_artifact(meta.get("edgekd.source")),
-                     int8=quantized or "int8" in str(meta.get("edgekd.precision", "")), fixed_batch=fixed_batch)
+                     int8=quantized or "int8" in str(meta.get("edgekd.precision", "")), fixed_batch=fixed_batch,
+                     trained_with=_source_trained_with(meta.get("edgekd.source")))
 
 
 def _same_export(ort_meta: dict, onnx_path: Path) -> bool:
@@ -271,6 +274,22 @@ def _source_artifact(source_json) -> str | None:
         return str(path) if sha256_file(path / "manifest.json") == expected else None
     except Exception:   # no source recorded, no folder, or no hash to check it against
         return None
+
+
+def _trained_with(config: dict, metrics: dict) -> dict:
+    """What a report keeps of how a model was made, so that a figure quoted beside it can be checked: the command
+    line its manifest records (``config``) and its own test accuracy then."""
+    return {"config": config, "test_accuracy": metrics.get("test_accuracy")}
+
+
+def _source_trained_with(source_json) -> dict | None:
+    """``_trained_with`` of the artifact an edgekd export came from, while that very artifact is still there."""
+    path = _source_artifact(source_json)
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text()) if path else None
+    except (OSError, ValueError):
+        return None
+    return _trained_with(manifest.get("config") or {}, manifest.get("metrics") or {}) if isinstance(manifest, dict) else None
 
 
 def _source_artifact_metrics(source_json) -> dict:

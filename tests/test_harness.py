@@ -676,9 +676,14 @@ def test_an_export_is_described_from_its_source_artifact_only_while_it_is_that_a
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert describe_model(tmp_path / "s.onnx", "s").source_artifact == str(source.resolve())
     manifest = json.loads((source / "manifest.json").read_text())
+    # how it was trained rides with the report, so a recipe quoted beside a figure can be checked against it
+    trained = describe_model(tmp_path / "s.onnx", "s").trained_with
+    assert trained == describe_model(source, "s").trained_with == {"config": manifest["config"],
+                                                                     "test_accuracy": manifest["metrics"]["test_accuracy"]}
     manifest["metrics"]["macs"] = 1   # as a retrained model's manifest differs
     (source / "manifest.json").write_text(json.dumps(manifest))
     assert describe_model(tmp_path / "s.onnx", "s").source_artifact is None
+    assert describe_model(tmp_path / "s.onnx", "s").trained_with is None
 
 
 def test_a_headline_names_the_runtime_its_accuracy_was_measured_on():
