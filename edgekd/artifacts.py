@@ -246,8 +246,9 @@ class Artifact:
                 raise ArtifactError(f"Artifact '{self.path}': member {index} is your own architecture '{member.arch}'; "
                                     f"loading it would import '{module}' and run it; pass --trust-code if you trust it.")
 
-    def build_members(self) -> list:
-        """The member models, in eval mode, with their weights loaded."""
+    def build_members(self, only: int | None = None) -> list:
+        """The member models, in eval mode, with their weights loaded (``only``: just that member's, in a list: the
+        others are neither built nor read)."""
         from edgekd.errors import ConfigError, ModelTooLargeError
         from edgekd.models import create_model, format_arch, parse_arch
 
@@ -255,6 +256,8 @@ class Artifact:
         models = []
         norm = self.manifest.normalization
         for index, member in enumerate(self.manifest.members):
+            if only is not None and index != only:
+                continue
             try:   # the options go through the same checks as a command line's
                 arch, options = parse_arch(format_arch(member.arch, member.arch_options))
                 model = create_model(arch, self.input_shape, member.num_outputs, mean=norm["mean"], std=norm["std"],

@@ -66,11 +66,10 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
         teacher_cfg = teacher_config(config, device)
     check_jitter(config.jitter, data.input_shape)
     check_jitter(config.student_jitter, data.input_shape, name="student_jitter")
-    for arch in (teacher_cfg.arch, distill_cfg.student):
-        create_model(arch, data.input_shape, data.num_classes, for_training=True)   # raises ConfigError when it cannot take this data
-    if "specialists" not in config.skip and data.num_classes < 3:   # said before the teacher trains, not after
-        raise ConfigError(f"The specialists stage needs at least 3 classes (a cluster of two, and a dustbin for the "
-                          f"rest); dataset '{data.spec}' has {data.num_classes}. Pass --skip specialists.")
+    for arch in (distill_cfg.student, teacher_cfg.arch):
+        model = create_model(arch, data.input_shape, data.num_classes, for_training=True)   # raises ConfigError when it cannot take this data
+    if "specialists" not in config.skip:   # said before the teacher trains, not after
+        _check_specialists_can_follow(model, teacher_cfg.arch, data)
     if overwrite and not resume:
         _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,6 +227,22 @@ def _bind_run(out: Path, config: PipelineConfig, data, resume: bool) -> dict[str
         stages = {name: sha for name, sha in recorded.items() if name not in changed}
     write_json_atomic(out / RUN_RECORD, {**fingerprint, "stages": stages})
     return changed
+
+
+def _check_specialists_can_follow(teacher_model, arch: str, data) -> None:
+    """The specialists stage's refusals of the teacher's architecture and of the data, before the teacher trains."""
+    from edgekd.errors import EdgekdError
+    from edgekd.models import parse_arch
+    from specialists.training import check_specialist_arch
+
+    if data.num_classes < 3:
+        raise ConfigError(f"The specialists stage needs at least 3 classes (a cluster of two, and a dustbin for the "
+                          f"rest); dataset '{data.spec}' has {data.num_classes}. Pass --skip specialists.")
+    name, options = parse_arch(arch)
+    try:
+        check_specialist_arch(teacher_model, name, options, data.input_shape, data.num_classes)
+    except EdgekdError as exc:
+        raise ConfigError(f"{str(exc).rstrip('.')}; or pass --skip specialists.") from None
 
 
 def _run_resuming(name: str, path: Path, run, echo) -> None:

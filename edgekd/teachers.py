@@ -513,7 +513,8 @@ def load_teacher(spec: str | Path, *, combine: str | None = None, output: str | 
                        f"or a TorchScript file (.pt, .ts).")
 
 
-def teacher_from_artifact(artifact: Artifact, *, combine: str | None = None) -> Teacher:
+def teacher_from_artifact(artifact: Artifact, *, combine: str | None = None, members: list | None = None) -> Teacher:
+    """The teacher an artifact is (``members``: its member models already built, so they are not built twice)."""
     if artifact.kind not in ("model", "ensemble"):
         if combine is not None:   # its own rule combines its members (a specialist ensemble: the paper's KL solve)
             raise TeacherError(f"The 'combine' parameter sets how an ensemble's members are averaged; "
@@ -526,7 +527,7 @@ def teacher_from_artifact(artifact: Artifact, *, combine: str | None = None) -> 
                                f"choose one of {', '.join(teacher_kinds())}, or import the package that registers it.")
         return _TEACHER_KINDS[artifact.kind](artifact)
     combine = combine or artifact.manifest.combine
-    net = EnsembleModule(artifact.build_members(), combine)
+    net = EnsembleModule(artifact.build_members() if members is None else members, combine)
     n = len(artifact.manifest.members)
     desc = f"{artifact.kind} '{artifact.path}' ({n} × {artifact.manifest.members[0].arch}" + (f", mean of {combine})" if n > 1 else ")")
     fingerprint = hashlib.sha256((artifact.fingerprint + combine).encode()).hexdigest()

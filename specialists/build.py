@@ -38,7 +38,7 @@ from specialists.combine import (SolveResult, SpecialistEnsembleModule, check_sp
                                  max_active_bound)
 from specialists.config import DEFAULT_CLUSTER_TEMPERATURE, SpecialistConfig  # noqa: F401  (SpecialistConfig re-exported)
 from specialists.report import comparison, render_markdown
-from specialists.training import train_specialist
+from specialists.training import check_specialist_arch, train_specialist
 
 MODULE_STEPS_CAP = 200
 MODULE_CHECK_INPUTS = 512   # the exportable module (every specialist on every input) is checked on this many test inputs
@@ -101,11 +101,15 @@ def open_generalist(path, member: int | None = None, *, device=None) -> Generali
     index = member or 0
     if index >= len(members):
         raise ConfigError(f"The 'member' parameter must be in [0, {len(members) - 1}] for '{path}'. Got {index} instead.")
-    model = artifact.build_members()[index].to(device or "cpu")
+    model = artifact.build_members(only=index)[0].to(device or "cpu")
     options = members[index].arch_options
+    # refused here, before the generalist's pass over the train split and the clustering, not at the first specialist
+    norm = artifact.manifest.normalization
+    check_specialist_arch(model, members[index].arch, options, artifact.input_shape, len(artifact.classes),
+                          mean=norm["mean"], std=norm["std"])
     if len(members) == 1:
-        # the artifact already read and checked; the same fingerprint as everywhere else: the logit cache is shared
-        teacher = teacher_from_artifact(artifact).to(device or "cpu")
+        # the same fingerprint as everywhere else (the logit cache is shared), and the same module: not built twice
+        teacher = teacher_from_artifact(artifact, members=[model])
     else:
         fingerprint = hashlib.sha256(f"{artifact.fingerprint}:member={index}".encode()).hexdigest()
         teacher = ModuleTeacher(EnsembleModule([model]), kind="model", classes=artifact.classes,
@@ -182,6 +186,10 @@ def _clusters(generalist: Generalist, data: Dataset, config: SpecialistConfig, c
     cluster has one class (no specialist to train)."""
     train_logits = teacher_logits(generalist.teacher, data, "train", cache, refresh=refresh_cache).cpu()
     clustering = find_clusters(train_logits, config.clusters, temperature=config.cluster_temperature, seed=config.train.seed)
+    if any(len(c) == data.num_classes for c in clustering.clusters):
+        raise ConfigError(f"The generalist's probabilities do not tell any classes apart (k-means put all "
+                          f"{data.num_classes} in one cluster), so there is no cluster to train a specialist for; "
+                          f"check that the generalist is trained (its test accuracy) and predicts more than one class.")
     if not clustering.specialist_clusters:
         names = [[data.classes[c] for c in s] for s in clustering.clusters]
         hot = (f"; a --cluster-temperature of {config.cluster_temperature:g} makes every probability alike, so the "
@@ -270,7 +278,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     if top_n is not None:
         check_top_n(top_n, len(artifact.classes))
     keep = check_indices("keep", keep, len(manifest.members) - 1) if keep is not None else None
-    models = [model.to(resolve_device(device)) for model in artifact.build_members()]
+    models = [model.to(resolve_device(device)) for model in artifact.build_members(only=0)]   # the specialists: from their fits
     gen_member, source = manifest.members[0], manifest.generalist
     teacher = ModuleTeacher(EnsembleModule([models[0]]), kind="model", classes=artifact.classes,
                             input_shape=artifact.input_shape, fingerprint=source["fingerprint"],
@@ -297,8 +305,9 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     fits = fits if keep is None else [fits[i] for i in keep]
     solver = manifest.solver
     config = SpecialistConfig(clusters=clustering.k, cluster_temperature=clustering.temperature,
-                              top_n=top_n or solver["top_n"], member=source["member"],
-                              tol=tol or solver["tol"], max_steps=max_steps or solver["max_steps"],
+                              top_n=solver["top_n"] if top_n is None else top_n, member=source["member"],
+                              tol=solver["tol"] if tol is None else tol,
+                              max_steps=solver["max_steps"] if max_steps is None else max_steps,
                               module_steps=module_steps, train=TrainConfig(seed=manifest.seed))
     timings = {k: earlier[k] for k in ("clustering", "training") if k in earlier}
     timings["earlier"] = sum(timings.values())

@@ -431,7 +431,13 @@ class SpecialistTeacher(ModuleTeacher):
         self.tol, self.max_steps = float(solver["tol"]), int(solver["max_steps"])
         net = SpecialistEnsembleModule(models[0], models[1:], self.clusters, len(artifact.classes),
                                        top_n=self.top_n, steps=int(solver["module_steps"]), tol=self.tol)
-        settings = json.dumps({"top_n": self.top_n, "tol": self.tol, "max_steps": self.max_steps})
+        # what decides its outputs beyond the weights (the files' hashes): which scores are which classes, the members'
+        # architectures, the normalisation and the unrolled steps. A manifest is not hashed: one edited by hand must
+        # not be served another ensemble's cached logits (keys made before this included: computed again once)
+        settings = json.dumps({"top_n": self.top_n, "tol": self.tol, "max_steps": self.max_steps,
+                               "members": [[m.arch, m.arch_options, m.classes, m.num_outputs] for m in manifest.members],
+                               "normalization": manifest.normalization, "module_steps": solver["module_steps"]},
+                              sort_keys=True, default=str)
         super().__init__(net, kind=self.kind, classes=artifact.classes, input_shape=artifact.input_shape,
                          fingerprint=hashlib.sha256((artifact.fingerprint + settings).encode()).hexdigest(),
                          description=(f"specialist-ensemble '{artifact.path}' (generalist {manifest.members[0].arch} + "

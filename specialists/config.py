@@ -41,7 +41,8 @@ class SpecialistConfig:
                 check_int_at_least("clusters", k, 2)
         check_temperature("cluster_temperature", self.cluster_temperature)
         check_int_at_least("top_n", self.top_n, 1)
-        if not 0 < self.special_fraction < 1:
+        if isinstance(self.special_fraction, bool) or not isinstance(self.special_fraction, (int, float)) \
+                or not 0 < self.special_fraction < 1:
             raise ConfigError(f"The 'special_fraction' parameter must be in (0, 1). Got {self.special_fraction!r} instead.")
         if self.member is not None:
             check_int_at_least("member", self.member, 0)

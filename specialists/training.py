@@ -88,6 +88,16 @@ def head_name(model: nn.Module, outputs: int) -> str:
     return output_layer(model, outputs, NEEDS_HEAD)[0]
 
 
+def check_specialist_arch(generalist: nn.Module, arch: str, options: dict, input_shape, num_classes: int, *,
+                          mean=(0.0,), std=(1.0,)) -> None:
+    """Refuse, before any work, a generalist of ``num_classes`` scores whose specialists cannot be made: one whose
+    output is not an nn.Linear with a bias, or whose architecture with fewer outputs does not take its other weights
+    (``specialist_model`` for a cluster of two, built once and dropped)."""
+    output_layer(generalist, num_classes, NEEDS_HEAD)
+    if num_classes >= 3:
+        specialist_model(generalist, arch, options, input_shape, mean, std, (0, 1))
+
+
 def specialist_model(generalist: nn.Module, arch: str, options: dict, input_shape, mean, std, classes) -> nn.Module:
     """The generalist's architecture with |S|+1 outputs, every weight but the head copied from it."""
     model = create_model(arch, input_shape, len(classes) + 1, mean=mean, std=std, options=options)

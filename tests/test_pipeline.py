@@ -333,3 +333,15 @@ def test_a_record_from_before_stages_were_recorded_keeps_its_stages_whose_settin
     pipeline.run_pipeline(PipelineConfig(**base, student="mlp:hidden=4"), out, resume=True, echo=said.append)
     assert "[teacher] kept from the previous run" in " ".join(said)
     assert "[distill] the previous run's was made with other settings ('student'" in " ".join(said)
+
+
+def test_a_teacher_architecture_the_specialists_cannot_take_is_refused_before_the_teacher_trains(edgekd, tmp_path,
+                                                                                                  monkeypatch):
+    """The pipeline trained the whole ensemble, then the specialists stage refused its head."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures"))
+    code, _, err = edgekd("pipeline", "--teacher-arch", "py:my_arch.conv_head_net:width=4", "--ensemble", "1",
+                          "--teacher-epochs", "1", "--epochs", "1", "--skip", "export", "--skip", "bench", "--quiet",
+                          "--out", tmp_path / "p")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "output is not an nn.Linear's" in err and err.strip().endswith("or pass --skip specialists.")
+    assert not (tmp_path / "p" / "teacher").exists() and not (tmp_path / "p" / "teacher.partial").exists()

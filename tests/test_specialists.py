@@ -184,6 +184,27 @@ def test_a_specialist_trains_with_mixup(digits, monkeypatch):
     assert fitted.epochs_run == 2 and len(fitted.history) == 2 and 0 < fitted.val_accuracy <= 1
     assert len(blended) >= 2 and all(n > 1 for n in blended)   # at least one batch an epoch, each a real batch
 
+def test_the_dustbin_correction_is_added_to_the_saved_weights_once(digits, monkeypatch):
+    """Only the formula and the recorded value were tested: the saved state could lack the correction unnoticed.
+    The dustbin's bias is the trained one plus b, every other tensor the trained one."""
+    import specialists.training as training
+    from edgekd.models import create_model, parse_arch
+    from edgekd.training import TrainConfig
+
+    trained, real_fit = [], training.fit
+    monkeypatch.setattr(training, "fit", lambda *a, **k: trained.append(real_fit(*a, **k)) or trained[-1])
+    arch, options = parse_arch("mlp:hidden=16")
+    torch.manual_seed(0)
+    generalist = create_model(arch, digits.input_shape, 10, mean=digits.mean, std=digits.std, options=options).eval()
+    fitted = training.train_specialist(generalist, arch, options, digits, (1, 7), train=TrainConfig(epochs=1))
+    before = trained[0].state
+    head = [k for k in fitted.state if k.endswith(".bias")][-1]
+    assert fitted.dustbin_bias == pytest.approx(dustbin_bias(fitted.true_share, fitted.training_share)) != 0
+    assert fitted.state[head][-1].item() == pytest.approx(before[head][-1].item() + fitted.dustbin_bias, abs=1e-6)
+    assert torch.equal(fitted.state[head][:-1], before[head][:-1].cpu())
+    assert all(torch.equal(v, before[k].cpu()) for k, v in fitted.state.items() if k != head)
+
+
 # --- the solver -----------------------------------------------------------------------------------
 
 def _random_case(batch=64, classes=8, clusters=((0, 1, 2), (2, 3, 4), (5, 6)), scale=3.0, seed=0):
@@ -558,7 +579,7 @@ def test_regate_reads_an_artifact_from_before_covariance_npy(spec_artifact, tmp_
     assert code == 2 and "neither covariance.npy nor a covariance" in err
 
 
-@pytest.mark.parametrize("case", ["k_too_large", "ensemble", "onnx", "all_singletons"])
+@pytest.mark.parametrize("case", ["k_too_large", "ensemble", "onnx", "k_equals_classes"])
 def test_bad_inputs_exit_2_with_one_line(case, generalist, tiny_teacher, tmp_path, edgekd):
     teacher, extra = str(generalist), []
     if case == "k_too_large":
@@ -574,7 +595,7 @@ def test_bad_inputs_exit_2_with_one_line(case, generalist, tiny_teacher, tmp_pat
                           "--out", tmp_path / "out", "--quiet")
     assert code == 2
     assert err.startswith("error: ") and err.strip().count("\n") == 0
-    expected = {"k_too_large": "[2, 9]", "ensemble": "--member", "onnx": "ONNX", "all_singletons": "fewer than the 10 classes"}[case]
+    expected = {"k_too_large": "[2, 9]", "ensemble": "--member", "onnx": "ONNX", "k_equals_classes": "fewer than the 10 classes"}[case]
     assert expected in err
     assert not (tmp_path / "out.partial").exists() and not (tmp_path / "out").exists()
 
@@ -969,3 +990,84 @@ def test_the_generalists_training_time_is_its_whole_run_or_every_process_epochs_
     assert generalist_train_seconds(manifest(seconds=10.0, train_seconds=4.0, resumed=False)) == 5.0
     assert generalist_train_seconds(manifest(seconds=3.0, train_seconds=8.0, resumed=True)) == 4.0
     assert generalist_train_seconds(manifest(seconds=10.0)) == 5.0   # a manifest from before
+
+
+def test_a_generalist_whose_specialists_cannot_be_made_is_refused_before_its_pass_over_the_data(tmp_path, digits,
+                                                                                                 monkeypatch):
+    """The head was first checked at the first specialist, after the generalist's logits and the clustering."""
+    from pathlib import Path
+
+    import specialists.build as build
+    from edgekd.errors import ConfigError
+    from edgekd.models import trust_code
+    from edgekd.teacher_training import TeacherConfig, train_teachers
+    from edgekd.training import TrainConfig
+    from specialists.build import SpecialistConfig, build_specialists
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures"))
+    with trust_code():
+        train_teachers(digits, TeacherConfig(arch="py:my_arch.conv_head_net:width=4", train=TrainConfig(epochs=1)),
+                       tmp_path / "conv")
+        monkeypatch.setattr(build, "_clusters", lambda *a: pytest.fail("clustered before the refusal"))
+        with pytest.raises(ConfigError, match="output is not an nn.Linear's"):
+            build_specialists(tmp_path / "conv", digits, SpecialistConfig(train=TrainConfig(epochs=1)), tmp_path / "s")
+    assert not (tmp_path / "s.partial").exists()
+
+
+def test_a_generalist_that_tells_no_classes_apart_is_named_as_such(tmp_path, digits, generalist):
+    """A constant generalist put every class in one cluster, and the refusal said each cluster had one class."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from edgekd.artifacts import sha256_file
+    from edgekd.errors import ConfigError
+    from edgekd.training import TrainConfig
+    from specialists.build import SpecialistConfig, build_specialists
+
+    dead = tmp_path / "dead"
+    shutil.copytree(generalist, dead)
+    manifest = json.loads((dead / "manifest.json").read_text())
+    weights = manifest["members"][0]["weights"]
+    state = {k: torch.zeros_like(v) if k.endswith(("fc.weight", "fc.bias")) or "classifier" in k else v
+             for k, v in load_file(dead / weights).items()}
+    head = [k for k in state if k.endswith(".weight")][-1]
+    state[head] = torch.zeros_like(state[head])
+    state[head.replace(".weight", ".bias")] = torch.zeros_like(state[head.replace(".weight", ".bias")])
+    save_file(state, dead / weights)
+    manifest["files"][weights] = sha256_file(dead / weights)
+    (dead / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="do not tell any classes apart .* all 10 in one cluster"):
+        build_specialists(dead, digits, SpecialistConfig(clusters=3, train=TrainConfig(epochs=1)), tmp_path / "s")
+
+
+@pytest.mark.parametrize("given, message", [(dict(tol=0.0), "'tol' parameter must be > 0"),
+                                            (dict(max_steps=0), "'max_steps' parameter must be an integer >= 1")])
+def test_regate_refuses_a_zero_solver_setting_rather_than_replacing_it(spec_artifact, digits, tmp_path, given, message):
+    from edgekd.errors import ConfigError
+    from specialists.build import regate_specialists
+
+    with pytest.raises(ConfigError, match=message):
+        regate_specialists(spec_artifact, digits, tmp_path / "r", **given)
+    with pytest.raises(ConfigError, match="'special_fraction' parameter must be in"):
+        from specialists.build import SpecialistConfig
+
+        SpecialistConfig(special_fraction="0.5")
+
+
+def test_a_specialist_ensemble_edited_by_hand_is_another_teacher(spec_artifact, tmp_path):
+    """Its fingerprint hashed the weights and the solver settings only: a member's classes reordered in the (unhashed)
+    manifest changed its outputs but kept the key, so the logit cache served the first ensemble's logits."""
+    import shutil
+
+    from edgekd.teachers import load_teacher
+
+    edited = tmp_path / "edited"
+    shutil.copytree(spec_artifact, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["members"][1]["classes"] = manifest["members"][1]["classes"][::-1]
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    assert load_teacher(edited).fingerprint != load_teacher(spec_artifact).fingerprint
+    shutil.rmtree(edited)
+    shutil.copytree(spec_artifact, edited)   # an untouched copy is the same teacher
+    assert load_teacher(edited).fingerprint == load_teacher(spec_artifact).fingerprint
