@@ -487,7 +487,7 @@ def _load_arrays(spec: str):
         from edgekd.imagefolder import load_imagefolder
 
         loaded = load_imagefolder(arg)
-        return (*loaded[:5], (loaded.digests, loaded.names))
+        return (*loaded[:5], (loaded.digests, loaded.name_of))
     if name == "synthetic":
         from edgekd.synthetic import load_synthetic
 
@@ -495,11 +495,11 @@ def _load_arrays(spec: str):
     raise DataError(f"Unknown dataset '{spec}'; choose one of {', '.join(KNOWN_SPECS)}.")
 
 
-def _warn_copies(spec: str, digests: np.ndarray, names: list[str], labels: np.ndarray, seen: np.ndarray,
-                 test: np.ndarray) -> None:
+def _warn_copies(spec: str, digests: np.ndarray, name_of, labels: np.ndarray, seen: np.ndarray, test: np.ndarray) -> None:
     """Warn of images that are copies of one another (the same decoded pixels, ``digests``): a test image whose copy
     is among the train or val rows (``seen``) is not held out, and copies under two classes contradict each other.
-    ``names``, ``digests`` and ``labels`` run over every image of the source (train's, then any test folder's)."""
+    ``digests`` and ``labels`` run over every image of the source (train's, then any test folder's), and
+    ``name_of(index)`` names one; each warning names one pair, saying which image is which."""
     pairs = np.unique(np.stack([digests, labels.astype(np.uint64)], axis=1), axis=0)
     values, counts = np.unique(pairs[:, 0], return_counts=True)
     clashing = np.flatnonzero(np.isin(digests, values[counts > 1]))
@@ -508,16 +508,21 @@ def _warn_copies(spec: str, digests: np.ndarray, names: list[str], labels: np.nd
         other = first[labels[first] != labels[first[0]]][0]
         groups = int(np.sum(counts > 1))
         warnings.warn(EdgekdWarning(
-            f"{groups} image{'s' if groups > 1 else ''} of '{spec}' appear{'' if groups > 1 else 's'} under more than one "
-            f"class (the same pixels in '{names[first[0]]}' and '{names[other]}'): their labels contradict each other; "
+            f"{_count(groups, 'image')} of '{spec}' {'appears' if groups == 1 else 'appear'} under more than one class "
+            f"(e.g. '{name_of(first[0])}' has the pixels of '{name_of(other)}'): their labels contradict each other; "
             f"keep each image under one class."), stacklevel=3)
     leaked = test[np.isin(digests[test], digests[seen])]
     if len(leaked):
         source = seen[digests[seen] == digests[leaked[0]]][0]
         warnings.warn(EdgekdWarning(
-            f"{len(leaked)} of the {len(test)} test images of '{spec}' are copies of train or val images (the same "
-            f"pixels in '{names[leaked[0]]}' and '{names[source]}'): the test accuracy counts them as unseen; remove "
-            f"the copies from one side."), stacklevel=3)
+            f"{len(leaked)} of the {_count(len(test), 'test image')} of '{spec}' "
+            f"{'is a copy' if len(leaked) == 1 else 'are copies'} of train or val images (e.g. test image "
+            f"'{name_of(leaked[0])}' has the pixels of '{name_of(source)}'): the test accuracy counts "
+            f"{'it' if len(leaked) == 1 else 'them'} as unseen; remove the copies from one side."), stacklevel=3)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _held_out_fraction(spec: str) -> float:

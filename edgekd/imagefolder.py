@@ -29,13 +29,13 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from edgekd.cachedir import allocated_memmap, file_identity, touch
 from edgekd.errors import DataError, EdgekdWarning
-from edgekd.outputs import hold, release
+from edgekd.outputs import hold, holding, release
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_PIXELS = 64_000_000      # per image: beyond this Pillow's decompression-bomb guard refuses it
@@ -180,7 +180,7 @@ def _check_counts(train: Path, classes, train_files, held_out: bool) -> None:
 class ImageFolderArrays(NamedTuple):
     """uint8 (N, C, H, W) arrays memory-mapped from the decode cache (the test ones None without a ``test/``
     folder: ``test_fraction`` of the train images are held out instead), and for every image, train's then
-    test's, its file name under the root and a 64-bit digest of its decoded pixels."""
+    test's, a 64-bit digest of its decoded pixels and (``name_of(index)``) its file name under the root."""
 
     x: np.ndarray
     y: np.ndarray
@@ -189,7 +189,7 @@ class ImageFolderArrays(NamedTuple):
     classes: tuple[str, ...]
     test_fraction: float
     digests: np.ndarray
-    names: list[str]
+    name_of: Callable[[int], str]
 
 
 def load_imagefolder(arg: str, cache_dir: Path | None = None) -> ImageFolderArrays:
@@ -204,11 +204,11 @@ def load_imagefolder(arg: str, cache_dir: Path | None = None) -> ImageFolderArra
             arrays = _cached(cache, key, spec) or _decode_and_store(cache, key, spec, everything)
     x, y, digests = arrays
     n_train = len(train_files)
-    names = [os.fsdecode(path.relative_to(spec.root)) for path, _ in everything]
+    name_of = lambda i: os.fsdecode(everything[i][0].relative_to(spec.root))  # noqa: E731 (named only when warned of)
     if test_files is None:
-        return ImageFolderArrays(x, y, None, None, classes, spec.test_fraction, digests, names)
+        return ImageFolderArrays(x, y, None, None, classes, spec.test_fraction, digests, name_of)
     return ImageFolderArrays(x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes, spec.test_fraction,
-                             digests, names)
+                             digests, name_of)
 
 
 @contextlib.contextmanager
@@ -261,9 +261,9 @@ def _cached(cache: Path, key: str, spec: FolderSpec):
         meta = json.loads(meta_path.read_text())
         x = np.load(cache / f"{key}.x.npy", mmap_mode="r")
         y = np.load(cache / f"{key}.y.npy", mmap_mode="r")
-        digests = np.load(cache / f"{key}.h.npy")
     except (OSError, ValueError, json.JSONDecodeError):
-        return None   # a torn entry (or one made before digests were kept): decode again
+        return None   # a torn entry: decode again
+    digests = _digests(cache, key, x)
     for relative, expected in meta.get("sample", []):
         path = spec.root / relative
         if not path.is_file() or _sha256(path) != expected:
@@ -348,6 +348,25 @@ def _decode_and_store(cache: Path, key: str, spec: FolderSpec, files):
         for part in ("x.npy", "y.npy", "h.npy", "json.tmp"):
             release(cache / f".{key}.{os.getpid()}.{part}")
     return np.load(cache / f"{key}.x.npy", mmap_mode="r"), np.load(cache / f"{key}.y.npy", mmap_mode="r"), digests
+
+
+def _digests(cache: Path, key: str, x: np.ndarray) -> np.ndarray:
+    """The entry's pixel digests; an entry decoded before they were kept gets them from its pixels (no decode), kept
+    beside it when the cache can be written."""
+    try:
+        return np.load(cache / f"{key}.h.npy")
+    except (OSError, ValueError):
+        pass
+    digests = np.fromiter((pixel_digest(row) for row in x), dtype=np.uint64, count=len(x))
+    tmp = cache / f".{key}.{os.getpid()}.h.npy"
+    try:
+        with holding(tmp):
+            np.save(tmp, digests)
+            os.replace(tmp, cache / f"{key}.h.npy")
+    except OSError:   # a read-only cache: computed again next time
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    return digests
 
 
 def pixel_digest(array: np.ndarray) -> int:

@@ -73,7 +73,8 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
     if overwrite and not resume:
         _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
-    changed = _bind_run(out, config, data, resume)
+    fingerprint = _bind_run(out, config, data, resume)
+    config_record = _resolved_record(config_record, config)
     _clear_made_each_run(out)
     timings, summary = {}, {"format": "edgekd.pipeline", "config": asdict(config), "data": data.describe(),
                             "skipped": list(config.skip), "kept": []}
@@ -81,30 +82,22 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
 
     def stage(name, path, run, made_from=None):
         """Run a stage (``run(path, resume)``), or with --resume keep its finished artifact when this pipeline made
-        it (``_stage_made``) with this run's settings of that stage (``STAGE_SETTINGS``) and from this run's teacher
-        (``made_from(path)``): a --skip or a retrained teacher since can change what it needs. An interrupted stage
-        started with other settings or from another teacher is started again (``--resume`` brings the folder up to
-        date with this command line); another torch or edgekd is the user's to decide."""
+        it with this run's settings of that stage (``STAGE_SETTINGS``, recorded with its manifest's hash) and from
+        this run's teacher (``made_from(path)``): a --skip or a retrained teacher since can change what it needs.
+        Otherwise an interrupted run of the stage is resumed where its settings and teacher are this run's, and
+        started again where they are not (``--resume`` brings the folder up to date with this command line);
+        another torch or edgekd is the user's to decide."""
         started = time.perf_counter()
+        settings = _stage_fingerprint(fingerprint, name)
         with output_lock(path):   # a command given the stage's folder as its --out meanwhile is refused
-            made = _stage_made(out, name, path) if resume and is_artifact(path) else None
-            if made == "elsewhere":
-                echo(f"[{name}] the previous run's was replaced since it made it: made again")
-                run(path, False)
-            elif made == "otherwise":   # an interrupted run of this run's settings is resumed
-                echo(f"[{name}] the previous run's was made with other settings "
-                     f"({'; '.join(changed.get(name, ())) or 'an earlier --resume changed them'}): made again")
-                _run_resuming(name, path, run, echo)
-            elif made == "here" and (made_from is None or made_from(path)):
+            why = _why_made_again(out, name, path, settings, made_from) if resume and is_artifact(path) else "..."
+            if why is None:
                 echo(f"[{name}] kept from the previous run: {path}")
                 summary["kept"].append(name)
-            elif made == "here":
-                echo(f"[{name}] the previous run's was made from another teacher than this run's: made again")
-                run(path, False)
             else:
-                echo(f"[{name}] ...")
+                echo(f"[{name}] {why}")
                 _run_resuming(name, path, run, echo) if resume else run(path, False)
-            _record_stage(out, name, path)
+            _record_stage(out, name, path, settings)
         timings[name] = round(time.perf_counter() - started, 2)
 
     teacher_dir = out / "teacher"
@@ -192,41 +185,54 @@ STAGE_FOLDERS = {"teacher": "teacher", "specialists": "specialists", "distill": 
 
 def _stage_settings(params: dict, stage: str) -> dict:
     """``params`` without the settings only the other stages read (and without --skip, which only chooses stages)."""
-    others = {name for other, names in STAGE_SETTINGS.items() if other != stage for name in names}
-    return {k: v for k, v in params.items() if k not in others and k != "skip"}
+    return {k: v for k, v in params.items() if k not in _unbound(stage) and k != "skip"}
+
+
+def _unbound(stage: str) -> set[str]:
+    return {name for other, names in STAGE_SETTINGS.items() if other != stage for name in names} | {"skip"}
+
+
+def _resolved_record(config_record: dict | None, config: PipelineConfig) -> dict | None:
+    """The command line recorded with each stage, its pipeline settings as this run resolved them (``--jitter``
+    left out is the 1 px it means on images): an interrupted stage typed another way but the same is resumed."""
+    if not config_record or not isinstance(config_record.get("params"), dict):
+        return config_record
+    params = config_record["params"]
+    resolved = {name: getattr(config, name) for names in STAGE_SETTINGS.values() for name in names if name in params}
+    return {**config_record, "params": {**params, **resolved}}
 
 
 def _stage_record(config_record: dict | None, stage: str) -> dict | None:
-    """The command line recorded with a stage (and binding its interrupted run): the settings that stage reads."""
+    """The whole command line, recorded with the stage's artifact; its interrupted run is bound only to the settings
+    that stage reads (the others are ``"unbound"``, ``edgekd.training.run_fingerprint``)."""
     if not config_record or not isinstance(config_record.get("params"), dict):
         return config_record
-    return {**config_record, "params": _stage_settings(config_record["params"], stage)}
+    return {**config_record, "unbound": sorted(_unbound(stage) & set(config_record["params"]))}
 
 
 def _stage_fingerprint(fingerprint: dict, stage: str) -> dict:
+    """The part of the run's fingerprint that binds ``stage``: its own settings, the shared ones and the data."""
     return {**fingerprint, "config": _stage_settings(fingerprint.get("config") or {}, stage)}
 
 
-def _bind_run(out: Path, config: PipelineConfig, data, resume: bool) -> dict[str, list[str]]:
-    """Record this run's settings in ``RUN_RECORD`` and return, for each stage whose settings (or data) differ from the
-    previous run's, what changed. Its finished artifact is no longer recorded as made here, so ``--resume`` makes it
-    again (and the stages made from it, by their teacher), while the others are kept. A ``--resume`` into finished
-    stages with no readable record is refused: what made them cannot be told. ``skip`` and ``device`` do not change
-    what a stage makes, so they may differ."""
+def _bind_run(out: Path, config: PipelineConfig, data, resume: bool) -> dict:
+    """Record this run's settings in ``RUN_RECORD`` and return them (``run_fingerprint``). With ``--resume`` the
+    stages the previous runs finished stay recorded, each with its manifest's hash and the settings it was made with
+    (``_record_stage``; a record of the earlier formats is read as the settings of its run). A ``--resume`` into
+    finished stages with no readable record is refused: what made them cannot be told. ``skip`` and ``device`` do not
+    change what a stage makes, so they may differ."""
     fingerprint = run_fingerprint(replace(config, skip=()), data)
     finished = [name for name, folder in STAGE_FOLDERS.items() if is_artifact(out / folder)]
     old = (_run_record(out, required=bool(finished)) or None) if resume else None
-    changed, stages = {}, {}
+    stages = {}
     if old is not None:
-        recorded = old.pop("stages", None)   # which artifacts the stages finished (_record_stage), not settings
-        for name in STAGE_SETTINGS:
-            if changes := fingerprint_changes(_stage_fingerprint(old, name), _stage_fingerprint(fingerprint, name)):
-                changed[name] = changes
-        if not isinstance(recorded, dict):   # a record from before stages were recorded: what is there is its own
+        recorded = old.pop("stages", None)
+        if not isinstance(recorded, dict):   # from before stages were recorded: what is there is its own
             recorded = {name: sha256_file(out / STAGE_FOLDERS[name] / MANIFEST) for name in finished}
-        stages = {name: sha for name, sha in recorded.items() if name not in changed}
+        for name, entry in recorded.items():   # from before each stage's settings were recorded: its run's
+            stages[name] = entry if isinstance(entry, dict) else {"manifest": entry, "settings": _stage_fingerprint(old, name)}
     write_json_atomic(out / RUN_RECORD, {**fingerprint, "stages": stages})
-    return changed
+    return fingerprint
 
 
 def _check_specialists_can_follow(teacher_model, arch: str, data) -> None:
@@ -390,20 +396,24 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
     return teacher, "teacher"
 
 
-def _stage_made(out: Path, name: str, path: Path) -> str:
-    """Whether ``path`` is the artifact this pipeline's stage ``name`` finished with this run's settings ("here": its
-    manifest's sha256 is the one ``_record_stage`` recorded), one it made with settings changed since ("otherwise":
-    ``_bind_run`` dropped it), or one put there since by another command ("elsewhere": ``teacher train --out
-    OUT/teacher --overwrite``), which would be reported under this pipeline's settings."""
-    recorded = _run_record(out).get("stages", {})
-    if name not in recorded:
-        return "otherwise"
-    return "here" if recorded[name] == sha256_file(path / MANIFEST) else "elsewhere"
+def _why_made_again(out: Path, name: str, path: Path, settings: dict, made_from) -> str | None:
+    """Why the finished artifact of stage ``name`` at ``path`` is not kept by ``--resume`` (None: it is kept). It is
+    kept when its manifest is the one this pipeline finished (not one put there since by another command, ``teacher
+    train --out OUT/teacher --overwrite``, which would be reported under this pipeline's settings), made with this
+    run's ``settings`` of the stage, from this run's teacher (``made_from``)."""
+    entry = _run_record(out).get("stages", {}).get(name)
+    if not isinstance(entry, dict) or entry.get("manifest") != sha256_file(path / MANIFEST):
+        return "the previous run's was not made by this pipeline (replaced since, or never recorded): made again"
+    if changes := fingerprint_changes(entry.get("settings") or {}, settings):
+        return f"the previous run's was made with other settings ({'; '.join(changes)}): made again"
+    if made_from is not None and not made_from(path):
+        return "the previous run's was made from another teacher than this run's: made again"
+    return None
 
 
-def _record_stage(out: Path, name: str, path: Path) -> None:
+def _record_stage(out: Path, name: str, path: Path, settings: dict) -> None:
     record = _run_record(out)
-    record["stages"] = {**record.get("stages", {}), name: sha256_file(path / MANIFEST)}
+    record["stages"] = {**record.get("stages", {}), name: {"manifest": sha256_file(path / MANIFEST), "settings": settings}}
     write_json_atomic(out / RUN_RECORD, record)
 
 

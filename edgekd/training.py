@@ -208,7 +208,9 @@ def run_fingerprint(config, data=None, teacher: str | None = None, *, after_trai
     result: output, resume, overwrite, quiet, debug, cache, device; nor ``after_training``, the settings a command
     applies only once its models are trained, such as an ensemble's combine rule), the data and the teacher.
 
-    ``config`` is a command's resolved config record (``{"params": {...}}``) or a config dataclass.
+    ``config`` is a command's resolved config record (``{"params": {...}}``) or a config dataclass. A record's
+    ``"unbound"`` names settings it holds that do not bind this run (another pipeline stage's): left out like
+    ``after_training``, here and from the record of a run started before.
     """
     import dataclasses
     import hashlib
@@ -216,6 +218,8 @@ def run_fingerprint(config, data=None, teacher: str | None = None, *, after_trai
     if dataclasses.is_dataclass(config):
         config = dataclasses.asdict(config)
     params = dict(config.get("params", config)) if isinstance(config, dict) else {}
+    if isinstance(config, dict) and isinstance(config.get("unbound"), (list, tuple)):
+        after_training = set(after_training) | set(config["unbound"])
     params = _fingerprinted(params, _NOT_FINGERPRINTED | set(after_training))
     if isinstance(params.get("train"), dict):
         params["train"] = _fingerprinted(params["train"], {"device"})
@@ -242,21 +246,23 @@ def _comparable(fingerprint: dict) -> dict:
     """A fingerprint with each setting as its value, not as it was typed: ``-T 2.0`` is ``-T 2``,
     ``--alpha .5`` is ``0.5``, and ``mlp:hidden=16,dropout=0.0`` is ``mlp:hidden=16`` (the defaults filled in),
     so that a resume typed another way is not refused. Stores keep the record as typed."""
-    from edgekd.errors import EdgekdError
-    from edgekd.models import format_arch, parse_arch
-
-    def value(key, v):
-        if not isinstance(v, str):
-            return v
-        try:
-            return format_arch(*parse_arch(v)) if key in ("arch", "student") else float(v)
-        except (EdgekdError, ValueError):
-            return v
-
     config = fingerprint.get("config")
     if not isinstance(config, dict):
         return fingerprint
-    return {**fingerprint, "config": {k: value(k, v) for k, v in config.items()}}
+    return {**fingerprint, "config": {k: _as_value(k, v) for k, v in config.items()}}
+
+
+def _as_value(key: str, v):
+    """A setting as its value (``_comparable``)."""
+    from edgekd.errors import EdgekdError
+    from edgekd.models import format_arch, parse_arch
+
+    if not isinstance(v, str):
+        return v
+    try:
+        return format_arch(*parse_arch(v)) if key in ("arch", "student", "teacher_arch") else float(v)
+    except (EdgekdError, ValueError):
+        return v
 
 
 # what makes a run's teacher another, in a refused resume's words
@@ -264,7 +270,8 @@ _TEACHER_INPUTS = "its weights, or --combine, --teacher-output, --teacher-scale,
 
 
 def fingerprint_changes(old: dict, new: dict) -> list[str]:
-    """What differs between two ``run_fingerprint`` results, one phrase per setting, for a refused resume."""
+    """What differs between two ``run_fingerprint`` results, one phrase per setting as typed, for a refused resume
+    (settings compared as their values, ``_comparable``: ``-T 2.0`` is ``-T 2``)."""
     changes = _setting_changes(old.get("config") or {}, new.get("config") or {})
     for key, what in (("data", "the data (or --train-limit / --val-fraction)"), ("teacher", f"the teacher ({_TEACHER_INPUTS})")):
         if old.get(key) != new.get(key):
@@ -280,7 +287,7 @@ def _setting_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
         was, now = old.get(key), new.get(key)
         if isinstance(was, dict) and isinstance(now, dict):
             changes += _setting_changes(was, now, f"{prefix}{key}.")
-        elif was != now:
+        elif _as_value(key, was) != _as_value(key, now):
             changes.append(f"'{prefix}{key}' was {was!r}, now {now!r}")
     return changes
 
@@ -402,13 +409,14 @@ class RunStore:
         old = saved.get("fingerprint") if isinstance(saved, dict) else None
         if not isinstance(old, dict):
             return   # a store from before fingerprints: nothing to compare with
-        old, normalized = _comparable(old), _comparable(json.loads(json.dumps(fingerprint, sort_keys=True, default=str)))
-        ignored = set(normalized.pop("after_training", ()))
-        old.pop("after_training", None)
-        if isinstance(old.get("config"), dict):
-            old["config"] = {k: v for k, v in old["config"].items() if k not in ignored}
+        new = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+        ignored = set(new.pop("after_training", ()))
+        raw = {k: v for k, v in old.items() if k != "after_training"}
+        if isinstance(raw.get("config"), dict):
+            raw["config"] = {k: v for k, v in raw["config"].items() if k not in ignored}
+        old, normalized = _comparable(raw), _comparable(new)
         if old != normalized:
-            changes = fingerprint_changes(old, normalized) or ["the settings changed"]
+            changes = fingerprint_changes(raw, new) or ["the settings changed"]   # (as typed)
             if old.get("config") == normalized.get("config") and old.get("data") == normalized.get("data"):
                 raise TeacherChanged(f"Cannot resume the interrupted run in '{self.path}': it was started from another "
                                      f"teacher ({_TEACHER_INPUTS} changed); rerun with that teacher to resume, or pass "

@@ -81,9 +81,11 @@ class Generalist:
         return module_device(self.model)
 
 
-def open_generalist(path, member: int | None = None, *, device=None) -> Generalist:
+def open_generalist(path, member: int | None = None, *, device=None, for_specialists: bool = False) -> Generalist:
     """The generalist: an edgekd artifact of one model, or one member of an ensemble (``member``),
-    on ``device`` (the CPU by default)."""
+    on ``device`` (the CPU by default). ``for_specialists``: refused here, before the generalist's pass over the train
+    split and the clustering, if specialists cannot be made from it (``check_specialist_arch``; clustering alone
+    needs no head)."""
     path = Path(path)
     if not path.is_dir():
         what = "an ONNX file" if path.suffix.lower() == ".onnx" else "not an edgekd artifact folder"
@@ -103,10 +105,10 @@ def open_generalist(path, member: int | None = None, *, device=None) -> Generali
         raise ConfigError(f"The 'member' parameter must be in [0, {len(members) - 1}] for '{path}'. Got {index} instead.")
     model = artifact.build_members(only=index)[0].to(device or "cpu")
     options = members[index].arch_options
-    # refused here, before the generalist's pass over the train split and the clustering, not at the first specialist
-    norm = artifact.manifest.normalization
-    check_specialist_arch(model, members[index].arch, options, artifact.input_shape, len(artifact.classes),
-                          mean=norm["mean"], std=norm["std"])
+    if for_specialists:
+        norm = artifact.manifest.normalization
+        check_specialist_arch(model, members[index].arch, options, artifact.input_shape, len(artifact.classes),
+                              mean=norm["mean"], std=norm["std"])
     if len(members) == 1:
         # the same fingerprint as everywhere else (the logit cache is shared), and the same module: not built twice
         teacher = teacher_from_artifact(artifact, members=[model])
@@ -132,7 +134,8 @@ def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out
     check_k(config.clusters, data.num_classes)
     check_top_n(config.top_n, data.num_classes)
     cache = cache or LogitCache()
-    generalist = open_generalist(teacher_path, config.member, device=resolve_device(config.train.device))
+    generalist = open_generalist(teacher_path, config.member, device=resolve_device(config.train.device),
+                                 for_specialists=True)
     check_teacher_fits(generalist.teacher, data, name="Generalist")
     data = data.shaped(generalist.teacher.input_shape)   # flat data of the right size, read as the generalist's images
     check_jitter(config.train.jitter, data.input_shape)

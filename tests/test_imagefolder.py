@@ -538,6 +538,21 @@ def test_copies_across_the_split_or_under_two_classes_are_named_once_decoded(tmp
         data = load_dataset(f"imagefolder:{root}")
     said = sorted(str(w.message) for w in caught)
     assert len(said) == 2 and len(data.y_test) == 10
-    assert said[0].startswith("1 image of ") and ("the same pixels in 'train/two/001.png' and 'train/zero/extra.png'"
-                                                  in said[0])
-    assert said[1].startswith("10 of the 10 test images of ") and "'test/one/000.bmp' and 'train/one/000.png'" in said[1]
+    assert said[0].startswith("1 image of ") and "appears under more than one class" in said[0]
+    assert "'train/two/001.png' has the pixels of 'train/zero/extra.png'" in said[0]
+    assert said[1].startswith("10 of the 10 test images of ") and "are copies of train or val images" in said[1]
+    assert "test image 'test/one/000.bmp' has the pixels of 'train/one/000.png'" in said[1]
+
+
+def test_a_cache_entry_decoded_before_digests_were_kept_gets_them_without_a_decode(tmp_path, monkeypatch):
+    import edgekd.imagefolder as imagefolder
+
+    root = _folder(tmp_path / "imgs")
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    first = load_dataset(f"imagefolder:{root}")
+    (digests,) = list((tmp_path / "cache" / "images").glob("*.h.npy"))
+    kept = np.load(digests)
+    digests.unlink()   # as an entry made before them
+    monkeypatch.setattr(imagefolder, "_decode_and_store", lambda *a: pytest.fail("decoded again"))
+    again = load_dataset(f"imagefolder:{root}")
+    assert np.array_equal(np.load(digests), kept) and again.fingerprint() == first.fingerprint()

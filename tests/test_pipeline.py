@@ -56,9 +56,13 @@ def test_a_run_starts_without_the_previous_runs_summaries_exports_and_report(tmp
     _clear_made_each_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.json", "student"]
     record = {"command": "edgekd pipeline", "params": {"skip": ["bench"], "epochs": 3, "teacher_epochs": 2, "seed": 1}}
-    # --skip binds no stage; each stage is bound to the settings it reads and the shared ones (the seed)
-    assert _stage_record(record, "distill") == {"command": "edgekd pipeline", "params": {"epochs": 3, "seed": 1}}
-    assert _stage_record(record, "teacher") == {"command": "edgekd pipeline", "params": {"teacher_epochs": 2, "seed": 1}}
+    # the whole command line is recorded; --skip binds no stage, and each stage only the settings it reads and the
+    # shared ones (the seed)
+    from edgekd.training import run_fingerprint
+
+    assert _stage_record(record, "distill") == {**record, "unbound": ["skip", "teacher_epochs"]}
+    assert run_fingerprint(_stage_record(record, "distill"))["config"] == {"epochs": 3, "seed": 1}
+    assert run_fingerprint(_stage_record(record, "teacher"))["config"] == {"teacher_epochs": 2, "seed": 1}
 
 
 def test_resume_and_overwrite_together_are_refused(edgekd, tmp_path):
@@ -98,6 +102,9 @@ def test_resume_keeps_only_the_stages_whose_own_settings_are_this_runs(edgekd, t
     code, stdout, err = edgekd(*TINY_PIPELINE, "--student", "mlp:hidden=8", "--resume", "--out", out)
     assert code == 0 and "[teacher] kept from the previous run" in stdout and "[distill] kept" in stdout, err
     teacher = (out / "teacher" / "manifest.json").read_bytes()
+    # each artifact records the whole command line (bound or not), its pipeline settings as resolved
+    params = load_artifact(out / "teacher").manifest.config["params"]
+    assert params["student"] == "mlp:hidden=8" and params["jitter"] == 1 and params["temperature"] == 2.0
     code, stdout, err = edgekd(*TINY_PIPELINE, "--student", "mlp:hidden=16", "--resume", "--out", out)
     assert code == 0 and "[teacher] kept from the previous run" in stdout, err
     assert ("[distill] the previous run's was made with other settings ('student' was 'mlp:hidden=8', now "
@@ -113,9 +120,9 @@ def test_resume_keeps_only_the_stages_whose_own_settings_are_this_runs(edgekd, t
 
 
 def test_a_stage_whose_settings_changed_while_it_was_stopped_resumes_its_own_run(monkeypatch, tmp_path):
-    """--resume with another --student drops the finished student from the record before making it again: stopped
-    then, the next --resume with that student continues its run (not the previous student's), and one with yet
-    another student starts it again instead of refusing."""
+    """--resume with another --student makes the student again: stopped then, the next --resume with that student
+    continues its run (not the previous student's); a finished stage is recorded with its settings, so one stopped
+    while another student was tried is kept when the user goes back to it."""
     import edgekd.distill as distill_module
     import edgekd.pipeline as pipeline
     from edgekd.config import PipelineConfig
@@ -137,8 +144,16 @@ def test_a_stage_whose_settings_changed_while_it_was_stopped_resumes_its_own_run
     monkeypatch.setattr(distill_module, "distill", lambda *a, resume=False, **k: (calls.append(resume), real(*a, resume=resume, **k))[1])
     said = []
     pipeline.run_pipeline(PipelineConfig(**base, student="mlp:hidden=16"), out, resume=True, echo=said.append)
-    assert calls == [True, True] and "an earlier --resume changed them" in " ".join(said)
+    assert calls == [True, True] and "('student' was 'mlp:hidden=8', now 'mlp:hidden=16')" in " ".join(said)
     assert "[teacher] kept from the previous run" in " ".join(said)
+    # stopped again with another student, then back to this one: the finished student is kept, not made again
+    monkeypatch.setattr(distill_module, "distill", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(PipelineConfig(**base, student="mlp:hidden=4"), out, resume=True)
+    monkeypatch.setattr(distill_module, "distill", lambda *a, **k: pytest.fail("made again"))
+    said.clear()
+    pipeline.run_pipeline(PipelineConfig(**base, student="mlp:hidden=16"), out, resume=True, echo=said.append)
+    assert "[distill] kept from the previous run" in " ".join(said)
 
 
 def test_resume_makes_again_a_stage_replaced_by_another_command_since(edgekd, tmp_path):
@@ -154,7 +169,7 @@ def test_resume_makes_again_a_stage_replaced_by_another_command_since(edgekd, tm
     assert code == 0, err
     code, stdout, err = edgekd(*TINY_PIPELINE, "--resume", "--out", out)
     assert code == 0, err
-    assert "[teacher] the previous run's was replaced since it made it: made again" in stdout
+    assert "[teacher] the previous run's was not made by this pipeline (replaced since, or never recorded): made again" in stdout
     assert load_artifact(out / "teacher").manifest.members[0].options["hidden"] == [8]   # the pipeline's, not the hand-made 4
     code, stdout, err = edgekd(*TINY_PIPELINE, "--resume", "--out", out)   # and the one made again is kept
     assert code == 0 and "[teacher] kept from the previous run" in stdout, err
@@ -345,3 +360,18 @@ def test_a_teacher_architecture_the_specialists_cannot_take_is_refused_before_th
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "output is not an nn.Linear's" in err and err.strip().endswith("or pass --skip specialists.")
     assert not (tmp_path / "p" / "teacher").exists() and not (tmp_path / "p" / "teacher.partial").exists()
+
+
+def test_a_stage_typed_another_way_but_the_same_is_bound_the_same():
+    """An interrupted teacher was started again when --jitter 1 was typed where it had been left to its default (1 px
+    on images): its checkpoint was bound to the command line as typed."""
+    from edgekd.config import PipelineConfig
+    from edgekd.pipeline import _resolved_record, _stage_record
+    from edgekd.training import fingerprint_changes, run_fingerprint
+
+    config = PipelineConfig(jitter=1, temperature=2.0)
+    typed = [{"command": "edgekd pipeline", "params": {"jitter": jitter, "temperature": t, "teacher_arch": arch,
+                                                         "epochs": epochs}}
+             for jitter, t, arch, epochs in ((None, "2", "cnn", 60), (1, "2.0", "cnn:width=32", 60), (1, "2", "cnn", 5))]
+    bound = [run_fingerprint(_stage_record(_resolved_record(r, config), "teacher")) for r in typed]
+    assert not fingerprint_changes(bound[0], bound[1]) and not fingerprint_changes(bound[0], bound[2])

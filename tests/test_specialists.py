@@ -1071,3 +1071,19 @@ def test_a_specialist_ensemble_edited_by_hand_is_another_teacher(spec_artifact, 
     shutil.rmtree(edited)
     shutil.copytree(spec_artifact, edited)   # an untouched copy is the same teacher
     assert load_teacher(edited).fingerprint == load_teacher(spec_artifact).fingerprint
+
+
+def test_clustering_alone_takes_a_generalist_whose_head_specialists_could_not_replace(tmp_path, digits, edgekd,
+                                                                                       monkeypatch):
+    """`specialists cluster` trains nothing: a head without a bias is no reason to refuse it (build refuses it)."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures"))
+    code, _, err = edgekd("teacher", "train", "--arch", "py:my_arch.tiny_net:head=false", "--epochs", "1", "--quiet",
+                          "--out", tmp_path / "g")
+    assert code == 0, err
+    code, out, err = edgekd("specialists", "cluster", "--teacher", tmp_path / "g", "--clusters", "3", "--trust-code")
+    assert code == 0, err
+    code, _, err = edgekd("specialists", "build", "--teacher", tmp_path / "g", "--clusters", "3", "--trust-code",
+                          "--epochs", "1", "--quiet", "--out", tmp_path / "s")
+    assert code == 2 and "without a bias" in err and not (tmp_path / "s.partial").exists()

@@ -124,7 +124,7 @@ def build_cmd(ctx, as_json, **params):
                               train=train, tol=params["tol"], max_steps=params["max_steps"],
                               module_steps=params["module_steps"], per_cluster=params["per_cluster"])
     with output_lock(params["out"]):
-        open_generalist(params["teacher"], params["member"])   # checked before a large data set is decoded
+        open_generalist(params["teacher"], params["member"], for_specialists=True)   # checked before a large data set is decoded
         data = load_data(params)
         check_jitter(params["jitter"], data.input_shape)
         check_flip(params["flip"], data.input_shape)
