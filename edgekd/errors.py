@@ -23,7 +23,12 @@ class TeacherChanged(ResumeMismatch):
 
 
 class SettingsChanged(ResumeMismatch):
-    """``--resume`` of an interrupted run started with other settings or data (not other software)."""
+    """``--resume`` of an interrupted run started with other settings or data (not other software); ``changes``: one
+    phrase per setting."""
+
+    def __init__(self, message: str, changes=()):
+        super().__init__(message)
+        self.changes = tuple(changes)
 
 
 class DataError(EdgekdError):

@@ -74,13 +74,13 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
         _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = _bind_run(out, config, data, resume)
-    config_record = _resolved_record(config_record, config)
+    typed_record, config_record = config_record, _resolved_record(config_record, config)
     _clear_made_each_run(out)
     timings, summary = {}, {"format": "edgekd.pipeline", "config": asdict(config), "data": data.describe(),
                             "skipped": list(config.skip), "kept": []}
     cache = LogitCache(out / "cache")
 
-    def stage(name, path, run, made_from=None):
+    def stage(name, path, run, made_from=None):   # run(path, resume, config_record)
         """Run a stage (``run(path, resume)``), or with --resume keep its finished artifact when this pipeline made
         it with this run's settings of that stage (``STAGE_SETTINGS``, recorded with its manifest's hash) and from
         this run's teacher (``made_from(path)``): a --skip or a retrained teacher since can change what it needs.
@@ -89,30 +89,33 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
         another torch or edgekd is the user's to decide."""
         started = time.perf_counter()
         settings = _stage_fingerprint(fingerprint, name)
+        record = _stage_record(config_record, settings) if config_record else None
         with output_lock(path):   # a command given the stage's folder as its --out meanwhile is refused
             why = _why_made_again(out, name, path, settings, made_from) if resume and is_artifact(path) else "..."
             if why is None:
                 echo(f"[{name}] kept from the previous run: {path}")
                 summary["kept"].append(name)
+            elif resume:
+                echo(f"[{name}] {why}")
+                _run_resuming(name, path, run, echo, record, _typed_stage_record(typed_record, name))
             else:
                 echo(f"[{name}] {why}")
-                _run_resuming(name, path, run, echo) if resume else run(path, False)
+                run(path, False, record)
             _record_stage(out, name, path, settings)
         timings[name] = round(time.perf_counter() - started, 2)
 
     teacher_dir = out / "teacher"
-    stage("teacher", teacher_dir, lambda p, again: train_teachers(
-        data, teacher_cfg, p, overwrite=True, resume=again, progress=progress,
-        config_record=_stage_record(config_record, "teacher")))
+    stage("teacher", teacher_dir, lambda p, again, record: train_teachers(
+        data, teacher_cfg, p, overwrite=True, resume=again, progress=progress, config_record=record))
     teacher = load_teacher(teacher_dir).to(device)
     summary["teacher"] = _model_summary(evaluate(teacher, data), teacher)
 
     teacher, summary["distilled_from"] = _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage,
-                                                            summary, resume, progress, config_record, echo)
+                                                            summary, progress, echo)
     student_dir = out / "student"
-    stage("distill", student_dir, lambda p, again: distill(teacher, data, distill_cfg, p, cache=cache, overwrite=True,
-                                                           resume=again, progress=progress,
-                                                           config_record=_stage_record(config_record, "distill")),
+    stage("distill", student_dir, lambda p, again, record: distill(teacher, data, distill_cfg, p, cache=cache,
+                                                                   overwrite=True, resume=again, progress=progress,
+                                                                   config_record=record),
           made_from=lambda p: _recorded(p, "teacher") == teacher.fingerprint)
     student = load_teacher(student_dir).to(device)
     baseline = load_teacher(student_dir / "baseline").to(device)
@@ -193,8 +196,8 @@ def _unbound(stage: str) -> set[str]:
 
 
 def _resolved_record(config_record: dict | None, config: PipelineConfig) -> dict | None:
-    """The command line recorded with each stage, its pipeline settings as this run resolved them (``--jitter``
-    left out is the 1 px it means on images): an interrupted stage typed another way but the same is resumed."""
+    """The command line recorded with each stage's artifact, its pipeline settings as this run resolved them
+    (``--jitter`` left out is the 1 px it means on images)."""
     if not config_record or not isinstance(config_record.get("params"), dict):
         return config_record
     params = config_record["params"]
@@ -202,12 +205,19 @@ def _resolved_record(config_record: dict | None, config: PipelineConfig) -> dict
     return {**config_record, "params": {**params, **resolved}}
 
 
-def _stage_record(config_record: dict | None, stage: str) -> dict | None:
-    """The whole command line, recorded with the stage's artifact; its interrupted run is bound only to the settings
-    that stage reads (the others are ``"unbound"``, ``edgekd.training.run_fingerprint``)."""
-    if not config_record or not isinstance(config_record.get("params"), dict):
-        return config_record
-    return {**config_record, "unbound": sorted(_unbound(stage) & set(config_record["params"]))}
+def _stage_record(config_record: dict, settings: dict) -> dict:
+    """``config_record`` with what binds the stage's interrupted run: its ``settings`` (``_stage_fingerprint``) as this
+    run resolved them, not the command line as typed (``"bind"``, ``edgekd.training.run_fingerprint``), so the
+    checkpoint and the finished stage are kept by one rule."""
+    return {**config_record, "bind": settings["config"]}
+
+
+def _typed_stage_record(typed_record: dict | None, stage: str) -> dict | None:
+    """What an earlier edgekd bound a stage's interrupted run to: the command line as typed, the other stages' settings
+    left out (``"unbound"``), or in it (left out here too)."""
+    if not typed_record or not isinstance(typed_record.get("params"), dict):
+        return None
+    return {**typed_record, "unbound": sorted(_unbound(stage) & set(typed_record["params"]))}
 
 
 def _stage_fingerprint(fingerprint: dict, stage: str) -> dict:
@@ -251,15 +261,27 @@ def _check_specialists_can_follow(teacher_model, arch: str, data) -> None:
         raise ConfigError(f"{str(exc).rstrip('.')}; or pass --skip specialists.") from None
 
 
-def _run_resuming(name: str, path: Path, run, echo) -> None:
-    """``run(path, True)``: an interrupted run of this stage continues. One started with other settings or from another
-    teacher than this run's is started again, said in one line; another torch or edgekd is the user's to decide."""
+def _run_resuming(name: str, path: Path, run, echo, record: dict | None, typed: dict | None) -> None:
+    """``run(path, True, record)``: an interrupted run of this stage continues (one an earlier edgekd bound to the
+    command line as typed, ``typed``, too). One started with other settings or from another teacher than this run's is
+    started again, said in one line with what changed; another torch or edgekd is the user's to decide."""
     try:
-        run(path, True)
-    except (TeacherChanged, SettingsChanged) as exc:
-        why = "from another teacher than this run's" if isinstance(exc, TeacherChanged) else "with other settings"
-        echo(f"[{name}] the interrupted run was started {why}: started again")
-        run(path, False)
+        run(path, True, record)
+        return
+    except TeacherChanged:
+        why = "from another teacher than this run's"
+    except SettingsChanged as exc:
+        why = f"with other settings ({'; '.join(exc.changes) or 'the data'})"
+        try:
+            if typed is not None:
+                run(path, True, typed)
+                return
+        except SettingsChanged:
+            pass
+        except TeacherChanged:
+            why = "from another teacher than this run's"
+    echo(f"[{name}] the interrupted run was started {why}: started again")
+    run(path, False, record)
 
 
 # --- each stage's settings in the pipeline ------------------------------------------------------------
@@ -367,8 +389,7 @@ def bench_for_pipeline(model_paths, data, out_dir, *, quick: bool = True, comman
             "skipped": sum(r["status"] == "skipped" for r in report.rows), "wall_seconds": report.wall_seconds}
 
 
-def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, summary, resume, progress,
-                       config_record, echo):
+def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, summary, progress, echo):
     """Build the specialist ensemble (member 0 as generalist); distil from whichever teacher, the
     ensemble or the specialist ensemble, is more accurate on *val* (never test)."""
     from edgekd.device import resolve_device
@@ -379,10 +400,9 @@ def _specialists_stage(config, data, teacher, teacher_dir, out, cache, stage, su
     if "specialists" in config.skip:
         return teacher, "teacher"
     spec_dir = out / "specialists"
-    stage("specialists", spec_dir, lambda p, again: build_for_pipeline(teacher_dir, data, p, cache=cache, seed=config.seed,
-                                                                       device=device, resume=again, progress=progress,
-                                                                       config_record=_stage_record(config_record, "specialists"),
-                                                                       pipeline=config),
+    stage("specialists", spec_dir, lambda p, again, record: build_for_pipeline(
+        teacher_dir, data, p, cache=cache, seed=config.seed, device=device, resume=again, progress=progress,
+        config_record=record, pipeline=config),
           made_from=lambda p: _recorded(p, "generalist") == _generalist_fingerprint(teacher_dir, p))
     spec = load_teacher(spec_dir).to(device)
     summary["specialists"] = _model_summary(evaluate(spec, data), spec)

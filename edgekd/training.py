@@ -209,8 +209,9 @@ def run_fingerprint(config, data=None, teacher: str | None = None, *, after_trai
     applies only once its models are trained, such as an ensemble's combine rule), the data and the teacher.
 
     ``config`` is a command's resolved config record (``{"params": {...}}``) or a config dataclass. A record's
-    ``"unbound"`` names settings it holds that do not bind this run (another pipeline stage's): left out like
-    ``after_training``, here and from the record of a run started before.
+    ``"bind"`` (a pipeline stage's own settings, as resolved) binds the run in place of its params; its ``"unbound"``
+    names settings it holds that do not bind this run (another pipeline stage's): left out like ``after_training``,
+    here and from the record of a run started before.
     """
     import dataclasses
     import hashlib
@@ -218,6 +219,8 @@ def run_fingerprint(config, data=None, teacher: str | None = None, *, after_trai
     if dataclasses.is_dataclass(config):
         config = dataclasses.asdict(config)
     params = dict(config.get("params", config)) if isinstance(config, dict) else {}
+    if isinstance(config, dict) and isinstance(config.get("bind"), dict):
+        params = dict(config["bind"])
     if isinstance(config, dict) and isinstance(config.get("unbound"), (list, tuple)):
         after_training = set(after_training) | set(config["unbound"])
     params = _fingerprinted(params, _NOT_FINGERPRINTED | set(after_training))
@@ -422,8 +425,8 @@ class RunStore:
                                      f"teacher ({_TEACHER_INPUTS} changed); rerun with that teacher to resume, or pass "
                                      f"--overwrite instead of --resume to start over.")
             raise SettingsChanged(f"Cannot resume the interrupted run in '{self.path}': it was started with other settings "
-                              f"({'; '.join(changes)}); rerun with the original settings to resume, or pass --overwrite "
-                              f"instead of --resume to start over.")
+                                  f"({'; '.join(changes)}); rerun with the original settings to resume, or pass "
+                                  f"--overwrite instead of --resume to start over.", changes)
 
     def _check_environment(self, saved) -> None:
         """A resume under another torch or edgekd than ``saved`` (the store's ``run.json``) records is refused (other

@@ -46,7 +46,7 @@ def test_summary_says_what_was_skipped_and_kept_and_survives_a_row_without_a_spe
 
 def test_a_run_starts_without_the_previous_runs_summaries_exports_and_report(tmp_path):
     """They are made again by every run: a --resume stopped before writing them leaves none of another student."""
-    from edgekd.pipeline import _clear_made_each_run, _stage_record
+    from edgekd.pipeline import _clear_made_each_run, _typed_stage_record
 
     for folder in ("export", "bench", "student"):
         (tmp_path / folder).mkdir()
@@ -60,9 +60,10 @@ def test_a_run_starts_without_the_previous_runs_summaries_exports_and_report(tmp
     # shared ones (the seed)
     from edgekd.training import run_fingerprint
 
-    assert _stage_record(record, "distill") == {**record, "unbound": ["skip", "teacher_epochs"]}
-    assert run_fingerprint(_stage_record(record, "distill"))["config"] == {"epochs": 3, "seed": 1}
-    assert run_fingerprint(_stage_record(record, "teacher"))["config"] == {"teacher_epochs": 2, "seed": 1}
+    # (as an earlier edgekd bound a stage's checkpoint: the command line as typed, resumed by a second try)
+    assert _typed_stage_record(record, "distill") == {**record, "unbound": ["skip", "teacher_epochs"]}
+    assert run_fingerprint(_typed_stage_record(record, "distill"))["config"] == {"epochs": 3, "seed": 1}
+    assert run_fingerprint(_typed_stage_record(record, "teacher"))["config"] == {"teacher_epochs": 2, "seed": 1}
 
 
 def test_resume_and_overwrite_together_are_refused(edgekd, tmp_path):
@@ -362,16 +363,27 @@ def test_a_teacher_architecture_the_specialists_cannot_take_is_refused_before_th
     assert not (tmp_path / "p" / "teacher").exists() and not (tmp_path / "p" / "teacher.partial").exists()
 
 
-def test_a_stage_typed_another_way_but_the_same_is_bound_the_same():
+def test_a_stage_typed_another_way_but_the_same_is_bound_the_same(monkeypatch, tmp_path):
     """An interrupted teacher was started again when --jitter 1 was typed where it had been left to its default (1 px
-    on images): its checkpoint was bound to the command line as typed."""
+    on images), or --channels given where it was the folder's own: its checkpoint was bound to the command line as
+    typed. It is bound to the stage's settings as the run resolved them, by the rule that keeps a finished stage."""
+    import edgekd.teacher_training as teacher_training
+    import edgekd.pipeline as pipeline
     from edgekd.config import PipelineConfig
-    from edgekd.pipeline import _resolved_record, _stage_record
-    from edgekd.training import fingerprint_changes, run_fingerprint
+    from edgekd.training import run_fingerprint
 
-    config = PipelineConfig(jitter=1, temperature=2.0)
-    typed = [{"command": "edgekd pipeline", "params": {"jitter": jitter, "temperature": t, "teacher_arch": arch,
-                                                         "epochs": epochs}}
-             for jitter, t, arch, epochs in ((None, "2", "cnn", 60), (1, "2.0", "cnn:width=32", 60), (1, "2", "cnn", 5))]
-    bound = [run_fingerprint(_stage_record(_resolved_record(r, config), "teacher")) for r in typed]
-    assert not fingerprint_changes(bound[0], bound[1]) and not fingerprint_changes(bound[0], bound[2])
+    bound = []
+
+    def stopped(*args, config_record=None, **kwargs):
+        bound.append(run_fingerprint(config_record))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(teacher_training, "train_teachers", stopped)
+    typed = [{"command": "edgekd pipeline", "params": {"jitter": jitter, "temperature": t, "epochs": epochs}}
+             for jitter, t, epochs in ((None, "auto", 60), (1, None, 60), (1, "2", 5))]
+    for record, temperature, epochs in zip(typed, (None, None, 2.0), (60, 60, 5)):
+        config = PipelineConfig(teacher_arch="mlp:hidden=8", ensemble=1, epochs=epochs, temperature=temperature,
+                                jitter=record["params"]["jitter"], skip=("specialists", "export", "bench"))
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run_pipeline(config, tmp_path / "p", resume=True, config_record=record)
+    assert bound[0] == bound[1] == bound[2] and bound[0]["config"]["jitter"] == 1   # (the 1 px it means on images)
