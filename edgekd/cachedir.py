@@ -5,7 +5,8 @@ The cache folder (``$EDGEKD_CACHE`` or ``~/.cache/edgekd``) holds only what edge
 - ``logits``: teacher logits, ``<key>.safetensors`` with edgekd's sha256 in the header (edgekd.cache);
 - ``decoded``: an image folder decoded once, ``images/<key>.json`` + ``.x.npy`` + ``.y.npy`` + ``.h.npy``
   (edgekd.imagefolder);
-- ``splits``: the train / val / test rows of a decoded folder or of an uncompressed ``.npz``,
+- ``splits``: the train / val / test rows of a decoded folder or of an uncompressed ``.npz`` (and an ``.npz``'s
+  inflated arrays and row digests),
   ``images/splits/<key>.npy`` (edgekd.data);
 - ``conversions``: ncnn and MNN files converted from an ``.onnx`` by the benchmarks, ``convert/<name>/``;
 - ``unfinished``: the temporary file of a logits, decode or split write whose process died before it

@@ -30,7 +30,7 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -184,7 +184,7 @@ def load_dataset(spec: str = "digits", *, val_fraction: float = VAL_FRACTION, sp
         check_int_at_least("train_limit", train_limit, 1)
     spec = canonical_spec(spec)
     x, y, x_test, y_test, classes, copies = _load_arrays(spec)
-    _check_arrays(spec, x, y, x_test, y_test, classes)
+    _check_arrays(spec, x, y, x_test, y_test, classes)   # (before the copies are looked for: a pass over the inputs)
     test_idx = None
     if x_test is None:   # fixed for the data (not drawn from the training seed): every run scores the same images
         # two of each class stay for train and val, whatever the test fraction (every class has three: _check_arrays)
@@ -198,8 +198,10 @@ def load_dataset(spec: str = "digits", *, val_fraction: float = VAL_FRACTION, sp
             raise DataError(f"The 'train_limit' parameter must be at least the number of classes ({len(classes)}). Got {train_limit} instead.")
         train_idx = _stratified_subset(y, train_idx, train_limit, seed=split_seed)
     if copies is not None:
-        _warn_copies(spec, *copies, np.asarray(y) if x_test is None else np.concatenate([y, y_test]),
-                     np.concatenate([train_idx, val_idx]), test_idx if x_test is None else len(y) + np.arange(len(y_test)))
+        digests, name_of, words = copies()
+        _warn_copies(spec, digests, name_of, np.asarray(y) if x_test is None else np.concatenate([y, y_test]),
+                     np.concatenate([train_idx, val_idx]), test_idx if x_test is None else len(y) + np.arange(len(y_test)),
+                     **words)
     if test_idx is not None:
         x_test, y_test = x, y
     else:
@@ -482,12 +484,14 @@ def _load_arrays(spec: str):
     if name in IDX_DATASETS:
         return (*_load_idx(name, arg or None), IDX_DATASETS[name], None)
     if name == "npz" and arg:
-        return (*_load_npz(Path(arg)), None)
+        x, y, x_test, y_test, classes = _load_npz(Path(arg))
+        return x, y, x_test, y_test, classes, lambda: (*_npz_copies(Path(arg), x, x_test),
+                                                          {"noun": "sample", "held": "values"})
     if name == "imagefolder":
         from edgekd.imagefolder import load_imagefolder
 
         loaded = load_imagefolder(arg)
-        return (*loaded[:5], (loaded.digests, loaded.name_of))
+        return (*loaded[:5], lambda: (loaded.digests, loaded.name_of, {}))
     if name == "synthetic":
         from edgekd.synthetic import load_synthetic
 
@@ -495,11 +499,13 @@ def _load_arrays(spec: str):
     raise DataError(f"Unknown dataset '{spec}'; choose one of {', '.join(KNOWN_SPECS)}.")
 
 
-def _warn_copies(spec: str, digests: np.ndarray, name_of, labels: np.ndarray, seen: np.ndarray, test: np.ndarray) -> None:
-    """Warn of images that are copies of one another (the same decoded pixels, ``digests``): a test image whose copy
+def _warn_copies(spec: str, digests: np.ndarray, name_of, labels: np.ndarray, seen: np.ndarray, test: np.ndarray, *,
+                 noun: str = "image", held: str = "pixels") -> None:
+    """Warn of samples that are copies of one another (the same decoded values, ``digests``): a test sample whose copy
     is among the train or val rows (``seen``) is not held out, and copies under two classes contradict each other.
-    ``digests`` and ``labels`` run over every image of the source (train's, then any test folder's), and
-    ``name_of(index)`` names one; each warning names one pair, saying which image is which."""
+    ``digests`` and ``labels`` run over every sample of the source (train's, then any test split's), and
+    ``name_of(index)`` names one; each warning names one pair, saying which is the test one. ``noun`` and ``held``
+    word it for images ("image", "pixels") or an array's rows ("sample", "values")."""
     pairs = np.unique(np.stack([digests, labels.astype(np.uint64)], axis=1), axis=0)
     values, counts = np.unique(pairs[:, 0], return_counts=True)
     clashing = np.flatnonzero(np.isin(digests, values[counts > 1]))
@@ -508,17 +514,51 @@ def _warn_copies(spec: str, digests: np.ndarray, name_of, labels: np.ndarray, se
         other = first[labels[first] != labels[first[0]]][0]
         groups = int(np.sum(counts > 1))
         warnings.warn(EdgekdWarning(
-            f"{_count(groups, 'image')} of '{spec}' {'appears' if groups == 1 else 'appear'} under more than one class "
-            f"(e.g. '{name_of(first[0])}' has the pixels of '{name_of(other)}'): their labels contradict each other; "
-            f"keep each image under one class."), stacklevel=3)
+            f"{_count(groups, noun)} of '{spec}' {'appears' if groups == 1 else 'appear'} under more than one class "
+            f"(e.g. '{name_of(first[0])}' has the {held} of '{name_of(other)}'): their labels contradict each other; "
+            f"keep each {noun} under one class."), stacklevel=3)
     leaked = test[np.isin(digests[test], digests[seen])]
     if len(leaked):
         source = seen[digests[seen] == digests[leaked[0]]][0]
         warnings.warn(EdgekdWarning(
-            f"{len(leaked)} of the {_count(len(test), 'test image')} of '{spec}' "
-            f"{'is a copy' if len(leaked) == 1 else 'are copies'} of train or val images (e.g. test image "
-            f"'{name_of(leaked[0])}' has the pixels of '{name_of(source)}'): the test accuracy counts "
+            f"{len(leaked)} of the {_count(len(test), 'test ' + noun)} of '{spec}' "
+            f"{'is a copy' if len(leaked) == 1 else 'are copies'} of train or val {noun}s (e.g. test {noun} "
+            f"'{name_of(leaked[0])}' has the {held} of '{name_of(source)}'): the test accuracy counts "
             f"{'it' if len(leaked) == 1 else 'them'} as unseen; remove the copies from one side."), stacklevel=3)
+
+
+def _npz_copies(path: Path, x, x_test) -> tuple[np.ndarray, Callable[[int], str]]:
+    """The digests of the rows of ``x`` then ``x_test`` (``imagefolder.pixel_digest``) and a namer of a row, for
+    ``_warn_copies``: computed once a chunk at a time, and cached (kind ``splits``) keyed by the archive's identity."""
+    parts = [_npz_digests(path, key, rows) for key, rows in (("x", x), ("x_test", x_test)) if rows is not None]
+    n = len(x)
+    return np.concatenate(parts), lambda i: f"x[{i}]" if i < n else f"x_test[{i - n}]"
+
+
+def _npz_digests(path: Path, key: str, rows) -> np.ndarray:
+    import zipfile
+
+    from edgekd.imagefolder import pixel_digest
+
+    with zipfile.ZipFile(path) as archive:
+        crc = archive.getinfo(f"{key}.npy").CRC
+    digest = hashlib.sha256(f"digests\0{path.resolve()}\0{file_identity(path.stat())}\0{key}\0{crc}".encode())
+    target = default_cache_dir() / "images" / "splits" / f"{digest.hexdigest()[:32]}.npy"
+    with contextlib.suppress(OSError, ValueError):
+        return np.load(target)
+
+    def fill(out):
+        step = chunk_rows(rows[:1].nbytes)
+        for start in range(0, len(rows), step):
+            out[start:start + step] = [pixel_digest(row) for row in np.asarray(rows[start:start + step])]
+
+    try:
+        _write_npy(target, np.uint64, (len(rows),), fill, failed=str)
+    except DataError:   # a cache that cannot be written: computed in memory, again next time
+        out = np.empty(len(rows), dtype=np.uint64)
+        fill(out)
+        return out
+    return np.load(target)
 
 
 def _count(n: int, noun: str) -> str:

@@ -207,7 +207,7 @@ BAD = [
     ("T <= 0", lambda p, t, s: ["distill", "--teacher", t, "-T", "-1", "--out", p / "o"], "'temperature' parameter (--temperature) must be > 0 and finite. Got -1.0"),
     ("alpha outside [0,1]", lambda p, t, s: ["distill", "--teacher", t, "--alpha", "1.5", "--out", p / "o"], "'alpha' parameter (--alpha) must be in [0, 1]. Got 1.5"),
     ("class mismatch", lambda p, t, s: ["distill", "--teacher", t, "--out", p / "o", "--data",
-                                        _bad_npz(p, x=np.zeros((21, 1, 8, 8), np.float32), y=np.arange(21) % 7)], "10 outputs but dataset"),
+                                        _bad_npz(p, x=np.random.default_rng(0).random((21, 1, 8, 8), np.float32), y=np.arange(21) % 7)], "10 outputs but dataset"),
     ("corrupt artifact", lambda p, t, s: ["evaluate", s], "corrupt"),
     ("empty transfer set", lambda p, t, s: ["distill", "--teacher", t, "--omit-classes", "0,1,2,3,4,5,6,7,8,9", "--out", p / "o"], "transfer set is empty"),
     ("existing output", lambda p, t, s: ["distill", "--teacher", t, "--out", t], "an input of this command"),

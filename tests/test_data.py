@@ -211,10 +211,11 @@ def test_npz_inputs_are_memory_mapped_and_split_into_the_cache_not_beside_the_fi
         assert torch.equal(getattr(plain, split), getattr(packed, split))
     assert plain.mean == packed.mean and plain.std == packed.std
     assert sorted(p.name for p in data_dir.iterdir()) == ["packed.npz", "plain.npz"]   # nothing written beside the data
-    # each file's three splits, and the packed file's x inflated (once: read again, it is the same file)
-    assert len(list((tmp_path / "cache" / "images" / "splits").glob("*.npy"))) == 7
+    # each file's three splits and its rows' digests, and the packed file's x inflated (once: read again, it is the
+    # same file)
+    assert len(list((tmp_path / "cache" / "images" / "splits").glob("*.npy"))) == 9
     load_dataset(f"npz:{data_dir / 'packed.npz'}")
-    assert len(list((tmp_path / "cache" / "images" / "splits").glob("*.npy"))) == 7
+    assert len(list((tmp_path / "cache" / "images" / "splits").glob("*.npy"))) == 9
 
 
 def test_a_rewritten_npz_with_its_mtime_put_back_is_read_again(tmp_path):
@@ -331,3 +332,34 @@ def test_load_dataset_checks_its_arguments_before_reading(kwargs, message):
     with pytest.raises(EdgekdError) as refused:
         load_dataset(**kwargs)
     assert message in str(refused.value)
+
+
+def test_copies_in_an_npz_are_named_by_their_rows_and_their_digests_cached(tmp_path, monkeypatch, digits):
+    """As an image folder's: a test row that is a train row, and a row under two labels, each warn once."""
+    import warnings
+
+    from edgekd.data import load_dataset
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    x, y = digits.x_train.numpy(), digits.y_train.numpy()
+    x_test, y_test = digits.x_test.numpy().copy(), digits.y_test.numpy().copy()
+    np.savez(tmp_path / "clean.npz", x=x, y=y, x_test=x_test, y_test=y_test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(f"npz:{tmp_path / 'clean.npz'}")
+    x_test[7], y_test[7] = x[3], y[3]
+    x2, y2 = np.concatenate([x, x[5:6]]), np.concatenate([y, [(y[5] + 1) % 10]])
+    np.savez_compressed(tmp_path / "copies.npz", x=x2, y=y2, x_test=x_test, y_test=y_test)
+    with pytest.warns(Warning) as caught:
+        load_dataset(f"npz:{tmp_path / 'copies.npz'}")
+    said = sorted(str(w.message) for w in caught)
+    assert len(said) == 2, said
+    assert said[0].startswith("1 of the ") and "test sample 'x_test[7]' has the values of 'x[3]'" in said[0]
+    assert said[1].startswith("1 sample of ") and "'x[5]' has the values of 'x[" in said[1]
+    cached = sorted((tmp_path / "cache" / "images" / "splits").glob("*.npy"))
+    import edgekd.imagefolder as imagefolder
+
+    monkeypatch.setattr(imagefolder, "pixel_digest", lambda row: pytest.fail("digested again"))
+    with pytest.warns(Warning):
+        load_dataset(f"npz:{tmp_path / 'copies.npz'}")
+    assert sorted((tmp_path / "cache" / "images" / "splits").glob("*.npy")) == cached

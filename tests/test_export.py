@@ -439,7 +439,7 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(case, edgekd, tmp_pat
     elif case == "existing-out":
         out.write_bytes(b"old")
     elif case == "calibration-of-another-size":
-        np.savez(tmp_path / "v.npz", x=np.zeros((30, 16), np.float32), y=np.arange(30) % 10)
+        np.savez(tmp_path / "v.npz", x=np.random.default_rng(0).random((30, 16), np.float32), y=np.arange(30) % 10)
         extra = ["--quantize", "int8", "--calibration-data", f"npz:{tmp_path / 'v.npz'}"]
     code, stdout, err = edgekd("export", model, "--out", out, *extra)
     assert code == 2, (stdout, err)
