@@ -80,8 +80,8 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
                             "skipped": list(config.skip), "kept": []}
     cache = LogitCache(out / "cache")
 
-    def stage(name, path, run, made_from=None):   # run(path, resume, config_record)
-        """Run a stage (``run(path, resume)``), or with --resume keep its finished artifact when this pipeline made
+    def stage(name, path, run, made_from=None):
+        """Run a stage (``run(path, resume, config_record)``), or with --resume keep its finished artifact when this pipeline made
         it with this run's settings of that stage (``STAGE_SETTINGS``, recorded with its manifest's hash) and from
         this run's teacher (``made_from(path)``): a --skip or a retrained teacher since can change what it needs.
         Otherwise an interrupted run of the stage is resumed where its settings and teacher are this run's, and
@@ -95,12 +95,12 @@ def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = F
             if why is None:
                 echo(f"[{name}] kept from the previous run: {path}")
                 summary["kept"].append(name)
-            elif resume:
-                echo(f"[{name}] {why}")
-                _run_resuming(name, path, run, echo, record, _typed_stage_record(typed_record, name))
             else:
                 echo(f"[{name}] {why}")
-                run(path, False, record)
+                if resume:
+                    _run_resuming(name, path, run, echo, record, _typed_stage_record(typed_record, name))
+                else:
+                    run(path, False, record)
             _record_stage(out, name, path, settings)
         timings[name] = round(time.perf_counter() - started, 2)
 
@@ -188,7 +188,7 @@ STAGE_FOLDERS = {"teacher": "teacher", "specialists": "specialists", "distill": 
 
 def _stage_settings(params: dict, stage: str) -> dict:
     """``params`` without the settings only the other stages read (and without --skip, which only chooses stages)."""
-    return {k: v for k, v in params.items() if k not in _unbound(stage) and k != "skip"}
+    return {k: v for k, v in params.items() if k not in _unbound(stage)}
 
 
 def _unbound(stage: str) -> set[str]:
