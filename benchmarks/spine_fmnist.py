@@ -118,12 +118,17 @@ def rerender(path: str) -> None:
     import json
     from pathlib import Path
 
+    from edgekd.artifacts import is_artifact
+
     result = json.loads(Path(path).read_text())
+    filled = False
     for s in result["students"]:
         for r in s["runs"]:
-            if "timings" not in r:   # only then: the students' folders need not exist where a result is re-rendered
-                r["timings"] = run_timings(r["path"])
-    Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+            # only then, and only from a folder still there: a result re-rendered elsewhere has none (its cost: none)
+            if "timings" not in r and is_artifact(Path(r["path"])):
+                r["timings"], filled = run_timings(r["path"]), True
+    if filled:
+        Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
     Path(path).with_suffix(".md").write_text(render(result))
 
 
