@@ -15,7 +15,7 @@ from edgekd.errors import ConfigError, SettingsChanged, TeacherChanged
 from edgekd.distill import describe_gain
 from edgekd.models import create_model
 from edgekd.outputs import PIPELINE_ARTIFACTS, OutputError, output_lock
-from edgekd.training import fingerprint_changes, run_fingerprint
+from edgekd.training import fingerprint_changes, holds_checkpoint, run_fingerprint
 from edgekd.validation import check_output_dir
 from edgekd.records import Record, jsonable
 
@@ -265,8 +265,11 @@ def _run_resuming(name: str, path: Path, run, echo, record: dict | None, typed: 
     """``run(path, True, record)``: an interrupted run of this stage continues (one an earlier edgekd bound to the
     command line as typed, ``typed``, too). One started with other settings or from another teacher than this run's is
     started again, said in one line with what changed; another torch or edgekd is the user's to decide."""
+    interrupted = holds_checkpoint(path.with_name(path.name + ".partial"))
     try:
         run(path, True, record)
+        if interrupted:   # (said after: whether it could continue is known only once the stage opened its run)
+            echo(f"[{name}] continued its interrupted run")
         return
     except TeacherChanged:
         why = "from another teacher than this run's"
@@ -275,6 +278,7 @@ def _run_resuming(name: str, path: Path, run, echo, record: dict | None, typed: 
         try:
             if typed is not None:
                 run(path, True, typed)
+                echo(f"[{name}] continued its interrupted run")
                 return
         except SettingsChanged:
             pass

@@ -387,3 +387,49 @@ def test_a_stage_typed_another_way_but_the_same_is_bound_the_same(monkeypatch, t
         with pytest.raises(KeyboardInterrupt):
             pipeline.run_pipeline(config, tmp_path / "p", resume=True, config_record=record)
     assert bound[0] == bound[1] == bound[2] and bound[0]["config"]["jitter"] == 1   # (the 1 px it means on images)
+
+
+def _stopped_pipeline(args, out: Path, env: dict) -> None:
+    """``edgekd pipeline ARGS --out OUT``, stopped by SIGTERM once its teacher has a checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd", "pipeline", *map(str, args), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    deadline = time.time() + 120
+    while not list((out / "teacher.partial").glob("member-0.ckpt.json")) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "checkpoint saved" in err, err
+
+
+@pytest.mark.slow
+def test_a_stopped_teacher_continues_under_the_same_settings_typed_otherwise_and_restarts_under_others(tmp_path):
+    """A teacher stopped mid-run continues when --resume names its settings another way (--jitter 1 is the default
+    on images), says so, and starts again, naming the change, when they differ."""
+    import os
+    import subprocess
+    import sys
+
+    env = {"EDGEKD_CACHE": str(tmp_path / "cache")}
+    common = ["--ensemble", "1", "--teacher-arch", "mlp:hidden=8", "--epochs", "1", "-T", "2", "--skip", "specialists",
+              "--skip", "export", "--skip", "bench", "--quiet"]
+
+    def resume(*extra):
+        done = subprocess.run([sys.executable, "-m", "edgekd", "pipeline", *common, *extra, "--resume", "--out",
+                               str(tmp_path / "p")], capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    _stopped_pipeline([*common, "--teacher-epochs", "300"], tmp_path / "p", env)
+    said = resume("--teacher-epochs", "300", "--jitter", "1")
+    assert "[teacher] continued its interrupted run" in said and "started again" not in said
+    shutil.rmtree(tmp_path / "p")
+    _stopped_pipeline([*common, "--teacher-epochs", "300"], tmp_path / "p", env)
+    said = resume("--teacher-epochs", "2")
+    assert ("[teacher] the interrupted run was started with other settings ('teacher_epochs' was 300, now 2): "
+            "started again") in said
