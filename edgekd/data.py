@@ -538,7 +538,7 @@ def _npz_copies(path: Path, x, x_test) -> tuple[np.ndarray, Callable[[int], str]
 def _npz_digests(path: Path, key: str, rows) -> np.ndarray:
     import zipfile
 
-    from edgekd.imagefolder import pixel_digest
+    from edgekd.imagefolder import pixel_digests
 
     with zipfile.ZipFile(path) as archive:
         crc = archive.getinfo(f"{key}.npy").CRC
@@ -546,19 +546,14 @@ def _npz_digests(path: Path, key: str, rows) -> np.ndarray:
     target = default_cache_dir() / "images" / "splits" / f"{digest.hexdigest()[:32]}.npy"
     with contextlib.suppress(OSError, ValueError):
         return np.load(target)
+    digests = pixel_digests(rows)
 
     def fill(out):
-        step = chunk_rows(rows[:1].nbytes)
-        for start in range(0, len(rows), step):
-            out[start:start + step] = [pixel_digest(row) for row in np.asarray(rows[start:start + step])]
+        out[:] = digests
 
-    try:
-        _write_npy(target, np.uint64, (len(rows),), fill, failed=str)
-    except DataError:   # a cache that cannot be written: computed in memory, again next time
-        out = np.empty(len(rows), dtype=np.uint64)
-        fill(out)
-        return out
-    return np.load(target)
+    with contextlib.suppress(DataError):   # a cache that cannot be written: computed again next time
+        _write_npy(target, np.uint64, digests.shape, fill, failed=str)
+    return digests
 
 
 def _count(n: int, noun: str) -> str:

@@ -263,7 +263,6 @@ def _cached(cache: Path, key: str, spec: FolderSpec):
         y = np.load(cache / f"{key}.y.npy", mmap_mode="r")
     except (OSError, ValueError, json.JSONDecodeError):
         return None   # a torn entry: decode again
-    digests = _digests(cache, key, x)
     for relative, expected in meta.get("sample", []):
         path = spec.root / relative
         if not path.is_file() or _sha256(path) != expected:
@@ -271,7 +270,7 @@ def _cached(cache: Path, key: str, spec: FolderSpec):
                           f"decoding the folder again", EdgekdWarning, stacklevel=3)
             return None
     touch(meta_path)   # used now: `edgekd cache prune --older-than` keeps it
-    return x, y, digests
+    return x, y, _digests(cache, key, x)   # (after the sample check: a stale entry is not digested first)
 
 
 def _class_files(folder: Path) -> list[Path]:
@@ -357,7 +356,7 @@ def _digests(cache: Path, key: str, x: np.ndarray) -> np.ndarray:
         return np.load(cache / f"{key}.h.npy")
     except (OSError, ValueError):
         pass
-    digests = np.fromiter((pixel_digest(row) for row in x), dtype=np.uint64, count=len(x))
+    digests = pixel_digests(x)
     tmp = cache / f".{key}.{os.getpid()}.h.npy"
     try:
         with holding(tmp):
@@ -367,6 +366,11 @@ def _digests(cache: Path, key: str, x: np.ndarray) -> np.ndarray:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     return digests
+
+
+def pixel_digests(rows) -> np.ndarray:
+    """``pixel_digest`` of each row, a row at a time (a memory-mapped array is read as it goes, never whole)."""
+    return np.fromiter((pixel_digest(row) for row in rows), dtype=np.uint64, count=len(rows))
 
 
 def pixel_digest(array: np.ndarray) -> int:
