@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, mean_std, provenance
-from benchmarks.scenario_common import write_result
+from benchmarks.scenario_common import run_script, write_result
 
 
 def parse_args(argv=None):
@@ -133,4 +133,4 @@ def render(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

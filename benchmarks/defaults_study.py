@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, interval95, provenance
-from benchmarks.scenario_common import earlier_result, judge_lines, machine_difference, write_result
+from benchmarks.scenario_common import (earlier_result, judge_lines, machine_difference, Refused, run_script,
+                                        write_result)
 
 CANDIDATES = "kd:T=4,a=0.9;kd:T=4,a=0.5;kd:T=8,a=0.5;kd:T=2,a=0.5;kd-ls:T=2,a=0.5;dkd:T=4,a=0.5"
 
@@ -136,9 +137,9 @@ def teachers(args, data):
     ks = [int(k) for k in args.members.split(",")]
     path = Path(args.teacher or Path(args.work) / "teacher")
     if args.teacher and not is_artifact(path):
-        raise SystemExit(f"--teacher: '{path}' is not an edgekd artifact; pass an ensemble's folder or leave it out to train one.")
+        raise Refused(f"--teacher: '{path}' is not an edgekd artifact; pass an ensemble's folder or leave it out to train one.")
     if not is_artifact(path) and args.reuse_only:
-        raise SystemExit(f"--reuse-only: no teacher in '{path}', so no run to report; run the study without it first.")
+        raise Refused(f"--reuse-only: no teacher in '{path}', so no run to report; run the study without it first.")
     if not is_artifact(path):
         train_teachers(data, TeacherConfig(arch=args.teacher_arch, ensemble=max(ks),
                                            train=TrainConfig(epochs=args.teacher_epochs, lr=2e-3, jitter=2, device=args.device)),
@@ -149,18 +150,18 @@ def teachers(args, data):
     differs = [k for k in ("spec", "split_seed", "train_limit") if made_on.get(k) != here.get(k)]
     where = "--teacher" if args.teacher else "--work's teacher"
     if differs:   # a teacher that saw this study's val or test images would flatter it; one on other data is another study's
-        raise SystemExit(f"{where}: '{path}' was trained on other data ({', '.join(f'{k} {made_on.get(k)!r}' for k in differs)}; "
-                         f"this study: {', '.join(f'{k} {here.get(k)!r}' for k in differs)}). Pass a teacher trained on the "
-                         f"same split, or another --work.")
+        raise Refused(f"{where}: '{path}' was trained on other data ({', '.join(f'{k} {made_on.get(k)!r}' for k in differs)}; "
+                      f"this study: {', '.join(f'{k} {here.get(k)!r}' for k in differs)}). Pass a teacher trained on the "
+                      f"same split, or another --work.")
     if not args.teacher:   # the teacher this study would have trained, not another study's left in --work
         made = ((artifact.manifest.config or {}).get("teacher") or {})
         asked = {"arch": args.teacher_arch, "epochs": args.teacher_epochs}
         found = {"arch": made.get("arch"), "epochs": (made.get("train") or {}).get("epochs")}
         if found != asked:
-            raise SystemExit(f"--work's teacher '{path}' is {found['arch']} trained {found['epochs']} epochs; this study asks for "
-                             f"{asked['arch']}, {asked['epochs']} epochs. Pass another --work, or --teacher with it on purpose.")
+            raise Refused(f"--work's teacher '{path}' is {found['arch']} trained {found['epochs']} epochs; this study asks for "
+                          f"{asked['arch']}, {asked['epochs']} epochs. Pass another --work, or --teacher with it on purpose.")
     if max(ks) > len(members):
-        raise SystemExit(f"--members asks for {max(ks)} members; '{path}' has {len(members)}. Pass --members up to {len(members)}.")
+        raise Refused(f"--members asks for {max(ks)} members; '{path}' has {len(members)}. Pass --members up to {len(members)}.")
     device = resolve_device(args.device)
     out = {}
     for k in ks:
@@ -203,8 +204,8 @@ def check_reused_settings(cell: dict, args, candidates, student: str, seed: int,
         run = (cell.get("runs") or {}).get(cand["name"]) or {}
         if not same_settings(run.get("config"), _config(args, cand, student, seed, index)):
             made = "recorded no settings" if "config" not in run else "was distilled with other settings"
-            raise SystemExit(f"--reuse needs cells distilled with this study's settings; `{student}` seed {seed} "
-                             f"({cand['name']}) in {path} {made}. Leave --reuse out, or run it again with --work.")
+            raise Refused(f"--reuse needs cells distilled with this study's settings; `{student}` seed {seed} "
+                          f"({cand['name']}) in {path} {made}. Leave --reuse out, or run it again with --work.")
 
 
 def check_reused_teacher(reused_from: dict, cells: list, k: int, teacher, data, cache) -> str:
@@ -215,8 +216,8 @@ def check_reused_teacher(reused_from: dict, cells: list, k: int, teacher, data, 
     path = reused_from["path"]
     if recorded is not None:
         if recorded != teacher.fingerprint:
-            raise SystemExit(f"--reuse needs the teacher its cells were distilled from; {path} has teacher k={k} "
-                             f"{recorded[:12]}, this run {teacher.fingerprint[:12]}. Pass --teacher with that teacher or leave --reuse out.")
+            raise Refused(f"--reuse needs the teacher its cells were distilled from; {path} has teacher k={k} "
+                          f"{recorded[:12]}, this run {teacher.fingerprint[:12]}. Pass --teacher with that teacher or leave --reuse out.")
         return "the same teacher fingerprint"
     import torch
 
@@ -225,13 +226,13 @@ def check_reused_teacher(reused_from: dict, cells: list, k: int, teacher, data, 
 
     differ = machine_difference(reused_from.get("machine") or {}, machine_facts())
     if differ:
-        raise SystemExit(f"--reuse: {path} recorded no teacher fingerprint and ran on another machine ({differ}), where the "
-                         "same seed trains another teacher. Run it on that kind of CPU or leave --reuse out.")
+        raise Refused(f"--reuse: {path} recorded no teacher fingerprint and ran on another machine ({differ}), where the "
+                      "same seed trains another teacher. Run it on that kind of CPU or leave --reuse out.")
     logits = teacher_logits(teacher, data, "test", cache)
     right = int((logits.argmax(1).cpu() == torch.as_tensor(data.y_test).cpu()).sum())
     for theirs in {round(c["teacher"] * len(data.y_test)) for c in cells} - {right}:
-        raise SystemExit(f"--reuse needs the teacher its cells were distilled from; in {path} teacher k={k} classifies "
-                         f"{theirs} test images right, this run's {right}. Leave --reuse out.")
+        raise Refused(f"--reuse needs the teacher its cells were distilled from; in {path} teacher k={k} classifies "
+                      f"{theirs} test images right, this run's {right}. Leave --reuse out.")
     return "its teacher retrained on the same CPU kind, with the same test accuracy to the image (no fingerprint recorded then)"
 
 
@@ -588,4 +589,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, provenance
-from benchmarks.scenario_common import write_result
+from benchmarks.scenario_common import run_script, write_result
 from benchmarks.timing import usable_cores
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -123,4 +123,4 @@ def render(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -23,7 +23,7 @@ from pathlib import Path
 from statistics import median as _median   # of an even count, the mean of the middle two
 
 from benchmarks.provenance import header_markdown, provenance
-from benchmarks.scenario_common import write_result
+from benchmarks.scenario_common import run_script, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,4 +134,4 @@ def render(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

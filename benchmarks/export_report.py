@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchmarks.scenario_common import run_script
 
 DEFAULT_GATE_POINTS = 1.0
 VARIANTS = (  # key, label, file, ExportConfig fields
@@ -202,4 +203,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

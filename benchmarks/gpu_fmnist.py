@@ -24,7 +24,7 @@ import time
 from statistics import median as _median   # of an even count, the mean of the middle two
 
 from benchmarks.provenance import header_markdown, provenance
-from benchmarks.scenario_common import write_result
+from benchmarks.scenario_common import run_script, write_result
 
 SPINE = {"teacher_members": 3, "teacher_epochs": 6, "students": "mlp@20;cnn:width=8@10", "seeds": 3, "views": 4,
          "grid": 8}   # spine_fmnist's defaults: 4 temperatures x 2 alphas, each a quarter of the epochs
@@ -209,4 +209,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, provenance
-from benchmarks.scenario_common import write_result
+from benchmarks.scenario_common import Refused, run_script, write_result
 
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 THEN = ("evaluate", "export", "bench")
@@ -135,7 +135,7 @@ def main(argv=None):
     args = parse_args(argv)
     why = cgroup_available()
     if why:
-        raise SystemExit(f"larger_than_memory: {why}; run it as root on Linux with cgroup v1.")
+        raise Refused(f"larger_than_memory: {why}; run it as root on Linux with cgroup v1.")
     started = time.perf_counter()
     folder = write_photos(args.data, Path(args.photos))
     work = Path(args.work).resolve()
@@ -252,4 +252,4 @@ def render(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

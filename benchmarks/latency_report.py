@@ -29,6 +29,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
+from benchmarks.scenario_common import run_script
 
 AIM_EAGER = 100.0      # (a) against the teacher in PyTorch eager
 AIM_FASTEST = 30.0     # (b) against the teacher on its fastest runtime
@@ -423,4 +424,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

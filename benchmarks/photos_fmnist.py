@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, provenance
-from benchmarks.scenario_common import write_result
+from benchmarks.scenario_common import run_script, write_result
 
 TEACHER_AIM = 0.92
 
@@ -196,4 +196,4 @@ def render(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

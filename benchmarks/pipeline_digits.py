@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, mean_std, pm, provenance
-from benchmarks.scenario_common import check_teacher_matches, write_result
+from benchmarks.scenario_common import check_teacher_matches, run_script, write_result
 
 
 def parse_args(argv=None):
@@ -147,4 +147,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Callable
 
 
 WORK = "runs/fmnist"
+
+
+class Refused(SystemExit):
+    """A benchmark's bad argument or input: ``run_script`` prints it as one line and exits 2, like edgekd's CLI.
+
+    ``str(exc)`` is the message (a ``SystemExit`` of a string, as tests and callers that import ``main`` see it).
+    """
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Run a benchmark's ``main``: a ``Refused`` or an edgekd user error is one line on stderr and exit 2, the
+    exit code otherwise ``main``'s (``None`` is 0)."""
+    from edgekd.errors import EdgekdError   # light: no torch
+
+    try:
+        code = main()
+    except (Refused, EdgekdError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
 
 
 def base_parser(description: str, out: str) -> argparse.ArgumentParser:
@@ -73,8 +95,8 @@ def check_teacher_matches(manifest, config, data: dict, teacher_dir: Path) -> No
     differs = {k: (found[k], v) for k, v in asked.items() if found[k] != v}
     if differs:
         what = ", ".join(f"{k} {a!r} (asked {b!r})" for k, (a, b) in differs.items())
-        raise SystemExit(f"The teacher in '{teacher_dir}' was trained with {what}; pass another --work folder or "
-                         "remove that teacher to train the one asked for.")
+        raise Refused(f"The teacher in '{teacher_dir}' was trained with {what}; pass another --work folder or "
+                      "remove that teacher to train the one asked for.")
 
 
 # fields whose default, when they were added, changed what a run does, with the value that a record made
@@ -148,14 +170,14 @@ def earlier_result(path: str, args, ignored: set, added: dict | None = None) -> 
         earlier = json.loads(Path(path).read_text())
         earlier["args"], earlier["provenance"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"--reuse expects a result .json of this benchmark; '{path}' could not be read as one "
-                         f"({type(e).__name__}: {e}). Pass the .json beside a committed result, or leave --reuse out.") from None
+        raise Refused(f"--reuse expects a result .json of this benchmark; '{path}' could not be read as one "
+                      f"({type(e).__name__}: {e}). Pass the .json beside a committed result, or leave --reuse out.") from None
     ours = vars(args)
     for key in sorted((set(earlier["args"]) | set(ours)) - ignored):
         theirs = earlier["args"].get(key, (added or {}).get(key))
         if theirs != ours.get(key) and str(theirs) != str(ours.get(key)):   # older results stored some options as numbers
-            raise SystemExit(f"--reuse needs a result made with the same arguments; {path} has {key}="
-                             f"{theirs!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
+            raise Refused(f"--reuse needs a result made with the same arguments; {path} has {key}="
+                          f"{theirs!r}, this run {ours.get(key)!r}. Pass a matching result or leave --reuse out.")
     machine = earlier["provenance"].get("machine") or {}
     return earlier, {"path": shown_path(path), "revision": earlier["provenance"].get("revision"),
                      "date": earlier["provenance"].get("date"), "machine": {key: machine.get(key) for key in MACHINE_KEYS}}

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 
 from benchmarks.provenance import header_markdown, pm, provenance
-from benchmarks.scenario_common import apply_smoke, base_parser, prepare, write_result
+from benchmarks.scenario_common import apply_smoke, base_parser, prepare, run_script, write_result
 
 
 def main(argv=None):
@@ -59,4 +59,4 @@ def render(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

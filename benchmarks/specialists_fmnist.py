@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, mean_std, pm, provenance
+from benchmarks.scenario_common import run_script
 from specialists.report import sign_test
 
 
@@ -333,4 +334,4 @@ def render(result: dict, png_name: str) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import header_markdown, mean_std, provenance
+from benchmarks.scenario_common import run_script
 from edgekd.config import METHODS
 from edgekd.errors import ConfigError
 
@@ -216,13 +217,13 @@ def generalist(args, work: Path, data, name: str, epochs: int | None = None) -> 
 def _made_as_asked(path: Path, key: str, config, data) -> None:
     """A folder of --work is reused only when it was made with these settings on this data: its name does
     not carry every option (--gen-epochs, --spec-lr, ...), and a stale one would be reported as asked."""
-    from benchmarks.scenario_common import same_settings
+    from benchmarks.scenario_common import Refused, same_settings
     from edgekd.artifacts import load_artifact
 
     manifest = load_artifact(path).manifest
     if not same_settings((manifest.config or {}).get(key), config) or (manifest.data or {}).get("spec") != data.spec:
-        raise SystemExit(f"'{path}' in --work was made with other settings or data than this run asks for; pass "
-                         f"another --work, or remove that folder to make it again.")
+        raise Refused(f"'{path}' in --work was made with other settings or data than this run asks for; pass "
+                      f"another --work, or remove that folder to make it again.")
 
 
 def train_logits(path, data, cache):
@@ -1076,4 +1077,4 @@ def reading(result) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -20,8 +20,8 @@ from dataclasses import asdict
 import torch
 
 from benchmarks.provenance import header_markdown, interval95, mean_std, pm, provenance
-from benchmarks.scenario_common import (apply_smoke, base_parser, earlier_result, judge_lines, machine_difference, prepare,
-                                        same_settings, write_result)
+from benchmarks.scenario_common import (apply_smoke, base_parser, earlier_result, judge_lines, machine_difference,
+                                        prepare, Refused, run_script, same_settings, write_result)
 from edgekd.config import METHODS
 
 
@@ -241,14 +241,14 @@ def reused_run(run: dict, config, path: str, teacher, teacher_accuracy: float) -
     image. The gap it closed is computed against this run's teacher."""
     if not same_settings(run.get("config"), config):
         made = "recorded no settings" if "config" not in run else "was distilled with other settings"
-        raise SystemExit(f"--reuse needs seeds distilled with this run's settings; seed {run['seed']} of "
-                         f"`{config.student}` in {path} {made}. Leave --reuse out to train it again.")
+        raise Refused(f"--reuse needs seeds distilled with this run's settings; seed {run['seed']} of "
+                      f"`{config.student}` in {path} {made}. Leave --reuse out to train it again.")
     recorded = run.get("teacher_fingerprint")
     same_teacher = recorded == teacher.fingerprint if recorded else abs(run["teacher_test_accuracy"] - teacher_accuracy) < 1e-9
     if not same_teacher:
-        raise SystemExit(f"--reuse needs seeds distilled from this run's teacher; seed {run['seed']} of `{config.student}` in "
-                         f"{path} was distilled from another (test accuracy {run['teacher_test_accuracy']:.4f}, this "
-                         f"teacher {teacher_accuracy:.4f}). Leave --reuse out to train it again.")
+        raise Refused(f"--reuse needs seeds distilled from this run's teacher; seed {run['seed']} of `{config.student}` in "
+                      f"{path} was distilled from another (test accuracy {run['teacher_test_accuracy']:.4f}, this "
+                      f"teacher {teacher_accuracy:.4f}). Leave --reuse out to train it again.")
     return run | {"reused": True}
 
 
@@ -483,4 +483,4 @@ def render(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

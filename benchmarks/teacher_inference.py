@@ -18,7 +18,7 @@ import argparse
 import time
 
 from benchmarks.provenance import header_markdown, provenance
-from benchmarks.scenario_common import write_result
+from benchmarks.scenario_common import Refused, run_script, write_result
 
 
 def parse_args(argv=None):
@@ -50,7 +50,7 @@ def time_paths(teacher, x, repeats: int) -> dict:
 
     nhwc_net = teacher.channels_last_net()
     if nhwc_net is None:
-        raise SystemExit(f"{teacher.description} has no convolutions: there is nothing to compare.")
+        raise Refused(f"{teacher.description} has no convolutions: there is nothing to compare.")
 
     pairs, outs = [], {}
     for _ in range(repeats):
@@ -110,4 +110,4 @@ def render(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

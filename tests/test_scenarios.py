@@ -741,3 +741,34 @@ def test_the_spine_aim_is_judged_against_the_strongest_hard_label_student():
     # against its own 86% the long run closes 6/7.4 = 81% of the gap to 93.4%; against the 90% one, 2/3.4 = 59%
     assert "of the gap against the strongest hard-label student here: **missed**" in aim_line(long, 0.934, [short, long])
     assert "**met**" in aim_line(long, 0.934, [long])
+
+
+def test_a_benchmark_refuses_bad_input_with_one_line_and_exit_code_2(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-teacher"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.defaults_study", "--smoke", "--teacher", str(missing),
+                           "--out", str(tmp_path / "study")], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"error: --teacher: '{missing}' is not an edgekd artifact; pass an ensemble's folder "
+                                   "or leave it out to train one.")
+    assert not (tmp_path / "study.md").exists()
+
+
+def test_run_script_maps_edgekd_user_errors_to_exit_code_2_and_passes_other_codes(capsys):
+    from benchmarks.scenario_common import run_script
+    from edgekd.errors import ConfigError
+
+    def bad():
+        raise ConfigError("The 'epochs' parameter must be >= 1. Got 0 instead.")
+
+    with pytest.raises(SystemExit) as refused:
+        run_script(bad)
+    assert refused.value.code == 2
+    assert capsys.readouterr().err == "error: The 'epochs' parameter must be >= 1. Got 0 instead.\n"
+    for returned, code in ((None, None), (0, 0), (3, 3)):
+        with pytest.raises(SystemExit) as done:
+            run_script(lambda: returned)
+        assert done.value.code == code
