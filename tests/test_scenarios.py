@@ -10,7 +10,7 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.parametrize("module", ["spine_fmnist", "omitted_class", "soft_regularizer", "ddp_checkpoint", "gpu_fmnist",
                                     "defaults_study", "imagefolder_decode", "photos_fmnist",
-                                    "pipeline_digits", "teacher_inference"])
+                                    "pipeline_digits", "teacher_inference", "findings_fmnist"])
 def test_scenario_smoke(tmp_path, module, capsys):
     import importlib
 
