@@ -14,7 +14,7 @@ from edgekd.data import Dataset
 from edgekd.device import place_dataset, resolve_device
 from edgekd.models import count_macs, count_parameters, create_model, parse_arch
 from edgekd.outputs import data_paths
-from edgekd.teachers import EnsembleModule
+from edgekd.teachers import combine_outputs
 from edgekd.training import (RunStore, TrainConfig, accuracy_and_nll, cross_entropy_loss, fit, predict_logits,
                              run_fingerprint, supervised_batches)  # the last two re-exported: benchmarks read them here
 from edgekd.validation import check_flip, check_jitter, check_output_dir
@@ -54,14 +54,15 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
                      fingerprint=run_fingerprint(config_record or config, data, after_training={"combine"}),
                      overwrite=overwrite)
     try:
-        members, member_acc, per_epoch, epochs_run, best_epoch = _train_members(data, config, store, name, options,
-                                                                                progress, dist)
+        members, member_logits, per_epoch, epochs_run, best_epoch = _train_members(data, config, store, name, options,
+                                                                                   progress, dist)
     except BaseException:   # stopped or failed before a first checkpoint: no run to resume is left behind
         store.discard_if_unused()
         raise
     seconds = time.perf_counter() - started
-    ensemble = EnsembleModule(members, config.combine).eval()
-    test_acc, test_nll = accuracy_and_nll(predict_logits(ensemble, data.x_test), data.y_test)
+    member_acc = [accuracy_and_nll(z, data.y_test)[0] for z in member_logits]
+    # the ensemble's test logits from its members' (each member's pass over test is made once)
+    test_acc, test_nll = accuracy_and_nll(combine_outputs(member_logits, config.combine), data.y_test)
     macs = count_macs(members[0], data.input_shape)
     params = count_parameters(members[0])
     metrics = {"member_test_accuracy": member_acc, "test_accuracy": test_acc, "test_nll": test_nll,
@@ -91,10 +92,10 @@ def train_teachers(data: Dataset, config: TeacherConfig, out: str | Path, *, ove
 
 
 def _train_members(data: Dataset, config: TeacherConfig, store, name: str, options: dict, progress: bool, dist):
-    """Each member trained with its seed (checkpointed in ``store``): the models and their figures."""
+    """Each member trained with its seed (checkpointed in ``store``): the models, their test logits, their figures."""
     device = dist.device if dist is not None else resolve_device(config.train.device)
     data = place_dataset(data, device)
-    members, member_acc, per_epoch, epochs_run, best_epoch = [], [], [], [], []
+    members, member_logits, per_epoch, epochs_run, best_epoch = [], [], [], [], []
     for index in range(config.ensemble):
         seed = config.train.seed + index
         torch.manual_seed(seed)
@@ -109,11 +110,11 @@ def _train_members(data: Dataset, config: TeacherConfig, store, name: str, optio
                      name=f"member-{index}", progress=progress, dist=dist, data_device=data.device)
         model.eval()
         members.append(model)
-        member_acc.append(accuracy_and_nll(predict_logits(model, data.x_test), data.y_test)[0])
+        member_logits.append(predict_logits(model, data.x_test))
         per_epoch.append(result.seconds_per_epoch)
         epochs_run.append(result.epochs_run)
         best_epoch.append(result.best_epoch)
-    return members, member_acc, per_epoch, epochs_run, best_epoch
+    return members, member_logits, per_epoch, epochs_run, best_epoch
 
 
 def _config_dict(config) -> dict:

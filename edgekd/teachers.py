@@ -81,13 +81,17 @@ class EnsembleModule(nn.Module):
     def forward(self, x):
         # elementwise, with no reduction over a members axis: converters that drop the batch axis (pnnx for
         # ncnn) turned such a reduction into none, and an ensemble's ncnn output was its members side by side
-        outs = [member(x) for member in self.members]
-        if len(outs) == 1:
-            return outs[0]
-        if self.combine == "logits":
-            return functools.reduce(torch.add, outs) / len(outs)
-        log_probs = [torch.log_softmax(z, dim=-1) for z in outs]
-        return functools.reduce(torch.logaddexp, log_probs) - math.log(len(outs))
+        return combine_outputs([member(x) for member in self.members], self.combine)
+
+
+def combine_outputs(outs: list[torch.Tensor], combine: str) -> torch.Tensor:
+    """The members' logits ``outs`` combined as ``EnsembleModule`` combines them (``combine``: "logits" or "probs")."""
+    if len(outs) == 1:
+        return outs[0]
+    if combine == "logits":
+        return functools.reduce(torch.add, outs) / len(outs)
+    log_probs = [torch.log_softmax(z, dim=-1) for z in outs]
+    return functools.reduce(torch.logaddexp, log_probs) - math.log(len(outs))
 
 
 class Teacher:
