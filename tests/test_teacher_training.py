@@ -89,3 +89,26 @@ def test_members_are_seeded_apart_and_the_ensemble_is_the_mean_the_manifest_name
         mean = torch.stack([m(digits.x_test.float()) for m in members]).mean(0)
     assert torch.allclose(load_teacher(tmp_path / "t").logits(digits.x_test), mean, atol=1e-5)
     assert accuracy_and_nll(mean, digits.y_test)[0] == result.ensemble_test_accuracy
+
+
+def test_the_recorded_test_figures_are_the_saved_ensembles(digits, tmp_path):
+    """Each member's test pass is made once and the ensemble's figures combined from them: they must be those of
+    the saved teacher, as ``evaluate`` would score it, for either combine rule."""
+    import pytest
+
+    from edgekd.artifacts import load_artifact
+    from edgekd.targets import sharded_logits
+    from edgekd.teacher_training import TeacherConfig, train_teachers
+    from edgekd.teachers import load_teacher
+    from edgekd.training import TrainConfig, accuracy_and_nll, predict_logits
+
+    for combine in ("logits", "probs"):
+        config = TeacherConfig(arch="cnn:width=4,fc=16", ensemble=2, combine=combine, train=TrainConfig(epochs=1))
+        result = train_teachers(digits, config, tmp_path / combine)
+        teacher = load_teacher(tmp_path / combine)
+        accuracy, nll = accuracy_and_nll(sharded_logits(teacher.logits, digits.x_test), digits.y_test)
+        assert result.ensemble_test_accuracy == pytest.approx(accuracy, abs=1e-9)
+        assert result.ensemble_test_nll == pytest.approx(nll, rel=1e-5)
+        members = [accuracy_and_nll(predict_logits(m, digits.x_test), digits.y_test)[0]
+                   for m in load_artifact(tmp_path / combine).build_members()]
+        assert list(result.member_test_accuracy) == pytest.approx(members, abs=1e-9)
