@@ -297,8 +297,20 @@ def same_layout(a, b) -> bool:
 
 def as_float(x: "torch.Tensor") -> "torch.Tensor":
     """Raw inputs as the models take them: uint8 pixels (kept as stored, a quarter of float32's
-    memory) become float32 one batch at a time; float inputs pass unchanged."""
-    return x if x.is_floating_point() else x.float()
+    memory) become float32 one batch at a time, in row-major (NCHW) strides; float inputs in those pass
+    unchanged. A batch permuted back from NHWC with one channel passes ``is_contiguous()`` with
+    channels_last strides, which convolutions then follow: a user's net that flattens with ``view`` fails on it."""
+    if not x.is_floating_point():
+        x = x.float()
+    return x if x.stride() == _row_major_strides(x.shape) else x.new_empty(x.shape).copy_(x)
+
+
+def _row_major_strides(shape) -> tuple:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 class RowView:

@@ -117,25 +117,6 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def training_memory_format(model: torch.nn.Module, device: torch.device) -> torch.memory_format:
-    """The layout ``fit`` trains and scores ``model`` in: channels_last (NHWC) for a net with 2-d convolutions on
-    the CPU, where oneDNN's convolutions run faster on it than on NCHW (inference: 1.52x for the README's teacher,
-    ``benchmarks/results/teacher_inference.md``); a training epoch measured against the NCHW tree is unchanged
-    within its spread (``epoch_time_nhwc_cnn.md``: 0.93x hard, 1.05x distilled; ``epoch_time_nhwc_cnn8.md``:
-    0.94x, 0.99x), so training keeps it for one code path, not for speed; the default layout elsewhere (on a GPU
-    it pays mainly under reduced precision, not measured here)."""
-    if device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def in_layout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-    """``x`` in ``memory_format`` when that applies to it (a 4-d batch); as it is otherwise."""
-    if memory_format is torch.contiguous_format or x.dim() != 4:
-        return x
-    return x.contiguous(memory_format=memory_format)
-
-
 def describe_device(device: torch.device) -> str:
     """``'cpu'`` or the GPU's name, for reports."""
     if device.type == "cuda":

@@ -167,11 +167,26 @@ class ModuleTeacher(Teacher):
         """A channels_last (NHWC) copy of a convolutional net, for CPU inference only: oneDNN's
         convolutions run faster on NHWC than on NCHW (measured in benchmarks/results/teacher_inference.md).
         A copy, because channels_last parameters are not contiguous (safetensors refuses them) and
-        ``self.net`` is what is saved, exported and benchmarked. None for nets without convolutions."""
+        ``self.net`` is what is saved, exported and benchmarked. None for nets without convolutions, and for
+        one that fails or answers differently on NHWC input (a user's net that flattens with ``view``)."""
         if self._nhwc is None:
             convolutional = any(isinstance(m, nn.Conv2d) for m in self.net.modules())
-            self._nhwc = copy.deepcopy(self.net).to(memory_format=torch.channels_last).eval() if convolutional else False
+            nhwc = copy.deepcopy(self.net).to(memory_format=torch.channels_last).eval() if convolutional else None
+            self._nhwc = nhwc if nhwc is not None and _same_on_nhwc(self.net, nhwc, self.input_shape, self.device) else False
         return self._nhwc or None
+
+
+@torch.no_grad()
+def _same_on_nhwc(net: nn.Module, nhwc: nn.Module, input_shape, device) -> bool:
+    """Whether ``nhwc`` (``net`` in channels_last) runs, and gives ``net``'s logits, on two seeded random
+    images: a layout is a speed choice, never one that may break or change a net it was not written for."""
+    x = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0)).to(device)
+    try:
+        got = nhwc(x.contiguous(memory_format=torch.channels_last)).float()
+    except Exception:   # noqa: BLE001 (any failure of the user's code on this layout means: not this layout)
+        return False
+    want = net(x).float()
+    return got.shape == want.shape and bool((got - want).abs().max() <= 1e-3 * (1 + want.abs().max()))
 
 
 class OnnxTeacher(Teacher):

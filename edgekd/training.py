@@ -34,7 +34,7 @@ from edgekd.artifacts import write_json_atomic
 from edgekd.errors import EdgekdError, ResumeMismatch, SettingsChanged, TeacherChanged, TrainingError
 from edgekd.config import TrainConfig  # noqa: F401  (re-exported: the training loop's settings)
 from edgekd.data import as_float, fill_rows, inference_rows
-from edgekd.device import autocast, in_layout, module_device, resolve_device, to_device, training_memory_format
+from edgekd.device import autocast, module_device, resolve_device, to_device
 from edgekd.records import Record
 
 
@@ -130,7 +130,7 @@ def _shifted(x: torch.Tensor, shifts: torch.Tensor, pixels: int) -> torch.Tensor
     cols = torch.arange(width, device=x.device)[None, :] + pixels - shifts[:, 1:2]
     batch = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()
+    return out.permute(0, 3, 1, 2).contiguous()   # with one channel still NHWC-strided: as_float makes it row-major
 
 
 def mix_inputs(x: torch.Tensor, generator: torch.Generator, alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -576,8 +576,8 @@ def _restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
         index, key = name.split(".", 1)
         per_param.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
-    for param, state in optimizer.state.items():   # saved contiguous: back in the parameter's layout (channels_last in
-        for key, value in state.items():           # ``fit`` on the CPU), which torch's fused AdamW silently assumes
+    for param, state in optimizer.state.items():   # saved contiguous: back in the parameter's layout (a user's net may
+        for key, value in state.items():           # hold channels_last weights), which torch's fused AdamW silently assumes
             if torch.is_tensor(value) and value.shape == param.shape:
                 state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
@@ -585,16 +585,15 @@ def _restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
 # --- evaluation helpers --------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int | None = None,
-                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
     """The model's float32 logits on ``x``, computed on the model's device, returned on ``x``'s device, fed
     ``batch_size`` rows at a time (default: ``inference_rows``, at most 1024 on a GPU and 256 on the CPU, where
-    larger chunks only churn the allocator), each batch in ``memory_format`` (the model's: ``fit`` passes its own)."""
+    larger chunks only churn the allocator)."""
     device = module_device(model)
     batch_size = batch_size or inference_rows(x, 1024 if device.type == "cuda" else 256)
     model.eval()
     async_copy = device.type == "cuda"   # a copy into host memory must land before the CPU reads it
-    logits = fill_rows(lambda r: model(in_layout(as_float(x[r].to(device, non_blocking=async_copy)), memory_format)),
+    logits = fill_rows(lambda r: model(as_float(x[r].to(device, non_blocking=async_copy))),
                        0, len(x), batch_size, device=x.device)
     if logits is None:   # (0, C), as the rows of a non-empty input would be: an empty torchrun shard gathers with the rest
         logits = model(as_float(x[:0].to(device))).float().to(x.device)
@@ -633,8 +632,6 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
             tensors, meta = done
             model.load_state_dict(tensors)
             return FitResult(state=tensors, **meta["result"])
-    layout = training_memory_format(model, device)
-    model.to(memory_format=layout)   # the optimizer's state follows the parameters' layout
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
     total_steps = config.epochs * steps_per_epoch
@@ -661,7 +658,7 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
                     batch, share = dist.shard_batch(batch)
                     torch.manual_seed(rank_step_seed(config.seed, epoch, batch_index, dist.rank))   # dropout: a mask per rank
                 batch = tuple(to_device(t, device) if torch.is_tensor(t) else t for t in batch)
-                batch = (in_layout(as_float(batch[0]), layout), *batch[1:])   # uint8 pixels cross to the device as uint8
+                batch = (as_float(batch[0]), *batch[1:])   # uint8 pixels cross to the device as uint8
                 for group in optimizer.param_groups:
                     group["lr"] = one_cycle_lr(position["step"], total_steps, config.lr)
                 with autocast(device, config.precision):
@@ -689,7 +686,7 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
             position["epochs_timed"] += 1
             if dist is not None:
                 dist.average_buffers(model)
-            best_state = _end_epoch(model, val, position, best_state, epoch_loss, config, layout)
+            best_state = _end_epoch(model, val, position, best_state, epoch_loss, config)
             tick = time.perf_counter()
             _checkpoint(store, name, model, best_state, optimizer, position)
             position["checkpoint_seconds"] = position.get("checkpoint_seconds", 0.0) + time.perf_counter() - tick
@@ -698,8 +695,6 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
               "val_accuracy": best_acc, "val_nll": -best_neg_nll, "history": position["history"],
               "seconds_per_epoch": position["train_seconds"] / max(1, position["epochs_timed"]),
               "checkpoint_seconds": position.get("checkpoint_seconds", 0.0)}
-    model.to(memory_format=torch.contiguous_format)   # what callers save, export and compare: the default layout
-    best_state = {k: v.contiguous() for k, v in best_state.items()}
     if store is not None:
         store.save(name, "done", best_state, {"result": result})
     if stop.signal_name is not None:   # it came while the last epoch was scored or saved: not lost
@@ -721,11 +716,10 @@ def _finite_loss_sum(loss_sum: torch.Tensor, position: dict, name: str, store) -
     return value
 
 
-def _end_epoch(model, val, position: dict, best_state: dict, epoch_loss: float, config: TrainConfig,
-               layout: torch.memory_format) -> dict:
+def _end_epoch(model, val, position: dict, best_state: dict, epoch_loss: float, config: TrainConfig) -> dict:
     """Score the epoch on val, keep the best weights, record the history; returns the best state."""
     epoch = position["epoch"]
-    val_acc, val_nll = accuracy_and_nll(predict_logits(model, val[0], memory_format=layout), val[1])
+    val_acc, val_nll = accuracy_and_nll(predict_logits(model, val[0]), val[1])
     key = (val_acc, -val_nll)
     if position["best_key"] is None or tuple(key) > tuple(position["best_key"]):
         position["best_key"], position["best_epoch"], position["stale"] = list(key), epoch, 0

@@ -363,3 +363,21 @@ def test_copies_in_an_npz_are_named_by_their_rows_and_their_digests_cached(tmp_p
     with pytest.warns(Warning):
         load_dataset(f"npz:{tmp_path / 'copies.npz'}")
     assert sorted((tmp_path / "cache" / "images" / "splits").glob("*.npy")) == cached
+
+
+def test_as_float_gives_row_major_batches_even_from_a_one_channel_nhwc_permute():
+    """(N, 1, H, W) permuted back from NHWC passes is_contiguous() with channels_last strides, which a
+    convolution follows; a net that then flattens with view fails. as_float hands models row-major strides."""
+    import torch
+
+    from edgekd.data import as_float
+    from edgekd.training import apply_shifts
+
+    x = torch.rand(4, 1, 8, 8)
+    shifted = apply_shifts(x, torch.tensor([[1, -1], [0, 0], [2, 2], [-2, 1]]), 2)
+    assert shifted.is_contiguous() and shifted.stride() != x.stride()   # the trap
+    fixed = as_float(shifted)
+    assert fixed.stride() == x.stride() and torch.equal(fixed, shifted)
+    assert as_float(x) is x and as_float((255 * x).to(torch.uint8)).stride() == x.stride()
+    conv = torch.nn.Conv2d(1, 3, 3)
+    conv(fixed).view(4, -1)   # raised "view size is not compatible" on the NHWC-strided batch

@@ -407,33 +407,3 @@ def test_the_host_running_out_of_memory_is_one_line_not_an_internal_error(capsys
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: this machine ran out of memory (")
     assert ("17.2 GB asked for at once" in err) == isinstance(exc, RuntimeError) and "internal error" not in err
 
-
-def test_conv_nets_train_and_score_channels_last_on_the_cpu_and_come_back_in_the_default_layout(digits):
-    """oneDNN's convolutions run faster on NHWC (benchmarks/results/teacher_inference.md): ``fit`` trains a conv net in
-    channels_last on the CPU, and what it returns (the model and its state) is back in the default layout, to be
-    saved, exported and compared; a net without convolutions, or one on a GPU, keeps the default layout."""
-    import torch.nn.functional as F
-
-    from edgekd.device import training_memory_format
-    from edgekd.models import create_model
-    from edgekd.training import TrainConfig, fit
-
-    torch.manual_seed(0)
-    model = create_model("cnn:width=4,fc=16", digits.input_shape, digits.num_classes, mean=digits.mean, std=digits.std)
-    assert training_memory_format(model, torch.device("cpu")) is torch.channels_last
-    assert training_memory_format(model, torch.device("cuda")) is torch.contiguous_format
-    mlp = create_model("mlp:hidden=8", digits.input_shape, digits.num_classes)
-    assert training_memory_format(mlp, torch.device("cpu")) is torch.contiguous_format
-    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
-    seen = []   # the layout of every batch and weight the second convolution sees, in training and on val
-    conv.register_forward_pre_hook(lambda m, args: seen.append(
-        (args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous(),
-         m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous(), m.training)))
-    x, y = digits.x_train[:300], digits.y_train[:300]
-    fitted = fit(model, n_train=len(y), make_batch=lambda i, g, e: (x[i], y[i]), loss_fn=lambda out, b: F.cross_entropy(out, b[1]),
-                 val=(digits.x_val, digits.y_val), config=TrainConfig(epochs=2, lr=1e-2), store=None, name="m")
-    assert {training for *_, training in seen} == {True, False} and all(a and w for a, w, _ in seen)
-    assert all(p.is_contiguous() for p in model.parameters()) and all(v.is_contiguous() for v in fitted.state.values())
-    nchw = predict_logits(model, digits.x_val)
-    nhwc = predict_logits(model.to(memory_format=torch.channels_last), digits.x_val, memory_format=torch.channels_last)
-    assert torch.allclose(nchw, nhwc, atol=1e-4) and torch.equal(nchw.argmax(1), nhwc.argmax(1))

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from edgekd.errors import ConfigError
 from edgekd.models import count_macs, create_model, parse_arch
@@ -109,3 +110,21 @@ def test_register_model_reads_bools_and_refuses_what_it_cannot_hold():
         register_model("test-none", description="x", note=None)
     with pytest.raises(ConfigError, match="Got 'my:net' instead"):
         register_model("my:net", description="x")
+
+
+def test_a_net_that_flattens_with_view_trains_and_teaches_in_its_own_layout(edgekd, tmp_path, digits):
+    """The tutorials' ``x.view(x.size(0), -1)`` fails on a channels_last batch: edgekd trains in the default layout,
+    and makes a teacher's targets through its channels_last copy only where that copy runs and agrees."""
+    from edgekd.teachers import ModuleTeacher
+
+    out = tmp_path / "t"
+    code, _, err = edgekd("teacher", "train", "--arch", "py:my_arch.tutorial_net", "--epochs", "2", "--quiet", "--out", out)
+    assert code == 0, err
+    code, _, err = edgekd("distill", "--teacher", out, "--trust-code", "--student", "py:my_arch.tutorial_net:width=2",
+                          "--epochs", "1", "--quiet", "--out", tmp_path / "s")
+    assert code == 0, err
+    net = create_model("py:my_arch.tutorial_net", digits.input_shape, digits.num_classes).eval()
+    teacher = ModuleTeacher(net, kind="model", classes=digits.classes, input_shape=digits.input_shape, fingerprint="f",
+                            description="a tutorial net")
+    assert teacher.channels_last_net() is None
+    assert torch.equal(teacher.logits(digits.x_val[:5]), net(digits.x_val[:5].reshape(5, *digits.input_shape)).float())
