@@ -238,10 +238,10 @@ class Artifact:
     def check_code_trusted(self) -> None:
         """Refuse, before anything is loaded, members of your own architecture (``py:``) that this command
         may not import (``--trust-code``): opening a file never runs its code."""
-        from edgekd.models import code_trusted
+        from edgekd.models import code_trusted, is_user_arch
 
         for index, member in enumerate(self.manifest.members):
-            if member.arch.startswith("py:") and not code_trusted():
+            if is_user_arch(member.arch) and not code_trusted(member.arch):
                 module = member.arch[len("py:"):].rpartition(".")[0]
                 raise ArtifactError(f"Artifact '{self.path}': member {index} is your own architecture '{member.arch}'; "
                                     f"loading it would import '{module}' and run it; pass --trust-code if you trust it.")
@@ -249,8 +249,10 @@ class Artifact:
     def build_members(self, only: int | None = None) -> list:
         """The member models, in eval mode, with their weights loaded (``only``: just that member's, in a list: the
         others are neither built nor read)."""
+        import torch
+
         from edgekd.errors import ConfigError, ModelTooLargeError
-        from edgekd.models import create_model, format_arch, parse_arch
+        from edgekd.models import code_trusted, create_model, format_arch, parse_arch
 
         self.check_code_trusted()
         models = []
@@ -260,8 +262,10 @@ class Artifact:
                 continue
             try:   # the options go through the same checks as a command line's
                 arch, options = parse_arch(format_arch(member.arch, member.arch_options))
-                model = create_model(arch, self.input_shape, member.num_outputs, mean=norm["mean"], std=norm["std"],
-                                     options=options)
+                with torch.random.fork_rng(devices=[]):   # built as training built it: a random buffer that is not
+                    torch.manual_seed(member.seed if member.seed is not None else self.manifest.seed)   # saved comes back
+                    model = create_model(arch, self.input_shape, member.num_outputs, mean=norm["mean"], std=norm["std"],
+                                         options=options, trusted=code_trusted(arch))   # read from a file: not typed by the user
             except ModelTooLargeError as exc:   # the machine's to change, not the artifact
                 raise ArtifactError(f"Artifact '{self.path}' cannot be loaded on this machine: {exc}") from None
             except ConfigError as exc:

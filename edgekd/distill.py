@@ -656,7 +656,8 @@ def distill(teacher: Teacher | str | Path, data: Dataset | str, config: DistillC
         common = dict(kind="model", classes=data.classes, input_shape=data.input_shape,
                       normalization={"mean": list(data.mean), "std": list(data.std)}, data=data.describe(),
                       seed=train_cfg.seed, teacher={"description": teacher.description, "fingerprint": teacher.fingerprint},
-                      members=(Member(arch=arch, options=options, weights="member-0.safetensors", num_outputs=data.num_classes),))
+                      members=(Member(arch=arch, options=options, weights="member-0.safetensors", num_outputs=data.num_classes,
+                                       seed=train_cfg.seed),))
         nested = {}
         if baseline is not None:
             nested["baseline"] = (Manifest(**common, config={**record, "role": "hard-label baseline"},

@@ -155,6 +155,10 @@ def _member(data: dict, index: int, fail, num_classes: int) -> Member:
     for key in ("classes", "class_names", "history"):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
+    arch = values.get("arch")
+    if not isinstance(arch, str) or not arch or any(c.isspace() for c in arch):
+        # an architecture is a name: whitespace would let "\tpy:..." pass as a built-in where trust is checked
+        fail(f"member {index} has 'arch' {arch!r}, which is not an architecture name")
     number = (int, float)
     for key in ("dustbin_bias", "true_share", "training_share", "val_accuracy"):
         if values.get(key) is not None and (not isinstance(values[key], number) or isinstance(values[key], bool)):

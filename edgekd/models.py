@@ -63,11 +63,17 @@ def list_models() -> list[ArchEntry]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
+def is_user_arch(spec: str) -> bool:
+    """Whether ``spec`` names your own code (``py:...``), read as ``parse_arch`` reads it: the one test of
+    whether building it imports anything."""
+    return spec.strip().startswith("py:")
+
+
 def parse_arch(spec: str) -> tuple[str, dict]:
     """``"cnn:width=8"`` -> ``("cnn", {"width": 8})``, options checked against the registry;
     ``"py:package.module.factory:depth=3"`` -> ``("py:package.module.factory", {"depth": 3})`` (your own
     architecture: nothing is imported here)."""
-    if spec.strip().startswith("py:"):
+    if is_user_arch(spec):
         return _parse_user_arch(spec.strip())
     name, _, rest = spec.strip().partition(":")
     if name not in _REGISTRY:
@@ -147,8 +153,8 @@ def create_model(spec_or_name: str, input_shape, num_classes: int, *, mean=(0.0,
     else:
         name, parsed = parse_arch(spec_or_name)
         options = {**parsed, **options}
-    if name.startswith("py:"):
-        body = _build_user_arch(name, tuple(input_shape), num_classes, options, trusted=trusted or _TRUST_CODE.get())
+    if is_user_arch(name):
+        body = _build_user_arch(name, tuple(input_shape), num_classes, options, trusted=trusted or code_trusted(name))
     else:
         build = lambda: _REGISTRY[name].builder(tuple(input_shape), num_classes, **options)  # noqa: E731
         _check_fits_memory(format_arch(name, options), tuple(input_shape), build, for_training)
@@ -200,15 +206,20 @@ def host_memory_bytes() -> int | None:
 _TRUST_CODE = contextvars.ContextVar("edgekd_trust_code", default=False)
 
 
-def code_trusted() -> bool:
-    """Whether this command may import the ``py:`` code an artifact names (``--trust-code``)."""
-    return _TRUST_CODE.get()
+def code_trusted(name: str | None = None) -> bool:
+    """Whether this command may import the ``py:`` code an artifact names (``--trust-code``), or, given the
+    architecture's ``name``, that one's (``trust_code(only=...)``: a spec typed on this command line)."""
+    value = _TRUST_CODE.get()
+    if isinstance(value, frozenset):
+        return name is not None and parse_arch(name)[0] in value
+    return value
 
 
 @contextlib.contextmanager
-def trust_code(enabled: bool = True):
-    """Within this block, artifacts that name ``py:`` code may import it (``--trust-code``)."""
-    token = _TRUST_CODE.set(enabled)
+def trust_code(enabled: bool = True, *, only=None):
+    """Within this block, artifacts that name ``py:`` code may import it (``--trust-code``); with ``only``, just
+    the architectures it names (a command's own outputs, made from specs the user typed)."""
+    token = _TRUST_CODE.set(frozenset(parse_arch(spec)[0] for spec in only) if only is not None else enabled)
     try:
         yield
     finally:

@@ -3,6 +3,7 @@ export -> benchmark, with a Markdown and JSON summary in the output folder."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -13,7 +14,7 @@ from edgekd.artifacts import MANIFEST, is_artifact, sha256_file, write_json_atom
 from edgekd.config import PipelineConfig
 from edgekd.errors import ConfigError, SettingsChanged, TeacherChanged
 from edgekd.distill import describe_gain
-from edgekd.models import create_model
+from edgekd.models import code_trusted, create_model, is_user_arch, trust_code
 from edgekd.outputs import PIPELINE_ARTIFACTS, OutputError, output_lock
 from edgekd.training import fingerprint_changes, holds_checkpoint, run_fingerprint
 from edgekd.validation import check_output_dir
@@ -43,6 +44,17 @@ class PipelineResult(Record):
 def run_pipeline(config: PipelineConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
                  progress: bool = False, echo: Callable[[str], None] = lambda s: None,
                  config_record: dict | None = None) -> PipelineResult:
+    """Every stage in turn (see the module's docstring). A ``py:`` teacher or student typed here is the user's own
+    code, trusted as ``teacher train`` and ``distill`` trust it: the stages may load the artifacts made from it
+    without ``--trust-code`` (and only those architectures: any other ``py:`` code still needs the flag)."""
+    typed = [spec for spec in (config.teacher_arch, config.student) if is_user_arch(spec)]
+    with contextlib.nullcontext() if code_trusted() or not typed else trust_code(only=typed):
+        return _run_pipeline(config, out, overwrite=overwrite, resume=resume, progress=progress, echo=echo,
+                             config_record=config_record)
+
+
+def _run_pipeline(config: PipelineConfig, out: Path, *, overwrite: bool, resume: bool, progress: bool,
+                  echo: Callable[[str], None], config_record: dict | None) -> PipelineResult:
     from edgekd.cache import LogitCache
     from edgekd.data import load_dataset
     from edgekd.distill import distill

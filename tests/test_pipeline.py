@@ -433,3 +433,23 @@ def test_a_stopped_teacher_continues_under_the_same_settings_typed_otherwise_and
     said = resume("--teacher-epochs", "2")
     assert ("[teacher] the interrupted run was started with other settings ('teacher_epochs' was 300, now 2): "
             "started again") in said
+
+
+def test_your_own_architectures_typed_here_need_no_trust_code_to_be_loaded_again(edgekd, tmp_path, monkeypatch):
+    """The pipeline trained a py: teacher and student, then refused to open its own artifacts without
+    --trust-code; the specs typed on its command line are trusted as teacher train and distill trust them."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures"))
+    args = list(TINY_PIPELINE)
+    args[args.index("mlp:hidden=8")] = "py:my_arch.tiny_net:hidden=8"
+    code, _, err = edgekd(*args, "--student", "py:my_arch.tutorial_net:width=2", "--out", tmp_path / "p")
+    assert code == 0, err
+    assert json.loads((tmp_path / "p" / "summary.json").read_text())["student"]["accuracy"] > 0
+
+
+def test_scoped_trust_covers_only_the_architectures_it_names():
+    from edgekd.models import code_trusted, trust_code
+
+    with trust_code(only=["py:my_arch.tiny_net:hidden=8"]):
+        assert code_trusted("py:my_arch.tiny_net") and code_trusted(" py:my_arch.tiny_net")
+        assert not code_trusted("py:my_arch.picky") and not code_trusted()
+    assert not code_trusted("py:my_arch.tiny_net")

@@ -128,3 +128,32 @@ def test_a_net_that_flattens_with_view_trains_and_teaches_in_its_own_layout(edge
                             description="a tutorial net")
     assert teacher.channels_last_net() is None
     assert torch.equal(teacher.logits(digits.x_val[:5]), net(digits.x_val[:5].reshape(5, *digits.input_shape)).float())
+
+
+@pytest.mark.parametrize("arch", [" py:my_arch.tiny_net", "\tpy:my_arch.tiny_net", "\u00a0py:my_arch.tiny_net"])
+def test_an_architecture_name_with_whitespace_cannot_slip_past_trust(edgekd, tiny_teacher, tmp_path, arch):
+    """'\\tpy:...' in a crafted manifest passed the trust check (which tested startswith) while the parser stripped it
+    and imported the module on opening."""
+    import shutil
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(tiny_teacher, crafted)
+    manifest = json.loads((crafted / "manifest.json").read_text())
+    manifest["members"][0]["arch"] = arch
+    (crafted / "manifest.json").write_text(json.dumps(manifest))
+    sys.modules.pop("my_arch", None)
+    code, _, err = edgekd("evaluate", crafted)
+    assert code == 2 and "not an architecture name" in err and "my_arch" not in sys.modules, err
+
+
+def test_an_artifact_is_built_as_training_built_it(edgekd, tmp_path):
+    """A net that draws a buffer it does not save came back different at every load (5% then 9%): members are built
+    under the seed they were trained with."""
+    out = tmp_path / "t"
+    code, _, err = edgekd("teacher", "train", "--arch", "py:my_arch.random_projection", "--epochs", "2", "--quiet",
+                          "--out", out)
+    assert code == 0, err
+    recorded = json.loads((out / "manifest.json").read_text())["metrics"]["test_accuracy"]
+    for _ in range(2):
+        code, stdout, err = edgekd("evaluate", out, "--trust-code", "--json")
+        assert code == 0 and json.loads(stdout)["accuracy"] == pytest.approx(recorded, abs=1e-9), err
