@@ -14,6 +14,7 @@ import contextlib
 import functools
 import contextvars
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -439,11 +440,22 @@ def count_parameters(model: nn.Module) -> int:
 def count_macs(model: nn.Module, input_shape) -> int:
     """Multiply-accumulates of one forward pass on one sample: half the FLOPs that
     ``torch.utils.flop_counter`` counts in the matrix products and convolutions, so any module counts,
-    not only the layer types edgekd knows."""
+    not only the layer types edgekd knows. Counted with the fused paths off (oneDNN's LSTM, the attention "fast
+    path" of eval mode, fused scaled-dot-product attention): the counter sees no matrix product inside those
+    kernels, and an LSTM or a transformer layer counted 5-130x too few."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        _forward_zeros(model, input_shape, 1)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:
+        torch.backends.mha.set_fastpath_enabled(False)
+        with warnings.catch_warnings():   # setting oneDNN's flags warns about Intel GPUs' TF32, which is not ours
+            warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+            with torch.backends.mkldnn.flags(enabled=False), sdpa_kernel(SDPBackend.MATH), \
+                    FlopCounterMode(display=False) as counter:
+                _forward_zeros(model, input_shape, 1)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return int(counter.get_total_flops() // 2)
 
 

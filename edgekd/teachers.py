@@ -394,9 +394,11 @@ class TorchScriptTeacher(Teacher):
         return out.to(x.device)
 
     def _run(self, x):
+        # each call on its own copy: a model that scales its input in place (``x /= 255``) must not write into
+        # edgekd's rows, nor see its first call's writes when it is retried flattened
         if self._flatten is None:
             try:
-                out = self.net(x)
+                out = self.net(x.clone())
             except torch.OutOfMemoryError:   # the GPU's to say (one line from the CLI), not a flat model's
                 raise
             except Exception:   # a call that fails on images: a flat model, tried once on the flattened rows
@@ -405,7 +407,7 @@ class TorchScriptTeacher(Teacher):
                 self._flatten = False
                 return self._as_logits(self._checked(out, len(x)))
         try:
-            out = self.net(x.reshape(len(x), -1) if self._flatten else x)
+            out = self.net((x.reshape(len(x), -1) if self._flatten else x).clone())
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:

@@ -308,3 +308,32 @@ def test_an_onnx_teacher_declaring_channels_last_fits_channels_first_data(tmp_pa
     teacher = load_teacher(tmp_path / "t.onnx")
     check_teacher_fits(teacher, data)
     assert teacher.logits(data.x_val[:3]).shape == (3, 4)
+
+
+def test_foreign_teachers_that_scale_their_input_in_place_leave_the_callers_rows_alone(tmp_path):
+    """``x /= 16`` in a TorchScript or torch.export teacher divided edgekd's own rows, and on float data a second
+    pass then disagreed with the first (refused as "dropout or batch statistics left on")."""
+    from torch import nn
+
+    from edgekd.teachers import load_teacher
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            x /= 16.0
+            return self.fc(torch.flatten(x, 1))
+
+    torch.manual_seed(0)
+    net = InPlace().eval()
+    x = torch.rand(6, 1, 8, 8) * 16
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "inplace.pt"))
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(net, (x[:4].clone(),), dynamic_shapes=({0: batch},)), str(tmp_path / "inplace.pt2"))
+    want = net.fc(x.flatten(1) / 16)
+    for path in ("inplace.pt", "inplace.pt2"):
+        teacher, rows = load_teacher(tmp_path / path), x.clone()
+        first, second = teacher.logits(rows), teacher.logits(rows)
+        assert torch.equal(rows, x) and torch.allclose(first, want, atol=1e-5) and torch.equal(first, second), path

@@ -157,3 +157,31 @@ def test_an_artifact_is_built_as_training_built_it(edgekd, tmp_path):
     for _ in range(2):
         code, stdout, err = edgekd("evaluate", out, "--trust-code", "--json")
         assert code == 0 and json.loads(stdout)["accuracy"] == pytest.approx(recorded, abs=1e-9), err
+
+
+def test_recurrent_and_attention_layers_are_counted_in_full():
+    """oneDNN's LSTM kernel and eval mode's attention fast path hide their matrix products from the counter: an
+    LSTM counted its head alone (320 MACs) and a transformer layer its projections without attention."""
+    from torch import nn
+
+    class Lstm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.LSTM(8, 32, batch_first=True), nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.head(self.rnn(x.reshape(len(x), 8, 8))[0][:, -1])
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+            self.head = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.head(self.layer(x.reshape(len(x), 8, 8)).mean(1))
+
+    assert count_macs(Lstm(), (1, 8, 8)) == 8 * 4 * 32 * (8 + 32) + 32 * 10      # 8 steps of 4 gates, then the head
+    # q, k, v and out projections, scores and their weighted sum, the 8 -> 16 -> 8 feed-forward, the head
+    assert count_macs(Attention(), (1, 8, 8)) == 4 * 8 * 8 * 8 + 2 * 8 * 8 * 8 + 2 * 8 * 8 * 16 + 8 * 10
+    assert torch.backends.mha.get_fastpath_enabled() and torch.backends.mkldnn.enabled   # put back
