@@ -156,11 +156,10 @@ def create_model(spec_or_name: str, input_shape, num_classes: int, *, mean=(0.0,
         options = {**parsed, **options}
     if is_user_arch(name):
         body = _build_user_arch(name, tuple(input_shape), num_classes, options, trusted=trusted or code_trusted(name))
-    else:
-        build = lambda: _REGISTRY[name].builder(tuple(input_shape), num_classes, **options)  # noqa: E731
-        _check_fits_memory(format_arch(name, options), tuple(input_shape), build, for_training)
-        body = build()
-    return EdgekdNet(body, tuple(input_shape), mean, std)
+        return EdgekdNet(body, tuple(input_shape), mean, std, user_arch=name)
+    build = lambda: _REGISTRY[name].builder(tuple(input_shape), num_classes, **options)  # noqa: E731
+    _check_fits_memory(format_arch(name, options), tuple(input_shape), build, for_training)
+    return EdgekdNet(build(), tuple(input_shape), mean, std)
 
 
 def _check_fits_memory(spec: str, input_shape: tuple, build, for_training: bool) -> None:
@@ -320,11 +319,12 @@ class Normalize(nn.Module):
 class EdgekdNet(nn.Module):
     """``body(normalize(x))``: raw inputs in, logits out."""
 
-    def __init__(self, body: nn.Module, input_shape, mean, std):
+    def __init__(self, body: nn.Module, input_shape, mean, std, user_arch: str | None = None):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.normalize = Normalize(input_shape, mean, std)
         self.body = body
+        self.user_arch = user_arch   # "py:..." when the body is your own code: its failures are said to be its own
 
     def forward(self, x):
         return self.body(self.normalize(x))

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.artifacts import write_json_atomic
-from edgekd.errors import EdgekdError, ResumeMismatch, SettingsChanged, TeacherChanged, TrainingError
+from edgekd.errors import ConfigError, EdgekdError, ResumeMismatch, SettingsChanged, TeacherChanged, TrainingError
 from edgekd.config import TrainConfig  # noqa: F401  (re-exported: the training loop's settings)
 from edgekd.data import as_float, fill_rows, inference_rows
 from edgekd.device import autocast, module_device, resolve_device, to_device
@@ -582,6 +582,29 @@ def _restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
                 state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
+def steps_in_epoch(n_train: int, batch_size: int) -> int:
+    """Batches in an epoch: ``ceil(n / batch_size)``, but a last batch of one row joins the one before (as
+    ``DataLoader(drop_last=True)`` would drop it): BatchNorm in training cannot normalise a single row."""
+    steps = max(1, math.ceil(n_train / batch_size))
+    return steps - 1 if steps > 1 and n_train % batch_size == 1 else steps
+
+
+def _your_code(model, what: str, call, *args):
+    """``call(*args)``; where the model is your own architecture (``py:``), its failure in ``what`` (forward or
+    backward: an in-place op autograd needs, a shape it cannot take) is one line naming it, not edgekd's error."""
+    try:
+        return call(*args)
+    except torch.OutOfMemoryError:   # the machine's, said as such by the CLI
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        arch = getattr(model, "user_arch", None)
+        if arch is None:
+            raise
+        cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"Architecture '{arch}' failed in training ({what}: {type(exc).__name__}: {cause[:200]}); "
+                          f"fix the module (rerun with --debug for the traceback).") from exc
+
+
 # --- evaluation helpers --------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -633,7 +656,7 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
             model.load_state_dict(tensors)
             return FitResult(state=tensors, **meta["result"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
+    steps_per_epoch = steps_in_epoch(n_train, config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     position = {"epoch": 0, "batch": 0, "step": 0, "best_key": None, "best_epoch": -1, "stale": 0,
                 "history": [], "train_seconds": 0.0, "epochs_timed": 0, "loss_sum": 0.0, "loss_steps": 0}
@@ -650,7 +673,8 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
             loss_sum = torch.tensor(position["loss_sum"], device=device)
             bar = _progress_bar(range(position["batch"], steps_per_epoch), progress, f"{name} epoch {epoch + 1}/{config.epochs}")
             for batch_index in bar:
-                indices = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
+                last = batch_index + 1 == steps_per_epoch   # the last batch takes the rest (a lone row included)
+                indices = order[batch_index * config.batch_size:n_train if last else (batch_index + 1) * config.batch_size]
                 # a generator per step (jitter, view choice): a run resumed mid-epoch draws the same numbers
                 batch = make_batch(indices, step_generator(config.seed, epoch, batch_index), epoch)
                 share = 1.0
@@ -663,11 +687,11 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
                     group["lr"] = one_cycle_lr(position["step"], total_steps, config.lr)
                 with autocast(device, config.precision):
                     if len(batch[0]):
-                        loss = loss_fn(model(batch[0]), batch)
+                        loss = loss_fn(_your_code(model, "forward", model, batch[0]), batch)
                     else:   # no rows on this rank: zero gradients, and the same collectives as the others
                         loss = sum(p.sum() for p in model.parameters()) * 0.0
                 optimizer.zero_grad(set_to_none=True)
-                (loss * share if share != 1.0 else loss).backward()
+                _your_code(model, "backward", (loss * share if share != 1.0 else loss).backward)
                 if dist is not None:
                     dist.average_gradients(model)
                 optimizer.step()

@@ -185,3 +185,27 @@ def test_recurrent_and_attention_layers_are_counted_in_full():
     # q, k, v and out projections, scores and their weighted sum, the 8 -> 16 -> 8 feed-forward, the head
     assert count_macs(Attention(), (1, 8, 8)) == 4 * 8 * 8 * 8 + 2 * 8 * 8 * 8 + 2 * 8 * 8 * 16 + 8 * 10
     assert torch.backends.mha.get_fastpath_enabled() and torch.backends.mkldnn.enabled   # put back
+
+
+def test_a_batchnorm1d_head_trains_whatever_row_is_left_over(digits):
+    """With n % batch_size == 1 the last batch was a lone row, on which BatchNorm1d fails in training (an internal
+    error): it joins the batch before."""
+    import torch.nn.functional as F
+
+    from edgekd.training import TrainConfig, fit, steps_in_epoch
+
+    assert [steps_in_epoch(n, 128) for n in (1, 127, 128, 129, 130, 257)] == [1, 1, 1, 1, 2, 2]
+    model = create_model("py:my_arch.bn_head", digits.input_shape, digits.num_classes)
+    x, y = digits.x_train[:129], digits.y_train[:129]
+    sizes = []
+    fit(model, n_train=129, make_batch=lambda i, g, e: sizes.append(len(i)) or (x[i], y[i]),
+        loss_fn=lambda out, b: F.cross_entropy(out, b[1]), val=(digits.x_val, digits.y_val),
+        config=TrainConfig(epochs=2, batch_size=64, lr=1e-2), store=None, name="m")
+    assert sizes == [64, 65] * 2
+
+
+def test_your_architecture_failing_in_training_is_one_line_naming_it(edgekd, tmp_path):
+    code, _, err = edgekd("teacher", "train", "--arch", "py:my_arch.bad_in_place", "--epochs", "1", "--out", tmp_path / "t")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "Architecture 'py:my_arch.bad_in_place' failed in training (backward: RuntimeError: " in err
+    assert "internal error" not in err
