@@ -174,16 +174,17 @@ def lower(module: nn.Module, example: torch.Tensor) -> bytes:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    with quiet() as log:
+    from export.onnx_export import export_failure
+
+    with quiet():
         try:
             if not isinstance(module, torch.fx.GraphModule):  # a PT2E-converted graph has no eval()
                 module = module.eval()
             program = torch.export.export(module, (example,))
             return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
         except Exception as exc:  # torch.export and exir raise many types; all mean "this module does not lower"
-            text = (str(exc).strip() or exc.__class__.__name__).splitlines()[0][:240]
-            raise ExportError(f"ExecuTorch export failed: {text}; rerun with --debug for the log "
-                              f"({len(log.getvalue())} characters), or export ONNX instead.") from exc
+            raise ExportError(f"ExecuTorch export failed: {export_failure(exc)}; rerun with --debug for the "
+                              f"traceback, or export ONNX instead.") from exc
 
 
 # rows per calibration call: the activation observers (HistogramObserver) cost about the same per call

@@ -229,7 +229,7 @@ def check_request(out: Path, summary_path: Path, config: ExportConfig, *, overwr
 
 def torch_to_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     """Dynamo export with a dynamic batch dimension, saved to ``path``, opset checked, full onnx check."""
-    with _quiet_exporter() as log:
+    with _quiet_exporter():
         try:
             program = torch.onnx.export(module.eval(), (example,), dynamo=True, opset_version=opset,
                                         dynamic_shapes=({0: torch.export.Dim("batch")},),
@@ -239,14 +239,27 @@ def torch_to_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: i
             raise ExportError(f"torch.onnx.export cannot run: {exc}; install the tested versions with "
                               f"pip install -c constraints.txt -e . (onnxscript and onnx-ir).") from exc
         except Exception as exc:  # the exporter raises many types; all mean "this module does not export"
-            text = (str(exc).strip() or exc.__class__.__name__).splitlines()[0][:240]
-            raise ExportError(f"torch.onnx.export (dynamo) failed: {text}; rerun with --debug for the log "
-                              f"({len(log.getvalue())} characters).") from exc
+            raise ExportError(f"torch.onnx.export (dynamo) failed: {export_failure(exc)}; rerun with --debug for the "
+                              f"traceback.") from exc
     got = model_opset(path)
     if got != opset:
         raise ExportError(f"Asked for opset {opset} but the exporter produced opset {got}; choose --opset {got} "
                           f"(the dynamo exporter writes {DEFAULT_OPSET} natively).")
     _full_check(path)
+
+
+def export_failure(exc: BaseException) -> str:
+    """What made an export fail, in a line: the innermost cause's first line (the exporter wraps it in a
+    message whose first line is the same boilerplate for every model), with the usual fix for Python control flow
+    on tensor values, which torch.export cannot trace."""
+    root = exc
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    text = f"{type(root).__name__}: {lines[0] if lines else ''}"[:240]
+    if "data-dependent" in str(root) or type(root).__name__.startswith("GuardOnDataDependent"):
+        text += " (Python control flow on a tensor's value in forward: use torch.where or torch.cond)"
+    return text
 
 
 def model_opset(path: Path) -> int:
@@ -268,7 +281,8 @@ def _full_check(path: Path) -> None:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter prints progress and warns about torchvision ops; keep that off the terminal."""
+    """The exporter prints progress and warns about torchvision ops, and on a failure writes the graphs it
+    traced to stderr; keep that off the terminal."""
     buffer = io.StringIO()
     names = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir", "torch.fx.experimental.symbolic_shapes")
     loggers = [logging.getLogger(name) for name in names]
@@ -276,7 +290,7 @@ def _quiet_exporter():
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             warnings.simplefilter("ignore")
             yield buffer
     finally:

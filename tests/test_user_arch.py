@@ -209,3 +209,14 @@ def test_your_architecture_failing_in_training_is_one_line_naming_it(edgekd, tmp
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "Architecture 'py:my_arch.bad_in_place' failed in training (backward: RuntimeError: " in err
     assert "internal error" not in err
+
+
+def test_a_net_torch_export_cannot_trace_is_told_why_in_one_line(edgekd, tmp_path):
+    """The exporter's first line is the same boilerplate for every model, and it printed the graphs it traced:
+    the line names the cause (control flow on a tensor's value) and its usual fix."""
+    out = tmp_path / "t"
+    code, _, err = edgekd("teacher", "train", "--arch", "py:my_arch.branchy", "--epochs", "1", "--quiet", "--out", out)
+    assert code == 0, err
+    code, _, err = edgekd("export", out, "--trust-code", "--onnx", "--out", tmp_path / "t.onnx")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "data-dependent" in err and "use torch.where or torch.cond" in err and "GraphModule" not in err
