@@ -66,6 +66,7 @@ def quantize_model(src: Path, dst: Path, mode: str, *, calibration: np.ndarray |
                 quantize_dynamic(str(prepared), str(dst), per_channel=True, weight_type=QuantType.QInt8)
             except Exception as exc:
                 raise ExportError(f"Dynamic quantization failed ({_first_line(exc)}); try --quantize int8 or export fp32.") from None
+            _check_quantized(dst, mode)
             return {"mode": "dynamic", "weights": "int8 per-channel", "activations": "int8, quantized at run time",
                     "preprocessed": True, "symbolic_shape_inference": symbolic}
         if calibration is None or len(calibration) == 0:
@@ -82,9 +83,26 @@ def quantize_model(src: Path, dst: Path, mode: str, *, calibration: np.ndarray |
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
         except Exception as exc:
             raise ExportError(f"Static int8 quantization failed ({_first_line(exc)}); try --quantize dynamic or export fp32.") from None
+    _check_quantized(dst, mode)
     return {"mode": "static", "format": "QOperator" if quant_format == "qoperator" else "QDQ", "weights": "int8 per-channel", "activations": "int8 per-tensor",
             "calibration_method": "MinMax", "calibration_samples": int(len(calibration)), "preprocessed": True,
             "symbolic_shape_inference": symbolic}
+
+
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                 "QLinearConv", "QLinearMatMul", "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+
+
+def _check_quantized(path: Path, mode: str) -> None:
+    """Refuse a "quantized" graph the quantizer left without one integer op: onnxruntime quantizes only
+    float32 MatMul/Gemm/Conv, so a model that computes in float64 came out unchanged, named and timed as int8."""
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+    if not ops & QUANTIZED_OPS:
+        raise ExportError(f"--quantize {mode} quantized nothing: the graph has no float32 MatMul, Gemm or Conv for "
+                          f"onnxruntime's quantizer (its ops: {', '.join(sorted(ops))[:160]}; a model that computes in "
+                          f"float64 has none). Make the model compute in float32, or export fp32.")
 
 
 @contextmanager

@@ -239,3 +239,16 @@ def test_export_executorch_is_the_executorch_export_whatever_its_config_says(tmp
     for name, config in (("a.pte", ExportConfig()), ("b.pte", None)):
         result = export_executorch(tiny_student, tmp_path / name, config, data=digits)
         assert result.format == "pte" and (tmp_path / name).read_bytes()[4:8] == b"ET12"
+
+
+@pytest.mark.mobile
+def test_int8_of_a_float64_model_is_refused_in_one_line(edgekd, tmp_path, executorch, monkeypatch):
+    """The XNNPACK quantizer asserted float32 deep in convert_pt2e: an internal error."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures"))
+    out = tmp_path / "t"
+    code, _, err = edgekd("teacher", "train", "--arch", "py:my_arch.float64_net", "--epochs", "1", "--quiet", "--out", out)
+    assert code == 0, err
+    code, _, err = edgekd("export", out, "--trust-code", "--executorch", "--quantize", "int8", "--out", tmp_path / "m.pte")
+    assert code == 2 and "needs a model with float32 weights; this one holds float64" in err, err

@@ -220,3 +220,15 @@ def test_a_net_torch_export_cannot_trace_is_told_why_in_one_line(edgekd, tmp_pat
     code, _, err = edgekd("export", out, "--trust-code", "--onnx", "--out", tmp_path / "t.onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "data-dependent" in err and "use torch.where or torch.cond" in err and "GraphModule" not in err
+
+
+def test_a_model_that_computes_in_float64_is_not_sold_as_int8(edgekd, tmp_path):
+    """onnxruntime quantizes float32 MatMul/Gemm/Conv only: the float64 graph came out unchanged, and was named,
+    gated and timed as int8."""
+    out = tmp_path / "t"
+    code, _, err = edgekd("teacher", "train", "--arch", "py:my_arch.float64_net", "--epochs", "1", "--quiet", "--out", out)
+    assert code == 0, err
+    for mode in ("int8", "dynamic"):
+        code, _, err = edgekd("export", out, "--trust-code", "--onnx", "--quantize", mode, "--out", tmp_path / f"{mode}.onnx")
+        assert code == 2 and f"--quantize {mode} quantized nothing" in err and "float64" in err, err
+        assert not (tmp_path / f"{mode}.onnx").exists()
