@@ -401,8 +401,8 @@ class TorchScriptTeacher(Teacher):
                 out = self.net(x.clone())
             except torch.OutOfMemoryError:   # the GPU's to say (one line from the CLI), not a flat model's
                 raise
-            except Exception:   # a call that fails on images: a flat model, tried once on the flattened rows
-                self._flatten = True
+            except Exception as exc:   # a call that fails on images: a flat model, tried once on the flattened rows
+                self._flatten, self._image_error = True, exc
             else:   # (only the model's own call: an error of edgekd's in reading its output is no reason to flatten)
                 self._flatten = False
                 return self._as_logits(self._checked(out, len(x)))
@@ -410,9 +410,11 @@ class TorchScriptTeacher(Teacher):
             out = self.net((x.reshape(len(x), -1) if self._flatten else x).clone())
         except torch.OutOfMemoryError:
             raise
-        except Exception as exc:
+        except Exception as exc:   # flat rows failing too: the images' error is the one to tell (an RGB model on gray)
+            exc = getattr(self, "_image_error", None) or exc
             raise TeacherError(f"TorchScript teacher '{self.path}' failed on inputs of shape {tuple(x.shape[1:])} "
                                f"({_cause(exc)[:160]}); pass data of the shape and type it expects.") from None
+        self._image_error = None   # flat rows run: a later failure is theirs
         return self._as_logits(self._checked(out, len(x)))
 
     def _checked(self, out, n: int) -> torch.Tensor:

@@ -100,7 +100,11 @@ def check_specialist_arch(generalist: nn.Module, arch: str, options: dict, input
 
 def specialist_model(generalist: nn.Module, arch: str, options: dict, input_shape, mean, std, classes) -> nn.Module:
     """The generalist's architecture with |S|+1 outputs, every weight but the head copied from it."""
-    model = create_model(arch, input_shape, len(classes) + 1, mean=mean, std=std, options=options)
+    try:
+        model = create_model(arch, input_shape, len(classes) + 1, mean=mean, std=std, options=options)
+    except ConfigError as exc:   # a user's factory that ignores num_classes: say what asked for the other count
+        raise ConfigError(f"Specialists build the generalist's architecture with num_classes = the cluster's classes "
+                          f"+ 1 (a dustbin), here {len(classes) + 1}, and '{arch}' cannot be built so: {exc}") from None
     head = head_name(model, len(classes) + 1)
     gen_state = generalist.state_dict()
     body = {k: v for k, v in gen_state.items() if not k.startswith(head + ".")}

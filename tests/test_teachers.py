@@ -285,6 +285,10 @@ def test_a_float64_torchscript_teacher_is_fed_float64_and_its_errors_keep_their_
     torch.jit.save(torch.jit.script(Picky()), str(tmp_path / "picky.pt"))
     with pytest.raises(TeacherError, match=r"failed on inputs of shape \(1, 8, 8\) \(.*ValueError: wants three channels\)"):
         load_teacher(tmp_path / "picky.pt").logits(digits.x_test[:4])
+    # an RGB net on gray images: its error on the images is told, not the one of the flat rows tried after
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 4, 3).eval()), str(tmp_path / "rgb.pt"))
+    with pytest.raises(TeacherError, match=r"to have 3 channels, but got 1 channels instead"):
+        load_teacher(tmp_path / "rgb.pt").logits(digits.x_test[:4])
 
 
 def test_an_onnx_teacher_declaring_channels_last_fits_channels_first_data(tmp_path):

@@ -232,3 +232,13 @@ def test_a_model_that_computes_in_float64_is_not_sold_as_int8(edgekd, tmp_path):
         code, _, err = edgekd("export", out, "--trust-code", "--onnx", "--quantize", mode, "--out", tmp_path / f"{mode}.onnx")
         assert code == 2 and f"--quantize {mode} quantized nothing" in err and "float64" in err, err
         assert not (tmp_path / f"{mode}.onnx").exists()
+
+
+def test_specialists_say_which_class_count_a_factory_that_ignores_it_was_asked_for(tmp_path):
+    from edgekd.errors import ConfigError as Refused
+    from specialists.training import specialist_model
+
+    generalist = create_model("py:my_arch.ten_classes", (1, 8, 8), 10)
+    with pytest.raises(Refused, match=r"num_classes = the cluster's classes \+ 1 \(a dustbin\), here 3, and "
+                                      r"'py:my_arch.ten_classes' cannot be built so: .*one score per class, \(batch, 3\)"):
+        specialist_model(generalist, "py:my_arch.ten_classes", {}, (1, 8, 8), (0.0,), (1.0,), (0, 1))
