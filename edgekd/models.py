@@ -294,9 +294,12 @@ def _check_user_forward(name: str, body: nn.Module, input_shape: tuple, num_clas
     try:
         out = _forward_zeros(body, input_shape, 2)
     except Exception as exc:
+        other = sorted({str(p.dtype).replace("torch.", "") for p in body.parameters()
+                        if p.is_floating_point() and p.dtype != torch.float32})
+        fix = (f"edgekd feeds it float32 and it holds {', '.join(other)} weights: build it in float32 (or cast its "
+               f"input inside forward)" if other else f"make it take (batch, {', '.join(map(str, input_shape))}) inputs")
         raise ConfigError(f"Architecture '{name}' fails on inputs of shape {(2, *input_shape)} ({type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ''}); make it take "
-                          f"(batch, {', '.join(map(str, input_shape))}) inputs.") from None
+                          f"{str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ''}); {fix}.") from None
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if shape != (2, num_classes):
         raise ConfigError(f"Architecture '{name}' must give one score per class, (batch, {num_classes}), on inputs of shape "

@@ -38,6 +38,7 @@ def test_builds_and_counts_any_module():
                                            ("py:my_arch.tiny_net:colour=red", "check its options"),
                                            ("py:my_arch.picky:width=16", "raised ValueError: width must be at most 8"),
                                            ("py:my_arch.extra_class", r"one score per class, \(batch, 10\), .* Got \(2, 11\)"),
+                                           ("py:my_arch.all_double", r"edgekd feeds it float32 and it holds float64 weights"),
                                            ("py:my_arch.fixed_width", r"fails on inputs of shape \(2, 1, 8, 8\) \(RuntimeError: "
                                                                       r"mat1 and mat2 .*make it take \(batch, 1, 8, 8\)")])
 def test_bad_user_architectures_are_one_clear_error(spec, message):
