@@ -453,6 +453,9 @@ def _parity(entry: _Model, runtime: str, runner, check_samples: int) -> dict | N
     try:
         got = _predict_all(runner, entry.x[:n], fixed=entry.info.fixed_batch)   # a fixed-batch export takes no other
         want = entry.reference_logits[:n]
+        if np.shape(got) != np.shape(want):   # a converter that dropped or reshaped a layer: said, not broadcast
+            raise ValueError(f"{runtime} returns {np.shape(got)[1:]} values per input where the reference gives "
+                             f"{np.shape(want)[1:]}")
         record.update(max_abs_diff=float(np.abs(got - want).max()), agreement=float((got.argmax(1) == want.argmax(1)).mean()),
                       error=None)
     except Exception as exc:
