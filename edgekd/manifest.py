@@ -128,8 +128,8 @@ class Manifest:
             fail("has a 'data.split_seed' that is not an integer")
         data = _from_version_1(data) if version == 1 else data
         known = {f.name for f in dataclasses.fields(cls)} - {"members"}
-        if not isinstance(data.get("seed", 0), int) or not isinstance(data.get("search", []), list):
-            fail("has a 'seed' that is not an integer or a 'search' that is not a list")
+        if not _is_seed(data.get("seed", 0)) or not isinstance(data.get("search", []), list):
+            fail("has a 'seed' that is not an integer in [0, 2**63) or a 'search' that is not a list")
         values = {k: v for k, v in data.items() if k in known and v is not None}
         values.update(classes=tuple(data["classes"]), input_shape=tuple(data["input_shape"]),
                       search=tuple(data.get("search", [])), format_version=FORMAT_VERSION,
@@ -159,6 +159,8 @@ def _member(data: dict, index: int, fail, num_classes: int) -> Member:
     if not isinstance(arch, str) or not arch or any(c.isspace() for c in arch):
         # an architecture is a name: whitespace would let "\tpy:..." pass as a built-in where trust is checked
         fail(f"member {index} has 'arch' {arch!r}, which is not an architecture name")
+    if values.get("seed") is not None and not _is_seed(values["seed"]):
+        fail(f"member {index} has 'seed' {values['seed']!r}; expected an integer in [0, 2**63)")
     number = (int, float)
     for key in ("dustbin_bias", "true_share", "training_share", "val_accuracy"):
         if values.get(key) is not None and (not isinstance(values[key], number) or isinstance(values[key], bool)):
@@ -172,6 +174,11 @@ def _member(data: dict, index: int, fail, num_classes: int) -> Member:
         if "num_outputs" in data and values["num_outputs"] != len(classes) + 1:
             fail(f"member {index} has {values['num_outputs']!r} outputs for its {len(classes)} classes and a dustbin")
     return Member(**values)
+
+
+def _is_seed(value) -> bool:
+    """What ``torch.manual_seed`` builds a member under: a whole number that fits in 63 bits."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 63
 
 
 def _from_version_1(data: dict) -> dict:

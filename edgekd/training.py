@@ -582,11 +582,12 @@ def _restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
                 state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
-def steps_in_epoch(n_train: int, batch_size: int) -> int:
-    """Batches in an epoch: ``ceil(n / batch_size)``, but a last batch of one row joins the one before (as
-    ``DataLoader(drop_last=True)`` would drop it): BatchNorm in training cannot normalise a single row."""
+def steps_in_epoch(n_train: int, batch_size: int, ranks: int = 1) -> int:
+    """Batches in an epoch: ``ceil(n / batch_size)``, but a last batch that would leave a rank a single row
+    (fewer than ``2 * ranks`` rows; one row on one process) joins the one before, as ``DataLoader(drop_last=True)``
+    would drop it: BatchNorm in training cannot normalise a single row."""
     steps = max(1, math.ceil(n_train / batch_size))
-    return steps - 1 if steps > 1 and n_train % batch_size == 1 else steps
+    return steps - 1 if steps > 1 and 0 < n_train % batch_size < 2 * ranks else steps
 
 
 def _your_code(model, what: str, call, *args):
@@ -594,9 +595,9 @@ def _your_code(model, what: str, call, *args):
     backward: an in-place op autograd needs, a shape it cannot take) is one line naming it, not edgekd's error."""
     try:
         return call(*args)
-    except torch.OutOfMemoryError:   # the machine's, said as such by the CLI
+    except (torch.OutOfMemoryError, MemoryError, EdgekdError):   # the machine's, or edgekd's own: said as such
         raise
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+    except Exception as exc:   # noqa: BLE001 (your code may raise anything: a typo's AttributeError included)
         arch = getattr(model, "user_arch", None)
         if arch is None:
             raise
@@ -656,7 +657,7 @@ def fit(model: torch.nn.Module, *, n_train: int, make_batch: BatchFn, loss_fn: L
             model.load_state_dict(tensors)
             return FitResult(state=tensors, **meta["result"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = steps_in_epoch(n_train, config.batch_size)
+    steps_per_epoch = steps_in_epoch(n_train, config.batch_size, dist.world_size if dist is not None else 1)
     total_steps = config.epochs * steps_per_epoch
     position = {"epoch": 0, "batch": 0, "step": 0, "best_key": None, "best_epoch": -1, "stale": 0,
                 "history": [], "train_seconds": 0.0, "epochs_timed": 0, "loss_sum": 0.0, "loss_steps": 0}

@@ -75,6 +75,7 @@ class Generalist:
     member: int
     source: dict          # where it came from: path, description, fingerprint, member, training time, file hashes
     normalization: dict   # its own (mean, std): the specialists start from its weights, normalisation buffers included
+    seed: int | None = None   # the seed it was built under (recorded again with it)
 
     @property
     def device(self) -> torch.device:
@@ -120,8 +121,9 @@ def open_generalist(path, member: int | None = None, *, device=None, for_special
     source = {"path": str(path), "description": teacher.description, "fingerprint": teacher.fingerprint,
               "member": index, "train_seconds": generalist_train_seconds(artifact.manifest),
               "source_manifest_files": artifact.manifest.files}
+    seed = members[index].seed if members[index].seed is not None else artifact.manifest.seed
     return Generalist(teacher=teacher, model=model, arch=members[index].arch, options=options, member=index,
-                      source=source, normalization=dict(artifact.manifest.normalization))
+                      source=source, normalization=dict(artifact.manifest.normalization), seed=seed)
 
 
 def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out, *, cache: LogitCache | None = None,
@@ -293,7 +295,8 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     data = data.shaped(teacher.input_shape)   # flat data of the right size, read as the generalist's images
     data = place_dataset(data, module_device(models[0]))
     generalist = Generalist(teacher=teacher, model=models[0], arch=gen_member.arch, options=gen_member.arch_options,
-                            member=source["member"], source=source, normalization=dict(manifest.normalization))
+                            member=source["member"], source=source, normalization=dict(manifest.normalization),
+                            seed=gen_member.seed if gen_member.seed is not None else manifest.seed)
     saved = json.loads(artifact.file("clusters.json").read_text())
     clustering = Clustering(covariance=read_covariance(artifact.file("covariance.npy"), saved), clusters=tuple(tuple(c) for c in saved["clusters"]),
                             specialist_clusters=tuple(tuple(c) for c in saved["specialist_clusters"]),
@@ -303,7 +306,8 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     per_specialist = earlier.get("per_specialist") or [0.0] * (len(manifest.members) - 1)
     fits = [SpecialistFit(classes=m.classes, state=artifact.load_tensors(m.weights), dustbin_bias=m.dustbin_bias,
                           true_share=m.true_share, training_share=m.training_share, val_accuracy=m.val_accuracy,
-                          best_epoch=m.best_epoch, epochs_run=m.epochs_run, seconds=seconds, history=list(m.history))
+                          best_epoch=m.best_epoch, epochs_run=m.epochs_run, seconds=seconds, history=list(m.history),
+                          seed=m.seed if m.seed is not None else manifest.seed)
             for m, seconds in zip(manifest.members[1:], per_specialist)]
     fits = fits if keep is None else [fits[i] for i in keep]
     solver = manifest.solver
@@ -337,8 +341,10 @@ def generalist_train_seconds(manifest: Manifest) -> float | None:
 def _specialist_net(generalist: Generalist, data: Dataset, fit) -> torch.nn.Module:
     from edgekd.models import create_model
 
-    net = create_model(generalist.arch, data.input_shape, len(fit.classes) + 1, mean=data.mean, std=data.std,
-                       options=generalist.options)
+    with torch.random.fork_rng(devices=[]):   # built as it trained, as loading the artifact will build it
+        torch.manual_seed(fit.seed if fit.seed is not None else 0)
+        net = create_model(generalist.arch, data.input_shape, len(fit.classes) + 1, mean=data.mean, std=data.std,
+                           options=generalist.options)
     net.load_state_dict(fit.state)
     return net.eval()
 
@@ -377,12 +383,12 @@ def _solver_settings(config: SpecialistConfig, generalist: Generalist, specialis
 def _manifest(generalist, data, config, clustering, fits, solver, test, timings, config_record, specialists,
               data_record: dict) -> Manifest:
     gen_member = Member(role="generalist", arch=generalist.arch, options=generalist.options,
-                        weights="generalist.safetensors", num_outputs=data.num_classes)
+                        weights="generalist.safetensors", num_outputs=data.num_classes, seed=generalist.seed)
     spec_members = [Member(role="specialist", classes=tuple(fit.classes), class_names=tuple(data.classes[c] for c in fit.classes),
                            arch=generalist.arch, options=generalist.options, weights=f"specialist-{i}.safetensors",
                            num_outputs=len(fit.classes) + 1, dustbin_bias=fit.dustbin_bias, dustbin_bias_applied=True,
                            true_share=fit.true_share, training_share=fit.training_share, val_accuracy=fit.val_accuracy,
-                           best_epoch=fit.best_epoch, epochs_run=fit.epochs_run, history=tuple(fit.history))
+                           best_epoch=fit.best_epoch, epochs_run=fit.epochs_run, history=tuple(fit.history), seed=fit.seed)
                     for i, fit in enumerate(fits)]
     macs_gen = count_macs(generalist.model, data.input_shape)
     macs_spec = [count_macs(net, data.input_shape) for net in specialists]

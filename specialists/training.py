@@ -58,6 +58,7 @@ class SpecialistFit:
     epochs_run: int
     seconds: float
     history: list
+    seed: int | None = None     # what its net was built under (a random buffer it does not save draws the same)
 
     def summary(self) -> dict:
         out = asdict(self)
@@ -202,4 +203,5 @@ def train_specialist(generalist: nn.Module, arch: str, options: dict, data, clas
     state[f"{head_name(model, len(classes) + 1)}.bias"][-1] += bias
     return SpecialistFit(classes=classes, state=state, dustbin_bias=bias, true_share=true_share,
                          training_share=training_share, val_accuracy=fitted.val_accuracy, best_epoch=fitted.best_epoch,
-                         epochs_run=fitted.epochs_run, seconds=time.perf_counter() - started, history=fitted.history)
+                         epochs_run=fitted.epochs_run, seconds=time.perf_counter() - started, history=fitted.history,
+                         seed=train.seed)

@@ -196,6 +196,8 @@ def test_a_batchnorm1d_head_trains_whatever_row_is_left_over(digits):
     from edgekd.training import TrainConfig, fit, steps_in_epoch
 
     assert [steps_in_epoch(n, 128) for n in (1, 127, 128, 129, 130, 257)] == [1, 1, 1, 1, 2, 2]
+    # two ranks share a last batch: 3 rows gave one of them a single row
+    assert [steps_in_epoch(n, 128, ranks=2) for n in (129, 131, 132)] == [1, 1, 2]
     model = create_model("py:my_arch.bn_head", digits.input_shape, digits.num_classes)
     x, y = digits.x_train[:129], digits.y_train[:129]
     sizes = []
@@ -205,10 +207,11 @@ def test_a_batchnorm1d_head_trains_whatever_row_is_left_over(digits):
     assert sizes == [64, 65] * 2
 
 
-def test_your_architecture_failing_in_training_is_one_line_naming_it(edgekd, tmp_path):
-    code, _, err = edgekd("teacher", "train", "--arch", "py:my_arch.bad_in_place", "--epochs", "1", "--out", tmp_path / "t")
+@pytest.mark.parametrize("arch, what", [("bad_in_place", "backward: RuntimeError"), ("typo_in_training", "forward: AttributeError")])
+def test_your_architecture_failing_in_training_is_one_line_naming_it(edgekd, tmp_path, arch, what):
+    code, _, err = edgekd("teacher", "train", "--arch", f"py:my_arch.{arch}", "--epochs", "1", "--out", tmp_path / "t")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "Architecture 'py:my_arch.bad_in_place' failed in training (backward: RuntimeError: " in err
+    assert f"Architecture 'py:my_arch.{arch}' failed in training ({what}: " in err
     assert "internal error" not in err
 
 
@@ -243,3 +246,32 @@ def test_specialists_say_which_class_count_a_factory_that_ignores_it_was_asked_f
     with pytest.raises(Refused, match=r"num_classes = the cluster's classes \+ 1 \(a dustbin\), here 3, and "
                                       r"'py:my_arch.ten_classes' cannot be built so: .*one score per class, \(batch, 3\)"):
         specialist_model(generalist, "py:my_arch.ten_classes", {}, (1, 8, 8), (0.0,), (1.0,), (0, 1))
+
+
+def test_a_specialist_ensemble_is_built_as_it_was_trained(edgekd, tmp_path):
+    """Its members recorded no seed: the generalist and the specialists came back with other random buffers, and
+    evaluate disagreed with the accuracy recorded at build time."""
+    teacher, spec = tmp_path / "t", tmp_path / "s"
+    code, _, err = edgekd("teacher", "train", "--arch", "py:my_arch.random_projection", "--epochs", "2", "--seed", "3",
+                          "--quiet", "--out", teacher)
+    assert code == 0, err
+    code, _, err = edgekd("specialists", "build", "--teacher", teacher, "--trust-code", "--clusters", "2", "--epochs", "1",
+                          "--quiet", "--out", spec)
+    assert code == 0, err
+    manifest = json.loads((spec / "manifest.json").read_text())
+    assert manifest["members"][0]["seed"] == 3 and all(m["seed"] == 0 for m in manifest["members"][1:])
+    code, stdout, err = edgekd("evaluate", spec, "--trust-code", "--json")
+    assert code == 0 and json.loads(stdout)["accuracy"] == pytest.approx(manifest["metrics"]["test_accuracy"], abs=1e-9), err
+
+
+@pytest.mark.parametrize("where, seed", [("member", "abc"), ("member", 2 ** 70), ("member", True), ("top", 2 ** 70)])
+def test_a_seed_that_cannot_build_a_member_is_refused_when_the_manifest_is_read(edgekd, tiny_teacher, tmp_path, where, seed):
+    import shutil
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(tiny_teacher, crafted)
+    manifest = json.loads((crafted / "manifest.json").read_text())
+    (manifest["members"][0] if where == "member" else manifest)["seed"] = seed
+    (crafted / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = edgekd("evaluate", crafted)
+    assert code == 2 and "'seed'" in err and "internal error" not in err, err
