@@ -412,7 +412,7 @@ def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
     shape = (len(idx), *_as_nchw(x[:1]).shape[1:])
     try:
         rows = np.load(path, mmap_mode="c")
-    except (OSError, ValueError):   # not made yet, or torn
+    except (OSError, ValueError, EOFError):   # not made yet, or torn (numpy raises EOFError on an empty file)
         rows = None
     if rows is None or rows.shape != shape or rows.dtype != dtype:   # written anew, renamed over what is there
         _write_split(x, idx, dtype, shape, path)
@@ -556,7 +556,7 @@ def _npz_digests(path: Path, key: str, rows) -> np.ndarray:
         crc = archive.getinfo(f"{key}.npy").CRC
     digest = hashlib.sha256(f"digests\0{path.resolve()}\0{file_identity(path.stat())}\0{key}\0{crc}".encode())
     target = default_cache_dir() / "images" / "splits" / f"{digest.hexdigest()[:32]}.npy"
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, EOFError):   # not made yet, or torn: made again
         return np.load(target)
     digests = pixel_digests(rows)
 
@@ -750,7 +750,7 @@ def _unpacked_member(path: Path, key: str) -> np.memmap | None:
         info = archive.getinfo(f"{key}.npy")
         digest = hashlib.sha256(f"unpacked\0{path.resolve()}\0{file_identity(path.stat())}\0{key}\0{info.CRC}".encode())
         target = default_cache_dir() / "images" / "splits" / f"{digest.hexdigest()[:32]}.npy"
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, EOFError):   # not made yet, or torn: unpacked again
             # (not touched: its splits are keyed by its mtime, as a decoded folder's by its x.npy's)
             return np.load(target, mmap_mode="r")
         with archive.open(info) as member:

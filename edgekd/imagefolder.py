@@ -261,8 +261,10 @@ def _cached(cache: Path, key: str, spec: FolderSpec):
         meta = json.loads(meta_path.read_text())
         x = np.load(cache / f"{key}.x.npy", mmap_mode="r")
         y = np.load(cache / f"{key}.y.npy", mmap_mode="r")
-    except (OSError, ValueError, json.JSONDecodeError):
+    except (OSError, ValueError, EOFError, json.JSONDecodeError):   # (numpy raises EOFError on an empty file)
         return None   # a torn entry: decode again
+    if len(x) != len(y):
+        return None
     for relative, expected in meta.get("sample", []):
         path = spec.root / relative
         if not path.is_file() or _sha256(path) != expected:

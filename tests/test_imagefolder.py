@@ -556,3 +556,21 @@ def test_a_cache_entry_decoded_before_digests_were_kept_gets_them_without_a_deco
     monkeypatch.setattr(imagefolder, "_decode_and_store", lambda *a: pytest.fail("decoded again"))
     again = load_dataset(f"imagefolder:{root}")
     assert np.array_equal(np.load(digests), kept) and again.fingerprint() == first.fingerprint()
+
+
+def test_a_torn_cache_file_is_made_again_not_an_abort(tmp_path, monkeypatch):
+    """A 0-byte file (a crash or a full disk after the rename) raised numpy's EOFError, which click reports as
+    "aborted", exit 130, at every later run: a torn decoded folder, split or unpacked member is made again."""
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs", per_class=10)
+    first = load_dataset(f"imagefolder:{root}").x_train.numpy().copy()   # (a copy: the files it maps are torn next)
+    cache = tmp_path / "cache" / "images"
+    for path in [*cache.glob("*.x.npy"), *(cache / "splits").glob("*.npy")]:
+        path.write_bytes(b"")
+    assert np.array_equal(first, load_dataset(f"imagefolder:{root}").x_train.numpy())
+    data = tmp_path / "packed.npz"
+    np.savez_compressed(data, x=np.arange(60 * 16, dtype=np.uint8).reshape(60, 1, 4, 4), y=np.arange(60) % 3)
+    first = load_dataset(f"npz:{data}").x_train.numpy().copy()
+    for path in (cache / "splits").glob("*.npy"):
+        path.write_bytes(b"")
+    assert np.array_equal(first, load_dataset(f"npz:{data}").x_train.numpy())
