@@ -235,6 +235,18 @@ def file_identity(stat: "os.stat_result") -> str:
     return f"{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}"
 
 
+def cached_array(path: Path, mmap_mode: str | None = None):
+    """The ``.npy`` cache entry at ``path``, or ``None`` where it is not made yet or torn, to be made again
+    (numpy raises ``OSError``, ``ValueError``, or ``EOFError`` for an empty file, which click would report as
+    an abort)."""
+    import numpy as np
+
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except (OSError, ValueError, EOFError):
+        return None
+
+
 def allocated_memmap(path: Path, dtype, shape):
     """A new ``.npy`` at ``path`` opened for writing through a memory map (``numpy.lib.format.open_memmap``), its
     blocks allocated on disk first (``posix_fallocate``). The file numpy makes is sparse: on a full disk a page

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from edgekd.cachedir import allocated_memmap, default_cache_dir, file_identity, touch
+from edgekd.cachedir import allocated_memmap, cached_array, default_cache_dir, file_identity, touch
 from edgekd.errors import DataError, EdgekdWarning
 from edgekd.validation import VAL_FRACTION, check_int_at_least, check_seed, check_val_fraction
 
@@ -410,10 +410,7 @@ def _split_file(x: np.memmap, idx: np.ndarray, dtype) -> np.ndarray:
     folder = (source.parent if decoded else default_cache_dir() / "images") / "splits"
     path = folder / f"{digest.hexdigest()[:32]}.npy"
     shape = (len(idx), *_as_nchw(x[:1]).shape[1:])
-    try:
-        rows = np.load(path, mmap_mode="c")
-    except (OSError, ValueError, EOFError):   # not made yet, or torn (numpy raises EOFError on an empty file)
-        rows = None
+    rows = cached_array(path, mmap_mode="c")
     if rows is None or rows.shape != shape or rows.dtype != dtype:   # written anew, renamed over what is there
         _write_split(x, idx, dtype, shape, path)
         rows = np.load(path, mmap_mode="c")
@@ -556,8 +553,8 @@ def _npz_digests(path: Path, key: str, rows) -> np.ndarray:
         crc = archive.getinfo(f"{key}.npy").CRC
     digest = hashlib.sha256(f"digests\0{path.resolve()}\0{file_identity(path.stat())}\0{key}\0{crc}".encode())
     target = default_cache_dir() / "images" / "splits" / f"{digest.hexdigest()[:32]}.npy"
-    with contextlib.suppress(OSError, ValueError, EOFError):   # not made yet, or torn: made again
-        return np.load(target)
+    if (cached := cached_array(target)) is not None:
+        return cached
     digests = pixel_digests(rows)
 
     def fill(out):
@@ -750,9 +747,9 @@ def _unpacked_member(path: Path, key: str) -> np.memmap | None:
         info = archive.getinfo(f"{key}.npy")
         digest = hashlib.sha256(f"unpacked\0{path.resolve()}\0{file_identity(path.stat())}\0{key}\0{info.CRC}".encode())
         target = default_cache_dir() / "images" / "splits" / f"{digest.hexdigest()[:32]}.npy"
-        with contextlib.suppress(OSError, ValueError, EOFError):   # not made yet, or torn: unpacked again
-            # (not touched: its splits are keyed by its mtime, as a decoded folder's by its x.npy's)
-            return np.load(target, mmap_mode="r")
+        # (not touched: its splits are keyed by its mtime, as a decoded folder's by its x.npy's)
+        if (unpacked := cached_array(target, mmap_mode="r")) is not None:
+            return unpacked
         with archive.open(info) as member:
             version = np.lib.format.read_magic(member)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0

@@ -33,7 +33,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from edgekd.cachedir import allocated_memmap, file_identity, touch
+from edgekd.cachedir import allocated_memmap, cached_array, file_identity, touch
 from edgekd.errors import DataError, EdgekdWarning
 from edgekd.outputs import hold, holding, release
 
@@ -259,12 +259,11 @@ def _cached(cache: Path, key: str, spec: FolderSpec):
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        x = np.load(cache / f"{key}.x.npy", mmap_mode="r")
-        y = np.load(cache / f"{key}.y.npy", mmap_mode="r")
-    except (OSError, ValueError, EOFError, json.JSONDecodeError):   # (numpy raises EOFError on an empty file)
+    except (OSError, ValueError):   # (json.JSONDecodeError and a torn file's UnicodeDecodeError are ValueErrors)
         return None   # a torn entry: decode again
-    if len(x) != len(y):
-        return None
+    x, y = cached_array(cache / f"{key}.x.npy", mmap_mode="r"), cached_array(cache / f"{key}.y.npy", mmap_mode="r")
+    if x is None or y is None or len(x) != len(y):
+        return None   # a torn entry: decode again
     for relative, expected in meta.get("sample", []):
         path = spec.root / relative
         if not path.is_file() or _sha256(path) != expected:
