@@ -249,10 +249,8 @@ class Artifact:
     def build_members(self, only: int | None = None) -> list:
         """The member models, in eval mode, with their weights loaded (``only``: just that member's, in a list: the
         others are neither built nor read)."""
-        import torch
-
         from edgekd.errors import ConfigError, ModelTooLargeError
-        from edgekd.models import code_trusted, create_model, format_arch, parse_arch
+        from edgekd.models import code_trusted, create_model, format_arch, parse_arch, seeded
 
         self.check_code_trusted()
         models = []
@@ -262,8 +260,7 @@ class Artifact:
                 continue
             try:   # the options go through the same checks as a command line's
                 arch, options = parse_arch(format_arch(member.arch, member.arch_options))
-                with torch.random.fork_rng(devices=[]):   # built as training built it: a random buffer that is not
-                    torch.manual_seed(member.seed if member.seed is not None else self.manifest.seed)   # saved comes back
+                with seeded(self.manifest.seed_of(member)):   # as training built it: a buffer not saved comes back
                     model = create_model(arch, self.input_shape, member.num_outputs, mean=norm["mean"], std=norm["std"],
                                          options=options, trusted=code_trusted(arch))   # read from a file: not typed by the user
             except ModelTooLargeError as exc:   # the machine's to change, not the artifact

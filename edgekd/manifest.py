@@ -80,6 +80,10 @@ class Manifest:
                                    environment=None if environment is None else dict(environment),
                                    format_version=FORMAT_VERSION)
 
+    def seed_of(self, member: Member) -> int:
+        """The seed ``member`` was built under: its own, or (recorded before members kept theirs) the artifact's."""
+        return member.seed if member.seed is not None else self.seed
+
     def to_json(self) -> dict:
         """The JSON object written to ``manifest.json`` (fields left at None are left out)."""
         out = {"format": FORMAT}

@@ -162,6 +162,15 @@ def create_model(spec_or_name: str, input_shape, num_classes: int, *, mean=(0.0,
     return EdgekdNet(build(), tuple(input_shape), mean, std)
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """torch's global generator seeded with ``seed`` within the block and put back after: a net built again under
+    the seed it was built with for training draws the same random state (a buffer it does not save included)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _check_fits_memory(spec: str, input_shape: tuple, build, for_training: bool) -> None:
     """Refuse, before allocating, an architecture whose float32 weights would not fit in this machine's memory, or
     for training, whose weights, gradients and Adam's two moments (16 bytes a parameter) would not (each option has a

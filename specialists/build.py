@@ -121,9 +121,9 @@ def open_generalist(path, member: int | None = None, *, device=None, for_special
     source = {"path": str(path), "description": teacher.description, "fingerprint": teacher.fingerprint,
               "member": index, "train_seconds": generalist_train_seconds(artifact.manifest),
               "source_manifest_files": artifact.manifest.files}
-    seed = members[index].seed if members[index].seed is not None else artifact.manifest.seed
     return Generalist(teacher=teacher, model=model, arch=members[index].arch, options=options, member=index,
-                      source=source, normalization=dict(artifact.manifest.normalization), seed=seed)
+                      source=source, normalization=dict(artifact.manifest.normalization),
+                      seed=artifact.manifest.seed_of(members[index]))
 
 
 def build_specialists(teacher_path, data: Dataset, config: SpecialistConfig, out, *, cache: LogitCache | None = None,
@@ -296,7 +296,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     data = place_dataset(data, module_device(models[0]))
     generalist = Generalist(teacher=teacher, model=models[0], arch=gen_member.arch, options=gen_member.arch_options,
                             member=source["member"], source=source, normalization=dict(manifest.normalization),
-                            seed=gen_member.seed if gen_member.seed is not None else manifest.seed)
+                            seed=manifest.seed_of(gen_member))
     saved = json.loads(artifact.file("clusters.json").read_text())
     clustering = Clustering(covariance=read_covariance(artifact.file("covariance.npy"), saved), clusters=tuple(tuple(c) for c in saved["clusters"]),
                             specialist_clusters=tuple(tuple(c) for c in saved["specialist_clusters"]),
@@ -307,7 +307,7 @@ def regate_specialists(spec_path, data: Dataset, out, *, top_n: int | None = Non
     fits = [SpecialistFit(classes=m.classes, state=artifact.load_tensors(m.weights), dustbin_bias=m.dustbin_bias,
                           true_share=m.true_share, training_share=m.training_share, val_accuracy=m.val_accuracy,
                           best_epoch=m.best_epoch, epochs_run=m.epochs_run, seconds=seconds, history=list(m.history),
-                          seed=m.seed if m.seed is not None else manifest.seed)
+                          seed=manifest.seed_of(m))
             for m, seconds in zip(manifest.members[1:], per_specialist)]
     fits = fits if keep is None else [fits[i] for i in keep]
     solver = manifest.solver
@@ -339,10 +339,9 @@ def generalist_train_seconds(manifest: Manifest) -> float | None:
 # --- helpers ---------------------------------------------------------------------------------------
 
 def _specialist_net(generalist: Generalist, data: Dataset, fit) -> torch.nn.Module:
-    from edgekd.models import create_model
+    from edgekd.models import create_model, seeded
 
-    with torch.random.fork_rng(devices=[]):   # built as it trained, as loading the artifact will build it
-        torch.manual_seed(fit.seed if fit.seed is not None else 0)
+    with seeded(fit.seed if fit.seed is not None else 0):   # built as it trained, as loading the artifact will build it
         net = create_model(generalist.arch, data.input_shape, len(fit.classes) + 1, mean=data.mean, std=data.std,
                            options=generalist.options)
     net.load_state_dict(fit.state)
