@@ -131,8 +131,8 @@ class ExportedProgramTeacher(Teacher):
         inputs = to_declared(self.transform.apply(x.float().to(self.device)), self.declared,
                              f"torch.export teacher '{self.path}'")
         inputs = inputs.round().clamp(0, 255).to(torch.uint8) if self._uint8 else inputs.to(self._dtype)
-        # on a copy: a program that scales its input in place (``x /= 255``) must not write into edgekd's rows
-        run = (lambda chunk: self._net(**{self._keyword: chunk.clone()})) if self._keyword else (lambda chunk: self._net(chunk.clone()))
+        call = (lambda chunk: self._net(**{self._keyword: chunk})) if self._keyword else self._net
+        run = lambda chunk: call(chunk.clone())  # noqa: E731  (a program that scales its input in place must not write into edgekd's rows)
         least, most = self.batch_range
         try:
             out = in_batches(run, inputs, most=most, least=least or 0)

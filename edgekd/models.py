@@ -296,6 +296,12 @@ def _build_user_arch(name: str, input_shape, num_classes: int, options: dict, *,
     return body
 
 
+def non_float32_dtypes(tensors) -> list[str]:
+    """The floating dtypes other than float32 among ``tensors``, by name ("float64", "bfloat16"): what a net fed
+    float32 cannot compute with, nor a float32 quantizer take."""
+    return sorted({str(t.dtype).replace("torch.", "") for t in tensors if t.is_floating_point() and t.dtype != torch.float32})
+
+
 def _check_user_forward(name: str, body: nn.Module, input_shape: tuple, num_classes: int) -> None:
     """One forward pass of two zero inputs, in eval mode (no BatchNorm statistics move): a module that cannot
     take the data's shape, or gives other than one score per class, is the user's code to fix, said before
@@ -303,8 +309,7 @@ def _check_user_forward(name: str, body: nn.Module, input_shape: tuple, num_clas
     try:
         out = _forward_zeros(body, input_shape, 2)
     except Exception as exc:
-        other = sorted({str(p.dtype).replace("torch.", "") for p in body.parameters()
-                        if p.is_floating_point() and p.dtype != torch.float32})
+        other = non_float32_dtypes(body.parameters())
         fix = (f"edgekd feeds it float32 and it holds {', '.join(other)} weights: build it in float32 (or cast its "
                f"input inside forward)" if other else f"make it take (batch, {', '.join(map(str, input_shape))}) inputs")
         raise ConfigError(f"Architecture '{name}' fails on inputs of shape {(2, *input_shape)} ({type(exc).__name__}: "

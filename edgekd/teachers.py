@@ -363,6 +363,7 @@ class TorchScriptTeacher(Teacher):
         self.path = path
         self.device, self._ran = torch.device("cpu"), False
         self._flatten: bool | None = None
+        self._image_error: Exception | None = None   # why images failed, told if flat rows fail too
         self._as_logits = OutputKind(f"TorchScript teacher '{path}'")
         # fed its own float type, as an ONNX teacher is (a float64 module fails on float32 inputs)
         floats = (t.dtype for t in (*self.net.parameters(), *self.net.buffers()) if t.is_floating_point())
@@ -373,6 +374,7 @@ class TorchScriptTeacher(Teacher):
         device = torch.device(device)
         if device != self.device:
             self.net, self.device, self._ran, self._flatten = self.net.to(device), device, False, None
+            self._image_error = None
         return self
 
     def _logits(self, x):
@@ -411,7 +413,7 @@ class TorchScriptTeacher(Teacher):
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:   # flat rows failing too: the images' error is the one to tell (an RGB model on gray)
-            exc = getattr(self, "_image_error", None) or exc
+            exc = self._image_error or exc
             raise TeacherError(f"TorchScript teacher '{self.path}' failed on inputs of shape {tuple(x.shape[1:])} "
                                f"({_cause(exc)[:160]}); pass data of the shape and type it expects.") from None
         self._image_error = None   # flat rows run: a later failure is theirs

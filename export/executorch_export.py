@@ -202,8 +202,9 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, calibration: np.ndar
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    other = sorted({str(t.dtype).replace("torch.", "") for t in (*module.parameters(), *module.buffers())
-                    if t.is_floating_point() and t.dtype != torch.float32})
+    from edgekd.models import non_float32_dtypes
+
+    other = non_float32_dtypes((*module.parameters(), *module.buffers()))
     if other:   # the XNNPACK quantizer asserts float32 deep inside convert_pt2e
         raise ExportError(f"--quantize {'dynamic' if dynamic else 'int8'} for ExecuTorch needs a model with float32 "
                           f"weights; this one holds {', '.join(other)}. Make the model float32, or export fp32.")
